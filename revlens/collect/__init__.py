@@ -1,0 +1,6 @@
+"""Streaming per-layer statistics of a training history (see :func:`collect`)."""
+
+from revlens.collect.collector import collect, collect_checkpoint, resolve_probes
+from revlens.collect.stats import CheckpointStats, HistoryStats
+
+__all__ = ["CheckpointStats", "HistoryStats", "collect", "collect_checkpoint", "resolve_probes"]

@@ -1,0 +1,31 @@
+"""Per-layer reversion-direction candidates (see :class:`Directions` and the estimators)."""
+
+from revlens.directions.base import Directions
+from revlens.directions.estimators import (
+    ESTIMATORS,
+    DirectionEstimator,
+    LinearProbe,
+    MeanDiff,
+    PairedPCA,
+    Whitened,
+    linear_probe,
+    mean_diff,
+    paired_pca,
+    resolve_directions,
+    whitened,
+)
+
+__all__ = [
+    "ESTIMATORS",
+    "DirectionEstimator",
+    "Directions",
+    "LinearProbe",
+    "MeanDiff",
+    "PairedPCA",
+    "Whitened",
+    "linear_probe",
+    "mean_diff",
+    "paired_pca",
+    "resolve_directions",
+    "whitened",
+]

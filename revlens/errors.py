@@ -1,0 +1,67 @@
+"""Typed errors raised by revlens.
+
+Every error a user can cause derives from :class:`RevlensError`, so a caller can catch one
+base class. Messages name the culprit (the checkpoint, layer, parameter or value) and what
+was expected.
+"""
+
+__all__ = [
+    "CacheError",
+    "CheckpointError",
+    "ConfigError",
+    "HistoryError",
+    "MetricError",
+    "NonFiniteError",
+    "NotFittedError",
+    "ProbeError",
+    "RevlensError",
+    "ShapeMismatchError",
+    "SiteError",
+]
+
+
+class RevlensError(Exception):
+    """Base class of every error revlens raises on bad input or bad state."""
+
+
+class ConfigError(RevlensError, ValueError):
+    """An argument or configuration value is out of range or of the wrong kind."""
+
+
+class HistoryError(RevlensError, ValueError):
+    """A training history is malformed (missing role, duplicate step, empty run...)."""
+
+
+class CheckpointError(RevlensError, FileNotFoundError):
+    """A checkpoint cannot be found or read (missing dir, no weights, bad file)."""
+
+
+class ShapeMismatchError(RevlensError, ValueError):
+    """Tensors that must agree in names or shapes do not (names the parameter and both shapes)."""
+
+
+class SiteError(RevlensError, KeyError):
+    """An unknown layer, hook site or position rule; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class ProbeError(RevlensError, ValueError):
+    """A probe set is empty, too long for the context, or does not fit the tokenizer."""
+
+
+class NonFiniteError(RevlensError, FloatingPointError):
+    """NaN or inf found in weights or activations (names the checkpoint and layer)."""
+
+
+class CacheError(RevlensError, RuntimeError):
+    """A statistics cache cannot be used (written by another revlens version...)."""
+
+
+class MetricError(RevlensError, ValueError):
+    """A behaviour metric returned the wrong shape or non-finite values, or is ill-defined."""
+
+
+class NotFittedError(RevlensError, AttributeError):
+    """An estimator was used before ``fit``."""

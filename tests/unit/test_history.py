@@ -1,0 +1,131 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tiny
+from revlens.errors import CheckpointError, HistoryError, ShapeMismatchError
+from revlens.history import History
+from revlens.model import load_state_dict
+
+
+def test_from_dirs_roles_order_len_repr(tiny_dirs):
+    h = History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs=tiny_dirs["runs"])
+    names = [c.name for c in h]
+    assert names == ["base", "aligned", "seed0/step-1", "seed0/step-2", "seed0/step-3",
+                     "seed1/step-1", "seed1/step-2", "seed1/step-3"]
+    assert len(h) == 8
+    assert repr(h) == "History(8 checkpoints: base ×1, aligned, seed0 [1, 2, 3], seed1 [1, 2, 3])"
+    assert h["seed1/step-2"].step == 2 and h["seed1/step-2"].run == "seed1"
+    assert h.runs["seed0"].start == "aligned"
+
+
+def test_steps_given_unsorted_are_ordered(tiny_dirs):
+    s = tiny_dirs["runs"]["seed0"]
+    h = History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {3: s[3], 1: s[1]}})
+    assert list(h.runs["r"].steps) == [1, 3]
+
+
+def test_controls_start_from_base(tiny_dirs):
+    h = History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={},
+                          controls={"ctl": tiny_dirs["runs"]["seed0"]})
+    assert h.runs["ctl"].control and h.runs["ctl"].start == "base"
+    assert "control ctl" in repr(h)
+
+
+def test_several_bases(tiny_dirs):
+    h = History.from_dirs(base=[tiny_dirs["base"], tiny_dirs["runs"]["seed0"][1]], aligned=tiny_dirs["aligned"])
+    assert [c.name for c in h.base] == ["base0", "base1"]
+
+
+def test_trainer_output_orders_steps_numerically(tmp_path, tiny_dirs):
+    run = tmp_path / "out"
+    model = tiny.tiny_model(3)
+    for step in (9, 10, 2):
+        tiny.save(model, run / f"checkpoint-{step}", tokenizer=False)
+    (run / "runs").mkdir()  # unrelated folder is ignored
+    h = History.from_trainer_output(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"ft": run})
+    assert list(h.runs["ft"].steps) == [2, 9, 10]
+
+
+def test_trainer_output_without_checkpoints(tmp_path, tiny_dirs):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint-N folders"):
+        History.from_trainer_output(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"ft": tmp_path / "empty"})
+
+
+def test_from_state_dicts_files_and_memory(tmp_path, tiny_dirs):
+    sd = load_state_dict(tiny_dirs["runs"]["seed0"][1])
+    save_file(sd, str(tmp_path / "s1.safetensors"))
+    torch.save(load_state_dict(tiny_dirs["runs"]["seed0"][2]), tmp_path / "s2.pt")
+    module = tiny.perturbed(tiny.tiny_model(0), 0.01, 5)
+    h = History.from_state_dicts(
+        tiny_dirs["aligned"], base=load_state_dict(tiny_dirs["base"]), aligned=tmp_path / "s1.safetensors",
+        runs={"r": {1: tmp_path / "s2.pt", 2: module, 3: module.state_dict()}})
+    assert len(h) == 5
+    lm = h.boot()
+    for ck in h:
+        lm.load_weights(ck.state_dict(), name=ck.name)
+    assert h["r/step-2"].fingerprint() == h["r/step-3"].fingerprint()
+    assert h["r/step-1"].fingerprint() != h["r/step-2"].fingerprint()
+
+
+def test_hub_on_a_local_mirror(tmp_path, tiny_dirs):
+    mirror = tmp_path / "pythia-mini"
+    for rev, src in (("step0", tiny_dirs["base"]), ("step100", tiny_dirs["aligned"]),
+                     ("step101", tiny_dirs["runs"]["seed0"][1])):
+        tiny.save(tiny.tiny_model(0).__class__.from_pretrained(src), mirror / rev)
+    h = History.from_hub(str(mirror), base_revision="step0", aligned_revision="step100", runs={"ft": {1: "step101"}})
+    assert [c.name for c in h] == ["base@step0", "aligned", "ft/step-1"]
+    lm = h.boot()
+    assert lm.loaded == "aligned"
+
+
+def test_hub_without_network_names_repo_and_revision(tiny_dirs, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    h = History.from_hub("EleutherAI/pythia-14m-not-here", base_revision="step1000", aligned_revision="step143000")
+    with pytest.raises(CheckpointError, match=r"EleutherAI/pythia-14m-not-here@step143000"):
+        h.aligned.state_dict()
+
+
+def test_bad_input(tmp_path, tiny_dirs):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        History.from_dirs(base=tmp_path / "missing", aligned=tiny_dirs["aligned"])
+    (tmp_path / "noweights").mkdir()
+    with pytest.raises(CheckpointError, match="holds no weights"):
+        History.from_dirs(base=tiny_dirs["base"], aligned=tmp_path / "noweights")
+    s = tiny_dirs["runs"]["seed0"]
+    with pytest.raises(HistoryError, match="step 1 appears twice"):
+        History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: s[1], "1": s[2]}})
+    with pytest.raises(HistoryError, match="must be >= 1"):
+        History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {0: s[1]}})
+    with pytest.raises(HistoryError, match="no steps"):
+        History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {}})
+    with pytest.raises(HistoryError, match="at least one base"):
+        History.from_dirs(base=[], aligned=tiny_dirs["aligned"])
+
+
+def test_mismatched_architectures_name_parameter_and_shapes(tmp_path, tiny_dirs):
+    other = tiny.save(tiny.tiny_model(0, d=48), tmp_path / "wide", tokenizer=False)
+    with pytest.raises(ShapeMismatchError, match=r"'transformer\.\S+' has shape \([\d, ]+\) in base but \([\d, ]+\) in r/step-1"):
+        History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: other}})
+
+
+def test_lab_manifest(tmp_path, tiny_dirs):
+    import shutil
+
+    root = tmp_path / "lab"
+    for name, src in (("base", tiny_dirs["base"]), ("aligned", tiny_dirs["aligned"]),
+                      ("runs/seed0/step-1", tiny_dirs["runs"]["seed0"][1]),
+                      ("controls/control-seed0/step-1", tiny_dirs["runs"]["seed1"][1])):
+        shutil.copytree(src, root / name)
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "revlens-lab", "format_version": 1, "base": {"base": "base"}, "aligned": {"aligned": "aligned"},
+        "runs": {"seed0": {"1": "runs/seed0/step-1"}},
+        "controls": {"control-seed0": {"1": "controls/control-seed0/step-1"}}}))
+    h = History.load(root)
+    assert h.lab_dir == root
+    assert h.runs["control-seed0"].control and not h.runs["seed0"].control
+    with pytest.raises(HistoryError, match="cannot read a history"):
+        History.load(tmp_path)
