@@ -17,7 +17,7 @@ Example:
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from revlens.errors import SiteError
 
@@ -26,7 +26,7 @@ __all__ = ["SITE_KINDS", "Site", "SiteKind", "available_layers", "resolve_sites"
 SiteKind = Literal["resid_post", "resid_mid", "resid_pre", "ln_final"]
 SITE_KINDS: tuple[str, ...] = ("resid_post", "resid_mid", "resid_pre", "ln_final")
 
-LayerSpec = Union[Literal["all"], int, Sequence[int]]
+LayerSpec = str | int | Sequence[int]  # "all", one layer, or a list (validated at run time)
 
 
 @dataclass(frozen=True)

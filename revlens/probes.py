@@ -34,7 +34,7 @@ from revlens.errors import ProbeError, SiteError
 __all__ = ["POSITION_RULES", "ProbeBatch", "Probes", "TokenizedProbes"]
 
 POSITION_RULES = ("last", "mean")
-PositionRule = Union[str, Bool[Tensor, "prompt pos"]]
+PositionRule = str | Bool[Tensor, "prompt pos"]
 
 
 @dataclass

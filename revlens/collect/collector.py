@@ -7,12 +7,13 @@ optional per-prompt activations of the reference checkpoints). The forward stops
 last requested site, so the unembedding is never computed.
 """
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -102,10 +103,8 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
                         hp = bridge.hook_dict[site.hook_name]
                         handles.append(hp.register_forward_hook(
                             _reduce_hook(store, i, weights, site, label, stop=(i == len(sites) - 1 and _is_last(sites, site)))))
-                    try:
+                    with contextlib.suppress(_StopForward):
                         bridge(batch.tokens.to(device))
-                    except _StopForward:
-                        pass
                 finally:
                     for h in handles:
                         h.remove()
@@ -138,7 +137,7 @@ def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized
 
 
 def collect(
-    history: Union[History, Any],
+    history: History | Any,
     probes: Any = None,
     *,
     model: Any = None,
