@@ -54,9 +54,9 @@ def resolve_probes(history: History, probes: Any) -> Probes:
         return probes
     if probes is None:
         if history.lab_dir is not None:
-            from revlens.lab import default_probes
+            from revlens.lab import probe_prompts
 
-            return default_probes()
+            return Probes(probe_prompts())  # the lab's held-out harmful requests
         raise ProbeError("no probes given: pass a Probes, a list of prompts or a JSONL file "
                          "(only a lab history has a default probe set)")
     if isinstance(probes, (str, Path)) and str(probes).endswith(".jsonl"):
@@ -127,11 +127,13 @@ _WORKER: dict[str, LensModel] = {}
 
 
 def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized: TokenizedProbes,
-                    layers: list[int], site: str, kwargs: dict[str, Any]) -> CheckpointStats:
-    torch.set_num_threads(1)
-    lm = _WORKER.get(arch)
+                    layers: list[int], site: str, kwargs: dict[str, Any], device: Any = None,
+                    dtype: torch.dtype = torch.float32) -> CheckpointStats:
+    """Run in an executor's worker: boot the architecture once per process, then swap weights."""
+    key = f"{arch}|{device}|{dtype}"
+    lm = _WORKER.get(key)
     if lm is None:
-        lm = _WORKER[arch] = LensModel.boot(Path(arch), tokenizer=tokenizer)
+        lm = _WORKER[key] = LensModel.boot(Path(arch), tokenizer=tokenizer, device=device, dtype=dtype)
     sites = resolve_sites(lm.bridge, layers, site)
     return collect_checkpoint(lm, checkpoint, tokenized, sites, **kwargs)
 
@@ -222,7 +224,8 @@ def collect(
         if executor is not None and todo:
             arch = str(hist.architecture or hist.aligned.local_path())
             futures = [(ck, key, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
-                                                 [s.layer for s in sites], site, {**common, **want(ck)}))
+                                                 [s.layer for s in sites], site, {**common, **want(ck)},
+                                                 device, dtype))
                        for ck, key in todo]
             for ck, key, fut in futures:
                 st = fut.result()
