@@ -230,7 +230,10 @@ class LensModel:
                     f"checkpoint {name}: parameter {key!r} has shape {tuple(value.shape)}, "
                     f"the model expects {tuple(target.shape)}"
                 )
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            # A finite sum proves every element finite (one pass, no allocation); an infinite sum
+            # can also be overflow of finite values, so only then check element-wise.
+            if value.is_floating_point() and not bool(torch.isfinite(value.sum(dtype=torch.float64))) \
+                    and not bool(torch.isfinite(value).all()):
                 raise NonFiniteError(f"checkpoint {name}: parameter {key!r} holds NaN or inf")
         with torch.no_grad():
             for key, value in sd.items():
