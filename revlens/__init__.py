@@ -8,21 +8,31 @@ mediation against random-direction controls, and blocks or monitors reversion wh
 """
 
 from revlens._version import __version__
+from revlens.analyze import analyze
 from revlens.collect import CheckpointStats, HistoryStats, collect
+from revlens.directions import Directions, LinearProbe, MeanDiff, PairedPCA, Whitened
 from revlens.errors import RevlensError
 from revlens.history import Checkpoint, History, Run
 from revlens.model import LensModel
 from revlens.probes import Probes
+from revlens.report import Report
 
 __all__ = [
     "Checkpoint",
     "CheckpointStats",
+    "Directions",
     "History",
     "HistoryStats",
     "LensModel",
+    "LinearProbe",
+    "MeanDiff",
+    "PairedPCA",
     "Probes",
+    "Report",
     "RevlensError",
     "Run",
+    "Whitened",
     "__version__",
+    "analyze",
     "collect",
 ]

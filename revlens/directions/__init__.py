@@ -2,12 +2,15 @@
 
 from revlens.directions.base import Directions
 from revlens.directions.estimators import (
-    ESTIMATORS,
     DirectionEstimator,
     LinearProbe,
     MeanDiff,
     PairedPCA,
     Whitened,
+)
+from revlens.directions.registry import (
+    ESTIMATORS,
+    DirectionSpec,
     linear_probe,
     mean_diff,
     paired_pca,
@@ -18,6 +21,7 @@ from revlens.directions.estimators import (
 __all__ = [
     "ESTIMATORS",
     "DirectionEstimator",
+    "DirectionSpec",
     "Directions",
     "LinearProbe",
     "MeanDiff",

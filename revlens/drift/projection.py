@@ -1,0 +1,187 @@
+"""Project fine-tuning drift onto reversion directions (DESIGN §2, docs/architecture.md).
+
+Drift at (run, t, l): ``d = μ_l(θ_t) − μ_l(run start)``; the run start is ``aligned`` for ordinary
+runs and the base for control runs (``HistoryStats.run_starts``). For each direction ``v``:
+``cos(d, v)``, scalar projection ``d·v``, fraction ``(d·v)² / ‖d‖²`` of the drift's squared norm
+along ``v``, and ``‖d‖``. Confidence intervals of ``cos`` come from the paired Poisson-bootstrap
+replicate means (``boot_mean(t) − boot_mean(start)``: same prompt, same weight) — a bootstrap
+over prompts of the drift, with the direction held fixed; the interval is the percentile one
+(2.5 / 97.5 %). Near ``|cos| = 1`` resampling noise can only lower ``|cos|``, so there the interval
+may sit just below the estimate.
+"""
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from revlens.collect.stats import HistoryStats
+from revlens.directions.base import Directions
+from revlens.drift.nulls import (
+    covariance_null_directions,
+    empirical_pvalue,
+    isotropic_pvalue,
+    isotropic_quantile,
+)
+from revlens.errors import ConfigError
+
+__all__ = ["DRIFT_COLUMNS", "drift_table", "project"]
+
+DRIFT_COLUMNS = [
+    "run",
+    "step",
+    "layer",
+    "method",
+    "control",
+    "kind",
+    "cos",
+    "cos_lo",
+    "cos_hi",
+    "proj",
+    "frac",
+    "norm",
+    "null_iso_p99",
+    "null_cov_p99",
+    "p_iso",
+    "p_cov",
+    "significant",
+    "significant_cov",
+]
+
+
+def project(drift: Float[Tensor, "... d"], v: Float[Tensor, " d"]) -> dict[str, Tensor]:
+    """``cos``, ``proj`` (= d·v), ``frac`` (= (d·v)²/‖d‖²) and ``norm`` (= ‖d‖) of drift on unit ``v``.
+
+    A zero drift gives ``cos = frac = nan``.
+    """
+    d = torch.as_tensor(drift, dtype=torch.float64)
+    u = torch.as_tensor(v, dtype=torch.float64)
+    u = u / u.norm()
+    proj = d @ u
+    norm = d.norm(dim=-1)
+    safe = torch.where(norm > 0, norm, torch.full_like(norm, math.nan))
+    return {"cos": proj / safe, "proj": proj, "frac": proj**2 / safe**2, "norm": norm}
+
+
+def _layer_generator(seed: int, layer: int) -> torch.Generator:
+    # One stream per layer, so a layer's null does not depend on which other layers were asked.
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + 7919 * int(layer) + 17)
+
+
+def drift_table(
+    stats: HistoryStats,
+    directions: Mapping[str, Directions] | Directions,
+    *,
+    n_null: int = 1000,
+    seed: int = 0,
+    q: float = 0.99,
+    ci: float = 0.95,
+    kinds: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """One row per (run, step, layer, method): projection, CI and nulls.
+
+    Args:
+        stats: collected statistics (second moments of ``aligned`` needed when ``n_null > 0``).
+        directions: method name -> :class:`Directions` (or one Directions, keyed by its method).
+        n_null: random directions per layer for the covariance-matched null (0 disables it:
+            ``null_cov_p99``/``p_cov`` are ``nan`` and ``significant_cov`` is False).
+        seed: seed of the covariance-matched null (one ``torch.Generator`` stream per layer).
+        q: null quantile used as threshold (0.99: the paper's p99).
+        ci: confidence level of the bootstrap interval ``[cos_lo, cos_hi]``.
+        kinds: run -> ``"run"`` / ``"control"`` / ``"blocked"`` (default: control runs of
+            ``stats`` are ``"control"``, the rest ``"run"``).
+
+    Returns:
+        DataFrame with columns :data:`DRIFT_COLUMNS`; ``significant`` is ``cos > null_iso_p99``
+        (the paper's test) and ``significant_cov`` is ``cos > null_cov_p99``.
+    """
+    if isinstance(directions, Directions):
+        directions = {directions.method: directions}
+    if not directions:
+        raise ConfigError("no directions to project on")
+    if not 0.0 < ci < 1.0:
+        raise ConfigError(f"ci must be in (0, 1), got {ci}")
+    for name, dirs in directions.items():
+        dirs.check_d_model(stats.d_model, f"statistics (method {name})")
+        for layer in stats.layers:
+            dirs[layer]  # SiteError if a collected layer has no direction
+    runs = stats.runs
+    if not runs:
+        raise ConfigError("the statistics hold no fine-tuning run to project")
+    iso_p99 = isotropic_quantile(stats.d_model, q)
+    null_dirs: dict[int, Tensor] = {}
+    if n_null > 0:
+        cov = stats[stats.aligned_name].covariance  # ConfigError if moments were not collected
+        for pos, layer in enumerate(stats.layers):
+            null_dirs[layer] = covariance_null_directions(
+                cov[pos], n_null, generator=_layer_generator(seed, layer)
+            )
+    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+    rows = []
+    for run, steps in runs.items():
+        start = stats[stats.run_starts[run]]
+        control = run in stats.controls
+        kind = (kinds or {}).get(run, "control" if control else "run")
+        for step, name in steps.items():
+            ck = stats[name]
+            drift = ck.mean - start.mean  # [layer, d]
+            boot = None
+            if ck.boot_mean is not None and start.boot_mean is not None:
+                boot = ck.boot_mean - start.boot_mean  # [boot, layer, d]
+            for pos, layer in enumerate(stats.layers):
+                d = drift[pos]
+                cov_cos = None
+                if layer in null_dirs:
+                    norm = float(d.norm())
+                    cov_cos = (null_dirs[layer] @ d / norm).numpy() if norm > 0 else None
+                cov_p99 = float(np.quantile(cov_cos, q)) if cov_cos is not None else math.nan
+                for method, dirs in directions.items():
+                    v = dirs[layer].to(torch.float64)
+                    p = {k: float(t) for k, t in project(d, v).items()}
+                    lo = hi = math.nan
+                    if boot is not None:
+                        bc = project(boot[:, pos], v)["cos"].numpy()
+                        bc = bc[~np.isnan(bc)]
+                        if bc.size:
+                            lo, hi = (float(x) for x in np.percentile(bc, [lo_q, hi_q]))
+                    c = p["cos"]
+                    p_iso = (
+                        float(isotropic_pvalue(c, stats.d_model)) if not math.isnan(c) else math.nan
+                    )
+                    p_cov = empirical_pvalue(c, cov_cos) if cov_cos is not None else math.nan
+                    rows.append(
+                        {
+                            "run": run,
+                            "step": int(step),
+                            "layer": int(layer),
+                            "method": method,
+                            "control": bool(control),
+                            "kind": kind,
+                            "cos": c,
+                            "cos_lo": lo,
+                            "cos_hi": hi,
+                            "proj": p["proj"],
+                            "frac": p["frac"],
+                            "norm": p["norm"],
+                            "null_iso_p99": iso_p99,
+                            "null_cov_p99": cov_p99,
+                            "p_iso": p_iso,
+                            "p_cov": p_cov,
+                            "significant": bool(c > iso_p99),
+                            "significant_cov": bool(c > cov_p99),
+                        }
+                    )
+    df = pd.DataFrame(rows, columns=DRIFT_COLUMNS)
+    return df.astype(
+        {
+            "step": "int64",
+            "layer": "int64",
+            "control": "bool",
+            "significant": "bool",
+            "significant_cov": "bool",
+        }
+    )

@@ -1,0 +1,184 @@
+"""Direction estimators on synthetic statistics with a known planted direction."""
+
+import numpy as np
+import pytest
+import torch
+from jaxtyping import TypeCheckError
+
+from revlens.directions import (
+    ESTIMATORS,
+    Directions,
+    LinearProbe,
+    MeanDiff,
+    PairedPCA,
+    Whitened,
+    linear_probe,
+    mean_diff,
+    paired_pca,
+    resolve_directions,
+    whitened,
+)
+from revlens.errors import ConfigError, NotFittedError, ShapeMismatchError, SiteError
+
+ALL = [MeanDiff, PairedPCA, LinearProbe, Whitened]
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_recovers_planted_direction_with_base_sign(cls, planted):
+    u, stats = planted
+    est = cls(n_bootstrap=10).fit(stats)
+    vec = est.direction_
+    assert isinstance(vec, Directions) and vec.method == cls.method
+    assert vec.layers == (0, 1) and est.n_features_in_ == 16
+    assert torch.allclose(vec.vectors.norm(dim=1), torch.ones(2), atol=1e-6)
+    cos = vec.vectors.double() @ u
+    # Sign: from aligned toward base (u is the base - aligned shift).
+    assert (cos > {LinearProbe: 0.8, Whitened: 0.95}.get(cls, 0.99)).all(), cos
+    assert est.stability_.shape == (2,)
+    assert ((est.stability_ > 0.8) & (est.stability_ <= 1.0 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_swapping_base_and_aligned_flips_the_sign(cls, planted, make_stats):
+    _, stats = planted
+    fwd = cls(n_bootstrap=0).fit(stats).direction_.vectors
+    swapped = make_stats(
+        {
+            "base": stats["aligned"].activations.double(),
+            "aligned": stats["base"].activations.double(),
+        }
+    )
+    back = cls(n_bootstrap=0).fit(swapped).direction_.vectors
+    assert (torch.nn.functional.cosine_similarity(fwd, back) < -0.95).all()
+
+
+def test_stability_is_low_without_a_planted_shift(make_stats):
+    g = torch.Generator().manual_seed(3)
+    aligned = torch.randn(30, 1, 16, generator=g, dtype=torch.float64)
+    base = aligned + torch.randn(30, 1, 16, generator=g, dtype=torch.float64)
+    stats = make_stats({"base": base, "aligned": aligned})
+    noisy = MeanDiff(n_bootstrap=20).fit(stats).stability_[0]
+    assert noisy < 0.8
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("attr", ["direction_", "stability_", "n_features_in_"])
+def test_not_fitted(cls, attr):
+    est = cls()
+    with pytest.raises(NotFittedError, match=f"not fitted.*{attr}"):
+        getattr(est, attr)
+    assert not est.is_fitted
+    with pytest.raises(AttributeError):  # NotFittedError is an AttributeError; others stay plain
+        est.no_such_thing  # noqa: B018
+
+
+def test_init_stores_params_only_and_repr(planted):
+    est = PairedPCA(center=True, n_bootstrap=7, seed=3)
+    assert est.get_params() == {"center": True, "n_bootstrap": 7, "seed": 3}
+    assert repr(est) == "PairedPCA(center=True, n_bootstrap=7, seed=3)"
+    with pytest.raises(ConfigError, match="n_bootstrap"):
+        MeanDiff(n_bootstrap=-1).fit(planted[1])
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_identical_base_and_aligned_is_a_zero_norm_error_naming_the_layer(cls, make_stats):
+    g = torch.Generator().manual_seed(1)
+    aligned = torch.randn(10, 2, 8, generator=g, dtype=torch.float64)
+    base = aligned.clone()
+    base[:, 1] += 1.0  # layer 1 differs, layer 0 is identical
+    stats = make_stats({"base": base, "aligned": aligned})
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[0\]"):
+        cls().fit(stats)
+
+
+def test_function_twins_match_estimators(planted):
+    _, stats = planted
+    for fn, cls in (
+        (mean_diff, MeanDiff),
+        (paired_pca, PairedPCA),
+        (linear_probe, LinearProbe),
+        (whitened, Whitened),
+    ):
+        assert torch.allclose(fn(stats).vectors, cls(n_bootstrap=0).fit(stats).direction_.vectors)
+
+
+def test_mean_diff_uses_paired_poisson_replicates_and_is_deterministic(planted, make_stats):
+    _, stats = planted
+    a = MeanDiff(n_bootstrap=20).fit(stats).stability_
+    b = MeanDiff(n_bootstrap=20, seed=99).fit(stats).stability_  # replicates come from collect
+    np.testing.assert_array_equal(a, b)
+    no_boot = make_stats(
+        {
+            "base": stats["base"].activations.double(),
+            "aligned": stats["aligned"].activations.double(),
+        },
+        n_bootstrap=0,
+    )
+    c = MeanDiff(n_bootstrap=20, seed=1).fit(no_boot).stability_  # falls back to prompt resampling
+    assert np.isfinite(c).all() and (c > 0.9).all()
+    assert np.isnan(MeanDiff(n_bootstrap=0).fit(stats).stability_).all()
+
+
+def test_several_bases_combine_by_their_mean(make_stats, unit_vec):
+    g = torch.Generator().manual_seed(2)
+    d = 12
+    u, w = torch.eye(d, dtype=torch.float64)[0], torch.eye(d, dtype=torch.float64)[1]
+    aligned = torch.randn(20, 1, d, generator=g, dtype=torch.float64)
+    stats = make_stats({"base_a": aligned + 2 * u, "base_b": aligned + 2 * w, "aligned": aligned})
+    for cls in (MeanDiff, PairedPCA):
+        v = cls(n_bootstrap=0).fit(stats).direction_.vectors[0].double()
+        assert torch.allclose(v, unit_vec(u + w), atol=1e-6)
+
+
+def test_whitened_discounts_a_high_variance_axis(make_stats, unit_vec):
+    g = torch.Generator().manual_seed(4)
+    n, d = 200, 8
+    noise = torch.randn(2, n, 1, d, generator=g, dtype=torch.float64)
+    noise[..., 1] *= 20.0  # within-class variance is huge along axis 1
+    u = torch.eye(d, dtype=torch.float64)[0]
+    shift = u + 3 * torch.eye(d, dtype=torch.float64)[1]
+    stats = make_stats({"base": noise[0] + shift, "aligned": noise[1]})
+    lda = Whitened(n_bootstrap=0).fit(stats).direction_.vectors[0].double()
+    md = MeanDiff(n_bootstrap=0).fit(stats).direction_.vectors[0].double()
+    assert lda @ u > 0.9 > md @ u
+    # A fixed shrinkage also works from second moments alone (no kept activations).
+    moments = make_stats({"base": noise[0] + shift, "aligned": noise[1]}, keep=False)
+    v = Whitened(shrinkage=0.1).fit(moments).direction_.vectors[0].double()
+    assert v @ u > 0.8
+    with pytest.raises(ConfigError, match="shrinkage=<float>"):
+        Whitened().fit(moments)
+    with pytest.raises(ConfigError, match="shrinkage"):
+        Whitened(shrinkage=2.0).fit(stats)
+
+
+def test_resolve_directions(planted):
+    u, stats = planted
+    assert set(ESTIMATORS) == {"mean_diff", "pca", "probe", "whitened"}
+    assert resolve_directions("pca", stats).method == "pca"
+    assert resolve_directions(MeanDiff(n_bootstrap=0), stats).method == "mean_diff"
+    t = torch.stack([3 * u, -u]).float()
+    custom = resolve_directions(t, stats)
+    assert custom.method == "custom" and torch.allclose(custom.vectors.norm(dim=1), torch.ones(2))
+    full = Directions.from_tensor(torch.randn(3, 16), layers=[0, 1, 5])
+    assert resolve_directions(full, stats).layers == (0, 1)
+
+
+def test_resolve_directions_bad_input(planted):
+    _, stats = planted
+    with pytest.raises(ConfigError, match="valid methods: mean_diff, pca, probe, whitened"):
+        resolve_directions("meandiff", stats)
+    with pytest.raises(
+        ShapeMismatchError, match=r"n_layers_collected=2, d_model=16.*got \(2, 15\)"
+    ):
+        resolve_directions(torch.ones(2, 15), stats)
+    with pytest.raises(ShapeMismatchError, match="shape"):
+        resolve_directions(torch.ones(16), stats)
+    with pytest.raises(ConfigError, match=r"zero norm at layer\(s\) \[1\]"):
+        resolve_directions(torch.stack([torch.ones(16), torch.zeros(16)]), stats)
+    with pytest.raises(SiteError, match="no direction for layer 1"):
+        resolve_directions(Directions.from_tensor(torch.ones(1, 16), layers=[0]), stats)
+    with pytest.raises(ShapeMismatchError, match="d_model=8"):
+        resolve_directions(Directions.from_tensor(torch.ones(2, 8), layers=[0, 1]), stats)
+    # another type: ConfigError (TypeCheckError first under the jaxtyping/beartype plugin)
+    with pytest.raises((ConfigError, TypeCheckError), match="directions from int|parameter 'spec'"):
+        resolve_directions(3, stats)
