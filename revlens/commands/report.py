@@ -1,0 +1,54 @@
+"""``revlens report``: re-render a saved report (drift or causal) as offline HTML."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from revlens.errors import ConfigError
+
+__all__ = ["load_saved", "register", "run"]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` sub-command."""
+    p = subparsers.add_parser(
+        "report",
+        help="re-render a saved report (from analyze or ablate) as HTML",
+        description="Load a saved report - the output dir of `revlens analyze` / `revlens ablate`, "
+        "or the report/ dir inside it - and write it again as one offline HTML file.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a saved report dir, or an analyze/ablate output dir")
+    p.add_argument("--out", metavar="FILE.html", help="where to write (default: DIR/report.html)")
+    p.add_argument("--title", help="title of the HTML report")
+    p.set_defaults(func=run)
+    return p
+
+
+def load_saved(path: Any) -> Any:
+    """Load a saved ``Report`` (report.json) or ``CausalReport`` (causal.json) from ``path`` or
+    from its report/ or causal/ sub-directory."""
+    root = Path(path)
+    for cand in (root, root / "report", root / "causal"):
+        if (cand / "causal.json").is_file():
+            from revlens.causal import CausalReport
+
+            return CausalReport.load(cand)
+        if (cand / "report.json").is_file():
+            from revlens.report import Report
+
+            return Report.load(cand)
+    raise ConfigError(
+        f"{root} holds no saved revlens report (looked for report.json / causal.json in it, "
+        "report/ and causal/)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``revlens report``; returns the exit code."""
+    src = Path(args.dir)
+    if not src.is_dir():
+        raise ConfigError(f"{src} is not a directory")
+    report = load_saved(src)
+    html = report.to_html(Path(args.out) if args.out else src / "report.html", title=args.title)
+    print(html)  # noqa: T201 (the command's result: where the report is)
+    return 0

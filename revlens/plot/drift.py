@@ -1,0 +1,350 @@
+"""Drift figures: the layer × step heatmap of cos(drift, v_rev) and per-layer trajectories.
+
+Both read ``Report.drift``: one row per (run, step, layer, method) with at least ``run, step,
+layer, method, cos``; the optional columns ``kind`` (run | control | blocked; or a boolean
+``control``), ``cos_lo, cos_hi, null_iso_p99,
+null_cov_p99, p_iso, p_cov, significant, significant_cov`` enrich hover labels and markers.
+"""
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from revlens.errors import ConfigError
+from revlens.plot._common import (
+    DIVERGING,
+    MEAN_LABEL,
+    as_int_columns,
+    base_layout,
+    colour,
+    esc,
+    fmt,
+    pick,
+    require_columns,
+    rgba,
+    sorted_unique,
+    step_label,
+)
+
+__all__ = ["drift_heatmap", "drift_trajectories"]
+
+_REQUIRED = ("run", "step", "layer", "method", "cos")
+Significance = Literal["iso", "cov"]
+_DASH = {"run": "solid", "control": "dash", "blocked": "dot"}
+
+
+def _prepare(drift: pd.DataFrame, significance: Significance) -> tuple[pd.DataFrame, str]:
+    df = as_int_columns(require_columns(drift, _REQUIRED, "drift table"), ("step", "layer"))
+    if significance not in ("iso", "cov"):
+        raise ConfigError(f"significance must be 'iso' or 'cov', got {significance!r}")
+    sig_col = "significant" if significance == "iso" else "significant_cov"
+    if "kind" in df.columns:
+        df["_kind"] = df["kind"].fillna("run").astype(str)
+    elif "control" in df.columns:
+        df["_kind"] = np.where(df["control"].fillna(False).astype(bool), "control", "run")
+    else:
+        df["_kind"] = "run"
+    for col in ("cos_lo", "cos_hi", "null_iso_p99", "null_cov_p99", "p_iso", "p_cov"):
+        if col not in df.columns:
+            df[col] = np.nan
+    df["_sig"] = df[sig_col].fillna(False).astype(bool) if sig_col in df.columns else False
+    return df, sig_col
+
+
+def _run_order(df: pd.DataFrame) -> tuple[list, list, dict]:
+    """(all runs: ordinary first, then controls/blocked; the runs averaged; run -> label)."""
+    kinds = df.groupby("run")["_kind"].first()
+    ordinary = sorted(kinds.index[kinds.values == "run"].tolist(), key=str)
+    others = sorted(kinds.index[kinds.values != "run"].tolist(), key=lambda r: (kinds[r], str(r)))
+    labels = {r: str(r) if kinds[r] == "run" else f"{r} ({kinds[r]})" for r in kinds.index}
+    return ordinary + others, (ordinary or others), labels
+
+
+def _cell_table(df: pd.DataFrame, option: object, averaged: list) -> pd.DataFrame:
+    """One row per (method, step, layer) with the values shown for ``option`` (a run or mean)."""
+    if option is not MEAN_LABEL:
+        out = df[df["run"] == option].copy()
+        out["sd"], out["n_sig"], out["n_runs"] = np.nan, out["_sig"].astype(int), 1
+        return out
+    sub = df[df["run"].isin(averaged)]
+    g = sub.groupby(["method", "step", "layer"], sort=True)
+    out = g[["cos", "cos_lo", "cos_hi", "null_iso_p99", "null_cov_p99", "p_iso", "p_cov"]].mean()
+    out["sd"] = g["cos"].std(ddof=1)
+    out["n_sig"] = g["_sig"].sum().astype(int)
+    out["n_runs"] = g["cos"].count()
+    out = out.reset_index()
+    out["_sig"] = (out["n_sig"] == out["n_runs"]) & (out["n_runs"] > 0)
+    return out
+
+
+def _hover(row: pd.Series, label: str, sig_name: str) -> str:
+    mean = label == MEAN_LABEL
+    lines = [f"{esc(label)} · layer {row['layer']} · step {row['step']}"]
+    cos = f"cos {fmt(row['cos'])}"
+    if mean and row["n_runs"] > 1:
+        cos += f" (sd {fmt(row['sd'])} over {int(row['n_runs'])} runs)"
+    lines.append(cos)
+    if not (np.isnan(row["cos_lo"]) and np.isnan(row["cos_hi"])):
+        lines.append(f"CI{' (mean)' if mean else ''} [{fmt(row['cos_lo'])}, {fmt(row['cos_hi'])}]")
+    lines.append(f"null p99 iso {fmt(row['null_iso_p99'])} · cov {fmt(row['null_cov_p99'])}")
+    lines.append(f"p iso {fmt(row['p_iso'])} · p cov {fmt(row['p_cov'])}")
+    if mean:
+        lines.append(f"significant ({sig_name}) in {int(row['n_sig'])}/{int(row['n_runs'])} runs")
+    else:
+        lines.append(f"significant ({sig_name}): {'yes' if row['_sig'] else 'no'}")
+    return "<br>".join(lines)
+
+
+def drift_heatmap(
+    drift: pd.DataFrame,
+    *,
+    method: str | list[str] | None = None,
+    significance: Significance = "iso",
+    title: str | None = "cos(drift, v_rev) by layer and fine-tuning step",
+) -> go.Figure:
+    """Layer × step heatmap of cos(drift, v_rev), one panel per method, with a run selector.
+
+    The colour scale is diverging and centred on 0 (``zmid=0``, symmetric range). A dropdown
+    chooses "mean over runs" (ordinary runs; control/blocked runs are listed, not averaged) or one
+    run. Hover shows cos, its bootstrap CI, the nulls' p99, p-values and significance; cells
+    significant against the chosen null (``significance``: ``"iso"`` → column ``significant``,
+    ``"cov"`` → ``significant_cov``) carry a star (for the mean: significant in every run).
+
+    Args:
+        drift: ``Report.drift``.
+        method: one method, several, or None for all.
+        significance: which null's significance flag marks cells.
+        title: figure title (None for none).
+    """
+    df, _ = _prepare(drift, significance)
+    methods = pick(sorted_unique(df["method"]), method, "method")
+    df = df[df["method"].isin(methods)]
+    runs, averaged, run_labels = _run_order(df)
+    options = [MEAN_LABEL, *runs]
+    step_vals = sorted_unique(df["step"])
+    steps = [step_label(s) for s in step_vals]
+    layers = sorted_unique(df["layer"])
+    vmax = (
+        float(np.nanmax(np.abs(df["cos"].to_numpy(dtype=float))))
+        if df["cos"].notna().any()
+        else 1.0
+    )
+    vmax = max(min(np.ceil(vmax * 10) / 10, 1.0), 0.1)
+    fig = make_subplots(
+        rows=len(methods),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=[esc(m) for m in methods],
+    )
+    owner: list[int] = []  # option index of every trace, for the selector
+    for oi, option in enumerate(options):
+        cells = _cell_table(df, option, averaged)
+        label = option if option is MEAN_LABEL else run_labels[option]
+        for mi, m in enumerate(methods):
+            c = cells[cells["method"] == m]
+            z = c.pivot_table(
+                index="layer", columns="step", values="cos", aggfunc="first", dropna=False
+            )
+            z = z.reindex(index=layers, columns=step_vals)
+            text = np.full(z.shape, "", dtype=object)
+            pos = {
+                (lay, st): (i, j) for i, lay in enumerate(z.index) for j, st in enumerate(z.columns)
+            }
+            for _, row in c.iterrows():
+                text[pos[(row["layer"], row["step"])]] = _hover(row, str(label), significance)
+            fig.add_trace(
+                go.Heatmap(
+                    z=z.to_numpy(dtype=float),
+                    x=steps,
+                    y=layers,
+                    text=text,
+                    hoverinfo="text",
+                    hovertemplate="%{text}<extra></extra>",
+                    colorscale=DIVERGING,
+                    zmid=0.0,
+                    zmin=-vmax,
+                    zmax=vmax,
+                    xgap=1,
+                    ygap=1,
+                    visible=oi == 0,
+                    name=f"{esc(label)} · {esc(m)}",
+                    showscale=mi == 0,
+                    colorbar={"title": {"text": "cos"}, "len": 0.9},
+                    meta={"option": str(option), "method": str(m)},
+                ),
+                row=mi + 1,
+                col=1,
+            )
+            owner.append(oi)
+            sig = c[c["_sig"]]
+            fig.add_trace(
+                go.Scatter(
+                    x=[step_label(s) for s in sig["step"]],
+                    y=sig["layer"].tolist(),
+                    mode="markers",
+                    marker={
+                        "symbol": "star",
+                        "size": 9,
+                        "color": "black",
+                        "line": {"color": "white", "width": 1},
+                    },
+                    hoverinfo="skip",
+                    name=f"significant ({significance} p99)",
+                    showlegend=oi == 0 and mi == 0,
+                    legendgroup="sig",
+                    visible=oi == 0,
+                    meta={"option": str(option), "method": str(m), "markers": True},
+                ),
+                row=mi + 1,
+                col=1,
+            )
+            owner.append(oi)
+    buttons = [
+        {
+            "label": esc(o if o is MEAN_LABEL else run_labels[o]),
+            "method": "update",
+            "args": [{"visible": [k == oi for k in owner]}],
+        }
+        for oi, o in enumerate(options)
+    ]
+    fig.update_layout(
+        updatemenus=[
+            {
+                "type": "dropdown",
+                "buttons": buttons,
+                "active": 0,
+                "x": 1.0,
+                "xanchor": "right",
+                "y": 1.0,
+                "yanchor": "bottom",
+                "pad": {"b": 30},
+                "showactive": True,
+            }
+        ],
+        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 110},
+    )
+    fig.update_xaxes(type="category")
+    fig.update_xaxes(title_text="fine-tuning step", row=len(methods), col=1)
+    fig.update_yaxes(type="category", title_text="layer")
+    return base_layout(fig, title, height=220 + 230 * len(methods))
+
+
+def drift_trajectories(
+    drift: pd.DataFrame,
+    *,
+    method: str | list[str] | None = None,
+    layers: list[int] | None = None,
+    title: str | None = "cos(drift, v_rev) over fine-tuning, per layer",
+) -> go.Figure:
+    """cos(drift, v_rev) against step, one line per layer (mean over runs, ± sd), per method.
+
+    The grey band is the isotropic null's ±p99; the dotted line in a layer's colour is the
+    covariance-matched null's p99 at that layer; dashed lines are control runs, dotted lines
+    blocked runs (if any).
+    """
+    df, _ = _prepare(drift, "iso")
+    methods = pick(sorted_unique(df["method"]), method, "method")
+    chosen = pick(sorted_unique(df["layer"]), layers, "layer")
+    df = df[df["method"].isin(methods) & df["layer"].isin(chosen)]
+    fig = make_subplots(
+        rows=len(methods),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=[esc(m) for m in methods],
+    )
+    steps = sorted_unique(df["step"])
+    for mi, m in enumerate(methods):
+        dm = df[df["method"] == m]
+        p99 = float(dm["null_iso_p99"].max()) if dm["null_iso_p99"].notna().any() else np.nan
+        if not np.isnan(p99):
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=[p99] * len(steps),
+                    mode="lines",
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup="null",
+                ),
+                row=mi + 1,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=[-p99] * len(steps),
+                    mode="lines",
+                    line={"width": 0},
+                    fill="tonexty",
+                    fillcolor="rgba(128,128,128,0.18)",
+                    name=f"isotropic null ±p99 ({fmt(p99)})",
+                    hoverinfo="skip",
+                    showlegend=mi == 0,
+                    legendgroup="null",
+                ),
+                row=mi + 1,
+                col=1,
+            )
+        for li, lay in enumerate(chosen):
+            dl = dm[dm["layer"] == lay]
+            for kind in sorted_unique(dl["_kind"]):
+                part = dl[dl["_kind"] == kind]
+                if part.empty:
+                    continue
+                g = part.groupby("step")
+                mean, sd, n = g["cos"].mean(), g["cos"].std(ddof=1), g["cos"].count()
+                name = f"layer {lay}{'' if kind == 'run' else f' ({esc(kind)})'}"
+                dash = _DASH.get(kind, "dashdot")
+                hover = [
+                    f"{name} · step {s}<br>cos {fmt(mean[s])}"
+                    + (f" ± {fmt(sd[s])} (sd, {n[s]} runs)" if n[s] > 1 else "")
+                    for s in mean.index
+                ]
+                fig.add_trace(
+                    go.Scatter(
+                        x=mean.index.tolist(),
+                        y=mean.to_numpy(),
+                        mode="lines+markers",
+                        name=name,
+                        line={"color": colour(li), "dash": dash},
+                        text=hover,
+                        hoverinfo="text",
+                        error_y={
+                            "type": "data",
+                            "array": sd.fillna(0).to_numpy(),
+                            "visible": bool((n > 1).any()),
+                            "color": rgba(colour(li), 0.5),
+                        },
+                        legendgroup=f"layer{lay}",
+                        showlegend=mi == 0,
+                    ),
+                    row=mi + 1,
+                    col=1,
+                )
+            cov = dl[dl["_kind"] == "run"].groupby("step")["null_cov_p99"].mean()
+            if cov.notna().any():
+                fig.add_trace(
+                    go.Scatter(
+                        x=cov.index.tolist(),
+                        y=cov.to_numpy(),
+                        mode="lines",
+                        name=f"layer {lay} cov-null p99",
+                        line={"color": colour(li), "dash": "dot", "width": 1},
+                        legendgroup=f"layer{lay}",
+                        showlegend=False,
+                        hovertemplate=f"layer {lay} cov-matched null p99 %{{y:.3f}}<extra></extra>",
+                    ),
+                    row=mi + 1,
+                    col=1,
+                )
+        fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=mi + 1, col=1)
+        fig.update_yaxes(title_text="cos", row=mi + 1, col=1)
+    fig.update_xaxes(title_text="fine-tuning step", row=len(methods), col=1)
+    return base_layout(fig, title, height=200 + 260 * len(methods))
