@@ -1,0 +1,145 @@
+"""``revlens lab``: build a reversion-lab checkpoint history from the shipped pairs (or retrain)."""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from revlens.errors import ConfigError, RevlensError
+from revlens.lab.config import LabConfig
+
+__all__ = ["main", "register", "run"]
+
+
+def _int_list(name: str, values: list[str]) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in values)
+    except ValueError as exc:
+        raise ConfigError(f"--{name} takes non-negative integers, got {values}") from exc
+    if any(v < 0 for v in out) or len(set(out)) != len(out):
+        raise ConfigError(f"--{name} takes distinct non-negative integers, got {values}")
+    return out
+
+
+def register(subparsers) -> None:
+    """Add the ``lab`` subcommand to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "lab",
+        help="train the reversion lab's checkpoint history (pre-train -> align -> benign fine-tune)",
+        description="Fine-tune the shipped aligned lab model on a benign task (one run per seed, plus "
+        "a control from the base model) and write a lab dir: manifest.json, metrics.json "
+        "and save_pretrained checkpoints.",
+    )
+    _add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="directory to write the lab into")
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        default=["0", "1", "2"],
+        metavar="SEED",
+        help="fine-tuning seeds, one run each (default: 0 1 2)",
+    )
+    p.add_argument(
+        "--steps", default=None, metavar="T", help="fine-tuning steps per run (default: 100)"
+    )
+    p.add_argument("--lr", default=None, help="fine-tuning learning rate (default: the config's)")
+    p.add_argument(
+        "--pretrain-seeds",
+        nargs="+",
+        default=["0"],
+        metavar="SEED",
+        help="pre-training seeds, one base/aligned pair each (default: 0, the shipped pair0)",
+    )
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="pre-train and align from scratch instead of starting from assets/lab/",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an --out that is not a lab dir")
+    p.add_argument(
+        "--no-control", action="store_true", help="skip the control run from the base model"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args) -> LabConfig:
+    changes = {
+        "ft_seeds": _int_list("seeds", args.seeds),
+        "pretrain_seeds": _int_list("pretrain-seeds", args.pretrain_seeds),
+        "control": not args.no_control,
+    }
+    if args.steps is not None:
+        try:
+            changes["ft_steps"] = int(args.steps)
+        except ValueError as exc:
+            raise ConfigError(f"--steps takes a positive integer, got {args.steps!r}") from exc
+        if changes["ft_steps"] <= 0:
+            raise ConfigError(f"--steps must be a positive integer, got {args.steps!r}")
+    if args.lr is not None:
+        try:
+            lr = float(args.lr)
+        except ValueError as exc:
+            raise ConfigError(f"--lr takes a positive number, got {args.lr!r}") from exc
+        if not lr > 0 or lr != lr or lr == float("inf"):
+            raise ConfigError(f"--lr must be a positive finite number, got {args.lr!r}")
+        changes["ft_lr"] = lr
+    return LabConfig(**changes)
+
+
+def run(args) -> int:
+    """Run ``revlens lab`` from parsed arguments; prints a closing summary table."""
+    from revlens.lab.runner import run_lab
+
+    config = _config(args)
+    t0 = time.perf_counter()
+    result = run_lab(
+        args.out, config, retrain=args.retrain, force=args.force, progress=not args.quiet
+    )
+    table = result.summary()
+    cols = [
+        "pair",
+        "run",
+        "start",
+        "steps",
+        "harm_start",
+        "harm_final",
+        "logodds_start",
+        "logodds_final",
+        "task_acc_final",
+        "seconds",
+    ]
+    print(f"revlens lab: wrote {result.root} in {time.perf_counter() - t0:.1f}s")
+    print(
+        "harm = share of held-out harmful prompts where the harmful first token outscores the refusal; "
+        "logodds = mean log p(harmful) - log p(refusal); start = aligned (base for the control)"
+    )
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    runs = table[table.role == "run"]
+    if len(runs):
+        print(
+            f"mean over runs: harm {runs.harm_start.mean():.3f} -> {runs.harm_final.mean():.3f} "
+            f"(log-odds {runs.logodds_start.mean():.2f} -> {runs.logodds_final.mean():.2f}), "
+            f"task acc {runs.task_acc_final.mean():.3f}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="revlens lab")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except RevlensError as exc:
+        print(f"revlens lab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
