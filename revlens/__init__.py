@@ -9,6 +9,7 @@ mediation against random-direction controls, and blocks or monitors reversion wh
 
 from revlens._version import __version__
 from revlens.analyze import analyze
+from revlens.causal import CausalReport, ablation_study
 from revlens.collect import CheckpointStats, HistoryStats, collect
 from revlens.directions import Directions, LinearProbe, MeanDiff, PairedPCA, Whitened
 from revlens.errors import RevlensError
@@ -18,6 +19,7 @@ from revlens.probes import Probes
 from revlens.report import Report
 
 __all__ = [
+    "CausalReport",
     "Checkpoint",
     "CheckpointStats",
     "Directions",
@@ -33,6 +35,7 @@ __all__ = [
     "Run",
     "Whitened",
     "__version__",
+    "ablation_study",
     "analyze",
     "collect",
 ]

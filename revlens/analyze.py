@@ -92,6 +92,7 @@ def analyze(
     position: PositionRule | None = None,
     site: str = "resid_post",
     n_bootstrap: int = 100,
+    n_stability: int = 20,
     n_null: int = 1000,
     seed: int = 0,
     cache_dir: Any = None,
@@ -119,7 +120,9 @@ def analyze(
         position: ``"last"``, ``"mean"`` or a bool mask; ``None`` keeps the probes' own rule
             (``"last"`` by default).
         site: residual site kind (``"resid_post"``...).
-        n_bootstrap: Poisson-bootstrap replicates (CIs of cos) and estimator-stability replicates.
+        n_bootstrap: Poisson-bootstrap replicates (confidence intervals of cos).
+        n_stability: bootstrap refits per estimator for ``stability_`` (refitting the probe and
+            whitened estimators is the costly part of ``analyze``; 0 skips stability).
         n_null: random directions per layer (covariance-matched null) and label permutations.
         seed: seed of the bootstrap weights, resampling, null directions and permutations.
         cache_dir: on-disk statistics cache (resumable; keyed by content).
@@ -178,7 +181,7 @@ def analyze(
     vectors: dict[str, Directions] = {}
     stability: dict[str, np.ndarray | None] = {}
     for spec in methods:
-        name, vec, stab = _fit(spec, stats, n_bootstrap=n_bootstrap, seed=seed)
+        name, vec, stab = _fit(spec, stats, n_bootstrap=n_stability, seed=seed)
         base_name, k = name, 1
         while name in vectors:
             k += 1
@@ -201,6 +204,7 @@ def analyze(
         "site": stats.site,
         "position": stats.position,
         "n_bootstrap": n_bootstrap,
+        "n_stability": n_stability,
         "n_null": n_null,
         "seed": seed,
         "batch_size": batch_size,

@@ -35,5 +35,28 @@ def prompts() -> list[str]:
 
 
 def hook_count(module) -> int:
-    """Forward (pre-)hooks registered anywhere in ``module``."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+    """Forward (pre-)hooks registered anywhere in ``module``.
+
+    transformers (output capturing) and TransformerLens (``BlockBridge._maybe_wire_capture_hooks``)
+    install persistent internal hooks once, lazily, on the first forward that asks for caches;
+    they are idempotent and not ours, so they are not counted.
+    """
+    internal = ("output_capturing_hook", "_maybe_wire_capture_hooks")
+
+    def ours(hooks) -> int:
+        return sum(not any(k in getattr(h, "__qualname__", "") for k in internal) for h in hooks.values())
+
+    return sum(ours(m._forward_hooks) + ours(m._forward_pre_hooks) for m in module.modules())
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_hooks(request):
+    """Every test that uses the shared bridge must leave no hook behind (also on errors)."""
+    if "tiny_lm" not in request.fixturenames:
+        yield
+        return
+    lm = request.getfixturevalue("tiny_lm")
+    before = hook_count(lm.bridge)
+    yield
+    after = hook_count(lm.bridge)
+    assert after == before, f"{request.node.nodeid} leaked {after - before} hook(s) on the shared bridge"

@@ -175,7 +175,9 @@ def collect(
         bootstrap_seed: seed of the bootstrap weights.
         device, dtype: where and in what precision the model runs (statistics are float64).
         executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots
-            the architecture once and ships back statistics only).
+            the architecture once and ships back statistics only). For a local
+            ``ProcessPoolExecutor`` use ``mp_context=multiprocessing.get_context("spawn")``:
+            forking a process that already runs torch threads can deadlock.
         progress: show a tqdm bar over checkpoints.
 
     Returns:

@@ -1,5 +1,6 @@
 """collect() on a real tiny TransformerBridge history, against independent oracles."""
 
+import multiprocessing
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -119,7 +120,8 @@ def test_cache_from_another_version_is_refused(tiny_history, tmp_path):
 
 
 def test_process_pool_gives_identical_results(tiny_history, stats):
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    # spawn, not fork: forking a process that already runs torch threads can deadlock
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         fanned = collect(tiny_history, tiny.PROMPTS, batch_size=4, progress=False, executor=pool)
     for name in stats.checkpoints:
         assert torch.allclose(fanned.mean(name), stats.mean(name), atol=1e-6)

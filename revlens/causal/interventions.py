@@ -1,0 +1,290 @@
+"""Interventions on the residual stream, as context managers (DESIGN §2 "Causal mediation").
+
+Three kinds, each at one or more revlens layers (see :mod:`revlens.hooks`), with ``v`` a unit
+direction (or, for the context managers, an orthonormal basis ``Q`` of a subspace):
+
+- ``clamp``: ``h ← h − ((h − μ)·v) v`` — remove the drift along ``v`` relative to a reference
+  mean ``μ`` (usually ``μ_l(aligned)``);
+- ``patch``: ``h ← h − ((h − a)·v) v`` — take the ``v``-coordinate from a source activation
+  ``a`` of the same prompt (usually the aligned checkpoint's: activation patching across
+  checkpoints); with ``Q = I`` this is full-vector activation patching;
+- ``steer``: ``h ← h + α v``.
+
+Interventions apply at **every position** of the sequence by default; pass ``positions`` (a bool
+mask ``[batch, pos]``) to change only some. Hooks are registered on enter and always removed
+on exit, also when the block raises.
+
+Example:
+    >>> with clamp(lm, v_rev, layers=[2], reference_mean=stats.mean("aligned")[2]):  # doctest: +SKIP
+    ...     logits = lm.bridge(tokens)
+"""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from revlens.directions import Directions
+from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
+from revlens.hooks import LayerSpec, hook_point, resolve_sites
+
+__all__ = ["Kind", "apply_intervention", "as_bridge", "clamp", "intervene", "patch", "steer"]
+
+Kind = Literal["clamp", "patch", "steer"]
+KINDS: tuple[str, ...] = ("clamp", "patch", "steer")
+DirectionsLike = Directions | Tensor
+PerLayer = Tensor | Mapping[int, Tensor]
+
+
+def as_bridge(model: Any) -> Any:
+    """The ``TransformerBridge`` of a :class:`~revlens.model.LensModel` (or the bridge itself)."""
+    bridge = getattr(model, "bridge", model)
+    if not hasattr(bridge, "hook_dict"):
+        raise ConfigError(
+            f"model must be a LensModel or a TransformerBridge; got {type(model).__name__}"
+        )
+    return bridge
+
+
+def apply_intervention(
+    h: Float[Tensor, "#copies batch pos d_model"],
+    kind: Kind,
+    vectors: Float[Tensor, "copies d_model"],
+    *,
+    reference: Float[Tensor, "*ref d_model"] | None = None,
+    alpha: Float[Tensor, " copies"] | None = None,
+    mask: Bool[Tensor, "batch pos"] | None = None,
+) -> Float[Tensor, "copies batch pos d_model"]:
+    """Apply ``kind`` along one direction per copy; ``h`` may have 1 copy (broadcast).
+
+    ``reference`` is ``μ`` ``[d]`` for ``clamp`` and the source activation ``[batch, pos, d]``
+    for ``patch``; ``alpha`` ``[copies]`` is used by ``steer``.
+    """
+    v = vectors.to(h.dtype)[:, None, None, :]
+    if kind == "steer":
+        if alpha is None:
+            raise ConfigError("steer needs alpha")
+        delta = alpha.to(h.dtype)[:, None, None, None] * v
+    elif kind in ("clamp", "patch"):
+        if reference is None:
+            raise ConfigError(
+                f"{kind} needs a reference ({'mean' if kind == 'clamp' else 'source activation'})"
+            )
+        coef = ((h - reference.to(h.dtype)) * v).sum(-1, keepdim=True)
+        delta = -coef * v
+    else:
+        raise ConfigError(f"unknown intervention kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if mask is not None:
+        delta = delta * mask.to(h.dtype)[None, :, :, None]
+    return h + delta
+
+
+def _basis(directions: DirectionsLike, layers: list[int], d_model: int) -> dict[int, Tensor]:
+    """layer -> orthonormal rows ``[k, d]`` (k = 1 for a direction)."""
+    if isinstance(directions, Directions):
+        directions.check_d_model(d_model)
+        return {layer: directions[layer][None].float() for layer in layers}
+    t = torch.as_tensor(directions).detach().float()
+    if t.ndim == 1:
+        t = t[None, None].expand(len(layers), 1, -1)
+    elif t.ndim == 2:
+        if t.shape[0] != len(layers):
+            raise ShapeMismatchError(
+                f"directions of shape {tuple(t.shape)} need one row per layer {layers}; "
+                "give [d_model], [layer, d_model] or [layer, k, d_model]"
+            )
+        t = t[:, None]
+    elif t.ndim != 3 or t.shape[0] != len(layers):
+        raise ShapeMismatchError(f"directions of shape {tuple(t.shape)} do not fit layers {layers}")
+    if t.shape[-1] != d_model:
+        raise ShapeMismatchError(
+            f"directions have d_model={t.shape[-1]} but the model has d_model={d_model}"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError("directions hold NaN or inf")
+    out = {}
+    for i, layer in enumerate(layers):
+        q = torch.linalg.qr(t[i].T.double()).Q.T.float() if t.shape[1] > 1 else t[i] / t[i].norm()
+        if not bool(torch.isfinite(q).all()):
+            raise ConfigError(f"direction at layer {layer} has zero norm")
+        out[layer] = q
+    return out
+
+
+def _per_layer(value: PerLayer, layers: list[int], name: str, pos: int) -> dict[int, Tensor]:
+    if isinstance(value, Mapping):
+        missing = [layer for layer in layers if layer not in value]
+        if missing:
+            raise ShapeMismatchError(f"{name} has no entry for layer(s) {missing}")
+        return {layer: torch.as_tensor(value[layer]) for layer in layers}
+    t = torch.as_tensor(value)
+    if len(layers) == 1 and t.ndim == pos:
+        return {layers[0]: t}
+    if t.ndim != pos + 1 or t.shape[0] != len(layers):
+        raise ShapeMismatchError(
+            f"{name} of shape {tuple(t.shape)} needs a leading layer axis of size {len(layers)}"
+        )
+    return {layer: t[i] for i, layer in enumerate(layers)}
+
+
+def _make_hook(
+    kind: str,
+    q: Tensor,
+    layer: int,
+    reference: Tensor | None,
+    alpha: float | None,
+    positions: Tensor | None,
+) -> Any:
+    def hook(module: Any, args: Any, output: Tensor) -> Tensor:
+        h = output
+        ref = reference
+        if ref is not None and kind == "patch" and tuple(ref.shape) != tuple(h.shape):
+            raise ShapeMismatchError(
+                f"patch at layer {layer}: source activation has shape {tuple(ref.shape)}, the forward "
+                f"pass has {tuple(h.shape)} (same prompts, same padding expected)"
+            )
+        mask = None
+        if positions is not None:
+            if tuple(positions.shape) != tuple(h.shape[:2]):
+                raise ShapeMismatchError(
+                    f"positions mask {tuple(positions.shape)} does not match the batch {tuple(h.shape[:2])}"
+                )
+            mask = positions.to(h.device)[..., None].to(h.dtype)
+        qq = q.to(h.device, h.dtype)
+        if kind == "steer":
+            delta = float(alpha) * qq[0]  # type: ignore[arg-type]
+        else:
+            coords = (h - ref.to(h.device, h.dtype)) @ qq.T  # type: ignore[union-attr]
+            delta = -(coords @ qq)
+        return h + (delta * mask if mask is not None else delta)
+
+    return hook
+
+
+@contextmanager
+def intervene(
+    model: Any,
+    kind: Kind,
+    directions: DirectionsLike,
+    layers: LayerSpec | None = None,
+    *,
+    reference_mean: PerLayer | None = None,
+    source_acts: PerLayer | None = None,
+    alpha: float | None = None,
+    positions: Bool[Tensor, "batch pos"] | None = None,
+    site: str = "resid_post",
+) -> Iterator[None]:
+    """Apply one intervention kind while the block runs (see the module docstring).
+
+    Args:
+        model: a :class:`~revlens.model.LensModel` or ``TransformerBridge``.
+        kind: ``"clamp"``, ``"patch"`` or ``"steer"``.
+        directions: a :class:`Directions`, or a tensor ``[d]`` (same at every layer),
+            ``[layer, d]`` (one per layer) or ``[layer, k, d]`` (a subspace per layer).
+        layers: revlens layer indices (default: the layers of a ``Directions``).
+        reference_mean: ``clamp`` only: ``μ`` per layer, ``[layer, d]`` / ``[d]`` / mapping.
+        source_acts: ``patch`` only: the source activations per layer ``[layer, batch, pos, d]``
+            or a mapping layer -> ``[batch, pos, d]`` (must match the forward's shape).
+        alpha: ``steer`` only: the step along ``v`` (finite).
+        positions: bool mask ``[batch, pos]``: change only these positions (default: all).
+        site: site kind (``"resid_post"`` default; see :func:`revlens.hooks.resolve_sites`).
+
+    Raises:
+        ConfigError: unknown kind, missing argument, non-finite alpha.
+        SiteError: a layer the model does not have.
+        ShapeMismatchError: directions / references of the wrong shape.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown intervention kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    bridge = as_bridge(model)
+    if layers is None:
+        if not isinstance(directions, Directions):
+            raise ConfigError("layers=None needs a Directions object; give layers explicitly")
+        layers = list(directions.layers)
+    sites = resolve_sites(bridge, layers, site)
+    chosen = [s.layer for s in sites]
+    basis = _basis(directions, chosen, int(bridge.cfg.d_model))
+    refs: dict[int, Tensor | None] = dict.fromkeys(chosen)
+    if kind == "clamp":
+        if reference_mean is None:
+            raise ConfigError(
+                "clamp needs reference_mean (e.g. the aligned model's mean activation)"
+            )
+        refs = dict(_per_layer(reference_mean, chosen, "reference_mean", 1))
+    elif kind == "patch":
+        if source_acts is None:
+            raise ConfigError(
+                "patch needs source_acts (the source model's activations on the same prompts)"
+            )
+        refs = dict(_per_layer(source_acts, chosen, "source_acts", 3))
+    else:
+        if alpha is None or not torch.isfinite(torch.tensor(float(alpha))):
+            raise ConfigError(f"steer needs a finite alpha; got {alpha!r}")
+        wide = [layer for layer, q in basis.items() if q.shape[0] > 1]
+        if wide:
+            raise ConfigError(
+                f"steer needs one direction per layer, got a subspace at layer(s) {wide}"
+            )
+    handles = []
+    try:
+        for s in sites:
+            fn = _make_hook(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions)
+            handles.append(hook_point(bridge, s).register_forward_hook(fn))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def clamp(
+    model: Any,
+    directions: DirectionsLike,
+    layers: LayerSpec | None = None,
+    reference_mean: PerLayer | None = None,
+    *,
+    positions: Bool[Tensor, "batch pos"] | None = None,
+    site: str = "resid_post",
+) -> Any:
+    """Context manager: ``h ← h − ((h − μ)·v) v`` at ``layers`` (see :func:`intervene`)."""
+    return intervene(
+        model,
+        "clamp",
+        directions,
+        layers,
+        reference_mean=reference_mean,
+        positions=positions,
+        site=site,
+    )
+
+
+def patch(
+    model: Any,
+    directions: DirectionsLike,
+    layers: LayerSpec | None = None,
+    source_acts: PerLayer | None = None,
+    *,
+    positions: Bool[Tensor, "batch pos"] | None = None,
+    site: str = "resid_post",
+) -> Any:
+    """Context manager: ``h ← h − ((h − a)·v) v`` with ``a`` the source activation (see :func:`intervene`)."""
+    return intervene(
+        model, "patch", directions, layers, source_acts=source_acts, positions=positions, site=site
+    )
+
+
+def steer(
+    model: Any,
+    directions: DirectionsLike,
+    layers: LayerSpec | None = None,
+    alpha: float | None = None,
+    *,
+    positions: Bool[Tensor, "batch pos"] | None = None,
+    site: str = "resid_post",
+) -> Any:
+    """Context manager: ``h ← h + α v`` at ``layers`` (see :func:`intervene`)."""
+    return intervene(
+        model, "steer", directions, layers, alpha=alpha, positions=positions, site=site
+    )

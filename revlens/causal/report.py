@@ -1,0 +1,333 @@
+"""The result of :func:`~revlens.causal.ablation_study`: effects, summary, save / load.
+
+A saved causal report is a directory of plain files (no pickle): ``effects.json`` and
+``summary.json`` (column-wise JSON with each column's dtype; floats in Python's shortest exact
+repr, so a load is bit-identical), the same tables as CSV for spreadsheets (not read back),
+``directions.safetensors`` (v_rev), ``controls.safetensors`` (the random directions) and
+``causal.json`` (config, provenance, format).
+"""
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from revlens.directions import Directions
+from revlens.errors import ConfigError
+
+__all__ = ["CausalReport", "summarize"]
+
+_FORMAT = "revlens-causal/1"
+KEYS = ["run", "step", "layer", "kind", "alpha"]
+
+
+def _frame_to_obj(df: pd.DataFrame) -> dict[str, Any]:
+    cols = []
+    for name in df.columns:
+        values = df[name].tolist()
+        if pd.api.types.is_float_dtype(df[name].dtype):
+            values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+        cols.append({"name": name, "dtype": str(df[name].dtype), "values": values})
+    return {"columns": cols, "n_rows": len(df)}
+
+
+def _frame_from_obj(obj: Mapping[str, Any]) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {c["name"]: pd.Series(c["values"], dtype=object) for c in obj["columns"]},
+        index=pd.RangeIndex(obj["n_rows"]),
+    )
+    for c in obj["columns"]:
+        values = df[c["name"]]
+        if c["dtype"].startswith("float"):
+            values = values.where(values.notna(), np.nan)
+        df[c["name"]] = values.astype(c["dtype"])
+    return df
+
+
+def _sign(x: pd.Series) -> pd.Series:
+    return pd.Series(np.where(x.to_numpy() < 0, -1.0, 1.0), index=x.index)
+
+
+def summarize(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, step, layer, kind, alpha): v_rev against its controls.
+
+    ``score`` orients effects so that larger = more reversion explained: ``effect·sign(gap)`` for
+    clamp / patch (gap = ``metric_clean − metric_aligned``), ``(metric − metric_aligned)·sign``
+    for steer (sign of the mean gap of the study's checkpoints, + if none). ``z`` and the
+    one-sided empirical ``p_value`` = (1 + #controls with score ≥ v_rev's) / (1 + #controls) use
+    that score; ``best`` flags the layer with the largest v_rev mediation fraction (score where
+    it is undefined) per (run, step, kind, alpha).
+    """
+    df = effects.copy()
+    gap = df["metric_clean"] - df["metric_aligned"]
+    is_steer = df["kind"] == "steer"
+    mean_gap = float(gap[~is_steer].mean()) if bool((~is_steer).any()) else 1.0
+    steer_sign = -1.0 if mean_gap < 0 else 1.0
+    df["score"] = np.where(
+        is_steer, (df["metric"] - df["metric_aligned"]) * steer_sign, df["effect"] * _sign(gap)
+    )
+    df["alpha_key"] = df["alpha"].fillna(-np.inf)
+    keys = ["run", "step", "layer", "kind", "alpha_key"]
+    v = df[df["control_type"] == "v_rev"].set_index(keys)
+    c = df[df["control_type"] != "v_rev"]
+    g = c.groupby(keys, sort=False)
+    out = v[
+        [
+            "alpha",
+            "metric",
+            "metric_clean",
+            "metric_aligned",
+            "effect",
+            "mediation_fraction",
+            "score",
+        ]
+    ].copy()
+    stats = pd.DataFrame(
+        {
+            "ctrl_mediation_mean": g["mediation_fraction"].mean(),
+            "ctrl_mediation_std": g["mediation_fraction"].std(ddof=1),
+            "ctrl_mediation_p95": g["mediation_fraction"].quantile(0.95),
+            "ctrl_effect_mean": g["effect"].mean(),
+            "ctrl_effect_std": g["effect"].std(ddof=1),
+            "ctrl_effect_p05": g["effect"].quantile(0.05),
+            "ctrl_effect_p95": g["effect"].quantile(0.95),
+            "ctrl_score_mean": g["score"].mean(),
+            "ctrl_score_std": g["score"].std(ddof=1),
+            "n_controls": g["score"].count(),
+        }
+    )
+    for ctype in sorted(set(c["control_type"])):
+        sub = c[c["control_type"] == ctype].groupby(keys, sort=False)["mediation_fraction"]
+        stats[f"{ctype}_mediation_mean"] = sub.mean()
+    out = out.join(stats, how="left")
+    out["z"] = (out["score"] - out["ctrl_score_mean"]) / out["ctrl_score_std"]
+    exceed = c.join(out["score"].rename("score_v"), on=keys)
+    ge = (exceed["score"] >= exceed["score_v"]).groupby([exceed[k] for k in keys], sort=False).sum()
+    out["p_value"] = (1.0 + ge.reindex(out.index).fillna(0.0)) / (
+        1.0 + out["n_controls"].fillna(0.0)
+    )
+    out["n_controls"] = out["n_controls"].fillna(0).astype("int64")
+    out = out.drop(columns=["ctrl_score_mean", "ctrl_score_std"]).reset_index()
+    by = [out["run"], out["step"], out["kind"], out["alpha_key"]]
+    mf = out["mediation_fraction"]
+    has_mf = mf.notna().groupby(by, sort=False).transform("any")
+    key = pd.Series(np.where(has_mf, mf.fillna(-np.inf), out["score"]), index=out.index)
+    out["best"] = False
+    out.loc[key.groupby(by, sort=False).idxmax().to_numpy(), "best"] = True  # first layer on ties
+    out = out.drop(columns=["alpha_key"])
+    cols = ["run", "step", "layer", "kind", "alpha"]
+    return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
+
+
+@dataclass
+class CausalReport:
+    """What :func:`~revlens.causal.ablation_study` measured.
+
+    Attributes:
+        effects: one row per (run, step, layer, kind, direction[, alpha]): ``metric`` under the
+            intervention (mean over prompts), ``metric_clean`` (M(θ_t)), ``metric_aligned``
+            (M(aligned)), ``effect`` = clean − intervened, ``mediation_fraction`` =
+            effect / (clean − aligned) (NaN where that gap is ~0, and for steer rows).
+            ``direction`` is ``"v_rev"``, ``"random_iso_k"`` or ``"random_cov_k"``;
+            ``control_type`` ``"v_rev" | "iso" | "cov"``. Steer rows are on the aligned model
+            (``run="aligned"``, ``step=0``, ``alpha`` set).
+        summary: per (run, step, layer, kind, alpha): v_rev vs controls (see :func:`summarize`).
+        config: the study's arguments.
+        directions: the v_rev directions used.
+        controls: layer -> control directions ``[k, d]`` (rows in ``config["control_names"]`` order).
+        provenance: model, metric, probe fingerprint.
+    """
+
+    effects: pd.DataFrame
+    summary: pd.DataFrame = None  # type: ignore[assignment]
+    config: dict[str, Any] = field(default_factory=dict)
+    directions: Directions | None = None
+    controls: dict[int, Tensor] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.summary is None:
+            self.summary = summarize(self.effects)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def dose_response(self) -> pd.DataFrame:
+        """Steering rows of the summary: per (layer, alpha) ``delta`` = M(aligned + αv) − M(aligned)
+        beside the controls' mean and p95 of the same delta."""
+        s = self.summary[self.summary["kind"] == "steer"]
+        return (
+            pd.DataFrame(
+                {
+                    "layer": s["layer"],
+                    "alpha": s["alpha"],
+                    "metric": s["metric"],
+                    "delta": s["metric"] - s["metric_aligned"],
+                    "ctrl_delta_mean": -s["ctrl_effect_mean"],
+                    "ctrl_delta_p95": -s["ctrl_effect_p05"],
+                    "z": s["z"],
+                    "p_value": s["p_value"],
+                }
+            )
+            .sort_values(["layer", "alpha"])
+            .reset_index(drop=True)
+        )
+
+    def mean_over_runs(self) -> pd.DataFrame:
+        """Clamp / patch summary averaged over runs per (step, layer, kind): mean and std."""
+        s = self.summary[self.summary["kind"] != "steer"]
+        cols = [
+            "mediation_fraction",
+            "effect",
+            "ctrl_mediation_mean",
+            "ctrl_mediation_p95",
+            "z",
+            "p_value",
+        ]
+        g = s.groupby(["step", "layer", "kind"])[cols]
+        out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_std"))
+        out["n_runs"] = s.groupby(["step", "layer", "kind"])["run"].nunique()
+        return out.reset_index()
+
+    def best_layer(self, kind: str = "clamp", step: int | None = None) -> int:
+        """The layer with the largest mean-over-runs v_rev mediation fraction (at ``step``: last)."""
+        m = self.mean_over_runs()
+        m = m[m["kind"] == kind]
+        if m.empty:
+            raise ConfigError(
+                f"no {kind!r} rows in this report; kinds: {sorted(set(self.summary['kind']))}"
+            )
+        step = int(m["step"].max()) if step is None else step
+        m = m[m["step"] == step]
+        if m.empty:
+            raise ConfigError(f"step {step} is not in this report")
+        return int(m.loc[m["mediation_fraction_mean"].fillna(-np.inf).idxmax(), "layer"])
+
+    def __repr__(self) -> str:
+        c = self.config
+        head = (
+            f"CausalReport(metric={c.get('metric')!r}, runs={c.get('runs')}, steps={c.get('steps')}, "
+            f"layers={c.get('layers')}, kinds={c.get('kinds')}, controls={c.get('controls')}×"
+            f"{'+'.join(c.get('control_kinds', []))}, prompts={c.get('n_prompts')}"
+        )
+        lines = [head]
+        s = self.summary
+        if "kind" in s.columns and bool((s["kind"] != "steer").any()):
+            m = self.mean_over_runs()
+            for (kind, step), grp in m.groupby(["kind", "step"]):
+                if grp["mediation_fraction_mean"].isna().all():
+                    continue
+                r = grp.loc[grp["mediation_fraction_mean"].idxmax()]
+                lines.append(
+                    f"  {kind} step {step}: best layer {int(r['layer'])}, mediation "
+                    f"{r['mediation_fraction_mean']:.3f} (controls {r['ctrl_mediation_mean_mean']:.3f}, "
+                    f"p95 {r['ctrl_mediation_p95_mean']:.3f}; z {r['z_mean']:.1f}, p {r['p_value_mean']:.3f})"
+                )
+        if "kind" in s.columns and bool((s["kind"] == "steer").any()):
+            d = self.dose_response
+            top = d.loc[d["delta"].idxmax()]
+            lines.append(
+                f"  steer: max delta {top['delta']:.3f} at layer {int(top['layer'])}, alpha {top['alpha']:g} "
+                f"(controls {top['ctrl_delta_mean']:.3f}, p95 {top['ctrl_delta_p95']:.3f})"
+            )
+        return "\n".join(lines) + ")"
+
+    # ------------------------------------------------------------------ rendering (lazy)
+    def figure(self, kind: str = "mediation", **kw: Any) -> Any:
+        """A plotly figure (see :func:`revlens.plot.causal_figure`)."""
+        from revlens.plot import causal_figure
+
+        return causal_figure(self, kind, **kw)
+
+    def to_html(self, path: Any, **kw: Any) -> Any:
+        """Write an offline HTML report (see :func:`revlens.report.html.write_causal_report`)."""
+        from revlens.report.html import write_causal_report
+
+        return write_causal_report(self, path, **kw)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Any) -> Path:
+        """Write the report to ``directory`` (created); returns its path."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, frame in (("effects", self.effects), ("summary", self.summary)):
+            (d / f"{name}.json").write_text(json.dumps(_frame_to_obj(frame), default=str))
+            frame.to_csv(d / f"{name}.csv", index=False)
+        if self.directions is not None:
+            self.directions.save(d / "directions.safetensors")
+        if self.controls:
+            save_file(
+                {str(k): v.contiguous() for k, v in self.controls.items()},
+                str(d / "controls.safetensors"),
+            )
+        meta = {
+            "format": _FORMAT,
+            "config": self.config,
+            "provenance": self.provenance,
+            "directions": self.directions is not None,
+            "controls": bool(self.controls),
+        }
+        (d / "causal.json").write_text(json.dumps(meta, indent=1, default=str))
+        return d
+
+    @classmethod
+    def load(cls, directory: Any) -> "CausalReport":
+        """Inverse of :meth:`save`.
+
+        Raises:
+            ConfigError: ``directory`` holds no saved causal report, or one of another format.
+        """
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "causal.json").is_file():
+            raise ConfigError(f"{d} holds no saved revlens causal report (causal.json)")
+        meta = json.loads((d / "causal.json").read_text())
+        if meta.get("format") != _FORMAT:
+            raise ConfigError(
+                f"{d / 'causal.json'} has format {meta.get('format')!r}; expected {_FORMAT!r}"
+            )
+        frames = {
+            n: _frame_from_obj(json.loads((d / f"{n}.json").read_text()))
+            for n in ("effects", "summary")
+        }
+        directions = (
+            Directions.load(d / "directions.safetensors") if meta.get("directions") else None
+        )
+        controls = (
+            {int(k): v for k, v in load_file(str(d / "controls.safetensors")).items()}
+            if meta.get("controls")
+            else {}
+        )
+        return cls(
+            effects=frames["effects"],
+            summary=frames["summary"],
+            config=meta["config"],
+            directions=directions,
+            controls=dict(sorted(controls.items())),
+            provenance=meta["provenance"],
+        )
+
+    def equals(self, other: "CausalReport") -> bool:
+        """Exact equality of tables, config and vectors (used to test save / load)."""
+        try:
+            pd.testing.assert_frame_equal(self.effects, other.effects, check_exact=True)
+            pd.testing.assert_frame_equal(self.summary, other.summary, check_exact=True)
+        except AssertionError:
+            return False
+        same_dirs = (self.directions is None) == (other.directions is None) and (
+            self.directions is None
+            or torch.equal(self.directions.vectors, other.directions.vectors)
+        )  # type: ignore[union-attr]
+        same_ctrl = self.controls.keys() == other.controls.keys() and all(
+            torch.equal(self.controls[k], other.controls[k]) for k in self.controls
+        )
+        return bool(same_dirs and same_ctrl and self.config == other.config)
