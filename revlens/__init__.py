@@ -9,12 +9,14 @@ mediation against random-direction controls, and blocks or monitors reversion wh
 
 from revlens._version import __version__
 from revlens.analyze import analyze
+from revlens.block import ReversionBlocker
 from revlens.causal import CausalReport, ablation_study
 from revlens.collect import CheckpointStats, HistoryStats, collect
 from revlens.directions import Directions, LinearProbe, MeanDiff, PairedPCA, Whitened
 from revlens.errors import RevlensError
 from revlens.history import Checkpoint, History, Run
 from revlens.model import LensModel
+from revlens.monitor import ReversionMonitor, ReversionWarning
 from revlens.probes import Probes
 from revlens.report import Report
 
@@ -31,6 +33,9 @@ __all__ = [
     "PairedPCA",
     "Probes",
     "Report",
+    "ReversionBlocker",
+    "ReversionMonitor",
+    "ReversionWarning",
     "RevlensError",
     "Run",
     "Whitened",

@@ -1,0 +1,219 @@
+"""Watch a fine-tune for reversion while it runs, and warn (DESIGN.md §2, *Monitoring*).
+
+Every ``every`` optimizer steps, :class:`ReversionMonitor` reads the probe-set mean residual of
+the model being trained (no grad, eval mode, train mode restored), measures the drift's alignment
+``cos(μ_l(θ_t) − μ_l(aligned), v_l)`` per layer, and emits a :class:`ReversionWarning` when a
+layer's cos stays above the threshold (default: the isotropic null's p99, exact: for ``u``
+uniform on the sphere in R^d, ``(cos(u, v) + 1)/2 ~ Beta((d−1)/2, (d−1)/2)``) for ``patience``
+consecutive checks.
+
+It plugs into a plain loop (``monitor.step(model, step)``), the lab's callback protocol
+(``on_step_end(step, model, optimizer)``) and ``transformers.Trainer``
+(``callbacks=[monitor.as_trainer_callback()]``; with ``stop=True`` it stops the run).
+
+Example:
+    >>> monitor = ReversionMonitor(directions, probes, aligned_dir, every=10)   # doctest: +SKIP
+    >>> for step in range(1, 101):                                               # doctest: +SKIP
+    ...     train_one_step(model)
+    ...     monitor.step(model, step)
+    >>> monitor.history_.groupby("layer").cos.max()                              # doctest: +SKIP
+"""
+
+import warnings
+from typing import Any
+
+import pandas as pd
+import torch
+from scipy.stats import beta
+
+from revlens.block.inputs import resolve_inputs
+from revlens.errors import ConfigError
+
+__all__ = ["ReversionMonitor", "ReversionWarning", "isotropic_p99"]
+
+
+class ReversionWarning(UserWarning):
+    """A fine-tune's drift has stayed aligned with the reversion direction beyond the null."""
+
+
+def isotropic_p99(d: int, q: float = 0.99) -> float:
+    """Exact ``q`` quantile of ``cos(u, v)`` for ``u`` uniform on the sphere in R^d."""
+    if d < 2:
+        raise ConfigError(f"the isotropic null needs d >= 2, got {d}")
+    a = (d - 1) / 2.0
+    return float(2.0 * beta.ppf(q, a, a) - 1.0)
+
+
+class ReversionMonitor:
+    """Measure reversion alignment every ``every`` steps and warn when it persists.
+
+    Args:
+        directions, probes, reference: as for :class:`~revlens.block.ReversionBlocker`.
+        every: check every k optimizer steps (>= 1).
+        layers: monitored layers (default: every layer of ``directions``).
+        patience: consecutive checks above the threshold before warning (>= 1).
+        threshold: ``"p99"`` (the isotropic null's exact p99 for the model's d) or a cos value.
+        stop: ask a ``Trainer`` to stop once warned (``control.should_training_stop``); in a plain
+            loop read :attr:`should_stop_`.
+        tokenizer: tokenizer for text probes (default: the reference's).
+
+    Attributes:
+        history_: DataFrame ``step, layer, cos, proj, null_p99`` of every check.
+        alerts_: ``(step, layer, cos)`` of each warning emitted.
+        should_stop_: ``True`` once warned with ``stop=True``.
+    """
+
+    def __init__(
+        self,
+        directions: Any,
+        probes: Any,
+        reference: Any,
+        *,
+        every: int = 10,
+        layers: Any = None,
+        patience: int = 2,
+        threshold: str | float = "p99",
+        stop: bool = False,
+        tokenizer: Any = None,
+        directions_layers: Any = None,
+        batch_size: int = 256,
+    ) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every must be an integer >= 1, got {every!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"patience must be an integer >= 1, got {patience!r}")
+        if isinstance(threshold, str):
+            if threshold != "p99":
+                raise ConfigError(
+                    f"threshold must be 'p99' or a float in (-1, 1), got {threshold!r}"
+                )
+        elif not -1.0 < float(threshold) < 1.0:
+            raise ConfigError(f"threshold must be 'p99' or a float in (-1, 1), got {threshold!r}")
+        self.directions, self.probes, self.reference = directions, probes, reference
+        self.every, self.layers, self.patience, self.threshold, self.stop = (
+            every,
+            layers,
+            patience,
+            threshold,
+            stop,
+        )
+        self.tokenizer, self.directions_layers, self.batch_size = (
+            tokenizer,
+            directions_layers,
+            batch_size,
+        )
+        self._rows: list[dict[str, Any]] = []
+        self.alerts_: list[tuple[int, int, float]] = []
+        self.should_stop_ = False
+        self._model_id: int | None = None
+
+    def prepare(self, model: Any) -> "ReversionMonitor":
+        """Validate inputs against ``model`` (called on the first check)."""
+        reader, res = resolve_inputs(
+            model,
+            self.directions,
+            self.probes,
+            self.reference,
+            layers=self.layers,
+            tokenizer=self.tokenizer,
+            directions_layers=self.directions_layers,
+        )
+        self.reader_, self.inputs_ = reader, res
+        self.null_p99_ = isotropic_p99(reader.d_model)
+        self.threshold_ = self.null_p99_ if self.threshold == "p99" else float(self.threshold)
+        self._streak = {layer: 0 for layer in res.layers}
+        self._model_id = id(model)
+        return self
+
+    def measure(self, model: Any) -> pd.DataFrame:
+        """One check now (not recorded): ``layer, cos, proj, norm`` per monitored layer."""
+        if self._model_id != id(model):
+            self.prepare(model)
+        res = self.inputs_
+        with torch.no_grad():
+            chunks = [
+                self.reader_.per_prompt(res.tokens[sl], res.weights[sl], mask=res.mask[sl])
+                .double()
+                .sum(0)
+                .cpu()
+                for sl in (
+                    slice(i, i + self.batch_size)
+                    for i in range(0, res.tokens.shape[0], self.batch_size)
+                )
+            ]
+        mu = torch.stack(chunks).sum(0) / res.tokens.shape[0]
+        drift = mu - res.ref_mean
+        v = res.vectors.cpu().double()
+        proj = (drift * v).sum(-1)
+        norm = drift.norm(dim=-1)
+        cos = torch.where(norm > 0, proj / norm.clamp_min(1e-300), torch.zeros_like(proj))
+        return pd.DataFrame(
+            {"layer": res.layers, "cos": cos.tolist(), "proj": proj.tolist(), "norm": norm.tolist()}
+        )
+
+    def step(self, model: Any, step: int) -> pd.DataFrame | None:
+        """In a plain loop: call after each optimizer step; checks when ``step % every == 0``.
+
+        Returns the check's rows, or ``None`` when no check was due.
+        """
+        if step % self.every != 0:
+            return None
+        table = self.measure(model)
+        table.insert(0, "step", int(step))
+        table["null_p99"] = self.null_p99_
+        self._rows.extend(table.to_dict("records"))
+        for row in table.itertuples():
+            layer = int(row.layer)
+            self._streak[layer] = self._streak[layer] + 1 if row.cos > self.threshold_ else 0
+            if self._streak[layer] == self.patience:
+                self.alerts_.append((int(step), layer, float(row.cos)))
+                if self.stop:
+                    self.should_stop_ = True
+                warnings.warn(
+                    f"reversion at step {step}: cos(drift, v) at layer {layer} is {row.cos:.3f}, above the "
+                    f"threshold {self.threshold_:.3f} ({'isotropic null p99' if self.threshold == 'p99' else 'given'}) "
+                    f"for {self.patience} consecutive checks (every {self.every} steps)",
+                    ReversionWarning,
+                    stacklevel=2,
+                )
+        return table
+
+    # lab-style callback protocol
+    def on_step_end(self, step: int, model: Any, optimizer: Any = None) -> None:
+        """Lab callback protocol: ``finetune(..., callbacks=[monitor])``."""
+        self.step(model, step)
+
+    @property
+    def history_(self) -> pd.DataFrame:
+        """Every check so far: ``step, layer, cos, proj, norm, null_p99``."""
+        return pd.DataFrame(
+            self._rows, columns=["step", "layer", "cos", "proj", "norm", "null_p99"]
+        )
+
+    def reset(self) -> None:
+        """Forget the trajectory, alerts and streaks (keep the validated inputs)."""
+        self._rows, self.alerts_, self.should_stop_ = [], [], False
+        if hasattr(self, "_streak"):
+            self._streak = {k: 0 for k in self._streak}
+
+    def as_trainer_callback(self) -> Any:
+        """A ``transformers.TrainerCallback`` that checks on ``on_step_end`` (``state.global_step``)."""
+        from transformers import TrainerCallback
+
+        monitor = self
+
+        class ReversionMonitorCallback(TrainerCallback):
+            """Runs a :class:`ReversionMonitor` inside ``Trainer.train``."""
+
+            def on_step_end(
+                self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+            ) -> Any:
+                monitor.step(model, int(state.global_step))
+                if monitor.should_stop_:
+                    control.should_training_stop = True
+                return control
+
+        return ReversionMonitorCallback()
+
+    def __repr__(self) -> str:
+        return f"ReversionMonitor(every={self.every}, patience={self.patience}, threshold={self.threshold!r})"

@@ -1,0 +1,77 @@
+"""ReversionMonitor: exact null, warnings on a reverting run, silence on a control run."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from jaxtyping import TypeCheckError
+from unit.block import tinyrev
+from unit.block.tinyrev import one_thread  # noqa: F401 (autouse fixture)
+
+import tiny
+from revlens.errors import ConfigError, ShapeMismatchError
+from revlens.monitor import ReversionMonitor, ReversionWarning, isotropic_p99
+
+TOK = tiny.tiny_tokenizer()
+
+
+def monitor(**kw) -> ReversionMonitor:
+    return ReversionMonitor(
+        tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK, **kw
+    )
+
+
+def test_isotropic_p99_is_exact():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(200_000, 16, generator=g, dtype=torch.float64)
+    cos = u[:, 0] / u.norm(dim=1)
+    assert abs(float(np.quantile(cos.numpy(), 0.99)) - isotropic_p99(16)) < 0.01
+    assert isotropic_p99(128) < 0.21 < isotropic_p99(32)
+
+
+def test_warns_on_reverting_run_and_keeps_a_history():
+    mon = monitor(every=2, patience=2)
+    with pytest.warns(ReversionWarning, match="step 4"):  # layers 1 and 2
+        tinyrev.train("revert", steps=6, callbacks=[mon])
+    h = mon.history_
+    assert list(h.columns) == ["step", "layer", "cos", "proj", "norm", "null_p99"]
+    assert h.step.tolist() == [2, 2, 4, 4, 6, 6]
+    assert (h.cos > h.null_p99).all() and (h.proj > 0).all()
+    assert mon.alerts_[0][:2] == (4, 1)  # second consecutive check above p99
+    assert not mon.should_stop_
+
+
+def test_silent_on_control_run():
+    mon = monitor(every=2, patience=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReversionWarning)
+        tinyrev.train("control", steps=6, callbacks=[mon])
+    h = mon.history_
+    assert len(h) == 6 and (h.cos < h.null_p99).all() and not mon.alerts_
+
+
+def test_measure_is_no_grad_and_restores_train_mode():
+    model = copy.deepcopy(tinyrev.pair()[1]).train()
+    mon = monitor(every=1, threshold=0.5, stop=True)
+    table = mon.measure(model)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert np.allclose(table.proj, 0.0, atol=1e-6)  # aligned itself: no drift
+    assert mon.step(model, 3) is not None and mon.history_.step.unique().tolist() == [3]
+
+
+def test_bad_inputs():
+    for every in (
+        0,
+        -1,
+        1.5,
+    ):  # 1.5: TypeCheckError under the jaxtyping plugin, ConfigError without
+        with pytest.raises((ConfigError, TypeCheckError), match="every"):
+            monitor(every=every)
+    with pytest.raises(ConfigError, match="patience"):
+        monitor(patience=0)
+    with pytest.raises(ConfigError, match="threshold"):
+        monitor(threshold="p95")
+    with pytest.raises(ShapeMismatchError):
+        monitor().measure(tiny.tiny_model(0, d=48))
