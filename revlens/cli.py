@@ -21,6 +21,7 @@ _COMMANDS = (
     "revlens.commands.analyze",
     "revlens.commands.ablate",
     "revlens.commands.report",
+    "revlens.commands.replicate",
 )
 
 
