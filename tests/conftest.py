@@ -4,10 +4,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny
+
+# One intra-op thread per test process: the suite runs in 2 xdist workers on 2 cores, and
+# oversubscribed torch threads were ~10× slower on a loaded machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

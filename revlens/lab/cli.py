@@ -38,6 +38,20 @@ def register(subparsers) -> None:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory to write the lab into")
     p.add_argument(
+        "--block",
+        nargs="+",
+        choices=["update", "gradient", "penalty", "hook"],
+        default=None,
+        metavar="METHOD",
+        help="also write blocked runs (same seeds, same data order) into blocked/<METHOD>/ "
+        "(update, gradient, penalty, hook)",
+    )
+    p.add_argument(
+        "--block-control",
+        action="store_true",
+        help="with --block: also block along random directions (blocked/<METHOD>-random/)",
+    )
+    p.add_argument(
         "--seeds",
         nargs="+",
         default=["0", "1", "2"],
@@ -126,6 +140,18 @@ def run(args) -> int:
             f"(log-odds {runs.logodds_start.mean():.2f} -> {runs.logodds_final.mean():.2f}), "
             f"task acc {runs.task_acc_final.mean():.3f}"
         )
+    if args.block:
+        from revlens.block.lab_runs import run_blocked
+
+        for lab_dir in result.lab_dirs.values():
+            for method in args.block:
+                done = run_blocked(lab_dir, method, progress=not args.quiet)
+                print(f"blocked ({method}):")
+                print(done.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+                if args.block_control:
+                    ctl = run_blocked(lab_dir, method, random_directions=True, progress=not args.quiet)
+                    print(f"blocked along random directions ({method}-random):")
+                    print(ctl.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
