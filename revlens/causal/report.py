@@ -8,8 +8,6 @@ repr, so a load is bit-identical), the same tables as CSV for spreadsheets (not 
 """
 
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from torch import Tensor
 
 from revlens.directions import Directions
 from revlens.errors import ConfigError
+from revlens.report.frames import frame_from_obj, frame_to_obj
 
 __all__ = ["CausalReport", "summarize"]
 
@@ -28,27 +27,6 @@ _FORMAT = "revlens-causal/1"
 KEYS = ["run", "step", "layer", "kind", "alpha"]
 
 
-def _frame_to_obj(df: pd.DataFrame) -> dict[str, Any]:
-    cols = []
-    for name in df.columns:
-        values = df[name].tolist()
-        if pd.api.types.is_float_dtype(df[name].dtype):
-            values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
-        cols.append({"name": name, "dtype": str(df[name].dtype), "values": values})
-    return {"columns": cols, "n_rows": len(df)}
-
-
-def _frame_from_obj(obj: Mapping[str, Any]) -> pd.DataFrame:
-    df = pd.DataFrame(
-        {c["name"]: pd.Series(c["values"], dtype=object) for c in obj["columns"]},
-        index=pd.RangeIndex(obj["n_rows"]),
-    )
-    for c in obj["columns"]:
-        values = df[c["name"]]
-        if c["dtype"].startswith("float"):
-            values = values.where(values.notna(), np.nan)
-        df[c["name"]] = values.astype(c["dtype"])
-    return df
 
 
 def _sign(x: pd.Series) -> pd.Series:
@@ -259,7 +237,7 @@ class CausalReport:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for name, frame in (("effects", self.effects), ("summary", self.summary)):
-            (d / f"{name}.json").write_text(json.dumps(_frame_to_obj(frame), default=str))
+            (d / f"{name}.json").write_text(json.dumps(frame_to_obj(frame), default=str))
             frame.to_csv(d / f"{name}.csv", index=False)
         if self.directions is not None:
             self.directions.save(d / "directions.safetensors")
@@ -296,7 +274,7 @@ class CausalReport:
                 f"{d / 'causal.json'} has format {meta.get('format')!r}; expected {_FORMAT!r}"
             )
         frames = {
-            n: _frame_from_obj(json.loads((d / f"{n}.json").read_text()))
+            n: frame_from_obj(json.loads((d / f"{n}.json").read_text()))
             for n in ("effects", "summary")
         }
         directions = (

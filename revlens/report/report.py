@@ -20,42 +20,13 @@ import pandas as pd
 
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError
+from revlens.report.frames import read_frame, write_frame
 
 __all__ = ["Report"]
 
 _FORMAT = "revlens-report/1"
 
 
-def _frame_to_obj(df: pd.DataFrame) -> dict[str, Any]:
-    cols = []
-    for name in df.columns:
-        values = df[name].tolist()
-        if pd.api.types.is_float_dtype(df[name].dtype):
-            values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
-        cols.append({"name": name, "dtype": str(df[name].dtype), "values": values})
-    idx = df.index
-    is_range = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
-    return {"columns": cols, "index": None if is_range else idx.tolist(), "n_rows": len(df)}
-
-
-def _frame_from_obj(obj: Mapping[str, Any]) -> pd.DataFrame:
-    data = {c["name"]: pd.Series(c["values"], dtype=object) for c in obj["columns"]}
-    df = pd.DataFrame(data, columns=[c["name"] for c in obj["columns"]])
-    if not obj["columns"]:
-        df = pd.DataFrame(index=range(obj["n_rows"]))
-    for c in obj["columns"]:
-        df[c["name"]] = df[c["name"]].astype(c["dtype"])
-    if obj["index"] is not None:
-        df.index = pd.Index(obj["index"])
-    return df
-
-
-def _write_frame(df: pd.DataFrame, path: Path) -> None:
-    path.write_text(json.dumps(_frame_to_obj(df), default=str))
-
-
-def _read_frame(path: Path) -> pd.DataFrame:
-    return _frame_from_obj(json.loads(path.read_text()))
 
 
 def _fmt(block: Mapping[str, Any] | None, key: str) -> str:
@@ -177,8 +148,8 @@ class Report:
         """Write the report to ``directory`` (created); returns its path."""
         d = Path(directory)
         (d / "vectors").mkdir(parents=True, exist_ok=True)
-        _write_frame(self.drift, d / "drift.json")
-        _write_frame(self.directions, d / "directions.json")
+        write_frame(self.drift, d / "drift.json")
+        write_frame(self.directions, d / "directions.json")
         self.drift.to_csv(d / "drift.csv", index=False)
         self.directions.to_csv(d / "directions.csv", index=False)
         files = {}
@@ -187,7 +158,7 @@ class Report:
             vec.save(d / "vectors" / fname)
             files[method] = fname
         if self.lab_metrics is not None:
-            _write_frame(self.lab_metrics, d / "lab_metrics.json")
+            write_frame(self.lab_metrics, d / "lab_metrics.json")
         meta = {
             "format": _FORMAT,
             "config": self.config,
@@ -214,10 +185,10 @@ class Report:
                 f"{d / 'report.json'} has format {meta.get('format')!r}; expected {_FORMAT!r}"
             )
         vectors = {m: Directions.load(d / "vectors" / f) for m, f in meta["vectors"].items()}
-        lab = _read_frame(d / "lab_metrics.json") if meta.get("lab_metrics") else None
+        lab = read_frame(d / "lab_metrics.json") if meta.get("lab_metrics") else None
         return cls(
-            drift=_read_frame(d / "drift.json"),
-            directions=_read_frame(d / "directions.json"),
+            drift=read_frame(d / "drift.json"),
+            directions=read_frame(d / "directions.json"),
             vectors=vectors,
             config=meta["config"],
             provenance=meta["provenance"],

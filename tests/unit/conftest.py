@@ -1,4 +1,4 @@
-"""Synthetic HistoryStats built from known per-prompt activations (no model needed)."""
+"""Fixtures shared by the unit tests of directions and drift: synthetic HistoryStats with a planted direction."""
 
 from collections.abc import Mapping
 
