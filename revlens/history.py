@@ -511,10 +511,10 @@ class History:
             if ref is None:
                 ref, ref_name = sig, ck.name
                 continue
-            for key in sorted(set(ref) | set(sig)):
-                if key not in sig or key not in ref:
-                    holder, other = (ref_name, ck.name) if key in ref else (ck.name, ref_name)
-                    raise ShapeMismatchError(f"parameter {key!r} is in checkpoint {holder} but not in {other}")
+            # Shapes of shared names only: writers drop opposite sides of tied weights
+            # (save_pretrained keeps wte, safetensors.save_model keeps lm_head); completeness is
+            # checked, tie-aware, when the weights are loaded (LensModel.load_weights).
+            for key in sorted(set(ref) & set(sig)):
                 if sig[key] != ref[key]:
                     raise ShapeMismatchError(
                         f"parameter {key!r} has shape {ref[key]} in {ref_name} but {sig[key]} in {ck.name}"

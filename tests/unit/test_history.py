@@ -129,3 +129,16 @@ def test_lab_manifest(tmp_path, tiny_dirs):
     assert h.runs["control-seed0"].control and not h.runs["seed0"].control
     with pytest.raises(HistoryError, match="cannot read a history"):
         History.load(tmp_path)
+
+
+def test_tied_weights_saved_either_way_mix(tmp_path, tiny_dirs):
+    from safetensors.torch import save_model
+
+    model = tiny.tiny_model(0).__class__.from_pretrained(tiny_dirs["runs"]["seed0"][1])
+    save_model(model, str(tmp_path / "s1.safetensors"))  # keeps lm_head.weight, drops the tied wte
+    h = History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: tmp_path / "s1.safetensors"}})
+    lm = h.boot()
+    lm.load_weights(h["r/step-1"].state_dict(), name="r/step-1")
+    x = torch.tensor([[2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(lm.bridge(x), model(x).logits, atol=1e-5)
