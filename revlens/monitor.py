@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from scipy.stats import beta
 
 from revlens.block.inputs import resolve_inputs
 from revlens.errors import ConfigError
@@ -37,11 +36,11 @@ class ReversionWarning(UserWarning):
 
 
 def isotropic_p99(d: int, q: float = 0.99) -> float:
-    """Exact ``q`` quantile of ``cos(u, v)`` for ``u`` uniform on the sphere in R^d."""
-    if d < 2:
-        raise ConfigError(f"the isotropic null needs d >= 2, got {d}")
-    a = (d - 1) / 2.0
-    return float(2.0 * beta.ppf(q, a, a) - 1.0)
+    """Exact ``q`` quantile of ``cos(u, v)`` for ``u`` uniform on the sphere in R^d
+    (:func:`revlens.drift.isotropic_quantile`)."""
+    from revlens.drift.nulls import isotropic_quantile
+
+    return isotropic_quantile(d, q)
 
 
 class ReversionMonitor:
