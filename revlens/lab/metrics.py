@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from revlens.causal.metrics import _last_logprobs  # the one last-real-token read-out
 from revlens.errors import MetricError
 from revlens.lab.language import (
     DIGITS,
@@ -62,17 +63,6 @@ def _ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> Tensor:
     if tokenizer.unk_token_id in ids:
         raise MetricError(f"tokenizer lacks one of {list(words)}: not a revlens lab tokenizer")
     return torch.tensor(ids)
-
-
-def _last_logprobs(logits: Tensor, batch: object) -> Tensor:
-    last = batch.last_index.to(logits.device)
-    if logits.ndim != 3 or last.shape != logits.shape[:1]:
-        raise MetricError(
-            f"expected logits [batch, pos, vocab] and last_index [batch], got "
-            f"{tuple(logits.shape)} and {tuple(last.shape)}"
-        )
-    rows = logits[torch.arange(logits.shape[0], device=logits.device), last]
-    return torch.log_softmax(rows.float(), dim=-1)
 
 
 def _named(fn: Metric, name: str) -> Metric:
