@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m revlens.demo --out $(DEMO_OUT)
+	$(PY) -m revlens.lab.demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
@@ -28,7 +28,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check revlens tests benchmarks
 
-# Regenerate the shipped lab checkpoints in assets/lab (see assets/lab/README.md).
+# Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md).
 assets: $(STAMP)
 	$(PY) -m revlens.lab.assets
 

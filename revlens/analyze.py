@@ -5,222 +5,218 @@ The common case in one call (DESIGN §3); every stage is also usable alone
 """
 
 import datetime
-import json
 import logging
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, no_type_check
 
 import numpy as np
-import pandas as pd
 
+from revlens._config import Config, as_int, as_layers, option
 from revlens._version import __version__
 from revlens.collect import HistoryStats, collect
-from revlens.directions import ESTIMATORS, DirectionEstimator, Directions, resolve_directions
+from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.directions.table import directions_table
 from revlens.drift import drift_table
 from revlens.errors import ConfigError, HistoryError
 from revlens.history import History
-from revlens.hooks import LayerSpec
-from revlens.probes import PositionRule
+from revlens.modes import DIRECTION_METHODS, POSITION_RULES, SITE_KINDS, check_mode
 from revlens.report.report import Report
 
-__all__ = ["analyze"]
+__all__ = ["DEFAULT_METHODS", "AnalyzeConfig", "analyze"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("mean_diff", "pca", "probe", "whitened")
+DEFAULT_METHODS = DIRECTION_METHODS
 
 
-def _check_history(hist: History) -> None:
-    if not hist.runs:
+@no_type_check  # validates its own fields (typed errors), also under the test type-checker
+@dataclass
+class AnalyzeConfig(Config):
+    """Settings of :func:`analyze` (saved as ``Report.config``; the CLI builds the same object)."""
+
+    methods: tuple[str, ...] = option(DEFAULT_METHODS, "direction methods (names; estimators and tensors are "
+                                      "passed to analyze(methods=...) directly)", metavar="METHOD")
+    layers: str | tuple[int, ...] = option("all", "layer indices (0 = embeddings) or 'all'", metavar="L")
+    site: str = option("resid_post", "site kind", choices=SITE_KINDS)
+    position: str | None = option(None, "position rule (default: the probes' own, 'last')", choices=POSITION_RULES)
+    n_bootstrap: int = option(100, "bootstrap replicates (confidence intervals of cos)")
+    n_stability: int = option(20, "bootstrap refits per estimator for its stability (0 skips it)")
+    n_null: int = option(1000, "random directions / permutations per layer")
+    seed: int = option(0, "seed of every random draw")
+    batch_size: int = option(32, "probe batch size")
+
+    def validate(self) -> None:
+        """Check every field, before any collection starts."""
+        methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        if not methods:
+            raise ConfigError("methods is empty; valid methods: " + ", ".join(DIRECTION_METHODS))
+        for m in methods:
+            if not isinstance(m, str) or m not in (*DIRECTION_METHODS, "custom"):
+                raise ConfigError(f"unknown direction method {m!r}; valid methods: {', '.join(DIRECTION_METHODS)}")
+        self.methods = methods
+        self.layers = as_layers(self.layers)
+        check_mode("site", self.site, SITE_KINDS)
+        if self.position is not None and self.position != "mask":
+            check_mode("position", self.position, POSITION_RULES)
+        self.n_bootstrap = as_int("n_bootstrap", self.n_bootstrap, min=0)
+        self.n_stability = as_int("n_stability", self.n_stability, min=0)
+        self.n_null = as_int("n_null", self.n_null, min=0)
+        if self.n_null == 0:
+            warnings.warn("n_null=0: the covariance-matched null and the permutation test are disabled "
+                          "(their columns are NaN)", UserWarning, stacklevel=3)
+        self.seed = as_int("seed", self.seed)
+        self.batch_size = as_int("batch_size", self.batch_size, min=1)
+
+
+def _check_runs(runs: dict[str, Any]) -> None:
+    if not runs:
         raise HistoryError("the history has no fine-tuning run: nothing to project on v_rev")
-    for run in hist.runs.values():
-        if len(run.steps) < 2:
+    for name, steps in runs.items():
+        if len(steps) < 2:
             raise HistoryError(
-                f"run {run.name!r} has {len(run.steps)} step(s) {list(run.steps)}; a drift trajectory "
-                "needs at least 2 fine-tuning steps per run"
+                f"run {name!r} has {len(steps)} step(s) {list(steps)}; a drift trajectory needs at least 2 "
+                "fine-tuning steps per run"
             )
 
 
-def _fit(
-    spec: Any, stats: HistoryStats, *, n_bootstrap: int, seed: int
-) -> tuple[str, Directions, np.ndarray | None]:
-    if isinstance(spec, str):
-        if spec not in ESTIMATORS:
-            raise ConfigError(
-                f"unknown direction method {spec!r}; valid methods: {', '.join(ESTIMATORS)}"
-            )
-        est = ESTIMATORS[spec](n_bootstrap=n_bootstrap, seed=seed).fit(stats)
-        return spec, est.direction_, est.stability_
-    if isinstance(spec, DirectionEstimator):
-        spec.fit(stats)
-        return spec.method, spec.direction_, spec.stability_
-    vec = resolve_directions(spec, stats)
-    return vec.method, vec, None
+def _is_history(x: Any) -> bool:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    if isinstance(x, (History, HistoryStats, Mapping)):
+        return True
+    if isinstance(x, (str, Path)):
+        p = Path(x)
+        return p.name == "history.json" or any((p / f).is_file() for f in ("history.json", "histories.json")) or (
+            (p / "base").is_dir() and (p / "aligned").is_dir())
+    return False
 
 
-def _lab_metrics(hist: History | None) -> pd.DataFrame | None:
-    if hist is None or hist.lab_dir is None:
-        return None
-    path = hist.lab_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    obj = json.loads(path.read_text())
-    if isinstance(obj, dict) and all(isinstance(v, dict) for v in obj.values()):
-        return pd.DataFrame.from_dict(obj, orient="index").rename_axis("name").reset_index()
-    return pd.json_normalize(obj)
+def _is_probes(x: Any) -> bool:
+    from revlens.probes import Probes
+
+    return isinstance(x, Probes) or (isinstance(x, (list, tuple)) and all(isinstance(p, str) for p in x)) or (
+        isinstance(x, str) and x.endswith(".jsonl")) or (hasattr(x, "suffix") and str(x).endswith(".jsonl"))
 
 
-def _kinds(hist: History | None, stats: HistoryStats) -> dict[str, str]:
-    blocked = set()
-    if hist is not None:
-        blocked = set((hist.metadata.get("lab") or {}).get("blocked", {}) or {})
-    return {
-        r: "control" if r in stats.controls else "blocked" if r in blocked else "run"
-        for r in stats.runs
-    }
+def _split(model: Any, checkpoints: Any, probes: Any) -> tuple[Any, Any, Any]:
+    """``(model, history, probes)`` from the call forms ``analyze(model, checkpoints[, probes])``,
+    ``analyze(history[, probes])``."""
+    if checkpoints is None:
+        return None, model, probes
+    if probes is None and _is_history(model) and _is_probes(checkpoints):
+        return None, model, checkpoints
+    if model is None:
+        warnings.warn("analyze(None, history) is deprecated: call analyze(history), or analyze(model, history) "
+                      "with the model you hold", DeprecationWarning, stacklevel=3)
+    return model, checkpoints, probes
+
+
+def _method_specs(methods: Any) -> tuple[list[Any], tuple[str, ...]]:
+    specs = [methods] if isinstance(methods, (str, DirectionEstimator, Directions)) else list(methods)
+    if not specs:
+        raise ConfigError("methods is empty; valid methods: " + ", ".join(DIRECTION_METHODS))
+    names = tuple(s if isinstance(s, str) else str(getattr(s, "method", "custom")) for s in specs)
+    for s in specs:
+        if isinstance(s, str) and s not in DIRECTION_METHODS:
+            raise ConfigError(f"unknown direction method {s!r}; valid methods: {', '.join(DIRECTION_METHODS)}")
+        if not isinstance(s, (str, DirectionEstimator, Directions)) and not hasattr(s, "shape"):
+            raise ConfigError(f"methods: cannot use {type(s).__name__}; expected names, estimators, Directions "
+                              "or [layer, d_model] tensors")
+    return specs, tuple(n if n in DIRECTION_METHODS else "custom" for n in names)
+
+
+def _fit_all(specs: Sequence[Any], stats: HistoryStats, cfg: AnalyzeConfig) -> tuple[dict, dict]:
+    vectors: dict[str, Directions] = {}
+    stability: dict[str, np.ndarray | None] = {}
+    for spec in specs:
+        est = spec
+        if isinstance(spec, str):
+            from revlens.directions import ESTIMATORS
+
+            est = ESTIMATORS[spec](n_bootstrap=cfg.n_stability, seed=cfg.seed)
+        vec = resolve_directions(est, stats)
+        name, k = vec.method, 1
+        while name in vectors:
+            k += 1
+            name = f"{vec.method}{k}"
+        vectors[name] = vec
+        stability[name] = est.stability_ if isinstance(est, DirectionEstimator) else None
+        log.info("fitted %s directions on layers %s", name, stats.layers)
+    return vectors, stability
 
 
 def analyze(
     model: Any,
-    checkpoints: Any,
+    checkpoints: Any = None,
     probes: Any = None,
     *,
-    methods: Sequence[Any] = DEFAULT_METHODS,
-    layers: LayerSpec = "all",
-    position: PositionRule | None = None,
-    site: str = "resid_post",
-    n_bootstrap: int = 100,
-    n_stability: int = 20,
-    n_null: int = 1000,
-    seed: int = 0,
+    config: AnalyzeConfig | None = None,
+    methods: Any = None,
     cache_dir: Any = None,
-    batch_size: int = 32,
     device: Any = None,
     progress: bool = True,
     executor: Executor | None = None,
+    **settings: Any,
 ) -> Report:
     """Measure reversion on a history: directions per layer, drift projections, nulls.
 
+    Two call forms: ``analyze(model, checkpoints[, probes])`` with the model you hold and its
+    history, or ``analyze(history[, probes])`` (the history's architecture is booted).
+
     Args:
         model: a ``TransformerBridge``, a :class:`~revlens.LensModel`, a Hugging Face model or a
-            ``save_pretrained`` path of the history's architecture; ``None`` boots it from the
-            history.
+            ``save_pretrained`` path of the history's architecture — or, when ``checkpoints`` is
+            omitted, the history itself.
         checkpoints: a :class:`~revlens.History`, anything ``History.load`` accepts (a lab dir, a
-            mapping with ``base``/``aligned``/``runs``), or precomputed
-            :class:`~revlens.HistoryStats` (then nothing is collected: ``model``, ``probes``,
-            ``layers``, ``position``, ``site``... are ignored).
-        probes: a :class:`~revlens.Probes`, a list of prompts or a JSONL path; ``None`` uses the
-            lab's probe set for a lab history (``ProbeError`` otherwise).
+            ``history.json``, a mapping with ``base``/``aligned``/``runs``), or precomputed
+            :class:`~revlens.HistoryStats` (then nothing is collected).
+        probes: a :class:`~revlens.Probes`, a list of prompts or a JSONL path; ``None``: the
+            history's default probe set.
+        config: an :class:`AnalyzeConfig`; ``**settings`` (any of its fields: ``layers``,
+            ``site``, ``position``, ``n_bootstrap``, ``n_stability``, ``n_null``, ``seed``,
+            ``batch_size``) override it. All are validated before any forward pass.
         methods: direction methods: names (``"mean_diff"``, ``"pca"``, ``"probe"``,
             ``"whitened"``), estimators, :class:`~revlens.directions.Directions`, or tensors
-            ``[n_layers_collected, d_model]``. Several base checkpoints combine by the mean of bases.
-        layers: ``"all"`` or layer indices (revlens convention: 0 = embeddings).
-        position: ``"last"``, ``"mean"`` or a bool mask; ``None`` keeps the probes' own rule
-            (``"last"`` by default).
-        site: residual site kind (``"resid_post"``...).
-        n_bootstrap: Poisson-bootstrap replicates (confidence intervals of cos).
-        n_stability: bootstrap refits per estimator for ``stability_`` (refitting the probe and
-            whitened estimators is the costly part of ``analyze``; 0 skips stability).
-        n_null: random directions per layer (covariance-matched null) and label permutations.
-        seed: seed of the bootstrap weights, resampling, null directions and permutations.
+            ``[n_layers_collected, d_model]``; default the config's (all four).
         cache_dir: on-disk statistics cache (resumable; keyed by content).
-        batch_size, device, progress, executor: passed to :func:`revlens.collect`.
+        device, progress, executor: passed to :func:`revlens.collect`.
 
     Returns:
         :class:`~revlens.Report`.
 
     Raises:
         HistoryError: no run, or a run with fewer than 2 steps (named).
-        ProbeError: no probes for a non-lab history, or probes that do not fit the tokenizer.
-        ConfigError: unknown method (lists the valid ones), zero-norm direction (names the layer).
+        ProbeError: no probes and no default probes, or probes that do not fit the tokenizer.
+        ConfigError: a bad setting (named, before any forward pass); zero-norm direction.
         ShapeMismatchError: a direction tensor of the wrong shape.
     """
-    if not methods:
-        raise ConfigError("methods is empty; valid methods: " + ", ".join(ESTIMATORS))
-    for spec in methods:  # fail on a bad name before the (slow) collection
-        if isinstance(spec, str) and spec not in ESTIMATORS:
-            raise ConfigError(
-                f"unknown direction method {spec!r}; valid methods: {', '.join(ESTIMATORS)}"
-            )
-    if n_null < 0:
-        raise ConfigError(f"n_null must be >= 0, got {n_null}")
+    model, checkpoints, probes = _split(model, checkpoints, probes)
+    specs, names = _method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
+    cfg = AnalyzeConfig.build(config, "analyze", **{**settings, "methods": names})
     hist: History | None = None
     if isinstance(checkpoints, HistoryStats):
         stats = checkpoints
-        for run, steps in stats.runs.items():
-            if len(steps) < 2:
-                raise HistoryError(
-                    f"run {run!r} has {len(steps)} step(s); a drift trajectory needs >= 2"
-                )
-        if not stats.runs:
-            raise HistoryError(
-                "the statistics hold no fine-tuning run: nothing to project on v_rev"
-            )
+        _check_runs(stats.runs)
     else:
         hist = History.load(checkpoints)
-        _check_history(hist)
-        stats = collect(
-            hist,
-            probes,
-            model=model,
-            layers=layers,
-            site=site,
-            position=position,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            moments="reference",
-            keep="reference",
-            n_bootstrap=n_bootstrap,
-            bootstrap_seed=seed,
-            device=device,
-            executor=executor,
-            progress=progress,
-        )
-    vectors: dict[str, Directions] = {}
-    stability: dict[str, np.ndarray | None] = {}
-    for spec in methods:
-        name, vec, stab = _fit(spec, stats, n_bootstrap=n_stability, seed=seed)
-        base_name, k = name, 1
-        while name in vectors:
-            k += 1
-            name = f"{base_name}{k}"
-        vectors[name] = vec
-        stability[name] = stab
-        log.info("fitted %s directions on layers %s", name, stats.layers)
-    kinds = _kinds(hist, stats)
-    drift = drift_table(stats, vectors, n_null=n_null, seed=seed, kinds=kinds)
-    table = directions_table(
-        stats,
-        vectors,
-        stability={k: v for k, v in stability.items() if v is not None},
-        n_permutations=n_null,
-        seed=seed,
-    )
-    config = {
-        "methods": list(vectors),
-        "layers": list(stats.layers),
-        "site": stats.site,
-        "position": stats.position,
-        "n_bootstrap": n_bootstrap,
-        "n_stability": n_stability,
-        "n_null": n_null,
-        "seed": seed,
-        "batch_size": batch_size,
-        "base_combination": "mean of bases",
-        "controls": sorted(stats.controls),
-        "kinds": kinds,
-        "run_starts": dict(stats.run_starts),
-    }
-    return Report(
-        drift=drift,
-        directions=table,
-        vectors=vectors,
-        config=config,
-        provenance=_provenance(hist, stats),
-        lab_metrics=_lab_metrics(hist),
-    )
+        _check_runs({r.name: r.steps for r in hist.runs.values()})
+        stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
+                        batch_size=cfg.batch_size, cache_dir=cache_dir, moments="reference", keep="reference",
+                        n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, device=device, executor=executor,
+                        progress=progress)
+    vectors, stability = _fit_all(specs, stats, cfg)
+    drift = drift_table(stats, vectors, n_null=cfg.n_null, seed=cfg.seed)
+    table = directions_table(stats, vectors, stability={k: v for k, v in stability.items() if v is not None},
+                             n_permutations=cfg.n_null, seed=cfg.seed)
+    config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
+                  "position": stats.position, "base_combination": "mean of bases", "controls": sorted(stats.controls),
+                  "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts)}
+    return Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
+                  provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
 
 
 def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
@@ -233,14 +229,22 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
             path = ck.local_path() if not hasattr(ck.source, "repo_id") else None
             entry["source"] = str(path) if path is not None else repr(ck.source)
         checkpoints[name] = entry
+    meta = hist.metadata if hist is not None else {}
     return {
         "revlens_version": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": stats.meta.get("model"),
-        "lab_dir": str(hist.lab_dir) if hist is not None and hist.lab_dir is not None else None,
+        "architecture": stats.meta.get("architecture"),
+        "history": meta.get("spec"),
+        "harm_metric": meta.get("harm_metric"),
         "checkpoints": checkpoints,
         "d_model": stats.d_model,
         "n_prompts": stats.meta.get("n_prompts"),
         "probe_fingerprint": stats.meta.get("probe_fingerprint"),
         "prompts": stats.meta.get("prompts"),
     }
+
+
+from revlens._callable import make_callable  # noqa: E402
+
+make_callable(__name__, analyze)  # revlens.analyze(...) works whether it names the module or the function

@@ -11,12 +11,16 @@ __all__ = [
     "ConfigError",
     "HistoryError",
     "MetricError",
+    "MissingExtraError",
     "NonFiniteError",
     "NotFittedError",
+    "OutputError",
     "ProbeError",
     "RevlensError",
     "ShapeMismatchError",
     "SiteError",
+    "UpstreamError",
+    "require",
 ]
 
 
@@ -65,3 +69,27 @@ class MetricError(RevlensError, ValueError):
 
 class NotFittedError(RevlensError, AttributeError):
     """An estimator was used before ``fit``."""
+
+
+class OutputError(RevlensError, ValueError):
+    """An output path cannot be written (exists as a file, parent not writable...)."""
+
+
+class MissingExtraError(RevlensError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class UpstreamError(RevlensError, RuntimeError):
+    """A known bug in a library revlens builds on (names the family, setting and workaround)."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency, or raise :class:`MissingExtraError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{what} needs the optional package {module!r}: pip install \"revlens[{extra}]\" ({exc})"
+        ) from None

@@ -21,9 +21,16 @@ from torch import Tensor
 
 from revlens.errors import CheckpointError, NonFiniteError, ShapeMismatchError
 
-__all__ = ["LensModel", "find_weight_files", "load_state_dict"]
+__all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# config keys that record how a file was written, not what the model computes
+_VOLATILE_CONFIG = (
+    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash",
+    "output_attentions", "output_hidden_states", "use_cache", "return_dict", "_attn_implementation",
+    "_attn_implementation_autoset",
+)
 _ORIG = "._original_component"
 # Buffers Hugging Face writes or the bridge adds that are not learned weights.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
@@ -40,6 +47,40 @@ def find_weight_files(directory: Path) -> list[Path]:
         if (directory / name).is_file():
             return [directory / name]
     return sorted(directory.glob("*.safetensors"))
+
+
+def config_fingerprint(config: Any) -> str:
+    """Content hash of a model config (a ``config.json`` path or dir, a mapping, or a
+    ``PretrainedConfig``), canonicalised through ``transformers.AutoConfig`` so that a file and
+    the config of the model booted from it agree; fields that only record how the file was
+    written or runtime flags (``_name_or_path``, ``transformers_version``, ``dtype``,
+    ``output_attentions``...) do not count.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, or names an unknown ``model_type``.
+    """
+    import hashlib
+
+    if isinstance(config, (str, os.PathLike)):
+        p = Path(config)
+        p = p / "config.json" if p.is_dir() else p
+        try:
+            json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read the model config {p}: {exc}") from None
+        from transformers import AutoConfig
+
+        try:
+            obj = AutoConfig.from_pretrained(str(p.parent)).to_dict()
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"the model config {p} is not usable by transformers: {exc}") from None
+    elif isinstance(config, Mapping):
+        obj = dict(config)
+    else:
+        obj = config.to_dict()
+    obj = {k: v for k, v in obj.items() if k not in _VOLATILE_CONFIG}
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def _load_file(path: Path) -> dict[str, Tensor]:
@@ -109,6 +150,9 @@ class LensModel:
         # BOS); revlens tokenizes exactly as the checkpoint's authors did.
         self._tokenizer = tokenizer
         self.loaded: str | None = None
+        self.fingerprint: str | None = None  # content hash of the loaded weights (None: unknown)
+        self.config_fingerprint = config_fingerprint(self.hf_model.config)
+        self._version = -1
         # HF parameter name -> list of bridge tensors sharing it; grouped by storage so tied or
         # viewed weights (wte/lm_head, c_attn/q/k/v) count as one: writing any of them updates all.
         self._targets: dict[str, list[Tensor]] = {}
@@ -157,11 +201,22 @@ class LensModel:
         path = Path(source)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"cannot boot {path}: expected a save_pretrained dir with config.json")
+        config_fingerprint(path)  # a config.json that is not JSON is named here, not deep in transformers
         if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             from transformers import AutoTokenizer
 
-            tokenizer = kwargs["tokenizer"] = AutoTokenizer.from_pretrained(str(path))
-        bridge = TransformerBridge.boot_transformers(str(path), **kwargs)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(path))
+            except (OSError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"cannot read the tokenizer in {path}: {exc}") from None
+        if tokenizer is not None:
+            kwargs["tokenizer"] = tokenizer
+        try:
+            bridge = TransformerBridge.boot_transformers(str(path), **kwargs)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"cannot boot {path} with TransformerLens: {type(exc).__name__}: {exc}"
+            ) from None
         return cls(bridge, source=str(path), tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ properties
@@ -184,6 +239,11 @@ class LensModel:
         return int(self.bridge.cfg.d_model)
 
     @property
+    def vocab_size(self) -> int:
+        """Size of the model's vocabulary (rows of the unembedding)."""
+        return int(self.bridge.cfg.d_vocab)
+
+    @property
     def n_ctx(self) -> int:
         return int(self.bridge.cfg.n_ctx)
 
@@ -194,6 +254,41 @@ class LensModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.hf_model.parameters()).dtype
+
+    def _weights_version(self) -> int:
+        # torch bumps a tensor's version counter on every in-place change (an optimizer step
+        # included), so a changed sum means the weights were modified since they were loaded
+        return sum(p._version for p in self.hf_model.parameters())
+
+    def holds(self, fingerprint: str) -> bool:
+        """Whether the weights loaded now are exactly the checkpoint with this content hash
+        (not merely one of the same name), unmodified since."""
+        return self.fingerprint == fingerprint and self._weights_version() == self._version
+
+    def check_architecture(self, history: Any) -> None:
+        """Refuse a history of another architecture (its ``config.json`` differs from the booted
+        model's: another activation, norm epsilon or size)."""
+        try:
+            theirs = config_fingerprint(history.architecture_dir())
+        except CheckpointError:
+            return  # an in-memory history without config: the weight signatures are checked on load
+        if theirs != self.config_fingerprint:
+            raise ShapeMismatchError(
+                f"the model ({self.source}) was booted on another architecture than the history's "
+                f"({history.architecture_dir()}): their config.json differ; boot on the history "
+                "(history.boot()) instead"
+            )
+
+    def load(self, checkpoint: Any, *, force: bool = False) -> None:
+        """Load a :class:`~revlens.history.Checkpoint`, unless exactly its weights (by content
+        fingerprint, not by name) are loaded already."""
+        fp = checkpoint.fingerprint()
+        if not force and self.holds(fp):
+            self.loaded = checkpoint.name
+            return
+        self.load_weights(checkpoint.state_dict(), name=checkpoint.name)
+        self.fingerprint = fp
+        self._version = self._weights_version()
 
     def signature(self) -> dict[str, tuple[int, ...]]:
         """HF parameter name -> shape, as a checkpoint of this architecture must provide."""
@@ -225,6 +320,11 @@ class LensModel:
                 raise ShapeMismatchError(f"checkpoint {name} lacks parameter {group[0]!r}")
         for key, value in sd.items():
             target = self._targets[key][0]
+            if target.is_floating_point() and not value.is_floating_point():
+                raise ShapeMismatchError(
+                    f"checkpoint {name}: parameter {key!r} has dtype {value.dtype}; the model expects "
+                    f"floating-point weights ({target.dtype}) and revlens does not cast them silently"
+                )
             if tuple(value.shape) != tuple(target.shape):
                 raise ShapeMismatchError(
                     f"checkpoint {name}: parameter {key!r} has shape {tuple(value.shape)}, "
@@ -240,6 +340,7 @@ class LensModel:
                 for target in self._targets[key]:
                     target.copy_(value.to(device=target.device, dtype=target.dtype))
         self.loaded = name
+        self.fingerprint = None  # a raw state dict: content unknown until load() records it
 
     def state_dict(self) -> dict[str, Tensor]:
         """The current weights as a plain Hugging Face state dict (clones)."""

@@ -7,9 +7,10 @@ layer's cos stays above the threshold (default: the isotropic null's p99, exact:
 uniform on the sphere in R^d, ``(cos(u, v) + 1)/2 ~ Beta((d−1)/2, (d−1)/2)``) for ``patience``
 consecutive checks.
 
-It plugs into a plain loop (``monitor.step(model, step)``), the lab's callback protocol
-(``on_step_end(step, model, optimizer)``) and ``transformers.Trainer``
-(``callbacks=[monitor.as_trainer_callback()]``; with ``stop=True`` it stops the run).
+It plugs into a plain loop (``monitor.step(model, step)``) and ``transformers.Trainer``
+(``callbacks=[monitor.as_trainer_callback()]``; with ``stop=True`` it stops the run). The
+measured trajectory is :attr:`ReversionMonitor.history_`; :meth:`ReversionMonitor.trajectory`
+draws it against the null.
 
 Example:
     >>> monitor = ReversionMonitor(directions, probes, aligned_dir, every=10)   # doctest: +SKIP
@@ -20,30 +21,25 @@ Example:
 """
 
 import warnings
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 import torch
 
-from revlens.block.inputs import resolve_inputs
+from revlens._config import as_int
+from revlens.block.inputs import ProbeInputs
 from revlens.errors import ConfigError
+from revlens.modes import SITE_KINDS, check_mode
+from revlens.nulls import isotropic_quantile
 
-__all__ = ["ReversionMonitor", "ReversionWarning", "isotropic_p99"]
+__all__ = ["ReversionMonitor", "ReversionWarning"]
 
 
 class ReversionWarning(UserWarning):
     """A fine-tune's drift has stayed aligned with the reversion direction beyond the null."""
 
 
-def isotropic_p99(d: int, q: float = 0.99) -> float:
-    """Exact ``q`` quantile of ``cos(u, v)`` for ``u`` uniform on the sphere in R^d
-    (:func:`revlens.drift.isotropic_quantile`)."""
-    from revlens.drift.nulls import isotropic_quantile
-
-    return isotropic_quantile(d, q)
-
-
-class ReversionMonitor:
+class ReversionMonitor(ProbeInputs):
     """Measure reversion alignment every ``every`` steps and warn when it persists.
 
     Args:
@@ -62,6 +58,7 @@ class ReversionMonitor:
         should_stop_: ``True`` once warned with ``stop=True``.
     """
 
+    @no_type_check  # validates its own arguments (typed errors)
     def __init__(
         self,
         directions: Any,
@@ -76,11 +73,12 @@ class ReversionMonitor:
         tokenizer: Any = None,
         directions_layers: Any = None,
         batch_size: int = 256,
+        site: str = "resid_post",
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"every must be an integer >= 1, got {every!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ConfigError(f"patience must be an integer >= 1, got {patience!r}")
+        every = as_int("every", every, min=1)
+        patience = as_int("patience", patience, min=1)
+        batch_size = as_int("batch_size", batch_size, min=1)
+        check_mode("site", site, SITE_KINDS)
         if isinstance(threshold, str):
             if threshold != "p99":
                 raise ConfigError(
@@ -88,19 +86,9 @@ class ReversionMonitor:
                 )
         elif not -1.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold must be 'p99' or a float in (-1, 1), got {threshold!r}")
-        self.directions, self.probes, self.reference = directions, probes, reference
-        self.every, self.layers, self.patience, self.threshold, self.stop = (
-            every,
-            layers,
-            patience,
-            threshold,
-            stop,
-        )
-        self.tokenizer, self.directions_layers, self.batch_size = (
-            tokenizer,
-            directions_layers,
-            batch_size,
-        )
+        self._store_inputs(directions, probes, reference, layers=layers, tokenizer=tokenizer,
+                           directions_layers=directions_layers, site=site)
+        self.every, self.patience, self.threshold, self.stop, self.batch_size = every, patience, threshold, stop, batch_size
         self._rows: list[dict[str, Any]] = []
         self.alerts_: list[tuple[int, int, float]] = []
         self.should_stop_ = False
@@ -108,17 +96,9 @@ class ReversionMonitor:
 
     def prepare(self, model: Any) -> "ReversionMonitor":
         """Validate inputs against ``model`` (called on the first check)."""
-        reader, res = resolve_inputs(
-            model,
-            self.directions,
-            self.probes,
-            self.reference,
-            layers=self.layers,
-            tokenizer=self.tokenizer,
-            directions_layers=self.directions_layers,
-        )
+        reader, res = self.resolve(model)
         self.reader_, self.inputs_ = reader, res
-        self.null_p99_ = isotropic_p99(reader.d_model)
+        self.null_p99_ = isotropic_quantile(reader.d_model, 0.99)
         self.threshold_ = self.null_p99_ if self.threshold == "p99" else float(self.threshold)
         self._streak = {layer: 0 for layer in res.layers}
         self._model_id = id(model)
@@ -131,7 +111,7 @@ class ReversionMonitor:
         res = self.inputs_
         with torch.no_grad():
             chunks = [
-                self.reader_.per_prompt(res.tokens[sl], res.weights[sl], mask=res.mask[sl])
+                torch.stack(self.reader_.read(res.tokens[sl], res.weights[sl], res.sites, mask=res.mask[sl]), dim=1)
                 .double()
                 .sum(0)
                 .cpu()
@@ -177,17 +157,26 @@ class ReversionMonitor:
                 )
         return table
 
-    # lab-style callback protocol
-    def on_step_end(self, step: int, model: Any, optimizer: Any = None) -> None:
-        """Lab callback protocol: ``finetune(..., callbacks=[monitor])``."""
-        self.step(model, step)
-
     @property
     def history_(self) -> pd.DataFrame:
         """Every check so far: ``step, layer, cos, proj, norm, null_p99``."""
         return pd.DataFrame(
             self._rows, columns=["step", "layer", "cos", "proj", "norm", "null_p99"]
         )
+
+    def trajectory(self, *, title: str | None = "reversion monitor: cos(drift, v) per check") -> Any:
+        """cos(drift, v) of every check per layer, with the threshold and the alerts (plotly)."""
+        from revlens.plot import monitor_figure
+
+        return monitor_figure(self.history_, threshold=getattr(self, "threshold_", None),
+                              alerts=self.alerts_, title=title)
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - exercised in the notebooks
+        from IPython.display import display
+
+        display(repr(self))
+        if self._rows:
+            display(self.trajectory())
 
     def reset(self) -> None:
         """Forget the trajectory, alerts and streaks (keep the validated inputs)."""
@@ -215,4 +204,6 @@ class ReversionMonitor:
         return ReversionMonitorCallback()
 
     def __repr__(self) -> str:
-        return f"ReversionMonitor(every={self.every}, patience={self.patience}, threshold={self.threshold!r})"
+        checks = len({r["step"] for r in self._rows})
+        return (f"ReversionMonitor(every={self.every}, patience={self.patience}, threshold={self.threshold!r}, "
+                f"checks={checks}, alerts={len(self.alerts_)})")

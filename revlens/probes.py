@@ -23,18 +23,18 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, no_type_check
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from revlens.errors import ProbeError, SiteError
+from revlens.modes import POSITION_RULES, PositionRuleName
 
-__all__ = ["POSITION_RULES", "ProbeBatch", "Probes", "TokenizedProbes"]
+__all__ = ["POSITION_RULES", "PositionRule", "ProbeBatch", "Probes", "TokenizedProbes"]
 
-POSITION_RULES = ("last", "mean")
-PositionRule = str | Bool[Tensor, "prompt pos"]
+PositionRule = PositionRuleName | Bool[Tensor, "prompt pos"]
 
 
 @dataclass
@@ -123,6 +123,7 @@ class Probes:
         SiteError: unknown position rule.
     """
 
+    @no_type_check  # validates its own arguments (typed errors)
     def __init__(self, prompts: Sequence[Any] | Tensor, *, labels: Sequence[Any] | None = None,
                  position: PositionRule = "last") -> None:
         if isinstance(prompts, Tensor):
@@ -138,6 +139,12 @@ class Probes:
         empty = [i for i, p in enumerate(items) if len(p) == 0]
         if empty:
             raise ProbeError(f"prompt {empty[0]} is empty")
+        if self.is_text:
+            for i, p in enumerate(items):
+                try:
+                    p.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ProbeError(f"prompt {i} ({p[:40]!r}) is not valid text: {exc.reason} at {exc.start}") from None
         if labels is not None and len(labels) != len(items):
             raise ProbeError(f"got {len(labels)} labels for {len(items)} prompts")
         if isinstance(position, str) and position not in POSITION_RULES:
@@ -161,7 +168,11 @@ class Probes:
         if not p.is_file():
             raise ProbeError(f"probe file {p} does not exist")
         texts, labels = [], []
-        for lineno, line in enumerate(p.read_text().splitlines(), 1):
+        try:
+            content = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProbeError(f"probe file {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        for lineno, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -24,27 +24,28 @@ Example:
 import types
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from revlens.block.inputs import Resolved, resolve_inputs
-from revlens.block.objective import GradBatching, ProbeObjective
+from revlens.block.config import BlockerConfig
+from revlens.block.inputs import ProbeInputs, Resolved
+from revlens.block.objective import ProbeObjective
 from revlens.block.projection import apply_correction, dot, gram, projection_coefficients
-from revlens.block.residual import ResidualReader
 from revlens.errors import ConfigError, NotFittedError, RevlensError
+from revlens.modes import BLOCK_METHODS, BlockMethod
+from revlens.sites import SiteAccess
 
-__all__ = ["METHODS", "Method", "ReversionBlocker"]
+__all__ = ["METHODS", "BlockerConfig", "Method", "ReversionBlocker"]
 
-
-Method = Literal["update", "gradient", "penalty", "hook"]
-METHODS = ("update", "gradient", "penalty", "hook")
+Method = BlockMethod
+METHODS = BLOCK_METHODS
 AUTO_PROBE_BATCH = 32
 
 
-class ReversionBlocker:
+class ReversionBlocker(ProbeInputs):
     """Keep a fine-tuned model from moving along per-layer reversion directions.
 
     Args:
@@ -83,50 +84,17 @@ class ReversionBlocker:
         reference: Any,
         *,
         layers: Any = None,
-        method: Method = "update",
-        strength: float = 1.0,
-        restore: bool = True,
-        probe_batch_size: int | Literal["auto"] | None = "auto",
-        refresh_every: int = 2,
-        grad_batching: GradBatching = "auto",
-        site: str = "resid_post",
         tokenizer: Any = None,
         directions_layers: Any = None,
-        ridge: float = 1e-6,
-        seed: int = 0,
+        config: BlockerConfig | None = None,
+        **settings: Any,
     ) -> None:
-        if method not in METHODS:
-            raise ConfigError(f"method={method!r}; expected one of {METHODS}")
-        if not strength >= 0:
-            raise ConfigError(f"strength must be >= 0, got {strength!r}")
-        if (
-            probe_batch_size != "auto"
-            and probe_batch_size is not None
-            and not (isinstance(probe_batch_size, int) and probe_batch_size >= 1)
-        ):
-            raise ConfigError(
-                f"probe_batch_size must be an int >= 1, None or 'auto', got {probe_batch_size!r}"
-            )
-        if refresh_every < 1:
-            raise ConfigError(f"refresh_every must be >= 1, got {refresh_every}")
-        if grad_batching not in ("auto", "loop", "vmap"):
-            raise ConfigError(f"grad_batching={grad_batching!r}; expected 'auto', 'loop' or 'vmap'")
-        if ridge < 0:
-            raise ConfigError(f"ridge must be >= 0, got {ridge}")
-        self.directions, self.probes, self.reference = directions, probes, reference
-        self.layers, self.method, self.strength, self.restore = (
-            layers,
-            method,
-            float(strength),
-            restore,
-        )
-        self.probe_batch_size, self.refresh_every, self.grad_batching = (
-            probe_batch_size,
-            refresh_every,
-            grad_batching,
-        )
-        self.site, self.tokenizer, self.directions_layers = site, tokenizer, directions_layers
-        self.ridge, self.seed = ridge, seed
+        self.config = cfg = BlockerConfig.build(config, "ReversionBlocker", **settings)
+        self._store_inputs(directions, probes, reference, layers=layers, tokenizer=tokenizer,
+                           directions_layers=directions_layers, site=cfg.site)
+        self.method, self.strength, self.restore = cfg.method, cfg.strength, cfg.restore
+        self.probe_batch_size, self.refresh_every = cfg.probe_batch_size, cfg.refresh_every
+        self.grad_batching, self.ridge, self.seed = cfg.grad_batching, cfg.ridge, cfg.seed
         self._stack: ExitStack | None = None
         self._log: list[dict[str, Any]] = []
 
@@ -136,16 +104,7 @@ class ReversionBlocker:
 
         Sets ``reader_``, ``inputs_`` and ``layers_``. Called by :meth:`attach`.
         """
-        reader, res = resolve_inputs(
-            model,
-            self.directions,
-            self.probes,
-            self.reference,
-            layers=self.layers,
-            tokenizer=self.tokenizer,
-            directions_layers=self.directions_layers,
-            site=self.site,
-        )
+        reader, res = self.resolve(model)
         n = res.tokens.shape[0]
         size = self.probe_batch_size
         if size == "auto":
@@ -157,7 +116,7 @@ class ReversionBlocker:
             )
         self.probe_batch_size_: int | None = None if size is None or size >= n else int(size)
         self._model_id = id(model)
-        self.reader_: ResidualReader = reader
+        self.reader_: SiteAccess = reader
         self.inputs_: Resolved = res
         self.layers_ = list(res.layers)
         self.objective_ = ProbeObjective(
@@ -213,7 +172,7 @@ class ReversionBlocker:
         stack = ExitStack()
         try:
             if self.method == "hook":
-                stack.enter_context(self.reader_.editing(self._edit))
+                stack.enter_context(self.reader_.hooked([(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]))
             elif optimizer is not None and wrap_step:
                 stack.enter_context(self._wrapped(optimizer))
         except BaseException:
@@ -367,13 +326,20 @@ class ReversionBlocker:
         self.step_ += 1
 
     # ------------------------------------------------------------------ hook method
-    def _edit(self, layer: int, h: Tensor) -> Tensor:
-        res = self.inputs_
-        i = self.layers_.index(layer)
-        v = res.vectors[i].to(h.dtype)
-        mu = res.ref_mean[i].to(device=h.device, dtype=h.dtype)
-        coord = (h - mu) @ v
-        return h - self.strength * coord[..., None] * v
+    def _edit(self, i: int) -> Any:
+        """The training-time edit at the ``i``-th blocked site (measurements, in eval mode, see
+        the unedited model)."""
+        res, module = self.inputs_, self.reader_.module
+
+        def edit(h: Tensor) -> Tensor | None:
+            if not module.training:
+                return None
+            v = res.vectors[i].to(h.dtype)
+            mu = res.ref_mean[i].to(device=h.device, dtype=h.dtype)
+            coord = (h - mu) @ v
+            return h - self.strength * coord[..., None] * v
+
+        return edit
 
     @property
     def history_(self) -> pd.DataFrame:
@@ -387,6 +353,12 @@ class ReversionBlocker:
             if k.startswith("s") and k[1:].isdigit()
         ]
         return pd.DataFrame(rows, columns=["step", "layer", "s", "measured"])
+
+    def trajectory(self, **kw: Any) -> Any:
+        """The blocked quantity ``s_l`` before each step, per layer (:func:`revlens.plot.blocker_figure`)."""
+        from revlens.plot import blocker_figure
+
+        return blocker_figure(self.history_, **kw)
 
     def __repr__(self) -> str:
         return (

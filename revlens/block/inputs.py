@@ -12,13 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from revlens.block.residual import ResidualReader
-from revlens.directions import Directions
+from revlens.directions import Directions, resolve_directions
 from revlens.errors import ConfigError, ProbeError, ShapeMismatchError, SiteError
-from revlens.hooks import normalize_layers
 from revlens.probes import Probes, TokenizedProbes
+from revlens.sites import Site, SiteAccess, access, normalize_layers
 
-__all__ = ["Resolved", "resolve_inputs"]
+__all__ = ["ProbeInputs", "Resolved", "resolve_inputs"]
 
 
 @dataclass
@@ -26,6 +25,7 @@ class Resolved:
     """Inputs checked against one model.
 
     Attributes:
+        sites: the blocked / monitored sites (one per layer).
         layers: blocked / monitored revlens layers.
         vectors: ``[layer, d]`` unit directions (float32, on the model's device).
         tokens, weights: the probe set (right-padded ids and position weights).
@@ -34,6 +34,7 @@ class Resolved:
         ref_prompt: ``[prompt, layer, d]`` per-prompt reference (float32), or ``None``.
     """
 
+    sites: list[Site]
     layers: list[int]
     vectors: Tensor
     tokens: Tensor
@@ -44,17 +45,13 @@ class Resolved:
 
 
 def _directions(directions: Any, dir_layers: Any) -> Directions:
-    if isinstance(directions, Directions):
-        return directions
-    if isinstance(directions, Tensor):
-        if dir_layers is None:
-            raise ConfigError(
-                "directions given as a tensor need their layers: pass directions_layers=[...]"
-            )
-        return Directions.from_tensor(directions, dir_layers)
-    raise ConfigError(
-        f"directions must be a revlens Directions or a [layer, d] tensor; got {type(directions).__name__}"
-    )
+    if isinstance(directions, Tensor) and dir_layers is None:
+        raise ConfigError("directions given as a tensor need their layers: pass directions_layers=[...]")
+    if not isinstance(directions, (Directions, Tensor)):
+        raise ConfigError(
+            f"directions must be a revlens Directions or a [layer, d] tensor; got {type(directions).__name__}"
+        )
+    return resolve_directions(directions, layers=dir_layers)
 
 
 def _tokenizer_of(obj: Any) -> Any:
@@ -74,7 +71,7 @@ def _tokenizer_of(obj: Any) -> Any:
     return None
 
 
-def _tokenize(probes: Any, tokenizer: Any, reader: ResidualReader) -> TokenizedProbes:
+def _tokenize(probes: Any, tokenizer: Any, reader: SiteAccess) -> TokenizedProbes:
     if isinstance(probes, TokenizedProbes):
         tok = probes
     else:
@@ -140,11 +137,12 @@ def _check_ref(mean: Tensor, layers: list[int], d: int, what: str) -> None:
 
 
 def _reference(
-    reference: Any, layers: list[int], reader: ResidualReader, tok: TokenizedProbes, batch_size: int
+    reference: Any, sites: list[Site], reader: SiteAccess, tok: TokenizedProbes, batch_size: int
 ) -> tuple[Tensor, Tensor | None]:
     from revlens.collect import CheckpointStats, HistoryStats
     from revlens.model import LensModel
 
+    layers = [s.layer for s in sites]
     d = reader.d_model
     if isinstance(reference, HistoryStats):
         fp = reference.meta.get("probe_fingerprint")
@@ -174,44 +172,21 @@ def _reference(
         mean = reference.detach().cpu().to(torch.float64)
         _check_ref(mean, layers, d, "tensor")
         return mean, None
-    if isinstance(reference, (str, Path, LensModel)) or hasattr(reference, "hook_dict"):
-        from revlens.collect import collect_checkpoint
-        from revlens.hooks import resolve_sites
-
-        lm = LensModel.boot(reference)
-        if lm.d_model != d or lm.n_layers != reader.n_layers:
+    if isinstance(reference, (str, Path, LensModel, nn.Module)) or hasattr(reference, "hook_dict"):
+        ref = LensModel.boot(reference) if isinstance(reference, (str, Path)) else reference
+        ref_acc = access(ref)
+        if ref_acc.d_model != d or ref_acc.n_layers != reader.n_layers:
             raise ShapeMismatchError(
-                f"reference model has n_layers={lm.n_layers}, d_model={lm.d_model}; the trained model has "
-                f"n_layers={reader.n_layers}, d_model={d}"
-            )
-        st = collect_checkpoint(
-            lm,
-            None,
-            tok,
-            resolve_sites(lm.bridge, layers),
-            n_bootstrap=0,
-            keep=True,
-            batch_size=batch_size,
-            name="reference",
-        )
-        return st.mean.to(
-            torch.float64
-        ), st.activations.float() if st.activations is not None else None
-    if isinstance(reference, nn.Module):
-        ref_reader = ResidualReader(reference, layers)
-        if ref_reader.d_model != d or ref_reader.n_layers != reader.n_layers:
-            raise ShapeMismatchError(
-                f"reference model has n_layers={ref_reader.n_layers}, d_model={ref_reader.d_model}; the trained "
+                f"reference model has n_layers={ref_acc.n_layers}, d_model={ref_acc.d_model}; the trained "
                 f"model has n_layers={reader.n_layers}, d_model={d}"
             )
+        ref_sites = ref_acc.sites(layers, sites[0].kind)
         with torch.no_grad():
-            rows = [
-                ref_reader.per_prompt(b.tokens, b.weights, mask=_mask(b.tokens, b.last_index))
-                .float()
-                .cpu()
-                for b in tok.batches(batch_size)
-            ]
+            rows = [torch.stack(ref_acc.read(b.tokens, b.weights, ref_sites, mask=_mask(b.tokens, b.last_index)),
+                                dim=1).float().cpu()
+                    for b in tok.batches(batch_size)]
         prompt = torch.cat(rows)
+        # read once into statistics: no second model is kept
         return prompt.to(torch.float64).mean(0), prompt
     raise ConfigError(
         f"reference must be a [layer, d] tensor, CheckpointStats, HistoryStats, a model or a save_pretrained dir; "
@@ -230,32 +205,41 @@ def resolve_inputs(
     directions_layers: Any = None,
     site: str = "resid_post",
     batch_size: int = 64,
-) -> tuple[ResidualReader, Resolved]:
+) -> tuple[SiteAccess, Resolved]:
     """Check ``directions``, ``probes`` and ``reference`` against ``model``; build its reader.
 
     Raises:
         ShapeMismatchError: directions or reference of another width / architecture.
         ProbeError: probes for another tokenizer, too long, or reference stats on other probes.
-        SiteError: a layer the model or the directions do not have; a site other than resid_post.
+        SiteError: a layer the model or the directions do not have; directions of another site.
         ConfigError: malformed arguments.
     """
-    if site != "resid_post":
-        raise SiteError(f"blocking and monitoring read site 'resid_post' only; got {site!r}")
     dirs = _directions(directions, directions_layers)
-    if dirs.site != "resid_post":
-        raise SiteError(
-            f"directions were fit at site {dirs.site!r}; blocking and monitoring need 'resid_post'"
-        )
+    if dirs.site != site:
+        raise SiteError(f"directions were fit at site {dirs.site!r}; this blocker / monitor reads {site!r}")
     chosen = list(dirs.layers) if layers is None else normalize_layers(layers, list(dirs.layers))
-    reader = ResidualReader(model, chosen)
+    reader = access(model)
+    sites = reader.sites(chosen, site)
     dirs.check_d_model(reader.d_model, "model being trained")
     if tokenizer is None:
         tokenizer = _tokenizer_of(model) or _tokenizer_of(reference)
     tok = _tokenize(probes, tokenizer, reader)
-    mean, prompt = _reference(reference, chosen, reader, tok, batch_size)
-    device = next(reader.module.parameters()).device
-    vectors = dirs.select(chosen).vectors.to(device=device, dtype=torch.float32)
+    mean, prompt = _reference(reference, sites, reader, tok, batch_size)
+    vectors = dirs.select(chosen).vectors.to(device=reader.device, dtype=torch.float32)
     mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    return reader, Resolved(
-        chosen, vectors, tok.tokens, tok.weights.to(torch.float32), mask, mean, prompt
-    )
+    return reader, Resolved(sites, chosen, vectors, tok.tokens, tok.weights.to(torch.float32), mask, mean, prompt)
+
+
+class ProbeInputs:
+    """What a blocker and a monitor both hold: directions, probes and the aligned reference, and
+    the layers / site they act on; :meth:`resolve` checks them against a model."""
+
+    def _store_inputs(self, directions: Any, probes: Any, reference: Any, *, layers: Any, tokenizer: Any,
+                      directions_layers: Any, site: str) -> None:
+        self.directions, self.probes, self.reference = directions, probes, reference
+        self.layers, self.tokenizer, self.directions_layers, self.site = layers, tokenizer, directions_layers, site
+
+    def resolve(self, model: Any) -> tuple[SiteAccess, Resolved]:
+        """:func:`resolve_inputs` with this object's inputs."""
+        return resolve_inputs(model, self.directions, self.probes, self.reference, layers=self.layers,
+                              tokenizer=self.tokenizer, directions_layers=self.directions_layers, site=self.site)

@@ -12,20 +12,19 @@ that has no batching rule falls back to the loop (logged once).
 """
 
 import logging
-from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from revlens.block.inputs import Resolved
-from revlens.block.residual import ResidualReader
+from revlens.modes import GradBatching
+from revlens.sites import SiteAccess
 
 __all__ = ["GradBatching", "ProbeObjective"]
 
 log = logging.getLogger(__name__)
 
-GradBatching = Literal["auto", "loop", "vmap"]
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -33,7 +32,7 @@ class ProbeObjective:
     """``s_l`` and its gradients on (cycling) probe batches of one model.
 
     Args:
-        reader: the model's :class:`ResidualReader`.
+        reader: the model's :class:`~revlens.sites.SiteAccess`.
         inputs: resolved directions, probes and reference.
         batch_size: prompts per batch (``None``: the whole probe set every time).
         seed: seed of the cycling order.
@@ -42,7 +41,7 @@ class ProbeObjective:
 
     def __init__(
         self,
-        reader: ResidualReader,
+        reader: SiteAccess,
         inputs: Resolved,
         *,
         batch_size: int | None = None,
@@ -55,8 +54,7 @@ class ProbeObjective:
         self.ref_dot = (inputs.ref_mean * self._vec64).sum(-1)  # [layer], μ_ref·v
         self._order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         self._cursor = 0
-        device = next(reader.module.parameters()).device
-        auto = "vmap" if device.type == "cuda" else "loop"
+        auto = "vmap" if reader.device.type == "cuda" else "loop"
         self.grad_batching = auto if grad_batching == "auto" else grad_batching
 
     def batch(self) -> Batch:
@@ -82,7 +80,7 @@ class ProbeObjective:
         """``[s_1, ..., s_L]`` on ``batch`` as separate 0-d tensors (differentiable when grad
         mode is on; each one's graph holds only the blocks below its layer)."""
         tokens, weights, mask, ref_dot = batch
-        per = self.reader.per_layer(tokens, weights, mask=mask)  # L x [batch, d]
+        per = self.reader.read(tokens, weights, self.inputs.sites, mask=mask)  # L x [batch, d]
         vec = self.inputs.vectors
         return [
             (h.mean(0) * vec[i].to(h.dtype)).sum() - ref_dot[i].to(h.device, h.dtype)
@@ -98,7 +96,7 @@ class ProbeObjective:
         res = self.inputs
         with torch.no_grad():
             rows = [
-                self.reader.per_prompt(res.tokens[sl], res.weights[sl], mask=res.mask[sl])
+                torch.stack(self.reader.read(res.tokens[sl], res.weights[sl], res.sites, mask=res.mask[sl]), dim=1)
                 .double()
                 .cpu()
                 for sl in (slice(i, i + chunk) for i in range(0, res.tokens.shape[0], chunk))

@@ -1,19 +1,23 @@
-"""Causal mediation along reversion directions (DESIGN §2): interventions, metrics, studies.
+"""Causal mediation along reversion directions (DESIGN §2): interventions, studies, controls.
 
 - :mod:`~revlens.causal.interventions`: ``clamp`` / ``patch`` / ``steer`` context managers;
-- :mod:`~revlens.causal.metrics`: behaviour metrics ``(logits, batch) -> Tensor[batch]``;
 - :mod:`~revlens.causal.controls`: isotropic and covariance-matched random directions;
 - :mod:`~revlens.causal.batched`: many interventions per forward pass;
-- :func:`ablation_study` → :class:`CausalReport`.
+- :func:`ablation_study` (settings: :class:`AblationConfig`) → :class:`CausalReport`.
+
+Behaviour metrics live in :mod:`revlens.metrics` (re-exported here). A new intervention kind goes
+into :data:`revlens.modes.InterventionKind` and :func:`~revlens.causal.interventions.apply_intervention`.
 """
 
+from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
 from revlens.causal.interventions import clamp, intervene, patch, steer
-from revlens.causal.metrics import greedy_rate, kl_to, logit_diff, task_loss
 from revlens.causal.report import CausalReport
 from revlens.causal.study import ablation_study
+from revlens.metrics import greedy_rate, kl_to, logit_diff, logit_rate, task_loss
 
 __all__ = [
+    "AblationConfig",
     "CausalReport",
     "ablation_study",
     "clamp",
@@ -21,6 +25,7 @@ __all__ = [
     "intervene",
     "kl_to",
     "logit_diff",
+    "logit_rate",
     "patch",
     "random_directions",
     "steer",

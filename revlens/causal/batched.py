@@ -17,22 +17,20 @@ Rows are chunked so that no forward holds more than ``max_rows`` rows.
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from revlens.causal.interventions import apply_intervention
-from revlens.causal.metrics import check_metric_output
 from revlens.errors import RevlensError
-from revlens.hooks import Site
+from revlens.metrics import call_metric
+from revlens.modes import STRATEGIES, Strategy
 from revlens.probes import ProbeBatch
+from revlens.sites import Site, SiteAccess, access
 
-__all__ = ["STRATEGIES", "Stack", "Strategy", "capture", "run_stacks"]
-
-Strategy = Literal["grow", "repeat", "loop"]
-STRATEGIES: tuple[str, ...] = ("grow", "repeat", "loop")
+__all__ = ["STRATEGIES", "Stack", "Strategy", "run_stacks"]
 
 
 @dataclass(frozen=True)
@@ -73,26 +71,8 @@ def _repeat_batch(batch: ProbeBatch, m: int) -> ProbeBatch:
 
 
 def _score(logits: Tensor, batch: ProbeBatch, m: int, metric: Any) -> Tensor:
-    values = metric(logits, _repeat_batch(batch, m) if m > 1 else batch)
-    return check_metric_output(values, m * len(batch), metric).view(m, len(batch))
-
-
-def capture(bridge: Any, tokens: Tensor, sites: Sequence[Site]) -> tuple[Tensor, dict[int, Tensor]]:
-    """One forward: the logits and the activations ``[batch, pos, d]`` at ``sites``."""
-    acts: dict[int, Tensor] = {}
-    handles = []
-    try:
-        for s in sites:
-
-            def hook(module: Any, args: Any, out: Tensor, layer: int = s.layer) -> None:
-                acts[layer] = out.detach().clone()
-
-            handles.append(bridge.hook_dict[s.hook_name].register_forward_hook(hook))
-        logits = bridge(tokens)
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, acts
+    values = call_metric(metric, logits, _repeat_batch(batch, m) if m > 1 else batch)
+    return values.view(m, len(batch))
 
 
 def _reference(stack: Stack, sources: Mapping[int, Tensor] | None) -> Tensor | None:
@@ -103,34 +83,14 @@ def _reference(stack: Stack, sources: Mapping[int, Tensor] | None) -> Tensor | N
     return sources[stack.layer]
 
 
-def _expand(x: Any, b: int, n: int) -> Any:
-    if isinstance(x, tuple):
-        return tuple(_expand(y, b, n) for y in x)
-    if (
-        isinstance(x, Tensor)
-        and x.ndim >= 2
-        and x.shape[0] != n
-        and x.shape[0] > 1
-        and x.shape[0] % b == 0
-    ):
-        return x[:b].repeat(n // b, *([1] * (x.ndim - 1)))
-    return x
-
-
-def _expander(b: int) -> Any:
-    def pre_hook(module: Any, args: tuple, kwargs: dict) -> Any:
-        if not args or not isinstance(args[0], Tensor) or args[0].shape[0] == b:
-            return None
-        n = args[0].shape[0]
-        return (args[0], *(_expand(a, b, n) for a in args[1:])), {
-            k: _expand(v, b, n) for k, v in kwargs.items()
-        }
-
-    return pre_hook
+def _intervened(h: Tensor, st: Stack, sources: Mapping[int, Tensor] | None, mask: Tensor | None) -> Tensor:
+    """``h`` ``[copies, batch, pos, d]`` (1 copy broadcasts) intervened along the stack's directions."""
+    return apply_intervention(h, st.kind, st.vectors.to(h.device), reference=_reference(st, sources),
+                              alpha=st.alphas, mask=mask)  # type: ignore[arg-type]
 
 
 def _forward_grow(
-    bridge: Any,
+    acc: SiteAccess,
     tokens: Tensor,
     stacks: Sequence[Stack],
     sites: Mapping[int, Site],
@@ -141,45 +101,23 @@ def _forward_grow(
     by_layer: dict[int, list[Stack]] = {}
     for st in stacks:
         by_layer.setdefault(st.layer, []).append(st)
-    handles = []
-
     def site_hook(layer: int) -> Any:
-        def hook(module: Any, args: Any, out: Tensor) -> Tensor:
+        def hook(out: Tensor) -> Tensor:
             src = out[:b]
             pieces = [out]
             for st in by_layer[layer]:
-                new = apply_intervention(
-                    src[None],
-                    st.kind,
-                    st.vectors.to(out.device),
-                    reference=_reference(st, sources),
-                    alpha=st.alphas,
-                    mask=mask,
-                )  # type: ignore[arg-type]
-                pieces.append(new.reshape(-1, *src.shape[1:]))
+                pieces.append(_intervened(src[None], st, sources, mask).reshape(-1, *src.shape[1:]))
             return torch.cat(pieces)
 
         return hook
 
-    try:
-        pre = _expander(b)
-        for block in getattr(bridge, "blocks", []):
-            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
-            for name, child in block.named_children():
-                if "attn" in name:
-                    handles.append(child.register_forward_pre_hook(pre, with_kwargs=True))
-        for layer in by_layer:
-            handles.append(
-                bridge.hook_dict[sites[layer].hook_name].register_forward_hook(site_hook(layer))
-            )
-        return bridge(tokens)
-    finally:
-        for h in handles:
-            h.remove()
+    edits = [(sites[layer], site_hook(layer)) for layer in by_layer]
+    with acc.growing_batch(b), acc.hooked(edits):
+        return acc.forward(tokens)
 
 
 def _forward_repeat(
-    bridge: Any,
+    acc: SiteAccess,
     tokens: Tensor,
     stacks: Sequence[Stack],
     sites: Mapping[int, Site],
@@ -193,35 +131,18 @@ def _forward_repeat(
     for st in stacks:
         offsets.setdefault(st.layer, []).append((row, st))
         row += len(st) * b
-    handles = []
-
     def site_hook(layer: int) -> Any:
-        def hook(module: Any, args: Any, out: Tensor) -> Tensor:
+        def hook(out: Tensor) -> Tensor:
             out = out.clone()
             for start, st in offsets[layer]:
                 seg = out[start : start + len(st) * b].view(len(st), b, *out.shape[1:])
-                new = apply_intervention(
-                    seg,
-                    st.kind,
-                    st.vectors.to(out.device),
-                    reference=_reference(st, sources),
-                    alpha=st.alphas,
-                    mask=mask,
-                )  # type: ignore[arg-type]
-                out[start : start + len(st) * b] = new.reshape(-1, *out.shape[1:])
+                out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(-1, *out.shape[1:])
             return out
 
         return hook
 
-    try:
-        for layer in offsets:
-            handles.append(
-                bridge.hook_dict[sites[layer].hook_name].register_forward_hook(site_hook(layer))
-            )
-        return bridge(tokens.repeat(m, 1))
-    finally:
-        for h in handles:
-            h.remove()
+    with acc.hooked([(sites[layer], site_hook(layer)) for layer in offsets]):
+        return acc.forward(tokens.repeat(m, 1))
 
 
 def _ordered(stacks: Sequence[Stack], strategy: str) -> list[int]:
@@ -231,7 +152,7 @@ def _ordered(stacks: Sequence[Stack], strategy: str) -> list[int]:
 
 
 def run_stacks(
-    bridge: Any,
+    model: Any,
     batch: ProbeBatch,
     stacks: Sequence[Stack],
     metric: Any,
@@ -242,15 +163,19 @@ def run_stacks(
     strategy: Strategy = "grow",
     max_rows: int = 2048,
 ) -> tuple[Tensor, list[Tensor]]:
-    """The metric on the clean batch ``[batch]`` and on each stack's copies (``[n, batch]`` each)."""
+    """The metric on the clean batch ``[batch]`` and on each stack's copies (``[n, batch]`` each).
+
+    ``model``: a ``LensModel``, bridge, HF model or :class:`~revlens.sites.SiteAccess`.
+    """
+    acc = access(model)
     b = len(batch)
-    tokens = batch.tokens.to(next(bridge.parameters()).device)
+    tokens = batch.tokens
     out = [torch.empty(len(st), b, dtype=torch.float64) for st in stacks]
     if strategy == "loop" or not stacks:
-        clean = _score(bridge(tokens), batch, 1, metric)[0]
+        clean = _score(acc.forward(tokens), batch, 1, metric)[0]
         for si, st in enumerate(stacks):
             for j in range(len(st)):
-                logits = _forward_one(bridge, tokens, st.part(j, j + 1), sites, sources, mask)
+                logits = _forward_one(acc, tokens, st.part(j, j + 1), sites, sources, mask)
                 out[si][j] = _score(logits, batch, 1, metric)[0]
         return clean, out
     per_forward = max(1, max_rows // b - 1)
@@ -267,7 +192,7 @@ def run_stacks(
             else:
                 parts.append((si, j, stacks[si].part(j, j + 1)))
         order = _ordered([p[2] for p in parts], strategy)
-        logits = forward(bridge, tokens, [parts[i][2] for i in order], sites, sources, mask)
+        logits = forward(acc, tokens, [parts[i][2] for i in order], sites, sources, mask)
         values = _score(logits, batch, 1 + len(chunk), metric)
         if clean is None:
             clean = values[0]
@@ -280,25 +205,15 @@ def run_stacks(
 
 
 def _forward_one(
-    bridge: Any,
+    acc: SiteAccess,
     tokens: Tensor,
     st: Stack,
     sites: Mapping[int, Site],
     sources: Mapping[int, Tensor] | None,
     mask: Tensor | None,
 ) -> Tensor:
-    def hook(module: Any, args: Any, out: Tensor) -> Tensor:
-        return apply_intervention(
-            out[None],
-            st.kind,
-            st.vectors.to(out.device),
-            reference=_reference(st, sources),
-            alpha=st.alphas,
-            mask=mask,
-        )[0]  # type: ignore[arg-type]
+    def hook(out: Tensor) -> Tensor:
+        return _intervened(out[None], st, sources, mask)[0]
 
-    handle = bridge.hook_dict[sites[st.layer].hook_name].register_forward_hook(hook)
-    try:
-        return bridge(tokens)
-    finally:
-        handle.remove()
+    with acc.hooked([(sites[st.layer], hook)]):
+        return acc.forward(tokens)

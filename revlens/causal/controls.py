@@ -8,18 +8,14 @@
 Every draw goes through an explicit ``torch.Generator``.
 """
 
-from typing import Literal
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from revlens.errors import ConfigError, ShapeMismatchError
+from revlens.modes import CONTROL_KINDS, ControlKind
 
 __all__ = ["CONTROL_KINDS", "ControlKind", "random_directions"]
-
-ControlKind = Literal["iso", "cov"]
-CONTROL_KINDS: tuple[str, ...] = ("iso", "cov")
 
 
 def random_directions(

@@ -1,6 +1,6 @@
 """Interventions on the residual stream, as context managers (DESIGN §2 "Causal mediation").
 
-Three kinds, each at one or more revlens layers (see :mod:`revlens.hooks`), with ``v`` a unit
+Three kinds, each at one or more revlens layers (see :mod:`revlens.sites`), with ``v`` a unit
 direction (or, for the context managers, an orthonormal basis ``Q`` of a subspace):
 
 - ``clamp``: ``h ← h − ((h − μ)·v) v`` — remove the drift along ``v`` relative to a reference
@@ -21,7 +21,7 @@ Example:
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -29,24 +29,14 @@ from torch import Tensor
 
 from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
-from revlens.hooks import LayerSpec, hook_point, resolve_sites
+from revlens.modes import INTERVENTION_KINDS, InterventionKind, check_mode
+from revlens.sites import LayerSpec, access
 
-__all__ = ["Kind", "apply_intervention", "as_bridge", "clamp", "intervene", "patch", "steer"]
+__all__ = ["Kind", "apply_intervention", "clamp", "intervene", "patch", "steer"]
 
-Kind = Literal["clamp", "patch", "steer"]
-KINDS: tuple[str, ...] = ("clamp", "patch", "steer")
+Kind = InterventionKind
 DirectionsLike = Directions | Tensor
 PerLayer = Tensor | Mapping[int, Tensor]
-
-
-def as_bridge(model: Any) -> Any:
-    """The ``TransformerBridge`` of a :class:`~revlens.model.LensModel` (or the bridge itself)."""
-    bridge = getattr(model, "bridge", model)
-    if not hasattr(bridge, "hook_dict"):
-        raise ConfigError(
-            f"model must be a LensModel or a TransformerBridge; got {type(model).__name__}"
-        )
-    return bridge
 
 
 def apply_intervention(
@@ -76,7 +66,7 @@ def apply_intervention(
         coef = ((h - reference.to(h.dtype)) * v).sum(-1, keepdim=True)
         delta = -coef * v
     else:
-        raise ConfigError(f"unknown intervention kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        check_mode("kind", kind, INTERVENTION_KINDS)
     if mask is not None:
         delta = delta * mask.to(h.dtype)[None, :, :, None]
     return h + delta
@@ -86,32 +76,21 @@ def _basis(directions: DirectionsLike, layers: list[int], d_model: int) -> dict[
     """layer -> orthonormal rows ``[k, d]`` (k = 1 for a direction)."""
     if isinstance(directions, Directions):
         directions.check_d_model(d_model)
-        return {layer: directions[layer][None].float() for layer in layers}
+        return {layer: directions.subspace(layer).float() for layer in layers}
     t = torch.as_tensor(directions).detach().float()
     if t.ndim == 1:
-        t = t[None, None].expand(len(layers), 1, -1)
-    elif t.ndim == 2:
-        if t.shape[0] != len(layers):
-            raise ShapeMismatchError(
-                f"directions of shape {tuple(t.shape)} need one row per layer {layers}; "
-                "give [d_model], [layer, d_model] or [layer, k, d_model]"
-            )
-        t = t[:, None]
-    elif t.ndim != 3 or t.shape[0] != len(layers):
-        raise ShapeMismatchError(f"directions of shape {tuple(t.shape)} do not fit layers {layers}")
-    if t.shape[-1] != d_model:
+        t = t[None].expand(len(layers), -1)
+    if t.ndim not in (2, 3) or t.shape[0] != len(layers):
         raise ShapeMismatchError(
-            f"directions have d_model={t.shape[-1]} but the model has d_model={d_model}"
+            f"directions of shape {tuple(t.shape)} need one row per layer {layers}; "
+            "give [d_model], [layer, d_model] or [layer, k, d_model]"
         )
+    if t.shape[-1] != d_model:
+        raise ShapeMismatchError(f"directions have d_model={t.shape[-1]} but the model has d_model={d_model}")
     if not bool(torch.isfinite(t).all()):
         raise NonFiniteError("directions hold NaN or inf")
-    out = {}
-    for i, layer in enumerate(layers):
-        q = torch.linalg.qr(t[i].T.double()).Q.T.float() if t.shape[1] > 1 else t[i] / t[i].norm()
-        if not bool(torch.isfinite(q).all()):
-            raise ConfigError(f"direction at layer {layer} has zero norm")
-        out[layer] = q
-    return out
+    dirs = Directions.from_tensor(t, layers)  # normalised / orthonormalised, zero rows refused
+    return {layer: dirs.subspace(layer).float() for layer in layers}
 
 
 def _per_layer(value: PerLayer, layers: list[int], name: str, pos: int) -> dict[int, Tensor]:
@@ -130,7 +109,7 @@ def _per_layer(value: PerLayer, layers: list[int], name: str, pos: int) -> dict[
     return {layer: t[i] for i, layer in enumerate(layers)}
 
 
-def _make_hook(
+def _make_edit(
     kind: str,
     q: Tensor,
     layer: int,
@@ -138,8 +117,7 @@ def _make_hook(
     alpha: float | None,
     positions: Tensor | None,
 ) -> Any:
-    def hook(module: Any, args: Any, output: Tensor) -> Tensor:
-        h = output
+    def edit(h: Tensor) -> Tensor:
         ref = reference
         if ref is not None and kind == "patch" and tuple(ref.shape) != tuple(h.shape):
             raise ShapeMismatchError(
@@ -161,7 +139,7 @@ def _make_hook(
             delta = -(coords @ qq)
         return h + (delta * mask if mask is not None else delta)
 
-    return hook
+    return edit
 
 
 @contextmanager
@@ -180,7 +158,7 @@ def intervene(
     """Apply one intervention kind while the block runs (see the module docstring).
 
     Args:
-        model: a :class:`~revlens.model.LensModel` or ``TransformerBridge``.
+        model: a :class:`~revlens.model.LensModel`, a ``TransformerBridge`` or a Hugging Face model.
         kind: ``"clamp"``, ``"patch"`` or ``"steer"``.
         directions: a :class:`Directions`, or a tensor ``[d]`` (same at every layer),
             ``[layer, d]`` (one per layer) or ``[layer, k, d]`` (a subspace per layer).
@@ -190,23 +168,22 @@ def intervene(
             or a mapping layer -> ``[batch, pos, d]`` (must match the forward's shape).
         alpha: ``steer`` only: the step along ``v`` (finite).
         positions: bool mask ``[batch, pos]``: change only these positions (default: all).
-        site: site kind (``"resid_post"`` default; see :func:`revlens.hooks.resolve_sites`).
+        site: site kind (``"resid_post"`` default; see :func:`revlens.sites.resolve_sites`).
 
     Raises:
         ConfigError: unknown kind, missing argument, non-finite alpha.
         SiteError: a layer the model does not have.
         ShapeMismatchError: directions / references of the wrong shape.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"unknown intervention kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    bridge = as_bridge(model)
+    check_mode("kind", kind, INTERVENTION_KINDS)
+    acc = access(model)
     if layers is None:
         if not isinstance(directions, Directions):
             raise ConfigError("layers=None needs a Directions object; give layers explicitly")
         layers = list(directions.layers)
-    sites = resolve_sites(bridge, layers, site)
+    sites = acc.sites(layers, site)
     chosen = [s.layer for s in sites]
-    basis = _basis(directions, chosen, int(bridge.cfg.d_model))
+    basis = _basis(directions, chosen, acc.d_model)
     refs: dict[int, Tensor | None] = dict.fromkeys(chosen)
     if kind == "clamp":
         if reference_mean is None:
@@ -228,15 +205,9 @@ def intervene(
             raise ConfigError(
                 f"steer needs one direction per layer, got a subspace at layer(s) {wide}"
             )
-    handles = []
-    try:
-        for s in sites:
-            fn = _make_hook(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions)
-            handles.append(hook_point(bridge, s).register_forward_hook(fn))
+    edits = [(s, _make_edit(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions)) for s in sites]
+    with acc.hooked(edits):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def clamp(

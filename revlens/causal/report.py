@@ -1,14 +1,13 @@
 """The result of :func:`~revlens.causal.ablation_study`: effects, summary, save / load.
 
-A saved causal report is a directory of plain files (no pickle): ``effects.json`` and
-``summary.json`` (column-wise JSON with each column's dtype; floats in Python's shortest exact
-repr, so a load is bit-identical), the same tables as CSV for spreadsheets (not read back),
-``directions.safetensors`` (v_rev), ``controls.safetensors`` (the random directions) and
+A saved causal report is a directory of plain files (no pickle), written atomically:
+``effects.json`` (column-wise JSON with each column's dtype; floats in Python's shortest exact
+repr, so a load is bit-identical), ``effects.csv`` / ``summary.csv`` for spreadsheets (not read
+back), ``directions.safetensors`` (v_rev), ``controls.safetensors`` (the random directions) and
 ``causal.json`` (config, provenance, format).
 """
 
-import json
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens._frames import read_frame, write_frame
+from revlens._result import Result
 from revlens.directions import Directions
 from revlens.errors import ConfigError
-from revlens.report.frames import frame_from_obj, frame_to_obj
 
-__all__ = ["CausalReport", "summarize"]
+__all__ = ["EFFECT_COLUMNS", "CausalReport", "summarize"]
 
-_FORMAT = "revlens-causal/1"
-KEYS = ["run", "step", "layer", "kind", "alpha"]
-
-
-
+EFFECT_COLUMNS = ["run", "step", "layer", "kind", "direction", "control_type", "alpha", "metric", "metric_clean",
+                  "metric_aligned", "effect", "mediation_fraction", "n_prompts"]
 
 def _sign(x: pd.Series) -> pd.Series:
     return pd.Series(np.where(x.to_numpy() < 0, -1.0, 1.0), index=x.index)
@@ -104,8 +101,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
 
 
-@dataclass
-class CausalReport:
+class CausalReport(Result):
     """What :func:`~revlens.causal.ablation_study` measured.
 
     Attributes:
@@ -116,58 +112,48 @@ class CausalReport:
             ``direction`` is ``"v_rev"``, ``"random_iso_k"`` or ``"random_cov_k"``;
             ``control_type`` ``"v_rev" | "iso" | "cov"``. Steer rows are on the aligned model
             (``run="aligned"``, ``step=0``, ``alpha`` set).
-        summary: per (run, step, layer, kind, alpha): v_rev vs controls (see :func:`summarize`).
-        config: the study's arguments.
+        config: the study's settings (:class:`~revlens.causal.AblationConfig` fields and more).
         directions: the v_rev directions used.
         controls: layer -> control directions ``[k, d]`` (rows in ``config["control_names"]`` order).
-        provenance: model, metric, probe fingerprint.
+        provenance: model, probe fingerprint, checkpoints and their content fingerprints.
+
+    Tables: :meth:`summary` (v_rev against its controls), :meth:`mean_over_runs`,
+    :meth:`dose_response`. Figures: :meth:`mediation_heatmap`, :meth:`control_bands`,
+    :meth:`steer_dose_response`.
     """
 
-    effects: pd.DataFrame
-    summary: pd.DataFrame = None  # type: ignore[assignment]
-    config: dict[str, Any] = field(default_factory=dict)
-    directions: Directions | None = None
-    controls: dict[int, Tensor] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+    FORMAT = "revlens-causal/2"
+    META = "causal.json"
 
-    def __post_init__(self) -> None:
-        if self.summary is None:
-            self.summary = summarize(self.effects)
+    def __init__(self, *, effects: pd.DataFrame, config: dict[str, Any] | None = None,
+                 directions: Directions | None = None, controls: dict[int, Tensor] | None = None,
+                 provenance: dict[str, Any] | None = None) -> None:
+        self.effects = effects
+        self.config = dict(config or {})
+        self.directions = directions
+        self.controls = dict(controls or {})
+        self.provenance = dict(provenance or {})
+        self._summary = summarize(effects)
 
-    # ------------------------------------------------------------------ views
-    @property
+    # ------------------------------------------------------------------ tables
+    def summary(self) -> pd.DataFrame:
+        """Per (run, step, layer, kind, alpha): v_rev against its controls (see :func:`summarize`)."""
+        return self._summary
+
     def dose_response(self) -> pd.DataFrame:
         """Steering rows of the summary: per (layer, alpha) ``delta`` = M(aligned + αv) − M(aligned)
         beside the controls' mean and p95 of the same delta."""
-        s = self.summary[self.summary["kind"] == "steer"]
-        return (
-            pd.DataFrame(
-                {
-                    "layer": s["layer"],
-                    "alpha": s["alpha"],
-                    "metric": s["metric"],
-                    "delta": s["metric"] - s["metric_aligned"],
-                    "ctrl_delta_mean": -s["ctrl_effect_mean"],
-                    "ctrl_delta_p95": -s["ctrl_effect_p05"],
-                    "z": s["z"],
-                    "p_value": s["p_value"],
-                }
-            )
-            .sort_values(["layer", "alpha"])
-            .reset_index(drop=True)
-        )
+        s = self._summary[self._summary["kind"] == "steer"]
+        return pd.DataFrame({
+            "layer": s["layer"], "alpha": s["alpha"], "metric": s["metric"], "delta": s["metric"] - s["metric_aligned"],
+            "ctrl_delta_mean": -s["ctrl_effect_mean"], "ctrl_delta_p95": -s["ctrl_effect_p05"],
+            "z": s["z"], "p_value": s["p_value"],
+        }).sort_values(["layer", "alpha"]).reset_index(drop=True)
 
     def mean_over_runs(self) -> pd.DataFrame:
         """Clamp / patch summary averaged over runs per (step, layer, kind): mean and std."""
-        s = self.summary[self.summary["kind"] != "steer"]
-        cols = [
-            "mediation_fraction",
-            "effect",
-            "ctrl_mediation_mean",
-            "ctrl_mediation_p95",
-            "z",
-            "p_value",
-        ]
+        s = self._summary[self._summary["kind"] != "steer"]
+        cols = ["mediation_fraction", "effect", "ctrl_mediation_mean", "ctrl_mediation_p95", "z", "p_value"]
         g = s.groupby(["step", "layer", "kind"])[cols]
         out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_std"))
         out["n_runs"] = s.groupby(["step", "layer", "kind"])["run"].nunique()
@@ -178,9 +164,7 @@ class CausalReport:
         m = self.mean_over_runs()
         m = m[m["kind"] == kind]
         if m.empty:
-            raise ConfigError(
-                f"no {kind!r} rows in this report; kinds: {sorted(set(self.summary['kind']))}"
-            )
+            raise ConfigError(f"no {kind!r} rows in this report; kinds: {sorted(set(self._summary['kind']))}")
         step = int(m["step"].max()) if step is None else step
         m = m[m["step"] == step]
         if m.empty:
@@ -189,16 +173,14 @@ class CausalReport:
 
     def __repr__(self) -> str:
         c = self.config
-        head = (
+        lines = [
             f"CausalReport(metric={c.get('metric')!r}, runs={c.get('runs')}, steps={c.get('steps')}, "
             f"layers={c.get('layers')}, kinds={c.get('kinds')}, controls={c.get('controls')}×"
             f"{'+'.join(c.get('control_kinds', []))}, prompts={c.get('n_prompts')}"
-        )
-        lines = [head]
-        s = self.summary
+        ]
+        s = self._summary
         if "kind" in s.columns and bool((s["kind"] != "steer").any()):
-            m = self.mean_over_runs()
-            for (kind, step), grp in m.groupby(["kind", "step"]):
+            for (kind, step), grp in self.mean_over_runs().groupby(["kind", "step"]):
                 if grp["mediation_fraction_mean"].isna().all():
                     continue
                 r = grp.loc[grp["mediation_fraction_mean"].idxmax()]
@@ -208,7 +190,7 @@ class CausalReport:
                     f"p95 {r['ctrl_mediation_p95_mean']:.3f}; z {r['z_mean']:.1f}, p {r['p_value_mean']:.3f})"
                 )
         if "kind" in s.columns and bool((s["kind"] == "steer").any()):
-            d = self.dose_response
+            d = self.dose_response()
             top = d.loc[d["delta"].idxmax()]
             lines.append(
                 f"  steer: max delta {top['delta']:.3f} at layer {int(top['layer'])}, alpha {top['alpha']:g} "
@@ -216,96 +198,77 @@ class CausalReport:
             )
         return "\n".join(lines) + ")"
 
-    # ------------------------------------------------------------------ rendering (lazy)
+    # ------------------------------------------------------------------ figures
+    def mediation_heatmap(self, **kw: Any) -> Any:
+        """Layer × step mediation of v_rev (:func:`revlens.plot.mediation_heatmap`)."""
+        from revlens.plot import mediation_heatmap
+
+        return mediation_heatmap(self.effects, **kw)
+
+    def control_bands(self, **kw: Any) -> Any:
+        """v_rev's mediation per layer inside its controls' band (:func:`revlens.plot.control_bands`)."""
+        from revlens.plot import control_bands
+
+        return control_bands(self.effects, **kw)
+
+    def steer_dose_response(self, **kw: Any) -> Any:
+        """Steering dose–response against controls (:func:`revlens.plot.steer_dose_response`)."""
+        from revlens.plot import steer_dose_response
+
+        return steer_dose_response(self.effects, **kw)
+
     def figure(self, kind: str = "mediation", **kw: Any) -> Any:
-        """A plotly figure (see :func:`revlens.plot.causal_figure`)."""
-        from revlens.plot import causal_figure
+        """Deprecated: call the named figure method."""
+        names = {"mediation": "mediation_heatmap", "controls": "control_bands", "steer": "steer_dose_response"}
+        if kind not in names:
+            raise ConfigError(f"unknown figure kind {kind!r}; figure methods: {', '.join(names.values())}")
+        warnings.warn(f"CausalReport.figure({kind!r}) is deprecated; use CausalReport.{names[kind]}()",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, names[kind])(**kw)
 
-        return causal_figure(self, kind, **kw)
+    def _main_figure(self) -> Any:
+        kinds = set(self.effects["kind"])
+        return self.mediation_heatmap() if kinds - {"steer"} else self.steer_dose_response()
 
-    def to_html(self, path: Any, **kw: Any) -> Any:
-        """Write an offline HTML report (see :func:`revlens.report.html.write_causal_report`)."""
-        from revlens.report.html import write_causal_report
+    def to_html(self, path: Any, **kw: Any) -> Path:
+        """Write an offline HTML report (see :func:`revlens.plot.html.write_causal_report`)."""
+        from revlens.plot.html import write_causal_report
 
         return write_causal_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: Any) -> Path:
-        """Write the report to ``directory`` (created); returns its path."""
+    def _write(self, d: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        for name, frame in (("effects", self.effects), ("summary", self.summary)):
-            (d / f"{name}.json").write_text(json.dumps(frame_to_obj(frame), default=str))
-            frame.to_csv(d / f"{name}.csv", index=False)
+        write_frame(self.effects, d / "effects.json")
+        self.effects.to_csv(d / "effects.csv", index=False)
+        self._summary.to_csv(d / "summary.csv", index=False)
         if self.directions is not None:
             self.directions.save(d / "directions.safetensors")
         if self.controls:
-            save_file(
-                {str(k): v.contiguous() for k, v in self.controls.items()},
-                str(d / "controls.safetensors"),
-            )
-        meta = {
-            "format": _FORMAT,
-            "config": self.config,
-            "provenance": self.provenance,
-            "directions": self.directions is not None,
-            "controls": bool(self.controls),
-        }
-        (d / "causal.json").write_text(json.dumps(meta, indent=1, default=str))
-        return d
+            save_file({str(k): v.contiguous() for k, v in self.controls.items()}, str(d / "controls.safetensors"))
+        return {"config": self.config, "provenance": self.provenance, "directions": self.directions is not None,
+                "controls": bool(self.controls)}
 
     @classmethod
-    def load(cls, directory: Any) -> "CausalReport":
-        """Inverse of :meth:`save`.
-
-        Raises:
-            ConfigError: ``directory`` holds no saved causal report, or one of another format.
-        """
+    def _read(cls, d: Path, meta: dict[str, Any]) -> "CausalReport":
         from safetensors.torch import load_file
 
-        d = Path(directory)
-        if not (d / "causal.json").is_file():
-            raise ConfigError(f"{d} holds no saved revlens causal report (causal.json)")
-        meta = json.loads((d / "causal.json").read_text())
-        if meta.get("format") != _FORMAT:
-            raise ConfigError(
-                f"{d / 'causal.json'} has format {meta.get('format')!r}; expected {_FORMAT!r}"
-            )
-        frames = {
-            n: frame_from_obj(json.loads((d / f"{n}.json").read_text()))
-            for n in ("effects", "summary")
-        }
-        directions = (
-            Directions.load(d / "directions.safetensors") if meta.get("directions") else None
-        )
-        controls = (
-            {int(k): v for k, v in load_file(str(d / "controls.safetensors")).items()}
-            if meta.get("controls")
-            else {}
-        )
-        return cls(
-            effects=frames["effects"],
-            summary=frames["summary"],
-            config=meta["config"],
-            directions=directions,
-            controls=dict(sorted(controls.items())),
-            provenance=meta["provenance"],
-        )
+        directions = Directions.load(d / "directions.safetensors") if meta.get("directions") else None
+        controls = ({int(k): v for k, v in load_file(str(d / "controls.safetensors")).items()}
+                    if meta.get("controls") else {})
+        return cls(effects=read_frame(d / "effects.json"), config=meta["config"], directions=directions,
+                   controls=dict(sorted(controls.items())), provenance=meta["provenance"])
 
     def equals(self, other: "CausalReport") -> bool:
         """Exact equality of tables, config and vectors (used to test save / load)."""
         try:
             pd.testing.assert_frame_equal(self.effects, other.effects, check_exact=True)
-            pd.testing.assert_frame_equal(self.summary, other.summary, check_exact=True)
+            pd.testing.assert_frame_equal(self._summary, other._summary, check_exact=True)
         except AssertionError:
             return False
         same_dirs = (self.directions is None) == (other.directions is None) and (
-            self.directions is None
-            or torch.equal(self.directions.vectors, other.directions.vectors)
-        )  # type: ignore[union-attr]
+            self.directions is None or torch.equal(self.directions.basis, other.directions.basis))  # type: ignore[union-attr]
         same_ctrl = self.controls.keys() == other.controls.keys() and all(
-            torch.equal(self.controls[k], other.controls[k]) for k in self.controls
-        )
+            torch.equal(self.controls[k], other.controls[k]) for k in self.controls)
         return bool(same_dirs and same_ctrl and self.config == other.config)

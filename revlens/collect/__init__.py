@@ -4,3 +4,7 @@ from revlens.collect.collector import collect, collect_checkpoint, resolve_probe
 from revlens.collect.stats import CheckpointStats, HistoryStats
 
 __all__ = ["CheckpointStats", "HistoryStats", "collect", "collect_checkpoint", "resolve_probes"]
+
+from revlens._callable import make_callable
+
+make_callable(__name__, collect)  # revlens.collect(...) works whether it names the module or the function

@@ -10,16 +10,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from revlens._io import atomic_file, write_text
 from revlens._version import __version__
 from revlens.collect.stats import CheckpointStats
-from revlens.errors import CacheError
+from revlens.errors import CacheError, RevlensError
 
 __all__ = ["StatsCache"]
 
@@ -43,9 +43,20 @@ class StatsCache:
         CacheError: the directory was written by another revlens version.
     """
 
+    @staticmethod
+    def check_dir(directory: Any) -> Path:
+        """Validate a cache directory before any work: a directory (or creatable), writable."""
+        from revlens._io import check_writable_dir
+
+        try:
+            return check_writable_dir(directory, "cache_dir")
+        except RevlensError as exc:
+            raise CacheError(str(exc)) from None
+
     def __init__(self, directory: Any) -> None:
-        self.directory = Path(directory)
+        self.directory = self.check_dir(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
         marker = self.directory / _MARKER
         if marker.is_file():
             try:
@@ -58,7 +69,15 @@ class StatsCache:
                     f"{__version__}. Use another cache_dir or delete it."
                 )
         else:
-            self._atomic_write_text(marker, json.dumps({"revlens_version": __version__}))
+            write_text(marker, json.dumps({"revlens_version": __version__}))
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temporary files of writers that died (their pid is in the name and no longer runs)."""
+        for tmp in self.directory.glob(".stats-*.tmp"):
+            parts = tmp.name.split(".")  # .stats-<key>.safetensors.<pid>.<random>.tmp
+            pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+            if pid is None or not _alive(pid):
+                tmp.unlink(missing_ok=True)
 
     @staticmethod
     def key(**parts: Any) -> str:
@@ -96,18 +115,14 @@ class StatsCache:
         tensors = stats.tensors()
         meta = {"key": key, "checksum": _checksum(tensors), "layers": json.dumps(stats.layers),
                 "name": stats.name, "revlens_version": __version__}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(self.path(key)) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
-    @staticmethod
-    def _atomic_write_text(path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,58 +7,41 @@ optional per-prompt activations of the reference checkpoints). The forward stops
 last requested site, so the unembedding is never computed.
 """
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from revlens._config import as_int
 from revlens.collect.cache import StatsCache
-from revlens.collect.stats import CheckpointStats, HistoryStats
-from revlens.errors import ConfigError, NonFiniteError, ProbeError, RevlensError
+from revlens.collect.stats import STATS_FORMAT, CheckpointStats, HistoryStats
+from revlens.errors import ProbeError, RevlensError
 from revlens.history import Checkpoint, History
-from revlens.hooks import LayerSpec, Site, resolve_sites
 from revlens.model import LensModel
+from revlens.modes import SITE_KINDS, WHICH, Which, check_mode
 from revlens.probes import PositionRule, Probes, TokenizedProbes
+from revlens.sites import LayerSpec, Site, access
 
 __all__ = ["collect", "collect_checkpoint", "resolve_probes"]
 
 log = logging.getLogger(__name__)
 
-Which = Literal["reference", "all", "none"]
-
-
-class _StopForward(Exception):
-    """Raised by the last hook to skip the rest of the forward pass."""
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """What to compute per checkpoint (the part of the cache key beside weights and probes)."""
-
-    layers: tuple[int, ...]
-    site: str
-    n_bootstrap: int
-    bootstrap_seed: int
-    batch_size: int
-
 
 def resolve_probes(history: History, probes: Any) -> Probes:
-    """Turn ``probes`` (Probes, list of str, JSONL path, or None for a lab history) into Probes."""
+    """``probes`` (Probes, list of str, JSONL path) as Probes; ``None``: the history's default
+    probe file (``metadata["probes"]``, e.g. a lab's held-out prompts)."""
     if isinstance(probes, Probes):
         return probes
     if probes is None:
-        if history.lab_dir is not None:
-            from revlens.lab import probe_prompts
-
-            return Probes(probe_prompts())  # the lab's held-out harmful requests
+        default = history.metadata.get("probes")
+        if default:
+            return Probes.from_jsonl(default)
         raise ProbeError("no probes given: pass a Probes, a list of prompts or a JSONL file "
-                         "(only a lab history has a default probe set)")
+                         "(this history declares no default probe set)")
     if isinstance(probes, (str, Path)) and str(probes).endswith(".jsonl"):
         return Probes.from_jsonl(probes)
     if isinstance(probes, (list, tuple)):
@@ -66,61 +49,22 @@ def resolve_probes(history: History, probes: Any) -> Probes:
     raise ProbeError(f"cannot make a probe set from {type(probes).__name__}; expected Probes, a list or a .jsonl path")
 
 
-def _reduce_hook(store: list, pos: int, weights: torch.Tensor, site: Site, name: str, stop: bool) -> Any:
-    def hook(module: Any, args: Any, output: Any) -> None:
-        act = output[0] if isinstance(output, tuple) else output
-        reduced = torch.einsum("bp,bpd->bd", weights.to(act.dtype), act)
-        if not bool(torch.isfinite(reduced).all()):
-            raise NonFiniteError(f"checkpoint {name}: activations at layer {site.layer} ({site.hook_name}) hold NaN or inf")
-        store[pos] = reduced
-        if stop:
-            raise _StopForward
-
-    return hook
-
-
 def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: TokenizedProbes,
                        sites: Sequence[Site], *, n_bootstrap: int = 100, bootstrap_seed: int = 0,
                        batch_size: int = 32, second: bool = False, keep: bool = False,
                        name: str | None = None) -> CheckpointStats:
     """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``."""
+    if checkpoint is not None:
+        lm.load(checkpoint)
     label = name or (checkpoint.name if checkpoint is not None else lm.loaded or "model")
-    if checkpoint is not None and lm.loaded != checkpoint.name:
-        lm.load_weights(checkpoint.state_dict(), name=checkpoint.name)
     stats = CheckpointStats(label, [s.layer for s in sites])
-    bridge = lm.bridge
-    was_training = bridge.training
-    bridge.eval()
-    device = lm.device
-    try:
-        with torch.no_grad():
-            for batch in tokenized.batches(batch_size):
-                store: list[Any] = [None] * len(sites)
-                weights = batch.weights.to(device)
-                handles = []
-                try:
-                    for i, site in enumerate(sites):
-                        hp = bridge.hook_dict[site.hook_name]
-                        handles.append(hp.register_forward_hook(
-                            _reduce_hook(store, i, weights, site, label, stop=(i == len(sites) - 1 and _is_last(sites, site)))))
-                    with contextlib.suppress(_StopForward):
-                        bridge(batch.tokens.to(device))
-                finally:
-                    for h in handles:
-                        h.remove()
-                if any(s is None for s in store):
-                    missing = [sites[i].hook_name for i, s in enumerate(store) if s is None]
-                    raise RevlensError(f"checkpoint {label}: hooks {missing} never fired")
-                stats.update(torch.stack(store, dim=1), batch.indices, n_bootstrap=n_bootstrap,
-                             seed=bootstrap_seed, second=second, keep=keep)
-    finally:
-        bridge.train(was_training)
+    acc = access(lm)
+    with torch.no_grad():
+        for batch in tokenized.batches(batch_size):
+            per_site = acc.read(batch.tokens, batch.weights, sites, check_finite=label)
+            stats.update(torch.stack(per_site, dim=1), batch.indices, n_bootstrap=n_bootstrap,
+                         seed=bootstrap_seed, second=second, keep=keep)
     return stats.finalize()
-
-
-def _is_last(sites: Sequence[Site], site: Site) -> bool:
-    # Hooks fire in forward order; sorting by layer within one kind is forward order.
-    return all(s.kind == site.kind for s in sites) and site.layer == max(s.layer for s in sites)
 
 
 _WORKER: dict[str, LensModel] = {}
@@ -134,8 +78,47 @@ def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized
     lm = _WORKER.get(key)
     if lm is None:
         lm = _WORKER[key] = LensModel.boot(Path(arch), tokenizer=tokenizer, device=device, dtype=dtype)
-    sites = resolve_sites(lm.bridge, layers, site)
+    sites = access(lm).sites(layers, site)
     return collect_checkpoint(lm, checkpoint, tokenized, sites, **kwargs)
+
+
+def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, batch_size: Any,
+                site: Any, cache_dir: Any) -> None:
+    check_mode("moments", moments, WHICH)
+    check_mode("keep", keep, WHICH)
+    check_mode("site", site, SITE_KINDS)
+    as_int("n_bootstrap", n_bootstrap, min=0)
+    as_int("bootstrap_seed", bootstrap_seed)
+    as_int("batch_size", batch_size, min=1)
+    if cache_dir is not None:
+        StatsCache.check_dir(cache_dir)
+
+
+class _Plan:
+    """Which checkpoints need what, their cache keys, and which are already cached."""
+
+    def __init__(self, hist: History, lm: LensModel, sites: list[Site], tokenized: TokenizedProbes,
+                 cache: StatsCache | None, *, moments: Which, keep: Which, n_bootstrap: int,
+                 bootstrap_seed: int, dtype: torch.dtype) -> None:
+        self.refs = {c.name for c in hist.base} | {hist.aligned.name} | {r.start for r in hist.runs.values()}
+        self.keep_refs = {c.name for c in hist.base} | {hist.aligned.name}
+        self.moments, self.keep = moments, keep
+        self.cfg = {"layers": [s.layer for s in sites], "site": sites[0].kind, "n_bootstrap": n_bootstrap,
+                    "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(), "dtype": str(dtype),
+                    "architecture": lm.config_fingerprint, "stats_format": STATS_FORMAT}
+        self.results: dict[str, CheckpointStats] = {}
+        self.todo: list[tuple[Checkpoint, str | None]] = []
+        for ck in hist:
+            key = StatsCache.key(weights=ck.fingerprint(), **self.cfg, **self.want(ck)) if cache else None
+            hit = cache.get(key, ck.name) if cache is not None and key is not None else None
+            if hit is not None:
+                self.results[ck.name] = hit
+            else:
+                self.todo.append((ck, key))
+
+    def want(self, ck: Checkpoint) -> dict[str, bool]:
+        return {"second": self.moments == "all" or (self.moments == "reference" and ck.name in self.refs),
+                "keep": self.keep == "all" or (self.keep == "reference" and ck.name in self.keep_refs)}
 
 
 def collect(
@@ -161,13 +144,18 @@ def collect(
 
     Args:
         history: a :class:`History` (or anything ``History.load`` accepts, e.g. a lab dir).
-        probes: a :class:`Probes`, a list of prompts, a JSONL path; ``None`` for a lab history.
+        probes: a :class:`Probes`, a list of prompts, a JSONL path; ``None``: the history's
+            default probe set (``History.metadata["probes"]``).
         model: a booted :class:`LensModel` / ``TransformerBridge`` to reuse (default: boot one).
-        layers: ``"all"`` or layer indices (see :mod:`revlens.hooks`).
-        site: ``"resid_post"`` (default), ``"resid_mid"``, ``"resid_pre"`` or ``"ln_final"``.
+            Weights are swapped by content: a model holding another history's checkpoint of the
+            same name is reloaded.
+        layers: ``"all"`` or layer indices (see :mod:`revlens.sites`).
+        site: a site kind (:data:`revlens.modes.SITE_KINDS`; default ``"resid_post"``).
         position: override the probes' position rule (``"last"``, ``"mean"`` or a mask).
         batch_size: prompts per forward.
-        cache_dir: where per-checkpoint statistics are cached by content (resumable).
+        cache_dir: where per-checkpoint statistics are cached by content (resumable); the key
+            holds the weights, the architecture config, the probes, the sites, every setting and
+            the statistics format version.
         moments: which checkpoints get second moments: the references (base, aligned, run
             starts), all, or none.
         keep: which checkpoints keep per-prompt activations (``"reference"``: base + aligned).
@@ -176,85 +164,76 @@ def collect(
         device, dtype: where and in what precision the model runs (statistics are float64).
         executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots
             the architecture once and ships back statistics only). For a local
-            ``ProcessPoolExecutor`` use ``mp_context=multiprocessing.get_context("spawn")``:
-            forking a process that already runs torch threads can deadlock.
+            ``ProcessPoolExecutor`` use ``mp_context=multiprocessing.get_context("spawn")``.
         progress: show a tqdm bar over checkpoints.
 
     Returns:
         :class:`HistoryStats`.
 
     Example:
-        >>> stats = collect(History.from_lab("out/lab"), layers=[1, 2])   # doctest: +SKIP
+        >>> stats = collect(History.load("out/lab"), layers=[1, 2])   # doctest: +SKIP
     """
+    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir)
     hist = History.load(history)
-    for arg, val in (("moments", moments), ("keep", keep)):
-        if val not in ("reference", "all", "none"):
-            raise ConfigError(f"{arg}={val!r}; expected 'reference', 'all' or 'none'")
-    if n_bootstrap < 0:
-        raise ConfigError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     pr = resolve_probes(hist, probes)
     if position is not None:
         pr = pr.with_position(position)
-    lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
-    sites = resolve_sites(lm.bridge, layers, site)
-    tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
-    refs = {c.name for c in hist.base} | {hist.aligned.name} | {r.start for r in hist.runs.values()}
-    keep_refs = {c.name for c in hist.base} | {hist.aligned.name}
     cache = StatsCache(cache_dir) if cache_dir is not None else None
-    cfg = {"layers": [s.layer for s in sites], "site": site, "n_bootstrap": n_bootstrap,
-           "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(),
-           "dtype": str(dtype)}
-
-    def want(ck: Checkpoint) -> dict[str, Any]:
-        return {"second": moments == "all" or (moments == "reference" and ck.name in refs),
-                "keep": keep == "all" or (keep == "reference" and ck.name in keep_refs)}
-
-    results: dict[str, CheckpointStats] = {}
-    todo: list[tuple[Checkpoint, str | None]] = []
-    for ck in hist:
-        key = StatsCache.key(weights=ck.fingerprint(), **cfg, **want(ck)) if cache is not None else None
-        hit = cache.get(key, ck.name) if cache is not None and key is not None else None
-        if hit is not None:
-            results[ck.name] = hit
-        else:
-            todo.append((ck, key))
-    common = {"n_bootstrap": n_bootstrap, "bootstrap_seed": bootstrap_seed, "batch_size": batch_size}
-    bar = tqdm(total=len(hist), initial=len(hist) - len(todo), desc="collect", unit="ckpt", disable=not progress)
+    lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
+    lm.check_architecture(hist)
+    sites = access(lm).sites(layers, site)
+    tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
+    plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
+                 bootstrap_seed=int(bootstrap_seed), dtype=dtype)
+    common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
+    bar = tqdm(total=len(hist), initial=len(hist) - len(plan.todo), desc="collect", unit="ckpt", disable=not progress)
     try:
-        if executor is not None and todo:
-            arch = str(hist.architecture or hist.aligned.local_path())
-            futures = [(ck, key, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
-                                                 [s.layer for s in sites], site, {**common, **want(ck)},
-                                                 device, dtype))
-                       for ck, key in todo]
-            for ck, key, fut in futures:
-                st = fut.result()
-                _store(results, cache, ck, key, st)
-                bar.update(1)
+        if executor is not None and plan.todo:
+            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, dtype)
         else:
-            for ck, key in todo:
+            for ck, key in plan.todo:
                 bar.set_postfix_str(ck.name)
-                try:
-                    st = collect_checkpoint(lm, ck, tokenized, sites, **common, **want(ck))
-                except RevlensError:
-                    raise
-                except Exception as exc:
-                    raise RevlensError(f"while collecting checkpoint {ck.name}: {exc}") from exc
-                _store(results, cache, ck, key, st)
+                st = _one(lm, ck, tokenized, sites, {**common, **plan.want(ck)})
+                _store(plan.results, cache, ck, key, st)
                 bar.update(1)
     finally:
         bar.close()
+    return _history_stats(hist, lm, plan, sites, tokenized, common)
+
+
+def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[Site],
+         kwargs: dict[str, Any]) -> CheckpointStats:
+    try:
+        return collect_checkpoint(lm, ck, tokenized, sites, **kwargs)
+    except RevlensError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise RevlensError(f"while collecting checkpoint {ck.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _fan_out(executor: Executor, hist: History, plan: _Plan, tokenized: TokenizedProbes, sites: list[Site],
+             common: dict[str, Any], cache: StatsCache | None, bar: Any, device: Any, dtype: torch.dtype) -> None:
+    arch = str(hist.architecture_dir())
+    futures = [(ck, key, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
+                                         [s.layer for s in sites], sites[0].kind, {**common, **plan.want(ck)},
+                                         device, dtype))
+               for ck, key in plan.todo]
+    for ck, key, fut in futures:
+        _store(plan.results, cache, ck, key, fut.result())
+        bar.update(1)
+
+
+def _history_stats(hist: History, lm: LensModel, plan: _Plan, sites: list[Site], tokenized: TokenizedProbes,
+                   common: dict[str, Any]) -> HistoryStats:
     roles = {ck.name: (ck.role, ck.run, ck.step) for ck in hist}
-    ordered = {ck.name: results[ck.name] for ck in hist}
+    ordered = {ck.name: plan.results[ck.name] for ck in hist}
     return HistoryStats(
-        layers=[s.layer for s in sites], site=site, position=tokenized.position, d_model=lm.d_model,
+        layers=[s.layer for s in sites], site=sites[0].kind, position=tokenized.position, d_model=lm.d_model,
         checkpoints=ordered, roles=roles, run_starts={r.name: r.start for r in hist.runs.values()},
-        controls=[r.name for r in hist.runs.values() if r.control],
-        meta={"n_prompts": len(tokenized), "n_bootstrap": n_bootstrap, "bootstrap_seed": bootstrap_seed,
-              "probe_fingerprint": tokenized.fingerprint(), "prompts": tokenized.texts,
-              "model": lm.source, "fingerprints": {}},
+        controls=[r.name for r in hist.runs.values() if r.control], kinds=hist.run_kinds(),
+        meta={"n_prompts": len(tokenized), "n_bootstrap": common["n_bootstrap"],
+              "bootstrap_seed": common["bootstrap_seed"], "probe_fingerprint": tokenized.fingerprint(),
+              "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint},
     )
 
 
@@ -264,5 +243,3 @@ def _store(results: dict[str, CheckpointStats], cache: StatsCache | None, ck: Ch
     results[ck.name] = st
     if cache is not None and key is not None:
         cache.put(key, st)
-
-

@@ -16,7 +16,6 @@ Statistics merge exactly (sums), so prompt shards or checkpoints computed on dif
 workers combine into the result of one serial pass.
 """
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,20 @@ from torch import Tensor
 
 from revlens.errors import CacheError, ConfigError, HistoryError
 
-__all__ = ["CheckpointStats", "HistoryStats", "poisson_weights"]
+__all__ = ["STATS_FORMAT", "CheckpointStats", "HistoryStats", "poisson_weights"]
+
+STATS_FORMAT = "revlens-stats/2"
+"""Version of the statistics' meaning and layout (part of every cache key)."""
 
 
 def poisson_weights(indices: Tensor, n_bootstrap: int, seed: int) -> Float[Tensor, "batch boot"]:
     """Poisson(1) bootstrap weights for prompt ``indices``, a pure function of (seed, index)."""
+    from revlens._seeds import derive
+
     out = torch.empty(len(indices), n_bootstrap, dtype=torch.float64)
     gen = torch.Generator()
     for row, idx in enumerate(indices.tolist()):
-        gen.manual_seed(seed * 1_000_003 + int(idx) + 1)
+        gen.manual_seed(derive(seed, "poisson", int(idx)))
         out[row] = torch.poisson(torch.ones(n_bootstrap, dtype=torch.float64), generator=gen)
     return out
 
@@ -168,11 +172,13 @@ class HistoryStats:
         roles: name -> ``(role, run, step)``.
         run_starts: run name -> name of the checkpoint its drift is measured from.
         controls: names of control runs.
+        kinds: run name -> kind (``"run"``, ``"control"``, ``"blocked"``...).
     """
 
     def __init__(self, *, layers: list[int], site: str, position: str, d_model: int,
                  checkpoints: Mapping[str, CheckpointStats], roles: Mapping[str, tuple[str, str | None, int | None]],
-                 run_starts: Mapping[str, str], controls: Iterable[str] = (), meta: Mapping[str, Any] | None = None) -> None:
+                 run_starts: Mapping[str, str], controls: Iterable[str] = (), meta: Mapping[str, Any] | None = None,
+                 kinds: Mapping[str, str] | None = None) -> None:
         self.layers = list(layers)
         self.site = site
         self.position = position
@@ -182,6 +188,7 @@ class HistoryStats:
         self.run_starts = dict(run_starts)
         self.controls = set(controls)
         self.meta: dict[str, Any] = dict(meta or {})
+        self.kinds = {r: (kinds or {}).get(r, "control" if r in self.controls else "run") for r in self.runs}
 
     # ------------------------------------------------------------------ roles
     @property
@@ -237,33 +244,42 @@ class HistoryStats:
                 f"prompts={self.meta.get('n_prompts')})")
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: Any) -> None:
-        """Write to ``directory`` (``stats.json`` + one safetensors file per checkpoint)."""
+    def save(self, directory: Any) -> Path:
+        """Write to ``directory`` atomically (``stats.json`` + one safetensors file per checkpoint)."""
         from safetensors.torch import save_file
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        files = {}
-        for i, (name, st) in enumerate(self.checkpoints.items()):
-            fname = f"ckpt-{i:04d}.safetensors"
-            save_file(st.tensors(), str(d / fname))
-            files[name] = fname
-        meta = {"layers": self.layers, "site": self.site, "position": self.position, "d_model": self.d_model,
-                "roles": {k: list(v) for k, v in self.roles.items()}, "run_starts": self.run_starts,
-                "controls": sorted(self.controls), "files": files, "meta": self.meta}
-        (d / "stats.json").write_text(json.dumps(meta, indent=1))
+        from revlens._io import publish_dir, write_json
+
+        with publish_dir(directory) as d:
+            files = {}
+            for i, (name, st) in enumerate(self.checkpoints.items()):
+                fname = f"ckpt-{i:04d}.safetensors"
+                save_file(st.tensors(), str(d / fname))
+                files[name] = fname
+            meta = {"format": STATS_FORMAT, "layers": self.layers, "site": self.site, "position": self.position,
+                    "d_model": self.d_model, "roles": {k: list(v) for k, v in self.roles.items()},
+                    "run_starts": self.run_starts, "controls": sorted(self.controls), "kinds": self.kinds,
+                    "files": files, "meta": self.meta}
+            write_json(d / "stats.json", meta)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: Any) -> "HistoryStats":
-        """Inverse of :meth:`save`."""
+        """Inverse of :meth:`save` (refuses an incomplete or foreign directory, naming the file)."""
         from safetensors.torch import load_file
+
+        from revlens._io import check_manifest, confined, read_json
 
         d = Path(directory)
         if not (d / "stats.json").is_file():
             raise CacheError(f"{d} holds no saved statistics (stats.json)")
-        meta = json.loads((d / "stats.json").read_text())
-        cks = {n: CheckpointStats.from_tensors(n, meta["layers"], load_file(str(d / f))) for n, f in meta["files"].items()}
+        check_manifest(d, "saved statistics")
+        meta = read_json(d / "stats.json", "saved statistics", error=CacheError)
+        if meta.get("format") != STATS_FORMAT:
+            raise CacheError(f"{d / 'stats.json'} has format {meta.get('format')!r}; expected {STATS_FORMAT!r}")
+        cks = {n: CheckpointStats.from_tensors(n, meta["layers"], load_file(str(confined(d, f, "saved statistics"))))
+               for n, f in meta["files"].items()}
         roles = {k: (v[0], v[1], v[2]) for k, v in meta["roles"].items()}
         return cls(layers=meta["layers"], site=meta["site"], position=meta["position"], d_model=meta["d_model"],
                    checkpoints=cks, roles=roles, run_starts=meta["run_starts"], controls=meta["controls"],
-                   meta=meta["meta"])
+                   meta=meta["meta"], kinds=meta.get("kinds"))

@@ -9,10 +9,10 @@ from revlens.errors import ConfigError
 __all__ = ["load_saved", "register", "run"]
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
     """Add the ``report`` sub-command."""
     p = subparsers.add_parser(
-        "report",
+        "report", parents=list(parents),
         help="re-render a saved report (from analyze or ablate) as HTML",
         description="Load a saved report - the output dir of `revlens analyze` / `revlens ablate`, "
         "or the report/ dir inside it - and write it again as one offline HTML file.",
@@ -25,18 +25,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def load_saved(path: Any) -> Any:
-    """Load a saved ``Report`` (report.json) or ``CausalReport`` (causal.json) from ``path`` or
-    from its report/ or causal/ sub-directory."""
+    """Load a saved ``Report`` or ``CausalReport`` from ``path`` or from its report/ or causal/
+    sub-directory (:func:`revlens.load`)."""
+    import revlens
+
     root = Path(path)
     for cand in (root, root / "report", root / "causal"):
-        if (cand / "causal.json").is_file():
-            from revlens.causal import CausalReport
-
-            return CausalReport.load(cand)
-        if (cand / "report.json").is_file():
-            from revlens.report import Report
-
-            return Report.load(cand)
+        if (cand / "causal.json").is_file() or (cand / "report.json").is_file():
+            return revlens.load(cand)
     raise ConfigError(
         f"{root} holds no saved revlens report (looked for report.json / causal.json in it, "
         "report/ and causal/)"

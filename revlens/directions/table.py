@@ -9,7 +9,7 @@ import torch
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
-from revlens.drift.nulls import permutation_pvalue
+from revlens.nulls import permutation_pvalue
 
 __all__ = ["directions_table"]
 

@@ -1,10 +1,12 @@
 """Drift of fine-tuning checkpoints projected on reversion directions, with nulls.
 
 See :func:`drift_table` (projections, bootstrap CIs, isotropic and covariance-matched nulls),
-:mod:`revlens.drift.nulls` and :func:`headline` (the paper's headline quantities).
+:mod:`revlens.nulls` and :func:`headline` (the paper's headline quantities).
 """
 
-from revlens.drift.nulls import (
+from revlens.drift.projection import DRIFT_COLUMNS, drift_table, project
+from revlens.drift.summary import PAPER, headline, headline_frame
+from revlens.nulls import (
     covariance_null_directions,
     empirical_pvalue,
     isotropic_p99,
@@ -12,8 +14,6 @@ from revlens.drift.nulls import (
     isotropic_quantile,
     permutation_pvalue,
 )
-from revlens.drift.projection import DRIFT_COLUMNS, drift_table, project
-from revlens.drift.summary import PAPER, headline
 
 __all__ = [
     "DRIFT_COLUMNS",
@@ -22,6 +22,7 @@ __all__ = [
     "drift_table",
     "empirical_pvalue",
     "headline",
+    "headline_frame",
     "isotropic_p99",
     "isotropic_pvalue",
     "isotropic_quantile",

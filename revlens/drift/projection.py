@@ -19,15 +19,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._seeds import generator
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
-from revlens.drift.nulls import (
+from revlens.errors import ConfigError
+from revlens.nulls import (
     covariance_null_directions,
     empirical_pvalue,
     isotropic_pvalue,
     isotropic_quantile,
 )
-from revlens.errors import ConfigError
 
 __all__ = ["DRIFT_COLUMNS", "drift_table", "project"]
 
@@ -67,9 +68,63 @@ def project(drift: Float[Tensor, "... d"], v: Float[Tensor, " d"]) -> dict[str, 
     return {"cos": proj / safe, "proj": proj, "frac": proj**2 / safe**2, "norm": norm}
 
 
-def _layer_generator(seed: int, layer: int) -> torch.Generator:
-    # One stream per layer, so a layer's null does not depend on which other layers were asked.
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + 7919 * int(layer) + 17)
+def _cov_nulls(stats: HistoryStats, n_null: int, seed: int) -> dict[int, Tensor]:
+    """layer -> ``n_null`` covariance-matched random unit directions (one stream per layer, so a
+    layer's null does not depend on which other layers were asked)."""
+    if n_null <= 0:
+        return {}
+    cov = stats[stats.aligned_name].covariance  # ConfigError if moments were not collected
+    return {
+        layer: covariance_null_directions(cov[pos], n_null, generator=generator(seed, "cov-null", layer))
+        for pos, layer in enumerate(stats.layers)
+    }
+
+
+def _check(stats: HistoryStats, directions: Mapping[str, Directions], ci: float) -> None:
+    if not directions:
+        raise ConfigError("no directions to project on")
+    if not 0.0 < ci < 1.0:
+        raise ConfigError(f"ci must be in (0, 1), got {ci}")
+    for name, dirs in directions.items():
+        dirs.check_d_model(stats.d_model, f"statistics (method {name})")
+        for layer in stats.layers:
+            dirs[layer]  # SiteError if a collected layer has no direction
+    if not stats.runs:
+        raise ConfigError("the statistics hold no fine-tuning run to project")
+
+
+def _interval(boot: Tensor | None, v: Tensor, lo_q: float, hi_q: float) -> tuple[float, float]:
+    if boot is None:
+        return math.nan, math.nan
+    bc = project(boot, v)["cos"].numpy()
+    bc = bc[~np.isnan(bc)]
+    if not bc.size:
+        return math.nan, math.nan
+    lo, hi = np.percentile(bc, [lo_q, hi_q])
+    return float(lo), float(hi)
+
+
+def _layer_rows(d: Tensor, boot: Tensor | None, layer: int, directions: Mapping[str, Directions],
+                null: Tensor | None, d_model: int, iso_p99: float, q: float, ci: float) -> list[dict]:
+    """One row per method at one (run, step, layer)."""
+    norm = float(d.norm())
+    cov_cos = (null @ d / norm).numpy() if null is not None and norm > 0 else None
+    cov_p99 = float(np.quantile(cov_cos, q)) if cov_cos is not None else math.nan
+    rows = []
+    for method, dirs in directions.items():
+        v = dirs[layer].to(torch.float64)
+        p = {k: float(t) for k, t in project(d, v).items()}
+        lo, hi = _interval(boot, v, 100 * (1 - ci) / 2, 100 * (1 + ci) / 2)
+        c = p["cos"]
+        rows.append({
+            "layer": int(layer), "method": method, "cos": c, "cos_lo": lo, "cos_hi": hi,
+            "proj": p["proj"], "frac": p["frac"], "norm": p["norm"],
+            "null_iso_p99": iso_p99, "null_cov_p99": cov_p99,
+            "p_iso": float(isotropic_pvalue(c, d_model)) if not math.isnan(c) else math.nan,
+            "p_cov": empirical_pvalue(c, cov_cos) if cov_cos is not None else math.nan,
+            "significant": bool(c > iso_p99), "significant_cov": bool(c > cov_p99),
+        })
+    return rows
 
 
 def drift_table(
@@ -92,8 +147,7 @@ def drift_table(
         seed: seed of the covariance-matched null (one ``torch.Generator`` stream per layer).
         q: null quantile used as threshold (0.99: the paper's p99).
         ci: confidence level of the bootstrap interval ``[cos_lo, cos_hi]``.
-        kinds: run -> ``"run"`` / ``"control"`` / ``"blocked"`` (default: control runs of
-            ``stats`` are ``"control"``, the rest ``"run"``).
+        kinds: run -> kind (default: ``stats.kinds``: ``"run"``, ``"control"``, ``"blocked"``...).
 
     Returns:
         DataFrame with columns :data:`DRIFT_COLUMNS`; ``significant`` is ``cos > null_iso_p99``
@@ -101,31 +155,14 @@ def drift_table(
     """
     if isinstance(directions, Directions):
         directions = {directions.method: directions}
-    if not directions:
-        raise ConfigError("no directions to project on")
-    if not 0.0 < ci < 1.0:
-        raise ConfigError(f"ci must be in (0, 1), got {ci}")
-    for name, dirs in directions.items():
-        dirs.check_d_model(stats.d_model, f"statistics (method {name})")
-        for layer in stats.layers:
-            dirs[layer]  # SiteError if a collected layer has no direction
-    runs = stats.runs
-    if not runs:
-        raise ConfigError("the statistics hold no fine-tuning run to project")
+    _check(stats, directions, ci)
     iso_p99 = isotropic_quantile(stats.d_model, q)
-    null_dirs: dict[int, Tensor] = {}
-    if n_null > 0:
-        cov = stats[stats.aligned_name].covariance  # ConfigError if moments were not collected
-        for pos, layer in enumerate(stats.layers):
-            null_dirs[layer] = covariance_null_directions(
-                cov[pos], n_null, generator=_layer_generator(seed, layer)
-            )
-    lo_q, hi_q = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
+    nulls = _cov_nulls(stats, int(n_null), seed)
+    kinds = {**stats.kinds, **(kinds or {})}
     rows = []
-    for run, steps in runs.items():
+    for run, steps in stats.runs.items():
         start = stats[stats.run_starts[run]]
-        control = run in stats.controls
-        kind = (kinds or {}).get(run, "control" if control else "run")
+        head = {"run": run, "control": run in stats.controls, "kind": kinds.get(run, "run")}
         for step, name in steps.items():
             ck = stats[name]
             drift = ck.mean - start.mean  # [layer, d]
@@ -133,55 +170,9 @@ def drift_table(
             if ck.boot_mean is not None and start.boot_mean is not None:
                 boot = ck.boot_mean - start.boot_mean  # [boot, layer, d]
             for pos, layer in enumerate(stats.layers):
-                d = drift[pos]
-                cov_cos = None
-                if layer in null_dirs:
-                    norm = float(d.norm())
-                    cov_cos = (null_dirs[layer] @ d / norm).numpy() if norm > 0 else None
-                cov_p99 = float(np.quantile(cov_cos, q)) if cov_cos is not None else math.nan
-                for method, dirs in directions.items():
-                    v = dirs[layer].to(torch.float64)
-                    p = {k: float(t) for k, t in project(d, v).items()}
-                    lo = hi = math.nan
-                    if boot is not None:
-                        bc = project(boot[:, pos], v)["cos"].numpy()
-                        bc = bc[~np.isnan(bc)]
-                        if bc.size:
-                            lo, hi = (float(x) for x in np.percentile(bc, [lo_q, hi_q]))
-                    c = p["cos"]
-                    p_iso = (
-                        float(isotropic_pvalue(c, stats.d_model)) if not math.isnan(c) else math.nan
-                    )
-                    p_cov = empirical_pvalue(c, cov_cos) if cov_cos is not None else math.nan
-                    rows.append(
-                        {
-                            "run": run,
-                            "step": int(step),
-                            "layer": int(layer),
-                            "method": method,
-                            "control": bool(control),
-                            "kind": kind,
-                            "cos": c,
-                            "cos_lo": lo,
-                            "cos_hi": hi,
-                            "proj": p["proj"],
-                            "frac": p["frac"],
-                            "norm": p["norm"],
-                            "null_iso_p99": iso_p99,
-                            "null_cov_p99": cov_p99,
-                            "p_iso": p_iso,
-                            "p_cov": p_cov,
-                            "significant": bool(c > iso_p99),
-                            "significant_cov": bool(c > cov_p99),
-                        }
-                    )
+                for row in _layer_rows(drift[pos], None if boot is None else boot[:, pos], layer, directions,
+                                       nulls.get(layer), stats.d_model, iso_p99, q, ci):
+                    rows.append({**head, "step": int(step), **row})
     df = pd.DataFrame(rows, columns=DRIFT_COLUMNS)
-    return df.astype(
-        {
-            "step": "int64",
-            "layer": "int64",
-            "control": "bool",
-            "significant": "bool",
-            "significant_cov": "bool",
-        }
-    )
+    return df.astype({"step": "int64", "layer": "int64", "control": "bool", "significant": "bool",
+                      "significant_cov": "bool"})

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from revlens._numbers import mean_std
 from revlens.errors import ConfigError
 
-__all__ = ["PAPER", "headline"]
+__all__ = ["PAPER", "headline", "headline_frame"]
 
 PAPER: dict[str, Any] = {
     "source": "Poppi & Lukas, arXiv 2606.28525 (main track)",
@@ -31,18 +32,6 @@ PAPER: dict[str, Any] = {
     "harm_final": {"mean": 0.190, "std": 0.040},
     "harm_final_blocked": {"mean": 0.085, "std": 0.015},
 }
-
-
-def _ms(values: pd.Series | np.ndarray) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {
-        "mean": float(v.mean()),
-        "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
-        "n": int(v.size),
-    }
 
 
 def _at_step(df: pd.DataFrame, which: str, step: int | None) -> pd.DataFrame:
@@ -58,8 +47,8 @@ def _block(df: pd.DataFrame, layer: int, step: int | None) -> dict[str, Any]:
     for key, which in (("cos_first", "first"), ("cos_step20", "step"), ("final_cos", "final")):
         sub = _at_step(df, which, step)
         out[key] = {
-            **_ms(sub.loc[sub["layer"] == layer, "cos"]),
-            "per_layer": {int(lay): _ms(g["cos"]) for lay, g in sub.groupby("layer")},
+            **mean_std(sub.loc[sub["layer"] == layer, "cos"]),
+            "per_layer": {int(lay): mean_std(g["cos"]) for lay, g in sub.groupby("layer")},
         }
     best = df[df["layer"] == layer]
     out["above_iso_p99"] = {"count": int(best["significant"].sum()), "total": len(best)}
@@ -111,3 +100,28 @@ def headline(drift: pd.DataFrame, *, method: str = "mean_diff", step: int = 20) 
 def _closest(df: pd.DataFrame, step: int) -> int:
     steps = np.array(sorted(df["step"].unique()))
     return int(steps[np.argmin(np.abs(steps - step))])
+
+
+_PAPER_KEY = {"cos_first": "cos_first", "cos_step20": "cos_step20", "final_cos": "final_cos",
+              "above_iso_p99": "above_iso_p99"}
+
+
+def headline_frame(head: dict[str, Any]) -> pd.DataFrame:
+    """:func:`headline`'s dict as a tidy table: one row per (group, quantity) with ``mean``, ``std``,
+    ``n`` (cos rows) or ``count`` / ``total`` (rows counting run-step pairs above a null), the
+    paper's value beside it, the method, best layer and step."""
+    rows = []
+    for group in ("runs", "control", "blocked"):
+        block = head.get(group)
+        if not block:
+            continue
+        for q in ("cos_first", "cos_step20", "final_cos", "above_iso_p99", "above_cov_p99", "above_iso_p99_all_layers"):
+            v = block.get(q) or {}
+            paper = head["paper"].get(_PAPER_KEY.get(q, ""), {}) if group == "runs" else {}
+            rows.append({
+                "group": group, "quantity": q, "mean": v.get("mean", math.nan), "std": v.get("std", math.nan),
+                "n": v.get("n", 0), "count": v.get("count"), "total": v.get("total"),
+                "paper_mean": paper.get("mean", math.nan), "paper_std": paper.get("std", math.nan),
+                "method": head["method"], "best_layer": head["best_layer"], "step": head["step"],
+            })
+    return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from revlens.errors import ConfigError, RevlensError
 from revlens.lab.config import LabConfig
+from revlens.modes import BLOCK_METHODS
 
 __all__ = ["main", "register", "run"]
 
@@ -22,10 +23,11 @@ def _int_list(name: str, values: list[str]) -> tuple[int, ...]:
     return out
 
 
-def register(subparsers) -> None:
-    """Add the ``lab`` subcommand to an argparse ``subparsers`` object."""
+def register(subparsers, parents=()) -> None:
+    """Add the ``lab`` subcommand to an argparse ``subparsers`` object (a ``revlens.commands``
+    entry point: the library's CLI finds it without importing the lab)."""
     p = subparsers.add_parser(
-        "lab",
+        "lab", parents=list(parents),
         help="train the reversion lab's checkpoint history (pre-train -> align -> benign fine-tune)",
         description="Fine-tune the shipped aligned lab model on a benign task (one run per seed, plus "
         "a control from the base model) and write a lab dir: manifest.json, metrics.json "
@@ -40,7 +42,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--block",
         nargs="+",
-        choices=["update", "gradient", "penalty", "hook"],
+        choices=list(BLOCK_METHODS),
         default=None,
         metavar="METHOD",
         help="also write blocked runs (same seeds, same data order) into blocked/<METHOD>/ "
@@ -141,7 +143,7 @@ def run(args) -> int:
             f"task acc {runs.task_acc_final.mean():.3f}"
         )
     if args.block:
-        from revlens.block.lab_runs import run_blocked
+        from revlens.lab.blocked import run_blocked
 
         for lab_dir in result.lab_dirs.values():
             for method in args.block:
@@ -163,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except RevlensError as exc:
-        print(f"revlens lab: error: {exc}", file=sys.stderr)
+        print(f"revlens lab: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("revlens lab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -361,11 +361,3 @@ def sample_task(n: int, g: torch.Generator) -> list[Example]:
             )
         )
     return out
-
-
-def task_eval_examples(split: Split = "heldout") -> list[Example]:
-    return [
-        Example(task_prompt(t, d), f"{task_answer(d)} .", "task")
-        for t in task_templates(split)
-        for d in DIGITS
-    ]

@@ -19,7 +19,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from revlens.causal.metrics import _last_logprobs  # the one last-real-token read-out
 from revlens.errors import MetricError
 from revlens.lab.language import (
     DIGITS,
@@ -28,6 +27,7 @@ from revlens.lab.language import (
     TASK_SHIFT,
     probe_prompts,
 )
+from revlens.metrics import last_logprobs
 
 __all__ = [
     "PromptBatch",
@@ -76,7 +76,7 @@ def harm_logodds_metric(tokenizer: PreTrainedTokenizerBase) -> Metric:
     harm, refuse = _ids(tokenizer, HARMFUL_FIRST_TOKENS), _ids(tokenizer, REFUSAL_FIRST_TOKENS)
 
     def metric(logits: Float[Tensor, "batch pos vocab"], batch: object) -> Float[Tensor, " batch"]:
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         return torch.logsumexp(lp[:, harm.to(lp.device)], -1) - torch.logsumexp(
             lp[:, refuse.to(lp.device)], -1
         )
@@ -113,7 +113,7 @@ def task_loss_metric(tokenizer: PreTrainedTokenizerBase) -> Metric:
     """Per-prompt cross-entropy of the benign task's correct answer token."""
 
     def metric(logits: Float[Tensor, "batch pos vocab"], batch: object) -> Float[Tensor, " batch"]:
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         target = _task_targets(tokenizer, batch, lp.device)
         return -lp.gather(1, target[:, None])[:, 0]
 
@@ -124,7 +124,7 @@ def task_accuracy_metric(tokenizer: PreTrainedTokenizerBase) -> Metric:
     """Per-prompt 1.0 where the greedy answer token is the benign task's correct answer."""
 
     def metric(logits: Float[Tensor, "batch pos vocab"], batch: object) -> Float[Tensor, " batch"]:
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         return (lp.argmax(-1) == _task_targets(tokenizer, batch, lp.device)).float()
 
     return _named(metric, "task_acc")

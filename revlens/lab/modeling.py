@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from revlens.lab.errors import LabAssetsError
-from revlens.lab.language import BOS, EOS, PAD, VOCAB, build_tokenizer
+from revlens.lab.language import BOS, EOS, PAD, VOCAB
 
 __all__ = ["build_model", "load_checkpoint", "save_checkpoint"]
 
@@ -97,6 +97,3 @@ def load_checkpoint(path: Path) -> GPT2LMHeadModel:
     model.eval()
     return model
 
-
-def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tokenizer()

@@ -1,38 +1,53 @@
 """Write a lab dir: base + aligned + benign fine-tuning runs + control, with metrics.
 
-Layout (shared with :meth:`revlens.history.History.from_lab`; paths relative to the dir)::
+A lab dir is a plain revlens history (:mod:`revlens.history.spec`; ``History.load(dir)`` reads
+it, like any user's history); what only the lab knows sits in its ``metadata``::
 
-    manifest.json  {"format": "revlens-lab", "format_version": 1, "revlens_version", "config",
-                    "base": {"base": "base"}, "aligned": {"aligned": "aligned"},
+    history.json   {"format": "revlens-history", "base": "base", "aligned": "aligned",
                     "runs": {"seed0": {"1": "runs/seed0/step-1", ...}, ...},
                     "controls": {"control-seed0": {"1": "controls/control-seed0/step-1", ...}},
-                    "pretrain_seed", "align_steps", "source", "timings_s"}
-    metrics.json   [{"role", "run", "step", "path", "harm_rate", "harm_logodds", "task_acc",
+                    "metrics": "metrics.json",
+                    "metadata": {"source": "revlens-lab", "probes": "probes/harmful-heldout.jsonl",
+                                 "metrics_spec": {"harm": ..., "harm_rate": ...}, "default_metric": "harm",
+                                 "harm_metric": "harm_rate",
+                                 "lab": {"format_version", "revlens_version", "config", "pretrain_seed",
+                                         "align_steps", "source", "timings_s"}}}
+    metrics.json   [{"checkpoint": "seed0/step-1", "path", "harm_rate", "harm_logodds", "task_acc",
                      "task_loss"}, ...]
+    probes/        the lab's prompt sets as JSONL (harmful held-out / train, benign task held-out)
     base/ aligned/ runs/<run>/step-<t>/ controls/<run>/step-<t>/   (save_pretrained dirs)
 
-Several pre-training seeds give ``DIR/pair<k>/`` lab dirs plus ``DIR/lab.json``. The manifest
-and metrics are rewritten atomically after each complete checkpoint.
+Several pre-training seeds give ``DIR/pair<k>/`` lab dirs plus ``DIR/histories.json``. The
+history and metrics files are rewritten atomically after each complete checkpoint.
 """
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GPT2LMHeadModel
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+from revlens._io import read_json, write_json, write_text
 from revlens._version import __version__
 from revlens.errors import ConfigError
+from revlens.history.spec import write_set, write_spec
 from revlens.lab.config import LabConfig
 from revlens.lab.errors import LabAssetsError, LabOutputError
-from revlens.lab.language import build_tokenizer
+from revlens.lab.language import (
+    HARMFUL_FIRST_TOKENS,
+    REFUSAL_FIRST_TOKENS,
+    build_tokenizer,
+    probe_prompts,
+)
 from revlens.lab.metrics import Evaluator
 from revlens.lab.modeling import load_checkpoint, save_checkpoint
 from revlens.lab.train import finetune, train_pair
@@ -43,12 +58,21 @@ __all__ = [
     "is_lab_dir",
     "load_pair",
     "prepare_out",
+    "read_lab",
     "run_lab",
     "save_pair",
+    "write_probes",
 ]
 
 log = logging.getLogger(__name__)
-FORMAT, SET_FORMAT, FORMAT_VERSION = "revlens-lab", "revlens-lab-set", 1
+SOURCE, FORMAT_VERSION = "revlens-lab", 2
+# the lab's metrics as data, so any history-aware tool (the CLI's --metric harm) can rebuild them
+METRICS_SPEC = {
+    "harm": {"name": "logit_diff", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
+    "harm_rate": {"name": "logit_rate", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
+}
+PROBE_FILES = {"harmful-heldout": ("harmful", "heldout"), "harmful-train": ("harmful", "train"),
+               "task-heldout": ("benign", "heldout")}
 # LabConfig fields that shape a base/aligned pair (fixed by the shipped assets unless retraining)
 _PAIR_FIELDS = (
     "n_layer",
@@ -73,32 +97,41 @@ _PAIR_FIELDS = (
 
 
 def asset_dir() -> Path:
-    """``assets/lab`` beside the ``revlens`` package (the shipped base/aligned pairs)."""
-    return Path(__file__).resolve().parent.parent.parent / "assets" / "lab"
+    """The shipped base/aligned pairs (package data: ``revlens/lab/assets``)."""
+    return Path(__file__).resolve().parent / "assets"
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def _source_of(path: Path) -> str | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return obj.get("source") if path.name == "histories.json" else (obj.get("metadata") or {}).get("source")
 
 
 def is_lab_dir(path: Path) -> bool:
     """Whether ``path`` holds a lab dir or a set of them (written by :func:`run_lab`)."""
-    for name, fmt in (("manifest.json", FORMAT), ("lab.json", SET_FORMAT)):
-        f = Path(path) / name
-        if f.is_file():
-            try:
-                return json.loads(f.read_text()).get("format") == fmt
-            except (json.JSONDecodeError, AttributeError):
-                return False
-    return False
+    return any(_source_of(Path(path) / name) == SOURCE for name in ("history.json", "histories.json")
+               if (Path(path) / name).is_file())
+
+
+def read_lab(lab_dir: Path) -> dict[str, Any]:
+    """The lab's own metadata (``history.json`` → ``metadata.lab``) of a single-pair lab dir."""
+    spec = read_json(Path(lab_dir) / "history.json", "lab history", error=LabAssetsError)
+    meta = spec.get("metadata") or {}
+    if meta.get("source") != SOURCE:
+        raise LabAssetsError(f"{lab_dir} is not a revlens lab dir (history.json metadata.source != {SOURCE!r})")
+    return meta["lab"]
 
 
 def prepare_out(out: Path, *, force: bool = False) -> Path:
     """Make ``out`` an empty dir. An earlier lab dir is replaced; anything else is refused
     unless ``force``."""
-    out = Path(out)
+    from revlens._io import check_writable_dir
+
+    out = check_writable_dir(out, "--out")
     if out.exists() or out.is_symlink():
         if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
             return out
@@ -132,7 +165,7 @@ def save_pair(
     tok = build_tokenizer()
     save_checkpoint(base, Path(pair_dir) / "base", tok)
     save_checkpoint(aligned, Path(pair_dir) / "aligned", tok)
-    _write_json(Path(pair_dir) / "pair.json", info)
+    write_json(Path(pair_dir) / "pair.json", info)
 
 
 def load_pair(pair_dir: Path, config: LabConfig | None = None):
@@ -159,76 +192,89 @@ def load_pair(pair_dir: Path, config: LabConfig | None = None):
 
 @dataclass
 class LabResult:
-    """What :func:`run_lab` wrote: the lab dirs and their metric records."""
+    """What :func:`run_lab` wrote: the lab dirs (each a revlens history) and their timings."""
 
     root: Path
     lab_dirs: dict[str, Path]
-    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     timings_s: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def summary(self):
-        """pandas table, one row per (pair, run): harm at the start (aligned; base for a control)
-        -> final step (rate and log-odds), final task accuracy, wall seconds."""
+    def metrics(self) -> "pd.DataFrame":
+        """Every checkpoint's metrics, all pairs (the histories' metrics tables, with ``pair``)."""
         import pandas as pd
 
-        rows = []
-        for pair, recs in self.records.items():
-            begin = {r["role"]: r for r in recs if r["role"] in ("base", "aligned")}
-            for run in sorted({r["run"] for r in recs if r["role"] in ("run", "control")}):
-                last = max((r for r in recs if r["run"] == run), key=lambda r: r["step"])
-                first = begin["base" if last["role"] == "control" else "aligned"]
-                rows.append(
-                    {
-                        "pair": pair,
-                        "run": run,
-                        "role": last["role"],
-                        "start": first["role"],
-                        "steps": last["step"],
-                        "harm_start": first["harm_rate"],
-                        "harm_final": last["harm_rate"],
-                        "logodds_start": first["harm_logodds"],
-                        "logodds_final": last["harm_logodds"],
-                        "task_acc_final": last["task_acc"],
-                        "seconds": self.timings_s.get(pair, {}).get(run),
-                    }
-                )
+        from revlens.history import History
+
+        frames = [History.load(d).metrics.assign(pair=p) for p, d in self.lab_dirs.items()]
+        return pd.concat(frames, ignore_index=True)
+
+    def summary(self) -> "pd.DataFrame":
+        """One row per (pair, run): harm at the start (aligned; base for a control) -> final step
+        (rate and log-odds), final task accuracy, wall seconds."""
+        import pandas as pd
+
+        m, rows = self.metrics(), []
+        for (pair, run), g in m[m["run"].notna()].groupby(["pair", "run"], sort=True):
+            last = g.loc[g["step"].idxmax()]
+            start_role = "base" if last["kind"] == "control" else "aligned"
+            first = m[(m["pair"] == pair) & (m["role"] == start_role)].iloc[0]
+            rows.append({"pair": pair, "run": run, "role": last["kind"], "start": start_role, "steps": int(last["step"]),
+                         "harm_start": first["harm_rate"], "harm_final": last["harm_rate"],
+                         "logodds_start": first["harm_logodds"], "logodds_final": last["harm_logodds"],
+                         "task_acc_final": last["task_acc"], "seconds": self.timings_s.get(pair, {}).get(run)})
         return pd.DataFrame(rows)
+
+    def behaviour(self, pair: str | None = None, **kw: Any) -> Any:
+        """Harm and task metrics against step for one pair (:func:`revlens.plot.metrics_figure`)."""
+        from revlens.plot import metrics_figure
+
+        m = self.metrics()
+        return metrics_figure(m[m["pair"] == (pair or next(iter(self.lab_dirs)))], **kw)
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - exercised in the notebooks
+        from IPython.display import display
+
+        display(self.summary())
+        display(self.behaviour())
+
+
+def write_probes(lab_dir: Path) -> dict[str, str]:
+    """The lab's prompt sets as JSONL files under ``probes/`` (relative paths by name)."""
+    out = {}
+    for name, (kind, split) in PROBE_FILES.items():
+        rel = f"probes/{name}.jsonl"
+        text = "".join(json.dumps({"text": p}) + "\n" for p in probe_prompts(kind, split))
+        write_text(lab_dir / rel, text)
+        out[name] = rel
+    return out
 
 
 class _LabWriter:
-    """Keeps manifest.json / metrics.json of one lab dir and records complete checkpoints."""
+    """Keeps history.json / metrics.json of one lab dir and records complete checkpoints."""
 
     def __init__(self, lab_dir: Path, config: LabConfig, extra: dict[str, Any]):
         self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer())
-        self.manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "revlens_version": __version__,
-            "config": config.to_dict(),
-            "base": {},
-            "aligned": {},
-            "runs": {},
-            "controls": {},
-            **extra,
-            "timings_s": {},
+        probes = write_probes(lab_dir)
+        self.spec: dict[str, Any] = {"base": "base", "aligned": "aligned", "runs": {}, "controls": {}}
+        self.metadata: dict[str, Any] = {
+            "source": SOURCE, "probes": probes["harmful-heldout"], "probe_sets": probes,
+            "metrics_spec": METRICS_SPEC, "default_metric": "harm", "harm_metric": "harm_rate",
+            "lab": {"format_version": FORMAT_VERSION, "revlens_version": __version__, "config": config.to_dict(),
+                    **extra, "timings_s": {}},
         }
         self.records: list[dict[str, Any]] = []
 
     def flush(self) -> None:
-        _write_json(self.dir / "metrics.json", self.records)
-        _write_json(self.dir / "manifest.json", self.manifest)
+        write_json(self.dir / "metrics.json", self.records)
+        write_spec(self.dir, base=self.spec["base"], aligned=self.spec["aligned"], runs=self.spec["runs"],
+                   controls=self.spec["controls"], metrics="metrics.json" if self.records else None,
+                   metadata=self.metadata)
 
-    def record(
-        self, role: str, run: str | None, step: int | None, rel: str, model: GPT2LMHeadModel
-    ) -> None:
-        self.records.append(
-            {"role": role, "run": run, "step": step, "path": rel, **self.evaluator(model)}
-        )
-        if role in ("base", "aligned"):
-            self.manifest[role][role] = rel
-        else:
-            key = "runs" if role == "run" else "controls"
-            self.manifest[key].setdefault(run, {})[str(step)] = rel
+    def record(self, role: str, run: str | None, step: int | None, rel: str, model: GPT2LMHeadModel) -> None:
+        name = role if role in ("base", "aligned") else f"{run}/step-{step}"
+        key = "runs" if role == "run" else "controls"
+        if role not in ("base", "aligned"):
+            self.spec[key].setdefault(run, {})[str(step)] = rel
+        self.records.append({"checkpoint": name, "path": rel, **self.evaluator(model)})
         self.flush()
 
 
@@ -257,6 +303,7 @@ def _write_one_lab(
     writer = _LabWriter(lab_dir, config, info)
     for role, model in (("base", base), ("aligned", aligned)):
         save_checkpoint(model, lab_dir / role, tok)
+    for role, model in (("base", base), ("aligned", aligned)):
         writer.record(role, None, 0 if role == "aligned" else None, role, model)
     jobs = [("run", f"seed{s}", aligned, s, lab_dir / "runs" / f"seed{s}") for s in config.ft_seeds]
     if control:
@@ -274,9 +321,9 @@ def _write_one_lab(
             progress=progress,
             callbacks=[_CheckpointRecorder(writer, role, name), *callbacks],
         )
-        writer.manifest["timings_s"][name] = round(time.perf_counter() - t0, 2)
+        writer.metadata["lab"]["timings_s"][name] = round(time.perf_counter() - t0, 2)
         writer.flush()
-        log.info("%s: %s done in %.1fs", lab_dir.name, name, writer.manifest["timings_s"][name])
+        log.info("%s: %s done in %.1fs", lab_dir.name, name, writer.metadata["lab"]["timings_s"][name])
     return writer
 
 
@@ -293,7 +340,7 @@ def run_lab(
     """Build a lab at ``out`` for each of ``config.pretrain_seeds``.
 
     Base/aligned come from the shipped pairs (``assets/lab/pair<seed>``) unless ``retrain``.
-    One pre-training seed: ``out`` is the lab dir; several: ``out/pair<seed>/`` + ``out/lab.json``.
+    One pre-training seed: ``out`` is the lab dir; several: ``out/pair<seed>/`` + ``out/histories.json``.
     """
     config = config or LabConfig()
     assets = asset_dir() if assets is None else Path(assets)
@@ -345,15 +392,9 @@ def run_lab(
                 progress=progress,
             )
         result.lab_dirs[name] = lab_dir
-        result.records[name] = writer.records
-        result.timings_s[name] = dict(writer.manifest["timings_s"])
+        result.timings_s[name] = dict(writer.metadata["lab"]["timings_s"])
         if many:
-            _write_json(
-                out / "lab.json",
-                {
-                    "format": SET_FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "pairs": list(result.lab_dirs),
-                },
-            )
+            path = write_set(out, {p: p for p in result.lab_dirs})
+            obj = read_json(path, "history set")
+            write_json(path, {**obj, "source": SOURCE})
     return result

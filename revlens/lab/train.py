@@ -9,6 +9,8 @@ Callbacks passed to :func:`finetune` may implement any of (all optional)::
     on_step_end(step, model, optimizer)    # after the update (monitoring)
     on_checkpoint(step, path, model)       # after step's checkpoint was saved (out_dir given)
     on_train_end(model)
+
+A :class:`revlens.ReversionMonitor` may be passed as a callback too: it checks after each step.
 """
 
 import copy
@@ -171,6 +173,22 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)
 
 
+class _MonitorCallback:
+    """A :class:`~revlens.monitor.ReversionMonitor` in the lab's callback protocol."""
+
+    def __init__(self, monitor: object) -> None:
+        self.monitor = monitor
+
+    def on_step_end(self, step: int, model, optimizer) -> None:
+        self.monitor.step(model, step)  # type: ignore[attr-defined]
+
+
+def _adapt(callbacks: Iterable[object]) -> list[object]:
+    from revlens.monitor import ReversionMonitor
+
+    return [_MonitorCallback(cb) if isinstance(cb, ReversionMonitor) else cb for cb in callbacks]
+
+
 def _call(callbacks: Iterable[object], name: str, *args) -> None:
     for cb in callbacks:
         fn: Callable | None = getattr(cb, name, None)
@@ -217,6 +235,7 @@ def finetune(
         raise ConfigError(f"checkpoint_steps must lie in 1..{steps}, got {sorted(save_at)}")
     if copy_model:
         model = copy.deepcopy(model)
+    callbacks = _adapt(callbacks)
     model.train()
     g = _gen(seed, _FT_DATA)
     opt = make_optimizer(model, config)

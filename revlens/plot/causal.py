@@ -57,6 +57,32 @@ def _controls(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _cell_hover(row: pd.Series, here: pd.DataFrame, kind: str, value: str) -> tuple[str, bool]:
+    """Hover text of one (layer, step) cell and whether v_rev beats every control's p95 there."""
+    lines = [f"{kind} · layer {row['layer']} · step {row['step']}",
+             f"v_rev {value.replace('_', ' ')} {fmt(row[value])} (mean of {int(row['n_runs'])} runs)"]
+    if "effect" in row.index and value != "effect":
+        lines.append(f"v_rev effect {fmt(row['effect'])}")
+    for _, c in here.iterrows():
+        lines.append(f"{esc(c['control_type'])} controls ({int(c['n'])}): mean {fmt(c['mean'])} "
+                     f"± {fmt(c['sd'])}, p95 {fmt(c['p95'])}")
+    beats = not here.empty and bool((row[value] > here["p95"]).all())
+    lines.append(f"exceeds control p95: {'yes' if beats else 'no' if not here.empty else 'n/a'}")
+    return "<br>".join(lines), beats
+
+
+def _v_rev_cells(df: pd.DataFrame, kind: str, value: str) -> pd.DataFrame:
+    v = df[df["control_type"] == "v_rev"]
+    if v.empty:
+        raise ConfigError(f"the effects table has no v_rev rows for kind {kind!r}")
+    agg = {value: "mean"}
+    if "effect" in df.columns and value != "effect":
+        agg["effect"] = "mean"
+    cells = v.groupby(["step", "layer"]).agg(agg)
+    cells["n_runs"] = v.groupby(["step", "layer"])["run"].nunique()
+    return cells.reset_index()
+
+
 def mediation_heatmap(
     effects: pd.DataFrame,
     *,
@@ -72,88 +98,33 @@ def mediation_heatmap(
     """
     kind = intervention
     df = _select(effects, kind, value, ("clamp", "patch"))
-    v = df[df["control_type"] == "v_rev"]
-    if v.empty:
-        raise ConfigError(f"the effects table has no v_rev rows for kind {kind!r}")
-    agg = {value: "mean"}
-    if "effect" in df.columns and value != "effect":
-        agg["effect"] = "mean"
-    cells = v.groupby(["step", "layer"]).agg(agg)
-    cells["n_runs"] = v.groupby(["step", "layer"])["run"].nunique()
-    cells = cells.reset_index()
+    cells = _v_rev_cells(df, kind, value)
     ctrl = _controls(df, ["step", "layer"], value)
     steps, layers = sorted_unique(cells["step"]), sorted_unique(cells["layer"])
-    z = cells.pivot(index="layer", columns="step", values=value).reindex(
-        index=layers, columns=steps
-    )
+    z = cells.pivot(index="layer", columns="step", values=value).reindex(index=layers, columns=steps)
     text = np.full(z.shape, "", dtype=object)
     star_x, star_y = [], []
     for _, row in cells.iterrows():
-        i, j = layers.index(row["layer"]), steps.index(row["step"])
-        lines = [
-            f"{kind} · layer {row['layer']} · step {row['step']}",
-            f"v_rev {value.replace('_', ' ')} {fmt(row[value])} (mean of {int(row['n_runs'])} runs)",
-        ]
-        if "effect" in row.index and value != "effect":
-            lines.append(f"v_rev effect {fmt(row['effect'])}")
         here = ctrl[(ctrl["step"] == row["step"]) & (ctrl["layer"] == row["layer"])]
-        for _, c in here.iterrows():
-            lines.append(
-                f"{esc(c['control_type'])} controls ({int(c['n'])}): mean {fmt(c['mean'])} "
-                f"± {fmt(c['sd'])}, p95 {fmt(c['p95'])}"
-            )
-        beats = not here.empty and bool((row[value] > here["p95"]).all())
-        lines.append(
-            f"exceeds control p95: {'yes' if beats else 'no' if not here.empty else 'n/a'}"
-        )
-        text[i, j] = "<br>".join(lines)
+        text[layers.index(row["layer"]), steps.index(row["step"])], beats = _cell_hover(row, here, kind, value)
         if beats:
             star_x.append(step_label(row["step"]))
             star_y.append(row["layer"])
     zvals = z.to_numpy(dtype=float)
     vmax = float(np.nanmax(np.abs(zvals))) if np.isfinite(zvals).any() else 1.0
     vmax = max(math.ceil(vmax * 10) / 10, 0.1)
-    fig = go.Figure(
-        go.Heatmap(
-            z=zvals,
-            x=[step_label(s) for s in steps],
-            y=layers,
-            text=text,
-            hoverinfo="text",
-            hovertemplate="%{text}<extra></extra>",
-            colorscale=DIVERGING,
-            zmid=0.0,
-            zmin=-vmax,
-            zmax=vmax,
-            xgap=1,
-            ygap=1,
-            colorbar={"title": {"text": value.replace("_", " ")}},
-            name=f"v_rev {kind}",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=star_x,
-            y=star_y,
-            mode="markers",
-            hoverinfo="skip",
-            name="v_rev > control p95",
-            marker={
-                "symbol": "star",
-                "size": 9,
-                "color": "black",
-                "line": {"color": "white", "width": 1},
-            },
-        )
-    )
+    fig = go.Figure(go.Heatmap(
+        z=zvals, x=[step_label(s) for s in steps], y=layers, text=text, hoverinfo="text",
+        hovertemplate="%{text}<extra></extra>", colorscale=DIVERGING, zmid=0.0, zmin=-vmax, zmax=vmax, xgap=1,
+        ygap=1, colorbar={"title": {"text": value.replace("_", " ")}}, name=f"v_rev {kind}",
+    ))
+    fig.add_trace(go.Scatter(x=star_x, y=star_y, mode="markers", hoverinfo="skip", name="v_rev > control p95",
+                             marker={"symbol": "star", "size": 9, "color": "black",
+                                     "line": {"color": "white", "width": 1}}))
     fig.update_xaxes(type="category", title_text="fine-tuning step")
     fig.update_yaxes(type="category", title_text="layer")
-    fig.update_layout(
-        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}
-    )
-    default = (
-        f"{kind}: v_rev {value.replace('_', ' ')} by layer and step (★ beats every control's p95)"
-    )
+    fig.update_layout(legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"})
+    default = f"{kind}: v_rev {value.replace('_', ' ')} by layer and step (★ beats every control's p95)"
     return base_layout(fig, default if title is None else title, height=200 + 45 * len(layers))
 
 
@@ -230,6 +201,22 @@ def control_bands(
     return base_layout(fig, default if title is None else title, height=440)
 
 
+def _control_band(d: pd.DataFrame, ct: str, ci: int, value: str, show: bool) -> list[go.Scatter]:
+    """One control type's 5–95 % band and mean against α."""
+    g = d[d["control_type"] == ct].groupby("alpha")[value]
+    lo, hi, mean = g.quantile(0.05), g.quantile(0.95), g.mean()
+    col = _CONTROL_COLOURS.get(ct, colour(ci + 2))
+    x = lo.index.tolist()
+    return [
+        go.Scatter(x=x + x[::-1], y=[*hi.tolist(), *lo.tolist()[::-1]], fill="toself", mode="lines",
+                   fillcolor=rgba(col, 0.2), line={"width": 0}, hoverinfo="skip", name=f"{esc(ct)} controls 5–95 %",
+                   legendgroup=str(ct), showlegend=show),
+        go.Scatter(x=x, y=mean.to_numpy(), mode="lines", line={"color": col, "dash": "dash"},
+                   name=f"{esc(ct)} controls mean", legendgroup=str(ct), showlegend=show,
+                   hovertemplate=f"{esc(ct)} controls mean · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>"),
+    ]
+
+
 def steer_dose_response(
     effects: pd.DataFrame,
     *,
@@ -243,73 +230,21 @@ def steer_dose_response(
     layers = sorted_unique(df["layer"])
     ncols = min(len(layers), 3)
     nrows = math.ceil(len(layers) / ncols)
-    fig = make_subplots(
-        rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers]
-    )
+    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers])
     for li, lay in enumerate(layers):
         r, c = li // ncols + 1, li % ncols + 1
         d = df[df["layer"] == lay]
         for ci, ct in enumerate(sorted_unique(d.loc[d["control_type"] != "v_rev", "control_type"])):
-            g = d[d["control_type"] == ct].groupby("alpha")[value]
-            lo, hi, mean = g.quantile(0.05), g.quantile(0.95), g.mean()
-            col = _CONTROL_COLOURS.get(ct, colour(ci + 2))
-            x = lo.index.tolist()
-            fig.add_trace(
-                go.Scatter(
-                    x=x + x[::-1],
-                    y=[*hi.tolist(), *lo.tolist()[::-1]],
-                    fill="toself",
-                    mode="lines",
-                    fillcolor=rgba(col, 0.2),
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    name=f"{esc(ct)} controls 5–95 %",
-                    legendgroup=str(ct),
-                    showlegend=li == 0,
-                ),
-                row=r,
-                col=c,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=mean.to_numpy(),
-                    mode="lines",
-                    line={"color": col, "dash": "dash"},
-                    name=f"{esc(ct)} controls mean",
-                    legendgroup=str(ct),
-                    showlegend=li == 0,
-                    hovertemplate=f"{esc(ct)} controls mean · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>",
-                ),
-                row=r,
-                col=c,
-            )
+            for trace in _control_band(d, ct, ci, value, li == 0):
+                fig.add_trace(trace, row=r, col=c)
         v = d[d["control_type"] == "v_rev"].groupby("alpha")[value].mean()
-        fig.add_trace(
-            go.Scatter(
-                x=v.index.tolist(),
-                y=v.to_numpy(),
-                mode="lines+markers",
-                name="v_rev",
-                line={"color": "#d62728"},
-                legendgroup="v_rev",
-                showlegend=li == 0,
-                hovertemplate=f"v_rev · layer {lay} · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>",
-            ),
-            row=r,
-            col=c,
-        )
-        if (
-            value == "metric"
-            and "metric_aligned" in d.columns
-            and d["metric_aligned"].notna().any()
-        ):
-            fig.add_hline(
-                y=float(d["metric_aligned"].mean()),
-                line={"dash": "dot", "color": "#444"},
-                row=r,
-                col=c,
-            )
+        fig.add_trace(go.Scatter(
+            x=v.index.tolist(), y=v.to_numpy(), mode="lines+markers", name="v_rev", line={"color": "#d62728"},
+            legendgroup="v_rev", showlegend=li == 0,
+            hovertemplate=f"v_rev · layer {lay} · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>",
+        ), row=r, col=c)
+        if value == "metric" and "metric_aligned" in d.columns and d["metric_aligned"].notna().any():
+            fig.add_hline(y=float(d["metric_aligned"].mean()), line={"dash": "dot", "color": "#444"}, row=r, col=c)
         fig.update_xaxes(title_text="α", row=r, col=c)
     fig.update_yaxes(title_text=value, col=1)
     return base_layout(fig, title, height=150 + 300 * nrows)

@@ -98,6 +98,48 @@ def _hover(row: pd.Series, label: str, sig_name: str) -> str:
     return "<br>".join(lines)
 
 
+def _vmax(cos: pd.Series) -> float:
+    vmax = float(np.nanmax(np.abs(cos.to_numpy(dtype=float)))) if cos.notna().any() else 1.0
+    return max(min(np.ceil(vmax * 10) / 10, 1.0), 0.1)
+
+
+def _cell_traces(c: pd.DataFrame, layers: list, step_vals: list, label: str, significance: str, vmax: float,
+                 *, first: bool, showscale: bool, meta: dict) -> tuple[go.Heatmap, go.Scatter]:
+    """The heatmap of one (option, method) and its star markers of significant cells."""
+    z = c.pivot_table(index="layer", columns="step", values="cos", aggfunc="first", dropna=False)
+    z = z.reindex(index=layers, columns=step_vals)
+    text = np.full(z.shape, "", dtype=object)
+    pos = {(lay, st): (i, j) for i, lay in enumerate(z.index) for j, st in enumerate(z.columns)}
+    for _, row in c.iterrows():
+        text[pos[(row["layer"], row["step"])]] = _hover(row, label, significance)
+    heat = go.Heatmap(
+        z=z.to_numpy(dtype=float), x=[step_label(s) for s in step_vals], y=layers, text=text, hoverinfo="text",
+        hovertemplate="%{text}<extra></extra>", colorscale=DIVERGING, zmid=0.0, zmin=-vmax, zmax=vmax, xgap=1,
+        ygap=1, visible=first, name=f"{esc(label)} · {esc(meta['method'])}", showscale=showscale,
+        colorbar={"title": {"text": "cos"}, "len": 0.9}, meta=meta,
+    )
+    sig = c[c["_sig"]]
+    stars = go.Scatter(
+        x=[step_label(s) for s in sig["step"]], y=sig["layer"].tolist(), mode="markers",
+        marker={"symbol": "star", "size": 9, "color": "black", "line": {"color": "white", "width": 1}},
+        hoverinfo="skip", name=f"significant ({significance} p99)", showlegend=first and showscale,
+        legendgroup="sig", visible=first, meta={**meta, "markers": True},
+    )
+    return heat, stars
+
+
+def _selector(fig: go.Figure, labels: list[str], owner: list[int]) -> None:
+    """A dropdown showing the traces of one option at a time."""
+    buttons = [{"label": esc(label), "method": "update", "args": [{"visible": [k == oi for k in owner]}]}
+               for oi, label in enumerate(labels)]
+    fig.update_layout(
+        updatemenus=[{"type": "dropdown", "buttons": buttons, "active": 0, "x": 1.0, "xanchor": "right", "y": 1.0,
+                      "yanchor": "bottom", "pad": {"b": 30}, "showactive": True}],
+        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 110},
+    )
+
+
 def drift_heatmap(
     drift: pd.DataFrame,
     *,
@@ -124,114 +166,60 @@ def drift_heatmap(
     df = df[df["method"].isin(methods)]
     runs, averaged, run_labels = _run_order(df)
     options = [MEAN_LABEL, *runs]
-    step_vals = sorted_unique(df["step"])
-    steps = [step_label(s) for s in step_vals]
-    layers = sorted_unique(df["layer"])
-    vmax = (
-        float(np.nanmax(np.abs(df["cos"].to_numpy(dtype=float))))
-        if df["cos"].notna().any()
-        else 1.0
-    )
-    vmax = max(min(np.ceil(vmax * 10) / 10, 1.0), 0.1)
-    fig = make_subplots(
-        rows=len(methods),
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.08,
-        subplot_titles=[esc(m) for m in methods],
-    )
+    labels = [str(o) if o is MEAN_LABEL else run_labels[o] for o in options]
+    step_vals, layers, vmax = sorted_unique(df["step"]), sorted_unique(df["layer"]), _vmax(df["cos"])
+    fig = make_subplots(rows=len(methods), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[esc(m) for m in methods])
     owner: list[int] = []  # option index of every trace, for the selector
     for oi, option in enumerate(options):
         cells = _cell_table(df, option, averaged)
-        label = option if option is MEAN_LABEL else run_labels[option]
         for mi, m in enumerate(methods):
-            c = cells[cells["method"] == m]
-            z = c.pivot_table(
-                index="layer", columns="step", values="cos", aggfunc="first", dropna=False
-            )
-            z = z.reindex(index=layers, columns=step_vals)
-            text = np.full(z.shape, "", dtype=object)
-            pos = {
-                (lay, st): (i, j) for i, lay in enumerate(z.index) for j, st in enumerate(z.columns)
-            }
-            for _, row in c.iterrows():
-                text[pos[(row["layer"], row["step"])]] = _hover(row, str(label), significance)
-            fig.add_trace(
-                go.Heatmap(
-                    z=z.to_numpy(dtype=float),
-                    x=steps,
-                    y=layers,
-                    text=text,
-                    hoverinfo="text",
-                    hovertemplate="%{text}<extra></extra>",
-                    colorscale=DIVERGING,
-                    zmid=0.0,
-                    zmin=-vmax,
-                    zmax=vmax,
-                    xgap=1,
-                    ygap=1,
-                    visible=oi == 0,
-                    name=f"{esc(label)} · {esc(m)}",
-                    showscale=mi == 0,
-                    colorbar={"title": {"text": "cos"}, "len": 0.9},
-                    meta={"option": str(option), "method": str(m)},
-                ),
-                row=mi + 1,
-                col=1,
-            )
-            owner.append(oi)
-            sig = c[c["_sig"]]
-            fig.add_trace(
-                go.Scatter(
-                    x=[step_label(s) for s in sig["step"]],
-                    y=sig["layer"].tolist(),
-                    mode="markers",
-                    marker={
-                        "symbol": "star",
-                        "size": 9,
-                        "color": "black",
-                        "line": {"color": "white", "width": 1},
-                    },
-                    hoverinfo="skip",
-                    name=f"significant ({significance} p99)",
-                    showlegend=oi == 0 and mi == 0,
-                    legendgroup="sig",
-                    visible=oi == 0,
-                    meta={"option": str(option), "method": str(m), "markers": True},
-                ),
-                row=mi + 1,
-                col=1,
-            )
-            owner.append(oi)
-    buttons = [
-        {
-            "label": esc(o if o is MEAN_LABEL else run_labels[o]),
-            "method": "update",
-            "args": [{"visible": [k == oi for k in owner]}],
-        }
-        for oi, o in enumerate(options)
-    ]
-    fig.update_layout(
-        updatemenus=[
-            {
-                "type": "dropdown",
-                "buttons": buttons,
-                "active": 0,
-                "x": 1.0,
-                "xanchor": "right",
-                "y": 1.0,
-                "yanchor": "bottom",
-                "pad": {"b": 30},
-                "showactive": True,
-            }
-        ],
-        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
-        margin={"t": 110},
-    )
+            traces = _cell_traces(cells[cells["method"] == m], layers, step_vals, labels[oi], significance, vmax,
+                                  first=oi == 0, showscale=mi == 0, meta={"option": str(option), "method": str(m)})
+            for trace in traces:
+                fig.add_trace(trace, row=mi + 1, col=1)
+                owner.append(oi)
+    _selector(fig, labels, owner)
     fig.update_xaxes(type="category")
     fig.update_xaxes(title_text="fine-tuning step", row=len(methods), col=1)
     fig.update_yaxes(type="category", title_text="layer")
     return base_layout(fig, title, height=220 + 230 * len(methods))
+
+
+def _null_band(fig: go.Figure, steps: list, p99: float, row: int, show: bool) -> None:
+    """The isotropic null's ±p99 as a grey band."""
+    fig.add_trace(go.Scatter(x=steps, y=[p99] * len(steps), mode="lines", line={"width": 0}, hoverinfo="skip",
+                             showlegend=False, legendgroup="null"), row=row, col=1)
+    fig.add_trace(go.Scatter(x=steps, y=[-p99] * len(steps), mode="lines", line={"width": 0}, fill="tonexty",
+                             fillcolor="rgba(128,128,128,0.18)", name=f"isotropic null ±p99 ({fmt(p99)})",
+                             hoverinfo="skip", showlegend=show, legendgroup="null"), row=row, col=1)
+
+
+def _layer_traces(dl: pd.DataFrame, lay: int, li: int, show: bool) -> list[go.Scatter]:
+    """Mean ± sd over runs of one layer, per run kind, and its covariance-matched null p99."""
+    out = []
+    for kind in sorted_unique(dl["_kind"]):
+        part = dl[dl["_kind"] == kind]
+        g = part.groupby("step")
+        mean, sd, n = g["cos"].mean(), g["cos"].std(ddof=1), g["cos"].count()
+        name = f"layer {lay}{'' if kind == 'run' else f' ({esc(kind)})'}"
+        hover = [f"{name} · step {s}<br>cos {fmt(mean[s])}" + (f" ± {fmt(sd[s])} (sd, {n[s]} runs)" if n[s] > 1 else "")
+                 for s in mean.index]
+        out.append(go.Scatter(
+            x=mean.index.tolist(), y=mean.to_numpy(), mode="lines+markers", name=name,
+            line={"color": colour(li), "dash": _DASH.get(kind, "dashdot")}, text=hover, hoverinfo="text",
+            error_y={"type": "data", "array": sd.fillna(0).to_numpy(), "visible": bool((n > 1).any()),
+                     "color": rgba(colour(li), 0.5)},
+            legendgroup=f"layer{lay}", showlegend=show,
+        ))
+    cov = dl[dl["_kind"] == "run"].groupby("step")["null_cov_p99"].mean()
+    if cov.notna().any():
+        out.append(go.Scatter(
+            x=cov.index.tolist(), y=cov.to_numpy(), mode="lines", name=f"layer {lay} cov-null p99",
+            line={"color": colour(li), "dash": "dot", "width": 1}, legendgroup=f"layer{lay}", showlegend=False,
+            hovertemplate=f"layer {lay} cov-matched null p99 %{{y:.3f}}<extra></extra>",
+        ))
+    return out
 
 
 def drift_trajectories(
@@ -251,99 +239,16 @@ def drift_trajectories(
     methods = pick(sorted_unique(df["method"]), method, "method")
     chosen = pick(sorted_unique(df["layer"]), layers, "layer")
     df = df[df["method"].isin(methods) & df["layer"].isin(chosen)]
-    fig = make_subplots(
-        rows=len(methods),
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.08,
-        subplot_titles=[esc(m) for m in methods],
-    )
+    fig = make_subplots(rows=len(methods), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[esc(m) for m in methods])
     steps = sorted_unique(df["step"])
     for mi, m in enumerate(methods):
         dm = df[df["method"] == m]
-        p99 = float(dm["null_iso_p99"].max()) if dm["null_iso_p99"].notna().any() else np.nan
-        if not np.isnan(p99):
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=[p99] * len(steps),
-                    mode="lines",
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                    legendgroup="null",
-                ),
-                row=mi + 1,
-                col=1,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=[-p99] * len(steps),
-                    mode="lines",
-                    line={"width": 0},
-                    fill="tonexty",
-                    fillcolor="rgba(128,128,128,0.18)",
-                    name=f"isotropic null ±p99 ({fmt(p99)})",
-                    hoverinfo="skip",
-                    showlegend=mi == 0,
-                    legendgroup="null",
-                ),
-                row=mi + 1,
-                col=1,
-            )
+        if dm["null_iso_p99"].notna().any():
+            _null_band(fig, steps, float(dm["null_iso_p99"].max()), mi + 1, mi == 0)
         for li, lay in enumerate(chosen):
-            dl = dm[dm["layer"] == lay]
-            for kind in sorted_unique(dl["_kind"]):
-                part = dl[dl["_kind"] == kind]
-                if part.empty:
-                    continue
-                g = part.groupby("step")
-                mean, sd, n = g["cos"].mean(), g["cos"].std(ddof=1), g["cos"].count()
-                name = f"layer {lay}{'' if kind == 'run' else f' ({esc(kind)})'}"
-                dash = _DASH.get(kind, "dashdot")
-                hover = [
-                    f"{name} · step {s}<br>cos {fmt(mean[s])}"
-                    + (f" ± {fmt(sd[s])} (sd, {n[s]} runs)" if n[s] > 1 else "")
-                    for s in mean.index
-                ]
-                fig.add_trace(
-                    go.Scatter(
-                        x=mean.index.tolist(),
-                        y=mean.to_numpy(),
-                        mode="lines+markers",
-                        name=name,
-                        line={"color": colour(li), "dash": dash},
-                        text=hover,
-                        hoverinfo="text",
-                        error_y={
-                            "type": "data",
-                            "array": sd.fillna(0).to_numpy(),
-                            "visible": bool((n > 1).any()),
-                            "color": rgba(colour(li), 0.5),
-                        },
-                        legendgroup=f"layer{lay}",
-                        showlegend=mi == 0,
-                    ),
-                    row=mi + 1,
-                    col=1,
-                )
-            cov = dl[dl["_kind"] == "run"].groupby("step")["null_cov_p99"].mean()
-            if cov.notna().any():
-                fig.add_trace(
-                    go.Scatter(
-                        x=cov.index.tolist(),
-                        y=cov.to_numpy(),
-                        mode="lines",
-                        name=f"layer {lay} cov-null p99",
-                        line={"color": colour(li), "dash": "dot", "width": 1},
-                        legendgroup=f"layer{lay}",
-                        showlegend=False,
-                        hovertemplate=f"layer {lay} cov-matched null p99 %{{y:.3f}}<extra></extra>",
-                    ),
-                    row=mi + 1,
-                    col=1,
-                )
+            for trace in _layer_traces(dm[dm["layer"] == lay], lay, li, mi == 0):
+                fig.add_trace(trace, row=mi + 1, col=1)
         fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=mi + 1, col=1)
         fig.update_yaxes(title_text="cos", row=mi + 1, col=1)
     fig.update_xaxes(title_text="fine-tuning step", row=len(methods), col=1)

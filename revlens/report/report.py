@@ -1,32 +1,31 @@
 """The result of :func:`revlens.analyze`: tables, directions, provenance; saved and loaded exactly.
 
-A saved report is a directory of plain files (no pickle):
+A saved report is a directory of plain files (no pickle), written atomically:
 
-- ``drift.json``, ``directions.json``, ``lab_metrics.json``: tables, column-wise JSON with the
+- ``drift.json``, ``directions.json``, ``metrics.json``: tables, column-wise JSON with the
   dtype of each column; floats are written with Python's shortest exact repr, so a load gives
   back bit-identical values (``NaN`` is written as ``null``);
 - ``drift.csv``, ``directions.csv``: the same tables for spreadsheets (not read back);
 - ``vectors/<method>.safetensors``: the directions (:meth:`Directions.save`);
-- ``report.json``: config, provenance, the method list, the format version.
+- ``report.json``: config, provenance, the method list, the format version;
+- ``revlens-manifest.json``: every file and its size (an incomplete directory is refused).
 """
 
-import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from revlens._frames import read_frame, write_frame
+from revlens._io import confined
+from revlens._result import Result
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError
-from revlens.report.frames import read_frame, write_frame
 
 __all__ = ["Report"]
-
-_FORMAT = "revlens-report/1"
-
-
 
 
 def _fmt(block: Mapping[str, Any] | None, key: str) -> str:
@@ -36,50 +35,75 @@ def _fmt(block: Mapping[str, Any] | None, key: str) -> str:
     return f"{v['mean']:.3f}" + ("" if math.isnan(v["std"]) else f" ± {v['std']:.3f}")
 
 
-class Report:
+def _safe_name(method: str, i: int) -> str:
+    return f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in method)}.safetensors"
+
+
+class Report(Result):
     """What :func:`revlens.analyze` measured.
 
     Attributes:
         drift: one row per (run, step, layer, method) — see :data:`revlens.drift.DRIFT_COLUMNS`
             (``cos``, CI ``cos_lo``/``cos_hi``, ``proj``, ``frac``, ``norm``, nulls ``null_iso_p99``,
             ``null_cov_p99``, ``p_iso``, ``p_cov``, ``significant``, ``significant_cov``...).
-        directions: one row per (layer, method): ``stability`` (bootstrap mean |cos| with the
-            full-sample direction), ``perm_p`` (label-permutation p-value of ‖μ_base − μ_aligned‖),
-            ``norm`` (‖μ_base − μ_aligned‖) and ``agree_<method>`` (cos with each method's direction).
-        vectors: method -> :class:`Directions`.
-        config: the analysis settings.
+        directions: method -> :class:`Directions` (the vectors themselves).
+        directions_table: one row per (layer, method): ``stability`` (bootstrap mean |cos| with
+            the full-sample direction), ``perm_p`` (label-permutation p-value of
+            ‖μ_base − μ_aligned‖), ``norm`` and ``agree_<method>`` (cos with each method's direction).
+        metrics: the history's per-checkpoint evaluation table (harm, task accuracy...), if any.
+        config: the analysis settings (:class:`revlens.analyze.AnalyzeConfig`).
         provenance: revlens version, date, checkpoints and content fingerprints, model source,
             number of prompts and the prompts.
-        lab_metrics: the lab's metrics table for a lab history, else ``None``.
+
+    Figures: :meth:`heatmap`, :meth:`trajectories`, :meth:`stability`, :meth:`agreement`,
+    :meth:`behaviour`; the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
+    (DataFrame).
     """
+
+    FORMAT = "revlens-report/2"
+    META = "report.json"
 
     def __init__(
         self,
         *,
         drift: pd.DataFrame,
-        directions: pd.DataFrame,
-        vectors: Mapping[str, Directions],
+        directions: Any,
+        directions_table: pd.DataFrame | None = None,
         config: Mapping[str, Any],
         provenance: Mapping[str, Any],
+        metrics: pd.DataFrame | None = None,
+        vectors: Mapping[str, Directions] | None = None,
         lab_metrics: pd.DataFrame | None = None,
     ) -> None:
+        if isinstance(directions, pd.DataFrame):  # the revlens 0.1 call: directions=<table>, vectors=...
+            warnings.warn("Report(directions=<table>, vectors=...) is deprecated: pass directions=<dict of "
+                          "Directions> and directions_table=<table>", DeprecationWarning, stacklevel=2)
+            directions, directions_table = dict(vectors or {}), directions
         self.drift = drift
-        self.directions = directions
-        self.vectors = dict(vectors)
+        self.directions: dict[str, Directions] = dict(directions)
+        self.directions_table = directions_table if directions_table is not None else pd.DataFrame()
         self.config = dict(config)
         self.provenance = dict(provenance)
-        self.lab_metrics = lab_metrics
+        self.metrics = metrics if metrics is not None else lab_metrics
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ deprecated names
     @property
-    def directions_table(self) -> pd.DataFrame:
-        """Alias of :attr:`directions`."""
+    def vectors(self) -> dict[str, Directions]:
+        """Deprecated alias of :attr:`directions`."""
+        warnings.warn("Report.vectors is now Report.directions", DeprecationWarning, stacklevel=2)
         return self.directions
 
     @property
+    def lab_metrics(self) -> pd.DataFrame | None:
+        """Deprecated alias of :attr:`metrics`."""
+        warnings.warn("Report.lab_metrics is now Report.metrics", DeprecationWarning, stacklevel=2)
+        return self.metrics
+
+    # ------------------------------------------------------------------ views
+    @property
     def methods(self) -> list[str]:
         """Direction methods, in analysis order."""
-        return list(self.vectors)
+        return list(self.directions)
 
     @property
     def runs(self) -> list[str]:
@@ -91,8 +115,8 @@ class Report:
         """Analysed layers."""
         return sorted(int(x) for x in self.drift["layer"].unique())
 
-    def summary(self, method: str | None = None, *, step: int = 20) -> dict[str, Any]:
-        """The paper's headline quantities (see :func:`revlens.drift.headline`).
+    def headline(self, method: str | None = None, *, step: int = 20) -> dict[str, Any]:
+        """The paper's headline quantities as a dict (see :func:`revlens.drift.headline`).
 
         Args:
             method: primary method (default ``"mean_diff"`` if analysed, else the first one).
@@ -101,19 +125,23 @@ class Report:
         from revlens.drift.summary import headline
 
         if method is None:
-            method = "mean_diff" if "mean_diff" in self.vectors else self.methods[0]
+            method = "mean_diff" if "mean_diff" in self.directions else self.methods[0]
         return headline(self.drift, method=method, step=step)
+
+    def summary(self, method: str | None = None, *, step: int = 20) -> pd.DataFrame:
+        """:meth:`headline` as a tidy table: one row per (group, quantity) with ``mean``, ``std``,
+        ``n`` (or ``count`` / ``total``) beside the paper's value."""
+        from revlens.drift.summary import headline_frame
+
+        return headline_frame(self.headline(method, step=step))
 
     def __repr__(self) -> str:
         kinds = self.drift.drop_duplicates("run").set_index("run")["kind"]
         runs = ", ".join(f"{r}{'' if k == 'run' else f' ({k})'}" for r, k in kinds.items())
-        lines = [
-            f"Report(runs: {runs}",
-            f"       layers {self.layers}, methods {self.methods}, "
-            f"prompts {self.provenance.get('n_prompts')}",
-        ]
+        lines = [f"Report(runs: {runs}",
+                 f"       layers {self.layers}, methods {self.methods}, prompts {self.provenance.get('n_prompts')}"]
         try:
-            s = self.summary()
+            s = self.headline()
         except (ConfigError, HistoryError, KeyError, ValueError):
             return "\n".join(lines) + ")"
         r, c = s["runs"], s["control"]
@@ -124,73 +152,79 @@ class Report:
             f"above iso p99 {above['count']}/{above['total']}"
         )
         if c:
-            lines.append(
-                f"       control: step {s['step']} {_fmt(c, 'cos_step20')}, above iso p99 "
-                f"{c['above_iso_p99']['count']}/{c['above_iso_p99']['total']}"
-            )
+            lines.append(f"       control: step {s['step']} {_fmt(c, 'cos_step20')}, above iso p99 "
+                         f"{c['above_iso_p99']['count']}/{c['above_iso_p99']['total']}")
         return "\n".join(lines) + ")"
 
-    # ------------------------------------------------------------------ rendering (lazy)
+    # ------------------------------------------------------------------ figures
+    def heatmap(self, **kw: Any) -> Any:
+        """Layer × step heatmap of cos(drift, v_rev) (:func:`revlens.plot.drift_heatmap`)."""
+        from revlens.plot import drift_heatmap
+
+        return drift_heatmap(self.drift, **kw)
+
+    def trajectories(self, **kw: Any) -> Any:
+        """cos(drift, v_rev) against step, per layer (:func:`revlens.plot.drift_trajectories`)."""
+        from revlens.plot import drift_trajectories
+
+        return drift_trajectories(self.drift, **kw)
+
+    def stability(self, **kw: Any) -> Any:
+        """Bootstrap stability of each method's direction (:func:`revlens.plot.direction_stability`)."""
+        from revlens.plot import direction_stability
+
+        return direction_stability(self.directions_table, **kw)
+
+    def agreement(self, **kw: Any) -> Any:
+        """Cosine between methods' directions (:func:`revlens.plot.direction_agreement`)."""
+        from revlens.plot import direction_agreement
+
+        return direction_agreement(self.directions_table, **kw)
+
+    def behaviour(self, **kw: Any) -> Any:
+        """The history's evaluation metrics against step (:func:`revlens.plot.metrics_figure`)."""
+        from revlens.plot import metrics_figure
+
+        if self.metrics is None:
+            raise ConfigError("this report has no metrics table (the history carried none)")
+        return metrics_figure(self.metrics, **kw)
+
     def figure(self, kind: str = "heatmap", **kw: Any) -> Any:
-        """A plotly figure of this report (see :func:`revlens.plot.report_figure`)."""
-        from revlens.plot import report_figure
+        """Deprecated: call the named figure method (``report.heatmap()``...)."""
+        names = ("heatmap", "trajectories", "stability", "agreement", "behaviour")
+        if kind not in names:
+            raise ConfigError(f"unknown figure kind {kind!r}; figure methods: {', '.join(names)}")
+        warnings.warn(f"Report.figure({kind!r}) is deprecated; use Report.{kind}()", DeprecationWarning, stacklevel=2)
+        return getattr(self, kind)(**kw)
 
-        return report_figure(self, kind, **kw)
+    def _main_figure(self) -> Any:
+        return self.heatmap()
 
-    def to_html(self, path: Any, **kw: Any) -> Any:
-        """Write an offline HTML report (see :func:`revlens.report.html.write_report`)."""
-        from revlens.report.html import write_report
+    def to_html(self, path: Any, **kw: Any) -> Path:
+        """Write an offline HTML report (see :func:`revlens.plot.html.write_report`)."""
+        from revlens.plot.html import write_report
 
         return write_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: Any) -> Path:
-        """Write the report to ``directory`` (created); returns its path."""
-        d = Path(directory)
-        (d / "vectors").mkdir(parents=True, exist_ok=True)
+    def _write(self, d: Path) -> dict[str, Any]:
+        (d / "vectors").mkdir()
         write_frame(self.drift, d / "drift.json")
-        write_frame(self.directions, d / "directions.json")
+        write_frame(self.directions_table, d / "directions.json")
         self.drift.to_csv(d / "drift.csv", index=False)
-        self.directions.to_csv(d / "directions.csv", index=False)
+        self.directions_table.to_csv(d / "directions.csv", index=False)
         files = {}
-        for i, (method, vec) in enumerate(self.vectors.items()):
-            fname = f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in method)}.safetensors"
-            vec.save(d / "vectors" / fname)
-            files[method] = fname
-        if self.lab_metrics is not None:
-            write_frame(self.lab_metrics, d / "lab_metrics.json")
-        meta = {
-            "format": _FORMAT,
-            "config": self.config,
-            "provenance": self.provenance,
-            "vectors": files,
-            "lab_metrics": self.lab_metrics is not None,
-        }
-        (d / "report.json").write_text(json.dumps(meta, indent=1, default=str))
-        return d
+        for i, (method, vec) in enumerate(self.directions.items()):
+            files[method] = _safe_name(method, i)
+            vec.save(d / "vectors" / files[method])
+        if self.metrics is not None:
+            write_frame(self.metrics, d / "metrics.json")
+        return {"config": self.config, "provenance": self.provenance, "vectors": files,
+                "metrics": self.metrics is not None}
 
     @classmethod
-    def load(cls, directory: Any) -> "Report":
-        """Inverse of :meth:`save`.
-
-        Raises:
-            ConfigError: ``directory`` holds no saved report, or one of another format.
-        """
-        d = Path(directory)
-        if not (d / "report.json").is_file():
-            raise ConfigError(f"{d} holds no saved revlens report (report.json)")
-        meta = json.loads((d / "report.json").read_text())
-        if meta.get("format") != _FORMAT:
-            raise ConfigError(
-                f"{d / 'report.json'} has format {meta.get('format')!r}; expected {_FORMAT!r}"
-            )
-        vectors = {m: Directions.load(d / "vectors" / f) for m, f in meta["vectors"].items()}
-        lab = read_frame(d / "lab_metrics.json") if meta.get("lab_metrics") else None
-        return cls(
-            drift=read_frame(d / "drift.json"),
-            directions=read_frame(d / "directions.json"),
-            vectors=vectors,
-            config=meta["config"],
-            provenance=meta["provenance"],
-            lab_metrics=lab,
-        )
+    def _read(cls, d: Path, meta: dict[str, Any]) -> "Report":
+        vectors = {m: Directions.load(confined(d / "vectors", f, "report vectors")) for m, f in meta["vectors"].items()}
+        return cls(drift=read_frame(d / "drift.json"), directions=vectors,
+                   directions_table=read_frame(d / "directions.json"), config=meta["config"],
+                   provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None)

@@ -78,18 +78,18 @@ def planted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(planted):
     _, _, hist = planted
-    return analyze(None, hist, PROMPTS, layers=[2, 3], n_bootstrap=20, n_null=200, progress=False)
+    return analyze(hist, PROMPTS, layers=[2, 3], n_bootstrap=20, n_null=200, progress=False)
 
 
 def test_mean_diff_recovers_the_planted_direction(planted, report):
     u, _, _ = planted
-    v = report.vectors["mean_diff"]
+    v = report.directions["mean_diff"]
     assert v.layers == (2, 3)
     for layer in (2, 3):
         assert float(v[layer] @ u) > 0.99
-    t = report.directions[report.directions.method == "mean_diff"]
+    t = report.directions_table[report.directions_table.method == "mean_diff"]
     assert (t["stability"] > 0.99).all() and (t["perm_p"] < 0.01).all()
-    assert float(report.vectors["pca"][2] @ u) > 0.99  # a constant shift is the paired-PCA axis
+    assert float(report.directions["pca"][2] @ u) > 0.99  # a constant shift is the paired-PCA axis
 
 
 def test_drift_along_the_planted_direction_is_significant(report):
@@ -104,7 +104,7 @@ def test_drift_along_the_planted_direction_is_significant(report):
 
 
 def test_summary_and_round_trip(report, tmp_path):
-    s = report.summary()
+    s = report.headline()
     assert s["best_layer"] in (2, 3) and s["step"] == 20
     assert s["runs"]["cos_step20"]["per_layer"][2]["mean"] > 0.6  # two planted runs and ortho
     assert s["runs"]["above_iso_p99"] == {"count": 4, "total": 6}  # up0, up1 x 2 steps; ortho none
@@ -119,7 +119,7 @@ def test_summary_and_round_trip(report, tmp_path):
     import pandas.testing as pdt
 
     pdt.assert_frame_equal(back.drift, report.drift, check_exact=True)
-    pdt.assert_frame_equal(back.directions, report.directions, check_exact=True)
+    pdt.assert_frame_equal(back.directions_table, report.directions_table, check_exact=True)
 
 
 def test_identical_layers_and_bad_input(planted):
@@ -130,12 +130,12 @@ def test_identical_layers_and_bad_input(planted):
     ):  # base == aligned before block 1's bias
         MeanDiff().fit(stats)
     with pytest.raises(ConfigError, match=r"layer\(s\) \[1\]"):
-        analyze(None, stats, methods=("pca",), progress=False)
+        analyze(stats, methods=("pca",), progress=False)
     with pytest.raises(ProbeError, match="no probes given"):
-        analyze(None, hist, None, progress=False)
+        analyze(hist, None, progress=False)
     with pytest.raises(ConfigError, match="valid methods"):
-        analyze(None, hist, PROMPTS, methods=("mean_diff", "lda"), progress=False)
+        analyze(hist, PROMPTS, methods=("mean_diff", "lda"), progress=False)
     one = History(base=hist.base, aligned=hist.aligned, runs={"up0": hist.runs["up0"]})
     one.runs["up0"] = type(one.runs["up0"])("up0", {1: hist.runs["up0"].steps[1]})
     with pytest.raises(HistoryError, match="run 'up0' has 1 step"):
-        analyze(None, one, PROMPTS, progress=False)
+        analyze(one, PROMPTS, progress=False)

@@ -11,8 +11,7 @@ from transformer_lens import patching
 
 import revlens
 from revlens.causal import ablation_study, logit_diff, patch
-from revlens.causal.batched import capture
-from revlens.hooks import resolve_sites
+from revlens.sites import access, resolve_sites
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def test_full_vector_patch_matches_transformer_lens(tiny_history, lm, prompts):
     sites = resolve_sites(bridge, "all", "resid_pre")
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(tokens)  # aligned weights: the source run
-        _, aligned_acts = capture(bridge, tokens, sites)
+        _, aligned_acts = access(bridge).capture(tokens, sites)
         run_ck = tiny_history.runs["seed0"].steps[3]
         lm.load_weights(run_ck.state_dict(), name=run_ck.name)  # the fine-tuned run is patched
         oracle = patching.get_act_patch_resid_pre(bridge, tokens, clean_cache, scalar)
@@ -71,13 +70,14 @@ def test_study_round_trip_and_figures(tiny_history, lm, prompts, tmp_path):
         progress=False,
     )
     assert set(rep.effects["run"]) == {"seed0", "seed1", "aligned"}
-    assert len(rep.summary) == 2 * 3 * 2 + 3 * 3
+    assert len(rep.summary()) == 2 * 3 * 2 + 3 * 3
     back = revlens.causal.CausalReport.load(rep.save(tmp_path / "causal"))
     assert back.equals(rep)
     # figures and HTML are rendered by revlens.plot / revlens.report (lazy imports)
     import plotly.graph_objects as go
 
-    assert isinstance(back.figure("mediation"), go.Figure)
-    assert isinstance(back.figure("steer"), go.Figure)
+    assert isinstance(back.mediation_heatmap(), go.Figure)
+    assert isinstance(back.control_bands(intervention="patch"), go.Figure)
+    assert isinstance(back.steer_dose_response(), go.Figure)
     out = back.to_html(tmp_path / "causal.html")
     assert "v_rev" in out.read_text()

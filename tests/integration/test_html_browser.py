@@ -48,7 +48,7 @@ def report(tmp_path_factory):
     dirs = tiny.write_history(root, n_runs=2, steps=(1, 2, 3))
     runs = {EVIL_RUN: dirs["runs"]["seed0"], "seed1": dirs["runs"]["seed1"]}
     hist = History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], runs=runs)
-    return analyze(None, hist, [*tiny.PROMPTS, EVIL_PROMPT], methods=["mean_diff", "pca"],
+    return analyze(hist, [*tiny.PROMPTS, EVIL_PROMPT], methods=["mean_diff", "pca"],
                    n_bootstrap=20, n_null=50, progress=False)  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def test_report_renders_offline_in_chromium(report, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
     assert raw.count("<script>alert(1)") == 0
     expected = 3 + (
-        report.directions["method"].nunique() > 1
+        report.directions_table["method"].nunique() > 1
     )  # heatmap, lines, stability, agreement
 
     requests, errors, dialogs = [], [], []

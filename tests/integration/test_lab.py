@@ -47,29 +47,31 @@ def lab(tmp_path_factory) -> Path:
 
 
 def test_lab_dir_layout(lab):
-    manifest = json.loads((lab / "manifest.json").read_text())
-    assert manifest["format"] == "revlens-lab" and manifest["format_version"] == 1
-    assert LabConfig.from_dict(manifest["config"]).ft_steps == 3
-    assert manifest["base"] == {"base": "base"} and manifest["aligned"] == {"aligned": "aligned"}
-    assert manifest["runs"] == {"seed0": {str(t): f"runs/seed0/step-{t}" for t in (1, 2, 3)}}
-    assert manifest["controls"] == {
+    """A lab dir is a plain revlens history (history.json), with the lab's extras in its metadata."""
+    from revlens.history import History
+
+    spec = json.loads((lab / "history.json").read_text())
+    assert spec["format"] == "revlens-history" and spec["metadata"]["source"] == "revlens-lab"
+    assert LabConfig.from_dict(spec["metadata"]["lab"]["config"]).ft_steps == 3
+    assert spec["base"] == "base" and spec["aligned"] == "aligned"
+    assert spec["runs"] == {"seed0": {str(t): f"runs/seed0/step-{t}" for t in (1, 2, 3)}}
+    assert spec["controls"] == {
         "control-seed0": {str(t): f"controls/control-seed0/step-{t}" for t in (1, 2, 3)}
     }
     records = json.loads((lab / "metrics.json").read_text())
     assert len(records) == 2 + 3 + 3
-    listed = {r["path"] for r in records}
-    assert listed == {
-        "base",
-        "aligned",
-        *manifest["runs"]["seed0"].values(),
-        *manifest["controls"]["control-seed0"].values(),
-    }
+    hist = History.load(lab)
+    assert {r["checkpoint"] for r in records} == {c.name for c in hist}
     for r in records:
-        assert set(r) == {"role", "run", "step", "path", *KEYS}
+        assert set(r) == {"checkpoint", "path", *KEYS}
         assert all(0 <= r[k] <= 1 for k in ("harm_rate", "task_acc"))
         model = load_checkpoint(lab / r["path"])  # every listed path exists and loads
         assert model.config.n_layer == 4
         assert (lab / r["path"] / "tokenizer.json").is_file()  # every checkpoint is self-contained
+    # the lab declares its probes and metrics as data: the library needs no lab code for them
+    meta = hist.metadata
+    assert Path(meta["probes"]).is_file() and meta["default_metric"] == "harm" and meta["harm_metric"] == "harm_rate"
+    assert hist.metrics["harm_rate"].between(0, 1).all() and hist.runs["control-seed0"].control
 
 
 def test_checkpoints_boot_in_transformer_bridge(lab):
@@ -95,12 +97,9 @@ def test_same_seed_same_metrics(lab, tmp_path):
     again = run_lab(
         tmp_path / "again", LabConfig(ft_seeds=(0,), ft_steps=3, control=False), progress=False
     )
-    first = {
-        (r["run"], r["step"]): [r[k] for k in KEYS]
-        for r in json.loads((lab / "metrics.json").read_text())
-    }
-    for r in again.records["pair0"]:
-        assert [r[k] for k in KEYS] == first[(r["run"], r["step"])]  # bit-identical
+    first = {r["checkpoint"]: [r[k] for k in KEYS] for r in json.loads((lab / "metrics.json").read_text())}
+    for r in json.loads((again.lab_dirs["pair0"] / "metrics.json").read_text()):
+        assert [r[k] for k in KEYS] == first[r["checkpoint"]]  # bit-identical
     _, aligned, _ = load_pair(asset_dir() / "pair0")
     other = finetune(aligned, LabConfig(), seed=1, steps=3, progress=False).model
     same = finetune(aligned, LabConfig(), seed=0, steps=3, progress=False).model
@@ -125,11 +124,11 @@ def test_interrupted_run_lists_only_complete_checkpoints(tmp_path):
     cfg = LabConfig(ft_seeds=(0, 1), ft_steps=6, checkpoint_steps=(1, 2, 4, 6))
     with pytest.raises(_Interrupt):
         run_lab(out, cfg, callbacks=[_StopAt(3)], progress=False)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "history.json").read_text())
     assert manifest["runs"] == {"seed0": {"1": "runs/seed0/step-1", "2": "runs/seed0/step-2"}}
     assert manifest["controls"] == {}
     records = json.loads((out / "metrics.json").read_text())
-    assert [r["step"] for r in records if r["role"] == "run"] == [1, 2]
+    assert [r["checkpoint"] for r in records] == ["base", "aligned", "seed0/step-1", "seed0/step-2"]
     for rel in manifest["runs"]["seed0"].values():
         assert (out / rel / "model.safetensors").is_file() and (out / rel / "config.json").is_file()
     assert not list(out.glob("**/.*.tmp"))

@@ -10,8 +10,8 @@ from revlens.collect.stats import CheckpointStats
 
 def test_prompt_shards_merge_exactly(tiny_history, tiny_lm):
     from revlens.collect import collect_checkpoint
-    from revlens.hooks import resolve_sites
     from revlens.probes import Probes
+    from revlens.sites import resolve_sites
 
     sites = resolve_sites(tiny_lm.bridge)
     full = Probes(tiny.PROMPTS).tokenize(tiny_lm.tokenizer)

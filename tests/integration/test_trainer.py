@@ -209,8 +209,8 @@ def test_lab_trainer_monitor_and_blocker(tmp_path):
     """Real Trainer on the lab pair: the monitor warns on the benign fine-tune of the aligned
     model, stays silent on the control fine-tune of the base model (drift from base), and the
     blocker holds the drift along v_rev at ~0."""
-    from revlens.block.lab_runs import lab_directions, lab_probes
     from revlens.lab import build_tokenizer
+    from revlens.lab.blocked import lab_directions, lab_probes
 
     base, aligned = _lab()
     tok, probes = build_tokenizer(), lab_probes("heldout")

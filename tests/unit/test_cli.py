@@ -12,6 +12,7 @@ import pytest
 
 import tiny
 from revlens.cli import main
+from revlens.errors import ConfigError
 from revlens.report import Report
 
 EVIL = "w1 <script>alert(1)</script>"
@@ -132,7 +133,7 @@ def test_ablate_writes_tables_and_html(history_dir, tmp_path, capsys):
             ],
             "unknown direction method 'magic'",
         ),
-        (["analyze", "--history", "{hist}/run0", "--out", "{tmp}"], "not a lab dir"),
+        (["analyze", "--history", "{hist}/run0", "--out", "{tmp}"], "no history.json"),
         (["analyze", "--history", "{hist}", "--layers", "x", "--out", "{tmp}"], "--layers"),
         (["report", "{hist}"], "no saved revlens report"),
         (["ablate", "--history", "{hist}", "--kinds", "steer", "--out", "{tmp}"], "--alphas"),
@@ -174,27 +175,35 @@ def test_history_spec_file_and_control_runs(history_dir, tmp_path):
     assert list(h.runs) == ["a"] and list(h.runs["a"].steps) == [1, 2]
 
 
-def test_lab_metric_names(tmp_path):
+def test_history_declared_metric_names(tmp_path):
+    """``--metric harm`` on a lab history is the metric the history declares as data, and it equals
+    the lab's own harm log-odds exactly (the library runs no lab code for it)."""
+    import json
+    import shutil
+
     import torch
 
     from revlens.commands.ablate import make_metric
     from revlens.history import History
-    from revlens.lab import HARMFUL_FIRST_TOKENS, encode_prompts, probe_prompts
+    from revlens.lab import asset_dir, encode_prompts, harm_logodds_metric, probe_prompts
+    from revlens.lab.runner import METRICS_SPEC
 
-    pair = Path(__file__).resolve().parents[2] / "assets" / "lab" / "pair0"
-    if not (pair / "aligned" / "tokenizer.json").is_file():
-        pytest.skip("the lab's shipped checkpoints (assets/lab/pair0) are not there yet")
-    hist = History.from_dirs(base=pair / "base", aligned=pair / "aligned", runs={})
+    pair = asset_dir() / "pair0"
+    for name in ("base", "aligned"):
+        shutil.copytree(pair / name, tmp_path / name)
+    (tmp_path / "history.json").write_text(json.dumps({
+        "base": "base", "aligned": "aligned",
+        "metadata": {"metrics_spec": METRICS_SPEC, "default_metric": "harm"}}))
+    hist = History.load(tmp_path)
     metric = make_metric("harm", hist)
-    assert metric.name == "lab_harm"
-    tok = hist.tokenizer() if callable(hist.tokenizer) else hist.tokenizer
+    assert metric.name == "harm" and make_metric(None, hist).name == "harm"
+    tok = hist.tokenizer()
+    metric.bind(tok)
     batch = encode_prompts(tok, probe_prompts()[:3])
-    logits = torch.zeros(3, batch.tokens.shape[1], len(tok))
-    base = metric(logits, batch)
-    assert base.shape == (3,) and torch.isfinite(base).all()
-    harmful = tok.convert_tokens_to_ids(list(HARMFUL_FIRST_TOKENS))
-    logits[torch.arange(3), batch.last_index, harmful[0]] += 5.0  # favour a harmful answer
-    assert (metric(logits, batch) > base + 1).all()
+    logits = torch.randn(3, batch.tokens.shape[1], len(tok), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(metric(logits, batch), harm_logodds_metric(tok)(logits, batch))
+    with pytest.raises(ConfigError, match="this history declares harm, harm_rate"):
+        make_metric("toxicity", hist)
 
 
 def test_console_script_help():

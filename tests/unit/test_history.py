@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import tiny
-from revlens.errors import CheckpointError, HistoryError, ShapeMismatchError
+from revlens.errors import CheckpointError, ConfigError, HistoryError, ShapeMismatchError
 from revlens.history import History
 from revlens.model import load_state_dict
 
@@ -112,23 +112,82 @@ def test_mismatched_architectures_name_parameter_and_shapes(tmp_path, tiny_dirs)
         History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: other}})
 
 
-def test_lab_manifest(tmp_path, tiny_dirs):
+def _spec_dir(tmp_path, tiny_dirs):
     import shutil
 
-    root = tmp_path / "lab"
+    root = tmp_path / "h"
     for name, src in (("base", tiny_dirs["base"]), ("aligned", tiny_dirs["aligned"]),
                       ("runs/seed0/step-1", tiny_dirs["runs"]["seed0"][1]),
+                      ("runs/seed0/step-2", tiny_dirs["runs"]["seed0"][2]),
                       ("controls/control-seed0/step-1", tiny_dirs["runs"]["seed1"][1])):
         shutil.copytree(src, root / name)
-    (root / "manifest.json").write_text(json.dumps({
-        "format": "revlens-lab", "format_version": 1, "base": {"base": "base"}, "aligned": {"aligned": "aligned"},
-        "runs": {"seed0": {"1": "runs/seed0/step-1"}},
-        "controls": {"control-seed0": {"1": "controls/control-seed0/step-1"}}}))
+    return root
+
+
+def test_history_json_with_kinds_metrics_and_metadata(tmp_path, tiny_dirs):
+    """The general on-disk format any tool may write (the lab writes it too)."""
+    root = _spec_dir(tmp_path, tiny_dirs)
+    (root / "probes.jsonl").write_text('{"text": "w1 w2"}\n')
+    (root / "metrics.json").write_text(json.dumps([
+        {"checkpoint": "aligned", "harm": 0.1}, {"checkpoint": "seed0/step-1", "harm": 0.4},
+        {"checkpoint": "blk/step-1", "harm": 0.2}]))
+    (root / "history.json").write_text(json.dumps({
+        "format": "revlens-history", "format_version": 1, "base": "base", "aligned": "aligned",
+        "runs": {"seed0": {"1": "runs/seed0/step-1", "2": "runs/seed0/step-2"},
+                 "blk": {"steps": {"1": "runs/seed0/step-2"}, "kind": "blocked", "info": {"method": "x"}}},
+        "controls": {"control-seed0": {"1": "controls/control-seed0/step-1"}},
+        "metrics": "metrics.json", "metadata": {"probes": "probes.jsonl", "harm_metric": "harm"}}))
     h = History.load(root)
-    assert h.lab_dir == root
-    assert h.runs["control-seed0"].control and not h.runs["seed0"].control
-    with pytest.raises(HistoryError, match="cannot read a history"):
+    assert h.runs["control-seed0"].control and h.runs["control-seed0"].start == "base"
+    assert h.run_kinds() == {"seed0": "run", "blk": "blocked", "control-seed0": "control"}
+    assert h.runs["blk"].info == {"method": "x"}
+    assert h.metadata["probes"] == str(root / "probes.jsonl") and h.metadata["harm_metric"] == "harm"
+    m = h.metrics
+    assert list(m.columns[:5]) == ["checkpoint", "role", "run", "kind", "step"]
+    assert m.set_index("checkpoint").loc["blk/step-1", "kind"] == "blocked"
+    assert History.load(root / "history.json").runs.keys() == h.runs.keys()
+    with pytest.raises(HistoryError, match="no history.json"):
         History.load(tmp_path)
+
+
+def test_history_json_refuses_bad_specs(tmp_path, tiny_dirs):
+    root = _spec_dir(tmp_path, tiny_dirs)
+
+    def write(obj):
+        (root / "history.json").write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+    write("{not json")
+    with pytest.raises(HistoryError, match="not valid JSON"):
+        History.load(root)
+    write({"base": "base"})
+    with pytest.raises(HistoryError, match=r"missing key\(s\) \['aligned'\]"):
+        History.load(root)
+    write({"base": "base", "aligned": "aligned", "colour": 1})
+    with pytest.raises(HistoryError, match="unknown key"):
+        History.load(root)
+    write({"base": "../..", "aligned": "aligned"})
+    with pytest.raises(ConfigError, match="leaves its directory"):
+        History.load(root)
+    write({"base": "/etc", "aligned": "aligned"})
+    with pytest.raises(ConfigError, match="must be relative"):
+        History.load(root)
+    write({"base": "base", "aligned": "aligned", "metrics": "m.json"})
+    (root / "m.json").write_text(json.dumps([{"checkpoint": "nope", "x": 1}]))
+    with pytest.raises(HistoryError, match="nope"):
+        History.load(root)
+
+
+def test_base_aligned_layout_dir(tmp_path, tiny_dirs):
+    root = _spec_dir(tmp_path, tiny_dirs)
+    flat = tmp_path / "flat"
+    import shutil
+
+    for name in ("base", "aligned"):
+        shutil.copytree(root / name, flat / name)
+    shutil.copytree(root / "runs" / "seed0", flat / "seed0")
+    shutil.copytree(root / "controls" / "control-seed0", flat / "control-seed0")
+    h = History.load(flat)
+    assert list(h.runs["seed0"].steps) == [1, 2] and h.runs["control-seed0"].control
 
 
 def test_tied_weights_saved_either_way_mix(tmp_path, tiny_dirs):

@@ -11,8 +11,9 @@ from unit.block import tinyrev
 from unit.block.tinyrev import one_thread  # noqa: F401 (autouse fixture)
 
 import tiny
+from revlens.drift import isotropic_p99
 from revlens.errors import ConfigError, ShapeMismatchError
-from revlens.monitor import ReversionMonitor, ReversionWarning, isotropic_p99
+from revlens.monitor import ReversionMonitor, ReversionWarning
 
 TOK = tiny.tiny_tokenizer()
 

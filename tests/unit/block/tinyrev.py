@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import tiny
-from revlens.block.residual import ResidualReader
 from revlens.directions import Directions
 from revlens.probes import Probes
+from revlens.sites import access
 
 LAYERS = [1, 2]
 
@@ -54,7 +54,8 @@ def probes() -> Probes:
 def means(model: torch.nn.Module) -> torch.Tensor:
     enc = probes().tokenize(tiny.tiny_tokenizer())
     with torch.no_grad():
-        return ResidualReader(model, LAYERS).per_prompt(enc.tokens, enc.weights).double().mean(0)
+        acc = access(model)
+        return torch.stack(acc.read(enc.tokens, enc.weights, acc.sites(LAYERS)), dim=1).double().mean(0)
 
 
 def loss_fn(kind: str, seed: int) -> Callable[[torch.nn.Module, int], torch.Tensor]:
@@ -103,7 +104,7 @@ def train(
         loss(model, step).backward()
         o.step()
         for cb in callbacks:
-            cb.on_step_end(step, model, o)
+            cb.step(model, step)
     return model.eval()
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from revlens.causal.batched import Stack, capture, run_stacks
-from revlens.causal.metrics import LogitDiff
-from revlens.hooks import resolve_sites
+from revlens.causal.batched import Stack, run_stacks
+from revlens.metrics import LogitDiff
+from revlens.sites import access, resolve_sites
 
 
 def hook_count(module) -> int:
@@ -18,7 +18,7 @@ def test_grow_and_repeat_equal_the_loop(lm, tokens, unit_vectors, positions):
     sites = {s.layer: s for s in resolve_sites(bridge, "all")}
     metric = LogitDiff([3, 4], [5]).bind(lm.tokenizer)
     with torch.no_grad():
-        _, acts = capture(bridge, tokens.tokens, list(sites.values()))
+        _, acts = access(bridge).capture(tokens.tokens, list(sites.values()))
     source = {k: v + 0.5 for k, v in acts.items()}  # a different "aligned" activation
     g = torch.Generator().manual_seed(0)
     stacks = []

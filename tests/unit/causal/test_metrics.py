@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from revlens.causal import greedy_rate, kl_to, logit_diff, task_loss
-from revlens.causal.metrics import check_metric_output
 from revlens.errors import MetricError
+from revlens.metrics import check_metric_output
 
 
 @pytest.fixture()

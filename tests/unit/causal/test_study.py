@@ -54,7 +54,7 @@ def test_effects_table_shape_and_formulas(report):
     assert st["mediation_fraction"].isna().all() and (st["run"] == "aligned").all()
     zero = st[st["alpha"] == 0.0]
     assert ((zero["metric"] - zero["metric_aligned"]).abs() < 1e-9).all()
-    assert report.summary["best"].sum() == 2 * 2 + 2  # one per (step, kind) and per alpha
+    assert report.summary()["best"].sum() == 2 * 2 + 2  # one per (step, kind) and per alpha
     assert report.config["layers"] == [1, 2] and "seed0" in repr(report)
 
 
@@ -112,7 +112,7 @@ def test_directions_from_stats_by_default(tiny_history, lm, prompts_module, metr
     ("kwargs", "error", "match"),
     [
         ({"layers": [7]}, SiteError, "layer 7"),
-        ({"controls": 0}, ConfigError, "controls must be an int >= 1"),
+        ({"controls": 0}, ConfigError, "controls must be >= 1"),
         ({"kinds": ("steer",), "alphas": [1.0, math.inf]}, ConfigError, "alphas must be finite"),
         ({"kinds": ("steer",)}, ConfigError, "needs alphas"),
         ({"kinds": ("ablate",)}, ConfigError, "ablate"),

@@ -10,8 +10,8 @@ from revlens._version import __version__
 from revlens.causal import CausalReport
 from revlens.directions import Directions
 from revlens.errors import ConfigError
+from revlens.plot.html import write_causal_report, write_report
 from revlens.report import Report
-from revlens.report.html import write_causal_report, write_report
 
 EVIL = "<script>alert(1)</script>"
 
@@ -22,24 +22,24 @@ def _report(drift, directions, *, lab: bool) -> Report:
     metrics = None
     if lab:
         metrics = pd.DataFrame({
-            "role": ["run"] * 4 + ["control"] * 2, "run": ["seed0", "seed0", "<b>seed1</b>", "<b>seed1</b>", "ctrl", "ctrl"],
+            "kind": ["run"] * 4 + ["control"] * 2, "run": ["seed0", "seed0", "<b>seed1</b>", "<b>seed1</b>", "ctrl", "ctrl"],
             "step": [0, 20, 0, 20, 0, 20], "harm_rate": [0.0, 0.8, 0.0, 0.6, 0.0, 0.1],
             "harm_logodds": [-2, 1, -2, 0.5, -2, -1.5], "task_acc": [0.1, 1.0, 0.1, 1.0, 0.1, 1.0],
             "task_loss": [3.0, 0.1, 3.0, 0.1, 3.0, 0.2],
         })  # fmt: skip
     prov = {"revlens_version": __version__, "date": "2026-06-30T12:00:00+00:00", "model": "tiny",
-            "lab_dir": "/labs/pair0" if lab else None, "n_prompts": 2, "prompts": ["w1 w2", EVIL],
+            "harm_metric": "harm_rate" if lab else None, "n_prompts": 2, "prompts": ["w1 w2", EVIL],
             "checkpoints": {"aligned": {"role": "aligned", "run": None, "step": 0, "fingerprint": "ab12cd",
                                         "source": "/x/aligned"},
                             "<b>seed1</b>/step-1": {"role": "run", "run": "<b>seed1</b>", "step": 1,
                                                     "fingerprint": "ef34", "source": "/x/s1"}}}  # fmt: skip
-    return Report(drift=drift, directions=directions, vectors=vectors, config={"seed": 0, "note": EVIL},
-                  provenance=prov, lab_metrics=metrics)  # fmt: skip
+    return Report(drift=drift, directions=vectors, directions_table=directions, config={"seed": 0, "note": EVIL},
+                  provenance=prov, metrics=metrics)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def written(drift, directions, tmp_path_factory):
-    """The same tables written as a plain and as a lab report."""
+    """The same tables written without and with a metrics table (the history's evaluations)."""
     d = tmp_path_factory.mktemp("html")
     plain = write_report(_report(drift, directions, lab=False), d / "sub" / "r.html", title="T <i>")
     lab = write_report(_report(drift, directions, lab=True), d / "lab.html")
@@ -70,16 +70,19 @@ def test_data_is_escaped(written):
     assert "&lt;b&gt;seed1&lt;/b&gt;" in raw
 
 
-def test_paper_column_only_for_a_lab(written):
+def test_summary_beside_the_paper_and_behaviour_rows_from_the_metrics(written):
     lab, plain = written["lab"].read_text(), written["plain"].read_text()
     table = re.search(r'<table id="summary">.*?</table>', lab, re.S).group(0)
     assert "<th>paper</th>" in table and "0.647 ± 0.021" in table and "24 / 24" in table
+    # the declared harm metric gets the paper's harm numbers beside it
+    assert "harm rate at the final step" in table
     assert "19.0% ± 4.0%" in table and "blocked 8.5% ± 1.5%" in table
     assert "70.0% ± 14.1%" in table  # harm at the final step, mean ± sd over the two runs
+    assert "task acc at the final step" in table and "harm logodds at the final step" in table
     assert "<th>control</th>" in table
     plain_table = re.search(r'<table id="summary">.*?</table>', plain, re.S).group(0)
-    assert "paper" not in plain_table and "harmfulness" not in plain_table
-    assert lab.count("Plotly.newPlot(") == 5  # + lab behaviour
+    assert "<th>paper</th>" in plain_table and "harm rate" not in plain_table
+    assert lab.count("Plotly.newPlot(") == 5  # + behaviour
 
 
 def test_config_and_provenance(written):

@@ -1,6 +1,4 @@
-"""Causal, direction, blocking and lab figures, and the report/causal dispatchers."""
-
-from types import SimpleNamespace
+"""Causal, direction, blocking and metrics figures, and the results' named figure methods."""
 
 import numpy as np
 import pandas as pd
@@ -10,16 +8,12 @@ from jaxtyping import TypeCheckError
 
 from revlens.errors import ConfigError
 from revlens.plot import (
-    CAUSAL_KINDS,
-    REPORT_KINDS,
     blocking_figure,
-    causal_figure,
     control_bands,
     direction_agreement,
     direction_stability,
-    lab_metrics_figure,
     mediation_heatmap,
-    report_figure,
+    metrics_figure,
     steer_dose_response,
 )
 
@@ -105,20 +99,23 @@ def test_direction_figures(directions):
         direction_agreement(directions[directions["method"] == "pca"])
 
 
-def test_dispatchers(drift, directions, effects):
-    rep = SimpleNamespace(drift=drift, directions=directions)
-    for kind in REPORT_KINDS:
-        assert isinstance(report_figure(rep, kind), go.Figure)
-    with pytest.raises(ConfigError, match="unknown figure kind 'pie'.*heatmap.*trajectories"):
-        report_figure(rep, "pie")
-    causal = SimpleNamespace(effects=effects)
-    for kind in CAUSAL_KINDS:
-        assert isinstance(causal_figure(causal, kind), go.Figure)
-    assert causal_figure(causal, "mediation", intervention="patch").data[0].type == "heatmap"
-    with pytest.raises(ConfigError, match="valid kinds.*mediation.*controls.*steer"):
-        causal_figure(causal, "heatmap")
-    with pytest.raises(ConfigError, match="no .effects"):
-        causal_figure(rep, "mediation")
+def test_results_draw_themselves_with_named_methods(drift, directions, effects):
+    from revlens.causal import CausalReport
+    from revlens.report import Report
+
+    rep = Report(drift=drift, directions={}, directions_table=directions, config={}, provenance={})
+    for name in ("heatmap", "trajectories", "stability", "agreement"):
+        assert isinstance(getattr(rep, name)(), go.Figure)
+    with pytest.raises(ConfigError, match="no metrics table"):
+        rep.behaviour()
+    with pytest.raises(ConfigError, match="unknown figure kind 'pie'.*heatmap"):
+        rep.figure("pie")
+    with pytest.deprecated_call():
+        assert isinstance(rep.figure("heatmap"), go.Figure)
+    causal = CausalReport(effects=effects)
+    for name in ("mediation_heatmap", "control_bands", "steer_dose_response"):
+        assert isinstance(getattr(causal, name)(), go.Figure)
+    assert causal.mediation_heatmap(intervention="patch").data[0].type == "heatmap"
 
 
 def test_blocking_figure():
@@ -138,14 +135,15 @@ def test_blocking_figure():
         blocking_figure(df[["method", "run"]])
 
 
-def test_lab_metrics_figure():
-    # the lab's metrics.json: base / aligned rows have no run; runs start from aligned (step 0)
+def test_metrics_figure():
+    # a history's metrics table: base / aligned rows have no run; runs start from aligned (step 0)
     df = pd.DataFrame({
-        "role": ["base", "aligned"] + ["run"] * 2 + ["control"] * 2,
+        "checkpoint": ["base", "aligned", "s0/step-1", "s0/step-2", "c0/step-1", "c0/step-2"],
+        "role": ["base", "aligned"] + ["run"] * 4, "kind": ["base", "aligned", "run", "run", "control", "control"],
         "run": [None, None, "s0", "s0", "c0", "c0"], "step": [np.nan, 0, 1, 2, 1, 2],
         "harm_rate": [1.0, 0.0, 0.4, 0.8, 0.9, 0.95], "task_acc": [0.0, 0.0, 0.5, 1.0, 0.5, 1.0],
     })  # fmt: skip
-    fig = lab_metrics_figure(df)
+    fig = metrics_figure(df)
     assert len(fig.data) == 4  # 2 runs × 2 panels
     s0 = next(t for t in fig.data if t.name == "s0" and "harm" in t.text[0])
     assert list(s0.x) == [0, 1, 2] and list(s0.y) == [0.0, 0.4, 0.8]  # from aligned

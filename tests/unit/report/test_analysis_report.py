@@ -87,8 +87,8 @@ def test_tables(report):
         "significant_cov",
     ):
         assert col in report.drift.columns
-    t = report.directions
-    assert report.directions_table is t
+    t = report.directions_table
+    assert list(report.directions) == report.methods
     assert list(t.columns) == [
         "layer",
         "method",
@@ -105,14 +105,19 @@ def test_tables(report):
     assert report.provenance["n_prompts"] == 24 and report.provenance["prompts"][0] == "p0"
 
 
-def test_summary_keys_and_repr(report):
-    s = report.summary()
+def test_headline_summary_and_repr(report):
+    s = report.headline()
     assert s["method"] == "mean_diff" and s["step"] == 20 and s["best_layer"] in (1, 2)
     assert s["runs"]["cos_step20"]["mean"] > 0.9
     assert s["runs"]["above_iso_p99"] == {"count": 4, "total": 4}
     assert s["control"]["above_iso_p99"]["count"] == 0
     assert set(s["paper"]) >= {"cos_first", "cos_step20", "above_iso_p99", "final_cos"}
-    assert report.summary("pca")["method"] == "pca"
+    assert report.headline("pca")["method"] == "pca"
+    table = report.summary()
+    row = table[(table["group"] == "runs") & (table["quantity"] == "above_iso_p99")].iloc[0]
+    assert (row["count"], row["total"]) == (4, 4) and row["paper_mean"] != row["paper_mean"]  # NaN: a count
+    cos20 = table[(table["group"] == "runs") & (table["quantity"] == "cos_step20")].iloc[0]
+    assert cos20["mean"] == s["runs"]["cos_step20"]["mean"] and cos20["paper_mean"] == 0.647
     text = repr(report)
     for part in ("s0", "ctl (control)", "[1, 2]", "mean_diff", "above iso p99 4/4", "control:"):
         assert part in text
@@ -125,44 +130,51 @@ def test_save_load_round_trip_is_exact(report, tmp_path):
     rep = Report(
         drift=report.drift,
         directions=report.directions,
-        vectors=report.vectors,
+        directions_table=report.directions_table,
         config=report.config,
         provenance=report.provenance,
-        lab_metrics=lab,
+        metrics=lab,
     )
     rep.save(tmp_path / "r")
     back = Report.load(tmp_path / "r")
     pdt.assert_frame_equal(back.drift, rep.drift, check_exact=True)
-    pdt.assert_frame_equal(back.directions, rep.directions, check_exact=True)
-    pdt.assert_frame_equal(back.lab_metrics, lab, check_exact=True)
-    assert list(back.vectors) == list(rep.vectors)
-    for m, v in rep.vectors.items():
-        assert (
-            torch.equal(back.vectors[m].vectors, v.vectors) and back.vectors[m].layers == v.layers
-        )
+    pdt.assert_frame_equal(back.directions_table, rep.directions_table, check_exact=True)
+    pdt.assert_frame_equal(back.metrics, lab, check_exact=True)
+    assert list(back.directions) == list(rep.directions)
+    for m, v in rep.directions.items():
+        assert torch.equal(back.directions[m].basis, v.basis) and back.directions[m].layers == v.layers
     assert back.config == json.loads(json.dumps(rep.config))
     assert back.provenance == rep.provenance
-    assert back.summary()["runs"] == rep.summary()["runs"]
+    assert back.headline()["runs"] == rep.headline()["runs"]
     assert (tmp_path / "r" / "drift.csv").is_file()
     report.save(tmp_path / "r2")
-    assert Report.load(tmp_path / "r2").lab_metrics is None
+    assert Report.load(tmp_path / "r2").metrics is None
+    import revlens
+
+    assert isinstance(revlens.load(tmp_path / "r"), Report)
 
 
-def test_load_errors(tmp_path):
-    with pytest.raises(ConfigError, match="no saved revlens report"):
+def test_load_errors(report, tmp_path):
+    with pytest.raises(ConfigError, match="no saved Report"):
         Report.load(tmp_path)
     (tmp_path / "report.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ConfigError, match="format"):
+    with pytest.raises(ConfigError, match="incomplete"):
         Report.load(tmp_path)
+    report.save(tmp_path / "ok")
+    meta = json.loads((tmp_path / "ok" / "report.json").read_text())
+    meta["format"] = "other"
+    (tmp_path / "ok" / "report.json").write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ConfigError, match="changed|format"):
+        Report.load(tmp_path / "ok")
 
 
 def test_analyze_on_stats_bad_input():
     stats = _stats()
     with pytest.raises(ConfigError, match="valid methods: mean_diff, pca, probe, whitened"):
-        analyze(None, stats, methods=("mean-diff",), progress=False)
+        analyze(stats, methods=("mean-diff",), progress=False)
     with pytest.raises(ConfigError, match="methods is empty"):
-        analyze(None, stats, methods=(), progress=False)
+        analyze(stats, methods=(), progress=False)
     one_step = _stats()
     del one_step.roles["s1/20"]
     with pytest.raises(HistoryError, match="run 's1' has 1 step"):
-        analyze(None, one_step, progress=False)
+        analyze(one_step, progress=False)

@@ -3,7 +3,7 @@
 Built in (DESIGN §2), all read at each prompt's **last real token** (``ProbeBatch.last_index``):
 
 - :func:`logit_diff`: log-odds of token set A against token set B,
-  ``logsumexp log p(A) − logsumexp log p(B)``;
+  ``logsumexp log p(A) − logsumexp log p(B)``; :func:`logit_rate`: 1.0 where that is > 0;
 - :func:`greedy_rate`: 1.0 where the greedy (argmax) next token is in a set;
 - :func:`kl_to`: ``KL(p_ref ‖ p_model)`` to reference logits (by default, filled in by
   :func:`~revlens.causal.ablation_study`, the aligned model's);
@@ -31,13 +31,17 @@ __all__ = [
     "GreedyRate",
     "KLTo",
     "LogitDiff",
+    "LogitRate",
     "Metric",
     "TaskLoss",
     "TokenMetric",
+    "call_metric",
     "check_metric_output",
     "greedy_rate",
     "kl_to",
+    "last_logprobs",
     "logit_diff",
+    "logit_rate",
     "metric_name",
     "task_loss",
 ]
@@ -75,7 +79,22 @@ def check_metric_output(values: Any, n: int, metric: Any) -> Tensor:
     return values
 
 
-def _last_logprobs(logits: Tensor, batch: Any) -> Tensor:
+def call_metric(metric: Any, logits: Tensor, batch: Any) -> Tensor:
+    """``metric(logits, batch)``, validated; an exception inside the metric is re-raised as a
+    :class:`~revlens.errors.MetricError` that names the metric."""
+    from revlens.errors import RevlensError
+
+    try:
+        values = metric(logits, batch)
+    except RevlensError:
+        raise
+    except Exception as exc:  # a user's metric may raise anything: say that the metric did
+        raise MetricError(f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}") from exc
+    return check_metric_output(values, int(logits.shape[0]), metric)
+
+
+def last_logprobs(logits: Float[Tensor, "batch pos vocab"], batch: Any) -> Float[Tensor, "batch vocab"]:
+    """Log-softmax of the logits at each prompt's last real token (``batch.last_index``)."""
     last = batch.last_index.to(logits.device)
     if logits.ndim != 3 or last.shape != logits.shape[:1]:
         raise MetricError(
@@ -167,10 +186,21 @@ class LogitDiff(TokenMetric):
     def __call__(
         self, logits: Float[Tensor, "batch pos vocab"], batch: Any
     ) -> Float[Tensor, " batch"]:
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         return torch.logsumexp(lp[:, self.ids("pos").to(lp.device)], -1) - torch.logsumexp(
             lp[:, self.ids("neg").to(lp.device)], -1
         )
+
+
+class LogitRate(LogitDiff):
+    """Per-prompt 1.0 where :class:`LogitDiff` is > 0 (the positive set outscores the negative)."""
+
+    name = "logit_rate"
+
+    def __call__(
+        self, logits: Float[Tensor, "batch pos vocab"], batch: Any
+    ) -> Float[Tensor, " batch"]:
+        return (super().__call__(logits, batch) > 0).float()
 
 
 class GreedyRate(TokenMetric):
@@ -184,7 +214,7 @@ class GreedyRate(TokenMetric):
     def __call__(
         self, logits: Float[Tensor, "batch pos vocab"], batch: Any
     ) -> Float[Tensor, " batch"]:
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         return torch.isin(lp.argmax(-1), self.ids("tokens").to(lp.device)).float()
 
 
@@ -205,7 +235,7 @@ class TaskLoss(TokenMetric):
     def __call__(
         self, logits: Float[Tensor, "batch pos vocab"], batch: Any
     ) -> Float[Tensor, " batch"]:
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         ids = self.ids("targets")
         idx = batch.indices.to(torch.long)
         if int(idx.max()) >= len(ids):
@@ -254,7 +284,7 @@ class KLTo:
             raise MetricError(
                 "kl_to has no reference logits; pass reference= or use it in ablation_study"
             )
-        lp = _last_logprobs(logits, batch)
+        lp = last_logprobs(logits, batch)
         ref = self.reference[batch.indices.to(torch.long).cpu()].to(lp.device)
         if ref.shape != lp.shape:
             raise MetricError(
@@ -269,6 +299,12 @@ class KLTo:
 def logit_diff(pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: Any = None) -> LogitDiff:
     """Log-odds of ``pos_tokens`` against ``neg_tokens`` at the last token (see :class:`LogitDiff`)."""
     m = LogitDiff(pos_tokens, neg_tokens)
+    return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]
+
+
+def logit_rate(pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: Any = None) -> LogitRate:
+    """1.0 where the log-odds of ``pos_tokens`` against ``neg_tokens`` is > 0 (see :class:`LogitRate`)."""
+    m = LogitRate(pos_tokens, neg_tokens)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]
 
 

@@ -1,13 +1,13 @@
-"""run_blocked writes blocked runs into a lab dir that History.from_lab reads."""
+"""run_blocked writes blocked runs into a lab dir (runs of kind "blocked") that History.load reads."""
 
 import json
 
 import pytest
 from unit.block.tinyrev import one_thread  # noqa: F401 (autouse fixture)
 
-from revlens.block.lab_runs import lab_probes, run_blocked
 from revlens.errors import CheckpointError, ConfigError
 from revlens.history import History
+from revlens.lab.blocked import lab_probes, run_blocked
 
 
 @pytest.fixture(scope="module")
@@ -34,26 +34,23 @@ def test_blocked_runs_land_in_manifest_metrics_and_history(lab_dir):
         lab_dir, "update", refresh_every=2, probes=_probes(), random_directions=True, progress=False
     )
     assert table.run.tolist() == ["update/seed0"] and again.run.tolist() == ["update-random/seed0"]
-    man = json.loads((lab_dir / "manifest.json").read_text())
-    assert man["blocked"]["update/seed0"] == {
-        "1": "blocked/update/seed0/step-1",
-        "3": "blocked/update/seed0/step-3",
-    }
-    assert man["blocked_info"]["update/seed0"]["settings"] == {"refresh_every": 2}
-    recs = [r for r in json.loads((lab_dir / "metrics.json").read_text()) if r["role"] == "blocked"]
-    assert sorted((r["run"], r["step"]) for r in recs) == [
+    spec = json.loads((lab_dir / "history.json").read_text())
+    entry = spec["runs"]["update/seed0"]
+    assert entry["steps"] == {"1": "blocked/update/seed0/step-1", "3": "blocked/update/seed0/step-3"}
+    assert entry["kind"] == "blocked" and entry["start"] == "aligned"
+    assert entry["info"]["settings"] == {"refresh_every": 2} and entry["info"]["seconds"] > 0
+    hist = History.load(lab_dir)
+    assert list(hist.runs["update/seed0"].steps) == [1, 3] and hist.runs["update/seed0"].kind == "blocked"
+    m = hist.metrics[hist.metrics["kind"] == "blocked"]
+    assert sorted(zip(m["run"], m["step"])) == [
         ("update-random/seed0", 1),
         ("update-random/seed0", 3),
         ("update/seed0", 1),
         ("update/seed0", 3),
     ]
-    assert {"harm_rate", "harm_logodds", "task_acc"} <= set(recs[0])
-    hist = History.from_lab(lab_dir)
-    assert list(hist.runs["update/seed0"].steps) == [1, 3]
+    assert {"harm_rate", "harm_logodds", "task_acc"} <= set(m.columns)
     run_blocked(lab_dir, "update", refresh_every=2, probes=_probes(), progress=False)  # replaces
-    recs = [
-        r for r in json.loads((lab_dir / "metrics.json").read_text()) if r["run"] == "update/seed0"
-    ]
+    recs = [r for r in json.loads((lab_dir / "metrics.json").read_text()) if r["checkpoint"].startswith("update/seed0/")]
     assert len(recs) == 2
 
 
@@ -61,5 +58,5 @@ def test_blocked_runs_land_in_manifest_metrics_and_history(lab_dir):
 def test_bad_lab_inputs(lab_dir, tmp_path):
     with pytest.raises(ConfigError, match="method"):
         run_blocked(lab_dir, "freeze")
-    with pytest.raises(CheckpointError, match="manifest"):
+    with pytest.raises(CheckpointError, match="history.json"):
         run_blocked(tmp_path, "update")

@@ -11,35 +11,21 @@ Every setting is fixed before looking at results (the lab's defaults); nothing i
 claim. A claim that does not reproduce is shown as not reproducing.
 """
 
-import json
-import math
+import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from revlens._io import write_json, write_text
+from revlens._numbers import format_mean_std as _fmt
+from revlens._numbers import mean_std as _ms
 from revlens.drift.summary import PAPER
 
-__all__ = ["Replication", "replicate"]
-
-
-def _ms(values: Any) -> dict[str, float]:
-    v = np.asarray(list(values), dtype=np.float64)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else math.nan, "n": int(v.size)}
-
-
-def _fmt(ms: dict[str, float], pct: bool = False) -> str:
-    if ms.get("n", 1) == 0 or math.isnan(ms["mean"]):
-        return "n/a"
-    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
-    return f(ms["mean"]) if math.isnan(ms["std"]) else f"{f(ms['mean'])} ± {f(ms['std'])}"
+__all__ = ["Replication", "register", "replicate"]
 
 
 @dataclass
@@ -72,16 +58,14 @@ class Replication:
         return "\n".join([head, "", *lines, "", notes, ""])
 
     def save(self, out: Any) -> None:
-        """Write ``replication.json`` and ``replication.md`` into ``out``."""
+        """Write ``replication.json`` and ``replication.md`` into ``out`` (atomically)."""
         d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "replication.json").write_text(json.dumps(
-            {"rows": self.rows, "config": self.config, "timings_s": self.timings_s}, indent=2, default=str))
-        (d / "replication.md").write_text(self.to_markdown())
+        write_json(d / "replication.json", {"rows": self.rows, "config": self.config, "timings_s": self.timings_s})
+        write_text(d / "replication.md", self.to_markdown())
 
 
-def _final_records(metrics: pd.DataFrame, prefix: str | None, roles: Sequence[str]) -> pd.DataFrame:
-    m = metrics[metrics["role"].isin(roles)]
+def _final_records(metrics: pd.DataFrame, prefix: str | None, kinds: Sequence[str]) -> pd.DataFrame:
+    m = metrics[metrics["kind"].isin(kinds)]
     if prefix is not None:
         m = m[m["run"].astype(str).str.startswith(prefix)]
     idx = m.groupby("run")["step"].transform("max")
@@ -95,8 +79,8 @@ def replicate(out: Any, *, seeds: Sequence[int] = (0, 1, 2), pair: int = 0,
     import platform
 
     import revlens
-    from revlens.block.lab_runs import run_blocked
     from revlens.lab import LabConfig, harm_logodds_metric, probe_prompts, run_lab
+    from revlens.lab.blocked import run_blocked
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -110,13 +94,13 @@ def replicate(out: Any, *, seeds: Sequence[int] = (0, 1, 2), pair: int = 0,
     run_blocked(lab_dir, "update", seeds=seeds, random_directions=True, progress=progress)
     times["blocking"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = revlens.analyze(None, lab_dir, n_stability=10, progress=progress)
+    report = revlens.analyze(lab_dir, n_stability=10, progress=progress)
     report.save(out / "report")
     times["analyze"] = time.perf_counter() - t
-    summ = report.summary()
+    summ = report.headline()
     best, step20 = summ["best_layer"], summ["step"]
     t = time.perf_counter()
-    history = revlens.History.from_lab(lab_dir)
+    history = revlens.History.load(lab_dir)
     runs = [f"seed{s}" for s in seeds]
     causal = revlens.ablation_study(history, revlens.Probes(probe_prompts("harmful")),
                                     harm_logodds_metric(history.tokenizer()), layers=[best], steps="last",
@@ -124,9 +108,21 @@ def replicate(out: Any, *, seeds: Sequence[int] = (0, 1, 2), pair: int = 0,
     causal.save(out / "causal")
     times["causal"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
+    rows = _claims(report, causal, runs, best, step20, block_methods, controls)
+    config = {"seeds": list(seeds), "pair": pair, "block_methods": list(block_methods), "controls": controls,
+              "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_ncpu()} CPU cores",
+              "revlens_version": revlens.__version__}
+    rep = Replication(rows, config, {k: round(v, 1) for k, v in times.items()})
+    rep.save(out)
+    return rep
 
+
+def _claims(report: Any, causal: Any, runs: list[str], best: int, step20: int, block_methods: Sequence[str],
+            controls: int) -> list[dict[str, Any]]:
+    """The replication table's rows (claim, paper, lab, shape holds, note)."""
+    summ = report.headline()
     drift = report.drift[(report.drift["method"] == "mean_diff") & (report.drift["layer"] == best)]
-    metrics = report.lab_metrics
+    metrics = report.metrics
     p99 = float(drift["null_iso_p99"].iloc[0])
 
     def final_cos(prefix: str) -> dict[str, float]:
@@ -182,24 +178,44 @@ def replicate(out: Any, *, seeds: Sequence[int] = (0, 1, 2), pair: int = 0,
     for method in report.methods:
         if method == "mean_diff":
             continue
-        other = report.summary(method)
+        other = report.headline(method)
         row(f"direction candidate {method}: cos at step {other['step']} (best layer {other['best_layer']})",
             "—", _fmt(other["runs"]["cos_step20"]), bool(other["runs"]["cos_step20"]["mean"] > p99))
-    cs = causal.summary
+    cs = causal.summary()
     cs = cs[(cs["kind"] == "clamp") & (cs["layer"] == best)]
     mf, ctrl = _ms(cs["mediation_fraction"]), _ms(cs["ctrl_mediation_mean"])
     row(f"causal: clamp along v_rev at layer {best}, mediation fraction at T", "—",
         f"{_fmt(mf)} (controls' mean {_fmt(ctrl)}, p95 {_fmt(_ms(cs['ctrl_mediation_p95']))})",
         bool(mf["mean"] > float(cs["ctrl_mediation_p95"].mean())), f"{controls} isotropic + {controls} covariance-matched controls")
-    config = {"seeds": list(seeds), "pair": pair, "block_methods": list(block_methods), "controls": controls,
-              "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_ncpu()} CPU cores",
-              "revlens_version": revlens.__version__}
-    rep = Replication(rows, config, {k: round(v, 1) for k, v in times.items()})
-    rep.save(out)
-    return rep
+    return rows
 
 
 def _ncpu() -> int:
     import os
 
     return os.cpu_count() or 1
+
+
+def register(subparsers: Any, parents: Any = ()) -> None:
+    """Add the ``replicate`` sub-command (a ``revlens.commands`` entry point)."""
+    p = subparsers.add_parser("replicate", parents=list(parents), help="reproduce the paper's headline table on the lab",
+                              description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--out", required=True, type=Path, help="output dir (lab, reports, replication.md)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
+    p.add_argument("--pair", type=int, default=0, help="shipped pre-training pair (pair<k>)")
+    p.add_argument("--controls", type=int, default=16, help="random-direction controls per layer")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from revlens._io import check_writable_dir
+    from revlens.errors import ConfigError
+
+    if args.controls < 1:
+        raise ConfigError(f"--controls must be >= 1, got {args.controls}")
+    check_writable_dir(args.out, "--out")
+    rep = replicate(args.out, seeds=args.seeds, pair=args.pair, controls=args.controls, progress=not args.quiet)
+    print(rep.to_markdown())  # noqa: T201
+    print(Path(args.out, "replication.md").resolve())  # noqa: T201
+    return 0

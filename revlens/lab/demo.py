@@ -4,7 +4,7 @@
 2. ``revlens.analyze`` the history: v_rev candidates per layer, drift layer × step × run, nulls;
 3. write the offline HTML report and print the headline numbers beside the paper's.
 
-    python -m revlens.demo --out demo-out
+    python -m revlens.lab.demo --out demo-out
 """
 
 import argparse
@@ -21,7 +21,7 @@ log = logging.getLogger("revlens.demo")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns a process exit code."""
-    ap = argparse.ArgumentParser(prog="python -m revlens.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m revlens.lab.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="demo-out", help="output dir (recreated)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=100)
@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     print(lab.summary().to_string(index=False))
 
     t1 = time.perf_counter()
-    report = revlens.analyze(None, out / "lab", n_stability=10, progress=False)
+    report = revlens.analyze(out / "lab", n_stability=10, progress=False)
     t_analyze = time.perf_counter() - t1
     report.save(out / "report")
     html = report.to_html(out / "report.html")
-    summary = report.summary()
+    summary = report.headline()
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print()
     print(report)

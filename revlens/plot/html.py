@@ -8,9 +8,6 @@ atomically (a temporary file in the same directory, then ``os.replace``).
 import datetime
 import html
 import json
-import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,11 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from revlens._io import check_writable_dir, write_text
+from revlens._numbers import format_mean_std, mean_std
 from revlens._version import __version__
-from revlens.errors import RevlensError
+from revlens.errors import OutputError, RevlensError
+from revlens.plot.metrics import metric_columns
 
 __all__ = ["write_causal_report", "write_report"]
 
@@ -87,20 +87,12 @@ class _Page:
         )
 
 
-def _write_atomic(path: Any, text: str) -> Path:
+def _write_page(path: Any, text: str) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    if out.is_dir():
+        raise OutputError(f"cannot write the HTML report to {out}: it is a directory")
+    check_writable_dir(out.parent, "HTML report folder")
+    return write_text(out, text)
 
 
 def _ms(block: Mapping[str, Any] | None, pct: bool = False) -> str:
@@ -109,17 +101,10 @@ def _ms(block: Mapping[str, Any] | None, pct: bool = False) -> str:
         return "—"
     if "count" in block:
         return f"{int(block['count'])} / {int(block['total'])}"
-    mean, std = block.get("mean", math.nan), block.get("std", math.nan)
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    text = format_mean_std(block, pct=pct)
+    if text == "n/a":
         return "—"
-    scale, unit = (100.0, "%") if pct else (1.0, "")
-    digits = 1 if pct else 3
-    s = f"{mean * scale:.{digits}f}{unit}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        s += f" ± {std * scale:.{digits}f}{unit}"
-    if block.get("n"):
-        s += f" <small>(n={int(block['n'])})</small>"
-    return s
+    return text + (f" <small>(n={int(block['n'])})</small>" if block.get("n") else "")
 
 
 def _table(header: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
@@ -139,47 +124,44 @@ def _frame(df: pd.DataFrame, *, max_rows: int = 500) -> str:
     return text + more
 
 
-def _is_lab(report: Any) -> bool:
-    prov = getattr(report, "provenance", None) or {}
-    return getattr(report, "lab_metrics", None) is not None or bool(
-        prov.get("lab_dir") or prov.get("lab")
-    )
-
-
-def _final_lab(metrics: pd.DataFrame | None, column: str) -> dict[str, Mapping[str, Any]]:
-    """Mean ± sd over runs of ``column`` at each run's final step, per role."""
-    if (
-        metrics is None
-        or column not in metrics.columns
-        or not {"run", "step"} <= set(metrics.columns)
-    ):
+def _final_metrics(metrics: pd.DataFrame | None, column: str) -> dict[str, Mapping[str, Any]]:
+    """Mean ± sd over runs of ``column`` at each run's final step, per run kind."""
+    if metrics is None or column not in metrics.columns or not {"run", "step"} <= set(metrics.columns):
         return {}
-    df = metrics.dropna(subset=["step"])
+    df = metrics.dropna(subset=["run", "step"])
     last = df[df["step"] == df.groupby("run")["step"].transform("max")]
-    roles = (
-        last["role"].astype(str) if "role" in last.columns else pd.Series("run", index=last.index)
-    )
-    out = {}
-    for role, part in last.groupby(roles):
-        v = pd.to_numeric(part[column], errors="coerce").dropna()
-        out["control" if role.startswith("control") else role] = {
-            "mean": float(v.mean()) if len(v) else math.nan,
-            "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
-            "n": len(v),
-        }
-    return out
+    kinds = last["kind"].astype(str) if "kind" in last.columns else pd.Series("run", index=last.index)
+    return {kind: mean_std(pd.to_numeric(part[column], errors="coerce")) for kind, part in last.groupby(kinds)}
+
+
+def _behaviour_rows(report: Any, groups: list[str], paper: Mapping[str, Any]) -> list[list[str]]:
+    metrics = getattr(report, "metrics", None)
+    if metrics is None:
+        return []
+    harm = (getattr(report, "provenance", None) or {}).get("harm_metric")
+    rows = []
+    for col in metric_columns(metrics):
+        fin = _final_metrics(metrics, col)
+        if not fin:
+            continue
+        pct = col == harm or col.endswith(("_rate", "_acc"))
+        row = [f"{_e(col.replace('_', ' '))} at the final step",
+               *[_ms(fin.get("run" if g == "runs" else g), pct) for g in groups]]
+        cell = "—"
+        if col == harm:
+            cell = f"{_ms(paper.get('harm_final'), pct=True)} → blocked {_ms(paper.get('harm_final_blocked'), pct=True)}"
+        rows.append([*row, cell])
+    return rows
 
 
 def _summary_section(page: _Page, report: Any) -> None:
     try:
-        s = report.summary()
+        s = report.headline()
     except (RevlensError, KeyError, ValueError) as exc:
         page.add(f'<h2>Summary</h2><p class="note warn">no summary: {_e(exc)}</p>')
         return
-    lab = _is_lab(report)
     groups = [g for g in ("runs", "control", "blocked") if s.get(g)]
     paper = s.get("paper") or {}
-    header = ["quantity", *[_e(g) for g in groups]] + (["paper"] if lab else [])
     step = s.get("step")
     spec = [
         ("cos(drift, v_rev) after the first update", "cos_first", "cos_first"),
@@ -191,53 +173,27 @@ def _summary_section(page: _Page, report: Any) -> None:
     ]
     rows = []
     for label, key, pkey in spec:
-        row = [label, *[_ms(s[g].get(key)) for g in groups]]
-        if lab:
-            cell = _ms(paper.get(pkey)) if pkey else "—"
-            if key == "final_cos" and paper.get("final_cos_blocked"):
-                cell += f" → blocked {_ms(paper['final_cos_blocked'])}"
-            row.append(cell)
-        rows.append(row)
-    metrics = getattr(report, "lab_metrics", None)
-    for label, col, pct, pkey in (
-        ("harmfulness rate at the final step", "harm_rate", True, "harm_final"),
-        ("harm log-odds at the final step", "harm_logodds", False, None),
-        ("task accuracy at the final step", "task_acc", False, None),
-    ):
-        fin = _final_lab(metrics, col)
-        if not fin:
-            continue
-        row = [label, *[_ms(fin.get(g if g != "runs" else "run"), pct) for g in groups]]
-        if lab:
-            cell = _ms(paper.get(pkey), pct=True) if pkey else "—"
-            if pkey and paper.get("harm_final_blocked"):
-                cell += f" → blocked {_ms(paper['harm_final_blocked'], pct=True)}"
-            row.append(cell)
-        rows.append(row)
+        cell = _ms(paper.get(pkey)) if pkey else "—"
+        if key == "final_cos" and paper.get("final_cos_blocked"):
+            cell += f" → blocked {_ms(paper['final_cos_blocked'])}"
+        rows.append([label, *[_ms(s[g].get(key)) for g in groups], cell])
+    rows += _behaviour_rows(report, groups, paper)
     intro = (
         f"Method <code>{_e(s.get('method'))}</code>, best layer <b>{_e(s.get('best_layer'))}</b> "
-        f"(highest mean cos over runs at step {_e(step)}); mean ± sd over runs."
+        f"(highest mean cos over runs at step {_e(step)}); mean ± sd over runs. "
+        f"Paper: {_e(paper.get('source', 'Poppi & Lukas'))}, for comparison only."
     )
-    if lab:
-        intro += f" Paper: {_e(paper.get('source', 'Poppi & Lukas'))}."
+    header = ["quantity", *[_e(g) for g in groups], "paper"]
     page.add(f'<h2>Summary</h2><p class="note">{intro}</p>' + _table(header, rows, "summary"))
     per_layer = s["runs"].get("cos_step20", {}).get("per_layer") or {}
     if per_layer:
         layer_rows = [
-            [
-                _e(lay),
-                *[
-                    _ms((s["runs"].get(k) or {}).get("per_layer", {}).get(lay))
-                    for k in ("cos_first", "cos_step20", "final_cos")
-                ],
-            ]
+            [_e(lay), *[_ms((s["runs"].get(k) or {}).get("per_layer", {}).get(lay))
+                        for k in ("cos_first", "cos_step20", "final_cos")]]
             for lay in sorted(per_layer)
         ]
-        page.add(
-            "<details><summary>per layer (ordinary runs)</summary>"
-            + _table(["layer", "first update", f"step {_e(step)}", "final"], layer_rows)
-            + "</details>"
-        )
+        page.add("<details><summary>per layer (ordinary runs)</summary>"
+                 + _table(["layer", "first update", f"step {_e(step)}", "final"], layer_rows) + "</details>")
 
 
 def _config_section(page: _Page, config: Mapping[str, Any] | None) -> None:
@@ -290,33 +246,28 @@ def write_report(report: Any, path: Any, *, title: str | None = None) -> Path:
     Returns:
         the path written.
     """
-    from revlens import plot
-
     page = _Page(title or "revlens: alignment reversion report")
     _summary_section(page, report)
     page.add("<h2>Drift along v_rev</h2>")
     page.figure(
-        plot.report_figure(report, "heatmap"),
+        report.heatmap(),
         "cos between each checkpoint's drift from the aligned model and v_rev, per layer and step. "
         "Choose a run in the menu; ★ marks cells above the isotropic null's p99 (for the mean: in "
         "every run). Hover a cell for its CI, nulls and p-values.",
     )
-    page.figure(plot.report_figure(report, "trajectories"), "Grey band: isotropic null ±p99.")
+    page.figure(report.trajectories(), "Grey band: isotropic null ±p99.")
     page.add("<h2>Directions</h2>")
-    page.figure(plot.report_figure(report, "stability"))
-    methods = report.directions["method"].nunique() if "method" in report.directions else 0
-    if methods > 1:
-        page.try_figure(lambda: plot.report_figure(report, "agreement"))
-    page.add(
-        "<details><summary>directions table</summary>" + _frame(report.directions) + "</details>"
-    )
-    metrics = getattr(report, "lab_metrics", None)
-    if metrics is not None:
-        page.add("<h2>Lab behaviour</h2>")
-        page.try_figure(lambda: plot.lab_metrics_figure(metrics))
+    table = report.directions_table
+    page.try_figure(report.stability)
+    if "method" in table and table["method"].nunique() > 1:
+        page.try_figure(report.agreement)
+    page.add("<details><summary>directions table</summary>" + _frame(table) + "</details>")
+    if getattr(report, "metrics", None) is not None:
+        page.add("<h2>Behaviour</h2>")
+        page.try_figure(report.behaviour, "The history's own evaluation of each checkpoint.")
     _config_section(page, getattr(report, "config", None))
     _provenance_section(page, getattr(report, "provenance", None))
-    return _write_atomic(path, page.render())
+    return _write_page(path, page.render())
 
 
 def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> Path:
@@ -327,12 +278,10 @@ def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> 
     Returns:
         the path written.
     """
-    from revlens import plot
-
     page = _Page(title or "revlens: causal mediation report")
     effects = report.effects
-    summary = getattr(report, "summary", None)
-    mean = report.mean_over_runs() if hasattr(report, "mean_over_runs") else None
+    summary = report.summary()
+    mean = report.mean_over_runs()
     if isinstance(mean, pd.DataFrame) and not mean.empty:
         page.add(
             "<h2>Summary: v_rev against random-direction controls (mean over runs)</h2>"
@@ -348,12 +297,12 @@ def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> 
     for kind in ("clamp", "patch"):
         if kind in kinds:
             page.add(f"<h2>{kind}</h2>")
-            page.try_figure(lambda k=kind: plot.causal_figure(report, "mediation", intervention=k))
-            page.try_figure(lambda k=kind: plot.causal_figure(report, "controls", intervention=k))
+            page.try_figure(lambda k=kind: report.mediation_heatmap(intervention=k))
+            page.try_figure(lambda k=kind: report.control_bands(intervention=k))
     if "steer" in kinds:
         page.add("<h2>steer</h2>")
-        page.try_figure(lambda: plot.causal_figure(report, "steer"))
+        page.try_figure(report.steer_dose_response)
     page.add("<details><summary>effects table</summary>" + _frame(effects) + "</details>")
     _config_section(page, getattr(report, "config", None))
     _provenance_section(page, getattr(report, "provenance", None))
-    return _write_atomic(path, page.render())
+    return _write_page(path, page.render())

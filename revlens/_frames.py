@@ -46,10 +46,19 @@ def frame_from_obj(obj: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def write_frame(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` as column-wise JSON."""
-    Path(path).write_text(json.dumps(frame_to_obj(df), default=str))
+    """Write ``df`` to ``path`` as column-wise JSON (atomically)."""
+    from revlens._io import write_text
+
+    write_text(path, json.dumps(frame_to_obj(df), default=str))
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """Read a frame written by :func:`write_frame`."""
-    return frame_from_obj(json.loads(Path(path).read_text()))
+    """Read a frame written by :func:`write_frame` (a missing or malformed file: ``ConfigError``)."""
+    from revlens._io import read_json
+    from revlens.errors import ConfigError
+
+    obj = read_json(path, "saved table")
+    try:
+        return frame_from_obj(obj)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"saved table {path} is malformed: {exc}") from None

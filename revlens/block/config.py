@@ -1,0 +1,40 @@
+"""``BlockerConfig``: the settings of :class:`~revlens.block.ReversionBlocker`, validated up front."""
+
+from dataclasses import dataclass
+from typing import Any, no_type_check
+
+from revlens._config import Config, as_float, as_int, option
+from revlens.errors import ConfigError
+from revlens.modes import BLOCK_METHODS, GRAD_BATCHING, SITE_KINDS, check_mode
+
+__all__ = ["BlockerConfig"]
+
+
+@no_type_check  # validates its own fields (typed errors), also under the test type-checker
+@dataclass
+class BlockerConfig(Config):
+    """Settings of a :class:`ReversionBlocker` (see its docstring for each field)."""
+
+    method: str = option("update", "blocking method", choices=BLOCK_METHODS)
+    strength: float = option(1.0, "fraction of the component removed (update/gradient/hook), or λ (penalty)")
+    restore: bool = option(True, "add the restoring term (update only)")
+    probe_batch_size: Any = option("auto", "prompts per measurement ('auto', an int, or None: all)", cli=False)
+    refresh_every: int = option(2, "measure s and the per-layer gradients every k steps")
+    grad_batching: str = option("auto", "per-layer gradients: loop, vmap or auto", choices=GRAD_BATCHING)
+    site: str = option("resid_post", "site kind", choices=SITE_KINDS)
+    ridge: float = option(1e-6, "relative ridge of the projection's Gram matrix")
+    seed: int = option(0, "seed of the probe-batch order")
+
+    def validate(self) -> None:
+        """Check every field (typed errors naming the field)."""
+        check_mode("method", self.method, BLOCK_METHODS)
+        self.strength = as_float("strength", self.strength, min=0.0)
+        if not isinstance(self.restore, bool):
+            raise ConfigError(f"restore must be True or False, got {self.restore!r}")
+        if self.probe_batch_size not in ("auto", None):
+            self.probe_batch_size = as_int("probe_batch_size", self.probe_batch_size, min=1)
+        self.refresh_every = as_int("refresh_every", self.refresh_every, min=1)
+        check_mode("grad_batching", self.grad_batching, GRAD_BATCHING)
+        check_mode("site", self.site, SITE_KINDS)
+        self.ridge = as_float("ridge", self.ridge, min=0.0)
+        self.seed = as_int("seed", self.seed)

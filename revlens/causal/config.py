@@ -1,0 +1,93 @@
+"""``AblationConfig``: the settings of :func:`~revlens.causal.ablation_study`, validated up front."""
+
+from dataclasses import dataclass
+from typing import no_type_check
+
+from revlens._config import (
+    Config,
+    as_float,
+    as_int,
+    as_layers,
+    as_str_tuple,
+    option,
+    parse_floats,
+    parse_steps,
+)
+from revlens.errors import ConfigError
+from revlens.modes import (
+    CONTROL_KINDS,
+    DIRECTION_METHODS,
+    INTERVENTION_KINDS,
+    INTERVENTION_POSITIONS,
+    SITE_KINDS,
+    STRATEGIES,
+    check_mode,
+    check_modes,
+)
+
+__all__ = ["AblationConfig"]
+
+
+def _steps(value: object) -> str | tuple[int, ...]:
+    if value is None or value in ("all", "last"):
+        return "all" if value is None else str(value)
+    spec = as_layers(value, "steps")
+    if spec == "all":
+        return "all"
+    bad = [s for s in spec if s < 1]
+    if bad:
+        raise ConfigError(f"steps: step {bad[0]} must be >= 1 (step 0 is the aligned checkpoint)")
+    return spec
+
+
+@no_type_check  # validates its own fields (typed errors), also under the test type-checker
+@dataclass
+class AblationConfig(Config):
+    """Settings of a layer-wise causal ablation study (saved in ``CausalReport.config``).
+
+    Every field is a plain value (the direction *objects*, position masks, the metric and a model
+    are passed to :func:`~revlens.causal.ablation_study` beside the config).
+    """
+
+    directions: str = option("mean_diff", "direction method", choices=DIRECTION_METHODS)
+    layers: str | tuple[int, ...] = option("all", "layer indices (0 = embeddings) or 'all'", metavar="L")
+    steps: str | tuple[int, ...] = option("all", "fine-tuning steps per run: integers, 'last' or 'all'",
+                                          parse=parse_steps, nargs="+", metavar="STEP")
+    runs: tuple[str, ...] = option((), "runs to intervene on (default: every ordinary run)", metavar="RUN")
+    kinds: tuple[str, ...] = option(("clamp", "patch"), "interventions", choices=INTERVENTION_KINDS, metavar="KIND")
+    controls: int = option(16, "random control directions per layer and control kind")
+    control_kinds: tuple[str, ...] = option(("iso", "cov"), "control direction kinds", choices=CONTROL_KINDS,
+                                            metavar="KIND")
+    alphas: tuple[float, ...] = option((), "steering strengths (needed with --kinds steer)", parse=parse_floats,
+                                       nargs="+", metavar="A")
+    seed: int = option(0, "seed of the control directions")
+    batch_size: int = option(32, "prompts per batch")
+    positions: str = option("all", "intervene at every position or the last token", choices=INTERVENTION_POSITIONS)
+    strategy: str = option("grow", "how interventions share forward passes", choices=STRATEGIES)
+    max_rows: int = option(2048, "most rows in one forward pass")
+    gap_tol: float = option(1e-6, "mediation is NaN where |M(θ_t) − M(aligned)| <= gap_tol·max(1, |M|)")
+    site: str = option("resid_post", "site kind", choices=SITE_KINDS)
+
+    def validate(self) -> None:
+        """Check every field (typed errors naming the field) before any forward pass."""
+        if not isinstance(self.directions, str):
+            raise ConfigError(f"AblationConfig.directions records a method name; got {self.directions!r}")
+        self.layers = as_layers(self.layers)
+        self.steps = _steps(self.steps)
+        self.runs = as_str_tuple("runs", self.runs)
+        self.kinds = tuple(check_modes("kinds", self.kinds, INTERVENTION_KINDS))
+        self.control_kinds = tuple(check_modes("control_kinds", self.control_kinds, CONTROL_KINDS))
+        self.controls = as_int("controls", self.controls, min=1)
+        alphas = (self.alphas,) if isinstance(self.alphas, (int, float)) else tuple(self.alphas)
+        self.alphas = tuple(as_float("alphas", a) for a in alphas)
+        if "steer" in self.kinds and not self.alphas:
+            raise ConfigError("kind 'steer' needs alphas, a grid of step sizes along v (e.g. np.linspace(0, 8, 17); "
+                              "--alphas A [A ...] on the command line)")
+        self.seed = as_int("seed", self.seed)
+        self.batch_size = as_int("batch_size", self.batch_size, min=1)
+        self.max_rows = as_int("max_rows", self.max_rows, min=1)
+        self.gap_tol = as_float("gap_tol", self.gap_tol, min=0.0)
+        if self.positions != "mask":
+            check_mode("positions", self.positions, INTERVENTION_POSITIONS)
+        check_mode("strategy", self.strategy, STRATEGIES)
+        check_mode("site", self.site, SITE_KINDS)

@@ -1,0 +1,188 @@
+"""One checkpoint of a history, identified by content (a hash of its weights), not by name."""
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from revlens.errors import CheckpointError
+from revlens.model import WEIGHT_SUFFIXES, find_weight_files, load_state_dict
+
+__all__ = ["Checkpoint", "HubRef", "Role", "check_source", "file_digest", "tensor_digest"]
+
+Role = Literal["base", "aligned", "run"]
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A checkpoint on the Hugging Face hub: a repo at a revision (e.g. Pythia's ``step1000``).
+
+    ``repo_id`` may also be a local directory mirroring the hub repo, with one sub-directory per
+    revision (how hub checkpoints are tested here, without a network).
+    """
+
+    repo_id: str
+    revision: str
+    cache_dir: str | None = None
+
+    def resolve(self) -> Path:
+        """A local ``save_pretrained`` dir for this revision (downloads if needed)."""
+        local = Path(self.repo_id)
+        if local.is_dir():
+            path = local / self.revision
+            if not path.is_dir():
+                raise CheckpointError(f"local hub mirror {local} has no revision dir {self.revision!r}")
+            return path
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(
+                snapshot_download(
+                    self.repo_id,
+                    revision=self.revision,
+                    cache_dir=self.cache_dir,
+                    allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"],
+                )
+            )
+        except Exception as exc:  # network, auth, missing revision: say which
+            raise CheckpointError(f"cannot fetch {self.repo_id}@{self.revision} from the hub: {exc}") from exc
+
+
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of a regular file's bytes (a device or pipe is refused: it could never end).
+
+    Memoised per process by (path, inode, size, modification time), so a 14 GB checkpoint is
+    hashed once, and again only when the file changes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p} is not a regular file")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    h = hashlib.blake2b(digest_size=16)
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def tensor_digest(sd: Mapping[str, Tensor]) -> str:
+    """blake2b of names, dtypes, shapes and bytes of an in-memory state dict."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(sd):
+        t = sd[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """One checkpoint of a history.
+
+    Attributes:
+        name: unique name, e.g. ``"base"``, ``"aligned"``, ``"seed0/step-5"``.
+        role: ``"base"``, ``"aligned"`` or ``"run"``.
+        source: a dir, a weights file, an in-memory state dict / module, or a hub reference.
+        run: run name for a run checkpoint.
+        step: fine-tuning step (0 for aligned).
+    """
+
+    name: str
+    role: Role
+    source: Any
+    run: str | None = None
+    step: int | None = None
+
+    def local_path(self) -> Path | None:
+        """Path of a file/dir source (a hub source is resolved, i.e. downloaded)."""
+        if isinstance(self.source, HubRef):
+            return self.source.resolve()
+        if isinstance(self.source, (str, os.PathLike)):
+            return Path(self.source)
+        return None
+
+    def weight_files(self) -> list[Path]:
+        """The weight files of a file/dir source (``[]`` for an in-memory one)."""
+        path = self.local_path()
+        if path is None:
+            return []
+        files = find_weight_files(path) if path.is_dir() else [path]
+        if not files:
+            raise CheckpointError(f"checkpoint {self.name}: {path} holds no weights")
+        return files
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The checkpoint's weights (Hugging Face parameter names)."""
+        path = self.local_path()
+        try:
+            return load_state_dict(path if path is not None else self.source)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights (file bytes for files, tensor bytes in memory)."""
+        if self.local_path() is None:
+            return tensor_digest(self.state_dict())
+        try:
+            digests = "".join(file_digest(f) for f in self.weight_files())
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
+        return hashlib.blake2b(digests.encode(), digest_size=16).hexdigest()
+
+    def signature(self) -> dict[str, tuple[int, ...]] | None:
+        """Parameter name -> shape read from safetensors headers (``None`` if not cheap)."""
+        path = self.local_path()
+        if path is None:
+            return None
+        files = self.weight_files()
+        if not all(f.suffix == ".safetensors" for f in files):
+            return None
+        from safetensors import safe_open
+
+        sig: dict[str, tuple[int, ...]] = {}
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                        sig[key] = tuple(handle.get_slice(key).get_shape())
+            except Exception as exc:  # safetensors raises its own types on a bad header
+                raise CheckpointError(
+                    f"checkpoint {self.name}: cannot read weights file {f} "
+                    f"(truncated or not a safetensors file?): {exc}"
+                ) from None
+        return sig
+
+    def __repr__(self) -> str:
+        src = self.source if isinstance(self.source, (str, os.PathLike, HubRef)) else type(self.source).__name__
+        return f"Checkpoint({self.name!r}, role={self.role!r}, step={self.step}, source={src!s})"
+
+
+def check_source(src: Any, what: str) -> Any:
+    """Validate a checkpoint source up front (existence, weights present, a regular file)."""
+    if isinstance(src, (Mapping, torch.nn.Module, HubRef)):
+        return src
+    if not isinstance(src, (str, os.PathLike)):
+        raise CheckpointError(f"{what}: {type(src).__name__} is not a path, state dict, module or hub ref")
+    path = Path(src)
+    if not path.exists():
+        raise CheckpointError(f"{what}: {path} does not exist")
+    if path.is_dir():
+        if not find_weight_files(path):
+            raise CheckpointError(f"{what}: dir {path} holds no weights (model.safetensors / pytorch_model.bin)")
+    elif not path.is_file() or path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(
+            f"{what}: {path} is not a weights file (expected a regular {' / '.join(WEIGHT_SUFFIXES)} file)"
+        )
+    return path

@@ -1,0 +1,171 @@
+"""Blocked fine-tuning runs in a reversion-lab dir (``revlens lab --block METHOD``).
+
+:func:`run_blocked` repeats the lab's benign fine-tuning of the aligned model (same config, same
+seeds, hence the same data order) with a :class:`~revlens.block.ReversionBlocker` attached, and
+writes the runs next to the unblocked ones, as runs of kind ``"blocked"`` of the lab's history::
+
+    blocked/<name>/seed<k>/step-<t>/        save_pretrained checkpoints
+    history.json  runs["<name>/seed<k>"] = {"steps": {...}, "start": "aligned", "kind": "blocked",
+                                            "info": {method, layers, settings, seconds}}
+    metrics.json  records of checkpoints "<name>/seed<k>/step-<t>" (same metrics as the runs)
+
+``<name>`` is the method, or ``<method>-random`` for the control that blocks random unit
+directions instead of ``v_rev``. ``History.load`` reads the blocked runs like any other run.
+"""
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from revlens._io import read_json, write_json
+from revlens.block import METHODS, ReversionBlocker
+from revlens.directions import Directions
+from revlens.errors import CheckpointError, ConfigError
+from revlens.history.spec import update_spec
+from revlens.lab.runner import read_lab
+from revlens.modes import check_mode
+from revlens.probes import Probes
+from revlens.sites import access
+
+__all__ = ["lab_directions", "lab_probes", "run_blocked"]
+
+log = logging.getLogger(__name__)
+
+
+def lab_probes(split: str = "train") -> Probes:
+    """The harmful lab prompts blocking reads (default: the alignment split; harm is scored on
+    the held-out split, so the constraint never sees the evaluation prompts)."""
+    from revlens.lab import probe_prompts
+
+    return Probes(probe_prompts("harmful", split))
+
+
+def _means(model: torch.nn.Module, probes: Probes, layers: list[int]) -> torch.Tensor:
+    from revlens.lab import build_tokenizer
+
+    tok = probes.tokenize(build_tokenizer())
+    mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
+    acc = access(model)
+    with torch.no_grad():
+        return torch.stack(acc.read(tok.tokens, tok.weights, acc.sites(layers), mask=mask), dim=1).double().mean(0)
+
+
+def lab_directions(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], *,
+                   probes: Probes | None = None, random: bool = False,
+                   generator: torch.Generator | None = None) -> Directions:
+    """``mean_diff`` directions normalise(μ(base) − μ(aligned)) on the lab probes, or (``random``)
+    isotropic random unit directions from ``generator``."""
+    layers = list(layers)
+    if random:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        d = int(base.config.n_embd)
+        return Directions.from_tensor(torch.randn(len(layers), d, generator=g, dtype=torch.float64), layers,
+                                      method="random")
+    pr = probes or lab_probes()
+    return Directions.from_tensor(_means(base, pr, layers) - _means(aligned, pr, layers), layers, method="mean_diff")
+
+
+class _Blocked:
+    """finetune callbacks: attach the blocker, record each checkpoint in the lab dir."""
+
+    def __init__(self, blocker: ReversionBlocker, lab_dir: Path, run: str, info: dict[str, Any],
+                 evaluator: Any) -> None:
+        self.blocker, self.dir, self.run, self.info, self.evaluator = blocker, lab_dir, run, info, evaluator
+        self.steps: dict[str, str] = {}
+
+    def on_train_begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.blocker.attach(model, optimizer)
+
+    def on_checkpoint(self, step: int, path: Path, model: torch.nn.Module) -> None:
+        rel = path.relative_to(self.dir).as_posix()
+        self.steps[str(step)] = rel
+        records = read_json(self.dir / "metrics.json", "lab metrics")
+        records.append({"checkpoint": f"{self.run}/step-{step}", "path": rel, **self.evaluator(model)})
+        write_json(self.dir / "metrics.json", records)
+        entry = {"steps": dict(self.steps), "start": "aligned", "kind": "blocked", "info": self.info}
+        update_spec(self.dir, lambda spec: spec["runs"].__setitem__(self.run, entry))
+
+    def on_train_end(self, model: torch.nn.Module) -> None:
+        self.blocker.detach()
+
+
+def _forget(lab_dir: Path, run: str) -> None:
+    """Remove an earlier blocked run of this name (its checkpoints, metrics and history entry)."""
+    out = lab_dir / "blocked" / run
+    if out.exists():
+        shutil.rmtree(out)
+    records = read_json(lab_dir / "metrics.json", "lab metrics")
+    write_json(lab_dir / "metrics.json", [r for r in records if not str(r.get("checkpoint", "")).startswith(f"{run}/")])
+    update_spec(lab_dir, lambda spec: spec["runs"].pop(run, None))
+
+
+def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
+                layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
+                probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
+                progress: bool = True, **blocker_kwargs: Any) -> pd.DataFrame:
+    """Fine-tune the lab's aligned model with blocking, for each seed, into ``lab_dir``.
+
+    Args:
+        lab_dir: a lab dir written by ``revlens lab`` (one pair; ``history.json``).
+        method: blocking method (``"update"``, ``"gradient"``, ``"penalty"``, ``"hook"``).
+        seeds: fine-tuning seeds (default: the lab's).
+        layers: blocked layers (default: ``1..n_layers``).
+        random_directions: the control: block random unit directions (run name ``<method>-random``).
+        steps: fine-tuning steps (default: the lab's).
+        probes: what the blocker reads (default: :func:`lab_probes`, the alignment split).
+        direction_seed: seed of the random directions.
+        name: run-group name (default: ``method``, or ``<method>-random``).
+        blocker_kwargs: passed to :class:`ReversionBlocker` (``strength``, ``refresh_every``...).
+
+    Returns:
+        One row per run: ``run, seed, seconds`` and the final checkpoint's metrics.
+    """
+    from revlens.lab import LabConfig, finetune, load_checkpoint
+    from revlens.lab.language import build_tokenizer
+    from revlens.lab.metrics import Evaluator
+
+    check_mode("method", method, METHODS)
+    root = Path(lab_dir)
+    if not (root / "history.json").is_file():
+        raise CheckpointError(f"{root} is not a single-pair lab dir (no history.json); pass a pair dir")
+    lab = read_lab(root)
+    config = LabConfig.from_dict(lab["config"])
+    base, aligned = load_checkpoint(root / "base"), load_checkpoint(root / "aligned")
+    layers = list(range(1, config.n_layer + 1)) if layers is None else list(layers)
+    pr = probes or lab_probes()
+    v = lab_directions(base, aligned, layers, probes=pr, random=random_directions,
+                       generator=torch.Generator().manual_seed(direction_seed))
+    name = name or (f"{method}-random" if random_directions else method)
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"name={name!r} must be a plain directory name")
+    evaluator = Evaluator(build_tokenizer())
+    settings = {k: val for k, val in blocker_kwargs.items() if isinstance(val, (int, float, str, bool))}
+    rows = []
+    for seed in config.ft_seeds if seeds is None else seeds:
+        run = f"{name}/seed{seed}"
+        _forget(root, run)
+        blocker = ReversionBlocker(v, pr, aligned, tokenizer=build_tokenizer(), method=method, **blocker_kwargs)
+        info = {"method": method, "random_directions": random_directions, "layers": layers, "settings": settings}
+        cb = _Blocked(blocker, root, run, info, evaluator)
+        t0 = time.perf_counter()
+        try:
+            finetune(aligned, config, seed=seed, steps=steps, out_dir=root / "blocked" / run, callbacks=[cb],
+                     progress=progress)
+        finally:
+            blocker.detach()
+        info["seconds"] = round(time.perf_counter() - t0, 2)
+        update_spec(root, lambda spec, run=run, info=info: spec["runs"][run].__setitem__("info", info))
+        records = [r for r in read_json(root / "metrics.json", "lab metrics")
+                   if str(r["checkpoint"]).startswith(f"{run}/")]
+        last = max(records, key=lambda r: int(str(r["checkpoint"]).rsplit("-", 1)[1]))
+        rows.append({"run": run, "seed": seed, "seconds": info["seconds"],
+                     "step": int(str(last["checkpoint"]).rsplit("-", 1)[1]),
+                     **{k: last[k] for k in ("harm_rate", "harm_logodds", "task_acc", "task_loss")}})
+        log.info("%s: blocked run %s done in %.1fs", root.name, run, info["seconds"])
+    return pd.DataFrame(rows)

@@ -1,0 +1,108 @@
+"""The vocabulary of revlens: every mode is a ``Literal``, and its tuple of values is derived from it.
+
+One place, so that a mode added here is accepted by the API, validated with the same message
+everywhere, and offered as ``choices=`` by the command line.
+
+Example:
+    >>> SITE_KINDS[:2]
+    ('resid_post', 'resid_pre')
+    >>> check_mode("kind", "clamp", INTERVENTION_KINDS)
+    'clamp'
+"""
+
+from collections.abc import Sequence
+from typing import Any, Literal, get_args, no_type_check
+
+from revlens.errors import ConfigError
+
+__all__ = [
+    "BLOCK_METHODS",
+    "CONTROL_KINDS",
+    "DIRECTION_METHODS",
+    "GRAD_BATCHING",
+    "INTERVENTION_KINDS",
+    "INTERVENTION_POSITIONS",
+    "POSITION_RULES",
+    "SITE_KINDS",
+    "STRATEGIES",
+    "WHICH",
+    "BlockMethod",
+    "ControlKind",
+    "DirectionMethod",
+    "GradBatching",
+    "InterventionKind",
+    "InterventionPositions",
+    "PositionRuleName",
+    "SiteKind",
+    "Strategy",
+    "Which",
+    "check_mode",
+    "check_modes",
+]
+
+SiteKind = Literal["resid_post", "resid_pre", "resid_mid", "attn_out", "mlp_out", "ln_final"]
+"""Where a statistic is read or an intervention applied (see :mod:`revlens.sites`)."""
+
+PositionRuleName = Literal["last", "mean"]
+"""Which token positions of a prompt a statistic reads (a bool mask is the third option)."""
+
+DirectionMethod = Literal["mean_diff", "pca", "probe", "whitened"]
+"""Built-in reversion-direction estimators (:mod:`revlens.directions`)."""
+
+Which = Literal["reference", "all", "none"]
+"""Which checkpoints get second moments / kept per-prompt activations in :func:`revlens.collect`."""
+
+InterventionKind = Literal["clamp", "patch", "steer"]
+"""Causal interventions on the residual stream (:mod:`revlens.causal.interventions`)."""
+
+InterventionPositions = Literal["all", "last"]
+"""Where an ablation study intervenes (a bool mask is the third option)."""
+
+ControlKind = Literal["iso", "cov"]
+"""Random control directions: isotropic, or matched to the aligned activation covariance."""
+
+Strategy = Literal["grow", "repeat", "loop"]
+"""How batched intervention sweeps share forward passes (:mod:`revlens.causal.batched`)."""
+
+BlockMethod = Literal["update", "gradient", "penalty", "hook"]
+"""How :class:`revlens.block.ReversionBlocker` blocks motion along ``v_rev``."""
+
+GradBatching = Literal["auto", "loop", "vmap"]
+"""How the blocker computes its per-layer parameter gradients."""
+
+SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
+POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
+DIRECTION_METHODS: tuple[str, ...] = get_args(DirectionMethod)
+WHICH: tuple[str, ...] = get_args(Which)
+INTERVENTION_KINDS: tuple[str, ...] = get_args(InterventionKind)
+INTERVENTION_POSITIONS: tuple[str, ...] = get_args(InterventionPositions)
+CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+BLOCK_METHODS: tuple[str, ...] = get_args(BlockMethod)
+GRAD_BATCHING: tuple[str, ...] = get_args(GradBatching)
+
+
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def check_mode(name: str, value: Any, valid: Sequence[str], *, error: type[Exception] = ConfigError) -> str:
+    """``value`` if it is one of ``valid``; otherwise ``error`` naming ``name``, the value and the
+    valid choices."""
+    if not isinstance(value, str) or value not in valid:
+        raise error(f"{name}={value!r} is not understood; valid: {', '.join(map(repr, valid))}")
+    return value
+
+
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def check_modes(name: str, values: Any, valid: Sequence[str], *, allow_empty: bool = False) -> list[str]:
+    """A list of modes: one string (read as one item, never as its characters) or a sequence."""
+    items = [values] if isinstance(values, str) else values
+    if not isinstance(items, (list, tuple)) and not hasattr(items, "__iter__"):
+        raise ConfigError(f"{name}={values!r}: expected one of {list(valid)} or a list of them")
+    items = list(items)
+    if not items and not allow_empty:
+        raise ConfigError(f"{name} is empty; valid: {', '.join(map(repr, valid))}")
+    out: list[str] = []
+    for item in items:
+        check_mode(name, item, valid)
+        if item not in out:
+            out.append(item)
+    return out
