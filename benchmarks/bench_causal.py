@@ -24,7 +24,7 @@ import torch
 import revlens
 from revlens.causal import ablation_study, logit_diff
 from revlens.collect import collect
-from revlens.hooks import resolve_sites
+from revlens.sites import resolve_sites
 
 ROOT = Path(__file__).resolve().parent
 
