@@ -151,7 +151,7 @@ def _parse(kind: str, flag: str, raw: Any) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{flag} takes a {'number' if kind == 'float' else 'integer'}, got {raw!r}") from None
+        raise ConfigError(f"{flag} takes {'a number' if kind == 'float' else 'an integer'}, got {raw!r}") from None
     if kind == "layers":
         if list(raw) == ["all"]:
             return "all"

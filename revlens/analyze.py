@@ -149,6 +149,7 @@ def _fit_all(specs: Sequence[Any], stats: HistoryStats, cfg: AnalyzeConfig) -> t
     return vectors, stability
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def analyze(
     model: Any,
     checkpoints: Any = None,
@@ -195,6 +196,8 @@ def analyze(
         ShapeMismatchError: a direction tensor of the wrong shape.
     """
     model, checkpoints, probes = _split(model, checkpoints, probes)
+    if config is not None and not isinstance(config, AnalyzeConfig):
+        raise ConfigError(f"analyze: config must be a AnalyzeConfig, got {type(config).__name__}")
     specs, names = _method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
     cfg = AnalyzeConfig.build(config, "analyze", **{**settings, "methods": names})
     hist: History | None = None

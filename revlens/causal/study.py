@@ -14,7 +14,7 @@ every layer along every direction), then the tidy table.
 
 import logging
 import math
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 import torch
@@ -34,8 +34,8 @@ from revlens.causal.inputs import (
 )
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
 from revlens.collect import HistoryStats, resolve_probes
-from revlens.directions import Directions, resolve_directions
-from revlens.errors import HistoryError, MetricError, RevlensError
+from revlens.directions import DirectionEstimator, Directions, resolve_directions
+from revlens.errors import ConfigError, HistoryError, MetricError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.metrics import KLTo, metric_from_spec, metric_name
 from revlens.model import LensModel
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 def _config(config: AblationConfig | None, settings: dict[str, Any], directions: Any, positions: Any) -> AblationConfig:
     extra = dict(settings)
+    if directions is not None and not isinstance(directions, (str, Directions, Tensor, DirectionEstimator)):
+        raise ConfigError(f"directions: cannot use {type(directions).__name__}; expected a method name, an estimator, "
+                          "a Directions or a [layer, d_model] / [layer, k, d_model] tensor")
     if directions is not None:
         extra["directions"] = directions if isinstance(directions, str) else str(getattr(directions, "method", "custom"))
     if positions is not None:
@@ -195,6 +198,7 @@ class _Study:
                             provenance=provenance)
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def ablation_study(
     history: Any,
     probes: Any = None,

@@ -239,8 +239,9 @@ class History:
 
     def boot(self, *, device: Any = None, dtype: torch.dtype = torch.float32) -> Any:
         """Boot one ``TransformerBridge`` on this history's architecture (weights: aligned)."""
-        from revlens.model import LensModel
+        from revlens.model import LensModel, config_fingerprint
 
+        config_fingerprint(self.architecture_dir())  # a broken config.json is named before anything reads it
         lm = LensModel.boot(self.architecture_dir(), device=device, dtype=dtype, tokenizer=self.tokenizer())
         lm.load(self.aligned)
         return lm
