@@ -17,7 +17,6 @@ import torch
 from tqdm.auto import tqdm
 
 from revlens._config import as_int
-from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.collect.cache import StatsCache
 from revlens.collect.stats import STATS_FORMAT, CheckpointStats, HistoryStats
 from revlens.errors import ConfigError, ProbeError, RevlensError
@@ -25,6 +24,7 @@ from revlens.history import Checkpoint, History
 from revlens.model import LensModel
 from revlens.modes import SITE_KINDS, WHICH, Which, check_mode
 from revlens.probes import PositionRule, Probes, TokenizedProbes
+from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.sites import LayerSpec, Site, access
 
 __all__ = ["collect", "collect_checkpoint", "collect_positions", "history_template", "resolve_probes"]

@@ -8,9 +8,9 @@ from typing import Any, Union, no_type_check
 import torch
 from torch import Tensor
 
-from revlens.probes.chat import ChatTemplate, check_conversation
 from revlens.errors import ProbeError
 from revlens.probes.batch import TokenizedProbes, tokenizer_id
+from revlens.probes.chat import ChatTemplate, check_conversation
 from revlens.probes.files import read_jsonl
 from revlens.probes.positions import PositionRule, check_position, position_name, position_weights
 
