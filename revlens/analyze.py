@@ -167,6 +167,7 @@ def analyze(
     device: Any = None,
     progress: bool = True,
     executor: Executor | None = None,
+    evaluation: Any = None,
     **settings: Any,
 ) -> Report:
     """Measure reversion on a history: directions per layer, drift projections, nulls.
@@ -191,6 +192,8 @@ def analyze(
             ``[n_layers_collected, d_model]``; default the config's (all four).
         cache_dir: on-disk statistics cache (resumable; keyed by content).
         device, progress, executor: passed to :func:`revlens.collect`.
+        evaluation: an :class:`~revlens.Evaluation` (or its table) to show beside the drift, joined
+            into the report's metrics table with the history's own (:meth:`Report.with_metrics`).
 
     Returns:
         :class:`~revlens.Report`.
@@ -205,8 +208,9 @@ def analyze(
     specs, names = _method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
     cfg = AnalyzeConfig.build(config, "analyze", **{**settings, "methods": names})
     if _reads_positions(cfg.position, probes) and not isinstance(checkpoints, HistoryStats):
-        return _analyze_positions(model, checkpoints, probes, specs, cfg, cache_dir=cache_dir, device=device,
-                                  progress=progress, executor=executor)
+        report = _analyze_positions(model, checkpoints, probes, specs, cfg, cache_dir=cache_dir, device=device,
+                                    progress=progress, executor=executor)
+        return report if evaluation is None else report.with_metrics(evaluation)
     hist: History | None = None
     if isinstance(checkpoints, HistoryStats):
         stats = checkpoints
@@ -225,8 +229,9 @@ def analyze(
     config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
                   "position": stats.position, "base_combination": "mean of bases", "controls": sorted(stats.controls),
                   "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts)}
-    return Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
-                  provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
+    report = Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
+                    provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
+    return report if evaluation is None else report.with_metrics(evaluation)
 
 
 def _reads_positions(position: Any, probes: Any) -> bool:
