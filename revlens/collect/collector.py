@@ -240,7 +240,7 @@ def _single(tokenized: TokenizedProbes) -> TokenizedProbes:
 
 
 def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[Site],
-         kwargs: dict[str, Any]) -> CheckpointStats:
+         kwargs: dict[str, Any]) -> Any:
     try:
         return collect_checkpoint(lm, ck, tokenized, sites, **kwargs)
     except RevlensError:

@@ -11,7 +11,9 @@ from revlens.modes import POSITION_RULES, PositionRuleName
 
 __all__ = ["PositionRule", "check_position", "parse_position", "position_name", "position_weights"]
 
-PositionRule = PositionRuleName | Bool[Tensor, "prompt pos"] | tuple[str, int | None]
+PositionRule = PositionRuleName | str | Bool[Tensor, "prompt pos"] | tuple[str, int | None]
+"""``"last"``, ``"mean"``, ``"post_instruction"`` / ``"post_instruction:k"`` / ``("post_instruction", k)``,
+or a bool mask ``[n_prompts, n_pos]`` (validated by :func:`parse_position`)."""
 
 
 @no_type_check  # validates its own arguments (typed errors)

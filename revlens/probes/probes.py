@@ -143,7 +143,7 @@ class Probes:
         optionally ``"label"``. A file is all plain or all chat."""
         p = Path(path)
         rows = read_jsonl(p)
-        kinds = {k for _, _, k in rows}
+        kinds = {"text" if k == "text" else "chat" for _, _, k in rows}
         if len(kinds) > 1:
             raise ProbeError(f"{p}: mixes plain 'text' lines with chat lines ('messages' / 'prompt'); use one kind")
         labels = [obj.get("label") for _, obj, _ in rows]
