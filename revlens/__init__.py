@@ -43,6 +43,7 @@ _LAZY = {
     "analyze": "revlens.analyze",
     "collect": "revlens.collect",
     "evaluate": "revlens.evaluate",
+    "load_prompt_set": "revlens.probes",
 }
 
 # saved-result format -> "module:class" (what revlens.load opens)
@@ -82,6 +83,7 @@ __all__ = [
     "collect",
     "evaluate",
     "load",
+    "load_prompt_set",
 ]
 
 

@@ -17,6 +17,9 @@ Chat probes (:meth:`Probes.from_chat`, JSONL lines ``{"messages": [...]}`` or ``
 are rendered with a chat template and tokenized once (:mod:`revlens.probes.chat`: no doubled BOS); their
 ``prompts`` are the last user message, for reports and judges.
 
+Prompt sets researchers have locally (AdvBench, JailbreakBench, HarmBench CSV, JSONL, TXT) load
+as labelled probes with :func:`load_prompt_set` (:mod:`revlens.probes.sets`).
+
 Prompts are right-padded: with a causal model, a real token never attends to padding, so a
 padded batch gives exactly the statistics of the prompts one by one.
 
@@ -32,5 +35,17 @@ from revlens.modes import POSITION_RULES
 from revlens.probes.batch import ProbeBatch, TokenizedProbes
 from revlens.probes.positions import PositionRule, parse_position, position_name
 from revlens.probes.probes import Probes
+from revlens.probes.sets import PROMPT_FORMATS, combine, load_prompt_set
 
-__all__ = ["POSITION_RULES", "PositionRule", "ProbeBatch", "Probes", "TokenizedProbes", "parse_position", "position_name"]
+__all__ = [
+    "POSITION_RULES",
+    "PROMPT_FORMATS",
+    "PositionRule",
+    "ProbeBatch",
+    "Probes",
+    "TokenizedProbes",
+    "combine",
+    "load_prompt_set",
+    "parse_position",
+    "position_name",
+]

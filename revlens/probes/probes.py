@@ -59,6 +59,7 @@ class Probes:
         self.labels = list(labels) if labels is not None else None
         self.conversations: list[list[dict[str, str]]] | None = getattr(self, "conversations", None)
         self.template: ChatTemplate | None = getattr(self, "template", None)
+        self.info: list[dict[str, Any]] | None = getattr(self, "info", None)  # per-prompt extras (prompt sets)
         self.position = check_position(position, len(items), self.conversations is not None)
 
     # ------------------------------------------------------------------ chat
@@ -106,9 +107,12 @@ class Probes:
         if isinstance(pos, Tensor) and keep is not None:
             pos = pos[idx]
         if not self.is_chat:
-            return Probes([self.prompts[i] for i in idx], labels=labels, position=pos)
-        return Probes.from_chat([self.conversations[i] for i in idx], labels=labels, position=pos,  # type: ignore[index]
-                                template=template if template is not None else self.template)
+            out = Probes([self.prompts[i] for i in idx], labels=labels, position=pos)
+        else:
+            out = Probes.from_chat([self.conversations[i] for i in idx], labels=labels, position=pos,  # type: ignore[index]
+                                   template=template if template is not None else self.template)
+        out.info = [self.info[i] for i in idx] if self.info is not None else None
+        return out
 
     def with_position(self, position: PositionRule) -> "Probes":
         """The same prompts under another position rule."""
