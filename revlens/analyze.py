@@ -65,8 +65,8 @@ class AnalyzeConfig(Config):
         if isinstance(self.position, (tuple, list)):
             self.position = position_name(parse_position(tuple(self.position)))
         if self.position is not None and self.position != "mask":
-            if not isinstance(self.position, str) or not self.position.startswith("post_instruction"):
-                check_mode("position", self.position, POSITION_RULES)
+            check_mode("position", self.position if not str(self.position).startswith("post_instruction") else "last",
+                       (*POSITION_RULES, "post_instruction", "post_instruction:K"))
             parse_position(self.position)
         self.n_bootstrap = as_int("n_bootstrap", self.n_bootstrap, min=0)
         self.n_stability = as_int("n_stability", self.n_stability, min=0)
