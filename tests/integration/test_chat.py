@@ -120,8 +120,8 @@ def test_evaluate_over_the_history_beside_the_drift(chat, tmp_path):
     assert revlens.load(ev.save(tmp_path / "ev")).table.equals(ev.table)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = revlens.analyze(lm, hist, probes, layers=[1, 2], n_null=20, n_stability=0, n_bootstrap=0,
-                                 progress=False, evaluation=ev)
+        report = revlens.analyze(lm, hist, probes, layers=[2], methods="mean_diff", n_null=20, n_stability=0,
+                                 n_bootstrap=0, progress=False, evaluation=ev)
     assert {"refusal", "over_refusal", "kl"} <= set(report.metrics.columns)
     assert "Behaviour" in report.to_html(tmp_path / "r.html").read_text()
 
