@@ -25,6 +25,7 @@ _LAZY = {
     "Checkpoint": "revlens.history",
     "CheckpointStats": "revlens.collect",
     "Directions": "revlens.directions",
+    "Evaluation": "revlens.evaluate",
     "History": "revlens.history",
     "HistoryStats": "revlens.collect",
     "LensModel": "revlens.model",
@@ -41,6 +42,8 @@ _LAZY = {
     "ablation_study": "revlens.causal",
     "analyze": "revlens.analyze",
     "collect": "revlens.collect",
+    "evaluate": "revlens.evaluate",
+    "load_prompt_set": "revlens.probes",
 }
 
 # saved-result format -> "module:class" (what revlens.load opens)
@@ -48,6 +51,7 @@ _RESULTS = {
     "report.json": "revlens.report.report:Report",
     "causal.json": "revlens.causal.report:CausalReport",
     "stats.json": "revlens.collect.stats:HistoryStats",
+    "evaluation.json": "revlens.evaluate.result:Evaluation",
 }
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointStats",
     "Directions",
+    "Evaluation",
     "History",
     "HistoryStats",
     "LensModel",
@@ -76,7 +81,9 @@ __all__ = [
     "ablation_study",
     "analyze",
     "collect",
+    "evaluate",
     "load",
+    "load_prompt_set",
 ]
 
 
@@ -93,8 +100,8 @@ def __dir__() -> list[str]:
 
 
 def load(path: Any) -> Any:
-    """Open any saved revlens result: an analysis :class:`Report`, a :class:`CausalReport`,
-    saved statistics, or a training history (``history.json``).
+    """Open any saved revlens result: an analysis :class:`Report`, a :class:`CausalReport`, an
+    :class:`Evaluation`, saved statistics, or a training history (``history.json``).
 
     Raises:
         ConfigError: ``path`` holds none of these (the files looked for are named).

@@ -23,6 +23,7 @@ from revlens.drift import drift_table
 from revlens.errors import ConfigError, HistoryError
 from revlens.history import History
 from revlens.modes import DIRECTION_METHODS, POSITION_RULES, SITE_KINDS, check_mode
+from revlens.probes import parse_position, position_name
 from revlens.report.report import Report
 
 __all__ = ["DEFAULT_METHODS", "AnalyzeConfig", "analyze"]
@@ -41,7 +42,9 @@ class AnalyzeConfig(Config):
                                       "passed to analyze(methods=...) directly)", metavar="METHOD")
     layers: str | tuple[int, ...] = option("all", "layer indices (0 = embeddings) or 'all'", metavar="L")
     site: str = option("resid_post", "site kind", choices=SITE_KINDS)
-    position: str | None = option(None, "position rule (default: the probes' own, 'last')", choices=POSITION_RULES)
+    position: str | None = option(None, "position rule: last, mean, post_instruction (every post-instruction template "
+                                  "token of chat probes, each read separately) or post_instruction:K (the last K) "
+                                  "(default: the probes' own, 'last')", metavar="RULE")
     n_bootstrap: int = option(100, "bootstrap replicates (confidence intervals of cos)")
     n_stability: int = option(20, "bootstrap refits per estimator for its stability (0 skips it)")
     n_null: int = option(1000, "random directions / permutations per layer")
@@ -59,8 +62,12 @@ class AnalyzeConfig(Config):
         self.methods = methods
         self.layers = as_layers(self.layers)
         check_mode("site", self.site, SITE_KINDS)
+        if isinstance(self.position, (tuple, list)):
+            self.position = position_name(parse_position(tuple(self.position)))
         if self.position is not None and self.position != "mask":
-            check_mode("position", self.position, POSITION_RULES)
+            check_mode("position", self.position if not str(self.position).startswith("post_instruction") else "last",
+                       (*POSITION_RULES, "post_instruction", "post_instruction:K"))
+            parse_position(self.position)
         self.n_bootstrap = as_int("n_bootstrap", self.n_bootstrap, min=0)
         self.n_stability = as_int("n_stability", self.n_stability, min=0)
         self.n_null = as_int("n_null", self.n_null, min=0)
@@ -161,6 +168,7 @@ def analyze(
     device: Any = None,
     progress: bool = True,
     executor: Executor | None = None,
+    evaluation: Any = None,
     **settings: Any,
 ) -> Report:
     """Measure reversion on a history: directions per layer, drift projections, nulls.
@@ -185,6 +193,8 @@ def analyze(
             ``[n_layers_collected, d_model]``; default the config's (all four).
         cache_dir: on-disk statistics cache (resumable; keyed by content).
         device, progress, executor: passed to :func:`revlens.collect`.
+        evaluation: an :class:`~revlens.Evaluation` (or its table) to show beside the drift, joined
+            into the report's metrics table with the history's own (:meth:`Report.with_metrics`).
 
     Returns:
         :class:`~revlens.Report`.
@@ -200,6 +210,10 @@ def analyze(
         raise ConfigError(f"analyze: config must be a AnalyzeConfig, got {type(config).__name__}")
     specs, names = _method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
     cfg = AnalyzeConfig.build(config, "analyze", **{**settings, "methods": names})
+    if _reads_positions(cfg.position, probes) and not isinstance(checkpoints, HistoryStats):
+        report = _analyze_positions(model, checkpoints, probes, specs, cfg, cache_dir=cache_dir, device=device,
+                                    progress=progress, executor=executor)
+        return report if evaluation is None else report.with_metrics(evaluation)
     hist: History | None = None
     if isinstance(checkpoints, HistoryStats):
         stats = checkpoints
@@ -218,8 +232,42 @@ def analyze(
     config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
                   "position": stats.position, "base_combination": "mean of bases", "controls": sorted(stats.controls),
                   "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts)}
-    return Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
-                  provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
+    report = Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
+                    provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
+    return report if evaluation is None else report.with_metrics(evaluation)
+
+
+def _reads_positions(position: Any, probes: Any) -> bool:
+    """Whether the rule reads several positions separately (``("post_instruction", k)``)."""
+    from revlens.probes import Probes
+
+    rule = position if position is not None else (probes.position if isinstance(probes, Probes) else None)
+    return rule is not None and not (isinstance(rule, str) and rule == "mask") and isinstance(parse_position(rule), tuple)
+
+
+def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[Any], cfg: AnalyzeConfig,
+                       **collect_kw: Any) -> Report:
+    """:func:`analyze` at every post-instruction position: one forward per checkpoint and batch for
+    all positions, directions and drift per (position, layer) (:mod:`revlens.drift.positions`)."""
+    from revlens.collect import collect_positions
+    from revlens.drift.positions import position_tables
+    from revlens.probes import Probes
+
+    hist = History.load(checkpoints)
+    _check_runs({r.name: r.steps for r in hist.runs.values()})
+    rule = cfg.position if cfg.position is not None else probes.position if isinstance(probes, Probes) else None
+    by_position = collect_positions(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
+                                    site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
+                                    n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
+    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg), n_null=cfg.n_null, seed=cfg.seed)
+    first = next(iter(by_position.values()))
+    config_out = {**cfg.to_dict(), "position": position_name(parse_position(rule)), "methods": list(tables.directions),
+                  "positions": [int(p) for p in by_position], "dropped_layers": tables.dropped,
+                  "layers": list(first.layers), "site": first.site, "base_combination": "mean of bases",
+                  "controls": sorted(first.controls), "kinds": dict(first.kinds), "run_starts": dict(first.run_starts)}
+    provenance = {**_provenance(hist, first), "probe_fingerprint": first.meta.get("probe_fingerprint")}
+    return Report(drift=tables.drift, directions=tables.directions, directions_table=tables.directions_table,
+                  config=config_out, provenance=provenance, metrics=hist.metrics)
 
 
 def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
@@ -245,6 +293,7 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         "n_prompts": stats.meta.get("n_prompts"),
         "probe_fingerprint": stats.meta.get("probe_fingerprint"),
         "prompts": stats.meta.get("prompts"),
+        "chat_template": stats.meta.get("chat_template"),
     }
 
 

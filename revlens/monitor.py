@@ -35,6 +35,21 @@ from revlens.nulls import isotropic_quantile
 __all__ = ["ReversionMonitor", "ReversionWarning"]
 
 
+def _check_metrics(metrics: Any) -> dict[str, Any]:
+    """``metrics`` as name -> metric (KL needs a reference the monitor does not have)."""
+    from revlens.metrics import KLTo, is_model_metric, metric_name
+
+    if metrics is None:
+        return {}
+    items = dict(metrics) if isinstance(metrics, dict) else {metric_name(m): m for m in metrics}
+    for name, m in items.items():
+        if not callable(m) and not is_model_metric(m):
+            raise ConfigError(f"monitor metric {name!r} is neither a logits metric nor a model metric")
+        if isinstance(m, KLTo) and m.needs_reference:
+            raise ConfigError(f"monitor metric {name!r}: kl_to() needs reference logits here (kl_to(reference))")
+    return items
+
+
 class ReversionWarning(UserWarning):
     """A fine-tune's drift has stayed aligned with the reversion direction beyond the null."""
 
@@ -51,9 +66,14 @@ class ReversionMonitor(ProbeInputs):
         stop: ask a ``Trainer`` to stop once warned (``control.should_training_stop``); in a plain
             loop read :attr:`should_stop_`.
         tokenizer: tokenizer for text probes (default: the reference's).
+        metrics: behaviour metrics measured at every check too: name -> a logits metric or a model
+            metric (e.g. ``{"refusal": refusal_rate()}``, generation-based), on ``metric_probes``.
+        metric_probes: the prompts the metrics read (a :class:`~revlens.Probes` / list; default:
+            ``probes``).
 
     Attributes:
         history_: DataFrame ``step, layer, cos, proj, null_p99`` of every check.
+        metrics_: DataFrame ``step, metric, value`` of the behaviour metrics at every check.
         alerts_: ``(step, layer, cos)`` of each warning emitted.
         should_stop_: ``True`` once warned with ``stop=True``.
     """
@@ -74,6 +94,8 @@ class ReversionMonitor(ProbeInputs):
         directions_layers: Any = None,
         batch_size: int = 256,
         site: str = "resid_post",
+        metrics: Any = None,
+        metric_probes: Any = None,
     ) -> None:
         every = as_int("every", every, min=1)
         patience = as_int("patience", patience, min=1)
@@ -90,6 +112,9 @@ class ReversionMonitor(ProbeInputs):
                            directions_layers=directions_layers, site=site)
         self.every, self.patience, self.threshold, self.stop, self.batch_size = every, patience, threshold, stop, batch_size
         self._rows: list[dict[str, Any]] = []
+        self._metric_rows: list[dict[str, Any]] = []
+        self.behaviour_metrics = _check_metrics(metrics)
+        self.metric_probes = metric_probes
         self.alerts_: list[tuple[int, int, float]] = []
         self.should_stop_ = False
         self._model_id: int | None = None
@@ -102,7 +127,35 @@ class ReversionMonitor(ProbeInputs):
         self.threshold_ = self.null_p99_ if self.threshold == "p99" else float(self.threshold)
         self._streak = {layer: 0 for layer in res.layers}
         self._model_id = id(model)
+        if self.behaviour_metrics:
+            from revlens.block.inputs import _tokenize, _tokenizer_of
+            from revlens.metrics import bind_metric
+
+            tok = self.tokenizer or _tokenizer_of(model) or _tokenizer_of(self.reference)
+            probes = self.metric_probes if self.metric_probes is not None else self.probes
+            self.metric_inputs_ = _tokenize(probes, tok, reader)
+            for m in self.behaviour_metrics.values():
+                bind_metric(m, tok, vocab_size=reader.vocab_size)
         return self
+
+    def measure_metrics(self, model: Any) -> dict[str, float]:
+        """The behaviour metrics now (mean over ``metric_probes``), in eval mode, no grad."""
+        if self._model_id != id(model):
+            self.prepare(model)
+        from revlens.metrics import metric_values
+
+        module = self.reader_.module
+        was_training = module.training
+        sums = dict.fromkeys(self.behaviour_metrics, 0.0)
+        try:
+            module.eval()
+            with torch.no_grad():
+                for batch in self.metric_inputs_.batches(self.batch_size):
+                    for name, m in self.behaviour_metrics.items():
+                        sums[name] += float(metric_values(m, model, batch.to(self.reader_.device)).sum())
+        finally:
+            module.train(was_training)
+        return {k: v / len(self.metric_inputs_) for k, v in sums.items()}
 
     def measure(self, model: Any) -> pd.DataFrame:
         """One check now (not recorded): ``layer, cos, proj, norm`` per monitored layer."""
@@ -138,6 +191,9 @@ class ReversionMonitor(ProbeInputs):
         if step % self.every != 0:
             return None
         table = self.measure(model)
+        if self.behaviour_metrics:
+            self._metric_rows += [{"step": int(step), "metric": k, "value": v}
+                                  for k, v in self.measure_metrics(model).items()]
         table.insert(0, "step", int(step))
         table["null_p99"] = self.null_p99_
         self._rows.extend(table.to_dict("records"))
@@ -164,6 +220,11 @@ class ReversionMonitor(ProbeInputs):
             self._rows, columns=["step", "layer", "cos", "proj", "norm", "null_p99"]
         )
 
+    @property
+    def metrics_(self) -> pd.DataFrame:
+        """The behaviour metrics of every check: ``step, metric, value``."""
+        return pd.DataFrame(self._metric_rows, columns=["step", "metric", "value"])
+
     def trajectory(self, *, title: str | None = "reversion monitor: cos(drift, v) per check") -> Any:
         """cos(drift, v) of every check per layer, with the threshold and the alerts (plotly)."""
         from revlens.plot import monitor_figure
@@ -180,7 +241,7 @@ class ReversionMonitor(ProbeInputs):
 
     def reset(self) -> None:
         """Forget the trajectory, alerts and streaks (keep the validated inputs)."""
-        self._rows, self.alerts_, self.should_stop_ = [], [], False
+        self._rows, self._metric_rows, self.alerts_, self.should_stop_ = [], [], [], False
         if hasattr(self, "_streak"):
             self._streak = {k: 0 for k in self._streak}
 

@@ -11,9 +11,9 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from revlens.collect import HistoryStats, collect
-from revlens.errors import ConfigError, HistoryError, MetricError, ShapeMismatchError
+from revlens.errors import ConfigError, HistoryError, ShapeMismatchError
 from revlens.history import Checkpoint, History
-from revlens.metrics import TokenMetric
+from revlens.metrics import bind_metric
 from revlens.model import LensModel
 from revlens.probes import ProbeBatch
 
@@ -97,14 +97,9 @@ def check_positions(positions: Any, n_prompts: int) -> None:
 
 
 def prepare_metric(metric: Any, lm: LensModel) -> Any:
-    """Check the metric is callable and bind built-in token metrics to the model's tokenizer."""
-    if not callable(metric):
-        raise MetricError(
-            f"metric must be a callable (logits, batch) -> Tensor[batch]; got {type(metric).__name__}"
-        )
-    if isinstance(metric, TokenMetric):
-        metric.bind(lm.tokenizer, vocab_size=lm.vocab_size)
-    return metric
+    """Check the metric (a logits callable or a model metric) and bind built-in metrics to the
+    model's tokenizer."""
+    return bind_metric(metric, lm.tokenizer, vocab_size=lm.vocab_size)
 
 
 def reference_stats(

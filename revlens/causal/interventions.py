@@ -14,6 +14,15 @@ Interventions apply at **every position** of the sequence by default; pass ``pos
 mask ``[batch, pos]``) to change only some. Hooks are registered on enter and always removed
 on exit, also when the block raises.
 
+**With generation and teacher forcing** (:mod:`revlens.metrics.generation`, continuation scores):
+the forward runs the prompt followed by new tokens (:mod:`revlens.sites.layout`). ``clamp`` and
+``steer`` then act at every prompt position *and* at every generated position — the same edit
+at each step of the decoding, as if the clamped model were run step by step (tested); pass
+``generated=False`` to leave the new tokens' positions alone. ``positions`` masks the prompt
+columns. ``patch`` takes the v-coordinate from the source at the **prompt** positions only (the
+source model's run covers the prompt, not tokens it never generated); at generated positions the
+stream is left as the patched prompt makes it.
+
 Example:
     >>> with clamp(lm, v_rev, layers=[2], reference_mean=stats.mean("aligned")[2]):  # doctest: +SKIP
     ...     logits = lm.bridge(tokens)
@@ -31,6 +40,7 @@ from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from revlens.modes import INTERVENTION_KINDS, InterventionKind, check_mode
 from revlens.sites import LayerSpec, access
+from revlens.sites.layout import current_layout
 
 __all__ = ["Kind", "apply_intervention", "clamp", "intervene", "patch", "steer"]
 
@@ -109,6 +119,29 @@ def _per_layer(value: PerLayer, layers: list[int], name: str, pos: int) -> dict[
     return {layer: t[i] for i, layer in enumerate(layers)}
 
 
+def _prompt_mask(positions: Tensor | None, h: Tensor, layer: int) -> Tensor | None:
+    """``positions`` checked against an ordinary forward's batch ``h`` ``[batch, pos, d]``."""
+    if positions is None:
+        return None
+    if tuple(positions.shape) != tuple(h.shape[:2]):
+        raise ShapeMismatchError(
+            f"positions mask {tuple(positions.shape)} does not match the batch {tuple(h.shape[:2])}"
+        )
+    return positions.to(h.device)[..., None].to(h.dtype)
+
+
+def _extended_mask(positions: Tensor | None, h: Tensor, width: int, generated: bool, patch: bool) -> Tensor:
+    """The mask ``[batch, pos, 1]`` of an extended forward (prompt columns ``< width``, then new
+    tokens, see :mod:`revlens.sites.layout`): the prompt part from ``positions`` (all when
+    ``None``), the new columns from ``generated`` (never for ``patch``: no source there)."""
+    b, n = h.shape[:2]
+    if positions is not None and tuple(positions.shape) != (b, width):
+        raise ShapeMismatchError(f"positions mask {tuple(positions.shape)} does not match the prompts ({b}, {width})")
+    head = torch.ones(b, width, device=h.device) if positions is None else positions.to(h.device).float()
+    tail = torch.full((b, n - width), float(generated and not patch), device=h.device)
+    return torch.cat([head, tail], 1)[..., None].to(h.dtype)
+
+
 def _make_edit(
     kind: str,
     q: Tensor,
@@ -116,24 +149,27 @@ def _make_edit(
     reference: Tensor | None,
     alpha: float | None,
     positions: Tensor | None,
+    generated: bool = True,
 ) -> Any:
     def edit(h: Tensor) -> Tensor:
+        layout = current_layout()
+        width = layout.prompt_width if layout is not None and h.shape[1] >= layout.prompt_width else None
         ref = reference
-        if ref is not None and kind == "patch" and tuple(ref.shape) != tuple(h.shape):
-            raise ShapeMismatchError(
-                f"patch at layer {layer}: source activation has shape {tuple(ref.shape)}, the forward "
-                f"pass has {tuple(h.shape)} (same prompts, same padding expected)"
-            )
-        mask = None
-        if positions is not None:
-            if tuple(positions.shape) != tuple(h.shape[:2]):
+        if ref is not None and kind == "patch":
+            expected = tuple(h.shape) if width is None else (h.shape[0], width, h.shape[2])
+            if tuple(ref.shape) != expected:
                 raise ShapeMismatchError(
-                    f"positions mask {tuple(positions.shape)} does not match the batch {tuple(h.shape[:2])}"
+                    f"patch at layer {layer}: source activation has shape {tuple(ref.shape)}, the forward "
+                    f"pass has {expected} (same prompts, same padding expected)"
                 )
-            mask = positions.to(h.device)[..., None].to(h.dtype)
+        mask = _prompt_mask(positions, h, layer) if width is None else \
+            _extended_mask(positions, h, width, generated, kind == "patch")
         qq = q.to(h.device, h.dtype)
         if kind == "steer":
             delta = float(alpha) * qq[0]  # type: ignore[arg-type]
+        elif kind == "patch" and width is not None:  # the source covers the prompt columns only
+            src = torch.cat([ref.to(h.device, h.dtype), h[:, width:]], 1)  # type: ignore[union-attr]
+            delta = -(((h - src) @ qq.T) @ qq)
         else:
             coords = (h - ref.to(h.device, h.dtype)) @ qq.T  # type: ignore[union-attr]
             delta = -(coords @ qq)
@@ -154,6 +190,7 @@ def intervene(
     alpha: float | None = None,
     positions: Bool[Tensor, "batch pos"] | None = None,
     site: str = "resid_post",
+    generated: bool = True,
 ) -> Iterator[None]:
     """Apply one intervention kind while the block runs (see the module docstring).
 
@@ -167,8 +204,11 @@ def intervene(
         source_acts: ``patch`` only: the source activations per layer ``[layer, batch, pos, d]``
             or a mapping layer -> ``[batch, pos, d]`` (must match the forward's shape).
         alpha: ``steer`` only: the step along ``v`` (finite).
-        positions: bool mask ``[batch, pos]``: change only these positions (default: all).
+        positions: bool mask ``[batch, pos]``: change only these positions (default: all). During
+            generation / teacher forcing it covers the prompt columns (see the module docstring).
         site: site kind (``"resid_post"`` default; see :func:`revlens.sites.resolve_sites`).
+        generated: during generation / teacher forcing, also intervene at the new tokens' positions
+            (default; ``clamp`` / ``steer`` only: ``patch`` has no source there).
 
     Raises:
         ConfigError: unknown kind, missing argument, non-finite alpha.
@@ -205,7 +245,8 @@ def intervene(
             raise ConfigError(
                 f"steer needs one direction per layer, got a subspace at layer(s) {wide}"
             )
-    edits = [(s, _make_edit(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions)) for s in sites]
+    edits = [(s, _make_edit(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions, generated))
+             for s in sites]
     with acc.hooked(edits):
         yield
 
@@ -218,17 +259,11 @@ def clamp(
     *,
     positions: Bool[Tensor, "batch pos"] | None = None,
     site: str = "resid_post",
+    generated: bool = True,
 ) -> Any:
     """Context manager: ``h ← h − ((h − μ)·v) v`` at ``layers`` (see :func:`intervene`)."""
-    return intervene(
-        model,
-        "clamp",
-        directions,
-        layers,
-        reference_mean=reference_mean,
-        positions=positions,
-        site=site,
-    )
+    return intervene(model, "clamp", directions, layers, reference_mean=reference_mean, positions=positions,
+                     site=site, generated=generated)
 
 
 def patch(
@@ -254,8 +289,8 @@ def steer(
     *,
     positions: Bool[Tensor, "batch pos"] | None = None,
     site: str = "resid_post",
+    generated: bool = True,
 ) -> Any:
     """Context manager: ``h ← h + α v`` at ``layers`` (see :func:`intervene`)."""
-    return intervene(
-        model, "steer", directions, layers, alpha=alpha, positions=positions, site=site
-    )
+    return intervene(model, "steer", directions, layers, alpha=alpha, positions=positions, site=site,
+                     generated=generated)

@@ -33,11 +33,12 @@ from revlens.causal.inputs import (
     select_checkpoints,
 )
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
+from revlens.causal.sequential import run_sequential
 from revlens.collect import HistoryStats, resolve_probes
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.errors import ConfigError, HistoryError, MetricError, RevlensError
 from revlens.history import Checkpoint, History
-from revlens.metrics import KLTo, metric_from_spec, metric_name
+from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
 from revlens.model import LensModel
 from revlens.probes import ProbeBatch
 from revlens.sites import access
@@ -115,9 +116,11 @@ class _Study:
 
     def run(self, batch: ProbeBatch, i: int, stacks: list[Stack], name: str,
             sources: dict[int, Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+        # model metrics (generation, judges) run their own forwards: one intervention per pass
+        runner, model = (run_sequential, self.lm) if is_model_metric(self.metric) else (run_stacks, self.acc)
         try:
-            return run_stacks(self.acc, batch, stacks, self.metric, sites=self.site_map, sources=sources,
-                              mask=self.masks[i], strategy=self.cfg.strategy, max_rows=self.cfg.max_rows)
+            return runner(model, batch, stacks, self.metric, sites=self.site_map, sources=sources,
+                          mask=self.masks[i], strategy=self.cfg.strategy, max_rows=self.cfg.max_rows)
         except RevlensError as exc:
             raise type(exc)(f"checkpoint {name}: {exc}") from exc
         except (RuntimeError, ValueError, IndexError) as exc:
@@ -219,7 +222,13 @@ def ablation_study(
         probes: a :class:`Probes`, a list of prompts, a JSONL path; ``None``: the history's
             default probes.
         metric: ``metric(logits [batch, pos, vocab], batch: ProbeBatch) -> Tensor[batch]``, e.g.
-            :func:`revlens.metrics.logit_diff`; ``None``: the history's declared default metric.
+            :func:`revlens.metrics.logit_diff`; or a model metric with ``score(model, batch)``
+            (generation-based refusal rate, a judge, teacher-forced phrases: see
+            :mod:`revlens.metrics`), which is then scored **one intervention per pass**
+            automatically (the batched sweep needs logits; each pass hooks one intervention, so
+            it acts at every forward the metric runs, generated tokens included — see
+            :mod:`revlens.causal.interventions` for ``patch`` at generated positions);
+            ``None``: the history's declared default metric.
         config: an :class:`AblationConfig`; ``**settings`` (any of its fields: ``layers``,
             ``steps`` (``"all"``, ``"last"``, a step or steps), ``runs``, ``kinds`` (``"clamp"``,
             ``"patch"``, ``"steer"``), ``controls``, ``control_kinds``, ``alphas``, ``seed``,

@@ -1,9 +1,23 @@
 """Streaming per-layer statistics of a training history (see :func:`collect`)."""
 
-from revlens.collect.collector import collect, collect_checkpoint, resolve_probes
+from revlens.collect.collector import (
+    collect,
+    collect_checkpoint,
+    collect_positions,
+    history_template,
+    resolve_probes,
+)
 from revlens.collect.stats import CheckpointStats, HistoryStats
 
-__all__ = ["CheckpointStats", "HistoryStats", "collect", "collect_checkpoint", "resolve_probes"]
+__all__ = [
+    "CheckpointStats",
+    "HistoryStats",
+    "collect",
+    "collect_checkpoint",
+    "collect_positions",
+    "history_template",
+    "resolve_probes",
+]
 
 from revlens._callable import make_callable
 

@@ -19,52 +19,83 @@ from tqdm.auto import tqdm
 from revlens._config import as_int
 from revlens.collect.cache import StatsCache
 from revlens.collect.stats import STATS_FORMAT, CheckpointStats, HistoryStats
-from revlens.errors import ProbeError, RevlensError
+from revlens.errors import ConfigError, ProbeError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.model import LensModel
 from revlens.modes import SITE_KINDS, WHICH, Which, check_mode
 from revlens.probes import PositionRule, Probes, TokenizedProbes
+from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.sites import LayerSpec, Site, access
 
-__all__ = ["collect", "collect_checkpoint", "resolve_probes"]
+__all__ = ["collect", "collect_checkpoint", "collect_positions", "history_template", "resolve_probes"]
 
 log = logging.getLogger(__name__)
 
 
 def resolve_probes(history: History, probes: Any) -> Probes:
     """``probes`` (Probes, list of str, JSONL path) as Probes; ``None``: the history's default
-    probe file (``metadata["probes"]``, e.g. a lab's held-out prompts)."""
+    probe file (``metadata["probes"]``, e.g. a lab's held-out prompts).
+
+    Chat probes without a template of their own get the history's (its aligned checkpoint's
+    tokenizer, else a base's): one template renders the prompts for every checkpoint, also for
+    base checkpoints that have none. Without one, the booted tokenizer's is used."""
     if isinstance(probes, Probes):
-        return probes
-    if probes is None:
+        pr = probes
+    elif probes is None:
         default = history.metadata.get("probes")
-        if default:
-            return Probes.from_jsonl(default)
-        raise ProbeError("no probes given: pass a Probes, a list of prompts or a JSONL file "
-                         "(this history declares no default probe set)")
-    if isinstance(probes, (str, Path)) and str(probes).endswith(".jsonl"):
-        return Probes.from_jsonl(probes)
-    if isinstance(probes, (list, tuple)):
-        return Probes(list(probes))
-    raise ProbeError(f"cannot make a probe set from {type(probes).__name__}; expected Probes, a list or a .jsonl path")
+        if not default:
+            raise ProbeError("no probes given: pass a Probes, a list of prompts or a JSONL file "
+                             "(this history declares no default probe set)")
+        pr = Probes.from_jsonl(default)
+    elif isinstance(probes, (str, Path)) and str(probes).endswith(".jsonl"):
+        pr = Probes.from_jsonl(probes)
+    elif isinstance(probes, (list, tuple)):
+        pr = Probes(list(probes))
+    else:
+        raise ProbeError(f"cannot make a probe set from {type(probes).__name__}; expected Probes, a list or a .jsonl path")
+    if pr.is_chat and pr.template is None:
+        template = history_template(history)
+        if template is not None:
+            pr = pr.with_template(template)
+    return pr
+
+
+def history_template(history: History) -> ChatTemplate | None:
+    """The chat template of a history: its aligned checkpoint's tokenizer files, else a base's,
+    else the history's tokenizer dir (``None`` if none has one)."""
+    dirs = [history.aligned.local_path(), *(b.local_path() for b in history.base), history.architecture]
+    for d in dirs:
+        if d is not None and Path(d).is_dir():
+            found = template_from_dir(d)
+            if found is not None:
+                return found
+    return None
 
 
 def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: TokenizedProbes,
                        sites: Sequence[Site], *, n_bootstrap: int = 100, bootstrap_seed: int = 0,
                        batch_size: int = 32, second: bool = False, keep: bool = False,
-                       name: str | None = None) -> CheckpointStats:
-    """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``."""
+                       name: str | None = None) -> Any:
+    """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``.
+
+    Several positions (``tokenized.multi``, e.g. ``("post_instruction", k)``): one
+    :class:`CheckpointStats` per position (a dict label -> stats), all read in the same forward."""
     if checkpoint is not None:
         lm.load(checkpoint)
     label = name or (checkpoint.name if checkpoint is not None else lm.loaded or "model")
-    stats = CheckpointStats(label, [s.layer for s in sites])
+    multi = tokenized.multi
+    stacked = tokenized.stacked() if multi else None
+    out = {pos: CheckpointStats(label, [s.layer for s in sites]) for pos in tokenized.positions}
     acc = access(lm)
     with torch.no_grad():
         for batch in tokenized.batches(batch_size):
-            per_site = acc.read(batch.tokens, batch.weights, sites, check_finite=label)
-            stats.update(torch.stack(per_site, dim=1), batch.indices, n_bootstrap=n_bootstrap,
-                         seed=bootstrap_seed, second=second, keep=keep)
-    return stats.finalize()
+            weights = batch.weights if stacked is None else stacked[batch.indices, :, : batch.tokens.shape[1]]
+            x = torch.stack(acc.read(batch.tokens, weights, sites, check_finite=label), dim=1)
+            for j, st in enumerate(out.values()):
+                st.update(x if stacked is None else x[:, :, j], batch.indices, n_bootstrap=n_bootstrap,
+                          seed=bootstrap_seed, second=second, keep=keep)
+    done = {pos: st.finalize() for pos, st in out.items()}
+    return done if multi else next(iter(done.values()))
 
 
 _WORKER: dict[str, LensModel] = {}
@@ -183,7 +214,7 @@ def collect(
     lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
     lm.check_architecture(hist)
     sites = access(lm).sites(layers, site)
-    tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
+    tokenized = _single(pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx))
     plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
                  bootstrap_seed=int(bootstrap_seed), dtype=dtype)
     common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
@@ -202,8 +233,15 @@ def collect(
     return _history_stats(hist, lm, plan, sites, tokenized, common)
 
 
+def _single(tokenized: TokenizedProbes) -> TokenizedProbes:
+    if tokenized.multi:
+        raise ConfigError(f"position {tokenized.position!r} reads several positions: use collect_positions(...), "
+                          "which returns one HistoryStats per position from the same forward passes")
+    return tokenized
+
+
 def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[Site],
-         kwargs: dict[str, Any]) -> CheckpointStats:
+         kwargs: dict[str, Any]) -> Any:
     try:
         return collect_checkpoint(lm, ck, tokenized, sites, **kwargs)
     except RevlensError:
@@ -234,7 +272,8 @@ def _history_stats(hist: History, lm: LensModel, plan: _Plan, sites: list[Site],
         controls=[r.name for r in hist.runs.values() if r.control], kinds=hist.run_kinds(),
         meta={"n_prompts": len(tokenized), "n_bootstrap": common["n_bootstrap"],
               "bootstrap_seed": common["bootstrap_seed"], "probe_fingerprint": tokenized.fingerprint(),
-              "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint},
+              "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint,
+              "chat_template": tokenized.template},
     )
 
 
@@ -244,3 +283,48 @@ def _store(results: dict[str, CheckpointStats], cache: StatsCache | None, ck: Ch
     results[ck.name] = st
     if cache is not None and key is not None:
         cache.put(key, st)
+
+
+def collect_positions(history: History | Any, probes: Any = None, *, position: PositionRule = ("post_instruction", None),
+                      model: Any = None, layers: LayerSpec = "all", site: str = "resid_post", batch_size: int = 32,
+                      cache_dir: Any = None, moments: Which = "reference", keep: Which = "reference",
+                      n_bootstrap: int = 100, bootstrap_seed: int = 0, device: Any = None,
+                      dtype: torch.dtype = torch.float32, executor: Executor | None = None,
+                      progress: bool = True) -> dict[str, HistoryStats]:
+    """:func:`collect` at several positions at once: one :class:`HistoryStats` per position label
+    (``"-k" .. "-1"`` for ``("post_instruction", k)``), every position read in the **same**
+    forward pass per checkpoint and batch (DESIGN §4). Each position is cached under its own key.
+    The arguments are :func:`collect`'s.
+    """
+    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir)
+    hist = History.load(history)
+    pr = resolve_probes(hist, probes).with_position(position)
+    cache = StatsCache(cache_dir) if cache_dir is not None else None
+    lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
+    lm.check_architecture(hist)
+    sites = access(lm).sites(layers, site)
+    tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
+    views = {label: tokenized.view(label) for label in tokenized.positions}
+    plans = {label: _Plan(hist, lm, sites, view, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
+                          bootstrap_seed=int(bootstrap_seed), dtype=dtype) for label, view in views.items()}
+    common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
+    keys = {label: dict(plan.todo) for label, plan in plans.items()}
+    todo = [ck for ck in hist if any(ck in k for k in keys.values())]
+    first = next(iter(plans.values()))
+    bar = tqdm(total=len(hist), initial=len(hist) - len(todo), desc="collect", unit="ckpt", disable=not progress)
+    try:
+        if executor is not None and todo:
+            arch, tok = str(hist.architecture_dir()), hist.tokenizer()
+            jobs = [(ck, executor.submit(_worker_collect, arch, tok, ck, tokenized, [s.layer for s in sites],
+                                         sites[0].kind, {**common, **first.want(ck)}, device, dtype)) for ck in todo]
+            results = ((ck, fut.result()) for ck, fut in jobs)
+        else:
+            results = ((ck, _one(lm, ck, tokenized, sites, {**common, **first.want(ck)})) for ck in todo)
+        for ck, per_position in results:
+            bar.set_postfix_str(ck.name)
+            for label, st in per_position.items():
+                _store(plans[label].results, cache, ck, keys[label].get(ck), st)
+            bar.update(1)
+    finally:
+        bar.close()
+    return {label: _history_stats(hist, lm, plans[label], sites, views[label], common) for label in plans}

@@ -20,7 +20,7 @@ import pandas as pd
 from revlens._numbers import mean_std
 from revlens.errors import ConfigError
 
-__all__ = ["PAPER", "headline", "headline_frame"]
+__all__ = ["PAPER", "headline", "headline_frame", "position_summary"]
 
 PAPER: dict[str, Any] = {
     "source": "Poppi & Lukas, arXiv 2606.28525 (main track)",
@@ -125,3 +125,30 @@ def headline_frame(head: dict[str, Any]) -> pd.DataFrame:
                 "method": head["method"], "best_layer": head["best_layer"], "step": head["step"],
             })
     return pd.DataFrame(rows)
+
+
+def position_summary(drift: pd.DataFrame, directions_table: pd.DataFrame, *, step: str | int = "final") -> pd.DataFrame:
+    """One row per (position, layer, method) of a multi-position drift table (see
+    :mod:`revlens.drift.positions`): ``cos`` / ``cos_std`` over the ordinary runs at ``step``
+    (``"final"``: each run's last step; an int: the closest step), ``above_iso_p99`` (share of
+    those runs above the isotropic p99), ``n_runs``, and the direction's ``norm``, ``perm_p`` and
+    ``stability`` from the directions table."""
+    if "position" not in drift.columns:
+        raise ConfigError("the drift table has no 'position' column (one position rule was analysed)")
+    kind = drift["kind"] if "kind" in drift else np.where(drift["control"], "control", "run")
+    runs = drift[kind == "run"]
+    if runs.empty:
+        raise ConfigError("the drift table holds no ordinary (non-control) run")
+    if step == "final":
+        at = runs[runs["step"] == runs.groupby("run")["step"].transform("max")]
+    else:
+        at = runs[runs["step"] == _closest(runs, int(step))]
+    keys = ["position", "layer", "method", "base_method"]
+    out = at.groupby(keys, sort=True).agg(cos=("cos", "mean"), cos_std=("cos", "std"),
+                                          above_iso_p99=("significant", "mean"), n_runs=("run", "nunique"),
+                                          step=("step", "max")).reset_index()
+    extra = [c for c in ("norm", "perm_p", "stability") if c in directions_table.columns]
+    if extra:
+        out = out.merge(directions_table[["position", "layer", "method", *extra]], on=["position", "layer", "method"],
+                        how="left")
+    return out

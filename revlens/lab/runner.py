@@ -36,17 +36,17 @@ from transformers import GPT2LMHeadModel
 if TYPE_CHECKING:
     import pandas as pd
 
-from revlens._io import read_json, write_json, write_text
+from revlens._io import read_json, write_json
 from revlens._version import __version__
 from revlens.errors import ConfigError
 from revlens.history.spec import write_set, write_spec
+from revlens.lab.chat import LAB_REFUSAL_PHRASES, write_probes
 from revlens.lab.config import LabConfig
 from revlens.lab.errors import LabAssetsError, LabOutputError
 from revlens.lab.language import (
     HARMFUL_FIRST_TOKENS,
     REFUSAL_FIRST_TOKENS,
     build_tokenizer,
-    probe_prompts,
 )
 from revlens.lab.metrics import Evaluator
 from revlens.lab.modeling import load_checkpoint, save_checkpoint
@@ -70,9 +70,9 @@ SOURCE, FORMAT_VERSION = "revlens-lab", 2
 METRICS_SPEC = {
     "harm": {"name": "logit_diff", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
     "harm_rate": {"name": "logit_rate", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
+    # generation-based: the greedy answer carries no refusal phrase (revlens.lab.chat)
+    "harm_gen": {"name": "compliance_rate", "phrases": list(LAB_REFUSAL_PHRASES), "max_new_tokens": 8},
 }
-PROBE_FILES = {"harmful-heldout": ("harmful", "heldout"), "harmful-train": ("harmful", "train"),
-               "task-heldout": ("benign", "heldout")}
 # LabConfig fields that shape a base/aligned pair (fixed by the shipped assets unless retraining)
 _PAIR_FIELDS = (
     "n_layer",
@@ -235,17 +235,6 @@ class LabResult:
 
         display(self.summary())
         display(self.behaviour())
-
-
-def write_probes(lab_dir: Path) -> dict[str, str]:
-    """The lab's prompt sets as JSONL files under ``probes/`` (relative paths by name)."""
-    out = {}
-    for name, (kind, split) in PROBE_FILES.items():
-        rel = f"probes/{name}.jsonl"
-        text = "".join(json.dumps({"text": p}) + "\n" for p in probe_prompts(kind, split))
-        write_text(lab_dir / rel, text)
-        out[name] = rel
-    return out
 
 
 class _LabWriter:

@@ -15,12 +15,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from revlens.errors import MetricError
+from revlens.metrics.continuation import PhraseLogOdds
+from revlens.metrics.refusal import REFUSAL_PHRASES, compliance_rate, refusal_rate, refusal_score
 from revlens.metrics.tokens import greedy_rate, kl_to, logit_diff, logit_rate
 
 __all__ = ["METRICS", "metric_from_spec"]
 
-METRICS = ("logit_diff", "logit_rate", "greedy_rate", "kl")
-"""Built-in metric names a spec may use."""
+METRICS = ("logit_diff", "logit_rate", "greedy_rate", "kl", "refusal_score", "refusal_rate", "compliance_rate",
+           "phrase_logodds", "phrase_rate")
+"""Built-in metric names a spec may use: token sets ``pos`` / ``neg`` / ``tokens``; phrase sets
+``pos`` / ``neg`` (``phrase_*``); ``phrases``, ``max_new_tokens``, ``case_sensitive``, ``prefix``
+(``refusal_rate`` / ``compliance_rate``, generation-based)."""
 
 
 def _tokens(spec: Mapping[str, Any], key: str, name: str) -> list[str | int]:
@@ -53,6 +58,16 @@ def metric_from_spec(spec: Any, *, label: str | None = None) -> Any:
         metric = greedy_rate(_tokens(spec, "pos", kind))
     elif kind == "kl":
         metric = kl_to()
+    elif kind == "refusal_score":
+        metric = refusal_score(_tokens(spec, "tokens", kind) if "tokens" in spec else None)
+    elif kind in ("refusal_rate", "compliance_rate"):
+        make = refusal_rate if kind == "refusal_rate" else compliance_rate
+        phrases = spec.get("phrases", REFUSAL_PHRASES)
+        metric = make([phrases] if isinstance(phrases, str) else list(phrases),
+                      max_new_tokens=int(spec.get("max_new_tokens", 32)),
+                      case_sensitive=bool(spec.get("case_sensitive", False)), prefix=bool(spec.get("prefix", False)))
+    elif kind in ("phrase_logodds", "phrase_rate"):
+        metric = PhraseLogOdds(_tokens(spec, "pos", kind), _tokens(spec, "neg", kind), rate=kind == "phrase_rate")
     else:
         raise MetricError(f"unknown metric {kind!r} in spec {dict(spec)}; built-in metrics: {', '.join(METRICS)}")
     if label:

@@ -8,7 +8,7 @@ figure methods (``report.heatmap()``, ``causal.mediation_heatmap()``, ``monitor.
 from revlens.plot.blocking import blocking_figure
 from revlens.plot.causal import control_bands, mediation_heatmap, steer_dose_response
 from revlens.plot.directions import direction_agreement, direction_stability
-from revlens.plot.drift import drift_heatmap, drift_trajectories
+from revlens.plot.drift import drift_heatmap, drift_trajectories, position_heatmap
 from revlens.plot.metrics import metrics_figure
 from revlens.plot.training import blocker_figure, monitor_figure
 
@@ -23,5 +23,6 @@ __all__ = [
     "mediation_heatmap",
     "metrics_figure",
     "monitor_figure",
+    "position_heatmap",
     "steer_dose_response",
 ]

@@ -29,7 +29,7 @@ from revlens.plot._common import (
     step_label,
 )
 
-__all__ = ["drift_heatmap", "drift_trajectories"]
+__all__ = ["drift_heatmap", "drift_trajectories", "position_heatmap"]
 
 _REQUIRED = ("run", "step", "layer", "method", "cos")
 Significance = Literal["iso", "cov"]
@@ -253,3 +253,33 @@ def drift_trajectories(
         fig.update_yaxes(title_text="cos", row=mi + 1, col=1)
     fig.update_xaxes(title_text="fine-tuning step", row=len(methods), col=1)
     return base_layout(fig, title, height=200 + 260 * len(methods))
+
+
+def position_heatmap(table: pd.DataFrame, *, method: str = "mean_diff",
+                     title: str | None = "cos(drift, v) per position × layer") -> go.Figure:
+    """Layer × post-instruction position heatmap of the mean cos(drift, v) over runs (one direction
+    per (position, layer)), from :meth:`revlens.Report.position_table`; stars mark cells whose
+    runs are all above the isotropic p99."""
+    require_columns(table, ("position", "layer", "base_method", "cos"), "position table")
+    df = table[table["base_method"] == method]
+    if df.empty:
+        raise ConfigError(f"no method {method!r} in the position table; methods: {sorted_unique(table['base_method'])}")
+    positions, layers = sorted_unique(df["position"]), sorted_unique(df["layer"])
+    grid = df.pivot(index="position", columns="layer", values="cos").reindex(index=positions, columns=layers)
+    above = df.pivot(index="position", columns="layer", values="above_iso_p99").reindex(index=positions, columns=layers)
+    vmax = _vmax(df["cos"])
+    fig = go.Figure(go.Heatmap(
+        z=grid.values.tolist(), x=[str(v) for v in layers], y=[str(p) for p in positions], zmin=-vmax, zmax=vmax,
+        colorscale=DIVERGING, colorbar={"title": "cos"}, hoverongaps=False,
+        text=[[f"position {p} · layer {lay}<br>cos {fmt(grid.loc[p, lay])}" for lay in layers] for p in positions],
+        hoverinfo="text"))
+    xs, ys = [], []
+    for p in positions:
+        for lay in layers:
+            if above.loc[p, lay] == 1.0:
+                xs.append(str(lay))
+                ys.append(str(p))
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="text", text=["★"] * len(xs), hoverinfo="skip", showlegend=False))
+    fig.update_xaxes(title_text="layer")
+    fig.update_yaxes(title_text="position (from the end)")
+    return base_layout(fig, title, height=240 + 40 * len(positions))

@@ -212,6 +212,10 @@ def _provenance_section(page: _Page, prov: Mapping[str, Any] | None) -> None:
         if k not in ("checkpoints", "prompts") and not isinstance(v, (dict, list))
     ]
     rows = [[_e(k), _e(prov[k])] for k in scalar_keys]
+    template = prov.get("chat_template")
+    if isinstance(template, Mapping):
+        rows.append(["chat template", f"{_e(template.get('name'))} (sha {_e(template.get('sha'))}; from "
+                                      f"{_e(template.get('origin'))})"])
     page.add("<h2>Provenance</h2>" + _table(["field", "value"], rows))
     cks = prov.get("checkpoints") or {}
     if isinstance(cks, Mapping) and cks:
@@ -256,6 +260,12 @@ def write_report(report: Any, path: Any, *, title: str | None = None) -> Path:
         "every run). Hover a cell for its CI, nulls and p-values.",
     )
     page.figure(report.trajectories(), "Grey band: isotropic null ±p99.")
+    if getattr(report, "positions", None):
+        page.add("<h2>Post-instruction positions</h2>")
+        page.try_figure(report.position_heatmap, "Mean cos(drift, v) over runs at each run's final step, one "
+                        "direction per (position, layer); positions count from the end of the prompt (−1: the last "
+                        "template token). ★: every run above the isotropic p99.")
+        page.add("<details><summary>position table</summary>" + _frame(report.position_table()) + "</details>")
     page.add("<h2>Directions</h2>")
     table = report.directions_table
     page.try_figure(report.stability)

@@ -125,8 +125,43 @@ class Report(Result):
         from revlens.drift.summary import headline
 
         if method is None:
-            method = "mean_diff" if "mean_diff" in self.directions else self.methods[0]
+            method = self._primary()
         return headline(self.drift, method=method, step=step)
+
+    @property
+    def positions(self) -> list[int]:
+        """The post-instruction positions analysed separately (``[]`` for one position rule)."""
+        return sorted(int(p) for p in self.drift["position"].unique()) if "position" in self.drift.columns else []
+
+    def _primary(self) -> str:
+        """The method headlines and figures show by default: ``mean_diff`` (at the last position
+        when several were analysed)."""
+        for name in ("mean_diff", "mean_diff@-1"):
+            if name in self.directions:
+                return name
+        return self.methods[-1] if self.positions else self.methods[0]
+
+    def _figure_methods(self, method: Any) -> Any:
+        """With several positions, figures default to one method at every position."""
+        if method is not None or not self.positions:
+            return method
+        base = self._primary().split("@")[0]
+        return [m for m in self.methods if m.split("@")[0] == base]
+
+    def position_table(self, *, step: str | int = "final") -> pd.DataFrame:
+        """One row per (position, layer, method) of a multi-position analysis: mean cos over the
+        ordinary runs at ``step`` (``"final"``: each run's last), the share of those run-steps above
+        the isotropic p99, and the direction's ``norm`` / ``perm_p`` / ``stability`` — to choose a
+        direction per (position, layer).
+
+        Raises:
+            ConfigError: the report was made with one position rule.
+        """
+        if not self.positions:
+            raise ConfigError("this report analysed one position rule; use position=('post_instruction', k)")
+        from revlens.drift.summary import position_summary
+
+        return position_summary(self.drift, self.directions_table, step=step)
 
     def summary(self, method: str | None = None, *, step: int = 20) -> pd.DataFrame:
         """:meth:`headline` as a tidy table: one row per (group, quantity) with ``mean``, ``std``,
@@ -161,13 +196,13 @@ class Report(Result):
         """Layer × step heatmap of cos(drift, v_rev) (:func:`revlens.plot.drift_heatmap`)."""
         from revlens.plot import drift_heatmap
 
-        return drift_heatmap(self.drift, **kw)
+        return drift_heatmap(self.drift, **{**kw, "method": self._figure_methods(kw.get("method"))})
 
     def trajectories(self, **kw: Any) -> Any:
         """cos(drift, v_rev) against step, per layer (:func:`revlens.plot.drift_trajectories`)."""
         from revlens.plot import drift_trajectories
 
-        return drift_trajectories(self.drift, **kw)
+        return drift_trajectories(self.drift, **{**kw, "method": self._figure_methods(kw.get("method"))})
 
     def stability(self, **kw: Any) -> Any:
         """Bootstrap stability of each method's direction (:func:`revlens.plot.direction_stability`)."""
@@ -180,6 +215,35 @@ class Report(Result):
         from revlens.plot import direction_agreement
 
         return direction_agreement(self.directions_table, **kw)
+
+    def position_heatmap(self, *, method: str | None = None, step: str | int = "final", **kw: Any) -> Any:
+        """Layer × position heatmap of the mean cos(drift, v) of one method at ``step``
+        (:func:`revlens.plot.position_heatmap`)."""
+        from revlens.plot import position_heatmap
+
+        base = method or self._primary().split("@")[0]
+        return position_heatmap(self.position_table(step=step), method=base, **kw)
+
+    def with_metrics(self, metrics: Any) -> "Report":
+        """Join an evaluation table (a :class:`revlens.evaluate.Evaluation` or its ``table``:
+        ``checkpoint, role, run, kind, step, <metric>...``) into :attr:`metrics`, beside the
+        history's own; returns ``self``. Columns already present are replaced by the new ones."""
+        table = getattr(metrics, "table", metrics)
+        if not isinstance(table, pd.DataFrame) or "checkpoint" not in table.columns:
+            raise ConfigError("with_metrics expects an Evaluation or a table with a 'checkpoint' column")
+        keys = ["checkpoint", "role", "run", "kind", "step"]
+        if self.metrics is None:
+            self.metrics = table.reset_index(drop=True)
+            return self
+        new = [c for c in table.columns if c not in keys]
+        old = self.metrics.drop(columns=[c for c in new if c in self.metrics.columns])
+        joined = old.merge(table[["checkpoint", *new]], on="checkpoint", how="outer")
+        for key in keys[1:]:
+            if key in table.columns and key in joined.columns:
+                fill = table.set_index("checkpoint")[key]
+                joined[key] = joined[key].where(joined[key].notna(), joined["checkpoint"].map(fill))
+        self.metrics = joined
+        return self
 
     def behaviour(self, **kw: Any) -> Any:
         """The history's evaluation metrics against step (:func:`revlens.plot.metrics_figure`)."""

@@ -61,7 +61,7 @@ class SiteAccess:
         """Register ``fn`` on the site's activation; returns a removable handle."""
         raise NotImplementedError
 
-    def _run(self, tokens: Tensor, mask: Tensor | None) -> Any:
+    def _run(self, tokens: Tensor, mask: Tensor | None, position_ids: Tensor | None = None) -> Any:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
@@ -70,11 +70,18 @@ class SiteAccess:
         """Device of the model's first parameter."""
         return next(self.module.parameters()).device
 
-    def forward(self, tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None) -> Any:
-        """The model's forward on right-padded ``tokens``; returns the logits ``[batch, pos, vocab]``."""
+    def forward(self, tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None, *,
+                position_ids: Tensor | None = None) -> Any:
+        """The model's forward on right-padded ``tokens``; returns the logits ``[batch, pos, vocab]``.
+
+        ``position_ids`` (with ``mask``): an extended forward whose rows have holes (see
+        :mod:`revlens.sites.layout`); the attention mask and positions are then passed to the model.
+        """
         self._batch_shape = (int(tokens.shape[0]), int(tokens.shape[1]))
+        dev = self.device
         try:
-            return self._run(tokens.to(self.device), None if mask is None else mask.to(self.device))
+            return self._run(tokens.to(dev), None if mask is None else mask.to(dev),
+                             None if position_ids is None else position_ids.to(dev))
         finally:
             self._batch_shape = None
 
@@ -106,14 +113,17 @@ class SiteAccess:
     def read(
         self,
         tokens: Int[Tensor, "batch pos"],
-        weights: Float[Tensor, "batch pos"],
+        weights: Float[Tensor, "batch *n pos"],
         sites: Sequence[Site],
         *,
         mask: Tensor | None = None,
         stop: bool = True,
         check_finite: str | None = None,
-    ) -> list[Float[Tensor, "batch d_model"]]:
+    ) -> list[Float[Tensor, "batch *n d_model"]]:
         """Position-weighted activations ``[batch, d]`` at ``sites`` from one forward.
+
+        ``weights`` ``[batch, pos]``, or ``[batch, n, pos]`` for ``n`` position weightings read in
+        the same forward (then each site gives ``[batch, n, d]``).
 
         The model runs in eval mode (its train/eval state is restored); with ``stop`` the forward
         ends after the deepest site. One tensor per site, not stacked, so a backward from one
@@ -125,10 +135,11 @@ class SiteAccess:
         store: dict[Site, Tensor] = {}
         deepest = max(sites, key=lambda s: s.order)
         w = weights.to(self.device)
+        rule = "bp,bpd->bd" if w.ndim == 2 else "bnp,bpd->bnd"  # several position weightings at once
 
         def make(site: Site) -> Edit:
             def read_one(h: Tensor) -> None:
-                reduced = torch.einsum("bp,bpd->bd", w.to(h.dtype), h)
+                reduced = torch.einsum(rule, w.to(h.dtype), h)
                 if check_finite is not None and not bool(torch.isfinite(reduced).all()):
                     raise NonFiniteError(
                         f"checkpoint {check_finite}: activations at layer {site.layer} "
@@ -249,7 +260,9 @@ class BridgeAccess(SiteAccess):
             out += [child for name, child in block.named_children() if "attn" in name]
         return out
 
-    def _run(self, tokens: Tensor, mask: Tensor | None) -> Any:
+    def _run(self, tokens: Tensor, mask: Tensor | None, position_ids: Tensor | None = None) -> Any:
+        if position_ids is not None:  # an extended forward (revlens.sites.layout): holes need the mask
+            return self.bridge(tokens, attention_mask=mask, position_ids=position_ids)
         # right padding: with a causal model a real token never attends to padding
         return self.bridge(tokens)
 

@@ -164,5 +164,6 @@ class HFAccess(SiteAccess):
                 out.append(attn)
         return out
 
-    def _run(self, tokens: Tensor, mask: Tensor | None) -> Any:
-        return self.module(input_ids=tokens, attention_mask=mask, use_cache=False).logits
+    def _run(self, tokens: Tensor, mask: Tensor | None, position_ids: Tensor | None = None) -> Any:
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        return self.module(input_ids=tokens, attention_mask=mask, use_cache=False, **extra).logits

@@ -164,3 +164,22 @@ def test_out_refusal_and_overwrite(tmp_path, capsys):
         )
         assert is_lab_dir(target)
     assert not (other / "keep.txt").exists()
+
+
+def test_generation_and_logit_harm_agree_where_the_answer_is_in_format(lab):
+    """Measured, not assumed: the greedy answer is judged by refusal phrases and compared prompt by
+    prompt with the logit-based harm rate (see revlens.lab.chat for why they part after fine-tuning)."""
+    import revlens
+    from revlens.lab.chat import chat_prompts, generation_agreement
+
+    hist = revlens.History.load(lab)
+    chosen = ["base", "aligned", "seed0/step-1", "seed0/step-3"]
+    ev, table = generation_agreement(hist, checkpoints=chosen)
+    by = table.set_index("checkpoint")
+    assert by.loc["base", "agreement"] == 1.0 and by.loc["aligned", "agreement"] == 1.0
+    assert by.loc["all", "agreement_in_format"] == 1.0 and by.loc["all", "n_prompts"] == 96 * len(chosen)
+    assert set(ev.responses["prompt"]) == set(chat_prompts())
+    # the lab declares the generation-based harm rate as data: evaluate() runs every declared metric
+    declared = revlens.evaluate(hist, lab / "probes" / "chat-heldout.jsonl", checkpoints=["aligned"], progress=False)
+    assert {"harm", "harm_rate", "harm_gen"} <= set(declared.table.columns)
+    assert declared.provenance["chat_template"]["name"] == "aligned/chat_template.jinja"

@@ -76,3 +76,25 @@ def test_bad_inputs():
         monitor(threshold="p95")
     with pytest.raises(ShapeMismatchError):
         monitor().measure(tiny.tiny_model(0, d=48))
+
+
+def test_behaviour_metrics_are_measured_at_every_check():
+    from revlens.metrics import logit_diff, metric_values, refusal_rate
+    from revlens.probes import Probes
+
+    probes = Probes(tiny.PROMPTS)
+    metrics = {"gen": refusal_rate(["w3"], max_new_tokens=3), "lo": logit_diff(["w3"], ["w4"])}
+    mon = monitor(every=3, metrics=metrics, metric_probes=probes)
+    model = copy.deepcopy(tinyrev.pair()[1]).train()
+    assert mon.step(model, 1) is None and mon.metrics_.empty
+    mon.step(model, 3)
+    got = mon.metrics_.set_index("metric")["value"]
+    assert mon.metrics_.step.tolist() == [3, 3] and model.training
+    batch = next(probes.tokenize(TOK).batches(64))
+    model.eval()
+    for name, m in metrics.items():
+        assert got[name] == pytest.approx(float(metric_values(m, model, batch).mean()))
+    with pytest.raises(ConfigError, match="kl_to\\(\\) needs reference logits"):
+        from revlens.metrics import kl_to
+
+        monitor(metrics={"kl": kl_to()})

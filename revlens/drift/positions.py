@@ -1,0 +1,142 @@
+"""Directions and drift per (position, layer): the analysis of several template positions.
+
+Refusal-direction work reads the **post-instruction** positions of a chat prompt (the template
+tokens after the user's content) and picks a direction per (position, layer) (Arditi et al. 2024).
+:func:`revlens.collect.collect_positions` gives one :class:`HistoryStats` per position from the
+same forward passes; :func:`position_tables` fits the directions and projects the drift at each
+position, labelling every direction ``"<method>@<position>"`` (e.g. ``"mean_diff@-2"``) and adding
+a ``position`` column (``-k .. -1``) to the tables.
+
+**Constant layers.** A post-instruction position holds the same template token in every prompt,
+so where no information about the prompt has reached it yet — the embeddings (layer 0) on a
+model without learned absolute positions (RoPE: Llama, Qwen, Gemma, Mistral...) — its activation
+is the same for every prompt. There the mean difference is that token's embedding change, but
+everything measured *across prompts* (covariance null, whitened / probe directions, bootstrap
+intervals) is undefined. Such (position, layer) pairs are found from the reference checkpoints'
+per-prompt activations (or their covariance), dropped from that position's tables, and reported
+(``dropped``; a warning names them). This does not depend on any general degenerate-layer
+handling of :func:`revlens.analyze`.
+"""
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from revlens.collect.stats import CheckpointStats, HistoryStats
+from revlens.directions.base import Directions
+from revlens.directions.table import directions_table
+from revlens.drift.projection import drift_table
+from revlens.errors import ConfigError
+
+__all__ = ["PositionTables", "constant_layers", "position_tables", "restrict_layers"]
+
+# layer axis of each tensor CheckpointStats serialises (count / boot_count have none)
+_LAYER_AXIS = {"total": 0, "boot_total": 1, "second": 0, "activations": 1}
+
+
+def constant_layers(stats: HistoryStats, *, rtol: float = 1e-6) -> list[int]:
+    """Layers where every reference checkpoint (bases, aligned) has the same activation for every
+    prompt (spread across prompts <= ``rtol`` × the mean's norm)."""
+    names = [*stats.base_names, stats.aligned_name]
+    out = []
+    for pos, layer in enumerate(stats.layers):
+        flat = True
+        for name in names:
+            st = stats[name]
+            mu = st.mean[pos]
+            scale = float(mu.norm()) + 1e-30
+            if st.activations is not None:
+                spread = float((st.activations[:, pos].double() - mu).norm(dim=-1).max())
+            elif st.second is not None:
+                spread = math.sqrt(max(float(torch.diagonal(st.covariance[pos]).sum()), 0.0))
+            else:
+                spread = math.inf  # nothing to tell: assume it varies
+            flat = flat and spread <= rtol * scale
+        if flat:
+            out.append(int(layer))
+    return out
+
+
+def restrict_layers(stats: HistoryStats, layers: list[int]) -> HistoryStats:
+    """The same statistics at a subset of the collected layers."""
+    idx = [stats.layer_pos(layer) for layer in layers]
+    cks = {}
+    for name, st in stats.checkpoints.items():
+        tensors = st.tensors()
+        kept = {k: (t.index_select(_LAYER_AXIS[k], torch.tensor(idx)) if k in _LAYER_AXIS else t)
+                for k, t in tensors.items()}
+        cks[name] = CheckpointStats.from_tensors(name, list(layers), kept)
+    return HistoryStats(layers=list(layers), site=stats.site, position=stats.position, d_model=stats.d_model,
+                        checkpoints=cks, roles=stats.roles, run_starts=stats.run_starts, controls=stats.controls,
+                        meta=stats.meta, kinds=stats.kinds)
+
+
+@dataclass
+class PositionTables:
+    """What :func:`position_tables` computed.
+
+    Attributes:
+        drift: the drift table of every position (``method`` = ``"<method>@<position>"``, plus
+            ``position`` and ``base_method`` columns).
+        directions: ``"<method>@<position>"`` -> :class:`Directions`.
+        directions_table: the directions table of every position (same columns added).
+        stability: ``"<method>@<position>"`` -> per-layer stability (or ``None``).
+        dropped: position -> constant layers dropped there.
+    """
+
+    drift: pd.DataFrame
+    directions: dict[str, Directions]
+    directions_table: pd.DataFrame
+    stability: dict[str, object] = field(default_factory=dict)
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _label_frame(df: pd.DataFrame, position: str) -> pd.DataFrame:
+    df = df.copy()
+    df.insert(df.columns.get_loc("method") + 1, "base_method", df["method"])
+    df["method"] = df["method"].astype(str) + f"@{position}"
+    df.insert(0, "position", int(position))
+    return df
+
+
+def position_tables(stats: Mapping[str, HistoryStats],
+                    fit: Callable[[HistoryStats], tuple[dict[str, Directions], dict[str, object]]], *,
+                    n_null: int = 1000, seed: int = 0) -> PositionTables:
+    """Fit directions (``fit(stats) -> (directions, stability)``) and project the drift at every
+    position; constant (position, layer) pairs are dropped first (see the module docstring).
+
+    Raises:
+        ConfigError: every layer of every position is constant over prompts.
+    """
+    drifts, tables, dirs, stab, dropped = [], [], {}, {}, {}
+    for label, st in stats.items():
+        flat = constant_layers(st)
+        keep = [layer for layer in st.layers if layer not in flat]
+        if flat:
+            dropped[label] = flat
+        if not keep:
+            continue
+        sub = restrict_layers(st, keep) if flat else st
+        vectors, stability = fit(sub)
+        for name, vec in vectors.items():
+            vec.meta["position"] = int(label)
+            dirs[f"{name}@{label}"] = vec
+            stab[f"{name}@{label}"] = stability.get(name)
+        drifts.append(_label_frame(drift_table(sub, vectors, n_null=n_null, seed=seed), label))
+        table = directions_table(sub, vectors, stability={k: v for k, v in stability.items() if v is not None},
+                                 n_permutations=n_null, seed=seed)
+        tables.append(_label_frame(table, label))
+    if dropped:
+        where = "; ".join(f"position {p}: layer(s) {ls}" for p, ls in dropped.items())
+        warnings.warn(f"constant over prompts (the same template token, and no prompt information has reached "
+                      f"it yet), so directions and nulls are undefined there; dropped: {where}", UserWarning,
+                      stacklevel=3)
+    if not drifts:
+        raise ConfigError(f"every collected layer is constant over prompts at every position ({dropped}); "
+                          "collect deeper layers")
+    return PositionTables(pd.concat(drifts, ignore_index=True), dirs, pd.concat(tables, ignore_index=True),
+                          stab, dropped)
