@@ -37,10 +37,14 @@ _LAZY = {
     "ReversionMonitor": "revlens.monitor",
     "ReversionWarning": "revlens.monitor",
     "Run": "revlens.history",
+    "WeightBlocker": "revlens.weights",
+    "WeightReport": "revlens.weights",
+    "WeightsConfig": "revlens.weights",
     "Whitened": "revlens.directions",
     "ablation_study": "revlens.causal",
     "analyze": "revlens.analyze",
     "collect": "revlens.collect",
+    "weight_reversion": "revlens.weights",
 }
 
 # saved-result format -> "module:class" (what revlens.load opens)
@@ -48,6 +52,7 @@ _RESULTS = {
     "report.json": "revlens.report.report:Report",
     "causal.json": "revlens.causal.report:CausalReport",
     "stats.json": "revlens.collect.stats:HistoryStats",
+    "weights.json": "revlens.weights.report:WeightReport",
 }
 
 __all__ = [
@@ -71,12 +76,16 @@ __all__ = [
     "ReversionWarning",
     "RevlensError",
     "Run",
+    "WeightBlocker",
+    "WeightReport",
+    "WeightsConfig",
     "Whitened",
     "__version__",
     "ablation_study",
     "analyze",
     "collect",
     "load",
+    "weight_reversion",
 ]
 
 
@@ -94,7 +103,7 @@ def __dir__() -> list[str]:
 
 def load(path: Any) -> Any:
     """Open any saved revlens result: an analysis :class:`Report`, a :class:`CausalReport`,
-    saved statistics, or a training history (``history.json``).
+    saved statistics, a :class:`WeightReport`, or a training history (``history.json``).
 
     Raises:
         ConfigError: ``path`` holds none of these (the files looked for are named).

@@ -11,6 +11,12 @@ from revlens.plot.directions import direction_agreement, direction_stability
 from revlens.plot.drift import drift_heatmap, drift_trajectories
 from revlens.plot.metrics import metrics_figure
 from revlens.plot.training import blocker_figure, monitor_figure
+from revlens.plot.weights import (
+    weights_heatmap,
+    weights_spectrum,
+    weights_subspaces,
+    weights_trajectories,
+)
 
 __all__ = [
     "blocker_figure",
@@ -24,4 +30,8 @@ __all__ = [
     "metrics_figure",
     "monitor_figure",
     "steer_dose_response",
+    "weights_heatmap",
+    "weights_spectrum",
+    "weights_subspaces",
+    "weights_trajectories",
 ]
