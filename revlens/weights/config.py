@@ -35,9 +35,12 @@ class WeightsConfig(Config):
     runs: tuple[str, ...] | None = option(None, "runs to read (default: all)", metavar="RUN", cli=False)
     dtype: str = option("float64", "dtype of the arithmetic (float64 or float32)", choices=_DTYPES)
     device: str = option("cpu", "device of the arithmetic (reads are always streamed through host memory)")
-    svd: str = option("auto", "top-k singular vectors of V: full SVD, randomized low-rank, or auto "
-                      "(full when the short side is <= 2048)", choices=SVD_METHODS)
+    svd: str = option("auto", "top-k singular vectors of V: full SVD, randomized low-rank, or auto (exact "
+                      "eigendecomposition of the short side's Gram matrix up to 2048, else low-rank)",
+                      choices=SVD_METHODS)
     seed: int = option(0, "seed of the random subspaces")
+    prefetch: int = option(2, "tensors read ahead in background threads (0: none; memory: that many "
+                           "tensors of one module beyond the one being measured)")
     fingerprints: bool = option(False, "hash every checkpoint's files for the provenance (reads them twice)")
 
     def validate(self) -> None:
@@ -61,4 +64,5 @@ class WeightsConfig(Config):
             raise ConfigError(f"device must be a device name such as 'cpu' or 'cuda', got {self.device!r}")
         check_mode("svd", self.svd, SVD_METHODS)
         self.seed = as_int("seed", self.seed)
+        self.prefetch = as_int("prefetch", self.prefetch, min=0)
         self.fingerprints = as_bool("fingerprints", self.fingerprints)

@@ -22,11 +22,14 @@ Definitions (DESIGN §5), per parameter (module weight) ``W`` in its oriented fr
 read (``V``, its top-K SVD and the random frames are made), then that parameter of every
 checkpoint, one at a time. Memory: the start tensors, ``V`` and one checkpoint's tensor of one
 module (plus ``V``'s top-K vectors), whatever the number of checkpoints; every checkpoint file
-stays open (headers parsed once) and each tensor is read once.
+stays open (headers parsed once) and each tensor is read once. Reads run ``prefetch`` tensors ahead
+in background threads (:mod:`revlens.weights.prefetch`), overlapping the disk with the arithmetic.
 """
 
 import logging
+import math
 import time
+from collections.abc import Iterator
 from typing import Any, no_type_check
 
 import pandas as pd
@@ -34,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from revlens._seeds import generator
-from revlens.errors import ConfigError, HistoryError
+from revlens.errors import ConfigError, HistoryError, NonFiniteError
 from revlens.weights.algebra import (
     Basis,
     Energies,
@@ -45,6 +48,7 @@ from revlens.weights.algebra import (
 )
 from revlens.weights.catalog import Catalog, Param, build_catalog
 from revlens.weights.config import WeightsConfig
+from revlens.weights.prefetch import Prefetch
 from revlens.weights.readers import AdapterReader, Dense, LowRank, Readers, Replacement
 from revlens.weights.report import WeightReport
 from revlens.weights.rows import SIDES, Accumulator, add_nulls, base_row, k_rows, module_dims
@@ -71,6 +75,7 @@ def _open(history: Any, runs: list[Any], catalog: Catalog) -> Readers:
     try:
         for ck in [*history.base, history.aligned, *(c for r in runs for c in r.steps.values())]:
             reader = readers.open(ck, catalog)
+            reader.check_finite = False  # checked on the sums instead (_finite)
             if isinstance(reader, AdapterReader) and ck.role != "run":
                 raise ConfigError(f"the {ck.role} checkpoint {ck.name} is a LoRA adapter; V = W_aligned − W_base "
                                   "needs full base and aligned weights (merge the adapter and save it)")
@@ -89,26 +94,33 @@ class _Counter:
         return t
 
 
-def _starts(p: Param, history: Any, readers: Readers, to: Any, count: _Counter) -> tuple[dict, torch.Tensor]:
-    starts = {ck.name: to(count(readers.by_name[ck.name].read(p))) for ck in history.base}
+def _finite(value: float, checkpoint: str, p: Param) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteError(f"checkpoint {checkpoint}: parameter {p.name!r} holds NaN or inf")
+
+
+def _starts(p: Param, history: Any, nxt: Any, to: Any, count: _Counter) -> tuple[dict, torch.Tensor]:
+    starts = {ck.name: to(count(nxt())) for ck in history.base}
     w_base = sum(starts.values()) / len(starts) if len(starts) > 1 else next(iter(starts.values()))
-    starts[history.aligned.name] = to(count(readers.by_name[history.aligned.name].read(p)))
+    starts[history.aligned.name] = to(count(nxt()))
+    for name, t in starts.items():
+        _finite(float(t.sum()), name, p)
     return starts, starts[history.aligned.name] - w_base
 
 
-def _energies(p: Param, reader: Any, start: torch.Tensor, basis: Basis, idx: torch.Tensor, to: Any,
+def _energies(p: Param, payload: Any, start: torch.Tensor, basis: Basis, idx: torch.Tensor, to: Any,
               count: _Counter) -> Energies:
-    if not isinstance(reader, AdapterReader):
-        return measure_dense(to(count(reader.read(p))) - start, basis, idx)
-    delta = reader.delta(p)
-    if delta is None:
+    """``payload``: a full checkpoint's tensor, or an adapter's update (``None``: unchanged)."""
+    if isinstance(payload, torch.Tensor):
+        return measure_dense(to(count(payload)) - start, basis, idx)
+    if payload is None:
         return measure_dense(torch.zeros_like(start), basis, idx) if not p.is_matrix else _zero(basis, idx)
-    if isinstance(delta, LowRank):
-        return measure_lowrank(to(count(delta.b)), to(count(delta.a)), delta.scale, basis, idx)
-    if isinstance(delta, Replacement):
-        return measure_dense(to(count(delta.value)) - start, basis, idx)
-    assert isinstance(delta, Dense)
-    return measure_dense(to(count(delta.delta)).reshape(start.shape), basis, idx)
+    if isinstance(payload, LowRank):
+        return measure_lowrank(to(count(payload.b)), to(count(payload.a)), payload.scale, basis, idx)
+    if isinstance(payload, Replacement):
+        return measure_dense(to(count(payload.value)) - start, basis, idx)
+    assert isinstance(payload, Dense)
+    return measure_dense(to(count(payload.delta)).reshape(start.shape), basis, idx)
 
 
 def _zero(basis: Basis, idx: torch.Tensor) -> Energies:
@@ -142,9 +154,19 @@ def _spectrum(p: Param, basis: Basis) -> list[dict[str, Any]]:
              "sigma": float(s[i]), "energy": float(e[i]), "cum_energy": float(e[: i + 1].sum())} for i in range(len(s))]
 
 
-def _module(p: Param, history: Any, runs: list[Any], readers: Readers, cfg: WeightsConfig, acc: Accumulator,
+def _jobs(params: list[Param], history: Any, runs: list[Any], readers: Readers) -> Iterator[tuple[Any, Param]]:
+    """Every read, in the order :func:`_module` consumes them: per parameter the bases, aligned, then
+    each run's checkpoints."""
+    names = [*(ck.name for ck in history.base), history.aligned.name,
+             *(ck.name for run in runs for ck in run.steps.values())]
+    for p in params:
+        for name in names:
+            yield readers.by_name[name], p
+
+
+def _module(p: Param, history: Any, runs: list[Any], nxt: Any, cfg: WeightsConfig, acc: Accumulator,
             to: Any, count: _Counter) -> tuple[list[dict], list[dict]]:
-    starts, v = _starts(p, history, readers, to, count)
+    starts, v = _starts(p, history, nxt, to, count)
     gen = generator(cfg.seed, "weights-null", p.name) if cfg.n_random else None
     basis = make_basis(v, max(cfg.ks), n_random=cfg.n_random, generator=gen, svd=cfg.svd)
     ks = [k for k in cfg.ks if k <= basis.rank]
@@ -154,7 +176,8 @@ def _module(p: Param, history: Any, runs: list[Any], readers: Readers, cfg: Weig
     for run in runs:
         start = starts[run.start]
         for step, ck in run.steps.items():
-            en = _energies(p, readers.by_name[ck.name], start, basis, idx, to, count)
+            en = _energies(p, nxt(), start, basis, idx, to, count)
+            _finite(en.dot + en.dw2, ck.name, p)
             head = {"run": run.name, "kind": run.kind, "step": step, "layer": p.layer, "module": p.name,
                     "module_type": p.module_type, "group": p.group, "shape": "×".join(map(str, p.shape))}
             rows += _module_rows(p, en, basis, ks, head)
@@ -215,19 +238,22 @@ def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progr
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
     readers = _open(hist, runs, catalog)
+    params.sort(key=readers.by_name[hist.aligned.name].position)  # file order: each file read front to back
     acc, count = Accumulator(cfg.ks), _Counter()
     rows: list[dict] = []
     spectrum: list[dict] = []
     t0 = time.perf_counter()
+    ahead = Prefetch(_jobs(params, hist, runs, readers), depth=cfg.prefetch, workers=max(1, cfg.prefetch))
     try:
         with torch.no_grad():
             for p in tqdm(params, desc="weight-space reversion", unit="module", disable=not progress):
-                r, s = _module(p, hist, runs, readers, cfg, acc,
+                r, s = _module(p, hist, runs, ahead.__next__, cfg, acc,
                                lambda t: t.to(device=device, dtype=dtype), count)
                 rows += r
                 spectrum += s
         provenance = _provenance(hist, runs, readers, cfg)
     finally:
+        ahead.close()
         readers.close()
     seconds = time.perf_counter() - t0
     provenance |= {"seconds": round(seconds, 3), "bytes_read": count.bytes,

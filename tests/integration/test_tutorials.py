@@ -28,6 +28,7 @@ EXPECTED = [
     "03_causal_ablation.ipynb",
     "04_blocking_and_monitoring.ipynb",
     "05_bring_your_own_model.ipynb",
+    "06_weight_space.ipynb",
 ]
 
 

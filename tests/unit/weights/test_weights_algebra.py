@@ -70,3 +70,15 @@ def test_vectors_and_zero_v_have_no_subspace():
     assert z.rank == 0
     capped = make_basis(torch.randn(3, 9, dtype=torch.float64), 16, n_random=0, generator=None)
     assert capped.rank == 2  # at most min(m, n) - 1
+
+
+def test_top_singular_gram_path_matches_the_full_svd():
+    g = torch.Generator().manual_seed(4)
+    for shape in ((40, 25), (25, 40)):
+        v = torch.randn(*shape, generator=g, dtype=torch.float64)
+        uf, sf, rf = top_singular(v, 6, "full")
+        ua, sa, ra = top_singular(v, 6, "auto")
+        torch.testing.assert_close(sa, sf, rtol=1e-10, atol=0)
+        torch.testing.assert_close(ua @ ua.T, uf @ uf.T, rtol=0, atol=1e-9)
+        torch.testing.assert_close(ra @ ra.T, rf @ rf.T, rtol=0, atol=1e-9)
+        torch.testing.assert_close(ua.T @ ua, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-10)

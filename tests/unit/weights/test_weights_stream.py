@@ -165,3 +165,20 @@ def test_in_memory_state_dicts_are_read_too(planted):
     rep = weight_reversion(h, params="h.0.mlp.c_fc.weight", ks=(1,), n_random=0, progress=False)
     assert rep.model["revert"].tolist() == pytest.approx([0.5, 0.5])
     assert torch.get_num_threads() >= 1
+
+
+def test_a_nan_in_a_checkpoint_is_named(planted, tmp_path):
+    import tiny
+    from safetensors.torch import load_file, save_file
+
+    from revlens.errors import NonFiniteError
+
+    sd = load_file(str(planted["runs"]["planted"][2] / "model.safetensors"))
+    sd["transformer.h.1.mlp.c_proj.weight"][3, 4] = float("nan")
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    tiny.tiny_config().save_pretrained(bad)
+    h = revlens.History.from_dirs(base=planted["base"], aligned=planted["aligned"], runs={"r": {1: bad, 2: bad}})
+    with pytest.raises(NonFiniteError, match=r"r/step-1.*h\.1\.mlp\.c_proj\.weight"):
+        weight_reversion(h, n_random=0, progress=False)
