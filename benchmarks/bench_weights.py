@@ -11,8 +11,8 @@ and again warm (files cached):
   touching them no byte is read, and "28 GB/s" would measure nothing);
 - ``revlens_read``: the weights stage's own read path with no arithmetic — module-major (for each
   parameter, that tensor of every checkpoint), through :mod:`revlens.loading`'s plan, streamed
-  positioned reads and its finite check (``FullReader.read``), two tensors read ahead in background
-  threads as ``weight_reversion`` does (``revlens_read_noprefetch``: none);
+  positioned reads into reused buffers, in file order, one tensor read ahead by a background
+  thread, exactly as ``weight_reversion`` reads (``revlens_read_noprefetch``: none ahead);
 - ``weights_norandom``: ``weight_reversion(history, n_random=0)`` (reads + SVD of V + all exact
   measures and nulls);
 - ``weights_default``: ``weight_reversion(history)`` with its defaults (``n_random=32`` random
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write  # noqa: E402
+from _common import write
 
 
 def _evict(files: list[Path]) -> None:
@@ -48,8 +48,9 @@ def _evict(files: list[Path]) -> None:
 
 
 def _history(root: Path, d: int, layers: int, steps: int) -> tuple[object, list[Path]]:
-    import revlens
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    import revlens
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=8192, n_positions=128, n_embd=d, n_layer=layers, n_head=8)
@@ -82,23 +83,25 @@ def _plain(files: list[Path]) -> int:
     return n
 
 
-def _revlens_read(history: object, depth: int = 2) -> int:
+def _revlens_read(history: object, depth: int = 1) -> int:
     from revlens.weights.catalog import build_catalog
     from revlens.weights.prefetch import Prefetch
-    from revlens.weights.readers import Readers
+    from revlens.weights.readers import BufferPool, Readers
     from revlens.weights.stream import _jobs
 
     catalog = build_catalog(history.architecture_dir())
-    readers = Readers()
+    readers, pool = Readers(), BufferPool()
     for ck in history:
-        readers.open(ck, catalog)
+        reader = readers.open(ck, catalog)
+        reader.check_finite, reader.pool = False, pool  # as weight_reversion reads (finite check on its sums)
     run = next(iter(history.runs.values()))
     params = sorted(catalog.params.values(), key=readers.by_name[history.aligned.name].position)
-    ahead = Prefetch(_jobs(params, history, [run], readers), depth=depth, workers=max(1, depth))
+    ahead = Prefetch(_jobs(params, history, [run], readers), depth=depth)
     n = 0
     try:
         for t in ahead:
             n += t.numel() * t.element_size()
+            pool.release(t)  # the stream releases each buffer once converted
     finally:
         ahead.close()
         readers.close()
@@ -117,6 +120,7 @@ def main() -> int:
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=4, help="interleaved repeats of the read passes (best of)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     d = args.d or (256 if args.quick else 512)
@@ -128,24 +132,28 @@ def main() -> int:
         import revlens.weights.stream  # noqa: F401 (imports out of the timings)
 
         _revlens_read(history)  # warm-up: imports, meta model
-        passes = {"plain": lambda: _plain(files), "revlens_read": lambda: _revlens_read(history),
-                  "revlens_read_noprefetch": lambda: _revlens_read(history, 0),
-                  "weights_norandom": lambda: _weights(history, 0)}
+        reads = {"plain": lambda: _plain(files), "revlens_read": lambda: _revlens_read(history),
+                 "revlens_read_noprefetch": lambda: _revlens_read(history, 0)}
+        computes = {"weights_norandom": lambda: _weights(history, 0), "weights_default": lambda: _weights(history, 32)}
         results: dict[str, dict[str, float]] = {}
+
+        def measure(name: str, fn: object, cache: str) -> None:
+            if cache == "cold":
+                _evict(files)
+            t0 = time.perf_counter()
+            nbytes = fn()
+            dt = time.perf_counter() - t0
+            r = results.setdefault(f"{name}_{cache}", {"seconds": dt, "bytes": nbytes, "all_seconds": []})
+            r["all_seconds"].append(round(dt, 3))
+            r["seconds"] = min(r["seconds"], dt)
+
         for cache in ("cold", "warm"):
-            order = list(passes) + list(passes)[::-1]  # alternate, best of two
-            if cache == "warm":
-                passes["weights_default"] = lambda: _weights(history, 32)
-                order.append("weights_default")  # compute-bound on a CPU: one warm pass
-            for name in order:
-                if cache == "cold":
-                    _evict(files)
-                t0 = time.perf_counter()
-                nbytes = passes[name]()
-                dt = time.perf_counter() - t0
-                r = results.setdefault(f"{name}_{cache}", {"seconds": dt, "bytes": nbytes})
-                if dt < r["seconds"]:
-                    r["seconds"] = dt
+            for rep in range(args.repeats):  # interleaved, alternating order: best of the repeats
+                for name in (list(reads) if rep % 2 == 0 else list(reads)[::-1]):
+                    measure(name, reads[name], cache)
+        measure("weights_norandom", computes["weights_norandom"], "cold")
+        measure("weights_norandom", computes["weights_norandom"], "warm")
+        measure("weights_default", computes["weights_default"], "warm")  # compute-bound on a CPU: one pass
         for r in results.values():
             r["gb_per_s"] = r["bytes"] / r["seconds"] / 1e9
         ratios = {f"{name[:-5] if name.endswith(('_cold', '_warm')) else name}_vs_plain_{name[-4:]}":

@@ -77,9 +77,10 @@ def lab_directions(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequ
 
 
 class _Blocked:
-    """finetune callbacks: attach the blocker, record each checkpoint in the lab dir."""
+    """finetune callbacks: attach the blocker (a ReversionBlocker or a WeightBlocker), record each
+    checkpoint in the lab dir."""
 
-    def __init__(self, blocker: ReversionBlocker, lab_dir: Path, run: str, info: dict[str, Any],
+    def __init__(self, blocker: Any, lab_dir: Path, run: str, info: dict[str, Any],
                  evaluator: Any) -> None:
         self.blocker, self.dir, self.run, self.info, self.evaluator = blocker, lab_dir, run, info, evaluator
         self.steps: dict[str, str] = {}

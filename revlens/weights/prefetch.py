@@ -1,10 +1,11 @@
 """Read ahead: the next tensors are read in background threads while the current one is measured.
 
-Reads release the GIL (positioned ``readinto`` into a fresh tensor, torch's finite check), so a small
-pool overlaps the disk with the arithmetic and keeps more than one read in flight (the checkpoints
-are different files). ``depth`` bounds what is held: at most ``depth`` tensors beyond the one being
-measured (``depth=1``: one module of two checkpoints). Results come back in job order; a reader is
-never used by two threads at once (one lock per reader).
+Reads release the GIL (positioned ``readinto``), so one background thread overlaps the disk with
+the arithmetic while the reads themselves stay in order (measured on the project's shared VM, two
+reading threads made cold reads slower, not faster: ``benchmarks/bench_weights.py``). ``depth``
+bounds what is held: at most ``depth`` tensors beyond the one being measured (``depth=1``: one
+module of two checkpoints). Results come back in job order; a reader is never used by two threads at
+once (one lock per reader).
 """
 
 import threading
@@ -24,7 +25,7 @@ def fetch(reader: Any, param: Any) -> Any:
 class Prefetch:
     """Iterate over ``fetch(reader, param)`` for ``jobs`` in order, ``depth`` jobs ahead."""
 
-    def __init__(self, jobs: Iterable[tuple[Any, Any]], *, depth: int = 2, workers: int = 2) -> None:
+    def __init__(self, jobs: Iterable[tuple[Any, Any]], *, depth: int = 1, workers: int = 1) -> None:
         self._jobs = iter(jobs)
         self._depth = max(0, depth)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revlens-read")

@@ -22,8 +22,10 @@ Definitions (DESIGN §5), per parameter (module weight) ``W`` in its oriented fr
 read (``V``, its top-K SVD and the random frames are made), then that parameter of every
 checkpoint, one at a time. Memory: the start tensors, ``V`` and one checkpoint's tensor of one
 module (plus ``V``'s top-K vectors), whatever the number of checkpoints; every checkpoint file
-stays open (headers parsed once) and each tensor is read once. Reads run ``prefetch`` tensors ahead
-in background threads (:mod:`revlens.weights.prefetch`), overlapping the disk with the arithmetic.
+stays open (headers parsed once) and each tensor is read once, parameters in file order (every file
+is read front to back), into reused buffers. One background thread reads ``prefetch`` tensors
+ahead (default 1: the next checkpoint's tensor is read while this one is measured;
+:mod:`revlens.weights.prefetch`), so the disk and the arithmetic overlap while reads stay sequential.
 """
 
 import logging
@@ -49,7 +51,7 @@ from revlens.weights.algebra import (
 from revlens.weights.catalog import Catalog, Param, build_catalog
 from revlens.weights.config import WeightsConfig
 from revlens.weights.prefetch import Prefetch
-from revlens.weights.readers import AdapterReader, Dense, LowRank, Readers, Replacement
+from revlens.weights.readers import AdapterReader, BufferPool, Dense, LowRank, Readers, Replacement
 from revlens.weights.report import WeightReport
 from revlens.weights.rows import SIDES, Accumulator, add_nulls, base_row, k_rows, module_dims
 
@@ -70,12 +72,13 @@ def _runs(history: Any, cfg: WeightsConfig) -> list[Any]:
     return runs
 
 
-def _open(history: Any, runs: list[Any], catalog: Catalog) -> Readers:
+def _open(history: Any, runs: list[Any], catalog: Catalog, pool: BufferPool) -> Readers:
     readers = Readers()
     try:
         for ck in [*history.base, history.aligned, *(c for r in runs for c in r.steps.values())]:
             reader = readers.open(ck, catalog)
             reader.check_finite = False  # checked on the sums instead (_finite)
+            reader.pool = pool
             if isinstance(reader, AdapterReader) and ck.role != "run":
                 raise ConfigError(f"the {ck.role} checkpoint {ck.name} is a LoRA adapter; V = W_aligned − W_base "
                                   "needs full base and aligned weights (merge the adapter and save it)")
@@ -86,12 +89,21 @@ def _open(history: Any, runs: list[Any], catalog: Catalog) -> Readers:
 
 
 class _Counter:
-    def __init__(self) -> None:
+    """Counts the bytes read; with a pool, hands each read buffer back once it was converted."""
+
+    def __init__(self, pool: BufferPool | None = None) -> None:
         self.bytes = 0
+        self.pool = pool
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         self.bytes += t.numel() * t.element_size()
         return t
+
+    def convert(self, t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        out = t.to(device=device, dtype=dtype)
+        if self.pool is not None:  # no copy made (same dtype and device): the buffer is the caller's now
+            self.pool.release(t, reuse=out.data_ptr() != t.data_ptr())
+        return out
 
 
 def _finite(value: float, checkpoint: str, p: Param) -> None:
@@ -237,18 +249,19 @@ def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progr
                           f"parameters: {list(catalog.params)[:6]} ...")
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
-    readers = _open(hist, runs, catalog)
+    pool = BufferPool()
+    readers = _open(hist, runs, catalog, pool)
     params.sort(key=readers.by_name[hist.aligned.name].position)  # file order: each file read front to back
-    acc, count = Accumulator(cfg.ks), _Counter()
+    acc, count = Accumulator(cfg.ks), _Counter(pool)
     rows: list[dict] = []
     spectrum: list[dict] = []
     t0 = time.perf_counter()
-    ahead = Prefetch(_jobs(params, hist, runs, readers), depth=cfg.prefetch, workers=max(1, cfg.prefetch))
+    ahead = Prefetch(_jobs(params, hist, runs, readers), depth=cfg.prefetch)
     try:
         with torch.no_grad():
             for p in tqdm(params, desc="weight-space reversion", unit="module", disable=not progress):
                 r, s = _module(p, hist, runs, ahead.__next__, cfg, acc,
-                               lambda t: t.to(device=device, dtype=dtype), count)
+                               lambda t: count.convert(t, device, dtype), count)
                 rows += r
                 spectrum += s
         provenance = _provenance(hist, runs, readers, cfg)

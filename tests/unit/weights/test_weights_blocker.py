@@ -111,6 +111,7 @@ def test_lora_factors_are_projected_exactly(planted):
         WeightBlocker(planted["base"], planted["aligned"], side="both").attach(model, opt)
 
 
+@pytest.mark.slow
 def test_trainer_callback_blocks_inside_trainer(planted, tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -168,9 +168,9 @@ def test_in_memory_state_dicts_are_read_too(planted):
 
 
 def test_a_nan_in_a_checkpoint_is_named(planted, tmp_path):
-    import tiny
     from safetensors.torch import load_file, save_file
 
+    import tiny
     from revlens.errors import NonFiniteError
 
     sd = load_file(str(planted["runs"]["planted"][2] / "model.safetensors"))
@@ -182,3 +182,21 @@ def test_a_nan_in_a_checkpoint_is_named(planted, tmp_path):
     h = revlens.History.from_dirs(base=planted["base"], aligned=planted["aligned"], runs={"r": {1: bad, 2: bad}})
     with pytest.raises(NonFiniteError, match=r"r/step-1.*h\.1\.mlp\.c_proj\.weight"):
         weight_reversion(h, n_random=0, progress=False)
+
+
+def test_read_buffers_are_reused_only_when_copied_out(planted_history):
+    from revlens.weights.readers import BufferPool
+
+    pool = BufferPool()
+    a = pool.take((3, 4), torch.float32)
+    pool.release(a)
+    assert pool.take((3, 4), torch.float32) is a  # reused
+    b = pool.take((3, 4), torch.float32)
+    assert b is not a
+    pool.release(b, reuse=False)  # the caller kept it (no copy was made): never handed out again
+    assert pool.take((3, 4), torch.float32) is not b
+    # float32 arithmetic on float32 files makes no copy: the results must equal float64's all the same
+    kw = {"ks": (1,), "n_random": 0, "runs": ("planted",), "progress": False}
+    f32 = weight_reversion(planted_history, dtype="float32", **kw).model
+    f64 = weight_reversion(planted_history, **kw).model
+    np.testing.assert_allclose(f32["revert"], f64["revert"], rtol=1e-4)
