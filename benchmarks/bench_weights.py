@@ -11,8 +11,9 @@ and again warm (files cached):
   touching them no byte is read, and "28 GB/s" would measure nothing);
 - ``revlens_read``: the weights stage's own read path with no arithmetic — module-major (for each
   parameter, that tensor of every checkpoint), through :mod:`revlens.loading`'s plan, streamed
-  positioned reads into reused buffers, in file order, one tensor read ahead by a background
-  thread, exactly as ``weight_reversion`` reads (``revlens_read_noprefetch``: none ahead);
+  positioned reads into reused buffers, in file order, the kernel asked to read 256 MB ahead
+  (``posix_fadvise(WILLNEED)``), exactly as ``weight_reversion`` reads by default
+  (``revlens_read_thread``: also one tensor ahead in a background thread, ``prefetch=1``);
 - ``weights_norandom``: ``weight_reversion(history, n_random=0)`` (reads + SVD of V + all exact
   measures and nulls);
 - ``weights_default``: ``weight_reversion(history)`` with its defaults (``n_random=32`` random
@@ -83,7 +84,7 @@ def _plain(files: list[Path]) -> int:
     return n
 
 
-def _revlens_read(history: object, depth: int = 1) -> int:
+def _revlens_read(history: object, depth: int = 0) -> int:
     from revlens.weights.catalog import build_catalog
     from revlens.weights.prefetch import Prefetch
     from revlens.weights.readers import BufferPool, Readers
@@ -133,7 +134,7 @@ def main() -> int:
 
         _revlens_read(history)  # warm-up: imports, meta model
         reads = {"plain": lambda: _plain(files), "revlens_read": lambda: _revlens_read(history),
-                 "revlens_read_noprefetch": lambda: _revlens_read(history, 0)}
+                 "revlens_read_thread": lambda: _revlens_read(history, 1)}
         computes = {"weights_norandom": lambda: _weights(history, 0), "weights_default": lambda: _weights(history, 32)}
         results: dict[str, dict[str, float]] = {}
 

@@ -39,8 +39,8 @@ class WeightsConfig(Config):
                       "eigendecomposition of the short side's Gram matrix up to 2048, else low-rank)",
                       choices=SVD_METHODS)
     seed: int = option(0, "seed of the random subspaces")
-    prefetch: int = option(1, "tensors read ahead by a background thread while one is measured (0: none; "
-                           "memory: that many tensors of one module more)")
+    prefetch: int = option(0, "tensors read ahead by a background thread while one is measured (0: none, "
+                           "the kernel reads ahead anyway; memory: that many tensors of one module more)")
     fingerprints: bool = option(False, "hash every checkpoint's files for the provenance (reads them twice)")
 
     def validate(self) -> None:

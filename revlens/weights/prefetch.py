@@ -1,8 +1,9 @@
 """Read ahead: the next tensors are read in background threads while the current one is measured.
 
-Reads release the GIL (positioned ``readinto``), so one background thread overlaps the disk with
-the arithmetic while the reads themselves stay in order (measured on the project's shared VM, two
-reading threads made cold reads slower, not faster: ``benchmarks/bench_weights.py``). ``depth``
+Reads release the GIL (positioned ``readinto``), so a background thread can overlap the disk with
+the arithmetic while the reads stay in order. Off by default (``WeightsConfig.prefetch=0``): the
+stream already asks the kernel to read ahead (``posix_fadvise``), and on the project's shared VM the
+thread made reads slower, not faster (``benchmarks/bench_weights.py``). ``depth``
 bounds what is held: at most ``depth`` tensors beyond the one being measured (``depth=1``: one
 module of two checkpoints). Results come back in job order; a reader is never used by two threads at
 once (one lock per reader).
@@ -28,7 +29,8 @@ class Prefetch:
     def __init__(self, jobs: Iterable[tuple[Any, Any]], *, depth: int = 1, workers: int = 1) -> None:
         self._jobs = iter(jobs)
         self._depth = max(0, depth)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revlens-read")
+        self._pool = (ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revlens-read")
+                      if self._depth else None)  # depth 0: read in the caller's thread
         self._locks: dict[int, threading.Lock] = {}
         self._queue: deque[Future] = deque()
 
@@ -50,6 +52,11 @@ class Prefetch:
         return self
 
     def __next__(self) -> Any:
+        if self._pool is None:
+            job = next(self._jobs, None)
+            if job is None:
+                raise StopIteration
+            return fetch(*job)
         while len(self._queue) <= self._depth and self._submit():
             pass
         if not self._queue:
@@ -61,4 +68,5 @@ class Prefetch:
         for f in self._queue:
             f.cancel()
         self._queue.clear()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

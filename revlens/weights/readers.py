@@ -7,6 +7,8 @@ factor form, ``ΔW = B · A · scale`` (never multiplied out), or a dense update
 adapter stores whole (``modules_to_save``, ``lora_bias``).
 """
 
+import math
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -135,6 +137,25 @@ class FullReader:
         if self.check_finite:
             check_finite(value, checkpoint=self.name, name=param.name)
         return param.orient(value)
+
+    def advise(self, param: Param) -> int:
+        """Ask the kernel to start reading ``param``'s bytes now (``posix_fadvise(WILLNEED)``: an
+        asynchronous read into the page cache, not into this process), so that reading it later is a
+        copy from memory. Returns the bytes advised (0: the source has no file offsets, or no fadvise)."""
+        entry = self._entries.get(param.name)
+        offsets = getattr(self.source, "_offsets", None)  # SafetensorsSource's data offsets
+        handle = getattr(self.source, "_handle", None)
+        if entry is None or entry.converter is not None or not offsets or handle is None \
+                or not hasattr(os, "posix_fadvise"):
+            return 0
+        key = entry.keys[0]
+        info = self.source.info(key)
+        nbytes = info.dtype.itemsize * math.prod(info.shape)
+        try:
+            os.posix_fadvise(handle(info.file).fileno(), offsets[key], nbytes, os.POSIX_FADV_WILLNEED)
+        except OSError:  # advice only
+            return 0
+        return nbytes
 
     def _read(self, key: str) -> Tensor:
         reader = getattr(self.source, "_read_bytes", None)  # SafetensorsSource: positioned reads into a buffer

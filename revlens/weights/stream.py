@@ -23,9 +23,10 @@ read (``V``, its top-K SVD and the random frames are made), then that parameter 
 checkpoint, one at a time. Memory: the start tensors, ``V`` and one checkpoint's tensor of one
 module (plus ``V``'s top-K vectors), whatever the number of checkpoints; every checkpoint file
 stays open (headers parsed once) and each tensor is read once, parameters in file order (every file
-is read front to back), into reused buffers. One background thread reads ``prefetch`` tensors
-ahead (default 1: the next checkpoint's tensor is read while this one is measured;
-:mod:`revlens.weights.prefetch`), so the disk and the arithmetic overlap while reads stay sequential.
+is read front to back), into reused buffers. The kernel reads the coming tensors asynchronously
+(``posix_fadvise(WILLNEED)``, 256 MB ahead), so the disk and the arithmetic overlap with no thread;
+``prefetch > 0`` also reads that many tensors ahead in a background thread
+(:mod:`revlens.weights.prefetch`; slower on the project's VM, measured).
 """
 
 import logging
@@ -166,14 +167,27 @@ def _spectrum(p: Param, basis: Basis) -> list[dict[str, Any]]:
              "sigma": float(s[i]), "energy": float(e[i]), "cum_energy": float(e[: i + 1].sum())} for i in range(len(s))]
 
 
+READAHEAD_BYTES = 256 << 20
+
+
 def _jobs(params: list[Param], history: Any, runs: list[Any], readers: Readers) -> Iterator[tuple[Any, Param]]:
     """Every read, in the order :func:`_module` consumes them: per parameter the bases, aligned, then
-    each run's checkpoints."""
+    each run's checkpoints. The kernel is asked to read the coming tensors in the background
+    (``FullReader.advise``), at most ``READAHEAD_BYTES`` ahead (a bounded window: advised pages the
+    cache dropped before use would be read twice)."""
     names = [*(ck.name for ck in history.base), history.aligned.name,
              *(ck.name for run in runs for ck in run.steps.values())]
-    for p in params:
-        for name in names:
-            yield readers.by_name[name], p
+    jobs = [(readers.by_name[name], p) for p in params for name in names]
+    advised: list[int] = [0] * len(jobs)
+    ahead, j = 0, 0
+    for i, job in enumerate(jobs):
+        while j < len(jobs) and (ahead < READAHEAD_BYTES or j <= i):
+            reader, p = jobs[j]
+            advised[j] = reader.advise(p) if hasattr(reader, "advise") else 0
+            ahead += advised[j]
+            j += 1
+        yield job
+        ahead -= advised[i]
 
 
 def _module(p: Param, history: Any, runs: list[Any], nxt: Any, cfg: WeightsConfig, acc: Accumulator,

@@ -200,3 +200,10 @@ def test_read_buffers_are_reused_only_when_copied_out(planted_history):
     f32 = weight_reversion(planted_history, dtype="float32", **kw).model
     f64 = weight_reversion(planted_history, **kw).model
     np.testing.assert_allclose(f32["revert"], f64["revert"], rtol=1e-4)
+
+
+def test_read_ahead_thread_gives_the_same_table(planted_history):
+    kw = {"ks": (1,), "n_random": 4, "runs": ("planted", "lora"), "progress": False}
+    a = weight_reversion(planted_history, prefetch=0, **kw).table
+    b = weight_reversion(planted_history, prefetch=3, **kw).table
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
