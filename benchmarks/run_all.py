@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("bench_collect.py", "bench_memory.py", "bench_causal.py", "bench_training.py")
+SCRIPTS = ("bench_collect.py", "bench_memory.py", "bench_causal.py", "bench_training.py", "bench_weights.py")
 
 
 def main() -> int:

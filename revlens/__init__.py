@@ -38,12 +38,16 @@ _LAZY = {
     "ReversionMonitor": "revlens.monitor",
     "ReversionWarning": "revlens.monitor",
     "Run": "revlens.history",
+    "WeightBlocker": "revlens.weights",
+    "WeightReport": "revlens.weights",
+    "WeightsConfig": "revlens.weights",
     "Whitened": "revlens.directions",
     "ablation_study": "revlens.causal",
     "analyze": "revlens.analyze",
     "collect": "revlens.collect",
     "evaluate": "revlens.evaluate",
     "load_prompt_set": "revlens.probes",
+    "weight_reversion": "revlens.weights",
 }
 
 # saved-result format -> "module:class" (what revlens.load opens)
@@ -52,6 +56,7 @@ _RESULTS = {
     "causal.json": "revlens.causal.report:CausalReport",
     "stats.json": "revlens.collect.stats:HistoryStats",
     "evaluation.json": "revlens.evaluate.result:Evaluation",
+    "weights.json": "revlens.weights.report:WeightReport",
 }
 
 __all__ = [
@@ -76,6 +81,9 @@ __all__ = [
     "ReversionWarning",
     "RevlensError",
     "Run",
+    "WeightBlocker",
+    "WeightReport",
+    "WeightsConfig",
     "Whitened",
     "__version__",
     "ablation_study",
@@ -84,6 +92,7 @@ __all__ = [
     "evaluate",
     "load",
     "load_prompt_set",
+    "weight_reversion",
 ]
 
 
@@ -101,7 +110,8 @@ def __dir__() -> list[str]:
 
 def load(path: Any) -> Any:
     """Open any saved revlens result: an analysis :class:`Report`, a :class:`CausalReport`, an
-    :class:`Evaluation`, saved statistics, or a training history (``history.json``).
+    :class:`Evaluation`, a :class:`WeightReport`, saved statistics, or a training history
+    (``history.json``).
 
     Raises:
         ConfigError: ``path`` holds none of these (the files looked for are named).

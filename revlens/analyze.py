@@ -14,7 +14,7 @@ from typing import Any, no_type_check
 
 import numpy as np
 
-from revlens._config import Config, as_int, as_layers, option
+from revlens._config import Config, as_bool, as_int, as_layers, option
 from revlens._version import __version__
 from revlens.collect import HistoryStats, collect
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
@@ -50,6 +50,8 @@ class AnalyzeConfig(Config):
     n_null: int = option(1000, "random directions / permutations per layer")
     seed: int = option(0, "seed of every random draw")
     batch_size: int = option(32, "probe batch size")
+    weights: bool = option(False, "also read weight-space reversion (revlens.weights: no forward pass; "
+                           "its default settings, or analyze(weights=WeightsConfig(...)))")
 
     def validate(self) -> None:
         """Check every field, before any collection starts."""
@@ -76,6 +78,7 @@ class AnalyzeConfig(Config):
                           "(their columns are NaN)", UserWarning, stacklevel=3)
         self.seed = as_int("seed", self.seed)
         self.batch_size = as_int("batch_size", self.batch_size, min=1)
+        self.weights = as_bool("weights", self.weights)
 
 
 def _check_runs(runs: dict[str, Any]) -> None:
@@ -169,6 +172,7 @@ def analyze(
     progress: bool = True,
     executor: Executor | None = None,
     evaluation: Any = None,
+    weights: Any = None,
     **settings: Any,
 ) -> Report:
     """Measure reversion on a history: directions per layer, drift projections, nulls.
@@ -195,6 +199,9 @@ def analyze(
         device, progress, executor: passed to :func:`revlens.collect`.
         evaluation: an :class:`~revlens.Evaluation` (or its table) to show beside the drift, joined
             into the report's metrics table with the history's own (:meth:`Report.with_metrics`).
+        weights: ``True`` (or a :class:`revlens.weights.WeightsConfig`) also reads the history's
+            weight-space reversion (:func:`revlens.weights.weight_reversion`), attached as
+            ``Report.weights`` and drawn in the HTML report's "Weight space" section.
 
     Returns:
         :class:`~revlens.Report`.
@@ -209,10 +216,15 @@ def analyze(
     if config is not None and not isinstance(config, AnalyzeConfig):
         raise ConfigError(f"analyze: config must be a AnalyzeConfig, got {type(config).__name__}")
     specs, names = _method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
+    weights_config = _weights_config(weights, settings)
     cfg = AnalyzeConfig.build(config, "analyze", **{**settings, "methods": names})
+    if cfg.weights and isinstance(checkpoints, HistoryStats):
+        raise ConfigError("weights=True needs the history itself (its weights), not precomputed HistoryStats")
     if _reads_positions(cfg.position, probes) and not isinstance(checkpoints, HistoryStats):
         report = _analyze_positions(model, checkpoints, probes, specs, cfg, cache_dir=cache_dir, device=device,
                                     progress=progress, executor=executor)
+        if cfg.weights:
+            report.weights = _weight_report(History.load(checkpoints), weights_config, progress)
         return report if evaluation is None else report.with_metrics(evaluation)
     hist: History | None = None
     if isinstance(checkpoints, HistoryStats):
@@ -232,8 +244,10 @@ def analyze(
     config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
                   "position": stats.position, "base_combination": "mean of bases", "controls": sorted(stats.controls),
                   "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts)}
+    weight_report = _weight_report(hist, weights_config, progress) if cfg.weights and hist is not None else None
     report = Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
-                    provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
+                    provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None,
+                    weights=weight_report)
     return report if evaluation is None else report.with_metrics(evaluation)
 
 
@@ -268,6 +282,25 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
     provenance = {**_provenance(hist, first), "probe_fingerprint": first.meta.get("probe_fingerprint")}
     return Report(drift=tables.drift, directions=tables.directions, directions_table=tables.directions_table,
                   config=config_out, provenance=provenance, metrics=hist.metrics)
+
+
+def _weight_report(hist: History, config: Any, progress: bool) -> Any:
+    from revlens.weights.stream import weight_reversion
+
+    return weight_reversion(hist, config=config, progress=progress)
+
+
+def _weights_config(weights: Any, settings: dict[str, Any]) -> Any:
+    """``analyze(weights=...)``: a bool goes into the config; a ``WeightsConfig`` also sets its settings."""
+    if weights is None:
+        return None
+    from revlens.weights.config import WeightsConfig
+
+    if isinstance(weights, WeightsConfig):
+        settings["weights"] = True
+        return weights
+    settings["weights"] = weights
+    return None
 
 
 def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``revlens`` command line: ``revlens analyze | ablate | report`` and the commands plugins add
+"""The ``revlens`` command line: ``revlens analyze | ablate | report | weights`` and the commands plugins add
 (``revlens lab``, ``revlens replicate`` from the embedded lab).
 
 Every sub-command has ``--help``. Bad input exits with code 2 and a one-line error, an interrupt
@@ -17,7 +17,8 @@ from revlens.errors import RevlensError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ("revlens.commands.analyze", "revlens.commands.ablate", "revlens.commands.report")
+_COMMANDS = ("revlens.commands.analyze", "revlens.commands.ablate", "revlens.commands.report",
+             "revlens.commands.weights")
 _PLUGINS = "revlens.commands"  # entry-point group: name -> "module:register"
 
 

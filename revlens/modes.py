@@ -25,6 +25,10 @@ __all__ = [
     "POSITION_RULES",
     "SITE_KINDS",
     "STRATEGIES",
+    "SVD_METHODS",
+    "WEIGHT_BLOCK_MODES",
+    "WEIGHT_BLOCK_SIDES",
+    "WEIGHT_SIDES",
     "WHICH",
     "BlockMethod",
     "ControlKind",
@@ -35,6 +39,10 @@ __all__ = [
     "PositionRuleName",
     "SiteKind",
     "Strategy",
+    "SvdMethod",
+    "WeightBlockMode",
+    "WeightBlockSide",
+    "WeightSide",
     "Which",
     "check_mode",
     "check_modes",
@@ -70,6 +78,21 @@ BlockMethod = Literal["update", "gradient", "penalty", "hook"]
 GradBatching = Literal["auto", "loop", "vmap"]
 """How the blocker computes its per-layer parameter gradients."""
 
+WeightSide = Literal["left", "right", "both"]
+"""Which top-k singular subspace of ``V = W_aligned − W_base`` a weight update is measured in
+(:mod:`revlens.weights`): output side (``U_k``), input side (``V_k``), or both (``U_k · V_kᵀ``)."""
+
+WeightBlockSide = Literal["left", "right", "both", "direction"]
+"""The subspace :class:`revlens.weights.WeightBlocker` projects updates off or onto (``direction``:
+the one flattened direction ``V / ‖V‖``)."""
+
+WeightBlockMode = Literal["off", "onto"]
+"""Remove the update's component in the subspace (``off``) or keep only it (``onto``, SafeLoRA-like)."""
+
+SvdMethod = Literal["auto", "full", "lowrank"]
+"""How the top-k singular vectors of ``V`` are computed (``auto``: exact Gram eigendecomposition up to
+2048 on the short side, randomized low-rank above)."""
+
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
 DIRECTION_METHODS: tuple[str, ...] = get_args(DirectionMethod)
@@ -80,6 +103,10 @@ CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 BLOCK_METHODS: tuple[str, ...] = get_args(BlockMethod)
 GRAD_BATCHING: tuple[str, ...] = get_args(GradBatching)
+WEIGHT_SIDES: tuple[str, ...] = get_args(WeightSide)
+WEIGHT_BLOCK_SIDES: tuple[str, ...] = get_args(WeightBlockSide)
+WEIGHT_BLOCK_MODES: tuple[str, ...] = get_args(WeightBlockMode)
+SVD_METHODS: tuple[str, ...] = get_args(SvdMethod)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker

@@ -13,7 +13,7 @@ def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
     """Add the ``report`` sub-command."""
     p = subparsers.add_parser(
         "report", parents=list(parents),
-        help="re-render a saved report (from analyze or ablate) as HTML",
+        help="re-render a saved report (from analyze, ablate or weights) as HTML",
         description="Load a saved report - the output dir of `revlens analyze` / `revlens ablate`, "
         "or the report/ dir inside it - and write it again as one offline HTML file.",
     )
@@ -30,12 +30,12 @@ def load_saved(path: Any) -> Any:
     import revlens
 
     root = Path(path)
-    for cand in (root, root / "report", root / "causal"):
-        if (cand / "causal.json").is_file() or (cand / "report.json").is_file():
+    for cand in (root, root / "report", root / "causal", root / "weights"):
+        if any((cand / meta).is_file() for meta in ("causal.json", "report.json", "weights.json")):
             return revlens.load(cand)
     raise ConfigError(
-        f"{root} holds no saved revlens report (looked for report.json / causal.json in it, "
-        "report/ and causal/)"
+        f"{root} holds no saved revlens report (looked for report.json / causal.json / weights.json in it, "
+        "report/, causal/ and weights/)"
     )
 
 

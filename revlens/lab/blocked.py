@@ -11,6 +11,11 @@ writes the runs next to the unblocked ones, as runs of kind ``"blocked"`` of the
 
 ``<name>`` is the method, or ``<method>-random`` for the control that blocks random unit
 directions instead of ``v_rev``. ``History.load`` reads the blocked runs like any other run.
+
+``method="weights"`` blocks in weight space instead (:class:`revlens.weights.WeightBlocker`:
+updates kept off ``V``'s top-k singular subspaces, ``V = W_aligned − W_base`` from the lab's own
+base and aligned checkpoints); its control (``random_directions=True``) uses random subspaces of
+the same rank; ``blocker_kwargs`` are the :class:`~revlens.weights.WeightBlockerConfig` fields.
 """
 
 import logging
@@ -72,9 +77,10 @@ def lab_directions(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequ
 
 
 class _Blocked:
-    """finetune callbacks: attach the blocker, record each checkpoint in the lab dir."""
+    """finetune callbacks: attach the blocker (a ReversionBlocker or a WeightBlocker), record each
+    checkpoint in the lab dir."""
 
-    def __init__(self, blocker: ReversionBlocker, lab_dir: Path, run: str, info: dict[str, Any],
+    def __init__(self, blocker: Any, lab_dir: Path, run: str, info: dict[str, Any],
                  evaluator: Any) -> None:
         self.blocker, self.dir, self.run, self.info, self.evaluator = blocker, lab_dir, run, info, evaluator
         self.steps: dict[str, str] = {}
@@ -105,6 +111,21 @@ def _forget(lab_dir: Path, run: str) -> None:
     update_spec(lab_dir, lambda spec: spec["runs"].pop(run, None))
 
 
+WEIGHTS = "weights"  # the weight-space blocker's method name (not an activation-space BlockMethod)
+
+
+def _blocker(method: str, root: Path, aligned: torch.nn.Module, v: Directions | None, probes: Probes,
+             random_directions: bool, direction_seed: int, kwargs: dict[str, Any]) -> Any:
+    if method == WEIGHTS:
+        from revlens.weights import WeightBlocker
+
+        return WeightBlocker(root / "base", root / "aligned", random=random_directions,
+                             seed=direction_seed, **kwargs)
+    from revlens.lab.language import build_tokenizer
+
+    return ReversionBlocker(v, probes, aligned, tokenizer=build_tokenizer(), method=method, **kwargs)
+
+
 def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
@@ -113,7 +134,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
 
     Args:
         lab_dir: a lab dir written by ``revlens lab`` (one pair; ``history.json``).
-        method: blocking method (``"update"``, ``"gradient"``, ``"penalty"``, ``"hook"``).
+        method: blocking method (``"update"``, ``"gradient"``, ``"penalty"``, ``"hook"``), or
+            ``"weights"`` (weight-space blocking, see the module docstring).
         seeds: fine-tuning seeds (default: the lab's).
         layers: blocked layers (default: ``1..n_layers``).
         random_directions: the control: block random unit directions (run name ``<method>-random``).
@@ -130,7 +152,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     from revlens.lab.language import build_tokenizer
     from revlens.lab.metrics import Evaluator
 
-    check_mode("method", method, METHODS)
+    check_mode("method", method, (*METHODS, WEIGHTS))
     root = Path(lab_dir)
     if not (root / "history.json").is_file():
         raise CheckpointError(f"{root} is not a single-pair lab dir (no history.json); pass a pair dir")
@@ -139,8 +161,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     base, aligned = load_checkpoint(root / "base"), load_checkpoint(root / "aligned")
     layers = list(range(1, config.n_layer + 1)) if layers is None else list(layers)
     pr = probes or lab_probes()
-    v = lab_directions(base, aligned, layers, probes=pr, random=random_directions,
-                       generator=torch.Generator().manual_seed(direction_seed))
+    v = None if method == WEIGHTS else lab_directions(base, aligned, layers, probes=pr, random=random_directions,
+                                                      generator=torch.Generator().manual_seed(direction_seed))
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")
@@ -150,8 +172,9 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     for seed in config.ft_seeds if seeds is None else seeds:
         run = f"{name}/seed{seed}"
         _forget(root, run)
-        blocker = ReversionBlocker(v, pr, aligned, tokenizer=build_tokenizer(), method=method, **blocker_kwargs)
-        info = {"method": method, "random_directions": random_directions, "layers": layers, "settings": settings}
+        blocker = _blocker(method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs)
+        info = {"method": method, "random_directions": random_directions,
+                "layers": "all weights" if method == WEIGHTS else layers, "settings": settings}
         cb = _Blocked(blocker, root, run, info, evaluator)
         t0 = time.perf_counter()
         try:

@@ -11,6 +11,12 @@ from revlens.plot.directions import direction_agreement, direction_stability
 from revlens.plot.drift import drift_heatmap, drift_trajectories, position_heatmap
 from revlens.plot.metrics import metrics_figure
 from revlens.plot.training import blocker_figure, monitor_figure
+from revlens.plot.weights import (
+    weights_heatmap,
+    weights_spectrum,
+    weights_subspaces,
+    weights_trajectories,
+)
 
 __all__ = [
     "blocker_figure",
@@ -25,4 +31,8 @@ __all__ = [
     "monitor_figure",
     "position_heatmap",
     "steer_dose_response",
+    "weights_heatmap",
+    "weights_spectrum",
+    "weights_subspaces",
+    "weights_trajectories",
 ]

@@ -21,7 +21,7 @@ from revlens._version import __version__
 from revlens.errors import OutputError, RevlensError
 from revlens.plot.metrics import metric_columns
 
-__all__ = ["write_causal_report", "write_report"]
+__all__ = ["write_causal_report", "write_report", "write_weights_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -220,6 +220,8 @@ def _provenance_section(page: _Page, prov: Mapping[str, Any] | None) -> None:
     cks = prov.get("checkpoints") or {}
     if isinstance(cks, Mapping) and cks:
         cols = ["role", "run", "step", "fingerprint", "source"]
+        if any(isinstance(i, Mapping) and "kind" in i for i in cks.values()):
+            cols.insert(3, "kind")  # full checkpoint or adapter (weight-space reports)
         ck_rows = [
             [
                 f"<code>{_e(name)}</code>",
@@ -275,8 +277,68 @@ def write_report(report: Any, path: Any, *, title: str | None = None) -> Path:
     if getattr(report, "metrics", None) is not None:
         page.add("<h2>Behaviour</h2>")
         page.try_figure(report.behaviour, "The history's own evaluation of each checkpoint.")
+    if getattr(report, "weights", None) is not None:
+        _weights_section(page, report.weights)
     _config_section(page, getattr(report, "config", None))
     _provenance_section(page, getattr(report, "provenance", None))
+    return _write_page(path, page.render())
+
+
+_WEIGHTS_INTRO = (
+    "The same history read from the weights, with no forward pass. Per weight matrix, "
+    "<code>V = W_aligned − W_base</code> is what alignment moved and <code>ΔW_t = W_t − W_start</code> "
+    "what fine-tuning moved (from aligned; from base for control runs, which therefore have nothing to "
+    "undo). <b>cos(ΔW, −V)</b> on the flattened weights and the <b>reverted fraction</b> "
+    "<code>−⟨ΔW, V⟩ / ‖V‖²</code> (1 = all of alignment undone along V) are shown beside the exact "
+    "isotropic null's p99 (ΔW a random direction of weight space); the share of ‖ΔW‖² inside V's top-k "
+    "singular subspaces beside random subspaces of the same rank (mean, p99) and chance (k/m). "
+    "Sums over a block or the whole model are exact (inner products and energies add)."
+)
+
+
+def _weights_section(page: _Page, weights: Any) -> None:
+    """The "Weight space" section: summary, heatmaps, model-level trajectories, subspaces, spectrum."""
+    page.add(f'<h2>Weight space</h2><p class="note">{_WEIGHTS_INTRO}</p>')
+    try:
+        summary = weights.summary()
+    except (RevlensError, KeyError, ValueError) as exc:
+        page.add(f'<p class="note warn">no weight-space summary: {_e(exc)}</p>')
+        summary = None
+    if summary is not None:
+        header = [_e(c) for c in summary.columns]
+        rows = [[_e(v) for v in r] for r in summary.itertuples(index=False)]
+        page.add(_table(header, rows, "weights-summary") + '<p class="note">mean ± sd over runs; whole model.</p>')
+    page.try_figure(lambda: weights.heatmap("revert"), "Reverted fraction per block and module type (first panel: "
+                    "the whole block). Choose a run in the menu; hover for the null's p99.")
+    page.try_figure(lambda: weights.trajectories("revert"), "Whole model; dotted: the isotropic null's p99 per run.")
+    page.try_figure(lambda: weights.trajectories("cos"))
+    page.try_figure(lambda: weights.subspaces("left"), "Grey: random subspaces of the same rank (mean, p99) and chance.")
+    page.try_figure(weights.spectrum_figure, "Cumulative share of ‖V‖² in its top singular directions.")
+    model = getattr(weights, "model", None)
+    if isinstance(model, pd.DataFrame) and not model.empty:
+        page.add("<details><summary>whole-model table</summary>" + _frame(model) + "</details>")
+    prov = getattr(weights, "provenance", {}) or {}
+    page.add(f'<p class="note">{_e(prov.get("bytes_read", 0) / 1e6)} MB read in {_e(prov.get("seconds"))} s '
+             f'({_e(prov.get("gb_per_s"))} GB/s).</p>')
+
+
+def write_weights_report(weights: Any, path: Any, *, title: str | None = None) -> Path:
+    """Write a :class:`~revlens.weights.WeightReport` as one self-contained HTML file: the "Weight
+    space" section, the history's behaviour metrics, the configuration and the checkpoints read.
+
+    Returns:
+        the path written.
+    """
+    page = _Page(title or "revlens: weight-space reversion report")
+    _weights_section(page, weights)
+    metrics = getattr(weights, "metrics", None)
+    if metrics is not None:
+        from revlens.plot.metrics import metrics_figure
+
+        page.add("<h2>Behaviour</h2>")
+        page.try_figure(lambda: metrics_figure(metrics), "The history's own evaluation of each checkpoint.")
+    _config_section(page, getattr(weights, "config", None))
+    _provenance_section(page, getattr(weights, "provenance", None))
     return _write_page(path, page.render())
 
 

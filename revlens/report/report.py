@@ -54,6 +54,8 @@ class Report(Result):
         config: the analysis settings (:class:`revlens.analyze.AnalyzeConfig`).
         provenance: revlens version, date, checkpoints and content fingerprints, model source,
             number of prompts and the prompts.
+        weights: the weight-space reversion of the same history (a
+            :class:`revlens.weights.WeightReport`, from ``analyze(..., weights=True)``), or ``None``.
 
     Figures: :meth:`heatmap`, :meth:`trajectories`, :meth:`stability`, :meth:`agreement`,
     :meth:`behaviour`; the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
@@ -74,6 +76,7 @@ class Report(Result):
         metrics: pd.DataFrame | None = None,
         vectors: Mapping[str, Directions] | None = None,
         lab_metrics: pd.DataFrame | None = None,
+        weights: Any = None,
     ) -> None:
         if isinstance(directions, pd.DataFrame):  # the revlens 0.1 call: directions=<table>, vectors=...
             warnings.warn("Report(directions=<table>, vectors=...) is deprecated: pass directions=<dict of "
@@ -85,6 +88,7 @@ class Report(Result):
         self.config = dict(config)
         self.provenance = dict(provenance)
         self.metrics = metrics if metrics is not None else lab_metrics
+        self.weights = weights
 
     # ------------------------------------------------------------------ deprecated names
     @property
@@ -189,6 +193,8 @@ class Report(Result):
         if c:
             lines.append(f"       control: step {s['step']} {_fmt(c, 'cos_step20')}, above iso p99 "
                          f"{c['above_iso_p99']['count']}/{c['above_iso_p99']['total']}")
+        if self.weights is not None:
+            lines.append("       + weight space: " + " ".join(repr(self.weights).split()))
         return "\n".join(lines) + ")"
 
     # ------------------------------------------------------------------ figures
@@ -283,12 +289,20 @@ class Report(Result):
             vec.save(d / "vectors" / files[method])
         if self.metrics is not None:
             write_frame(self.metrics, d / "metrics.json")
+        if self.weights is not None:
+            self.weights.write_into(d / "weights")
         return {"config": self.config, "provenance": self.provenance, "vectors": files,
-                "metrics": self.metrics is not None}
+                "metrics": self.metrics is not None, "weights": self.weights is not None}
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "Report":
         vectors = {m: Directions.load(confined(d / "vectors", f, "report vectors")) for m, f in meta["vectors"].items()}
+        weights = None
+        if meta.get("weights"):
+            from revlens.weights.report import WeightReport
+
+            weights = WeightReport.read_from(d / "weights")
         return cls(drift=read_frame(d / "drift.json"), directions=vectors,
                    directions_table=read_frame(d / "directions.json"), config=meta["config"],
-                   provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None)
+                   provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
+                   weights=weights)

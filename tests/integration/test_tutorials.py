@@ -29,6 +29,7 @@ EXPECTED = [
     "04_blocking_and_monitoring.ipynb",
     "05_bring_your_own_model.ipynb",
     "06_chat_and_behaviour.ipynb",
+    "07_weight_space.ipynb",
 ]
 
 

@@ -47,11 +47,11 @@ def test_top_level_help_lists_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("analyze", "ablate", "report", "lab"):
+    for cmd in ("analyze", "ablate", "report", "weights", "lab"):
         assert cmd in out
 
 
-@pytest.mark.parametrize("cmd", ["analyze", "ablate", "report"])
+@pytest.mark.parametrize("cmd", ["analyze", "ablate", "report", "weights"])
 def test_every_command_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])
