@@ -226,17 +226,8 @@ def analyze(
         if cfg.weights:
             report.weights = _weight_report(History.load(checkpoints), weights_config, progress)
         return report if evaluation is None else report.with_metrics(evaluation)
-    hist: History | None = None
-    if isinstance(checkpoints, HistoryStats):
-        stats = checkpoints
-        _check_runs(stats.runs)
-    else:
-        hist = History.load(checkpoints)
-        _check_runs({r.name: r.steps for r in hist.runs.values()})
-        stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
-                        batch_size=cfg.batch_size, cache_dir=cache_dir, moments="reference", keep="reference",
-                        n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, device=device, executor=executor,
-                        progress=progress)
+    hist, stats = _statistics(model, checkpoints, probes, cfg, cache_dir=cache_dir, device=device,
+                              executor=executor, progress=progress)
     vectors, stability = _fit_all(specs, stats, cfg)
     drift = drift_table(stats, vectors, n_null=cfg.n_null, seed=cfg.seed)
     table = directions_table(stats, vectors, stability={k: v for k, v in stability.items() if v is not None},
@@ -249,6 +240,20 @@ def analyze(
                     provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None,
                     weights=weight_report)
     return report if evaluation is None else report.with_metrics(evaluation)
+
+
+def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, **collect_kw: Any
+                ) -> tuple[History | None, HistoryStats]:
+    """The history (``None`` for precomputed statistics) and its statistics for ``cfg``."""
+    if isinstance(checkpoints, HistoryStats):
+        _check_runs(checkpoints.runs)
+        return None, checkpoints
+    hist = History.load(checkpoints)
+    _check_runs({r.name: r.steps for r in hist.runs.values()})
+    stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
+                    batch_size=cfg.batch_size, moments="reference", keep="reference", n_bootstrap=cfg.n_bootstrap,
+                    bootstrap_seed=cfg.seed, **collect_kw)
+    return hist, stats
 
 
 def _reads_positions(position: Any, probes: Any) -> bool:
