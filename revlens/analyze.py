@@ -225,7 +225,9 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         entry: dict[str, Any] = {"role": role, "run": run, "step": step}
         if hist is not None:
             ck = hist[name]
-            entry["fingerprint"] = ck.fingerprint()
+            entry["fingerprint"] = ck.model_fingerprint()  # the weights (an adapter: with its start's)
+            if not hasattr(ck.source, "repo_id") and ck.kind == "adapter":
+                entry.update(kind="adapter", files_fingerprint=ck.fingerprint(), start=ck.require_start().name)
             path = ck.local_path() if not hasattr(ck.source, "repo_id") else None
             entry["source"] = str(path) if path is not None else repr(ck.source)
         checkpoints[name] = entry

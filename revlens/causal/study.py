@@ -188,8 +188,8 @@ class _Study:
                   "steps": sorted({int(c.step) for c in self.checkpoints}), "layers": self.layers,
                   "control_names": self.names, "n_prompts": len(self.tokenized)}
         provenance = {"model": self.lm.source, "probe_fingerprint": self.tokenized.fingerprint(),
-                      "aligned": self.hist.aligned.name, "aligned_fingerprint": self.hist.aligned.fingerprint(),
-                      "checkpoints": {c.name: c.fingerprint() for c in self.checkpoints}}
+                      "aligned": self.hist.aligned.name, "aligned_fingerprint": self.hist.aligned.model_fingerprint(),
+                      "checkpoints": {c.name: c.model_fingerprint() for c in self.checkpoints}}
         return CausalReport(effects=effects, config=config, directions=self.v_rev,
                             controls={layer: self.table[layer][1:].clone() for layer in self.layers},
                             provenance=provenance)

@@ -109,7 +109,7 @@ class _Plan:
         self.results: dict[str, CheckpointStats] = {}
         self.todo: list[tuple[Checkpoint, str | None]] = []
         for ck in hist:
-            key = StatsCache.key(weights=ck.fingerprint(), **self.cfg, **self.want(ck)) if cache else None
+            key = StatsCache.key(weights=ck.model_fingerprint(), **self.cfg, **self.want(ck)) if cache else None
             hit = cache.get(key, ck.name) if cache is not None and key is not None else None
             if hit is not None:
                 self.results[ck.name] = hit
