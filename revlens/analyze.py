@@ -16,7 +16,7 @@ import numpy as np
 
 from revlens._config import Config, as_int, as_layers, option
 from revlens._version import __version__
-from revlens.collect import HistoryStats, collect
+from revlens.collect import HistoryStats, collect, without_degenerate
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.directions.table import directions_table
 from revlens.drift import drift_table
@@ -158,6 +158,7 @@ def analyze(
     methods: Any = None,
     cache_dir: Any = None,
     device: Any = None,
+    dtype: Any = None,
     progress: bool = True,
     executor: Executor | None = None,
     **settings: Any,
@@ -183,7 +184,9 @@ def analyze(
             ``"whitened"``), estimators, :class:`~revlens.directions.Directions`, or tensors
             ``[n_layers_collected, d_model]``; default the config's (all four).
         cache_dir: on-disk statistics cache (resumable; keyed by content).
-        device, progress, executor: passed to :func:`revlens.collect`.
+        device, dtype: where and in what precision the model runs (default: the given model's,
+            else float32 on the CPU; e.g. ``dtype=torch.bfloat16``); recorded in the report config.
+        progress, executor: passed to :func:`revlens.collect`.
 
     Returns:
         :class:`~revlens.Report`.
@@ -206,15 +209,20 @@ def analyze(
         _check_runs({r.name: r.steps for r in hist.runs.values()})
         stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
                         batch_size=cfg.batch_size, cache_dir=cache_dir, moments="reference", keep="reference",
-                        n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, device=device, executor=executor,
+                        n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, device=device, dtype=dtype, executor=executor,
                         progress=progress)
+    # tensors name the collected layers by row: bind them before degenerate layers are left out
+    specs = [resolve_directions(s, stats) if hasattr(s, "shape") and not isinstance(s, Directions) else s
+             for s in specs]
+    stats, degenerate = without_degenerate(stats, what="analyze")
     vectors, stability = _fit_all(specs, stats, cfg)
     drift = drift_table(stats, vectors, n_null=cfg.n_null, seed=cfg.seed)
     table = directions_table(stats, vectors, stability={k: v for k, v in stability.items() if v is not None},
                              n_permutations=cfg.n_null, seed=cfg.seed)
     config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
                   "position": stats.position, "base_combination": "mean of bases", "controls": sorted(stats.controls),
-                  "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts)}
+                  "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts),
+                  "degenerate_layers": list(degenerate), "dtype": stats.meta.get("dtype")}
     return Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
                   provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None)
 

@@ -22,7 +22,13 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from revlens.errors import CheckpointError, RevlensError, ShapeMismatchError, UpstreamError
+from revlens.errors import (
+    CheckpointError,
+    ConfigError,
+    RevlensError,
+    ShapeMismatchError,
+    UpstreamError,
+)
 
 __all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
 
@@ -208,6 +214,33 @@ class LensModel:
         return cls._boot_dir(Path(source), kwargs, tokenizer, weights, low_memory and device_map is None)
 
     @classmethod
+    def for_history(cls, history: Any, model: Any = None, *, device: Any = None, dtype: torch.dtype | None = None,
+                    low_memory: bool = True) -> "LensModel":
+        """The model an entry point runs: ``model`` (a ``LensModel``, bridge, HF model or path; checked
+        against ``device`` / ``dtype`` when they are given) or, by default, ``history.boot(...)``
+        (float32 unless ``dtype``). Its architecture is checked against the history's.
+
+        Raises:
+            ConfigError: ``model`` runs on another device or in another dtype than asked.
+            ShapeMismatchError: another architecture than the history's.
+        """
+        if model is None:
+            lm = history.boot(device=device, dtype=dtype or torch.float32, low_memory=low_memory)
+        else:
+            if isinstance(model, (str, os.PathLike)):
+                lm = cls.boot(model, device=device, dtype=dtype or torch.float32, low_memory=low_memory)
+            else:
+                lm = cls.boot(model)
+            if dtype is not None and lm.dtype != dtype:
+                raise ConfigError(f"the model given runs in {lm.dtype} but dtype={dtype} was asked; boot it in "
+                                  "that dtype, or leave dtype unset to use the model's")
+            if device is not None and not _same_device(lm.device, torch.device(device)):
+                raise ConfigError(f"the model given is on {lm.device} but device={device!r} was asked; move it "
+                                  "(or leave device unset)")
+        lm.check_architecture(history)
+        return lm
+
+    @classmethod
     def _boot_dir(cls, path: Path, kwargs: dict[str, Any], tokenizer: Any, weights: Any,
                   low_memory: bool) -> "LensModel":
         from transformer_lens.model_bridge import TransformerBridge
@@ -380,6 +413,10 @@ class LensModel:
         """The current weights as a plain Hugging Face state dict (clones; one name per tie group)."""
         targets = self.swapper.targets
         return {name: targets.params[name].detach().clone() for name in targets.required()}
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    return have.type == want.type and (want.index is None or have.index == want.index)
 
 
 def _read_tokenizer(path: Path, tokenizer: Any) -> Any:

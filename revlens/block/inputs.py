@@ -173,7 +173,10 @@ def _reference(
         _check_ref(mean, layers, d, "tensor")
         return mean, None
     if isinstance(reference, (str, Path, LensModel, nn.Module)) or hasattr(reference, "hook_dict"):
-        ref = LensModel.boot(reference) if isinstance(reference, (str, Path)) else reference
+        # booted like the model being trained (its dtype and device), read once, then dropped
+        dtype = next(reader.module.parameters()).dtype
+        ref = LensModel.boot(reference, dtype=dtype, device=reader.device) if isinstance(reference, (str, Path)) \
+            else reference
         ref_acc = access(ref)
         if ref_acc.d_model != d or ref_acc.n_layers != reader.n_layers:
             raise ShapeMismatchError(

@@ -1,9 +1,25 @@
 """Streaming per-layer statistics of a training history (see :func:`collect`)."""
 
 from revlens.collect.collector import collect, collect_checkpoint, resolve_probes
+from revlens.collect.degenerate import (
+    DegenerateLayerWarning,
+    degenerate_layers,
+    select_layers,
+    without_degenerate,
+)
 from revlens.collect.stats import CheckpointStats, HistoryStats
 
-__all__ = ["CheckpointStats", "HistoryStats", "collect", "collect_checkpoint", "resolve_probes"]
+__all__ = [
+    "CheckpointStats",
+    "DegenerateLayerWarning",
+    "HistoryStats",
+    "collect",
+    "collect_checkpoint",
+    "degenerate_layers",
+    "resolve_probes",
+    "select_layers",
+    "without_degenerate",
+]
 
 from revlens._callable import make_callable
 

@@ -136,7 +136,7 @@ def collect(
     n_bootstrap: int = 100,
     bootstrap_seed: int = 0,
     device: Any = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     executor: Executor | None = None,
     progress: bool = True,
 ) -> HistoryStats:
@@ -161,7 +161,8 @@ def collect(
         keep: which checkpoints keep per-prompt activations (``"reference"``: base + aligned).
         n_bootstrap: Poisson-bootstrap replicates (0 disables confidence intervals).
         bootstrap_seed: seed of the bootstrap weights.
-        device, dtype: where and in what precision the model runs (statistics are float64).
+        device, dtype: where and in what precision the model runs (default: the given model's, else
+            float32 on the CPU); statistics are float64, and the dtype is part of the cache key.
         executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots
             the architecture once and ships back statistics only). For a local
             ``ProcessPoolExecutor`` use ``mp_context=multiprocessing.get_context("spawn")``.
@@ -179,17 +180,16 @@ def collect(
     if position is not None:
         pr = pr.with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None
-    lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
-    lm.check_architecture(hist)
+    lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)
     tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
     plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
-                 bootstrap_seed=int(bootstrap_seed), dtype=dtype)
+                 bootstrap_seed=int(bootstrap_seed), dtype=lm.dtype)
     common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
     bar = tqdm(total=len(hist), initial=len(hist) - len(plan.todo), desc="collect", unit="ckpt", disable=not progress)
     try:
         if executor is not None and plan.todo:
-            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, dtype)
+            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, lm.dtype)
         else:
             for ck, key in plan.todo:
                 bar.set_postfix_str(ck.name)
@@ -233,7 +233,8 @@ def _history_stats(hist: History, lm: LensModel, plan: _Plan, sites: list[Site],
         controls=[r.name for r in hist.runs.values() if r.control], kinds=hist.run_kinds(),
         meta={"n_prompts": len(tokenized), "n_bootstrap": common["n_bootstrap"],
               "bootstrap_seed": common["bootstrap_seed"], "probe_fingerprint": tokenized.fingerprint(),
-              "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint},
+              "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint,
+              "dtype": str(lm.dtype).removeprefix("torch.")},
     )
 
 
