@@ -13,8 +13,8 @@ per session, built once and shared by the tests of that family, which run on one
   near 0 where the unblocked run moves), ``ReversionMonitor`` on the same run;
 - bf16 collection close to fp32 (OLMo 2: ``UpstreamError``, a TransformerLens bug);
 - every site kind: the Hugging Face path reads what the bridge reads, ``grow`` equals ``loop``,
-  and one extra site kind per family through collect / ablation / monitor (``SiteError`` for
-  ``resid_mid`` on parallel-attention families).
+  and one extra site kind per family through analyze / ablation / monitor / blocker (``SiteError``
+  for ``resid_mid`` on parallel-attention families).
 """
 
 import functools
@@ -184,7 +184,8 @@ def test_blocker_update_and_monitor_on_the_hf_model(family):
     f.lm.load(f.hist.aligned)  # a model as the reference: read once into statistics
     blocker = revlens.ReversionBlocker(f.v, f.probes, f.lm, tokenizer=families.tokenizer(), method="update",
                                        refresh_every=1, probe_batch_size=None)
-    mon = revlens.ReversionMonitor(f.v, f.probes, f.ref_stats, tokenizer=families.tokenizer(), every=1)
+    # a save_pretrained dir as the reference: read once through a plain HF model, then dropped
+    mon = revlens.ReversionMonitor(f.v, f.probes, aligned, tokenizer=families.tokenizer(), every=1)
     blocked = _train(hf_model(aligned), blocker, mon)
     free = _train(hf_model(aligned))
     s_blocked, s_free = blocker.projection(blocked), blocker.projection(free)
@@ -200,6 +201,10 @@ def test_bf16(family):
     if family in HALF_PRECISION_BUG:
         with pytest.raises(UpstreamError, match=r"olmo2 in torch.bfloat16.*dtype=torch.float32"):
             revlens.collect(f.hist.restricted(), f.probes, dtype=torch.bfloat16, progress=False)
+        # the workaround it names: monitor the plain HF model in bf16 (no bridge), also with a dir reference
+        mon = revlens.ReversionMonitor(f.v, f.probes, f.dirs["aligned"], tokenizer=families.tokenizer())
+        table = mon.measure(hf_model(f.dirs["aligned"]).to(torch.bfloat16))
+        assert table.norm.notna().all() and (table.norm < 0.05 * f.ref_stats.mean("aligned").norm()).all()
         return
     half = revlens.collect(f.hist.restricted(), f.probes, dtype=torch.bfloat16, layers=list(f.v.layers),
                            n_bootstrap=0, progress=False)
@@ -265,6 +270,12 @@ def test_one_more_site_kind_through_every_stage(family):
     ref = revlens.collect(f.hist.restricted(), f.probes, model=f.lm, site=kind, layers=list(v.layers),
                           n_bootstrap=0, progress=False)
     mon = revlens.ReversionMonitor(v, f.probes, ref, tokenizer=families.tokenizer(), site=kind)
-    table = mon.measure(hf_model(f.dirs["aligned"]))
+    model = hf_model(f.dirs["aligned"])
+    table = mon.measure(model)
     # the aligned model measured against its own reference: no drift (HF path vs bridge statistics)
     assert (table["norm"] <= 1e-4 * max(1.0, math.sqrt(64))).all(), table
+    blocker = revlens.ReversionBlocker(v, f.probes, ref, tokenizer=families.tokenizer(), site=kind,
+                                       refresh_every=1, probe_batch_size=None)
+    _train(model, blocker, steps=2)
+    free = _train(hf_model(f.dirs["aligned"]), steps=2)
+    assert float(blocker.projection(model).norm()) < 0.5 * float(blocker.projection(free).norm())
