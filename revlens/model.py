@@ -12,7 +12,6 @@ Example:
     >>> lm.load(history["seed0/step-5"])                            # doctest: +SKIP
 """
 
-import copy
 import json
 import os
 from collections.abc import Mapping
@@ -22,13 +21,9 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from revlens.errors import (
-    CheckpointError,
-    ConfigError,
-    RevlensError,
-    ShapeMismatchError,
-    UpstreamError,
-)
+from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
+from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
+from revlens.loading.boot import check_dtype_support, read_tokenizer
 
 __all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
 
@@ -40,15 +35,6 @@ _VOLATILE_CONFIG = (
     "output_attentions", "output_hidden_states", "use_cache", "return_dict", "_attn_implementation",
     "_attn_implementation_autoset",
 )
-# (model_type, dtypes) TransformerLens 4.3 cannot run, and what to do instead (docs/families.md)
-_UPSTREAM_DTYPE_BUGS = {
-    ("olmo", "olmo2", "olmo3"): (
-        (torch.bfloat16, torch.float16),
-        "TransformerLens 4.3's attention bridge multiplies float32 attention weights with {dtype} values "
-        "for OLMo ('expected m1 and m2 to have the same dtype'); boot it with dtype=torch.float32, or "
-        "monitor / block on the plain Hugging Face model (no bridge), which runs in {dtype}",
-    ),
-}
 
 
 def find_weight_files(directory: Path) -> list[Path]:
@@ -107,29 +93,6 @@ def load_state_dict(source: Any) -> dict[str, Tensor]:
         return dict(source)
     with open_source(source) as src:
         return {key: src.read(key) for key in src}
-
-
-def check_dtype_support(model_type: str | None, dtype: torch.dtype) -> None:
-    """Raise :class:`UpstreamError` for a family TransformerLens cannot run in ``dtype``."""
-    for types, (dtypes, why) in _UPSTREAM_DTYPE_BUGS.items():
-        if model_type in types and dtype in dtypes:
-            raise UpstreamError(f"{model_type} in {dtype}: " + why.format(dtype=dtype))
-
-
-def _bridge_tokenizer(tokenizer: Any) -> Any:
-    """A copy of ``tokenizer`` that TransformerLens' boot accepts.
-
-    TransformerLens 4.3 rebuilds the tokenizer from ``init_kwargs["name_or_path"]`` to make it
-    prepend BOS, which fails (``KeyError: 'name_or_path'``) for a tokenizer built in code and
-    re-downloads one that was loaded. revlens tokenizes with the given tokenizer itself; the
-    bridge only keeps a copy marked as already prepending BOS (so it is used as it is).
-    """
-    if tokenizer is None or getattr(tokenizer, "bos_token", None) is None:
-        return tokenizer
-    tok = copy.deepcopy(tokenizer)
-    tok.init_kwargs = {**tok.init_kwargs, "name_or_path": getattr(tok, "name_or_path", "") or "",
-                       "add_bos_token": True}
-    return tok
 
 
 class LensModel:
@@ -251,7 +214,7 @@ class LensModel:
             raise CheckpointError(f"cannot boot {path}: expected a save_pretrained dir with config.json")
         config_fingerprint(path)  # a config.json that is not JSON is named here, not deep in transformers
         check_dtype_support(json.loads((path / "config.json").read_text()).get("model_type"), kwargs["dtype"])
-        tokenizer = _read_tokenizer(path, tokenizer)
+        tokenizer = read_tokenizer(path, tokenizer)
         if tokenizer is not None:
             kwargs["tokenizer"] = _bridge_tokenizer(tokenizer)
         ref = weights if isinstance(weights, Ref) or weights is None else Ref(weights)
@@ -417,16 +380,3 @@ class LensModel:
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
     return have.type == want.type and (want.index is None or have.index == want.index)
-
-
-def _read_tokenizer(path: Path, tokenizer: Any) -> Any:
-    if isinstance(tokenizer, (str, os.PathLike)):
-        path, tokenizer = Path(tokenizer), None
-    if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"cannot read the tokenizer in {path}: {exc}") from None
-    return tokenizer

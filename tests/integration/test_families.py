@@ -36,7 +36,7 @@ from revlens.sites.hf import HFAccess
 
 MATRIX = families.FAMILIES
 PARALLEL = {"phi", "gpt_neox", "gptj", "falcon"}  # attention and MLP on the same input: no resid_mid
-HALF_PRECISION_BUG = {"olmo2"}  # TransformerLens 4.3 (revlens.model._UPSTREAM_DTYPE_BUGS)
+HALF_PRECISION_BUG = {"olmo2"}  # TransformerLens 4.3 (revlens.loading.boot._UPSTREAM_DTYPE_BUGS)
 _EXTRA_SITES = ("resid_mid", "attn_out", "mlp_out", "resid_pre", "ln_final")
 PROMPTS = [f"w{i} w{i + 3} w{i + 7}" + " w40" * (i % 3) for i in range(10, 18)]
 
@@ -153,9 +153,11 @@ def test_swaps_give_a_fresh_boots_logits(family):
 
 # ---------------------------------------------------------------------------------------- training
 def _train(model, blocker=None, monitor=None, steps: int = 3):
+    """A few SGD steps on random sequences (lr small enough that the blocker's first-order
+    guarantee shows: blocked motion along v is O(lr²), unblocked O(lr))."""
     g = torch.Generator().manual_seed(0)
     data = torch.randint(len(families.SPECIALS) + 4, len(families.VOCAB), (4, 8), generator=g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     model.train()
     ctx = blocker.attached(model, opt) if blocker is not None else _null()
     with ctx:
@@ -190,7 +192,7 @@ def test_blocker_update_and_monitor_on_the_hf_model(family):
     free = _train(hf_model(aligned))
     s_blocked, s_free = blocker.projection(blocked), blocker.projection(free)
     assert float(s_free.norm()) > 1e-3, s_free  # the unblocked run does move along v
-    assert float(s_blocked.norm()) < 0.5 * float(s_free.norm()), (s_blocked, s_free)
+    assert float(s_blocked.norm()) < 0.2 * float(s_free.norm()), (s_blocked, s_free)
     hist = mon.history_
     assert hist.step.tolist() == [s for s in (1, 2, 3) for _ in f.v.layers] and hist.cos.notna().all()
 
@@ -204,7 +206,8 @@ def test_bf16(family):
         # the workaround it names: monitor the plain HF model in bf16 (no bridge), also with a dir reference
         mon = revlens.ReversionMonitor(f.v, f.probes, f.dirs["aligned"], tokenizer=families.tokenizer())
         table = mon.measure(hf_model(f.dirs["aligned"]).to(torch.bfloat16))
-        assert table.norm.notna().all() and (table.norm < 0.05 * f.ref_stats.mean("aligned").norm()).all()
+        scale = float(f.ref_stats.mean("aligned").norm(dim=-1).min())
+        assert table.norm.notna().all() and (table.norm < 0.05 * scale).all(), (table, scale)
         return
     half = revlens.collect(f.hist.restricted(), f.probes, dtype=torch.bfloat16, layers=list(f.v.layers),
                            n_bootstrap=0, progress=False)
@@ -278,4 +281,5 @@ def test_one_more_site_kind_through_every_stage(family):
                                        refresh_every=1, probe_batch_size=None)
     _train(model, blocker, steps=2)
     free = _train(hf_model(f.dirs["aligned"]), steps=2)
+    # (ln_final is the most nonlinear site: its second-order residue is the largest, ~0.25 of the free motion)
     assert float(blocker.projection(model).norm()) < 0.5 * float(blocker.projection(free).norm())

@@ -172,7 +172,7 @@ def test_olmo_in_half_precision_is_an_upstream_error_named_before_booting():
 @pytest.mark.xfail(strict=True, reason=(
     "TransformerLens 4.3 bug: its attention bridge runs OLMo / OLMo 2 / OLMo 3 in bf16/fp16 into "
     "'expected m1 and m2 to have the same dtype' (float32 attention weights times half values); revlens "
-    "raises UpstreamError up front (revlens.model._UPSTREAM_DTYPE_BUGS). XPASS = fixed upstream: drop the guard."))
+    "raises UpstreamError up front (revlens.loading.boot._UPSTREAM_DTYPE_BUGS). XPASS = fixed upstream: drop the guard."))
 def test_upstream_olmo2_runs_in_bf16():
     import families
 
