@@ -16,7 +16,7 @@ import numpy as np
 
 from revlens._config import Config, as_bool, as_int, as_layers, option
 from revlens._version import __version__
-from revlens.collect import HistoryStats, collect
+from revlens.collect import HistoryStats, collect, without_degenerate
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.directions.table import directions_table
 from revlens.drift import drift_table
@@ -169,6 +169,7 @@ def analyze(
     methods: Any = None,
     cache_dir: Any = None,
     device: Any = None,
+    dtype: Any = None,
     progress: bool = True,
     executor: Executor | None = None,
     evaluation: Any = None,
@@ -196,7 +197,9 @@ def analyze(
             ``"whitened"``), estimators, :class:`~revlens.directions.Directions`, or tensors
             ``[n_layers_collected, d_model]``; default the config's (all four).
         cache_dir: on-disk statistics cache (resumable; keyed by content).
-        device, progress, executor: passed to :func:`revlens.collect`.
+        device, dtype: where and in what precision the model runs (default: the given model's,
+            else float32 on the CPU; e.g. ``dtype=torch.bfloat16``); recorded in the report config.
+        progress, executor: passed to :func:`revlens.collect`.
         evaluation: an :class:`~revlens.Evaluation` (or its table) to show beside the drift, joined
             into the report's metrics table with the history's own (:meth:`Report.with_metrics`).
         weights: ``True`` (or a :class:`revlens.weights.WeightsConfig`) also reads the history's
@@ -222,24 +225,41 @@ def analyze(
         raise ConfigError("weights=True needs the history itself (its weights), not precomputed HistoryStats")
     if _reads_positions(cfg.position, probes) and not isinstance(checkpoints, HistoryStats):
         report = _analyze_positions(model, checkpoints, probes, specs, cfg, cache_dir=cache_dir, device=device,
-                                    progress=progress, executor=executor)
+                                    dtype=dtype, progress=progress, executor=executor)
         if cfg.weights:
             report.weights = _weight_report(History.load(checkpoints), weights_config, progress)
         return report if evaluation is None else report.with_metrics(evaluation)
-    hist, stats = _statistics(model, checkpoints, probes, cfg, cache_dir=cache_dir, device=device,
+    hist, stats = _statistics(model, checkpoints, probes, cfg, cache_dir=cache_dir, device=device, dtype=dtype,
                               executor=executor, progress=progress)
+    report = _report(hist, stats, specs, cfg, weights_config, progress)
+    return report if evaluation is None else report.with_metrics(evaluation)
+
+
+def _report(hist: History | None, stats: HistoryStats, specs: list[Any], cfg: AnalyzeConfig, weights_config: Any,
+            progress: bool) -> Report:
+    """Directions, drift and the directions table of ``stats`` (and the weights' reading, if asked)."""
+    specs, stats, degenerate = _bind_and_drop_degenerate(specs, stats)
     vectors, stability = _fit_all(specs, stats, cfg)
     drift = drift_table(stats, vectors, n_null=cfg.n_null, seed=cfg.seed)
     table = directions_table(stats, vectors, stability={k: v for k, v in stability.items() if v is not None},
                              n_permutations=cfg.n_null, seed=cfg.seed)
     config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
                   "position": stats.position, "base_combination": "mean of bases", "controls": sorted(stats.controls),
-                  "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts)}
+                  "kinds": dict(stats.kinds), "run_starts": dict(stats.run_starts),
+                  "degenerate_layers": list(degenerate), "dtype": stats.meta.get("dtype")}
     weight_report = _weight_report(hist, weights_config, progress) if cfg.weights and hist is not None else None
     report = Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
                     provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None,
                     weights=weight_report)
-    return report if evaluation is None else report.with_metrics(evaluation)
+    return report
+
+
+def _bind_and_drop_degenerate(specs: list[Any], stats: HistoryStats) -> tuple[list[Any], HistoryStats, list[int]]:
+    """Direction tensors name the collected layers by row: bind them, then leave degenerate layers out."""
+    specs = [resolve_directions(s, stats) if hasattr(s, "shape") and not isinstance(s, Directions) else s
+             for s in specs]
+    stats, degenerate = without_degenerate(stats, what="analyze")
+    return specs, stats, list(degenerate)
 
 
 def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, **collect_kw: Any
@@ -314,7 +334,9 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         entry: dict[str, Any] = {"role": role, "run": run, "step": step}
         if hist is not None:
             ck = hist[name]
-            entry["fingerprint"] = ck.fingerprint()
+            entry["fingerprint"] = ck.model_fingerprint()  # the weights (an adapter: with its start's)
+            if not hasattr(ck.source, "repo_id") and ck.kind == "adapter":
+                entry.update(kind="adapter", files_fingerprint=ck.fingerprint(), start=ck.require_start().name)
             path = ck.local_path() if not hasattr(ck.source, "repo_id") else None
             entry["source"] = str(path) if path is not None else repr(ck.source)
         checkpoints[name] = entry

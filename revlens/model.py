@@ -1,13 +1,15 @@
 """One booted TransformerLens model, with checkpoint weights swapped in.
 
-TransformerLens 4 wraps a Hugging Face model in a ``TransformerBridge``; the wrapped module tree
-renames parameters (``..._original_component...``) and exposes some as views (GPT-2's q/k/v
-are views of ``c_attn``). :class:`LensModel` maps a plain Hugging Face state dict onto that tree
-and copies weights **in place**, so a history is analysed with one boot, not one per checkpoint.
+TransformerLens 4 wraps a Hugging Face model in a ``TransformerBridge``. :class:`LensModel` boots
+one bridge and swaps checkpoints into it **in place** through :class:`revlens.loading.Swapper`,
+which maps checkpoint keys with transformers' own loading rules (renamed keys, prefix-less state
+dicts, fused MoE experts), streams tensors one at a time in the model's dtype, refreshes the
+bridge's split copies of fused weights, and merges LoRA adapters on their start model (restored
+exactly before the next load). A history is analysed with one boot, not one per checkpoint.
 
 Example:
-    >>> lm = LensModel.boot("out/lab/aligned")                   # doctest: +SKIP
-    >>> lm.load_weights(load_state_dict("out/lab/runs/seed0/step-5"), name="seed0/step-5")  # doctest: +SKIP
+    >>> lm = LensModel.boot("out/lab/aligned")                     # doctest: +SKIP
+    >>> lm.load(history["seed0/step-5"])                            # doctest: +SKIP
 """
 
 import json
@@ -19,7 +21,9 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from revlens.errors import CheckpointError, NonFiniteError, ShapeMismatchError
+from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
+from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
+from revlens.loading.boot import check_dtype_support, read_tokenizer
 
 __all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
 
@@ -31,22 +35,13 @@ _VOLATILE_CONFIG = (
     "output_attentions", "output_hidden_states", "use_cache", "return_dict", "_attn_implementation",
     "_attn_implementation_autoset",
 )
-_ORIG = "._original_component"
-# Buffers Hugging Face writes or the bridge adds that are not learned weights.
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
 
 def find_weight_files(directory: Path) -> list[Path]:
-    """Weight files of a ``save_pretrained`` dir (sharded or not), or ``[]``."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = directory / index_name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [directory / s for s in shards]
-    for name in ("model.safetensors", "pytorch_model.bin", "model.pt"):
-        if (directory / name).is_file():
-            return [directory / name]
-    return sorted(directory.glob("*.safetensors"))
+    """Weight files of a ``save_pretrained`` dir (sharded or not; adapter files excluded), or ``[]``."""
+    from revlens.loading import weight_files
+
+    return weight_files(directory)
 
 
 def config_fingerprint(config: Any) -> str:
@@ -83,91 +78,50 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def _load_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises several types on a bad file
-            raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read weights file {path} (weights_only=True): {exc}") from exc
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return dict(obj)
-
-
 def load_state_dict(source: Any) -> dict[str, Tensor]:
-    """Read a state dict from a ``save_pretrained`` dir, a weights file, a module or a mapping.
+    """Read a whole state dict from a ``save_pretrained`` dir, a weights file, a module or a
+    mapping (for inspection; loading into a model streams instead, see :meth:`LensModel.load`).
 
     Raises:
         CheckpointError: missing path, a dir with no weights, or an unreadable file.
     """
+    from revlens.loading import open_source
+
     if isinstance(source, torch.nn.Module):
         return {k: v.detach() for k, v in source.state_dict().items()}
     if isinstance(source, Mapping):
         return dict(source)
-    path = Path(source)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist")
-    if path.is_dir():
-        files = find_weight_files(path)
-        if not files:
-            raise CheckpointError(
-                f"checkpoint dir {path} holds no weights (expected model.safetensors, "
-                "a sharded index, or pytorch_model.bin)"
-            )
-        out: dict[str, Tensor] = {}
-        for f in files:
-            out.update(_load_file(f))
-        return out
-    return _load_file(path)
-
-
-def _strip(name: str) -> str:
-    return name.replace(_ORIG, "")
+    with open_source(source) as src:
+        return {key: src.read(key) for key in src}
 
 
 class LensModel:
-    """A booted ``TransformerBridge`` plus the machinery to swap checkpoint weights in.
+    """A booted ``TransformerBridge`` plus the :class:`~revlens.loading.Swapper` that swaps
+    checkpoint weights into it.
 
     Attributes:
         bridge: the TransformerLens ``TransformerBridge`` (in eval mode).
+        swapper: the :class:`~revlens.loading.Swapper` of its Hugging Face model.
         tokenizer: its tokenizer.
         loaded: name of the checkpoint whose weights are loaded now (or ``None``).
+        fingerprint: content fingerprint of the loaded weights (``None``: unknown).
     """
 
-    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: Any = None) -> None:
+    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: Any = None, boot: Any = None) -> None:
+        from revlens.loading import Ref, Swapper
+
         self.bridge = bridge
         self.bridge.eval()
         self.source = source
         # The model's own tokenizer: TransformerLens wraps the one it is given (e.g. to prepend
         # BOS); revlens tokenizes exactly as the checkpoint's authors did.
         self._tokenizer = tokenizer
-        self.loaded: str | None = None
-        self.fingerprint: str | None = None  # content hash of the loaded weights (None: unknown)
         self.config_fingerprint = config_fingerprint(self.hf_model.config)
-        self._version = -1
-        # HF parameter name -> list of bridge tensors sharing it; grouped by storage so tied or
-        # viewed weights (wte/lm_head, c_attn/q/k/v) count as one: writing any of them updates all.
-        self._targets: dict[str, list[Tensor]] = {}
-        self._groups: list[list[str]] = []
-        seen: dict[int, list[str]] = {}
-        for raw, param in self.hf_model.named_parameters(remove_duplicate=False):
-            name = _strip(raw)
-            self._targets.setdefault(name, [])
-            if not any(p is param for p in self._targets[name]):
-                self._targets[name].append(param)
-            storage = param.untyped_storage().data_ptr()
-            seen.setdefault(storage, [])
-            if name not in seen[storage]:
-                seen[storage].append(name)
-        self._groups = list(seen.values())
+        ref = boot if isinstance(boot, Ref) or boot is None else Ref(boot)
+        self.swapper = Swapper(self.hf_model, bridge, boot=ref)
+        self.loaded: str | None = ref.name if ref is not None else None
+        self.fingerprint: str | None = ref.fingerprint if ref is not None else None
+        self._version = self._weights_version() if ref is not None else -1
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -179,45 +133,111 @@ class LensModel:
         dtype: torch.dtype = torch.float32,
         tokenizer: Any = None,
         device_map: Any = None,
+        weights: Any = None,
+        low_memory: bool = True,
     ) -> "LensModel":
-        """Boot a bridge from a path (``save_pretrained`` dir), a HF model, or wrap a bridge."""
+        """Boot a bridge from a ``save_pretrained`` dir, a HF model, or wrap a bridge.
+
+        Args:
+            source: a ``save_pretrained`` dir (its ``config.json`` and tokenizer), a Hugging Face
+                model, a ``TransformerBridge`` or a ``LensModel`` (returned as is).
+            device, dtype, device_map: where and in what precision the model runs.
+            tokenizer: a tokenizer (object or path); default the dir's own.
+            weights: a :class:`~revlens.loading.Ref` (or path / state dict) of the weights to put
+                in, if not the dir's own (e.g. a history's aligned checkpoint).
+            low_memory: build the model empty and stream the weights in tensor by tensor
+                (:func:`revlens.loading.empty_model`): peak memory about the model's size, also in
+                another dtype than the files'. ``False``: ``from_pretrained``, which holds the
+                converted and the stored tensors at once (~3x the model in bf16 from fp32 files,
+                ``benchmarks/bench_memory.py``). Ignored with ``device_map`` (offloading).
+
+        Raises:
+            CheckpointError: not a ``save_pretrained`` dir, unreadable config / tokenizer / weights.
+            UpstreamError: a family TransformerLens cannot run in ``dtype`` (names the workaround).
+        """
         from transformer_lens.model_bridge import TransformerBridge
 
         if isinstance(source, LensModel):
             return source
         if isinstance(source, TransformerBridge):
-            return cls(source)
+            check_dtype_support(getattr(source.original_model.config, "model_type", None), source.cfg.dtype)
+            return cls(source, tokenizer=tokenizer)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if device is not None:
             kwargs["device"] = device
         if device_map is not None:
             kwargs["device_map"] = device_map
-        if tokenizer is not None:
-            kwargs["tokenizer"] = tokenizer
         if isinstance(source, torch.nn.Module):
+            check_dtype_support(getattr(getattr(source, "config", None), "model_type", None), dtype)
             name = getattr(getattr(source, "config", None), "_name_or_path", "") or "model"
+            if tokenizer is not None:
+                kwargs["tokenizer"] = _bridge_tokenizer(tokenizer)
             bridge = TransformerBridge.boot_transformers(name, hf_model=source, **kwargs)
             return cls(bridge, source=name, tokenizer=tokenizer)
-        path = Path(source)
+        return cls._boot_dir(Path(source), kwargs, tokenizer, weights, low_memory and device_map is None)
+
+    @classmethod
+    def for_history(cls, history: Any, model: Any = None, *, device: Any = None, dtype: torch.dtype | None = None,
+                    low_memory: bool = True) -> "LensModel":
+        """The model an entry point runs: ``model`` (a ``LensModel``, bridge, HF model or path; checked
+        against ``device`` / ``dtype`` when they are given) or, by default, ``history.boot(...)``
+        (float32 unless ``dtype``). Its architecture is checked against the history's.
+
+        Raises:
+            ConfigError: ``model`` runs on another device or in another dtype than asked.
+            ShapeMismatchError: another architecture than the history's.
+        """
+        if model is None:
+            lm = history.boot(device=device, dtype=dtype or torch.float32, low_memory=low_memory)
+        else:
+            if isinstance(model, (str, os.PathLike)):
+                lm = cls.boot(model, device=device, dtype=dtype or torch.float32, low_memory=low_memory)
+            else:
+                lm = cls.boot(model)
+            if dtype is not None and lm.dtype != dtype:
+                raise ConfigError(f"the model given runs in {lm.dtype} but dtype={dtype} was asked; boot it in "
+                                  "that dtype, or leave dtype unset to use the model's")
+            if device is not None and not _same_device(lm.device, torch.device(device)):
+                raise ConfigError(f"the model given is on {lm.device} but device={device!r} was asked; move it "
+                                  "(or leave device unset)")
+        lm.check_architecture(history)
+        return lm
+
+    @classmethod
+    def _boot_dir(cls, path: Path, kwargs: dict[str, Any], tokenizer: Any, weights: Any,
+                  low_memory: bool) -> "LensModel":
+        from transformer_lens.model_bridge import TransformerBridge
+
+        from revlens.loading import Ref, empty_model, weight_files
+
         if not (path / "config.json").is_file():
             raise CheckpointError(f"cannot boot {path}: expected a save_pretrained dir with config.json")
         config_fingerprint(path)  # a config.json that is not JSON is named here, not deep in transformers
-        if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            from transformers import AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(str(path))
-            except (OSError, ValueError, KeyError) as exc:
-                raise CheckpointError(f"cannot read the tokenizer in {path}: {exc}") from None
+        check_dtype_support(json.loads((path / "config.json").read_text()).get("model_type"), kwargs["dtype"])
+        tokenizer = read_tokenizer(path, tokenizer)
         if tokenizer is not None:
-            kwargs["tokenizer"] = tokenizer
+            kwargs["tokenizer"] = _bridge_tokenizer(tokenizer)
+        ref = weights if isinstance(weights, Ref) or weights is None else Ref(weights)
+        if ref is None and not weight_files(path):
+            raise CheckpointError(f"cannot boot {path}: it holds no weights; pass weights=...")
         try:
-            bridge = TransformerBridge.boot_transformers(str(path), **kwargs)
+            if low_memory:
+                hf = empty_model(path, dtype=kwargs["dtype"], device=kwargs.get("device"))
+                bridge = TransformerBridge.boot_transformers(str(path), hf_model=hf, **kwargs)
+            else:
+                bridge = TransformerBridge.boot_transformers(str(path), **kwargs)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(
                 f"cannot boot {path} with TransformerLens: {type(exc).__name__}: {exc}"
             ) from None
-        return cls(bridge, source=str(path), tokenizer=tokenizer)
+        own = Ref(path, name=path.name)
+        same = ref is not None and isinstance(ref.source, (str, os.PathLike)) and \
+            Path(ref.source).resolve() == path.resolve()
+        booted_with = None if low_memory else (ref if same else own)  # what from_pretrained read
+        lm = cls(bridge, source=str(path), tokenizer=tokenizer, boot=booted_with)
+        if booted_with is None or (ref is not None and not same):
+            lm.load_ref(ref if ref is not None else own)
+        return lm
 
     # ------------------------------------------------------------------ properties
     @property
@@ -267,81 +287,96 @@ class LensModel:
 
     def check_architecture(self, history: Any) -> None:
         """Refuse a history of another architecture (its ``config.json`` differs from the booted
-        model's: another activation, norm epsilon or size)."""
+        model's: another activation, norm epsilon or size), and adapters that do not fit the
+        model's modules (names, ranks, shapes: read from their headers, before any forward).
+
+        Raises:
+            ShapeMismatchError, CheckpointError, ConfigError: naming the checkpoint.
+        """
         try:
             theirs = config_fingerprint(history.architecture_dir())
         except CheckpointError:
-            return  # an in-memory history without config: the weight signatures are checked on load
-        if theirs != self.config_fingerprint:
+            theirs = None  # an in-memory history without config: the weight signatures are checked on load
+        if theirs is not None and theirs != self.config_fingerprint:
             raise ShapeMismatchError(
                 f"the model ({self.source}) was booted on another architecture than the history's "
                 f"({history.architecture_dir()}): their config.json differ; boot on the history "
                 "(history.boot()) instead"
             )
-
-    def load(self, checkpoint: Any, *, force: bool = False) -> None:
-        """Load a :class:`~revlens.history.Checkpoint`, unless exactly its weights (by content
-        fingerprint, not by name) are loaded already."""
-        fp = checkpoint.fingerprint()
-        if not force and self.holds(fp):
-            self.loaded = checkpoint.name
-            return
-        self.load_weights(checkpoint.state_dict(), name=checkpoint.name)
-        self.fingerprint = fp
-        self._version = self._weights_version()
+        for ck in history.adapters():
+            try:
+                self.swapper.check(ck.ref())
+            except RevlensError as exc:
+                raise type(exc)(f"checkpoint {ck.name}: {exc}") from exc
 
     def signature(self) -> dict[str, tuple[int, ...]]:
         """HF parameter name -> shape, as a checkpoint of this architecture must provide."""
-        return {name: tuple(ts[0].shape) for name, ts in self._targets.items()}
+        return self.swapper.signature()
 
     def __repr__(self) -> str:
         return (
             f"LensModel({self.source!r}, n_layers={self.n_layers}, d_model={self.d_model}, "
-            f"device={self.device}, loaded={self.loaded!r})"
+            f"device={self.device}, dtype={self.dtype}, loaded={self.loaded!r})"
         )
 
     # ------------------------------------------------------------------ weights
+    def load(self, checkpoint: Any, *, force: bool = False) -> None:
+        """Load a :class:`~revlens.history.Checkpoint` (a full one, or an adapter on its run's start
+        model), unless exactly its weights (by content fingerprint, not by name) are loaded already
+        and unmodified since."""
+        fp = checkpoint.model_fingerprint()
+        if not force and self.holds(fp):
+            self.loaded = checkpoint.name
+            return
+        if force:
+            self.swapper.forget()
+        self.load_ref(checkpoint.ref(), start=checkpoint.start_ref())
+        self.loaded, self.fingerprint = checkpoint.name, fp
+
+    def load_ref(self, ref: Any, *, start: Any = None) -> None:
+        """Swap a :class:`~revlens.loading.Ref` in (see :meth:`revlens.loading.Swapper.load`).
+
+        Raises:
+            ShapeMismatchError, CheckpointError, NonFiniteError, ConfigError: as the Swapper; the
+                error names the checkpoint. After an error :attr:`loaded` is ``None`` unless the
+                previous weights were restored.
+        """
+        if self._version != self._weights_version():
+            self.swapper.forget()  # modified since the last load: what the Swapper recorded is stale
+        self.fingerprint = None
+        try:
+            held = self.swapper.load(ref, start=start)
+        except RevlensError:
+            held = self.swapper.loaded  # restored, or None when the model is a mix
+            self.loaded = held.name if held is not None else None
+            raise
+        finally:
+            self._version = self._weights_version()
+        self.loaded = held.name if held is not None else None
+        self.fingerprint = ref.fingerprint if held is not None and held.kind == "full" else None
+
     def load_weights(self, state_dict: Mapping[str, Tensor], *, name: str = "<state dict>") -> None:
-        """Copy a Hugging Face state dict into the booted model, in place.
+        """Copy a Hugging Face state dict (any key layout ``from_pretrained`` accepts) into the
+        booted model, in place. Nothing of it is kept afterwards.
 
         Raises:
             ShapeMismatchError: a parameter is missing, unexpected, or has another shape.
             NonFiniteError: a weight holds NaN or inf.
         """
-        sd = {k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
-        unknown = [k for k in sd if k not in self._targets]
-        if unknown:
-            raise ShapeMismatchError(
-                f"checkpoint {name} has parameters the model does not: {unknown[:5]}"
-                f"{' ...' if len(unknown) > 5 else ''} (model: {self.source})"
-            )
-        for group in self._groups:
-            if not any(n in sd for n in group):
-                raise ShapeMismatchError(f"checkpoint {name} lacks parameter {group[0]!r}")
-        for key, value in sd.items():
-            target = self._targets[key][0]
-            if target.is_floating_point() and not value.is_floating_point():
-                raise ShapeMismatchError(
-                    f"checkpoint {name}: parameter {key!r} has dtype {value.dtype}; the model expects "
-                    f"floating-point weights ({target.dtype}) and revlens does not cast them silently"
-                )
-            if tuple(value.shape) != tuple(target.shape):
-                raise ShapeMismatchError(
-                    f"checkpoint {name}: parameter {key!r} has shape {tuple(value.shape)}, "
-                    f"the model expects {tuple(target.shape)}"
-                )
-            # A finite sum proves every element finite (one pass, no allocation); an infinite sum
-            # can also be overflow of finite values, so only then check element-wise.
-            if value.is_floating_point() and not bool(torch.isfinite(value.sum(dtype=torch.float64))) \
-                    and not bool(torch.isfinite(value).all()):
-                raise NonFiniteError(f"checkpoint {name}: parameter {key!r} holds NaN or inf")
-        with torch.no_grad():
-            for key, value in sd.items():
-                for target in self._targets[key]:
-                    target.copy_(value.to(device=target.device, dtype=target.dtype))
-        self.loaded = name
-        self.fingerprint = None  # a raw state dict: content unknown until load() records it
+        from revlens.loading import Ref
+
+        try:
+            self.load_ref(Ref(dict(state_dict), name=name, kind="full"))
+        finally:
+            self.swapper.forget()  # a raw state dict: its content is unknown and it is not kept
+            self._version = self._weights_version()
+        self.loaded, self.fingerprint = name, None
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The current weights as a plain Hugging Face state dict (clones)."""
-        return {group[0]: self._targets[group[0]][0].detach().clone() for group in self._groups}
+        """The current weights as a plain Hugging Face state dict (clones; one name per tie group)."""
+        targets = self.swapper.targets
+        return {name: targets.params[name].detach().clone() for name in targets.required()}
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    return have.type == want.type and (want.index is None or have.index == want.index)

@@ -173,7 +173,7 @@ def _reference(
         _check_ref(mean, layers, d, "tensor")
         return mean, None
     if isinstance(reference, (str, Path, LensModel, nn.Module)) or hasattr(reference, "hook_dict"):
-        ref = LensModel.boot(reference) if isinstance(reference, (str, Path)) else reference
+        ref = _reference_model(reference, reader) if isinstance(reference, (str, Path)) else reference
         ref_acc = access(ref)
         if ref_acc.d_model != d or ref_acc.n_layers != reader.n_layers:
             raise ShapeMismatchError(
@@ -192,6 +192,17 @@ def _reference(
         f"reference must be a [layer, d] tensor, CheckpointStats, HistoryStats, a model or a save_pretrained dir; "
         f"got {type(reference).__name__}"
     )
+
+
+def _reference_model(path: Any, reader: SiteAccess) -> nn.Module:
+    """The plain Hugging Face model of a ``save_pretrained`` dir, built like the model being trained
+    (its dtype and device) and streamed in (about one model of memory, read once, then dropped).
+    No bridge: the reference is read through the same hooks as the trained model."""
+    from revlens.loading import Swapper, empty_model
+
+    model = empty_model(path, dtype=next(reader.module.parameters()).dtype, device=reader.device)
+    Swapper(model).load(path)
+    return model
 
 
 def resolve_inputs(

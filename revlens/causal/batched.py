@@ -7,7 +7,10 @@ of every stack, with one of three strategies:
 - ``"grow"`` (default): the clean batch runs once; at layer ``l`` a hook appends the intervened
   copies of the clean rows to the batch, so the prefix below ``l`` is computed once and reused,
   and every layer's copies share one forward (forward pre-hooks on the blocks and their
-  attention modules repeat batch-shaped arguments such as the attention mask to the grown batch);
+  attention modules repeat the model's batch-shaped arguments, such as the attention mask,
+  rotary embeddings or ALiBi biases, to the grown batch, however the family passes them). At a
+  site inside a block (``resid_mid``, ``attn_out``, ``mlp_out``) the copies are appended at the
+  block's input and intervened at the site, so the residual beside the site grows with them;
 - ``"repeat"``: the batch is repeated up front and each copy is intervened in place (no prefix
   reuse; does not depend on how blocks receive their arguments);
 - ``"loop"``: one forward per intervention (the reference the others are tested against).
@@ -89,6 +92,12 @@ def _intervened(h: Tensor, st: Stack, sources: Mapping[int, Tensor] | None, mask
                               alpha=st.alphas, mask=mask)  # type: ignore[arg-type]
 
 
+# sites on the stream between blocks: intervened copies are appended right there; a site inside a
+# block (what attention / MLP adds, resid_mid) has a residual beside it that must grow with it, so
+# plain copies are appended at the block's input and intervened at the site
+_BETWEEN_BLOCKS = ("resid_post", "resid_pre", "ln_final")
+
+
 def _forward_grow(
     acc: SiteAccess,
     tokens: Tensor,
@@ -98,20 +107,46 @@ def _forward_grow(
     mask: Tensor | None,
 ) -> Tensor:
     b = tokens.shape[0]
-    by_layer: dict[int, list[Stack]] = {}
-    for st in stacks:
-        by_layer.setdefault(st.layer, []).append(st)
-    def site_hook(layer: int) -> Any:
+    offsets: dict[int, list[tuple[int, Stack]]] = {}
+    row = b
+    for st in stacks:  # in forward order (by layer): rows are appended in this order
+        offsets.setdefault(st.layer, []).append((row, st))
+        row += len(st) * b
+
+    def append_intervened(layer: int) -> Any:
         def hook(out: Tensor) -> Tensor:
             src = out[:b]
             pieces = [out]
-            for st in by_layer[layer]:
+            for _, st in offsets[layer]:
                 pieces.append(_intervened(src[None], st, sources, mask).reshape(-1, *src.shape[1:]))
             return torch.cat(pieces)
 
         return hook
 
-    edits = [(sites[layer], site_hook(layer)) for layer in by_layer]
+    def append_copies(layer: int) -> Any:
+        def hook(out: Tensor) -> Tensor:
+            copies = sum(len(st) for _, st in offsets[layer])
+            return torch.cat([out, out[:b].repeat(copies, *([1] * (out.ndim - 1)))])
+
+        return hook
+
+    def edit_copies(layer: int) -> Any:
+        def hook(out: Tensor) -> Tensor:
+            out = out.clone()
+            for start, st in offsets[layer]:
+                seg = out[start : start + len(st) * b].view(len(st), b, *out.shape[1:])
+                out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(-1, *out.shape[1:])
+            return out
+
+        return hook
+
+    edits: list[tuple[Site, Any]] = []
+    for layer in offsets:
+        site = sites[layer]
+        if site.kind in _BETWEEN_BLOCKS:
+            edits.append((site, append_intervened(layer)))
+        else:
+            edits += [(acc.sites([layer], "resid_pre")[0], append_copies(layer)), (site, edit_copies(layer))]
     with acc.growing_batch(b), acc.hooked(edits):
         return acc.forward(tokens)
 

@@ -34,7 +34,7 @@ from revlens.causal.inputs import (
 )
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
 from revlens.causal.sequential import run_sequential
-from revlens.collect import HistoryStats, resolve_probes
+from revlens.collect import HistoryStats, resolve_probes, without_degenerate
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.errors import ConfigError, HistoryError, MetricError, RevlensError
 from revlens.history import Checkpoint, History
@@ -92,6 +92,11 @@ class _Study:
             stats = reference_stats(hist, pr, lm, self.layers, cfg.batch_size, cfg.site)
         for layer in self.layers:
             stats.layer_pos(layer)
+        stats, self.degenerate = without_degenerate(stats, what="ablation_study", layers=self.layers, stacklevel=4)
+        if self.degenerate:  # constant over the probes: no covariance, no cov controls; left out
+            self.sites = [s for s in self.sites if s.layer not in self.degenerate]
+            self.layers = [s.layer for s in self.sites]
+            self.site_map = {s.layer: s for s in self.sites}
         self.stats = stats
         spec = directions if directions is not None else cfg.directions
         self.v_rev: Directions = resolve_directions(spec, stats, layers=self.layers, d_model=lm.d_model)
@@ -192,10 +197,11 @@ class _Study:
         config = {**self.cfg.to_dict(), "metric": metric_name(self.metric), "direction_method": self.v_rev.method,
                   "runs": sorted({str(c.run) for c in self.checkpoints}),
                   "steps": sorted({int(c.step) for c in self.checkpoints}), "layers": self.layers,
-                  "control_names": self.names, "n_prompts": len(self.tokenized)}
+                  "control_names": self.names, "n_prompts": len(self.tokenized),
+                  "degenerate_layers": list(self.degenerate), "dtype": str(self.lm.dtype).removeprefix("torch.")}
         provenance = {"model": self.lm.source, "probe_fingerprint": self.tokenized.fingerprint(),
-                      "aligned": self.hist.aligned.name, "aligned_fingerprint": self.hist.aligned.fingerprint(),
-                      "checkpoints": {c.name: c.fingerprint() for c in self.checkpoints}}
+                      "aligned": self.hist.aligned.name, "aligned_fingerprint": self.hist.aligned.model_fingerprint(),
+                      "checkpoints": {c.name: c.model_fingerprint() for c in self.checkpoints}}
         return CausalReport(effects=effects, config=config, directions=self.v_rev,
                             controls={layer: self.table[layer][1:].clone() for layer in self.layers},
                             provenance=provenance)
@@ -212,6 +218,8 @@ def ablation_study(
     model: Any = None,
     stats: HistoryStats | None = None,
     positions: Any = None,
+    device: Any = None,
+    dtype: Any = None,
     progress: bool = True,
     **settings: Any,
 ) -> CausalReport:
@@ -241,6 +249,8 @@ def ablation_study(
         stats: :class:`HistoryStats` with the base and aligned statistics (second moments of the
             aligned model for ``"cov"``); default: collected here on base and aligned only.
         positions: ``"all"`` (default), ``"last"`` or a bool mask ``[n_prompts, pos]``.
+        device, dtype: where and in what precision the model runs (default: the given model's,
+            else float32 on the CPU); recorded in the report config.
         progress: show a tqdm bar.
 
     Memory: the aligned activations at every selected layer are cached for all probes
@@ -255,8 +265,7 @@ def ablation_study(
     positions = cfg.positions if positions is None else positions
     hist = History.load(history)
     metric = metric if metric is not None else default_metric(hist)
-    lm = LensModel.boot(model) if model is not None else hist.boot()
-    lm.check_architecture(hist)
+    lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     study = _Study(cfg, hist, probes, metric, lm, directions, stats, positions)
     bar = tqdm(total=len(study.checkpoints) + 1, desc="ablation", unit="ckpt", disable=not progress)
     try:

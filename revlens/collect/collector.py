@@ -140,7 +140,7 @@ class _Plan:
         self.results: dict[str, CheckpointStats] = {}
         self.todo: list[tuple[Checkpoint, str | None]] = []
         for ck in hist:
-            key = StatsCache.key(weights=ck.fingerprint(), **self.cfg, **self.want(ck)) if cache else None
+            key = StatsCache.key(weights=ck.model_fingerprint(), **self.cfg, **self.want(ck)) if cache else None
             hit = cache.get(key, ck.name) if cache is not None and key is not None else None
             if hit is not None:
                 self.results[ck.name] = hit
@@ -168,7 +168,7 @@ def collect(
     n_bootstrap: int = 100,
     bootstrap_seed: int = 0,
     device: Any = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     executor: Executor | None = None,
     progress: bool = True,
 ) -> HistoryStats:
@@ -193,7 +193,8 @@ def collect(
         keep: which checkpoints keep per-prompt activations (``"reference"``: base + aligned).
         n_bootstrap: Poisson-bootstrap replicates (0 disables confidence intervals).
         bootstrap_seed: seed of the bootstrap weights.
-        device, dtype: where and in what precision the model runs (statistics are float64).
+        device, dtype: where and in what precision the model runs (default: the given model's, else
+            float32 on the CPU); statistics are float64, and the dtype is part of the cache key.
         executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots
             the architecture once and ships back statistics only). For a local
             ``ProcessPoolExecutor`` use ``mp_context=multiprocessing.get_context("spawn")``.
@@ -211,17 +212,16 @@ def collect(
     if position is not None:
         pr = pr.with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None
-    lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
-    lm.check_architecture(hist)
+    lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)
     tokenized = _single(pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx))
     plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
-                 bootstrap_seed=int(bootstrap_seed), dtype=dtype)
+                 bootstrap_seed=int(bootstrap_seed), dtype=lm.dtype)
     common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
     bar = tqdm(total=len(hist), initial=len(hist) - len(plan.todo), desc="collect", unit="ckpt", disable=not progress)
     try:
         if executor is not None and plan.todo:
-            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, dtype)
+            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, lm.dtype)
         else:
             for ck, key in plan.todo:
                 bar.set_postfix_str(ck.name)
@@ -273,7 +273,7 @@ def _history_stats(hist: History, lm: LensModel, plan: _Plan, sites: list[Site],
         meta={"n_prompts": len(tokenized), "n_bootstrap": common["n_bootstrap"],
               "bootstrap_seed": common["bootstrap_seed"], "probe_fingerprint": tokenized.fingerprint(),
               "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint,
-              "chat_template": tokenized.template},
+              "chat_template": tokenized.template, "dtype": str(lm.dtype).removeprefix("torch.")},
     )
 
 
@@ -289,7 +289,7 @@ def collect_positions(history: History | Any, probes: Any = None, *, position: P
                       model: Any = None, layers: LayerSpec = "all", site: str = "resid_post", batch_size: int = 32,
                       cache_dir: Any = None, moments: Which = "reference", keep: Which = "reference",
                       n_bootstrap: int = 100, bootstrap_seed: int = 0, device: Any = None,
-                      dtype: torch.dtype = torch.float32, executor: Executor | None = None,
+                      dtype: torch.dtype | None = None, executor: Executor | None = None,
                       progress: bool = True) -> dict[str, HistoryStats]:
     """:func:`collect` at several positions at once: one :class:`HistoryStats` per position label
     (``"-k" .. "-1"`` for ``("post_instruction", k)``), every position read in the **same**
@@ -300,13 +300,12 @@ def collect_positions(history: History | Any, probes: Any = None, *, position: P
     hist = History.load(history)
     pr = resolve_probes(hist, probes).with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None
-    lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
-    lm.check_architecture(hist)
+    lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)
     tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
     views = {label: tokenized.view(label) for label in tokenized.positions}
     plans = {label: _Plan(hist, lm, sites, view, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
-                          bootstrap_seed=int(bootstrap_seed), dtype=dtype) for label, view in views.items()}
+                          bootstrap_seed=int(bootstrap_seed), dtype=lm.dtype) for label, view in views.items()}
     common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
     keys = {label: dict(plan.todo) for label, plan in plans.items()}
     todo = [ck for ck in hist if any(ck in k for k in keys.values())]
@@ -316,7 +315,7 @@ def collect_positions(history: History | Any, probes: Any = None, *, position: P
         if executor is not None and todo:
             arch, tok = str(hist.architecture_dir()), hist.tokenizer()
             jobs = [(ck, executor.submit(_worker_collect, arch, tok, ck, tokenized, [s.layer for s in sites],
-                                         sites[0].kind, {**common, **first.want(ck)}, device, dtype)) for ck in todo]
+                                         sites[0].kind, {**common, **first.want(ck)}, device, lm.dtype)) for ck in todo]
             results = ((ck, fut.result()) for ck, fut in jobs)
         else:
             results = ((ck, _one(lm, ck, tokenized, sites, {**common, **first.want(ck)})) for ck in todo)

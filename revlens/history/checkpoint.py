@@ -1,4 +1,17 @@
-"""One checkpoint of a history, identified by content (a hash of its weights), not by name."""
+"""One checkpoint of a history, identified by content (a hash of its files), not by name.
+
+A checkpoint is **full** (a complete state dict: a ``save_pretrained`` dir, a weights file, an
+in-memory state dict) or a PEFT **adapter** (a dir with ``adapter_config.json`` and
+``adapter_model.safetensors``, e.g. a LoRA Trainer's ``checkpoint-N``), applied on top of its
+``start`` checkpoint (the run's start: aligned, or a base for control runs; a base for an adapter
+aligned). A folder holding both full weights and adapter files is read as the **full weights**
+(complete, they need no start model); see :func:`revlens.loading.classify`.
+
+Identity: :meth:`Checkpoint.fingerprint` hashes the checkpoint's own files (an adapter: its
+weights and its ``adapter_config.json``); :meth:`Checkpoint.model_fingerprint` identifies the
+weights a model holds once it is loaded (an adapter: its files **and** its start's weights), and
+is what cache keys and :meth:`revlens.LensModel.load` use.
+"""
 
 import hashlib
 import os
@@ -10,12 +23,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from revlens.errors import CheckpointError
-from revlens.model import WEIGHT_SUFFIXES, find_weight_files, load_state_dict
+from revlens.errors import CheckpointError, HistoryError
+from revlens.model import WEIGHT_SUFFIXES, load_state_dict
 
-__all__ = ["Checkpoint", "HubRef", "Role", "check_source", "file_digest", "tensor_digest"]
+__all__ = ["Checkpoint", "CheckpointKind", "HubRef", "Role", "check_source", "file_digest", "tensor_digest"]
 
 Role = Literal["base", "aligned", "run"]
+CheckpointKind = Literal["full", "adapter"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,8 @@ class Checkpoint:
         source: a dir, a weights file, an in-memory state dict / module, or a hub reference.
         run: run name for a run checkpoint.
         step: fine-tuning step (0 for aligned).
+        start: the checkpoint an adapter is applied on (its run's start; for aligned, the first
+            base); ``None`` for bases.
     """
 
     name: str
@@ -104,6 +120,7 @@ class Checkpoint:
     source: Any
     run: str | None = None
     step: int | None = None
+    start: "Checkpoint | None" = None
 
     def local_path(self) -> Path | None:
         """Path of a file/dir source (a hub source is resolved, i.e. downloaded)."""
@@ -113,18 +130,40 @@ class Checkpoint:
             return Path(self.source)
         return None
 
+    def _info(self) -> Any:
+        cached = self.__dict__.get("_classified")
+        if cached is None:
+            from revlens.loading import classify
+
+            path = self.local_path()
+            try:
+                cached = classify(path if path is not None else self.source)
+            except CheckpointError as exc:
+                raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
+            if cached.kind == "trainer_run":
+                raise CheckpointError(
+                    f"checkpoint {self.name}: {path} is a Trainer output dir (checkpoint-N folders "
+                    f"{list(cached.steps)}), not one checkpoint; pass it as a run (from_trainer_output)"
+                )
+            object.__setattr__(self, "_classified", cached)
+        return cached
+
+    @property
+    def kind(self) -> CheckpointKind:
+        """``"full"`` or ``"adapter"`` (read from the files, see the module docstring)."""
+        return self._info().kind
+
     def weight_files(self) -> list[Path]:
-        """The weight files of a file/dir source (``[]`` for an in-memory one)."""
-        path = self.local_path()
-        if path is None:
+        """The files that hold the checkpoint (an adapter's weights file; ``[]`` in memory)."""
+        if self.local_path() is None:
             return []
-        files = find_weight_files(path) if path.is_dir() else [path]
-        if not files:
-            raise CheckpointError(f"checkpoint {self.name}: {path} holds no weights")
-        return files
+        return list(self._info().files)
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The checkpoint's weights (Hugging Face parameter names)."""
+        """The checkpoint's weights (Hugging Face parameter names; a full checkpoint only)."""
+        if self.kind == "adapter":
+            raise CheckpointError(f"checkpoint {self.name} is an adapter: load it into a model "
+                                  "(LensModel.load) to get its merged weights")
         path = self.local_path()
         try:
             return load_state_dict(path if path is not None else self.source)
@@ -132,19 +171,61 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
 
     def fingerprint(self) -> str:
-        """Content hash of the weights (file bytes for files, tensor bytes in memory)."""
-        if self.local_path() is None:
+        """Content hash of the checkpoint's own files (tensor bytes in memory; an adapter: its
+        weights and ``adapter_config.json``)."""
+        path = self.local_path()
+        if path is None:
             return tensor_digest(self.state_dict())
+        files = self.weight_files()
+        if self.kind == "adapter":
+            files = [*files, path / "adapter_config.json"]
         try:
-            digests = "".join(file_digest(f) for f in self.weight_files())
+            digests = "".join(file_digest(f) for f in files)
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
         return hashlib.blake2b(digests.encode(), digest_size=16).hexdigest()
 
-    def signature(self) -> dict[str, tuple[int, ...]] | None:
-        """Parameter name -> shape read from safetensors headers (``None`` if not cheap)."""
+    def model_fingerprint(self) -> str:
+        """Identity of the weights a model holds once this checkpoint is loaded: the
+        :meth:`fingerprint` of a full checkpoint; for an adapter, its files and its start's
+        weights (the same adapter on another start model is another model)."""
+        if self.kind == "full":
+            return self.fingerprint()
+        start = self.require_start()
+        blob = f"adapter:{self.fingerprint()}|start:{start.model_fingerprint()}"
+        return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+    def require_start(self) -> "Checkpoint":
+        """The full checkpoint an adapter is applied on.
+
+        Raises:
+            HistoryError: no start, or a start that is itself an adapter.
+        """
+        if self.start is None:
+            raise HistoryError(f"checkpoint {self.name} is a PEFT adapter but has no start model in the "
+                               "history (adapters are applied on their run's start checkpoint)")
+        if self.start.kind != "full":
+            raise HistoryError(
+                f"checkpoint {self.name} is an adapter on {self.start.name}, which is itself an adapter: "
+                f"merge {self.start.name} into a full checkpoint first (peft merge_and_unload + save_pretrained)"
+            )
+        return self.start
+
+    def ref(self) -> Any:
+        """A :class:`revlens.loading.Ref` of this checkpoint's own files (fingerprint included)."""
+        from revlens.loading import Ref
+
         path = self.local_path()
-        if path is None:
+        return Ref(path if path is not None else self.source, name=self.name, fingerprint=self.fingerprint(),
+                   kind=self.kind)
+
+    def start_ref(self) -> Any:
+        """For an adapter, the :class:`~revlens.loading.Ref` of its start model; else ``None``."""
+        return self.require_start().ref() if self.kind == "adapter" else None
+
+    def signature(self) -> dict[str, tuple[int, ...]] | None:
+        """Parameter name -> shape read from safetensors headers (``None`` if not cheap, or an adapter)."""
+        if self.local_path() is None or self.kind == "adapter":
             return None
         files = self.weight_files()
         if not all(f.suffix == ".safetensors" for f in files):
@@ -166,11 +247,15 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         src = self.source if isinstance(self.source, (str, os.PathLike, HubRef)) else type(self.source).__name__
-        return f"Checkpoint({self.name!r}, role={self.role!r}, step={self.step}, source={src!s})"
+        kind = ""
+        if not isinstance(self.source, HubRef) and self.__dict__.get("_classified") is not None and self.kind == "adapter":
+            kind = f", adapter on {self.start.name if self.start is not None else '?'}"
+        return f"Checkpoint({self.name!r}, role={self.role!r}, step={self.step}, source={src!s}{kind})"
 
 
 def check_source(src: Any, what: str) -> Any:
-    """Validate a checkpoint source up front (existence, weights present, a regular file)."""
+    """Validate a checkpoint source up front (existence, weights or an adapter present, a
+    regular file), reading no weights."""
     if isinstance(src, (Mapping, torch.nn.Module, HubRef)):
         return src
     if not isinstance(src, (str, os.PathLike)):
@@ -179,8 +264,18 @@ def check_source(src: Any, what: str) -> Any:
     if not path.exists():
         raise CheckpointError(f"{what}: {path} does not exist")
     if path.is_dir():
-        if not find_weight_files(path):
-            raise CheckpointError(f"{what}: dir {path} holds no weights (model.safetensors / pytorch_model.bin)")
+        from revlens.loading import classify
+
+        try:
+            info = classify(path)
+        except CheckpointError:
+            raise CheckpointError(
+                f"{what}: dir {path} holds no weights (model.safetensors / pytorch_model.bin, or a PEFT "
+                "adapter: adapter_config.json + adapter_model.safetensors)"
+            ) from None
+        if info.kind == "trainer_run":
+            raise CheckpointError(f"{what}: {path} is a Trainer output dir (checkpoint-N folders "
+                                  f"{list(info.steps)}), not one checkpoint; pass it as a run (from_trainer_output)")
     elif not path.is_file() or path.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(
             f"{what}: {path} is not a weights file (expected a regular {' / '.join(WEIGHT_SUFFIXES)} file)"

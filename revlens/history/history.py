@@ -195,12 +195,18 @@ class History:
                        tokenizer=self._tokenizer, metadata=self.metadata, metrics=None)
 
     def __repr__(self) -> str:
-        parts = [f"base ×{len(self.base)}", "aligned"]
+        parts = [f"base ×{len(self.base)}", "aligned" + (" (adapter)" if self._is_adapter(self.aligned) else "")]
         for run in self.runs.values():
             steps = list(run.steps)
             shown = f"{steps}" if len(steps) <= 5 else f"[{steps[0]}..{steps[-1]}] ×{len(steps)}"
-            parts.append(f"{'' if run.kind == 'run' else run.kind + ' '}{run.name} {shown}")
+            adapters = sum(self._is_adapter(c) for c in run.steps.values())
+            tag = "" if not adapters else (" (adapters)" if adapters == len(steps) else f" ({adapters} adapters)")
+            parts.append(f"{'' if run.kind == 'run' else run.kind + ' '}{run.name} {shown}{tag}")
         return f"History({len(self)} checkpoints: {', '.join(parts)})"
+
+    @staticmethod
+    def _is_adapter(ck: Checkpoint) -> bool:
+        return not isinstance(ck.source, HubRef) and ck.kind == "adapter"
 
     # ------------------------------------------------------------------ architecture
     def architecture_dir(self) -> Path:
@@ -237,12 +243,15 @@ class History:
                 return self._tokenizer
         raise CheckpointError("no tokenizer found in the history's dirs; pass tokenizer=...")
 
-    def boot(self, *, device: Any = None, dtype: torch.dtype = torch.float32) -> Any:
-        """Boot one ``TransformerBridge`` on this history's architecture (weights: aligned)."""
+    def boot(self, *, device: Any = None, dtype: torch.dtype = torch.float32, low_memory: bool = True) -> Any:
+        """Boot one ``TransformerBridge`` on this history's architecture with the aligned weights
+        streamed in (see :meth:`revlens.LensModel.boot`; an adapter aligned is applied on its base)."""
         from revlens.model import LensModel, config_fingerprint
 
         config_fingerprint(self.architecture_dir())  # a broken config.json is named before anything reads it
-        lm = LensModel.boot(self.architecture_dir(), device=device, dtype=dtype, tokenizer=self.tokenizer())
+        first = self.aligned if self.aligned.kind == "full" else self.aligned.require_start()
+        lm = LensModel.boot(self.architecture_dir(), device=device, dtype=dtype, tokenizer=self.tokenizer(),
+                            weights=first.ref(), low_memory=low_memory)
         lm.load(self.aligned)
         return lm
 
@@ -251,8 +260,12 @@ class History:
         h = hashlib.blake2b(digest_size=16)
         h.update(self.config_fingerprint().encode())
         for ck in self:
-            h.update(f"{ck.name}:{ck.fingerprint()}".encode())
+            h.update(f"{ck.name}:{ck.model_fingerprint()}".encode())
         return h.hexdigest()
+
+    def adapters(self) -> list[Checkpoint]:
+        """The checkpoints that are PEFT adapters (applied on their start model when loaded)."""
+        return [ck for ck in self if not isinstance(ck.source, HubRef) and ck.kind == "adapter"]
 
     # ------------------------------------------------------------------ validation
     def _validate_signatures(self) -> None:
@@ -261,7 +274,10 @@ class History:
         for ck in self:
             if isinstance(ck.source, HubRef):
                 continue  # validated when loaded (avoids a download at construction)
-            sig = ck.signature()
+            if ck.kind == "adapter":
+                ck.require_start()  # checked against the model's modules when it is booted
+                continue
+            sig = ck.signature()  # raw header keys: renames and ties are checked when swapped in
             if sig is None:
                 continue
             if ref is None:

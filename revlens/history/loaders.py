@@ -3,6 +3,12 @@
 Every loader validates up front — sources exist and hold weights, step numbers are integers
 ``>= 1``, names are unique, parameter shapes agree (safetensors headers only) — before any weight
 is read, and raises a typed error naming the culprit.
+
+Any checkpoint may be a PEFT adapter dir (``adapter_config.json`` + ``adapter_model.safetensors``,
+e.g. a LoRA ``Trainer``'s adapter-only ``checkpoint-N``): it is applied on its run's start model
+(aligned; a base for control runs; the first base for an adapter ``aligned``). Full checkpoints
+and adapters mix freely. A folder with both full weights and adapter files is read as the full
+weights (:func:`revlens.loading.classify`).
 """
 
 import re
@@ -50,15 +56,20 @@ def _bases(base: Any, wrap: Any) -> list[Checkpoint]:
     return [Checkpoint(str(n), "base", wrap(s, f"base {n}")) for n, s in items]
 
 
-def _run(name: str, steps: Any, start: str, kind: str, wrap: Any, info: Mapping[str, Any] | None = None) -> Run:
+def _run(name: str, steps: Any, start: str, kind: str, wrap: Any, info: Mapping[str, Any] | None = None,
+         starts: Mapping[str, Checkpoint] | None = None) -> Run:
     if not isinstance(steps, Mapping) or not steps:
         raise HistoryError(f"run {name!r} has no steps; expected a mapping step -> checkpoint")
+    if starts is not None and start not in starts:
+        raise HistoryError(f"run {name!r} starts from {start!r}; expected one of {sorted(starts)}")
+    start_ck = starts[start] if starts is not None else None
     parsed: dict[int, Checkpoint] = {}
     for key, src in steps.items():
         step = _as_step(key, name)
         if step in parsed:
             raise HistoryError(f"run {name!r}: step {step} appears twice")
-        parsed[step] = Checkpoint(f"{name}/step-{step}", "run", wrap(src, f"run {name} step {step}"), run=name, step=step)
+        parsed[step] = Checkpoint(f"{name}/step-{step}", "run", wrap(src, f"run {name} step {step}"), run=name,
+                                  step=step, start=start_ck)
     return Run(name, dict(sorted(parsed.items())), start=start, kind=kind, info=dict(info or {}))
 
 
@@ -80,7 +91,8 @@ def build(
     if aligned is None:
         raise HistoryError("a history needs an aligned checkpoint")
     bases = _bases(base, wrap)
-    aligned_ck = Checkpoint("aligned", "aligned", wrap(aligned, "aligned"), step=0)
+    aligned_ck = Checkpoint("aligned", "aligned", wrap(aligned, "aligned"), step=0, start=bases[0])
+    starts = {c.name: c for c in [*bases, aligned_ck]}
     run_objs: dict[str, Run] = {}
     groups = [(runs or {}, "aligned", "run"), (controls or {}, bases[0].name, "control")]
     specs = [(str(n), s, start, kind, None) for group, start, kind in groups for n, s in group.items()]
@@ -91,16 +103,23 @@ def build(
     for n, steps, start, kind, info in specs:
         if n in run_objs:
             raise HistoryError(f"run name {n!r} is used twice")
-        run_objs[n] = _run(n, steps, start, str(kind), wrap, info)
+        run_objs[n] = _run(n, steps, start, str(kind), wrap, info, starts)
     arch = architecture
     if arch is None:
         for ck in [aligned_ck, *bases]:
             p = ck.source if isinstance(ck.source, Path) else None
-            if p is not None and p.is_dir() and (p / "config.json").is_file():
+            if p is not None and p.is_dir() and (p / "config.json").is_file() and _is_model_dir(p):
                 arch = p
                 break
     return History(base=bases, aligned=aligned_ck, runs=run_objs, architecture=arch, tokenizer=tokenizer,
                    metadata=metadata, metrics=metrics)
+
+
+def _is_model_dir(path: Path) -> bool:
+    """A model's ``config.json`` (an adapter dir may hold a copy of the base's config too)."""
+    from revlens.loading import classify
+
+    return classify(path).kind == "full"
 
 
 def from_dirs(*, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] | None = None,
@@ -118,7 +137,8 @@ def from_dirs(*, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] 
 
 
 def trainer_steps(directory: Any, run: str) -> dict[int, Path]:
-    """``checkpoint-N`` folders of a ``Trainer`` output dir, by step."""
+    """``checkpoint-N`` folders of a ``Trainer`` output dir, by step (full weights or, for a
+    PEFT run, adapter-only folders; optimizer and scheduler files are never read)."""
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"run {run!r}: Trainer output dir {path} does not exist")

@@ -17,7 +17,7 @@ Example:
 """
 
 from revlens.loading.adapt import apply_adapter
-from revlens.loading.boot import empty_model
+from revlens.loading.boot import bridge_tokenizer, check_dtype_support, empty_model, read_tokenizer
 from revlens.loading.classify import CheckpointInfo, classify
 from revlens.loading.lora import Adapter, AdapterConfig, lora_delta, read_adapter
 from revlens.loading.plan import Plan, make_plan
@@ -37,6 +37,8 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "apply_adapter",
+    "bridge_tokenizer",
+    "check_dtype_support",
     "classify",
     "empty_model",
     "hf_parameters",
@@ -44,6 +46,7 @@ __all__ = [
     "make_plan",
     "open_source",
     "read_adapter",
+    "read_tokenizer",
     "refresh_bridge",
     "stale_copies",
     "weight_files",

@@ -13,15 +13,27 @@ Example:
     >>> Swapper(bridge.original_model, bridge).load("ckpt/aligned", name="aligned")  # doctest: +SKIP
 """
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
-from revlens.errors import CheckpointError
+from revlens.errors import CheckpointError, UpstreamError
 
-__all__ = ["empty_model"]
+__all__ = ["bridge_tokenizer", "check_dtype_support", "empty_model", "read_tokenizer"]
+
+# (model_type, dtypes) TransformerLens 4.3 cannot run, and what to do instead (docs/families.md)
+_UPSTREAM_DTYPE_BUGS = {
+    ("olmo", "olmo2", "olmo3"): (
+        (torch.bfloat16, torch.float16),
+        "TransformerLens 4.3's attention bridge multiplies float32 attention weights with {dtype} values "
+        "for OLMo ('expected m1 and m2 to have the same dtype'); boot it with dtype=torch.float32, or "
+        "monitor / block on the plain Hugging Face model (no bridge), which runs in {dtype}",
+    ),
+}
+
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,3 +64,45 @@ def empty_model(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.tie_weights()  # post_init's tying runs inside the init that no_init_weights disables
     return model.eval()
+
+
+def check_dtype_support(model_type: str | None, dtype: torch.dtype) -> None:
+    """Raise :class:`UpstreamError` for a family TransformerLens cannot run in ``dtype``."""
+    for types, (dtypes, why) in _UPSTREAM_DTYPE_BUGS.items():
+        if model_type in types and dtype in dtypes:
+            raise UpstreamError(f"{model_type} in {dtype}: " + why.format(dtype=dtype))
+
+
+def bridge_tokenizer(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` that TransformerLens' boot accepts.
+
+    TransformerLens 4.3 rebuilds the tokenizer from ``init_kwargs["name_or_path"]`` to make it
+    prepend BOS, which fails (``KeyError: 'name_or_path'``) for a tokenizer built in code and
+    re-downloads one that was loaded. revlens tokenizes with the given tokenizer itself; the
+    bridge only keeps a copy marked as already prepending BOS (so it is used as it is).
+    """
+    if tokenizer is None or getattr(tokenizer, "bos_token", None) is None:
+        return tokenizer
+    tok = copy.deepcopy(tokenizer)
+    tok.init_kwargs = {**tok.init_kwargs, "name_or_path": getattr(tok, "name_or_path", "") or "",
+                       "add_bos_token": True}
+    return tok
+
+
+def read_tokenizer(path: Path, tokenizer: Any) -> Any:
+    """``tokenizer`` itself, the tokenizer of a path given as ``tokenizer``, or the one in ``path``
+    (``None`` if it has none).
+
+    Raises:
+        CheckpointError: tokenizer files that transformers cannot read.
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        path, tokenizer = Path(tokenizer), None
+    if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"cannot read the tokenizer in {path}: {exc}") from None
+    return tokenizer

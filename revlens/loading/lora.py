@@ -21,7 +21,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from revlens.errors import CheckpointError, ConfigError, ShapeMismatchError
+from revlens.errors import CheckpointError, ConfigError, ShapeMismatchError, require
 from revlens.loading.sources import TensorSource, open_source
 from revlens.loading.targets import Targets
 
@@ -175,12 +175,9 @@ class Adapter:
 
 
 def require_peft(what: str) -> Any:
-    """Import ``peft`` or raise :class:`ConfigError` saying how to install it."""
-    try:
-        import peft
-    except ImportError as exc:
-        raise ConfigError(f"{what} needs PEFT, which is not installed: pip install \"revlens[peft]\" ({exc})") from None
-    return peft
+    """Import ``peft`` or raise :class:`~revlens.errors.MissingExtraError` naming the extra
+    (``pip install "revlens[peft]"``)."""
+    return require("peft", "peft", what)
 
 
 def adapter_files(directory: Path) -> list[Path]:

@@ -44,7 +44,8 @@ def check_finite(value: Tensor, *, checkpoint: str, name: str, fits: torch.dtype
 def copy_checked(dst: Tensor, value: Tensor, *, checkpoint: str, name: str) -> None:
     """Validate ``value`` (finite, fits ``dst``'s dtype) then copy it into ``dst`` in place."""
     check_finite(value, checkpoint=checkpoint, name=name, fits=dst.dtype)
-    dst.copy_(value)
+    if value.data_ptr() != dst.data_ptr() or value.dtype != dst.dtype or value.shape != dst.shape:
+        dst.copy_(value)  # (a source that read straight into dst only needed the check)
 
 
 def _convert(entry: Entry, source: TensorSource, targets: Targets, model: torch.nn.Module) -> dict[str, Tensor]:

@@ -213,6 +213,14 @@ class Swapper:
         """Take the current adapter off: restore exactly the parameters it touched."""
         self._undo_adapter()
 
+    def forget(self) -> None:
+        """Stop assuming anything about the weights the model holds (they were changed outside the
+        Swapper, e.g. by an optimizer step): :attr:`loaded` becomes ``None``, the next load reads
+        everything, and nothing of a previous source is kept (an in-memory state dict is released).
+        An adapter then needs an explicit ``start``."""
+        self._full, self._full_plan, self._full_restorable = None, None, False
+        self._adapter, self._broken = None, None
+
     def _resolver(self) -> Any:
         return name_resolver(self.model, self.targets, self.key_mapping)
 

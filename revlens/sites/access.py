@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from revlens.errors import NonFiniteError, RevlensError, SiteError
-from revlens.sites.names import LayerSpec, Site, resolve_sites
+from revlens.sites.names import LayerSpec, Site, hook_name, resolve_sites
 
 __all__ = ["Edit", "SiteAccess", "access"]
 
@@ -86,25 +86,53 @@ class SiteAccess:
             self._batch_shape = None
 
     def _shaped(self, fn: Edit) -> Edit:
-        """``fn`` seeing ``[batch, pos, d]`` even where a family's hook sees ``[batch·pos, d]``."""
+        """``fn`` seeing ``[batch, pos, d]`` even where a family's hook sees ``[batch·pos, d]``
+        (also when the batch has grown mid-forward, see :meth:`growing_batch`)."""
 
         def wrapped(h: Tensor) -> Tensor | None:
             shape = self._batch_shape
-            if h.ndim == 2 and shape is not None and h.shape[0] == shape[0] * shape[1]:
-                new = fn(h.view(shape[0], shape[1], h.shape[-1]))
+            if h.ndim == 2 and shape is not None and shape[1] > 0 and h.shape[0] % shape[1] == 0:
+                new = fn(h.view(h.shape[0] // shape[1], shape[1], h.shape[-1]))
                 return None if new is None else new.reshape(h.shape)
             return fn(h)
 
         return wrapped
 
+    def _register_site(self, site: Site, fn: Edit) -> list[Any]:
+        """Handles of the hooks that show ``fn`` the site's activation and apply its edit.
+
+        ``resid_mid`` is the stream between attention and MLP: ``resid_pre + attn_out``. Hook
+        points on the MLP's input (TransformerLens' ``hook_resid_mid`` is the second norm's input)
+        would change only what the MLP reads, not the stream that the block adds the MLP's
+        output to; so an edit of ``resid_mid`` is applied to what the attention adds.
+        """
+        if site.kind != "resid_mid":
+            return [self._register(site, self._shaped(fn))]
+        entry = Site(site.layer, "resid_pre", hook_name("resid_pre", site.layer))
+        added = Site(site.layer, "attn_out", hook_name("attn_out", site.layer))
+        seen: list[Tensor] = []
+
+        def keep(h: Tensor) -> None:
+            seen[:] = [h]
+
+        def edit(a: Tensor) -> Tensor | None:
+            pre = seen[0]
+            new = fn(pre + a)
+            return None if new is None else new - pre
+
+        return [self._register(entry, self._shaped(keep)), self._register(added, self._shaped(edit))]
+
     @contextmanager
     def hooked(self, edits: Mapping[Site, Edit] | Sequence[tuple[Site, Edit]]) -> Iterator[None]:
         """Register ``edits`` (site -> ``fn(h) -> h' | None``) while the block runs."""
         items = list(edits.items()) if isinstance(edits, Mapping) else list(edits)
+        # resid_mid hooks sit on the attention's output hook (see _register_site): registered after
+        # the others, they see an attn_out edit of the same block first, as the forward does
+        items.sort(key=lambda item: item[0].kind == "resid_mid")
         handles = []
         try:
             for site, fn in items:
-                handles.append(self._register(site, self._shaped(fn)))
+                handles += self._register_site(site, fn)
             yield
         finally:
             for h in handles:
@@ -187,19 +215,55 @@ class SiteAccess:
     @contextmanager
     def growing_batch(self, b: int) -> Iterator[None]:
         """While the block runs, a batch that grows from ``b`` rows mid-forward (intervened copies
-        appended at a site) carries its other batch-shaped arguments (attention mask, rotary
-        embeddings...) along: forward pre-hooks repeat them to the grown batch."""
+        appended at a site) carries its other batch-shaped arguments along.
+
+        Forward pre-hooks on the blocks and their attention modules remember the tensors they
+        receive while the stream still has ``b`` rows (attention mask, rotary embeddings, ALiBi
+        biases: computed once by the model for the original batch); when one of **those** tensors,
+        or one with exactly ``b`` rows, reaches a module together with a grown stream, it is
+        repeated to the grown batch (``[b·k, ...]`` rows, e.g. ALiBi's batch × heads, become
+        ``[n·k, ...]``; one repetition per size, shared by the blocks). Positional and keyword
+        arguments alike; other tensors computed inside the grown forward are left alone.
+        """
+        originals: dict[int, Tensor] = {}  # id -> a tensor the model computed for the b-row batch
+        grown: dict[tuple[int, int], Tensor] = {}  # (id of original, rows) -> its repetition
+        source: dict[int, Tensor] = {}  # id of a repetition -> its original
+
+        def remember(x: Any) -> None:
+            if isinstance(x, (tuple, list)):
+                for y in x:
+                    remember(y)
+            elif isinstance(x, Tensor) and x.ndim >= 2 and x.shape[0] % b == 0:
+                originals[id(x)] = x
 
         def expand(x: Any, n: int) -> Any:
-            if isinstance(x, tuple):
-                return tuple(expand(y, n) for y in x)
-            if isinstance(x, Tensor) and x.ndim >= 2 and x.shape[0] != n and x.shape[0] > 1 and x.shape[0] % b == 0:
-                return x[:b].repeat(n // b, *([1] * (x.ndim - 1)))
-            return x
+            if isinstance(x, (tuple, list)):
+                return type(x)(expand(y, n) for y in x)
+            if not isinstance(x, Tensor):
+                return x
+            orig = originals.get(id(x))
+            orig = orig if orig is x else source.get(id(x))  # a repetition made for an earlier size
+            if orig is None and x.ndim >= 2 and x.shape[0] == b:
+                orig = originals[id(x)] = x  # first seen with the grown stream (e.g. a per-layer-type mask)
+            if orig is None:
+                return x
+            k = orig.shape[0] // b
+            if x.shape[0] == n * k:
+                return x
+            key = (id(orig), n)
+            if key not in grown:
+                rows = orig.reshape(b, k, *orig.shape[1:]).repeat(n // b, *([1] * orig.ndim))
+                grown[key] = rows.reshape(n * k, *orig.shape[1:])
+                source[id(grown[key])] = orig
+            return grown[key]
 
         def pre_hook(module: Any, args: tuple, kwargs: dict) -> Any:
             main = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(main, Tensor) or main.shape[0] == b:
+            if not isinstance(main, Tensor):
+                return None
+            rest = [*args[1:], *(v for k, v in kwargs.items() if k != "hidden_states")]
+            if main.shape[0] == b:
+                remember(rest)
                 return None
             n = main.shape[0]
             return (*args[:1], *(expand(a, n) for a in args[1:])), {

@@ -9,14 +9,19 @@ same layer convention as a bridge's hook points:
 
 - ``resid_post`` layer 0: input of block 0 (forward pre-hook); layer ``l``: output of block ``l-1``;
 - ``resid_pre`` layer ``l``: input of block ``l``;
-- ``attn_out`` / ``mlp_out``: output of block ``l``'s attention / MLP sub-module;
-- ``resid_mid``: input of the norm in front of the MLP (sequential pre-norm blocks only);
+- ``attn_out`` / ``mlp_out``: what block ``l``'s attention / MLP adds to the stream: the
+  sub-module's output, or the output of the norm applied to it (post-norm families: Gemma 2/3,
+  OLMo 2), or the output minus the residual the sub-module adds itself (BLOOM), or the output
+  of the second projection (OPT, whose MLP is not a sub-module);
+- ``resid_mid``: ``resid_pre + attn_out`` (sequential blocks only; a parallel-attention block,
+  e.g. GPT-J, Phi, Falcon, GPT-NeoX with ``use_parallel_residual``, has none: SiteError);
 - ``ln_final``: output of the final norm.
 
 The module-name knowledge (which child is the attention, which list holds the blocks) lives here
 and nowhere else.
 """
 
+import inspect
 from typing import Any, no_type_check
 
 from torch import Tensor, nn
@@ -29,10 +34,15 @@ __all__ = ["HFAccess", "find_blocks"]
 
 _BLOCK_LISTS = ("h", "layers", "layer", "blocks")
 _ATTN = ("attn", "self_attn", "attention", "self_attention")
-_MLP = ("mlp", "feed_forward", "ffn")
-# the norm in front of the MLP of a sequential block (its input is resid_mid)
+_MLP = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
+_MLP_OUT_PROJ = ("fc2",)  # OPT: the MLP's layers sit in the block itself
+# the norm in front of the MLP of a sequential block (a block without one is parallel)
 _MID_NORM = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "final_layer_norm")
+# post-norm blocks normalise what a sub-module adds (Gemma 2/3, OLMo 2): the norms' outputs are added
+_POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 _FINAL_NORM = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+# config flags of families whose blocks run attention and MLP in parallel on the same input
+_PARALLEL_FLAGS = ("use_parallel_residual", "parallel_attn", "new_decoder_architecture")
 
 
 def _config_int(config: Any, *names: str) -> int | None:
@@ -106,8 +116,28 @@ class HFAccess(SiteAccess):
         self.vocab_size = int(emb.num_embeddings) if emb is not None else int(cfg.vocab_size)
         self.blocks = find_blocks(model, n_layers)
 
+    def _parallel(self, block: nn.Module) -> bool:
+        """Whether ``block`` runs attention and MLP on the same input (no ``resid_mid``)."""
+        cfg = getattr(self.module.config, "text_config", None) or self.module.config
+        if any(getattr(cfg, flag, False) is True for flag in _PARALLEL_FLAGS):
+            return True
+        return _child(block, _MID_NORM) is None and getattr(block, _POST_NORMS["mlp_out"], None) is None
+
+    def _added(self, block: nn.Module, kind: str) -> tuple[nn.Module, str] | None:
+        """(module, how) whose output is what ``block``'s attention / MLP adds to the stream."""
+        if isinstance(getattr(block, _POST_NORMS["mlp_out"], None), nn.Module):
+            return getattr(block, _POST_NORMS[kind]), "post"
+        mod = _child(block, _ATTN if kind == "attn_out" else _MLP)
+        if mod is None and kind == "mlp_out":
+            proj = _child(block, _MLP_OUT_PROJ)
+            return (proj, "post") if proj is not None else None
+        if mod is None:
+            return None
+        adds_residual = "residual" in inspect.signature(mod.forward).parameters  # BLOOM
+        return mod, "post_minus_residual" if adds_residual else "post"
+
     def _target(self, site: Site) -> tuple[nn.Module, str]:
-        """(module, "pre" | "post") carrying the site."""
+        """(module, "pre" | "post" | "post_minus_residual") carrying the site."""
         kind, layer = site.kind, site.layer
         if kind == "resid_post":
             return (self.blocks[0], "pre") if layer == 0 else (self.blocks[layer - 1], "post")
@@ -118,14 +148,20 @@ class HFAccess(SiteAccess):
             if norm is None:
                 raise SiteError(f"cannot find the final norm of {type(self.module).__name__}")
             return norm, "post"
-        names = {"attn_out": _ATTN, "mlp_out": _MLP, "resid_mid": _MID_NORM}[kind]
-        mod = _child(self.blocks[layer], names)
-        if mod is None:
-            raise SiteError(
-                f"site {kind} is not available on {type(self.blocks[layer]).__name__} (no child named "
-                f"{' / '.join(names)}; parallel-attention blocks have no resid_mid)"
-            )
-        return mod, "pre" if kind == "resid_mid" else "post"
+        block = self.blocks[layer]
+        if kind == "resid_mid":
+            if self._parallel(block):
+                raise SiteError(
+                    f"site resid_mid is not available on {type(block).__name__}: its attention and MLP run in "
+                    "parallel on the same input (no stream between them); use resid_pre, attn_out or mlp_out"
+                )
+            found = self._added(block, "attn_out")  # resid_mid is edited through what attention adds
+        else:
+            found = self._added(block, kind)
+        if found is None:
+            raise SiteError(f"site {kind} is not available on {type(block).__name__} (no attention / MLP "
+                            f"sub-module named {' / '.join(_ATTN + _MLP)})")
+        return found
 
     @no_type_check  # validates its own arguments
     def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
@@ -145,6 +181,14 @@ class HFAccess(SiteAccess):
                 return None if new is None else _replace_first(output, new)
 
             return module.register_forward_hook(post_hook)
+        if where == "post_minus_residual":
+
+            def added_hook(mod: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+                residual = kwargs["residual"] if "residual" in kwargs else args[1]
+                new = fn(_first(output) - residual)
+                return None if new is None else _replace_first(output, new + residual)
+
+            return module.register_forward_hook(added_hook, with_kwargs=True)
 
         def pre_hook(mod: Any, args: tuple, kwargs: dict) -> Any:
             if args:

@@ -201,3 +201,104 @@ def test_tied_weights_saved_either_way_mix(tmp_path, tiny_dirs):
     x = torch.tensor([[2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(lm.bridge(x), model(x).logits, atol=1e-5)
+
+
+# ------------------------------------------------------------------ PEFT adapter checkpoints
+@pytest.fixture(scope="module")
+def lora_dirs(tmp_path_factory):
+    """aligned = the llama every adapter was made on; a plain adapter dir, a Trainer run of
+    adapter-only checkpoint-N folders, and a folder holding both full weights and an adapter."""
+    import shutil
+
+    from unit.loading.lora_fixtures import make_adapter, train_adapter
+
+    import families
+
+    root = tmp_path_factory.mktemp("lora-history")
+    merged = make_adapter("llama", root / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    run = train_adapter(root / "trainer", steps=2)
+    both = root / "both"
+    families.save(merged, None, both, tokenizer=False)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(root / "adapter" / f, both / f)
+    return {"base": families.checkpoint_dir("llama", "other"), "aligned": families.checkpoint_dir("llama", "base"),
+            "adapter": root / "adapter", "trainer": run, "both": both, "merged": merged, "root": root}
+
+
+def test_adapter_checkpoints_load_on_their_start(lora_dirs):
+    import families
+
+    d = lora_dirs
+    h = History.from_dirs(base=d["base"], aligned=d["aligned"], runs={"r": {1: d["adapter"], 2: d["both"]}},
+                          tokenizer=families.tokenizer())
+    assert [c.kind for c in h.runs["r"].steps.values()] == ["adapter", "full"]  # both: the full weights win
+    assert h.adapters() == [h["r/step-1"]] and "adapter on aligned" in repr(h["r/step-1"])
+    lm = h.boot()
+    for name in ("r/step-1", "r/step-2"):
+        lm.load(h[name])
+        assert float((families.logits(lm.bridge) - families.logits(d["merged"])).abs().max()) <= 1e-5, name
+    lm.load(h.aligned)
+    assert torch.equal(families.logits(lm.bridge), families.logits(families.boot(d["aligned"])))
+    with pytest.raises(CheckpointError, match="is an adapter: load it into a model"):
+        h["r/step-1"].state_dict()
+
+
+def test_trainer_run_of_adapter_only_folders(lora_dirs):
+    import families
+
+    h = History.from_trainer_output(base=lora_dirs["base"], aligned=lora_dirs["aligned"],
+                                    runs={"lora": lora_dirs["trainer"]}, tokenizer=families.tokenizer())
+    steps = h.runs["lora"].steps
+    assert list(steps) == [1, 2] and all(c.kind == "adapter" for c in steps.values())
+    assert (lora_dirs["trainer"] / "checkpoint-1" / "optimizer.pt").is_file()  # present, never read
+    assert [f.name for f in steps[1].weight_files()] == ["adapter_model.safetensors"]
+
+
+def test_identity_of_an_adapter_holds_its_start(lora_dirs, tmp_path):
+    """The same adapter files on another start model are another model: another model_fingerprint,
+    so another statistics cache entry."""
+    import families
+    import revlens
+
+    d = lora_dirs
+    a = History.from_dirs(base=d["base"], aligned=d["aligned"], runs={"r": {1: d["adapter"], 2: d["both"]}},
+                          tokenizer=families.tokenizer())
+    b = History.from_dirs(base=d["aligned"], aligned=d["base"], runs={"r": {1: d["adapter"], 2: d["both"]}},
+                          tokenizer=families.tokenizer())
+    assert a["r/step-1"].fingerprint() == b["r/step-1"].fingerprint()
+    assert a["r/step-1"].model_fingerprint() != b["r/step-1"].model_fingerprint()
+    assert a.identity() != b.identity()
+    probes = ["w10 w11 w12", "w13 w14", "w20 w21 w22 w23"]
+    cache = tmp_path / "cache"
+    sa = revlens.collect(a, probes, cache_dir=cache, n_bootstrap=0, progress=False)
+    sb = revlens.collect(b, probes, cache_dir=cache, n_bootstrap=0, progress=False)
+    assert not torch.allclose(sa.mean("r/step-1"), sb.mean("r/step-1"))
+    again = revlens.collect(b, probes, cache_dir=cache, n_bootstrap=0, progress=False)  # all from the cache
+    assert torch.equal(again.mean("r/step-1"), sb.mean("r/step-1"))
+
+
+def test_adapter_histories_refuse_what_cannot_be_loaded(lora_dirs):
+    import families
+
+    d = lora_dirs
+    with pytest.raises(HistoryError, match=r"adapter on aligned, which is itself an adapter: merge aligned"):
+        History.from_dirs(base=d["aligned"], aligned=d["adapter"], runs={"r": {1: d["adapter"]}})
+    with pytest.raises(CheckpointError, match=r"is a Trainer output dir \(checkpoint-N folders \[1, 2\]\)"):
+        History.from_dirs(base=d["base"], aligned=d["aligned"], runs={"r": {1: d["trainer"]}})
+    gpt2 = families.checkpoint_dir("gpt2", "base")
+    h = History.from_dirs(base=gpt2, aligned=gpt2, runs={"r": {1: d["adapter"]}})
+    lm = h.boot()
+    with pytest.raises(ShapeMismatchError, match="checkpoint r/step-1"):  # before any forward
+        lm.check_architecture(h)
+
+
+def test_an_adapter_aligned_on_its_base(lora_dirs):
+    """Aligned may itself be a LoRA on the (first) base, when the runs are full checkpoints."""
+    import families
+
+    d = lora_dirs
+    h = History.from_dirs(base=d["aligned"], aligned=d["adapter"], runs={"r": {1: d["both"]}},
+                          tokenizer=families.tokenizer())
+    assert "aligned (adapter)" in repr(h)
+    lm = h.boot()
+    assert float((families.logits(lm.bridge) - families.logits(d["merged"])).abs().max()) <= 1e-5

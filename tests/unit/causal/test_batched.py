@@ -12,10 +12,12 @@ def hook_count(module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-@pytest.mark.parametrize("positions", ["all", "first"])
-def test_grow_and_repeat_equal_the_loop(lm, tokens, unit_vectors, positions):
+@pytest.mark.parametrize(("positions", "kind"), [("all", "resid_post"), ("first", "resid_post"),
+                                                ("all", "resid_mid"), ("first", "attn_out"), ("all", "mlp_out")])
+def test_grow_and_repeat_equal_the_loop(lm, tokens, unit_vectors, positions, kind):
+    """Also at sites inside a block, where grow appends the copies at the block's input."""
     bridge = lm.bridge
-    sites = {s.layer: s for s in resolve_sites(bridge, "all")}
+    sites = {s.layer: s for s in resolve_sites(bridge, "all", kind)}
     metric = LogitDiff([3, 4], [5]).bind(lm.tokenizer)
     with torch.no_grad():
         _, acts = access(bridge).capture(tokens.tokens, list(sites.values()))

@@ -8,7 +8,7 @@ import torch
 from unit.loading.lora_fixtures import make_adapter, merged_from_dir, train_adapter
 
 import families
-from revlens.errors import ConfigError
+from revlens.errors import ConfigError, MissingExtraError
 from revlens.loading import AdapterConfig, Ref, Swapper, classify
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT -> transformers
@@ -88,7 +88,7 @@ def test_dora_without_peft_says_how_to_install_it_while_plain_lora_needs_no_peft
     sw.load(path)
     assert (families.logits(bridge) - families.logits(merged)).abs().max() <= 1e-5
     before = families.logits(bridge)
-    with pytest.raises(ConfigError, match=r'pip install "revlens\[peft\]"'):
+    with pytest.raises(MissingExtraError, match=r'pip install "revlens\[peft\]"'):
         sw.load(adapters["llama dora"][1])
     assert torch.equal(families.logits(bridge), before)  # refused before anything changed
     assert repr(sw.loaded) == "Loaded('" + str(path) + "', kind='adapter', start='base')"

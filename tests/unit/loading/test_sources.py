@@ -95,8 +95,10 @@ def test_streaming_holds_one_tensor_or_one_expert_group(family):
     plan = make_plan(src, sw.targets, bridge.original_model)
     group = max(len(e.keys) for e in plan.entries)
     execute(plan, src, sw.targets, bridge.original_model)
-    assert src.peak == group and src.live == 0
     assert group == (1 if family == "llama" else 8)  # mixtral: 4 experts x (w1, w3) of one layer
+    # llama: every tensor is read straight into its parameter (no tensor allocated); mixtral's
+    # expert groups are read whole, one group at a time, for transformers' fusing converter
+    assert src.peak == (0 if family == "llama" else group) and src.live == 0
 
 
 def _damaged(tmp_path):

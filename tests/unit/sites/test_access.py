@@ -62,3 +62,23 @@ def test_unknown_layer_and_model_are_rejected():
         access(tiny.tiny_model(0)).sites([5])
     with pytest.raises(SiteError, match="expected a Hugging Face"):
         access(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("path", ["bridge", "hf"])
+def test_a_resid_mid_edit_changes_the_stream(tiny_dirs, path):
+    """resid_mid is the stream between attention and MLP: an edit there reaches resid_post through
+    the residual connection (TransformerLens' hook_resid_mid is the MLP norm's input: editing it
+    alone would change only what the MLP reads)."""
+    model = LensModel.boot(tiny_dirs["aligned"]) if path == "bridge" else GPT2LMHeadModel.from_pretrained(tiny_dirs["aligned"])
+    acc = access(model)
+    tokens = torch.tensor([[2, 3, 4, 5]])
+    mid, post = acc.sites([1], "resid_mid")[0], acc.sites([2], "resid_post")[0]
+    shift = torch.zeros(32)
+    shift[5] = 10.0
+    with torch.no_grad():
+        _, before = acc.capture(tokens, [mid, post])
+        with acc.hooked([(mid, lambda h: h + shift)]):
+            _, after = acc.capture(tokens, [mid, post])
+    torch.testing.assert_close(after[1] - before[1], shift.expand_as(before[1]), atol=1e-5, rtol=0)  # read after the edit
+    moved = (after[2] - before[2])[..., 5]
+    assert float(moved.mean()) > 5.0  # the shift is carried to the block's output (plus the MLP's reply)
