@@ -16,10 +16,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from revlens._config import as_int
+from revlens._config import as_int, as_layers
 from revlens.collect.cache import StatsCache
-from revlens.collect.stats import STATS_FORMAT, CheckpointStats, HistoryStats
-from revlens.errors import ProbeError, RevlensError
+from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable
+from revlens.collect.stats import HistoryStats
+from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget
+from revlens.errors import ConfigError, ProbeError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.model import LensModel
 from revlens.modes import SITE_KINDS, WHICH, Which, check_mode
@@ -52,18 +54,31 @@ def resolve_probes(history: History, probes: Any) -> Probes:
 def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: TokenizedProbes,
                        sites: Sequence[Site], *, n_bootstrap: int = 100, bootstrap_seed: int = 0,
                        batch_size: int = 32, second: bool = False, keep: bool = False,
-                       name: str | None = None) -> CheckpointStats:
-    """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``."""
+                       name: str | None = None, keep_layers: Sequence[int] | None = None,
+                       memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: Any = None,
+                       poisson: PoissonTable | None = None) -> CheckpointStats:
+    """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``.
+
+    With ``keep``, per-prompt references are kept at ``keep_layers`` (default: every site) in
+    the model's dtype, in memory within ``memory_budget`` bytes (a :class:`MemoryBudget` shared
+    by several calls, an int, or ``None``: unlimited), else in a file in ``spill_dir``.
+    """
     if checkpoint is not None:
         lm.load(checkpoint)
     label = name or (checkpoint.name if checkpoint is not None else lm.loaded or "model")
     stats = CheckpointStats(label, [s.layer for s in sites])
+    if keep:
+        budget = memory_budget if isinstance(memory_budget, MemoryBudget) or memory_budget is None \
+            else MemoryBudget(memory_budget)
+        stats.start_refs(len(tokenized), lm.d_model, lm.dtype, layers=keep_layers, budget=budget,
+                         spill_dir=spill_dir)
+    weights = poisson if poisson is not None else PoissonTable(n_bootstrap, bootstrap_seed)
     acc = access(lm)
     with torch.no_grad():
         for batch in tokenized.batches(batch_size):
             per_site = acc.read(batch.tokens, batch.weights, sites, check_finite=label)
             stats.update(torch.stack(per_site, dim=1), batch.indices, n_bootstrap=n_bootstrap,
-                         seed=bootstrap_seed, second=second, keep=keep)
+                         seed=bootstrap_seed, second=second, keep=keep, weights=weights)
     return stats.finalize()
 
 
@@ -94,22 +109,38 @@ def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, 
         StatsCache.check_dir(cache_dir)
 
 
+def _keep_layers(keep_layers: Any, sites: list[Site]) -> list[int] | None:
+    if keep_layers is None:
+        return None
+    wanted = as_layers(keep_layers, "keep_layers")
+    if wanted == "all":
+        return None
+    collected = [s.layer for s in sites]
+    missing = [layer for layer in wanted if layer not in collected]
+    if missing:
+        raise ConfigError(f"keep_layers {missing} are not among the collected layers {collected}")
+    return [layer for layer in collected if layer in wanted]
+
+
 class _Plan:
     """Which checkpoints need what, their cache keys, and which are already cached."""
 
     def __init__(self, hist: History, lm: LensModel, sites: list[Site], tokenized: TokenizedProbes,
                  cache: StatsCache | None, *, moments: Which, keep: Which, n_bootstrap: int,
-                 bootstrap_seed: int, dtype: torch.dtype) -> None:
+                 bootstrap_seed: int, keep_layers: list[int] | None) -> None:
         self.refs = {c.name for c in hist.base} | {hist.aligned.name} | {r.start for r in hist.runs.values()}
         self.keep_refs = {c.name for c in hist.base} | {hist.aligned.name}
         self.moments, self.keep = moments, keep
         self.cfg = {"layers": [s.layer for s in sites], "site": sites[0].kind, "n_bootstrap": n_bootstrap,
-                    "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(), "dtype": str(dtype),
+                    "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(), "dtype": str(lm.dtype),
                     "architecture": lm.config_fingerprint, "stats_format": STATS_FORMAT}
+        self.keep_layers = keep_layers
         self.results: dict[str, CheckpointStats] = {}
         self.todo: list[tuple[Checkpoint, str | None]] = []
         for ck in hist:
-            key = StatsCache.key(weights=ck.fingerprint(), **self.cfg, **self.want(ck)) if cache else None
+            want = self.want(ck)
+            extra = {"keep_layers": keep_layers} if want["keep"] and keep_layers is not None else {}
+            key = StatsCache.key(weights=ck.fingerprint(), **self.cfg, **want, **extra) if cache else None
             hit = cache.get(key, ck.name) if cache is not None and key is not None else None
             if hit is not None:
                 self.results[ck.name] = hit
@@ -139,6 +170,9 @@ def collect(
     dtype: torch.dtype = torch.float32,
     executor: Executor | None = None,
     progress: bool = True,
+    keep_layers: Sequence[int] | None = None,
+    memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+    spill_dir: Any = None,
 ) -> HistoryStats:
     """Residual-stream statistics at every requested layer of every checkpoint.
 
@@ -158,7 +192,15 @@ def collect(
             the statistics format version.
         moments: which checkpoints get second moments: the references (base, aligned, run
             starts), all, or none.
-        keep: which checkpoints keep per-prompt activations (``"reference"``: base + aligned).
+        keep: which checkpoints keep per-prompt references (``"reference"``: base + aligned),
+            for the paired-PCA / probe directions and Ledoit–Wolf whitening; kept in the model's
+            dtype, one vector per prompt and layer (after the position rule).
+        keep_layers: the layers whose references are kept (default: every collected layer).
+        memory_budget: bytes of references held in memory in all (default 1 GiB; ``None``:
+            unlimited); a reference checkpoint whose store does not fit goes to a file and is read
+            back a layer at a time, so memory does not grow with the number of prompts.
+        spill_dir: where such files go (default: ``cache_dir`` if given, else ``TMPDIR``); they
+            are unlinked at once, so nothing is left behind.
         n_bootstrap: Poisson-bootstrap replicates (0 disables confidence intervals).
         bootstrap_seed: seed of the bootstrap weights.
         device, dtype: where and in what precision the model runs (statistics are float64).
@@ -174,6 +216,10 @@ def collect(
         >>> stats = collect(History.load("out/lab"), layers=[1, 2])   # doctest: +SKIP
     """
     _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir)
+    if memory_budget is not None:
+        as_int("memory_budget", memory_budget, min=0)
+    if keep_layers is not None:
+        as_layers(keep_layers, "keep_layers")
     hist = History.load(history)
     pr = resolve_probes(hist, probes)
     if position is not None:
@@ -182,18 +228,24 @@ def collect(
     lm = LensModel.boot(model) if model is not None else hist.boot(device=device, dtype=dtype)
     lm.check_architecture(hist)
     sites = access(lm).sites(layers, site)
+    kept = _keep_layers(keep_layers, sites)
     tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
     plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
-                 bootstrap_seed=int(bootstrap_seed), dtype=dtype)
-    common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
+                 bootstrap_seed=int(bootstrap_seed), keep_layers=kept)
+    spill = spill_dir if spill_dir is not None else cache_dir
+    common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size),
+              "keep_layers": kept, "spill_dir": None if spill is None else str(spill)}
     bar = tqdm(total=len(hist), initial=len(hist) - len(plan.todo), desc="collect", unit="ckpt", disable=not progress)
     try:
         if executor is not None and plan.todo:
-            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, dtype)
+            _fan_out(executor, hist, plan, tokenized, sites, {**common, "memory_budget": memory_budget}, cache,
+                     bar, device, dtype)
         else:
+            shared = {"memory_budget": MemoryBudget(memory_budget),
+                      "poisson": PoissonTable(int(n_bootstrap), int(bootstrap_seed))}
             for ck, key in plan.todo:
                 bar.set_postfix_str(ck.name)
-                st = _one(lm, ck, tokenized, sites, {**common, **plan.want(ck)})
+                st = _one(lm, ck, tokenized, sites, {**common, **shared, **plan.want(ck)})
                 _store(plan.results, cache, ck, key, st)
                 bar.update(1)
     finally:
