@@ -53,20 +53,29 @@ def poisson_weights(indices: Tensor, n_bootstrap: int, seed: int) -> Float[Tenso
 
 class PoissonTable:
     """:func:`poisson_weights` memoised per prompt index: drawn once per collect, not per
-    checkpoint (every checkpoint uses the same weights by design)."""
+    checkpoint (every checkpoint uses the same weights by design). Kept as ``uint8`` counts
+    (``n_bootstrap`` bytes per prompt)."""
 
     def __init__(self, n_bootstrap: int, seed: int) -> None:
         self.n_bootstrap, self.seed = int(n_bootstrap), int(seed)
-        self._rows: dict[int, Tensor] = {}
+        self._counts = torch.zeros(0, self.n_bootstrap, dtype=torch.uint8)
+        self._have = torch.zeros(0, dtype=torch.bool)
 
     def __call__(self, indices: Tensor) -> Float[Tensor, "batch boot"]:
-        idx = indices.tolist()
-        missing = [i for i in idx if i not in self._rows]
-        if missing:
-            fresh = poisson_weights(torch.tensor(missing), self.n_bootstrap, self.seed)
-            self._rows.update(zip(missing, fresh))
-        return torch.stack([self._rows[i] for i in idx]) if idx else torch.empty(0, self.n_bootstrap,
-                                                                                 dtype=torch.float64)
+        idx = indices.to("cpu", torch.long)
+        top = int(idx.max()) + 1 if len(idx) else 0
+        if top > len(self._have):
+            grow = top - len(self._have)
+            self._counts = torch.cat([self._counts, torch.zeros(grow, self.n_bootstrap, dtype=torch.uint8)])
+            self._have = torch.cat([self._have, torch.zeros(grow, dtype=torch.bool)])
+        missing = idx[~self._have[idx]].unique()
+        if len(missing):
+            fresh = poisson_weights(missing, self.n_bootstrap, self.seed)
+            if float(fresh.max()) > 255:  # pragma: no cover - P < 1e-400 per draw
+                return poisson_weights(idx, self.n_bootstrap, self.seed)
+            self._counts[missing] = fresh.to(torch.uint8)
+            self._have[missing] = True
+        return self._counts[idx].to(torch.float64)
 
 
 def _accumulator_device(x: Tensor) -> torch.device:

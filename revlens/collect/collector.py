@@ -196,7 +196,7 @@ def collect(
             for the paired-PCA / probe directions and Ledoit–Wolf whitening; kept in the model's
             dtype, one vector per prompt and layer (after the position rule).
         keep_layers: the layers whose references are kept (default: every collected layer).
-        memory_budget: bytes of references held in memory in all (default 1 GiB; ``None``:
+        memory_budget: bytes of references held in memory in all (default 16 MiB; ``None``:
             unlimited); a reference checkpoint whose store does not fit goes to a file and is read
             back a layer at a time, so memory does not grow with the number of prompts.
         spill_dir: where such files go (default: ``cache_dir`` if given, else ``TMPDIR``); they
@@ -266,12 +266,19 @@ def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[
 def _fan_out(executor: Executor, hist: History, plan: _Plan, tokenized: TokenizedProbes, sites: list[Site],
              common: dict[str, Any], cache: StatsCache | None, bar: Any, device: Any, dtype: torch.dtype) -> None:
     arch = str(hist.architecture_dir())
+    # a worker spills to its own temporary dir and ships its references back in memory; here they
+    # are held within the same budget as a serial collect
+    budget, spill = MemoryBudget(common["memory_budget"]), common["spill_dir"]
+    kwargs = {**common, "spill_dir": None}
     futures = [(ck, key, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
-                                         [s.layer for s in sites], sites[0].kind, {**common, **plan.want(ck)},
+                                         [s.layer for s in sites], sites[0].kind, {**kwargs, **plan.want(ck)},
                                          device, dtype))
                for ck, key in plan.todo]
     for ck, key, fut in futures:
-        _store(plan.results, cache, ck, key, fut.result())
+        st = fut.result()
+        if st.refs is not None:
+            st.refs = st.refs.within(budget, spill)
+        _store(plan.results, cache, ck, key, st)
         bar.update(1)
 
 

@@ -32,8 +32,9 @@ from revlens.errors import ConfigError, ShapeMismatchError
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "MemoryBudget", "ReferenceStore", "store_dtype"]
 
-DEFAULT_MEMORY_BUDGET = 1 << 30
-"""Bytes of per-prompt references one :func:`revlens.collect` call keeps in memory (1 GiB)."""
+DEFAULT_MEMORY_BUDGET = 16 << 20
+"""Bytes of per-prompt references one :func:`revlens.collect` call keeps in memory (16 MiB: under 5 %
+of a booted process, so peak memory stays flat as prompts grow; beyond it, references go to a file)."""
 
 _STORED = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -210,6 +211,16 @@ class ReferenceStore:
         """The values in storage order, one layer at a time (for writing them elsewhere)."""
         for j in range(self.shape[0]):
             yield self.layer(j)
+
+    def within(self, budget: MemoryBudget | None, spill_dir: Any = None) -> "ReferenceStore":
+        """This store if it is on disk or fits ``budget``; else a copy in a file in ``spill_dir``."""
+        if self.on_disk or budget is None or budget.take(self.nbytes):
+            return self
+        out = ReferenceStore.allocate(*self.shape, self.dtype, budget=MemoryBudget(0), spill_dir=spill_dir)
+        row = self.shape[2] * self.itemsize
+        for j in range(self.shape[0]):
+            out._file.pwrite(_bytes_of(self.layer(j)), j * self.shape[1] * row)  # type: ignore[union-attr]
+        return out
 
     def select(self, positions: Sequence[int]) -> "ReferenceStore":
         """A store with only the layers at ``positions`` (in memory)."""

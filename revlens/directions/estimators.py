@@ -78,11 +78,14 @@ def _check_separated(stats: HistoryStats, method: str) -> Float[Tensor, "layer d
 
 
 def _require_references(stats: HistoryStats, method: str) -> None:
-    if not stats.has_references():
-        raise ConfigError(
-            f"{method} needs per-prompt activations of base and aligned at layers {stats.layers}; "
-            "collect with keep='reference' (or fit on stats.select(layers) where they were kept)"
-        )
+    if stats.has_references():
+        return
+    kept = sorted(set.intersection(*(set(stats[n].ref_layers or []) for n in [*stats.base_names, stats.aligned_name])))
+    where = (f"they were kept at layers {kept}: fit on stats.select({kept}), or collect with keep_layers "
+             "including every layer" if kept else "collect with keep='reference'")
+    raise ConfigError(
+        f"{method} needs per-prompt activations of base and aligned at layers {stats.layers}; {where}"
+    )
 
 
 def _layer_pair(stats: HistoryStats, layer: int) -> tuple[Tensor, Tensor]:
