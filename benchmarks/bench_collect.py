@@ -28,6 +28,7 @@ writes ``results/collect-profile.txt``.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -111,10 +112,8 @@ def worker_hf(root: Path, n_ckpt: int, n_prompts: int, batch: int) -> dict:
         with torch.no_grad():
             for i in range(0, n_prompts, batch):
                 ids, rows = enc["input_ids"][i:i + batch], torch.arange(min(batch, n_prompts - i))
-                try:
+                with contextlib.suppress(Stop):
                     model(ids)
-                except Stop:
-                    pass
                 total += torch.stack([store[j][rows, last[i:i + batch]] for j in range(n_layer + 1)], 1).double().sum(0)
         means[d.name] = total / n_prompts
     return {"t_import": t_import - T_START, "t_boot": t_boot - t_import, "t_loop": time.perf_counter() - t_boot,
@@ -137,9 +136,14 @@ def worker_revlens(root: Path, n_ckpt: int, n_prompts: int, batch: int, means_on
             "means": {names[n]: stats.mean(n).tolist() for n in stats.checkpoints}}
 
 
+def worker_env(threads: int) -> dict:
+    """Environment of a fresh benchmark process: ``threads`` torch threads, quiet, offline."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
 def run_worker(side: str, root: Path, n_ckpt: int, n_prompts: int, batch: int, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = worker_env(threads)
     cmd = [sys.executable, __file__, "--worker", side, str(root), str(n_ckpt), str(n_prompts), str(batch)]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
@@ -174,7 +178,7 @@ def main() -> None:
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         fn = {"hf": lambda *a: worker_hf(*a), "revlens": lambda *a: worker_revlens(*a, False),
-              "revlens_means_only": lambda *a: worker_revlens(*a, True)}[side]
+              "revlens_means_only": lambda *a: worker_revlens(*a, True), "profile": worker_profile}[side]
         print(json.dumps(fn(Path(root), int(n_ckpt), int(n_prompts), int(batch))))
         return
     sys.path.insert(0, str(HERE))
@@ -235,25 +239,31 @@ def payload_ratio(a: dict, b: dict) -> float:
     return a["marginal_s_per_ckpt"] / b["marginal_s_per_ckpt"]
 
 
-def profile_revlens(root: Path, n_ckpt: int, n_prompts: int, batch: int) -> str | None:
-    """pyinstrument of one revlens collect (the marginal path: everything after boot)."""
-    code = (
-        "import sys, time; sys.path.insert(0, %r); import bench_collect as b; import revlens, torch; "
-        "torch.set_num_threads(1); from pathlib import Path; from pyinstrument import Profiler; "
-        "dirs = b.checkpoint_dirs(Path(%r), %d); "
-        "h = revlens.History.from_dirs(base=dirs[0], aligned=dirs[1], runs={'run': dict(enumerate(dirs[2:], 1))}); "
-        "lm = h.boot(); p = Profiler(); p.start(); "
-        "revlens.collect(h, b.prompts(%d), model=lm, batch_size=%d, progress=False); p.stop(); "
-        "print(p.output_text(unicode=False, color=False))"
-    ) % (str(HERE), str(root), n_ckpt, n_prompts, batch)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        print(f"profile skipped: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
-        return None
+def worker_profile(root: Path, n_ckpt: int, n_prompts: int, batch: int) -> dict:
+    """One revlens collect under pyinstrument (the marginal path: everything after boot)."""
+    from pyinstrument import Profiler
+
+    import revlens
+
+    dirs = checkpoint_dirs(root, n_ckpt)
+    hist = revlens.History.from_dirs(base=dirs[0], aligned=dirs[1], runs={"run": dict(enumerate(dirs[2:], 1))})
+    lm = hist.boot()
+    prof = Profiler(interval=0.002)
+    prof.start()
+    revlens.collect(hist, prompts(n_prompts), model=lm, batch_size=batch, progress=False)
+    prof.stop()
     target = HERE / "results" / "collect-profile.txt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(out.stdout)
-    return str(target)
+    target.write_text(prof.output_text(unicode=False, color=False))
+    return {"profile": str(target)}
+
+
+def profile_revlens(root: Path, n_ckpt: int, n_prompts: int, batch: int) -> str | None:
+    try:
+        return run_worker("profile", root, n_ckpt, n_prompts, batch, 1)["profile"]
+    except subprocess.CalledProcessError as exc:
+        print(f"profile skipped (pip install pyinstrument?): {exc.stderr.strip().splitlines()[-1:]}")
+        return None
 
 
 if __name__ == "__main__":
