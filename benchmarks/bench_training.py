@@ -29,10 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import _common
 from revlens.block import ReversionBlocker
-from revlens.block.lab_runs import lab_probes
-from revlens.block.residual import ResidualReader
-from revlens.directions import Directions
 from revlens.lab import LabConfig, asset_dir, build_tokenizer, finetune, load_pair
+from revlens.lab.blocked import lab_directions, lab_probes
 from revlens.lab.language import sample_task
 from revlens.lab.train import _gen, encode_examples, make_optimizer
 from revlens.monitor import ReversionMonitor, ReversionWarning
@@ -43,16 +41,8 @@ LAYERS = [1, 2, 3, 4]
 def setup():
     base, aligned = load_pair(asset_dir() / "pair0")[:2]
     tok = build_tokenizer()
-    probes = (
-        lab_probes()
-    )  # what `revlens lab --block` reads: the 192 harmful alignment-split prompts
-    enc = probes.tokenize(tok)
-
-    def means(m):
-        with torch.no_grad():
-            return ResidualReader(m, LAYERS).per_prompt(enc.tokens, enc.weights).double().mean(0)
-
-    v = Directions.from_tensor(means(base) - means(aligned), LAYERS, method="mean_diff")
+    probes = lab_probes()  # what `revlens lab --block` reads: the 192 harmful alignment-split prompts
+    v = lab_directions(base, aligned, LAYERS, probes=probes)
     return aligned, tok, probes, v
 
 
