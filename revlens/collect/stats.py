@@ -118,6 +118,44 @@ class HistoryStats:
             rows.append(x.to(torch.float64))
         return torch.stack(rows[:-1]).mean(0), rows[-1]
 
+    @classmethod
+    def combine(cls, parts: Sequence["HistoryStats"]) -> "HistoryStats":
+        """One history's statistics from parts computed separately (SLURM array tasks, one run or
+        one slice of steps each; ``docs/scale.md``): checkpoints are taken from whichever part has
+        them; a checkpoint in several parts (base and aligned, typically) must agree there (to
+        1e-5 relative: GPU kernels are not bit-reproducible between jobs). Per-prompt shards of one
+        checkpoint merge with :meth:`CheckpointStats.merge` instead.
+
+        Raises:
+            ConfigError: parts on other layers, site, position, probes, bootstrap or architecture,
+                or a checkpoint whose statistics differ between parts.
+        """
+        if not parts:
+            raise ConfigError("combine needs at least one HistoryStats")
+        first = parts[0]
+        keys = ("probe_fingerprint", "n_bootstrap", "bootstrap_seed", "architecture")
+        for p in parts[1:]:
+            same = (p.layers == first.layers and p.site == first.site and p.position == first.position
+                    and p.d_model == first.d_model and all(p.meta.get(k) == first.meta.get(k) for k in keys))
+            if not same:
+                raise ConfigError("cannot combine statistics collected with other layers, site, position, probes, "
+                                  "bootstrap or architecture")
+        checkpoints: dict[str, CheckpointStats] = {}
+        roles: dict[str, tuple[str, str | None, int | None]] = {}
+        starts, kinds, controls = {}, {}, set()
+        for p in parts:
+            for name, st in p.checkpoints.items():
+                if name in checkpoints:
+                    _check_same(checkpoints[name], st)
+                    continue
+                checkpoints[name], roles[name] = st, p.roles[name]
+            starts.update(p.run_starts)
+            kinds.update(p.kinds)
+            controls |= p.controls
+        return cls(layers=first.layers, site=first.site, position=first.position, d_model=first.d_model,
+                   checkpoints=checkpoints, roles=roles, run_starts=starts, controls=controls, meta=first.meta,
+                   kinds=kinds)
+
     def select(self, layers: Sequence[int]) -> "HistoryStats":
         """The same history at a subset of its layers."""
         for layer in layers:
@@ -176,3 +214,11 @@ class HistoryStats:
         return cls(layers=meta["layers"], site=meta["site"], position=meta["position"], d_model=meta["d_model"],
                    checkpoints=cks, roles=roles, run_starts=meta["run_starts"], controls=meta["controls"],
                    meta=meta["meta"], kinds=meta.get("kinds"))
+
+
+def _check_same(a: CheckpointStats, b: CheckpointStats) -> None:
+    ta, tb = a.tensors(), b.tensors()
+    # up to float noise: GPU kernels are not bit-reproducible from one job to the next
+    if set(ta) != set(tb) or any(not torch.allclose(ta[k].double(), tb[k].double(), rtol=1e-5, atol=1e-6)
+                                 for k in ta):
+        raise ConfigError(f"checkpoint {a.name} has different statistics in two parts (other weights or settings?)")

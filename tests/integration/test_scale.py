@@ -7,6 +7,7 @@ import tiny
 from revlens import collect
 from revlens.collect import dask_executor, ray_executor
 from revlens.collect.stats import CheckpointStats
+from revlens.errors import ConfigError
 
 
 def test_prompt_shards_merge_exactly(tiny_history, tiny_lm):
@@ -76,3 +77,20 @@ def test_ray_gives_the_serial_result(tiny_history, serial, tmp_path):
         executor.shutdown()
     _same_as_serial(fanned, serial)
     assert fanned["aligned"].refs.on_disk  # shipped back in memory, held within the budget here
+
+
+def test_array_task_parts_combine_into_the_serial_result(tiny_history, serial, tmp_path):
+    # one "array task" per run, each saving its own statistics; a last job loads and combines them
+    for i, run in enumerate(tiny_history.runs):
+        part = collect(tiny_history.restricted([run]), tiny.PROMPTS, progress=False, n_bootstrap=8)
+        part.save(tmp_path / f"part-{i}")
+    parts = [type(serial).load(tmp_path / f"part-{i}") for i in range(len(tiny_history.runs))]
+    combined = type(serial).combine(parts)
+    assert list(combined.runs) == list(serial.runs) and set(combined.checkpoints) == set(serial.checkpoints)
+    assert combined.run_starts == serial.run_starts and combined.kinds == serial.kinds
+    for name in serial.checkpoints:
+        assert torch.equal(combined.mean(name), serial.mean(name))
+        assert torch.equal(combined[name].boot_total, serial[name].boot_total)
+    with pytest.raises(ConfigError, match="cannot combine"):
+        type(serial).combine([parts[0], collect(tiny_history.restricted(), tiny.PROMPTS, progress=False,
+                                                n_bootstrap=4)])
