@@ -2,12 +2,19 @@
 
 One forward per checkpoint per batch, hooks only at the requested sites (removed in
 ``finally``), each activation reduced to per-prompt vectors by the position rule inside the hook
-and folded into running sums: memory does not grow with the number of prompts (except the
-optional per-prompt activations of the reference checkpoints). The forward stops right after the
-last requested site, so the unembedding is never computed.
+and folded into running sums on the activations' device. The forward stops right after the last
+requested site, so the unembedding is never computed.
+
+Per-prompt references of the reference checkpoints (``keep="reference"``: base and aligned) are
+kept in the model's dtype at ``keep_layers`` in a :class:`~revlens.collect.store.ReferenceStore`:
+in memory while ``memory_budget`` allows, else in an unlinked file in ``spill_dir``, read back a
+layer at a time — memory does not grow with the number of prompts. Before the work starts, one
+line says what will be computed (checkpoints, forward passes, references); the progress bar then
+shows the ETA.
 """
 
 import logging
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -20,7 +27,7 @@ from revlens._config import as_int, as_layers
 from revlens.collect.cache import StatsCache
 from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable
 from revlens.collect.stats import HistoryStats
-from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget
+from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget, store_dtype
 from revlens.errors import ConfigError, ProbeError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.model import LensModel
@@ -98,7 +105,7 @@ def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized
 
 
 def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, batch_size: Any,
-                site: Any, cache_dir: Any) -> None:
+                site: Any, cache_dir: Any, memory_budget: Any, keep_layers: Any) -> None:
     check_mode("moments", moments, WHICH)
     check_mode("keep", keep, WHICH)
     check_mode("site", site, SITE_KINDS)
@@ -107,6 +114,10 @@ def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, 
     as_int("batch_size", batch_size, min=1)
     if cache_dir is not None:
         StatsCache.check_dir(cache_dir)
+    if memory_budget is not None:
+        as_int("memory_budget", memory_budget, min=0)
+    if keep_layers is not None:
+        as_layers(keep_layers, "keep_layers")
 
 
 def _keep_layers(keep_layers: Any, sites: list[Site]) -> list[int] | None:
@@ -146,6 +157,17 @@ class _Plan:
                 self.results[ck.name] = hit
             else:
                 self.todo.append((ck, key))
+
+    def describe(self, n_total: int, sites: list[Site], tokenized: TokenizedProbes, batch_size: int, d: int,
+                 dtype: torch.dtype) -> str:
+        """One line: what will be computed (the bar then shows the ETA)."""
+        n, batches = len(tokenized), -(-len(tokenized) // batch_size)
+        keep = [ck for ck, _ in self.todo if self.want(ck)["keep"]]
+        n_ref = len(self.keep_layers) if self.keep_layers is not None else len(sites)
+        ref_mb = len(keep) * n * n_ref * d * torch.empty((), dtype=store_dtype(dtype)).element_size() / 2**20
+        return (f"collect: {len(self.todo)} of {n_total} checkpoints to compute ({n_total - len(self.todo)} cached) "
+                f"× {len(sites)} sites × {n} prompts: {len(self.todo) * batches} forward passes of <= {batch_size} "
+                f"prompts" + (f"; per-prompt references of {len(keep)} checkpoints ({ref_mb:.1f} MB)" if keep else ""))
 
     def want(self, ck: Checkpoint) -> dict[str, bool]:
         return {"second": self.moments == "all" or (self.moments == "reference" and ck.name in self.refs),
@@ -193,14 +215,10 @@ def collect(
         moments: which checkpoints get second moments: the references (base, aligned, run
             starts), all, or none.
         keep: which checkpoints keep per-prompt references (``"reference"``: base + aligned),
-            for the paired-PCA / probe directions and Ledoit–Wolf whitening; kept in the model's
-            dtype, one vector per prompt and layer (after the position rule).
-        keep_layers: the layers whose references are kept (default: every collected layer).
-        memory_budget: bytes of references held in memory in all (default 16 MiB; ``None``:
-            unlimited); a reference checkpoint whose store does not fit goes to a file and is read
-            back a layer at a time, so memory does not grow with the number of prompts.
-        spill_dir: where such files go (default: ``cache_dir`` if given, else ``TMPDIR``); they
-            are unlinked at once, so nothing is left behind.
+            for the paired-PCA / probe directions and Ledoit–Wolf whitening (module docstring).
+        keep_layers, memory_budget, spill_dir: the references' layers (default: all collected),
+            bytes held in memory in all (default 16 MiB, ``None``: unlimited) and where the rest
+            goes (default: ``cache_dir``, else ``TMPDIR``).
         n_bootstrap: Poisson-bootstrap replicates (0 disables confidence intervals).
         bootstrap_seed: seed of the bootstrap weights.
         device, dtype: where and in what precision the model runs (statistics are float64).
@@ -215,11 +233,7 @@ def collect(
     Example:
         >>> stats = collect(History.load("out/lab"), layers=[1, 2])   # doctest: +SKIP
     """
-    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir)
-    if memory_budget is not None:
-        as_int("memory_budget", memory_budget, min=0)
-    if keep_layers is not None:
-        as_layers(keep_layers, "keep_layers")
+    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers)
     hist = History.load(history)
     pr = resolve_probes(hist, probes)
     if position is not None:
@@ -235,22 +249,38 @@ def collect(
     spill = spill_dir if spill_dir is not None else cache_dir
     common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size),
               "keep_layers": kept, "spill_dir": None if spill is None else str(spill)}
+    if plan.todo:
+        _announce(plan.describe(len(hist), sites, tokenized, int(batch_size), lm.d_model, lm.dtype), progress)
     bar = tqdm(total=len(hist), initial=len(hist) - len(plan.todo), desc="collect", unit="ckpt", disable=not progress)
     try:
         if executor is not None and plan.todo:
             _fan_out(executor, hist, plan, tokenized, sites, {**common, "memory_budget": memory_budget}, cache,
                      bar, device, dtype)
         else:
-            shared = {"memory_budget": MemoryBudget(memory_budget),
-                      "poisson": PoissonTable(int(n_bootstrap), int(bootstrap_seed))}
-            for ck, key in plan.todo:
-                bar.set_postfix_str(ck.name)
-                st = _one(lm, ck, tokenized, sites, {**common, **shared, **plan.want(ck)})
-                _store(plan.results, cache, ck, key, st)
-                bar.update(1)
+            _serial(lm, plan, tokenized, sites, common, memory_budget, cache, bar)
     finally:
         bar.close()
     return _history_stats(hist, lm, plan, sites, tokenized, common)
+
+
+def _announce(line: str, progress: bool) -> None:
+    if progress:
+        tqdm.write(line, file=sys.stderr)
+    else:
+        log.info("%s", line)
+
+
+def _serial(lm: LensModel, plan: "_Plan", tokenized: TokenizedProbes, sites: list[Site], common: dict[str, Any],
+            memory_budget: int | None, cache: StatsCache | None, bar: Any) -> None:
+    """Every checkpoint to compute, one after the other on the booted model (one budget, one
+    table of Poisson weights for all)."""
+    shared = {"memory_budget": MemoryBudget(memory_budget),
+              "poisson": PoissonTable(common["n_bootstrap"], common["bootstrap_seed"])}
+    for ck, key in plan.todo:
+        bar.set_postfix_str(ck.name)
+        st = _one(lm, ck, tokenized, sites, {**common, **shared, **plan.want(ck)})
+        _store(plan.results, cache, ck, key, st)
+        bar.update(1)
 
 
 def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[Site],
