@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.revlens-installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: demo test bench lint assets clean
+.PHONY: install demo test bench gpu-check lint assets clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+install: $(STAMP)
+
 demo: $(STAMP)
 	$(PY) -m revlens.lab.demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
+# every benchmarks/bench_*.py, then the README benchmark table (command, date, machine) from their JSON
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# collect / ablation / blocker on a tiny Llama in bf16 against bare HF forwards (skips without CUDA)
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check revlens tests benchmarks

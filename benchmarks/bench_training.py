@@ -29,10 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import _common
 from revlens.block import ReversionBlocker
-from revlens.block.lab_runs import lab_probes
-from revlens.block.residual import ResidualReader
-from revlens.directions import Directions
 from revlens.lab import LabConfig, asset_dir, build_tokenizer, finetune, load_pair
+from revlens.lab.blocked import lab_directions, lab_probes
 from revlens.lab.language import sample_task
 from revlens.lab.train import _gen, encode_examples, make_optimizer
 from revlens.monitor import ReversionMonitor, ReversionWarning
@@ -43,16 +41,8 @@ LAYERS = [1, 2, 3, 4]
 def setup():
     base, aligned = load_pair(asset_dir() / "pair0")[:2]
     tok = build_tokenizer()
-    probes = (
-        lab_probes()
-    )  # what `revlens lab --block` reads: the 192 harmful alignment-split prompts
-    enc = probes.tokenize(tok)
-
-    def means(m):
-        with torch.no_grad():
-            return ResidualReader(m, LAYERS).per_prompt(enc.tokens, enc.weights).double().mean(0)
-
-    v = Directions.from_tensor(means(base) - means(aligned), LAYERS, method="mean_diff")
+    probes = lab_probes()  # what `revlens lab --block` reads: the 192 harmful alignment-split prompts
+    v = lab_directions(base, aligned, LAYERS, probes=probes)
     return aligned, tok, probes, v
 
 
@@ -119,12 +109,15 @@ def bench_blocker(aligned, tok, probes, v, config, rounds, n):
 
 
 def bench_monitor(aligned, tok, v, config, rounds, steps):
-    """Monitor overhead at every=10 with the two lab probe sets (192 alignment-split, 96 held-out)."""
+    """Monitor overhead at every=10 with the two lab probe sets (192 alignment-split, 96 held-out),
+    with the defaults (a rotating subset of at most 64 prompts per check) and reading every prompt
+    at every check (``probe_batch_size=None``, revlens 0.1)."""
     monitors = {
-        split: ReversionMonitor(v, lab_probes(split), aligned, tokenizer=tok, every=10)
-        for split in ("train", "heldout")
+        f"{split}_{mode}": ReversionMonitor(v, lab_probes(split), aligned, tokenizer=tok, every=10,
+                                            probe_batch_size="auto" if mode == "default" else None)
+        for split in ("train", "heldout") for mode in ("default", "all")
     }
-    times = {"plain": [], **{split: [] for split in monitors}}
+    times = {"plain": [], **{name: [] for name in monitors}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReversionWarning)
         for _ in range(rounds):
@@ -133,15 +126,7 @@ def bench_monitor(aligned, tok, v, config, rounds, steps):
                 for m in cbs:
                     m.reset()
                 t0 = time.perf_counter()
-                finetune(
-                    aligned,
-                    config,
-                    seed=0,
-                    steps=steps,
-                    checkpoint_steps=[],
-                    callbacks=cbs,
-                    progress=False,
-                )
+                finetune(aligned, config, seed=0, steps=steps, checkpoint_steps=[], callbacks=cbs, progress=False)
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
@@ -149,12 +134,13 @@ def bench_monitor(aligned, tok, v, config, rounds, steps):
         "steps": steps,
         "plain_s": med["plain"],
         **{
-            f"probes_{split}": {
+            name: {
                 "n_probes": len(m.inputs_.tokens),
-                "monitored_s": med[split],
-                "overhead": med[split] / med["plain"] - 1.0,
+                "probes_per_check": m.subset_size_,
+                "monitored_s": med[name],
+                "overhead": med[name] / med["plain"] - 1.0,
             }
-            for split, m in monitors.items()
+            for name, m in monitors.items()
         },
     }
 
@@ -182,12 +168,28 @@ def main() -> None:
         "monitor": monitor,
         "targets": {"monitor_overhead": 0.10, "blocker_update_ratio": 2.0},
     }
+    upd = blocker["update (defaults: refresh_every=2, probe batches of 32)"]["ratio_to_plain"]
+    others = ", ".join(f"{k.split(' ')[0]} {blocker[k]['ratio_to_plain']:.2f}×" for k in
+                       ("update exact (refresh_every=1, all probes)", "hook", "gradient (defaults)",
+                        "penalty (strength=1, every step)"))
+    m = monitor
+    payload["readme"] = [
+        {"benchmark": "blocker `update` (defaults) step time / plain step (others: exact every step, hook, "
+                      "gradient, penalty)", "measured": f"{upd:.2f}× ({others})", "target": "≤ 2×"},
+        {"benchmark": "monitor overhead at `every=10`, defaults: ≤ 64 rotating prompts per check "
+                      f"({m['train_default']['n_probes']} / {m['heldout_default']['n_probes']} probes; every "
+                      "prompt every check in brackets)",
+         "measured": f"**{100 * m['train_default']['overhead']:.0f} % / {100 * m['heldout_default']['overhead']:.0f} %** "
+                     f"({100 * m['train_all']['overhead']:.0f} % / {100 * m['heldout_all']['overhead']:.0f} %)",
+         "target": "≤ 10 %"},
+    ]
     out = _common.write("training", payload)
     for name, r in blocker.items():
         print(f"{name:58s} {r['s_per_step'] * 1e3:8.1f} ms/step  x{r['ratio_to_plain']:.2f}")
-    for split in ("train", "heldout"):
-        r = monitor[f"probes_{split}"]
-        print(f"monitor every=10, {r['n_probes']} probes: overhead {r['overhead'] * 100:+.1f}%")
+    for name in ("train_default", "heldout_default", "train_all", "heldout_all"):
+        r = monitor[name]
+        print(f"monitor every=10, {r['n_probes']} probes, {r['probes_per_check']} per check: "
+              f"overhead {r['overhead'] * 100:+.1f}%")
     print(out)
 
 

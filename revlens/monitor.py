@@ -7,6 +7,20 @@ layer's cos stays above the threshold (default: the isotropic null's p99, exact:
 uniform on the sphere in R^d, ``(cos(u, v) + 1)/2 ~ Beta((d−1)/2, (d−1)/2)``) for ``patience``
 consecutive checks.
 
+**Cost.** A check is one forward of the probe prompts (read up to the deepest monitored layer, the
+rest of the model skipped). On the lab (AdamW, batch 32) a check of all 192 prompts costs about
+two training steps, 18 % at ``every=10``. By default (``probe_batch_size="auto"``) each check
+therefore reads a **rotating subset** of at most 64 prompts: a fixed seeded permutation of the
+probe set, read 64 at a time, so every prompt is read equally often and ``ceil(N / 64)``
+consecutive checks cover the set. The drift on a subset ``S`` is paired,
+``mean_{i∈S}(h_t(x_i) − h_ref(x_i))`` when the reference has per-prompt activations (a model or
+statistics that kept them), else ``mean_{i∈S} h_t(x_i) − μ_ref``; either is unbiased for the
+full-set drift, with variance ``(1 − |S|/N) · s² / |S|`` (``s²``: the variance over prompts of the
+paired difference, or of ``h_t``). :attr:`history_` reports each check's ``n_probes`` and the
+projection's standard error ``proj_se`` (that formula along ``v``); ``patience`` consecutive checks
+above the threshold are required before a warning, so one noisy check does not warn.
+``probe_batch_size=None`` reads every prompt at every check (exact, as in revlens 0.1).
+
 It plugs into a plain loop (``monitor.step(model, step)``) and ``transformers.Trainer``
 (``callbacks=[monitor.as_trainer_callback()]``; with ``stop=True`` it stops the run). The
 measured trajectory is :attr:`ReversionMonitor.history_`; :meth:`ReversionMonitor.trajectory`
@@ -25,6 +39,7 @@ from typing import Any, no_type_check
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from revlens._config import as_int
 from revlens.block.inputs import ProbeInputs
@@ -32,7 +47,10 @@ from revlens.errors import ConfigError
 from revlens.modes import SITE_KINDS, check_mode
 from revlens.nulls import isotropic_quantile
 
-__all__ = ["ReversionMonitor", "ReversionWarning"]
+__all__ = ["AUTO_PROBES", "ReversionMonitor", "ReversionWarning"]
+
+AUTO_PROBES = 64
+"""Most prompts one check reads with ``probe_batch_size="auto"`` (the rotating subset)."""
 
 
 def _check_metrics(metrics: Any) -> dict[str, Any]:
@@ -71,8 +89,12 @@ class ReversionMonitor(ProbeInputs):
         metric_probes: the prompts the metrics read (a :class:`~revlens.Probes` / list; default:
             ``probes``).
 
+        probe_batch_size: prompts read per check: ``"auto"`` (default: at most 64, rotating
+            through the set), an int, or ``None`` (every prompt every check).
+        seed: seed of the rotation order.
+
     Attributes:
-        history_: DataFrame ``step, layer, cos, proj, null_p99`` of every check.
+        history_: DataFrame ``step, layer, cos, proj, norm, null_p99, n_probes, proj_se`` of every check.
         metrics_: DataFrame ``step, metric, value`` of the behaviour metrics at every check.
         alerts_: ``(step, layer, cos)`` of each warning emitted.
         should_stop_: ``True`` once warned with ``stop=True``.
@@ -96,8 +118,13 @@ class ReversionMonitor(ProbeInputs):
         site: str = "resid_post",
         metrics: Any = None,
         metric_probes: Any = None,
+        probe_batch_size: int | str | None = "auto",
+        seed: int = 0,
     ) -> None:
         every = as_int("every", every, min=1)
+        if probe_batch_size is not None and probe_batch_size != "auto":
+            probe_batch_size = as_int("probe_batch_size", probe_batch_size, min=1)
+        self.probe_batch_size, self.seed = probe_batch_size, as_int("seed", seed)
         patience = as_int("patience", patience, min=1)
         batch_size = as_int("batch_size", batch_size, min=1)
         check_mode("site", site, SITE_KINDS)
@@ -127,6 +154,11 @@ class ReversionMonitor(ProbeInputs):
         self.threshold_ = self.null_p99_ if self.threshold == "p99" else float(self.threshold)
         self._streak = {layer: 0 for layer in res.layers}
         self._model_id = id(model)
+        n = int(res.tokens.shape[0])
+        size = min(n, AUTO_PROBES) if self.probe_batch_size == "auto" else self.probe_batch_size
+        self.subset_size_ = n if size is None else min(int(size), n)
+        self._order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        self._checks = 0
         if self.behaviour_metrics:
             from revlens.block.inputs import _tokenize, _tokenizer_of
             from revlens.metrics import bind_metric
@@ -157,31 +189,43 @@ class ReversionMonitor(ProbeInputs):
             module.train(was_training)
         return {k: v / len(self.metric_inputs_) for k, v in sums.items()}
 
-    def measure(self, model: Any) -> pd.DataFrame:
-        """One check now (not recorded): ``layer, cos, proj, norm`` per monitored layer."""
+    def next_subset(self) -> Tensor:
+        """The prompt indices the next check reads (the rotation advances)."""
+        n, k = len(self._order), self.subset_size_
+        start = (self._checks * k) % n
+        self._checks += 1
+        return self._order[(torch.arange(k) + start) % n]
+
+    def measure(self, model: Any, prompts: Tensor | None = None) -> pd.DataFrame:
+        """One check now (not recorded) on ``prompts`` (indices; default every prompt):
+        ``layer, cos, proj, norm, n_probes, proj_se`` per monitored layer."""
         if self._model_id != id(model):
             self.prepare(model)
         res = self.inputs_
+        n_all = int(res.tokens.shape[0])
+        idx = torch.arange(n_all) if prompts is None else prompts.to(torch.long)
+        rows = []
         with torch.no_grad():
-            chunks = [
-                torch.stack(self.reader_.read(res.tokens[sl], res.weights[sl], res.sites, mask=res.mask[sl]), dim=1)
-                .double()
-                .sum(0)
-                .cpu()
-                for sl in (
-                    slice(i, i + self.batch_size)
-                    for i in range(0, res.tokens.shape[0], self.batch_size)
-                )
-            ]
-        mu = torch.stack(chunks).sum(0) / res.tokens.shape[0]
-        drift = mu - res.ref_mean
+            for i in range(0, len(idx), self.batch_size):
+                sl = idx[i:i + self.batch_size]
+                width = int(res.mask[sl].sum(1).max())  # right padding: trailing columns are padding
+                acts = self.reader_.read(res.tokens[sl, :width], res.weights[sl, :width], res.sites,
+                                         mask=res.mask[sl, :width])
+                rows.append(torch.stack(acts, dim=1).double().cpu())
+        h = torch.cat(rows)  # [subset, layer, d]
         v = res.vectors.cpu().double()
+        paired = res.ref_prompt is not None and len(idx) < n_all
+        diffs = h - res.ref_prompt[idx].double() if paired else h - res.ref_mean  # type: ignore[index]
+        drift = diffs.mean(0)
         proj = (drift * v).sum(-1)
         norm = drift.norm(dim=-1)
         cos = torch.where(norm > 0, proj / norm.clamp_min(1e-300), torch.zeros_like(proj))
-        return pd.DataFrame(
-            {"layer": res.layers, "cos": cos.tolist(), "proj": proj.tolist(), "norm": norm.tolist()}
-        )
+        k = len(idx)
+        fpc = max(1.0 - k / n_all, 0.0)
+        spread = (diffs * v).sum(-1).std(0) if k > 1 else torch.zeros_like(proj)
+        se = spread * (fpc / k) ** 0.5
+        return pd.DataFrame({"layer": res.layers, "cos": cos.tolist(), "proj": proj.tolist(), "norm": norm.tolist(),
+                             "n_probes": k, "proj_se": se.tolist()})
 
     def step(self, model: Any, step: int) -> pd.DataFrame | None:
         """In a plain loop: call after each optimizer step; checks when ``step % every == 0``.
@@ -190,7 +234,9 @@ class ReversionMonitor(ProbeInputs):
         """
         if step % self.every != 0:
             return None
-        table = self.measure(model)
+        if self._model_id != id(model):
+            self.prepare(model)
+        table = self.measure(model, self.next_subset() if self.subset_size_ < len(self._order) else None)
         if self.behaviour_metrics:
             self._metric_rows += [{"step": int(step), "metric": k, "value": v}
                                   for k, v in self.measure_metrics(model).items()]
@@ -215,9 +261,9 @@ class ReversionMonitor(ProbeInputs):
 
     @property
     def history_(self) -> pd.DataFrame:
-        """Every check so far: ``step, layer, cos, proj, norm, null_p99``."""
+        """Every check so far: ``step, layer, cos, proj, norm, null_p99, n_probes, proj_se``."""
         return pd.DataFrame(
-            self._rows, columns=["step", "layer", "cos", "proj", "norm", "null_p99"]
+            self._rows, columns=["step", "layer", "cos", "proj", "norm", "null_p99", "n_probes", "proj_se"]
         )
 
     @property
@@ -244,6 +290,7 @@ class ReversionMonitor(ProbeInputs):
         self._rows, self._metric_rows, self.alerts_, self.should_stop_ = [], [], [], False
         if hasattr(self, "_streak"):
             self._streak = {k: 0 for k in self._streak}
+            self._checks = 0
 
     def as_trainer_callback(self) -> Any:
         """A ``transformers.TrainerCallback`` that checks on ``on_step_end`` (``state.global_step``)."""

@@ -1,5 +1,6 @@
 """``AblationConfig``: the settings of :func:`~revlens.causal.ablation_study`, validated up front."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import no_type_check
 
@@ -29,7 +30,7 @@ __all__ = ["AblationConfig"]
 
 
 def _steps(value: object) -> str | tuple[int, ...]:
-    if value is None or value in ("all", "last"):
+    if value is None or value in ("all", "last", "auto"):
         return "all" if value is None else str(value)
     spec = as_layers(value, "steps")
     if spec == "all":
@@ -40,6 +41,21 @@ def _steps(value: object) -> str | tuple[int, ...]:
     return spec
 
 
+def _parse_steps(flag: str, raw: Sequence[str]) -> str | tuple[int, ...]:
+    if list(raw) == ["auto"]:
+        return "auto"
+    return parse_steps(flag, raw)
+
+
+def _parse_layers(flag: str, raw: Sequence[str]) -> str | tuple[int, ...]:
+    if list(raw) in (["auto"], ["all"]):
+        return raw[0]
+    try:
+        return tuple(int(v) for v in raw)
+    except ValueError:
+        raise ConfigError(f"{flag} takes integers, 'auto' or 'all', got {' '.join(raw)}") from None
+
+
 @no_type_check  # validates its own fields (typed errors), also under the test type-checker
 @dataclass
 class AblationConfig(Config):
@@ -47,14 +63,26 @@ class AblationConfig(Config):
 
     Every field is a plain value (the direction *objects*, position masks, the metric and a model
     are passed to :func:`~revlens.causal.ablation_study` beside the config).
+
+    The defaults answer the question in about a minute on the lab instead of sweeping everything
+    (:mod:`revlens.causal.plan`): ``steps="auto"`` (``auto_steps`` log-spaced steps per run, the
+    last included), ``layers="auto"`` (the ``auto_layers`` layers that moved furthest along v_rev
+    by the last step), v_rev with 16 + 16 controls, clamp. ``steps="all", layers="all",
+    kinds=("clamp", "patch")`` is the full sweep of revlens 0.1.
     """
 
     directions: str = option("mean_diff", "direction method", choices=DIRECTION_METHODS)
-    layers: str | tuple[int, ...] = option("all", "layer indices (0 = embeddings) or 'all'", metavar="L")
-    steps: str | tuple[int, ...] = option("all", "fine-tuning steps per run: integers, 'last' or 'all'",
-                                          parse=parse_steps, nargs="+", metavar="STEP")
+    layers: str | tuple[int, ...] = option(
+        "auto", "layer indices (0 = embeddings), 'all', or 'auto': the --auto-layers layers that moved furthest "
+        "along v_rev by the last step", parse=_parse_layers, nargs="+", metavar="L")
+    steps: str | tuple[int, ...] = option(
+        "auto", "fine-tuning steps per run: integers, 'last', 'all' (the full sweep), or 'auto': --auto-steps "
+        "log-spaced steps incl. the first and the last", parse=_parse_steps, nargs="+", metavar="STEP")
+    auto_layers: int = option(2, "how many layers --layers auto studies")
+    auto_steps: int = option(3, "how many log-spaced steps per run --steps auto studies (first and last included)")
     runs: tuple[str, ...] = option((), "runs to intervene on (default: every ordinary run)", metavar="RUN")
-    kinds: tuple[str, ...] = option(("clamp", "patch"), "interventions", choices=INTERVENTION_KINDS, metavar="KIND")
+    kinds: tuple[str, ...] = option(("clamp",), "interventions (patch: per-prompt sources from the aligned model; "
+                                    "steer needs --alphas)", choices=INTERVENTION_KINDS, metavar="KIND")
     controls: int = option(16, "random control directions per layer and control kind")
     control_kinds: tuple[str, ...] = option(("iso", "cov"), "control direction kinds", choices=CONTROL_KINDS,
                                             metavar="KIND")
@@ -72,8 +100,10 @@ class AblationConfig(Config):
         """Check every field (typed errors naming the field) before any forward pass."""
         if not isinstance(self.directions, str):
             raise ConfigError(f"AblationConfig.directions records a method name; got {self.directions!r}")
-        self.layers = as_layers(self.layers)
+        self.layers = "auto" if isinstance(self.layers, str) and self.layers == "auto" else as_layers(self.layers)
         self.steps = _steps(self.steps)
+        self.auto_layers = as_int("auto_layers", self.auto_layers, min=1)
+        self.auto_steps = as_int("auto_steps", self.auto_steps, min=1)
         self.runs = as_str_tuple("runs", self.runs)
         self.kinds = tuple(check_modes("kinds", self.kinds, INTERVENTION_KINDS))
         self.control_kinds = tuple(check_modes("control_kinds", self.control_kinds, CONTROL_KINDS))

@@ -14,6 +14,7 @@ every layer along every direction), then the tidy table.
 
 import logging
 import math
+import sys
 from typing import Any, no_type_check
 
 import pandas as pd
@@ -32,16 +33,23 @@ from revlens.causal.inputs import (
     reference_stats,
     select_checkpoints,
 )
+from revlens.causal.plan import AblationPlan, auto_layers, auto_steps, drift_scores
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
 from revlens.causal.sequential import run_sequential
-from revlens.collect import HistoryStats, resolve_probes, without_degenerate
+from revlens.collect import (
+    HistoryStats,
+    collect,
+    collect_checkpoint,
+    resolve_probes,
+    without_degenerate,
+)
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.errors import ConfigError, HistoryError, MetricError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
 from revlens.model import LensModel
 from revlens.probes import ProbeBatch
-from revlens.sites import access
+from revlens.sites import Site, access
 
 __all__ = ["ablation_study"]
 
@@ -69,6 +77,13 @@ def default_metric(hist: History) -> Any:
     return metric_from_spec(specs[name], label=name)
 
 
+def _keep_for(spec: Any) -> str:
+    """Per-prompt references are needed to fit ``spec`` (not for mean_diff or given directions)."""
+    if isinstance(spec, (Directions, Tensor)) or (isinstance(spec, str) and spec == "mean_diff"):
+        return "none"
+    return "reference"
+
+
 class _Study:
     """The prepared inputs of one study (validated before any intervention)."""
 
@@ -76,30 +91,17 @@ class _Study:
                  directions: Any, stats: HistoryStats | None, positions: Any) -> None:
         self.cfg, self.hist, self.lm = cfg, hist, lm
         self.acc = access(lm)
-        self.sites = self.acc.sites(cfg.layers, cfg.site)
-        self.layers = [s.layer for s in self.sites]
-        self.site_map = {s.layer: s for s in self.sites}
         pr = resolve_probes(hist, probes)
         self.tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
         check_positions(positions, len(self.tokenized))
         self.metric = prepare_metric(metric, lm)
-        wants_runs = any(k != "steer" for k in cfg.kinds)
-        steps = None if cfg.steps == "all" else cfg.steps
-        self.checkpoints = select_checkpoints(hist, list(cfg.runs) or None, steps) if wants_runs else []
-        if wants_runs and not self.checkpoints:
-            raise HistoryError("no fine-tuning checkpoint selected for clamp / patch (runs=..., steps=...)")
-        if stats is None:
-            stats = reference_stats(hist, pr, lm, self.layers, cfg.batch_size, cfg.site)
-        for layer in self.layers:
-            stats.layer_pos(layer)
-        stats, self.degenerate = without_degenerate(stats, what="ablation_study", layers=self.layers, stacklevel=4)
-        if self.degenerate:  # constant over the probes: no covariance, no cov controls; left out
-            self.sites = [s for s in self.sites if s.layer not in self.degenerate]
-            self.layers = [s.layer for s in self.sites]
-            self.site_map = {s.layer: s for s in self.sites}
-        self.stats = stats
+        self.choices: dict[str, str] = {}
+        self.checkpoints = self._select_checkpoints()
         spec = directions if directions is not None else cfg.directions
-        self.v_rev: Directions = resolve_directions(spec, stats, layers=self.layers, d_model=lm.d_model)
+        self.sites, stats, self.v_rev = self._select_layers(pr, stats, spec)
+        self.layers = [s.layer for s in self.sites]
+        self.site_map = {s.layer: s for s in self.sites}
+        self.stats = stats
         self.mu = {layer: stats.mean(stats.aligned_name)[stats.layer_pos(layer)].float() for layer in self.layers}
         self.names = ["v_rev"] + [f"random_{ck}_{i}" for ck in cfg.control_kinds for i in range(cfg.controls)]
         self.ctypes = ["v_rev"] + [ck for ck in cfg.control_kinds for _ in range(cfg.controls)]
@@ -107,6 +109,87 @@ class _Study:
         self.batches = list(self.tokenized.batches(cfg.batch_size))
         self.masks = [position_mask(positions, b) for b in self.batches]
         self.rows: list[dict[str, Any]] = []
+        self.plan_: AblationPlan | None = None
+
+    def _select_checkpoints(self) -> list[Checkpoint]:
+        cfg, hist = self.cfg, self.hist
+        if not any(k != "steer" for k in cfg.kinds):
+            return []
+        runs = list(cfg.runs) or None
+        if cfg.steps == "auto":
+            chosen = auto_steps(hist, runs, cfg.auto_steps)
+            self.choices["steps"] = (f"auto: {cfg.auto_steps} log-spaced per run incl. the last "
+                                     f"({', '.join(f'{r} {s}' for r, s in chosen.items())}); --steps all for every step")
+            out = [c for r, steps in chosen.items() for c in select_checkpoints(hist, [r], steps)]
+        else:
+            out = select_checkpoints(hist, runs, None if cfg.steps == "all" else cfg.steps)
+        if not out:
+            raise HistoryError("no fine-tuning checkpoint selected for clamp / patch (runs=..., steps=...)")
+        return out
+
+    def _select_layers(self, probes: Any, stats: HistoryStats | None, spec: Any
+                       ) -> tuple[list[Site], HistoryStats, Directions]:
+        """The studied sites, the reference statistics there and v_rev (``layers="auto"``: the
+        layers whose last-step drift is most aligned with v_rev)."""
+        cfg, lm = self.cfg, self.lm
+        if cfg.layers != "auto":
+            sites = self.acc.sites(cfg.layers, cfg.site)
+        elif stats is not None or isinstance(spec, Directions):
+            given = spec.layers if isinstance(spec, Directions) else stats.layers  # type: ignore[union-attr]
+            sites = self.acc.sites([x for x in given if stats is None or x in stats.layers], cfg.site)
+        else:
+            sites = self.acc.sites("all", cfg.site)
+            if len(sites) > cfg.auto_layers:
+                means = collect(self.hist.restricted(), probes, model=lm, layers=[s.layer for s in sites],
+                                site=cfg.site, n_bootstrap=0, moments="none", keep=_keep_for(spec),
+                                batch_size=cfg.batch_size, progress=False)
+                sites = [s for s in sites if s.layer in self._auto_layers(means, sites, spec)]
+        layers = [s.layer for s in sites]
+        if stats is None:
+            stats = reference_stats(self.hist, probes, lm, layers, cfg.batch_size, cfg.site)
+        for layer in layers:
+            stats.layer_pos(layer)
+        stats, self.degenerate = without_degenerate(stats, what="ablation_study", layers=layers, stacklevel=5)
+        if self.degenerate:  # constant over the probes: no covariance, no cov controls; left out
+            sites = [s for s in sites if s.layer not in self.degenerate]
+            layers = [s.layer for s in sites]
+        v_rev = resolve_directions(spec, stats, layers=layers, d_model=lm.d_model)
+        if cfg.layers == "auto" and len(layers) > cfg.auto_layers:  # statistics given: choose among theirs
+            chosen = self._auto_layers(stats, sites, v_rev)
+            sites = [s for s in sites if s.layer in chosen]
+            v_rev = v_rev.select(chosen)
+        return sites, stats, v_rev
+
+    def _auto_layers(self, stats: HistoryStats, sites: list[Site], spec: Any) -> list[int]:
+        layers = [s.layer for s in sites]
+        v = resolve_directions(spec, stats, layers=layers, d_model=self.lm.d_model)
+        last: dict[str, Checkpoint] = {}
+        for ck in self.checkpoints:
+            if ck.run not in last or int(ck.step) > int(last[ck.run].step):  # type: ignore[arg-type]
+                last[str(ck.run)] = ck
+        if not last:
+            return layers[: self.cfg.auto_layers]
+        means = [collect_checkpoint(self.lm, ck, self.tokenized, sites, n_bootstrap=0).mean for ck in last.values()]
+        start = stats.mean(stats.aligned_name)[[stats.layer_pos(x) for x in layers]]
+        scores = drift_scores(means, start, v.vectors, layers)
+        chosen = auto_layers(scores, self.cfg.auto_layers)
+        self.choices["layers"] = (f"auto: the {self.cfg.auto_layers} of {len(layers)} layers that moved furthest along "
+                                  f"v_rev by the last step (mean drift·v_rev: "
+                                  + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items())
+                                  + "); --layers all for every layer")
+        return chosen
+
+    def plan(self) -> AblationPlan:
+        """The forward passes this study will run, priced by one timed forward."""
+        cfg = self.cfg
+        full = len(select_checkpoints(self.hist, list(cfg.runs) or None, None)) if self.checkpoints else 0
+        out = AblationPlan(self.checkpoints, self.layers, self.acc.n_layers, tuple(cfg.kinds), len(self.names),
+                           [len(b) for b in self.batches], cfg.max_rows, n_alphas=len(cfg.alphas),
+                           choices=dict(self.choices), full_checkpoints=full, full_layers=len(self.acc.sites("all")))
+        if self.batches:
+            out.time_forward(self.acc, self.batches[0].tokens)
+        self.plan_ = out
+        return out
 
     def _directions(self, layer: int) -> Tensor:
         """v_rev then the controls at ``layer`` (one generator per layer: a layer's controls do not
@@ -176,6 +259,13 @@ class _Study:
         n = len(self.tokenized)
         return clean_sum / n, {key: v / n for key, v in sums.items()}
 
+    def emit_steer(self, steer: dict[int, Tensor], m_aligned: float) -> None:
+        """The steering rows of every layer and alpha (on the aligned model)."""
+        for layer in self.layers:
+            per = steer[layer].view(len(self.cfg.alphas), len(self.names)) / len(self.tokenized)
+            for ai, alpha in enumerate(self.cfg.alphas):
+                self.emit("aligned", 0, layer, "steer", per[ai], m_aligned, m_aligned, alpha)
+
     def emit(self, run: str, step: int, layer: int, kind: str, values: Tensor, clean: float, m_aligned: float,
              alpha: float) -> None:
         gap = clean - m_aligned
@@ -195,6 +285,7 @@ class _Study:
             "run": "str", "step": "int64", "layer": "int64", "kind": "str", "direction": "str",
             "control_type": "str", "alpha": "float64", "n_prompts": "int64"})
         config = {**self.cfg.to_dict(), "metric": metric_name(self.metric), "direction_method": self.v_rev.method,
+                  "choices": dict(self.choices), "plan": self.plan_.to_dict() if self.plan_ is not None else None,
                   "runs": sorted({str(c.run) for c in self.checkpoints}),
                   "steps": sorted({int(c.step) for c in self.checkpoints}), "layers": self.layers,
                   "control_names": self.names, "n_prompts": len(self.tokenized),
@@ -251,7 +342,12 @@ def ablation_study(
         positions: ``"all"`` (default), ``"last"`` or a bool mask ``[n_prompts, pos]``.
         device, dtype: where and in what precision the model runs (default: the given model's,
             else float32 on the CPU); recorded in the report config.
-        progress: show a tqdm bar.
+        progress: print the plan (checkpoints, layers, planned forwards, ETA) to stderr before
+            starting, and show a tqdm bar.
+
+    Defaults (``steps="auto"``, ``layers="auto"``) study a documented subset that answers the
+    question — log-spaced steps with the last, the layers where drift is most aligned with v_rev
+    (:mod:`revlens.causal.plan`); ``steps="all", layers="all"`` is the full sweep.
 
     Memory: the aligned activations at every selected layer are cached for all probes
     (``n_prompts × layers × pos × d`` floats) so patching needs one aligned pass.
@@ -267,6 +363,7 @@ def ablation_study(
     metric = metric if metric is not None else default_metric(hist)
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     study = _Study(cfg, hist, probes, metric, lm, directions, stats, positions)
+    _announce(study.plan(), progress)
     bar = tqdm(total=len(study.checkpoints) + 1, desc="ablation", unit="ckpt", disable=not progress)
     try:
         bar.set_postfix_str(hist.aligned.name)
@@ -280,8 +377,13 @@ def ablation_study(
             bar.update(1)
     finally:
         bar.close()
-    for layer in study.layers:
-        per = steer[layer].view(len(cfg.alphas), len(study.names)) / len(study.tokenized)
-        for ai, alpha in enumerate(cfg.alphas):
-            study.emit("aligned", 0, layer, "steer", per[ai], m_aligned, m_aligned, alpha)
+    study.emit_steer(steer, m_aligned)
     return study.report()
+
+
+def _announce(plan: AblationPlan, progress: bool) -> None:
+    """The plan (checkpoints, layers, planned forwards, ETA) before any intervention."""
+    if progress:
+        tqdm.write(plan.describe(), file=sys.stderr)
+    else:
+        log.info("%s", plan.describe())

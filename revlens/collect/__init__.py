@@ -3,7 +3,6 @@
 from revlens.collect.collector import (
     collect,
     collect_checkpoint,
-    collect_positions,
     history_template,
     resolve_probes,
 )
@@ -13,17 +12,25 @@ from revlens.collect.degenerate import (
     select_layers,
     without_degenerate,
 )
+from revlens.collect.executors import dask_executor, process_pool, ray_executor
+from revlens.collect.positions import collect_positions
 from revlens.collect.stats import CheckpointStats, HistoryStats
+from revlens.collect.store import MemoryBudget, ReferenceStore
 
 __all__ = [
     "CheckpointStats",
     "DegenerateLayerWarning",
     "HistoryStats",
+    "MemoryBudget",
+    "ReferenceStore",
     "collect",
     "collect_checkpoint",
     "collect_positions",
+    "dask_executor",
     "degenerate_layers",
     "history_template",
+    "process_pool",
+    "ray_executor",
     "resolve_probes",
     "select_layers",
     "without_degenerate",

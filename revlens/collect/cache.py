@@ -14,26 +14,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from revlens._io import atomic_file, write_text
 from revlens._version import __version__
-from revlens.collect.stats import CheckpointStats
+from revlens.collect.checkpoint import CheckpointStats
 from revlens.errors import CacheError, RevlensError
 
 __all__ = ["StatsCache"]
 
 log = logging.getLogger(__name__)
 _MARKER = "revlens-cache.json"
-
-
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for key in sorted(tensors):
-        t = tensors[key].contiguous()
-        h.update(key.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class StatsCache:
@@ -89,34 +78,26 @@ class StatsCache:
         return self.directory / f"stats-{key}.safetensors"
 
     def get(self, key: str, name: str) -> CheckpointStats | None:
-        """Cached statistics for ``key`` (renamed to checkpoint ``name``), or ``None``."""
+        """Cached statistics for ``key`` (renamed to checkpoint ``name``), or ``None``. The
+        checksum covers every byte (per-prompt references too); those stay in the file."""
         p = self.path(key)
         if not p.is_file():
             return None
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-            if meta.get("checksum") != _checksum(tensors) or meta.get("key") != key:
-                raise ValueError("checksum mismatch")
-            layers = json.loads(meta["layers"])
+            stats, meta = CheckpointStats.read(p, name)
+            if meta.get("key") != key:
+                raise ValueError("key mismatch")
         except Exception as exc:  # any unreadable file is treated as absent and recomputed
             warnings.warn(f"corrupt statistics cache file {p.name} ({exc}); recomputing", stacklevel=2)
             p.unlink(missing_ok=True)
             return None
-        return CheckpointStats.from_tensors(name, layers, tensors)
+        return stats
 
     def put(self, key: str, stats: CheckpointStats) -> None:
-        """Store atomically."""
-        from safetensors.torch import save_file
-
-        tensors = stats.tensors()
-        meta = {"key": key, "checksum": _checksum(tensors), "layers": json.dumps(stats.layers),
-                "name": stats.name, "revlens_version": __version__}
+        """Store atomically (a temporary file renamed into place)."""
         with atomic_file(self.path(key)) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            stats.write(tmp, {"key": key, "name": stats.name, "revlens_version": __version__})
+
 
 def _alive(pid: int) -> bool:
     try:

@@ -2,12 +2,19 @@
 
 One forward per checkpoint per batch, hooks only at the requested sites (removed in
 ``finally``), each activation reduced to per-prompt vectors by the position rule inside the hook
-and folded into running sums: memory does not grow with the number of prompts (except the
-optional per-prompt activations of the reference checkpoints). The forward stops right after the
-last requested site, so the unembedding is never computed.
+and folded into running sums on the activations' device. The forward stops right after the last
+requested site, so the unembedding is never computed.
+
+Per-prompt references of the reference checkpoints (``keep="reference"``: base and aligned) are
+kept in the model's dtype at ``keep_layers`` in a :class:`~revlens.collect.store.ReferenceStore`:
+in memory while ``memory_budget`` allows, else in an unlinked file in ``spill_dir``, read back a
+layer at a time — memory does not grow with the number of prompts. Before the work starts, one
+line says what will be computed (checkpoints, forward passes, references); the progress bar then
+shows the ETA.
 """
 
 import logging
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -16,9 +23,11 @@ from typing import Any, no_type_check
 import torch
 from tqdm.auto import tqdm
 
-from revlens._config import as_int
+from revlens._config import as_int, as_layers
 from revlens.collect.cache import StatsCache
-from revlens.collect.stats import STATS_FORMAT, CheckpointStats, HistoryStats
+from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable
+from revlens.collect.stats import HistoryStats
+from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget, store_dtype
 from revlens.errors import ConfigError, ProbeError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.model import LensModel
@@ -27,7 +36,7 @@ from revlens.probes import PositionRule, Probes, TokenizedProbes
 from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.sites import LayerSpec, Site, access
 
-__all__ = ["collect", "collect_checkpoint", "collect_positions", "history_template", "resolve_probes"]
+__all__ = ["collect", "collect_checkpoint", "history_template", "resolve_probes"]
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +84,30 @@ def history_template(history: History) -> ChatTemplate | None:
 def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: TokenizedProbes,
                        sites: Sequence[Site], *, n_bootstrap: int = 100, bootstrap_seed: int = 0,
                        batch_size: int = 32, second: bool = False, keep: bool = False,
-                       name: str | None = None) -> Any:
+                       name: str | None = None, keep_layers: Sequence[int] | None = None,
+                       memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: Any = None,
+                       poisson: PoissonTable | None = None) -> Any:
     """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``.
 
+    With ``keep``, per-prompt references are kept at ``keep_layers`` (default: every site) in
+    the model's dtype, in memory within ``memory_budget`` bytes (a :class:`MemoryBudget` shared
+    by several calls, an int, or ``None``: unlimited), else in a file in ``spill_dir``.
     Several positions (``tokenized.multi``, e.g. ``("post_instruction", k)``): one
-    :class:`CheckpointStats` per position (a dict label -> stats), all read in the same forward."""
+    :class:`CheckpointStats` per position (a dict label -> stats), all read in the same forward.
+    """
     if checkpoint is not None:
         lm.load(checkpoint)
     label = name or (checkpoint.name if checkpoint is not None else lm.loaded or "model")
     multi = tokenized.multi
     stacked = tokenized.stacked() if multi else None
     out = {pos: CheckpointStats(label, [s.layer for s in sites]) for pos in tokenized.positions}
+    if keep:
+        budget = memory_budget if isinstance(memory_budget, MemoryBudget) or memory_budget is None \
+            else MemoryBudget(memory_budget)
+        for st in out.values():
+            st.start_refs(len(tokenized), lm.d_model, lm.dtype, layers=keep_layers, budget=budget,
+                          spill_dir=spill_dir)
+    table = poisson if poisson is not None else PoissonTable(n_bootstrap, bootstrap_seed)
     acc = access(lm)
     with torch.no_grad():
         for batch in tokenized.batches(batch_size):
@@ -93,7 +115,7 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
             x = torch.stack(acc.read(batch.tokens, weights, sites, check_finite=label), dim=1)
             for j, st in enumerate(out.values()):
                 st.update(x if stacked is None else x[:, :, j], batch.indices, n_bootstrap=n_bootstrap,
-                          seed=bootstrap_seed, second=second, keep=keep)
+                          seed=bootstrap_seed, second=second, keep=keep, weights=table)
     done = {pos: st.finalize() for pos, st in out.items()}
     return done if multi else next(iter(done.values()))
 
@@ -114,7 +136,7 @@ def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized
 
 
 def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, batch_size: Any,
-                site: Any, cache_dir: Any) -> None:
+                site: Any, cache_dir: Any, memory_budget: Any, keep_layers: Any) -> None:
     check_mode("moments", moments, WHICH)
     check_mode("keep", keep, WHICH)
     check_mode("site", site, SITE_KINDS)
@@ -123,6 +145,23 @@ def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, 
     as_int("batch_size", batch_size, min=1)
     if cache_dir is not None:
         StatsCache.check_dir(cache_dir)
+    if memory_budget is not None:
+        as_int("memory_budget", memory_budget, min=0)
+    if keep_layers is not None:
+        as_layers(keep_layers, "keep_layers")
+
+
+def _keep_layers(keep_layers: Any, sites: list[Site]) -> list[int] | None:
+    if keep_layers is None:
+        return None
+    wanted = as_layers(keep_layers, "keep_layers")
+    if wanted == "all":
+        return None
+    collected = [s.layer for s in sites]
+    missing = [layer for layer in wanted if layer not in collected]
+    if missing:
+        raise ConfigError(f"keep_layers {missing} are not among the collected layers {collected}")
+    return [layer for layer in collected if layer in wanted]
 
 
 class _Plan:
@@ -130,22 +169,36 @@ class _Plan:
 
     def __init__(self, hist: History, lm: LensModel, sites: list[Site], tokenized: TokenizedProbes,
                  cache: StatsCache | None, *, moments: Which, keep: Which, n_bootstrap: int,
-                 bootstrap_seed: int, dtype: torch.dtype) -> None:
+                 bootstrap_seed: int, keep_layers: list[int] | None) -> None:
         self.refs = {c.name for c in hist.base} | {hist.aligned.name} | {r.start for r in hist.runs.values()}
         self.keep_refs = {c.name for c in hist.base} | {hist.aligned.name}
         self.moments, self.keep = moments, keep
         self.cfg = {"layers": [s.layer for s in sites], "site": sites[0].kind, "n_bootstrap": n_bootstrap,
-                    "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(), "dtype": str(dtype),
+                    "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(), "dtype": str(lm.dtype),
                     "architecture": lm.config_fingerprint, "stats_format": STATS_FORMAT}
+        self.keep_layers = keep_layers
         self.results: dict[str, CheckpointStats] = {}
         self.todo: list[tuple[Checkpoint, str | None]] = []
         for ck in hist:
-            key = StatsCache.key(weights=ck.model_fingerprint(), **self.cfg, **self.want(ck)) if cache else None
+            want = self.want(ck)
+            extra = {"keep_layers": keep_layers} if want["keep"] and keep_layers is not None else {}
+            key = StatsCache.key(weights=ck.model_fingerprint(), **self.cfg, **want, **extra) if cache else None
             hit = cache.get(key, ck.name) if cache is not None and key is not None else None
             if hit is not None:
                 self.results[ck.name] = hit
             else:
                 self.todo.append((ck, key))
+
+    def describe(self, n_total: int, sites: list[Site], tokenized: TokenizedProbes, batch_size: int, d: int,
+                 dtype: torch.dtype) -> str:
+        """One line: what will be computed (the bar then shows the ETA)."""
+        n, batches = len(tokenized), -(-len(tokenized) // batch_size)
+        keep = [ck for ck, _ in self.todo if self.want(ck)["keep"]]
+        n_ref = len(self.keep_layers) if self.keep_layers is not None else len(sites)
+        ref_mb = len(keep) * n * n_ref * d * torch.empty((), dtype=store_dtype(dtype)).element_size() / 2**20
+        return (f"collect: {len(self.todo)} of {n_total} checkpoints to compute ({n_total - len(self.todo)} cached) "
+                f"× {len(sites)} sites × {n} prompts: {len(self.todo) * batches} forward passes of <= {batch_size} "
+                f"prompts" + (f"; per-prompt references of {len(keep)} checkpoints ({ref_mb:.1f} MB)" if keep else ""))
 
     def want(self, ck: Checkpoint) -> dict[str, bool]:
         return {"second": self.moments == "all" or (self.moments == "reference" and ck.name in self.refs),
@@ -171,6 +224,9 @@ def collect(
     dtype: torch.dtype | None = None,
     executor: Executor | None = None,
     progress: bool = True,
+    keep_layers: Sequence[int] | None = None,
+    memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
+    spill_dir: Any = None,
 ) -> HistoryStats:
     """Residual-stream statistics at every requested layer of every checkpoint.
 
@@ -185,28 +241,28 @@ def collect(
         site: a site kind (:data:`revlens.modes.SITE_KINDS`; default ``"resid_post"``).
         position: override the probes' position rule (``"last"``, ``"mean"`` or a mask).
         batch_size: prompts per forward.
-        cache_dir: where per-checkpoint statistics are cached by content (resumable); the key
-            holds the weights, the architecture config, the probes, the sites, every setting and
-            the statistics format version.
+        cache_dir: where per-checkpoint statistics are cached by content (resumable; the key holds
+            the weights, architecture, probes, sites, every setting and the statistics format).
         moments: which checkpoints get second moments: the references (base, aligned, run
             starts), all, or none.
-        keep: which checkpoints keep per-prompt activations (``"reference"``: base + aligned).
-        n_bootstrap: Poisson-bootstrap replicates (0 disables confidence intervals).
-        bootstrap_seed: seed of the bootstrap weights.
+        keep: which checkpoints keep per-prompt references (``"reference"``: base + aligned),
+            for the paired-PCA / probe directions and Ledoit–Wolf whitening (module docstring).
+        keep_layers, memory_budget, spill_dir: the references' layers (default: all collected),
+            bytes held in memory in all (default 16 MiB, ``None``: unlimited) and where the rest
+            goes (default: ``cache_dir``, else ``TMPDIR``).
+        n_bootstrap, bootstrap_seed: Poisson-bootstrap replicates (0: no intervals) and their seed.
         device, dtype: where and in what precision the model runs (default: the given model's, else
             float32 on the CPU); statistics are float64, and the dtype is part of the cache key.
-        executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots
-            the architecture once and ships back statistics only). For a local
-            ``ProcessPoolExecutor`` use ``mp_context=multiprocessing.get_context("spawn")``.
+        executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots once
+            and ships back statistics only; :mod:`revlens.collect.executors`).
         progress: show a tqdm bar over checkpoints.
 
     Returns:
         :class:`HistoryStats`.
 
-    Example:
-        >>> stats = collect(History.load("out/lab"), layers=[1, 2])   # doctest: +SKIP
+    Example: ``collect(History.load("out/lab"), layers=[1, 2])``.
     """
-    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir)
+    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers)
     hist = History.load(history)
     pr = resolve_probes(hist, probes)
     if position is not None:
@@ -214,20 +270,19 @@ def collect(
     cache = StatsCache(cache_dir) if cache_dir is not None else None
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)
+    kept = _keep_layers(keep_layers, sites)
     tokenized = _single(pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx))
     plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
-                 bootstrap_seed=int(bootstrap_seed), dtype=lm.dtype)
-    common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
+                 bootstrap_seed=int(bootstrap_seed), keep_layers=kept)
+    common = _common(n_bootstrap, bootstrap_seed, batch_size, kept, spill_dir if spill_dir is not None else cache_dir)
+    _announce(plan.todo and plan.describe(len(hist), sites, tokenized, int(batch_size), lm.d_model, lm.dtype), progress)
     bar = tqdm(total=len(hist), initial=len(hist) - len(plan.todo), desc="collect", unit="ckpt", disable=not progress)
     try:
         if executor is not None and plan.todo:
-            _fan_out(executor, hist, plan, tokenized, sites, common, cache, bar, device, lm.dtype)
+            _fan_out(executor, hist, plan, tokenized, sites, {**common, "memory_budget": memory_budget}, cache,
+                     bar, device, lm.dtype)
         else:
-            for ck, key in plan.todo:
-                bar.set_postfix_str(ck.name)
-                st = _one(lm, ck, tokenized, sites, {**common, **plan.want(ck)})
-                _store(plan.results, cache, ck, key, st)
-                bar.update(1)
+            _serial(lm, plan, tokenized, sites, common, memory_budget, cache, bar)
     finally:
         bar.close()
     return _history_stats(hist, lm, plan, sites, tokenized, common)
@@ -238,6 +293,35 @@ def _single(tokenized: TokenizedProbes) -> TokenizedProbes:
         raise ConfigError(f"position {tokenized.position!r} reads several positions: use collect_positions(...), "
                           "which returns one HistoryStats per position from the same forward passes")
     return tokenized
+
+
+def _common(n_bootstrap: Any, bootstrap_seed: Any, batch_size: Any, kept: list[int] | None, spill: Any
+            ) -> dict[str, Any]:
+    """The settings every checkpoint's collection shares."""
+    return {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size),
+            "keep_layers": kept, "spill_dir": None if spill is None else str(spill)}
+
+
+def _announce(line: Any, progress: bool) -> None:
+    if not line:
+        return
+    if progress:
+        tqdm.write(line, file=sys.stderr)
+    else:
+        log.info("%s", line)
+
+
+def _serial(lm: LensModel, plan: "_Plan", tokenized: TokenizedProbes, sites: list[Site], common: dict[str, Any],
+            memory_budget: int | None, cache: StatsCache | None, bar: Any) -> None:
+    """Every checkpoint to compute, one after the other on the booted model (one budget, one
+    table of Poisson weights for all)."""
+    shared = {"memory_budget": MemoryBudget(memory_budget),
+              "poisson": PoissonTable(common["n_bootstrap"], common["bootstrap_seed"])}
+    for ck, key in plan.todo:
+        bar.set_postfix_str(ck.name)
+        st = _one(lm, ck, tokenized, sites, {**common, **shared, **plan.want(ck)})
+        _store(plan.results, cache, ck, key, st)
+        bar.update(1)
 
 
 def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[Site],
@@ -253,12 +337,19 @@ def _one(lm: LensModel, ck: Checkpoint, tokenized: TokenizedProbes, sites: list[
 def _fan_out(executor: Executor, hist: History, plan: _Plan, tokenized: TokenizedProbes, sites: list[Site],
              common: dict[str, Any], cache: StatsCache | None, bar: Any, device: Any, dtype: torch.dtype) -> None:
     arch = str(hist.architecture_dir())
+    # a worker spills to its own temporary dir and ships its references back in memory; here they
+    # are held within the same budget as a serial collect
+    budget, spill = MemoryBudget(common["memory_budget"]), common["spill_dir"]
+    kwargs = {**common, "spill_dir": None}
     futures = [(ck, key, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
-                                         [s.layer for s in sites], sites[0].kind, {**common, **plan.want(ck)},
+                                         [s.layer for s in sites], sites[0].kind, {**kwargs, **plan.want(ck)},
                                          device, dtype))
                for ck, key in plan.todo]
     for ck, key, fut in futures:
-        _store(plan.results, cache, ck, key, fut.result())
+        st = fut.result()
+        if st.refs is not None:
+            st.refs = st.refs.within(budget, spill)
+        _store(plan.results, cache, ck, key, st)
         bar.update(1)
 
 
@@ -283,47 +374,3 @@ def _store(results: dict[str, CheckpointStats], cache: StatsCache | None, ck: Ch
     results[ck.name] = st
     if cache is not None and key is not None:
         cache.put(key, st)
-
-
-def collect_positions(history: History | Any, probes: Any = None, *, position: PositionRule = ("post_instruction", None),
-                      model: Any = None, layers: LayerSpec = "all", site: str = "resid_post", batch_size: int = 32,
-                      cache_dir: Any = None, moments: Which = "reference", keep: Which = "reference",
-                      n_bootstrap: int = 100, bootstrap_seed: int = 0, device: Any = None,
-                      dtype: torch.dtype | None = None, executor: Executor | None = None,
-                      progress: bool = True) -> dict[str, HistoryStats]:
-    """:func:`collect` at several positions at once: one :class:`HistoryStats` per position label
-    (``"-k" .. "-1"`` for ``("post_instruction", k)``), every position read in the **same**
-    forward pass per checkpoint and batch (DESIGN §4). Each position is cached under its own key.
-    The arguments are :func:`collect`'s.
-    """
-    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir)
-    hist = History.load(history)
-    pr = resolve_probes(hist, probes).with_position(position)
-    cache = StatsCache(cache_dir) if cache_dir is not None else None
-    lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
-    sites = access(lm).sites(layers, site)
-    tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
-    views = {label: tokenized.view(label) for label in tokenized.positions}
-    plans = {label: _Plan(hist, lm, sites, view, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
-                          bootstrap_seed=int(bootstrap_seed), dtype=lm.dtype) for label, view in views.items()}
-    common = {"n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(bootstrap_seed), "batch_size": int(batch_size)}
-    keys = {label: dict(plan.todo) for label, plan in plans.items()}
-    todo = [ck for ck in hist if any(ck in k for k in keys.values())]
-    first = next(iter(plans.values()))
-    bar = tqdm(total=len(hist), initial=len(hist) - len(todo), desc="collect", unit="ckpt", disable=not progress)
-    try:
-        if executor is not None and todo:
-            arch, tok = str(hist.architecture_dir()), hist.tokenizer()
-            jobs = [(ck, executor.submit(_worker_collect, arch, tok, ck, tokenized, [s.layer for s in sites],
-                                         sites[0].kind, {**common, **first.want(ck)}, device, lm.dtype)) for ck in todo]
-            results = ((ck, fut.result()) for ck, fut in jobs)
-        else:
-            results = ((ck, _one(lm, ck, tokenized, sites, {**common, **first.want(ck)})) for ck in todo)
-        for ck, per_position in results:
-            bar.set_postfix_str(ck.name)
-            for label, st in per_position.items():
-                _store(plans[label].results, cache, ck, keys[label].get(ck), st)
-            bar.update(1)
-    finally:
-        bar.close()
-    return {label: _history_stats(hist, lm, plans[label], sites, views[label], common) for label in plans}

@@ -26,8 +26,6 @@ __all__ = ["DegenerateLayerWarning", "degenerate_layers", "select_layers", "with
 # relative total variance tr(Σ)/‖μ‖² below which a layer counts as constant (identical fp32
 # activations give ~1e-16 after float64 accumulation; a relative spread of 3e-5 is 1e-9)
 _RTOL = 1e-9
-# axis of the layer dimension in each tensor of CheckpointStats.tensors() (None: no layer axis)
-_LAYER_AXIS = {"count": None, "total": 0, "boot_total": 1, "boot_count": None, "second": 0, "activations": 1}
 
 
 class DegenerateLayerWarning(UserWarning):
@@ -41,8 +39,9 @@ def _relative_variance(st: CheckpointStats) -> torch.Tensor | None:
     mu = st.mean
     if st.second is not None:
         total = torch.diagonal(st.covariance, dim1=-2, dim2=-1).sum(-1)
-    elif st.activations is not None:
-        total = st.activations.double().var(0).sum(-1)
+    elif st.refs is not None:  # one layer at a time (a layer without references cannot be judged: nan)
+        total = torch.tensor([float(r.double().var(0).sum()) if (r := st.reference_layer(layer)) is not None
+                              else float("nan") for layer in st.layers], dtype=torch.float64)
     else:
         return None
     return total.clamp_min(0.0) / (mu * mu).sum(-1).clamp_min(1e-300)
@@ -67,24 +66,12 @@ def degenerate_layers(stats: HistoryStats, layers: Sequence[int] | None = None) 
     return dict(sorted(out.items()))
 
 
-def _slice(key: str, value: torch.Tensor, idx: list[int], n_layers: int) -> torch.Tensor:
-    axis = _LAYER_AXIS.get(key, -1)
-    if axis == -1:  # a tensor this module does not know: find its layer axis, refuse to guess
-        axes = [a for a in (0, 1) if value.ndim > a and value.shape[a] == n_layers]
-        if len(axes) != 1:
-            raise ConfigError(f"cannot select layers of statistics tensor {key!r} {tuple(value.shape)}")
-        axis = axes[0]
-    return value if axis is None else value.index_select(axis, torch.tensor(idx)).contiguous()
-
-
 def select_layers(stats: HistoryStats, layers: Sequence[int]) -> HistoryStats:
     """The same statistics at a subset of the collected layers."""
     layers = [int(x) for x in layers]
-    idx = [stats.layer_pos(layer) for layer in layers]
-    cks = {}
-    for name, st in stats.checkpoints.items():
-        tensors = {k: _slice(k, v, idx, len(stats.layers)) for k, v in st.tensors().items()}
-        cks[name] = CheckpointStats.from_tensors(name, layers, tensors)
+    for layer in layers:
+        stats.layer_pos(layer)  # a layer not collected is named
+    cks = {name: st.select(layers) for name, st in stats.checkpoints.items()}
     return HistoryStats(layers=layers, site=stats.site, position=stats.position, d_model=stats.d_model,
                         checkpoints=cks, roles=stats.roles, run_starts=stats.run_starts, controls=stats.controls,
                         meta=stats.meta, kinds=stats.kinds)

@@ -1,23 +1,8 @@
-"""Per-checkpoint residual-stream statistics, reduced on the fly.
+"""Statistics of a whole history: one :class:`~revlens.collect.checkpoint.CheckpointStats` per
+checkpoint, the roles, and atomic save / load (see :mod:`revlens.collect.checkpoint` for what
+each checkpoint keeps)."""
 
-For each checkpoint and layer, :class:`CheckpointStats` keeps what every later stage needs
-without keeping per-prompt activations of the fine-tuning checkpoints:
-
-- ``count`` and ``mean`` (accumulated in float64);
-- ``boot_mean``: **Poisson-bootstrap** replicate means. Prompt ``i`` gets weight
-  ``w_ib ~ Poisson(1)`` in replicate ``b``, drawn from a generator seeded by ``(seed, i)``, so the
-  *same* prompt gets the *same* weight at every checkpoint and differences of replicate means are
-  paired bootstrap replicates of the drift;
-- ``second_moment`` (optional): the uncentred second moment, from which the covariance follows;
-- ``activations`` (optional, reference checkpoints only): per-prompt activations, needed by
-  the paired-PCA and probe directions.
-
-Statistics merge exactly (sums), so prompt shards or checkpoints computed on different
-workers combine into the result of one serial pass.
-"""
-
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,140 +10,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from revlens.errors import CacheError, ConfigError, HistoryError
+from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable, poisson_weights
+from revlens.errors import CacheError, ConfigError
 
-__all__ = ["STATS_FORMAT", "CheckpointStats", "HistoryStats", "poisson_weights"]
-
-STATS_FORMAT = "revlens-stats/2"
-"""Version of the statistics' meaning and layout (part of every cache key)."""
-
-
-def poisson_weights(indices: Tensor, n_bootstrap: int, seed: int) -> Float[Tensor, "batch boot"]:
-    """Poisson(1) bootstrap weights for prompt ``indices``, a pure function of (seed, index)."""
-    from revlens._seeds import derive
-
-    out = torch.empty(len(indices), n_bootstrap, dtype=torch.float64)
-    gen = torch.Generator()
-    for row, idx in enumerate(indices.tolist()):
-        gen.manual_seed(derive(seed, "poisson", int(idx)))
-        out[row] = torch.poisson(torch.ones(n_bootstrap, dtype=torch.float64), generator=gen)
-    return out
-
-
-@dataclass
-class CheckpointStats:
-    """Running sums for one checkpoint at ``n_layers`` sites (float64).
-
-    Attributes:
-        name: checkpoint name.
-        layers: revlens layer indices, in order of the first axis.
-        count: number of prompts.
-        total: sum of reduced activations ``[layer, d]``.
-        boot_total: Poisson-weighted sums ``[boot, layer, d]`` (or ``None``).
-        boot_count: Poisson weight totals ``[boot]``.
-        second: sum of outer products ``[layer, d, d]`` (or ``None``).
-        activations: per-prompt activations ``[prompt, layer, d]`` float32 (or ``None``).
-    """
-
-    name: str
-    layers: list[int]
-    count: int = 0
-    total: Tensor | None = None
-    boot_total: Tensor | None = None
-    boot_count: Tensor | None = None
-    second: Tensor | None = None
-    activations: Tensor | None = None
-    _chunks: list[tuple[Tensor, Tensor]] = field(default_factory=list, repr=False)
-
-    def update(self, x: Float[Tensor, "batch layer d"], indices: Tensor, *, n_bootstrap: int, seed: int,
-               second: bool, keep: bool) -> None:
-        """Fold a batch of reduced activations (any float dtype) into the sums."""
-        x64 = x.detach().to("cpu", torch.float64)
-        if self.total is None:
-            n_layer, d = x64.shape[1:]
-            self.total = torch.zeros(n_layer, d, dtype=torch.float64)
-            if n_bootstrap:
-                self.boot_total = torch.zeros(n_bootstrap, n_layer, d, dtype=torch.float64)
-                self.boot_count = torch.zeros(n_bootstrap, dtype=torch.float64)
-            if second:
-                self.second = torch.zeros(n_layer, d, d, dtype=torch.float64)
-        self.count += x64.shape[0]
-        self.total += x64.sum(0)
-        if self.boot_total is not None:
-            w = poisson_weights(indices, self.boot_total.shape[0], seed)
-            self.boot_total += torch.einsum("nb,nld->bld", w, x64)
-            self.boot_count += w.sum(0)
-        if self.second is not None:
-            self.second += torch.einsum("nli,nlj->lij", x64, x64)
-        if keep:
-            self._chunks.append((indices.clone(), x.detach().to("cpu", torch.float32)))
-
-    def finalize(self) -> "CheckpointStats":
-        """Assemble kept activations in prompt order."""
-        if self._chunks:
-            idx = torch.cat([c[0] for c in self._chunks])
-            acts = torch.cat([c[1] for c in self._chunks])
-            self.activations = acts[torch.argsort(idx)]
-            self._chunks = []
-        return self
-
-    # ------------------------------------------------------------------ derived
-    @property
-    def mean(self) -> Float[Tensor, "layer d"]:
-        """Mean activation per layer (float64)."""
-        if self.total is None or self.count == 0:
-            raise HistoryError(f"checkpoint {self.name}: no prompts were collected")
-        return self.total / self.count
-
-    @property
-    def boot_mean(self) -> Float[Tensor, "boot layer d"] | None:
-        """Bootstrap replicate means, or ``None`` if ``n_bootstrap=0``."""
-        if self.boot_total is None:
-            return None
-        return self.boot_total / self.boot_count.clamp_min(1.0)[:, None, None]
-
-    @property
-    def covariance(self) -> Float[Tensor, "layer d d"]:
-        """Unbiased covariance per layer (needs ``second`` moments)."""
-        if self.second is None:
-            raise ConfigError(f"checkpoint {self.name}: second moments were not collected (moments=...)")
-        mu = self.mean
-        n = self.count
-        return (self.second - n * torch.einsum("li,lj->lij", mu, mu)) / max(n - 1, 1)
-
-    def merge(self, other: "CheckpointStats") -> "CheckpointStats":
-        """Exact merge of two prompt shards of the same checkpoint."""
-        if other.layers != self.layers:
-            raise ConfigError(f"cannot merge stats over layers {self.layers} and {other.layers}")
-        out = CheckpointStats(self.name, list(self.layers), self.count + other.count)
-
-        def add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-            return None if a is None or b is None else a + b
-
-        out.total = add(self.total, other.total)
-        out.boot_total = add(self.boot_total, other.boot_total)
-        out.boot_count = add(self.boot_count, other.boot_count)
-        out.second = add(self.second, other.second)
-        if self.activations is not None and other.activations is not None:
-            out.activations = torch.cat([self.activations, other.activations])
-        return out
-
-    def tensors(self) -> dict[str, Tensor]:
-        """All tensors, for serialisation."""
-        out = {"count": torch.tensor([self.count], dtype=torch.int64)}
-        for key in ("total", "boot_total", "boot_count", "second", "activations"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value.contiguous()
-        return out
-
-    @classmethod
-    def from_tensors(cls, name: str, layers: list[int], tensors: Mapping[str, Tensor]) -> "CheckpointStats":
-        """Inverse of :meth:`tensors`."""
-        out = cls(name, list(layers), int(tensors["count"][0]))
-        for key in ("total", "boot_total", "boot_count", "second", "activations"):
-            setattr(out, key, tensors.get(key))
-        return out
+__all__ = ["STATS_FORMAT", "CheckpointStats", "HistoryStats", "PoissonTable", "poisson_weights"]
 
 
 class HistoryStats:
@@ -231,11 +86,84 @@ class HistoryStats:
         return torch.stack([self.mean(n) for n in self.base_names]).mean(0)
 
     def base_activations(self) -> Float[Tensor, "prompt layer d"]:
-        """Per-prompt activations averaged over base checkpoints (paired with aligned's)."""
+        """Per-prompt activations averaged over base checkpoints (paired with aligned's), in
+        memory; at scale read one layer at a time with :meth:`paired_references`."""
         acts = [self[n].activations for n in self.base_names]
         if any(a is None for a in acts):
-            raise ConfigError("per-prompt activations of the base checkpoints were not kept (keep=...)")
-        return torch.stack(acts).mean(0)  # type: ignore[arg-type]
+            raise ConfigError("per-prompt activations of the base checkpoints were not kept at every layer (keep=...)")
+        return torch.stack([a.to(torch.float64) for a in acts]).mean(0)  # type: ignore[union-attr]
+
+    def has_references(self, layers: Sequence[int] | None = None) -> bool:
+        """Whether base and aligned kept per-prompt references at ``layers`` (default: all)."""
+        wanted = self.layers if layers is None else list(layers)
+        names = [*self.base_names, self.aligned_name]
+        return all(self[n].refs is not None and set(wanted) <= set(self[n].ref_layers or []) for n in names)
+
+    def paired_references(self, layer: int) -> tuple[Float[Tensor, "prompt d"], Float[Tensor, "prompt d"]]:
+        """``(base, aligned)`` per-prompt references at revlens ``layer`` in float64 (base: the
+        mean over base checkpoints), read one layer at a time (from disk where spilled).
+
+        Raises:
+            ConfigError: not kept at ``layer`` (names the layers that were).
+        """
+        rows = []
+        for n in [*self.base_names, self.aligned_name]:
+            x = self[n].reference_layer(layer)
+            if x is None:
+                kept = self[n].ref_layers
+                raise ConfigError(
+                    f"per-prompt references of {n} were not kept at layer {layer} "
+                    f"({'kept at ' + str(kept) if kept else 'none kept'}); collect with keep='reference' "
+                    "(and keep_layers including it), or fit on stats.select(layers)")
+            rows.append(x.to(torch.float64))
+        return torch.stack(rows[:-1]).mean(0), rows[-1]
+
+    @classmethod
+    def combine(cls, parts: Sequence["HistoryStats"]) -> "HistoryStats":
+        """One history's statistics from parts computed separately (SLURM array tasks, one run or
+        one slice of steps each; ``docs/scale.md``): checkpoints are taken from whichever part has
+        them; a checkpoint in several parts (base and aligned, typically) must agree there (to
+        1e-5 relative: GPU kernels are not bit-reproducible between jobs). Per-prompt shards of one
+        checkpoint merge with :meth:`CheckpointStats.merge` instead.
+
+        Raises:
+            ConfigError: parts on other layers, site, position, probes, bootstrap or architecture,
+                or a checkpoint whose statistics differ between parts.
+        """
+        if not parts:
+            raise ConfigError("combine needs at least one HistoryStats")
+        first = parts[0]
+        keys = ("probe_fingerprint", "n_bootstrap", "bootstrap_seed", "architecture")
+        for p in parts[1:]:
+            same = (p.layers == first.layers and p.site == first.site and p.position == first.position
+                    and p.d_model == first.d_model and all(p.meta.get(k) == first.meta.get(k) for k in keys))
+            if not same:
+                raise ConfigError("cannot combine statistics collected with other layers, site, position, probes, "
+                                  "bootstrap or architecture")
+        checkpoints: dict[str, CheckpointStats] = {}
+        roles: dict[str, tuple[str, str | None, int | None]] = {}
+        starts, kinds, controls = {}, {}, set()
+        for p in parts:
+            for name, st in p.checkpoints.items():
+                if name in checkpoints:
+                    _check_same(checkpoints[name], st)
+                    continue
+                checkpoints[name], roles[name] = st, p.roles[name]
+            starts.update(p.run_starts)
+            kinds.update(p.kinds)
+            controls |= p.controls
+        return cls(layers=first.layers, site=first.site, position=first.position, d_model=first.d_model,
+                   checkpoints=checkpoints, roles=roles, run_starts=starts, controls=controls, meta=first.meta,
+                   kinds=kinds)
+
+    def select(self, layers: Sequence[int]) -> "HistoryStats":
+        """The same history at a subset of its layers."""
+        for layer in layers:
+            self.layer_pos(layer)
+        return HistoryStats(layers=list(layers), site=self.site, position=self.position, d_model=self.d_model,
+                            checkpoints={n: st.select(layers) for n, st in self.checkpoints.items()},
+                            roles=self.roles, run_starts=self.run_starts, controls=self.controls, meta=self.meta,
+                            kinds=self.kinds)
 
     def __repr__(self) -> str:
         runs = self.runs
@@ -245,16 +173,15 @@ class HistoryStats:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Any) -> Path:
-        """Write to ``directory`` atomically (``stats.json`` + one safetensors file per checkpoint)."""
-        from safetensors.torch import save_file
-
+        """Write to ``directory`` atomically (``stats.json`` + one safetensors file per checkpoint;
+        per-prompt references are streamed into them, never all in memory)."""
         from revlens._io import publish_dir, write_json
 
         with publish_dir(directory) as d:
             files = {}
             for i, (name, st) in enumerate(self.checkpoints.items()):
                 fname = f"ckpt-{i:04d}.safetensors"
-                save_file(st.tensors(), str(d / fname))
+                st.write(d / fname, {"name": name})
                 files[name] = fname
             meta = {"format": STATS_FORMAT, "layers": self.layers, "site": self.site, "position": self.position,
                     "d_model": self.d_model, "roles": {k: list(v) for k, v in self.roles.items()},
@@ -265,9 +192,8 @@ class HistoryStats:
 
     @classmethod
     def load(cls, directory: Any) -> "HistoryStats":
-        """Inverse of :meth:`save` (refuses an incomplete or foreign directory, naming the file)."""
-        from safetensors.torch import load_file
-
+        """Inverse of :meth:`save` (refuses an incomplete, altered or foreign directory, naming the
+        file); per-prompt references stay in their files, read a layer at a time."""
         from revlens._io import check_manifest, confined, read_json
 
         d = Path(directory)
@@ -277,9 +203,22 @@ class HistoryStats:
         meta = read_json(d / "stats.json", "saved statistics", error=CacheError)
         if meta.get("format") != STATS_FORMAT:
             raise CacheError(f"{d / 'stats.json'} has format {meta.get('format')!r}; expected {STATS_FORMAT!r}")
-        cks = {n: CheckpointStats.from_tensors(n, meta["layers"], load_file(str(confined(d, f, "saved statistics"))))
-               for n, f in meta["files"].items()}
+        cks = {}
+        for n, f in meta["files"].items():
+            path = confined(d, f, "saved statistics")
+            try:
+                cks[n] = CheckpointStats.read(path, n)[0]
+            except (ValueError, KeyError, OSError) as exc:
+                raise CacheError(f"saved statistics {path}: {exc}") from None
         roles = {k: (v[0], v[1], v[2]) for k, v in meta["roles"].items()}
         return cls(layers=meta["layers"], site=meta["site"], position=meta["position"], d_model=meta["d_model"],
                    checkpoints=cks, roles=roles, run_starts=meta["run_starts"], controls=meta["controls"],
                    meta=meta["meta"], kinds=meta.get("kinds"))
+
+
+def _check_same(a: CheckpointStats, b: CheckpointStats) -> None:
+    ta, tb = a.tensors(), b.tensors()
+    # up to float noise: GPU kernels are not bit-reproducible from one job to the next
+    if set(ta) != set(tb) or any(not torch.allclose(ta[k].double(), tb[k].double(), rtol=1e-5, atol=1e-6)
+                                 for k in ta):
+        raise ConfigError(f"checkpoint {a.name} has different statistics in two parts (other weights or settings?)")

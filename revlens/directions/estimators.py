@@ -13,7 +13,12 @@ collected layer, pointing **from aligned toward base** (DESIGN §2):
   ``Σ`` the pooled within-class covariance shrunk by Ledoit–Wolf.
 
 **Several base checkpoints** combine by the mean of bases: ``stats.base_mean()`` (means) and
-``stats.base_activations()`` (per-prompt activations averaged over bases, paired with aligned's).
+``stats.paired_references(layer)`` (per-prompt references averaged over bases, paired with
+aligned's). Per-prompt references are read **one layer at a time** (from disk where collect
+spilled them), so fitting never holds more than one layer's ``[prompt, d]`` pair in memory.
+What each estimator needs: ``MeanDiff`` the means only (and the Poisson replicates for its
+stability); ``Whitened(shrinkage=<float>)`` the second moments when no references were kept;
+``PairedPCA``, ``LinearProbe`` and Ledoit–Wolf ``Whitened`` the references.
 
 ``__init__`` only stores parameters; ``fit(stats)`` sets ``direction_`` (a
 :class:`~revlens.directions.Directions`), ``stability_`` (per layer: mean ``|cos|`` between
@@ -37,10 +42,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
+from revlens.directions._linalg import top_axis
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, NotFittedError, ShapeMismatchError
 
-__all__ = ["DirectionEstimator", "LinearProbe", "MeanDiff", "PairedPCA", "Whitened"]
+__all__ = ["DirectionEstimator", "LinearProbe", "MeanDiff", "PairedPCA", "Whitened", "top_axis"]
 
 _FITTED = ("direction_", "stability_", "n_features_in_")
 
@@ -71,22 +77,25 @@ def _check_separated(stats: HistoryStats, method: str) -> Float[Tensor, "layer d
     return diff
 
 
-def _paired_activations(stats: HistoryStats, method: str) -> tuple[Tensor, Tensor]:
-    """(base, aligned) per-prompt activations ``[prompt, layer, d]`` float64 (mean of bases)."""
-    aligned = stats[stats.aligned_name].activations
-    try:
-        base = stats.base_activations()
-    except ConfigError:
-        base = None
-    if base is None or aligned is None:
-        raise ConfigError(
-            f"{method} needs per-prompt activations of base and aligned; collect with keep='reference'"
-        )
+def _require_references(stats: HistoryStats, method: str) -> None:
+    if stats.has_references():
+        return
+    kept = sorted(set.intersection(*(set(stats[n].ref_layers or []) for n in [*stats.base_names, stats.aligned_name])))
+    where = (f"they were kept at layers {kept}: fit on stats.select({kept}), or collect with keep_layers "
+             "including every layer" if kept else "collect with keep='reference'")
+    raise ConfigError(
+        f"{method} needs per-prompt activations of base and aligned at layers {stats.layers}; {where}"
+    )
+
+
+def _layer_pair(stats: HistoryStats, layer: int) -> tuple[Tensor, Tensor]:
+    base, aligned = stats.paired_references(layer)
     if base.shape != aligned.shape:
         raise ShapeMismatchError(
-            f"base activations {tuple(base.shape)} and aligned {tuple(aligned.shape)} are not paired"
+            f"base activations {tuple(base.shape)} and aligned {tuple(aligned.shape)} at layer {layer} "
+            "are not paired"
         )
-    return base.to(torch.float64), aligned.to(torch.float64)
+    return base, aligned
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -96,9 +105,10 @@ def _unit(x: Tensor) -> Tensor:
 class DirectionEstimator:
     """Base class: stores parameters, fits per-layer directions, measures bootstrap stability.
 
-    Subclasses set ``method`` and implement ``_raw(base, aligned)`` (un-normalised directions
-    ``[layer, d]`` from per-prompt activations ``[prompt, layer, d]``); :class:`MeanDiff`
-    overrides :meth:`fit` to use the exact float64 means.
+    Subclasses set ``method`` and implement ``_raw_layer(base, aligned)``: the un-normalised
+    direction ``[d]`` of one layer from its per-prompt activations ``[prompt, d]`` (float64); or,
+    as before, ``_raw(base, aligned)`` on ``[prompt, layer, d]``. :class:`MeanDiff` overrides
+    :meth:`fit` to use the exact float64 means.
     """
 
     method: ClassVar[str] = "custom"
@@ -140,6 +150,12 @@ class DirectionEstimator:
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
+        return self._raw(base[:, None], aligned[:, None])[0]
+
+    def _orient_layer(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
+        return raw
+
     def fit(self, stats: HistoryStats) -> "DirectionEstimator":
         """Fit one direction per collected layer of ``stats``; returns ``self``.
 
@@ -149,13 +165,16 @@ class DirectionEstimator:
         self._validate_params()
         _check_stats(stats, self.method)
         _check_separated(stats, self.method)
-        base, aligned = _paired_activations(stats, self.method)
-        full = self._orient(self._raw(base, aligned), base, aligned)
-        stability = self._resample_stability(base, aligned, _unit(full))
-        return self._finish(stats, full, stability)
-
-    def _orient(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
-        return raw
+        _require_references(stats, self.method)
+        rows, stability, draws = [], [], None
+        for layer in stats.layers:
+            base, aligned = _layer_pair(stats, layer)
+            full = self._orient_layer(self._raw_layer(base, aligned), base, aligned)
+            if draws is None:
+                draws = self._draws(base.shape[0])
+            rows.append(full)
+            stability.append(self._layer_stability(base, aligned, _unit(full), draws))
+        return self._finish(stats, torch.stack(rows), torch.tensor(stability, dtype=torch.float64))
 
     def _finish(self, stats: HistoryStats, raw: Tensor, stability: Tensor) -> "DirectionEstimator":
         meta = {"stability": [float(s) for s in stability], **self.get_params()}
@@ -166,20 +185,33 @@ class DirectionEstimator:
         self.n_features_in_ = int(raw.shape[1])
         return self
 
-    def _resample_stability(self, base: Tensor, aligned: Tensor, full: Tensor) -> Tensor:
-        """Mean |cos| between prompt-bootstrap refits and ``full`` (unit rows), per layer."""
-        n_layer = full.shape[0]
-        if self.n_bootstrap == 0 or base.shape[0] < 2:
-            return torch.full((n_layer,), math.nan, dtype=torch.float64)
+    def _draws(self, n: int) -> list[Tensor]:
+        """Prompt-bootstrap index draws, the same for every layer (one generator, in order)."""
+        if self.n_bootstrap == 0 or n < 2:
+            return []
         gen = torch.Generator().manual_seed(int(self.seed))
+        return [torch.randint(n, (n,), generator=gen) for _ in range(self.n_bootstrap)]
+
+    def _layer_stability(self, base: Tensor, aligned: Tensor, full: Tensor, draws: list[Tensor]) -> float:
+        """Mean |cos| between prompt-bootstrap refits and ``full`` (a unit row) at one layer."""
+        if not draws:
+            return math.nan
         sims = []
-        for _ in range(self.n_bootstrap):
-            idx = torch.randint(base.shape[0], (base.shape[0],), generator=gen)
+        for idx in draws:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                raw = self._orient(self._raw(base[idx], aligned[idx]), base[idx], aligned[idx])
-            sims.append(_bootstrap_cos(raw, full))
-        return torch.from_numpy(np.nanmean(torch.stack(sims).numpy(), axis=0))
+                raw = self._orient_layer(self._raw_layer(base[idx], aligned[idx]), base[idx], aligned[idx])
+            sims.append(_bootstrap_cos(raw[None], full[None]))
+        return float(np.nanmean(torch.cat(sims).numpy()))
+
+    def _stability_from_references(self, stats: HistoryStats, units: Tensor) -> Tensor:
+        """Per-layer stability of fits to per-prompt references against ``units`` ``[layer, d]``."""
+        out, draws = [], None
+        for i, layer in enumerate(stats.layers):
+            base, aligned = _layer_pair(stats, layer)
+            draws = self._draws(base.shape[0]) if draws is None else draws
+            out.append(self._layer_stability(base, aligned, units[i], draws))
+        return torch.tensor(out, dtype=torch.float64)
 
 
 def _bootstrap_cos(raw: Tensor, full: Tensor) -> Tensor:
@@ -201,7 +233,7 @@ class MeanDiff(DirectionEstimator):
 
     method = "mean_diff"
 
-    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
+    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
         return base.mean(0) - aligned.mean(0)
 
     def fit(self, stats: HistoryStats) -> "MeanDiff":
@@ -219,13 +251,10 @@ class MeanDiff(DirectionEstimator):
             stability = torch.from_numpy(
                 np.nanmean(torch.stack([_bootstrap_cos(r, unit) for r in reps]).numpy(), axis=0)
             )
+        elif stats.has_references():
+            stability = self._stability_from_references(stats, _unit(full))
         else:
-            try:
-                base, aligned = _paired_activations(stats, self.method)
-            except ConfigError:
-                stability = torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
-            else:
-                stability = self._resample_stability(base, aligned, _unit(full))
+            stability = torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
         self._finish(stats, full, stability)
         return self
 
@@ -249,16 +278,15 @@ class PairedPCA(DirectionEstimator):
         self.n_bootstrap = n_bootstrap
         self.seed = seed
 
-    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
-        diff = (base - aligned).transpose(0, 1)  # [layer, prompt, d]
+    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
+        diff = base - aligned  # [prompt, d]
         if self.center:
-            diff = diff - diff.mean(1, keepdim=True)
-        _, _, vh = torch.linalg.svd(diff, full_matrices=False)
-        return vh[:, 0, :]
+            diff = diff - diff.mean(0, keepdim=True)
+        return top_axis(diff, seed=int(self.seed))
 
-    def _orient(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
-        sign = torch.sign((raw * (base.mean(0) - aligned.mean(0))).sum(1))
-        return raw * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+    def _orient_layer(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
+        sign = float(torch.sign(raw @ (base.mean(0) - aligned.mean(0))))
+        return raw * (sign if sign != 0 else 1.0)
 
 
 class LinearProbe(DirectionEstimator):
@@ -284,17 +312,14 @@ class LinearProbe(DirectionEstimator):
         self.n_bootstrap = n_bootstrap
         self.seed = seed
 
-    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
+    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
         from sklearn.linear_model import LogisticRegression
 
         n = base.shape[0]
         y = np.r_[np.ones(n), np.zeros(n)]
-        rows = []
-        for layer in range(base.shape[1]):
-            x = torch.cat([base[:, layer], aligned[:, layer]]).numpy()
-            clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(x, y)
-            rows.append(torch.from_numpy(clf.coef_[0].astype(np.float64)))
-        return torch.stack(rows)
+        x = torch.cat([base, aligned]).numpy()
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(x, y)
+        return torch.from_numpy(clf.coef_[0].astype(np.float64))
 
 
 class Whitened(DirectionEstimator):
@@ -332,33 +357,29 @@ class Whitened(DirectionEstimator):
             cov = shrunk_covariance(cov, shrinkage=float(self.shrinkage))
         return torch.linalg.lstsq(torch.from_numpy(cov), diff[:, None]).solution[:, 0]
 
-    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
+    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
         from sklearn.covariance import LedoitWolf, empirical_covariance
 
         mb, ma = base.mean(0), aligned.mean(0)
-        rows = []
-        for layer in range(base.shape[1]):
-            z = torch.cat([base[:, layer] - mb[layer], aligned[:, layer] - ma[layer]]).numpy()
-            if self.shrinkage is None:
-                cov = LedoitWolf(assume_centered=True).fit(z).covariance_
-            else:
-                cov = empirical_covariance(z, assume_centered=True)
-            rows.append(self._solve(cov, mb[layer] - ma[layer]))
-        return torch.stack(rows)
+        z = torch.cat([base - mb, aligned - ma]).numpy()
+        if self.shrinkage is None:
+            cov = LedoitWolf(assume_centered=True).fit(z).covariance_
+        else:
+            cov = empirical_covariance(z, assume_centered=True)
+        return self._solve(cov, mb - ma)
 
     def fit(self, stats: HistoryStats) -> "Whitened":
         """Fit from kept activations, or from second moments when ``shrinkage`` is a float."""
         self._validate_params()
         _check_stats(stats, self.method)
-        try:
-            _paired_activations(stats, self.method)
-        except ConfigError:
-            if self.shrinkage is None:
-                raise ConfigError(
-                    "Whitened with Ledoit-Wolf shrinkage needs per-prompt activations (keep='reference'); "
-                    "or pass shrinkage=<float> to whiten with the collected second moments"
-                ) from None
-            return self._fit_moments(stats)
+        moments = all(stats[n].second is not None for n in [*stats.base_names, stats.aligned_name])
+        if self.shrinkage is not None and (moments or not stats.has_references()):
+            return self._fit_moments(stats)  # exact float64 sums; no per-prompt read for the direction
+        if not stats.has_references():
+            raise ConfigError(
+                "Whitened with Ledoit-Wolf shrinkage needs per-prompt activations (keep='reference'); "
+                "or pass shrinkage=<float> to whiten with the collected second moments"
+            )
         super().fit(stats)
         return self
 
@@ -370,6 +391,8 @@ class Whitened(DirectionEstimator):
         raw = torch.stack(
             [self._solve(pooled[i].numpy(), diff[i]) for i in range(len(stats.layers))]
         )
-        return self._finish(
-            stats, raw, torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
-        )
+        if self.n_bootstrap and stats.has_references():
+            stability = self._stability_from_references(stats, _unit(raw))
+        else:
+            stability = torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
+        return self._finish(stats, raw, stability)

@@ -31,17 +31,14 @@ def directions_table(
     ``agree_<m>`` for every method ``m`` (cos between the two methods' directions).
     """
     diff = stats.base_mean() - stats.mean(stats.aligned_name)
-    base = (
-        stats.base_activations()
-        if all(stats[n].activations is not None for n in stats.base_names)
-        else None
-    )
-    aligned = stats[stats.aligned_name].activations
-    if base is not None and aligned is not None and n_permutations > 0:
-        gen = torch.Generator().manual_seed(int(seed) + 4242)
-        perm = permutation_pvalue(
-            base.to(torch.float64) - aligned.to(torch.float64), n_permutations, generator=gen
-        )
+    if stats.has_references() and n_permutations > 0:
+        # one layer at a time (references may be on disk); the same sign flips at every layer,
+        # as one call over all layers would draw them
+        perm = np.empty(len(stats.layers))
+        for i, layer in enumerate(stats.layers):
+            base, aligned = stats.paired_references(layer)
+            gen = torch.Generator().manual_seed(int(seed) + 4242)
+            perm[i] = permutation_pvalue((base - aligned)[:, None], n_permutations, generator=gen)[0]
     else:
         perm = np.full(len(stats.layers), math.nan)
     rows = []

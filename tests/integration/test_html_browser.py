@@ -13,6 +13,7 @@ import pytest
 import tiny
 from revlens.analyze import analyze
 from revlens.history import History
+from timeouts import scaled
 
 pytestmark = pytest.mark.browser
 
@@ -66,10 +67,11 @@ def test_report_renders_offline_in_chromium(report, tmp_path):
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
-            viewport={"width": 1300, "height": 900},
+            viewport={"width": 1300, "height": 900}, timeout=scaled(180) * 1000,
         )  # fmt: skip
         try:
             page = ctx.new_page()
+            page.set_default_timeout(scaled(180) * 1000)  # ms; a loaded machine renders slowly
 
             def route(r):
                 requests.append(r.request.url)
@@ -108,7 +110,7 @@ def test_report_renders_offline_in_chromium(report, tmp_path):
                         py: box.top + ya._offset + ya.c2p(1)};}"""
             )
             page.mouse.move(mid["px"], mid["py"])
-            page.wait_for_selector("#revlens-fig-0 .hovertext", timeout=5000)
+            page.wait_for_selector("#revlens-fig-0 .hovertext", timeout=scaled(60) * 1000)
             hover = page.locator("#revlens-fig-0 .hovertext").first.text_content()
             d = report.drift
             cell = d[

@@ -20,6 +20,8 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 from ipykernel.kernelspec import write_kernel_spec  # noqa: E402
 
+from timeouts import scaled  # noqa: E402
+
 TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 EXPECTED = [
@@ -83,7 +85,8 @@ def test_tutorial_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     client = nbclient.NotebookClient(
         nb,
         kernel_name="python3",
-        timeout=600,
+        timeout=int(scaled(3600)),  # a hung cell, not a slow one: no test depends on speed
+        startup_timeout=int(scaled(600)),  # a kernel start can take minutes on a loaded machine
         resources={"metadata": {"path": str(tmp_path)}},
     )
     t0 = time.perf_counter()
