@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, no_type_check
 from revlens.errors import ConfigError
 
 __all__ = [
+    "BLOCK_CONSTRAINTS",
     "BLOCK_METHODS",
     "CONTROL_KINDS",
     "DIRECTION_METHODS",
@@ -23,9 +24,11 @@ __all__ = [
     "INTERVENTION_KINDS",
     "INTERVENTION_POSITIONS",
     "POSITION_RULES",
+    "RANK_RULES",
     "SITE_KINDS",
     "STRATEGIES",
     "WHICH",
+    "BlockConstraint",
     "BlockMethod",
     "ControlKind",
     "DirectionMethod",
@@ -33,6 +36,7 @@ __all__ = [
     "InterventionKind",
     "InterventionPositions",
     "PositionRuleName",
+    "RankRule",
     "SiteKind",
     "Strategy",
     "Which",
@@ -70,6 +74,13 @@ BlockMethod = Literal["update", "gradient", "penalty", "hook"]
 GradBatching = Literal["auto", "loop", "vmap"]
 """How the blocker computes its per-layer parameter gradients."""
 
+BlockConstraint = Literal["equal", "one_sided", "confine"]
+"""What :class:`revlens.block.ReversionBlocker` holds: ``s = 0`` along the subspace, ``s ≤ 0`` (no
+motion toward base), or the drift confined to the subspace (its complement held at 0)."""
+
+RankRule = Literal["margin", "max"]
+"""How :func:`revlens.causal.ablation_study` chooses the subspace rank k on the selection prompts."""
+
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
 DIRECTION_METHODS: tuple[str, ...] = get_args(DirectionMethod)
@@ -80,6 +91,8 @@ CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 BLOCK_METHODS: tuple[str, ...] = get_args(BlockMethod)
 GRAD_BATCHING: tuple[str, ...] = get_args(GradBatching)
+BLOCK_CONSTRAINTS: tuple[str, ...] = get_args(BlockConstraint)
+RANK_RULES: tuple[str, ...] = get_args(RankRule)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker

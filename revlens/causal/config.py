@@ -19,6 +19,7 @@ from revlens.modes import (
     DIRECTION_METHODS,
     INTERVENTION_KINDS,
     INTERVENTION_POSITIONS,
+    RANK_RULES,
     SITE_KINDS,
     STRATEGIES,
     check_mode,
@@ -26,6 +27,25 @@ from revlens.modes import (
 )
 
 __all__ = ["AblationConfig"]
+
+
+def parse_ints(flag: str, raw: object) -> tuple[int, ...]:
+    """Command-line integers (``--ranks 1 2 4``)."""
+    try:
+        return tuple(int(v) for v in raw)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} takes integers, got {' '.join(map(str, raw))}") from None  # type: ignore[call-overload]
+
+
+def _ranks(value: object) -> tuple[int, ...]:
+    items = (value,) if isinstance(value, int) else value
+    try:
+        ks = [as_int("ranks", k, min=1) for k in items]  # type: ignore[union-attr]
+    except TypeError:
+        raise ConfigError(f"ranks must be an int or a list of ints >= 1, got {value!r}") from None
+    if not ks:
+        raise ConfigError("ranks is empty; give subspace ranks k >= 1 (1 = one direction)")
+    return tuple(sorted(set(ks)))
 
 
 def _steps(value: object) -> str | tuple[int, ...]:
@@ -67,6 +87,13 @@ class AblationConfig(Config):
     max_rows: int = option(2048, "most rows in one forward pass")
     gap_tol: float = option(1e-6, "mediation is NaN where |M(θ_t) − M(aligned)| <= gap_tol·max(1, |M|)")
     site: str = option("resid_post", "site kind", choices=SITE_KINDS)
+    ranks: tuple[int, ...] = option((1,), "subspace ranks k: clamp / patch the first k rows of the directions "
+                                    "(1 = v_rev alone), each against random k-dim subspaces", parse=parse_ints,
+                                    nargs="+", metavar="K")
+    select_fraction: float = option(0.5, "with several ranks: share of the probe prompts on which k and the layer "
+                                    "are chosen; the others report them (0: no split)")
+    rank_rule: str = option("margin", "choose k (and the layer) by mediation minus the controls' p95 ('margin') or "
+                            "by mediation alone ('max')", choices=RANK_RULES)
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field) before any forward pass."""
@@ -91,3 +118,6 @@ class AblationConfig(Config):
             check_mode("positions", self.positions, INTERVENTION_POSITIONS)
         check_mode("strategy", self.strategy, STRATEGIES)
         check_mode("site", self.site, SITE_KINDS)
+        self.ranks = _ranks(self.ranks)
+        self.select_fraction = as_float("select_fraction", self.select_fraction, min=0.0, max=0.9)
+        check_mode("rank_rule", self.rank_rule, RANK_RULES)

@@ -35,6 +35,7 @@ from revlens.causal.inputs import (
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
 from revlens.collect import HistoryStats, resolve_probes
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
+from revlens.directions.subspace import random_frames
 from revlens.errors import ConfigError, HistoryError, MetricError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.metrics import KLTo, metric_from_spec, metric_name
@@ -93,14 +94,41 @@ class _Study:
             stats.layer_pos(layer)
         self.stats = stats
         spec = directions if directions is not None else cfg.directions
-        self.v_rev: Directions = resolve_directions(spec, stats, layers=self.layers, d_model=lm.d_model)
+        self.k_max = max(cfg.ranks)
+        self.v_rev: Directions = resolve_directions(spec, stats, layers=self.layers, d_model=lm.d_model,
+                                                    n_components=self.k_max)
+        if self.v_rev.rank < self.k_max:
+            raise ConfigError(f"ranks={list(cfg.ranks)} need directions of rank >= {self.k_max}; these "
+                              f"({self.v_rev.method}) have rank {self.v_rev.rank}")
         self.mu = {layer: stats.mean(stats.aligned_name)[stats.layer_pos(layer)].float() for layer in self.layers}
         self.names = ["v_rev"] + [f"random_{ck}_{i}" for ck in cfg.control_kinds for i in range(cfg.controls)]
         self.ctypes = ["v_rev"] + [ck for ck in cfg.control_kinds for _ in range(cfg.controls)]
         self.table = {layer: self._directions(layer) for layer in self.layers}
         self.batches = list(self.tokenized.batches(cfg.batch_size))
         self.masks = [position_mask(positions, b) for b in self.batches]
+        self.groups = self._groups(len(self.tokenized))
         self.rows: list[dict[str, Any]] = []
+
+    def _groups(self, n: int) -> dict[str, Tensor]:
+        """Prompt groups the means are taken over: ``all``, and with several ranks a seeded split
+        into ``select`` (k and the layer are chosen there) and ``test`` (they are reported there),
+        drawn before any forward pass."""
+        groups = {"all": torch.ones(n, dtype=torch.bool)}
+        if len(self.cfg.ranks) > 1 and self.cfg.select_fraction > 0:
+            n_sel = round(self.cfg.select_fraction * n)
+            if not 1 <= n_sel < n:
+                raise ConfigError(f"select_fraction={self.cfg.select_fraction} of {n} prompts leaves an empty "
+                                  "selection or test half; use more prompts or another fraction")
+            order = torch.randperm(n, generator=generator(self.cfg.seed, "rank-split"))
+            sel = torch.zeros(n, dtype=torch.bool)
+            sel[order[:n_sel]] = True
+            groups.update({"select": sel, "test": ~sel})
+        return groups
+
+    def stack_vectors(self, layer: int, k: int) -> Tensor:
+        """The copies' directions ``[n, d]`` (k = 1) or k-frames ``[n, k, d]`` at ``layer``."""
+        t = self.table[layer]
+        return t if t.ndim == 2 else (t[:, 0] if k == 1 else t[:, :k])
 
     def _directions(self, layer: int) -> Tensor:
         """v_rev then the controls at ``layer`` (one generator per layer: a layer's controls do not
@@ -108,10 +136,24 @@ class _Study:
         gen = generator(self.cfg.seed, "controls", layer)
         rows = [self.v_rev[layer][None]]
         cov_all = self.stats[self.stats.aligned_name].covariance if "cov" in self.cfg.control_kinds else None
+        covs = {ck: cov_all[self.stats.layer_pos(layer)] if ck == "cov" else None for ck in self.cfg.control_kinds}
         for ck in self.cfg.control_kinds:
-            cov = cov_all[self.stats.layer_pos(layer)] if ck == "cov" else None
-            rows.append(random_directions(self.cfg.controls, self.lm.d_model, kind=ck, covariance=cov, generator=gen))
-        return torch.cat(rows).float()
+            rows.append(random_directions(self.cfg.controls, self.lm.d_model, kind=ck, covariance=covs[ck],
+                                          generator=gen))
+        table = torch.cat(rows).float()
+        if self.k_max == 1:
+            return table
+        # k-frames: the subspace's first k_max rows, and random frames whose first rows are the
+        # one-direction controls above (so rank-1 rows equal a rank-1 study's exactly)
+        frames = [self.v_rev.subspace(layer)[None, : self.k_max].float()]
+        for i, ck in enumerate(self.cfg.control_kinds):
+            first = table[1 + i * self.cfg.controls: 1 + (i + 1) * self.cfg.controls]
+            f = random_frames(self.cfg.controls, self.k_max, self.lm.d_model, kind=ck, covariance=covs[ck],
+                              generator=generator(self.cfg.seed, "control-frames", layer, ck),
+                              first=first.double()).float()
+            f[:, 0] = first
+            frames.append(f)
+        return torch.cat(frames)
 
     def run(self, batch: ProbeBatch, i: int, stacks: list[Stack], name: str,
             sources: dict[int, Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -124,7 +166,7 @@ class _Study:
             raise RevlensError(f"while intervening on checkpoint {name}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ passes
-    def aligned_pass(self) -> tuple[list[dict[int, Tensor]], float, dict[int, Tensor]]:
+    def aligned_pass(self) -> tuple[list[dict[int, Tensor]], dict[str, float], dict[int, Tensor]]:
         """Patch sources, ``M(aligned)`` and steering sums on the aligned model."""
         cfg, n_dir = self.cfg, len(self.names)
         self.lm.load(self.hist.aligned)
@@ -137,59 +179,66 @@ class _Study:
                 logits_rows.append(logits[torch.arange(len(batch)), batch.last_index.to(logits.device)].float().cpu())
             if isinstance(self.metric, KLTo) and self.metric.needs_reference:
                 self.metric.set_reference(torch.cat(logits_rows))
-            total = 0.0
+            totals = dict.fromkeys(self.groups, 0.0)
             steer = {layer: torch.zeros(len(cfg.alphas) * n_dir, dtype=torch.float64) for layer in self.layers}
             for i, batch in enumerate(self.batches):
                 stacks = [] if "steer" not in cfg.kinds else [
-                    Stack(layer, "steer", self.table[layer].repeat(len(cfg.alphas), 1),
+                    Stack(layer, "steer", self.stack_vectors(layer, 1).repeat(len(cfg.alphas), 1),
                           alphas=torch.tensor(cfg.alphas).repeat_interleave(n_dir))
                     for layer in self.layers
                 ]
                 clean, vals = self.run(batch, i, stacks, self.hist.aligned.name)
                 for st, val in zip(stacks, vals):
                     steer[st.layer] += val.sum(1)
-                total += float(clean.sum())
-        return sources, total / len(self.tokenized), steer
+                for g, mask in self.groups.items():
+                    totals[g] += float(clean[mask[batch.indices]].sum())
+        return sources, {g: totals[g] / int(m.sum()) for g, m in self.groups.items()}, steer
 
-    def checkpoint_pass(self, ck: Checkpoint, sources: list[dict[int, Tensor]]) -> tuple[float, dict]:
-        """Clamp / patch at every layer along every direction on one checkpoint (means over prompts)."""
+    def checkpoint_pass(self, ck: Checkpoint, sources: list[dict[int, Tensor]]) -> tuple[dict[str, float], dict]:
+        """Clamp / patch at every layer and rank along every direction / subspace on one checkpoint:
+        per prompt group, the clean mean and ``(layer, kind, rank, group) -> [direction]`` means."""
         self.lm.load(ck)
         kinds = [k for k in self.cfg.kinds if k != "steer"]
-        sums = {(layer, kind): torch.zeros(len(self.names), dtype=torch.float64) for layer in self.layers for kind in kinds}
-        clean_sum = 0.0
+        keys = [(layer, kind, k) for layer in self.layers for kind in kinds for k in self.cfg.ranks]
+        sums = {(*key, g): torch.zeros(len(self.names), dtype=torch.float64) for key in keys for g in self.groups}
+        clean_sum = dict.fromkeys(self.groups, 0.0)
         with torch.no_grad():
             for i, batch in enumerate(self.batches):
-                stacks = [Stack(layer, kind, self.table[layer], reference=self.mu[layer] if kind == "clamp" else None)
-                          for layer in self.layers for kind in kinds]
+                stacks = [Stack(layer, kind, self.stack_vectors(layer, k),
+                                reference=self.mu[layer] if kind == "clamp" else None) for layer, kind, k in keys]
                 clean, vals = self.run(batch, i, stacks, ck.name, sources=sources[i])
-                clean_sum += float(clean.sum())
-                for st, val in zip(stacks, vals):
-                    sums[(st.layer, st.kind)] += val.sum(1)
-        n = len(self.tokenized)
-        return clean_sum / n, {key: v / n for key, v in sums.items()}
+                for g, mask in self.groups.items():
+                    rows = mask[batch.indices]
+                    clean_sum[g] += float(clean[rows].sum())
+                    for key, val in zip(keys, vals):
+                        sums[(*key, g)] += val[:, rows].sum(1)
+        n = {g: int(m.sum()) for g, m in self.groups.items()}
+        return {g: v / n[g] for g, v in clean_sum.items()}, {key: v / n[key[-1]] for key, v in sums.items()}
 
     def emit(self, run: str, step: int, layer: int, kind: str, values: Tensor, clean: float, m_aligned: float,
-             alpha: float) -> None:
+             alpha: float, rank: int = 1, split: str = "all") -> None:
         gap = clean - m_aligned
         defined = kind != "steer" and abs(gap) > self.cfg.gap_tol * max(1.0, abs(clean), abs(m_aligned))
-        n = len(self.tokenized)
+        n = int(self.groups[split].sum())
         for j, name in enumerate(self.names):
             m = float(values[j])
             self.rows.append({
-                "run": run, "step": step, "layer": layer, "kind": kind, "direction": name,
-                "control_type": self.ctypes[j], "alpha": alpha, "metric": m, "metric_clean": clean,
-                "metric_aligned": m_aligned, "effect": clean - m,
+                "run": run, "step": step, "layer": layer, "kind": kind, "rank": rank, "split": split,
+                "direction": name, "control_type": self.ctypes[j], "alpha": alpha, "metric": m,
+                "metric_clean": clean, "metric_aligned": m_aligned, "effect": clean - m,
                 "mediation_fraction": (clean - m) / gap if defined else math.nan, "n_prompts": n,
             })
 
     def report(self) -> CausalReport:
         effects = pd.DataFrame(self.rows, columns=EFFECT_COLUMNS).astype({
-            "run": "str", "step": "int64", "layer": "int64", "kind": "str", "direction": "str",
-            "control_type": "str", "alpha": "float64", "n_prompts": "int64"})
+            "run": "str", "step": "int64", "layer": "int64", "kind": "str", "rank": "int64", "split": "str",
+            "direction": "str", "control_type": "str", "alpha": "float64", "n_prompts": "int64"})
         config = {**self.cfg.to_dict(), "metric": metric_name(self.metric), "direction_method": self.v_rev.method,
                   "runs": sorted({str(c.run) for c in self.checkpoints}),
                   "steps": sorted({int(c.step) for c in self.checkpoints}), "layers": self.layers,
-                  "control_names": self.names, "n_prompts": len(self.tokenized)}
+                  "control_names": self.names, "n_prompts": len(self.tokenized),
+                  "select_prompts": (torch.nonzero(self.groups["select"])[:, 0].tolist()
+                                     if "select" in self.groups else [])}
         provenance = {"model": self.lm.source, "probe_fingerprint": self.tokenized.fingerprint(),
                       "aligned": self.hist.aligned.name, "aligned_fingerprint": self.hist.aligned.fingerprint(),
                       "checkpoints": {c.name: c.fingerprint() for c in self.checkpoints}}
@@ -257,13 +306,14 @@ def ablation_study(
         for ck in study.checkpoints:
             bar.set_postfix_str(ck.name)
             clean, sums = study.checkpoint_pass(ck, sources)
-            for (layer, kind), values in sums.items():
-                study.emit(str(ck.run), int(ck.step), layer, kind, values, clean, m_aligned, math.nan)
+            for (layer, kind, rank, split), values in sums.items():
+                study.emit(str(ck.run), int(ck.step), layer, kind, values, clean[split], m_aligned[split], math.nan,
+                           rank, split)
             bar.update(1)
     finally:
         bar.close()
     for layer in study.layers:
         per = steer[layer].view(len(cfg.alphas), len(study.names)) / len(study.tokenized)
         for ai, alpha in enumerate(cfg.alphas):
-            study.emit("aligned", 0, layer, "steer", per[ai], m_aligned, m_aligned, alpha)
+            study.emit("aligned", 0, layer, "steer", per[ai], m_aligned["all"], m_aligned["all"], alpha)
     return study.report()

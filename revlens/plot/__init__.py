@@ -6,7 +6,12 @@ figure methods (``report.heatmap()``, ``causal.mediation_heatmap()``, ``monitor.
 """
 
 from revlens.plot.blocking import blocking_figure
-from revlens.plot.causal import control_bands, mediation_heatmap, steer_dose_response
+from revlens.plot.causal import (
+    control_bands,
+    mediation_heatmap,
+    mediation_vs_k,
+    steer_dose_response,
+)
 from revlens.plot.directions import direction_agreement, direction_stability
 from revlens.plot.drift import drift_heatmap, drift_trajectories
 from revlens.plot.metrics import metrics_figure
@@ -21,6 +26,7 @@ __all__ = [
     "drift_heatmap",
     "drift_trajectories",
     "mediation_heatmap",
+    "mediation_vs_k",
     "metrics_figure",
     "monitor_figure",
     "steer_dose_response",
