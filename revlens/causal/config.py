@@ -8,9 +8,11 @@ from revlens._config import (
     as_float,
     as_int,
     as_layers,
+    as_ranks,
     as_str_tuple,
     option,
     parse_floats,
+    parse_ints,
     parse_steps,
 )
 from revlens.errors import ConfigError
@@ -29,23 +31,11 @@ from revlens.modes import (
 __all__ = ["AblationConfig"]
 
 
-def parse_ints(flag: str, raw: object) -> tuple[int, ...]:
-    """Command-line integers (``--ranks 1 2 4``)."""
-    try:
-        return tuple(int(v) for v in raw)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} takes integers, got {' '.join(map(str, raw))}") from None  # type: ignore[call-overload]
-
-
 def _ranks(value: object) -> tuple[int, ...]:
-    items = (value,) if isinstance(value, int) else value
-    try:
-        ks = [as_int("ranks", k, min=1) for k in items]  # type: ignore[union-attr]
-    except TypeError:
-        raise ConfigError(f"ranks must be an int or a list of ints >= 1, got {value!r}") from None
+    ks = as_ranks("ranks", value)
     if not ks:
         raise ConfigError("ranks is empty; give subspace ranks k >= 1 (1 = one direction)")
-    return tuple(sorted(set(ks)))
+    return ks
 
 
 def _steps(value: object) -> str | tuple[int, ...]:

@@ -329,7 +329,8 @@ class PairedPCA(DirectionEstimator):
         if self.center:
             diff = diff - diff.mean(1, keepdim=True)
         _, s, vh = torch.linalg.svd(diff, full_matrices=False)
-        return vh * (s > s[:, :1] * 1e-10)[..., None]  # null axes of a rank-deficient set: zero rows
+        # axes below float32 resolution of the activations (a rank-deficient set): zero rows
+        return vh * (s > s[:, :1] * 1e-5)[..., None]
 
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
         return self._svd(base, aligned)[:, 0, :]

@@ -15,6 +15,7 @@ from revlens.plot.causal import (
 from revlens.plot.directions import direction_agreement, direction_stability
 from revlens.plot.drift import drift_heatmap, drift_trajectories
 from revlens.plot.metrics import metrics_figure
+from revlens.plot.subspace import subspace_energy
 from revlens.plot.training import blocker_figure, monitor_figure
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "metrics_figure",
     "monitor_figure",
     "steer_dose_response",
+    "subspace_energy",
 ]

@@ -56,7 +56,8 @@ class Report(Result):
             number of prompts and the prompts.
 
     Figures: :meth:`heatmap`, :meth:`trajectories`, :meth:`stability`, :meth:`agreement`,
-    :meth:`behaviour`; the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
+    :meth:`behaviour`, :meth:`subspace_energy` (with ``subspaces`` / ``subspace_drift``: rank-k
+    fits and the drift's energy in them, when analysed with ``ranks``); the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
     (DataFrame).
     """
 
@@ -74,6 +75,8 @@ class Report(Result):
         metrics: pd.DataFrame | None = None,
         vectors: Mapping[str, Directions] | None = None,
         lab_metrics: pd.DataFrame | None = None,
+        subspaces: Mapping[str, Directions] | None = None,
+        subspace_drift: pd.DataFrame | None = None,
     ) -> None:
         if isinstance(directions, pd.DataFrame):  # the revlens 0.1 call: directions=<table>, vectors=...
             warnings.warn("Report(directions=<table>, vectors=...) is deprecated: pass directions=<dict of "
@@ -85,6 +88,8 @@ class Report(Result):
         self.config = dict(config)
         self.provenance = dict(provenance)
         self.metrics = metrics if metrics is not None else lab_metrics
+        self.subspaces: dict[str, Directions] = dict(subspaces or {})
+        self.subspace_drift = subspace_drift
 
     # ------------------------------------------------------------------ deprecated names
     @property
@@ -197,6 +202,15 @@ class Report(Result):
         warnings.warn(f"Report.figure({kind!r}) is deprecated; use Report.{kind}()", DeprecationWarning, stacklevel=2)
         return getattr(self, kind)(**kw)
 
+    def subspace_energy(self, **kw: Any) -> Any:
+        """The drift's energy in rank-k subspaces against k, beside its nulls
+        (:func:`revlens.plot.subspace_energy`; needs ``analyze(..., ranks=...)``)."""
+        from revlens.plot import subspace_energy
+
+        if self.subspace_drift is None:
+            raise ConfigError("this report has no subspace table: analyze with ranks=(1, 2, 4, ...)")
+        return subspace_energy(self.subspace_drift, **kw)
+
     def _main_figure(self) -> Any:
         return self.heatmap()
 
@@ -219,12 +233,26 @@ class Report(Result):
             vec.save(d / "vectors" / files[method])
         if self.metrics is not None:
             write_frame(self.metrics, d / "metrics.json")
+        subspaces = {}
+        if self.subspaces:
+            (d / "subspaces").mkdir()
+            for i, (method, vec) in enumerate(self.subspaces.items()):
+                subspaces[method] = _safe_name(method, i)
+                vec.save(d / "subspaces" / subspaces[method])
+        if self.subspace_drift is not None:
+            write_frame(self.subspace_drift, d / "subspace_drift.json")
+            self.subspace_drift.to_csv(d / "subspace_drift.csv", index=False)
         return {"config": self.config, "provenance": self.provenance, "vectors": files,
-                "metrics": self.metrics is not None}
+                "metrics": self.metrics is not None, "subspaces": subspaces,
+                "subspace_drift": self.subspace_drift is not None}
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "Report":
         vectors = {m: Directions.load(confined(d / "vectors", f, "report vectors")) for m, f in meta["vectors"].items()}
+        subspaces = {m: Directions.load(confined(d / "subspaces", f, "report subspaces"))
+                     for m, f in (meta.get("subspaces") or {}).items()}
         return cls(drift=read_frame(d / "drift.json"), directions=vectors,
                    directions_table=read_frame(d / "directions.json"), config=meta["config"],
-                   provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None)
+                   provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
+                   subspaces=subspaces,
+                   subspace_drift=read_frame(d / "subspace_drift.json") if meta.get("subspace_drift") else None)
