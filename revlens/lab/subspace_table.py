@@ -141,16 +141,17 @@ class SubspaceStudy:
                          f"mean {iso_cov:.3f}, p95 {t['ctrl_p95']:.3f})",
                          "shape_holds": bool(t["mediation_mean"] >= 0.5 and iso_cov <= 0.15), "note": "test half"})
             got = bt[(bt["pair"] == pair) & (bt["rank"] == ch["rank"])].set_index("variant")
-            if {"subspace", "random"} <= set(got.index):
-                sub, rnd = got.loc["subspace"], got.loc["random"]
-                ok = (sub["removed_harm_logodds"]["mean"] >= 0.5 and rnd["removed_harm_logodds"]["mean"] <= 0.25
-                      and sub["task_acc"]["mean"] >= self._task(pair) - 0.10)
+            if not {"subspace", "random"} <= set(got.index):
+                continue
+            sub, rnd = got.loc["subspace"], got.loc["random"]
+            task_ok = sub["task_acc"]["mean"] >= self._task(pair) - 0.10
+            for col, what in (("removed_harm_logodds", "log-odds margin"), ("removed_harm_rate", "harm rate")):
+                ok = sub[col]["mean"] >= 0.5 and rnd[col]["mean"] <= 0.25 and task_ok
                 rows.append({"claim": f"{pair}: blocking the k = {ch['rank']} subspace removes ≥ 1/2 of the regained "
-                                      "harm, random ≤ 1/4, task cost ≤ 10 points",
-                             "paper": "—", "revlens_lab": f"{format_mean_std(sub['removed_harm_logodds'], pct=True)} vs "
-                             f"random {format_mean_std(rnd['removed_harm_logodds'], pct=True)}; task "
-                             f"{format_mean_std(sub['task_acc'], pct=True)}",
-                             "shape_holds": bool(ok), "note": "log-odds margin"})
+                                      f"harm ({what}), random k-subspaces ≤ 1/4, task cost ≤ 10 points",
+                             "paper": "—", "revlens_lab": f"{format_mean_std(sub[col], pct=True)} vs random "
+                             f"{format_mean_std(rnd[col], pct=True)}; task {format_mean_std(sub['task_acc'], pct=True)}",
+                             "shape_holds": bool(ok), "note": what})
         return rows
 
     def _task(self, pair: str) -> float:

@@ -69,7 +69,8 @@ def test_study_tables_and_targets():
     assert bt.loc["random", "removed_harm_logodds"]["mean"] == pytest.approx(0.1)
     assert bt.loc["subspace", "removed_harm_rate"]["mean"] == pytest.approx(0.8)
     rows = study.replication_rows()
-    assert [r["shape_holds"] for r in rows] == [True, True]  # 0.6 >= 0.5 with controls <= 0.15; 50% vs 10%
+    # 0.6 >= 0.5 with controls <= 0.15; log-odds 50% vs 10%; rate 80% vs 10%
+    assert [r["shape_holds"] for r in rows] == [True, True, True]
     md = study.to_markdown()
     assert "| 2 **(chosen)** | 0.600 ± 0.010 |" in md and "50.0%" in md and "→ yes" in md
     gone = _study()
