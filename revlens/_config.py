@@ -26,9 +26,11 @@ __all__ = [
     "as_float",
     "as_int",
     "as_layers",
+    "as_ranks",
     "as_str_tuple",
     "option",
     "parse_floats",
+    "parse_ints",
     "parse_steps",
 ]
 
@@ -87,6 +89,17 @@ def as_str_tuple(name: str, value: Any, valid: Sequence[str] | None = None) -> t
         hint = f"; valid: {', '.join(valid)}" if valid is not None else ""
         raise ConfigError(f"{name}: {bad[0]!r} is not understood{hint}")
     return tuple(dict.fromkeys(items))
+
+
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def as_ranks(name: str, value: Any) -> tuple[int, ...]:
+    """Subspace ranks: one int or ints ``>= 1``, sorted and unique (empty allowed)."""
+    items = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise ConfigError(f"{name} must be an int or a list of ints >= 1, got {value!r}") from None
+    return tuple(sorted({as_int(name, k, min=1) for k in items}))
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
@@ -170,6 +183,14 @@ def parse_floats(flag: str, raw: Sequence[str]) -> tuple[float, ...]:
         return tuple(float(v) for v in raw)
     except ValueError:
         raise ConfigError(f"{flag} takes numbers, got {' '.join(raw)}") from None
+
+
+def parse_ints(flag: str, raw: Sequence[str]) -> tuple[int, ...]:
+    """Command-line integers (``--ranks 1 2 4``)."""
+    try:
+        return tuple(int(v) for v in raw)
+    except ValueError:
+        raise ConfigError(f"{flag} takes integers, got {' '.join(raw)}") from None
 
 
 def parse_steps(flag: str, raw: Sequence[str]) -> str | tuple[int, ...]:

@@ -14,12 +14,12 @@ from typing import Any, no_type_check
 
 import numpy as np
 
-from revlens._config import Config, as_bool, as_int, as_layers, option
+from revlens._config import Config, as_bool, as_int, as_layers, as_ranks, option, parse_ints
 from revlens._version import __version__
 from revlens.collect import HistoryStats, collect, without_degenerate
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
 from revlens.directions.table import directions_table
-from revlens.drift import drift_table
+from revlens.drift import drift_table, subspace_drift_table
 from revlens.errors import ConfigError, HistoryError
 from revlens.history import History
 from revlens.modes import DIRECTION_METHODS, POSITION_RULES, SITE_KINDS, check_mode
@@ -52,6 +52,11 @@ class AnalyzeConfig(Config):
     batch_size: int = option(32, "probe batch size")
     weights: bool = option(False, "also read weight-space reversion (revlens.weights: no forward pass; "
                            "its default settings, or analyze(weights=WeightsConfig(...)))")
+    ranks: tuple[int, ...] = option((), "also fit rank-k reversion subspaces (the largest k) and report the drift's "
+                                    "energy in their first k rows, beside exact and covariance-matched nulls",
+                                    parse=parse_ints, nargs="+", metavar="K")
+    subspace_methods: tuple[str, ...] = option(("pca",), "estimators fitted as rank-k subspaces when ranks are given",
+                                               metavar="METHOD")
 
     def validate(self) -> None:
         """Check every field, before any collection starts."""
@@ -79,6 +84,13 @@ class AnalyzeConfig(Config):
         self.seed = as_int("seed", self.seed)
         self.batch_size = as_int("batch_size", self.batch_size, min=1)
         self.weights = as_bool("weights", self.weights)
+        self.ranks = as_ranks("ranks", self.ranks)
+        subs = (self.subspace_methods,) if isinstance(self.subspace_methods, str) else tuple(self.subspace_methods)
+        for m in subs:
+            if m not in DIRECTION_METHODS:
+                raise ConfigError(f"subspace_methods: unknown direction method {m!r}; valid methods: "
+                                  f"{', '.join(DIRECTION_METHODS)}")
+        self.subspace_methods = subs
 
 
 def _check_runs(runs: dict[str, Any]) -> None:
@@ -192,7 +204,10 @@ def analyze(
             history's default probe set.
         config: an :class:`AnalyzeConfig`; ``**settings`` (any of its fields: ``layers``,
             ``site``, ``position``, ``n_bootstrap``, ``n_stability``, ``n_null``, ``seed``,
-            ``batch_size``) override it. All are validated before any forward pass.
+            ``batch_size``, ``ranks``, ``subspace_methods``) override it. All are validated before
+            any forward pass. With ``ranks`` (e.g. ``(1, 2, 4, 8)``) the report also holds rank-k
+            subspaces (``report.subspaces``) and the drift's energy in them
+            (``report.subspace_drift``, :func:`revlens.drift.subspace_drift_table`).
         methods: direction methods: names (``"mean_diff"``, ``"pca"``, ``"probe"``,
             ``"whitened"``), estimators, :class:`~revlens.directions.Directions`, or tensors
             ``[n_layers_collected, d_model]``; default the config's (all four).
@@ -241,6 +256,7 @@ def _report(hist: History | None, stats: HistoryStats, specs: list[Any], cfg: An
     specs, stats, degenerate = _bind_and_drop_degenerate(specs, stats)
     vectors, stability = _fit_all(specs, stats, cfg)
     drift = drift_table(stats, vectors, n_null=cfg.n_null, seed=cfg.seed)
+    subspaces, sub_drift = _fit_subspaces(stats, cfg)
     table = directions_table(stats, vectors, stability={k: v for k, v in stability.items() if v is not None},
                              n_permutations=cfg.n_null, seed=cfg.seed)
     config_out = {**cfg.to_dict(), "methods": list(vectors), "layers": list(stats.layers), "site": stats.site,
@@ -250,7 +266,7 @@ def _report(hist: History | None, stats: HistoryStats, specs: list[Any], cfg: An
     weight_report = _weight_report(hist, weights_config, progress) if cfg.weights and hist is not None else None
     report = Report(drift=drift, directions=vectors, directions_table=table, config=config_out,
                     provenance=_provenance(hist, stats), metrics=hist.metrics if hist is not None else None,
-                    weights=weight_report)
+                    weights=weight_report, subspaces=subspaces, subspace_drift=sub_drift)
     return report
 
 
@@ -270,6 +286,7 @@ def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, *
         return None, checkpoints
     hist = History.load(checkpoints)
     _check_runs({r.name: r.steps for r in hist.runs.values()})
+    _check_subspaces(cfg, hist)
     stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
                     batch_size=cfg.batch_size, moments="reference", keep="reference", n_bootstrap=cfg.n_bootstrap,
                     bootstrap_seed=cfg.seed, **collect_kw)
@@ -326,6 +343,27 @@ def _weights_config(weights: Any, settings: dict[str, Any]) -> Any:
         return weights
     settings["weights"] = weights
     return None
+
+
+def _check_subspaces(cfg: AnalyzeConfig, hist: History | None) -> None:
+    """Refuse, before any collection, rank-k fits a history cannot have (mean_diff: one direction
+    per base checkpoint)."""
+    if cfg.ranks and "mean_diff" in cfg.subspace_methods and hist is not None and max(cfg.ranks) > len(hist.base):
+        raise ConfigError(f"ranks up to {max(cfg.ranks)} with subspace method 'mean_diff' need as many base "
+                          f"checkpoints; the history has {len(hist.base)} (use 'pca' for rank-k subspaces)")
+
+
+def _fit_subspaces(stats: HistoryStats, cfg: AnalyzeConfig) -> tuple[dict[str, Directions], Any]:
+    """Rank-max(ranks) fits and the drift's energy in their first k rows (``None`` without ranks)."""
+    if not cfg.ranks:
+        return {}, None
+    from revlens.directions import ESTIMATORS
+
+    k = max(cfg.ranks)
+    subspaces = {m: ESTIMATORS[m](n_components=k, n_bootstrap=cfg.n_stability, seed=cfg.seed).fit(stats).direction_
+                 for m in cfg.subspace_methods}
+    log.info("fitted rank-%d subspaces %s", k, list(subspaces))
+    return subspaces, subspace_drift_table(stats, subspaces, ranks=cfg.ranks, n_null=cfg.n_null, seed=cfg.seed)
 
 
 def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:

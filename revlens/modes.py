@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, no_type_check
 from revlens.errors import ConfigError
 
 __all__ = [
+    "BLOCK_CONSTRAINTS",
     "BLOCK_METHODS",
     "CONTROL_KINDS",
     "DIRECTION_METHODS",
@@ -23,6 +24,7 @@ __all__ = [
     "INTERVENTION_KINDS",
     "INTERVENTION_POSITIONS",
     "POSITION_RULES",
+    "RANK_RULES",
     "SITE_KINDS",
     "STRATEGIES",
     "SVD_METHODS",
@@ -30,6 +32,7 @@ __all__ = [
     "WEIGHT_BLOCK_SIDES",
     "WEIGHT_SIDES",
     "WHICH",
+    "BlockConstraint",
     "BlockMethod",
     "ControlKind",
     "DirectionMethod",
@@ -37,6 +40,7 @@ __all__ = [
     "InterventionKind",
     "InterventionPositions",
     "PositionRuleName",
+    "RankRule",
     "SiteKind",
     "Strategy",
     "SvdMethod",
@@ -92,6 +96,12 @@ WeightBlockMode = Literal["off", "onto"]
 SvdMethod = Literal["auto", "full", "lowrank"]
 """How the top-k singular vectors of ``V`` are computed (``auto``: exact Gram eigendecomposition up to
 2048 on the short side, randomized low-rank above)."""
+BlockConstraint = Literal["equal", "one_sided", "confine"]
+"""What :class:`revlens.block.ReversionBlocker` holds: ``s = 0`` along the subspace, ``s ≤ 0`` (no
+motion toward base), or the drift confined to the subspace (its complement held at 0)."""
+
+RankRule = Literal["margin", "max"]
+"""How :func:`revlens.causal.ablation_study` chooses the subspace rank k on the selection prompts."""
 
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
@@ -107,6 +117,8 @@ WEIGHT_SIDES: tuple[str, ...] = get_args(WeightSide)
 WEIGHT_BLOCK_SIDES: tuple[str, ...] = get_args(WeightBlockSide)
 WEIGHT_BLOCK_MODES: tuple[str, ...] = get_args(WeightBlockMode)
 SVD_METHODS: tuple[str, ...] = get_args(SvdMethod)
+BLOCK_CONSTRAINTS: tuple[str, ...] = get_args(BlockConstraint)
+RANK_RULES: tuple[str, ...] = get_args(RankRule)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker

@@ -1,7 +1,11 @@
-"""Block motion along reversion directions while a model fine-tunes (DESIGN.md §2).
+"""Block motion along reversion directions or rank-k subspaces while a model fine-tunes (DESIGN §2, §5).
 
 For each blocked layer ``l``, ``s_l(θ) = (μ_l(θ) − μ_l(aligned))·v_l`` is the drift along
-``v_l`` of the probe-set mean residual, and ``a_l = ∇θ s_l``. Methods:
+``v_l`` of the probe-set mean residual, and ``a_l = ∇θ s_l``. With a rank-k basis ``B_l`` every
+basis row is a constraint row (``s_{l,j}`` along ``b_{l,j}``; ``rank=`` keeps the first k); with
+``per_prompt=True`` every probe prompt's projection is one; ``constraint`` chooses what is held
+(``"equal"``: ``s = 0``; ``"one_sided"``: ``s ≤ 0``, no motion toward base; ``"confine"``: the
+drift held inside the subspace — see :mod:`revlens.block.constraints`). Methods:
 
 - ``"update"`` (default): after the optimizer computed its step ``Δθ`` (momentum and Adam
   scaling included), remove ``Δθ``'s component in ``span{a_l}`` and add the restoring term
@@ -10,7 +14,8 @@ For each blocked layer ``l``, ``s_l(θ) = (μ_l(θ) − μ_l(aligned))·v_l`` is
   Adam re-introduce the component: prototypes found it does **not** hold ``s_l``);
 - ``"penalty"``: add ``strength · Σ_l s_l²`` to the loss (when attached, its gradient is added
   to ``.grad`` just before the optimizer step: the same thing, without touching the loss);
-- ``"hook"``: during training forwards, replace ``h`` by ``h − strength·((h − μ_l(aligned))·v_l) v_l``.
+- ``"hook"``: during training forwards, replace ``h`` by ``h − strength·B_lᵀB_l(h − μ_l(aligned))``
+  (``k = 1``: ``h − strength·((h − μ_l(aligned))·v_l) v_l``).
 
 The per-layer gradients: see :mod:`revlens.block.objective`.
 
@@ -31,9 +36,15 @@ import torch
 from torch import Tensor
 
 from revlens.block.config import BlockerConfig
+from revlens.block.constraints import (
+    gradient_coefficients,
+    hook_edit,
+    penalty_rows,
+    update_coefficients,
+)
 from revlens.block.inputs import ProbeInputs, Resolved
 from revlens.block.objective import ProbeObjective
-from revlens.block.projection import apply_correction, dot, gram, projection_coefficients
+from revlens.block.projection import apply_correction, dot, gram
 from revlens.errors import ConfigError, NotFittedError, RevlensError
 from revlens.modes import BLOCK_METHODS, BlockMethod
 from revlens.sites import SiteAccess
@@ -49,8 +60,8 @@ class ReversionBlocker(ProbeInputs):
     """Keep a fine-tuned model from moving along per-layer reversion directions.
 
     Args:
-        directions: a :class:`~revlens.directions.Directions` (or a ``[layer, d]`` tensor with
-            ``directions_layers=``).
+        directions: a :class:`~revlens.directions.Directions` of any rank (or a ``[layer, d]`` /
+            ``[layer, k, d]`` tensor with ``directions_layers=``).
         probes: a :class:`~revlens.probes.Probes` (or list of prompts, or ``TokenizedProbes``).
         reference: the aligned model's residual on the probes: a ``[layer, d]`` tensor of means
             (rows = the blocked layers), a ``CheckpointStats`` / ``HistoryStats`` (its aligned
@@ -72,9 +83,16 @@ class ReversionBlocker(ProbeInputs):
             fallback to loop when vmap fails).
         tokenizer: tokenizer for text probes (default: the reference's, if it has one).
         seed: seed of the probe-batch order.
+        rank: block the first ``k`` rows of each layer's basis (default: all).
+        constraint: ``"equal"`` (default), ``"one_sided"`` or ``"confine"`` (module docstring).
+        per_prompt: one constraint row per probe prompt and basis row (needs a per-prompt
+            reference). Costs: the rows grow ``batch``-fold, and so do the per-refresh backwards and
+            the kept gradients (``[rows, *param.shape]`` per parameter): with ``per_prompt`` keep
+            ``probe_batch_size`` small (e.g. 8).
 
     Raises:
-        ConfigError: unknown method, ``strength < 0``, bad sizes.
+        ConfigError: unknown method, ``strength < 0``, bad sizes, ``rank`` above the directions'
+            rank, a hook that confines or acts per prompt, per prompt without a per-prompt reference.
     """
 
     def __init__(
@@ -95,8 +113,10 @@ class ReversionBlocker(ProbeInputs):
         self.method, self.strength, self.restore = cfg.method, cfg.strength, cfg.restore
         self.probe_batch_size, self.refresh_every = cfg.probe_batch_size, cfg.refresh_every
         self.grad_batching, self.ridge, self.seed = cfg.grad_batching, cfg.ridge, cfg.seed
+        self.rank, self.constraint, self.per_prompt = cfg.rank, cfg.constraint, cfg.per_prompt
         self._stack: ExitStack | None = None
         self._log: list[dict[str, Any]] = []
+        self._active: list[dict[str, int]] = []
 
     # ------------------------------------------------------------------ fitting
     def prepare(self, model: Any) -> "ReversionBlocker":
@@ -105,6 +125,10 @@ class ReversionBlocker(ProbeInputs):
         Sets ``reader_``, ``inputs_`` and ``layers_``. Called by :meth:`attach`.
         """
         reader, res = self.resolve(model)
+        if self.rank is not None:
+            if self.rank > res.basis.shape[1]:  # type: ignore[union-attr]
+                raise ConfigError(f"rank={self.rank} but the directions have rank {res.basis.shape[1]}")  # type: ignore[union-attr]
+            res = res.truncated(self.rank)
         n = res.tokens.shape[0]
         size = self.probe_batch_size
         if size == "auto":
@@ -125,6 +149,8 @@ class ReversionBlocker(ProbeInputs):
             batch_size=self.probe_batch_size_,
             seed=self.seed,
             grad_batching=self.grad_batching,
+            constraint=self.constraint,
+            per_prompt=self.per_prompt,
         )
         self.step_ = 0
         self._grads: list[Tensor] | None = None
@@ -132,6 +158,12 @@ class ReversionBlocker(ProbeInputs):
         self._s_now = torch.zeros(0, dtype=torch.float64)
         self._snapshot: list[Tensor] | None = None
         return self
+
+    def _for(self, model: Any) -> None:
+        """Prepare for ``model`` unless it is the one prepared (``None``: the prepared one)."""
+        if model is not None and getattr(self, "_model_id", None) != id(model):
+            self.prepare(model)
+        self._check()
 
     def _check(self) -> None:
         if not hasattr(self, "inputs_"):
@@ -228,19 +260,22 @@ class ReversionBlocker(ProbeInputs):
     def projection(self, model: Any = None) -> Tensor:
         """``s_l`` on the whole probe set at the current weights (no grad), ``[layer]`` float64
         (of ``model`` if given, else of the attached / prepared model)."""
-        if model is not None and getattr(self, "_model_id", None) != id(model):
-            self.prepare(model)
-        self._check()
+        self._for(model)
         return self.objective_.s_full()
 
+    def subspace_projection(self, model: Any = None) -> Tensor:
+        """The drift's coordinates on every blocked basis row on the whole probe set, ``[layer, k]``
+        float64 (column 0 is :meth:`projection`)."""
+        self._for(model)
+        return self.objective_.subspace_full()
+
     def penalty(self, model: Any = None) -> Tensor:
-        """``strength · Σ_l s_l²`` on a probe batch, differentiable: add it to the loss in a plain
-        loop when the blocker is **not** attached with ``method="penalty"`` (that adds it for you)."""
-        if model is not None and getattr(self, "_model_id", None) != id(model):
-            self.prepare(model)
-        self._check()
+        """``strength · Σ_r s_r²`` on a probe batch (``one_sided``: ``Σ relu(s_r)²``), differentiable:
+        add it to the loss in a plain loop when the blocker is **not** attached with
+        ``method="penalty"`` (that adds it for you)."""
+        self._for(model)
         s = self.objective_.s(self.objective_.batch())
-        return self.strength * (s**2).sum()
+        return self.strength * penalty_rows(s, self.constraint)
 
     def _measure(self) -> None:
         """Every ``refresh_every`` steps: measure ``s`` and the per-layer gradients on a probe
@@ -250,19 +285,19 @@ class ReversionBlocker(ProbeInputs):
             with torch.enable_grad():
                 terms = self.objective_.s_terms(self.objective_.batch())
                 self._grads = self.objective_.grads(terms, self._params)
-                s = torch.stack(terms)
+                s = torch.cat(terms)
             self._gram = gram(self._grads)
             self._s_now = s.detach().double().cpu()
             measured = True
         else:
             measured = False
-        self._log.append(
-            {
-                "step": self.step_,
-                "measured": measured,
-                **{f"s{layer}": float(v) for layer, v in zip(self.layers_, self._s_now)},
-            }
-        )
+        self._log.append({"step": self.step_, "measured": measured,
+                          **{f"s{layer}": float(v) for layer, v in zip(self.layers_, self._first_rows())}})
+
+    def _first_rows(self) -> Tensor:
+        """Per layer, the current ``s`` along the first basis row (per prompt: the batch mean)."""
+        parts = torch.split(self._s_now, self.objective_.layout) if self.objective_.layout else []
+        return self.objective_.first_rows(list(parts))
 
     # ------------------------------------------------------------------ the step
     def before_step(self) -> None:
@@ -272,15 +307,12 @@ class ReversionBlocker(ProbeInputs):
             return
         if self.method == "penalty":
             with torch.enable_grad():
-                s = self.objective_.s(self.objective_.batch())
-                pen = self.strength * (s**2).sum()
+                terms = self.objective_.s_terms(self.objective_.batch())
+                s = torch.cat(terms)
+                pen = self.strength * penalty_rows(s, self.constraint)
                 grads = torch.autograd.grad(pen, self._params, allow_unused=True)
-            self._log.append(
-                {
-                    "step": self.step_,
-                    **{f"s{layer}": float(v) for layer, v in zip(self.layers_, s.detach())},
-                }
-            )
+            self._log.append({"step": self.step_,
+                              **{f"s{layer}": float(v) for layer, v in zip(self.layers_, self.objective_.first_rows(terms))}})
             for p, g in zip(self._params, grads, strict=True):
                 if g is not None:
                     p.grad = g.detach() if p.grad is None else p.grad.add_(g)
@@ -289,19 +321,12 @@ class ReversionBlocker(ProbeInputs):
         assert self._grads is not None and self._gram is not None
         if self.method == "gradient":
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-            coef = projection_coefficients(
-                self._gram, self.strength * dot(self._grads, grads), ridge=self.ridge
-            )
+            coef = gradient_coefficients(self.constraint, self._gram, dot(self._grads, grads),
+                                         strength=self.strength, ridge=self.ridge)
+            self._note_active(coef)
             with torch.no_grad():
-                apply_correction(
-                    [p.grad for p in self._params if p.grad is not None],
-                    [
-                        a
-                        for a, p in zip(self._grads, self._params, strict=True)
-                        if p.grad is not None
-                    ],
-                    coef,
-                )
+                kept = [(p.grad, a) for a, p in zip(self._grads, self._params, strict=True) if p.grad is not None]
+                apply_correction([g for g, _ in kept], [a for _, a in kept], coef)
             return
         self._snapshot = [p.detach().clone() for p in self._params]
 
@@ -316,8 +341,9 @@ class ReversionBlocker(ProbeInputs):
             with torch.no_grad():
                 delta = [p.detach() - s for p, s in zip(self._params, self._snapshot, strict=True)]
                 a_delta = dot(self._grads, delta)
-                rhs = a_delta + (self._s_now if self.restore else 0.0)
-                coef = projection_coefficients(self._gram, self.strength * rhs, ridge=self.ridge)
+                coef = update_coefficients(self.constraint, self._gram, a_delta, self._s_now,
+                                           strength=self.strength, restore=self.restore, ridge=self.ridge)
+                self._note_active(coef)
                 apply_correction([p.data for p in self._params], self._grads, coef)
                 self._s_now = self._s_now + a_delta - self._gram @ coef  # s + AΔ' (first order)
             self._snapshot = None
@@ -330,16 +356,18 @@ class ReversionBlocker(ProbeInputs):
         """The training-time edit at the ``i``-th blocked site (measurements, in eval mode, see
         the unedited model)."""
         res, module = self.inputs_, self.reader_.module
+        return hook_edit(res.basis[i], res.ref_mean[i], self.strength, self.constraint == "one_sided",  # type: ignore[index]
+                         lambda: module.training)
 
-        def edit(h: Tensor) -> Tensor | None:
-            if not module.training:
-                return None
-            v = res.vectors[i].to(h.dtype)
-            mu = res.ref_mean[i].to(device=h.device, dtype=h.dtype)
-            coord = (h - mu) @ v
-            return h - self.strength * coord[..., None] * v
+    def _note_active(self, coef: Tensor) -> None:
+        """Record how many constraint rows acted at this step (one-sided: the active set)."""
+        self._active.append({"step": self.step_, "rows": int(coef.numel()), "active": int((coef != 0).sum())})
 
-        return edit
+    @property
+    def active_(self) -> pd.DataFrame:
+        """Per corrected step: ``step``, ``rows`` (constraint rows) and ``active`` (rows whose
+        coefficient is non-zero: with ``constraint="one_sided"``, the rows that bound)."""
+        return pd.DataFrame(self._active, columns=["step", "rows", "active"])
 
     @property
     def history_(self) -> pd.DataFrame:
@@ -361,7 +389,10 @@ class ReversionBlocker(ProbeInputs):
         return blocker_figure(self.history_, **kw)
 
     def __repr__(self) -> str:
+        extra = "" if self.constraint == "equal" else f", constraint={self.constraint!r}"
+        extra += f", rank={self.rank}" if self.rank is not None else ""
+        extra += ", per_prompt=True" if self.per_prompt else ""
         return (
-            f"ReversionBlocker(method={self.method!r}, strength={self.strength}, restore={self.restore}, "
+            f"ReversionBlocker(method={self.method!r}, strength={self.strength}, restore={self.restore}{extra}, "
             f"layers={getattr(self, 'layers_', self.layers)}, attached={self.is_attached})"
         )

@@ -5,7 +5,7 @@ from typing import Any, no_type_check
 
 from revlens._config import Config, as_float, as_int, option
 from revlens.errors import ConfigError
-from revlens.modes import BLOCK_METHODS, GRAD_BATCHING, SITE_KINDS, check_mode
+from revlens.modes import BLOCK_CONSTRAINTS, BLOCK_METHODS, GRAD_BATCHING, SITE_KINDS, check_mode
 
 __all__ = ["BlockerConfig"]
 
@@ -24,6 +24,13 @@ class BlockerConfig(Config):
     site: str = option("resid_post", "site kind", choices=SITE_KINDS)
     ridge: float = option(1e-6, "relative ridge of the projection's Gram matrix")
     seed: int = option(0, "seed of the probe-batch order")
+    rank: int | None = option(None, "block the first k rows of each layer's basis (default: all of them)",
+                              metavar="K")
+    constraint: str = option("equal", "hold the subspace coordinates at 0 ('equal'), stop only motion toward base "
+                             "('one_sided'), or confine the drift to the subspace ('confine')",
+                             choices=BLOCK_CONSTRAINTS)
+    per_prompt: bool = option(False, "constrain each probe prompt's projection, not only the batch mean "
+                              "(batch x k rows per layer)")
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field)."""
@@ -38,3 +45,14 @@ class BlockerConfig(Config):
         check_mode("site", self.site, SITE_KINDS)
         self.ridge = as_float("ridge", self.ridge, min=0.0)
         self.seed = as_int("seed", self.seed)
+        if self.rank is not None:
+            self.rank = as_int("rank", self.rank, min=1)
+        check_mode("constraint", self.constraint, BLOCK_CONSTRAINTS)
+        if not isinstance(self.per_prompt, bool):
+            raise ConfigError(f"per_prompt must be True or False, got {self.per_prompt!r}")
+        if self.method == "hook" and self.constraint == "confine":
+            raise ConfigError("method='hook' cannot confine: a forward hook keeping only the subspace would erase "
+                              "every per-token direction outside it; confine with update, gradient or penalty")
+        if self.method == "hook" and self.per_prompt:
+            raise ConfigError("method='hook' edits training activations, not probe prompts: per_prompt applies to "
+                              "update, gradient and penalty")

@@ -27,7 +27,9 @@ class Resolved:
     Attributes:
         sites: the blocked / monitored sites (one per layer).
         layers: blocked / monitored revlens layers.
-        vectors: ``[layer, d]`` unit directions (float32, on the model's device).
+        vectors: ``[layer, d]`` unit directions (float32, on the model's device): the first rows
+            of ``basis``.
+        basis: ``[layer, k, d]`` orthonormal rows per layer (float32, on the model's device).
         tokens, weights: the probe set (right-padded ids and position weights).
         mask: attention mask of the real (non-padding) tokens.
         ref_mean: ``[layer, d]`` float64 reference mean over the whole probe set.
@@ -42,6 +44,18 @@ class Resolved:
     mask: Tensor
     ref_mean: Tensor
     ref_prompt: Tensor | None
+    basis: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.basis is None:
+            self.basis = self.vectors[:, None, :]
+
+    def truncated(self, k: int) -> "Resolved":
+        """The same inputs with the first ``k`` rows of each layer's basis."""
+        from dataclasses import replace
+
+        basis = self.basis[:, :k].contiguous()  # type: ignore[index]
+        return replace(self, vectors=basis[:, 0], basis=basis)
 
 
 def _directions(directions: Any, dir_layers: Any) -> Directions:
@@ -49,7 +63,7 @@ def _directions(directions: Any, dir_layers: Any) -> Directions:
         raise ConfigError("directions given as a tensor need their layers: pass directions_layers=[...]")
     if not isinstance(directions, (Directions, Tensor)):
         raise ConfigError(
-            f"directions must be a revlens Directions or a [layer, d] tensor; got {type(directions).__name__}"
+            f"directions must be a revlens Directions or a [layer, d] / [layer, k, d] tensor; got {type(directions).__name__}"
         )
     return resolve_directions(directions, layers=dir_layers)
 
@@ -236,9 +250,10 @@ def resolve_inputs(
         tokenizer = _tokenizer_of(model) or _tokenizer_of(reference)
     tok = _tokenize(probes, tokenizer, reader)
     mean, prompt = _reference(reference, sites, reader, tok, batch_size)
-    vectors = dirs.select(chosen).vectors.to(device=reader.device, dtype=torch.float32)
+    basis = dirs.select(chosen).basis.to(device=reader.device, dtype=torch.float32)
     mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    return reader, Resolved(sites, chosen, vectors, tok.tokens, tok.weights.to(torch.float32), mask, mean, prompt)
+    return reader, Resolved(sites, chosen, basis[:, 0], tok.tokens, tok.weights.to(torch.float32), mask, mean, prompt,
+                            basis)
 
 
 class ProbeInputs:

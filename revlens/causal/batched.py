@@ -43,7 +43,9 @@ class Stack:
     Attributes:
         layer: revlens layer index.
         kind: ``"clamp"``, ``"patch"`` or ``"steer"``.
-        vectors: one unit direction per copy ``[n, d]``.
+        vectors: one unit direction per copy ``[n, d]``, or one orthonormal k-frame per copy
+            ``[n, k, d]`` (``clamp`` / ``patch`` the whole subspace: ``h ← h − QᵀQ(h − ref)``;
+            ``k = 1`` frames equal ``[n, d]`` directions exactly; ``steer`` needs ``k = 1``).
         alphas: ``steer``: one α per copy ``[n]``.
         reference: ``clamp``: the reference mean ``[d]`` (``patch`` reads per-batch sources).
     """
@@ -87,9 +89,32 @@ def _reference(stack: Stack, sources: Mapping[int, Tensor] | None) -> Tensor | N
 
 
 def _intervened(h: Tensor, st: Stack, sources: Mapping[int, Tensor] | None, mask: Tensor | None) -> Tensor:
-    """``h`` ``[copies, batch, pos, d]`` (1 copy broadcasts) intervened along the stack's directions."""
-    return apply_intervention(h, st.kind, st.vectors.to(h.device), reference=_reference(st, sources),
-                              alpha=st.alphas, mask=mask)  # type: ignore[arg-type]
+    """``h`` ``[copies, batch, pos, d]`` (1 copy broadcasts) intervened along the stack's directions
+    (or subspaces)."""
+    vectors = st.vectors.to(h.device)
+    if vectors.ndim == 3 and vectors.shape[1] == 1:
+        vectors = vectors[:, 0]
+    if vectors.ndim == 2:
+        return apply_intervention(h, st.kind, vectors, reference=_reference(st, sources),
+                                  alpha=st.alphas, mask=mask)  # type: ignore[arg-type]
+    return _subspace_intervened(h, st.kind, vectors, _reference(st, sources), mask)
+
+
+def _subspace_intervened(h: Float[Tensor, "#copies batch pos d"], kind: str, frames: Float[Tensor, "copies k d"],
+                         reference: Tensor | None, mask: Bool[Tensor, "batch pos"] | None) -> Tensor:
+    """Clamp / patch a k-dim subspace per copy: ``h ← h − QᵀQ(h − ref)``."""
+    if kind not in ("clamp", "patch"):
+        raise RevlensError(f"{kind} needs one direction per copy; got {frames.shape[1]}-dim subspaces")
+    if reference is None:
+        raise RevlensError(f"{kind} needs a reference ({'mean' if kind == 'clamp' else 'source activation'})")
+    q = frames.to(h.dtype)
+    hr = h - reference.to(h.dtype)
+    coords = (torch.einsum("bpd,ckd->cbpk", hr[0], q) if hr.shape[0] == 1
+              else torch.einsum("cbpd,ckd->cbpk", hr, q))
+    delta = -torch.einsum("cbpk,ckd->cbpd", coords, q)
+    if mask is not None:
+        delta = delta * mask.to(h.dtype)[None, :, :, None]
+    return h + delta
 
 
 # sites on the stream between blocks: intervened copies are appended right there; a site inside a

@@ -9,9 +9,11 @@ from revlens._config import (
     as_float,
     as_int,
     as_layers,
+    as_ranks,
     as_str_tuple,
     option,
     parse_floats,
+    parse_ints,
     parse_steps,
 )
 from revlens.errors import ConfigError
@@ -20,6 +22,7 @@ from revlens.modes import (
     DIRECTION_METHODS,
     INTERVENTION_KINDS,
     INTERVENTION_POSITIONS,
+    RANK_RULES,
     SITE_KINDS,
     STRATEGIES,
     check_mode,
@@ -27,6 +30,13 @@ from revlens.modes import (
 )
 
 __all__ = ["AblationConfig"]
+
+
+def _ranks(value: object) -> tuple[int, ...]:
+    ks = as_ranks("ranks", value)
+    if not ks:
+        raise ConfigError("ranks is empty; give subspace ranks k >= 1 (1 = one direction)")
+    return ks
 
 
 def _steps(value: object) -> str | tuple[int, ...]:
@@ -95,6 +105,13 @@ class AblationConfig(Config):
     max_rows: int = option(2048, "most rows in one forward pass")
     gap_tol: float = option(1e-6, "mediation is NaN where |M(θ_t) − M(aligned)| <= gap_tol·max(1, |M|)")
     site: str = option("resid_post", "site kind", choices=SITE_KINDS)
+    ranks: tuple[int, ...] = option((1,), "subspace ranks k: clamp / patch the first k rows of the directions "
+                                    "(1 = v_rev alone), each against random k-dim subspaces", parse=parse_ints,
+                                    nargs="+", metavar="K")
+    select_fraction: float = option(0.5, "with several ranks: share of the probe prompts on which k and the layer "
+                                    "are chosen; the others report them (0: no split)")
+    rank_rule: str = option("margin", "choose k (and the layer) by mediation minus the controls' p95 ('margin') or "
+                            "by mediation alone ('max')", choices=RANK_RULES)
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field) before any forward pass."""
@@ -121,3 +138,6 @@ class AblationConfig(Config):
             check_mode("positions", self.positions, INTERVENTION_POSITIONS)
         check_mode("strategy", self.strategy, STRATEGIES)
         check_mode("site", self.site, SITE_KINDS)
+        self.ranks = _ranks(self.ranks)
+        self.select_fraction = as_float("select_fraction", self.select_fraction, min=0.0, max=0.9)
+        check_mode("rank_rule", self.rank_rule, RANK_RULES)

@@ -23,15 +23,29 @@ from revlens.errors import ConfigError
 
 __all__ = ["EFFECT_COLUMNS", "CausalReport", "summarize"]
 
-EFFECT_COLUMNS = ["run", "step", "layer", "kind", "direction", "control_type", "alpha", "metric", "metric_clean",
-                  "metric_aligned", "effect", "mediation_fraction", "n_prompts"]
+EFFECT_COLUMNS = ["run", "step", "layer", "kind", "rank", "split", "direction", "control_type", "alpha", "metric",
+                  "metric_clean", "metric_aligned", "effect", "mediation_fraction", "n_prompts"]
 
 def _sign(x: pd.Series) -> pd.Series:
     return pd.Series(np.where(x.to_numpy() < 0, -1.0, 1.0), index=x.index)
 
 
+def with_rank_columns(effects: pd.DataFrame) -> pd.DataFrame:
+    """``effects`` with ``rank`` (1) and ``split`` (``"all"``) filled in when absent (tables of
+    studies made before subspaces)."""
+    if "rank" in effects.columns and "split" in effects.columns:
+        return effects
+    df = effects.copy()
+    if "rank" not in df.columns:
+        df.insert(df.columns.get_loc("kind") + 1, "rank", 1)
+    if "split" not in df.columns:
+        df.insert(df.columns.get_loc("rank") + 1, "split", "all")
+    return df.astype({"rank": "int64", "split": "str"})
+
+
 def summarize(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per (run, step, layer, kind, alpha): v_rev against its controls.
+    """Per (run, step, layer, kind, rank, split, alpha): v_rev (or its rank-k subspace) against its
+    controls (random k-dim subspaces of the same rank, on the same prompts).
 
     ``score`` orients effects so that larger = more reversion explained: ``effect·sign(gap)`` for
     clamp / patch (gap = ``metric_clean − metric_aligned``), ``(metric − metric_aligned)·sign``
@@ -40,7 +54,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     that score; ``best`` flags the layer with the largest v_rev mediation fraction (score where
     it is undefined) per (run, step, kind, alpha).
     """
-    df = effects.copy()
+    df = with_rank_columns(effects).copy()
     gap = df["metric_clean"] - df["metric_aligned"]
     is_steer = df["kind"] == "steer"
     mean_gap = float(gap[~is_steer].mean()) if bool((~is_steer).any()) else 1.0
@@ -49,7 +63,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
         is_steer, (df["metric"] - df["metric_aligned"]) * steer_sign, df["effect"] * _sign(gap)
     )
     df["alpha_key"] = df["alpha"].fillna(-np.inf)
-    keys = ["run", "step", "layer", "kind", "alpha_key"]
+    keys = ["run", "step", "layer", "kind", "rank", "split", "alpha_key"]
     v = df[df["control_type"] == "v_rev"].set_index(keys)
     c = df[df["control_type"] != "v_rev"]
     g = c.groupby(keys, sort=False)
@@ -90,14 +104,14 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     )
     out["n_controls"] = out["n_controls"].fillna(0).astype("int64")
     out = out.drop(columns=["ctrl_score_mean", "ctrl_score_std"]).reset_index()
-    by = [out["run"], out["step"], out["kind"], out["alpha_key"]]
+    by = [out["run"], out["step"], out["kind"], out["rank"], out["split"], out["alpha_key"]]
     mf = out["mediation_fraction"]
     has_mf = mf.notna().groupby(by, sort=False).transform("any")
     key = pd.Series(np.where(has_mf, mf.fillna(-np.inf), out["score"]), index=out.index)
     out["best"] = False
     out.loc[key.groupby(by, sort=False).idxmax().to_numpy(), "best"] = True  # first layer on ties
     out = out.drop(columns=["alpha_key"])
-    cols = ["run", "step", "layer", "kind", "alpha"]
+    cols = ["run", "step", "layer", "kind", "rank", "split", "alpha"]
     return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
 
 
@@ -105,7 +119,9 @@ class CausalReport(Result):
     """What :func:`~revlens.causal.ablation_study` measured.
 
     Attributes:
-        effects: one row per (run, step, layer, kind, direction[, alpha]): ``metric`` under the
+        effects: one row per (run, step, layer, kind, rank, split, direction[, alpha]): ``rank``
+            is the subspace dimension k (1: one direction), ``split`` the prompts the means are
+            over (``"all"``; with several ranks also ``"select"`` / ``"test"``); ``metric`` under the
             intervention (mean over prompts), ``metric_clean`` (M(θ_t)), ``metric_aligned``
             (M(aligned)), ``effect`` = clean − intervened, ``mediation_fraction`` =
             effect / (clean − aligned) (NaN where that gap is ~0, and for steer rows).
@@ -114,12 +130,14 @@ class CausalReport(Result):
             (``run="aligned"``, ``step=0``, ``alpha`` set).
         config: the study's settings (:class:`~revlens.causal.AblationConfig` fields and more).
         directions: the v_rev directions used.
-        controls: layer -> control directions ``[k, d]`` (rows in ``config["control_names"]`` order).
+        controls: layer -> control directions ``[n, d]`` or k-frames ``[n, k, d]`` (rows in
+            ``config["control_names"]`` order; the first ``j`` rows of a frame are its rank-j control).
         provenance: model, probe fingerprint, checkpoints and their content fingerprints.
 
     Tables: :meth:`summary` (v_rev against its controls), :meth:`mean_over_runs`,
-    :meth:`dose_response`. Figures: :meth:`mediation_heatmap`, :meth:`control_bands`,
-    :meth:`steer_dose_response`.
+    :meth:`dose_response`, :meth:`rank_table` / :meth:`rank_choice` (subspaces: mediation vs k,
+    k chosen on held-out prompts). Figures: :meth:`mediation_heatmap`, :meth:`control_bands`,
+    :meth:`steer_dose_response`, :meth:`mediation_vs_k`.
     """
 
     FORMAT = "revlens-causal/2"
@@ -128,12 +146,22 @@ class CausalReport(Result):
     def __init__(self, *, effects: pd.DataFrame, config: dict[str, Any] | None = None,
                  directions: Directions | None = None, controls: dict[int, Tensor] | None = None,
                  provenance: dict[str, Any] | None = None) -> None:
-        self.effects = effects
+        self.effects = with_rank_columns(effects)
         self.config = dict(config or {})
         self.directions = directions
         self.controls = dict(controls or {})
         self.provenance = dict(provenance or {})
-        self._summary = summarize(effects)
+        self._summary = summarize(self.effects)
+
+    @property
+    def ranks(self) -> list[int]:
+        """The subspace ranks k studied (``[1]``: one direction)."""
+        return sorted(int(k) for k in self.effects["rank"].unique())
+
+    def _base_effects(self) -> pd.DataFrame:
+        """The rows the one-direction figures draw: the smallest rank, all prompts."""
+        e = self.effects
+        return e[(e["rank"] == e["rank"].min()) & (e["split"] == "all")] if not e.empty else e
 
     # ------------------------------------------------------------------ tables
     def summary(self) -> pd.DataFrame:
@@ -154,15 +182,32 @@ class CausalReport(Result):
         """Clamp / patch summary averaged over runs per (step, layer, kind): mean and std."""
         s = self._summary[self._summary["kind"] != "steer"]
         cols = ["mediation_fraction", "effect", "ctrl_mediation_mean", "ctrl_mediation_p95", "z", "p_value"]
-        g = s.groupby(["step", "layer", "kind"])[cols]
+        keys = ["step", "layer", "kind", "rank", "split"]
+        g = s.groupby(keys)[cols]
         out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_std"))
-        out["n_runs"] = s.groupby(["step", "layer", "kind"])["run"].nunique()
+        out["n_runs"] = s.groupby(keys)["run"].nunique()
         return out.reset_index()
 
-    def best_layer(self, kind: str = "clamp", step: int | None = None) -> int:
-        """The layer with the largest mean-over-runs v_rev mediation fraction (at ``step``: last)."""
+    def rank_table(self, kind: str = "clamp", step: int | None = None) -> pd.DataFrame:
+        """Mediation vs the subspace rank k per (split, layer, k), beside random k-dim subspaces
+        (:func:`revlens.causal.ranks.rank_table`)."""
+        from revlens.causal.ranks import rank_table
+
+        return rank_table(self.effects, kind, step)
+
+    def rank_choice(self, kind: str = "clamp", step: int | None = None) -> dict[str, Any]:
+        """The (layer, k) chosen on the selection prompts by the study's ``rank_rule`` and its
+        mediation on the held-out test prompts (:func:`revlens.causal.ranks.rank_choice`)."""
+        from revlens.causal.ranks import rank_choice
+
+        return rank_choice(self.effects, kind, step, rule=self.config.get("rank_rule", "margin"))
+
+    def best_layer(self, kind: str = "clamp", step: int | None = None, *, rank: int | None = None) -> int:
+        """The layer with the largest mean-over-runs mediation fraction on all prompts (at ``step``:
+        last), for subspaces of ``rank`` (default: the smallest studied)."""
         m = self.mean_over_runs()
-        m = m[m["kind"] == kind]
+        rank = min(self.ranks) if rank is None else int(rank)
+        m = m[(m["kind"] == kind) & (m["rank"] == rank) & (m["split"] == "all")]
         if m.empty:
             raise ConfigError(f"no {kind!r} rows in this report; kinds: {sorted(set(self._summary['kind']))}")
         step = int(m["step"].max()) if step is None else step
@@ -180,7 +225,8 @@ class CausalReport(Result):
         ]
         s = self._summary
         if "kind" in s.columns and bool((s["kind"] != "steer").any()):
-            for (kind, step), grp in self.mean_over_runs().groupby(["kind", "step"]):
+            m = self.mean_over_runs()
+            for (kind, step), grp in m[(m["rank"] == m["rank"].min()) & (m["split"] == "all")].groupby(["kind", "step"]):
                 if grp["mediation_fraction_mean"].isna().all():
                     continue
                 r = grp.loc[grp["mediation_fraction_mean"].idxmax()]
@@ -189,6 +235,14 @@ class CausalReport(Result):
                     f"{r['mediation_fraction_mean']:.3f} (controls {r['ctrl_mediation_mean_mean']:.3f}, "
                     f"p95 {r['ctrl_mediation_p95_mean']:.3f}; z {r['z_mean']:.1f}, p {r['p_value_mean']:.3f})"
                 )
+        if len(self.ranks) > 1:
+            for kind in [k for k in self.config.get("kinds", []) if k != "steer"]:
+                ch = self.rank_choice(kind)
+                t = ch["test"]
+                where = "held-out test prompts" if ch["held_out"] else "all prompts (no split: not held out)"
+                lines.append(f"  {kind} ranks {self.ranks}: chosen k={ch['rank']} at layer {ch['layer']} "
+                             f"({ch['rule']}); on {where}: mediation {t['mediation_mean']:.3f} "
+                             f"(random k-subspaces p95 {t['ctrl_p95']:.3f})")
         if "kind" in s.columns and bool((s["kind"] == "steer").any()):
             d = self.dose_response()
             top = d.loc[d["delta"].idxmax()]
@@ -203,19 +257,28 @@ class CausalReport(Result):
         """Layer × step mediation of v_rev (:func:`revlens.plot.mediation_heatmap`)."""
         from revlens.plot import mediation_heatmap
 
-        return mediation_heatmap(self.effects, **kw)
+        return mediation_heatmap(self._base_effects(), **kw)
 
     def control_bands(self, **kw: Any) -> Any:
         """v_rev's mediation per layer inside its controls' band (:func:`revlens.plot.control_bands`)."""
         from revlens.plot import control_bands
 
-        return control_bands(self.effects, **kw)
+        return control_bands(self._base_effects(), **kw)
+
+    def mediation_vs_k(self, kind: str = "clamp", step: int | None = None, **kw: Any) -> Any:
+        """Mediation fraction against the subspace rank k, per layer, inside the band of random
+        k-dim subspaces (5–95 %, per control type), on the held-out test prompts when the study
+        split them, the chosen k marked (:func:`revlens.plot.mediation_vs_k`)."""
+        from revlens.plot import mediation_vs_k
+
+        choice = self.rank_choice(kind, step)
+        return mediation_vs_k(self.rank_table(kind, step), choice=choice, **kw)
 
     def steer_dose_response(self, **kw: Any) -> Any:
         """Steering dose–response against controls (:func:`revlens.plot.steer_dose_response`)."""
         from revlens.plot import steer_dose_response
 
-        return steer_dose_response(self.effects, **kw)
+        return steer_dose_response(self._base_effects(), **kw)
 
     def figure(self, kind: str = "mediation", **kw: Any) -> Any:
         """Deprecated: call the named figure method."""
@@ -228,6 +291,8 @@ class CausalReport(Result):
 
     def _main_figure(self) -> Any:
         kinds = set(self.effects["kind"])
+        if kinds - {"steer"} and len(self.ranks) > 1:
+            return self.mediation_vs_k(next(k for k in ("clamp", "patch") if k in kinds))
         return self.mediation_heatmap() if kinds - {"steer"} else self.steer_dose_response()
 
     def to_html(self, path: Any, **kw: Any) -> Path:

@@ -30,26 +30,24 @@ from revlens.causal.inputs import (
     check_positions,
     position_mask,
     prepare_metric,
-    reference_stats,
     select_checkpoints,
 )
-from revlens.causal.plan import AblationPlan, auto_layers, auto_steps, drift_scores
+from revlens.causal.plan import AblationPlan
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
+from revlens.causal.selection import Selection
 from revlens.causal.sequential import run_sequential
 from revlens.collect import (
     HistoryStats,
-    collect,
-    collect_checkpoint,
     resolve_probes,
-    without_degenerate,
 )
-from revlens.directions import DirectionEstimator, Directions, resolve_directions
-from revlens.errors import ConfigError, HistoryError, MetricError, RevlensError
+from revlens.directions import DirectionEstimator, Directions
+from revlens.directions.subspace import random_frames
+from revlens.errors import ConfigError, MetricError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
 from revlens.model import LensModel
 from revlens.probes import ProbeBatch
-from revlens.sites import Site, access
+from revlens.sites import access
 
 __all__ = ["ablation_study"]
 
@@ -77,14 +75,7 @@ def default_metric(hist: History) -> Any:
     return metric_from_spec(specs[name], label=name)
 
 
-def _keep_for(spec: Any) -> str:
-    """Per-prompt references are needed to fit ``spec`` (not for mean_diff or given directions)."""
-    if isinstance(spec, (Directions, Tensor)) or (isinstance(spec, str) and spec == "mean_diff"):
-        return "none"
-    return "reference"
-
-
-class _Study:
+class _Study(Selection):
     """The prepared inputs of one study (validated before any intervention)."""
 
     def __init__(self, cfg: AblationConfig, hist: History, probes: Any, metric: Any, lm: LensModel,
@@ -98,86 +89,23 @@ class _Study:
         self.choices: dict[str, str] = {}
         self.checkpoints = self._select_checkpoints()
         spec = directions if directions is not None else cfg.directions
+        self.k_max = max(cfg.ranks)
         self.sites, stats, self.v_rev = self._select_layers(pr, stats, spec)
         self.layers = [s.layer for s in self.sites]
         self.site_map = {s.layer: s for s in self.sites}
         self.stats = stats
+        if self.v_rev.rank < self.k_max:
+            raise ConfigError(f"ranks={list(cfg.ranks)} need directions of rank >= {self.k_max}; these "
+                              f"({self.v_rev.method}) have rank {self.v_rev.rank}")
         self.mu = {layer: stats.mean(stats.aligned_name)[stats.layer_pos(layer)].float() for layer in self.layers}
         self.names = ["v_rev"] + [f"random_{ck}_{i}" for ck in cfg.control_kinds for i in range(cfg.controls)]
         self.ctypes = ["v_rev"] + [ck for ck in cfg.control_kinds for _ in range(cfg.controls)]
         self.table = {layer: self._directions(layer) for layer in self.layers}
         self.batches = list(self.tokenized.batches(cfg.batch_size))
         self.masks = [position_mask(positions, b) for b in self.batches]
+        self.groups = self._groups(len(self.tokenized))
         self.rows: list[dict[str, Any]] = []
         self.plan_: AblationPlan | None = None
-
-    def _select_checkpoints(self) -> list[Checkpoint]:
-        cfg, hist = self.cfg, self.hist
-        if not any(k != "steer" for k in cfg.kinds):
-            return []
-        runs = list(cfg.runs) or None
-        if cfg.steps == "auto":
-            chosen = auto_steps(hist, runs, cfg.auto_steps)
-            self.choices["steps"] = (f"auto: {cfg.auto_steps} log-spaced per run incl. the last "
-                                     f"({', '.join(f'{r} {s}' for r, s in chosen.items())}); --steps all for every step")
-            out = [c for r, steps in chosen.items() for c in select_checkpoints(hist, [r], steps)]
-        else:
-            out = select_checkpoints(hist, runs, None if cfg.steps == "all" else cfg.steps)
-        if not out:
-            raise HistoryError("no fine-tuning checkpoint selected for clamp / patch (runs=..., steps=...)")
-        return out
-
-    def _select_layers(self, probes: Any, stats: HistoryStats | None, spec: Any
-                       ) -> tuple[list[Site], HistoryStats, Directions]:
-        """The studied sites, the reference statistics there and v_rev (``layers="auto"``: the
-        layers whose last-step drift is most aligned with v_rev)."""
-        cfg, lm = self.cfg, self.lm
-        if cfg.layers != "auto":
-            sites = self.acc.sites(cfg.layers, cfg.site)
-        elif stats is not None or isinstance(spec, Directions):
-            given = spec.layers if isinstance(spec, Directions) else stats.layers  # type: ignore[union-attr]
-            sites = self.acc.sites([x for x in given if stats is None or x in stats.layers], cfg.site)
-        else:
-            sites = self.acc.sites("all", cfg.site)
-            if len(sites) > cfg.auto_layers:
-                means = collect(self.hist.restricted(), probes, model=lm, layers=[s.layer for s in sites],
-                                site=cfg.site, n_bootstrap=0, moments="none", keep=_keep_for(spec),
-                                batch_size=cfg.batch_size, progress=False)
-                sites = [s for s in sites if s.layer in self._auto_layers(means, sites, spec)]
-        layers = [s.layer for s in sites]
-        if stats is None:
-            stats = reference_stats(self.hist, probes, lm, layers, cfg.batch_size, cfg.site)
-        for layer in layers:
-            stats.layer_pos(layer)
-        stats, self.degenerate = without_degenerate(stats, what="ablation_study", layers=layers, stacklevel=5)
-        if self.degenerate:  # constant over the probes: no covariance, no cov controls; left out
-            sites = [s for s in sites if s.layer not in self.degenerate]
-            layers = [s.layer for s in sites]
-        v_rev = resolve_directions(spec, stats, layers=layers, d_model=lm.d_model)
-        if cfg.layers == "auto" and len(layers) > cfg.auto_layers:  # statistics given: choose among theirs
-            chosen = self._auto_layers(stats, sites, v_rev)
-            sites = [s for s in sites if s.layer in chosen]
-            v_rev = v_rev.select(chosen)
-        return sites, stats, v_rev
-
-    def _auto_layers(self, stats: HistoryStats, sites: list[Site], spec: Any) -> list[int]:
-        layers = [s.layer for s in sites]
-        v = resolve_directions(spec, stats, layers=layers, d_model=self.lm.d_model)
-        last: dict[str, Checkpoint] = {}
-        for ck in self.checkpoints:
-            if ck.run not in last or int(ck.step) > int(last[ck.run].step):  # type: ignore[arg-type]
-                last[str(ck.run)] = ck
-        if not last:
-            return layers[: self.cfg.auto_layers]
-        means = [collect_checkpoint(self.lm, ck, self.tokenized, sites, n_bootstrap=0).mean for ck in last.values()]
-        start = stats.mean(stats.aligned_name)[[stats.layer_pos(x) for x in layers]]
-        scores = drift_scores(means, start, v.vectors, layers)
-        chosen = auto_layers(scores, self.cfg.auto_layers)
-        self.choices["layers"] = (f"auto: the {self.cfg.auto_layers} of {len(layers)} layers that moved furthest along "
-                                  f"v_rev by the last step (mean drift·v_rev: "
-                                  + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items())
-                                  + "); --layers all for every layer")
-        return chosen
 
     def plan(self) -> AblationPlan:
         """The forward passes this study will run, priced by one timed forward."""
@@ -191,16 +119,51 @@ class _Study:
         self.plan_ = out
         return out
 
+    def _groups(self, n: int) -> dict[str, Tensor]:
+        """Prompt groups the means are taken over: ``all``, and with several ranks a seeded split
+        into ``select`` (k and the layer are chosen there) and ``test`` (they are reported there),
+        drawn before any forward pass."""
+        groups = {"all": torch.ones(n, dtype=torch.bool)}
+        if len(self.cfg.ranks) > 1 and self.cfg.select_fraction > 0:
+            n_sel = round(self.cfg.select_fraction * n)
+            if not 1 <= n_sel < n:
+                raise ConfigError(f"select_fraction={self.cfg.select_fraction} of {n} prompts leaves an empty "
+                                  "selection or test half; use more prompts or another fraction")
+            order = torch.randperm(n, generator=generator(self.cfg.seed, "rank-split"))
+            sel = torch.zeros(n, dtype=torch.bool)
+            sel[order[:n_sel]] = True
+            groups.update({"select": sel, "test": ~sel})
+        return groups
+
+    def stack_vectors(self, layer: int, k: int) -> Tensor:
+        """The copies' directions ``[n, d]`` (k = 1) or k-frames ``[n, k, d]`` at ``layer``."""
+        t = self.table[layer]
+        return t if t.ndim == 2 else (t[:, 0] if k == 1 else t[:, :k])
+
     def _directions(self, layer: int) -> Tensor:
         """v_rev then the controls at ``layer`` (one generator per layer: a layer's controls do not
         depend on which other layers are studied)."""
         gen = generator(self.cfg.seed, "controls", layer)
         rows = [self.v_rev[layer][None]]
         cov_all = self.stats[self.stats.aligned_name].covariance if "cov" in self.cfg.control_kinds else None
+        covs = {ck: cov_all[self.stats.layer_pos(layer)] if ck == "cov" else None for ck in self.cfg.control_kinds}
         for ck in self.cfg.control_kinds:
-            cov = cov_all[self.stats.layer_pos(layer)] if ck == "cov" else None
-            rows.append(random_directions(self.cfg.controls, self.lm.d_model, kind=ck, covariance=cov, generator=gen))
-        return torch.cat(rows).float()
+            rows.append(random_directions(self.cfg.controls, self.lm.d_model, kind=ck, covariance=covs[ck],
+                                          generator=gen))
+        table = torch.cat(rows).float()
+        if self.k_max == 1:
+            return table
+        # k-frames: the subspace's first k_max rows, and random frames whose first rows are the
+        # one-direction controls above (so rank-1 rows equal a rank-1 study's exactly)
+        frames = [self.v_rev.subspace(layer)[None, : self.k_max].float()]
+        for i, ck in enumerate(self.cfg.control_kinds):
+            first = table[1 + i * self.cfg.controls: 1 + (i + 1) * self.cfg.controls]
+            f = random_frames(self.cfg.controls, self.k_max, self.lm.d_model, kind=ck, covariance=covs[ck],
+                              generator=generator(self.cfg.seed, "control-frames", layer, ck),
+                              first=first.double()).float()
+            f[:, 0] = first
+            frames.append(f)
+        return torch.cat(frames)
 
     def run(self, batch: ProbeBatch, i: int, stacks: list[Stack], name: str,
             sources: dict[int, Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -215,7 +178,7 @@ class _Study:
             raise RevlensError(f"while intervening on checkpoint {name}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ passes
-    def aligned_pass(self) -> tuple[list[dict[int, Tensor]], float, dict[int, Tensor]]:
+    def aligned_pass(self) -> tuple[list[dict[int, Tensor]], dict[str, float], dict[int, Tensor]]:
         """Patch sources, ``M(aligned)`` and steering sums on the aligned model."""
         cfg, n_dir = self.cfg, len(self.names)
         self.lm.load(self.hist.aligned)
@@ -228,68 +191,75 @@ class _Study:
                 logits_rows.append(logits[torch.arange(len(batch)), batch.last_index.to(logits.device)].float().cpu())
             if isinstance(self.metric, KLTo) and self.metric.needs_reference:
                 self.metric.set_reference(torch.cat(logits_rows))
-            total = 0.0
+            totals = dict.fromkeys(self.groups, 0.0)
             steer = {layer: torch.zeros(len(cfg.alphas) * n_dir, dtype=torch.float64) for layer in self.layers}
             for i, batch in enumerate(self.batches):
                 stacks = [] if "steer" not in cfg.kinds else [
-                    Stack(layer, "steer", self.table[layer].repeat(len(cfg.alphas), 1),
+                    Stack(layer, "steer", self.stack_vectors(layer, 1).repeat(len(cfg.alphas), 1),
                           alphas=torch.tensor(cfg.alphas).repeat_interleave(n_dir))
                     for layer in self.layers
                 ]
                 clean, vals = self.run(batch, i, stacks, self.hist.aligned.name)
                 for st, val in zip(stacks, vals):
                     steer[st.layer] += val.sum(1)
-                total += float(clean.sum())
-        return sources, total / len(self.tokenized), steer
+                for g, mask in self.groups.items():
+                    totals[g] += float(clean[mask[batch.indices]].sum())
+        return sources, {g: totals[g] / int(m.sum()) for g, m in self.groups.items()}, steer
 
-    def checkpoint_pass(self, ck: Checkpoint, sources: list[dict[int, Tensor]]) -> tuple[float, dict]:
-        """Clamp / patch at every layer along every direction on one checkpoint (means over prompts)."""
+    def checkpoint_pass(self, ck: Checkpoint, sources: list[dict[int, Tensor]]) -> tuple[dict[str, float], dict]:
+        """Clamp / patch at every layer and rank along every direction / subspace on one checkpoint:
+        per prompt group, the clean mean and ``(layer, kind, rank, group) -> [direction]`` means."""
         self.lm.load(ck)
         kinds = [k for k in self.cfg.kinds if k != "steer"]
-        sums = {(layer, kind): torch.zeros(len(self.names), dtype=torch.float64) for layer in self.layers for kind in kinds}
-        clean_sum = 0.0
+        keys = [(layer, kind, k) for layer in self.layers for kind in kinds for k in self.cfg.ranks]
+        sums = {(*key, g): torch.zeros(len(self.names), dtype=torch.float64) for key in keys for g in self.groups}
+        clean_sum = dict.fromkeys(self.groups, 0.0)
         with torch.no_grad():
             for i, batch in enumerate(self.batches):
-                stacks = [Stack(layer, kind, self.table[layer], reference=self.mu[layer] if kind == "clamp" else None)
-                          for layer in self.layers for kind in kinds]
+                stacks = [Stack(layer, kind, self.stack_vectors(layer, k),
+                                reference=self.mu[layer] if kind == "clamp" else None) for layer, kind, k in keys]
                 clean, vals = self.run(batch, i, stacks, ck.name, sources=sources[i])
-                clean_sum += float(clean.sum())
-                for st, val in zip(stacks, vals):
-                    sums[(st.layer, st.kind)] += val.sum(1)
-        n = len(self.tokenized)
-        return clean_sum / n, {key: v / n for key, v in sums.items()}
+                for g, mask in self.groups.items():
+                    rows = mask[batch.indices]
+                    clean_sum[g] += float(clean[rows].sum())
+                    for key, val in zip(keys, vals):
+                        sums[(*key, g)] += val[:, rows].sum(1)
+        n = {g: int(m.sum()) for g, m in self.groups.items()}
+        return {g: v / n[g] for g, v in clean_sum.items()}, {key: v / n[key[-1]] for key, v in sums.items()}
 
-    def emit_steer(self, steer: dict[int, Tensor], m_aligned: float) -> None:
+    def emit_steer(self, steer: dict[int, Tensor], m_aligned: dict[str, float]) -> None:
         """The steering rows of every layer and alpha (on the aligned model)."""
         for layer in self.layers:
             per = steer[layer].view(len(self.cfg.alphas), len(self.names)) / len(self.tokenized)
             for ai, alpha in enumerate(self.cfg.alphas):
-                self.emit("aligned", 0, layer, "steer", per[ai], m_aligned, m_aligned, alpha)
+                self.emit("aligned", 0, layer, "steer", per[ai], m_aligned["all"], m_aligned["all"], alpha)
 
     def emit(self, run: str, step: int, layer: int, kind: str, values: Tensor, clean: float, m_aligned: float,
-             alpha: float) -> None:
+             alpha: float, rank: int = 1, split: str = "all") -> None:
         gap = clean - m_aligned
         defined = kind != "steer" and abs(gap) > self.cfg.gap_tol * max(1.0, abs(clean), abs(m_aligned))
-        n = len(self.tokenized)
+        n = int(self.groups[split].sum())
         for j, name in enumerate(self.names):
             m = float(values[j])
             self.rows.append({
-                "run": run, "step": step, "layer": layer, "kind": kind, "direction": name,
-                "control_type": self.ctypes[j], "alpha": alpha, "metric": m, "metric_clean": clean,
-                "metric_aligned": m_aligned, "effect": clean - m,
+                "run": run, "step": step, "layer": layer, "kind": kind, "rank": rank, "split": split,
+                "direction": name, "control_type": self.ctypes[j], "alpha": alpha, "metric": m,
+                "metric_clean": clean, "metric_aligned": m_aligned, "effect": clean - m,
                 "mediation_fraction": (clean - m) / gap if defined else math.nan, "n_prompts": n,
             })
 
     def report(self) -> CausalReport:
         effects = pd.DataFrame(self.rows, columns=EFFECT_COLUMNS).astype({
-            "run": "str", "step": "int64", "layer": "int64", "kind": "str", "direction": "str",
-            "control_type": "str", "alpha": "float64", "n_prompts": "int64"})
+            "run": "str", "step": "int64", "layer": "int64", "kind": "str", "rank": "int64", "split": "str",
+            "direction": "str", "control_type": "str", "alpha": "float64", "n_prompts": "int64"})
         config = {**self.cfg.to_dict(), "metric": metric_name(self.metric), "direction_method": self.v_rev.method,
                   "choices": dict(self.choices), "plan": self.plan_.to_dict() if self.plan_ is not None else None,
                   "runs": sorted({str(c.run) for c in self.checkpoints}),
                   "steps": sorted({int(c.step) for c in self.checkpoints}), "layers": self.layers,
                   "control_names": self.names, "n_prompts": len(self.tokenized),
-                  "degenerate_layers": list(self.degenerate), "dtype": str(self.lm.dtype).removeprefix("torch.")}
+                  "degenerate_layers": list(self.degenerate), "dtype": str(self.lm.dtype).removeprefix("torch."),
+                  "select_prompts": (torch.nonzero(self.groups["select"])[:, 0].tolist()
+                                     if "select" in self.groups else [])}
         provenance = {"model": self.lm.source, "probe_fingerprint": self.tokenized.fingerprint(),
                       "aligned": self.hist.aligned.name, "aligned_fingerprint": self.hist.aligned.model_fingerprint(),
                       "checkpoints": {c.name: c.model_fingerprint() for c in self.checkpoints}}
@@ -349,8 +319,7 @@ def ablation_study(
     question — log-spaced steps with the last, the layers where drift is most aligned with v_rev
     (:mod:`revlens.causal.plan`); ``steps="all", layers="all"`` is the full sweep.
 
-    Memory: the aligned activations at every selected layer are cached for all probes
-    (``n_prompts × layers × pos × d`` floats) so patching needs one aligned pass.
+    Memory: the aligned activations at the selected layers are cached for all probes (one aligned pass).
 
     Raises:
         ConfigError: bad settings (named, before any forward pass). SiteError: a layer out of
@@ -372,8 +341,9 @@ def ablation_study(
         for ck in study.checkpoints:
             bar.set_postfix_str(ck.name)
             clean, sums = study.checkpoint_pass(ck, sources)
-            for (layer, kind), values in sums.items():
-                study.emit(str(ck.run), int(ck.step), layer, kind, values, clean, m_aligned, math.nan)
+            for (layer, kind, rank, split), values in sums.items():
+                study.emit(str(ck.run), int(ck.step), layer, kind, values, clean[split], m_aligned[split], math.nan,
+                           rank, split)
             bar.update(1)
     finally:
         bar.close()

@@ -1,13 +1,8 @@
 """Per-layer reversion-direction candidates (see :class:`Directions` and the estimators)."""
 
 from revlens.directions.base import Directions
-from revlens.directions.estimators import (
-    DirectionEstimator,
-    LinearProbe,
-    MeanDiff,
-    PairedPCA,
-    Whitened,
-)
+from revlens.directions.discriminant import LinearProbe, Whitened
+from revlens.directions.estimators import DirectionEstimator, MeanDiff, PairedPCA
 from revlens.directions.registry import (
     ESTIMATORS,
     DirectionSpec,

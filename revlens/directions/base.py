@@ -148,13 +148,26 @@ class Directions:
         """The directions of a subset of layers."""
         layers = [int(x) for x in layers]
         rows = torch.stack([self.subspace(layer) for layer in layers])
-        return Directions(rows, tuple(layers), self.method, self.site, dict(self.meta))
+        meta = dict(self.meta)
+        for key in ("stability", "stability_by_rank", "base_offset"):  # per-layer lists follow the layers
+            value = meta.get(key)
+            if isinstance(value, list) and len(value) == len(self.layers):
+                meta[key] = [value[self._pos(layer)] for layer in layers]
+        return Directions(rows, tuple(layers), self.method, self.site, meta)
 
     def truncate(self, k: int) -> "Directions":
         """The first ``k`` directions of every layer (a rank-k sub-basis)."""
-        if not 1 <= int(k) <= self.rank:
+        if isinstance(k, bool) or not 1 <= int(k) <= self.rank:
             raise ConfigError(f"k={k} must be in 1..{self.rank} for these directions")
-        return Directions(self.basis[:, : int(k)].clone(), self.layers, self.method, self.site, dict(self.meta))
+        k = int(k)
+        meta = dict(self.meta)
+        by_rank = meta.get("stability_by_rank")
+        if isinstance(by_rank, list) and by_rank and isinstance(by_rank[0], list) and len(by_rank[0]) >= k:
+            meta["stability"] = [row[k - 1] for row in by_rank]  # the stability of the first k rows
+            meta["stability_by_rank"] = [row[:k] for row in by_rank]
+        if isinstance(meta.get("base_offset"), list):
+            meta["base_offset"] = [row[:k] if isinstance(row, list) else row for row in meta["base_offset"]]
+        return Directions(self.basis[:, :k].clone(), self.layers, self.method, self.site, meta)
 
     def check_d_model(self, d_model: int, what: str = "model") -> None:
         """Raise ShapeMismatchError unless the vectors live in R^d_model."""

@@ -1,128 +1,107 @@
-"""Reversion-direction estimators (scikit-learn conventions).
+"""Reversion-direction and reversion-subspace estimators (scikit-learn conventions).
 
-Every estimator turns a :class:`~revlens.collect.HistoryStats` into one unit direction per
-collected layer, pointing **from aligned toward base** (DESIGN §2):
+Every estimator turns a :class:`~revlens.collect.HistoryStats` into an orthonormal basis of
+``n_components = k`` rows per collected layer (``k = 1``, the default: one unit direction, the
+paper's ``v_rev``), the first row pointing **from aligned toward base** (DESIGN §2, §5):
 
-- :class:`MeanDiff`: ``normalise(μ_base − μ_aligned)``, the paper's history definition;
-- :class:`PairedPCA`: first principal axis of the per-prompt differences
-  ``h(base, x_i) − h(aligned, x_i)`` (uncentred by default, so a constant shift *is* the axis),
-  oriented to agree with the mean difference;
+- :class:`MeanDiff`: ``normalise(μ_base − μ_aligned)``, the paper's history definition. ``k > 1``
+  needs several base checkpoints: the span of the mean of bases' difference followed by each
+  base's own ``μ_b − μ_aligned`` (one direction per base: with one base there is nothing more
+  a mean can say);
+- :class:`PairedPCA`: the top-k principal axes of the per-prompt differences
+  ``h(base, x_i) − h(aligned, x_i)`` (uncentred by default, so a constant shift *is* the first
+  axis) — the natural rank-k reversion subspace: the directions along which the base differs from
+  the aligned model on the probe prompts, ordered by how much of that difference they carry;
+  ``bases="each"`` takes every (base checkpoint, prompt) pair as a sample instead of the mean of
+  bases, so variation *between* pre-training witnesses enters the subspace;
 - :class:`LinearProbe`: weight vector of a scikit-learn ``LogisticRegression`` separating base
-  (label 1) from aligned (label 0) per-prompt activations;
-- :class:`Whitened`: shrinkage-covariance LDA / Fisher direction ``Σ⁻¹(μ_base − μ_aligned)``,
-  ``Σ`` the pooled within-class covariance shrunk by Ledoit–Wolf.
+  (label 1) from aligned (label 0); ``k > 1`` by iterative null-space projection (INLP, Ravfogel
+  et al. 2020): refit on the activations with the earlier directions projected out, so every row
+  is a direction a linear classifier still uses once the others are gone;
+- :class:`Whitened`: shrinkage LDA / Fisher direction ``Σ⁻¹(μ_base − μ_aligned)``, ``Σ`` the pooled
+  within-class covariance shrunk by Ledoit–Wolf; ``k > 1`` continues with a **whitened PCA**: the
+  generalised eigenvectors of (covariance of the centred paired differences, ``Σ``), i.e. the
+  directions where the base − aligned differences vary most *relative to the within-class noise*
+  (with one base an LDA has only one discriminant direction, so this is where more rows come from).
 
-**Several base checkpoints** combine by the mean of bases: ``stats.base_mean()`` (means) and
-``stats.paired_references(layer)`` (per-prompt references averaged over bases, paired with
-aligned's). Per-prompt references are read **one layer at a time** (from disk where collect
-spilled them), so fitting never holds more than one layer's ``[prompt, d]`` pair in memory.
-What each estimator needs: ``MeanDiff`` the means only (and the Poisson replicates for its
-stability); ``Whitened(shrinkage=<float>)`` the second moments when no references were kept;
+Rows ``2..k`` are oriented toward the base mean (``b_j · (μ_base − μ_aligned) ≥ 0``; see
+:func:`revlens.directions.subspace.orient_rows`); ``direction_.meta["base_offset"]`` holds
+``cos(b_j, μ_base − μ_aligned)`` per layer and row. **Several base checkpoints** combine by the
+mean of bases (``stats.base_mean()``, ``stats.paired_references(layer)``) unless said otherwise.
+Per-prompt references are read **one layer at a time** (from disk where collect spilled them), so
+fitting never holds more than one layer's ``[prompt, d]`` pair in memory. What each estimator
+needs: ``MeanDiff`` the means only (and the Poisson replicates for its stability);
+``Whitened(shrinkage=<float>)`` the second moments when no references were kept (``k = 1``);
 ``PairedPCA``, ``LinearProbe`` and Ledoit–Wolf ``Whitened`` the references.
 
 ``__init__`` only stores parameters; ``fit(stats)`` sets ``direction_`` (a
-:class:`~revlens.directions.Directions`), ``stability_`` (per layer: mean ``|cos|`` between
-bootstrap-refit directions and the full-sample one; ``nan`` where no bootstrap is possible) and
-``n_features_in_`` (d_model). Reading them before ``fit`` raises
-:class:`~revlens.errors.NotFittedError`. Function twins and the name registry live in
-:mod:`revlens.directions.registry`.
+:class:`~revlens.directions.Directions`, basis ``[layer, k, d]``), ``stability_`` (per layer: the
+mean over bootstrap refits of the mean cosine of the principal angles between the refit's and the
+full-sample subspace — for ``k = 1`` the mean ``|cos|`` of the two directions; ``nan`` where no
+bootstrap is possible), ``stability_by_rank_`` (``[layer, k]``: the same for the first ``j`` rows,
+``j = 1..k``: where it drops, further principal axes are noise) and ``n_features_in_``
+(d_model). Reading them before ``fit`` raises :class:`~revlens.errors.NotFittedError`. Function
+twins and the name registry live in :mod:`revlens.directions.registry`; the discriminative
+estimators (:class:`LinearProbe`, :class:`Whitened`) in :mod:`revlens.directions.discriminant`.
 
 Example:
-    >>> est = MeanDiff(n_bootstrap=50).fit(stats)                   # doctest: +SKIP
-    >>> est.direction_, est.stability_                               # doctest: +SKIP
+    >>> est = PairedPCA(n_components=8, n_bootstrap=50).fit(stats)   # doctest: +SKIP
+    >>> est.direction_.rank, est.stability_by_rank_[:, -1]            # doctest: +SKIP
 """
 
 import math
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, no_type_check
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
+from revlens.directions._fitting import (
+    base_stack,
+    base_stack_layer,
+    bootstrap_cos,
+    check_separated,
+    check_stats,
+    paired_layer,
+    require_references,
+    resamples,
+    subspace_basis,
+    subspace_stability,
+    unit,
+)
 from revlens.directions._linalg import top_axis
 from revlens.directions.base import Directions
-from revlens.errors import ConfigError, NotFittedError, ShapeMismatchError
+from revlens.errors import ConfigError, NotFittedError
 
-__all__ = ["DirectionEstimator", "LinearProbe", "MeanDiff", "PairedPCA", "Whitened", "top_axis"]
+__all__ = ["DirectionEstimator", "MeanDiff", "PairedPCA", "top_axis"]
 
-_FITTED = ("direction_", "stability_", "n_features_in_")
-
-
-def _check_stats(stats: Any, method: str) -> None:
-    if not isinstance(stats, HistoryStats):
-        raise ConfigError(
-            f"{method}.fit expects HistoryStats (from revlens.collect); got {type(stats).__name__}"
-        )
-    if not stats.base_names:
-        raise ConfigError("the statistics hold no base checkpoint")
-
-
-def _check_separated(stats: HistoryStats, method: str) -> Float[Tensor, "layer d"]:
-    """μ_base − μ_aligned per layer; ConfigError naming the layers where it vanishes."""
-    diff = stats.base_mean() - stats.mean(stats.aligned_name)
-    scale = stats.mean(stats.aligned_name).norm(dim=1).clamp_min(1.0)
-    zero = [
-        stats.layers[i]
-        for i in range(len(stats.layers))
-        if float(diff[i].norm()) <= 1e-9 * float(scale[i])
-    ]
-    if zero:
-        raise ConfigError(
-            f"direction ({method}) is undefined at layer(s) {zero}: base and aligned activations are "
-            "identical there (zero-norm mean difference); drop those layers (layers=...)"
-        )
-    return diff
-
-
-def _require_references(stats: HistoryStats, method: str) -> None:
-    if stats.has_references():
-        return
-    kept = sorted(set.intersection(*(set(stats[n].ref_layers or []) for n in [*stats.base_names, stats.aligned_name])))
-    where = (f"they were kept at layers {kept}: fit on stats.select({kept}), or collect with keep_layers "
-             "including every layer" if kept else "collect with keep='reference'")
-    raise ConfigError(
-        f"{method} needs per-prompt activations of base and aligned at layers {stats.layers}; {where}"
-    )
-
-
-def _layer_pair(stats: HistoryStats, layer: int) -> tuple[Tensor, Tensor]:
-    base, aligned = stats.paired_references(layer)
-    if base.shape != aligned.shape:
-        raise ShapeMismatchError(
-            f"base activations {tuple(base.shape)} and aligned {tuple(aligned.shape)} at layer {layer} "
-            "are not paired"
-        )
-    return base, aligned
-
-
-def _unit(x: Tensor) -> Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+_FITTED = ("direction_", "stability_", "stability_by_rank_", "n_features_in_")
 
 
 class DirectionEstimator:
-    """Base class: stores parameters, fits per-layer directions, measures bootstrap stability.
+    """Base class: stores parameters, fits per-layer bases, measures bootstrap stability.
 
-    Subclasses set ``method`` and implement ``_raw_layer(base, aligned)``: the un-normalised
-    direction ``[d]`` of one layer from its per-prompt activations ``[prompt, d]`` (float64); or,
-    as before, ``_raw(base, aligned)`` on ``[prompt, layer, d]``. :class:`MeanDiff` overrides
-    :meth:`fit` to use the exact float64 means.
+    Subclasses set ``method`` and implement ``_raw(base, aligned)`` (un-normalised first directions
+    ``[layer, d]`` from per-prompt activations ``[prompt, layer, d]``) and, for ``k > 1``,
+    ``_candidates(base, aligned)`` (candidate rows ``[layer, m, d]`` in order of importance).
+    :meth:`fit` calls them one layer at a time (a layer axis of length 1).
     """
 
     method: ClassVar[str] = "custom"
+    rank_limit: ClassVar[str] = "the candidates are linearly dependent"
 
-    def __init__(self, *, n_bootstrap: int = 100, seed: int = 0) -> None:
+    @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
+    def __init__(self, *, n_components: int = 1, n_bootstrap: int = 100, seed: int = 0) -> None:
+        self.n_components = n_components
         self.n_bootstrap = n_bootstrap
         self.seed = seed
 
     # ------------------------------------------------------------------ sklearn-ish
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters."""
-        return {
-            k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")
-        }
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -130,9 +109,7 @@ class DirectionEstimator:
 
     def __getattr__(self, name: str) -> Any:
         if name in _FITTED:
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call fit(stats) before reading {name}"
-            )
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(stats) before reading {name}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -141,89 +118,115 @@ class DirectionEstimator:
         return "direction_" in vars(self)
 
     def _validate_params(self) -> None:
-        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
-            raise ConfigError(
-                f"{type(self).__name__}: n_bootstrap must be an int >= 0, got {self.n_bootstrap!r}"
-            )
+        name = type(self).__name__
+        if isinstance(self.n_bootstrap, bool) or not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
+            raise ConfigError(f"{name}: n_bootstrap must be an int >= 0, got {self.n_bootstrap!r}")
+        k = self.n_components
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
+            raise ConfigError(f"{name}: n_components must be an int >= 1, got {k!r}")
+        self.n_components = int(k)
 
     # ------------------------------------------------------------------ fitting
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
-        return self._raw(base[:, None], aligned[:, None])[0]
+    def _candidates(self, base: Tensor, aligned: Tensor) -> Tensor:
+        return self._raw(base, aligned)[:, None, :]
 
-    def _orient_layer(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
+    def _orient(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
         return raw
 
+    def _paired(self, stats: HistoryStats, layer: int) -> tuple[Tensor, Tensor, int]:
+        """(base rows, aligned rows, copies) at one layer (``[rows, 1, d]``): rows are prompts
+        (``copies`` = 1) or, for estimators that sample every base, ``copies`` blocks of prompts,
+        block ``b`` paired with base ``b``."""
+        base, aligned = paired_layer(stats, layer)
+        return base, aligned, 1
+
+    def _subspace(self, base: Tensor, aligned: Tensor, layers: list[int]) -> Tensor:
+        """The ``[layer, k, d]`` basis fitted on these rows."""
+        cands = self._candidates(base, aligned).clone()
+        cands[:, 0] = self._orient(cands[:, 0], base, aligned)
+        diff = base.mean(0) - aligned.mean(0)
+        return subspace_basis(cands, self.n_components, diff, layers, self.method, self.rank_limit)
+
     def fit(self, stats: HistoryStats) -> "DirectionEstimator":
-        """Fit one direction per collected layer of ``stats``; returns ``self``.
+        """Fit one basis of ``n_components`` rows per collected layer of ``stats``; returns ``self``.
 
         Raises:
-            ConfigError: identical base and aligned at a layer (names it), or missing statistics.
+            ConfigError: identical base and aligned at a layer (names it), missing statistics, or
+                fewer independent directions than ``n_components`` (names the layer).
         """
         self._validate_params()
-        _check_stats(stats, self.method)
-        _check_separated(stats, self.method)
-        _require_references(stats, self.method)
-        rows, stability, draws = [], [], None
-        for layer in stats.layers:
-            base, aligned = _layer_pair(stats, layer)
-            full = self._orient_layer(self._raw_layer(base, aligned), base, aligned)
-            if draws is None:
-                draws = self._draws(base.shape[0])
-            rows.append(full)
-            stability.append(self._layer_stability(base, aligned, _unit(full), draws))
-        return self._finish(stats, torch.stack(rows), torch.tensor(stability, dtype=torch.float64))
+        check_stats(stats, self.method)
+        check_separated(stats, self.method)
+        require_references(stats, self.method)
+        rows, by_rank = [], []
+        for layer in stats.layers:  # one layer's references in memory at a time
+            basis, stability = self._basis_at(*self._paired(stats, layer), layer)
+            rows.append(basis)
+            by_rank.append(stability)
+        return self._finish(stats, torch.cat(rows), torch.cat(by_rank))
 
-    def _finish(self, stats: HistoryStats, raw: Tensor, stability: Tensor) -> "DirectionEstimator":
-        meta = {"stability": [float(s) for s in stability], **self.get_params()}
-        self.direction_ = Directions.from_tensor(
-            raw, stats.layers, method=self.method, site=stats.site, meta=meta
-        )
-        self.stability_ = stability.numpy()
-        self.n_features_in_ = int(raw.shape[1])
+    def _basis_at(self, base: Tensor, aligned: Tensor, copies: int, layer: int) -> tuple[Tensor, Tensor]:
+        """One layer's basis (``[1, d]`` for k = 1, else ``[1, k, d]``) and stability ``[1, k]``."""
+        n = base.shape[0] // copies
+        if self.n_components == 1:
+            full = self._orient(self._raw(base, aligned), base, aligned)
+            return full, self._resample_stability(base, aligned, unit(full), copies)[:, None]
+        basis = self._subspace(base, aligned, [layer])
+
+        def refits() -> Any:
+            for idx in resamples(n, self.n_bootstrap, self.seed):
+                rows = (torch.arange(copies)[:, None] * n + idx[None]).reshape(-1)
+                try:
+                    yield self._subspace(base[rows], aligned[rows], [layer])
+                except ConfigError:
+                    yield None
+
+        return basis, subspace_stability(refits(), basis)
+
+    def _finish(self, stats: HistoryStats, raw: Tensor, by_rank: Tensor) -> "DirectionEstimator":
+        diff = unit(stats.base_mean() - stats.mean(stats.aligned_name))
+        rows = raw if raw.ndim == 3 else raw[:, None, :]
+        offset = torch.einsum("lkd,ld->lk", unit(rows.to(torch.float64)), diff)
+        meta = {"stability": [float(s) for s in by_rank[:, -1]], **self.get_params(),
+                "base_offset": [[round(float(x), 6) for x in row] for row in offset]}
+        if rows.shape[1] > 1:
+            meta["stability_by_rank"] = [[float(x) for x in row] for row in by_rank]
+        self.direction_ = Directions.from_tensor(raw, stats.layers, method=self.method, site=stats.site, meta=meta)
+        self.stability_ = by_rank[:, -1].numpy()
+        self.stability_by_rank_ = by_rank.numpy()
+        self.n_features_in_ = int(raw.shape[-1])
         return self
 
-    def _draws(self, n: int) -> list[Tensor]:
-        """Prompt-bootstrap index draws, the same for every layer (one generator, in order)."""
-        if self.n_bootstrap == 0 or n < 2:
-            return []
-        gen = torch.Generator().manual_seed(int(self.seed))
-        return [torch.randint(n, (n,), generator=gen) for _ in range(self.n_bootstrap)]
+    def _reference_stability(self, stats: HistoryStats, units: Tensor) -> Tensor:
+        """Per-layer stability against unit rows ``units`` ``[layer, d]`` by resampling the prompts
+        of the kept references, one layer at a time."""
+        return torch.cat([self._resample_stability(*paired_layer(stats, layer), units[i:i + 1])
+                          for i, layer in enumerate(stats.layers)])
 
-    def _layer_stability(self, base: Tensor, aligned: Tensor, full: Tensor, draws: list[Tensor]) -> float:
-        """Mean |cos| between prompt-bootstrap refits and ``full`` (a unit row) at one layer."""
-        if not draws:
-            return math.nan
+    def _resample_stability(self, base: Tensor, aligned: Tensor, full: Tensor, copies: int = 1) -> Tensor:
+        """Mean |cos| between prompt-bootstrap refits and ``full`` (unit rows), per layer."""
+        n = base.shape[0] // copies
+        if self.n_bootstrap == 0 or n < 2:
+            return torch.full((full.shape[0],), math.nan, dtype=torch.float64)
         sims = []
-        for idx in draws:
+        for idx in resamples(n, self.n_bootstrap, self.seed):
+            rows = (torch.arange(copies)[:, None] * n + idx[None]).reshape(-1) if copies > 1 else idx
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                raw = self._orient_layer(self._raw_layer(base[idx], aligned[idx]), base[idx], aligned[idx])
-            sims.append(_bootstrap_cos(raw[None], full[None]))
-        return float(np.nanmean(torch.cat(sims).numpy()))
-
-    def _stability_from_references(self, stats: HistoryStats, units: Tensor) -> Tensor:
-        """Per-layer stability of fits to per-prompt references against ``units`` ``[layer, d]``."""
-        out, draws = [], None
-        for i, layer in enumerate(stats.layers):
-            base, aligned = _layer_pair(stats, layer)
-            draws = self._draws(base.shape[0]) if draws is None else draws
-            out.append(self._layer_stability(base, aligned, units[i], draws))
-        return torch.tensor(out, dtype=torch.float64)
-
-
-def _bootstrap_cos(raw: Tensor, full: Tensor) -> Tensor:
-    norms = raw.norm(dim=1)
-    cos = (raw * full).sum(1).abs() / norms.clamp_min(1e-300)
-    return torch.where(norms > 0, cos, torch.full_like(cos, math.nan))
+                raw = self._orient(self._raw(base[rows], aligned[rows]), base[rows], aligned[rows])
+            sims.append(bootstrap_cos(raw, full))
+        return torch.from_numpy(np.nanmean(torch.stack(sims).numpy(), axis=0))
 
 
 class MeanDiff(DirectionEstimator):
     """``normalise(μ_base − μ_aligned)`` per layer: the paper's history-defined ``v_rev``.
 
     Args:
+        n_components: ``k``; ``k > 1`` spans the mean of bases' difference, then each base's
+            ``μ_b − μ_aligned`` (at most one direction per base checkpoint).
         n_bootstrap: replicates for ``stability_``. The Poisson-bootstrap replicate means kept by
             :func:`revlens.collect` are used when present (at most ``n_bootstrap`` of them; paired
             across checkpoints), otherwise prompts of the kept activations are resampled.
@@ -232,167 +235,135 @@ class MeanDiff(DirectionEstimator):
     """
 
     method = "mean_diff"
+    rank_limit = "mean_diff has at most one direction per base checkpoint (use pca for more)"
 
-    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
+    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
         return base.mean(0) - aligned.mean(0)
+
+    @staticmethod
+    def _rows(bases: list[Tensor], aligned: Tensor) -> Tensor:
+        """Candidates ``[layer, 1 + n_bases, d]`` from per-base means."""
+        return torch.stack([torch.stack(bases).mean(0) - aligned, *[b - aligned for b in bases]], dim=1)
 
     def fit(self, stats: HistoryStats) -> "MeanDiff":
         """Fit on the exact float64 means of ``stats``; returns ``self``."""
         self._validate_params()
-        _check_stats(stats, self.method)
-        full = _check_separated(stats, self.method)
+        check_stats(stats, self.method)
+        full = check_separated(stats, self.method)
+        if self.n_components > 1:
+            return self._fit_subspace(stats, full)
         boots = [stats[n].boot_mean for n in [*stats.base_names, stats.aligned_name]]
         if self.n_bootstrap == 0:
             stability = torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
         elif all(b is not None for b in boots):
             k = min(self.n_bootstrap, boots[0].shape[0])  # type: ignore[union-attr]
             reps = torch.stack(boots[:-1]).mean(0)[:k] - boots[-1][:k]  # type: ignore[index]
-            unit = _unit(full)
             stability = torch.from_numpy(
-                np.nanmean(torch.stack([_bootstrap_cos(r, unit) for r in reps]).numpy(), axis=0)
+                np.nanmean(torch.stack([bootstrap_cos(r, unit(full)) for r in reps]).numpy(), axis=0)
             )
         elif stats.has_references():
-            stability = self._stability_from_references(stats, _unit(full))
+            stability = self._reference_stability(stats, unit(full))
         else:
             stability = torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
-        self._finish(stats, full, stability)
+        self._finish(stats, full, stability[:, None])
+        return self
+
+    def _fit_subspace(self, stats: HistoryStats, diff: Tensor) -> "MeanDiff":
+        aligned = stats.mean(stats.aligned_name)
+        means = [stats.mean(n) for n in stats.base_names]
+
+        def basis(bases: list[Tensor], al: Tensor) -> Tensor:
+            d = torch.stack(bases).mean(0) - al
+            return subspace_basis(self._rows(bases, al), self.n_components, d, stats.layers, self.method,
+                                  self.rank_limit)
+
+        full = basis(means, aligned)
+
+        def replicates() -> Any:
+            """(per-base means, aligned mean) of each bootstrap replicate."""
+            boots = [stats[n].boot_mean for n in [*stats.base_names, stats.aligned_name]]
+            stack = base_stack(stats)
+            al_acts = stats[stats.aligned_name].activations
+            if all(b is not None for b in boots):
+                for r in range(min(self.n_bootstrap, boots[0].shape[0])):  # type: ignore[union-attr]
+                    yield [b[r] for b in boots[:-1]], boots[-1][r]  # type: ignore[index]
+            elif stack is not None and al_acts is not None:
+                for idx in resamples(stack.shape[1], self.n_bootstrap, self.seed):
+                    yield [b[idx].mean(0) for b in stack], al_acts.double()[idx].mean(0)
+
+        def refits() -> Any:
+            for bases, al in replicates():
+                try:
+                    yield basis(bases, al)
+                except ConfigError:
+                    yield None
+
+        by_rank = subspace_stability(refits() if self.n_bootstrap else iter(()), full)
+        self._finish(stats, full, by_rank)
         return self
 
 
 class PairedPCA(DirectionEstimator):
-    """First principal axis of paired differences ``h(base, x_i) − h(aligned, x_i)`` per layer.
+    """Top-k principal axes of paired differences ``h(base, x_i) − h(aligned, x_i)`` per layer.
 
     Args:
-        center: subtract the mean difference before the SVD. Default ``False``: the axis of the
+        center: subtract the mean difference before the SVD. Default ``False``: the axes of the
             second moment about zero, so a shift shared by every prompt is the first axis.
+        n_components: ``k``, the number of principal axes (at most the number of samples).
+        bases: ``"mean"`` (default): one sample per prompt, the mean of the bases' activations;
+            ``"each"``: one sample per (base checkpoint, prompt) — the differences of every
+            pre-training witness, so the subspace also holds how the bases differ.
         n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables).
         seed: seed of the resampling.
 
-    The sign is chosen so the axis has a non-negative dot product with ``μ_base − μ_aligned``.
+    The first axis is signed to have a non-negative dot product with ``μ_base − μ_aligned``
+    (rows ``2..k`` too; see the module docstring).
     """
 
     method = "pca"
+    rank_limit = "the paired differences have fewer independent samples (prompts) than n_components"
 
-    def __init__(self, *, center: bool = False, n_bootstrap: int = 100, seed: int = 0) -> None:
+    @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
+    def __init__(self, *, center: bool = False, n_components: int = 1, bases: str = "mean",
+                 n_bootstrap: int = 100, seed: int = 0) -> None:
         self.center = center
-        self.n_bootstrap = n_bootstrap
-        self.seed = seed
-
-    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
-        diff = base - aligned  # [prompt, d]
-        if self.center:
-            diff = diff - diff.mean(0, keepdim=True)
-        return top_axis(diff, seed=int(self.seed))
-
-    def _orient_layer(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
-        sign = float(torch.sign(raw @ (base.mean(0) - aligned.mean(0))))
-        return raw * (sign if sign != 0 else 1.0)
-
-
-class LinearProbe(DirectionEstimator):
-    """Weight vector of ``sklearn.linear_model.LogisticRegression`` (base = 1, aligned = 0).
-
-    Args:
-        C: inverse L2 regularisation strength.
-        max_iter: solver iterations.
-        n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables; each is one
-            fit per layer, the slowest of the estimators).
-        seed: seed of the resampling.
-
-    The weight vector increases the base log-odds, so it points toward base.
-    """
-
-    method = "probe"
-
-    def __init__(
-        self, *, C: float = 1.0, max_iter: int = 1000, n_bootstrap: int = 100, seed: int = 0
-    ) -> None:
-        self.C = C
-        self.max_iter = max_iter
-        self.n_bootstrap = n_bootstrap
-        self.seed = seed
-
-    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
-        from sklearn.linear_model import LogisticRegression
-
-        n = base.shape[0]
-        y = np.r_[np.ones(n), np.zeros(n)]
-        x = torch.cat([base, aligned]).numpy()
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(x, y)
-        return torch.from_numpy(clf.coef_[0].astype(np.float64))
-
-
-class Whitened(DirectionEstimator):
-    """Shrinkage LDA direction ``Σ⁻¹(μ_base − μ_aligned)`` per layer.
-
-    Args:
-        shrinkage: ``None`` (default) estimates the shrinkage by Ledoit–Wolf
-            (``sklearn.covariance.LedoitWolf``) on the pooled within-class samples (kept
-            per-prompt activations, each class centred on its mean); a float in ``[0, 1]`` shrinks
-            the pooled covariance by that amount, and then also works from second moments alone.
-        n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables).
-        seed: seed of the resampling.
-    """
-
-    method = "whitened"
-
-    def __init__(
-        self, *, shrinkage: float | None = None, n_bootstrap: int = 100, seed: int = 0
-    ) -> None:
-        self.shrinkage = shrinkage
+        self.n_components = n_components
+        self.bases = bases
         self.n_bootstrap = n_bootstrap
         self.seed = seed
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if self.shrinkage is not None and not 0.0 <= float(self.shrinkage) <= 1.0:
-            raise ConfigError(
-                f"Whitened: shrinkage must be None or in [0, 1], got {self.shrinkage!r}"
-            )
+        if self.bases not in ("mean", "each"):
+            raise ConfigError(f"PairedPCA: bases must be 'mean' or 'each', got {self.bases!r}")
 
-    def _solve(self, cov: np.ndarray, diff: Tensor) -> Tensor:
-        from sklearn.covariance import shrunk_covariance
+    def _paired(self, stats: HistoryStats, layer: int) -> tuple[Tensor, Tensor, int]:
+        base, aligned = paired_layer(stats, layer)
+        stack = base_stack_layer(stats, layer) if self.bases == "each" else None
+        if stack is None or stack.shape[0] == 1:
+            return base, aligned, 1
+        copies = stack.shape[0]
+        return stack.reshape(-1, *stack.shape[2:]), aligned.repeat(copies, 1, 1), copies
 
-        if self.shrinkage is not None:
-            cov = shrunk_covariance(cov, shrinkage=float(self.shrinkage))
-        return torch.linalg.lstsq(torch.from_numpy(cov), diff[:, None]).solution[:, 0]
+    def _svd(self, base: Tensor, aligned: Tensor) -> Tensor:
+        diff = (base - aligned).transpose(0, 1)  # [layer, prompt, d]
+        if self.center:
+            diff = diff - diff.mean(1, keepdim=True)
+        _, s, vh = torch.linalg.svd(diff, full_matrices=False)
+        # axes below float32 resolution of the activations (a rank-deficient set): zero rows
+        return vh * (s > s[:, :1] * 1e-5)[..., None]
 
-    def _raw_layer(self, base: Tensor, aligned: Tensor) -> Tensor:
-        from sklearn.covariance import LedoitWolf, empirical_covariance
+    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
+        diff = base - aligned  # [prompt, layer, d]
+        if self.center:
+            diff = diff - diff.mean(0, keepdim=True)
+        # the first axis alone: an exact SVD for small inputs, subspace iteration at 7B sizes
+        return torch.stack([top_axis(diff[:, i], seed=int(self.seed)) for i in range(diff.shape[1])])
 
-        mb, ma = base.mean(0), aligned.mean(0)
-        z = torch.cat([base - mb, aligned - ma]).numpy()
-        if self.shrinkage is None:
-            cov = LedoitWolf(assume_centered=True).fit(z).covariance_
-        else:
-            cov = empirical_covariance(z, assume_centered=True)
-        return self._solve(cov, mb - ma)
+    def _candidates(self, base: Tensor, aligned: Tensor) -> Tensor:
+        return self._svd(base, aligned)[:, : self.n_components, :]
 
-    def fit(self, stats: HistoryStats) -> "Whitened":
-        """Fit from kept activations, or from second moments when ``shrinkage`` is a float."""
-        self._validate_params()
-        _check_stats(stats, self.method)
-        moments = all(stats[n].second is not None for n in [*stats.base_names, stats.aligned_name])
-        if self.shrinkage is not None and (moments or not stats.has_references()):
-            return self._fit_moments(stats)  # exact float64 sums; no per-prompt read for the direction
-        if not stats.has_references():
-            raise ConfigError(
-                "Whitened with Ledoit-Wolf shrinkage needs per-prompt activations (keep='reference'); "
-                "or pass shrinkage=<float> to whiten with the collected second moments"
-            )
-        super().fit(stats)
-        return self
+    def _orient(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
+        sign = torch.sign((raw * (base.mean(0) - aligned.mean(0))).sum(1))
+        return raw * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
 
-    def _fit_moments(self, stats: HistoryStats) -> "Whitened":
-        diff = _check_separated(stats, self.method)
-        names = [*stats.base_names, stats.aligned_name]
-        covs = [stats[n].covariance for n in names]  # ConfigError if moments are absent
-        pooled = (torch.stack(covs[:-1]).mean(0) + covs[-1]) / 2
-        raw = torch.stack(
-            [self._solve(pooled[i].numpy(), diff[i]) for i in range(len(stats.layers))]
-        )
-        if self.n_bootstrap and stats.has_references():
-            stability = self._stability_from_references(stats, _unit(raw))
-        else:
-            stability = torch.full((len(stats.layers),), math.nan, dtype=torch.float64)
-        return self._finish(stats, raw, stability)

@@ -11,13 +11,8 @@ from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
-from revlens.directions.estimators import (
-    DirectionEstimator,
-    LinearProbe,
-    MeanDiff,
-    PairedPCA,
-    Whitened,
-)
+from revlens.directions.discriminant import LinearProbe, Whitened
+from revlens.directions.estimators import DirectionEstimator, MeanDiff, PairedPCA
 from revlens.errors import ConfigError, ShapeMismatchError
 
 __all__ = [
@@ -38,24 +33,24 @@ ESTIMATORS: dict[str, type[DirectionEstimator]] = {
 }
 
 
-def mean_diff(stats: HistoryStats) -> Directions:
-    """Function twin of :class:`MeanDiff` (no stability bootstrap)."""
-    return MeanDiff(n_bootstrap=0).fit(stats).direction_
+def mean_diff(stats: HistoryStats, n_components: int = 1) -> Directions:
+    """Function twin of :class:`MeanDiff` (no stability bootstrap; ``n_components`` rows per layer)."""
+    return MeanDiff(n_components=n_components, n_bootstrap=0).fit(stats).direction_
 
 
-def paired_pca(stats: HistoryStats) -> Directions:
-    """Function twin of :class:`PairedPCA` (no stability bootstrap)."""
-    return PairedPCA(n_bootstrap=0).fit(stats).direction_
+def paired_pca(stats: HistoryStats, n_components: int = 1) -> Directions:
+    """Function twin of :class:`PairedPCA` (no stability bootstrap; ``n_components`` rows per layer)."""
+    return PairedPCA(n_components=n_components, n_bootstrap=0).fit(stats).direction_
 
 
-def linear_probe(stats: HistoryStats) -> Directions:
-    """Function twin of :class:`LinearProbe` (no stability bootstrap)."""
-    return LinearProbe(n_bootstrap=0).fit(stats).direction_
+def linear_probe(stats: HistoryStats, n_components: int = 1) -> Directions:
+    """Function twin of :class:`LinearProbe` (no stability bootstrap; ``n_components`` rows per layer)."""
+    return LinearProbe(n_components=n_components, n_bootstrap=0).fit(stats).direction_
 
 
-def whitened(stats: HistoryStats) -> Directions:
-    """Function twin of :class:`Whitened` (no stability bootstrap)."""
-    return Whitened(n_bootstrap=0).fit(stats).direction_
+def whitened(stats: HistoryStats, n_components: int = 1) -> Directions:
+    """Function twin of :class:`Whitened` (no stability bootstrap; ``n_components`` rows per layer)."""
+    return Whitened(n_components=n_components, n_bootstrap=0).fit(stats).direction_
 
 
 DirectionSpec = str | DirectionEstimator | Directions | Tensor
@@ -75,6 +70,7 @@ def resolve_directions(
     d_model: int | None = None,
     n_bootstrap: int = 0,
     seed: int = 0,
+    n_components: int = 1,
 ) -> Directions:
     """The one way every stage turns a direction argument into :class:`Directions`.
 
@@ -86,6 +82,7 @@ def resolve_directions(
         layers: the layers wanted (default: ``stats.layers``, or a Directions' own layers).
         d_model: the stream width the directions must have (default: ``stats.d_model``).
         n_bootstrap, seed: stability bootstrap of an estimator built from a name.
+        n_components: rows per layer of an estimator built from a name (a rank-k subspace).
 
     Raises:
         ConfigError: unknown method name (lists the valid ones), a name without statistics,
@@ -97,7 +94,7 @@ def resolve_directions(
     if isinstance(spec, str):
         if spec not in ESTIMATORS:
             raise ConfigError(f"unknown direction method {spec!r}; valid methods: {_method_list()}")
-        spec = ESTIMATORS[spec](n_bootstrap=n_bootstrap, seed=seed)
+        spec = ESTIMATORS[spec](n_bootstrap=n_bootstrap, seed=seed, n_components=n_components)
     if isinstance(spec, DirectionEstimator):
         if stats is not None:
             spec.fit(stats)  # always on these statistics: an estimator fitted elsewhere is refitted

@@ -1,10 +1,19 @@
 """Drift of fine-tuning checkpoints projected on reversion directions, with nulls.
 
 See :func:`drift_table` (projections, bootstrap CIs, isotropic and covariance-matched nulls),
+:func:`subspace_drift_table` (the drift's energy in rank-k subspaces, beside the exact
+Beta(k/2, (d−k)/2) null and covariance-matched random k-subspaces),
 :mod:`revlens.nulls` and :func:`headline` (the paper's headline quantities).
 """
 
 from revlens.drift.projection import DRIFT_COLUMNS, drift_table, project
+from revlens.drift.subspace import (
+    SUBSPACE_COLUMNS,
+    energy_pvalue,
+    energy_quantile,
+    subspace_drift_table,
+    subspace_energy,
+)
 from revlens.drift.summary import PAPER, headline, headline_frame
 from revlens.nulls import (
     covariance_null_directions,
@@ -18,9 +27,12 @@ from revlens.nulls import (
 __all__ = [
     "DRIFT_COLUMNS",
     "PAPER",
+    "SUBSPACE_COLUMNS",
     "covariance_null_directions",
     "drift_table",
     "empirical_pvalue",
+    "energy_pvalue",
+    "energy_quantile",
     "headline",
     "headline_frame",
     "isotropic_p99",
@@ -28,4 +40,6 @@ __all__ = [
     "isotropic_quantile",
     "permutation_pvalue",
     "project",
+    "subspace_drift_table",
+    "subspace_energy",
 ]

@@ -129,7 +129,8 @@ def _blocker(method: str, root: Path, aligned: torch.nn.Module, v: Directions | 
 def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
-                progress: bool = True, **blocker_kwargs: Any) -> pd.DataFrame:
+                progress: bool = True, directions: Directions | None = None,
+                **blocker_kwargs: Any) -> pd.DataFrame:
     """Fine-tune the lab's aligned model with blocking, for each seed, into ``lab_dir``.
 
     Args:
@@ -143,6 +144,9 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         probes: what the blocker reads (default: :func:`lab_probes`, the alignment split).
         direction_seed: seed of the random directions.
         name: run-group name (default: ``method``, or ``<method>-random``).
+        directions: block these (any rank, e.g. a reversion subspace from
+            :func:`revlens.lab.subspaces.lab_subspace`) instead of the ``mean_diff`` directions
+            (``layers`` default to theirs; not with ``random_directions``).
         blocker_kwargs: passed to :class:`ReversionBlocker` (``strength``, ``refresh_every``...).
 
     Returns:
@@ -159,10 +163,18 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     lab = read_lab(root)
     config = LabConfig.from_dict(lab["config"])
     base, aligned = load_checkpoint(root / "base"), load_checkpoint(root / "aligned")
-    layers = list(range(1, config.n_layer + 1)) if layers is None else list(layers)
     pr = probes or lab_probes()
-    v = None if method == WEIGHTS else lab_directions(base, aligned, layers, probes=pr, random=random_directions,
-                                                      generator=torch.Generator().manual_seed(direction_seed))
+    if directions is not None:
+        if random_directions or method == WEIGHTS:
+            raise ConfigError("run_blocked: directions=... is not used with random_directions=True or method='weights'")
+        layers = list(directions.layers) if layers is None else list(layers)
+        v = directions.select(layers)
+    elif method == WEIGHTS:
+        v = None
+    else:
+        layers = list(range(1, config.n_layer + 1)) if layers is None else list(layers)
+        v = lab_directions(base, aligned, layers, probes=pr, random=random_directions,
+                           generator=torch.Generator().manual_seed(direction_seed))
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")
@@ -175,6 +187,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         blocker = _blocker(method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs)
         info = {"method": method, "random_directions": random_directions,
                 "layers": "all weights" if method == WEIGHTS else layers, "settings": settings}
+        if v is not None:
+            info.update(directions=v.method, rank=v.rank)
         cb = _Blocked(blocker, root, run, info, evaluator)
         t0 = time.perf_counter()
         try:

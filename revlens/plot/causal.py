@@ -29,7 +29,7 @@ from revlens.plot._common import (
     step_label,
 )
 
-__all__ = ["control_bands", "mediation_heatmap", "steer_dose_response"]
+__all__ = ["control_bands", "mediation_heatmap", "mediation_vs_k", "steer_dose_response"]
 
 _REQUIRED = ("run", "step", "layer", "kind", "control_type")
 Value = Literal["mediation_fraction", "effect"]
@@ -248,3 +248,61 @@ def steer_dose_response(
         fig.update_xaxes(title_text="α", row=r, col=c)
     fig.update_yaxes(title_text=value, col=1)
     return base_layout(fig, title, height=150 + 300 * nrows)
+
+
+def mediation_vs_k(
+    table: pd.DataFrame,
+    *,
+    choice: dict | None = None,
+    split: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Mediation fraction against the subspace rank k, one panel per layer: the subspace (mean ± std
+    over runs) inside each control type's band (random k-dim subspaces: the 5–95 % quantiles and
+    the mean, averaged over runs), from a ``CausalReport.rank_table()``. ``split`` defaults to
+    ``"test"`` when the study held prompts out (else ``"all"``); ``choice`` (a ``rank_choice()``)
+    marks the chosen k with a star."""
+    df = require_columns(table, ("split", "layer", "rank", "mediation_mean"), "rank table")
+    splits = sorted_unique(df["split"])
+    split = split or ("test" if "test" in splits else "all")
+    if split not in splits:
+        raise ConfigError(f"split {split!r} is not in the rank table; splits: {splits}")
+    df = as_int_columns(df[df["split"] == split], ("layer", "rank"))
+    layers = sorted_unique(df["layer"])
+    ncols = min(len(layers), 3)
+    nrows = math.ceil(len(layers) / ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers])
+    types = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and c != "mediation_mean"]
+    for li, lay in enumerate(layers):
+        r, c = li // ncols + 1, li % ncols + 1
+        d = df[df["layer"] == lay].sort_values("rank")
+        x = d["rank"].tolist()
+        for ti, ct in enumerate(types):
+            col = _CONTROL_COLOURS.get(ct, colour(ti + 2))
+            if f"{ct}_p95" in d.columns:
+                fig.add_trace(go.Scatter(
+                    x=x + x[::-1], y=[*d[f"{ct}_p95"].tolist(), *d[f"{ct}_p05"].tolist()[::-1]], fill="toself",
+                    mode="lines", fillcolor=rgba(col, 0.2), line={"width": 0}, hoverinfo="skip",
+                    name=f"{esc(ct)} random k-subspaces 5–95 %", legendgroup=ct, showlegend=li == 0), row=r, col=c)
+            fig.add_trace(go.Scatter(
+                x=x, y=d[f"{ct}_mean"], mode="lines", line={"color": col, "dash": "dash"}, legendgroup=ct,
+                name=f"{esc(ct)} random k-subspaces mean", showlegend=li == 0,
+                hovertemplate=f"{esc(ct)} controls · k %{{x}}<br>mediation %{{y:.3f}}<extra></extra>"), row=r, col=c)
+        fig.add_trace(go.Scatter(
+            x=x, y=d["mediation_mean"], mode="lines+markers", name="reversion subspace", legendgroup="v",
+            line={"color": "#d62728"}, showlegend=li == 0,
+            error_y={"type": "data", "array": d["mediation_std"].fillna(0).to_numpy(),
+                     "visible": bool((d.get("n_runs", pd.Series([1])) > 1).any())},
+            hovertemplate=f"subspace · layer {lay} · k %{{x}}<br>mediation %{{y:.3f}}<extra></extra>"), row=r, col=c)
+        if choice is not None and int(choice.get("layer", -1)) == lay:
+            pick = d[d["rank"] == int(choice["rank"])]
+            fig.add_trace(go.Scatter(
+                x=pick["rank"], y=pick["mediation_mean"], mode="markers", name=f"chosen k ({choice.get('rule')})",
+                marker={"symbol": "star", "size": 15, "color": "black", "line": {"color": "white", "width": 1}},
+                hoverinfo="skip"), row=r, col=c)
+        fig.update_xaxes(type="log", tickvals=x, ticktext=[str(k) for k in x], title_text="k", row=r, col=c)
+        fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=r, col=c)
+    fig.update_yaxes(title_text="mediation fraction", col=1)
+    held = {"test": "held-out test prompts", "select": "selection prompts", "all": "all prompts"}[split]
+    default = f"mediation vs subspace rank k ({held}) against random k-dim subspaces"
+    return base_layout(fig, default if title is None else title, height=150 + 320 * nrows)

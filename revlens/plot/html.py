@@ -371,6 +371,8 @@ def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> 
             page.add(f"<h2>{kind}</h2>")
             page.try_figure(lambda k=kind: report.mediation_heatmap(intervention=k))
             page.try_figure(lambda k=kind: report.control_bands(intervention=k))
+            if len(getattr(report, "ranks", [1])) > 1:
+                page.try_figure(lambda k=kind: report.mediation_vs_k(k))
     if "steer" in kinds:
         page.add("<h2>steer</h2>")
         page.try_figure(report.steer_dose_response)

@@ -58,7 +58,8 @@ class Report(Result):
             :class:`revlens.weights.WeightReport`, from ``analyze(..., weights=True)``), or ``None``.
 
     Figures: :meth:`heatmap`, :meth:`trajectories`, :meth:`stability`, :meth:`agreement`,
-    :meth:`behaviour`; the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
+    :meth:`behaviour`, :meth:`subspace_energy` (with ``subspaces`` / ``subspace_drift``: rank-k
+    fits and the drift's energy in them, when analysed with ``ranks``); the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
     (DataFrame).
     """
 
@@ -77,6 +78,8 @@ class Report(Result):
         vectors: Mapping[str, Directions] | None = None,
         lab_metrics: pd.DataFrame | None = None,
         weights: Any = None,
+        subspaces: Mapping[str, Directions] | None = None,
+        subspace_drift: pd.DataFrame | None = None,
     ) -> None:
         if isinstance(directions, pd.DataFrame):  # the revlens 0.1 call: directions=<table>, vectors=...
             warnings.warn("Report(directions=<table>, vectors=...) is deprecated: pass directions=<dict of "
@@ -89,6 +92,8 @@ class Report(Result):
         self.provenance = dict(provenance)
         self.metrics = metrics if metrics is not None else lab_metrics
         self.weights = weights
+        self.subspaces: dict[str, Directions] = dict(subspaces or {})
+        self.subspace_drift = subspace_drift
 
     # ------------------------------------------------------------------ deprecated names
     @property
@@ -267,6 +272,15 @@ class Report(Result):
         warnings.warn(f"Report.figure({kind!r}) is deprecated; use Report.{kind}()", DeprecationWarning, stacklevel=2)
         return getattr(self, kind)(**kw)
 
+    def subspace_energy(self, **kw: Any) -> Any:
+        """The drift's energy in rank-k subspaces against k, beside its nulls
+        (:func:`revlens.plot.subspace_energy`; needs ``analyze(..., ranks=...)``)."""
+        from revlens.plot import subspace_energy
+
+        if self.subspace_drift is None:
+            raise ConfigError("this report has no subspace table: analyze with ranks=(1, 2, 4, ...)")
+        return subspace_energy(self.subspace_drift, **kw)
+
     def _main_figure(self) -> Any:
         return self.heatmap()
 
@@ -289,10 +303,20 @@ class Report(Result):
             vec.save(d / "vectors" / files[method])
         if self.metrics is not None:
             write_frame(self.metrics, d / "metrics.json")
+        subspaces = {}
+        if self.subspaces:
+            (d / "subspaces").mkdir()
+            for i, (method, vec) in enumerate(self.subspaces.items()):
+                subspaces[method] = _safe_name(method, i)
+                vec.save(d / "subspaces" / subspaces[method])
+        if self.subspace_drift is not None:
+            write_frame(self.subspace_drift, d / "subspace_drift.json")
+            self.subspace_drift.to_csv(d / "subspace_drift.csv", index=False)
         if self.weights is not None:
             self.weights.write_into(d / "weights")
         return {"config": self.config, "provenance": self.provenance, "vectors": files,
-                "metrics": self.metrics is not None, "weights": self.weights is not None}
+                "metrics": self.metrics is not None, "subspaces": subspaces,
+                "subspace_drift": self.subspace_drift is not None, "weights": self.weights is not None}
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "Report":
@@ -302,7 +326,11 @@ class Report(Result):
             from revlens.weights.report import WeightReport
 
             weights = WeightReport.read_from(d / "weights")
+        subspaces = {m: Directions.load(confined(d / "subspaces", f, "report subspaces"))
+                     for m, f in (meta.get("subspaces") or {}).items()}
         return cls(drift=read_frame(d / "drift.json"), directions=vectors,
                    directions_table=read_frame(d / "directions.json"), config=meta["config"],
                    provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
+                   subspaces=subspaces,
+                   subspace_drift=read_frame(d / "subspace_drift.json") if meta.get("subspace_drift") else None,
                    weights=weights)

@@ -139,3 +139,33 @@ def test_identical_layers_and_bad_input(planted):
     one.runs["up0"] = type(one.runs["up0"])("up0", {1: hist.runs["up0"].steps[1]})
     with pytest.raises(HistoryError, match="run 'up0' has 1 step"):
         analyze(one, PROMPTS, progress=False)
+
+
+def test_subspace_drift_in_analyze(planted, tmp_path):
+    """analyze(ranks=...): rank-k fits, the drift's energy beside its nulls, saved and drawn."""
+    import pandas.testing as pdt
+    import plotly.graph_objects as go
+
+    _, _, hist = planted
+    stats = collect(hist, PROMPTS, layers=[3], moments="reference", keep="reference", n_bootstrap=20,
+                    progress=False)
+    rep = analyze(stats, methods=("pca",), ranks=(1, 2, 4), n_null=100, n_stability=3, progress=False)
+    sub = rep.subspace_drift
+    assert rep.subspaces["pca"].rank == 4 and set(sub["rank"]) == {1, 2, 4}
+    up = sub[(sub.run.isin(["up0", "up1"])) & (sub.step == 20)]
+    assert (up["energy"] > 0.9).all() and up["significant"].all()
+    k1 = sub[sub["rank"] == 1].reset_index(drop=True)
+    frac = rep.drift[rep.drift.method == "pca"].reset_index(drop=True)["frac"]
+    assert (k1["energy"] - frac).abs().max() < 1e-5  # rank-1 of the rank-4 fit = the direction
+    assert isinstance(rep.subspace_energy(), go.Figure)
+    back = Report.load(rep.save(tmp_path / "rep"))
+    pdt.assert_frame_equal(back.subspace_drift, sub, check_exact=True)
+    assert torch.equal(back.subspaces["pca"].basis, rep.subspaces["pca"].basis)
+    # bad input, named: a constant shift spans one direction; mean_diff needs a base per rank
+    exact = collect(hist, PROMPTS, layers=[2], moments="reference", keep="reference", n_bootstrap=0, progress=False)
+    with pytest.raises(ConfigError, match=r"spans only 1 direction\(s\) at layer 2"):
+        analyze(exact, methods=("pca",), ranks=(1, 2), n_null=10, progress=False)
+    with pytest.raises(ConfigError, match="need as many base checkpoints"):
+        analyze(hist, PROMPTS, ranks=(2,), subspace_methods=("mean_diff",), progress=False)
+    with pytest.raises(ConfigError, match="ranks must be >= 1"):
+        analyze(hist, PROMPTS, ranks=(0,), progress=False)

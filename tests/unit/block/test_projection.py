@@ -47,3 +47,22 @@ def test_zero_gradients_give_zero_coefficients():
         projection_coefficients(g, torch.ones(2, dtype=torch.float64)),
         torch.zeros(2, dtype=torch.float64),
     )
+
+
+def test_one_sided_projection_is_the_exact_closest_feasible_step():
+    """KKT of min ‖Δ' − Δ‖² s.t. s + AΔ' ≤ 0: feasible, λ ≥ 0, complementary, and rows that hold
+    without help are untouched (λ = 0)."""
+    from revlens.block.projection import one_sided_coefficients
+
+    grads, delta = _blocks(6, 3)
+    s = torch.tensor([0.5, -3.0, 0.2, -0.1, 1.0, -5.0], dtype=torch.float64)
+    before = dot(grads, delta)
+    lam = one_sided_coefficients(gram(grads), before + s, ridge=1e-12)
+    assert (lam >= 0).all()
+    apply_correction(delta, grads, lam)
+    after = dot(grads, delta) + s
+    assert float(after.max()) < 1e-4  # feasible
+    assert float((lam * after).abs().max()) < 1e-4  # complementary: a row that binds ends at 0
+    assert ((before + s <= 0) <= (lam <= 1e-9) | (after.abs() < 1e-4)).all()
+    # nothing to do when every row already holds
+    assert one_sided_coefficients(gram(grads), -torch.ones(6, dtype=torch.float64)).abs().max() == 0

@@ -64,3 +64,44 @@ def test_grow_and_repeat_equal_the_loop(lm, tokens, unit_vectors, positions, kin
             assert torch.allclose(a, b, atol=1e-4), key
     # the interventions did something: not every copy equals the clean metric
     assert max(float((v - ref_clean).abs().max()) for v in ref) > 1e-2
+
+
+def test_subspace_stacks_grow_equal_loop_and_the_context_manager(lm, tokens):
+    """k-dim copies: grow (chunked) and repeat equal one forward per copy, which equals the
+    subspace clamp / patch context managers; k = 1 frames equal [n, d] directions exactly."""
+    from revlens.causal import clamp, patch
+    from revlens.directions.subspace import random_frames
+
+    bridge = lm.bridge
+    sites = {s.layer: s for s in resolve_sites(bridge, [1, 2])}
+    metric = LogitDiff([3, 4], [5]).bind(lm.tokenizer)
+    with torch.no_grad():
+        _, acts = access(bridge).capture(tokens.tokens, list(sites.values()))
+    source = {k: v + 0.3 for k, v in acts.items()}
+    mu = {k: v.mean((0, 1)) for k, v in acts.items()}
+    frames = {layer: random_frames(4, 3, lm.d_model, generator=torch.Generator().manual_seed(layer)).float()
+              for layer in sites}
+    stacks = [Stack(layer, kind, frames[layer], reference=mu[layer] if kind == "clamp" else None)
+              for layer in sites for kind in ("clamp", "patch")]
+    with torch.no_grad():
+        loop = run_stacks(bridge, tokens, stacks, metric, sites=sites, sources=source, strategy="loop")
+        for strategy, rows in (("grow", 10_000), ("grow", 24), ("repeat", 10_000)):
+            clean, vals = run_stacks(bridge, tokens, stacks, metric, sites=sites, sources=source,
+                                     strategy=strategy, max_rows=rows)
+            assert torch.allclose(clean, loop[0], atol=1e-5)
+            for a, b in zip(vals, loop[1]):
+                assert torch.allclose(a, b, atol=1e-4), strategy
+        # the loop's copy 2 at layer 2 is the subspace clamp context manager
+        with clamp(bridge, frames[2][2][None], layers=[2], reference_mean=mu[2][None]):
+            ref = metric(bridge(tokens.tokens), tokens)
+        assert torch.allclose(loop[1][2][2], ref.double(), atol=1e-4)
+        with patch(bridge, frames[1][0][None], layers=[1], source_acts={1: source[1]}):
+            ref = metric(bridge(tokens.tokens), tokens)
+        assert torch.allclose(loop[1][1][0], ref.double(), atol=1e-4)
+        # k = 1 frames are the [n, d] directions, exactly
+        flat = [Stack(2, "clamp", frames[2][:, 0], reference=mu[2])]
+        thin = [Stack(2, "clamp", frames[2][:, :1], reference=mu[2])]
+        a = run_stacks(bridge, tokens, flat, metric, sites=sites)[1][0]
+        b = run_stacks(bridge, tokens, thin, metric, sites=sites)[1][0]
+        assert torch.equal(a, b)
+    assert max(float((v - loop[0]).abs().max()) for v in loop[1]) > 1e-2  # the subspaces did something
