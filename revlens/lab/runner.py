@@ -252,7 +252,9 @@ class _LabWriter:
     """Keeps history.json / metrics.json of one lab dir and records complete checkpoints."""
 
     def __init__(self, lab_dir: Path, config: LabConfig, extra: dict[str, Any]):
-        self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer())
+        from revlens.lab.tracks import task_shift
+
+        self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer(), task_shift=task_shift(config))
         probes = write_probes(lab_dir)
         self.spec: dict[str, Any] = {"base": "base", "aligned": "aligned", "runs": {}, "controls": {}}
         self.metadata: dict[str, Any] = {
