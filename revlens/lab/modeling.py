@@ -55,7 +55,7 @@ def build_model(
 
 
 def save_checkpoint(
-    model: GPT2LMHeadModel, path: Path, tokenizer: PreTrainedTokenizerFast | None = None
+    model: torch.nn.Module, path: Path, tokenizer: PreTrainedTokenizerFast | None = None
 ) -> None:
     """A ``save_pretrained``-compatible dir (config.json + model.safetensors), plus the tokenizer
     files if given. Written with safetensors directly (quiet and fast); ``from_pretrained`` and

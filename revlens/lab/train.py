@@ -168,7 +168,9 @@ def train_pair(config: LabConfig, *, seed: int, progress: bool = True):
 
 @dataclass
 class FinetuneResult:
-    model: GPT2LMHeadModel
+    """The fine-tuned model (a PEFT model on the lora track), its saved checkpoints and losses."""
+
+    model: torch.nn.Module
     checkpoints: dict[int, Path] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
 
