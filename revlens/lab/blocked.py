@@ -178,7 +178,9 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")
-    evaluator = Evaluator(build_tokenizer())
+    from revlens.lab.tracks import task_shift
+
+    evaluator = Evaluator(build_tokenizer(), task_shift=task_shift(config))
     settings = {k: val for k, val in blocker_kwargs.items() if isinstance(val, (int, float, str, bool))}
     rows = []
     for seed in config.ft_seeds if seeds is None else seeds:

@@ -54,6 +54,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --block: also block along random directions (blocked/<METHOD>-random/)",
     )
     p.add_argument(
+        "--track",
+        choices=list(_tracks()),
+        default="remap",
+        help="lab track: what the benign fine-tune trains on and how (docs/lab.md, Tracks; default: remap)",
+    )
+    p.add_argument(
         "--seeds",
         nargs="+",
         default=["0", "1", "2"],
@@ -83,6 +89,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _tracks() -> tuple[str, ...]:
+    from revlens.lab.tracks import TRACKS
+
+    return tuple(TRACKS)
+
+
 def _config(args) -> LabConfig:
     changes = {
         "ft_seeds": _int_list("seeds", args.seeds),
@@ -104,7 +116,7 @@ def _config(args) -> LabConfig:
         if not lr > 0 or lr != lr or lr == float("inf"):
             raise ConfigError(f"--lr must be a positive finite number, got {args.lr!r}")
         changes["ft_lr"] = lr
-    return LabConfig(**changes)
+    return LabConfig.for_track(getattr(args, "track", "remap"), **changes)
 
 
 def run(args) -> int:

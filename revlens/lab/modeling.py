@@ -55,12 +55,18 @@ def build_model(
 
 
 def save_checkpoint(
-    model: GPT2LMHeadModel, path: Path, tokenizer: PreTrainedTokenizerFast | None = None
+    model: torch.nn.Module, path: Path, tokenizer: PreTrainedTokenizerFast | None = None
 ) -> None:
     """A ``save_pretrained``-compatible dir (config.json + model.safetensors), plus the tokenizer
     files if given. Written with safetensors directly (quiet and fast); ``from_pretrained`` and
-    ``TransformerBridge.boot_transformers`` read it."""
+    ``TransformerBridge.boot_transformers`` read it. A PEFT model is saved adapter-only
+    (``adapter_config.json`` + ``adapter_model.safetensors``, as a Trainer + PEFT run writes)."""
     path.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(path), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        return
     state = model.state_dict()
     if model.config.tie_word_embeddings:  # stored once, as save_pretrained does
         state.pop("lm_head.weight", None)

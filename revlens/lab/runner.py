@@ -241,7 +241,9 @@ class _LabWriter:
     """Keeps history.json / metrics.json of one lab dir and records complete checkpoints."""
 
     def __init__(self, lab_dir: Path, config: LabConfig, extra: dict[str, Any]):
-        self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer())
+        from revlens.lab.tracks import task_shift
+
+        self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer(), task_shift=task_shift(config))
         probes = write_probes(lab_dir)
         self.spec: dict[str, Any] = {"base": "base", "aligned": "aligned", "runs": {}, "controls": {}}
         self.metadata: dict[str, Any] = {
@@ -258,7 +260,7 @@ class _LabWriter:
                    controls=self.spec["controls"], metrics="metrics.json" if self.records else None,
                    metadata=self.metadata)
 
-    def record(self, role: str, run: str | None, step: int | None, rel: str, model: GPT2LMHeadModel) -> None:
+    def record(self, role: str, run: str | None, step: int | None, rel: str, model: torch.nn.Module) -> None:
         name = role if role in ("base", "aligned") else f"{run}/step-{step}"
         key = "runs" if role == "run" else "controls"
         if role not in ("base", "aligned"):
@@ -271,7 +273,7 @@ class _CheckpointRecorder:
     def __init__(self, writer: _LabWriter, role: str, run: str):
         self.writer, self.role, self.run = writer, role, run
 
-    def on_checkpoint(self, step: int, path: Path, model: GPT2LMHeadModel) -> None:
+    def on_checkpoint(self, step: int, path: Path, model: torch.nn.Module) -> None:
         self.writer.record(
             self.role, self.run, step, path.relative_to(self.writer.dir).as_posix(), model
         )

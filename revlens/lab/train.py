@@ -35,10 +35,10 @@ from revlens.lab.language import (
     build_tokenizer,
     sample_align,
     sample_pretrain,
-    sample_task,
 )
 from revlens.lab.metrics import Evaluator
 from revlens.lab.modeling import build_model, save_checkpoint
+from revlens.lab.tracks import sample_finetune
 
 __all__ = ["FinetuneResult", "align", "finetune", "pretrain", "train_pair"]
 
@@ -168,7 +168,9 @@ def train_pair(config: LabConfig, *, seed: int, progress: bool = True):
 
 @dataclass
 class FinetuneResult:
-    model: GPT2LMHeadModel
+    """The fine-tuned model (a PEFT model on the lora track), its saved checkpoints and losses."""
+
+    model: torch.nn.Module
     checkpoints: dict[int, Path] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
 
@@ -197,10 +199,29 @@ def _call(callbacks: Iterable[object], name: str, *args) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, config: LabConfig, lr: float | None = None):
+    """The fine-tuning optimizer over the trainable parameters (all of them, or the LoRA adapters)."""
     lr = config.ft_lr if lr is None else lr
+    params = [p for p in model.parameters() if p.requires_grad]
     if config.ft_optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.ft_momentum)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        return torch.optim.SGD(params, lr=lr, momentum=config.ft_momentum)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every linear layer of the lab's GPT-2 (attention and MLP)
+
+
+def with_lora(model: GPT2LMHeadModel, config: LabConfig, *, seed: int):
+    """``model`` wrapped in PEFT LoRA adapters (rank ``config.ft_lora_rank``, every linear layer); the
+    adapters' random init is seeded from ``seed`` (PEFT draws from torch's global generator, so the
+    draw runs inside ``torch.random.fork_rng``: the caller's global state is left as it was)."""
+    from revlens.errors import require
+
+    peft = require("peft", "peft", "the lab's lora track")
+    lora = peft.LoraConfig(r=config.ft_lora_rank, lora_alpha=config.ft_lora_alpha, lora_dropout=0.0,
+                           target_modules=list(LORA_TARGETS), fan_in_fan_out=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) * 7_919 + 4_000_037)
+        return peft.get_peft_model(model, lora)
 
 
 def finetune(
@@ -215,11 +236,13 @@ def finetune(
     copy_model: bool = True,
     progress: bool = True,
 ) -> FinetuneResult:
-    """Benign fine-tuning: ``steps`` updates on the task under its fine-tuning rule.
+    """Benign fine-tuning: ``steps`` updates on the track's data (``config.ft_data``; see
+    :mod:`revlens.lab.tracks`), full or with LoRA adapters (``config.ft_lora_rank > 0``).
 
     The data order depends only on ``seed`` (a control run from another start sees the same
-    batches). With ``out_dir``, the model (with the tokenizer) is saved to ``out_dir/step-{t}`` at each of
-    ``checkpoint_steps`` (default: config's). ``model`` is copied first unless ``copy_model=False``.
+    batches). With ``out_dir``, the model (with the tokenizer) is saved to ``out_dir/step-{t}`` at
+    each of ``checkpoint_steps`` (default: config's) — adapter-only for LoRA. ``model`` is copied
+    first unless ``copy_model=False``.
     """
     steps = config.ft_steps if steps is None else steps
     if not isinstance(steps, int) or steps <= 0:
@@ -235,6 +258,8 @@ def finetune(
         raise ConfigError(f"checkpoint_steps must lie in 1..{steps}, got {sorted(save_at)}")
     if copy_model:
         model = copy.deepcopy(model)
+    if config.ft_lora_rank:
+        model = with_lora(model, config, seed=seed)
     callbacks = _adapt(callbacks)
     model.train()
     g = _gen(seed, _FT_DATA)
@@ -247,7 +272,7 @@ def finetune(
     )
     for step in bar:
         loss = _step(
-            model, opt, sample_task(config.ft_batch, g), answer_only=True, n_ctx=config.n_ctx
+            model, opt, sample_finetune(config, config.ft_batch, g), answer_only=True, n_ctx=config.n_ctx
         )
         result.losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
