@@ -123,6 +123,29 @@ def _subspace_intervened(h: Float[Tensor, "#copies batch pos d"], kind: str, fra
 _BETWEEN_BLOCKS = ("resid_post", "resid_pre", "ln_final")
 
 
+def _row_offsets(stacks: Sequence[Stack], b: int) -> dict[int, list[tuple[int, Stack]]]:
+    """Layer -> (first row, stack) of each stack's copies after the ``b`` clean rows, in forward order."""
+    offsets: dict[int, list[tuple[int, Stack]]] = {}
+    row = b
+    for st in stacks:  # in forward order (by layer): rows are appended in this order
+        offsets.setdefault(st.layer, []).append((row, st))
+        row += len(st) * b
+    return offsets
+
+
+def _edit_copies(segments: list[tuple[int, Stack]], b: int, sources: Mapping[int, Tensor] | None,
+                 mask: Tensor | None) -> Any:
+    """A hook intervening in place on each stack's block of ``len(stack) × b`` copied rows."""
+    def hook(out: Tensor) -> Tensor:
+        out = out.clone()
+        for start, st in segments:
+            seg = out[start : start + len(st) * b].view(len(st), b, *out.shape[1:])
+            out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(-1, *out.shape[1:])
+        return out
+
+    return hook
+
+
 def _forward_grow(
     acc: SiteAccess,
     tokens: Tensor,
@@ -132,11 +155,7 @@ def _forward_grow(
     mask: Tensor | None,
 ) -> Tensor:
     b = tokens.shape[0]
-    offsets: dict[int, list[tuple[int, Stack]]] = {}
-    row = b
-    for st in stacks:  # in forward order (by layer): rows are appended in this order
-        offsets.setdefault(st.layer, []).append((row, st))
-        row += len(st) * b
+    offsets = _row_offsets(stacks, b)
 
     def append_intervened(layer: int) -> Any:
         def hook(out: Tensor) -> Tensor:
@@ -155,23 +174,13 @@ def _forward_grow(
 
         return hook
 
-    def edit_copies(layer: int) -> Any:
-        def hook(out: Tensor) -> Tensor:
-            out = out.clone()
-            for start, st in offsets[layer]:
-                seg = out[start : start + len(st) * b].view(len(st), b, *out.shape[1:])
-                out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(-1, *out.shape[1:])
-            return out
-
-        return hook
-
     edits: list[tuple[Site, Any]] = []
     for layer in offsets:
         site = sites[layer]
         if site.kind in _BETWEEN_BLOCKS:
             edits.append((site, append_intervened(layer)))
         else:
-            edits += [(acc.sites([layer], "resid_pre")[0], append_copies(layer)), (site, edit_copies(layer))]
+            edits += [(acc.sites([layer], "resid_pre")[0], append_copies(layer)), (site, _edit_copies(offsets[layer], b, sources, mask))]
     with acc.growing_batch(b), acc.hooked(edits):
         return acc.forward(tokens)
 
@@ -186,22 +195,8 @@ def _forward_repeat(
 ) -> Tensor:
     b = tokens.shape[0]
     m = 1 + sum(len(st) for st in stacks)
-    offsets: dict[int, list[tuple[int, Stack]]] = {}
-    row = b
-    for st in stacks:
-        offsets.setdefault(st.layer, []).append((row, st))
-        row += len(st) * b
-    def site_hook(layer: int) -> Any:
-        def hook(out: Tensor) -> Tensor:
-            out = out.clone()
-            for start, st in offsets[layer]:
-                seg = out[start : start + len(st) * b].view(len(st), b, *out.shape[1:])
-                out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(-1, *out.shape[1:])
-            return out
-
-        return hook
-
-    with acc.hooked([(sites[layer], site_hook(layer)) for layer in offsets]):
+    offsets = _row_offsets(stacks, b)
+    with acc.hooked([(sites[layer], _edit_copies(offsets[layer], b, sources, mask)) for layer in offsets]):
         return acc.forward(tokens.repeat(m, 1))
 
 
