@@ -13,7 +13,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from revlens.errors import ConfigError
 from revlens.plot._common import (
@@ -23,6 +22,7 @@ from revlens.plot._common import (
     colour,
     esc,
     fmt,
+    layer_panels,
     require_columns,
     rgba,
     sorted_unique,
@@ -228,11 +228,9 @@ def steer_dose_response(
     df = _select(effects, "steer", value, ("steer",))
     require_columns(df, ("alpha",), "effects table (steer rows)")
     layers = sorted_unique(df["layer"])
-    ncols = min(len(layers), 3)
-    nrows = math.ceil(len(layers) / ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers])
+    fig, cells = layer_panels(layers)
     for li, lay in enumerate(layers):
-        r, c = li // ncols + 1, li % ncols + 1
+        r, c = cells[li]
         d = df[df["layer"] == lay]
         for ci, ct in enumerate(sorted_unique(d.loc[d["control_type"] != "v_rev", "control_type"])):
             for trace in _control_band(d, ct, ci, value, li == 0):
@@ -247,7 +245,7 @@ def steer_dose_response(
             fig.add_hline(y=float(d["metric_aligned"].mean()), line={"dash": "dot", "color": "#444"}, row=r, col=c)
         fig.update_xaxes(title_text="α", row=r, col=c)
     fig.update_yaxes(title_text=value, col=1)
-    return base_layout(fig, title, height=150 + 300 * nrows)
+    return base_layout(fig, title, height=150 + 300 * cells[-1][0])
 
 
 def mediation_vs_k(
@@ -269,12 +267,10 @@ def mediation_vs_k(
         raise ConfigError(f"split {split!r} is not in the rank table; splits: {splits}")
     df = as_int_columns(df[df["split"] == split], ("layer", "rank"))
     layers = sorted_unique(df["layer"])
-    ncols = min(len(layers), 3)
-    nrows = math.ceil(len(layers) / ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers])
+    fig, cells = layer_panels(layers)
     types = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and c != "mediation_mean"]
     for li, lay in enumerate(layers):
-        r, c = li // ncols + 1, li % ncols + 1
+        r, c = cells[li]
         d = df[df["layer"] == lay].sort_values("rank")
         x = d["rank"].tolist()
         for ti, ct in enumerate(types):
@@ -305,4 +301,4 @@ def mediation_vs_k(
     fig.update_yaxes(title_text="mediation fraction", col=1)
     held = {"test": "held-out test prompts", "select": "selection prompts", "all": "all prompts"}[split]
     default = f"mediation vs subspace rank k ({held}) against random k-dim subspaces"
-    return base_layout(fig, default if title is None else title, height=150 + 320 * nrows)
+    return base_layout(fig, default if title is None else title, height=150 + 320 * cells[-1][0])

@@ -1,11 +1,9 @@
 """The drift's energy in rank-k subspaces against k, beside its nulls (from
 ``revlens.drift.subspace_drift_table`` / ``Report.subspace_drift``)."""
 
-import math
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from revlens.errors import ConfigError
 from revlens.plot._common import (
@@ -13,6 +11,7 @@ from revlens.plot._common import (
     base_layout,
     colour,
     esc,
+    layer_panels,
     require_columns,
     sorted_unique,
 )
@@ -42,11 +41,9 @@ def subspace_energy(table: pd.DataFrame, *, step: int | None = None, method: str
         if df.empty:
             raise ConfigError(f"step {step} is not in the subspace table")
     layers = sorted_unique(df["layer"])
-    ncols = min(len(layers), 3)
-    nrows = math.ceil(len(layers) / ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers])
+    fig, cells = layer_panels(layers)
     for li, lay in enumerate(layers):
-        r, c = li // ncols + 1, li % ncols + 1
+        r, c = cells[li]
         d = df[df["layer"] == lay]
         nulls = d.groupby("rank")[[n for n, *_ in _NULLS]].mean()
         for col, label, col_hex, dash in _NULLS:
@@ -67,4 +64,4 @@ def subspace_energy(table: pd.DataFrame, *, step: int | None = None, method: str
         fig.update_xaxes(type="log", tickvals=ks, ticktext=[str(k) for k in ks], title_text="k", row=r, col=c)
     fig.update_yaxes(title_text="energy fraction in the subspace", col=1)
     default = f"drift energy in the rank-k {esc(method)} subspace against its nulls"
-    return base_layout(fig, default if title is None else title, height=150 + 320 * nrows)
+    return base_layout(fig, default if title is None else title, height=150 + 320 * cells[-1][0])
