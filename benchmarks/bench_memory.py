@@ -321,6 +321,23 @@ def run_prompt_rows(quick: bool) -> dict:
             "met": all(g["peak_rss"] <= TARGET_GROWTH for g in growth.values())}
 
 
+def _readme_rows(result: dict) -> list[dict]:
+    """The rows ``run_all.py`` puts in the README table."""
+    rows = []
+    if "model_rows" in result:
+        m = result["model_rows"]
+        cells = "; ".join(f"{r['label']}: {r['ratio']:.2f}×" for r in m["rows"])
+        rows.append({"benchmark": f"peak RSS above the import baseline / the model's size ({m['model']}; fresh "
+                                  "processes)", "measured": cells,
+                     "target": f"≤ {m['target_ratio']}× for boot + swap + collect ({'met' if m['met'] else 'not met: ' + m['worst_goal_row']})"})
+    if "prompt_rows" in result:
+        g = result["prompt_rows"]["growth"]
+        rows.append({"benchmark": "peak RSS of `collect`, 10× vs 1× the prompts (by `keep`)",
+                     "measured": ", ".join(f"{k}: {100 * v['peak_rss']:+.1f} %" for k, v in g.items()),
+                     "target": f"≤ +{100 * TARGET_GROWTH:.0f} %"})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a ~5 M-parameter model; 64 vs 640 prompts")
@@ -347,6 +364,7 @@ def main() -> None:
         for keep, g in result["prompt_rows"]["growth"].items():
             print(f"keep={keep}: peak RSS growth 10x prompts = {100 * g['peak_rss']:+.2f} % "
                   f"(target <= {100 * TARGET_GROWTH:.0f} %)")
+    result["readme"] = _readme_rows(result)
     out = write("memory", result)
     print(f"wrote {out}")
 
