@@ -4,8 +4,6 @@ statistics and v_rev there. A mixin of the study (:mod:`revlens.causal.study`)."
 
 from typing import Any
 
-from torch import Tensor
-
 from revlens.causal.config import AblationConfig
 from revlens.causal.inputs import reference_stats, select_checkpoints
 from revlens.causal.plan import auto_layers, auto_steps, drift_scores
@@ -18,13 +16,6 @@ from revlens.probes import TokenizedProbes
 from revlens.sites import Site, SiteAccess
 
 __all__ = ["Selection"]
-
-
-def _keep_for(spec: Any) -> str:
-    """Per-prompt references are needed to fit ``spec`` (not for mean_diff or given directions)."""
-    if isinstance(spec, (Directions, Tensor)) or (isinstance(spec, str) and spec == "mean_diff"):
-        return "none"
-    return "reference"
 
 
 class Selection:
@@ -62,6 +53,7 @@ class Selection:
         """The studied sites, the reference statistics there and v_rev (``layers="auto"``: the
         layers whose last-step drift is most aligned with v_rev)."""
         cfg, lm = self.cfg, self.lm
+        bad: dict[int, list[str]] = {}
         if cfg.layers != "auto":
             sites = self.acc.sites(cfg.layers, cfg.site)
         elif stats is not None or isinstance(spec, Directions):
@@ -70,18 +62,22 @@ class Selection:
         else:
             sites = self.acc.sites("all", cfg.site)
             if len(sites) > cfg.auto_layers:
+                # per-prompt references too: degenerate layers are told apart (and never chosen) here
                 means = collect(self.hist.restricted(), probes, model=lm, layers=[s.layer for s in sites],
-                                site=cfg.site, n_bootstrap=0, moments="none", keep=_keep_for(spec),
+                                site=cfg.site, n_bootstrap=0, moments="none", keep="reference",
                                 batch_size=cfg.batch_size, progress=False)
+                means, bad = without_degenerate(means, what="ablation_study", stacklevel=6)
+                sites = [s for s in sites if s.layer not in bad]
                 sites = [s for s in sites if s.layer in self._auto_layers(means, sites, spec)]
         layers = [s.layer for s in sites]
         if stats is None:
             stats = reference_stats(self.hist, probes, lm, layers, cfg.batch_size, cfg.site)
         for layer in layers:
             stats.layer_pos(layer)
-        stats, self.degenerate = without_degenerate(stats, what="ablation_study", layers=layers, stacklevel=5)
-        if self.degenerate:  # constant over the probes: no covariance, no cov controls; left out
-            sites = [s for s in sites if s.layer not in self.degenerate]
+        stats, later = without_degenerate(stats, what="ablation_study", layers=layers, stacklevel=5)
+        self.degenerate = {**bad, **later}
+        if later:  # constant over the probes: no covariance, no cov controls; left out
+            sites = [s for s in sites if s.layer not in later]
             layers = [s.layer for s in sites]
         v_rev = resolve_directions(spec, stats, layers=layers, d_model=lm.d_model, n_components=self.k_max)
         if cfg.layers == "auto" and len(layers) > cfg.auto_layers:  # statistics given: choose among theirs

@@ -13,66 +13,25 @@ model without learned absolute positions (RoPE: Llama, Qwen, Gemma, Mistral...) 
 is the same for every prompt. There the mean difference is that token's embedding change, but
 everything measured *across prompts* (covariance null, whitened / probe directions, bootstrap
 intervals) is undefined. Such (position, layer) pairs are found from the reference checkpoints'
-per-prompt activations (or their covariance), dropped from that position's tables, and reported
-(``dropped``; a warning names them). This does not depend on any general degenerate-layer
-handling of :func:`revlens.analyze`.
+per-prompt activations (or their covariance) by :func:`revlens.collect.degenerate_layers` (the
+same rule :func:`revlens.analyze` applies to single-position statistics), dropped from that
+position's tables, and reported (``dropped``; a warning names them).
 """
 
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
-import torch
 
-from revlens.collect.stats import CheckpointStats, HistoryStats
+from revlens.collect.degenerate import degenerate_layers, select_layers
+from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
 from revlens.directions.table import directions_table
 from revlens.drift.projection import drift_table
 from revlens.errors import ConfigError
 
-__all__ = ["PositionTables", "constant_layers", "position_tables", "restrict_layers"]
-
-# layer axis of each tensor CheckpointStats serialises (count / boot_count have none)
-_LAYER_AXIS = {"total": 0, "boot_total": 1, "second": 0, "activations": 1}
-
-
-def constant_layers(stats: HistoryStats, *, rtol: float = 1e-6) -> list[int]:
-    """Layers where every reference checkpoint (bases, aligned) has the same activation for every
-    prompt (spread across prompts <= ``rtol`` × the mean's norm)."""
-    names = [*stats.base_names, stats.aligned_name]
-    out = []
-    for pos, layer in enumerate(stats.layers):
-        flat = True
-        for name in names:
-            st = stats[name]
-            mu = st.mean[pos]
-            scale = float(mu.norm()) + 1e-30
-            if st.activations is not None:
-                spread = float((st.activations[:, pos].double() - mu).norm(dim=-1).max())
-            elif st.second is not None:
-                spread = math.sqrt(max(float(torch.diagonal(st.covariance[pos]).sum()), 0.0))
-            else:
-                spread = math.inf  # nothing to tell: assume it varies
-            flat = flat and spread <= rtol * scale
-        if flat:
-            out.append(int(layer))
-    return out
-
-
-def restrict_layers(stats: HistoryStats, layers: list[int]) -> HistoryStats:
-    """The same statistics at a subset of the collected layers."""
-    idx = [stats.layer_pos(layer) for layer in layers]
-    cks = {}
-    for name, st in stats.checkpoints.items():
-        tensors = st.tensors()
-        kept = {k: (t.index_select(_LAYER_AXIS[k], torch.tensor(idx)) if k in _LAYER_AXIS else t)
-                for k, t in tensors.items()}
-        cks[name] = CheckpointStats.from_tensors(name, list(layers), kept)
-    return HistoryStats(layers=list(layers), site=stats.site, position=stats.position, d_model=stats.d_model,
-                        checkpoints=cks, roles=stats.roles, run_starts=stats.run_starts, controls=stats.controls,
-                        meta=stats.meta, kinds=stats.kinds)
+__all__ = ["PositionTables", "position_tables"]
 
 
 @dataclass
@@ -114,13 +73,13 @@ def position_tables(stats: Mapping[str, HistoryStats],
     """
     drifts, tables, dirs, stab, dropped = [], [], {}, {}, {}
     for label, st in stats.items():
-        flat = constant_layers(st)
+        flat = sorted(degenerate_layers(st))
         keep = [layer for layer in st.layers if layer not in flat]
         if flat:
             dropped[label] = flat
         if not keep:
             continue
-        sub = restrict_layers(st, keep) if flat else st
+        sub = select_layers(st, keep) if flat else st
         vectors, stability = fit(sub)
         for name, vec in vectors.items():
             vec.meta["position"] = int(label)

@@ -126,6 +126,22 @@ def _blocker(method: str, root: Path, aligned: torch.nn.Module, v: Directions | 
     return ReversionBlocker(v, probes, aligned, tokenizer=build_tokenizer(), method=method, **kwargs)
 
 
+def _blocked_directions(method: str, directions: Directions | None, layers: Sequence[int] | None, n_layer: int,
+                        base: torch.nn.Module, aligned: torch.nn.Module, probes: Probes, random_directions: bool,
+                        direction_seed: int) -> tuple[list[int] | None, Directions | None]:
+    """The blocked layers and what is blocked there (``None`` for weight-space blocking)."""
+    if directions is not None:
+        if random_directions or method == WEIGHTS:
+            raise ConfigError("run_blocked: directions=... is not used with random_directions=True or method='weights'")
+        layers = list(directions.layers) if layers is None else list(layers)
+        return layers, directions.select(layers)
+    if method == WEIGHTS:
+        return None if layers is None else list(layers), None
+    layers = list(range(1, n_layer + 1)) if layers is None else list(layers)
+    return layers, lab_directions(base, aligned, layers, probes=probes, random=random_directions,
+                                  generator=torch.Generator().manual_seed(direction_seed))
+
+
 def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
@@ -164,17 +180,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     config = LabConfig.from_dict(lab["config"])
     base, aligned = load_checkpoint(root / "base"), load_checkpoint(root / "aligned")
     pr = probes or lab_probes()
-    if directions is not None:
-        if random_directions or method == WEIGHTS:
-            raise ConfigError("run_blocked: directions=... is not used with random_directions=True or method='weights'")
-        layers = list(directions.layers) if layers is None else list(layers)
-        v = directions.select(layers)
-    elif method == WEIGHTS:
-        v = None
-    else:
-        layers = list(range(1, config.n_layer + 1)) if layers is None else list(layers)
-        v = lab_directions(base, aligned, layers, probes=pr, random=random_directions,
-                           generator=torch.Generator().manual_seed(direction_seed))
+    layers, v = _blocked_directions(method, directions, layers, config.n_layer, base, aligned, pr,
+                                    random_directions, direction_seed)
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")

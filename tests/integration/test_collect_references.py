@@ -51,9 +51,11 @@ def test_spilled_references_give_identical_statistics_and_directions(in_memory, 
     assert in_memory["aligned"].refs.dtype == torch.float32  # the model's dtype, not float64
     _same(in_memory, spilled)
     a, b = _fits(in_memory), _fits(spilled)
+    # the same numbers up to the last bit the BLAS leaves to chance: LedoitWolf / lstsq results vary
+    # by 1 ulp between two fits of the *same* in-memory statistics (buffer alignment), so not bit-equal
     for method in a:
-        assert torch.equal(a[method].direction_.basis, b[method].direction_.basis), method
-        np.testing.assert_array_equal(a[method].stability_, b[method].stability_)
+        assert torch.allclose(a[method].direction_.basis, b[method].direction_.basis, rtol=0, atol=1e-12), method
+        np.testing.assert_allclose(a[method].stability_, b[method].stability_, rtol=1e-12, err_msg=method)
     vectors = {m: e.direction_ for m, e in a.items()}
     pd_a = directions_table(in_memory, vectors, n_permutations=50)
     pd_b = directions_table(spilled, vectors, n_permutations=50)
