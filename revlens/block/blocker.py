@@ -30,7 +30,6 @@ Example:
     ...         loss = model(**batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
 """
 
-import types
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -39,6 +38,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens.block.attach import trained_parameters, wrapped_step
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
     gradient_coefficients,
@@ -48,7 +48,6 @@ from revlens.block.constraints import (
 )
 from revlens.block.inputs import ProbeInputs, Resolved
 from revlens.block.objective import ProbeObjective
-from revlens.block.params import trained_parameters
 from revlens.block.projection import Jacobian
 from revlens.errors import ConfigError, NotFittedError, RevlensError
 from revlens.modes import BLOCK_METHODS, BlockMethod
@@ -206,7 +205,7 @@ class ReversionBlocker(ProbeInputs):
             if self.method == "hook":
                 stack.enter_context(self.reader_.hooked([(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]))
             elif optimizer is not None and wrap_step:
-                stack.enter_context(self._wrapped(optimizer))
+                stack.enter_context(wrapped_step(optimizer, self.before_step, self.after_step))
         except BaseException:
             stack.close()
             raise
@@ -233,28 +232,6 @@ class ReversionBlocker(ProbeInputs):
     def is_attached(self) -> bool:
         """Whether hooks or a wrapped step are in place."""
         return self._stack is not None
-
-    @contextmanager
-    def _wrapped(self, optimizer: Any) -> Iterator[None]:
-        had = "step" in vars(optimizer)
-        previous = vars(optimizer).get("step")
-        original = optimizer.step
-        blocker = self
-
-        def step(opt: Any, *args: Any, **kwargs: Any) -> Any:
-            blocker.before_step()
-            out = original(*args, **kwargs)
-            blocker.after_step()
-            return out
-
-        optimizer.step = types.MethodType(step, optimizer)
-        try:
-            yield
-        finally:
-            if had:
-                optimizer.step = previous
-            else:
-                del optimizer.step
 
     # ------------------------------------------------------------------ measurements
     def projection(self, model: Any = None) -> Tensor:
@@ -361,6 +338,16 @@ class ReversionBlocker(ProbeInputs):
         return hook_edit(res.basis[i], res.ref_mean[i], self.strength, self.constraint == "one_sided",  # type: ignore[index]
                          lambda: module.training)
 
+    @property
+    def cost_(self) -> dict[str, int]:
+        """What blocking holds now: ``trained_parameters`` (corrected elements), ``trained_bytes``,
+        ``rows`` (constraint rows of the last measurement) and ``stored_bytes`` (the per-layer
+        gradients kept between refreshes, ``docs/scale.md`` "Blocking cost")."""
+        params, jac = getattr(self, "_params", []), getattr(self, "_jac", None)
+        return {"trained_parameters": sum(p.numel() for p in params),
+                "trained_bytes": sum(p.numel() * p.element_size() for p in params),
+                "rows": 0 if jac is None else jac.n_rows, "stored_bytes": 0 if jac is None else jac.nbytes}
+
     def _note_active(self, coef: Tensor) -> None:
         """Record how many constraint rows acted at this step (one-sided: the active set)."""
         self._active.append({"step": self.step_, "rows": int(coef.numel()), "active": int((coef != 0).sum())})
@@ -383,6 +370,19 @@ class ReversionBlocker(ProbeInputs):
             if k.startswith("s") and k[1:].isdigit()
         ]
         return pd.DataFrame(rows, columns=["step", "layer", "s", "measured"])
+
+    def measurements(self) -> dict[str, float]:
+        """The last step's values, flat (what the Trainer callback logs under ``revlens/``):
+        ``block_s_layer{l}`` (``s_l`` before the step) and ``block_active_rows`` (rows acting)."""
+        last = self._log[-1] if self._log else {}
+        out = {f"block_s_layer{k[1:]}": float(v) for k, v in last.items() if k[0] == "s" and k[1:].isdigit()}
+        return {**out, "block_active_rows": self._active[-1]["active"]} if self._active else out
+
+    def as_trainer_callback(self) -> Any:
+        """A :class:`~revlens.block.ReversionBlockerCallback` (``transformers.TrainerCallback``) for it."""
+        from revlens.block.trainer import ReversionBlockerCallback
+
+        return ReversionBlockerCallback(self)
 
     def trajectory(self, **kw: Any) -> Any:
         """The blocked quantity ``s_l`` before each step, per layer (:func:`revlens.plot.blocker_figure`)."""

@@ -1,4 +1,5 @@
-"""Which parameters a blocker corrects: what is trained, optionally narrowed by name or by hand.
+"""What a blocker attaches to: the parameters it corrects (what is trained, optionally narrowed by
+name or by hand) and the optimizer step it wraps.
 
 The blocker's per-layer gradients (:class:`~revlens.block.projection.Jacobian`) are stored at the
 size of these parameters only, so restricting them to what is trained — the LoRA factors of a
@@ -6,7 +7,9 @@ PEFT model (the only parameters with ``requires_grad``), or the groups a user na
 keeps blocking within a fraction of one model copy (``docs/scale.md``, "Blocking cost").
 """
 
-from collections.abc import Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -14,7 +17,7 @@ from torch import Tensor, nn
 
 from revlens.errors import ConfigError
 
-__all__ = ["trained_parameters"]
+__all__ = ["trained_parameters", "wrapped_step"]
 
 
 def _flatten(params: Any) -> list[Tensor]:
@@ -73,3 +76,27 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
     if not out:
         raise ConfigError("no trainable parameter of the model is in the optimizer")
     return out
+
+
+@contextmanager
+def wrapped_step(optimizer: Any, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
+    """``optimizer.step`` calls ``before()`` and ``after()`` around itself; restored on exit (also
+    when a scheduler wrapped it meanwhile: the instance attribute is put back as it was)."""
+    had = "step" in vars(optimizer)
+    previous = vars(optimizer).get("step")
+    original = optimizer.step
+
+    def step(opt: Any, *args: Any, **kwargs: Any) -> Any:
+        before()
+        out = original(*args, **kwargs)
+        after()
+        return out
+
+    optimizer.step = types.MethodType(step, optimizer)
+    try:
+        yield
+    finally:
+        if had:
+            optimizer.step = previous
+        else:
+            del optimizer.step
