@@ -15,7 +15,7 @@ load from other processes hits every variant alike. One torch thread.
 
 A second part (``--part scale``, issue 16; ``results/blocking.json``) measures the **cost model** of
 update blocking (``docs/scale.md``, "Blocking cost") on a Llama of ~21 M parameters (hidden 256,
-24 layers, MLP 688, vocabulary 4000; 84 MB float32), full fine-tuning (AdamW) and LoRA (PEFT r=16
+24 layers, MLP 688, vocabulary 4000; 80 MB float32), full fine-tuning (AdamW) and LoRA (PEFT r=16
 on q/k/v/o, AdamW on the adapters), training batches of 8 × 64 tokens, 64 probe prompts of 24
 tokens (defaults: probe batches of 32, ``refresh_every=2``), blocking 2 / 4 / 8 / 24 layers spread
 evenly up to the last; and 4 layers with 8 × 256-token training batches (added after the first run:
@@ -295,7 +295,7 @@ def scale_readme(rows: list[dict]) -> list[dict]:
             what = "LoRA r=16 (q/k/v/o)" if kind == "lora" else "full fine-tuning (AdamW)"
             out.append({"benchmark": f"update blocking, {what}: step memory / time vs unblocked at "
                                      f"{' / '.join(str(d) for d, _ in got)} blocked layers (21 M Llama, 24 layers)",
-                        "measured": " / ".join(f"{r['memory_ratio']:.2f}× / {r['time_ratio']:.2f}×" for _, r in got),
+                        "measured": ", ".join(f"{d}: {r['memory_ratio']:.2f}× / {r['time_ratio']:.2f}×" for d, r in got),
                         "target": "LoRA, 4 layers: ≤ 1.5× / ≤ 2×" if kind == "lora" else "reported"})
     for length in (TRAIN_LEN, 256):
         goal = pick("lora", 4, length=length)

@@ -265,6 +265,7 @@ class ReversionBlocker(ProbeInputs):
                 self._jac = self.objective_.grads(terms, self._params)
                 s = torch.cat(terms)
             self._gram = self._jac.gram()
+            self._stored = (self._jac.n_rows, self._jac.nbytes)
             self._s_now = s.detach().double().cpu()
             measured = True
         else:
@@ -341,12 +342,11 @@ class ReversionBlocker(ProbeInputs):
     @property
     def cost_(self) -> dict[str, int]:
         """What blocking holds now: ``trained_parameters`` (corrected elements), ``trained_bytes``,
-        ``rows`` (constraint rows of the last measurement) and ``stored_bytes`` (the per-layer
-        gradients kept between refreshes, ``docs/scale.md`` "Blocking cost")."""
-        params, jac = getattr(self, "_params", []), getattr(self, "_jac", None)
-        return {"trained_parameters": sum(p.numel() for p in params),
-                "trained_bytes": sum(p.numel() * p.element_size() for p in params),
-                "rows": 0 if jac is None else jac.n_rows, "stored_bytes": 0 if jac is None else jac.nbytes}
+        and, at the last refresh, ``rows`` (constraint rows) and ``stored_bytes`` (the per-layer
+        gradients kept until the next one, ``docs/scale.md`` "Blocking cost")."""
+        params, (rows, stored) = getattr(self, "_params", []), getattr(self, "_stored", (0, 0))
+        return {"trained_parameters": sum(p.numel() for p in params), "rows": rows, "stored_bytes": stored,
+                "trained_bytes": sum(p.numel() * p.element_size() for p in params)}
 
     def _note_active(self, coef: Tensor) -> None:
         """Record how many constraint rows acted at this step (one-sided: the active set)."""
