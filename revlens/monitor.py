@@ -293,18 +293,26 @@ class ReversionMonitor(ProbeInputs):
             self._checks = 0
 
     def as_trainer_callback(self) -> Any:
-        """A ``transformers.TrainerCallback`` that checks on ``on_step_end`` (``state.global_step``)."""
-        from transformers import TrainerCallback
+        """A ``transformers.TrainerCallback`` that checks on ``on_step_end`` (``state.global_step``)
+        and logs each check through the Trainer's ``log`` (``revlens/cos_layer{l}``,
+        ``revlens/proj_layer{l}``, ``revlens/null_p99``, ``revlens/alerts``; see
+        :mod:`revlens.block.trainer`)."""
+        from revlens.block.trainer import LoggingCallback
 
         monitor = self
 
-        class ReversionMonitorCallback(TrainerCallback):
+        class ReversionMonitorCallback(LoggingCallback):
             """Runs a :class:`ReversionMonitor` inside ``Trainer.train``."""
 
             def on_step_end(
                 self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
             ) -> Any:
-                monitor.step(model, int(state.global_step))
+                table = monitor.step(model, int(state.global_step))
+                if table is not None:
+                    self.pending = {**{f"{k}_layer{int(r.layer)}": float(getattr(r, k))
+                                       for r in table.itertuples() for k in ("cos", "proj")},
+                                    "null_p99": float(monitor.null_p99_), "alerts": len(monitor.alerts_)}
+                    control.should_log = True  # the check is logged at its own step
                 if monitor.should_stop_:
                     control.should_training_stop = True
                 return control

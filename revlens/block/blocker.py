@@ -9,7 +9,8 @@ drift held inside the subspace — see :mod:`revlens.block.constraints`). Method
 
 - ``"update"`` (default): after the optimizer computed its step ``Δθ`` (momentum and Adam
   scaling included), remove ``Δθ``'s component in ``span{a_l}`` and add the restoring term
-  ``−Aᵀ(AAᵀ)⁻¹ s`` (``restore=True``) so that ``s_l`` stays ≈ 0, not only its change;
+  ``−Aᵀ(AAᵀ)⁻¹ s`` (``restore=True``) so that ``s_l`` stays ≈ 0, not only its change. ``AΔθ`` is
+  ``Aθ_after − Aθ_before`` (``k`` float64 numbers kept across the step): no copy of the weights;
 - ``"gradient"``: the same projection on the raw gradient before the optimizer (momentum and
   Adam re-introduce the component: prototypes found it does **not** hold ``s_l``);
 - ``"penalty"``: add ``strength · Σ_l s_l²`` to the loss (when attached, its gradient is added
@@ -17,7 +18,10 @@ drift held inside the subspace — see :mod:`revlens.block.constraints`). Method
 - ``"hook"``: during training forwards, replace ``h`` by ``h − strength·B_lᵀB_l(h − μ_l(aligned))``
   (``k = 1``: ``h − strength·((h − μ_l(aligned))·v_l) v_l``).
 
-The per-layer gradients: see :mod:`revlens.block.objective`.
+The per-layer gradients: see :mod:`revlens.block.objective`. Only the *trained* parameters are
+corrected (``requires_grad``, in the optimizer; ``params=`` narrows them by name, e.g. the LoRA
+factors ``"*lora_*"``), and the per-layer gradients are stored at their size only: the cost model
+is in ``docs/scale.md`` ("Blocking cost"; measured by ``benchmarks/bench_training.py``).
 
 Example:
     >>> blocker = ReversionBlocker(directions, probes, aligned_dir)       # doctest: +SKIP
@@ -26,7 +30,6 @@ Example:
     ...         loss = model(**batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
 """
 
-import types
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -35,6 +38,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens.block.attach import trained_parameters, wrapped_step
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
     gradient_coefficients,
@@ -44,7 +48,7 @@ from revlens.block.constraints import (
 )
 from revlens.block.inputs import ProbeInputs, Resolved
 from revlens.block.objective import ProbeObjective
-from revlens.block.projection import apply_correction, dot, gram
+from revlens.block.projection import Jacobian
 from revlens.errors import ConfigError, NotFittedError, RevlensError
 from revlens.modes import BLOCK_METHODS, BlockMethod
 from revlens.sites import SiteAccess
@@ -87,8 +91,11 @@ class ReversionBlocker(ProbeInputs):
         constraint: ``"equal"`` (default), ``"one_sided"`` or ``"confine"`` (module docstring).
         per_prompt: one constraint row per probe prompt and basis row (needs a per-prompt
             reference). Costs: the rows grow ``batch``-fold, and so do the per-refresh backwards and
-            the kept gradients (``[rows, *param.shape]`` per parameter): with ``per_prompt`` keep
-            ``probe_batch_size`` small (e.g. 8).
+            the kept gradients (up to ``[rows, *param.shape]`` per trained parameter): with
+            ``per_prompt`` keep ``probe_batch_size`` small (e.g. 8).
+        params: ``fnmatch`` patterns of the trained parameters' names to correct (e.g.
+            ``"*lora_*"``; default: every parameter with ``requires_grad`` that the optimizer
+            steps). Parameters left out still train, uncorrected: what they move is not blocked.
 
     Raises:
         ConfigError: unknown method, ``strength < 0``, bad sizes, ``rank`` above the directions'
@@ -153,10 +160,10 @@ class ReversionBlocker(ProbeInputs):
             per_prompt=self.per_prompt,
         )
         self.step_ = 0
-        self._grads: list[Tensor] | None = None
+        self._jac: Jacobian | None = None
         self._gram: Tensor | None = None
         self._s_now = torch.zeros(0, dtype=torch.float64)
-        self._snapshot: list[Tensor] | None = None
+        self._a_before: Tensor | None = None
         return self
 
     def _for(self, model: Any) -> None:
@@ -173,28 +180,20 @@ class ReversionBlocker(ProbeInputs):
 
     # ------------------------------------------------------------------ attach / detach
     def attach(
-        self, model: Any, optimizer: Any = None, *, wrap_step: bool = True
+        self, model: Any, optimizer: Any = None, *, wrap_step: bool = True, params: Any = None
     ) -> "ReversionBlocker":
         """Start blocking on ``model``: wrap ``optimizer.step`` (update/gradient/penalty) or add
         forward hooks (hook). Use :meth:`detach` (or :meth:`attached`) to undo.
 
         With ``wrap_step=False`` nothing is wrapped: call :meth:`before_step` and
         :meth:`after_step` around the optimizer step yourself (the Trainer callback does).
+        ``params``: the tensors (or optimizer param groups) to correct, a subset of what trains
+        (default: every trainable parameter in the optimizer, narrowed by the ``params`` patterns).
         """
         self.detach()
         self.prepare(model)
-        params = self.reader_.parameters()
-        if optimizer is not None:
-            ids = {id(p) for p in params}
-            params = [
-                p
-                for g in optimizer.param_groups
-                for p in g["params"]
-                if p.requires_grad and id(p) in ids
-            ]
-            params = list({id(p): p for p in params}.values())
-        if not params:
-            raise ConfigError("no trainable parameter of the model is in the optimizer")
+        params = trained_parameters(self.reader_.module, self.reader_.parameters(), optimizer=optimizer,
+                                    params=params, patterns=self.config.params)
         if optimizer is None and wrap_step and self.method != "hook":
             raise ConfigError(
                 f"method={self.method!r} acts on the optimizer step: attach(model, optimizer), or "
@@ -206,7 +205,7 @@ class ReversionBlocker(ProbeInputs):
             if self.method == "hook":
                 stack.enter_context(self.reader_.hooked([(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]))
             elif optimizer is not None and wrap_step:
-                stack.enter_context(self._wrapped(optimizer))
+                stack.enter_context(wrapped_step(optimizer, self.before_step, self.after_step))
         except BaseException:
             stack.close()
             raise
@@ -218,7 +217,7 @@ class ReversionBlocker(ProbeInputs):
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.close()
-        self._snapshot = None
+        self._a_before = self._jac = self._gram = None  # the stored gradients go with the attachment
 
     @contextmanager
     def attached(self, model: Any, optimizer: Any = None) -> Iterator["ReversionBlocker"]:
@@ -233,28 +232,6 @@ class ReversionBlocker(ProbeInputs):
     def is_attached(self) -> bool:
         """Whether hooks or a wrapped step are in place."""
         return self._stack is not None
-
-    @contextmanager
-    def _wrapped(self, optimizer: Any) -> Iterator[None]:
-        had = "step" in vars(optimizer)
-        previous = vars(optimizer).get("step")
-        original = optimizer.step
-        blocker = self
-
-        def step(opt: Any, *args: Any, **kwargs: Any) -> Any:
-            blocker.before_step()
-            out = original(*args, **kwargs)
-            blocker.after_step()
-            return out
-
-        optimizer.step = types.MethodType(step, optimizer)
-        try:
-            yield
-        finally:
-            if had:
-                optimizer.step = previous
-            else:
-                del optimizer.step
 
     # ------------------------------------------------------------------ measurements
     def projection(self, model: Any = None) -> Tensor:
@@ -281,12 +258,14 @@ class ReversionBlocker(ProbeInputs):
         """Every ``refresh_every`` steps: measure ``s`` and the per-layer gradients on a probe
         batch (one forward, one backward per layer). In between, ``s`` is the first-order
         prediction carried over from the last step (``s + AΔ'``) and ``A`` is reused."""
-        if self._grads is None or self.step_ % self.refresh_every == 0:
+        if self._jac is None or self.step_ % self.refresh_every == 0:
+            self._jac = None  # free the last refresh's gradients before computing the new ones
             with torch.enable_grad():
                 terms = self.objective_.s_terms(self.objective_.batch())
-                self._grads = self.objective_.grads(terms, self._params)
+                self._jac = self.objective_.grads(terms, self._params)
                 s = torch.cat(terms)
-            self._gram = gram(self._grads)
+            self._gram = self._jac.gram()
+            self._stored = (self._jac.n_rows, self._jac.nbytes)
             self._s_now = s.detach().double().cpu()
             measured = True
         else:
@@ -318,35 +297,36 @@ class ReversionBlocker(ProbeInputs):
                     p.grad = g.detach() if p.grad is None else p.grad.add_(g)
             return
         self._measure()
-        assert self._grads is not None and self._gram is not None
-        if self.method == "gradient":
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-            coef = gradient_coefficients(self.constraint, self._gram, dot(self._grads, grads),
+        jac = self._jac
+        assert jac is not None and self._gram is not None
+        with torch.no_grad():
+            if self.method == "update":  # Aθ before the step: AΔ = Aθ_after − Aθ_before, no copy of θ
+                self._a_before = jac.dot([p.detach() for p in jac.params])
+                return
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in jac.params]
+            coef = gradient_coefficients(self.constraint, self._gram, jac.dot(grads),
                                          strength=self.strength, ridge=self.ridge)
             self._note_active(coef)
-            with torch.no_grad():
-                kept = [(p.grad, a) for a, p in zip(self._grads, self._params, strict=True) if p.grad is not None]
-                apply_correction([g for g, _ in kept], [a for _, a in kept], coef)
-            return
-        self._snapshot = [p.detach().clone() for p in self._params]
+            jac.correct([p.grad for p in jac.params], coef)
 
     def after_step(self) -> None:
         """Call just after ``optimizer.step()`` (done for you by :meth:`attach`)."""
         self._check()
         if self.method == "update" and self.strength > 0.0:
-            if self._snapshot is None:
+            jac = self._jac
+            if self._a_before is None or jac is None:
                 raise RevlensError(
                     "after_step() without before_step(): call both around optimizer.step()"
                 )
             with torch.no_grad():
-                delta = [p.detach() - s for p, s in zip(self._params, self._snapshot, strict=True)]
-                a_delta = dot(self._grads, delta)
+                a_delta = jac.dot([p.detach() for p in jac.params]) - self._a_before
                 coef = update_coefficients(self.constraint, self._gram, a_delta, self._s_now,
                                            strength=self.strength, restore=self.restore, ridge=self.ridge)
                 self._note_active(coef)
-                apply_correction([p.data for p in self._params], self._grads, coef)
+                if bool((coef != 0).any()):
+                    jac.correct([p.data for p in jac.params], coef)
                 self._s_now = self._s_now + a_delta - self._gram @ coef  # s + AΔ' (first order)
-            self._snapshot = None
+            self._a_before = None
         elif self.method == "gradient" and self.refresh_every > 1:
             self._s_now = torch.full_like(self._s_now, float("nan"))  # not tracked
         self.step_ += 1
@@ -358,6 +338,15 @@ class ReversionBlocker(ProbeInputs):
         res, module = self.inputs_, self.reader_.module
         return hook_edit(res.basis[i], res.ref_mean[i], self.strength, self.constraint == "one_sided",  # type: ignore[index]
                          lambda: module.training)
+
+    @property
+    def cost_(self) -> dict[str, int]:
+        """What blocking holds now: ``trained_parameters`` (corrected elements), ``trained_bytes``,
+        and, at the last refresh, ``rows`` (constraint rows) and ``stored_bytes`` (the per-layer
+        gradients kept until the next one, ``docs/scale.md`` "Blocking cost")."""
+        params, (rows, stored) = getattr(self, "_params", []), getattr(self, "_stored", (0, 0))
+        return {"trained_parameters": sum(p.numel() for p in params), "rows": rows, "stored_bytes": stored,
+                "trained_bytes": sum(p.numel() * p.element_size() for p in params)}
 
     def _note_active(self, coef: Tensor) -> None:
         """Record how many constraint rows acted at this step (one-sided: the active set)."""
@@ -381,6 +370,19 @@ class ReversionBlocker(ProbeInputs):
             if k.startswith("s") and k[1:].isdigit()
         ]
         return pd.DataFrame(rows, columns=["step", "layer", "s", "measured"])
+
+    def measurements(self) -> dict[str, float]:
+        """The last step's values, flat (what the Trainer callback logs under ``revlens/``):
+        ``block_s_layer{l}`` (``s_l`` before the step) and ``block_active_rows`` (rows acting)."""
+        last = self._log[-1] if self._log else {}
+        out = {f"block_s_layer{k[1:]}": float(v) for k, v in last.items() if k[0] == "s" and k[1:].isdigit()}
+        return {**out, "block_active_rows": self._active[-1]["active"]} if self._active else out
+
+    def as_trainer_callback(self) -> Any:
+        """A :class:`~revlens.block.ReversionBlockerCallback` (``transformers.TrainerCallback``) for it."""
+        from revlens.block.trainer import ReversionBlockerCallback
+
+        return ReversionBlockerCallback(self)
 
     def trajectory(self, **kw: Any) -> Any:
         """The blocked quantity ``s_l`` before each step, per layer (:func:`revlens.plot.blocker_figure`)."""

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any, no_type_check
 
-from revlens._config import Config, as_float, as_int, option
+from revlens._config import Config, as_float, as_int, as_str_tuple, option
 from revlens.errors import ConfigError
 from revlens.modes import BLOCK_CONSTRAINTS, BLOCK_METHODS, GRAD_BATCHING, SITE_KINDS, check_mode
 
@@ -31,6 +31,8 @@ class BlockerConfig(Config):
                              choices=BLOCK_CONSTRAINTS)
     per_prompt: bool = option(False, "constrain each probe prompt's projection, not only the batch mean "
                               "(batch x k rows per layer)")
+    params: tuple[str, ...] = option((), "glob patterns of the trained parameters' names to correct, e.g. '*lora_*' "
+                                     "(default: every trainable parameter the optimizer steps)", metavar="PATTERN")
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field)."""
@@ -48,6 +50,7 @@ class BlockerConfig(Config):
         if self.rank is not None:
             self.rank = as_int("rank", self.rank, min=1)
         check_mode("constraint", self.constraint, BLOCK_CONSTRAINTS)
+        self.params = as_str_tuple("params", self.params)
         if not isinstance(self.per_prompt, bool):
             raise ConfigError(f"per_prompt must be True or False, got {self.per_prompt!r}")
         if self.method == "hook" and self.constraint == "confine":

@@ -14,7 +14,8 @@ below that layer: about ``(L+1)/2`` full backwards per basis row in total; measu
 model on CPU this beats batching a layer's rows) or one batched backward over every row (``"vmap"``:
 ``torch.autograd.grad(is_grads_batched=True)``). The cost grows with the number of rows —
 ``k·L``, ``batch·k·L`` per prompt, ``(d − k)·L`` to confine — and so does the memory of the
-gradients kept between refreshes (one ``[rows, *param.shape]`` block per parameter). Measured on the lab model on CPU, the loop is faster (it skips work); on a GPU,
+gradients kept between refreshes (a :class:`~revlens.block.projection.Jacobian`: per *trained*
+parameter, the rows that reach it; ``docs/scale.md`` "Blocking cost"). Measured on the lab model on CPU, the loop is faster (it skips work); on a GPU,
 where small kernels are launch-bound, the batched one is the natural choice. A model with an op
 that has no batching rule falls back to the loop (logged once).
 """
@@ -27,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from revlens.block.inputs import Resolved
+from revlens.block.projection import Jacobian
 from revlens.directions.subspace import complement
 from revlens.errors import ConfigError
 from revlens.modes import GradBatching
@@ -175,9 +177,11 @@ class ProbeObjective:
             ]
         return torch.cat(rows).mean(0)
 
-    def grads(self, terms: list[Tensor], params: list[nn.Parameter]) -> list[Tensor]:
-        """Per-parameter ``[rows, *param.shape]`` blocks of ``a_r = ∇θ s_r`` (``terms`` from
-        :meth:`s_terms`, rows in their order)."""
+    def grads(self, terms: list[Tensor], params: list[nn.Parameter]) -> Jacobian:
+        """``A``: the gradients ``a_r = ∇θ s_r`` of every row over ``params`` (``terms`` from
+        :meth:`s_terms`, rows in their order), as a :class:`~revlens.block.projection.Jacobian`:
+        per parameter only the rows that reach it, parameters no row reaches left out."""
+        n_rows = sum(int(t.shape[0]) for t in terms)
         if self.grad_batching == "vmap":
             try:
                 return _batched(torch.cat(terms), params, retain=True)
@@ -185,16 +189,28 @@ class ProbeObjective:
                 log.warning("batched per-layer gradients failed (%s); one backward per layer instead", exc)
                 self.grad_batching = "loop"
         rows = [(t, j) for t in terms for j in range(t.shape[0])]
-        out = [torch.autograd.grad(t[j], params, allow_unused=True, retain_graph=n < len(rows) - 1)
-               for n, (t, j) in enumerate(rows)]
-        return [torch.stack([torch.zeros_like(p) if r[i] is None else r[i] for r in out]) for i, p in enumerate(params)]
+        per: list[list[tuple[int, Tensor]]] = [[] for _ in params]
+        for n, (t, j) in enumerate(rows):
+            got = torch.autograd.grad(t[j], params, allow_unused=True, retain_graph=n < len(rows) - 1)
+            for i, g in enumerate(got):
+                if g is not None:
+                    per[i].append((n, g))
+        kept, blocks, index = [], [], []
+        for i, p in enumerate(params):
+            if per[i]:
+                idx = [n for n, _ in per[i]]
+                kept.append(p)
+                blocks.append(torch.stack([g for _, g in per[i]]))
+                index.append(None if len(idx) == n_rows else torch.tensor(idx))
+                per[i] = []  # free the row tensors as soon as they are stacked
+        return Jacobian(n_rows, kept, blocks, index)
 
 
-def _batched(s: Tensor, params: list[nn.Parameter], *, retain: bool) -> list[Tensor]:
-    """``[rows, *param.shape]`` gradients of the rows of ``s`` by one batched backward."""
+def _batched(s: Tensor, params: list[nn.Parameter], *, retain: bool) -> Jacobian:
+    """``A`` by one batched backward (a parameter no row reaches is left out)."""
     k = s.shape[0]
     eye = torch.eye(k, device=s.device, dtype=s.dtype)
     out = torch.autograd.grad(s, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True,
                               retain_graph=retain)
-    return [torch.zeros(k, *p.shape, device=p.device, dtype=p.dtype) if g is None else g
-            for g, p in zip(out, params, strict=True)]
+    kept = [(p, g) for g, p in zip(out, params, strict=True) if g is not None]
+    return Jacobian(k, [p for p, _ in kept], [g for _, g in kept], [None] * len(kept))

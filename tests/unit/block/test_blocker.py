@@ -102,16 +102,36 @@ def test_hook_method_edits_training_forwards_only_while_attached():
     torch.testing.assert_close(model(ids).logits, clean)
 
 
-def test_loop_and_vmap_gradients_agree():
+def _dense(jac, params) -> list[torch.Tensor]:
+    """The Jacobian's blocks as full ``[rows, *shape]`` tensors (zeros where a row does not reach)."""
+    out = {id(p): torch.zeros(jac.n_rows, *p.shape) for p in params}
+    for p, b, idx in zip(jac.params, jac.blocks, jac.rows, strict=True):
+        out[id(p)][slice(None) if idx is None else idx] = b
+    return [out[id(p)] for p in params]
+
+
+def test_loop_and_vmap_gradients_agree_and_store_only_reached_rows():
     model = copy.deepcopy(tinyrev.pair()[1])
+    params = dict(model.named_parameters())
     got = []
     for mode in ("loop", "vmap"):
         obj = blocker(grad_batching=mode).prepare(model).objective_
         with torch.enable_grad():
             got.append(obj.grads(obj.s_terms(obj.batch()), obj.reader.parameters()))
         assert obj.grad_batching == mode  # vmap works on the HF GPT-2 (no fallback)
-    for a, c in zip(*got, strict=True):
+    loop, vmap = got
+    for a, c in zip(_dense(loop, params.values()), _dense(vmap, params.values()), strict=True):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
+    # rows of layers 1 and 2 (after blocks 0 and 1): the final norm is reached by no row, block 1
+    # only by the layer-2 row; nothing else is stored
+    names = {id(p): n for n, p in params.items()}
+    rows = {names[id(p)]: (None if i is None else i.tolist()) for p, i in zip(loop.params, loop.rows, strict=True)}
+    assert not any(n.startswith("transformer.ln_f") for n in rows)
+    upper = [r for n, r in rows.items() if n.startswith("transformer.h.1.")]
+    assert upper and all(r == [1] for r in upper)
+    assert all(r is None for n, r in rows.items() if n.startswith("transformer.h.0."))
+    full = sum(p.numel() * 4 for p in params.values()) * loop.n_rows
+    assert loop.nbytes < 0.8 * full
 
 
 @pytest.mark.parametrize("method", ["update", "hook"])
