@@ -130,7 +130,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
                 progress: bool = True, directions: Directions | None = None,
-                **blocker_kwargs: Any) -> pd.DataFrame:
+                checkpoint_steps: Sequence[int] | None = None, **blocker_kwargs: Any) -> pd.DataFrame:
     """Fine-tune the lab's aligned model with blocking, for each seed, into ``lab_dir``.
 
     Args:
@@ -147,6 +147,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         directions: block these (any rank, e.g. a reversion subspace from
             :func:`revlens.lab.subspaces.lab_subspace`) instead of the ``mean_diff`` directions
             (``layers`` default to theirs; not with ``random_directions``).
+        checkpoint_steps: the steps to save and evaluate (default: the lab's; ``revlens replicate``
+            saves only the few its table reads).
         blocker_kwargs: passed to :class:`ReversionBlocker` (``strength``, ``refresh_every``...).
 
     Returns:
@@ -194,8 +196,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         cb = _Blocked(blocker, root, run, info, evaluator)
         t0 = time.perf_counter()
         try:
-            finetune(aligned, config, seed=seed, steps=steps, out_dir=root / "blocked" / run, callbacks=[cb],
-                     progress=progress)
+            finetune(aligned, config, seed=seed, steps=steps, checkpoint_steps=checkpoint_steps,
+                     out_dir=root / "blocked" / run, callbacks=[cb], progress=progress)
         finally:
             blocker.detach()
         info["seconds"] = round(time.perf_counter() - t0, 2)
