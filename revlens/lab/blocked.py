@@ -147,8 +147,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         directions: block these (any rank, e.g. a reversion subspace from
             :func:`revlens.lab.subspaces.lab_subspace`) instead of the ``mean_diff`` directions
             (``layers`` default to theirs; not with ``random_directions``).
-        checkpoint_steps: the steps to save and evaluate (default: the lab's; ``revlens replicate``
-            saves only the few its table reads).
+        checkpoint_steps: the steps saved and evaluated (default: the lab's).
         blocker_kwargs: passed to :class:`ReversionBlocker` (``strength``, ``refresh_every``...).
 
     Returns:
@@ -157,6 +156,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     from revlens.lab import LabConfig, finetune, load_checkpoint
     from revlens.lab.language import build_tokenizer
     from revlens.lab.metrics import Evaluator
+    from revlens.lab.tracks import task_shift
 
     check_mode("method", method, (*METHODS, WEIGHTS))
     root = Path(lab_dir)
@@ -165,23 +165,19 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     lab = read_lab(root)
     config = LabConfig.from_dict(lab["config"])
     base, aligned = load_checkpoint(root / "base"), load_checkpoint(root / "aligned")
-    pr = probes or lab_probes()
+    pr, v = probes or lab_probes(), None
     if directions is not None:
         if random_directions or method == WEIGHTS:
             raise ConfigError("run_blocked: directions=... is not used with random_directions=True or method='weights'")
         layers = list(directions.layers) if layers is None else list(layers)
         v = directions.select(layers)
-    elif method == WEIGHTS:
-        v = None
-    else:
+    elif method != WEIGHTS:
         layers = list(range(1, config.n_layer + 1)) if layers is None else list(layers)
         v = lab_directions(base, aligned, layers, probes=pr, random=random_directions,
                            generator=torch.Generator().manual_seed(direction_seed))
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")
-    from revlens.lab.tracks import task_shift
-
     evaluator = Evaluator(build_tokenizer(), task_shift=task_shift(config))
     settings = {k: val for k, val in blocker_kwargs.items() if isinstance(val, (int, float, str, bool))}
     rows = []
@@ -189,8 +185,8 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         run = f"{name}/seed{seed}"
         _forget(root, run)
         blocker = _blocker(method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs)
-        info = {"method": method, "random_directions": random_directions,
-                "layers": "all weights" if method == WEIGHTS else layers, "settings": settings}
+        info = {"method": method, "random_directions": random_directions, "settings": settings,
+                "layers": "all weights" if method == WEIGHTS else layers}
         if v is not None:
             info.update(directions=v.method, rank=v.rank)
         cb = _Blocked(blocker, root, run, info, evaluator)

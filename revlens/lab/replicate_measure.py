@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["drift_records", "measures"]
+__all__ = ["clamp_records", "drift_records", "measures", "metric_records", "report_measures"]
 
 
 def _rec(pair: str, run: str, group: str, quantity: str, value: Any) -> dict[str, Any]:
@@ -79,15 +79,25 @@ def clamp_records(pair: str, effects: pd.DataFrame, *, layer: int, rank: int, sp
     return out
 
 
-def measures(pair: str, report: Any, sgd: Any, causal: Any, choice: dict[str, Any], plan: Any) -> tuple[list, dict]:
-    """``(records, meta)`` of one pair (module docstring)."""
+def report_measures(pair: str, report: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(records, meta)`` of one pair's ``analyze`` report alone: drift of every run at the best
+    layer of the unblocked runs (mean_diff; chat probes: its last post-instruction position) and
+    the lab's metrics. ``meta``: ``best_layer``, ``step20``, ``T``, ``method``, ``iso_p99``, ``cov_p99``."""
     method = "mean_diff@-1" if "mean_diff@-1" in report.directions else "mean_diff"
     head = report.headline(method)
     best, step20 = int(head["best_layer"]), int(head["step"])
     drift = report.drift[report.drift["method"] == method]
     at = drift[drift["layer"] == best]
-    records = drift_records(pair, drift, best, step20)
-    records += metric_records(pair, report.metrics)
+    records = drift_records(pair, drift, best, step20) + metric_records(pair, report.metrics)
+    meta = {"best_layer": best, "step20": step20, "T": int(drift["step"].max()), "method": method,
+            "iso_p99": float(at["null_iso_p99"].mean()), "cov_p99": float(at["null_cov_p99"].mean())}
+    return records, meta
+
+
+def measures(pair: str, report: Any, sgd: Any, causal: Any, choice: dict[str, Any], plan: Any) -> tuple[list, dict]:
+    """``(records, meta)`` of one pair (module docstring)."""
+    records, meta = report_measures(pair, report)
+    best, step20, method = meta["best_layer"], meta["step20"], meta["method"]
     if sgd is not None:
         sd = sgd.drift[sgd.drift["method"] == method]
         records += drift_records(pair, sd, best, step20, groups=["runs"], prefix="sgd:")
@@ -101,10 +111,8 @@ def measures(pair: str, report: Any, sgd: Any, causal: Any, choice: dict[str, An
     k1_split = "all" if (effects["split"] == "all").any() else split
     records += clamp_records(pair, effects, layer=best, rank=1, split=k1_split, group="clamp-k1")
     records = [_rename(r) for r in records]
-    meta = {"best_layer": best, "step20": step20, "T": int(drift["step"].max()), "method": method,
-            "iso_p99": float(at["null_iso_p99"].mean()), "cov_p99": float(at["null_cov_p99"].mean()),
-            "chosen_k": int(choice["rank"]), "chosen_layer": int(choice["layer"]), "held_out": bool(choice.get("held_out")),
-            "clamp_split_k1": k1_split, "sgd_lr": plan.sgd_lr if sgd is not None else None}
+    meta.update(chosen_k=int(choice["rank"]), chosen_layer=int(choice["layer"]), held_out=bool(choice.get("held_out")),
+                clamp_split_k1=k1_split, sgd_lr=plan.sgd_lr if sgd is not None else None)
     return records, meta
 
 
