@@ -134,7 +134,11 @@ def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: 
     if plan.weight_blocking:
         from revlens.lab.weights import VARIANTS, run_weight_blocking
 
-        variants = {n: {**kw, "checkpoint_steps": ck} for n, kw in VARIANTS.items()}
+        lora = LabConfig.from_dict(read_lab(lab_dir)["config"]).ft_lora_rank > 0
+        # a LoRA update is a product of factors: WeightBlocker keeps it off V's left subspace, but cannot hold
+        # it orthogonal to V itself (side="direction"), so the lora track runs the `weights` variant only
+        variants = {n: {**kw, "checkpoint_steps": ck} for n, kw in VARIANTS.items()
+                    if not (lora and kw.get("side") == "direction")}
         run_weight_blocking(lab_dir, seeds=seeds, variants=variants, progress=progress)
 
 
