@@ -110,6 +110,7 @@ def tiny_rep(tmp_path_factory):
     return out, replicate(out, track="pretrain-like", seeds=[0, 1], plan=TINY, progress=False)
 
 
+@pytest.mark.slow  # ~30 s on an idle 2-core machine (the fixture runs a whole tiny replication)
 def test_tiny_replication_end_to_end(tiny_rep):
     out, rep = tiny_rep
     assert isinstance(rep, Replication) and rep.track == "pretrain-like"
@@ -132,6 +133,7 @@ def test_tiny_replication_end_to_end(tiny_rep):
     assert "| `pretrain-like` |" in summary_markdown({"pretrain-like": rep})
 
 
+@pytest.mark.slow
 def test_tiny_replication_resumes_per_pair(tiny_rep):
     out, rep = tiny_rep
     measures = out / "pretrain-like" / "pair0" / "measures.json"
