@@ -102,9 +102,10 @@ def measures(pair: str, report: Any, sgd: Any, causal: Any, choice: dict[str, An
         sd = sgd.drift[sgd.drift["method"] == method]
         records += drift_records(pair, sd, best, step20, groups=["runs"], prefix="sgd:")
     for m in plan.candidates:
+        m = m + method[len("mean_diff"):]  # chat probes: the same position as mean_diff's (@-1)
         h = report.headline(m)
         cd = report.drift[report.drift["method"] == m]
-        records += drift_records(pair, cd, int(h["best_layer"]), int(h["step"]), groups=["runs"], prefix=f"cand-{m}:")
+        records += drift_records(pair, cd, int(h["best_layer"]), int(h["step"]), groups=["runs"], prefix=f"cand-{m.split('@')[0]}:")
     effects = causal.effects
     split = "test" if choice.get("held_out") else "all"
     records += clamp_records(pair, effects, layer=choice["layer"], rank=choice["rank"], split=split, group="clamp")
