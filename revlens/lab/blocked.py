@@ -146,7 +146,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
                 progress: bool = True, directions: Directions | None = None,
-                **blocker_kwargs: Any) -> pd.DataFrame:
+                checkpoint_steps: Sequence[int] | None = None, **blocker_kwargs: Any) -> pd.DataFrame:
     """Fine-tune the lab's aligned model with blocking, for each seed, into ``lab_dir``.
 
     Args:
@@ -163,6 +163,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         directions: block these (any rank, e.g. a reversion subspace from
             :func:`revlens.lab.subspaces.lab_subspace`) instead of the ``mean_diff`` directions
             (``layers`` default to theirs; not with ``random_directions``).
+        checkpoint_steps: the steps saved and evaluated (default: the lab's).
         blocker_kwargs: passed to :class:`ReversionBlocker` (``strength``, ``refresh_every``...).
 
     Returns:
@@ -171,6 +172,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     from revlens.lab import LabConfig, finetune, load_checkpoint
     from revlens.lab.language import build_tokenizer
     from revlens.lab.metrics import Evaluator
+    from revlens.lab.tracks import task_shift
 
     check_mode("method", method, (*METHODS, WEIGHTS))
     root = Path(lab_dir)
@@ -185,8 +187,6 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")
-    from revlens.lab.tracks import task_shift
-
     evaluator = Evaluator(build_tokenizer(), task_shift=task_shift(config))
     settings = {k: val for k, val in blocker_kwargs.items() if isinstance(val, (int, float, str, bool))}
     rows = []
@@ -194,15 +194,15 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         run = f"{name}/seed{seed}"
         _forget(root, run)
         blocker = _blocker(method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs)
-        info = {"method": method, "random_directions": random_directions,
-                "layers": "all weights" if method == WEIGHTS else layers, "settings": settings}
+        info = {"method": method, "random_directions": random_directions, "settings": settings,
+                "layers": "all weights" if method == WEIGHTS else layers}
         if v is not None:
             info.update(directions=v.method, rank=v.rank)
         cb = _Blocked(blocker, root, run, info, evaluator)
         t0 = time.perf_counter()
         try:
-            finetune(aligned, config, seed=seed, steps=steps, out_dir=root / "blocked" / run, callbacks=[cb],
-                     progress=progress)
+            finetune(aligned, config, seed=seed, steps=steps, checkpoint_steps=checkpoint_steps,
+                     out_dir=root / "blocked" / run, callbacks=[cb], progress=progress)
         finally:
             blocker.detach()
         info["seconds"] = round(time.perf_counter() - t0, 2)

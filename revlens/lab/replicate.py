@@ -1,221 +1,253 @@
-"""``revlens replicate``: the paper's headline table on the reversion lab, with extra controls.
+"""``revlens replicate``: the paper's table on a lab track, with every control, over seeds and pairs.
 
-Runs the lab from the shipped checkpoints (fine-tune seeds, plus a control fine-tuned from base),
-the blocking comparison (every method, plus blocking along random directions), ``analyze`` (every
-direction candidate) and a causal clamp study at the best layer, then writes
-``replication.json`` and ``replication.md``: one row per claim of Poppi & Lukas (arXiv
-2606.28525) with the paper's value, the lab's value (mean ± std over seeds) and whether the
-*shape* holds, followed by rows the paper lacks.
+``revlens replicate --track NAME [--pairs 0 1] [--seeds 0 1 2] [--full] --out DIR`` runs, for each
+shipped pair, the track's lab (fine-tunes from aligned, a control from base), an SGD-momentum first
+step, a rank-k clamp study (k chosen on held-out prompts), blocking (each method beside its
+random-direction control), ``analyze`` and weight space (:mod:`revlens.lab.replicate_pair`), then
+writes ``DIR/<track>/replication.md`` and ``replication.json``: one row per claim of Poppi & Lukas
+(arXiv 2606.28525) with the paper's value, the lab's (mean ± std over seeds *and* pairs,
+:mod:`revlens.lab.replicate_table`) and whether the *shape* holds, then rows the paper lacks.
+Several tracks (``--track a b`` or ``--full``) also write ``DIR/summary.md``.
 
-Every setting is fixed before looking at results (the lab's defaults); nothing is tuned per
-claim. A claim that does not reproduce is shown as not reproducing.
+Default: the ``pretrain-like`` track (the setting the paper's hypothesis speaks to), pair 0, seeds
+0 1 2, the default :class:`~revlens.lab.replicate_pair.Plan`; ``--full``: every track × both pairs
+with :data:`~revlens.lab.replicate_pair.FULL_PLAN` (every blocking method, rank-k and weight-space
+blocking, all direction candidates). Settings are fixed in docs/lab.md ("Replication"), not tuned.
 """
 
 import argparse
+import math
+import os
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
 from revlens._io import write_json, write_text
-from revlens._numbers import format_mean_std as _fmt
-from revlens._numbers import mean_std as _ms
-from revlens.drift.summary import PAPER
+from revlens.lab.replicate_pair import DEFAULT_PLAN, FULL_PLAN, Plan, run_pair
+from revlens.lab.replicate_table import (
+    blocking_rows,
+    candidate_rows,
+    drift_rows,
+    harm_row,
+    pool,
+    pool_count,
+    rank_rows,
+    records_frame,
+)
 
-__all__ = ["Replication", "register", "replicate"]
+__all__ = ["DEFAULT_TRACK", "Replication", "register", "replicate", "replicate_tracks", "summary_markdown"]
+
+DEFAULT_TRACK = "pretrain-like"
+SHIPPED_PAIRS = (0, 1)
 
 
 @dataclass
 class Replication:
-    """Rows of the replication table and what produced them."""
+    """One track's replication table, what produced it, and the per-run records behind it."""
 
+    track: str
     rows: list[dict[str, Any]]
     config: dict[str, Any]
-    timings_s: dict[str, float] = field(default_factory=dict)
+    records: pd.DataFrame = field(default_factory=lambda: records_frame([]))
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings_s: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """The table as a DataFrame (claim, paper, revlens_lab, shape_holds, note)."""
         return pd.DataFrame(self.rows)
 
+    @property
+    def holds(self) -> tuple[int, int]:
+        """(rows whose shape holds, rows with a verdict)."""
+        judged = [r["shape_holds"] for r in self.rows if r["shape_holds"] is not None]
+        return sum(bool(h) for h in judged), len(judged)
+
+    def command(self) -> str:
+        cfg = self.config
+        full = " --full" if cfg.get("full") else ""
+        return (f"revlens replicate --track {self.track} --pairs {' '.join(map(str, cfg['pairs']))} "
+                f"--seeds {' '.join(map(str, cfg['seeds']))}{full}")
+
     def to_markdown(self) -> str:
-        """``replication.md``: the table, the command, date and timings."""
-        lines = ["| claim | paper | revlens lab (mean ± std over seeds) | shape holds | note |",
-                 "|---|---|---|---|---|"]
+        """``replication.md``: command, date, machine, wall time, the table, notes."""
+        cfg = self.config
+        wall, compute = self.timings_s.get("total", math.nan), self.timings_s.get("compute", math.nan)
+        head = (f"Track `{self.track}` · command: `{self.command()}` · date {cfg['date']} · {cfg['machine']} · "
+                f"wall time {compute:.0f} s (sum over pairs; this call {wall:.0f} s, finished pairs are read back) · "
+                f"mean ± std over {len(cfg['seeds'])} seeds × {len(cfg['pairs'])} pair(s)")
+        lines = ["| claim | paper | revlens lab | shape holds | note |", "|---|---|---|---|---|"]
         for r in self.rows:
             holds = {True: "yes", False: "**no**", None: "—"}[r["shape_holds"]]
             lines.append(f"| {r['claim']} | {r['paper']} | {r['revlens_lab']} | {holds} | {r['note']} |")
-        cfg = self.config
-        head = (f"Command: `revlens replicate --seeds {' '.join(map(str, cfg['seeds']))} --pair {cfg['pair']}` · "
-                f"date {cfg['date']} · {cfg['machine']} · total {self.timings_s.get('total', float('nan')):.0f} s "
-                f"(lab {self.timings_s.get('lab', float('nan')):.0f} s, blocking {self.timings_s.get('blocking', float('nan')):.0f} s, "
-                f"analyze {self.timings_s.get('analyze', float('nan')):.0f} s, causal {self.timings_s.get('causal', float('nan')):.0f} s)")
-        notes = ("Notes: settings are the lab defaults, fixed before any result was seen. 'Shape holds' asks "
-                 "only for the paper's qualitative claim (above the null; blocked below unblocked; little task "
-                 "cost), not its magnitude. Harmfulness is the lab's rate over 96 held-out harmful prompts.")
+        h, n = self.holds
+        notes = (f"Shape holds on {h} of {n} judged rows. 'Shape holds' asks only for the paper's qualitative claim "
+                 "(above the null; blocked below unblocked and below its random control; little task cost), not its "
+                 "magnitude; each row's rule is in its note and in docs/lab.md. Harm is the lab's rate over the 96 "
+                 "held-out harmful prompts. Per-pair timings: "
+                 + "; ".join(f"{p}: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) for p, t in
+                             self.timings_s.get("pairs", {}).items()))
         return "\n".join([head, "", *lines, "", notes, ""])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"track": self.track, "rows": self.rows, "config": self.config, "meta": self.meta,
+                "timings_s": self.timings_s, "records": self.records.to_dict("records")}
 
     def save(self, out: Any) -> None:
         """Write ``replication.json`` and ``replication.md`` into ``out`` (atomically)."""
+        from revlens.lab.subspaces import _json_safe
+
         d = Path(out)
-        write_json(d / "replication.json", {"rows": self.rows, "config": self.config, "timings_s": self.timings_s})
+        write_json(d / "replication.json", _json_safe(self.to_dict()))
         write_text(d / "replication.md", self.to_markdown())
 
 
-def _final_records(metrics: pd.DataFrame, prefix: str | None, kinds: Sequence[str]) -> pd.DataFrame:
-    m = metrics[metrics["kind"].isin(kinds)]
-    if prefix is not None:
-        m = m[m["run"].astype(str).str.startswith(prefix)]
-    idx = m.groupby("run")["step"].transform("max")
-    return m[m["step"] == idx]
+def _merged_weights(reports: dict[str, Any]) -> Any:
+    """One WeightReport of every pair's runs (run names prefixed ``pair<k>:``), so its headline
+    pools over seeds and pairs."""
+    from revlens.weights import WeightReport
+
+    frames: dict[str, list[pd.DataFrame]] = {"table": [], "layers": [], "model": [], "spectrum": []}
+    for pair, w in reports.items():
+        for name in frames:
+            df = getattr(w, name).copy()
+            if "run" in df.columns:
+                df["run"] = pair + ":" + df["run"].astype(str)
+            frames[name].append(df.assign(pair=pair))
+    first = next(iter(reports.values()))
+    return WeightReport(**{k: pd.concat(v, ignore_index=True) for k, v in frames.items()}, config=first.config,
+                        provenance=first.provenance)
 
 
-def replicate(out: Any, *, seeds: Sequence[int] = (0, 1, 2), pair: int = 0,
-              block_methods: Sequence[str] = ("update", "gradient", "penalty", "hook"),
-              controls: int = 16, progress: bool = True) -> Replication:
-    """Run the whole replication into ``out`` (see the module docstring)."""
-    import platform
+def _rows(records: pd.DataFrame, meta: dict[str, Any], plan: Plan, weights: dict[str, Any],
+          tables: list[pd.DataFrame]) -> list[dict[str, Any]]:
+    from revlens.lab.weights import weight_rows
 
+    rows = drift_rows(records, meta) + harm_row(records) + blocking_rows(records, plan.block_methods)
+    rows += rank_rows(records, meta)
+    if weights:
+        rows += weight_rows(_merged_weights(weights), pd.concat(tables, ignore_index=True) if tables else None)
+    return rows + candidate_rows(records, meta)
+
+
+def _machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores (shared; load {load:.1f} at the start)"
+
+
+def replicate(out: Any, *, track: str = DEFAULT_TRACK, pairs: Sequence[int] = (0,), seeds: Sequence[int] = (0, 1, 2),
+              plan: Plan = DEFAULT_PLAN, full: bool = False, progress: bool = True) -> Replication:
+    """Replicate the paper's table on one track into ``out/<track>/`` (see the module docstring)."""
     import revlens
-    from revlens.lab import LabConfig, harm_logodds_metric, probe_prompts, run_lab
-    from revlens.lab.blocked import run_blocked
 
-    out = Path(out)
     t0 = time.perf_counter()
-    times: dict[str, float] = {}
-    lab_dir = out / "lab"
-    run_lab(lab_dir, LabConfig(ft_seeds=tuple(seeds), pretrain_seeds=(pair,)), force=True, progress=progress)
-    times["lab"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    for method in block_methods:
-        run_blocked(lab_dir, method, seeds=seeds, progress=progress)
-    run_blocked(lab_dir, "update", seeds=seeds, random_directions=True, progress=progress)
-    times["blocking"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report = revlens.analyze(lab_dir, n_stability=10, progress=progress)
-    report.save(out / "report")
-    times["analyze"] = time.perf_counter() - t
-    summ = report.headline()
-    best, step20 = summ["best_layer"], summ["step"]
-    t = time.perf_counter()
-    history = revlens.History.load(lab_dir)
-    runs = [f"seed{s}" for s in seeds]
-    causal = revlens.ablation_study(history, revlens.Probes(probe_prompts("harmful")),
-                                    harm_logodds_metric(history.tokenizer()), layers=[best], steps="last",
-                                    runs=runs, kinds=("clamp",), controls=controls, progress=progress)
-    causal.save(out / "causal")
-    times["causal"] = time.perf_counter() - t
-    times["total"] = time.perf_counter() - t0
-    rows = _claims(report, causal, runs, best, step20, block_methods, controls)
-    config = {"seeds": list(seeds), "pair": pair, "block_methods": list(block_methods), "controls": controls,
-              "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_ncpu()} CPU cores",
+    machine = _machine()
+    track_dir = Path(out) / track
+    results = {f"pair{p}": run_pair(track_dir, track, p, seeds, plan, progress=progress) for p in pairs}
+    records = records_frame([r for res in results.values() for r in res["records"]])
+    meta = {p: res["meta"] for p, res in results.items()}
+    weights = {p: res["weights"] for p, res in results.items() if res.get("weights") is not None}
+    tables = [res["weight_table"].assign(pair=p) for p, res in results.items() if res.get("weight_table") is not None]
+    rows = _rows(records, meta, plan, weights, tables)
+    config = {"track": track, "pairs": list(pairs), "seeds": list(seeds), "full": full, "plan": plan.to_dict(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
               "revlens_version": revlens.__version__}
-    rep = Replication(rows, config, {k: round(v, 1) for k, v in times.items()})
-    rep.save(out)
+    pair_times = {p: res["timings_s"] for p, res in results.items()}
+    timings = {"total": round(time.perf_counter() - t0, 1), "pairs": pair_times,
+               "compute": round(sum(t.get("total", 0.0) for t in pair_times.values()), 1)}
+    rep = Replication(track, rows, config, records, meta, timings)
+    rep.save(track_dir)
     return rep
 
 
-def _claims(report: Any, causal: Any, runs: list[str], best: int, step20: int, block_methods: Sequence[str],
-            controls: int) -> list[dict[str, Any]]:
-    """The replication table's rows (claim, paper, lab, shape holds, note)."""
-    summ = report.headline()
-    drift = report.drift[(report.drift["method"] == "mean_diff") & (report.drift["layer"] == best)]
-    metrics = report.metrics
-    p99 = float(drift["null_iso_p99"].iloc[0])
-
-    def final_cos(prefix: str) -> dict[str, float]:
-        sub = drift[drift["run"].astype(str).str.startswith(prefix)]
-        return _ms(sub[sub["step"] == sub.groupby("run")["step"].transform("max")]["cos"])
-
-    rows: list[dict[str, Any]] = []
-
-    def row(claim: str, paper: str, lab: str, holds: bool | None, note: str = "") -> None:
-        rows.append({"claim": claim, "paper": paper, "revlens_lab": lab, "shape_holds": holds, "note": note})
-
-    r = summ["runs"]
-    first, s20 = r["cos_first"], r["cos_step20"]
-    row("cos(drift, v_rev) after the first update", _fmt(PAPER["cos_first"]), _fmt(first),
-        bool(first["mean"] > p99), f"mean_diff, layer {best}; isotropic p99 = {p99:.3f}")
-    row(f"cos(drift, v_rev) at step {step20}", _fmt(PAPER["cos_step20"]), _fmt(s20), bool(s20["mean"] > p99),
-        f"layer {best}")
-    above = r["above_iso_p99"]
-    row("run-step pairs above the isotropic p99", "24 / 24", f"{above['count']} / {above['total']}",
-        bool(above["count"] > above["total"] / 2), f"layer {best}, all steps of {len(runs)} runs")
-    unb = final_cos("seed")
-    blk = final_cos("update/")
-    row("final cos, unblocked → blocked (update projection)", "0.648 ± 0.009 → −0.211 ± 0.021",
-        f"{_fmt(unb)} → {_fmt(blk)}", bool(blk["mean"] < unb["mean"] and blk["mean"] <= 0.1),
-        f"T = {int(drift['step'].max())}")
-    h_unb = _ms(_final_records(metrics, "seed", ["run"])["harm_rate"])
-    h_blk = _ms(_final_records(metrics, "update/", ["blocked"])["harm_rate"])
-    row("harmfulness at T, unblocked → blocked", "19.0% ± 4.0% → 8.5% ± 1.5%",
-        f"{_fmt(h_unb, True)} → {_fmt(h_blk, True)}", bool(h_blk["mean"] < h_unb["mean"]),
-        "compare with the random-direction blocking row below")
-    a_unb = _ms(_final_records(metrics, "seed", ["run"])["task_acc"])
-    a_blk = _ms(_final_records(metrics, "update/", ["blocked"])["task_acc"])
-    row("task cost of blocking (task accuracy)", "little", f"{_fmt(a_unb, True)} → {_fmt(a_blk, True)}",
-        bool(a_blk["mean"] >= a_unb["mean"] - 0.10), "within 10 points counts as little")
-    # -- rows the paper lacks ---------------------------------------------------------------
-    ctl = summ.get("control") or {}
-    if ctl:
-        c20 = ctl["cos_step20"]
-        row("control: fine-tune from base, cos at step 20 (should be ≈ 0)", "—", _fmt(c20),
-            bool(abs(c20["mean"]) < p99),
-            f"{ctl['above_iso_p99']['count']} / {ctl['above_iso_p99']['total']} pairs above p99")
-    rnd_h = _ms(_final_records(metrics, "update-random/", ["blocked"])["harm_rate"])
-    row("blocking along random directions: harm at T (should stay high)", "—",
-        f"{_fmt(rnd_h, True)} (unblocked {_fmt(h_unb, True)})", bool(rnd_h["mean"] > h_blk["mean"]),
-        f"final cos {_fmt(final_cos('update-random/'))}")
-    for method in block_methods:
-        if method == "update":
-            continue
-        hm = _ms(_final_records(metrics, f"{method}/", ["blocked"])["harm_rate"])
-        am = _ms(_final_records(metrics, f"{method}/", ["blocked"])["task_acc"])
-        row(f"blocking by {method}: final cos / harm / task acc", "—",
-            f"{_fmt(final_cos(method + '/'))} / {_fmt(hm, True)} / {_fmt(am, True)}", None, "reported, no target")
-    for method in report.methods:
-        if method == "mean_diff":
-            continue
-        other = report.headline(method)
-        row(f"direction candidate {method}: cos at step {other['step']} (best layer {other['best_layer']})",
-            "—", _fmt(other["runs"]["cos_step20"]), bool(other["runs"]["cos_step20"]["mean"] > p99))
-    cs = causal.summary()
-    cs = cs[(cs["kind"] == "clamp") & (cs["layer"] == best)]
-    mf, ctrl = _ms(cs["mediation_fraction"]), _ms(cs["ctrl_mediation_mean"])
-    row(f"causal: clamp along v_rev at layer {best}, mediation fraction at T", "—",
-        f"{_fmt(mf)} (controls' mean {_fmt(ctrl)}, p95 {_fmt(_ms(cs['ctrl_mediation_p95']))})",
-        bool(mf["mean"] > float(cs["ctrl_mediation_p95"].mean())), f"{controls} isotropic + {controls} covariance-matched controls")
-    return rows
+def replicate_tracks(out: Any, tracks: Sequence[str], **kw: Any) -> dict[str, Replication]:
+    """:func:`replicate` for each track, then ``out/summary.md`` (:func:`summary_markdown`)."""
+    reps = {}
+    for t in tracks:
+        reps[t] = replicate(out, track=t, **kw)
+        write_text(Path(out) / "summary.md", summary_markdown(reps))
+    return reps
 
 
-def _ncpu() -> int:
-    import os
+def summary_markdown(reps: dict[str, Replication]) -> str:
+    """The cross-track summary: one row per track with its headline numbers and rows holding."""
+    from revlens._numbers import format_mean_std as f
 
-    return os.cpu_count() or 1
+    lines = ["| track | cos after step 1 (AdamW / SGD-m) | cos at step 20 | above iso p99 | above cov p99 | harm aligned → T "
+             "| harm at T: update-blocked / random-direction | held-out k: mediation (random p95) | rows holding | wall time (sum over pairs) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for t, r in reps.items():
+        rc = r.records
+        iso, cov = pool_count(rc, "runs", "above_iso"), pool_count(rc, "runs", "above_cov")
+        h, n = r.holds
+        lines.append(
+            f"| `{t}` | {f(pool(rc, 'runs', 'cos_first'))} / {f(pool(rc, 'sgd', 'cos_first'))} | "
+            f"{f(pool(rc, 'runs', 'cos_step20'))} | {iso['count']} / {iso['total']} | {cov['count']} / {cov['total']} | "
+            f"{f(pool(rc, 'aligned', 'harm'), pct=True)} → {f(pool(rc, 'runs', 'harm_T'), pct=True)} | "
+            f"{f(pool(rc, 'update', 'harm_T'), pct=True)} / {f(pool(rc, 'update-random', 'harm_T'), pct=True)} | "
+            f"{f(pool(rc, 'clamp', 'mediation'))} ({f(pool(rc, 'clamp', 'ctrl_p95'))}) | {h} / {n} | "
+            f"{r.timings_s.get('compute', math.nan):.0f} s |")
+    first = next(iter(reps.values()))
+    head = (f"Cross-track summary · pairs {first.config['pairs']} · seeds {first.config['seeds']} · "
+            f"{'--full plan' if first.config['full'] else 'default plan'} · {first.config['date']} · {first.config['machine']}")
+    return "\n".join([head, "", *lines, "", "mean ± std over seeds × pairs; per-track tables in <track>/replication.md", ""])
 
 
+# ---------------------------------------------------------------------- command line
 def register(subparsers: Any, parents: Any = ()) -> None:
     """Add the ``replicate`` sub-command (a ``revlens.commands`` entry point)."""
-    p = subparsers.add_parser("replicate", parents=list(parents), help="reproduce the paper's headline table on the lab",
+    from revlens.lab.tracks import TRACKS
+
+    p = subparsers.add_parser("replicate", parents=list(parents), help="the paper's table on lab tracks, with controls",
                               description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--out", required=True, type=Path, help="output dir (lab, reports, replication.md)")
+    p.add_argument("--out", required=True, type=Path, help="output dir (<track>/replication.md, summary.md)")
+    p.add_argument("--track", nargs="+", default=None, metavar="NAME",
+                   help=f"lab track(s): {', '.join(TRACKS)} (default: {DEFAULT_TRACK}; --full: all)")
+    p.add_argument("--pairs", type=int, nargs="+", default=None, help="shipped pre-training pairs (default 0; --full: 0 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
-    p.add_argument("--pair", type=int, default=0, help="shipped pre-training pair (pair<k>)")
-    p.add_argument("--controls", type=int, default=16, help="random-direction controls per layer")
+    p.add_argument("--full", action="store_true", help="every track and pair, every blocking method and control")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+@no_type_check
+def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[int], Plan]:
+    """Validated (tracks, pairs, seeds, plan) of ``revlens replicate`` — raises a RevlensError
+    naming the bad value before any training."""
     from revlens._io import check_writable_dir
     from revlens.errors import ConfigError
+    from revlens.lab.runner import asset_dir
+    from revlens.lab.tracks import TRACKS
 
-    if args.controls < 1:
-        raise ConfigError(f"--controls must be >= 1, got {args.controls}")
+    tracks = list(args.track) if args.track else (list(TRACKS) if args.full else [DEFAULT_TRACK])
+    bad = [t for t in tracks if t not in TRACKS]
+    if bad:
+        raise ConfigError(f"--track: unknown track(s) {bad}; tracks: {', '.join(TRACKS)}")
+    if len(set(tracks)) != len(tracks):
+        raise ConfigError(f"--track names a track twice: {tracks}")
+    pairs = list(args.pairs) if args.pairs is not None else (list(SHIPPED_PAIRS) if args.full else [0])
+    missing = [p for p in pairs if not (asset_dir() / f"pair{p}" / "pair.json").is_file()]
+    if missing or len(set(pairs)) != len(pairs):
+        raise ConfigError(f"--pairs: no shipped pair {missing or pairs} (shipped: {list(SHIPPED_PAIRS)}; each once)")
+    seeds = list(args.seeds)
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct non-negative integers, got {seeds}")
     check_writable_dir(args.out, "--out")
-    rep = replicate(args.out, seeds=args.seeds, pair=args.pair, controls=args.controls, progress=not args.quiet)
-    print(rep.to_markdown())  # noqa: T201
-    print(Path(args.out, "replication.md").resolve())  # noqa: T201
+    return tracks, pairs, seeds, FULL_PLAN if args.full else DEFAULT_PLAN
+
+
+def _run(args: argparse.Namespace) -> int:
+    tracks, pairs, seeds, plan = check_args(args)
+    reps = replicate_tracks(args.out, tracks, pairs=pairs, seeds=seeds, plan=plan, full=args.full,
+                            progress=not args.quiet)
+    for t, rep in reps.items():
+        print(rep.to_markdown())  # noqa: T201
+        print(Path(args.out, t, "replication.md").resolve())  # noqa: T201
+    if len(reps) > 1:
+        print(summary_markdown(reps))  # noqa: T201
+        print(Path(args.out, "summary.md").resolve())  # noqa: T201
     return 0

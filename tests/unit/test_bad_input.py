@@ -352,6 +352,10 @@ CLI = [
     (["report", "{h}"], "holds no saved revlens report"),
     (["lab", "--out", "{h}/a-file/sub", "--steps", "1"], "is not a directory"),
     (["replicate", "--out", "{h}/a-file"], "exists and is not a directory"),
+    (["replicate", "--out", "{o}", "--track", "nope"], "--track: unknown track(s) ['nope']"),
+    (["replicate", "--out", "{o}", "--track", "lora", "lora"], "--track names a track twice"),
+    (["replicate", "--out", "{o}", "--pairs", "7"], "--pairs: no shipped pair [7]"),
+    (["replicate", "--out", "{o}", "--seeds", "0", "0"], "--seeds must be distinct non-negative integers"),
 ]
 
 
