@@ -8,6 +8,8 @@ import warnings
 
 import pytest
 import torch
+import trl
+from unit.block.tinyrev import one_thread  # noqa: F401 (autouse fixture)
 
 import families
 from revlens.block import ReversionBlocker, add_to_trainer
@@ -15,8 +17,6 @@ from revlens.directions import Directions
 from revlens.monitor import ReversionMonitor
 from revlens.sites import access
 
-pytest.importorskip("peft")
-trl = pytest.importorskip("trl")
 pytestmark = pytest.mark.xdist_group("family-lora")
 
 TOK = families.tokenizer()
@@ -24,14 +24,6 @@ LAYERS = [1, 2]
 PROBES = [TOK.apply_chat_template([{"role": "user", "content": f"w{i} w{i + 3} w{i + 7}"}],
                                   add_generation_prompt=True, tokenize=False) for i in range(20, 36)]
 LORA = dict(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _data(seed: int):

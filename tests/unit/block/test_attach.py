@@ -23,6 +23,7 @@ def blocker(**kw) -> ReversionBlocker:
 def lora_run(b: ReversionBlocker | None, steps: int = 10):
     """A PEFT LoRA (r=4 on c_attn and c_fc, AdamW) of the tiny GPT-2 on the reverting loss."""
     peft = pytest.importorskip("peft")
+    torch.manual_seed(0)  # PEFT draws lora_A from the global generator: fixed, whatever ran before
     model = peft.get_peft_model(copy.deepcopy(tinyrev.pair()[1]),
                                 peft.LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn", "c_fc"],
                                                 fan_in_fan_out=True)).train()
@@ -45,7 +46,7 @@ def test_lora_update_blocking_corrects_only_the_adapters_and_holds_s():
     model = lora_run(b)
     held = blocker().projection(model).abs()
     assert free.min() > 0.1  # the LoRA fine-tune reverts along v
-    assert held.max() < 0.05 * free.min()
+    assert (held / free).max() < 0.05  # per layer: under 5 % of the unblocked run's drift along v
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     assert b.cost_["trained_parameters"] == sum(p.numel() for p in lora)
     assert b.cost_["trained_parameters"] < 0.2 * sum(p.numel() for p in model.parameters())
