@@ -30,14 +30,14 @@ Example:
     ...         loss = model(**batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
 """
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens._attach import Attachable
 from revlens.block.attach import trained_parameters, wrapped_step
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
@@ -60,7 +60,7 @@ METHODS = BLOCK_METHODS
 AUTO_PROBE_BATCH = 32
 
 
-class ReversionBlocker(ProbeInputs):
+class ReversionBlocker(ProbeInputs, Attachable):
     """Keep a fine-tuned model from moving along per-layer reversion directions.
 
     Args:
@@ -218,15 +218,6 @@ class ReversionBlocker(ProbeInputs):
         if stack is not None:
             stack.close()
         self._a_before = self._jac = self._gram = None  # the stored gradients go with the attachment
-
-    @contextmanager
-    def attached(self, model: Any, optimizer: Any = None) -> Iterator["ReversionBlocker"]:
-        """Context manager: :meth:`attach` on enter, :meth:`detach` on exit (also on error)."""
-        self.attach(model, optimizer)
-        try:
-            yield self
-        finally:
-            self.detach()
 
     @property
     def is_attached(self) -> bool:

@@ -21,7 +21,6 @@ optimizer)`` wraps ``optimizer.step``, :meth:`WeightBlocker.attached` is a conte
 import re
 import types
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, no_type_check
 
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens._attach import Attachable
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
 from revlens.errors import ConfigError, NotFittedError
@@ -107,7 +107,7 @@ def _full_weights(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
         yield name.removeprefix(_PEFT).replace(".base_layer.", "."), p
 
 
-class WeightBlocker:
+class WeightBlocker(Attachable):
     """Keep fine-tuning updates off (or onto) ``V``'s top-k singular subspaces (module docstring).
 
     Args:
@@ -214,15 +214,6 @@ class WeightBlocker:
         """Restore ``optimizer.step`` (safe to call twice)."""
         while self._undo:
             self._undo.pop()()
-
-    @contextmanager
-    def attached(self, model: Any, optimizer: Any = None) -> Iterator["WeightBlocker"]:
-        """Context manager: :meth:`attach` on enter, :meth:`detach` on exit (also on error)."""
-        self.attach(model, optimizer)
-        try:
-            yield self
-        finally:
-            self.detach()
 
     @property
     def is_attached(self) -> bool:
