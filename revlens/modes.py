@@ -77,7 +77,9 @@ Strategy = Literal["grow", "repeat", "loop"]
 """How batched intervention sweeps share forward passes (:mod:`revlens.causal.batched`)."""
 
 BlockMethod = Literal["update", "gradient", "penalty", "hook"]
-"""How :class:`revlens.block.ReversionBlocker` blocks motion along ``v_rev``."""
+"""How :class:`revlens.block.ReversionBlocker` blocks motion along ``v_rev``: the built-in methods,
+for annotations. The registry (:data:`revlens.block.METHODS`, :func:`revlens.block.register`) is
+what validates a method name, user-registered ones included; a test keeps the two equal."""
 
 GradBatching = Literal["auto", "loop", "vmap"]
 """How the blocker computes its per-layer parameter gradients."""
