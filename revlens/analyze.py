@@ -392,6 +392,7 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         "probe_fingerprint": stats.meta.get("probe_fingerprint"),
         "prompts": stats.meta.get("prompts"),
         "chat_template": stats.meta.get("chat_template"),
+        "datasets": stats.meta.get("datasets"),
     }
 
 
