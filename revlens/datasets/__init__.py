@@ -34,7 +34,7 @@ Example:
     >>> harmful.provenance[0]["sha256"]            # doctest: +SKIP
 """
 
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
@@ -98,6 +98,7 @@ PROMPT_SETS = {"jbb": jbb, "harmbench": harmbench, "strongreject": strongreject,
 """The prompt loaders by name (``"chatterbot"``: its questions as harmless probes)."""
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def load(name: str, split: Any = None, **kwargs: Any) -> Any:
     """``PROMPT_SETS[name](split, **kwargs)``: a named prompt set as labelled probes.
 

@@ -10,11 +10,11 @@ the package, version, files, sha256, rows and licence (recorded by ``collect`` /
 
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
-from revlens.datasets.parse import Row, read_csv, read_jsonl, read_yaml_items
+from revlens.datasets.parse import read_csv, read_jsonl, read_yaml_items
 from revlens.datasets.registry import DATASETS, SOURCES
 from revlens.datasets.source import DataFile, Where, read_file
 from revlens.datasets.splits import FRACTIONS, SALT, assign_splits, check_fractions
@@ -27,6 +27,7 @@ __all__ = ["advbench", "chatterbot", "chatterbot_prompts", "donotanswer", "harmb
 Item = tuple[str, str, dict[str, Any]]  # text, category, info
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def read_set(name: str, *, cache_dir: Any = None, source: Where = "auto") -> list[DataFile]:
     """The verified files of a named data set (in registry order)."""
     return [read_file(name, path, cache_dir=cache_dir, source=source) for path in DATASETS[name].files]
@@ -73,6 +74,7 @@ def _info(f: DataFile, line: int, **fields: Any) -> dict[str, Any]:
     return {"file": f.path, "line": line, **fields}
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def jbb(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: Any = None,
         position: Any = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
         source: Where = "auto") -> Probes:
@@ -98,6 +100,7 @@ def jbb(split: DataSplit | None = None, *, chat: bool = True, system: str | None
     return _probes("jbb", items, files, split, chat, system, template, position, fractions)
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def harmbench(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: Any = None,
               position: Any = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
               source: Where = "auto") -> Probes:
@@ -122,6 +125,7 @@ def harmbench(split: DataSplit | None = None, *, chat: bool = True, system: str 
     return _probes("harmbench", items, files, split, chat, system, template, position, fractions)
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def strongreject(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None,
                  template: Any = None, position: Any = "last", fractions: Sequence[float] = FRACTIONS,
                  cache_dir: Any = None, source: Where = "auto") -> Probes:
@@ -137,6 +141,7 @@ def strongreject(split: DataSplit | None = None, *, chat: bool = True, system: s
     return _probes("strongreject", items, files, split, chat, system, template, position, fractions)
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def advbench(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: Any = None,
              position: Any = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
              source: Where = "auto") -> Probes:
@@ -160,6 +165,7 @@ def advbench(split: DataSplit | None = None, *, chat: bool = True, system: str |
     return _probes("advbench", items, files, split, chat, system, template, position, fractions)
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def donotanswer(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None,
                 template: Any = None, position: Any = "last", fractions: Sequence[float] = FRACTIONS,
                 cache_dir: Any = None, source: Where = "auto") -> Probes:
@@ -175,7 +181,7 @@ def donotanswer(split: DataSplit | None = None, *, chat: bool = True, system: st
     return _probes("donotanswer", items, files, split, chat, system, template, position, fractions)
 
 
-def _conversations(f: DataFile, known_bad: Sequence[str]) -> list[Row]:
+def _conversations(f: DataFile, known_bad: Sequence[str]) -> list[tuple[int, list[str]]]:
     _, convs = read_yaml_items(f, "conversations")
     out = []
     for ln, conv in convs:
@@ -187,6 +193,7 @@ def _conversations(f: DataFile, known_bad: Sequence[str]) -> list[Row]:
     return out
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def chatterbot(split: DataSplit | None = None, *, fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
                source: Where = "auto") -> pd.DataFrame:
     """Benign question → answer pairs for fine-tuning (``chatterbot-corpus==1.3.3``, the 21
@@ -220,6 +227,7 @@ def chatterbot(split: DataSplit | None = None, *, fractions: Sequence[float] = F
     return df
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def chatterbot_prompts(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None,
                        template: Any = None, position: Any = "last", fractions: Sequence[float] = FRACTIONS,
                        cache_dir: Any = None, source: Where = "auto") -> Probes:

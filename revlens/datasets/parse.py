@@ -83,7 +83,7 @@ def read_lines(f: DataFile) -> list[Row]:
     return [(i, {"text": ln.strip()}) for i, ln in enumerate(f.text().splitlines(), 1) if ln.strip()]
 
 
-def read_yaml_items(f: DataFile, key: str) -> tuple[dict[str, Any], list[Row]]:
+def read_yaml_items(f: DataFile, key: str) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
     """A YAML mapping and the items of its list ``key``, each with the line it starts on.
 
     Raises:

@@ -21,7 +21,7 @@
 import ast
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, no_type_check
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,7 @@ def _garak_prefixes(f: DataFile) -> tuple[list[str], str]:
     return [e.value for e in found[0].elts], (match[0] if match else "str")
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def refusal_phrases(name: str = "revlens", *, cache_dir: Any = None, source: Where = "auto") -> PhraseList:
     """A refusal phrase list with its rule (see the module docstring); ``.judge()`` for a judge.
 
@@ -96,6 +97,7 @@ def refusal_phrases(name: str = "revlens", *, cache_dir: Any = None, source: Whe
     raise ConfigError(f"unknown phrase list {name!r}; valid: {', '.join(PHRASE_LISTS)}")
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def phrase_judge(name: str = "revlens", **where: Any) -> PhraseJudge:
     """``refusal_phrases(name).judge()``."""
     return refusal_phrases(name, **where).judge()
@@ -107,6 +109,7 @@ def _binary(f: DataFile, ln: int, value: str, column: str) -> int:
     return int(value)
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def refusal_labels(name: str = "pyrit", *, extra: bool = True, cache_dir: Any = None,
                    source: Where = "auto") -> pd.DataFrame:
     """Human-labelled responses: ``prompt, response, refusal`` (1 = refusal), ``file, line``.
@@ -160,6 +163,7 @@ def _check_labels(name: str, df: Any) -> pd.DataFrame:
     return df
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def detector_accuracy(judge: Any, labels: Any, *, threshold: float = 0.5) -> pd.DataFrame:
     """A refusal detector's accuracy against human labels (positive class: refusal).
 

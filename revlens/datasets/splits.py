@@ -11,6 +11,7 @@ a row to one category moves no text of another.
 
 import hashlib
 from collections.abc import Sequence
+from typing import no_type_check
 
 from revlens.errors import ConfigError
 from revlens.modes import DATA_SPLITS
@@ -43,6 +44,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
+@no_type_check  # validates its own arguments (typed errors)
 def assign_splits(texts: Sequence[str], categories: Sequence[str] | None = None, *,
                   fractions: Sequence[float] = FRACTIONS, salt: str = SALT) -> list[str]:
     """The split of each text (see the module docstring).
