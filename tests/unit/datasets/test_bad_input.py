@@ -104,3 +104,16 @@ def test_bad_arguments():
         datasets.load("nope")
     with pytest.raises(ConfigError, match="not a registered file"):
         datasets.read_file("jbb", "jailbreakbench/__init__.py")
+
+
+def test_fetch_checks_a_cached_wheel_without_downloading(wheel_copy, capsys):
+    from revlens.cli import main
+
+    good = wheel_copy("jailbreakbench")
+    assert datasets.fetch("jbb", cache_dir=good) == good / "jailbreakbench-0.1.3-py3-none-any.whl"
+    assert main(["datasets", "fetch", "jailbreakbench", "--cache", str(good)]) == 0
+    assert "jailbreakbench-0.1.3-py3-none-any.whl" in capsys.readouterr().out
+    bad = wheel_copy("jailbreakbench", {"jailbreakbench/data/classifier_comparison.csv": b"x"})
+    with pytest.raises(DatasetError, match="classifier_comparison.csv"):
+        datasets.fetch("jailbreakbench", cache_dir=bad)
+    assert main(["datasets", "fetch", "jailbreakbench", "--cache", str(bad)]) == 2  # a typed error: exit 2

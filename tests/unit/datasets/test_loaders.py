@@ -160,6 +160,19 @@ def test_collect_and_analyze_record_the_probes_provenance(tiny_history):
     assert report.provenance["datasets"] == p.provenance
 
 
+def test_evaluate_records_each_sets_provenance(tiny_history, tiny_lm):
+    import revlens
+    import tiny
+    from revlens.metrics import logit_diff
+    from revlens.probes import Probes
+
+    p = Probes(list(tiny.PROMPTS))
+    p.provenance = datasets.jbb("held_out").provenance
+    ev = revlens.evaluate(tiny_history, {"jbb-like": p}, {"d": logit_diff(["w1"], ["w2"])}, model=tiny_lm,
+                          checkpoints=["aligned"], progress=False)
+    assert ev.provenance["datasets"] == {"jbb-like": p.provenance}
+
+
 def test_cli_list(capsys):
     from revlens.cli import main
 
