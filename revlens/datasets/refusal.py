@@ -30,6 +30,7 @@ from revlens.datasets.loaders import provenance, read_set
 from revlens.datasets.parse import read_csv
 from revlens.datasets.source import DataFile, Where
 from revlens.errors import ConfigError, DatasetError
+from revlens.metrics.generation import GenerationMetric
 from revlens.metrics.refusal import ARDITI_PHRASES, REFUSAL_PHRASES, PhraseJudge
 
 __all__ = ["PHRASE_LISTS", "PhraseList", "detector_accuracy", "phrase_judge", "refusal_labels", "refusal_phrases"]
@@ -53,6 +54,13 @@ class PhraseList:
         """The phrase judge with this list and rule (``fold_apostrophes``: read ’ as ``'``)."""
         return PhraseJudge(self.phrases, case_sensitive=self.case_sensitive, prefix=self.prefix,
                            fold_apostrophes=fold_apostrophes)
+
+    def rate(self, *, max_new_tokens: int = 32, fold_apostrophes: bool = False, stop: Any = None,
+             name: str | None = None) -> GenerationMetric:
+        """A refusal-rate generation metric with this list and rule (as
+        :func:`revlens.metrics.refusal_rate`; named ``refusal_rate_<list>`` by default)."""
+        return GenerationMetric(self.judge(fold_apostrophes=fold_apostrophes), max_new_tokens=max_new_tokens,
+                                stop=stop, name=name or f"refusal_rate_{self.name.replace('-', '_')}")
 
 
 def _garak_prefixes(f: DataFile) -> tuple[list[str], str]:

@@ -79,6 +79,9 @@ def test_phrase_lists():
     curly = ["I can\u2019t help with that."]
     assert datasets.phrase_judge("revlens")(["p"], curly).tolist() == [0.0]
     assert datasets.phrase_judge("revlens", fold_apostrophes=True)(["p"], curly).tolist() == [1.0]
+    m = gcg.rate(max_new_tokens=8)
+    assert (m.name, m.max_new_tokens) == ("refusal_rate_gcg", 8)
+    assert m.judge(["p"], ["Sorry, no"]).tolist() == [1.0] and m.judge(["p"], ["Well, sorry"]).tolist() == [0.0]
 
 
 def test_garak_source_without_a_literal_list_is_refused():
