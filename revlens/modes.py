@@ -19,6 +19,7 @@ __all__ = [
     "BLOCK_CONSTRAINTS",
     "BLOCK_METHODS",
     "CONTROL_KINDS",
+    "DATA_SPLITS",
     "DIRECTION_METHODS",
     "GRAD_BATCHING",
     "INTERVENTION_KINDS",
@@ -35,6 +36,7 @@ __all__ = [
     "BlockConstraint",
     "BlockMethod",
     "ControlKind",
+    "DataSplit",
     "DirectionMethod",
     "GradBatching",
     "InterventionKind",
@@ -121,6 +123,10 @@ WEIGHT_BLOCK_MODES: tuple[str, ...] = get_args(WeightBlockMode)
 SVD_METHODS: tuple[str, ...] = get_args(SvdMethod)
 BLOCK_CONSTRAINTS: tuple[str, ...] = get_args(BlockConstraint)
 RANK_RULES: tuple[str, ...] = get_args(RankRule)
+
+DataSplit = Literal["train", "selection", "held_out"]
+"""A published data set's deterministic split (:mod:`revlens.datasets.splits`)."""
+DATA_SPLITS: tuple[str, ...] = get_args(DataSplit)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
