@@ -16,6 +16,7 @@ from revlens._config import (
     parse_ints,
     parse_steps,
 )
+from revlens.causal.kinds import interventions
 from revlens.errors import ConfigError
 from revlens.modes import (
     CONTROL_KINDS,
@@ -127,9 +128,10 @@ class AblationConfig(Config):
         self.controls = as_int("controls", self.controls, min=1)
         alphas = (self.alphas,) if isinstance(self.alphas, (int, float)) else tuple(self.alphas)
         self.alphas = tuple(as_float("alphas", a) for a in alphas)
-        if "steer" in self.kinds and not self.alphas:
-            raise ConfigError("kind 'steer' needs alphas, a grid of step sizes along v (e.g. np.linspace(0, 8, 17); "
-                              "--alphas A [A ...] on the command line)")
+        scaled = [k.name for k in interventions(self.kinds, test="sufficiency")]  # run once per alpha
+        if scaled and not self.alphas:
+            raise ConfigError(f"kind {scaled[0]!r} needs alphas, a grid of step sizes along v (e.g. "
+                              "np.linspace(0, 8, 17); --alphas A [A ...] on the command line)")
         self.seed = as_int("seed", self.seed)
         self.batch_size = as_int("batch_size", self.batch_size, min=1)
         self.max_rows = as_int("max_rows", self.max_rows, min=1)
