@@ -28,7 +28,7 @@ from torch import Tensor
 
 from revlens.causal.kinds import intervention
 from revlens.metrics import call_metric
-from revlens.modes import STRATEGIES, Strategy
+from revlens.modes import STRATEGIES, Strategy, check_mode
 from revlens.probes import ProbeBatch
 from revlens.sites import Site, SiteAccess, access
 
@@ -176,10 +176,10 @@ def _forward_repeat(
         return acc.forward(tokens.repeat(m, 1))
 
 
-def _ordered(stacks: Sequence[Stack], strategy: str) -> list[int]:
+def _ordered(stacks: Sequence[Stack], by_layer: bool) -> list[int]:
     """Row order of the stacks in the output (grow: by layer, stable)."""
     idx = list(range(len(stacks)))
-    return sorted(idx, key=lambda i: stacks[i].layer) if strategy == "grow" else idx
+    return sorted(idx, key=lambda i: stacks[i].layer) if by_layer else idx
 
 
 def run_stacks(
@@ -202,7 +202,9 @@ def run_stacks(
     b = len(batch)
     tokens = batch.tokens
     out = [torch.empty(len(st), b, dtype=torch.float64) for st in stacks]
-    if strategy == "loop" or not stacks:
+    check_mode("strategy", strategy, STRATEGIES)
+    forward = _FORWARDS[strategy]
+    if forward is None or not stacks:  # "loop"
         clean = _score(acc.forward(tokens), batch, 1, metric)[0]
         for si, st in enumerate(stacks):
             for j in range(len(st)):
@@ -212,7 +214,6 @@ def run_stacks(
     per_forward = max(1, max_rows // b - 1)
     units = [(si, j) for si, st in enumerate(stacks) for j in range(len(st))]
     clean: Tensor | None = None
-    forward = _forward_grow if strategy == "grow" else _forward_repeat
     for start in range(0, len(units), per_forward):
         chunk = units[start : start + per_forward]
         parts: list[tuple[int, int, Stack]] = []
@@ -222,7 +223,7 @@ def run_stacks(
                 parts[-1] = (s0, j0, stacks[si].part(j0, j + 1))
             else:
                 parts.append((si, j, stacks[si].part(j, j + 1)))
-        order = _ordered([p[2] for p in parts], strategy)
+        order = _ordered([p[2] for p in parts], forward is _forward_grow)
         logits = forward(acc, tokens, [parts[i][2] for i in order], sites, sources, mask)
         values = _score(logits, batch, 1 + len(chunk), metric)
         if clean is None:
@@ -248,3 +249,7 @@ def _forward_one(
 
     with acc.hooked([(sites[st.layer], hook)]):
         return acc.forward(tokens)
+
+
+# strategy -> how a chunk of stacks shares one forward (``None``: one forward per intervention)
+_FORWARDS: dict[str, Any] = {"grow": _forward_grow, "repeat": _forward_repeat, "loop": None}

@@ -28,7 +28,7 @@ Example:
 """
 
 from collections.abc import Iterable
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args, no_type_check
 
 import torch
 from jaxtyping import Bool, Float
@@ -101,10 +101,9 @@ class Intervention:
         ``[batch, pos]`` mask of the positions to change (``None``: all)."""
         raise NotImplementedError
 
-    def pick(self, *, mean: Tensor | None = None, source: Tensor | None = None,
-             alpha: Tensor | None = None, where: str = "") -> Tensor | None:
-        """The one reference this kind reads among those a caller holds (``ConfigError`` naming
-        the kind, and ``where``, when it is missing)."""
+    def pick(self, *, mean: Any = None, source: Any = None, alpha: Any = None, where: str = "") -> Any:
+        """The one reference this kind reads among those a caller holds (tensors, or per-layer
+        mappings of them; ``ConfigError`` naming the kind, and ``where``, when it is missing)."""
         ref = {"none": None, "mean": mean, "source": source, "alpha": alpha}[self.reference]
         if ref is None and self.reference in _NEEDS:
             raise ConfigError(f"{self.name}{where} needs {_NEEDS[self.reference]}")
@@ -159,6 +158,7 @@ _REGISTRY: dict[str, Intervention] = {}
 _BUILTIN = ("clamp", "patch", "steer")
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def register_intervention(name: str, cls: type[Intervention]) -> Intervention:
     """Make ``cls`` known as the intervention kind ``name`` everywhere (studies, configs, CLI
     ``choices``, the context managers); returns its instance.
@@ -196,6 +196,7 @@ def unregister_intervention(name: str) -> None:
         INTERVENTION_KINDS._remove(name)
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def intervention(kind: "str | Intervention") -> Intervention:
     """The registered kind ``kind`` (an :class:`Intervention` passes through).
 
