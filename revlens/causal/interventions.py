@@ -1,7 +1,8 @@
 """Interventions on the residual stream, as context managers (DESIGN §2 "Causal mediation").
 
-Three kinds, each at one or more revlens layers (see :mod:`revlens.sites`), with ``v`` a unit
-direction (or, for the context managers, an orthonormal basis ``Q`` of a subspace):
+Every registered kind (:mod:`revlens.causal.kinds`; :func:`intervene` takes any) at one or more
+revlens layers (see :mod:`revlens.sites`), with ``v`` a unit direction (or an orthonormal basis
+``Q`` of a subspace); the built-in three:
 
 - ``clamp``: ``h ← h − ((h − μ)·v) v`` — remove the drift along ``v`` relative to a reference
   mean ``μ`` (usually ``μ_l(aligned)``);
@@ -10,14 +11,18 @@ direction (or, for the context managers, an orthonormal basis ``Q`` of a subspac
   checkpoints); with ``Q = I`` this is full-vector activation patching;
 - ``steer``: ``h ← h + α v``.
 
+Each hook calls the kind's :meth:`~revlens.causal.kinds.Intervention.edit`, the same one the
+batched sweep calls; what reference it reads (``reference_mean``, ``source_acts``, ``alpha``) is
+the kind's ``reference``.
+
 Interventions apply at **every position** of the sequence by default; pass ``positions`` (a bool
 mask ``[batch, pos]``) to change only some. Hooks are registered on enter and always removed
 on exit, also when the block raises.
 
 **With generation and teacher forcing** (:mod:`revlens.metrics.generation`, continuation scores):
 the forward runs the prompt followed by new tokens (:mod:`revlens.sites.layout`). ``clamp`` and
-``steer`` then act at every prompt position *and* at every generated position — the same edit
-at each step of the decoding, as if the clamped model were run step by step (tested); pass
+``steer`` (every kind with ``on_generated``) then act at every prompt position *and* at every
+generated position — the same edit at each step of the decoding, as if the clamped model were run step by step (tested); pass
 ``generated=False`` to leave the new tokens' positions alone. ``positions`` masks the prompt
 columns. ``patch`` takes the v-coordinate from the source at the **prompt** positions only (the
 source model's run covers the prompt, not tokens it never generated); at generated positions the
