@@ -22,11 +22,11 @@ on exit, also when the block raises.
 **With generation and teacher forcing** (:mod:`revlens.metrics.generation`, continuation scores):
 the forward runs the prompt followed by new tokens (:mod:`revlens.sites.layout`). ``clamp`` and
 ``steer`` (every kind with ``on_generated``) then act at every prompt position *and* at every
-generated position — the same edit at each step of the decoding, as if the clamped model were run step by step (tested); pass
-``generated=False`` to leave the new tokens' positions alone. ``positions`` masks the prompt
-columns. ``patch`` takes the v-coordinate from the source at the **prompt** positions only (the
-source model's run covers the prompt, not tokens it never generated); at generated positions the
-stream is left as the patched prompt makes it.
+generated position — the same edit at each step of the decoding, as if the clamped model were
+run step by step (tested); pass ``generated=False`` to leave the new tokens' positions alone.
+``positions`` masks the prompt columns. ``patch`` takes the v-coordinate from the source at the
+**prompt** positions only (the source model's run covers the prompt, not tokens it never
+generated); at generated positions the stream is left as the patched prompt makes it.
 
 Example:
     >>> with clamp(lm, v_rev, layers=[2], reference_mean=stats.mean("aligned")[2]):  # doctest: +SKIP
@@ -180,7 +180,7 @@ def _references(kind: Intervention, layers: list[int], given: dict[str, Any]) ->
         alpha = given["alpha"]
         if alpha is None or not torch.isfinite(torch.tensor(float(alpha))):
             raise ConfigError(f"{kind.name} needs a finite alpha; got {alpha!r}")
-        return dict.fromkeys(layers, torch.tensor([float(alpha)]))
+        return dict.fromkeys(layers, torch.tensor([float(alpha)], dtype=torch.float64))
     if kind.reference == "none":
         return dict.fromkeys(layers)
     keyword, dims, what = _KEYWORDS[kind.reference]

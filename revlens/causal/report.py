@@ -249,7 +249,8 @@ class CausalReport(Result):
             d = self.dose_response()
             top = d.loc[d["delta"].idxmax()]
             lines.append(
-                f"  {', '.join(of_test(sorted(set(s['kind'])), 'sufficiency'))}: max delta {top['delta']:.3f} at layer {int(top['layer'])}, alpha {top['alpha']:g} "
+                f"  {', '.join(self.kinds('sufficiency'))}: max delta {top['delta']:.3f} at layer "
+                f"{int(top['layer'])}, alpha {top['alpha']:g} "
                 f"(controls {top['ctrl_delta_mean']:.3f}, p95 {top['ctrl_delta_p95']:.3f})"
             )
         return "\n".join(lines) + ")"
@@ -312,8 +313,10 @@ class CausalReport(Result):
         necessity = self.kinds("necessity")
         if necessity and len(self.ranks) > 1:
             return self.mediation_vs_k(necessity[0])
-        return self.mediation_heatmap(intervention=necessity[0]) if necessity else self.steer_dose_response(
-            intervention=self.kinds("sufficiency")[0])
+        if necessity:
+            return self.mediation_heatmap(intervention=necessity[0])
+        sufficiency = self.kinds("sufficiency")  # none: the figure's own error names what is present
+        return self.steer_dose_response(**({"intervention": sufficiency[0]} if sufficiency else {}))
 
     def to_html(self, path: Any, **kw: Any) -> Path:
         """Write an offline HTML report (see :func:`revlens.plot.html.write_causal_report`)."""

@@ -209,7 +209,7 @@ class _Study(Selection):
         return sources, {g: totals[g] / int(m.sum()) for g, m in self.groups.items()}, steer
 
     def checkpoint_pass(self, ck: Checkpoint, sources: list[dict[int, Tensor]]) -> tuple[dict[str, float], dict]:
-        """Clamp / patch at every layer and rank along every direction / subspace on one checkpoint:
+        """The necessity kinds (clamp / patch) at every layer and rank along every direction / subspace on one checkpoint:
         per prompt group, the clean mean and ``(layer, kind, rank, group) -> [direction]`` means."""
         self.lm.load(ck)
         kinds = of_test(self.cfg.kinds, "necessity")
