@@ -301,10 +301,8 @@ def ablation_study(
             ``None``: the history's declared default metric.
         config: an :class:`AblationConfig`; ``**settings`` (any of its fields: ``layers``,
             ``steps`` (``"all"``, ``"last"``, a step or steps), ``runs``, ``kinds`` (``"clamp"``,
-            ``"patch"``, ``"steer"`` or any kind registered with
-            :func:`~revlens.causal.kinds.register_intervention`), ``controls``, ``control_kinds``,
-            ``alphas``, ``seed``, ``batch_size``, ``strategy``, ``max_rows``, ``gap_tol``, ``site``)
-            override it.
+            ``"patch"``, ``"steer"``, any registered kind), ``controls``, ``control_kinds``, ``alphas``,
+            ``seed``, ``batch_size``, ``strategy``, ``max_rows``, ``gap_tol``, ``site``) override it.
         directions: a method name, estimator, :class:`Directions` or tensor ``[layer, d]`` /
             ``[layer, k, d]`` (see :func:`revlens.directions.resolve_directions`); default the
             config's ``directions`` (``"mean_diff"``).
