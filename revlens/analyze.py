@@ -296,7 +296,6 @@ def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, *
 def _reads_positions(position: Any, probes: Any) -> bool:
     """Whether the rule reads several positions separately (``("post_instruction", k)``)."""
     from revlens.probes import Probes
-
     rule = position if position is not None else (probes.position if isinstance(probes, Probes) else None)
     return rule is not None and not (isinstance(rule, str) and rule == "mask") and isinstance(parse_position(rule), tuple)
 
@@ -311,11 +310,13 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
 
     hist = History.load(checkpoints)
     _check_runs({r.name: r.steps for r in hist.runs.values()})
+    _check_subspaces(cfg, hist)
     rule = cfg.position if cfg.position is not None else probes.position if isinstance(probes, Probes) else None
     by_position = collect_positions(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
                                     site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
                                     n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
-    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg), n_null=cfg.n_null, seed=cfg.seed)
+    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg), n_null=cfg.n_null, seed=cfg.seed,
+                             subspaces=(lambda st: _fit_subspaces(st, cfg)) if cfg.ranks else None)
     first = next(iter(by_position.values()))
     config_out = {**cfg.to_dict(), "position": position_name(parse_position(rule)), "methods": list(tables.directions),
                   "positions": [int(p) for p in by_position], "dropped_layers": tables.dropped,
@@ -323,12 +324,12 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
                   "controls": sorted(first.controls), "kinds": dict(first.kinds), "run_starts": dict(first.run_starts)}
     provenance = {**_provenance(hist, first), "probe_fingerprint": first.meta.get("probe_fingerprint")}
     return Report(drift=tables.drift, directions=tables.directions, directions_table=tables.directions_table,
-                  config=config_out, provenance=provenance, metrics=hist.metrics)
+                  config=config_out, provenance=provenance, metrics=hist.metrics, subspaces=tables.subspaces,
+                  subspace_drift=tables.subspace_drift)
 
 
 def _weight_report(hist: History, config: Any, progress: bool) -> Any:
     from revlens.weights.stream import weight_reversion
-
     return weight_reversion(hist, config=config, progress=progress)
 
 
@@ -337,7 +338,6 @@ def _weights_config(weights: Any, settings: dict[str, Any]) -> Any:
     if weights is None:
         return None
     from revlens.weights.config import WeightsConfig
-
     if isinstance(weights, WeightsConfig):
         settings["weights"] = True
         return weights

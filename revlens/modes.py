@@ -6,12 +6,12 @@ everywhere, and offered as ``choices=`` by the command line.
 Example:
     >>> SITE_KINDS[:2]
     ('resid_post', 'resid_pre')
-    >>> check_mode("kind", "clamp", INTERVENTION_KINDS)
-    'clamp'
+    >>> check_mode("site", "resid_pre", SITE_KINDS)
+    'resid_pre'
 """
 
-from collections.abc import Sequence
-from typing import Any, Literal, get_args, no_type_check
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, get_args, no_type_check, overload
 
 from revlens.errors import ConfigError
 
@@ -43,6 +43,7 @@ __all__ = [
     "InterventionPositions",
     "PositionRuleName",
     "RankRule",
+    "Registered",
     "SiteKind",
     "Strategy",
     "SvdMethod",
@@ -67,7 +68,8 @@ Which = Literal["reference", "all", "none"]
 """Which checkpoints get second moments / kept per-prompt activations in :func:`revlens.collect`."""
 
 InterventionKind = Literal["clamp", "patch", "steer"]
-"""Causal interventions on the residual stream (:mod:`revlens.causal.interventions`)."""
+"""The built-in causal interventions on the residual stream (:mod:`revlens.causal.kinds`); more
+are registered there (``register_intervention``), and :data:`INTERVENTION_KINDS` lists them all."""
 
 InterventionPositions = Literal["all", "last"]
 """Where an ablation study intervenes (a bool mask is the third option)."""
@@ -107,11 +109,53 @@ motion toward base), or the drift confined to the subspace (its complement held 
 RankRule = Literal["margin", "max"]
 """How :func:`revlens.causal.ablation_study` chooses the subspace rank k on the selection prompts."""
 
+class Registered(Sequence[str]):
+    """A live, read-only tuple of the names a registry holds (validation, CLI ``choices``): the
+    registry adds a name when it registers it, so a new kind is known everywhere at once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._names: list[str] = []
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, i: int | slice) -> str | tuple[str, ...]:
+        return tuple(self._names)[i]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._names))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, Registered)) else other)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._names))
+
+    def _add(self, name: str) -> None:
+        if name not in self._names:
+            self._names.append(name)
+
+    def _remove(self, name: str) -> None:
+        self._names.remove(name)
+
+
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
 DIRECTION_METHODS: tuple[str, ...] = get_args(DirectionMethod)
 WHICH: tuple[str, ...] = get_args(Which)
-INTERVENTION_KINDS: tuple[str, ...] = get_args(InterventionKind)
+INTERVENTION_KINDS = Registered("intervention kind")
+"""Every registered intervention kind, filled by :mod:`revlens.causal.kinds` (its registry)."""
 INTERVENTION_POSITIONS: tuple[str, ...] = get_args(InterventionPositions)
 CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)

@@ -26,10 +26,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from revlens.causal.interventions import apply_intervention
-from revlens.errors import RevlensError
+from revlens.causal.kinds import intervention
 from revlens.metrics import call_metric
-from revlens.modes import STRATEGIES, Strategy
+from revlens.modes import STRATEGIES, Strategy, check_mode
 from revlens.probes import ProbeBatch
 from revlens.sites import Site, SiteAccess, access
 
@@ -42,12 +41,13 @@ class Stack:
 
     Attributes:
         layer: revlens layer index.
-        kind: ``"clamp"``, ``"patch"`` or ``"steer"``.
+        kind: a registered intervention kind (:mod:`revlens.causal.kinds`).
         vectors: one unit direction per copy ``[n, d]``, or one orthonormal k-frame per copy
-            ``[n, k, d]`` (``clamp`` / ``patch`` the whole subspace: ``h ← h − QᵀQ(h − ref)``;
-            ``k = 1`` frames equal ``[n, d]`` directions exactly; ``steer`` needs ``k = 1``).
-        alphas: ``steer``: one α per copy ``[n]``.
-        reference: ``clamp``: the reference mean ``[d]`` (``patch`` reads per-batch sources).
+            ``[n, k, d]`` (e.g. clamp / patch the whole subspace: ``h ← h − QᵀQ(h − ref)``;
+            ``k = 1`` frames equal ``[n, d]`` directions exactly; a kind's ``max_rank`` bounds k).
+        alphas: kinds reading a scale (``steer``): one α per copy ``[n]``.
+        reference: kinds reading a mean (``clamp``): the reference mean ``[d]`` (kinds reading a
+            source, ``patch``, read the per-batch sources of :func:`run_stacks`).
     """
 
     layer: int
@@ -80,41 +80,17 @@ def _score(logits: Tensor, batch: ProbeBatch, m: int, metric: Any) -> Tensor:
     return values.view(m, len(batch))
 
 
-def _reference(stack: Stack, sources: Mapping[int, Tensor] | None) -> Tensor | None:
-    if stack.kind != "patch":
-        return stack.reference
-    if sources is None or stack.layer not in sources:
-        raise RevlensError(f"patch at layer {stack.layer} has no source activation")
-    return sources[stack.layer]
-
-
 def _intervened(h: Tensor, st: Stack, sources: Mapping[int, Tensor] | None, mask: Tensor | None) -> Tensor:
     """``h`` ``[copies, batch, pos, d]`` (1 copy broadcasts) intervened along the stack's directions
-    (or subspaces)."""
+    (or subspaces): its kind's :meth:`~revlens.causal.kinds.Intervention.edit`."""
+    kind = intervention(st.kind)
     vectors = st.vectors.to(h.device)
-    if vectors.ndim == 3 and vectors.shape[1] == 1:
-        vectors = vectors[:, 0]
-    if vectors.ndim == 2:
-        return apply_intervention(h, st.kind, vectors, reference=_reference(st, sources),
-                                  alpha=st.alphas, mask=mask)  # type: ignore[arg-type]
-    return _subspace_intervened(h, st.kind, vectors, _reference(st, sources), mask)
-
-
-def _subspace_intervened(h: Float[Tensor, "#copies batch pos d"], kind: str, frames: Float[Tensor, "copies k d"],
-                         reference: Tensor | None, mask: Bool[Tensor, "batch pos"] | None) -> Tensor:
-    """Clamp / patch a k-dim subspace per copy: ``h ← h − QᵀQ(h − ref)``."""
-    if kind not in ("clamp", "patch"):
-        raise RevlensError(f"{kind} needs one direction per copy; got {frames.shape[1]}-dim subspaces")
-    if reference is None:
-        raise RevlensError(f"{kind} needs a reference ({'mean' if kind == 'clamp' else 'source activation'})")
-    q = frames.to(h.dtype)
-    hr = h - reference.to(h.dtype)
-    coords = (torch.einsum("bpd,ckd->cbpk", hr[0], q) if hr.shape[0] == 1
-              else torch.einsum("cbpd,ckd->cbpk", hr, q))
-    delta = -torch.einsum("cbpk,ckd->cbpd", coords, q)
-    if mask is not None:
-        delta = delta * mask.to(h.dtype)[None, :, :, None]
-    return h + delta
+    frames = vectors[:, None] if vectors.ndim == 2 else vectors
+    where = f" at layer {st.layer}"
+    kind.check_rank(int(frames.shape[1]), where)
+    source = sources.get(st.layer) if sources is not None else None
+    ref = kind.pick(mean=st.reference, source=source, alpha=st.alphas, where=where)
+    return kind.edit(h, frames, ref, mask)
 
 
 # sites on the stream between blocks: intervened copies are appended right there; a site inside a
@@ -200,10 +176,10 @@ def _forward_repeat(
         return acc.forward(tokens.repeat(m, 1))
 
 
-def _ordered(stacks: Sequence[Stack], strategy: str) -> list[int]:
+def _ordered(stacks: Sequence[Stack], by_layer: bool) -> list[int]:
     """Row order of the stacks in the output (grow: by layer, stable)."""
     idx = list(range(len(stacks)))
-    return sorted(idx, key=lambda i: stacks[i].layer) if strategy == "grow" else idx
+    return sorted(idx, key=lambda i: stacks[i].layer) if by_layer else idx
 
 
 def run_stacks(
@@ -226,7 +202,9 @@ def run_stacks(
     b = len(batch)
     tokens = batch.tokens
     out = [torch.empty(len(st), b, dtype=torch.float64) for st in stacks]
-    if strategy == "loop" or not stacks:
+    check_mode("strategy", strategy, STRATEGIES)
+    forward = _FORWARDS[strategy]
+    if forward is None or not stacks:  # "loop"
         clean = _score(acc.forward(tokens), batch, 1, metric)[0]
         for si, st in enumerate(stacks):
             for j in range(len(st)):
@@ -236,7 +214,6 @@ def run_stacks(
     per_forward = max(1, max_rows // b - 1)
     units = [(si, j) for si, st in enumerate(stacks) for j in range(len(st))]
     clean: Tensor | None = None
-    forward = _forward_grow if strategy == "grow" else _forward_repeat
     for start in range(0, len(units), per_forward):
         chunk = units[start : start + per_forward]
         parts: list[tuple[int, int, Stack]] = []
@@ -246,7 +223,7 @@ def run_stacks(
                 parts[-1] = (s0, j0, stacks[si].part(j0, j + 1))
             else:
                 parts.append((si, j, stacks[si].part(j, j + 1)))
-        order = _ordered([p[2] for p in parts], strategy)
+        order = _ordered([p[2] for p in parts], forward is _forward_grow)
         logits = forward(acc, tokens, [parts[i][2] for i in order], sites, sources, mask)
         values = _score(logits, batch, 1 + len(chunk), metric)
         if clean is None:
@@ -272,3 +249,7 @@ def _forward_one(
 
     with acc.hooked([(sites[st.layer], hook)]):
         return acc.forward(tokens)
+
+
+# strategy -> how a chunk of stacks shares one forward (``None``: one forward per intervention)
+_FORWARDS: dict[str, Any] = {"grow": _forward_grow, "repeat": _forward_repeat, "loop": None}

@@ -16,6 +16,7 @@ from revlens._config import (
     parse_ints,
     parse_steps,
 )
+from revlens.causal.kinds import interventions
 from revlens.errors import ConfigError
 from revlens.modes import (
     CONTROL_KINDS,
@@ -25,6 +26,10 @@ from revlens.modes import (
     RANK_RULES,
     SITE_KINDS,
     STRATEGIES,
+    ControlKind,
+    RankRule,
+    SiteKind,
+    Strategy,
     check_mode,
     check_modes,
 )
@@ -94,23 +99,23 @@ class AblationConfig(Config):
     kinds: tuple[str, ...] = option(("clamp",), "interventions (patch: per-prompt sources from the aligned model; "
                                     "steer needs --alphas)", choices=INTERVENTION_KINDS, metavar="KIND")
     controls: int = option(16, "random control directions per layer and control kind")
-    control_kinds: tuple[str, ...] = option(("iso", "cov"), "control direction kinds", choices=CONTROL_KINDS,
+    control_kinds: tuple[ControlKind, ...] = option(("iso", "cov"), "control direction kinds", choices=CONTROL_KINDS,
                                             metavar="KIND")
     alphas: tuple[float, ...] = option((), "steering strengths (needed with --kinds steer)", parse=parse_floats,
                                        nargs="+", metavar="A")
     seed: int = option(0, "seed of the control directions")
     batch_size: int = option(32, "prompts per batch")
     positions: str = option("all", "intervene at every position or the last token", choices=INTERVENTION_POSITIONS)
-    strategy: str = option("grow", "how interventions share forward passes", choices=STRATEGIES)
+    strategy: Strategy = option("grow", "how interventions share forward passes", choices=STRATEGIES)
     max_rows: int = option(2048, "most rows in one forward pass")
     gap_tol: float = option(1e-6, "mediation is NaN where |M(θ_t) − M(aligned)| <= gap_tol·max(1, |M|)")
-    site: str = option("resid_post", "site kind", choices=SITE_KINDS)
+    site: SiteKind = option("resid_post", "site kind", choices=SITE_KINDS)
     ranks: tuple[int, ...] = option((1,), "subspace ranks k: clamp / patch the first k rows of the directions "
                                     "(1 = v_rev alone), each against random k-dim subspaces", parse=parse_ints,
                                     nargs="+", metavar="K")
     select_fraction: float = option(0.5, "with several ranks: share of the probe prompts on which k and the layer "
                                     "are chosen; the others report them (0: no split)")
-    rank_rule: str = option("margin", "choose k (and the layer) by mediation minus the controls' p95 ('margin') or "
+    rank_rule: RankRule = option("margin", "choose k (and the layer) by mediation minus the controls' p95 ('margin') or "
                             "by mediation alone ('max')", choices=RANK_RULES)
 
     def validate(self) -> None:
@@ -127,9 +132,10 @@ class AblationConfig(Config):
         self.controls = as_int("controls", self.controls, min=1)
         alphas = (self.alphas,) if isinstance(self.alphas, (int, float)) else tuple(self.alphas)
         self.alphas = tuple(as_float("alphas", a) for a in alphas)
-        if "steer" in self.kinds and not self.alphas:
-            raise ConfigError("kind 'steer' needs alphas, a grid of step sizes along v (e.g. np.linspace(0, 8, 17); "
-                              "--alphas A [A ...] on the command line)")
+        scaled = [k.name for k in interventions(self.kinds, test="sufficiency")]  # run once per alpha
+        if scaled and not self.alphas:
+            raise ConfigError(f"kind {scaled[0]!r} needs alphas, a grid of step sizes along v (e.g. "
+                              "np.linspace(0, 8, 17); --alphas A [A ...] on the command line)")
         self.seed = as_int("seed", self.seed)
         self.batch_size = as_int("batch_size", self.batch_size, min=1)
         self.max_rows = as_int("max_rows", self.max_rows, min=1)

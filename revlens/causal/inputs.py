@@ -15,6 +15,7 @@ from revlens.errors import ConfigError, HistoryError, ShapeMismatchError
 from revlens.history import Checkpoint, History
 from revlens.metrics import bind_metric
 from revlens.model import LensModel
+from revlens.modes import SiteKind
 from revlens.probes import ProbeBatch
 
 __all__ = [
@@ -103,7 +104,7 @@ def prepare_metric(metric: Any, lm: LensModel) -> Any:
 
 
 def reference_stats(
-    hist: History, probes: Any, lm: LensModel, layers: list[int], batch_size: int, site: str = "resid_post"
+    hist: History, probes: Any, lm: LensModel, layers: list[int], batch_size: int, site: SiteKind = "resid_post"
 ) -> HistoryStats:
     """Base + aligned statistics (aligned second moments, kept activations) at ``layers``."""
     return collect(

@@ -1,7 +1,8 @@
 """Interventions on the residual stream, as context managers (DESIGN §2 "Causal mediation").
 
-Three kinds, each at one or more revlens layers (see :mod:`revlens.sites`), with ``v`` a unit
-direction (or, for the context managers, an orthonormal basis ``Q`` of a subspace):
+Every registered kind (:mod:`revlens.causal.kinds`; :func:`intervene` takes any) at one or more
+revlens layers (see :mod:`revlens.sites`), with ``v`` a unit direction (or an orthonormal basis
+``Q`` of a subspace); the built-in three:
 
 - ``clamp``: ``h ← h − ((h − μ)·v) v`` — remove the drift along ``v`` relative to a reference
   mean ``μ`` (usually ``μ_l(aligned)``);
@@ -10,18 +11,22 @@ direction (or, for the context managers, an orthonormal basis ``Q`` of a subspac
   checkpoints); with ``Q = I`` this is full-vector activation patching;
 - ``steer``: ``h ← h + α v``.
 
+Each hook calls the kind's :meth:`~revlens.causal.kinds.Intervention.edit`, the same one the
+batched sweep calls; what reference it reads (``reference_mean``, ``source_acts``, ``alpha``) is
+the kind's ``reference``.
+
 Interventions apply at **every position** of the sequence by default; pass ``positions`` (a bool
 mask ``[batch, pos]``) to change only some. Hooks are registered on enter and always removed
 on exit, also when the block raises.
 
 **With generation and teacher forcing** (:mod:`revlens.metrics.generation`, continuation scores):
 the forward runs the prompt followed by new tokens (:mod:`revlens.sites.layout`). ``clamp`` and
-``steer`` then act at every prompt position *and* at every generated position — the same edit
-at each step of the decoding, as if the clamped model were run step by step (tested); pass
-``generated=False`` to leave the new tokens' positions alone. ``positions`` masks the prompt
-columns. ``patch`` takes the v-coordinate from the source at the **prompt** positions only (the
-source model's run covers the prompt, not tokens it never generated); at generated positions the
-stream is left as the patched prompt makes it.
+``steer`` (every kind with ``on_generated``) then act at every prompt position *and* at every
+generated position — the same edit at each step of the decoding, as if the clamped model were
+run step by step (tested); pass ``generated=False`` to leave the new tokens' positions alone.
+``positions`` masks the prompt columns. ``patch`` takes the v-coordinate from the source at the
+**prompt** positions only (the source model's run covers the prompt, not tokens it never
+generated); at generated positions the stream is left as the patched prompt makes it.
 
 Example:
     >>> with clamp(lm, v_rev, layers=[2], reference_mean=stats.mean("aligned")[2]):  # doctest: +SKIP
@@ -36,9 +41,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from revlens.causal.kinds import Intervention, intervention
 from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
-from revlens.modes import INTERVENTION_KINDS, InterventionKind, check_mode
+from revlens.modes import InterventionKind, SiteKind
 from revlens.sites import LayerSpec, access
 from revlens.sites.layout import current_layout
 
@@ -51,35 +57,21 @@ PerLayer = Tensor | Mapping[int, Tensor]
 
 def apply_intervention(
     h: Float[Tensor, "#copies batch pos d_model"],
-    kind: Kind,
+    kind: str,
     vectors: Float[Tensor, "copies d_model"],
     *,
     reference: Float[Tensor, "*ref d_model"] | None = None,
     alpha: Float[Tensor, " copies"] | None = None,
     mask: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "copies batch pos d_model"]:
-    """Apply ``kind`` along one direction per copy; ``h`` may have 1 copy (broadcast).
+    """Apply ``kind`` along one direction per copy; ``h`` may have 1 copy (broadcast): the kind's
+    :meth:`~revlens.causal.kinds.Intervention.edit` with k = 1.
 
     ``reference`` is ``μ`` ``[d]`` for ``clamp`` and the source activation ``[batch, pos, d]``
     for ``patch``; ``alpha`` ``[copies]`` is used by ``steer``.
     """
-    v = vectors.to(h.dtype)[:, None, None, :]
-    if kind == "steer":
-        if alpha is None:
-            raise ConfigError("steer needs alpha")
-        delta = alpha.to(h.dtype)[:, None, None, None] * v
-    elif kind in ("clamp", "patch"):
-        if reference is None:
-            raise ConfigError(
-                f"{kind} needs a reference ({'mean' if kind == 'clamp' else 'source activation'})"
-            )
-        coef = ((h - reference.to(h.dtype)) * v).sum(-1, keepdim=True)
-        delta = -coef * v
-    else:
-        check_mode("kind", kind, INTERVENTION_KINDS)
-    if mask is not None:
-        delta = delta * mask.to(h.dtype)[None, :, :, None]
-    return h + delta
+    obj = intervention(kind)
+    return obj.edit(h, vectors[:, None], obj.pick(mean=reference, source=reference, alpha=alpha), mask)
 
 
 def _basis(directions: DirectionsLike, layers: list[int], d_model: int) -> dict[int, Tensor]:
@@ -120,68 +112,87 @@ def _per_layer(value: PerLayer, layers: list[int], name: str, pos: int) -> dict[
 
 
 def _prompt_mask(positions: Tensor | None, h: Tensor, layer: int) -> Tensor | None:
-    """``positions`` checked against an ordinary forward's batch ``h`` ``[batch, pos, d]``."""
+    """``positions`` checked against an ordinary forward's batch ``h`` ``[batch, pos, d]``; ``[batch, pos]``."""
     if positions is None:
         return None
     if tuple(positions.shape) != tuple(h.shape[:2]):
         raise ShapeMismatchError(
             f"positions mask {tuple(positions.shape)} does not match the batch {tuple(h.shape[:2])}"
         )
-    return positions.to(h.device)[..., None].to(h.dtype)
+    return positions.to(h.device).to(h.dtype)
 
 
-def _extended_mask(positions: Tensor | None, h: Tensor, width: int, generated: bool, patch: bool) -> Tensor:
-    """The mask ``[batch, pos, 1]`` of an extended forward (prompt columns ``< width``, then new
+def _extended_mask(positions: Tensor | None, h: Tensor, width: int, generated: bool) -> Tensor:
+    """The mask ``[batch, pos]`` of an extended forward (prompt columns ``< width``, then new
     tokens, see :mod:`revlens.sites.layout`): the prompt part from ``positions`` (all when
-    ``None``), the new columns from ``generated`` (never for ``patch``: no source there)."""
+    ``None``), the new columns from ``generated``."""
     b, n = h.shape[:2]
     if positions is not None and tuple(positions.shape) != (b, width):
         raise ShapeMismatchError(f"positions mask {tuple(positions.shape)} does not match the prompts ({b}, {width})")
     head = torch.ones(b, width, device=h.device) if positions is None else positions.to(h.device).float()
-    tail = torch.full((b, n - width), float(generated and not patch), device=h.device)
-    return torch.cat([head, tail], 1)[..., None].to(h.dtype)
+    tail = torch.full((b, n - width), float(generated), device=h.device)
+    return torch.cat([head, tail], 1).to(h.dtype)
 
 
 def _make_edit(
-    kind: str,
+    kind: Intervention,
     q: Tensor,
     layer: int,
     reference: Tensor | None,
-    alpha: float | None,
     positions: Tensor | None,
     generated: bool = True,
 ) -> Any:
     def edit(h: Tensor) -> Tensor:
         layout = current_layout()
         width = layout.prompt_width if layout is not None and h.shape[1] >= layout.prompt_width else None
-        ref = reference
-        if ref is not None and kind == "patch":
+        ref = reference.to(h.device) if reference is not None else None
+        if ref is not None and kind.reference == "source":
             expected = tuple(h.shape) if width is None else (h.shape[0], width, h.shape[2])
             if tuple(ref.shape) != expected:
                 raise ShapeMismatchError(
-                    f"patch at layer {layer}: source activation has shape {tuple(ref.shape)}, the forward "
+                    f"{kind.name} at layer {layer}: source activation has shape {tuple(ref.shape)}, the forward "
                     f"pass has {expected} (same prompts, same padding expected)"
                 )
+            if width is not None:  # the source covers the prompt columns only
+                ref = torch.cat([ref.to(h.dtype), h[:, width:]], 1)
         mask = _prompt_mask(positions, h, layer) if width is None else \
-            _extended_mask(positions, h, width, generated, kind == "patch")
-        qq = q.to(h.device, h.dtype)
-        if kind == "steer":
-            delta = float(alpha) * qq[0]  # type: ignore[arg-type]
-        elif kind == "patch" and width is not None:  # the source covers the prompt columns only
-            src = torch.cat([ref.to(h.device, h.dtype), h[:, width:]], 1)  # type: ignore[union-attr]
-            delta = -(((h - src) @ qq.T) @ qq)
-        else:
-            coords = (h - ref.to(h.device, h.dtype)) @ qq.T  # type: ignore[union-attr]
-            delta = -(coords @ qq)
-        return h + (delta * mask if mask is not None else delta)
+            _extended_mask(positions, h, width, generated and kind.on_generated)
+        return kind.edit(h[None], q[None].to(h.device), ref, mask)[0]
 
     return edit
+
+
+# what intervene() takes for each reference an intervention kind reads: (keyword, dims, what it is)
+_KEYWORDS = {"mean": ("reference_mean", 1, "e.g. the aligned model's mean activation"),
+             "source": ("source_acts", 3, "the source model's activations on the same prompts")}
+
+
+def reference_keyword(kind: Intervention, ref: Any) -> dict[str, Any]:
+    """The keyword of :func:`intervene` that passes ``ref``, the reference ``kind`` reads."""
+    if kind.reference == "alpha":
+        return {"alpha": float(ref)}
+    return {} if kind.reference == "none" else {_KEYWORDS[kind.reference][0]: ref}
+
+
+def _references(kind: Intervention, layers: list[int], given: dict[str, Any]) -> dict[int, Tensor | None]:
+    """layer -> the reference ``kind`` reads there, from the keyword of :func:`intervene` that holds it."""
+    if kind.reference == "alpha":
+        alpha = given["alpha"]
+        if alpha is None or not torch.isfinite(torch.tensor(float(alpha))):
+            raise ConfigError(f"{kind.name} needs a finite alpha; got {alpha!r}")
+        return dict.fromkeys(layers, torch.tensor([float(alpha)], dtype=torch.float64))
+    if kind.reference == "none":
+        return dict.fromkeys(layers)
+    keyword, dims, what = _KEYWORDS[kind.reference]
+    if given[keyword] is None:
+        raise ConfigError(f"{kind.name} needs {keyword} ({what})")
+    return dict(_per_layer(given[keyword], layers, keyword, dims))
 
 
 @contextmanager
 def intervene(
     model: Any,
-    kind: Kind,
+    kind: "str | Intervention",
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     *,
@@ -189,14 +200,16 @@ def intervene(
     source_acts: PerLayer | None = None,
     alpha: float | None = None,
     positions: Bool[Tensor, "batch pos"] | None = None,
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
     generated: bool = True,
 ) -> Iterator[None]:
     """Apply one intervention kind while the block runs (see the module docstring).
 
     Args:
         model: a :class:`~revlens.model.LensModel`, a ``TransformerBridge`` or a Hugging Face model.
-        kind: ``"clamp"``, ``"patch"`` or ``"steer"``.
+        kind: a registered intervention kind (``"clamp"``, ``"patch"``, ``"steer"`` or one added with
+            :func:`~revlens.causal.kinds.register_intervention`) or an
+            :class:`~revlens.causal.kinds.Intervention`.
         directions: a :class:`Directions`, or a tensor ``[d]`` (same at every layer),
             ``[layer, d]`` (one per layer) or ``[layer, k, d]`` (a subspace per layer).
         layers: revlens layer indices (default: the layers of a ``Directions``).
@@ -215,7 +228,7 @@ def intervene(
         SiteError: a layer the model does not have.
         ShapeMismatchError: directions / references of the wrong shape.
     """
-    check_mode("kind", kind, INTERVENTION_KINDS)
+    obj = intervention(kind)
     acc = access(model)
     if layers is None:
         if not isinstance(directions, Directions):
@@ -224,29 +237,11 @@ def intervene(
     sites = acc.sites(layers, site)
     chosen = [s.layer for s in sites]
     basis = _basis(directions, chosen, acc.d_model)
-    refs: dict[int, Tensor | None] = dict.fromkeys(chosen)
-    if kind == "clamp":
-        if reference_mean is None:
-            raise ConfigError(
-                "clamp needs reference_mean (e.g. the aligned model's mean activation)"
-            )
-        refs = dict(_per_layer(reference_mean, chosen, "reference_mean", 1))
-    elif kind == "patch":
-        if source_acts is None:
-            raise ConfigError(
-                "patch needs source_acts (the source model's activations on the same prompts)"
-            )
-        refs = dict(_per_layer(source_acts, chosen, "source_acts", 3))
-    else:
-        if alpha is None or not torch.isfinite(torch.tensor(float(alpha))):
-            raise ConfigError(f"steer needs a finite alpha; got {alpha!r}")
-        wide = [layer for layer, q in basis.items() if q.shape[0] > 1]
-        if wide:
-            raise ConfigError(
-                f"steer needs one direction per layer, got a subspace at layer(s) {wide}"
-            )
-    edits = [(s, _make_edit(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions, generated))
-             for s in sites]
+    refs = _references(obj, chosen, {"reference_mean": reference_mean, "source_acts": source_acts, "alpha": alpha})
+    wide = [layer for layer, q in basis.items() if obj.max_rank is not None and q.shape[0] > obj.max_rank]
+    if wide:
+        raise ConfigError(f"{obj.name} needs one direction per layer, got a subspace at layer(s) {wide}")
+    edits = [(s, _make_edit(obj, basis[s.layer], s.layer, refs[s.layer], positions, generated)) for s in sites]
     with acc.hooked(edits):
         yield
 
@@ -258,7 +253,7 @@ def clamp(
     reference_mean: PerLayer | None = None,
     *,
     positions: Bool[Tensor, "batch pos"] | None = None,
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
     generated: bool = True,
 ) -> Any:
     """Context manager: ``h ← h − ((h − μ)·v) v`` at ``layers`` (see :func:`intervene`)."""
@@ -273,7 +268,7 @@ def patch(
     source_acts: PerLayer | None = None,
     *,
     positions: Bool[Tensor, "batch pos"] | None = None,
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
 ) -> Any:
     """Context manager: ``h ← h − ((h − a)·v) v`` with ``a`` the source activation (see :func:`intervene`)."""
     return intervene(
@@ -288,7 +283,7 @@ def steer(
     alpha: float | None = None,
     *,
     positions: Bool[Tensor, "batch pos"] | None = None,
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
     generated: bool = True,
 ) -> Any:
     """Context manager: ``h ← h + α v`` at ``layers`` (see :func:`intervene`)."""

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from revlens.causal.kinds import of_test
 from revlens.errors import HistoryError
 from revlens.history import Checkpoint, History
 
@@ -80,7 +81,8 @@ class AblationPlan:
     Attributes:
         checkpoints: the fine-tuning checkpoints intervened on.
         layers: the studied layers; ``n_layers`` the model's block count.
-        kinds: interventions on the checkpoints (``steer`` runs on the aligned model).
+        kinds: the intervention kinds (necessity tests run on every checkpoint, sufficiency tests
+            such as ``steer`` on the aligned model once per alpha: :mod:`revlens.causal.kinds`).
         n_directions: v_rev plus controls per layer.
         batch_sizes: the probe batches' sizes.
         max_rows: rows per forward.
@@ -121,26 +123,30 @@ class AblationPlan:
             total_f, total_c = total_f + f, total_c + c
         return total_f, total_c
 
+    def _split(self) -> tuple[list[str], list[str]]:
+        """(kinds run on every checkpoint, kinds run on the aligned model once per alpha)."""
+        aligned = of_test(self.kinds, "sufficiency")
+        return of_test(self.kinds, "necessity"), [k for k in aligned for _ in range(self.n_alphas)]
+
     @property
     def n_forwards(self) -> int:
         """Forward passes in all (the aligned pass and every checkpoint's)."""
-        run_kinds = [k for k in self.kinds if k != "steer"]
+        run_kinds, aligned_kinds = self._split()
         per_ckpt, _ = self._pass(run_kinds)
-        aligned, _ = self._pass(["steer"] * self.n_alphas if "steer" in self.kinds else [])
+        aligned, _ = self._pass(aligned_kinds)
         return per_ckpt * len(self.checkpoints) + aligned + len(self.batch_sizes)
 
     @property
     def n_interventions(self) -> int:
         """Intervened forward rows (prompt × layer × direction × kind × checkpoint)."""
-        run_kinds = [k for k in self.kinds if k != "steer"]
+        run_kinds, aligned_kinds = self._split()
         n = sum(self.batch_sizes)
-        return n * len(self.layers) * self.n_directions * (len(run_kinds) * len(self.checkpoints) + (
-            self.n_alphas if "steer" in self.kinds else 0))
+        return n * len(self.layers) * self.n_directions * (len(run_kinds) * len(self.checkpoints) + len(aligned_kinds))
 
     def cost_rows(self) -> float:
-        run_kinds = [k for k in self.kinds if k != "steer"]
+        run_kinds, aligned_kinds = self._split()
         _, per_ckpt = self._pass(run_kinds)
-        _, aligned = self._pass(["steer"] * self.n_alphas if "steer" in self.kinds else [])
+        _, aligned = self._pass(aligned_kinds)
         return per_ckpt * len(self.checkpoints) + aligned + 2 * sum(self.batch_sizes)
 
     @property

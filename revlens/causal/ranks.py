@@ -19,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from revlens.errors import ConfigError
-from revlens.modes import RANK_RULES, check_mode
+from revlens.modes import RANK_RULES, RankRule, check_mode
 
 __all__ = ["rank_choice", "rank_table"]
 
 _KEYS = ["split", "layer", "rank"]
+
+# the rank rule -> the rank_table column k (and the layer) is chosen by
+_RULE_COLUMN: dict[str, str] = {"margin": "margin", "max": "mediation_mean"}
 
 
 def _rows(effects: pd.DataFrame, kind: str, step: int | None) -> tuple[pd.DataFrame, int]:
@@ -69,7 +72,7 @@ def _describe(row: pd.Series) -> dict[str, Any]:
 
 
 def rank_choice(effects: pd.DataFrame, kind: str = "clamp", step: int | None = None, *,
-                rule: str = "margin") -> dict[str, Any]:
+                rule: RankRule = "margin") -> dict[str, Any]:
     """The (layer, k) chosen on the ``select`` prompts and its mediation on the ``test`` prompts.
 
     Returns:
@@ -83,7 +86,7 @@ def rank_choice(effects: pd.DataFrame, kind: str = "clamp", step: int | None = N
     table = rank_table(effects, kind, step)
     held_out = bool((table["split"] == "select").any())
     pick_from = table[table["split"] == ("select" if held_out else "all")]
-    score = pick_from["margin"] if rule == "margin" else pick_from["mediation_mean"]
+    score = pick_from[_RULE_COLUMN[rule]]
     if score.notna().sum() == 0:
         raise ConfigError("no defined mediation fraction to choose k by (is the harm gap ~0 everywhere?)")
     best = pick_from.loc[score.fillna(-np.inf).idxmax()]

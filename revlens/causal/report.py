@@ -18,6 +18,7 @@ from torch import Tensor
 
 from revlens._frames import read_frame, write_frame
 from revlens._result import Result
+from revlens.causal.kinds import Test, intervention, interventions, kind_is, of_test
 from revlens.directions import Directions
 from revlens.errors import ConfigError
 
@@ -48,15 +49,16 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     controls (random k-dim subspaces of the same rank, on the same prompts).
 
     ``score`` orients effects so that larger = more reversion explained: ``effect·sign(gap)`` for
-    clamp / patch (gap = ``metric_clean − metric_aligned``), ``(metric − metric_aligned)·sign``
-    for steer (sign of the mean gap of the study's checkpoints, + if none). ``z`` and the
+    necessity tests such as clamp / patch (gap = ``metric_clean − metric_aligned``),
+    ``(metric − metric_aligned)·sign`` for sufficiency tests such as steer (sign of the mean gap of
+    the study's checkpoints, + if none; :mod:`revlens.causal.kinds`). ``z`` and the
     one-sided empirical ``p_value`` = (1 + #controls with score ≥ v_rev's) / (1 + #controls) use
     that score; ``best`` flags the layer with the largest v_rev mediation fraction (score where
     it is undefined) per (run, step, kind, alpha).
     """
     df = with_rank_columns(effects).copy()
     gap = df["metric_clean"] - df["metric_aligned"]
-    is_steer = df["kind"] == "steer"
+    is_steer = pd.Series(kind_is(df["kind"], "sufficiency"), index=df.index, dtype=bool)
     mean_gap = float(gap[~is_steer].mean()) if bool((~is_steer).any()) else 1.0
     steer_sign = -1.0 if mean_gap < 0 else 1.0
     df["score"] = np.where(
@@ -171,7 +173,7 @@ class CausalReport(Result):
     def dose_response(self) -> pd.DataFrame:
         """Steering rows of the summary: per (layer, alpha) ``delta`` = M(aligned + αv) − M(aligned)
         beside the controls' mean and p95 of the same delta."""
-        s = self._summary[self._summary["kind"] == "steer"]
+        s = self._of_test(self._summary, "sufficiency")
         return pd.DataFrame({
             "layer": s["layer"], "alpha": s["alpha"], "metric": s["metric"], "delta": s["metric"] - s["metric_aligned"],
             "ctrl_delta_mean": -s["ctrl_effect_mean"], "ctrl_delta_p95": -s["ctrl_effect_p05"],
@@ -180,7 +182,7 @@ class CausalReport(Result):
 
     def mean_over_runs(self) -> pd.DataFrame:
         """Clamp / patch summary averaged over runs per (step, layer, kind): mean and std."""
-        s = self._summary[self._summary["kind"] != "steer"]
+        s = self._of_test(self._summary, "necessity")
         cols = ["mediation_fraction", "effect", "ctrl_mediation_mean", "ctrl_mediation_p95", "z", "p_value"]
         keys = ["step", "layer", "kind", "rank", "split"]
         g = s.groupby(keys)[cols]
@@ -224,7 +226,7 @@ class CausalReport(Result):
             f"{'+'.join(c.get('control_kinds', []))}, prompts={c.get('n_prompts')}"
         ]
         s = self._summary
-        if "kind" in s.columns and bool((s["kind"] != "steer").any()):
+        if "kind" in s.columns and not self._of_test(s, "necessity").empty:
             m = self.mean_over_runs()
             for (kind, step), grp in m[(m["rank"] == m["rank"].min()) & (m["split"] == "all")].groupby(["kind", "step"]):
                 if grp["mediation_fraction_mean"].isna().all():
@@ -236,18 +238,19 @@ class CausalReport(Result):
                     f"p95 {r['ctrl_mediation_p95_mean']:.3f}; z {r['z_mean']:.1f}, p {r['p_value_mean']:.3f})"
                 )
         if len(self.ranks) > 1:
-            for kind in [k for k in self.config.get("kinds", []) if k != "steer"]:
+            for kind in of_test(self.config.get("kinds", []), "necessity"):
                 ch = self.rank_choice(kind)
                 t = ch["test"]
                 where = "held-out test prompts" if ch["held_out"] else "all prompts (no split: not held out)"
                 lines.append(f"  {kind} ranks {self.ranks}: chosen k={ch['rank']} at layer {ch['layer']} "
                              f"({ch['rule']}); on {where}: mediation {t['mediation_mean']:.3f} "
                              f"(random k-subspaces p95 {t['ctrl_p95']:.3f})")
-        if "kind" in s.columns and bool((s["kind"] == "steer").any()):
+        if "kind" in s.columns and not self._of_test(s, "sufficiency").empty:
             d = self.dose_response()
             top = d.loc[d["delta"].idxmax()]
             lines.append(
-                f"  steer: max delta {top['delta']:.3f} at layer {int(top['layer'])}, alpha {top['alpha']:g} "
+                f"  {', '.join(self.kinds('sufficiency'))}: max delta {top['delta']:.3f} at layer "
+                f"{int(top['layer'])}, alpha {top['alpha']:g} "
                 f"(controls {top['ctrl_delta_mean']:.3f}, p95 {top['ctrl_delta_p95']:.3f})"
             )
         return "\n".join(lines) + ")"
@@ -289,11 +292,31 @@ class CausalReport(Result):
                       DeprecationWarning, stacklevel=2)
         return getattr(self, names[kind])(**kw)
 
+    def kinds(self, test: Test | None = None) -> list[str]:
+        """The intervention kinds in this report, in registry order (of one ``test`` if given)."""
+        present = set(self.effects["kind"])
+        return [k.name for k in interventions(test=test) if k.name in present]
+
+    def kind_figures(self, kind: str) -> list[Any]:
+        """The figures of one intervention kind, each a zero-argument callable (what the HTML page
+        draws per kind): a necessity test's mediation heatmap and control bands (and mediation vs k
+        with several ranks); a sufficiency test's dose–response."""
+        if intervention(kind).test == "sufficiency":
+            return [lambda: self.steer_dose_response(intervention=kind)]
+        out = [lambda: self.mediation_heatmap(intervention=kind), lambda: self.control_bands(intervention=kind)]
+        return out + ([lambda: self.mediation_vs_k(kind)] if len(self.ranks) > 1 else [])
+
+    def _of_test(self, frame: pd.DataFrame, test: Test) -> pd.DataFrame:
+        return frame[kind_is(frame["kind"], test)] if not frame.empty else frame
+
     def _main_figure(self) -> Any:
-        kinds = set(self.effects["kind"])
-        if kinds - {"steer"} and len(self.ranks) > 1:
-            return self.mediation_vs_k(next(k for k in ("clamp", "patch") if k in kinds))
-        return self.mediation_heatmap() if kinds - {"steer"} else self.steer_dose_response()
+        necessity = self.kinds("necessity")
+        if necessity and len(self.ranks) > 1:
+            return self.mediation_vs_k(necessity[0])
+        if necessity:
+            return self.mediation_heatmap(intervention=necessity[0])
+        sufficiency = self.kinds("sufficiency")  # none: the figure's own error names what is present
+        return self.steer_dose_response(**({"intervention": sufficiency[0]} if sufficiency else {}))
 
     def to_html(self, path: Any, **kw: Any) -> Path:
         """Write an offline HTML report (see :func:`revlens.plot.html.write_causal_report`)."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from revlens.causal.config import AblationConfig
 from revlens.causal.inputs import reference_stats, select_checkpoints
+from revlens.causal.kinds import of_test
 from revlens.causal.plan import auto_layers, auto_steps, drift_scores
 from revlens.collect import HistoryStats, collect, collect_checkpoint, without_degenerate
 from revlens.directions import Directions, resolve_directions
@@ -34,7 +35,7 @@ class Selection:
 
     def _select_checkpoints(self) -> list[Checkpoint]:
         cfg, hist = self.cfg, self.hist
-        if not any(k != "steer" for k in cfg.kinds):
+        if not of_test(cfg.kinds, "necessity"):  # sufficiency tests (steer) run on the aligned model only
             return []
         runs = list(cfg.runs) or None
         if cfg.steps == "auto":
@@ -45,7 +46,8 @@ class Selection:
         else:
             out = select_checkpoints(hist, runs, None if cfg.steps == "all" else cfg.steps)
         if not out:
-            raise HistoryError("no fine-tuning checkpoint selected for clamp / patch (runs=..., steps=...)")
+            raise HistoryError(f"no fine-tuning checkpoint selected for {', '.join(of_test(cfg.kinds, 'necessity'))} "
+                               "(runs=..., steps=...)")
         return out
 
     def _select_layers(self, probes: Any, stats: HistoryStats | None, spec: Any

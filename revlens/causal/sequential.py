@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from revlens.causal.batched import Stack
-from revlens.causal.interventions import intervene
+from revlens.causal.interventions import intervene, reference_keyword
+from revlens.causal.kinds import intervention
 from revlens.metrics import score_metric
 from revlens.sites import Site
 
@@ -31,17 +32,15 @@ def run_sequential(model: Any, batch: Any, stacks: Sequence[Stack], metric: Any,
     clean = score_metric(metric, model, batch)
     out = []
     for st in stacks:
+        kind = intervention(st.kind)
         vals = torch.empty(len(st), len(batch), dtype=torch.float64)
-        site = sites[st.layer]
+        source = {st.layer: sources[st.layer]} if sources is not None and st.layer in sources else None
         for j in range(len(st)):
-            kw: dict[str, Any] = {"positions": mask, "site": site.kind}
-            if st.kind == "clamp":
-                kw["reference_mean"] = st.reference
-            elif st.kind == "patch":
-                kw["source_acts"] = {st.layer: sources[st.layer]} if sources is not None else None
-            else:
-                kw["alpha"] = float(st.alphas[j])  # type: ignore[index]
-            with intervene(model, st.kind, st.vectors[j], [st.layer], **kw):
+            frame = st.vectors[j] if st.vectors[j].ndim == 1 else st.vectors[j][None]  # [d] or [1 layer, k, d]
+            ref = kind.pick(mean=st.reference, source=source, alpha=st.alphas[j] if st.alphas is not None else None,
+                            where=f" at layer {st.layer}")
+            with intervene(model, kind, frame, [st.layer], positions=mask, site=sites[st.layer].kind,
+                           **reference_keyword(kind, ref)):
                 vals[j] = score_metric(metric, model, batch)
         out.append(vals)
     return clean, out

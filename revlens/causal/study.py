@@ -32,6 +32,7 @@ from revlens.causal.inputs import (
     prepare_metric,
     select_checkpoints,
 )
+from revlens.causal.kinds import intervention, interventions, of_test
 from revlens.causal.plan import AblationPlan
 from revlens.causal.report import EFFECT_COLUMNS, CausalReport
 from revlens.causal.selection import Selection
@@ -178,11 +179,12 @@ class _Study(Selection):
             raise RevlensError(f"while intervening on checkpoint {name}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ passes
-    def aligned_pass(self) -> tuple[list[dict[int, Tensor]], dict[str, float], dict[int, Tensor]]:
-        """Patch sources, ``M(aligned)`` and steering sums on the aligned model."""
+    def aligned_pass(self) -> tuple[list[dict[int, Tensor]], dict[str, float], dict[tuple[int, str], Tensor]]:
+        """Patch sources, ``M(aligned)`` and the sums of the sufficiency kinds (steering) over the
+        alphas, per (layer, kind), on the aligned model."""
         cfg, n_dir = self.cfg, len(self.names)
         self.lm.load(self.hist.aligned)
-        capture_sites = self.sites if "patch" in cfg.kinds else []
+        capture_sites = self.sites if any(k.reference == "source" for k in interventions(cfg.kinds)) else []
         sources, logits_rows = [], []
         with torch.no_grad():
             for batch in self.batches:
@@ -192,32 +194,32 @@ class _Study(Selection):
             if isinstance(self.metric, KLTo) and self.metric.needs_reference:
                 self.metric.set_reference(torch.cat(logits_rows))
             totals = dict.fromkeys(self.groups, 0.0)
-            steer = {layer: torch.zeros(len(cfg.alphas) * n_dir, dtype=torch.float64) for layer in self.layers}
+            kinds = of_test(cfg.kinds, "sufficiency")
+            steer = {(layer, kind): torch.zeros(len(cfg.alphas) * n_dir, dtype=torch.float64)
+                     for kind in kinds for layer in self.layers}
             for i, batch in enumerate(self.batches):
-                stacks = [] if "steer" not in cfg.kinds else [
-                    Stack(layer, "steer", self.stack_vectors(layer, 1).repeat(len(cfg.alphas), 1),
-                          alphas=torch.tensor(cfg.alphas).repeat_interleave(n_dir))
-                    for layer in self.layers
-                ]
+                stacks = [Stack(layer, kind, self.stack_vectors(layer, 1).repeat(len(cfg.alphas), 1),
+                                alphas=torch.tensor(cfg.alphas).repeat_interleave(n_dir), reference=self.mu[layer])
+                          for kind in kinds for layer in self.layers]
                 clean, vals = self.run(batch, i, stacks, self.hist.aligned.name)
                 for st, val in zip(stacks, vals):
-                    steer[st.layer] += val.sum(1)
+                    steer[(st.layer, st.kind)] += val.sum(1)
                 for g, mask in self.groups.items():
                     totals[g] += float(clean[mask[batch.indices]].sum())
         return sources, {g: totals[g] / int(m.sum()) for g, m in self.groups.items()}, steer
 
     def checkpoint_pass(self, ck: Checkpoint, sources: list[dict[int, Tensor]]) -> tuple[dict[str, float], dict]:
-        """Clamp / patch at every layer and rank along every direction / subspace on one checkpoint:
+        """The necessity kinds (clamp / patch) at every layer and rank along every direction / subspace on one checkpoint:
         per prompt group, the clean mean and ``(layer, kind, rank, group) -> [direction]`` means."""
         self.lm.load(ck)
-        kinds = [k for k in self.cfg.kinds if k != "steer"]
+        kinds = of_test(self.cfg.kinds, "necessity")
         keys = [(layer, kind, k) for layer in self.layers for kind in kinds for k in self.cfg.ranks]
         sums = {(*key, g): torch.zeros(len(self.names), dtype=torch.float64) for key in keys for g in self.groups}
         clean_sum = dict.fromkeys(self.groups, 0.0)
         with torch.no_grad():
             for i, batch in enumerate(self.batches):
-                stacks = [Stack(layer, kind, self.stack_vectors(layer, k),
-                                reference=self.mu[layer] if kind == "clamp" else None) for layer, kind, k in keys]
+                stacks = [Stack(layer, kind, self.stack_vectors(layer, k), reference=self.mu[layer])
+                          for layer, kind, k in keys]
                 clean, vals = self.run(batch, i, stacks, ck.name, sources=sources[i])
                 for g, mask in self.groups.items():
                     rows = mask[batch.indices]
@@ -227,17 +229,16 @@ class _Study(Selection):
         n = {g: int(m.sum()) for g, m in self.groups.items()}
         return {g: v / n[g] for g, v in clean_sum.items()}, {key: v / n[key[-1]] for key, v in sums.items()}
 
-    def emit_steer(self, steer: dict[int, Tensor], m_aligned: dict[str, float]) -> None:
-        """The steering rows of every layer and alpha (on the aligned model)."""
-        for layer in self.layers:
-            per = steer[layer].view(len(self.cfg.alphas), len(self.names)) / len(self.tokenized)
+    def emit_steer(self, steer: dict[tuple[int, str], Tensor], m_aligned: dict[str, float]) -> None:
+        """The rows of the sufficiency kinds (steering) at every layer and alpha (on the aligned model)."""
+        for (layer, kind), total in steer.items():
+            per = total.view(len(self.cfg.alphas), len(self.names)) / len(self.tokenized)
             for ai, alpha in enumerate(self.cfg.alphas):
-                self.emit("aligned", 0, layer, "steer", per[ai], m_aligned["all"], m_aligned["all"], alpha)
+                self.emit("aligned", 0, layer, kind, per[ai], m_aligned["all"], m_aligned["all"], alpha)
 
     def emit(self, run: str, step: int, layer: int, kind: str, values: Tensor, clean: float, m_aligned: float,
              alpha: float, rank: int = 1, split: str = "all") -> None:
-        gap = clean - m_aligned
-        defined = kind != "steer" and abs(gap) > self.cfg.gap_tol * max(1.0, abs(clean), abs(m_aligned))
+        how = intervention(kind)
         n = int(self.groups[split].sum())
         for j, name in enumerate(self.names):
             m = float(values[j])
@@ -245,7 +246,7 @@ class _Study(Selection):
                 "run": run, "step": step, "layer": layer, "kind": kind, "rank": rank, "split": split,
                 "direction": name, "control_type": self.ctypes[j], "alpha": alpha, "metric": m,
                 "metric_clean": clean, "metric_aligned": m_aligned, "effect": clean - m,
-                "mediation_fraction": (clean - m) / gap if defined else math.nan, "n_prompts": n,
+                "mediation_fraction": how.mediation_fraction(clean, m, m_aligned, self.cfg.gap_tol), "n_prompts": n,
             })
 
     def report(self) -> CausalReport:
@@ -300,8 +301,8 @@ def ablation_study(
             ``None``: the history's declared default metric.
         config: an :class:`AblationConfig`; ``**settings`` (any of its fields: ``layers``,
             ``steps`` (``"all"``, ``"last"``, a step or steps), ``runs``, ``kinds`` (``"clamp"``,
-            ``"patch"``, ``"steer"``), ``controls``, ``control_kinds``, ``alphas``, ``seed``,
-            ``batch_size``, ``strategy``, ``max_rows``, ``gap_tol``, ``site``) override it.
+            ``"patch"``, ``"steer"``, any registered kind), ``controls``, ``control_kinds``, ``alphas``,
+            ``seed``, ``batch_size``, ``strategy``, ``max_rows``, ``gap_tol``, ``site``) override it.
         directions: a method name, estimator, :class:`Directions` or tensor ``[layer, d]`` /
             ``[layer, k, d]`` (see :func:`revlens.directions.resolve_directions`); default the
             config's ``directions`` (``"mean_diff"``).

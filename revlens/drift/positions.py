@@ -45,6 +45,9 @@ class PositionTables:
         directions_table: the directions table of every position (same columns added).
         stability: ``"<method>@<position>"`` -> per-layer stability (or ``None``).
         dropped: position -> constant layers dropped there.
+        subspaces: ``"<method>@<position>"`` -> rank-k :class:`Directions` (with ``subspaces=``).
+        subspace_drift: the drift's energy in them at every position (``method`` labelled, plus
+            ``position`` and ``base_method`` columns), or ``None``.
     """
 
     drift: pd.DataFrame
@@ -52,6 +55,8 @@ class PositionTables:
     directions_table: pd.DataFrame
     stability: dict[str, object] = field(default_factory=dict)
     dropped: dict[str, list[int]] = field(default_factory=dict)
+    subspaces: dict[str, Directions] = field(default_factory=dict)
+    subspace_drift: pd.DataFrame | None = None
 
 
 def _label_frame(df: pd.DataFrame, position: str) -> pd.DataFrame:
@@ -64,14 +69,18 @@ def _label_frame(df: pd.DataFrame, position: str) -> pd.DataFrame:
 
 def position_tables(stats: Mapping[str, HistoryStats],
                     fit: Callable[[HistoryStats], tuple[dict[str, Directions], dict[str, object]]], *,
-                    n_null: int = 1000, seed: int = 0) -> PositionTables:
+                    n_null: int = 1000, seed: int = 0,
+                    subspaces: Callable[[HistoryStats], tuple[dict[str, Directions], pd.DataFrame | None]] | None = None,
+                    ) -> PositionTables:
     """Fit directions (``fit(stats) -> (directions, stability)``) and project the drift at every
     position; constant (position, layer) pairs are dropped first (see the module docstring).
+    ``subspaces(stats) -> (rank-k directions, subspace drift table)`` fits rank-k subspaces at
+    every position too (``analyze(position=("post_instruction", k), ranks=...)``).
 
     Raises:
         ConfigError: every layer of every position is constant over prompts.
     """
-    drifts, tables, dirs, stab, dropped = [], [], {}, {}, {}
+    drifts, tables, dirs, stab, dropped, subs, sub_drifts = [], [], {}, {}, {}, {}, []
     for label, st in stats.items():
         flat = sorted(degenerate_layers(st))
         keep = [layer for layer in st.layers if layer not in flat]
@@ -89,6 +98,13 @@ def position_tables(stats: Mapping[str, HistoryStats],
         table = directions_table(sub, vectors, stability={k: v for k, v in stability.items() if v is not None},
                                  n_permutations=n_null, seed=seed)
         tables.append(_label_frame(table, label))
+        if subspaces is not None:
+            fitted, sub_drift = subspaces(sub)
+            for name, vec in fitted.items():
+                vec.meta["position"] = int(label)
+                subs[f"{name}@{label}"] = vec
+            if sub_drift is not None:
+                sub_drifts.append(_label_frame(sub_drift, label))
     if dropped:
         where = "; ".join(f"position {p}: layer(s) {ls}" for p, ls in dropped.items())
         warnings.warn(f"constant over prompts (the same template token, and no prompt information has reached "
@@ -98,4 +114,4 @@ def position_tables(stats: Mapping[str, HistoryStats],
         raise ConfigError(f"every collected layer is constant over prompts at every position ({dropped}); "
                           "collect deeper layers")
     return PositionTables(pd.concat(drifts, ignore_index=True), dirs, pd.concat(tables, ignore_index=True),
-                          stab, dropped)
+                          stab, dropped, subs, pd.concat(sub_drifts, ignore_index=True) if sub_drifts else None)

@@ -36,14 +36,19 @@ Value = Literal["mediation_fraction", "effect"]
 _CONTROL_COLOURS = {"iso": "#7f7f7f", "cov": "#ff7f0e"}
 
 
-def _select(effects: pd.DataFrame, kind: str, value: str, allowed: tuple[str, ...]) -> pd.DataFrame:
+def _select(effects: pd.DataFrame, kind: str, value: str, *, dose: bool) -> pd.DataFrame:
+    """The rows of intervention ``kind``: a dose–response kind (a sufficiency test such as steer:
+    its rows carry ``alpha``) when ``dose``, else a mediation kind (clamp, patch: ``alpha`` NaN)."""
     df = require_columns(effects, (*_REQUIRED, value), "effects table")
-    if kind not in allowed:
-        raise ConfigError(f"intervention must be one of {list(allowed)}, got {kind!r}")
     present = sorted_unique(df["kind"])
     if kind not in present:
         raise ConfigError(f"the effects table has no {kind!r} rows; kinds present: {present}")
-    return as_int_columns(df[df["kind"] == kind], ("step", "layer"))
+    rows = df[df["kind"] == kind]
+    scaled = "alpha" in rows.columns and bool(rows["alpha"].notna().any())
+    if scaled != dose:
+        raise ConfigError(f"intervention {kind!r} is a {'dose–response (alpha)' if scaled else 'mediation'} kind; "
+                          f"draw it with {'steer_dose_response' if scaled else 'mediation_heatmap / control_bands'}")
+    return as_int_columns(rows, ("step", "layer"))
 
 
 def _controls(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -86,7 +91,7 @@ def _v_rev_cells(df: pd.DataFrame, kind: str, value: str) -> pd.DataFrame:
 def mediation_heatmap(
     effects: pd.DataFrame,
     *,
-    intervention: Literal["clamp", "patch"] = "clamp",
+    intervention: str = "clamp",
     value: Value = "mediation_fraction",
     title: str | None = None,
 ) -> go.Figure:
@@ -97,7 +102,7 @@ def mediation_heatmap(
     control type present.
     """
     kind = intervention
-    df = _select(effects, kind, value, ("clamp", "patch"))
+    df = _select(effects, kind, value, dose=False)
     cells = _v_rev_cells(df, kind, value)
     ctrl = _controls(df, ["step", "layer"], value)
     steps, layers = sorted_unique(cells["step"]), sorted_unique(cells["layer"])
@@ -131,14 +136,14 @@ def mediation_heatmap(
 def control_bands(
     effects: pd.DataFrame,
     *,
-    intervention: Literal["clamp", "patch"] = "clamp",
+    intervention: str = "clamp",
     step: int | None = None,
     value: Value = "mediation_fraction",
     title: str | None = None,
 ) -> go.Figure:
     """At one step (default: the last), v_rev's value per layer against box plots of controls."""
     kind = intervention
-    df = _select(effects, kind, value, ("clamp", "patch"))
+    df = _select(effects, kind, value, dose=False)
     steps = sorted_unique(df["step"])
     step = steps[-1] if step is None else step
     if step not in steps:
@@ -222,10 +227,11 @@ def steer_dose_response(
     *,
     value: Literal["metric", "effect"] = "metric",
     title: str | None = "steering the aligned model along v_rev: dose–response",
+    intervention: str = "steer",
 ) -> go.Figure:
     """Metric against steering strength α, one panel per layer: v_rev (mean over runs) against
     the controls' mean and 5–95 % band; the aligned model's metric as a dotted reference."""
-    df = _select(effects, "steer", value, ("steer",))
+    df = _select(effects, intervention, value, dose=True)
     require_columns(df, ("alpha",), "effects table (steer rows)")
     layers = sorted_unique(df["layer"])
     fig, cells = layer_panels(layers)

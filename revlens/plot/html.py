@@ -344,8 +344,8 @@ def write_weights_report(weights: Any, path: Any, *, title: str | None = None) -
 
 def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> Path:
     """Write a ``CausalReport`` as one self-contained HTML file: the summary table (v_rev
-    against its controls), mediation heatmaps and control bands per intervention kind, the
-    steering dose–response, the configuration and provenance.
+    against its controls), each intervention kind's figures (``report.kind_figures``: mediation
+    heatmaps and control bands, steering dose–response), the configuration and provenance.
 
     Returns:
         the path written.
@@ -365,17 +365,10 @@ def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> 
             + _frame(summary)
             + "</details>"
         )
-    kinds = set(effects["kind"]) if "kind" in effects.columns else set()
-    for kind in ("clamp", "patch"):
-        if kind in kinds:
-            page.add(f"<h2>{kind}</h2>")
-            page.try_figure(lambda k=kind: report.mediation_heatmap(intervention=k))
-            page.try_figure(lambda k=kind: report.control_bands(intervention=k))
-            if len(getattr(report, "ranks", [1])) > 1:
-                page.try_figure(lambda k=kind: report.mediation_vs_k(k))
-    if "steer" in kinds:
-        page.add("<h2>steer</h2>")
-        page.try_figure(report.steer_dose_response)
+    for kind in report.kinds():  # each intervention kind's own figures (the kind object says which)
+        page.add(f"<h2>{_e(kind)}</h2>")
+        for draw in report.kind_figures(kind):
+            page.try_figure(draw)
     page.add("<details><summary>effects table</summary>" + _frame(effects) + "</details>")
     _config_section(page, getattr(report, "config", None))
     _provenance_section(page, getattr(report, "provenance", None))
