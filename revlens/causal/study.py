@@ -333,7 +333,9 @@ def ablation_study(
     metric = metric if metric is not None else default_metric(hist)
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     study = _Study(cfg, hist, probes, metric, lm, directions, stats, positions)
-    _announce(study.plan(), progress)
+    with naming(f"checkpoint {getattr(lm, 'loaded', None) or '(booted weights)'}", "timing a forward on"):
+        plan = study.plan()
+    _announce(plan, progress)
     bar = tqdm(total=len(study.checkpoints) + 1, desc="ablation", unit="ckpt", disable=not progress)
     try:
         bar.set_postfix_str(hist.aligned.name)
