@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
 import tiny
 from revlens import History, HistoryStats, collect
@@ -58,8 +57,9 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     """A real PEFT LoRA adapter on the tiny llama, and the llama dirs it sits on."""
-    import families
     from unit.loading.lora_fixtures import make_adapter
+
+    import families
 
     root = tmp_path_factory.mktemp("adapter")
     make_adapter("llama", root / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
@@ -431,7 +431,7 @@ def test_a_metric_that_raises_names_metric_and_checkpoint(tiny_history, tiny_lm)
     with pytest.raises(MetricError, match=r"checkpoint \S+: metric 'fragile' raised ZeroDivisionError") as info:
         evaluate(tiny_history, tiny.PROMPTS, [fragile], model=tiny_lm, batch_size=8, progress=False)
     name = re.search(r"checkpoint (\S+):", str(info.value)).group(1)
-    assert name in {c.name for c in tiny_history} and name != list(tiny_history)[0].name
+    assert name in {c.name for c in tiny_history} and name != next(iter(tiny_history)).name
 
 
 # ------------------------------------------------------------------ the suite's size
@@ -441,5 +441,5 @@ def test_the_bad_input_suite_has_at_least_120_cases():
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
                          capture_output=True, text=True, cwd=HERE.parents[2], timeout=300)
     n = sum(1 for line in out.stdout.splitlines() if "::" in line)
-    print(f"bad-input suite: {n} cases")  # noqa: T201
+    print(f"bad-input suite: {n} cases")
     assert n >= 120, out.stdout[-2000:] + out.stderr[-2000:]
