@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from revlens._attach import Attachable
-from revlens.block.attach import trained_parameters, wrapped_step
+from revlens.block.attach import named_steps, trained_parameters, wrapped_step
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
     gradient_coefficients,
@@ -205,7 +205,7 @@ class ReversionBlocker(ProbeInputs, Attachable):
             if self.method == "hook":
                 stack.enter_context(self.reader_.hooked([(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]))
             elif optimizer is not None and wrap_step:
-                stack.enter_context(wrapped_step(optimizer, self.before_step, self.after_step))
+                stack.enter_context(wrapped_step(optimizer, *named_steps(self)))
         except BaseException:
             stack.close()
             raise

@@ -32,6 +32,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
+from revlens.block.attach import named_steps
 from revlens.block.blocker import ReversionBlocker
 
 __all__ = ["BlockingTrainer", "LoggingCallback", "ReversionBlockerCallback", "add_to_trainer"]
@@ -80,11 +81,11 @@ class ReversionBlockerCallback(LoggingCallback):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Measure ``s`` and the per-layer gradients; project the gradient / add the penalty."""
-        self.blocker.before_step()
+        named_steps(self.blocker)[0]()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Project the update and restore ``s`` (update method); note what to log."""
-        self.blocker.after_step()
+        named_steps(self.blocker)[1]()
         self.pending = self.blocker.measurements()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

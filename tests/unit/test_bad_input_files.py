@@ -434,6 +434,39 @@ def test_a_metric_that_raises_names_metric_and_checkpoint(tiny_history, tiny_lm)
     assert name in {c.name for c in tiny_history} and name != next(iter(tiny_history)).name
 
 
+@pytest.mark.parametrize("method", ["update", "gradient", "penalty"])
+def test_an_exception_inside_a_blocking_forward_names_step_layers_and_method(method):
+    from unit.block import tinyrev
+
+    from conftest import hook_count
+    from revlens.block import ReversionBlocker
+
+    blocker = ReversionBlocker(tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=tiny.tiny_tokenizer(),
+                               method=method, refresh_every=1)
+    calls = []
+
+    def hook(module, args, output):  # the training forward passes; the blocker's probe forward raises
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("CUDA error: out of memory")
+
+    model_box = {}
+
+    def setup(model, opt):
+        model_box["m"] = model
+        model_box["n"] = hook_count(model)
+        model.transformer.h[0].register_forward_hook(hook)
+        blocker.attach(model, opt)
+
+    try:
+        with pytest.raises(RevlensError, match=rf"blocking training step \d+ \(layers \[.*\], method '{method}'\)"
+                                               r".*RuntimeError: CUDA error: out of memory"):
+            tinyrev.train("revert", steps=1, setup=setup)
+    finally:
+        blocker.detach()
+    assert hook_count(model_box["m"]) == model_box["n"] + 1  # only the test's own hook is left
+
+
 # ------------------------------------------------------------------ the suite's size
 def test_the_bad_input_suite_has_at_least_120_cases():
     """Issue 32: >= 120 hostile cases across the two bad-input modules (printed)."""
