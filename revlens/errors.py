@@ -20,7 +20,6 @@ __all__ = [
     "ShapeMismatchError",
     "SiteError",
     "UpstreamError",
-    "naming",
     "require",
 ]
 

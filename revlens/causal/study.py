@@ -115,7 +115,8 @@ class _Study(Selection):
                            [len(b) for b in self.batches], cfg.max_rows, n_alphas=len(cfg.alphas),
                            choices=dict(self.choices), full_checkpoints=full, full_layers=len(self.acc.sites("all")))
         if self.batches:
-            out.time_forward(self.acc, self.batches[0].tokens)
+            with naming(f"checkpoint {getattr(self.lm, 'loaded', None) or '(booted weights)'}", "timing a forward on"):
+                out.time_forward(self.acc, self.batches[0].tokens)
         self.plan_ = out
         return out
 
@@ -333,9 +334,7 @@ def ablation_study(
     metric = metric if metric is not None else default_metric(hist)
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     study = _Study(cfg, hist, probes, metric, lm, directions, stats, positions)
-    with naming(f"checkpoint {getattr(lm, 'loaded', None) or '(booted weights)'}", "timing a forward on"):
-        plan = study.plan()
-    _announce(plan, progress)
+    _announce(study.plan(), progress)
     bar = tqdm(total=len(study.checkpoints) + 1, desc="ablation", unit="ckpt", disable=not progress)
     try:
         bar.set_postfix_str(hist.aligned.name)

@@ -267,9 +267,7 @@ def collect(
     _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers,
                 spill_dir)
     hist = History.load(history)
-    pr = resolve_probes(hist, probes)
-    if position is not None:
-        pr = pr.with_position(position)
+    pr = resolve_probes(hist, probes) if position is None else resolve_probes(hist, probes).with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)

@@ -209,6 +209,10 @@ def read_adapter_config(path: Any) -> dict[str, Any]:
         raise CheckpointError(f"adapter config {p} is not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"adapter config {p} must hold a JSON object, got {type(raw).__name__}")
+    if not isinstance(raw.get("peft_type", "LORA"), str):
+        raise CheckpointError(f"adapter config {p}: field 'peft_type' must be a str, got {raw['peft_type']!r}")
+    if raw.get("peft_type", "LORA").upper() != "LORA":
+        return raw  # another PEFT method: AdapterConfig.read refuses it by name
     if "r" not in raw:
         raise CheckpointError(f"adapter config {p}: field 'r' (the LoRA rank) is missing")
     out = {**raw, "r": _number(p, "r", raw["r"], integer=True),
@@ -221,7 +225,7 @@ def read_adapter_config(path: Any) -> dict[str, Any]:
             raise CheckpointError(f"adapter config {p}: field {name!r} must be an object, got {pattern!r}")
         for key, value in pattern.items():
             _number(p, f"{name}[{key!r}]", value, integer=integer)
-    for name in ("modules_to_save", "base_model_name_or_path", "bias", "peft_type"):
+    for name in ("modules_to_save", "base_model_name_or_path", "bias"):
         value = raw.get(name)
         want = list if name == "modules_to_save" else str
         if value is not None and not isinstance(value, want):
