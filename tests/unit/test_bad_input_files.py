@@ -317,11 +317,11 @@ def test_out_on_a_file_system_that_refuses_writes_exits_2_up_front(cli_history, 
     if os.geteuid() != 0:
         (tmp_path / "ro").mkdir()
         (tmp_path / "ro").chmod(0o500)
-    t0 = __import__("time").perf_counter()
     assert main(_analyze(cli_history, out)) == 2
     err = capsys.readouterr().err.strip()
+    # up front: the --out check's own words (after the analysis, publishing would name the
+    # "output directory"; before this fix it was "internal error: PermissionError")
     assert err.startswith("revlens analyze: error: --out") and "cannot write" in err, err
-    assert __import__("time").perf_counter() - t0 < 30  # up front, not after the analysis
     assert not out.exists()
 
 
