@@ -1,5 +1,6 @@
 # revlens: two entry points on a fresh machine — `make demo` and `make test`.
-# Both create .venv if missing, install torch (CPU build, from local disk) first, then revlens.
+# Both create .venv if missing, install torch (CPU build, from local disk) first, then revlens
+# with the versions of the lock (constraints.txt): a newcomer gets what CI tested.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,14 +8,18 @@ STAMP := $(VENV)/.revlens-installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The lock: the versions the suite passed with (make lock regenerates it; pyproject keeps ranges).
+CONSTRAINTS ?= constraints.txt
+LATEST ?= .venv-latest
+TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench gpu-check lint assets clean real-data
+.PHONY: install demo test bench gpu-check lint assets clean real-data lock test-latest
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -44,6 +49,21 @@ real-data: $(STAMP)
 # Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md).
 assets: $(STAMP)
 	$(PY) -m revlens.lab.assets
+
+# Regenerate the lock from what .venv holds now (after installing a new package): one command.
+lock:
+	$(PY) .ci/lock.py --out $(CONSTRAINTS)
+
+# The suite against the newest releases within pyproject's ranges, in a separate venv (torch
+# stays the pinned CPU build); first prints what moved against the lock.
+test-latest:
+	@test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	echo "$(TORCH)" > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-constraint.txt -e ".[dev]"
+	$(LATEST)/bin/python .ci/lock.py --compare $(CONSTRAINTS)
+	$(LATEST)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache tests/artifacts

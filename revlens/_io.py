@@ -12,6 +12,8 @@
 - :func:`check_writable_dir`: an output directory is checked *before* any long work starts.
 """
 
+import errno
+import glob
 import json
 import os
 import shutil
@@ -30,8 +32,10 @@ __all__ = [
     "check_manifest",
     "check_writable_dir",
     "confined",
+    "probe_write",
     "publish_dir",
     "read_json",
+    "remove_stale",
     "write_json",
     "write_text",
 ]
@@ -101,17 +105,42 @@ def confined(root: Any, relative: Any, what: str) -> Path:
     return Path(root) / rel
 
 
-def check_writable_dir(path: Any, what: str = "--out") -> Path:
+def probe_write(directory: Path, what: str, target: Path) -> None:
+    """Create and remove a small file in ``directory``: the only test of writability that holds
+    for root, read-only mounts, sysfs and full disks alike (``os.access`` says yes to root)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".revlens-probe-", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"{what} {target}: cannot write in {directory} ({exc.strerror or exc})") from None
+    try:
+        os.write(fd, b"revlens")
+    except OSError as exc:
+        raise OutputError(f"{what} {target}: cannot write in {directory} ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def check_writable_dir(path: Any, what: str = "--out", *, create: bool = False) -> Path:
     """Validate an output directory before work starts: it may exist (as a directory) or not;
-    its nearest existing parent must be a writable directory."""
+    a file is written and removed in it (or in its nearest existing parent) to prove it can be
+    written. ``create=True`` creates a missing directory (parents too) first.
+
+    Raises:
+        OutputError: a file in the way, a parent that is not a directory, or no write permission.
+    """
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{what} {p} exists and is not a directory")
+    if create and not p.exists():
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{what} {p} cannot be created ({exc.strerror or exc})") from None
     probe = p if p.exists() else next((q for q in p.parents if q.exists()), Path("."))
     if not probe.is_dir():
         raise OutputError(f"{what} {p}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {p}: {probe} is not writable")
+    probe_write(probe, what, p)
     return p
 
 
@@ -124,11 +153,56 @@ def _manifest(root: Path) -> dict[str, Any]:
     return {"format": "revlens-manifest/1", "files": files}
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where
+    the system or file system cannot, so the caller falls back to two renames."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale(dest: Path) -> list[Path]:
+    """Remove what killed writers of ``dest`` left beside it (``.{name}.tmp-*`` / ``.old-*``
+    folders whose process is gone; folders of a live process are kept). Returns what was removed."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for cand in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*"):
+            parts = cand.name[len(f".{dest.name}.{kind}-"):].split("-")
+            pid = int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
+            if cand.is_dir() and (pid is None or not _alive(pid)):
+                shutil.rmtree(cand, ignore_errors=True)
+                removed.append(cand)
+    return removed
+
+
 @contextmanager
 def publish_dir(path: Any) -> Iterator[Path]:
     """Write a result directory atomically: yields a fresh temporary directory beside ``path``;
-    on success a manifest is written into it and it replaces ``path`` (an earlier directory there
-    is removed only after the new one is complete). On error nothing is left behind.
+    on success a manifest is written into it and it replaces ``path`` in one step (an atomic
+    directory exchange where the file system has one, else two renames); an earlier directory
+    there is removed only after the new one is in place. On error or interrupt nothing is left
+    behind, and leftovers of killed earlier writers are removed first (:func:`remove_stale`).
 
     Raises:
         OutputError: ``path`` exists and is not a directory, or its parent is not writable.
@@ -136,14 +210,19 @@ def publish_dir(path: Any) -> Iterator[Path]:
     dest = Path(path)
     check_writable_dir(dest, "output directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale(dest)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = dest.parent / f".{dest.name}.tmp-{tag}"
     tmp.mkdir()
     try:
         yield tmp
         write_json(tmp / MANIFEST, _manifest(tmp))
+        if dest.exists() and _exchange(tmp, dest):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+            return
         old = None
         if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            old = dest.parent / f".{dest.name}.old-{tag}"
             os.replace(dest, old)
         os.replace(tmp, dest)
         if old is not None:

@@ -98,3 +98,38 @@ def require(module: str, extra: str, what: str):
         raise MissingExtraError(
             f"{what} needs the optional package {module!r}: pip install \"revlens[{extra}]\" ({exc})"
         ) from None
+
+
+# Exceptions a forward pass raises on a model that cannot run what it was given (a shape, a dtype,
+# a user's hook): re-raised by :func:`naming` as a RevlensError naming where it happened.
+FORWARD_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, KeyError, AttributeError)
+
+
+class naming:
+    """Context manager naming the culprit of an error raised inside it: a ``RevlensError`` is
+    re-raised with ``where`` in front (same type; unchanged if it already names it), an exception of
+    a forward pass (:data:`FORWARD_ERRORS`) as ``RevlensError("while <action> <where>: ...")``.
+
+    Example: ``with naming(f"checkpoint {ck.name}", "evaluating"): ...``.
+    """
+
+    def __init__(self, where: str, action: str = "running") -> None:
+        self.where, self.action = where, action
+
+    def __enter__(self) -> "naming":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False  # KeyboardInterrupt / SystemExit pass unchanged
+        if isinstance(exc, RevlensError):
+            if self.where in str(exc):
+                return False
+            try:
+                new = type(exc)(f"{self.where}: {exc}")
+            except Exception:  # a subclass with another signature: keep it as it is
+                return False
+            raise new from exc
+        if isinstance(exc, FORWARD_ERRORS):
+            raise RevlensError(f"while {self.action} {self.where}: {type(exc).__name__}: {exc}") from exc
+        return False

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from revlens.errors import ConfigError
 
-__all__ = ["trained_parameters", "wrapped_step"]
+__all__ = ["named_steps", "trained_parameters", "wrapped_step"]
 
 
 def _flatten(params: Any) -> list[Tensor]:
@@ -100,3 +100,23 @@ def wrapped_step(optimizer: Any, before: Callable[[], None], after: Callable[[],
             optimizer.step = previous
         else:
             del optimizer.step
+
+
+def named_steps(blocker: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``blocker.before_step`` / ``after_step`` whose errors name the training step, the layers and
+    the method (an exception inside the probes' forward becomes a ``RevlensError`` saying so)."""
+    from revlens.errors import naming
+
+    def where() -> str:
+        return (f"blocking training step {getattr(blocker, 'step_', '?')} (layers "
+                f"{getattr(blocker, 'layers_', '?')}, method {getattr(blocker, 'method', '?')!r})")
+
+    def before() -> None:
+        with naming(where(), "measuring the probes for"):
+            blocker.before_step()
+
+    def after() -> None:
+        with naming(where(), "correcting the update of"):
+            blocker.after_step()
+
+    return before, after

@@ -165,7 +165,7 @@ class BlockingStrategy:
         wrapped, call them yourself (the Trainer callback does). ``params``: the tensors (or
         optimizer param groups) to correct, a subset of what trains. Undo with :meth:`detach`
         (or use :meth:`attached`)."""
-        from revlens.block.attach import wrapped_step
+        from revlens.block.attach import named_steps, wrapped_step
 
         self.detach()
         if optimizer is None and wrap_step and self.acts_on_step:
@@ -178,7 +178,7 @@ class BlockingStrategy:
         try:
             self.install(stack)
             if optimizer is not None and wrap_step and self.acts_on_step:
-                stack.enter_context(wrapped_step(optimizer, self.before_step, self.after_step))
+                stack.enter_context(wrapped_step(optimizer, *named_steps(self)))
         except BaseException:
             stack.close()
             raise

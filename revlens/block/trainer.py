@@ -39,6 +39,7 @@ from typing import Any, no_type_check
 
 from transformers import Trainer, TrainerCallback
 
+from revlens.block.attach import named_steps
 from revlens.block.strategy import BlockingStrategy
 from revlens.errors import ConfigError
 
@@ -91,11 +92,11 @@ class BlockingCallback(LoggingCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """``before_step``: e.g. measure ``s`` and the per-layer gradients, project the gradient,
         add a penalty's gradient."""
-        self.strategy.before_step()
+        named_steps(self.strategy)[0]()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """``after_step``: e.g. project the update and restore ``s``; note what to log."""
-        self.strategy.after_step()
+        named_steps(self.strategy)[1]()
         self.pending = {m.log_name: m.value for m in self.strategy.measurements() if m.logged}
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

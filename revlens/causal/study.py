@@ -43,7 +43,7 @@ from revlens.collect import (
 )
 from revlens.directions import DirectionEstimator, Directions
 from revlens.directions.subspace import random_frames
-from revlens.errors import ConfigError, MetricError, RevlensError
+from revlens.errors import ConfigError, MetricError, RevlensError, naming
 from revlens.history import Checkpoint, History
 from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
 from revlens.model import LensModel
@@ -116,7 +116,8 @@ class _Study(Selection):
                            [len(b) for b in self.batches], cfg.max_rows, n_alphas=len(cfg.alphas),
                            choices=dict(self.choices), full_checkpoints=full, full_layers=len(self.acc.sites("all")))
         if self.batches:
-            out.time_forward(self.acc, self.batches[0].tokens)
+            with naming(f"checkpoint {getattr(self.lm, 'loaded', None) or '(booted weights)'}", "timing a forward on"):
+                out.time_forward(self.acc, self.batches[0].tokens)
         self.plan_ = out
         return out
 
@@ -175,7 +176,7 @@ class _Study(Selection):
                           mask=self.masks[i], strategy=self.cfg.strategy, max_rows=self.cfg.max_rows)
         except RevlensError as exc:
             raise type(exc)(f"checkpoint {name}: {exc}") from exc
-        except (RuntimeError, ValueError, IndexError) as exc:
+        except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
             raise RevlensError(f"while intervening on checkpoint {name}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ passes
@@ -188,7 +189,8 @@ class _Study(Selection):
         sources, logits_rows = [], []
         with torch.no_grad():
             for batch in self.batches:
-                logits, acts = self.acc.capture(batch.tokens, capture_sites)
+                with naming(f"checkpoint {self.hist.aligned.name}", "capturing on"):
+                    logits, acts = self.acc.capture(batch.tokens, capture_sites)
                 sources.append(acts)
                 logits_rows.append(logits[torch.arange(len(batch)), batch.last_index.to(logits.device)].float().cpu())
             if isinstance(self.metric, KLTo) and self.metric.needs_reference:

@@ -27,7 +27,7 @@ from revlens._config import as_int, as_layers
 from revlens.collect.cache import StatsCache
 from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable
 from revlens.collect.stats import HistoryStats
-from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget, store_dtype
+from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget, check_spill_dir, store_dtype
 from revlens.errors import ConfigError, ProbeError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.model import LensModel
@@ -136,7 +136,7 @@ def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized
 
 
 def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, batch_size: Any,
-                site: Any, cache_dir: Any, memory_budget: Any, keep_layers: Any) -> None:
+                site: Any, cache_dir: Any, memory_budget: Any, keep_layers: Any, spill_dir: Any = None) -> None:
     check_mode("moments", moments, WHICH)
     check_mode("keep", keep, WHICH)
     check_mode("site", site, SITE_KINDS)
@@ -145,6 +145,8 @@ def _check_args(moments: Any, keep: Any, n_bootstrap: Any, bootstrap_seed: Any, 
     as_int("batch_size", batch_size, min=1)
     if cache_dir is not None:
         StatsCache.check_dir(cache_dir)
+    if spill_dir is not None:
+        check_spill_dir(spill_dir)
     if memory_budget is not None:
         as_int("memory_budget", memory_budget, min=0)
     if keep_layers is not None:
@@ -262,11 +264,10 @@ def collect(
 
     Example: ``collect(History.load("out/lab"), layers=[1, 2])``.
     """
-    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers)
+    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers,
+                spill_dir)
     hist = History.load(history)
-    pr = resolve_probes(hist, probes)
-    if position is not None:
-        pr = pr.with_position(position)
+    pr = resolve_probes(hist, probes) if position is None else resolve_probes(hist, probes).with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)

@@ -42,7 +42,8 @@ def collect_positions(history: History | Any, probes: Any = None, *, position: P
     forward pass per checkpoint and batch (DESIGN §4). Each position is cached under its own key.
     The arguments are :func:`collect`'s.
     """
-    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers)
+    _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers,
+                spill_dir)
     hist = History.load(history)
     pr = resolve_probes(hist, probes).with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None

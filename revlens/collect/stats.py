@@ -130,8 +130,15 @@ class HistoryStats:
             ConfigError: parts on other layers, site, position, probes, bootstrap or architecture,
                 or a checkpoint whose statistics differ between parts.
         """
+        if isinstance(parts, (str, bytes, HistoryStats)) or not hasattr(parts, "__iter__"):
+            raise ConfigError(f"combine needs a list of HistoryStats, got {type(parts).__name__}")
+        parts = list(parts)
         if not parts:
             raise ConfigError("combine needs at least one HistoryStats")
+        bad = [(i, type(p).__name__) for i, p in enumerate(parts) if not isinstance(p, HistoryStats)]
+        if bad:
+            raise ConfigError(f"combine: part {bad[0][0]} is a {bad[0][1]}, not a HistoryStats "
+                              "(load saved statistics with HistoryStats.load)")
         first = parts[0]
         keys = ("probe_fingerprint", "n_bootstrap", "bootstrap_seed", "architecture")
         for p in parts[1:]:
@@ -194,15 +201,26 @@ class HistoryStats:
     def load(cls, directory: Any) -> "HistoryStats":
         """Inverse of :meth:`save` (refuses an incomplete, altered or foreign directory, naming the
         file); per-prompt references stay in their files, read a layer at a time."""
-        from revlens._io import check_manifest, confined, read_json
+        from revlens._io import check_manifest, read_json
 
         d = Path(directory)
         if not (d / "stats.json").is_file():
             raise CacheError(f"{d} holds no saved statistics (stats.json)")
         check_manifest(d, "saved statistics")
         meta = read_json(d / "stats.json", "saved statistics", error=CacheError)
+        if not isinstance(meta, dict):
+            raise CacheError(f"{d / 'stats.json'} must hold a JSON object, got {type(meta).__name__}")
         if meta.get("format") != STATS_FORMAT:
             raise CacheError(f"{d / 'stats.json'} has format {meta.get('format')!r}; expected {STATS_FORMAT!r}")
+        try:
+            return cls._from_meta(d, meta)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise CacheError(f"{d / 'stats.json'}: a missing or malformed field ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_meta(cls, d: Path, meta: dict[str, Any]) -> "HistoryStats":
+        from revlens._io import confined
+
         cks = {}
         for n, f in meta["files"].items():
             path = confined(d, f, "saved statistics")

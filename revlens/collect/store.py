@@ -28,9 +28,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from revlens.errors import ConfigError, ShapeMismatchError
+from revlens.errors import ConfigError, OutputError, ShapeMismatchError
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MemoryBudget", "ReferenceStore", "store_dtype"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "MemoryBudget", "ReferenceStore", "check_spill_dir", "store_dtype"]
 
 DEFAULT_MEMORY_BUDGET = 16 << 20
 """Bytes of per-prompt references one :func:`revlens.collect` call keeps in memory (16 MiB: under 5 %
@@ -117,13 +117,18 @@ class ReferenceStore:
         if budget is None or budget.take(nbytes):
             return cls(shape, dtype, data=torch.empty(shape, dtype=dtype))
         directory = str(spill_dir) if spill_dir is not None else None
-        fd, path = tempfile.mkstemp(prefix="revlens-refs-", suffix=".bin", dir=directory)
+        try:
+            fd, path = tempfile.mkstemp(prefix="revlens-refs-", suffix=".bin", dir=directory)
+        except OSError as exc:
+            where = directory if directory is not None else tempfile.gettempdir()
+            raise OutputError(f"spill_dir {where}: cannot write the per-prompt references "
+                              f"({exc.strerror or exc})") from None
         try:
             os.ftruncate(fd, nbytes)
             os.unlink(path)  # nothing is left behind, whatever happens to this process
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise
+            raise OutputError(f"spill_dir {directory}: cannot hold {nbytes} bytes ({exc.strerror or exc})") from None
         return cls(shape, dtype, file=_File(fd, path))
 
     @classmethod
@@ -248,3 +253,15 @@ class ReferenceStore:
                     out._file.pwrite(_bytes_of(block), j * n * row + start * row)
             start += s.shape[1]
         return out
+
+
+def check_spill_dir(spill_dir: Any) -> str:
+    """Validate ``spill_dir`` before any forward: created when missing (parents too), then a file
+    written and removed in it; returns it as a string.
+
+    Raises:
+        OutputError: a file in the way, or a directory that cannot be created or written.
+    """
+    from revlens._io import check_writable_dir
+
+    return str(check_writable_dir(spill_dir, "spill_dir", create=True))

@@ -3,12 +3,15 @@
 import argparse
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from revlens._io import check_writable_dir
+from revlens._io import MANIFEST, check_writable_dir, publish_dir
+from revlens.errors import OutputError
 
-__all__ = ["HISTORY_HELP", "add_common", "check_out", "clean_json", "dumps", "load_history"]
+__all__ = ["HISTORY_HELP", "add_common", "check_out", "clean_json", "dumps", "load_history", "publish_out"]
 
 HISTORY_HELP = (
     "a history: a history.json (or a dir holding one, e.g. a lab dir; paths relative to it), a dir "
@@ -25,8 +28,30 @@ def load_history(spec: str) -> Any:
 
 
 def check_out(value: str) -> Path:
-    """Validate ``--out`` up front (before any long work): a directory or creatable, writable."""
-    return check_writable_dir(value, "--out")
+    """Validate ``--out`` up front (before any long work): a new or empty directory, or one an
+    earlier revlens command published (it holds a manifest), whose parent can be written (a file
+    is written there and removed: ``os.access`` says yes to root on a read-only file system).
+
+    Raises:
+        OutputError: a file in the way, a parent that cannot be written, or a non-empty folder
+            revlens did not write (it would be replaced as a whole).
+    """
+    out = check_writable_dir(value, "--out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise OutputError(f"--out {out} is a non-empty folder that no revlens command wrote (no {MANIFEST}); "
+                          "--out is replaced as a whole: give a new or empty folder")
+    parent = out.resolve().parent
+    check_writable_dir(parent, "--out's parent")  # the new folder is made beside it, then swapped in
+    return out
+
+
+@contextmanager
+def publish_out(out: Path) -> Iterator[Path]:
+    """Write every file of one command into a temporary folder beside ``--out`` and swap it in as
+    a whole with a manifest (:func:`revlens._io.publish_dir`): an interrupted or killed run leaves
+    the old folder or the new one, never a mix; leftovers of killed runs are removed."""
+    with publish_dir(out) as tmp:
+        yield tmp
 
 
 def clean_json(obj: Any) -> Any:

@@ -3,7 +3,7 @@
 import argparse
 from typing import Any
 
-from revlens.commands._common import add_common, check_out, load_history
+from revlens.commands._common import add_common, check_out, load_history, publish_out
 from revlens.errors import ConfigError
 
 __all__ = ["make_metric", "register", "run"]
@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     history = load_history(args.history)
     metric = make_metric(args.metric, history, pos=args.pos, neg=args.neg)
     report = ablation_study(history, args.probes, metric, config=config, progress=not args.no_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    report.effects.to_csv(out / "effects.csv", index=False)
-    report.summary().to_csv(out / "summary.csv", index=False)
-    report.save(out / "causal")
-    html = report.to_html(out / "report.html", title=args.title)
-    print(html)  # noqa: T201 (the command's result: where the report is)
+    with publish_out(out) as tmp:  # every file of this run, swapped in as a whole
+        report.effects.to_csv(tmp / "effects.csv", index=False)
+        report.summary().to_csv(tmp / "summary.csv", index=False)
+        report.save(tmp / "causal")
+        report.to_html(tmp / "report.html", title=args.title)
+    print(out / "report.html")  # noqa: T201 (the command's result: where the report is)
     return 0

@@ -4,7 +4,7 @@ import argparse
 import logging
 from typing import Any
 
-from revlens.commands._common import add_common, check_out, dumps, load_history
+from revlens.commands._common import add_common, check_out, dumps, load_history, publish_out
 
 __all__ = ["register", "run"]
 
@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     history = load_history(args.history)
     report = analyze(history, probes=args.probes, config=config, cache_dir=args.cache,
                      progress=not args.no_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    report.drift.to_csv(out / "drift.csv", index=False)
-    report.directions_table.to_csv(out / "directions.csv", index=False)
-    write_text(out / "summary.json", dumps(report.headline()))
-    report.save(out / "report")
-    html = report.to_html(out / "report.html", title=args.title)
+    with publish_out(out) as tmp:  # every file of this run, swapped in as a whole
+        report.drift.to_csv(tmp / "drift.csv", index=False)
+        report.directions_table.to_csv(tmp / "directions.csv", index=False)
+        write_text(tmp / "summary.json", dumps(report.headline()))
+        report.save(tmp / "report")
+        report.to_html(tmp / "report.html", title=args.title)
     log.info("%s", repr(report))
-    print(html)  # noqa: T201 (the command's result: where the report is)
+    print(out / "report.html")  # noqa: T201 (the command's result: where the report is)
     return 0

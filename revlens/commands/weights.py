@@ -4,7 +4,7 @@ import argparse
 import logging
 from typing import Any
 
-from revlens.commands._common import HISTORY_HELP, check_out, dumps, load_history
+from revlens.commands._common import HISTORY_HELP, check_out, dumps, load_history, publish_out
 
 __all__ = ["register", "run"]
 
@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     history = load_history(args.history)
     report = weight_reversion(history, config=config, progress=not args.no_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    report.table.to_csv(out / "weights.csv", index=False)
-    report.model.to_csv(out / "weights-model.csv", index=False)
-    report.layers.to_csv(out / "weights-layers.csv", index=False)
-    write_text(out / "summary.json", dumps(report.headline()))
-    report.save(out / "weights")
-    html = report.to_html(out / "report.html", title=args.title)
+    with publish_out(out) as tmp:  # every file of this run, swapped in as a whole
+        report.table.to_csv(tmp / "weights.csv", index=False)
+        report.model.to_csv(tmp / "weights-model.csv", index=False)
+        report.layers.to_csv(tmp / "weights-layers.csv", index=False)
+        write_text(tmp / "summary.json", dumps(report.headline()))
+        report.save(tmp / "weights")
+        report.to_html(tmp / "report.html", title=args.title)
     log.info("%s", repr(report))
-    print(html)  # noqa: T201 (the command's result: where the report is)
+    print(out / "report.html")  # noqa: T201 (the command's result: where the report is)
     return 0

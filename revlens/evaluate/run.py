@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from revlens._config import as_int
 from revlens._version import __version__
 from revlens.collect import resolve_probes
-from revlens.errors import HistoryError, MetricError, ProbeError
+from revlens.errors import HistoryError, MetricError, ProbeError, naming
 from revlens.evaluate.result import Evaluation
 from revlens.history import Checkpoint, History
 from revlens.history.spec import metrics_frame
@@ -139,6 +139,11 @@ def _kl_references(lm: LensModel, hist: History, sets: dict[str, _Set], batch_si
     needy = [(s, m) for s in sets.values() for _, m in s.jobs if isinstance(m, KLTo) and m.needs_reference]
     if not needy:
         return
+    with naming(f"checkpoint {hist.aligned.name}", "computing the kl_to reference on"):
+        _kl_rows(lm, hist, sets, batch_size, needy)
+
+
+def _kl_rows(lm: LensModel, hist: History, sets: dict[str, _Set], batch_size: int, needy: list) -> None:
     lm.load(hist.aligned)
     for s in {id(s): s for s, _ in needy}.values():
         rows = []
@@ -194,24 +199,31 @@ def evaluate(history: Any, prompts: Any = None, metrics: Any = None, *, model: A
     _kl_references(lm, hist, sets, batch_size)
     records, per_prompt, responses = [], [], []
     for ck in tqdm(selected, desc="evaluate", unit="ckpt", disable=not progress):
-        lm.load(ck)
-        record: dict[str, Any] = {"checkpoint": ck.name}
-        for s in sets.values():
-            sums: dict[str, float] = {}
-            for batch in s.tokenized.batches(batch_size):
-                values, gens = _score_batch(lm, s, batch)
-                texts = batch.texts or [""] * len(batch)
-                for column, v in values.items():
-                    sums[column] = sums.get(column, 0.0) + float(v.sum())
-                    per_prompt += [{"checkpoint": ck.name, "metric": column, "set": s.name, "index": int(i),
-                                    "prompt": t, "value": float(x)} for i, t, x in zip(batch.indices, texts, v)]
-                for n_new, g in gens:
-                    responses += [{"checkpoint": ck.name, "set": s.name, "index": int(i), "prompt": t,
-                                   "max_new_tokens": int(n_new), "response": r}
-                                  for i, t, r in zip(batch.indices, texts, g.texts)]
-            record.update({c: total / len(s.tokenized) for c, total in sums.items()})
-        records.append(record)
+        with naming(f"checkpoint {ck.name}", "evaluating"):
+            records.append(_score_checkpoint(lm, ck, sets, batch_size, per_prompt, responses))
     return _result(hist, lm, sets, records, per_prompt, responses)
+
+
+def _score_checkpoint(lm: LensModel, ck: Checkpoint, sets: dict[str, _Set], batch_size: int, per_prompt: list,
+                      responses: list) -> dict[str, Any]:
+    """One checkpoint's record (its per-prompt values and responses appended to the lists)."""
+    lm.load(ck)
+    record: dict[str, Any] = {"checkpoint": ck.name}
+    for s in sets.values():
+        sums: dict[str, float] = {}
+        for batch in s.tokenized.batches(batch_size):
+            values, gens = _score_batch(lm, s, batch)
+            texts = batch.texts or [""] * len(batch)
+            for column, v in values.items():
+                sums[column] = sums.get(column, 0.0) + float(v.sum())
+                per_prompt += [{"checkpoint": ck.name, "metric": column, "set": s.name, "index": int(i),
+                                "prompt": t, "value": float(x)} for i, t, x in zip(batch.indices, texts, v)]
+            for n_new, g in gens:
+                responses += [{"checkpoint": ck.name, "set": s.name, "index": int(i), "prompt": t,
+                               "max_new_tokens": int(n_new), "response": r}
+                              for i, t, r in zip(batch.indices, texts, g.texts)]
+        record.update({c: total / len(s.tokenized) for c, total in sums.items()})
+    return record
 
 
 def _result(hist: History, lm: LensModel, sets: dict[str, _Set], records: list, per_prompt: list,

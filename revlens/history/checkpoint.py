@@ -268,7 +268,9 @@ def check_source(src: Any, what: str) -> Any:
 
         try:
             info = classify(path)
-        except CheckpointError:
+        except CheckpointError as exc:
+            if "adapter config" in str(exc):  # a malformed adapter_config.json: say what is wrong with it
+                raise CheckpointError(f"{what}: {exc}") from None
             raise CheckpointError(
                 f"{what}: dir {path} holds no weights (model.safetensors / pytorch_model.bin, or a PEFT "
                 "adapter: adapter_config.json + adapter_model.safetensors)"

@@ -30,8 +30,8 @@ def register(subparsers, parents=()) -> None:
         "lab", parents=list(parents),
         help="train the reversion lab's checkpoint history (pre-train -> align -> benign fine-tune)",
         description="Fine-tune the shipped aligned lab model on a benign task (one run per seed, plus "
-        "a control from the base model) and write a lab dir: manifest.json, metrics.json "
-        "and save_pretrained checkpoints.",
+        "a control from the base model) and write a lab dir: history.json (a revlens history: "
+        "--history DIR reads it), metrics.json, the probe files and save_pretrained checkpoints.",
     )
     _add_arguments(p)
     p.set_defaults(func=run)

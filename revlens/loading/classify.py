@@ -5,7 +5,6 @@ next to its adapter): ``kind="auto"`` reads the **full weights** (complete, need
 model) and records ``also=("adapter",)``; pass ``kind="adapter"`` to read the adapter instead.
 """
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from revlens.errors import CheckpointError, ConfigError
-from revlens.loading.lora import adapter_files
+from revlens.loading.lora import adapter_files, read_adapter_config
 from revlens.loading.sources import weight_files
 
 __all__ = ["CheckpointInfo", "Kind", "classify"]
@@ -54,10 +53,7 @@ def _trainer_steps(path: Path) -> dict[int, Path]:
 
 
 def _start_hint(path: Path) -> str | None:
-    try:
-        return json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path / 'adapter_config.json'}: {exc}") from exc
+    return read_adapter_config(path / "adapter_config.json").get("base_model_name_or_path")
 
 
 def classify(source: Any, kind: str = "auto") -> CheckpointInfo:

@@ -25,7 +25,8 @@ from revlens.errors import CheckpointError, ConfigError, ShapeMismatchError, req
 from revlens.loading.sources import TensorSource, open_source
 from revlens.loading.targets import Targets
 
-__all__ = ["Adapter", "AdapterConfig", "LoraModule", "adapter_files", "lora_delta", "read_adapter", "require_peft"]
+__all__ = ["Adapter", "AdapterConfig", "LoraModule", "adapter_files", "lora_delta", "read_adapter", "read_adapter_config",
+           "require_peft"]
 
 _PEFT_PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
@@ -79,10 +80,7 @@ class AdapterConfig:
             ConfigError: not a LoRA adapter, or a LoRA variant revlens cannot merge exactly.
         """
         path = Path(directory) / "adapter_config.json"
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read adapter config {path}: {exc}") from exc
+        raw = read_adapter_config(path)
         kind = str(raw.get("peft_type", "LORA")).upper()
         if kind != "LORA":
             raise ConfigError(f"adapter {directory}: peft_type {kind!r} is not supported (LoRA/DoRA only); "
@@ -95,7 +93,7 @@ class AdapterConfig:
             raise ConfigError(f"adapter {directory}: LoRA options {bad} are not supported; merge it with peft "
                               "(merge_and_unload) and save a full checkpoint")
         return cls(
-            path=Path(directory), r=int(raw["r"]), lora_alpha=float(raw.get("lora_alpha", 8)),
+            path=Path(directory), r=raw["r"], lora_alpha=float(raw.get("lora_alpha", 8)),
             rank_pattern={k: int(v) for k, v in (raw.get("rank_pattern") or {}).items()},
             alpha_pattern={k: float(v) for k, v in (raw.get("alpha_pattern") or {}).items()},
             use_rslora=bool(raw.get("use_rslora")), fan_in_fan_out=bool(raw.get("fan_in_fan_out")),
@@ -178,6 +176,62 @@ def require_peft(what: str) -> Any:
     """Import ``peft`` or raise :class:`~revlens.errors.MissingExtraError` naming the extra
     (``pip install "revlens[peft]"``)."""
     return require("peft", "peft", what)
+
+
+def _number(path: Path, field_: str, value: Any, *, integer: bool) -> Any:
+    ok = isinstance(value, int) and value > 0 if integer else \
+        isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not ok:
+        want = "a positive integer" if integer else "a finite number"
+        raise CheckpointError(f"adapter config {path}: field {field_!r} must be {want}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def read_adapter_config(path: Any) -> dict[str, Any]:
+    """``adapter_config.json`` parsed and checked: a JSON object whose ``r`` (and any
+    ``rank_pattern`` value) is a positive integer and whose ``lora_alpha`` (default 8; any
+    ``alpha_pattern`` value) is a finite number; ``r`` and ``lora_alpha`` come back normalised.
+
+    Raises:
+        CheckpointError: naming the file and the JSON problem (line, column) or the field.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read adapter config {p}: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"adapter config {p} is not valid JSON ({exc.msg} at line {exc.lineno} "
+                              f"column {exc.colno})") from None
+    except RecursionError:
+        raise CheckpointError(f"adapter config {p} is not valid JSON (nested too deeply)") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"adapter config {p} must hold a JSON object, got {type(raw).__name__}")
+    if not isinstance(raw.get("peft_type", "LORA"), str):
+        raise CheckpointError(f"adapter config {p}: field 'peft_type' must be a str, got {raw['peft_type']!r}")
+    if raw.get("peft_type", "LORA").upper() != "LORA":
+        return raw  # another PEFT method: AdapterConfig.read refuses it by name
+    if "r" not in raw:
+        raise CheckpointError(f"adapter config {p}: field 'r' (the LoRA rank) is missing")
+    out = {**raw, "r": _number(p, "r", raw["r"], integer=True),
+           "lora_alpha": _number(p, "lora_alpha", raw.get("lora_alpha", 8), integer=False)}
+    for name, integer in (("rank_pattern", True), ("alpha_pattern", False)):
+        pattern = raw.get(name)
+        if pattern in (None, {}):
+            continue
+        if not isinstance(pattern, dict):
+            raise CheckpointError(f"adapter config {p}: field {name!r} must be an object, got {pattern!r}")
+        for key, value in pattern.items():
+            _number(p, f"{name}[{key!r}]", value, integer=integer)
+    for name in ("modules_to_save", "base_model_name_or_path", "bias"):
+        value = raw.get(name)
+        want = list if name == "modules_to_save" else str
+        if value is not None and not isinstance(value, want):
+            raise CheckpointError(f"adapter config {p}: field {name!r} must be a {want.__name__} or null, "
+                                  f"got {value!r}")
+    return out
 
 
 def adapter_files(directory: Path) -> list[Path]:

@@ -25,8 +25,8 @@ def read_jsonl(path: Any) -> list[tuple[int, dict[str, Any], str]]:
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ProbeError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ProbeError(f"{p}:{lineno}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
         rows.append((lineno, obj, line_kind(obj, f"{p}:{lineno}")))
     if not rows:
         raise ProbeError(f"probe file {p} holds no prompts")

@@ -197,7 +197,7 @@ class Probes:
             n_post = torch.tensor([-1 if o.n_post is None else o.n_post for o in outs], dtype=torch.long)
             self._check_unknown(tokenizer, ids, rendered)
         elif self.is_text:
-            ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in self.prompts]
+            ids = [text_ids(tokenizer, p) for p in self.prompts]
             self._check_unknown(tokenizer, ids, self.prompts)
         else:
             ids = [list(p) for p in self.prompts]
@@ -229,3 +229,13 @@ class Probes:
             if row and sum(t == unk for t in row) * 2 > len(row):
                 raise ProbeError(f"prompt {i} ({shown[i][:60]!r}) is mostly unknown tokens for this tokenizer; "
                                  "was the probe set written for another model?")
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """A text probe's ids: with the tokenizer's special tokens, except for a text that already
+    starts with its BOS token (a conversation rendered by a chat template to a string,
+    ``apply_chat_template(tokenize=False)``), which is tokenized as it is — no second BOS; the ids
+    then equal ``apply_chat_template(tokenize=True)`` (TransformerLens #1418)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    starts = isinstance(bos, str) and bool(bos) and text.startswith(bos)
+    return list(tokenizer(text, add_special_tokens=not starts)["input_ids"])

@@ -23,11 +23,13 @@ Formats (recognised from the header when ``format="auto"``):
 """
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 from revlens.errors import ProbeError
+from revlens.probes.chat import check_conversation
 from revlens.probes.probes import Probes
 
 __all__ = ["PROMPT_FORMATS", "combine", "load_prompt_set"]
@@ -37,12 +39,37 @@ PROMPT_FORMATS = ("auto", "advbench", "jailbreakbench", "harmbench", "csv", "jso
 _PROMPT_KEYS = ("prompt", "goal", "instruction", "behavior", "text", "question")
 
 
-def _read_csv(p: Path) -> list[dict[str, str]]:
+def _read_text(p: Path) -> str:
     try:
-        with p.open(encoding="utf-8-sig", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ProbeError(f"{p}: not a readable UTF-8 CSV file ({exc})") from None
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProbeError(f"prompt file {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ProbeError(f"cannot read prompt file {p}: {exc.strerror or exc}") from None
+
+
+def _read_csv(p: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, strictly: an unterminated quote, text after a closing quote or a
+    row with another number of fields than the header is refused naming file and line (never
+    merged into a neighbouring field)."""
+    reader = csv.reader(io.StringIO(_read_text(p), newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[dict[str, str]] = []
+    start = 1
+    try:
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # a blank line
+            if header is None:
+                header = fields
+                continue
+            if len(fields) != len(header):
+                raise ProbeError(f"{p}:{line}: a row of {len(fields)} field(s) under a header of "
+                                 f"{len(header)} ({header}); quote fields that hold commas")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as exc:
+        raise ProbeError(f"{p}:{start}: malformed CSV ({exc}; an unterminated or stray quote?)") from None
     if not rows:
         raise ProbeError(f"{p} holds no rows")
     return rows
@@ -93,19 +120,20 @@ def _jsonl_prompts(p: Path) -> tuple[list[Any], list[dict[str, Any]], list[Any]]
     from revlens.probes.files import read_jsonl
 
     rows = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_text(p).splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ProbeError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise ProbeError(f"{p}:{lineno}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
     if rows and all(isinstance(r, dict) and not ({"text", "prompt", "messages"} & set(r)) for r in rows):
         key = next((k for k in _PROMPT_KEYS if all(isinstance(r.get(k), str) for r in rows)), None)
         if key is None:
             raise ProbeError(f"{p}: lines need one of {', '.join(_PROMPT_KEYS)} or 'messages'")
         return [r[key] for r in rows], rows, [r.get("label") for r in rows]
     parsed = read_jsonl(p)
-    items = [obj["messages"] if kind == "messages" else obj[kind] for _, obj, kind in parsed]
+    items = [check_conversation(obj["messages"], f"{p}:{n}") if kind == "messages" else obj[kind]
+             for n, obj, kind in parsed]
     return items, [obj for _, obj, _ in parsed], [obj.get("label") for _, obj, _ in parsed]
 
 
@@ -141,7 +169,7 @@ def load_prompt_set(path: Any, *, format: PromptFormat = "auto", label: str | No
     if kind == "jsonl":
         items, info, labels = _jsonl_prompts(p)
     elif kind == "txt":
-        items = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        items = [ln.strip() for ln in _read_text(p).splitlines() if ln.strip()]
         info, labels = [{} for _ in items], [None] * len(items)
     else:
         items, info, default = _csv_prompts(p, kind, column)

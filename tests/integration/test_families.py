@@ -155,15 +155,17 @@ def test_swaps_give_a_fresh_boots_logits(family):
 
 
 # ---------------------------------------------------------------------------------------- training
-def _train(model, blocker=None, monitor=None, steps: int = 3):
-    """A few SGD steps on random sequences (lr small enough that the blocker's first-order
-    guarantee shows: blocked motion along v is O(lr²), unblocked O(lr))."""
+def _train(model, blocker=None, monitor=None, steps: int = 3, lr: float = 0.01):
+    """A few SGD steps on random sequences. Dropout (GPT-2, OPT, Bloom... train with it) draws
+    from a seeded generator of its own, so every run, machine and test order sees the same masks;
+    the blocked and the free run the same ones."""
     g = torch.Generator().manual_seed(0)
     data = torch.randint(len(families.SPECIALS) + 4, len(families.VOCAB), (4, 8), generator=g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     ctx = blocker.attached(model, opt) if blocker is not None else _null()
-    with ctx:
+    with torch.random.fork_rng(devices=[]), ctx:
+        torch.manual_seed(0)
         for step in range(1, steps + 1):
             loss = model(input_ids=data, labels=data).loss
             loss.backward()
@@ -195,7 +197,24 @@ def test_blocker_update_and_monitor_on_the_hf_model(family):
     free = _train(hf_model(aligned))
     s_blocked, s_free = blocker.projection(blocked), blocker.projection(free)
     assert float(s_free.norm()) > 1e-3, s_free  # the unblocked run does move along v
-    assert float(s_blocked.norm()) < 0.2 * float(s_free.norm()), (s_blocked, s_free)
+    assert float(s_blocked.norm()) < float(s_free.norm()), (s_blocked, s_free)
+    # What the update method guarantees is first order: each step's change along v is cancelled
+    # to first order in the step, so the blocked motion is O(lr²) while the free motion is O(lr).
+    # A fixed ratio (blocked < 0.2 × free at lr 0.01) depends on the family's curvature and failed
+    # on OPT (0.22); the guarantee is the order: at a quarter of the step size the blocked run
+    # moves ~16× less (order 2), the free run ~4× less (order 1). Measured on every family
+    # (2026-12-07, 1 thread): blocked orders 1.46-2.3 (olmo2 lowest), free 0.58-1.30; the blocked
+    # order must exceed the free one by half an order. Below the float32 resolution of the
+    # projection (4 eps × the activations' norm) a drift is zero: Bloom's blocked run stays there.
+    floor = 4 * torch.finfo(torch.float32).eps * float(f.ref_stats.mean("aligned").norm(dim=-1).max())
+    if float(s_blocked.norm()) > floor:
+        small = revlens.ReversionBlocker(f.v, f.probes, f.lm, tokenizer=families.tokenizer(), method="update",
+                                         refresh_every=1, probe_batch_size=None)
+        b4 = small.projection(_train(hf_model(aligned), small, lr=0.0025))
+        f4 = small.projection(_train(hf_model(aligned), lr=0.0025))
+        order_blocked = math.log(float(s_blocked.norm()) / max(float(b4.norm()), floor), 4)
+        order_free = math.log(float(s_free.norm()) / float(f4.norm()), 4)
+        assert order_blocked > order_free + 0.5, (order_blocked, order_free, s_blocked, b4, s_free, f4, floor)
     hist = mon.history_
     assert hist.step.tolist() == [s for s in (1, 2, 3) for _ in f.v.layers] and hist.cos.notna().all()
 

@@ -183,3 +183,17 @@ def test_generation_and_logit_harm_agree_where_the_answer_is_in_format(lab):
     declared = revlens.evaluate(hist, lab / "probes" / "chat-heldout.jsonl", checkpoints=["aligned"], progress=False)
     assert {"harm", "harm_rate", "harm_gen"} <= set(declared.table.columns)
     assert declared.provenance["chat_template"]["name"] == "aligned/chat_template.jinja"
+
+
+def test_help_names_only_files_the_lab_writes(lab, capsys):
+    """`revlens lab --help` once promised a manifest.json the lab no longer writes (issue 32)."""
+    import re
+
+    from revlens.cli import main as revlens_main
+
+    with pytest.raises(SystemExit):
+        revlens_main(["lab", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    named = set(re.findall(r"[\w-]+\.jsonl?\b", text))
+    assert "history.json" in named and "manifest.json" not in named
+    assert all((lab / name).is_file() for name in named), named

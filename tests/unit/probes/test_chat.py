@@ -26,8 +26,9 @@ def test_chat_probes_are_tokenized_once_as_the_template_does(bos_tok):
     msgs = [{"role": "user", "content": "w10 w11 w12"}]
     own = bos_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
     rendered = bos_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    # the bug of issue 18: a rendered string tokenized as text gets a second BOS
-    assert Probes([rendered]).tokenize(bos_tok).tokens[0, :2].tolist() == [families.BOS, families.BOS]
+    # the trap of issues 18 / 32: a rendered string given as text no longer gets a second BOS
+    assert bos_tok(rendered)["input_ids"][:2] == [families.BOS, families.BOS]  # what the tokenizer does
+    assert Probes([rendered]).tokenize(bos_tok).tokens[0].tolist() == own
     tp = Probes.from_chat(["w10 w11 w12"]).tokenize(bos_tok)
     assert tp.tokens[0].tolist() == own
     assert own[0] == families.BOS and own[1] != families.BOS
