@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test bench gpu-check lint assets clean
+.PHONY: install demo test bench gpu-check lint assets docs dist clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,9 +36,20 @@ gpu-check: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check revlens tests benchmarks
 
+# The documentation site into site/ (mkdocs.yml; offline, --strict: a broken link, a missing
+# reference or a failing docstring fails). Executes tutorial 01 with its small settings (~1 min).
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
+# sdist + wheel into dist/, checked by twine (tests/integration/test_wheel.py installs the wheel)
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 # Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md).
 assets: $(STAMP)
 	$(PY) -m revlens.lab.assets
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache tests/artifacts
+	rm -rf $(DEMO_OUT) .pytest_cache tests/artifacts site dist

@@ -168,8 +168,29 @@ def on_files(files, config):
     return files
 
 
+def result_formats() -> str:
+    """The saved-result formats ``revlens.load`` opens, from ``revlens._RESULTS``, with each
+    format's module docstring (which lists its files)."""
+    import revlens
+
+    rows = ["| metadata file | format | class |", "|---|---|---|"]
+    docs = []
+    for meta, target in revlens._RESULTS.items():
+        module, name = target.split(":")
+        mod = importlib.import_module(module)
+        fmt = getattr(getattr(mod, name), "FORMAT", None) or getattr(mod, "STATS_FORMAT", name)
+        rows.append(f"| `{meta}` | `{fmt}` | [`{name}`][{module}.{name}] |")
+        docs += [f"## `{fmt}` ({name})", "", f"::: {module}", "    options:",
+                 "      members: false", "      show_root_heading: false", "      show_root_toc_entry: false", ""]  # fmt: skip
+    rows += ["| `history.json` | `revlens-history` | [`History`][revlens.history.history.History] |", ""]
+    return "\n".join(rows + docs)
+
+
 def on_page_markdown(markdown, page, config, files):
-    """Point relative links to repository files outside ``docs/`` at the source view."""
+    """Fill generated sections; point relative links to repository files outside ``docs/`` at
+    the source view."""
+    if "<!-- result-formats -->" in markdown:
+        markdown = markdown.replace("<!-- result-formats -->", result_formats())
     repo = config.get("repo_url")
     if not repo or page.file.generated_by or not page.file.src_uri.endswith(".md"):
         return markdown
