@@ -39,7 +39,7 @@ lint: $(STAMP)
 # The documentation site into site/ (mkdocs.yml; offline, --strict: a broken link, a missing
 # reference or a failing docstring fails). Executes tutorial 01 with its small settings (~1 min).
 docs: $(STAMP)
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # sdist + wheel into dist/, checked by twine (tests/integration/test_wheel.py installs the wheel)
 dist: $(STAMP)

@@ -323,8 +323,7 @@ def ablation_study(
 
     Raises:
         ConfigError: bad settings (named, before any forward pass).
-        SiteError: a layer out of range.
-        HistoryError: unknown run or step.
+        SiteError / HistoryError: a layer out of range; an unknown run or step.
         MetricError: a metric returning the wrong shape or NaN, or raising.
     """
     cfg = _config(config, settings, directions, positions)
