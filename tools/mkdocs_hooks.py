@@ -191,7 +191,7 @@ def on_page_markdown(markdown, page, config, files):
     the source view."""
     if "<!-- result-formats -->" in markdown:
         markdown = markdown.replace("<!-- result-formats -->", result_formats())
-    repo = config.get("repo_url")
+    repo = (config.get("extra") or {}).get("source_url")
     if not repo or page.file.generated_by or not page.file.src_uri.endswith(".md"):
         return markdown
     docs = Path(config.docs_dir).resolve()

@@ -30,6 +30,7 @@ from timeouts import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "tests" / "artifacts"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--no-first-run", "--disable-component-update", "--disable-sync",
@@ -192,7 +193,7 @@ def test_site_displays_in_chromium(served: str, tmp_path: Path) -> None:
             page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
 
             page.goto(served)
-            assert page.locator("h1").first.text_content().strip() == "revlens"
+            assert page.locator("h1").first.text_content().replace("¶", "").strip() == "revlens"
             assert page.locator("img[src$='reversion.svg']").evaluate("i => i.naturalWidth") > 100
             page.locator("nav").get_by_text("Getting started").first.wait_for()
 
@@ -210,8 +211,11 @@ def test_site_displays_in_chromium(served: str, tmp_path: Path) -> None:
                     const s = d.querySelector('.main-svg');
                     return s && s.getBoundingClientRect().width > 100;}).length""")  # fmt: skip
             assert drawn >= 1
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "docs_tutorial_01.png"))
             assert "revlens.analyze" in page.content()  # the notebook's code is shown
         finally:
             ctx.close()
-    assert not errors, errors
     assert not outside, f"the site asked for resources outside itself: {outside}"
+    assert not errors, errors
