@@ -36,6 +36,9 @@ ARGS = [
     "--no-first-run", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 
+# one worker builds the site once for every test of this module (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("docs-site")
+
 sys.path.insert(0, str(ROOT / "tools"))
 import mkdocs_hooks  # noqa: E402
 
