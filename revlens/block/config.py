@@ -1,13 +1,26 @@
-"""``BlockerConfig``: the settings of :class:`~revlens.block.ReversionBlocker`, validated up front."""
+"""``BlockerConfig``: the settings of :class:`~revlens.block.ReversionBlocker`, validated up front.
 
+``method`` is any name registered for a ``ReversionBlocker`` subclass (:mod:`revlens.block.registry`);
+what a method cannot honour is checked by its class (``check_config``), not here."""
+
+import sys
 from dataclasses import dataclass
 from typing import Any, no_type_check
 
 from revlens._config import Config, as_float, as_int, as_str_tuple, option
+from revlens.block.registry import MethodNames, method_class
 from revlens.errors import ConfigError
-from revlens.modes import BLOCK_CONSTRAINTS, BLOCK_METHODS, GRAD_BATCHING, SITE_KINDS, check_mode
+from revlens.modes import BLOCK_CONSTRAINTS, GRAD_BATCHING, SITE_KINDS, check_mode
 
 __all__ = ["BlockerConfig"]
+
+
+def _loaded_blocker() -> type | None:
+    """``ReversionBlocker`` once its module has loaded (it imports this one; ``None`` until then)."""
+    return getattr(sys.modules.get("revlens.block.blocker"), "ReversionBlocker", None)
+
+
+_METHODS = MethodNames(_loaded_blocker)
 
 
 @no_type_check  # validates its own fields (typed errors), also under the test type-checker
@@ -15,7 +28,7 @@ __all__ = ["BlockerConfig"]
 class BlockerConfig(Config):
     """Settings of a :class:`ReversionBlocker` (see its docstring for each field)."""
 
-    method: str = option("update", "blocking method", choices=BLOCK_METHODS)
+    method: str = option("update", "blocking method (a registered ReversionBlocker method)", choices=_METHODS)
     strength: float = option(1.0, "fraction of the component removed (update/gradient/hook), or λ (penalty)")
     restore: bool = option(True, "add the restoring term (update only)")
     probe_batch_size: Any = option("auto", "prompts per measurement ('auto', an int, or None: all)", cli=False)
@@ -36,7 +49,9 @@ class BlockerConfig(Config):
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field)."""
-        check_mode("method", self.method, BLOCK_METHODS)
+        from revlens.block.blocker import ReversionBlocker
+
+        method = method_class(self.method, ReversionBlocker)
         self.strength = as_float("strength", self.strength, min=0.0)
         if not isinstance(self.restore, bool):
             raise ConfigError(f"restore must be True or False, got {self.restore!r}")
@@ -53,9 +68,4 @@ class BlockerConfig(Config):
         self.params = as_str_tuple("params", self.params)
         if not isinstance(self.per_prompt, bool):
             raise ConfigError(f"per_prompt must be True or False, got {self.per_prompt!r}")
-        if self.method == "hook" and self.constraint == "confine":
-            raise ConfigError("method='hook' cannot confine: a forward hook keeping only the subspace would erase "
-                              "every per-token direction outside it; confine with update, gradient or penalty")
-        if self.method == "hook" and self.per_prompt:
-            raise ConfigError("method='hook' edits training activations, not probe prompts: per_prompt applies to "
-                              "update, gradient and penalty")
+        method.check_config(self)

@@ -1,23 +1,29 @@
-"""Hugging Face ``Trainer`` integration of :class:`~revlens.block.ReversionBlocker` (and the
-shared logging of the monitor's callback). Works with any ``Trainer`` subclass, TRL's
-``SFTTrainer`` included (tested: trl 1.16, PEFT LoRA).
+"""Hugging Face ``Trainer`` integration of every blocking strategy
+(:class:`~revlens.block.strategy.BlockingStrategy`: :class:`~revlens.block.ReversionBlocker`'s
+methods, :class:`~revlens.weights.WeightBlocker`, a user's registered method), and the shared
+logging of the monitor's callback. Works with any ``Trainer`` subclass, TRL's ``SFTTrainer``
+included (tested: trl 1.16, PEFT LoRA).
 
-Three ways, same blocking:
+Three ways, same blocking, one callback class (:class:`BlockingCallback`) for every strategy:
 
-- ``Trainer(..., callbacks=[ReversionBlockerCallback(blocker)])`` (or
-  ``blocker.as_trainer_callback()``): the callback attaches on ``on_train_begin`` and acts on
-  ``on_pre_optimizer_step`` / ``on_optimizer_step`` (the optimizer's ``step`` is not wrapped), and
-  detaches on ``on_train_end``. A ``Trainer`` that raises never calls ``on_train_end``:
-  ``"hook"``-method hooks would stay until ``blocker.detach()``.
+- ``Trainer(..., callbacks=[BlockingCallback(strategy)])`` (or ``strategy.as_trainer_callback()``):
+  the callback attaches on ``on_train_begin`` and calls the step protocol on
+  ``on_pre_optimizer_step`` (``before_step``) / ``on_optimizer_step`` (``after_step``) (the
+  optimizer's ``step`` is not wrapped), and ``finish`` then ``detach`` on ``on_train_end``. A
+  ``Trainer`` that raises never calls ``on_train_end``: hooks (``"hook"`` method) would stay until
+  ``strategy.detach()``.
 - ``add_to_trainer(trainer, blocker, monitor)``: the same callbacks on a built trainer (e.g. an
   ``SFTTrainer``), placed **first** so that the logging integrations (W&B, TensorBoard...) see
   their measurements (below).
-- ``BlockingTrainer(blocker=blocker, ...)``: a ``Trainer`` that adds the callback and detaches
-  in ``finally`` even when training raises.
+- ``BlockingTrainer(blocker=strategy, ...)`` (or a list of strategies): a ``Trainer`` that adds the
+  callbacks and detaches in ``finally`` even when training raises.
 
 **Logging.** Whenever the trainer logs (``logging_steps``), the callbacks add their latest
-measurements to the log: the blocker ``revlens/block_s_layer{l}`` (``s_l`` along the first basis
-row before the last step, see :attr:`ReversionBlocker.history_`) and ``revlens/block_active_rows``;
+measurements to the log: each strategy's last-step :class:`~revlens.block.strategy.Measurement`
+records under ``revlens/<log_name>`` — the activation blocker ``revlens/block_s_layer{l}``
+(``s_l`` along the first basis row before the last step, see :attr:`ReversionBlocker.history_`) and
+``revlens/block_active_rows``, the weight blocker ``revlens/weights_removed`` and
+``revlens/weights_update_norm``;
 the monitor (which also makes the trainer log at each of its checks) ``revlens/cos_layer{l}``,
 ``revlens/proj_layer{l}``, ``revlens/null_p99`` and ``revlens/alerts``. They land in
 ``trainer.state.log_history`` and in the ``logs`` every later callback receives: callbacks the
@@ -28,13 +34,15 @@ do not see them, hence :func:`add_to_trainer`.
 optimizer step (gradient clipping, done earlier by the Trainer, does not see it).
 """
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, no_type_check
 
 from transformers import Trainer, TrainerCallback
 
-from revlens.block.blocker import ReversionBlocker
+from revlens.block.strategy import BlockingStrategy
+from revlens.errors import ConfigError
 
-__all__ = ["BlockingTrainer", "LoggingCallback", "ReversionBlockerCallback", "add_to_trainer"]
+__all__ = ["BlockingCallback", "BlockingTrainer", "LoggingCallback", "ReversionBlockerCallback", "add_to_trainer"]
 
 PREFIX = "revlens/"
 
@@ -58,42 +66,53 @@ class LoggingCallback(TrainerCallback):
         self.pending = {}
 
 
-class ReversionBlockerCallback(LoggingCallback):
-    """A ``transformers.TrainerCallback`` running a :class:`ReversionBlocker` inside ``Trainer.train``
-    and logging its ``s_l`` (module docstring)."""
+class BlockingCallback(LoggingCallback):
+    """A ``transformers.TrainerCallback`` running any :class:`~revlens.block.strategy.BlockingStrategy`
+    inside ``Trainer.train`` and logging its measurements (module docstring)."""
 
-    def __init__(self, blocker: ReversionBlocker) -> None:
+    @no_type_check  # validates its own argument (a typed error), also under the test type-checker
+    def __init__(self, strategy: BlockingStrategy) -> None:
         super().__init__()
-        self.blocker = blocker
+        if not isinstance(strategy, BlockingStrategy):
+            raise ConfigError(f"BlockingCallback takes a blocking strategy (ReversionBlocker, WeightBlocker, a "
+                              f"registered BlockingStrategy), got {type(strategy).__name__}")
+        self.strategy = strategy
 
-    def on_train_begin(
-        self,
-        args: Any,
-        state: Any,
-        control: Any,
-        model: Any = None,
-        optimizer: Any = None,
-        **kwargs: Any,
-    ) -> None:
+    @property
+    def blocker(self) -> BlockingStrategy:
+        """The strategy (the name earlier releases used)."""
+        return self.strategy
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> None:
         """Attach to the Trainer's model and optimizer (no step wrapping)."""
-        self.blocker.attach(model, optimizer, wrap_step=False)
+        self.strategy.attach(model, optimizer, wrap_step=False)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Measure ``s`` and the per-layer gradients; project the gradient / add the penalty."""
-        self.blocker.before_step()
+        """``before_step``: e.g. measure ``s`` and the per-layer gradients, project the gradient,
+        add a penalty's gradient."""
+        self.strategy.before_step()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Project the update and restore ``s`` (update method); note what to log."""
-        self.blocker.after_step()
-        self.pending = self.blocker.measurements()
+        """``after_step``: e.g. project the update and restore ``s``; note what to log."""
+        self.strategy.after_step()
+        self.pending = {m.log_name: m.value for m in self.strategy.measurements() if m.logged}
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Remove hooks."""
-        self.blocker.detach()
+        """``finish`` (post-hoc defenses act here), then remove hooks."""
+        try:
+            self.strategy.finish()
+        finally:
+            self.strategy.detach()
+
+
+ReversionBlockerCallback = BlockingCallback
+"""The earlier name of :class:`BlockingCallback` (kept: one callback serves every strategy)."""
 
 
 def add_to_trainer(trainer: Any, *tools: Any) -> list[TrainerCallback]:
-    """Add the callbacks of ``tools`` (a :class:`ReversionBlocker`, a
+    """Add the callbacks of ``tools`` (blocking strategies — a :class:`~revlens.block.ReversionBlocker`,
+    a :class:`~revlens.weights.WeightBlocker`, a registered method —, a
     :class:`~revlens.monitor.ReversionMonitor`, anything with ``as_trainer_callback()``) to a built
     ``trainer`` (``Trainer``, TRL's ``SFTTrainer``...), ahead of its other callbacks so that its
     logging integrations receive their measurements. Returns the callbacks."""
@@ -108,7 +127,9 @@ class BlockingTrainer(Trainer):
     """A ``transformers.Trainer`` that blocks reversion while it trains.
 
     Args:
-        blocker: the :class:`ReversionBlocker`; every other argument goes to ``Trainer``.
+        blocker: a blocking strategy (:class:`~revlens.block.ReversionBlocker`,
+            :class:`~revlens.weights.WeightBlocker`, any registered method) or a list of them, all
+            acting on the same steps in the order given; every other argument goes to ``Trainer``.
 
     Example:
         >>> trainer = BlockingTrainer(blocker=ReversionBlocker(v, probes, aligned_dir),  # doctest: +SKIP
@@ -116,14 +137,21 @@ class BlockingTrainer(Trainer):
         >>> trainer.train()                                                               # doctest: +SKIP
     """
 
-    def __init__(self, *args: Any, blocker: ReversionBlocker, **kwargs: Any) -> None:
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def __init__(self, *args: Any, blocker: BlockingStrategy | Sequence[BlockingStrategy], **kwargs: Any) -> None:
+        strategies = list(blocker) if isinstance(blocker, (list, tuple)) else [blocker]
+        bad = [type(s).__name__ for s in strategies if not isinstance(s, BlockingStrategy)]
+        if bad or not strategies:
+            raise ConfigError(f"BlockingTrainer(blocker=...) takes blocking strategies, got {bad or 'none'}")
         super().__init__(*args, **kwargs)
         self.blocker = blocker
-        add_to_trainer(self, blocker)
+        self.strategies = strategies
+        add_to_trainer(self, *strategies)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer.train``, detaching the blocker in ``finally``."""
+        """``Trainer.train``, detaching every strategy in ``finally``."""
         try:
             return super().train(*args, **kwargs)
         finally:
-            self.blocker.detach()
+            for s in self.strategies:
+                s.detach()

@@ -364,7 +364,8 @@ def _history_stats(hist: History, lm: LensModel, plan: _Plan, sites: list[Site],
         meta={"n_prompts": len(tokenized), "n_bootstrap": common["n_bootstrap"],
               "bootstrap_seed": common["bootstrap_seed"], "probe_fingerprint": tokenized.fingerprint(),
               "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint,
-              "chat_template": tokenized.template, "dtype": str(lm.dtype).removeprefix("torch.")},
+              "chat_template": tokenized.template, "dtype": str(lm.dtype).removeprefix("torch."),
+              "datasets": tokenized.datasets},
     )
 
 

@@ -221,7 +221,8 @@ def _result(hist: History, lm: LensModel, sets: dict[str, _Set], records: list, 
     provenance = {"revlens_version": __version__, "model": lm.source, "history": hist.metadata.get("spec"),
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "chat_template": next(iter(templates.values()), None), "chat_templates": templates,
-                  "n_prompts": {s.name: len(s.tokenized) for s in sets.values()}}
+                  "n_prompts": {s.name: len(s.tokenized) for s in sets.values()},
+                  "datasets": {s.name: s.tokenized.datasets for s in sets.values() if s.tokenized.datasets}}
     return Evaluation(
         table=metrics_frame(hist, records),
         per_prompt=pd.DataFrame(per_prompt, columns=["checkpoint", "metric", "set", "index", "prompt", "value"]),

@@ -12,6 +12,8 @@ writes the runs next to the unblocked ones, as runs of kind ``"blocked"`` of the
 ``<name>`` is the method, or ``<method>-random`` for the control that blocks random unit
 directions instead of ``v_rev``. ``History.load`` reads the blocked runs like any other run.
 
+``method`` is any registered blocking method (:func:`revlens.block.method_names`): the
+activation-space ones build a :class:`~revlens.block.ReversionBlocker` along ``v_rev``;
 ``method="weights"`` blocks in weight space instead (:class:`revlens.weights.WeightBlocker`:
 updates kept off ``V``'s top-k singular subspaces, ``V = W_aligned − W_base`` from the lab's own
 base and aligned checkpoints); its control (``random_directions=True``) uses random subspaces of
@@ -29,7 +31,7 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json
-from revlens.block import METHODS, ReversionBlocker
+from revlens.block import BlockingStrategy, ReversionBlocker, method_class, method_names
 from revlens.directions import Directions
 from revlens.errors import CheckpointError, ConfigError
 from revlens.history.spec import update_spec
@@ -37,6 +39,7 @@ from revlens.lab.runner import read_lab
 from revlens.modes import check_mode
 from revlens.probes import Probes
 from revlens.sites import access
+from revlens.weights.blocker import WeightBlocker
 
 __all__ = ["lab_directions", "lab_probes", "run_blocked"]
 
@@ -77,10 +80,10 @@ def lab_directions(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequ
 
 
 class _Blocked:
-    """finetune callbacks: attach the blocker (a ReversionBlocker or a WeightBlocker), record each
-    checkpoint in the lab dir."""
+    """finetune callbacks: attach the blocking strategy (the step protocol of
+    :class:`~revlens.block.BlockingStrategy`), record each checkpoint in the lab dir."""
 
-    def __init__(self, blocker: Any, lab_dir: Path, run: str, info: dict[str, Any],
+    def __init__(self, blocker: BlockingStrategy, lab_dir: Path, run: str, info: dict[str, Any],
                  evaluator: Any) -> None:
         self.blocker, self.dir, self.run, self.info, self.evaluator = blocker, lab_dir, run, info, evaluator
         self.steps: dict[str, str] = {}
@@ -98,7 +101,10 @@ class _Blocked:
         update_spec(self.dir, lambda spec: spec["runs"].__setitem__(self.run, entry))
 
     def on_train_end(self, model: torch.nn.Module) -> None:
-        self.blocker.detach()
+        try:
+            self.blocker.finish()
+        finally:
+            self.blocker.detach()
 
 
 def _forget(lab_dir: Path, run: str) -> None:
@@ -111,16 +117,22 @@ def _forget(lab_dir: Path, run: str) -> None:
     update_spec(lab_dir, lambda spec: spec["runs"].pop(run, None))
 
 
-WEIGHTS = "weights"  # the weight-space blocker's method name (not an activation-space BlockMethod)
+WEIGHTS = WeightBlocker.method  # "weights": blocking in weight space (V from the lab's base and aligned)
+
+
+def _in_weights(method: str) -> bool:
+    """Whether ``method`` blocks in weight space (needs the two checkpoints, no directions)."""
+    return issubclass(method_class(method), WeightBlocker)
 
 
 def _blocker(method: str, root: Path, aligned: torch.nn.Module, v: Directions | None, probes: Probes,
-             random_directions: bool, direction_seed: int, kwargs: dict[str, Any]) -> Any:
-    if method == WEIGHTS:
-        from revlens.weights import WeightBlocker
-
-        return WeightBlocker(root / "base", root / "aligned", random=random_directions,
-                             seed=direction_seed, **kwargs)
+             random_directions: bool, direction_seed: int, kwargs: dict[str, Any]) -> BlockingStrategy:
+    cls = method_class(method)
+    if issubclass(cls, WeightBlocker):
+        return cls(root / "base", root / "aligned", random=random_directions, seed=direction_seed, **kwargs)
+    if not issubclass(cls, ReversionBlocker):
+        raise ConfigError(f"run_blocked: method {method!r} ({cls.__name__}) is neither a ReversionBlocker method "
+                          "nor a WeightBlocker; the lab does not know how to build it")
     from revlens.lab.language import build_tokenizer
 
     return ReversionBlocker(v, probes, aligned, tokenizer=build_tokenizer(), method=method, **kwargs)
@@ -131,11 +143,11 @@ def _blocked_directions(method: str, directions: Directions | None, layers: Sequ
                         direction_seed: int) -> tuple[list[int] | None, Directions | None]:
     """The blocked layers and what is blocked there (``None`` for weight-space blocking)."""
     if directions is not None:
-        if random_directions or method == WEIGHTS:
+        if random_directions or _in_weights(method):
             raise ConfigError("run_blocked: directions=... is not used with random_directions=True or method='weights'")
         layers = list(directions.layers) if layers is None else list(layers)
         return layers, directions.select(layers)
-    if method == WEIGHTS:
+    if _in_weights(method):
         return None if layers is None else list(layers), None
     layers = list(range(1, n_layer + 1)) if layers is None else list(layers)
     return layers, lab_directions(base, aligned, layers, probes=probes, random=random_directions,
@@ -151,8 +163,9 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
 
     Args:
         lab_dir: a lab dir written by ``revlens lab`` (one pair; ``history.json``).
-        method: blocking method (``"update"``, ``"gradient"``, ``"penalty"``, ``"hook"``), or
-            ``"weights"`` (weight-space blocking, see the module docstring).
+        method: a registered blocking method (``"update"``, ``"gradient"``, ``"penalty"``,
+            ``"hook"``, ``"weights"`` — weight-space blocking, see the module docstring — or one a
+            user registered as a ``ReversionBlocker`` or ``WeightBlocker`` subclass).
         seeds: fine-tuning seeds (default: the lab's).
         layers: blocked layers (default: ``1..n_layers``).
         random_directions: the control: block random unit directions (run name ``<method>-random``).
@@ -174,7 +187,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     from revlens.lab.metrics import Evaluator
     from revlens.lab.tracks import task_shift
 
-    check_mode("method", method, (*METHODS, WEIGHTS))
+    check_mode("method", method, method_names())
     root = Path(lab_dir)
     if not (root / "history.json").is_file():
         raise CheckpointError(f"{root} is not a single-pair lab dir (no history.json); pass a pair dir")
@@ -195,7 +208,7 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
         _forget(root, run)
         blocker = _blocker(method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs)
         info = {"method": method, "random_directions": random_directions, "settings": settings,
-                "layers": "all weights" if method == WEIGHTS else layers}
+                "layers": "all weights" if _in_weights(method) else layers}
         if v is not None:
             info.update(directions=v.method, rank=v.rank)
         cb = _Blocked(blocker, root, run, info, evaluator)

@@ -31,6 +31,7 @@ from revlens.metrics.model import (
     score_metric,
 )
 from revlens.metrics.refusal import (
+    ARDITI_PHRASES,
     REFUSAL_PHRASES,
     REFUSAL_STARTS,
     PhraseJudge,
@@ -62,6 +63,7 @@ from revlens.metrics.tokens import (
 )
 
 __all__ = [
+    "ARDITI_PHRASES",
     "METRICS",
     "REFUSAL_PHRASES",
     "REFUSAL_STARTS",

@@ -51,13 +51,14 @@ class TokenizedProbes:
     ``"last"`` / ``"mean"`` / a mask; ``-k .. -1`` for ``("post_instruction", k)``); ``weights``
     is the only (or the last, ``-1``) one. ``texts``: prompt texts (chat: the last user message),
     ``rendered``: the rendered chat prompts, ``template``: the template's provenance, ``n_post``:
-    post-instruction tokens per prompt (chat).
+    post-instruction tokens per prompt (chat), ``datasets``: the published sets the prompts come
+    from (:attr:`Probes.provenance`).
     """
 
     def __init__(self, tokens: Tensor, lengths: Tensor, weights: Tensor | dict[str, Tensor], *,
                  labels: list[Any] | None, position: str, tokenizer_id: str, texts: list[str] | None,
                  rendered: list[str] | None = None, template: dict[str, str] | None = None,
-                 n_post: Tensor | None = None) -> None:
+                 n_post: Tensor | None = None, datasets: list[dict[str, Any]] | None = None) -> None:
         self.tokens = tokens
         self.lengths = lengths
         self.positions = dict(weights) if isinstance(weights, dict) else {position: weights}
@@ -69,6 +70,7 @@ class TokenizedProbes:
         self.rendered = rendered
         self.template = template
         self.n_post = n_post
+        self.datasets = datasets  # the published sets the prompts come from (Probes.provenance)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -87,7 +89,8 @@ class TokenizedProbes:
         name = f"{self.position}@{label}" if self.multi else self.position
         return TokenizedProbes(self.tokens, self.lengths, {name: self.positions[label]}, labels=self.labels,
                                position=name, tokenizer_id=self.tokenizer_id, texts=self.texts,
-                               rendered=self.rendered, template=self.template, n_post=self.n_post)
+                               rendered=self.rendered, template=self.template, n_post=self.n_post,
+                               datasets=self.datasets)
 
     def batches(self, batch_size: int) -> Iterator[ProbeBatch]:
         """Yield :class:`ProbeBatch` es, trimmed to the longest prompt of each batch."""

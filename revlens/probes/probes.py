@@ -60,6 +60,8 @@ class Probes:
         self.conversations: list[list[dict[str, str]]] | None = getattr(self, "conversations", None)
         self.template: ChatTemplate | None = getattr(self, "template", None)
         self.info: list[dict[str, Any]] | None = getattr(self, "info", None)  # per-prompt extras (prompt sets)
+        # where the prompts come from (revlens.datasets: package, version, file, sha256, licence); reports record it
+        self.provenance: list[dict[str, Any]] | None = getattr(self, "provenance", None)
         self.position = check_position(position, len(items), self.conversations is not None)
 
     # ------------------------------------------------------------------ chat
@@ -112,6 +114,7 @@ class Probes:
             out = Probes.from_chat([self.conversations[i] for i in idx], labels=labels, position=pos,  # type: ignore[index]
                                    template=template if template is not None else self.template)
         out.info = [self.info[i] for i in idx] if self.info is not None else None
+        out.provenance = self.provenance
         return out
 
     def with_position(self, position: PositionRule) -> "Probes":
@@ -215,7 +218,8 @@ class Probes:
         return TokenizedProbes(tokens, lengths, position_weights(self.position, lengths, n_post), labels=self.labels,
                                position=position_name(self.position), tokenizer_id=tokenizer_id(tokenizer),
                                texts=list(self.prompts) if self.is_text else None, rendered=rendered,
-                               template=used.provenance() if used is not None else None, n_post=n_post)
+                               template=used.provenance() if used is not None else None, n_post=n_post,
+                               datasets=self.provenance)
 
     def _check_unknown(self, tokenizer: Any, ids: list[list[int]], shown: Sequence[str]) -> None:
         unk = getattr(tokenizer, "unk_token_id", None)

@@ -189,4 +189,6 @@ def combine(*sets: Probes) -> Probes:
     else:
         out = Probes([p for s in sets for p in s.prompts], labels=labels, position=first.position)
     out.info = [i for s in sets for i in (s.info or [{} for _ in range(len(s))])]
+    sources = [p for s in sets for p in (s.provenance or [])]
+    out.provenance = sources or None
     return out

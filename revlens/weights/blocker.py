@@ -1,9 +1,12 @@
 """Block weight-space reversion while a model trains: keep every update off (or on) V's top-k
 singular subspace, with a true projector (:mod:`revlens.weights.projector`).
 
-The weight-space twin of :class:`revlens.block.ReversionBlocker` (same protocol: ``attach(model,
-optimizer)`` wraps ``optimizer.step``, :meth:`WeightBlocker.attached` is a context manager,
-:meth:`~WeightBlocker.detach` undoes, a ``Trainer`` callback in :mod:`revlens.weights.trainer`):
+The weight-space twin of :class:`revlens.block.ReversionBlocker`: a
+:class:`~revlens.block.strategy.BlockingStrategy` registered as ``"weights"`` (same step protocol:
+``attach(model, optimizer)`` wraps ``optimizer.step``, :meth:`~WeightBlocker.attached` is a context
+manager, :meth:`~WeightBlocker.detach` undoes, the one ``Trainer`` callback
+:class:`revlens.block.BlockingCallback` drives it and logs ``revlens/weights_removed`` and
+``revlens/weights_update_norm``):
 
 - **full fine-tuning**: after each optimizer step, every blocked weight becomes
   ``W_ref + Q(W − W_ref)`` with ``W_ref`` its value at :meth:`attach` (the run's start) and ``Q``
@@ -19,7 +22,6 @@ optimizer)`` wraps ``optimizer.step``, :meth:`WeightBlocker.attached` is a conte
 """
 
 import re
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, no_type_check
@@ -28,10 +30,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from revlens._attach import Attachable
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
-from revlens.errors import ConfigError, NotFittedError
+from revlens.block.registry import register
+from revlens.block.strategy import BlockingStrategy, records_frame
+from revlens.errors import ConfigError
 from revlens.modes import SVD_METHODS, WEIGHT_BLOCK_MODES, WEIGHT_BLOCK_SIDES, check_mode
 from revlens.weights.catalog import Param, build_catalog
 from revlens.weights.projector import SubspaceProjector, subspace_projector
@@ -107,7 +110,8 @@ def _full_weights(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
         yield name.removeprefix(_PEFT).replace(".base_layer.", "."), p
 
 
-class WeightBlocker(Attachable):
+@register("weights")
+class WeightBlocker(BlockingStrategy):
     """Keep fine-tuning updates off (or onto) ``V``'s top-k singular subspaces (module docstring).
 
     Args:
@@ -115,13 +119,17 @@ class WeightBlocker(Attachable):
             files, state dicts or modules, read tensor by tensor with :mod:`revlens.loading`).
         config: a :class:`WeightBlockerConfig`; ``**settings`` (``k``, ``side``, ``mode``,
             ``params``, ``random``, ``seed``, ``svd``) override it.
+
+    Fitted attributes (set by :meth:`prepare`): ``targets_`` (the blocked weights or LoRA factor
+    pairs, each with its projector and, for full weights, the reference ``W_ref``), ``lora_``,
+    ``step_``, ``records_`` (per step ``removed`` and ``update_norm``).
     """
+
+    source = "weights"
 
     def __init__(self, base: Any, aligned: Any, *, config: WeightBlockerConfig | None = None, **settings: Any) -> None:
         self.config = WeightBlockerConfig.build(config, "WeightBlocker", **settings)
         self.base, self.aligned = base, aligned
-        self._undo: list[Any] = []
-        self._log: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ fitting
     def _projector(self, p: Param, v: Tensor) -> SubspaceProjector | None:
@@ -132,11 +140,14 @@ class WeightBlocker(Attachable):
         return subspace_projector(v, k, cfg.side, random=cfg.random, svd=cfg.svd,
                                   generator=generator(cfg.seed, "weights-block", p.name))
 
-    def prepare(self, model: Any, params: list[Tensor] | None = None) -> "WeightBlocker":
+    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "WeightBlocker":
         """Read ``V`` for every weight of ``model`` to block and build the projectors (sets
-        ``targets_``). ``params``: only these tensors (e.g. what the optimizer trains)."""
+        ``targets_``); the weights at this moment are the reference ``W_ref``. ``optimizer`` /
+        ``params``: only the tensors it steps / these tensors (default: every trainable one)."""
         from revlens.weights.readers import FullReader
 
+        if params is None and optimizer is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
         cfg, hf = self.config, _hf_model(model)
         catalog = build_catalog(hf.config)
         rx = re.compile(cfg.params)
@@ -168,66 +179,14 @@ class WeightBlocker(Attachable):
             aligned.close()
         if not targets:
             raise ConfigError(f"no trainable 2-d weight of the model matches params={cfg.params!r} (with V ≠ 0)")
-        self.targets_, self.step_, self.lora_ = targets, 0, bool(lora)
+        self.targets_, self.lora_ = targets, bool(lora)
+        self._start()
         return self
-
-    def _check(self) -> None:
-        if not hasattr(self, "targets_"):
-            raise NotFittedError("this WeightBlocker is not attached; call attach(model, optimizer) or prepare(model)")
-
-    # ------------------------------------------------------------------ attach / detach
-    def attach(self, model: Any, optimizer: Any = None, *, wrap_step: bool = True) -> "WeightBlocker":
-        """Start blocking on ``model``: wrap ``optimizer.step`` so that :meth:`after_step` runs after
-        it (``wrap_step=False``: call :meth:`before_step` / :meth:`after_step` yourself, as the
-        Trainer callback does). The weights at this moment are the reference ``W_ref``."""
-        self.detach()
-        if optimizer is None and wrap_step:
-            raise ConfigError("attach(model, optimizer) wraps optimizer.step; or attach(model, wrap_step=False) "
-                              "and call after_step() after each optimizer step yourself")
-        params = None if optimizer is None else [p for g in optimizer.param_groups for p in g["params"]]
-        self.prepare(model, params)
-        if optimizer is not None and wrap_step:
-            self._undo.append(self._wrap(optimizer))
-        return self
-
-    def _wrap(self, optimizer: Any) -> Any:
-        had, previous, original = "step" in vars(optimizer), vars(optimizer).get("step"), optimizer.step
-        blocker = self
-
-        def step(opt: Any, *args: Any, **kwargs: Any) -> Any:
-            blocker.before_step()
-            out = original(*args, **kwargs)
-            blocker.after_step()
-            return out
-
-        optimizer.step = types.MethodType(step, optimizer)
-
-        def undo() -> None:
-            if had:
-                optimizer.step = previous
-            else:
-                del optimizer.step
-
-        return undo
-
-    def detach(self) -> None:
-        """Restore ``optimizer.step`` (safe to call twice)."""
-        while self._undo:
-            self._undo.pop()()
-
-    @property
-    def is_attached(self) -> bool:
-        """Whether ``optimizer.step`` is wrapped."""
-        return bool(self._undo)
 
     # ------------------------------------------------------------------ the step
-    def before_step(self) -> None:
-        """Nothing to do before the step (kept for the blockers' common protocol)."""
-        self._check()
-
     @torch.no_grad()
     def after_step(self) -> None:
-        """Project every blocked weight (or LoRA factor pair); logs the share of the update removed."""
+        """Project every blocked weight (or LoRA factor pair); records the share of the update removed."""
         self._check()
         mode, removed, total = self.config.mode, 0.0, 0.0
         for t in self.targets_:
@@ -245,19 +204,24 @@ class WeightBlocker(Attachable):
                 total += float((b * b).sum() + (a * a).sum())
                 t.lora_b.copy_(nb.to(t.lora_b.dtype))
                 t.lora_a.copy_(na.to(t.lora_a.dtype))
-        self._log.append({"step": self.step_, "removed": removed / total if total > 0 else 0.0,
-                          "update_norm": total ** 0.5})
-        self.step_ += 1
+        self._record("removed", removed / total if total > 0 else 0.0)
+        self._record("update_norm", total ** 0.5)
+        super().after_step()
 
     # ------------------------------------------------------------------ views
     @property
     def history_(self) -> pd.DataFrame:
         """Per step: ``removed`` = share of ``‖ΔW‖²`` (full) or of the factors' squared norm (LoRA)
         that the projection took out, and ``update_norm`` before it."""
-        return pd.DataFrame(self._log, columns=["step", "removed", "update_norm"])
+        records = self.records_ if self.is_fitted else []
+        removed = records_frame(records, "removed", ["step", "removed"])
+        norm = records_frame(records, "update_norm", ["step", "update_norm"])
+        return pd.DataFrame({"step": removed["step"], "removed": removed["removed"],
+                             "update_norm": norm["update_norm"]}, columns=["step", "removed", "update_norm"])
 
     def __repr__(self) -> str:
         c = self.config
-        n = len(getattr(self, "targets_", []))
+        n = len(self.targets_) if self.is_fitted else 0
+        lora = " (LoRA)" if self.is_fitted and self.lora_ else ""
         return (f"WeightBlocker(side={c.side!r}, k={c.k}, mode={c.mode!r}, random={c.random}, "
-                f"{n} weights{' (LoRA)' if getattr(self, 'lora_', False) else ''}, attached={self.is_attached})")
+                f"{n} weights{lora}, attached={self.is_attached})")
