@@ -116,7 +116,10 @@ def api_page(module: str, rows: list[tuple[str, str, str | None]]) -> str:
     if elsewhere:
         lines += [f"Names `{module}` re-exports, documented on their own module's page:", "",
                   "| name | documented at |", "|---|---|"]  # fmt: skip
-        lines += [f"| `{module}.{n}` | [`{p}`]({h}.md#{p}) |" for n, p, h in elsewhere]
+        # each row carries an anchor of the public name (aliases such as
+        # ``ReversionBlockerCallback = BlockingCallback`` included)
+        lines += [f'| <span id="{module}.{n}"></span>`{module}.{n}` | [`{p}`]({h}.md#{p}) |'
+                  for n, p, h in elsewhere]
         lines.append("")
     for name, path, home in rows:
         if home is None:
