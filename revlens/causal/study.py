@@ -325,9 +325,9 @@ def ablation_study(
     Memory: the aligned activations at the selected layers are cached for all probes (one aligned pass).
 
     Raises:
-        ConfigError: bad settings (named, before any forward pass). SiteError: a layer out of
-        range. HistoryError: unknown run or step. MetricError: a metric returning the wrong shape
-        or NaN, or raising.
+        ConfigError: bad settings (named, before any forward pass).
+        SiteError / HistoryError: a layer out of range; an unknown run or step.
+        MetricError: a metric returning the wrong shape or NaN, or raising.
     """
     cfg = _config(config, settings, directions, positions)
     positions = cfg.positions if positions is None else positions

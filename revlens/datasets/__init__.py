@@ -28,7 +28,7 @@ Refusal: :func:`refusal_labels` (``"pyrit"``, ``"jbb"``), :func:`refusal_phrases
 
 Splits (``split="train" | "selection" | "held_out"``): :mod:`revlens.datasets.splits`.
 
-Example:
+Examples:
     >>> from revlens import datasets
     >>> harmful = datasets.jbb("train")            # doctest: +SKIP
     >>> harmful.provenance[0]["sha256"]            # doctest: +SKIP

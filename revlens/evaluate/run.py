@@ -184,7 +184,7 @@ def evaluate(history: Any, prompts: Any = None, metrics: Any = None, *, model: A
 
     Raises:
         MetricError / ProbeError / HistoryError: bad metrics, prompts, sets or checkpoint names,
-        before any forward pass.
+            before any forward pass.
     """
     batch_size = as_int("batch_size", batch_size, min=1)
     hist = History.load(history)
