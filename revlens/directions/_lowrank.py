@@ -24,6 +24,7 @@ Everything here is batched over leading axes (``[..., rows, m]``). ``solver="den
 ``d × d`` path of revlens 0.2 (for ``m ≥ d``, where it is the cheaper one, and for comparison).
 """
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,13 +96,28 @@ def whitened_system(bc: Tensor, ac: Tensor, d: int, shrinkage: float | None, *,
     return sigma, mb - ma
 
 
+def eigh(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` of a batch; on the CPU by numpy's stacked LAPACK loop (torch's
+    batched CPU ``eigh`` of small matrices spends seconds in thread contention on a busy machine)."""
+    if x.device.type != "cpu" or x.ndim == 2 or x.shape[:-2].numel() == 0:
+        return torch.linalg.eigh(x)
+    evals, evecs = np.linalg.eigh(x.numpy())
+    return torch.from_numpy(evals), torch.from_numpy(evecs)
+
+
 def pinv_solve(sigma: Tensor, rhs: Tensor, d: int) -> Tensor:
-    """``Σ⁺ rhs`` for symmetric ``Σ`` ``[..., m, m]`` (``lstsq`` semantics: the minimum-norm
-    solution, eigenvalues below ``eps · d · λ_max`` treated as zero)."""
-    evals, evecs = torch.linalg.eigh(sigma)
-    tol = evals.abs().amax(-1, keepdim=True) * torch.finfo(sigma.dtype).eps * d
-    inv = torch.where(evals > tol, 1.0 / torch.where(evals > tol, evals, 1.0), torch.zeros_like(evals))
-    return (evecs @ (inv * (evecs.transpose(-1, -2) @ rhs[..., None])[..., 0])[..., None])[..., 0]
+    """``Σ⁺ rhs`` for symmetric positive semi-definite ``Σ`` ``[..., m, m]`` (``lstsq`` semantics):
+    a Cholesky solve where ``Σ`` is positive definite, else the minimum-norm solution with
+    eigenvalues below ``eps · d · λ_max`` treated as zero."""
+    chol, info = torch.linalg.cholesky_ex(sigma)
+    out = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+    bad = info != 0
+    if bool(bad.any()):
+        evals, evecs = eigh(sigma[bad])
+        tol = evals.abs().amax(-1, keepdim=True) * torch.finfo(sigma.dtype).eps * d
+        inv = torch.where(evals > tol, 1.0 / torch.where(evals > tol, evals, 1.0), torch.zeros_like(evals))
+        out[bad] = (evecs @ (inv * (evecs.transpose(-1, -2) @ rhs[bad][..., None])[..., 0])[..., None])[..., 0]
+    return out
 
 
 def generalized_axes(bc: Tensor, ac: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,6 +135,6 @@ def generalized_axes(bc: Tensor, ac: Tensor, sigma: Tensor) -> tuple[Tensor, Ten
     chol = torch.linalg.cholesky(sigma)
     left = torch.linalg.solve_triangular(chol, scatter, upper=False)  # L⁻¹ C
     a = torch.linalg.solve_triangular(chol, left.transpose(-1, -2), upper=False)  # L⁻¹ C L⁻ᵀ
-    evals, u = torch.linalg.eigh((a + a.transpose(-1, -2)) / 2)
+    evals, u = eigh((a + a.transpose(-1, -2)) / 2)
     y = torch.linalg.solve_triangular(chol.transpose(-1, -2), u, upper=True)  # L⁻ᵀ u
     return evals.flip(-1), y.flip(-1).transpose(-1, -2)

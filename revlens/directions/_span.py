@@ -10,20 +10,37 @@ batched ``[layer · refit, rows, m]`` computation — the same prompt draws as t
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import resamples, subspace_basis
 from revlens.directions._lowrank import span_basis
-from revlens.directions.subspace import principal_cosines
 from revlens.errors import ConfigError
 
 __all__ = ["GROUP_BYTES", "fit_span"]
 
 GROUP_BYTES = 256 * 2**20  # coordinates of a group of layers / one batched chunk of refits
+
+
+@contextmanager
+def small_ops(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for batches of small matrices on the CPU (torch's OpenMP loops over
+    ``[batch, m, m]`` spend most of their time waiting for busy cores on a shared machine)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _target_device(est: Any, x: Tensor) -> torch.device:
@@ -50,7 +67,8 @@ def fit_span(est: Any, stats: HistoryStats, units: Tensor | None = None) -> tupl
         bc, ac = b @ q, a @ q
         d = b.shape[-1]
         if units is None:
-            full = _full_fit(est, bc, ac, d, layer)
+            with small_ops(dev):
+                full = _full_fit(est, bc, ac, d, layer)
             rows.append((full @ q.T).cpu())
             target = full if k > 1 else full[0] / full[0].norm().clamp_min(1e-300)
         else:
@@ -58,7 +76,8 @@ def fit_span(est: Any, stats: HistoryStats, units: Tensor | None = None) -> tupl
         group.append((bc, ac, target, copies))
         size += (bc.numel() + ac.numel()) * bc.element_size()
         if size >= GROUP_BYTES or i == len(stats.layers) - 1:
-            stability.append(_group_stability(est, group, d, stats.layers[i + 1 - len(group): i + 1]))
+            with small_ops(dev):
+                stability.append(_group_stability(est, group, d, stats.layers[i + 1 - len(group): i + 1]))
             group, size = [], 0
     by_rank = torch.cat(stability) if stability else torch.zeros(0, k, dtype=torch.float64)
     if units is not None:
@@ -121,14 +140,20 @@ def _subspace_sims(est: Any, cands: Tensor, diffs: Tensor, fulls: list[Tensor], 
     """``[layer, k]`` mean over refits of the principal-cosine similarity of the first ``j`` rows
     (:func:`~revlens.directions._fitting.subspace_stability`, in span coordinates)."""
     k = est.n_components
-    sims = torch.full((cands.shape[0], cands.shape[1], k), math.nan, dtype=torch.float64)
+    sims = np.full((cands.shape[0], cands.shape[1], k), np.nan)
     for i, layer in enumerate(layers):
-        full = fulls[i][0]
+        full = fulls[i][0].numpy()
+        reps, ok = [], []
         for r in range(cands.shape[1]):
             try:
-                rep = subspace_basis(cands[i, r][None], k, diffs[i, r][None], [layer], est.method, est.rank_limit)[0]
+                reps.append(subspace_basis(cands[i, r][None], k, diffs[i, r][None], [layer], est.method,
+                                           est.rank_limit)[0].numpy())
+                ok.append(r)
             except ConfigError:
                 continue
-            for j in range(1, k + 1):
-                sims[i, r, j - 1] = principal_cosines(rep[:j], full[:j]).mean()
-    return torch.nanmean(sims, dim=1)
+        if not ok:
+            continue
+        cross = np.stack(reps) @ full.T  # [refit, k, k]
+        for j in range(1, k + 1):  # principal cosines of the first j rows (numpy's stacked LAPACK loop)
+            sims[i, ok, j - 1] = np.clip(np.linalg.svd(cross[:, :j, :j], compute_uv=False), 0.0, 1.0).mean(-1)
+    return torch.from_numpy(np.nanmean(sims, axis=1)) if sims.shape[1] else torch.from_numpy(sims[:, 0])
