@@ -113,10 +113,12 @@ def _costs(method: str, span: bool, n: int, d: int, k: int, copies: int = 1) -> 
 
 
 def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model: int, n_stability: int,
-              n_components: int = 1, n_bases: int = 1, budget_s: float = STABILITY_BUDGET_S) -> FitPlan:
+              n_components: int = 1, budget_s: float = STABILITY_BUDGET_S,
+              measured: dict[str, float] | None = None) -> FitPlan:
     """Price fitting ``methods`` (names; anything else is fitted as given, or not at all) on
     ``n_layers`` layers, with up to ``n_stability`` stability refits each, lowered per estimator
-    so that its refits stay within ``budget_s`` (and 0 where fewer than 2 would fit)."""
+    so that its refits stay within ``budget_s`` (and 0 where fewer than 2 would fit).
+    ``measured``: seconds of one fit of one layer per method, timed (replaces the model's price)."""
     rate = flop_rate()
     out = []
     for spec in methods:
@@ -125,6 +127,8 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
         span = spec in ("pca", "whitened") and use_span(
             "auto", (1 if spec == "pca" else 2) * n_prompts, d_model)
         first, refit, fixed = _costs(spec, span, n_prompts, d_model, n_components)
+        if measured and spec in measured:
+            first, refit, fixed = 0.0, 0.0, float(measured[spec])
         per_refit = n_layers * (refit / rate + (fixed if not span else 0.0))
         keep, note = n_stability, ""
         if n_stability and per_refit * n_stability > budget_s:
@@ -132,7 +136,8 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
             keep = keep if keep >= 2 else 0
             note = (f"stability {keep} of {n_stability} refits: {n_stability} would take "
                     f"≈ {_secs(per_refit * n_stability)}, over the {budget_s:g} s budget")
-        path = {"probe": "lbfgs in R^d", "mean_diff": "means"}.get(
+        path = {"probe": "lbfgs in R^d" + (", timed" if spec in (measured or {}) else ""),
+                "mean_diff": "means"}.get(
             spec, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
         seconds = n_layers * (first / rate + fixed) + keep * per_refit
         out.append(MethodPlan(spec, path, n_layers, n_layers * keep, keep, seconds, note))
@@ -155,8 +160,13 @@ def fit_directions(specs: Sequence[Any], stats: HistoryStats, *, n_stability: in
     announces the fitting time beside ``collect_seconds``."""
     from revlens.directions.estimators import DirectionEstimator
 
+    measured = {}
+    if "probe" in specs and n_stability and len(stats.layers) > 1:  # lbfgs: its time depends on the data
+        t = time.perf_counter()
+        ESTIMATORS["probe"](n_bootstrap=0).fit(stats.select(stats.layers[:1]))
+        measured["probe"] = time.perf_counter() - t
     plan = plan_fits(specs, n_layers=len(stats.layers), n_prompts=int(stats[stats.aligned_name].count),
-                     d_model=stats.d_model, n_stability=n_stability)
+                     d_model=stats.d_model, n_stability=n_stability, measured=measured)
     if plan.methods:
         _announce(plan.describe(), progress)
     start = time.perf_counter()
