@@ -3,7 +3,8 @@
 :func:`plan_fits` prices every estimator from the sizes alone (layers, prompts, ``d_model``,
 refits) with a flop model of its path (:mod:`revlens.directions._lowrank`: span or dense) and the
 machine's measured float64 matmul rate, and lowers an estimator's stability refits where their
-estimate exceeds a budget (:data:`STABILITY_BUDGET_S`), saying so. :func:`fit_directions` prints the
+cost on a nominal machine (:data:`NOMINAL_RATE`; deterministic, so a report does not depend on the
+load of the machine it ran on) exceeds a budget (:data:`STABILITY_BUDGET_S`), saying so. :func:`fit_directions` prints the
 plan before it fits and the time it took after (``revlens.analyze`` uses both).
 
 The estimate is an order of magnitude, not a promise: the LinearProbe's lbfgs iterations depend on
@@ -26,12 +27,15 @@ from revlens.directions._lowrank import use_span
 from revlens.directions.base import Directions
 from revlens.directions.registry import ESTIMATORS, resolve_directions
 
-__all__ = ["STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "fit_directions", "flop_rate", "plan_fits"]
+__all__ = ["NOMINAL_RATE", "STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "fit_directions", "flop_rate", "plan_fits"]
 
 log = logging.getLogger(__name__)
 
 STABILITY_BUDGET_S = 30.0
 """Seconds of stability refits an estimator built by name may take before its refits are cut."""
+
+NOMINAL_RATE = 5e9
+"""FLOP/s of the nominal machine on which refit cuts are decided (the ETA uses the measured rate)."""
 
 _PROBE_ITERS, _OP_S = 250, 2e-4  # lbfgs iterations of a probe fit; fixed cost of one small LAPACK call
 
@@ -97,7 +101,7 @@ def _costs(method: str, span: bool, n: int, d: int, k: int, copies: int = 1) -> 
         return 4.0 * n * d, 4.0 * d, _OP_S
     if method == "probe":
         per = _PROBE_ITERS * 8.0 * (2 * n) * d
-        return per * k, per * k, 0.1 * k  # sklearn's lbfgs: ~0.1 s of Python per fit at n ≪ d
+        return per * k, per * k, 0.25 * k  # sklearn's lbfgs: ~0.25 s of Python per fit at n ≪ d
     if method == "pca":
         m = n * copies
         if span:
@@ -127,15 +131,18 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
         span = spec in ("pca", "whitened") and use_span(
             "auto", (1 if spec == "pca" else 2) * n_prompts, d_model)
         first, refit, fixed = _costs(spec, span, n_prompts, d_model, n_components)
+        # the cut is decided on the nominal machine (deterministic: the same sizes give the same
+        # refits on every machine and load); the ETA uses this machine's rate and timings
+        nominal = n_layers * (refit / NOMINAL_RATE + (fixed if not span else 0.0))
         if measured and spec in measured:
             first, refit, fixed = 0.0, 0.0, float(measured[spec])
         per_refit = n_layers * (refit / rate + (fixed if not span else 0.0))
         keep, note = n_stability, ""
-        if n_stability and per_refit * n_stability > budget_s:
-            keep = int(budget_s // per_refit)
+        if n_stability and nominal * n_stability > budget_s:
+            keep = int(budget_s // nominal)
             keep = keep if keep >= 2 else 0
-            note = (f"stability {keep} of {n_stability} refits: {n_stability} would take "
-                    f"≈ {_secs(per_refit * n_stability)}, over the {budget_s:g} s budget")
+            note = (f"stability {keep} of {n_stability} refits: {n_stability} cost ≈ {_secs(nominal * n_stability)} "
+                    f"on the nominal machine, over the {budget_s:g} s budget")
         path = {"probe": "lbfgs in R^d" + (", timed" if spec in (measured or {}) else ""),
                 "mean_diff": "means"}.get(
             spec, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
