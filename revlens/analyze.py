@@ -304,7 +304,8 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
     by_position = collect_positions(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
                                     site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
                                     n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
-    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg), n_null=cfg.n_null, seed=cfg.seed)
+    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg, collect_kw.get("progress", True)),
+                             n_null=cfg.n_null, seed=cfg.seed)
     first = next(iter(by_position.values()))
     config_out = {**cfg.to_dict(), "position": position_name(parse_position(rule)), "methods": list(tables.directions),
                   "positions": [int(p) for p in by_position], "dropped_layers": tables.dropped,
