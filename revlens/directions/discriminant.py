@@ -130,11 +130,12 @@ class Whitened(DirectionEstimator):
         return torch.cat([b, a])
 
     def _span_raw(self, bc: Tensor, ac: Tensor, d: int) -> Tensor:
-        sigma, diff = whitened_system(bc, ac, d, self.shrinkage)
+        sigma, diff = whitened_system(bc, ac, d, None if self.shrinkage is None else float(self.shrinkage))
         return pinv_solve(sigma, diff, d)
 
     def _span_candidates(self, bc: Tensor, ac: Tensor, d: int) -> Tensor:
-        sigma, diff = whitened_system(bc, ac, d, self.shrinkage, ridge=True)
+        shrink = None if self.shrinkage is None else float(self.shrinkage)
+        sigma, diff = whitened_system(bc, ac, d, shrink, ridge=True)
         evals, axes = generalized_axes(bc, ac, sigma)
         keep = evals > 1e-12 * evals.amax(-1, keepdim=True).clamp_min(1e-300)
         axes = (axes * keep[..., None])[..., : self.n_components, :]

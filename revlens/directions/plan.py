@@ -77,7 +77,7 @@ class FitPlan:
     @property
     def seconds(self) -> float:
         """Estimated seconds of every fit and refit."""
-        return sum(m.seconds for m in self.methods)
+        return float(sum(m.seconds for m in self.methods))
 
     def n_stability(self, method: str, default: int) -> int:
         """The refits planned for ``method`` (``default`` for a method not in the plan)."""
