@@ -29,6 +29,9 @@ class LinearProbe(DirectionEstimator):
         n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables; each is one
             fit per layer and row, the slowest of the estimators).
         seed: seed of the resampling.
+        solver: ``"dense"`` keeps revlens 0.2's d × d INLP projector (``k > 1``); otherwise the
+            found rows are projected out directly (the same fit; lbfgs itself always runs in R^d).
+        device: unused (accepted for a uniform signature).
 
     The weight vector increases the base log-odds, so it points toward base.
     """
@@ -104,6 +107,10 @@ class Whitened(DirectionEstimator):
             (covariance of the centred paired differences, ``Σ``).
         n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables).
         seed: seed of the resampling.
+        solver: ``"auto"`` (default): the n-dimensional span of the references when it is smaller
+            than d (exact; :mod:`revlens.directions._lowrank`), else the dense d × d path;
+            ``"dense"``: always the d × d path (revlens 0.2); ``"span"``: always the span.
+        device: where the span path's algebra runs (default: the references' device).
     """
 
     method = "whitened"

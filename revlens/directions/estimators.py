@@ -251,6 +251,7 @@ class MeanDiff(DirectionEstimator):
             across checkpoints), otherwise prompts of the kept activations are resampled.
             ``0`` disables (``stability_`` is ``nan``).
         seed: seed of the prompt resampling.
+        solver, device: accepted for a uniform signature (the means need no fit).
     """
 
     method = "mean_diff"

@@ -27,6 +27,10 @@ class PairedPCA(DirectionEstimator):
             pre-training witness, so the subspace also holds how the bases differ.
         n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables).
         seed: seed of the resampling.
+        solver: ``"auto"`` (default): the n-dimensional span of the references when it is smaller
+            than d (exact; :mod:`revlens.directions._lowrank`), else the dense d × d path;
+            ``"dense"``: always the d × d path (revlens 0.2); ``"span"``: always the span.
+        device: where the span path's algebra runs (default: the references' device).
 
     The first axis is signed to have a non-negative dot product with ``μ_base − μ_aligned``
     (rows ``2..k`` too; see the module docstring).
