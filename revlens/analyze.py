@@ -6,18 +6,18 @@ The common case in one call (DESIGN §3); every stage is also usable alone
 
 import datetime
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, no_type_check
 
-import numpy as np
-
 from revlens._config import Config, as_bool, as_int, as_layers, as_ranks, option, parse_ints
 from revlens._version import __version__
 from revlens.collect import HistoryStats, collect, without_degenerate
 from revlens.directions import DirectionEstimator, Directions, resolve_directions
+from revlens.directions.plan import fit_directions
 from revlens.directions.table import directions_table
 from revlens.drift import drift_table, subspace_drift_table
 from revlens.errors import ConfigError, HistoryError
@@ -46,7 +46,8 @@ class AnalyzeConfig(Config):
                                   "token of chat probes, each read separately) or post_instruction:K (the last K) "
                                   "(default: the probes' own, 'last')", metavar="RULE")
     n_bootstrap: int = option(100, "bootstrap replicates (confidence intervals of cos)")
-    n_stability: int = option(20, "bootstrap refits per estimator for its stability (0 skips it)")
+    n_stability: int = option(20, "bootstrap refits per estimator for its stability, at most: the fit plan cuts an "
+                              "estimator whose refits would exceed its budget (said in the plan; 0 skips it)")
     n_null: int = option(1000, "random directions / permutations per layer")
     seed: int = option(0, "seed of every random draw")
     batch_size: int = option(32, "probe batch size")
@@ -151,24 +152,11 @@ def _method_specs(methods: Any) -> tuple[list[Any], tuple[str, ...]]:
     return specs, tuple(n if n in DIRECTION_METHODS else "custom" for n in names)
 
 
-def _fit_all(specs: Sequence[Any], stats: HistoryStats, cfg: AnalyzeConfig) -> tuple[dict, dict]:
-    vectors: dict[str, Directions] = {}
-    stability: dict[str, np.ndarray | None] = {}
-    for spec in specs:
-        est = spec
-        if isinstance(spec, str):
-            from revlens.directions import ESTIMATORS
-
-            est = ESTIMATORS[spec](n_bootstrap=cfg.n_stability, seed=cfg.seed)
-        vec = resolve_directions(est, stats)
-        name, k = vec.method, 1
-        while name in vectors:
-            k += 1
-            name = f"{vec.method}{k}"
-        vectors[name] = vec
-        stability[name] = est.stability_ if isinstance(est, DirectionEstimator) else None
-        log.info("fitted %s directions on layers %s", name, stats.layers)
-    return vectors, stability
+def _fit_all(specs: Sequence[Any], stats: HistoryStats, cfg: AnalyzeConfig, progress: bool = True,
+             collect_seconds: float | None = None) -> tuple[dict, dict]:
+    """Announce the fit plan (fits, refits, ETA; refits cut to budget), fit, announce the time."""
+    return fit_directions(specs, stats, n_stability=cfg.n_stability, seed=cfg.seed, progress=progress,
+                          collect_seconds=collect_seconds)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
@@ -244,17 +232,18 @@ def analyze(
         if cfg.weights:
             report.weights = _weight_report(History.load(checkpoints), weights_config, progress)
         return report if evaluation is None else report.with_metrics(evaluation)
+    start = time.perf_counter()
     hist, stats = _statistics(model, checkpoints, probes, cfg, cache_dir=cache_dir, device=device, dtype=dtype,
                               executor=executor, progress=progress)
-    report = _report(hist, stats, specs, cfg, weights_config, progress)
+    report = _report(hist, stats, specs, cfg, weights_config, progress, time.perf_counter() - start)
     return report if evaluation is None else report.with_metrics(evaluation)
 
 
 def _report(hist: History | None, stats: HistoryStats, specs: list[Any], cfg: AnalyzeConfig, weights_config: Any,
-            progress: bool) -> Report:
+            progress: bool, collect_seconds: float | None = None) -> Report:
     """Directions, drift and the directions table of ``stats`` (and the weights' reading, if asked)."""
     specs, stats, degenerate = _bind_and_drop_degenerate(specs, stats)
-    vectors, stability = _fit_all(specs, stats, cfg)
+    vectors, stability = _fit_all(specs, stats, cfg, progress, collect_seconds if hist is not None else None)
     drift = drift_table(stats, vectors, n_null=cfg.n_null, seed=cfg.seed)
     subspaces, sub_drift = _fit_subspaces(stats, cfg)
     table = directions_table(stats, vectors, stability={k: v for k, v in stability.items() if v is not None},
@@ -315,7 +304,8 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
     by_position = collect_positions(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
                                     site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
                                     n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
-    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg), n_null=cfg.n_null, seed=cfg.seed,
+    tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg, collect_kw.get("progress", True)),
+                             n_null=cfg.n_null, seed=cfg.seed,
                              subspaces=(lambda st: _fit_subspaces(st, cfg)) if cfg.ranks else None)
     first = next(iter(by_position.values()))
     config_out = {**cfg.to_dict(), "position": position_name(parse_position(rule)), "methods": list(tables.directions),

@@ -2,7 +2,8 @@
 
 from revlens.directions.base import Directions
 from revlens.directions.discriminant import LinearProbe, Whitened
-from revlens.directions.estimators import DirectionEstimator, MeanDiff, PairedPCA
+from revlens.directions.estimators import DirectionEstimator, MeanDiff
+from revlens.directions.pca import PairedPCA
 from revlens.directions.registry import (
     ESTIMATORS,
     DirectionSpec,

@@ -2,7 +2,7 @@
 :mod:`revlens.directions.estimators` for the conventions every estimator shares)."""
 
 import math
-from typing import no_type_check
+from typing import Any, no_type_check
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import check_separated, check_stats, unit
+from revlens.directions._lowrank import generalized_axes, pinv_solve, whitened_system
 from revlens.directions.estimators import DirectionEstimator
 from revlens.errors import ConfigError
 
@@ -28,6 +29,9 @@ class LinearProbe(DirectionEstimator):
         n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables; each is one
             fit per layer and row, the slowest of the estimators).
         seed: seed of the resampling.
+        solver: ``"dense"`` keeps revlens 0.2's d × d INLP projector (``k > 1``); otherwise the
+            found rows are projected out directly (the same fit; lbfgs itself always runs in R^d).
+        device: unused (accepted for a uniform signature).
 
     The weight vector increases the base log-odds, so it points toward base.
     """
@@ -37,12 +41,14 @@ class LinearProbe(DirectionEstimator):
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000, n_components: int = 1,
-                 n_bootstrap: int = 100, seed: int = 0) -> None:
+                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Any = None) -> None:
         self.C = C
         self.max_iter = max_iter
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap
         self.seed = seed
+        self.solver = solver
+        self.device = device
 
     def _fit_layer(self, x: np.ndarray, y: np.ndarray) -> Tensor:
         from sklearn.linear_model import LogisticRegression
@@ -62,16 +68,30 @@ class LinearProbe(DirectionEstimator):
         out = []
         for i in range(base.shape[1]):
             x = torch.cat([base[:, i], aligned[:, i]])
-            proj, rows = torch.eye(d, dtype=torch.float64), []
+            dense = self.solver == "dense"  # revlens 0.2: a d × d projector; else the k removed rows
+            proj, used, rows = torch.eye(d, dtype=torch.float64) if dense else None, [], []
             for _ in range(self.n_components):
-                w = proj @ self._fit_layer((x @ proj).numpy(), y)  # a direction of the remaining space
+                if proj is not None:
+                    w = proj @ self._fit_layer((x @ proj).numpy(), y)  # a direction of the remaining space
+                else:
+                    u_ = torch.stack(used) if used else torch.zeros(0, d, dtype=torch.float64)
+                    w = _remove(self._fit_layer(_remove(x, u_).numpy(), y), u_)
                 rows.append(w)
                 if float(w.norm()) == 0.0:
                     break
                 u = w / w.norm()
-                proj = proj - torch.outer(u, u)
+                used.append(u)
+                proj = proj - torch.outer(u, u) if proj is not None else None
             out.append(torch.stack(rows + [torch.zeros(d, dtype=torch.float64)] * (self.n_components - len(rows))))
         return torch.stack(out)
+
+
+def _remove(x: Tensor, rows: Tensor) -> Tensor:
+    """``x`` with its components along the (orthonormal) ``rows`` removed, one row at a time as the
+    dense projector ``I − Σ u uᵀ`` was built (``O(n d k)``, no ``d × d`` matrix)."""
+    for u in rows:
+        x = x - (x @ u)[..., None] * u if x.ndim > 1 else x - (x @ u) * u
+    return x
 
 
 class Whitened(DirectionEstimator):
@@ -87,6 +107,10 @@ class Whitened(DirectionEstimator):
             (covariance of the centred paired differences, ``Σ``).
         n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables).
         seed: seed of the resampling.
+        solver: ``"auto"`` (default): the n-dimensional span of the references when it is smaller
+            than d (exact; :mod:`revlens.directions._lowrank`), else the dense d × d path;
+            ``"dense"``: always the d × d path (revlens 0.2); ``"span"``: always the span.
+        device: where the span path's algebra runs (default: the references' device).
     """
 
     method = "whitened"
@@ -94,17 +118,38 @@ class Whitened(DirectionEstimator):
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, shrinkage: float | None = None, n_components: int = 1, n_bootstrap: int = 100,
-                 seed: int = 0) -> None:
+                 seed: int = 0, solver: str = "auto", device: Any = None) -> None:
         self.shrinkage = shrinkage
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap
         self.seed = seed
+        self.solver = solver
+        self.device = device
 
     def _validate_params(self) -> None:
         super()._validate_params()
         if self.shrinkage is not None and not 0.0 <= float(self.shrinkage) <= 1.0:
             raise ConfigError(f"Whitened: shrinkage must be None or in [0, 1], got {self.shrinkage!r}")
 
+    # ------------------------------------------------------------------ span path (n < d)
+    @staticmethod
+    def _span_source(b: Tensor, a: Tensor) -> Tensor:
+        return torch.cat([b, a])
+
+    def _span_raw(self, bc: Tensor, ac: Tensor, d: int) -> Tensor:
+        sigma, diff = whitened_system(bc, ac, d, None if self.shrinkage is None else float(self.shrinkage))
+        return pinv_solve(sigma, diff, d)
+
+    def _span_candidates(self, bc: Tensor, ac: Tensor, d: int) -> Tensor:
+        shrink = None if self.shrinkage is None else float(self.shrinkage)
+        sigma, diff = whitened_system(bc, ac, d, shrink, ridge=True)
+        evals, axes = generalized_axes(bc, ac, sigma)
+        keep = evals > 1e-12 * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+        axes = (axes * keep[..., None])[..., : self.n_components, :]
+        pad = axes.new_zeros(*axes.shape[:-2], self.n_components - axes.shape[-2], axes.shape[-1])
+        return torch.cat([pinv_solve(sigma, diff, d)[..., None, :], axes, pad], dim=-2)
+
+    # ------------------------------------------------------------------ dense path (revlens 0.2)
     def _pooled(self, base: Tensor, aligned: Tensor, layer: int) -> np.ndarray:
         from sklearn.covariance import LedoitWolf, empirical_covariance, shrunk_covariance
 

@@ -60,7 +60,6 @@ from torch import Tensor
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import (
     base_stack,
-    base_stack_layer,
     bootstrap_cos,
     check_separated,
     check_stats,
@@ -72,10 +71,12 @@ from revlens.directions._fitting import (
     unit,
 )
 from revlens.directions._linalg import top_axis
+from revlens.directions._lowrank import check_solver, use_span
+from revlens.directions._span import fit_span
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, NotFittedError
 
-__all__ = ["DirectionEstimator", "MeanDiff", "PairedPCA", "top_axis"]
+__all__ = ["DirectionEstimator", "MeanDiff", "top_axis"]
 
 _FITTED = ("direction_", "stability_", "stability_by_rank_", "n_features_in_")
 
@@ -93,10 +94,13 @@ class DirectionEstimator:
     rank_limit: ClassVar[str] = "the candidates are linearly dependent"
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
-    def __init__(self, *, n_components: int = 1, n_bootstrap: int = 100, seed: int = 0) -> None:
+    def __init__(self, *, n_components: int = 1, n_bootstrap: int = 100, seed: int = 0, solver: str = "auto",
+                 device: Any = None) -> None:
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap
         self.seed = seed
+        self.solver = solver
+        self.device = device
 
     # ------------------------------------------------------------------ sklearn-ish
     def get_params(self) -> dict[str, Any]:
@@ -125,6 +129,16 @@ class DirectionEstimator:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
             raise ConfigError(f"{name}: n_components must be an int >= 1, got {k!r}")
         self.n_components = int(k)
+        check_solver(getattr(self, "solver", "auto"), name)
+
+    def _span_size(self, stats: HistoryStats) -> int:
+        """Rows whose span holds the fit at a layer (``m``; the span path is taken when ``m < d``)."""
+        return 2 * int(stats[stats.aligned_name].count)
+
+    def _uses_span(self, stats: HistoryStats) -> bool:
+        """Whether this fit runs in the span of the references (:mod:`revlens.directions._lowrank`)."""
+        return hasattr(self, "_span_raw") and use_span(getattr(self, "solver", "auto"), self._span_size(stats),
+                                                      stats.d_model)
 
     # ------------------------------------------------------------------ fitting
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -161,6 +175,9 @@ class DirectionEstimator:
         check_stats(stats, self.method)
         check_separated(stats, self.method)
         require_references(stats, self.method)
+        if self._uses_span(stats):  # one basis per layer, every layer's refits batched
+            span_rows, span_stab = fit_span(self, stats)
+            return self._finish(stats, span_rows, span_stab)  # type: ignore[arg-type]
         rows, by_rank = [], []
         for layer in stats.layers:  # one layer's references in memory at a time
             basis, stability = self._basis_at(*self._paired(stats, layer), layer)
@@ -203,6 +220,8 @@ class DirectionEstimator:
     def _reference_stability(self, stats: HistoryStats, units: Tensor) -> Tensor:
         """Per-layer stability against unit rows ``units`` ``[layer, d]`` by resampling the prompts
         of the kept references, one layer at a time."""
+        if self._uses_span(stats):
+            return fit_span(self, stats, units)[1][:, 0]
         return torch.cat([self._resample_stability(*paired_layer(stats, layer), units[i:i + 1])
                           for i, layer in enumerate(stats.layers)])
 
@@ -232,6 +251,7 @@ class MeanDiff(DirectionEstimator):
             across checkpoints), otherwise prompts of the kept activations are resampled.
             ``0`` disables (``stability_`` is ``nan``).
         seed: seed of the prompt resampling.
+        solver, device: accepted for a uniform signature (the means need no fit).
     """
 
     method = "mean_diff"
@@ -303,67 +323,9 @@ class MeanDiff(DirectionEstimator):
         return self
 
 
-class PairedPCA(DirectionEstimator):
-    """Top-k principal axes of paired differences ``h(base, x_i) − h(aligned, x_i)`` per layer.
+def __getattr__(name: str) -> Any:
+    if name == "PairedPCA":  # moved to revlens.directions.pca; still importable from here
+        from revlens.directions.pca import PairedPCA
 
-    Args:
-        center: subtract the mean difference before the SVD. Default ``False``: the axes of the
-            second moment about zero, so a shift shared by every prompt is the first axis.
-        n_components: ``k``, the number of principal axes (at most the number of samples).
-        bases: ``"mean"`` (default): one sample per prompt, the mean of the bases' activations;
-            ``"each"``: one sample per (base checkpoint, prompt) — the differences of every
-            pre-training witness, so the subspace also holds how the bases differ.
-        n_bootstrap: prompt-resampling replicates for ``stability_`` (0 disables).
-        seed: seed of the resampling.
-
-    The first axis is signed to have a non-negative dot product with ``μ_base − μ_aligned``
-    (rows ``2..k`` too; see the module docstring).
-    """
-
-    method = "pca"
-    rank_limit = "the paired differences have fewer independent samples (prompts) than n_components"
-
-    @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
-    def __init__(self, *, center: bool = False, n_components: int = 1, bases: str = "mean",
-                 n_bootstrap: int = 100, seed: int = 0) -> None:
-        self.center = center
-        self.n_components = n_components
-        self.bases = bases
-        self.n_bootstrap = n_bootstrap
-        self.seed = seed
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if self.bases not in ("mean", "each"):
-            raise ConfigError(f"PairedPCA: bases must be 'mean' or 'each', got {self.bases!r}")
-
-    def _paired(self, stats: HistoryStats, layer: int) -> tuple[Tensor, Tensor, int]:
-        base, aligned = paired_layer(stats, layer)
-        stack = base_stack_layer(stats, layer) if self.bases == "each" else None
-        if stack is None or stack.shape[0] == 1:
-            return base, aligned, 1
-        copies = stack.shape[0]
-        return stack.reshape(-1, *stack.shape[2:]), aligned.repeat(copies, 1, 1), copies
-
-    def _svd(self, base: Tensor, aligned: Tensor) -> Tensor:
-        diff = (base - aligned).transpose(0, 1)  # [layer, prompt, d]
-        if self.center:
-            diff = diff - diff.mean(1, keepdim=True)
-        _, s, vh = torch.linalg.svd(diff, full_matrices=False)
-        # axes below float32 resolution of the activations (a rank-deficient set): zero rows
-        return vh * (s > s[:, :1] * 1e-5)[..., None]
-
-    def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
-        diff = base - aligned  # [prompt, layer, d]
-        if self.center:
-            diff = diff - diff.mean(0, keepdim=True)
-        # the first axis alone: an exact SVD for small inputs, subspace iteration at 7B sizes
-        return torch.stack([top_axis(diff[:, i], seed=int(self.seed)) for i in range(diff.shape[1])])
-
-    def _candidates(self, base: Tensor, aligned: Tensor) -> Tensor:
-        return self._svd(base, aligned)[:, : self.n_components, :]
-
-    def _orient(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
-        sign = torch.sign((raw * (base.mean(0) - aligned.mean(0))).sum(1))
-        return raw * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
-
+        return PairedPCA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,8 @@ from torch import Tensor
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
 from revlens.directions.discriminant import LinearProbe, Whitened
-from revlens.directions.estimators import DirectionEstimator, MeanDiff, PairedPCA
+from revlens.directions.estimators import DirectionEstimator, MeanDiff
+from revlens.directions.pca import PairedPCA
 from revlens.errors import ConfigError, ShapeMismatchError
 
 __all__ = [

@@ -74,8 +74,10 @@ def test_not_fitted(cls, attr):
 
 def test_init_stores_params_only_and_repr(planted):
     est = PairedPCA(center=True, n_bootstrap=7, seed=3)
-    assert est.get_params() == {"center": True, "n_components": 1, "bases": "mean", "n_bootstrap": 7, "seed": 3}
-    assert repr(est) == "PairedPCA(center=True, n_components=1, bases='mean', n_bootstrap=7, seed=3)"
+    assert est.get_params() == {"center": True, "n_components": 1, "bases": "mean", "n_bootstrap": 7, "seed": 3,
+                                "solver": "auto", "device": None}
+    assert repr(est) == ("PairedPCA(center=True, n_components=1, bases='mean', n_bootstrap=7, seed=3, "
+                         "solver='auto', device=None)")
     with pytest.raises(ConfigError, match="n_bootstrap"):
         MeanDiff(n_bootstrap=-1).fit(planted[1])
 
