@@ -12,6 +12,7 @@ into :data:`revlens.modes.InterventionKind` and :func:`~revlens.causal.intervent
 from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
 from revlens.causal.interventions import clamp, intervene, patch, steer
+from revlens.causal.refusal import RefusalSelection, directional_ablation, select_refusal_direction
 from revlens.causal.report import CausalReport
 from revlens.causal.study import ablation_study
 from revlens.metrics import greedy_rate, kl_to, logit_diff, logit_rate, task_loss
@@ -19,8 +20,10 @@ from revlens.metrics import greedy_rate, kl_to, logit_diff, logit_rate, task_los
 __all__ = [
     "AblationConfig",
     "CausalReport",
+    "RefusalSelection",
     "ablation_study",
     "clamp",
+    "directional_ablation",
     "greedy_rate",
     "intervene",
     "kl_to",
@@ -28,6 +31,7 @@ __all__ = [
     "logit_rate",
     "patch",
     "random_directions",
+    "select_refusal_direction",
     "steer",
     "task_loss",
 ]

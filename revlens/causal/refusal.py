@@ -220,21 +220,7 @@ def select_refusal_direction(
     runner = _Runner(lm, bad, good, metric, batch_size)
     n_layers = access(lm).n_layers
     cut = int(n_layers * (1.0 - prune_fraction))
-    base_bad, _ = runner.run(runner.bad)
-    base_good, clean_good = runner.run(runner.good)
-    rows = []
-    for label, layer in cands:
-        unit = refusal[label][layer]
-        raw = refusal.raw(label, layer)
-        with directional_ablation(lm, unit, sites=ablation_sites):
-            bypass, _ = runner.run(runner.bad)
-            _, ablated_good = runner.run(runner.good)
-        with steer(lm, unit, [layer], alpha=float(raw.norm()), site=refusal.site):
-            induce, _ = runner.run(runner.good)
-        rows.append({"position": int(label) if label.lstrip("-").isdigit() else label, "layer": layer,
-                     "bypass": float(bypass.mean()), "induce": float(induce.mean()),
-                     "kl": _kl(clean_good, ablated_good), "baseline_harmful": float(base_bad.mean()),
-                     "baseline_harmless": float(base_good.mean())})
+    rows = _score(runner, refusal, cands, ablation_sites)
     table = _judge(pd.DataFrame(rows), cut, kl_threshold, induce_threshold)
     best = table[table["selected"]].iloc[0]
     label, layer = str(best["position"]), int(best["layer"])
@@ -245,6 +231,27 @@ def select_refusal_direction(
     dirs = Directions(chosen.basis, chosen.layers, chosen.method, chosen.site,
                       {**chosen.meta, "selected_layer": layer, "selection": meta})
     return RefusalSelection(table, label, layer, dirs, chosen[layer].clone(), refusal, meta)
+
+
+def _score(runner: _Runner, refusal: RefusalDirections, cands: list[tuple[str, int]],
+           ablation_sites: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per candidate: the clean baselines, bypass, induce and KL (module docstring)."""
+    base_bad, _ = runner.run(runner.bad)
+    base_good, clean_good = runner.run(runner.good)
+    rows = []
+    for label, layer in cands:
+        unit = refusal[label][layer]
+        raw = refusal.raw(label, layer)
+        with directional_ablation(runner.lm, unit, sites=ablation_sites):
+            bypass, _ = runner.run(runner.bad)
+            _, ablated_good = runner.run(runner.good)
+        with steer(runner.lm, unit, [layer], alpha=float(raw.norm()), site=refusal.site):
+            induce, _ = runner.run(runner.good)
+        rows.append({"position": int(label) if label.lstrip("-").isdigit() else label, "layer": layer,
+                     "bypass": float(bypass.mean()), "induce": float(induce.mean()),
+                     "kl": _kl(clean_good, ablated_good), "baseline_harmful": float(base_bad.mean()),
+                     "baseline_harmless": float(base_good.mean())})
+    return rows
 
 
 def _judge(table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold: float) -> pd.DataFrame:
