@@ -17,7 +17,8 @@ tokens a refusal starts with, at the first generated position):
   on the harmless prompts under the same ablation — ablating ``r̂`` should leave them alone.
 
 **Filter** (Arditi et al.'s defaults): drop candidates at layers ``l ≥ int(n_layers · (1 −
-prune_fraction))`` (the last 20 %: directions there act on the logits directly), with
+prune_fraction))`` (the last 20 %: directions there act on the logits directly; with
+``prune_fraction = 0`` layer ``n_layers``, the stream after the last block, is still left out), with
 ``kl ≥ kl_threshold`` (0.1), or with ``induce ≤ induce_threshold`` (0: adding ``r`` must make the
 harmless prompts lean toward refusal). **Score** = ``baseline_harmful − bypass`` (how far ablation
 lowers the refusal score); the chosen candidate is the eligible row of largest score (Arditi's
