@@ -102,6 +102,13 @@ class RefusalSelection:
     refusal: RefusalDirections
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def figure(self, value: str = "score", *, title: str | None = None) -> Any:
+        """Plotly (position × layer) heatmap of one table column (default ``score``), the filtered-out
+        candidates crossed, the chosen one starred."""
+        from revlens.plot.compare import selection_heatmap
+
+        return selection_heatmap(self.table, value=value, title=title)
+
     def __repr__(self) -> str:
         row = self.table[self.table["selected"]].iloc[0]
         return (f"RefusalSelection(position={self.position}, layer={self.layer}, score={row['score']:.3f}, "

@@ -1,4 +1,5 @@
-"""Figure of two direction candidates compared per layer (:func:`revlens.drift.compare_directions`)."""
+"""Figures of direction candidates: two compared per layer (:func:`revlens.drift.compare_directions`), and the
+refusal-direction candidates of a selection (:func:`revlens.causal.select_refusal_direction`)."""
 
 from typing import Any
 
@@ -7,7 +8,7 @@ import plotly.graph_objects as go
 
 from revlens.plot._common import esc, require_columns
 
-__all__ = ["cosine_profile"]
+__all__ = ["cosine_profile", "selection_heatmap"]
 
 
 def _band(fig: go.Figure, layers: list, lo: pd.Series, hi: pd.Series, name: str, color: str) -> None:
@@ -39,4 +40,25 @@ def cosine_profile(table: pd.DataFrame, *, a: str = "a", b: str = "b", level: fl
     fig.update_layout(title=title or f"cos({esc(a)}, {esc(b)}) per layer beside its nulls",
                       xaxis_title="layer", yaxis_title="cosine", template="plotly_white",
                       legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def selection_heatmap(table: pd.DataFrame, *, value: str = "score", title: str | None = None) -> Any:
+    """A (position × layer) heatmap of one column of a refusal-direction selection table
+    (:func:`revlens.causal.select_refusal_direction`), the chosen cell marked, ineligible cells
+    hatched by a dot."""
+    df = require_columns(table, ["position", "layer", value, "eligible", "selected"], "selection_heatmap")
+    grid = df.pivot(index="position", columns="layer", values=value)
+    fig = go.Figure(go.Heatmap(z=grid.values, x=[int(c) for c in grid.columns], y=[str(i) for i in grid.index],
+                               colorscale="Viridis", colorbar={"title": esc(value)},
+                               hovertemplate="position %{y}, layer %{x}<br>" + esc(value) + " %{z:.3f}<extra></extra>"))
+    off = df[~df["eligible"]]
+    fig.add_trace(go.Scatter(x=list(off["layer"]), y=[str(p) for p in off["position"]], mode="markers",
+                             marker={"symbol": "x-thin", "size": 10, "color": "white", "line": {"width": 1}},
+                             name="filtered out", hoverinfo="skip"))
+    best = df[df["selected"]]
+    fig.add_trace(go.Scatter(x=list(best["layer"]), y=[str(p) for p in best["position"]], mode="markers",
+                             marker={"symbol": "star", "size": 16, "color": "red"}, name="chosen"))
+    fig.update_layout(title=title or f"refusal-direction candidates: {esc(value)}", xaxis_title="layer",
+                      yaxis_title="position", template="plotly_white")
     return fig

@@ -139,6 +139,10 @@ def test_table_and_the_chosen_candidate(selection, refusal):
     assert torch.equal(selection.vector, refusal[selection.position][selection.layer])
     assert selection.directions.meta["selected_layer"] == selection.layer
     assert torch.equal(selection.directions.basis, refusal[selection.position].basis)
+    fig = selection.figure()
+    assert fig.data[0].z.shape == (len(refusal.positions), t["layer"].nunique())
+    assert list(fig.data[-1].x) == [selection.layer] and list(fig.data[-1].y) == [selection.position]
+    assert len(fig.data[1].x) == int((~t["eligible"]).sum())
 
 
 def test_open_filter_takes_the_best_score_and_a_closed_one_warns(llama, refusal):
