@@ -1,12 +1,13 @@
 """The refusal direction as a first-class candidate on a tiny Llama history: estimated on the
 aligned checkpoint, selected on a held-out split, then used wherever ``v_rev`` is — analyze's drift
 tables (checked against a hand projection of the collected means), a saved and reloaded report,
-ablation_study, and compare_directions beside both nulls."""
+ablation_study, the monitor on plain HF models, and compare_directions beside both nulls."""
 
 import warnings
 
 import pytest
 import torch
+import transformers as tf
 
 import families
 import revlens
@@ -16,6 +17,7 @@ from revlens.collect import DegenerateLayerWarning, collect
 from revlens.directions import refusal_directions
 from revlens.drift import compare_directions
 from revlens.metrics import refusal_score
+from revlens.monitor import ReversionMonitor
 from revlens.probes import Probes
 
 HARMFUL = ["w10 w11", "w12 w13 w14", "w20", "w30 w31 w32", "w33", "w34 w35"]
@@ -65,6 +67,16 @@ def test_analyze_takes_the_refusal_direction_beside_v_rev(history, selection, tm
     assert list(cmp.table["layer"]) == [1, 2] and cmp.table["cov_p"].notna().all()
     v, r = report.directions["mean_diff"][2].double(), selection.directions[2].double()
     assert cmp.table.iloc[1]["cos"] == pytest.approx(float(v @ r), abs=1e-6)
+    # the monitor reads the same drift along r from the plain HF models of a fine-tune
+    hf = {name: tf.AutoModelForCausalLM.from_pretrained(history[name].local_path()).eval()
+          for name in ("aligned", "seed0/step-3")}
+    tok = tf.AutoTokenizer.from_pretrained(history["aligned"].local_path())
+    mon = ReversionMonitor(selection.directions, probes, hf["aligned"], layers=[1, 2], probe_batch_size=None,
+                           tokenizer=tok)
+    table = mon.measure(hf["seed0/step-3"])
+    for _, row in table.iterrows():
+        want = rows[(rows["step"] == 3) & (rows["layer"] == row["layer"])]["cos"].item()
+        assert row["cos"] == pytest.approx(want, abs=1e-5)
 
 
 def test_ablation_study_along_the_refusal_direction(history, selection):
