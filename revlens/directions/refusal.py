@@ -178,9 +178,10 @@ def refusal_directions(
     """Arditi et al.'s refusal directions ``normalise(μ_harmful − μ_harmless)`` on one checkpoint.
 
     Args:
-        source: a history (a :class:`~revlens.History` or anything ``History.load`` accepts) or
-            a model you hold (a :class:`~revlens.LensModel`, ``TransformerBridge`` or Hugging Face
-            model: its current weights are read).
+        source: a history (a :class:`~revlens.History` or anything ``History.load`` accepts: a
+            path is always read as a history) or a model object you hold (a
+            :class:`~revlens.LensModel`, ``TransformerBridge`` or Hugging Face model: its current
+            weights are read; boot a ``save_pretrained`` dir with ``LensModel.boot`` first).
         probes: labelled :class:`~revlens.Probes` (chat probes for post-instruction positions);
             ``None``: the history's default probe set.
         checkpoint: with a history, the checkpoint to read (default: its aligned checkpoint).
