@@ -15,6 +15,7 @@ from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
 from revlens.causal.interventions import clamp, intervene, patch, steer
 from revlens.causal.kinds import Intervention, intervention, register_intervention
+from revlens.causal.refusal import RefusalSelection, directional_ablation, select_refusal_direction
 from revlens.causal.report import CausalReport
 from revlens.causal.study import ablation_study
 from revlens.metrics import greedy_rate, kl_to, logit_diff, logit_rate, task_loss
@@ -23,8 +24,10 @@ __all__ = [
     "AblationConfig",
     "CausalReport",
     "Intervention",
+    "RefusalSelection",
     "ablation_study",
     "clamp",
+    "directional_ablation",
     "greedy_rate",
     "intervene",
     "intervention",
@@ -34,6 +37,7 @@ __all__ = [
     "patch",
     "random_directions",
     "register_intervention",
+    "select_refusal_direction",
     "steer",
     "task_loss",
 ]

@@ -4,6 +4,7 @@ from revlens.directions.base import Directions
 from revlens.directions.discriminant import LinearProbe, Whitened
 from revlens.directions.estimators import DirectionEstimator, MeanDiff
 from revlens.directions.pca import PairedPCA
+from revlens.directions.refusal import RefusalDirections, refusal_directions
 from revlens.directions.registry import (
     ESTIMATORS,
     DirectionSpec,
@@ -22,10 +23,12 @@ __all__ = [
     "LinearProbe",
     "MeanDiff",
     "PairedPCA",
+    "RefusalDirections",
     "Whitened",
     "linear_probe",
     "mean_diff",
     "paired_pca",
+    "refusal_directions",
     "resolve_directions",
     "whitened",
 ]

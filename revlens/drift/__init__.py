@@ -6,6 +6,7 @@ Beta(k/2, (d−k)/2) null and covariance-matched random k-subspaces),
 :mod:`revlens.nulls` and :func:`headline` (the paper's headline quantities).
 """
 
+from revlens.drift.compare import COMPARE_COLUMNS, DirectionComparison, compare_directions
 from revlens.drift.projection import DRIFT_COLUMNS, drift_table, project
 from revlens.drift.subspace import (
     SUBSPACE_COLUMNS,
@@ -25,9 +26,12 @@ from revlens.nulls import (
 )
 
 __all__ = [
+    "COMPARE_COLUMNS",
     "DRIFT_COLUMNS",
     "PAPER",
     "SUBSPACE_COLUMNS",
+    "DirectionComparison",
+    "compare_directions",
     "covariance_null_directions",
     "drift_table",
     "empirical_pvalue",
