@@ -20,6 +20,7 @@ __all__ = [
     "BLOCK_METHODS",
     "CONTROL_KINDS",
     "DIRECTION_METHODS",
+    "GENERATION_METHODS",
     "GRAD_BATCHING",
     "INTERVENTION_KINDS",
     "INTERVENTION_POSITIONS",
@@ -36,6 +37,7 @@ __all__ = [
     "BlockMethod",
     "ControlKind",
     "DirectionMethod",
+    "GenerationMethod",
     "GradBatching",
     "InterventionKind",
     "InterventionPositions",
@@ -103,7 +105,12 @@ motion toward base), or the drift confined to the subspace (its complement held 
 RankRule = Literal["margin", "max"]
 """How :func:`revlens.causal.ablation_study` chooses the subspace rank k on the selection prompts."""
 
+GenerationMethod = Literal["auto", "cached", "full"]
+"""How :func:`revlens.metrics.greedy_generate` decodes: KV-cached, full forwards (the reference), or
+cached where it reproduces the full path and full otherwise (``auto``)."""
+
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
+GENERATION_METHODS: tuple[str, ...] = get_args(GenerationMethod)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
 DIRECTION_METHODS: tuple[str, ...] = get_args(DirectionMethod)
 WHICH: tuple[str, ...] = get_args(Which)

@@ -40,6 +40,7 @@ from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from revlens.modes import INTERVENTION_KINDS, InterventionKind, check_mode
 from revlens.sites import LayerSpec, access
+from revlens.sites.cached import positionwise
 from revlens.sites.layout import current_layout
 
 __all__ = ["Kind", "apply_intervention", "clamp", "intervene", "patch", "steer"]
@@ -245,8 +246,9 @@ def intervene(
             raise ConfigError(
                 f"steer needs one direction per layer, got a subspace at layer(s) {wide}"
             )
-    edits = [(s, _make_edit(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions, generated))
-             for s in sites]
+    # position-wise edits (revlens.sites.cached): the KV-cached generation path may run them
+    edits = [(s, positionwise(_make_edit(kind, basis[s.layer], s.layer, refs[s.layer], alpha, positions,
+                                         generated))) for s in sites]
     with acc.hooked(edits):
         yield
 

@@ -22,6 +22,7 @@ from revlens.metrics.continuation import (
     phrase_rate,
 )
 from revlens.metrics.generation import Generation, GenerationMetric, greedy_generate, stop_token_ids
+from revlens.metrics.steps import FullForwardFallback
 from revlens.metrics.judges import CausalLMJudge, ClassifierJudge, judge_metric
 from revlens.metrics.model import (
     ModelMetric,
@@ -67,6 +68,7 @@ __all__ = [
     "REFUSAL_STARTS",
     "CausalLMJudge",
     "ClassifierJudge",
+    "FullForwardFallback",
     "Generation",
     "GenerationMetric",
     "GreedyRate",
