@@ -22,7 +22,6 @@ from revlens.metrics.continuation import (
     phrase_rate,
 )
 from revlens.metrics.generation import Generation, GenerationMetric, greedy_generate, stop_token_ids
-from revlens.metrics.steps import FullForwardFallback
 from revlens.metrics.judges import CausalLMJudge, ClassifierJudge, judge_metric
 from revlens.metrics.model import (
     ModelMetric,
@@ -43,6 +42,7 @@ from revlens.metrics.refusal import (
     tokenizer_family,
 )
 from revlens.metrics.specs import METRICS, metric_from_spec
+from revlens.metrics.steps import FullForwardFallback
 from revlens.metrics.tokens import (
     GreedyRate,
     KLTo,

@@ -29,7 +29,7 @@ judge of :mod:`revlens.metrics.refusal`)."""
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from jaxtyping import Float, Int
@@ -87,6 +87,7 @@ def stop_token_ids(tokenizer: Any, extra: Sequence[str | int] = ()) -> list[int]
     return sorted(ids)
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 @torch.no_grad()
 def greedy_generate(model: Any, batch: Any, *, max_new_tokens: int = 32, tokenizer: Any = None,
                     stop: Sequence[str | int] | None = None, method: GenerationMethod = "auto",
