@@ -236,7 +236,8 @@ def plain_twin(hf_model: nn.Module) -> nn.Module:
     parameter and buffer is the source's own tensor (no copy). Eval mode, no hooks.
 
     Raises:
-        CachedPathError: a tensor of the twin has no counterpart of the same shape in the source.
+        CachedPathError: a tensor of the twin has no counterpart of the same shape in the source,
+            or the source's is on the meta device (offloaded).
     """
     state: dict[str, Tensor] = {}
     _state(hf_model, "", state)
@@ -249,6 +250,9 @@ def plain_twin(hf_model: nn.Module) -> nn.Module:
                     continue
                 key = f"{mname}.{name}" if mname else name
                 src = state.get(key)
+                if src is not None and src.device.type == "meta":
+                    raise CachedPathError(f"cannot build a plain {type(hf_model).__name__} from the bridge: {key} "
+                                          "is on the meta device (offloaded weights, device_map)")
                 if src is None or tuple(src.shape) != tuple(t.shape):
                     have = "absent" if src is None else f"of shape {tuple(src.shape)}"
                     raise CachedPathError(f"cannot build a plain {type(hf_model).__name__} from the bridge: {key} "

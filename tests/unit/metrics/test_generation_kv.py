@@ -183,3 +183,16 @@ def test_method_is_validated(llama_lm):
 
     with pytest.raises(ConfigError, match="method"):
         greedy_generate(llama_lm, next(probes.batches(1)), max_new_tokens=2, method="kv")
+
+
+def test_plain_twin_holds_the_source_tensors_or_says_which_is_missing():
+    from revlens.sites.cached import plain_twin
+
+    hf, _ = families.build("llama")
+    twin = plain_twin(hf)
+    src = dict(hf.named_parameters(remove_duplicate=False))
+    assert all(p is src[name] for name, p in twin.named_parameters(remove_duplicate=False))
+    assert not twin.training and not any(m._forward_hooks for m in twin.modules())
+    hf.model.norm = torch.nn.Identity()
+    with pytest.raises(CachedPathError, match="model.norm.weight"):
+        plain_twin(hf)
