@@ -193,7 +193,7 @@ def obstacle(module: nn.Module, run: nn.Module) -> str | None:
     if loose:
         names = sorted({getattr(e.fn, "__qualname__", repr(e.fn)) for e in loose})
         return f"edits not marked position-wise are registered at {[e.site.hook_name for e in loose]} ({names})"
-    ours = {i for e in _ACTIVE for i in e.hook_ids}
+    ours = {i for e in mine for i in e.hook_ids}  # edits registered through another access are foreign here
     foreign = {i: name for i, name in _hook_ids(_roots(module)).items() if i not in ours}
     if foreign:
         return f"hooks that revlens did not register sit on {sorted(set(foreign.values()))[:5]}"

@@ -196,3 +196,15 @@ def test_plain_twin_holds_the_source_tensors_or_says_which_is_missing():
     hf.model.norm = torch.nn.Identity()
     with pytest.raises(CachedPathError, match="model.norm.weight"):
         plain_twin(hf)
+
+
+def test_an_edit_on_the_bridges_hf_model_is_not_dropped_by_the_twin(llama_lm):
+    """Edits registered on ``lm.hf_model`` (not the bridge) would not reach the twin: full path, typed."""
+    tok = families.tokenizer()
+    batch = next(Probes.from_chat(CHATS).tokenize(tok, n_ctx=64).batches(len(CHATS)))
+    with steer(llama_lm.hf_model, unit(llama_lm.d_model, 7), [1], 6.0):
+        with pytest.raises(CachedPathError, match="did not register"):
+            greedy_generate(llama_lm, batch, max_new_tokens=2, tokenizer=tok, method="cached")
+        with pytest.warns(FullForwardFallback):
+            auto = greedy_generate(llama_lm, batch, max_new_tokens=2, tokenizer=tok)
+    assert auto.method == "full"
