@@ -111,8 +111,8 @@ def greedy_generate(model: Any, batch: Any, *, max_new_tokens: int = 32, tokeniz
     from revlens.sites import access
     from revlens.sites.layout import prompt_layout
 
-    acc = access(model)
     check_mode("method", method, GENERATION_METHODS)
+    acc = access(model)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tok is None:
         raise MetricError("greedy_generate needs a tokenizer (the model has none): pass tokenizer=")
