@@ -21,6 +21,7 @@ __all__ = [
     "CONTROL_KINDS",
     "DATA_SPLITS",
     "DIRECTION_METHODS",
+    "GENERATION_METHODS",
     "GRAD_BATCHING",
     "INTERVENTION_KINDS",
     "INTERVENTION_POSITIONS",
@@ -38,6 +39,7 @@ __all__ = [
     "ControlKind",
     "DataSplit",
     "DirectionMethod",
+    "GenerationMethod",
     "GradBatching",
     "InterventionKind",
     "InterventionPositions",
@@ -150,7 +152,12 @@ class Registered(Sequence[str]):
         self._names.remove(name)
 
 
+GenerationMethod = Literal["auto", "cached", "full"]
+"""How :func:`revlens.metrics.greedy_generate` decodes: KV-cached, full forwards (the reference), or
+cached where it reproduces the full path and full otherwise (``auto``)."""
+
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
+GENERATION_METHODS: tuple[str, ...] = get_args(GenerationMethod)
 POSITION_RULES: tuple[str, ...] = get_args(PositionRuleName)
 DIRECTION_METHODS: tuple[str, ...] = get_args(DirectionMethod)
 WHICH: tuple[str, ...] = get_args(Which)

@@ -46,6 +46,7 @@ from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
 from revlens.modes import InterventionKind, SiteKind
 from revlens.sites import LayerSpec, access
+from revlens.sites.cached import positionwise
 from revlens.sites.layout import current_layout
 
 __all__ = ["Kind", "apply_intervention", "clamp", "intervene", "patch", "steer"]
@@ -241,7 +242,9 @@ def intervene(
     wide = [layer for layer, q in basis.items() if obj.max_rank is not None and q.shape[0] > obj.max_rank]
     if wide:
         raise ConfigError(f"{obj.name} needs one direction per layer, got a subspace at layer(s) {wide}")
-    edits = [(s, _make_edit(obj, basis[s.layer], s.layer, refs[s.layer], positions, generated)) for s in sites]
+    # position-wise edits (revlens.sites.cached): the KV-cached generation path may run them
+    edits = [(s, positionwise(_make_edit(obj, basis[s.layer], s.layer, refs[s.layer], positions, generated)))
+             for s in sites]
     with acc.hooked(edits):
         yield
 

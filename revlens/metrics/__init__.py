@@ -43,6 +43,7 @@ from revlens.metrics.refusal import (
     tokenizer_family,
 )
 from revlens.metrics.specs import METRICS, metric_from_spec
+from revlens.metrics.steps import FullForwardFallback
 from revlens.metrics.tokens import (
     GreedyRate,
     KLTo,
@@ -69,6 +70,7 @@ __all__ = [
     "REFUSAL_STARTS",
     "CausalLMJudge",
     "ClassifierJudge",
+    "FullForwardFallback",
     "Generation",
     "GenerationMetric",
     "GreedyRate",

@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from revlens.errors import NonFiniteError, RevlensError, SiteError
+from revlens.sites.cached import ActiveEdit, for_decoding, recorded
 from revlens.sites.names import LayerSpec, Site, hook_name, resolve_sites
 
 __all__ = ["Edit", "SiteAccess", "access"]
@@ -124,16 +125,23 @@ class SiteAccess:
 
     @contextmanager
     def hooked(self, edits: Mapping[Site, Edit] | Sequence[tuple[Site, Edit]]) -> Iterator[None]:
-        """Register ``edits`` (site -> ``fn(h) -> h' | None``) while the block runs."""
+        """Register ``edits`` (site -> ``fn(h) -> h' | None``) while the block runs.
+
+        Each edit is recorded as active (:func:`revlens.sites.cached.active_edits`) and wrapped by
+        :func:`revlens.sites.cached.for_decoding` (no change outside a KV-cached decoding step)."""
         items = list(edits.items()) if isinstance(edits, Mapping) else list(edits)
         # resid_mid hooks sit on the attention's output hook (see _register_site): registered after
         # the others, they see an attn_out edit of the same block first, as the forward does
         items.sort(key=lambda item: item[0].kind == "resid_mid")
-        handles = []
+        handles: list[Any] = []
+        entries = []  # recorded for the KV-cached generation path (revlens.sites.cached)
         try:
             for site, fn in items:
-                handles += self._register_site(site, fn)
-            yield
+                mine = self._register_site(site, for_decoding(fn))
+                handles += mine
+                entries.append(ActiveEdit(self.module, site, fn, tuple(h.id for h in mine)))
+            with recorded(entries):
+                yield
         finally:
             for h in handles:
                 h.remove()

@@ -121,8 +121,9 @@ def test_context_limit_caps_generation():
 @pytest.mark.xfail(strict=True, reason=(
     "TransformerLens 4.3 bug: decoding through the bridge with its HF KV cache (return_type="
     "'logits_and_cache', past_key_values=...) gives logits up to ~0.6 away from the full forward (tiny "
-    "Llama, GPT-2, Gemma-2, Qwen2; the plain HF model with the same cache is exact), so greedy_generate "
-    "runs full forwards. XPASS = fixed upstream: a cached decoding path becomes possible."))
+    "Llama, GPT-2, Gemma-2, Qwen2; the plain HF model with the same cache is exact), so greedy_generate's "
+    "cached path runs a plain-HF twin of the bridge (revlens.sites.cached). XPASS = fixed upstream: the "
+    "twin is no longer needed."))
 def test_upstream_bridge_kv_cache_matches_the_full_forward(llama_lm):
     toks = torch.randint(9, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
