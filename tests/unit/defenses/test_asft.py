@@ -6,7 +6,16 @@ plain loop; bad inputs."""
 import pytest
 import torch
 from transformers import Trainer
-from unit.defenses.kit import LORA_NAMES, Seqs, aligned_model, args, lora_layer, lora_model, train_plain, v_of
+from unit.defenses.kit import (
+    LORA_NAMES,
+    Seqs,
+    aligned_model,
+    args,
+    lora_layer,
+    lora_model,
+    train_plain,
+    v_of,
+)
 
 from revlens.block import add_to_trainer, method_names
 from revlens.defenses import AsFT

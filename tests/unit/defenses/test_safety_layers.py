@@ -21,13 +21,16 @@ MALICIOUS = ["w20 w21 w22", "w21 w22 w23 w24", "w22 w20 w25"]
 
 def _hand_curve(model):
     """Per layer (0 .. n_layers): mean pairwise cos of the last-position hidden vectors."""
+    keep = {}
+
+    def hook(module, inputs, output):
+        keep["last"] = (output[0] if isinstance(output, tuple) else output)[0, -1]
+
     def last_states(prompts):
         out = []
         for p in prompts:
             ids = TOK(p, return_tensors="pt")["input_ids"]
-            keep = {}
-            h = model.transformer.h[-1].register_forward_hook(lambda m, i, o: keep.update(
-                last=(o[0] if isinstance(o, tuple) else o)[0, -1]))
+            h = model.transformer.h[-1].register_forward_hook(hook)
             try:
                 with torch.no_grad():
                     hs = model(ids, output_hidden_states=True).hidden_states
@@ -101,9 +104,9 @@ def test_registered_and_bad_inputs(pair):
     model = aligned_model(pair)
     start = copy.deepcopy(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ConfigError, match=r"outside the model: it has blocks 0\.\.1"):
-        with SafetyLayerFreeze(1, 5).attached(model, opt):
-            train_plain(model, opt)
+    with (pytest.raises(ConfigError, match=r"outside the model: it has blocks 0\.\.1"),
+          SafetyLayerFreeze(1, 5).attached(model, opt)):
+        train_plain(model, opt)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())  # nothing trained
     with pytest.raises(ProbeError, match="2 normal"):
         locate_safety_layers(model, TOK, ["w1"], ["w2"])
