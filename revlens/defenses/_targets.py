@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from revlens._seeds import generator
 from revlens.errors import CheckpointError, ConfigError
 from revlens.weights.catalog import Param, build_catalog
 
@@ -79,9 +80,12 @@ def _lora_modules(model: torch.nn.Module) -> Iterator[tuple[str, Tensor, Tensor,
 
 
 def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable: set[int] | None = None,
-                 need_v: bool = True) -> list[Target]:
+                 random_seed: int | None = None) -> list[Target]:
     """Every LoRA pair (a PEFT model) or trainable 2-d weight (full fine-tuning) of ``model`` whose
     Hugging Face name matches ``params`` (``re.search``), with its ``V``.
+
+    ``random_seed`` (the control): ``V`` is replaced by a Gaussian matrix of the same shape and
+    Frobenius norm, drawn per weight from ``(random_seed, name)``.
 
     Raises:
         CheckpointError: ``base`` or ``aligned`` does not hold a weight the model trains.
@@ -113,7 +117,11 @@ def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable:
             v = aligned_r.read(p).double() - base_r.read(p).double()
             if tuple(v.shape) != p.shape:
                 raise CheckpointError(f"{name}: base/aligned shape {tuple(v.shape)} != the model's {p.shape}")
-            out.append(Target(name, p, v if need_v else v.new_empty(0), **kw))
+            if random_seed is not None:
+                g = generator(random_seed, "defense-random", name)
+                r = torch.randn(v.shape, generator=g, dtype=torch.float64)
+                v = r * (v.norm() / r.norm())
+            out.append(Target(name, p, v, **kw))
     finally:
         base_r.close()
         aligned_r.close()

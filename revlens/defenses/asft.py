@@ -22,7 +22,7 @@ from typing import Any, no_type_check
 
 import torch
 
-from revlens._config import Config, as_float, as_int, option
+from revlens._config import Config, as_bool, as_float, as_int, option
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy
 from revlens.defenses._targets import check_source, read_targets
@@ -44,6 +44,8 @@ class AsFTConfig(Config):
     projection: str = option("safelora", "the anchor: C = V Vᵀ/‖V‖_F (safelora) or a true projector onto "
                              "V's top-k left singular subspace (projector)", choices=PROJECTIONS)
     k: int = option(16, "projection='projector': the subspace's rank (capped at min(out, in) − 1)")
+    random: bool = option(False, "the control: a Gaussian V of the same shape and norm per weight")
+    seed: int = option(0, "seed of the random control's V")
     params: str = option(".*", "regex (re.search) on Hugging Face weight names: which weights are regularised")
 
     def validate(self) -> None:
@@ -51,6 +53,8 @@ class AsFTConfig(Config):
         self.lam = as_float("lam", self.lam, min=0.0)
         check_mode("projection", self.projection, PROJECTIONS)
         self.k = as_int("k", self.k, min=1)
+        self.random = as_bool("random", self.random)
+        self.seed = as_int("seed", self.seed)
         if not isinstance(self.params, str):
             raise ConfigError(f"params must be a regular expression string, got {self.params!r}")
 
@@ -88,7 +92,8 @@ class AsFT(BlockingStrategy):
         if params is None and optimizer is not None:
             params = [p for g in optimizer.param_groups for p in g["params"]]
         trainable = None if params is None else {id(p) for p in params}
-        targets = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable)
+        targets = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
+                               random_seed=self.config.seed if self.config.random else None)
         anchors = []
         for t in targets:
             if self.config.projection == "safelora":

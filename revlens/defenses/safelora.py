@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from revlens._config import Config, as_float, as_int, option
+from revlens._config import Config, as_bool, as_float, as_int, option
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy
 from revlens.defenses._targets import Target, check_source, read_targets
@@ -54,6 +54,8 @@ class SafeLoRAConfig(Config):
     projection: str = option("safelora", "C = V Vᵀ/‖V‖_F (the paper) or a true projector onto V's top-k "
                              "left singular subspace (projector)", choices=PROJECTIONS)
     k: int = option(16, "projection='projector': the subspace's rank (capped at min(out, in) − 1)")
+    random: bool = option(False, "the control: a Gaussian V of the same shape and norm per weight")
+    seed: int = option(0, "seed of the random control's V")
     params: str = option(".*", "regex (re.search) on Hugging Face weight names: which weights are candidates")
 
     def validate(self) -> None:
@@ -63,6 +65,8 @@ class SafeLoRAConfig(Config):
         self.tau = as_float("tau", self.tau, min=0.0, max=1.0)
         check_mode("projection", self.projection, PROJECTIONS)
         self.k = as_int("k", self.k, min=1)
+        self.random = as_bool("random", self.random)
+        self.seed = as_int("seed", self.seed)
         if not isinstance(self.params, str):
             raise ConfigError(f"params must be a regular expression string, got {self.params!r}")
 
@@ -114,7 +118,8 @@ class SafeLoRA(BlockingStrategy):
         if params is None and optimizer is not None:
             params = [p for g in optimizer.param_groups for p in g["params"]]
         trainable = None if params is None else {id(p) for p in params}
-        self.targets_ = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable)
+        self.targets_ = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
+                               random_seed=self.config.seed if self.config.random else None)
         self.table_ = pd.DataFrame()
         self._start()
         return self

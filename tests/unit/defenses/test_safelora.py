@@ -151,3 +151,16 @@ def test_registered_and_bad_inputs_are_typed_errors_before_training(pair, tmp_pa
     with pytest.raises((CheckpointError, ShapeMismatchError), match="base lacks .*c_fc"):
         trainer.train()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())
+
+
+def test_random_control_has_vs_shape_and_norm_not_its_direction(pair):
+    model = lora_model(pair)
+    real = SafeLoRA(pair["base"], pair["aligned"]).prepare(model).targets_
+    ctrl = SafeLoRA(pair["base"], pair["aligned"], random=True, seed=1).prepare(model).targets_
+    again = SafeLoRA(pair["base"], pair["aligned"], random=True, seed=1).prepare(model).targets_
+    for r, c, a in zip(real, ctrl, again, strict=True):
+        assert c.v.shape == r.v.shape and float(c.v.norm()) == pytest.approx(float(r.v.norm()))
+        assert abs(float((c.v * r.v).sum() / (c.v.norm() * r.v.norm()))) < 0.2
+        assert torch.equal(c.v, a.v)  # seeded per weight
+    with pytest.raises(ConfigError, match="random"):
+        SafeLoRAConfig(random="yes")
