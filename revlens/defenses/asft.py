@@ -28,7 +28,7 @@ from revlens.block.strategy import BlockingStrategy
 from revlens.defenses._targets import check_source, read_targets
 from revlens.errors import ConfigError
 from revlens.modes import check_mode
-from revlens.weights.projector import safelora_projection, subspace_projector
+from revlens.weights.projector import subspace_projector
 
 __all__ = ["AsFT", "AsFTConfig", "asft_penalty"]
 
@@ -59,11 +59,14 @@ class AsFTConfig(Config):
             raise ConfigError(f"params must be a regular expression string, got {self.params!r}")
 
 
-def asft_penalty(dws: list[torch.Tensor], anchors: list[torch.Tensor], lam: float) -> torch.Tensor:
-    """``λ Σ_l ‖(I − C_l) ΔW_l‖²_F`` (``anchors``: the ``C_l``, ``[out, out]``)."""
+def asft_penalty(dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, float]], lam: float) -> torch.Tensor:
+    """``λ Σ_l ‖(I − C_l) ΔW_l‖²_F`` with ``C_l x = W_l (W_lᵀ x) / c_l`` for each anchor
+    ``(W_l [out, m], c_l)``: ``(V_l, ‖V_l‖_F)`` for the paper's ``C``, ``(U_k, 1)`` for the
+    projector (no ``out × out`` matrix is formed)."""
     total = dws[0].new_zeros(())
-    for dw, c in zip(dws, anchors, strict=True):
-        total = total + ((dw - c.to(dw.dtype) @ dw) ** 2).sum()
+    for dw, (w, c) in zip(dws, anchors, strict=True):
+        w = w.to(dw.dtype)
+        total = total + ((dw - w @ (w.T @ dw) / c) ** 2).sum()
     return lam * total
 
 
@@ -75,7 +78,8 @@ class AsFT(BlockingStrategy):
         base, aligned: the checkpoints defining ``V`` (a missing one: :class:`CheckpointError`).
         config: an :class:`AsFTConfig`; ``**settings`` override it.
 
-    Fitted attributes: ``targets_``, ``anchors_`` (one ``C_l`` per weight), records ``penalty``
+    Fitted attributes: ``targets_``, ``anchors_`` (per weight ``(V_l, ‖V_l‖_F)`` or ``(U_k, 1)``:
+    ``C_l`` applied without forming it), records ``penalty``
     (the term's value before each step).
     """
 
@@ -97,11 +101,11 @@ class AsFT(BlockingStrategy):
         anchors = []
         for t in targets:
             if self.config.projection == "safelora":
-                anchors.append(safelora_projection(t.v).float())
+                anchors.append((t.v.float(), float(t.v.norm())))
             else:
                 proj = subspace_projector(t.v, min(self.config.k, min(t.v.shape) - 1), "left")
-                anchors.append((proj.u @ proj.u.T).float())
-            t.v = t.v.new_empty(0)  # V is not needed any more
+                anchors.append((proj.u.float(), 1.0))
+            t.v = t.v.new_empty(0)  # kept in the anchor (float32) where needed
         self.targets_, self.anchors_ = targets, anchors
         self._start()
         return self

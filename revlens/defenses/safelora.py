@@ -3,7 +3,8 @@ matrix's column space in the layers where it strays from it — post hoc, no tra
 
 Per weight ``l`` (the paper's "layer": every LoRA-adapted module), with ``V_l = W_aligned − W_base``:
 
-- the paper's projection ``C_l = V_l V_lᵀ / ‖V_l‖_F`` (``projection="safelora"``, the default; as
+- the paper's projection ``C_l = V_l V_lᵀ / ‖V_l‖_F`` (``projection="safelora"``, the default, applied
+  as ``V (Vᵀ x) / ‖V‖_F`` so that no ``out × out`` matrix is formed; as
   :func:`revlens.weights.projector.safelora_projection` notes, ``C_l`` is **not** an orthogonal
   projector: it scales by ``V``'s singular values), or the true orthogonal projector
   ``P_l = U_k U_kᵀ`` onto ``V_l``'s top-``k`` left singular vectors (``projection="projector"``,
@@ -34,7 +35,7 @@ from revlens.block.strategy import BlockingStrategy
 from revlens.defenses._targets import Target, check_source, read_targets
 from revlens.errors import ConfigError
 from revlens.modes import check_mode
-from revlens.weights.projector import safelora_projection, subspace_projector
+from revlens.weights.projector import subspace_projector
 
 __all__ = ["SafeLoRA", "SafeLoRAConfig", "safelora_select", "safelora_similarity"]
 
@@ -126,9 +127,9 @@ class SafeLoRA(BlockingStrategy):
 
     def matrix(self, t: Target) -> Any:
         """The map applied to ``ΔW`` (left-multiplied): ``C`` or the projector (a callable)."""
-        if self.config.projection == "safelora":
-            c = safelora_projection(t.v)
-            return lambda x: c.to(x.dtype) @ x
+        if self.config.projection == "safelora":  # C x = V (Vᵀ x) / ‖V‖_F, C never formed
+            v, nv = t.v, float(t.v.norm())
+            return lambda x: v.to(x.dtype) @ (v.T.to(x.dtype) @ x) / nv
         k = min(self.config.k, min(t.v.shape) - 1)
         proj = subspace_projector(t.v, k, "left")
         return proj
