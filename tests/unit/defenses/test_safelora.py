@@ -101,7 +101,7 @@ def test_lora_through_the_hf_trainer_projects_at_the_end(pair, tmp_path):
         v = v_of(pair, n)
         q = torch.linalg.svd(v, full_matrices=False).U  # an orthonormal basis of col(V)
         layer = lora_layer(trainer.model, n)
-        dw = SCALE * layer.lora_B["default"].weight.double() @ layer.lora_A["default"].weight.double()
+        dw = SCALE * (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().double()
         off = float((dw - q @ (q.T @ dw)).norm() / dw.norm())
         row = s.table_.set_index("name").loc[n]
         assert dw.norm() > 0
