@@ -34,6 +34,7 @@ EXPECTED = [
     "07_weight_space.ipynb",
     "08_real_data.ipynb",
     "10_refusal_direction.ipynb",
+    "11_defenses.ipynb",
 ]
 
 

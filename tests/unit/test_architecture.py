@@ -19,7 +19,7 @@ STAGES = {
     "collect": 5,
     "directions": 6,
     "drift": 7,
-    "causal": 8, "block": 8, "weights": 8, "evaluate": 8,
+    "causal": 8, "block": 8, "weights": 8, "evaluate": 8, "defenses": 8,
     "monitor": 9, "report": 9,
     "analyze": 10,
     "__init__": 11, "commands": 11, "cli": 11,

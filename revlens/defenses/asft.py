@@ -1,0 +1,133 @@
+"""AsFT, Anchoring Safety in Fine-Tuning (Yang et al. 2025, arXiv 2506.08473): a regulariser that
+penalises the part of the fine-tuning update orthogonal to the alignment direction.
+
+Per weight ``l`` with ``V_l = W_aligned − W_base`` and the update ``ΔW_l`` (LoRA: ``s·B·A``; full
+fine-tuning: ``W − W_ref``, ``W_ref`` the weights when attached), the training loss becomes
+
+    L = L_task + λ · Σ_l ‖(I − C_l) ΔW_l‖²_F,        C_l = V_l V_lᵀ / ‖V_l‖_F
+
+(``projection="safelora"``: the paper builds its anchor from SafeLoRA's alignment matrix), or
+with ``C_l`` the true orthogonal projector onto ``V_l``'s top-``k`` left singular subspace
+(``projection="projector"``, revlens' convention). As revlens' ``penalty`` method does, the
+term's gradient is added to ``.grad`` just before the optimizer step (the loss is not touched;
+clipping done earlier by a ``Trainer`` does not see it).
+
+``lam`` defaults to 1.0. *Not verified against the paper*: this reimplementation was written
+offline without the paper's hyper-parameter table at hand; set ``lam`` to the value the paper
+reports for your setting.
+"""
+
+from dataclasses import dataclass
+from typing import Any, no_type_check
+
+import torch
+
+from revlens._config import Config, as_bool, as_float, as_int, option
+from revlens.block.registry import register
+from revlens.block.strategy import BlockingStrategy
+from revlens.defenses._targets import check_source, read_targets
+from revlens.errors import ConfigError
+from revlens.modes import check_mode
+from revlens.weights.projector import subspace_projector
+
+__all__ = ["AsFT", "AsFTConfig", "asft_penalty"]
+
+PROJECTIONS = ("safelora", "projector")
+
+
+@no_type_check  # validates its own fields (typed errors)
+@dataclass
+class AsFTConfig(Config):
+    """Settings of :class:`AsFT`."""
+
+    lam: float = option(1.0, "λ, the regulariser's weight (>= 0)")
+    projection: str = option("safelora", "the anchor: C = V Vᵀ/‖V‖_F (safelora) or a true projector onto "
+                             "V's top-k left singular subspace (projector)", choices=PROJECTIONS)
+    k: int = option(16, "projection='projector': the subspace's rank (capped at min(out, in) − 1)")
+    random: bool = option(False, "the control: a Gaussian V of the same shape and norm per weight")
+    seed: int = option(0, "seed of the random control's V")
+    params: str = option(".*", "regex (re.search) on Hugging Face weight names: which weights are regularised")
+
+    def validate(self) -> None:
+        """Check every field."""
+        self.lam = as_float("lam", self.lam, min=0.0)
+        check_mode("projection", self.projection, PROJECTIONS)
+        self.k = as_int("k", self.k, min=1)
+        self.random = as_bool("random", self.random)
+        self.seed = as_int("seed", self.seed)
+        if not isinstance(self.params, str):
+            raise ConfigError(f"params must be a regular expression string, got {self.params!r}")
+
+
+def asft_penalty(dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, float]], lam: float) -> torch.Tensor:
+    """``λ Σ_l ‖(I − C_l) ΔW_l‖²_F`` with ``C_l x = W_l (W_lᵀ x) / c_l`` for each anchor
+    ``(W_l [out, m], c_l)``: ``(V_l, ‖V_l‖_F)`` for the paper's ``C``, ``(U_k, 1)`` for the
+    projector (no ``out × out`` matrix is formed)."""
+    total = dws[0].new_zeros(())
+    for dw, (w, c) in zip(dws, anchors, strict=True):
+        w = w.to(dw.dtype)
+        total = total + ((dw - w @ (w.T @ dw) / c) ** 2).sum()
+    return lam * total
+
+
+@register("asft")
+class AsFT(BlockingStrategy):
+    """AsFT's regulariser (module docstring; arXiv 2506.08473). Full and LoRA fine-tuning.
+
+    Args:
+        base, aligned: the checkpoints defining ``V`` (a missing one: :class:`CheckpointError`).
+        config: an :class:`AsFTConfig`; ``**settings`` override it.
+
+    Fitted attributes: ``targets_``, ``anchors_`` (per weight ``(V_l, ‖V_l‖_F)`` or ``(U_k, 1)``:
+    ``C_l`` applied without forming it), records ``penalty``
+    (the term's value before each step).
+    """
+
+    source = "asft"
+
+    def __init__(self, base: Any, aligned: Any, *, config: AsFTConfig | None = None, **settings: Any) -> None:
+        self.config = AsFTConfig.build(config, "AsFT", **settings)
+        check_source(base, "base")
+        check_source(aligned, "aligned")
+        self.base, self.aligned = base, aligned
+
+    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "AsFT":
+        """Read ``V`` and build each weight's anchor ``C_l`` (float32)."""
+        if params is None and optimizer is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+        trainable = None if params is None else {id(p) for p in params}
+        targets = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
+                               random_seed=self.config.seed if self.config.random else None)
+        anchors = []
+        for t in targets:
+            if self.config.projection == "safelora":
+                anchors.append((t.v.float(), float(t.v.norm())))
+            else:
+                proj = subspace_projector(t.v, min(self.config.k, min(t.v.shape) - 1), "left")
+                anchors.append((proj.u.float(), 1.0))
+            t.v = t.v.new_empty(0)  # kept in the anchor (float32) where needed
+        self.targets_, self.anchors_ = targets, anchors
+        self._start()
+        return self
+
+    def penalty(self) -> torch.Tensor:
+        """The regulariser's current value (differentiable in the trained tensors)."""
+        self._check()
+        return asft_penalty([t.delta() for t in self.targets_], self.anchors_, self.config.lam)
+
+    def before_step(self) -> None:
+        """Add the regulariser's gradient to ``.grad``; record its value."""
+        super().before_step()
+        tensors = [x for t in self.targets_ for x in ((t.lora_a, t.lora_b) if t.is_lora else (t.weight,))]
+        with torch.enable_grad():
+            pen = self.penalty()
+            grads = torch.autograd.grad(pen, tensors, allow_unused=True) if pen.requires_grad else [None] * len(tensors)
+        for p, g in zip(tensors, grads, strict=True):
+            if g is not None:
+                g = g.to(p.dtype)
+                p.grad = g if p.grad is None else p.grad.add_(g)
+        self._record("penalty", float(pen.detach()))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"AsFT(lam={c.lam}, projection={c.projection!r}, attached={self.is_attached})"
