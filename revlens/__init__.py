@@ -45,8 +45,11 @@ _LAZY = {
     "ablation_study": "revlens.causal",
     "analyze": "revlens.analyze",
     "collect": "revlens.collect",
+    "compare_directions": "revlens.drift",
     "evaluate": "revlens.evaluate",
     "load_prompt_set": "revlens.probes",
+    "refusal_directions": "revlens.directions",
+    "select_refusal_direction": "revlens.causal",
     "weight_reversion": "revlens.weights",
 }
 
@@ -89,9 +92,12 @@ __all__ = [
     "ablation_study",
     "analyze",
     "collect",
+    "compare_directions",
     "evaluate",
     "load",
     "load_prompt_set",
+    "refusal_directions",
+    "select_refusal_direction",
     "weight_reversion",
 ]
 

@@ -24,6 +24,22 @@ __all__ = ["MethodNames", "method_class", "method_names", "register", "unregiste
 T = TypeVar("T", bound=type)
 
 _REGISTRY: dict[str, type] = {}
+_PLUGIN_GROUP = "revlens.blocking"
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Import, once, the modules that register strategies through the ``revlens.blocking``
+    entry-point group (revlens' own ``WeightBlocker`` and published defenses, or another package's),
+    so their names are valid before anyone imports those modules by hand."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=_PLUGIN_GROUP):
+        ep.load()
 
 
 def register(name: str) -> Callable[[T], T]:
@@ -54,6 +70,7 @@ def unregister(name: str) -> None:
 
 def method_names(kind: type | None = None) -> tuple[str, ...]:
     """Registered names, in registration order (``kind``: only subclasses of it)."""
+    _load_plugins()
     return tuple(n for n, c in _REGISTRY.items() if kind is None or issubclass(c, kind))
 
 
