@@ -117,3 +117,19 @@ def test_finish_runs_after_a_normal_end_only():
     finally:
         unregister("test_counting")
     assert "test_counting" not in METHODS
+
+
+def test_strategies_registered_by_other_modules_are_known_before_those_modules_are_imported() -> None:
+    """WeightBlocker and the published defenses register through the ``revlens.blocking`` entry
+    points: a fresh process knows their names (and builds them by name) without importing them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from revlens.block.registry import method_class, method_names; "
+        "assert 'revlens.defenses' not in sys.modules; names = method_names(); "
+        "print(','.join(names)); print(method_class('safelora').__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert {"weights", "safelora", "asft", "safety_freeze", "procon"} <= set(out[0].split(","))
+    assert out[1] == "revlens.defenses.safelora"
