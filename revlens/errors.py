@@ -19,6 +19,7 @@ __all__ = [
     "RevlensError",
     "ShapeMismatchError",
     "SiteError",
+    "UnsupportedCheckpointError",
     "UpstreamError",
     "require",
 ]
@@ -93,3 +94,8 @@ def require(module: str, extra: str, what: str):
         raise MissingExtraError(
             f"{what} needs the optional package {module!r}: pip install \"revlens[{extra}]\" ({exc})"
         ) from None
+
+
+class UnsupportedCheckpointError(CheckpointError):
+    """A checkpoint in a format revlens reads, but of a kind it cannot convert (e.g. a GGUF
+    file whose architecture or quantization type is unsupported); names both and what is."""
