@@ -28,12 +28,12 @@ from revlens.loading.swapper import Loaded, Ref, Swapper
 from revlens.loading.targets import Targets, hf_parameters, refresh_bridge, stale_copies
 
 __all__ = [
+    "MODEL_PACKAGES",
     "Adapter",
     "AdapterConfig",
     "CheckpointInfo",
     "GGUFFile",
     "Loaded",
-    "MODEL_PACKAGES",
     "Plan",
     "Ref",
     "Swapper",

@@ -205,9 +205,10 @@ def check_gguf(path: Any) -> GGUFInfo:
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import gguf  # noqa: F401 (checked by the caller)
     import transformers
-    from importlib.metadata import version
 
     from revlens._version import __version__
 
