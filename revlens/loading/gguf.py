@@ -241,7 +241,7 @@ def gguf_dir(path: Any, *, dtype: torch.dtype = torch.float32, cache_dir: Any = 
     p = Path(path)
     _check_file(p)
     memo = (*_stat_key(p), str(dtype), str(cache_root(cache_dir)))
-    if memo in _DIRS and (_DIRS[memo] / RECORD).is_file():
+    if memo in _DIRS and _complete(_DIRS[memo]):
         return _DIRS[memo]
     info = check_gguf(p)
     versions = _versions()
@@ -283,6 +283,7 @@ def _convert(info: GGUFInfo, sha: str, dtype: torch.dtype, versions: dict[str, s
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are dequantized: a plain checkpoint now
+    config.architectures = [type(model).__name__]  # as save_pretrained records (TransformerLens reads it)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, tensor in model.state_dict().items():
