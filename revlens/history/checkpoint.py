@@ -191,6 +191,24 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
         return hashlib.blake2b(digests.encode(), digest_size=16).hexdigest()
 
+    def origin(self, path: Path | None = None) -> dict[str, Any]:
+        """Where a converted checkpoint came from (``{}`` otherwise): ``gguf`` (its file name,
+        sha256, architecture, quantization types, dtype) and ``package`` (a model package's name,
+        version, file, sha256, licence), read beside the converted weights at ``path`` (default
+        :meth:`local_path`; a hub source is not resolved for this)."""
+        from revlens.loading.gguf import gguf_record
+        from revlens.loading.packages import package_record
+
+        if path is None and isinstance(self.source, HubRef):
+            return {}
+        path = path if path is not None else self.local_path()
+        out: dict[str, Any] = {}
+        if path is not None and (g := gguf_record(path)) is not None:
+            out["gguf"] = {k: g.get(k) for k in ("file_name", "sha256", "architecture", "quant_types", "dtype")}
+        if path is not None and (p := package_record(path)) is not None:
+            out["package"] = p
+        return out
+
     def model_fingerprint(self) -> str:
         """Identity of the weights a model holds once this checkpoint is loaded: the
         :meth:`fingerprint` of a full checkpoint; for an adapter, its files and its start's

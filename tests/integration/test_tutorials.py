@@ -32,6 +32,7 @@ EXPECTED = [
     "05_bring_your_own_model.ipynb",
     "06_chat_and_behaviour.ipynb",
     "07_weight_space.ipynb",
+    "09_real_weights.ipynb",
 ]
 
 
