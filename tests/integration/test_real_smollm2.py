@@ -98,15 +98,18 @@ TIMES: dict[str, float] = {}
 
 
 class _timed:
+    """Print a block's wall and CPU time (``pytest -s``)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def __exit__(self, *exc: object) -> None:
         TIMES[self.name] = time.perf_counter() - self.t0
-        print(f"[smollm2] {self.name}: {TIMES[self.name]:.1f} s")
+        cpu = time.process_time() - self.c0  # CPU seconds: the wall time on a shared machine is not the work
+        print(f"[smollm2] {self.name}: {TIMES[self.name]:.1f} s wall, {cpu:.1f} s CPU")
 
 
 @pytest.fixture(scope="module")
