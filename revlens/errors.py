@@ -20,6 +20,7 @@ __all__ = [
     "RevlensError",
     "ShapeMismatchError",
     "SiteError",
+    "UnsupportedCheckpointError",
     "UpstreamError",
     "require",
 ]
@@ -133,3 +134,8 @@ class naming:
         if isinstance(exc, FORWARD_ERRORS):
             raise RevlensError(f"while {self.action} {self.where}: {type(exc).__name__}: {exc}") from exc
         return False
+
+
+class UnsupportedCheckpointError(CheckpointError):
+    """A checkpoint in a format revlens reads, but of a kind it cannot convert (e.g. a GGUF
+    file whose architecture or quantization type is unsupported); names both and what is."""

@@ -139,7 +139,8 @@ class LensModel:
         """Boot a bridge from a ``save_pretrained`` dir, a HF model, or wrap a bridge.
 
         Args:
-            source: a ``save_pretrained`` dir (its ``config.json`` and tokenizer), a Hugging Face
+            source: a ``save_pretrained`` dir (its ``config.json`` and tokenizer), a ``.gguf`` file
+                (dequantized once into a cached dir, :func:`revlens.loading.gguf_dir`), a Hugging Face
                 model, a ``TransformerBridge`` or a ``LensModel`` (returned as is).
             device, dtype, device_map: where and in what precision the model runs.
             tokenizer: a tokenizer (object or path); default the dir's own.
@@ -174,7 +175,10 @@ class LensModel:
                 kwargs["tokenizer"] = _bridge_tokenizer(tokenizer)
             bridge = TransformerBridge.boot_transformers(name, hf_model=source, **kwargs)
             return cls(bridge, source=name, tokenizer=tokenizer)
-        return cls._boot_dir(Path(source), kwargs, tokenizer, weights, low_memory and device_map is None)
+        from revlens.loading.gguf import gguf_dir, is_gguf
+
+        path = gguf_dir(source) if is_gguf(source) else Path(source)  # GGUF: its cached dequantized dir
+        return cls._boot_dir(path, kwargs, tokenizer, weights, low_memory and device_map is None)
 
     @classmethod
     def for_history(cls, history: Any, model: Any = None, *, device: Any = None, dtype: torch.dtype | None = None,

@@ -4,7 +4,9 @@ A checkpoint is **full** (a complete state dict: a ``save_pretrained`` dir, a we
 in-memory state dict) or a PEFT **adapter** (a dir with ``adapter_config.json`` and
 ``adapter_model.safetensors``, e.g. a LoRA Trainer's ``checkpoint-N``), applied on top of its
 ``start`` checkpoint (the run's start: aligned, or a base for control runs; a base for an adapter
-aligned). A folder holding both full weights and adapter files is read as the **full weights**
+aligned). A ``.gguf`` file (or a :class:`revlens.loading.GGUFFile`) is dequantized once into a cached
+``save_pretrained`` dir (:func:`revlens.loading.gguf_dir`) and is that dir from then on.
+A folder holding both full weights and adapter files is read as the **full weights**
 (complete, they need no start model); see :func:`revlens.loading.classify`.
 
 Identity: :meth:`Checkpoint.fingerprint` hashes the checkpoint's own files (an adapter: its
@@ -126,6 +128,10 @@ class Checkpoint:
         """Path of a file/dir source (a hub source is resolved, i.e. downloaded)."""
         if isinstance(self.source, HubRef):
             return self.source.resolve()
+        from revlens.loading.gguf import gguf_dir, is_gguf
+
+        if is_gguf(self.source):  # its dequantized save_pretrained dir (converted once, cached)
+            return gguf_dir(self.source)
         if isinstance(self.source, (str, os.PathLike)):
             return Path(self.source)
         return None
@@ -184,6 +190,24 @@ class Checkpoint:
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint {self.name}: {exc}") from exc
         return hashlib.blake2b(digests.encode(), digest_size=16).hexdigest()
+
+    def origin(self, path: Path | None = None) -> dict[str, Any]:
+        """Where a converted checkpoint came from (``{}`` otherwise): ``gguf`` (its file name,
+        sha256, architecture, quantization types, dtype) and ``package`` (a model package's name,
+        version, file, sha256, licence), read beside the converted weights at ``path`` (default
+        :meth:`local_path`; a hub source is not resolved for this)."""
+        from revlens.loading.gguf import gguf_record
+        from revlens.loading.packages import package_record
+
+        if path is None and isinstance(self.source, HubRef):
+            return {}
+        path = path if path is not None else self.local_path()
+        out: dict[str, Any] = {}
+        if path is not None and (g := gguf_record(path)) is not None:
+            out["gguf"] = {k: g.get(k) for k in ("file_name", "sha256", "architecture", "quant_types", "dtype")}
+        if path is not None and (p := package_record(path)) is not None:
+            out["package"] = p
+        return out
 
     def model_fingerprint(self) -> str:
         """Identity of the weights a model holds once this checkpoint is loaded: the
@@ -258,6 +282,13 @@ def check_source(src: Any, what: str) -> Any:
     regular file), reading no weights."""
     if isinstance(src, (Mapping, torch.nn.Module, HubRef)):
         return src
+    from revlens.loading.gguf import gguf_dir, is_gguf
+
+    if is_gguf(src):  # a GGUF file: checked, then dequantized once into its cached save_pretrained dir
+        try:
+            return gguf_dir(src)
+        except CheckpointError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
     if not isinstance(src, (str, os.PathLike)):
         raise CheckpointError(f"{what}: {type(src).__name__} is not a path, state dict, module or hub ref")
     path = Path(src)

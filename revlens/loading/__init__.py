@@ -19,16 +19,20 @@ Example:
 from revlens.loading.adapt import apply_adapter
 from revlens.loading.boot import bridge_tokenizer, check_dtype_support, empty_model, read_tokenizer
 from revlens.loading.classify import CheckpointInfo, classify
+from revlens.loading.gguf import GGUFFile, gguf_dir
 from revlens.loading.lora import Adapter, AdapterConfig, lora_delta, read_adapter
+from revlens.loading.packages import MODEL_PACKAGES, model_package_dir
 from revlens.loading.plan import Plan, make_plan
 from revlens.loading.sources import TensorInfo, TensorSource, open_source, weight_files
 from revlens.loading.swapper import Loaded, Ref, Swapper
 from revlens.loading.targets import Targets, hf_parameters, refresh_bridge, stale_copies
 
 __all__ = [
+    "MODEL_PACKAGES",
     "Adapter",
     "AdapterConfig",
     "CheckpointInfo",
+    "GGUFFile",
     "Loaded",
     "Plan",
     "Ref",
@@ -41,9 +45,11 @@ __all__ = [
     "check_dtype_support",
     "classify",
     "empty_model",
+    "gguf_dir",
     "hf_parameters",
     "lora_delta",
     "make_plan",
+    "model_package_dir",
     "open_source",
     "read_adapter",
     "read_tokenizer",

@@ -33,6 +33,7 @@ EXPECTED = [
     "06_chat_and_behaviour.ipynb",
     "07_weight_space.ipynb",
     "08_real_data.ipynb",
+    "09_real_weights.ipynb",
     "10_refusal_direction.ipynb",
     "11_defenses.ipynb",
 ]
