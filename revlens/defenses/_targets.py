@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from revlens._seeds import generator
+from revlens.block.strategy import BlockingStrategy
 from revlens.errors import CheckpointError, ConfigError
 from revlens.weights.catalog import Param, build_catalog
 
@@ -126,3 +127,26 @@ def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable:
         base_r.close()
         aligned_r.close()
     return out
+
+
+class DeltaDefense(BlockingStrategy):
+    """A defense defined by the alignment delta ``V = W_aligned − W_base`` of each weight (SafeLoRA,
+    AsFT): stores the two checkpoints and its validated config (the subclass's ``config_class``),
+    and reads the weights it may change with :func:`read_targets`."""
+
+    config_class: Any
+
+    def __init__(self, base: Any, aligned: Any, *, config: Any = None, **settings: Any) -> None:
+        self.config = self.config_class.build(config, type(self).__name__, **settings)
+        check_source(base, "base")
+        check_source(aligned, "aligned")
+        self.base, self.aligned = base, aligned
+
+    def _read_targets(self, model: Any, optimizer: Any, params: Any) -> list[Target]:
+        """The weights this defense acts on: those of ``params`` (or the optimizer's) that match the
+        config's patterns, each with its ``V`` (a random one of the same norm for the control)."""
+        if params is None and optimizer is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+        trainable = None if params is None else {id(p) for p in params}
+        return read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
+                            random_seed=self.config.seed if self.config.random else None)

@@ -24,8 +24,7 @@ import torch
 
 from revlens._config import Config, as_bool, as_float, as_int, option
 from revlens.block.registry import register
-from revlens.block.strategy import BlockingStrategy
-from revlens.defenses._targets import check_source, read_targets
+from revlens.defenses._targets import DeltaDefense
 from revlens.errors import ConfigError
 from revlens.modes import check_mode
 from revlens.weights.projector import subspace_projector
@@ -71,7 +70,7 @@ def asft_penalty(dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, floa
 
 
 @register("asft")
-class AsFT(BlockingStrategy):
+class AsFT(DeltaDefense):
     """AsFT's regulariser (module docstring; arXiv 2506.08473). Full and LoRA fine-tuning.
 
     Args:
@@ -85,19 +84,11 @@ class AsFT(BlockingStrategy):
 
     source = "asft"
 
-    def __init__(self, base: Any, aligned: Any, *, config: AsFTConfig | None = None, **settings: Any) -> None:
-        self.config = AsFTConfig.build(config, "AsFT", **settings)
-        check_source(base, "base")
-        check_source(aligned, "aligned")
-        self.base, self.aligned = base, aligned
+    config_class = AsFTConfig
 
     def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "AsFT":
         """Read ``V`` and build each weight's anchor ``C_l`` (float32)."""
-        if params is None and optimizer is not None:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-        trainable = None if params is None else {id(p) for p in params}
-        targets = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
-                               random_seed=self.config.seed if self.config.random else None)
+        targets = self._read_targets(model, optimizer, params)
         anchors = []
         for t in targets:
             if self.config.projection == "safelora":

@@ -31,8 +31,7 @@ from torch import Tensor
 
 from revlens._config import Config, as_bool, as_float, as_int, option
 from revlens.block.registry import register
-from revlens.block.strategy import BlockingStrategy
-from revlens.defenses._targets import Target, check_source, read_targets
+from revlens.defenses._targets import DeltaDefense, Target
 from revlens.errors import ConfigError
 from revlens.modes import check_mode
 from revlens.weights.projector import subspace_projector
@@ -89,7 +88,7 @@ def safelora_select(sims: list[float], *, select: str = "number", n_layers: int 
 
 
 @register("safelora")
-class SafeLoRA(BlockingStrategy):
+class SafeLoRA(DeltaDefense):
     """SafeLoRA's post-hoc projection (module docstring; arXiv 2405.16833).
 
     Args:
@@ -108,19 +107,11 @@ class SafeLoRA(BlockingStrategy):
     source = "safelora"
     acts_on_step = False
 
-    def __init__(self, base: Any, aligned: Any, *, config: SafeLoRAConfig | None = None, **settings: Any) -> None:
-        self.config = SafeLoRAConfig.build(config, "SafeLoRA", **settings)
-        check_source(base, "base")
-        check_source(aligned, "aligned")
-        self.base, self.aligned = base, aligned
+    config_class = SafeLoRAConfig
 
     def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "SafeLoRA":
         """Read ``V`` for every candidate weight (the full weights' ``W_ref`` is their value now)."""
-        if params is None and optimizer is not None:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-        trainable = None if params is None else {id(p) for p in params}
-        self.targets_ = read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
-                               random_seed=self.config.seed if self.config.random else None)
+        self.targets_ = self._read_targets(model, optimizer, params)
         self.table_ = pd.DataFrame()
         self._start()
         return self
