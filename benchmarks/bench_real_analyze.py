@@ -3,7 +3,7 @@ activations vs fitting directions, nulls and bootstraps, with analyze's **defaul
 
 The history is the one ``tests/integration/test_real_smollm2.py`` builds (base = the package's GGUF
 file, aligned = 6 safety-SFT steps, run ``benign`` = 3 benign steps), rebuilt here in a temp dir,
-on its 20 chat prompts. Three timings: ``collect`` (the statistics analyze collects: every
+on its 20 chat prompts (from ``revlens.datasets``). Three timings: ``collect`` (the statistics analyze collects: every
 checkpoint's forward passes and bootstrap means), ``fit`` (``analyze`` on those precomputed
 statistics: estimators, stability refits, nulls, drift tables) and, with ``--end-to-end``,
 ``analyze`` in one fresh call. Run: ``python benchmarks/bench_real_analyze.py [ROOT]`` (ROOT: a dir
@@ -46,7 +46,7 @@ def build(root: Path) -> revlens.History:
 
 
 def main() -> None:
-    from test_real_smollm2 import _probes
+    from test_real_smollm2 import prompt_sets
 
     torch.set_num_threads(2)
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -55,7 +55,7 @@ def main() -> None:
                                      aligned=root / "aligned",
                                      runs={"benign": {s: root / "benign" / f"step-{s}" for s in (1, 2, 3)}}) \
         if (root / "aligned").is_dir() else build(root)
-    probes = _probes(("harmful_train", "harmful_heldout", "harmless_train", "harmless_heldout"))
+    probes = prompt_sets()["probes"]  # 10 held-out JBB behaviours + 10 held-out ChatterBot questions
     lm = hist.boot()
     cfg = revlens.AnalyzeConfig()
     t0 = time.perf_counter()
