@@ -202,9 +202,10 @@ def select_refusal_direction(
         batch_size: prompts per forward.
 
     Raises:
-        ProbeError: no harmful or harmless selection prompt. MetricError: refusal tokens that do
-        not fit the tokenizer. ConfigError: a candidate that does not exist, a bad threshold,
-        another checkpoint than the directions' (all before any forward pass).
+        ProbeError: no harmful or harmless selection prompt (before any forward pass).
+        MetricError: refusal tokens that do not fit the tokenizer (before any forward pass).
+        ConfigError: a candidate that does not exist, a bad threshold, or a checkpoint other
+            than the one the directions were estimated on (before any forward pass).
     """
     prune_fraction = as_float("prune_fraction", prune_fraction)
     if not 0.0 <= prune_fraction < 1.0:
