@@ -21,6 +21,8 @@ import revlens
 from revlens.errors import MissingExtraError
 
 pytest.importorskip("gguf")
+# one worker builds the (module-scoped) real history once and runs every test of this file
+pytestmark = pytest.mark.xdist_group("smollm2")
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 
