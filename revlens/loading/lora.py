@@ -231,6 +231,14 @@ def read_adapter_config(path: Any) -> dict[str, Any]:
         if value is not None and not isinstance(value, want):
             raise CheckpointError(f"adapter config {p}: field {name!r} must be a {want.__name__} or null, "
                                   f"got {value!r}")
+    saved = raw.get("modules_to_save") or []
+    if not all(isinstance(m, str) for m in saved):
+        raise CheckpointError(f"adapter config {p}: field 'modules_to_save' must list module names (strings), "
+                              f"got {saved!r}")
+    for name in ("use_rslora", "fan_in_fan_out", "use_dora", "lora_bias"):
+        value = raw.get(name)
+        if value is not None and not isinstance(value, bool):  # bool([None]) would read as true
+            raise CheckpointError(f"adapter config {p}: field {name!r} must be true, false or null, got {value!r}")
     return out
 
 

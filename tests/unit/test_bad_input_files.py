@@ -110,6 +110,10 @@ ADAPTER_CONFIGS = [
     ("alpha-pattern-str", _set(alpha_pattern={"q_proj": "x"}), r"alpha_pattern\['q_proj'\]\" must be a finite"),
     ("modules-to-save-str", _set(modules_to_save="lm_head"), "field 'modules_to_save' must be a list"),
     ("base-model-int", _set(base_model_name_or_path=3), "field 'base_model_name_or_path' must be a str"),
+    # found by the fuzz test: a list that is not of names, a list read as a true flag
+    ("modules-to-save-not-names", _set(modules_to_save=[None, False]), "field 'modules_to_save' must list module"),
+    ("rslora-list", _set(use_rslora=[None, False]), "field 'use_rslora' must be true, false or null"),
+    ("dora-string", _set(use_dora="false"), "field 'use_dora' must be true, false or null"),
     ("not-json", b'{"r": 4,', r"is not valid JSON \(Expecting property name enclosed in double quotes at line 1"),
     ("empty", b"", r"is not valid JSON \(Expecting value at line 1 column 1\)"),
     ("binary", b"\x00\xff\xfe", "cannot read adapter config"),
