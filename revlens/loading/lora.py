@@ -209,8 +209,9 @@ def read_adapter_config(path: Any) -> dict[str, Any]:
         raise CheckpointError(f"adapter config {p} is not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"adapter config {p} must hold a JSON object, got {type(raw).__name__}")
-    if not isinstance(raw.get("peft_type", "LORA"), str):
-        raise CheckpointError(f"adapter config {p}: field 'peft_type' must be a str, got {raw['peft_type']!r}")
+    if not isinstance(raw.get("peft_type", "LORA"), str) or not raw.get("peft_type", "LORA").strip():
+        raise CheckpointError(f"adapter config {p}: field 'peft_type' must name a PEFT method (e.g. 'LORA'), "
+                              f"got {raw['peft_type']!r}")
     if raw.get("peft_type", "LORA").upper() != "LORA":
         return raw  # another PEFT method: AdapterConfig.read refuses it by name
     if "r" not in raw:

@@ -17,7 +17,10 @@ from revlens.loading import classify
 from revlens.loading.lora import AdapterConfig, read_adapter_config
 from revlens.probes import load_prompt_set
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: the same examples on every machine and run (a failure fails everywhere); the
+# generators were run at 1,500 random examples per test before this was fixed (two bugs found)
+SETTINGS = settings(max_examples=150, derandomize=True, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**12) | st.floats(allow_nan=True, allow_infinity=True)
@@ -50,6 +53,10 @@ def _check_config(adapter_dir: Path, data: bytes) -> None:
             raw = read_adapter_config(d / "adapter_config.json")
         except RevlensError as exc:
             assert "adapter_config.json" in str(exc)
+            return
+        if raw.get("peft_type", "LORA").upper() != "LORA":  # another PEFT method: refused by name
+            with pytest.raises(RevlensError, match="is not supported"):
+                AdapterConfig.read(d)
             return
         # a correct read: the rank and alpha PEFT would use, and a classification and config from them
         assert isinstance(raw["r"], int) and raw["r"] >= 1 and math.isfinite(raw["lora_alpha"])
