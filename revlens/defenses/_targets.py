@@ -129,6 +129,24 @@ def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable:
     return out
 
 
+PROJECTIONS = ("safelora", "projector")
+"""How a ``V``-based defense maps an update: SafeLoRA's ``C = V Vᵀ/‖V‖_F`` or a true projector."""
+
+
+def check_delta_fields(config: Any) -> None:
+    """Validate (and normalise) the fields every ``V``-based defense's config shares: ``projection``,
+    ``k``, ``random``, ``seed``, ``params`` (typed errors naming the field)."""
+    from revlens._config import as_bool, as_int
+    from revlens.modes import check_mode
+
+    check_mode("projection", config.projection, PROJECTIONS)
+    config.k = as_int("k", config.k, min=1)
+    config.random = as_bool("random", config.random)
+    config.seed = as_int("seed", config.seed)
+    if not isinstance(config.params, str):
+        raise ConfigError(f"params must be a regular expression string, got {config.params!r}")
+
+
 class DeltaDefense(BlockingStrategy):
     """A defense defined by the alignment delta ``V = W_aligned − W_base`` of each weight (SafeLoRA,
     AsFT): stores the two checkpoints and its validated config (the subclass's ``config_class``),

@@ -22,16 +22,14 @@ from typing import Any, no_type_check
 
 import torch
 
-from revlens._config import Config, as_bool, as_float, as_int, option
+from revlens._config import Config, as_float, option
 from revlens.block.registry import register
-from revlens.defenses._targets import DeltaDefense
-from revlens.errors import ConfigError
-from revlens.modes import check_mode
+from revlens.defenses._targets import PROJECTIONS, DeltaDefense, check_delta_fields
 from revlens.weights.projector import subspace_projector
 
 __all__ = ["AsFT", "AsFTConfig", "asft_penalty"]
 
-PROJECTIONS = ("safelora", "projector")
+
 
 
 @no_type_check  # validates its own fields (typed errors)
@@ -50,12 +48,7 @@ class AsFTConfig(Config):
     def validate(self) -> None:
         """Check every field."""
         self.lam = as_float("lam", self.lam, min=0.0)
-        check_mode("projection", self.projection, PROJECTIONS)
-        self.k = as_int("k", self.k, min=1)
-        self.random = as_bool("random", self.random)
-        self.seed = as_int("seed", self.seed)
-        if not isinstance(self.params, str):
-            raise ConfigError(f"params must be a regular expression string, got {self.params!r}")
+        check_delta_fields(self)
 
 
 def asft_penalty(dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, float]], lam: float) -> torch.Tensor:

@@ -29,16 +29,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from revlens._config import Config, as_bool, as_float, as_int, option
+from revlens._config import Config, as_float, as_int, option
 from revlens.block.registry import register
-from revlens.defenses._targets import DeltaDefense, Target
-from revlens.errors import ConfigError
+from revlens.defenses._targets import PROJECTIONS, DeltaDefense, Target, check_delta_fields
 from revlens.modes import check_mode
 from revlens.weights.projector import subspace_projector
 
 __all__ = ["SafeLoRA", "SafeLoRAConfig", "safelora_select", "safelora_similarity"]
 
-PROJECTIONS = ("safelora", "projector")
+
 SELECTS = ("number", "threshold")
 
 
@@ -63,12 +62,7 @@ class SafeLoRAConfig(Config):
         check_mode("select", self.select, SELECTS)
         self.n_layers = as_int("n_layers", self.n_layers, min=1)
         self.tau = as_float("tau", self.tau, min=0.0, max=1.0)
-        check_mode("projection", self.projection, PROJECTIONS)
-        self.k = as_int("k", self.k, min=1)
-        self.random = as_bool("random", self.random)
-        self.seed = as_int("seed", self.seed)
-        if not isinstance(self.params, str):
-            raise ConfigError(f"params must be a regular expression string, got {self.params!r}")
+        check_delta_fields(self)
 
 
 def safelora_similarity(dw: Float[Tensor, "m n"], cdw: Float[Tensor, "m n"]) -> float:
