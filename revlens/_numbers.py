@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_mean_std", "mean_std"]
+__all__ = ["format_mean_std", "mean_std", "wilson"]
 
 
 def mean_std(values: Iterable[Any]) -> dict[str, float]:
@@ -35,3 +35,28 @@ def format_mean_std(block: Mapping[str, Any] | None, *, pct: bool = False, digit
     if std is not None and not math.isnan(float(std)):
         out += f" ± {float(std) * scale:.{d}f}{unit}"
     return out
+
+
+def wilson(k: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial rate ``k / n`` at confidence ``level``.
+
+    Used for every rate revlens reports from counts (harm, refusal, over-refusal): unlike the normal
+    approximation it stays inside [0, 1] and is informative at 0 / n and n / n. ``n == 0`` gives
+    ``(nan, nan)``.
+    """
+    from statistics import NormalDist
+
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"wilson: level must lie in (0, 1), got {level}")
+    if n == 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
