@@ -293,7 +293,7 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
                        **collect_kw: Any) -> Report:
     """:func:`analyze` at every post-instruction position: one forward per checkpoint and batch for
     all positions, directions and drift per (position, layer) (:mod:`revlens.drift.positions`)."""
-    from revlens.collect import collect_positions
+    from revlens.collect import collect
     from revlens.drift.positions import position_tables
     from revlens.probes import Probes
 
@@ -301,9 +301,9 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
     _check_runs({r.name: r.steps for r in hist.runs.values()})
     _check_subspaces(cfg, hist)
     rule = cfg.position if cfg.position is not None else probes.position if isinstance(probes, Probes) else None
-    by_position = collect_positions(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
-                                    site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
-                                    n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
+    by_position = collect(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
+                          site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
+                          n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
     tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg, collect_kw.get("progress", True)),
                              n_null=cfg.n_null, seed=cfg.seed,
                              subspaces=(lambda st: _fit_subspaces(st, cfg)) if cfg.ranks else None)

@@ -31,7 +31,7 @@ from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget, check_spi
 from revlens.errors import ConfigError, ProbeError, RevlensError
 from revlens.history import Checkpoint, History
 from revlens.model import LensModel
-from revlens.modes import SITE_KINDS, WHICH, Which, check_mode
+from revlens.modes import SITE_KINDS, WHICH, SiteKind, Which, check_mode
 from revlens.probes import PositionRule, Probes, TokenizedProbes
 from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.sites import LayerSpec, Site, access
@@ -120,12 +120,17 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
     return done if multi else next(iter(done.values()))
 
 
+def _by_position(stats: Any, tokenized: TokenizedProbes) -> dict[str, CheckpointStats]:
+    """:func:`collect_checkpoint`'s result on the position axis (one position: an axis of length 1)."""
+    return stats if isinstance(stats, dict) else {next(iter(tokenized.positions)): stats}
+
+
 _WORKER: dict[str, LensModel] = {}
 
 
 def _worker_collect(arch: str, tokenizer: Any, checkpoint: Checkpoint, tokenized: TokenizedProbes,
-                    layers: list[int], site: str, kwargs: dict[str, Any], device: Any = None,
-                    dtype: torch.dtype = torch.float32) -> CheckpointStats:
+                    layers: list[int], site: SiteKind, kwargs: dict[str, Any], device: Any = None,
+                    dtype: torch.dtype = torch.float32) -> CheckpointStats | dict[str, CheckpointStats]:
     """Run in an executor's worker: boot the architecture once per process, then swap weights."""
     key = f"{arch}|{device}|{dtype}"
     lm = _WORKER.get(key)
@@ -167,44 +172,61 @@ def _keep_layers(keep_layers: Any, sites: list[Site]) -> list[int] | None:
 
 
 class _Plan:
-    """Which checkpoints need what, their cache keys, and which are already cached."""
+    """Which checkpoints need what, their cache keys (one per position), and which are cached.
 
-    def __init__(self, hist: History, lm: LensModel, sites: list[Site], tokenized: TokenizedProbes,
+    ``views``: one tokenized view per position label (a single position is an axis of length 1);
+    a checkpoint is computed when any of its positions is missing from the cache."""
+
+    def __init__(self, hist: History, lm: LensModel, sites: list[Site], views: dict[str, TokenizedProbes],
                  cache: StatsCache | None, *, moments: Which, keep: Which, n_bootstrap: int,
                  bootstrap_seed: int, keep_layers: list[int] | None) -> None:
         self.refs = {c.name for c in hist.base} | {hist.aligned.name} | {r.start for r in hist.runs.values()}
         self.keep_refs = {c.name for c in hist.base} | {hist.aligned.name}
         self.moments, self.keep = moments, keep
-        self.cfg = {"layers": [s.layer for s in sites], "site": sites[0].kind, "n_bootstrap": n_bootstrap,
-                    "bootstrap_seed": bootstrap_seed, "probes": tokenized.fingerprint(), "dtype": str(lm.dtype),
-                    "architecture": lm.config_fingerprint, "stats_format": STATS_FORMAT}
         self.keep_layers = keep_layers
-        self.results: dict[str, CheckpointStats] = {}
-        self.todo: list[tuple[Checkpoint, str | None]] = []
+        self.results: dict[str, dict[str, CheckpointStats]] = {label: {} for label in views}
+        self.todo: list[tuple[Checkpoint, dict[str, str | None]]] = []
         for ck in hist:
             want = self.want(ck)
             extra = {"keep_layers": keep_layers} if want["keep"] and keep_layers is not None else {}
-            key = StatsCache.key(weights=ck.model_fingerprint(), **self.cfg, **want, **extra) if cache else None
-            hit = cache.get(key, ck.name) if cache is not None and key is not None else None
-            if hit is not None:
-                self.results[ck.name] = hit
-            else:
-                self.todo.append((ck, key))
+            keys: dict[str, str | None] = {}
+            for label, view in views.items():
+                cfg = {"layers": [s.layer for s in sites], "site": sites[0].kind, "n_bootstrap": n_bootstrap,
+                       "bootstrap_seed": bootstrap_seed, "probes": view.fingerprint(), "dtype": str(lm.dtype),
+                       "architecture": lm.config_fingerprint, "stats_format": STATS_FORMAT}
+                key = StatsCache.key(weights=ck.model_fingerprint(), **cfg, **want, **extra) if cache else None
+                hit = cache.get(key, ck.name) if cache is not None and key is not None else None
+                if hit is not None:
+                    self.results[label][ck.name] = hit
+                keys[label] = key
+            if any(ck.name not in done for done in self.results.values()):
+                self.todo.append((ck, keys))
 
     def describe(self, n_total: int, sites: list[Site], tokenized: TokenizedProbes, batch_size: int, d: int,
                  dtype: torch.dtype) -> str:
         """One line: what will be computed (the bar then shows the ETA)."""
         n, batches = len(tokenized), -(-len(tokenized) // batch_size)
+        n_pos = len(self.results)
         keep = [ck for ck, _ in self.todo if self.want(ck)["keep"]]
         n_ref = len(self.keep_layers) if self.keep_layers is not None else len(sites)
-        ref_mb = len(keep) * n * n_ref * d * torch.empty((), dtype=store_dtype(dtype)).element_size() / 2**20
+        ref_mb = (len(keep) * n_pos * n * n_ref * d * torch.empty((), dtype=store_dtype(dtype)).element_size()
+                  / 2**20)
+        at = f" × {n_pos} positions" if n_pos > 1 else ""
         return (f"collect: {len(self.todo)} of {n_total} checkpoints to compute ({n_total - len(self.todo)} cached) "
-                f"× {len(sites)} sites × {n} prompts: {len(self.todo) * batches} forward passes of <= {batch_size} "
-                f"prompts" + (f"; per-prompt references of {len(keep)} checkpoints ({ref_mb:.1f} MB)" if keep else ""))
+                f"× {len(sites)} sites{at} × {n} prompts: {len(self.todo) * batches} forward passes of <= "
+                f"{batch_size} prompts" + (f"; per-prompt references of {len(keep)} checkpoints ({ref_mb:.1f} MB)"
+                                          if keep else ""))
 
     def want(self, ck: Checkpoint) -> dict[str, bool]:
         return {"second": self.moments == "all" or (self.moments == "reference" and ck.name in self.refs),
                 "keep": self.keep == "all" or (self.keep == "reference" and ck.name in self.keep_refs)}
+
+    def store(self, cache: StatsCache | None, ck: Checkpoint, keys: dict[str, str | None],
+              per_position: dict[str, CheckpointStats]) -> None:
+        """Record one computed checkpoint at every position (and cache it under each position's key)."""
+        for label, st in per_position.items():
+            if ck.name not in self.results[label]:  # a position already cached keeps its cached statistics
+                _store(self.results[label], cache, ck, keys[label], st)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
@@ -214,7 +236,7 @@ def collect(
     *,
     model: Any = None,
     layers: LayerSpec = "all",
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
     position: PositionRule | None = None,
     batch_size: int = 32,
     cache_dir: Any = None,
@@ -229,19 +251,26 @@ def collect(
     keep_layers: Sequence[int] | None = None,
     memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
     spill_dir: Any = None,
-) -> HistoryStats:
+) -> HistoryStats | dict[str, HistoryStats]:
     """Residual-stream statistics at every requested layer of every checkpoint.
+
+    Positions are an axis: a rule that reads one position (``"last"``, ``"mean"``, a mask) gives one
+    :class:`HistoryStats`; a rule that reads several (``("post_instruction", k)``) gives one
+    :class:`HistoryStats` per position label (``"-k" .. "-1"``), every position read in the **same**
+    forward pass per checkpoint and batch (DESIGN §4), each cached under its own key. Both go through
+    the same plan, announcement, memory budget and executor.
 
     Args:
         history: a :class:`History` (or anything ``History.load`` accepts, e.g. a lab dir).
-        probes: a :class:`Probes`, a list of prompts, a JSONL path; ``None``: the history's
-            default probe set (``History.metadata["probes"]``).
+        probes: a :class:`Probes`, a list of prompts, a JSONL path; ``None``: the history's default
+            probe set (``History.metadata["probes"]``).
         model: a booted :class:`LensModel` / ``TransformerBridge`` to reuse (default: boot one).
             Weights are swapped by content: a model holding another history's checkpoint of the
             same name is reloaded.
         layers: ``"all"`` or layer indices (see :mod:`revlens.sites`).
         site: a site kind (:data:`revlens.modes.SITE_KINDS`; default ``"resid_post"``).
-        position: override the probes' position rule (``"last"``, ``"mean"`` or a mask).
+        position: override the probes' position rule (``"last"``, ``"mean"``, a mask, or
+            ``("post_instruction", k)`` for several positions at once).
         batch_size: prompts per forward.
         cache_dir: where per-checkpoint statistics are cached by content (resumable; the key holds
             the weights, architecture, probes, sites, every setting and the statistics format).
@@ -250,20 +279,37 @@ def collect(
         keep: which checkpoints keep per-prompt references (``"reference"``: base + aligned),
             for the paired-PCA / probe directions and Ledoit–Wolf whitening (module docstring).
         keep_layers, memory_budget, spill_dir: the references' layers (default: all collected),
-            bytes held in memory in all (default 16 MiB, ``None``: unlimited) and where the rest
-            goes (default: ``cache_dir``, else ``TMPDIR``).
+            bytes held in memory in all, over all positions (default 16 MiB, ``None``: unlimited)
+            and where the rest goes (default: ``cache_dir``, else ``TMPDIR``).
         n_bootstrap, bootstrap_seed: Poisson-bootstrap replicates (0: no intervals) and their seed.
         device, dtype: where and in what precision the model runs (default: the given model's, else
             float32 on the CPU); statistics are float64, and the dtype is part of the cache key.
         executor: a ``concurrent.futures.Executor`` to fan checkpoints out (each worker boots once
-            and ships back statistics only; :mod:`revlens.collect.executors`).
+            and ships back statistics only, held here within ``memory_budget``;
+            :mod:`revlens.collect.executors`).
         progress: show a tqdm bar over checkpoints.
 
     Returns:
-        :class:`HistoryStats`.
+        :class:`HistoryStats`, or a dict position label -> :class:`HistoryStats` for a rule that
+        reads several positions.
 
     Example: ``collect(History.load("out/lab"), layers=[1, 2])``.
     """
+    by_position, multi = _collect(history, probes, model=model, layers=layers, site=site, position=position,
+                                  batch_size=batch_size, cache_dir=cache_dir, moments=moments, keep=keep,
+                                  n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed, device=device, dtype=dtype,
+                                  executor=executor, progress=progress, keep_layers=keep_layers,
+                                  memory_budget=memory_budget, spill_dir=spill_dir)
+    return by_position if multi else next(iter(by_position.values()))
+
+
+def _collect(history: Any, probes: Any, *, model: Any, layers: LayerSpec, site: SiteKind,
+             position: PositionRule | None, batch_size: int, cache_dir: Any, moments: Which, keep: Which,
+             n_bootstrap: int, bootstrap_seed: int, device: Any, dtype: torch.dtype | None,
+             executor: Executor | None, progress: bool, keep_layers: Sequence[int] | None,
+             memory_budget: int | None, spill_dir: Any) -> tuple[dict[str, HistoryStats], bool]:
+    """:func:`collect` on the position axis: (label -> :class:`HistoryStats`, whether the rule reads
+    several positions)."""
     _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers,
                 spill_dir)
     hist = History.load(history)
@@ -272,8 +318,9 @@ def collect(
     lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)
     kept = _keep_layers(keep_layers, sites)
-    tokenized = _single(pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx))
-    plan = _Plan(hist, lm, sites, tokenized, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
+    tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
+    views = {label: tokenized.view(label) for label in tokenized.positions}
+    plan = _Plan(hist, lm, sites, views, cache, moments=moments, keep=keep, n_bootstrap=int(n_bootstrap),
                  bootstrap_seed=int(bootstrap_seed), keep_layers=kept)
     common = _common(n_bootstrap, bootstrap_seed, batch_size, kept, spill_dir if spill_dir is not None else cache_dir)
     _announce(plan.todo and plan.describe(len(hist), sites, tokenized, int(batch_size), lm.d_model, lm.dtype), progress)
@@ -286,14 +333,8 @@ def collect(
             _serial(lm, plan, tokenized, sites, common, memory_budget, cache, bar)
     finally:
         bar.close()
-    return _history_stats(hist, lm, plan, sites, tokenized, common)
-
-
-def _single(tokenized: TokenizedProbes) -> TokenizedProbes:
-    if tokenized.multi:
-        raise ConfigError(f"position {tokenized.position!r} reads several positions: use collect_positions(...), "
-                          "which returns one HistoryStats per position from the same forward passes")
-    return tokenized
+    return {label: _history_stats(hist, lm, plan.results[label], sites, view, common)
+            for label, view in views.items()}, tokenized.multi
 
 
 def _common(n_bootstrap: Any, bootstrap_seed: Any, batch_size: Any, kept: list[int] | None, spill: Any
@@ -312,16 +353,16 @@ def _announce(line: Any, progress: bool) -> None:
         log.info("%s", line)
 
 
-def _serial(lm: LensModel, plan: "_Plan", tokenized: TokenizedProbes, sites: list[Site], common: dict[str, Any],
+def _serial(lm: LensModel, plan: _Plan, tokenized: TokenizedProbes, sites: list[Site], common: dict[str, Any],
             memory_budget: int | None, cache: StatsCache | None, bar: Any) -> None:
     """Every checkpoint to compute, one after the other on the booted model (one budget, one
-    table of Poisson weights for all)."""
+    table of Poisson weights for all checkpoints and positions)."""
     shared = {"memory_budget": MemoryBudget(memory_budget),
               "poisson": PoissonTable(common["n_bootstrap"], common["bootstrap_seed"])}
-    for ck, key in plan.todo:
+    for ck, keys in plan.todo:
         bar.set_postfix_str(ck.name)
         st = _one(lm, ck, tokenized, sites, {**common, **shared, **plan.want(ck)})
-        _store(plan.results, cache, ck, key, st)
+        plan.store(cache, ck, keys, _by_position(st, tokenized))
         bar.update(1)
 
 
@@ -339,25 +380,27 @@ def _fan_out(executor: Executor, hist: History, plan: _Plan, tokenized: Tokenize
              common: dict[str, Any], cache: StatsCache | None, bar: Any, device: Any, dtype: torch.dtype) -> None:
     arch = str(hist.architecture_dir())
     # a worker spills to its own temporary dir and ships its references back in memory; here they
-    # are held within the same budget as a serial collect
+    # are held within the same budget as a serial collect (one budget over every position)
     budget, spill = MemoryBudget(common["memory_budget"]), common["spill_dir"]
     kwargs = {**common, "spill_dir": None}
-    futures = [(ck, key, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
-                                         [s.layer for s in sites], sites[0].kind, {**kwargs, **plan.want(ck)},
-                                         device, dtype))
-               for ck, key in plan.todo]
-    for ck, key, fut in futures:
-        st = fut.result()
-        if st.refs is not None:
-            st.refs = st.refs.within(budget, spill)
-        _store(plan.results, cache, ck, key, st)
+    futures = [(ck, keys, executor.submit(_worker_collect, arch, hist.tokenizer(), ck, tokenized,
+                                          [s.layer for s in sites], sites[0].kind, {**kwargs, **plan.want(ck)},
+                                          device, dtype))
+               for ck, keys in plan.todo]
+    for ck, keys, fut in futures:
+        bar.set_postfix_str(ck.name)
+        per_position = _by_position(fut.result(), tokenized)
+        for st in per_position.values():
+            if st.refs is not None:
+                st.refs = st.refs.within(budget, spill)
+        plan.store(cache, ck, keys, per_position)
         bar.update(1)
 
 
-def _history_stats(hist: History, lm: LensModel, plan: _Plan, sites: list[Site], tokenized: TokenizedProbes,
-                   common: dict[str, Any]) -> HistoryStats:
+def _history_stats(hist: History, lm: LensModel, results: dict[str, CheckpointStats], sites: list[Site],
+                   tokenized: TokenizedProbes, common: dict[str, Any]) -> HistoryStats:
     roles = {ck.name: (ck.role, ck.run, ck.step) for ck in hist}
-    ordered = {ck.name: plan.results[ck.name] for ck in hist}
+    ordered = {ck.name: results[ck.name] for ck in hist}
     return HistoryStats(
         layers=[s.layer for s in sites], site=sites[0].kind, position=tokenized.position, d_model=lm.d_model,
         checkpoints=ordered, roles=roles, run_starts={r.name: r.start for r in hist.runs.values()},

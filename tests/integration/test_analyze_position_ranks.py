@@ -8,7 +8,7 @@ import pytest
 
 import families
 import revlens
-from revlens.collect import collect_positions, without_degenerate
+from revlens.collect import collect, without_degenerate
 from revlens.directions import PairedPCA
 from revlens.drift import subspace_drift_table
 from revlens.errors import ConfigError
@@ -39,8 +39,8 @@ def test_ranks_at_post_instruction_positions(chat, tmp_path):
     sd = report.subspace_drift
     assert set(sd["position"]) == {-3, -2, -1} and set(sd["rank"]) == {1, 2} and set(sd["base_method"]) == {"pca"}
     # position -2 equals fitting and projecting that position's statistics alone
-    by_pos = collect_positions(hist, f, position=("post_instruction", 3), model=lm, moments="reference",
-                               keep="reference", n_bootstrap=10, bootstrap_seed=0, progress=False)
+    by_pos = collect(hist, f, position=("post_instruction", 3), model=lm, moments="reference",
+                     keep="reference", n_bootstrap=10, bootstrap_seed=0, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         stats, _ = without_degenerate(by_pos["-2"], what="test")

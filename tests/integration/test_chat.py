@@ -11,7 +11,7 @@ import torch
 import families
 import revlens
 from revlens.causal import clamp
-from revlens.collect import collect, collect_positions
+from revlens.collect import collect
 from revlens.metrics import CausalLMJudge, judge_metric, kl_to, over_refusal_rate, refusal_rate
 from revlens.model import LensModel
 
@@ -37,8 +37,8 @@ def test_all_positions_are_read_in_one_forward_per_checkpoint_and_batch(chat):
     calls = []
     handle = lm.bridge.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        by_pos = collect_positions(hist, f, position=("post_instruction", 3), model=lm, batch_size=8,
-                                   n_bootstrap=0, progress=False)
+        by_pos = collect(hist, f, position=("post_instruction", 3), model=lm, batch_size=8,
+                         n_bootstrap=0, progress=False)
     finally:
         handle.remove()
     assert list(by_pos) == ["-3", "-2", "-1"]
