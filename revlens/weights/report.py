@@ -17,6 +17,7 @@ from revlens._frames import read_frame, write_frame
 from revlens._numbers import format_mean_std, mean_std
 from revlens._result import Result
 from revlens.errors import ConfigError
+from revlens.weights.html import WeightsHtml
 
 __all__ = ["WeightReport"]
 
@@ -36,7 +37,7 @@ def _groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {g: d for g, d in out.items() if not d.empty}
 
 
-class WeightReport(Result):
+class WeightReport(WeightsHtml, Result):
     """What :func:`~revlens.weights.weight_reversion` measured.
 
     Attributes:
@@ -177,12 +178,6 @@ class WeightReport(Result):
 
     def _main_figure(self) -> Any:
         return self.heatmap()
-
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report of this result alone (:func:`revlens.plot.html.write_weights_report`)."""
-        from revlens.plot.html import write_weights_report
-
-        return write_weights_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:
