@@ -13,6 +13,7 @@ from revlens.collect.degenerate import (
     without_degenerate,
 )
 from revlens.collect.executors import dask_executor, process_pool, ray_executor
+from revlens.collect.models import collect_model, collect_models
 from revlens.collect.positions import collect_positions
 from revlens.collect.stats import CheckpointStats, HistoryStats
 from revlens.collect.store import MemoryBudget, ReferenceStore
@@ -25,6 +26,8 @@ __all__ = [
     "ReferenceStore",
     "collect",
     "collect_checkpoint",
+    "collect_model",
+    "collect_models",
     "collect_positions",
     "dask_executor",
     "degenerate_layers",

@@ -37,7 +37,7 @@ from revlens.probes import PositionRule, Probes, TokenizedProbes
 from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.sites import LayerSpec, Site, access
 
-__all__ = ["collect", "collect_checkpoint", "history_template", "resolve_probes"]
+__all__ = ["accumulate", "collect", "collect_checkpoint", "history_template", "resolve_probes"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,22 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
     if checkpoint is not None:
         lm.load(checkpoint)
     label = name or (checkpoint.name if checkpoint is not None else lm.loaded or "model")
+    return accumulate(lm, tokenized, sites, label=label, d_model=lm.d_model, dtype=lm.dtype, n_bootstrap=n_bootstrap,
+                      bootstrap_seed=bootstrap_seed, batch_size=batch_size, second=second, keep=keep,
+                      keep_layers=keep_layers, memory_budget=memory_budget, spill_dir=spill_dir, poisson=poisson)
+
+
+def accumulate(model: Any, tokenized: TokenizedProbes, sites: Sequence[Site], *, label: str, d_model: int,
+               dtype: torch.dtype, n_bootstrap: int = 100, bootstrap_seed: int = 0, batch_size: int = 32,
+               second: bool = False, keep: bool = False, keep_layers: Sequence[int] | None = None,
+               memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: Any = None,
+               poisson: PoissonTable | None = None, mask: bool = False) -> Any:
+    """The one statistics loop: the weights ``model`` holds now (a :class:`LensModel`, a bridge or a
+    plain Hugging Face model, read through :func:`revlens.sites.access`) streamed over ``tokenized``
+    at ``sites`` into a :class:`CheckpointStats` per position (a dict label -> stats when several
+    positions are read). ``mask``: pass the padding's attention mask to the forward (right-padded
+    prompts under a causal mask do not need it). :func:`collect_checkpoint` and
+    :func:`revlens.collect.collect_models` both run it."""
     multi = tokenized.multi
     stacked = tokenized.stacked() if multi else None
     out = {pos: CheckpointStats(label, [s.layer for s in sites]) for pos in tokenized.positions}
@@ -106,14 +122,16 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
         budget = memory_budget if isinstance(memory_budget, MemoryBudget) or memory_budget is None \
             else MemoryBudget(memory_budget)
         for st in out.values():
-            st.start_refs(len(tokenized), lm.d_model, lm.dtype, layers=keep_layers, budget=budget,
-                          spill_dir=spill_dir)
+            st.start_refs(len(tokenized), d_model, dtype, layers=keep_layers, budget=budget, spill_dir=spill_dir)
     table = poisson if poisson is not None else PoissonTable(n_bootstrap, bootstrap_seed)
-    acc = access(lm)
+    acc = access(model)
     with torch.no_grad():
         for batch in tokenized.batches(batch_size):
             weights = batch.weights if stacked is None else stacked[batch.indices, :, : batch.tokens.shape[1]]
-            x = torch.stack(acc.read(batch.tokens, weights, sites, check_finite=label), dim=1)
+            pad = None
+            if mask:
+                pad = (torch.arange(batch.tokens.shape[1])[None] <= batch.last_index[:, None]).long()
+            x = torch.stack(acc.read(batch.tokens, weights, sites, mask=pad, check_finite=label), dim=1)
             for j, st in enumerate(out.values()):
                 st.update(x if stacked is None else x[:, :, j], batch.indices, n_bootstrap=n_bootstrap,
                           seed=bootstrap_seed, second=second, keep=keep, weights=table)

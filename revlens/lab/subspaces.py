@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json, write_text
-from revlens.collect.stats import CheckpointStats, HistoryStats
+from revlens.collect.models import collect_models
+from revlens.collect.stats import HistoryStats
 from revlens.directions import ESTIMATORS, Directions
 from revlens.directions.subspace import orient_rows, random_frames
 from revlens.lab.subspace_table import SubspaceStudy, load_subspace_study
 from revlens.probes import Probes
-from revlens.sites import access
 
 __all__ = ["SubspaceStudy", "lab_stats", "lab_subspace", "load_subspace_study", "random_subspace",
            "run_subspace_study"]
@@ -35,23 +35,12 @@ __all__ = ["SubspaceStudy", "lab_stats", "lab_subspace", "load_subspace_study", 
 def lab_stats(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], *,
               probes: Probes | None = None) -> HistoryStats:
     """Base and aligned statistics on the lab probes (per-prompt activations and second moments
-    kept), as :func:`revlens.collect` would give them for a history of just these two."""
+    kept): :func:`revlens.collect.collect_models` on the two models."""
     from revlens.lab.blocked import lab_probes
     from revlens.lab.language import build_tokenizer
 
-    tok = (probes or lab_probes()).tokenize(build_tokenizer())
-    mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    cks = {}
-    for name, model in (("base", base), ("aligned", aligned)):
-        acc = access(model)
-        with torch.no_grad():
-            x = torch.stack(acc.read(tok.tokens, tok.weights, acc.sites(list(layers)), mask=mask), dim=1)
-        st = CheckpointStats(name, list(layers))
-        st.update(x, torch.arange(x.shape[0]), n_bootstrap=0, seed=0, second=True, keep=True)
-        cks[name] = st.finalize()
-    return HistoryStats(layers=list(layers), site="resid_post", position="last", d_model=int(x.shape[-1]),
-                        checkpoints=cks, roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)},
-                        run_starts={}, meta={"n_prompts": int(x.shape[0]), "probe_fingerprint": tok.fingerprint()})
+    return collect_models({"base": base, "aligned": aligned}, probes or lab_probes(), tokenizer=build_tokenizer(),
+                          layers=layers, second=True, keep=True)
 
 
 def lab_subspace(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], k: int, *,
