@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers as tf
 
-import tiny
 import revlens
+import tiny
 from revlens.analyze import DEFAULT_METHODS, AnalyzeConfig
 from revlens.collect import collect
 from revlens.directions import ESTIMATORS, RefusalDirection, refusal_directions, resolve_directions
