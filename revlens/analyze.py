@@ -16,7 +16,8 @@ from typing import Any, no_type_check
 from revlens._config import Config, as_bool, as_int, as_layers, as_ranks, option, parse_ints
 from revlens._version import __version__
 from revlens.collect import HistoryStats, collect, without_degenerate
-from revlens.directions import DirectionEstimator, Directions, resolve_directions
+from revlens.directions import ESTIMATORS, DirectionEstimator, Directions, resolve_directions
+from revlens.directions.contrastive import check_direction_inputs
 from revlens.directions.plan import fit_directions
 from revlens.directions.table import directions_table
 from revlens.drift import drift_table, subspace_drift_table
@@ -30,7 +31,8 @@ __all__ = ["DEFAULT_METHODS", "AnalyzeConfig", "analyze"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = DIRECTION_METHODS
+DEFAULT_METHODS = tuple(m for m in DIRECTION_METHODS if ESTIMATORS[m].in_defaults)
+"""The history estimators (``refusal`` needs labelled probes: ask for it by name)."""
 
 
 @no_type_check  # validates its own fields (typed errors), also under the test type-checker
@@ -91,6 +93,10 @@ class AnalyzeConfig(Config):
             if m not in DIRECTION_METHODS:
                 raise ConfigError(f"subspace_methods: unknown direction method {m!r}; valid methods: "
                                   f"{', '.join(DIRECTION_METHODS)}")
+            most = ESTIMATORS[m].max_components
+            if self.ranks and most is not None and max(self.ranks) > most:
+                raise ConfigError(f"subspace_methods: {m!r} fits at most {most} direction(s) per layer; ranks up to "
+                                  f"{max(self.ranks)} need another method (e.g. 'pca')")
         self.subspace_methods = subs
 
 
@@ -233,8 +239,8 @@ def analyze(
             report.weights = _weight_report(History.load(checkpoints), weights_config, progress)
         return report if evaluation is None else report.with_metrics(evaluation)
     start = time.perf_counter()
-    hist, stats = _statistics(model, checkpoints, probes, cfg, cache_dir=cache_dir, device=device, dtype=dtype,
-                              executor=executor, progress=progress)
+    hist, stats = _statistics(model, checkpoints, probes, cfg, specs=specs, cache_dir=cache_dir, device=device,
+                              dtype=dtype, executor=executor, progress=progress)
     report = _report(hist, stats, specs, cfg, weights_config, progress, time.perf_counter() - start)
     return report if evaluation is None else report.with_metrics(evaluation)
 
@@ -267,8 +273,8 @@ def _bind_and_drop_degenerate(specs: list[Any], stats: HistoryStats) -> tuple[li
     return specs, stats, list(degenerate)
 
 
-def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, **collect_kw: Any
-                ) -> tuple[History | None, HistoryStats]:
+def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, *, specs: Sequence[Any] = (),
+                **collect_kw: Any) -> tuple[History | None, HistoryStats]:
     """The history (``None`` for precomputed statistics) and its statistics for ``cfg``."""
     if isinstance(checkpoints, HistoryStats):
         _check_runs(checkpoints.runs)
@@ -276,6 +282,7 @@ def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, *
     hist = History.load(checkpoints)
     _check_runs({r.name: r.steps for r in hist.runs.values()})
     _check_subspaces(cfg, hist)
+    check_direction_inputs(specs, probes, hist)
     stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
                     batch_size=cfg.batch_size, moments="reference", keep="reference", n_bootstrap=cfg.n_bootstrap,
                     bootstrap_seed=cfg.seed, **collect_kw)
@@ -300,6 +307,7 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
     hist = History.load(checkpoints)
     _check_runs({r.name: r.steps for r in hist.runs.values()})
     _check_subspaces(cfg, hist)
+    check_direction_inputs(specs, probes, hist)
     rule = cfg.position if cfg.position is not None else probes.position if isinstance(probes, Probes) else None
     by_position = collect(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
                           site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",

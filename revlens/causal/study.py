@@ -41,7 +41,7 @@ from revlens.collect import (
     HistoryStats,
     resolve_probes,
 )
-from revlens.directions import DirectionEstimator, Directions
+from revlens.directions import DirectionEstimator, Directions, check_direction_inputs
 from revlens.directions.subspace import random_frames
 from revlens.errors import ConfigError, MetricError, RevlensError, naming
 from revlens.history import Checkpoint, History
@@ -84,12 +84,13 @@ class _Study(Selection):
         self.cfg, self.hist, self.lm = cfg, hist, lm
         self.acc = access(lm)
         pr = resolve_probes(hist, probes)
+        spec = directions if directions is not None else cfg.directions
+        check_direction_inputs([spec], pr, hist)  # e.g. refusal: labelled harmful and harmless prompts
         self.tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
         check_positions(positions, len(self.tokenized))
         self.metric = prepare_metric(metric, lm)
         self.choices: dict[str, str] = {}
         self.checkpoints = self._select_checkpoints()
-        spec = directions if directions is not None else cfg.directions
         self.k_max = max(cfg.ranks)
         self.sites, stats, self.v_rev = self._select_layers(pr, stats, spec)
         self.layers = [s.layer for s in self.sites]

@@ -370,5 +370,6 @@ def _history_stats(hist: History, lm: LensModel, results: dict[str, CheckpointSt
               "bootstrap_seed": common["bootstrap_seed"], "probe_fingerprint": tokenized.fingerprint(),
               "prompts": tokenized.texts, "model": lm.source, "architecture": lm.config_fingerprint,
               "chat_template": tokenized.template, "dtype": str(lm.dtype).removeprefix("torch."),
-              "datasets": tokenized.datasets},
+              "datasets": tokenized.datasets,
+              "labels": None if tokenized.labels is None else [None if x is None else str(x) for x in tokenized.labels]},
     )

@@ -92,6 +92,12 @@ class DirectionEstimator:
 
     method: ClassVar[str] = "custom"
     rank_limit: ClassVar[str] = "the candidates are linearly dependent"
+    in_defaults: ClassVar[bool] = True
+    """Whether ``analyze`` fits it by default (the history estimators do; ``refusal`` needs labels)."""
+    max_components: ClassVar[int | None] = None
+    """The largest ``n_components`` it can fit (``None``: as many as the data allow)."""
+    plan_as: ClassVar[str | None] = None
+    """The registered method whose cost model prices its fit (``None``: its own)."""
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, n_components: int = 1, n_bootstrap: int = 100, seed: int = 0, solver: str = "auto",
@@ -115,6 +121,10 @@ class DirectionEstimator:
         if name in _FITTED:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(stats) before reading {name}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def check_inputs(self, probes: Any = None, history: Any = None) -> None:
+        """Refuse, before any forward pass, probes or a history this estimator cannot fit on
+        (the history estimators need nothing beyond the statistics: a no-op)."""
 
     @property
     def is_fitted(self) -> bool:

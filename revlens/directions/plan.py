@@ -128,9 +128,10 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
     for spec in methods:
         if not isinstance(spec, str) or spec not in ESTIMATORS:
             continue
-        span = spec in ("pca", "whitened") and use_span(
-            "auto", (1 if spec == "pca" else 2) * n_prompts, d_model)
-        first, refit, fixed = _costs(spec, span, n_prompts, d_model, n_components)
+        priced = ESTIMATORS[spec].plan_as or spec  # an estimator may share another's cost model
+        span = priced in ("pca", "whitened") and use_span(
+            "auto", (1 if priced == "pca" else 2) * n_prompts, d_model)
+        first, refit, fixed = _costs(priced, span, n_prompts, d_model, n_components)
         # the cut is decided on the nominal machine (deterministic: the same sizes give the same
         # refits on every machine and load); the ETA uses this machine's rate and timings
         nominal = n_layers * (refit / NOMINAL_RATE + (fixed if not span else 0.0))
@@ -145,7 +146,7 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
                     f"on the nominal machine, over the {budget_s:g} s budget")
         path = {"probe": "lbfgs in R^d" + (", timed" if spec in (measured or {}) else ""),
                 "mean_diff": "means"}.get(
-            spec, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
+            priced, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
         seconds = n_layers * (first / rate + fixed) + keep * per_refit
         out.append(MethodPlan(spec, path, n_layers, n_layers * keep, keep, seconds, note))
     return FitPlan(tuple(out), int(n_layers), int(n_prompts), int(d_model))
