@@ -16,18 +16,19 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
 from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
 from revlens.loading.boot import check_dtype_support, read_tokenizer
 
-__all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
+__all__ = ["WEIGHT_SUFFIXES", "LensModel", "ModelInput", "config_fingerprint", "find_weight_files",
+           "load_state_dict"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # config keys that record how a file was written, not what the model computes
 _VOLATILE_CONFIG = (
@@ -384,3 +385,10 @@ class LensModel:
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
     return have.type == want.type and (want.index is None or have.index == want.index)
+
+
+
+ModelInput: TypeAlias = LensModel | torch.nn.Module | PathLike
+"""What an entry point accepts as a model: a :class:`LensModel`, a ``TransformerBridge`` or a Hugging
+Face model (both ``torch.nn.Module``), or a ``save_pretrained`` folder / ``.gguf`` file
+(converted once by :func:`revlens.history.as_model`)."""

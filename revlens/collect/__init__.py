@@ -1,6 +1,7 @@
 """Streaming per-layer statistics of a training history (see :func:`collect`)."""
 
 from revlens.collect.collector import (
+    as_probes,
     collect,
     collect_checkpoint,
     history_template,
@@ -24,6 +25,7 @@ __all__ = [
     "HistoryStats",
     "MemoryBudget",
     "ReferenceStore",
+    "as_probes",
     "collect",
     "collect_checkpoint",
     "collect_model",

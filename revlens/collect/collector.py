@@ -24,31 +24,37 @@ import torch
 from tqdm.auto import tqdm
 
 from revlens._config import as_int, as_layers
+from revlens._types import Device, PathLike
 from revlens.collect.cache import StatsCache
 from revlens.collect.checkpoint import CheckpointStats, PoissonTable
 from revlens.collect.plan import _Plan
 from revlens.collect.stats import HistoryStats
 from revlens.collect.store import DEFAULT_MEMORY_BUDGET, MemoryBudget, check_spill_dir
 from revlens.errors import ConfigError, ProbeError, RevlensError
-from revlens.history import Checkpoint, History
-from revlens.model import LensModel
+from revlens.history import Checkpoint, History, HistoryInput, as_history, as_model
+from revlens.model import LensModel, ModelInput
 from revlens.modes import SITE_KINDS, WHICH, SiteKind, Which, check_mode
-from revlens.probes import PositionRule, Probes, TokenizedProbes
+from revlens.probes import PositionRule, Probes, ProbesInput, TokenizedProbes
 from revlens.probes.chat import ChatTemplate, template_from_dir
 from revlens.sites import LayerSpec, Site, access
 
-__all__ = ["accumulate", "collect", "collect_checkpoint", "history_template", "resolve_probes"]
+__all__ = ["accumulate", "as_probes", "collect", "collect_checkpoint", "history_template", "resolve_probes"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve_probes(history: History, probes: Any) -> Probes:
-    """``probes`` (Probes, list of str, JSONL path) as Probes; ``None``: the history's default
-    probe file (``metadata["probes"]``, e.g. a lab's held-out prompts).
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def as_probes(probes: ProbesInput | None, history: History) -> Probes:
+    """The one conversion of a probes argument where it enters the API: ``probes`` (Probes, list of
+    str, JSONL path) as Probes; ``None``: the history's default probe file (``metadata["probes"]``,
+    e.g. a lab's held-out prompts).
 
     Chat probes without a template of their own get the history's (its aligned checkpoint's
     tokenizer, else a base's): one template renders the prompts for every checkpoint, also for
-    base checkpoints that have none. Without one, the booted tokenizer's is used."""
+    base checkpoints that have none. Without one, the booted tokenizer's is used.
+
+    Raises:
+        ProbeError: no probes and no default set, or an object that is not a probe set (named)."""
     if isinstance(probes, Probes):
         pr = probes
     elif probes is None:
@@ -192,26 +198,26 @@ def _keep_layers(keep_layers: Any, sites: list[Site]) -> list[int] | None:
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def collect(
-    history: History | Any,
-    probes: Any = None,
+    history: HistoryInput,
+    probes: ProbesInput | None = None,
     *,
-    model: Any = None,
+    model: ModelInput | None = None,
     layers: LayerSpec = "all",
     site: SiteKind = "resid_post",
     position: PositionRule | None = None,
     batch_size: int = 32,
-    cache_dir: Any = None,
+    cache_dir: PathLike | None = None,
     moments: Which = "reference",
     keep: Which = "reference",
     n_bootstrap: int = 100,
     bootstrap_seed: int = 0,
-    device: Any = None,
+    device: Device | None = None,
     dtype: torch.dtype | None = None,
     executor: Executor | None = None,
     progress: bool = True,
     keep_layers: Sequence[int] | None = None,
     memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-    spill_dir: Any = None,
+    spill_dir: PathLike | None = None,
 ) -> HistoryStats | dict[str, HistoryStats]:
     """Residual-stream statistics at every requested layer of every checkpoint.
 
@@ -264,6 +270,7 @@ def collect(
     return by_position if multi else next(iter(by_position.values()))
 
 
+@no_type_check  # checks its own arguments first (_check_args), like collect
 def _collect(history: Any, probes: Any, *, model: Any, layers: LayerSpec, site: SiteKind,
              position: PositionRule | None, batch_size: int, cache_dir: Any, moments: Which, keep: Which,
              n_bootstrap: int, bootstrap_seed: int, device: Any, dtype: torch.dtype | None,
@@ -273,10 +280,10 @@ def _collect(history: Any, probes: Any, *, model: Any, layers: LayerSpec, site: 
     several positions)."""
     _check_args(moments, keep, n_bootstrap, bootstrap_seed, batch_size, site, cache_dir, memory_budget, keep_layers,
                 spill_dir)
-    hist = History.load(history)
-    pr = resolve_probes(hist, probes) if position is None else resolve_probes(hist, probes).with_position(position)
+    hist = as_history(history)
+    pr = as_probes(probes, hist) if position is None else as_probes(probes, hist).with_position(position)
     cache = StatsCache(cache_dir) if cache_dir is not None else None
-    lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
+    lm = as_model(model, hist, device=device, dtype=dtype)
     sites = access(lm).sites(layers, site)
     kept = _keep_layers(keep_layers, sites)
     tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
@@ -373,3 +380,9 @@ def _history_stats(hist: History, lm: LensModel, results: dict[str, CheckpointSt
               "datasets": tokenized.datasets,
               "labels": None if tokenized.labels is None else [None if x is None else str(x) for x in tokenized.labels]},
     )
+
+
+@no_type_check  # validates its own argument (typed errors)
+def resolve_probes(history: History, probes: ProbesInput | None) -> Probes:
+    """:func:`as_probes` with the arguments the other way round (its older name)."""
+    return as_probes(probes, history)

@@ -297,3 +297,4 @@ class History:
         from revlens.history.spec import metrics_frame
 
         return metrics_frame(self, metrics)
+

@@ -3,18 +3,19 @@
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union, no_type_check
+from typing import Any, TypeAlias, Union, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import ProbeError
 from revlens.probes.batch import TokenizedProbes, tokenizer_id
 from revlens.probes.chat import ChatTemplate, check_conversation
 from revlens.probes.files import read_jsonl
 from revlens.probes.positions import PositionRule, check_position, position_name, position_weights
 
-__all__ = ["Probes"]
+__all__ = ["Probes", "ProbesInput"]
 
 
 class Probes:
@@ -239,3 +240,8 @@ def text_ids(tokenizer: Any, text: str) -> list[int]:
     bos = getattr(tokenizer, "bos_token", None)
     starts = isinstance(bos, str) and bool(bos) and text.startswith(bos)
     return list(tokenizer(text, add_special_tokens=not starts)["input_ids"])
+
+
+ProbesInput: TypeAlias = Probes | Sequence[str] | PathLike
+"""What an entry point accepts as probes: a :class:`Probes`, a list of prompts, or a ``.jsonl`` file
+(converted once by :func:`revlens.collect.as_probes`, which also fills in a history's default set)."""

@@ -31,7 +31,7 @@ def test_ranks_at_post_instruction_positions(chat, tmp_path):
     kw = {"n_null": 20, "n_stability": 2, "n_bootstrap": 10, "seed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the constant embedding layer under RoPE is dropped
-        report = revlens.analyze(lm, hist, f, position=("post_instruction", 3), ranks=(1, 2), methods=("pca",),
+        report = revlens.analyze(hist, f, model=lm, position=("post_instruction", 3), ranks=(1, 2), methods=("pca",),
                                  progress=False, **kw)
     assert report.positions == [-3, -2, -1]
     assert sorted(report.subspaces) == ["pca@-1", "pca@-2", "pca@-3"]
@@ -58,5 +58,5 @@ def test_ranks_at_post_instruction_positions(chat, tmp_path):
 def test_ranks_a_history_cannot_have_fail_before_work(chat):
     hist, f, lm = chat
     with pytest.raises(ConfigError, match="mean_diff"):
-        revlens.analyze(lm, hist, f, position=("post_instruction", 3), ranks=(1, 2),
+        revlens.analyze(hist, f, model=lm, position=("post_instruction", 3), ranks=(1, 2),
                         subspace_methods=("mean_diff",), progress=False)
