@@ -6,14 +6,47 @@ these aliases name the forms each accepts, so a signature says what it takes ins
 """
 
 import os
-from typing import TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Device", "PathLike"]
+__all__ = ["Device", "HasBridge", "HasModule", "MetricBatch", "ModuleLike", "PathLike", "TokenizerInput"]
 
 PathLike: TypeAlias = str | os.PathLike
 """A file or folder: a ``str`` or any ``os.PathLike`` (``pathlib.Path``)."""
 
 Device: TypeAlias = str | int | torch.device
 """Where a model runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a CUDA index or a ``torch.device``."""
+
+TokenizerInput: TypeAlias = PreTrainedTokenizerBase | str | os.PathLike
+"""A tokenizer, or the folder / hub name of one (``AutoTokenizer.from_pretrained``)."""
+
+
+@runtime_checkable
+class MetricBatch(Protocol):
+    """What a metric reads of a batch of right-padded prompts: its token ids ``tokens``
+    ``[batch, pos]`` and each prompt's last real token ``last_index`` ``[batch]``
+    (:class:`revlens.probes.ProbeBatch`, the lab's ``PromptBatch``)."""
+
+    tokens: torch.Tensor
+    last_index: torch.Tensor
+
+
+@runtime_checkable
+class HasBridge(Protocol):
+    """An object holding a booted ``TransformerBridge`` (a :class:`revlens.LensModel`)."""
+
+    bridge: torch.nn.Module
+
+
+@runtime_checkable
+class HasModule(Protocol):
+    """An object wrapping a model it exposes as ``module`` (a :class:`revlens.sites.SiteAccess`)."""
+
+    module: torch.nn.Module
+
+
+ModuleLike: TypeAlias = torch.nn.Module | HasBridge | HasModule
+"""A model in memory: a ``torch.nn.Module`` (a ``TransformerBridge``, a Hugging Face model), a
+:class:`revlens.LensModel` or a :class:`revlens.sites.SiteAccess`."""

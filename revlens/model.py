@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor
 
-from revlens._types import PathLike
+from revlens._types import Device, PathLike, TokenizerInput
 from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
 from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
 from revlens.loading.boot import check_dtype_support, read_tokenizer
@@ -108,7 +108,7 @@ class LensModel:
         fingerprint: content fingerprint of the loaded weights (``None``: unknown).
     """
 
-    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: Any = None, boot: Any = None) -> None:
+    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: TokenizerInput | None = None, boot: Any = None) -> None:
         from revlens.loading import Ref, Swapper
 
         self.bridge = bridge
@@ -132,7 +132,7 @@ class LensModel:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
-        tokenizer: Any = None,
+        tokenizer: TokenizerInput | None = None,
         device_map: Any = None,
         weights: Any = None,
         low_memory: bool = True,
@@ -182,7 +182,7 @@ class LensModel:
         return cls._boot_dir(path, kwargs, tokenizer, weights, low_memory and device_map is None)
 
     @classmethod
-    def for_history(cls, history: Any, model: Any = None, *, device: Any = None, dtype: torch.dtype | None = None,
+    def for_history(cls, history: Any, model: "ModelInput | None" = None, *, device: Device | None = None, dtype: torch.dtype | None = None,
                     low_memory: bool = True) -> "LensModel":
         """The model an entry point runs: ``model`` (a ``LensModel``, bridge, HF model or path; checked
         against ``device`` / ``dtype`` when they are given) or, by default, ``history.boot(...)``

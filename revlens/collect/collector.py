@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from revlens._config import as_int, as_layers
-from revlens._types import Device, PathLike
+from revlens._types import Device, ModuleLike, PathLike
 from revlens.collect.cache import StatsCache
 from revlens.collect.checkpoint import CheckpointStats, PoissonTable
 from revlens.collect.plan import _Plan
@@ -92,7 +92,7 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
                        sites: Sequence[Site], *, n_bootstrap: int = 100, bootstrap_seed: int = 0,
                        batch_size: int = 32, second: bool = False, keep: bool = False,
                        name: str | None = None, keep_layers: Sequence[int] | None = None,
-                       memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: Any = None,
+                       memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: PathLike | None = None,
                        poisson: PoissonTable | None = None) -> Any:
     """Statistics of one checkpoint (``None``: the weights loaded now) at ``sites``.
 
@@ -110,10 +110,10 @@ def collect_checkpoint(lm: LensModel, checkpoint: Checkpoint | None, tokenized: 
                       keep_layers=keep_layers, memory_budget=memory_budget, spill_dir=spill_dir, poisson=poisson)
 
 
-def accumulate(model: Any, tokenized: TokenizedProbes, sites: Sequence[Site], *, label: str, d_model: int,
+def accumulate(model: ModuleLike, tokenized: TokenizedProbes, sites: Sequence[Site], *, label: str, d_model: int,
                dtype: torch.dtype, n_bootstrap: int = 100, bootstrap_seed: int = 0, batch_size: int = 32,
                second: bool = False, keep: bool = False, keep_layers: Sequence[int] | None = None,
-               memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: Any = None,
+               memory_budget: MemoryBudget | int | None = DEFAULT_MEMORY_BUDGET, spill_dir: PathLike | None = None,
                poisson: PoissonTable | None = None, mask: bool = False) -> Any:
     """The one statistics loop: the weights ``model`` holds now (a :class:`LensModel`, a bridge or a
     plain Hugging Face model, read through :func:`revlens.sites.access`) streamed over ``tokenized``

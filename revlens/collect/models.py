@@ -9,10 +9,10 @@ Example::
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 
+from revlens._types import TokenizerInput
 from revlens.collect.checkpoint import CheckpointStats
 from revlens.collect.collector import accumulate
 from revlens.collect.stats import HistoryStats
@@ -24,7 +24,7 @@ from revlens.sites import access
 __all__ = ["collect_model", "collect_models"]
 
 
-def collect_model(model: torch.nn.Module, probes: Probes, *, tokenizer: Any, layers: Sequence[int],
+def collect_model(model: torch.nn.Module, probes: Probes, *, tokenizer: TokenizerInput, layers: Sequence[int],
                   site: SiteKind = "resid_post", name: str = "model", n_bootstrap: int = 0, bootstrap_seed: int = 0,
                   batch_size: int | None = None, second: bool = False, keep: bool = False) -> CheckpointStats:
     """Statistics of the weights ``model`` (a plain Hugging Face model or a bridge) holds now, on
@@ -41,7 +41,7 @@ def collect_model(model: torch.nn.Module, probes: Probes, *, tokenizer: Any, lay
                       mask=True)
 
 
-def collect_models(models: Mapping[str, torch.nn.Module], probes: Probes, *, tokenizer: Any, layers: Sequence[int],
+def collect_models(models: Mapping[str, torch.nn.Module], probes: Probes, *, tokenizer: TokenizerInput, layers: Sequence[int],
                    site: SiteKind = "resid_post", n_bootstrap: int = 0, bootstrap_seed: int = 0,
                    batch_size: int | None = None, second: bool = True, keep: bool = True) -> HistoryStats:
     """:class:`HistoryStats` of a base and an aligned model held in memory (``{"base": ...,

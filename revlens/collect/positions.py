@@ -7,24 +7,26 @@ from typing import Any
 
 import torch
 
+from revlens._types import Device, PathLike
 from revlens.collect.collector import _collect
 from revlens.collect.stats import HistoryStats
 from revlens.collect.store import DEFAULT_MEMORY_BUDGET
-from revlens.history import History
+from revlens.history import HistoryInput
+from revlens.model import ModelInput
 from revlens.modes import SiteKind, Which
-from revlens.probes import PositionRule
+from revlens.probes import PositionRule, ProbesInput
 from revlens.sites import LayerSpec
 
 __all__ = ["collect_positions"]
 
 
-def collect_positions(history: History | Any, probes: Any = None, *, position: PositionRule = ("post_instruction", None),
-                      model: Any = None, layers: LayerSpec = "all", site: SiteKind = "resid_post", batch_size: int = 32,
-                      cache_dir: Any = None, moments: Which = "reference", keep: Which = "reference",
-                      n_bootstrap: int = 100, bootstrap_seed: int = 0, device: Any = None,
+def collect_positions(history: HistoryInput, probes: ProbesInput | None = None, *, position: PositionRule = ("post_instruction", None),
+                      model: ModelInput | None = None, layers: LayerSpec = "all", site: SiteKind = "resid_post", batch_size: int = 32,
+                      cache_dir: PathLike | None = None, moments: Which = "reference", keep: Which = "reference",
+                      n_bootstrap: int = 100, bootstrap_seed: int = 0, device: Device | None = None,
                       dtype: torch.dtype | None = None, executor: Executor | None = None,
                       keep_layers: Any = None, memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
-                      spill_dir: Any = None, progress: bool = True) -> dict[str, HistoryStats]:
+                      spill_dir: PathLike | None = None, progress: bool = True) -> dict[str, HistoryStats]:
     """Deprecated: use ``collect(history, probes, position=...)``, which returns one
     :class:`HistoryStats` per position label for a rule that reads several positions. This alias
     always returns the dict (one entry for a single position) and goes away in the next release."""

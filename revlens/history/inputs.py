@@ -58,7 +58,7 @@ def _is_probes(x: object) -> bool:
     return isinstance(x, (Probes, list, tuple)) or (isinstance(x, (str, os.PathLike)) and str(x).endswith(".jsonl"))
 
 
-def model_first_call(where: str, history: Any, probes: Any, legacy: tuple[Any, ...], model: Any,
+def model_first_call(where: str, history: Any, probes: Any, legacy: tuple[Any, ...], model: ModelInput | None,
                      checkpoints: Any) -> tuple[Any, Any, Any]:
     """``(model, history, probes)`` of an entry point called ``where(history, probes, *legacy, model=...,
     checkpoints=...)``, decided by the arguments' types — never by what is on disk. The form is

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json
+from revlens._types import PathLike
 from revlens.block import BlockingStrategy, ReversionBlocker, method_class, method_names
 from revlens.collect.models import collect_model, collect_models
 from revlens.directions import Directions, MeanDiff
@@ -155,7 +156,7 @@ def _blocked_directions(method: str, directions: Directions | None, layers: Sequ
                                   generator=torch.Generator().manual_seed(direction_seed))
 
 
-def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
+def run_blocked(lab_dir: PathLike, method: str = "update", *, seeds: Sequence[int] | None = None,
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
                 progress: bool = True, directions: Directions | None = None,

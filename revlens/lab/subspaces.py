@@ -21,11 +21,13 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json, write_text
+from revlens._types import PathLike
 from revlens.collect.models import collect_models
 from revlens.collect.stats import HistoryStats
 from revlens.directions import ESTIMATORS, Directions
 from revlens.directions.subspace import orient_rows, random_frames
 from revlens.lab.subspace_table import SubspaceStudy, load_subspace_study
+from revlens.modes import ControlKind
 from revlens.probes import Probes
 
 __all__ = ["SubspaceStudy", "lab_stats", "lab_subspace", "load_subspace_study", "random_subspace",
@@ -53,7 +55,7 @@ def lab_subspace(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequen
 
 
 def random_subspace(like: Directions, k: int, *, seed: int = 0, stats: HistoryStats | None = None,
-                    kind: str = "iso") -> Directions:
+                    kind: ControlKind = "iso") -> Directions:
     """Random k-subspaces at ``like``'s layers (one seeded stream per layer), each row oriented
     toward base when ``stats`` are given (so one-sided blocking has a base side, as for the real
     subspace); ``kind="cov"`` draws them from the aligned covariance (needs ``stats``)."""
@@ -135,7 +137,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def run_subspace_study(out: Any, *, pairs: Sequence[int] = (0, 1), seeds: Sequence[int] = (0, 1, 2),
+def run_subspace_study(out: PathLike, *, pairs: Sequence[int] = (0, 1), seeds: Sequence[int] = (0, 1, 2),
                        ranks: Sequence[int] = (1, 2, 4, 8, 16), block_ranks: Sequence[int] = (1, 4, 16),
                        one_sided_ranks: Sequence[int] = (1,), controls: int = 16,
                        layers: Sequence[int] = (1, 2, 3, 4), method: str = "pca", steps: int = 100,
