@@ -9,9 +9,8 @@ import os
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Device", "HasBridge", "HasModule", "MetricBatch", "ModuleLike", "PathLike", "TokenizerInput"]
+__all__ = ["Device", "HasBridge", "HasModule", "MetricBatch", "ModuleLike", "PathLike", "TokenizerInput", "TokenizerLike"]
 
 PathLike: TypeAlias = str | os.PathLike
 """A file or folder: a ``str`` or any ``os.PathLike`` (``pathlib.Path``)."""
@@ -19,7 +18,16 @@ PathLike: TypeAlias = str | os.PathLike
 Device: TypeAlias = str | int | torch.device
 """Where a model runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a CUDA index or a ``torch.device``."""
 
-TokenizerInput: TypeAlias = PreTrainedTokenizerBase | str | os.PathLike
+@runtime_checkable
+class TokenizerLike(Protocol):
+    """What revlens needs of a tokenizer at the least (a Hugging Face tokenizer has it; so do the
+    stand-ins for token-id probes): its vocabulary."""
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token string -> id."""
+
+
+TokenizerInput: TypeAlias = TokenizerLike | str | os.PathLike
 """A tokenizer, or the folder / hub name of one (``AutoTokenizer.from_pretrained``)."""
 
 

@@ -221,7 +221,7 @@ def _cache_key(sha: str, dtype: torch.dtype, versions: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def gguf_dir(path: PathLike, *, dtype: torch.dtype = torch.float32, cache_dir: PathLike | None = None) -> Path:
+def gguf_dir(path: "PathLike | GGUFFile", *, dtype: torch.dtype = torch.float32, cache_dir: PathLike | None = None) -> Path:
     """The ``save_pretrained`` dir of a GGUF file, dequantized into ``dtype`` on first use and
     cached by content (sha256 of the file, dtype, transformers / gguf / revlens versions).
 
