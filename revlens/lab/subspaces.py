@@ -26,6 +26,7 @@ from revlens.collect.models import collect_models
 from revlens.collect.stats import HistoryStats
 from revlens.directions import ESTIMATORS, Directions
 from revlens.directions.subspace import orient_rows, random_frames
+from revlens.drift.subspace import subspace_energy
 from revlens.lab.subspace_table import SubspaceStudy, load_subspace_study
 from revlens.modes import ControlKind
 from revlens.probes import Probes
@@ -86,9 +87,8 @@ def _final_means(model_dir: Path, layers: list[int], probes: Probes) -> torch.Te
 
 
 def _energy(drift: torch.Tensor, basis: torch.Tensor) -> float:
-    """Mean over layers of ‖B d‖² / ‖d‖² (float64)."""
-    d, b = drift.double(), basis.double()
-    return float((torch.einsum("lkd,ld->lk", b, d) ** 2).sum(1).div((d**2).sum(1)).mean())
+    """Mean over layers of ‖B d‖² / ‖d‖² (:func:`revlens.drift.subspace_energy` at the full rank)."""
+    return float(torch.stack([subspace_energy(drift[i], basis[i])[-1] for i in range(basis.shape[0])]).mean())
 
 
 def _block_variant(lab_dir: Path, variant: str, k: int, sub: Directions, stats: HistoryStats, seeds: Sequence[int],
