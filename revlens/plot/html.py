@@ -8,6 +8,7 @@ atomically (a temporary file in the same directory, then ``os.replace``).
 import datetime
 import html
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,12 @@ def _behaviour_rows(report: Any, groups: list[str], paper: Mapping[str, Any]) ->
     return rows
 
 
+def _markup(text: str) -> str:
+    """Escaped ``text`` with its markdown ``code`` and ``**bold**`` spans as HTML."""
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
 def _summary_section(page: _Page, report: Any) -> None:
     try:
         s = report.headline()
@@ -185,6 +192,9 @@ def _summary_section(page: _Page, report: Any) -> None:
     )
     header = ["quantity", *[_e(g) for g in groups], "paper"]
     page.add(f'<h2>Summary</h2><p class="note">{intro}</p>' + _table(header, rows, "summary"))
+    note = (getattr(report, "provenance", None) or {}).get("note")
+    if note:  # the history's own note (a lab track says whether the paper's shape holds there, and why not)
+        page.add(f'<p class="note history-note">{_markup(str(note))}</p>')
     per_layer = s["runs"].get("cos_step20", {}).get("per_layer") or {}
     if per_layer:
         layer_rows = [
