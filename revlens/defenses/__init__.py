@@ -12,6 +12,7 @@
 """
 
 from revlens.defenses.asft import AsFT, AsFTConfig, asft_penalty
+from revlens.defenses.lisa import Lisa, LisaConfig
 from revlens.defenses.procon import ProConPenalty
 from revlens.defenses.safelora import SafeLoRA, SafeLoRAConfig, safelora_select, safelora_similarity
 from revlens.defenses.safety_layers import (
@@ -24,6 +25,8 @@ from revlens.defenses.safety_layers import (
 __all__ = [
     "AsFT",
     "AsFTConfig",
+    "Lisa",
+    "LisaConfig",
     "ProConPenalty",
     "SafeLoRA",
     "SafeLoRAConfig",
