@@ -168,7 +168,7 @@ class Scorer:
                 out.append(call_metric(metric, self._logits(model, b), b).double())
         return torch.cat(out)
 
-    def harm_now(self, model: Any) -> dict[str, float]:
+    def harm_now(self, model: Any) -> dict[str, Any]:
         """Harm only (the trajectory's points): ``harm_k``, ``harm_n``, ``harm_rate``, ``harm_score``."""
         was = model.training
         model.eval()

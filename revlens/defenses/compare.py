@@ -219,6 +219,8 @@ def compare_defenses(history: Any, recipe: FinetuneRecipe, sets: EvalSets, *, co
         raise ConfigError(f"recipe must be a FinetuneRecipe, got {type(recipe).__name__}")
     if not isinstance(sets, EvalSets):
         raise ConfigError(f"sets must be an EvalSets, got {type(sets).__name__}")
+    if type(recipe).batches is FinetuneRecipe.batches and recipe.data is None:
+        raise ConfigError("recipe: data= is required (a JSONL file of {prompt, answer} records or a list of pairs)")
     if "lisa" in cfg.defenses and sets.alignment is None:
         raise ConfigError("defense 'lisa' needs alignment data: EvalSets(alignment=...) (prompt, answer) pairs")
     hist = History.load(history)
@@ -234,7 +236,7 @@ def compare_defenses(history: Any, recipe: FinetuneRecipe, sets: EvalSets, *, co
                   _safety(aligned, tokenizer, sets), int(aligned.config.num_hidden_layers), recipe,
                   alignment, recipe.lora_rank > 0)
     del base
-    runs = [("none", False)] + [(n, c) for n in cfg.defenses for c in ((False, True) if cfg.controls else (False,))]
+    runs = [("none", False)] + [(n, c) for n in cfg.defenses for c in ((False,) if cfg.skip_controls else (False, True))]
     for name, control in runs[1:]:  # every defense's settings checked before any training
         build_defense(name, ctx, cfg, control=control, seed=cfg.seeds[0])
     weights = _weight_fraction(base_dir, aligned_dir)

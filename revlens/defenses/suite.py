@@ -44,7 +44,7 @@ class CompareConfig(Config):
                                        choices=DEFENSES, nargs="+")
     seeds: tuple[int, ...] = option((0, 1, 2), "fine-tuning seeds (>= 3 for mean ± std)", nargs="+",
                                     parse=lambda flag, raw: tuple(int(x) for x in raw))
-    controls: bool = option(True, "run every defense's random control too")
+    skip_controls: bool = option(False, "skip every defense's random control (a quick look, not a result)")
     trajectory_points: int = option(5, "harm measured at this many evenly spaced steps (0: only at T)")
     safelora_n_layers: int = option(10, "SafeLoRA: weights projected (the authors' released default)")
     safelora_k: int = option(8, "SafeLoRA with the true projector: the subspace's rank")
@@ -52,7 +52,7 @@ class CompareConfig(Config):
     procon_strength: float = option(1.0, "ProCon-style penalty: its weight")
     lisa_rho: float = option(1.0, "Lisa: ρ, the proximal intensity")
     lisa_align_steps: int = option(1, "Lisa: alignment steps per cycle (K_a)")
-    lisa_user_steps: int = option(9, "Lisa: user steps per cycle (K_u; 10 % alignment steps as in the paper)")
+    lisa_user_steps: int = option(9, "Lisa: user steps per cycle (K_u; one alignment step in ten, as the paper's ratio)")
     subspace_k: int = option(4, "revlens' subspace blocking: the reversion subspace's rank")
     weights_k: int = option(16, "WeightBlocker: the rank of V's blocked singular subspace")
     control_seed: int = option(0, "offset of the controls' random draws (each run also mixes in its seed)")
