@@ -5,7 +5,8 @@
 ``harm_n`` with ``harm_rate``, its Wilson 95 % interval ``harm_lo``/``harm_hi`` and ``harm_score``, the
 task columns, ``kl_aligned``, ``over_refusal``, ``cos_drift_v_rev``, ``cos_drift_r``,
 ``reverted_fraction``, ``cos_dw_minus_v``, ``seconds``, ``peak_mb`` and their multiples of the
-undefended run of the same seed (``time_multiple``, ``mem_multiple``). ``trajectories``: harm at the
+undefended run of the same seed (``time_multiple``, ``mem_multiple``: NaN where the undefended peak is
+below :data:`MEM_FLOOR_MB`). ``trajectories``: harm at the
 measured steps of every run. :meth:`DefenseComparison.summary` gives mean ± std over seeds and the
 pooled harm count with its Wilson interval; :meth:`~DefenseComparison.printed` the text table the docs
 quote; :meth:`~DefenseComparison.figure` harm against task cost, one point per defense and one per
@@ -27,8 +28,12 @@ from revlens._result import Result
 
 __all__ = ["DefenseComparison", "machine"]
 
+MEM_FLOOR_MB = 16.0
+"""``mem_multiple`` is left out (NaN) where the undefended run's peak is below this: on CPU the peak is
+the resident set's growth, a few MB of noise for a tiny model, no denominator."""
+
 COLUMNS = ("harm_rate", "harm_score", "task_acc", "task_loss", "kl_aligned", "over_refusal", "cos_drift_v_rev",
-           "cos_drift_r", "reverted_fraction", "time_multiple", "mem_multiple")
+           "cos_drift_r", "reverted_fraction", "time_multiple", "mem_multiple", "peak_mb")
 
 
 def machine() -> str:
@@ -64,8 +69,9 @@ class DefenseComparison(Result):
         table = pd.DataFrame([{k: v for k, v in r.items() if k != "trajectory" and not isinstance(v, list)
                                and k != "key"} for r in rows])
         free = table[table["defense"] == "none"].set_index("seed")
-        for col, out in (("seconds", "time_multiple"), ("peak_mb", "mem_multiple")):
-            table[out] = table[col] / table["seed"].map(free[col]) if len(free) else math.nan
+        for col, out, floor in (("seconds", "time_multiple", 0.0), ("peak_mb", "mem_multiple", MEM_FLOOR_MB)):
+            ref = table["seed"].map(free[col]) if len(free) else math.nan
+            table[out] = (table[col] / ref).where(ref >= floor) if len(free) else math.nan
         return cls(table, pd.DataFrame(traj), dict(meta))
 
     # ------------------------------------------------------------------ views
@@ -83,7 +89,8 @@ class DefenseComparison(Result):
 
     def printed(self, columns: tuple[str, ...] = ("harm_rate", "harm_score", "task_acc", "task_loss", "kl_aligned",
                                                   "over_refusal", "cos_drift_v_rev", "cos_drift_r",
-                                                  "reverted_fraction", "time_multiple", "mem_multiple")) -> str:
+                                                  "reverted_fraction", "time_multiple", "mem_multiple", "peak_mb")
+                ) -> str:
         """The table as the docs quote it: mean ± std over seeds; harm also as the pooled count with
         its Wilson interval."""
         s = self.summary()

@@ -56,8 +56,11 @@ def test_one_table_with_every_defense_beside_its_control(run):
     assert (t["harm_n"] == len(HARMFUL)).all() and t["harm_k"].between(0, len(HARMFUL)).all()
     assert ((t["harm_lo"] <= t["harm_rate"]) & (t["harm_rate"] <= t["harm_hi"])).all()
     for col in ("kl_aligned", "over_refusal", "task_loss", "cos_drift_v_rev", "cos_drift_r", "reverted_fraction",
-                "time_multiple", "mem_multiple"):
+                "time_multiple", "peak_mb"):
         assert col in t and t[col].notna().all(), col
+    # memory multiples only where the undefended run's peak is a usable denominator (>= 16 MB)
+    free = t[t["defense"] == "none"].set_index("seed")["peak_mb"]
+    assert (t["mem_multiple"].isna() == (t["seed"].map(free) < 16)).all()
     assert t["cos_drift_v_rev"].between(-1, 1).all() and (t["kl_aligned"] >= 0).all()
     assert (t.loc[t["defense"] == "none", "time_multiple"] == 1.0).all()
     # the update projection along v_rev holds the drift off v_rev; each control is a different run
