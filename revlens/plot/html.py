@@ -289,6 +289,10 @@ def write_report(report: Any, path: Any, *, title: str | None = None) -> Path:
         page.try_figure(report.behaviour, "The history's own evaluation of each checkpoint.")
     if getattr(report, "weights", None) is not None:
         _weights_section(page, report.weights)
+    if getattr(report, "defenses", None) is not None:  # a DefenseComparison attached to the report
+        from revlens.plot.defenses import defenses_section
+
+        defenses_section(page, report.defenses)
     _config_section(page, getattr(report, "config", None))
     _provenance_section(page, getattr(report, "provenance", None))
     return _write_page(path, page.render())
