@@ -372,6 +372,7 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         "architecture": stats.meta.get("architecture"),
         "history": meta.get("spec"),
         "harm_metric": meta.get("harm_metric"),
+        "note": meta.get("note"),  # the history's own note (a lab track: whether the paper's shape holds)
         "checkpoints": checkpoints,
         "d_model": stats.d_model,
         "n_prompts": stats.meta.get("n_prompts"),

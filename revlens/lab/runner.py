@@ -239,13 +239,14 @@ class _LabWriter:
     """Keeps history.json / metrics.json of one lab dir and records complete checkpoints."""
 
     def __init__(self, lab_dir: Path, config: LabConfig, extra: dict[str, Any]):
-        from revlens.lab.tracks import task_shift
+        from revlens.lab.tracks import task_shift, track_note
 
         self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer(), task_shift=task_shift(config))
         probes = write_probes(lab_dir)
         self.spec: dict[str, Any] = {"base": "base", "aligned": "aligned", "runs": {}, "controls": {}}
         self.metadata: dict[str, Any] = {
             "source": SOURCE, "probes": probes["harmful-heldout"], "probe_sets": probes,
+            "note": track_note(config.track),  # whether the paper's shape holds on this track (the report shows it)
             "metrics_spec": METRICS_SPEC, "default_metric": "harm", "harm_metric": "harm_rate",
             "lab": {"format_version": FORMAT_VERSION, "revlens_version": __version__, "config": config.to_dict(),
                     **extra, "timings_s": {}},

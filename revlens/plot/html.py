@@ -14,6 +14,7 @@ atomically (a temporary file in the same directory, then ``os.replace``).
 import datetime
 import html
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -26,7 +27,7 @@ from revlens._numbers import format_mean_std
 from revlens._version import __version__
 from revlens.errors import OutputError, RevlensError
 
-__all__ = ["HtmlPage", "HtmlRenderable", "write_causal_report", "write_html", "write_report", "write_weights_report"]
+__all__ = ["HtmlPage", "HtmlRenderable", "markup", "write_causal_report", "write_html", "write_report", "write_weights_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -49,6 +50,12 @@ def escape(value: Any) -> str:
 
 
 _e = escape
+
+
+def markup(text: str) -> str:
+    """Escaped ``text`` with its markdown ``code`` and ``**bold**`` spans as HTML."""
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
 
 
 class HtmlPage:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from revlens._numbers import mean_std
 from revlens.errors import RevlensError
-from revlens.plot.html import HtmlPage, escape, frame, table
+from revlens.plot.html import HtmlPage, escape, frame, markup, table
 from revlens.plot.html import mean_std_cell as _ms
 from revlens.plot.metrics import metric_columns
 from revlens.weights.html import weights_section
@@ -85,6 +85,9 @@ def _summary_section(page: HtmlPage, report: Any) -> None:
     )
     header = ["quantity", *[_e(g) for g in groups], "paper"]
     page.add(f'<h2>Summary</h2><p class="note">{intro}</p>' + table(header, rows, "summary"))
+    note = (getattr(report, "provenance", None) or {}).get("note")
+    if note:  # the history's own note (a lab track says whether the paper's shape holds there, and why not)
+        page.add(f'<p class="note history-note">{markup(str(note))}</p>')
     per_layer = s["runs"].get("cos_step20", {}).get("per_layer") or {}
     if per_layer:
         layer_rows = [
@@ -129,6 +132,10 @@ class ReportHtml:
             page.try_figure(self.behaviour, "The history's own evaluation of each checkpoint.")
         if getattr(self, "weights", None) is not None:
             weights_section(page, self.weights)
+        if getattr(self, "defenses", None) is not None:  # a DefenseComparison attached to the report
+            from revlens.plot.defenses import defenses_section
+
+            defenses_section(page, self.defenses)
 
     def to_html(self, path: str | Path, **kw: Any) -> Path:
         """Write an offline HTML report (:func:`revlens.plot.html.write_html`; ``title=``)."""

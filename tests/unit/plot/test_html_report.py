@@ -137,3 +137,16 @@ def test_the_page_knows_no_result_class_each_result_renders_itself(drift, direct
     source = inspect.getsource(html)
     for member in ("headline", "heatmap", "kind_figures", "mean_over_runs", "spectrum_figure"):
         assert member not in source, member
+
+
+def test_the_historys_note_is_shown_under_the_summary_escaped(drift, directions, tmp_path):
+    """A lab history's note (does the paper's shape hold on its track, and why not) sits under the
+    summary table: markdown code / bold as HTML, anything else escaped; no note, no paragraph."""
+    rep = _report(drift, directions, lab=True)
+    rep.provenance["note"] = f"Track `remap`: the shape does **not** hold. {EVIL}"
+    html = write_report(rep, tmp_path / "n.html").read_text()
+    para = re.search(r'<p class="note history-note">(.*?)</p>', html, re.S).group(1)
+    assert para.startswith("Track <code>remap</code>: the shape does <b>not</b> hold.")
+    assert EVIL not in para and "&lt;script&gt;" in para
+    assert html.index("history-note") > html.index('<table id="summary">')
+    assert "history-note" not in write_report(_report(drift, directions, lab=True), tmp_path / "m.html").read_text()
