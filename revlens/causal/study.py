@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from revlens._seeds import generator
+from revlens._types import Device
 from revlens.causal.batched import Stack, run_stacks
 from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
@@ -44,10 +45,10 @@ from revlens.collect import (
 from revlens.directions import DirectionEstimator, Directions, check_direction_inputs
 from revlens.directions.subspace import random_frames
 from revlens.errors import ConfigError, MetricError, RevlensError, naming
-from revlens.history import Checkpoint, History
+from revlens.history import Checkpoint, History, HistoryInput
 from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
-from revlens.model import LensModel
-from revlens.probes import ProbeBatch
+from revlens.model import LensModel, ModelInput
+from revlens.probes import ProbeBatch, ProbesInput
 from revlens.sites import access
 
 __all__ = ["ablation_study"]
@@ -274,16 +275,16 @@ class _Study(Selection):
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def ablation_study(
-    history: Any,
-    probes: Any = None,
+    history: HistoryInput,
+    probes: ProbesInput | None = None,
     metric: Any = None,
     *,
     config: AblationConfig | None = None,
     directions: Any = None,
-    model: Any = None,
+    model: ModelInput | None = None,
     stats: HistoryStats | None = None,
     positions: Any = None,
-    device: Any = None,
+    device: Device | None = None,
     dtype: Any = None,
     progress: bool = True,
     **settings: Any,

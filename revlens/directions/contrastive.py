@@ -30,11 +30,14 @@ from typing import Any, ClassVar, no_type_check
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import bootstrap_cos, resamples, unit
 from revlens.directions.estimators import DirectionEstimator
 from revlens.directions.refusal import REFUSAL_SIGN, split_labels
 from revlens.errors import ConfigError, HistoryError, ProbeError
+from revlens.history import HistoryInput
+from revlens.probes import ProbesInput
 
 __all__ = ["RefusalDirection"]
 
@@ -64,7 +67,7 @@ class RefusalDirection(DirectionEstimator):
 
     def __init__(self, *, checkpoint: str = "aligned", harmful: str = "harmful", harmless: str = "harmless",
                  n_components: int = 1, n_bootstrap: int = 100, seed: int = 0, solver: str = "auto",
-                 device: Any = None) -> None:
+                 device: Device | None = None) -> None:
         super().__init__(n_components=n_components, n_bootstrap=n_bootstrap, seed=seed, solver=solver, device=device)
         self.checkpoint = checkpoint
         self.harmful = harmful
@@ -85,7 +88,7 @@ class RefusalDirection(DirectionEstimator):
             raise ConfigError(f"RefusalDirection: harmful and harmless are the same label {self.harmful!r}")
 
     # ------------------------------------------------------------------ before any forward pass
-    def check_inputs(self, probes: Any = None, history: Any = None) -> None:
+    def check_inputs(self, probes: ProbesInput | None = None, history: HistoryInput | None = None) -> None:
         """Refuse, before collection, what :meth:`fit` would refuse after it: bad settings,
         probes without a harmful or a harmless prompt, an unknown checkpoint, or one whose
         per-prompt activations are not kept (only base and aligned checkpoints keep them)."""
@@ -185,7 +188,7 @@ class RefusalDirection(DirectionEstimator):
         return float(torch.cat(cos).nanmean())
 
 
-def check_direction_inputs(specs: Sequence[Any], probes: Any = None, history: Any = None) -> None:
+def check_direction_inputs(specs: Sequence[Any], probes: ProbesInput | None = None, history: HistoryInput | None = None) -> None:
     """Every estimator's (or registered name's) :meth:`~DirectionEstimator.check_inputs` on the
     probes (``None``: the history's default set) and history a stage is about to collect, before any
     forward pass (the history estimators check nothing there: their probes are not read)."""

@@ -17,17 +17,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions._lowrank import use_span
 from revlens.directions.base import Directions
+from revlens.directions.estimators import DirectionEstimator
 from revlens.directions.registry import ESTIMATORS, resolve_directions
+from revlens.errors import ConfigError
+from revlens.modes import DIRECTION_METHODS, DirectionMethod
 
-__all__ = ["NOMINAL_RATE", "STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "fit_directions", "flop_rate", "plan_fits"]
+__all__ = ["NOMINAL_RATE", "STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "MethodsInput", "fit_directions",
+           "flop_rate", "method_specs", "plan_fits"]
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +201,29 @@ def fit_directions(specs: Sequence[Any], stats: HistoryStats, *, n_stability: in
     _announce(f"fit: {len(vectors)} methods fitted in {took:.1f} s (planned ≈ {_secs(plan.seconds)}){collected}",
               progress)
     return vectors, stability
+
+
+MethodSpec: TypeAlias = DirectionMethod | str | DirectionEstimator | Directions | Tensor
+"""One direction method: a registered name, an estimator, fitted :class:`Directions`, or a
+``[n_layers_collected, d_model]`` tensor."""
+MethodsInput: TypeAlias = MethodSpec | Sequence[MethodSpec]
+
+
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def method_specs(methods: MethodsInput) -> tuple[list[MethodSpec], tuple[str, ...]]:
+    """``methods`` as a list of specs and their method names (``"custom"`` for what is not a
+    registered name), each checked before any work.
+
+    Raises:
+        ConfigError: no method, an unknown name, or an object that is not a method (named)."""
+    specs = [methods] if isinstance(methods, (str, DirectionEstimator, Directions)) else list(methods)
+    if not specs:
+        raise ConfigError("methods is empty; valid methods: " + ", ".join(DIRECTION_METHODS))
+    names = tuple(s if isinstance(s, str) else str(getattr(s, "method", "custom")) for s in specs)
+    for s in specs:
+        if isinstance(s, str) and s not in DIRECTION_METHODS:
+            raise ConfigError(f"unknown direction method {s!r}; valid methods: {', '.join(DIRECTION_METHODS)}")
+        if not isinstance(s, (str, DirectionEstimator, Directions)) and not hasattr(s, "shape"):
+            raise ConfigError(f"methods: cannot use {type(s).__name__}; expected names, estimators, Directions "
+                              "or [layer, d_model] tensors")
+    return specs, tuple(n if n in DIRECTION_METHODS else "custom" for n in names)

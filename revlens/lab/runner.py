@@ -44,11 +44,9 @@ from revlens.lab.chat import LAB_REFUSAL_PHRASES, write_probes
 from revlens.lab.config import LabConfig
 from revlens.lab.errors import LabAssetsError, LabOutputError
 from revlens.lab.language import (
-    HARMFUL_FIRST_TOKENS,
-    REFUSAL_FIRST_TOKENS,
     build_tokenizer,
 )
-from revlens.lab.metrics import Evaluator
+from revlens.lab.metrics import HARM_RATE_SPEC, HARM_SPEC, Evaluator
 from revlens.lab.modeling import load_checkpoint, save_checkpoint
 from revlens.lab.train import finetune, train_pair
 
@@ -68,8 +66,8 @@ log = logging.getLogger(__name__)
 SOURCE, FORMAT_VERSION = "revlens-lab", 2
 # the lab's metrics as data, so any history-aware tool (the CLI's --metric harm) can rebuild them
 METRICS_SPEC = {
-    "harm": {"name": "logit_diff", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
-    "harm_rate": {"name": "logit_rate", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
+    "harm": HARM_SPEC,  # the Evaluator's harm_logodds is this declared metric (revlens.lab.metrics)
+    "harm_rate": HARM_RATE_SPEC,
     # generation-based: the greedy answer carries no refusal phrase (revlens.lab.chat)
     "harm_gen": {"name": "compliance_rate", "phrases": list(LAB_REFUSAL_PHRASES), "max_new_tokens": 8},
 }
