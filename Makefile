@@ -39,7 +39,8 @@ gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check revlens tests benchmarks
+	$(VENV)/bin/ruff check revlens tests benchmarks tools
+	$(VENV)/bin/ruff format --check revlens tests benchmarks tools .ci/lock.py
 
 # The documentation site into site/ (mkdocs.yml; offline, --strict: a broken link, a missing
 # reference or a failing docstring fails). Executes tutorial 01 with its small settings (~1 min).

