@@ -36,11 +36,11 @@ class AlignConfig:
 
     rank: int = 8
     alpha: float = 16.0
-    lr: float = 1e-3
-    harmful_per_batch: int = 4
-    harmless_per_batch: int = 4
+    lr: float = 5e-4
+    harmful_per_batch: int = 2
+    harmless_per_batch: int = 6
     eval_every: int = 8
-    max_steps: int = 48
+    max_steps: int = 64
     min_refusal: float = 0.90
     max_over_refusal: float = 0.10
     distill_tokens: int = 32

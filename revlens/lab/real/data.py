@@ -68,7 +68,15 @@ class RealSets:
                 f"pairs {len(self.held_pairs)})")
 
 
-def real_sets(*, n_harmless_align: int = 96, n_selection: int = 20, n_held_harmless: int = 50,
+def _hash_order(questions: Any) -> list[int]:
+    """Indices of ``questions`` in ``split_key`` order: a deterministic sample spread over topics
+    (the files list topics one after another, so "the first N" would be a few topics only)."""
+    from revlens.datasets import split_key
+
+    return sorted(range(len(questions)), key=lambda i: split_key(questions[i], "revlens-real-sample"))
+
+
+def real_sets(*, n_harmless_align: int = 192, n_selection: int = 20, n_held_harmless: int = 50,
               n_held_pairs: int = 100) -> RealSets:
     """The sets of ``docs/lab.md`` ("Real track"), read offline from the pinned data packages.
 
@@ -83,23 +91,26 @@ def real_sets(*, n_harmless_align: int = 96, n_selection: int = 20, n_held_harml
     hb = {s: _standard(datasets.harmbench(s)) for s in ("train", "selection", "held_out")}
     chat = datasets.chatterbot()
     train = chat[chat.split == "train"]
-    short = train[train.question.str.len() <= 100].drop_duplicates("question")
+    short = list(train[train.question.str.len() <= 100].drop_duplicates("question").question)
     sel_q = datasets.chatterbot_prompts("selection")
+    sel_q = sel_q.subset(_hash_order(sel_q.prompts)[:n_selection])
     held_q = datasets.chatterbot_prompts("held_out")
-    held = chat[chat.split == "held_out"]
+    held_q = held_q.subset(_hash_order(held_q.prompts)[:n_held_harmless])
+    held = chat[chat.split == "held_out"].reset_index(drop=True)
+    held = held.iloc[_hash_order(list(held.question))[:n_held_pairs]]
     train_texts = set(jbb["train"].prompts) | set(hb["train"].prompts) | set(train.question)
     sel_h = _drop(combine(jbb["selection"], hb["selection"].subset(range(n_selection))), train_texts)
     seen = train_texts | set(sel_h.prompts) | set(sel_q.prompts)
     sets = RealSets(
         align_harmful=list(jbb["train"].prompts) + list(hb["train"].prompts),
-        align_harmless=list(short.question)[:n_harmless_align],
+        align_harmless=[short[i] for i in _hash_order(short)[:n_harmless_align]],
         benign_pairs=list(zip(train.question, train.answer)),
         selection_harmful=sel_h,
-        selection_harmless=sel_q.subset(range(n_selection)),
+        selection_harmless=sel_q,
         held_harmful={"jbb": _drop(jbb["held_out"], seen), "harmbench": _drop(hb["held_out"], seen),
                       "strongreject": _drop(datasets.strongreject("held_out"), seen)},
-        held_harmless=held_q.subset(range(n_held_harmless)),
-        held_pairs=list(zip(held.question, held.answer))[:n_held_pairs],
+        held_harmless=held_q,
+        held_pairs=list(zip(held.question, held.answer)),
         provenance=[*jbb["train"].provenance, *hb["train"].provenance, chat.attrs["provenance"]],
     )
     check_disjoint(sets)
