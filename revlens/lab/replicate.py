@@ -206,10 +206,11 @@ def register(subparsers: Any, parents: Any = ()) -> None:
                               description=(__doc__ or "").splitlines()[0])
     p.add_argument("--out", required=True, type=Path, help="output dir (<track>/replication.md, summary.md)")
     p.add_argument("--track", nargs="+", default=None, metavar="NAME",
-                   help=f"lab track(s): {', '.join(TRACKS)} (default: {DEFAULT_TRACK}; --full: all)")
+                   help=f"lab track(s): {', '.join(TRACKS)}, or real alone (default: {DEFAULT_TRACK}; --full: all)")
     p.add_argument("--pairs", type=int, nargs="+", default=None, help="shipped pre-training pairs (default 0; --full: 0 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
     p.add_argument("--full", action="store_true", help="every track and pair, every blocking method and control")
+    p.add_argument("--lab", default=None, help="--track real: reuse a built real-track dir (revlens lab --track real)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -241,6 +242,10 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[int
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.track == ["real"]:  # SmolLM2-135M on real data (revlens/lab/real)
+        from revlens.lab.real.cli import run_replicate_real
+
+        return run_replicate_real(args)
     tracks, pairs, seeds, plan = check_args(args)
     reps = replicate_tracks(args.out, tracks, pairs=pairs, seeds=seeds, plan=plan, full=args.full,
                             progress=not args.quiet)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from revlens._io import write_json
-from revlens.lab.real.data import refusal_for, real_sets
+from revlens.lab.real.data import real_sets, refusal_for
 from revlens.lab.real.sft import LORA_TARGETS, Cycler, deterministic, sft, with_lora
 
 __all__ = ["AlignConfig", "align", "main"]
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     m = align(args.out, measure=not args.no_measure)
-    print(json.dumps({k: m[k] for k in ("steps", "stopping_rule_met", "selection_evals", "files", "timings")},
-                     indent=1))  # noqa: T201
+    keys = ("steps", "stopping_rule_met", "selection_evals", "files", "timings")
+    print(json.dumps({k: m[k] for k in keys}, indent=1))  # noqa: T201
     return 0
 
 
