@@ -131,12 +131,12 @@ def test_analyze_report_evaluate_ablation_on_real_weights(smollm2, tmp_path):
     print(ev.table.to_string())
     # the instruct model complies with most harmful requests; the shipped adapter makes held-out ones refuse
     assert rates.loc["aligned", "refusal"] >= rates.loc["base", "refusal"] + 0.5
-    with _timed("ablation_study (defaults, 2 controls, refusal score, 8 prompts)"):
-        study = revlens.ablation_study(hist, harmful.subset(range(8)), refusal_score(), model=lm, controls=2,
-                                       progress=False)
+    with _timed("ablation_study (default layers and kinds, last step, 2 controls, refusal score, 4 prompts)"):
+        study = revlens.ablation_study(hist, harmful.subset(range(4)), refusal_score(), model=lm, controls=2,
+                                       steps="last", progress=False)
     eff = study.effects
     assert set(eff.direction) >= {"v_rev"} and eff["metric"].notna().all()
-    assert len(set(eff.layer)) == 2 and sorted(set(eff.step)) == [1, 2, 3]
+    assert len(set(eff.layer)) == 2 and sorted(set(eff.step)) == [3]
     print("[smollm2] timings:", {k: round(v, 1) for k, v in TIMES.items()})
 
 

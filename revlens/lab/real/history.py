@@ -55,6 +55,7 @@ class RealPlan:
     batch: int = 8
     control: bool = True
     threads: int = 1
+    eval_limit: int | None = None  # at most this many prompts / pairs per held-out set (None: all; smoke runs)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.checkpoints or max(self.checkpoints) > self.steps or min(self.checkpoints) < 1:
@@ -164,6 +165,11 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
     deterministic(plan.threads)
     t0 = time.perf_counter()
     sets = real_sets()
+    if plan.eval_limit is not None:
+        n = plan.eval_limit
+        sets.held_harmful = {k: v.subset(range(min(n, len(v)))) for k, v in sets.held_harmful.items()}
+        sets.held_harmless = sets.held_harmless.subset(range(min(n, len(sets.held_harmless))))
+        sets.held_pairs = sets.held_pairs[:n]
     converted = model_package_dir("smollm2-135m-instruct")
     timings: dict[str, float] = {}
     _atomic_dir(root / "base", lambda tmp: shutil.copytree(converted, tmp))
@@ -200,8 +206,13 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
 
     flush()
     if measure:
-        measure_dir("base", root / "base")
-        measure_dir("aligned", root / "aligned")
+        shipped = _manifest_records() if plan.eval_limit is None else {}
+        for name in ("base", "aligned"):
+            if name in shipped:  # the same sets, settings and (merged) weights, measured when the adapter was made
+                records.extend({**r, "measured": "adapter manifest"} for r in shipped[name])
+                flush()
+            else:
+                measure_dir(name, root / name)
     jobs = [(m, s, "runs", f"{m}-seed{s}", root / "aligned") for m in plan.modes for s in plan.seeds]
     if plan.control:
         s = plan.seeds[0]
@@ -219,6 +230,14 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     flush()
     return meta
+
+
+def _manifest_records() -> dict[str, list[dict[str, Any]]]:
+    """The shipped adapter's held-out records of base and aligned (``{}`` if absent)."""
+    path = adapter_dir().parent / "manifest.json"
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("held_out") or {})
 
 
 def harm_frame(root: Any) -> pd.DataFrame:
