@@ -205,14 +205,6 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
         flush()
 
     flush()
-    if measure:
-        shipped = _manifest_records() if plan.eval_limit is None else {}
-        for name in ("base", "aligned"):
-            if name in shipped:  # the same sets, settings and (merged) weights, measured when the adapter was made
-                records.extend({**r, "measured": "adapter manifest"} for r in shipped[name])
-                flush()
-            else:
-                measure_dir(name, root / name)
     jobs = [(m, s, "runs", f"{m}-seed{s}", root / "aligned") for m in plan.modes for s in plan.seeds]
     if plan.control:
         s = plan.seeds[0]
@@ -227,6 +219,14 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
         if measure:
             last = max(saved)
             measure_dir(f"{name}/step-{last}", Path(saved[last]), start if mode == "lora" else None)
+    if measure:  # base and aligned last: the adapter's manifest holds them when it was made with these sets
+        shipped = _manifest_records() if plan.eval_limit is None else {}
+        for name in ("base", "aligned"):
+            if name in shipped:  # the same sets, settings and (merged) weights, measured when the adapter was made
+                records.extend({**r, "measured": "adapter manifest"} for r in shipped[name])
+                flush()
+            else:
+                measure_dir(name, root / name)
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     flush()
     return meta
