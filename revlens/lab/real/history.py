@@ -220,16 +220,22 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
             last = max(saved)
             measure_dir(f"{name}/step-{last}", Path(saved[last]), start if mode == "lora" else None)
     if measure:  # base and aligned last: the adapter's manifest holds them when it was made with these sets
-        shipped = _manifest_records() if plan.eval_limit is None else {}
-        for name in ("base", "aligned"):
-            if name in shipped:  # the same sets, settings and (merged) weights, measured when the adapter was made
-                records.extend({**r, "measured": "adapter manifest"} for r in shipped[name])
-                flush()
-            else:
-                measure_dir(name, root / name)
+        _measure_start(records, plan, lambda name: measure_dir(name, root / name))
+        flush()
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     flush()
     return meta
+
+
+def _measure_start(records: list[dict[str, Any]], plan: RealPlan, measure: Any) -> None:
+    """Base and aligned: the shipped manifest's records (the same sets, settings and merged weights,
+    measured when the adapter was made) or, without them / with ``eval_limit``, ``measure(name)``."""
+    shipped = _manifest_records() if plan.eval_limit is None else {}
+    for name in ("base", "aligned"):
+        if name in shipped:
+            records.extend({**r, "measured": "adapter manifest"} for r in shipped[name])
+        else:
+            measure(name)
 
 
 def _manifest_records() -> dict[str, list[dict[str, Any]]]:

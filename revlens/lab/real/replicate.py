@@ -128,7 +128,6 @@ def replicate_real(out: Any, plan: ReplicatePlan | None = None, *, lab_dir: Any 
     from revlens.directions import refusal_directions
     from revlens.drift import compare_directions
     from revlens.lab.real.data import real_sets
-    from revlens.metrics import refusal_score
     from revlens.probes.sets import combine
 
     plan = plan or ReplicatePlan()
@@ -178,22 +177,8 @@ def replicate_real(out: Any, plan: ReplicatePlan | None = None, *, lab_dir: Any 
                  "reference": "DESIGN §6: 'losing r' predicts clearly negative", "rule": "cos < −p99 at ≥ half the layers",
                  "holds": bool(neg >= 0.5)})
     t = time.perf_counter()
-    med = []
-    runs = [f"{m}-seed{plan.lab.seeds[0]}" for m in plan.lab.modes]
-    for name, directions in (("v_rev", "mean_diff"), ("r", r_dirs)):
-        study = revlens.ablation_study(hist, probes.subset(range(plan.ablation_prompts)), refusal_score(), model=lm,
-                                       directions=directions, controls=plan.controls, steps="last", runs=runs,
-                                       kinds=("clamp",), progress=False)
-        s = study.summary().assign(direction=name)
-        med.append(s)
-        best = s.sort_values("mediation_fraction", ascending=False).iloc[0]
-        holds = bool((s["mediation_fraction"] > s["ctrl_mediation_mean"] + 2 * s["ctrl_mediation_std"]).any())
-        rows.append({"row": f"{name} mediates (clamp)", "measured": "; ".join(
-            f"{x.run} L{x.layer}: {x.mediation_fraction:.2f} (random {x.ctrl_mediation_mean:.2f} ± {x.ctrl_mediation_std:.2f})"
-            for x in s.itertuples()), "reference": "paper: clamping v_rev restores refusal",
-            "rule": "mediation > random mean + 2 sd", "holds": holds})
-        del best
-    mediation = pd.concat(med, ignore_index=True)
+    med_rows, mediation = _mediation(hist, lm, probes, r_dirs, plan)
+    rows += med_rows
     timings["mediation"] = time.perf_counter() - t
     rows.append({"row": "blocking along v_rev / r", "measured": "not run by default (see docs/real_track.md)",
                  "reference": "paper: update blocking keeps refusal", "rule": "blocked < unblocked and < random",
@@ -209,6 +194,28 @@ def replicate_real(out: Any, plan: ReplicatePlan | None = None, *, lab_dir: Any 
         {"rows": rows, "meta": meta, "cos_v_rev_r": cos_vr.to_dict(orient="records"),
          "mediation": mediation.to_dict(orient="records")}, default=_plain))))
     return rep
+
+
+def _mediation(hist: Any, lm: Any, probes: Any, r_dirs: Any, plan: ReplicatePlan) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Clamp mediation of v_rev and of r at the last step of each mode's first seed, against the
+    same number of random controls (``revlens.ablation_study``)."""
+    import revlens
+    from revlens.metrics import refusal_score
+
+    rows, med = [], []
+    runs = [f"{m}-seed{plan.lab.seeds[0]}" for m in plan.lab.modes]
+    for name, directions in (("v_rev", "mean_diff"), ("r", r_dirs)):
+        study = revlens.ablation_study(hist, probes.subset(range(plan.ablation_prompts)), refusal_score(), model=lm,
+                                       directions=directions, controls=plan.controls, steps="last", runs=runs,
+                                       kinds=("clamp",), progress=False)
+        s = study.summary().assign(direction=name)
+        med.append(s)
+        holds = bool((s["mediation_fraction"] > s["ctrl_mediation_mean"] + 2 * s["ctrl_mediation_std"]).any())
+        rows.append({"row": f"{name} mediates (clamp)", "measured": "; ".join(
+            f"{x.run} L{x.layer}: {x.mediation_fraction:.2f} (random {x.ctrl_mediation_mean:.2f} ± {x.ctrl_mediation_std:.2f})"
+            for x in s.itertuples()), "reference": "paper: clamping v_rev restores refusal",
+            "rule": "mediation > random mean + 2 sd", "holds": holds})
+    return rows, pd.concat(med, ignore_index=True)
 
 
 def _finite(x: Any) -> Any:
