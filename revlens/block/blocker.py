@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens._types import ModuleLike, TokenizerInput
 from revlens.block.attach import trained_parameters
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import penalty_rows
@@ -53,6 +54,7 @@ from revlens.block.registry import MethodNames, method_class
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
 from revlens.modes import BlockMethod
+from revlens.probes import ProbesInput
 from revlens.sites import SiteAccess
 
 __all__ = ["METHODS", "BlockerConfig", "Method", "ReversionBlocker"]
@@ -124,11 +126,11 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
     def __init__(
         self,
         directions: Any,
-        probes: Any,
+        probes: ProbesInput,
         reference: Any,
         *,
         layers: Any = None,
-        tokenizer: Any = None,
+        tokenizer: TokenizerInput | None = None,
         directions_layers: Any = None,
         config: BlockerConfig | None = None,
         **settings: Any,
@@ -154,7 +156,7 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         :class:`~revlens.errors.ConfigError` for settings this method cannot honour."""
 
     # ------------------------------------------------------------------ fitting
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "ReversionBlocker":
+    def prepare(self, model: ModuleLike, *, optimizer: torch.optim.Optimizer | None = None, params: Any = None) -> "ReversionBlocker":
         """Validate inputs against ``model`` and set every fitted attribute (class docstring).
 
         ``optimizer`` / ``params`` narrow the corrected parameters (``params_``) as in
@@ -195,7 +197,7 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         self._start()
         return self
 
-    def attach(self, model: Any, optimizer: Any = None, *, wrap_step: bool = True,
+    def attach(self, model: ModuleLike, optimizer: torch.optim.Optimizer | None = None, *, wrap_step: bool = True,
                params: Any = None) -> "ReversionBlocker":
         """Start blocking on ``model`` (:meth:`BlockingStrategy.attach`): wrap ``optimizer.step``
         (methods acting on the step) and add the method's hooks. ``params``: the tensors (or
@@ -221,19 +223,19 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         self._check()
 
     # ------------------------------------------------------------------ measurements
-    def projection(self, model: Any = None) -> Tensor:
+    def projection(self, model: ModuleLike | None = None) -> Tensor:
         """``s_l`` on the whole probe set at the current weights (no grad), ``[layer]`` float64
         (of ``model`` if given, else of the attached / prepared model)."""
         self._for(model)
         return self.objective_.s_full()
 
-    def subspace_projection(self, model: Any = None) -> Tensor:
+    def subspace_projection(self, model: ModuleLike | None = None) -> Tensor:
         """The drift's coordinates on every blocked basis row on the whole probe set, ``[layer, k]``
         float64 (column 0 is :meth:`projection`)."""
         self._for(model)
         return self.objective_.subspace_full()
 
-    def penalty(self, model: Any = None) -> Tensor:
+    def penalty(self, model: ModuleLike | None = None) -> Tensor:
         """``strength · Σ_r s_r²`` on a probe batch (``one_sided``: ``Σ relu(s_r)²``), differentiable:
         add it to the loss in a plain loop when the blocker is **not** attached with
         ``method="penalty"`` (that adds it for you)."""

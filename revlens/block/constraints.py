@@ -28,11 +28,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens.block.projection import one_sided_coefficients, projection_coefficients
+from revlens.modes import BlockConstraint
 
 __all__ = ["gradient_coefficients", "hook_edit", "penalty_rows", "update_coefficients"]
 
 
-def update_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_delta: Float[Tensor, " k"],
+def update_coefficients(constraint: BlockConstraint, gram: Float[Tensor, "k k"], a_delta: Float[Tensor, " k"],
                         s_now: Float[Tensor, " k"], *, strength: float, restore: bool, ridge: float) -> Tensor:
     """``c`` of the corrected step ``Δ' = Δ − Aᵀc``.
 
@@ -47,7 +48,7 @@ def update_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_delta: Fl
     return projection_coefficients(gram, strength * rhs, ridge=ridge)
 
 
-def gradient_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_grad: Float[Tensor, " k"], *,
+def gradient_coefficients(constraint: BlockConstraint, gram: Float[Tensor, "k k"], a_grad: Float[Tensor, " k"], *,
                           strength: float, ridge: float) -> Tensor:
     """``c`` of the corrected gradient ``g' = g − Aᵀc``. ``one_sided``: a descent step ``−ηg'``
     must not raise any row (``A g' ≥ 0``); rows it would lower are left alone."""
@@ -56,7 +57,7 @@ def gradient_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_grad: F
     return projection_coefficients(gram, strength * a_grad, ridge=ridge)
 
 
-def penalty_rows(s: Tensor, constraint: str) -> Tensor:
+def penalty_rows(s: Tensor, constraint: BlockConstraint) -> Tensor:
     """``Σ s_r²`` (``one_sided``: ``Σ relu(s_r)²``)."""
     rows = torch.relu(s) if constraint == "one_sided" else s
     return (rows**2).sum()

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from revlens._types import ModuleLike, TokenizerInput
 from revlens.directions import Directions, resolve_directions
 from revlens.errors import ConfigError, ProbeError, ShapeMismatchError, SiteError
-from revlens.probes import Probes, TokenizedProbes
+from revlens.modes import SiteKind
+from revlens.probes import Probes, ProbesInput, TokenizedProbes
 from revlens.sites import Site, SiteAccess, access, normalize_layers
 
 __all__ = ["ProbeInputs", "Resolved", "resolve_inputs"]
@@ -220,15 +222,15 @@ def _reference_model(path: Any, reader: SiteAccess) -> nn.Module:
 
 
 def resolve_inputs(
-    model: Any,
+    model: ModuleLike,
     directions: Any,
-    probes: Any,
+    probes: ProbesInput,
     reference: Any,
     *,
     layers: Any = None,
-    tokenizer: Any = None,
+    tokenizer: TokenizerInput | None = None,
     directions_layers: Any = None,
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
     batch_size: int = 64,
 ) -> tuple[SiteAccess, Resolved]:
     """Check ``directions``, ``probes`` and ``reference`` against ``model``; build its reader.
@@ -261,11 +263,11 @@ class ProbeInputs:
     the layers / site they act on; :meth:`resolve` checks them against a model."""
 
     def _store_inputs(self, directions: Any, probes: Any, reference: Any, *, layers: Any, tokenizer: Any,
-                      directions_layers: Any, site: str) -> None:
+                      directions_layers: Any, site: SiteKind) -> None:
         self.directions, self.probes, self.reference = directions, probes, reference
         self.layers, self.tokenizer, self.directions_layers, self.site = layers, tokenizer, directions_layers, site
 
-    def resolve(self, model: Any) -> tuple[SiteAccess, Resolved]:
+    def resolve(self, model: ModuleLike) -> tuple[SiteAccess, Resolved]:
         """:func:`resolve_inputs` with this object's inputs."""
         return resolve_inputs(model, self.directions, self.probes, self.reference, layers=self.layers,
                               tokenizer=self.tokenizer, directions_layers=self.directions_layers, site=self.site)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from revlens._types import ModuleLike
 from revlens.block.blocker import ReversionBlocker
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
@@ -33,7 +34,7 @@ class UpdateProjection(ReversionBlocker):
     :mod:`revlens.block.blocker`). ``AΔ = Aθ_after − Aθ_before`` (``k`` float64 numbers kept
     across the step): no copy of the weights."""
 
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "UpdateProjection":
+    def prepare(self, model: ModuleLike, *, optimizer: torch.optim.Optimizer | None = None, params: Any = None) -> "UpdateProjection":
         """:meth:`ReversionBlocker.prepare`, plus ``a_before_`` (``Aθ`` before the step in flight)."""
         super().prepare(model, optimizer=optimizer, params=params)
         self.a_before_: torch.Tensor | None = None

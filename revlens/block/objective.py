@@ -31,7 +31,7 @@ from revlens.block.inputs import Resolved
 from revlens.block.projection import Jacobian
 from revlens.directions.subspace import complement
 from revlens.errors import ConfigError
-from revlens.modes import GradBatching
+from revlens.modes import BlockConstraint, GradBatching
 from revlens.sites import SiteAccess
 
 __all__ = ["GradBatching", "ProbeObjective"]
@@ -67,7 +67,7 @@ class ProbeObjective:
         batch_size: int | None = None,
         seed: int = 0,
         grad_batching: GradBatching = "auto",
-        constraint: str = "equal",
+        constraint: BlockConstraint = "equal",
         per_prompt: bool = False,
     ) -> None:
         self.reader, self.inputs, self.batch_size = reader, inputs, batch_size

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import pandas as pd
+import torch
 
+from revlens._types import ModuleLike
 from revlens.errors import ConfigError, NotFittedError
 
 __all__ = ["BlockingStrategy", "Measurement", "records_frame"]
@@ -103,7 +105,7 @@ class BlockingStrategy:
     _stack: ExitStack | None = None  # the attachment (hooks, wrapped step); not fitted state
 
     # ------------------------------------------------------------------ the protocol
-    def prepare(self: S, model: Any, *, optimizer: Any = None, params: Any = None) -> S:
+    def prepare(self: S, model: ModuleLike, *, optimizer: torch.optim.Optimizer | None = None, params: Any = None) -> S:
         """Validate against ``model`` and set the fitted state (``optimizer`` / ``params``:
         what is trained and may be corrected). Subclasses end with :meth:`_start`."""
         raise NotImplementedError
@@ -159,7 +161,7 @@ class BlockingStrategy:
                                  "or prepare(model)")
 
     # ------------------------------------------------------------------ attach / detach
-    def attach(self: S, model: Any, optimizer: Any = None, *, wrap_step: bool = True, params: Any = None) -> S:
+    def attach(self: S, model: ModuleLike, optimizer: torch.optim.Optimizer | None = None, *, wrap_step: bool = True, params: Any = None) -> S:
         """Start on ``model``: :meth:`prepare`, :meth:`install`, and wrap ``optimizer.step`` so that
         :meth:`before_step` / :meth:`after_step` run around it. ``wrap_step=False``: nothing is
         wrapped, call them yourself (the Trainer callback does). ``params``: the tensors (or
@@ -197,7 +199,7 @@ class BlockingStrategy:
         return self._stack is not None
 
     @contextmanager
-    def attached(self: S, model: Any, optimizer: Any = None) -> Iterator[S]:
+    def attached(self: S, model: ModuleLike, optimizer: torch.optim.Optimizer | None = None) -> Iterator[S]:
         """Context manager: :meth:`attach` on enter; on a normal exit :meth:`finish`, then
         :meth:`detach` (also on error)."""
         self.attach(model, optimizer)

@@ -37,8 +37,10 @@ optimizer step (gradient clipping, done earlier by the Trainer, does not see it)
 from collections.abc import Sequence
 from typing import Any, no_type_check
 
-from transformers import Trainer, TrainerCallback
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState
 
+from revlens._types import ModuleLike
 from revlens.block.attach import named_steps
 from revlens.block.strategy import BlockingStrategy
 from revlens.errors import ConfigError
@@ -56,7 +58,7 @@ class LoggingCallback(TrainerCallback):
     def __init__(self) -> None:
         self.pending: dict[str, float] = {}
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any) -> None:
         """Add the pending measurements to this log."""
         if not self.pending or logs is None:
             return
@@ -84,22 +86,22 @@ class BlockingCallback(LoggingCallback):
         """The strategy (the name earlier releases used)."""
         return self.strategy
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+    def on_train_begin(self, args: Any, state: TrainerState, control: TrainerControl, model: ModuleLike | None = None, optimizer: torch.optim.Optimizer | None = None,
                        **kwargs: Any) -> None:
         """Attach to the Trainer's model and optimizer (no step wrapping)."""
         self.strategy.attach(model, optimizer, wrap_step=False)
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_pre_optimizer_step(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """``before_step``: e.g. measure ``s`` and the per-layer gradients, project the gradient,
         add a penalty's gradient."""
         named_steps(self.strategy)[0]()
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_optimizer_step(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """``after_step``: e.g. project the update and restore ``s``; note what to log."""
         named_steps(self.strategy)[1]()
         self.pending = {m.log_name: m.value for m in self.strategy.measurements() if m.logged}
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """``finish`` (post-hoc defenses act here), then remove hooks."""
         try:
             self.strategy.finish()

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from revlens._types import ModuleLike
 from revlens.causal.kinds import intervention
 from revlens.metrics import call_metric
 from revlens.modes import STRATEGIES, Strategy, check_mode
@@ -183,7 +184,7 @@ def _ordered(stacks: Sequence[Stack], by_layer: bool) -> list[int]:
 
 
 def run_stacks(
-    model: Any,
+    model: ModuleLike,
     batch: ProbeBatch,
     stacks: Sequence[Stack],
     metric: Any,

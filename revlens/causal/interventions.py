@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from revlens._types import ModuleLike
 from revlens.causal.kinds import Intervention, intervention
 from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
@@ -192,7 +193,7 @@ def _references(kind: Intervention, layers: list[int], given: dict[str, Any]) ->
 
 @contextmanager
 def intervene(
-    model: Any,
+    model: ModuleLike,
     kind: "str | Intervention",
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
@@ -250,7 +251,7 @@ def intervene(
 
 
 def clamp(
-    model: Any,
+    model: ModuleLike,
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     reference_mean: PerLayer | None = None,
@@ -265,7 +266,7 @@ def clamp(
 
 
 def patch(
-    model: Any,
+    model: ModuleLike,
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     source_acts: PerLayer | None = None,
@@ -280,7 +281,7 @@ def patch(
 
 
 def steer(
-    model: Any,
+    model: ModuleLike,
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     alpha: float | None = None,

@@ -41,12 +41,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens._config import as_float, as_int
+from revlens._types import ModuleLike
 from revlens.causal.interventions import clamp, steer
 from revlens.directions import Directions
 from revlens.directions.refusal import RefusalDirections, is_history, resolve_source, split_labels
 from revlens.errors import ConfigError, MetricError
 from revlens.metrics import RefusalScore
+from revlens.model import ModelInput
 from revlens.modes import SITE_KINDS, check_modes
+from revlens.probes import ProbesInput
 from revlens.sites import access
 
 __all__ = ["ABLATION_SITES", "RefusalSelection", "RefusalSelectionWarning", "directional_ablation",
@@ -61,7 +64,7 @@ class RefusalSelectionWarning(UserWarning):
 
 
 @contextmanager
-def directional_ablation(model: Any, direction: Float[Tensor, " d_model"], *,
+def directional_ablation(model: ModuleLike, direction: Float[Tensor, " d_model"], *,
                          sites: Sequence[str] = ABLATION_SITES) -> Iterator[None]:
     """While the block runs, ``h ← h − (h·r̂) r̂`` at every layer of every site kind in ``sites``
     and at every position (``r̂ = direction / ‖direction‖``): the ``clamp`` context manager with a
@@ -170,10 +173,10 @@ def _kl(p_log: Tensor, q_log: Tensor) -> float:
 def select_refusal_direction(
     source: Any,
     refusal: RefusalDirections,
-    probes: Any,
+    probes: ProbesInput,
     *,
     checkpoint: str | None = None,
-    model: Any = None,
+    model: ModelInput | None = None,
     metric: Any = None,
     positions: Sequence[str | int] | None = None,
     layers: Sequence[int] | None = None,

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from revlens._frames import read_frame, write_frame
 from revlens._result import Result
+from revlens.causal.html import CausalHtml
 from revlens.causal.kinds import Test, intervention, interventions, kind_is, of_test
 from revlens.directions import Directions
 from revlens.errors import ConfigError
@@ -117,7 +118,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
 
 
-class CausalReport(Result):
+class CausalReport(CausalHtml, Result):
     """What :func:`~revlens.causal.ablation_study` measured.
 
     Attributes:
@@ -317,12 +318,6 @@ class CausalReport(Result):
             return self.mediation_heatmap(intervention=necessity[0])
         sufficiency = self.kinds("sufficiency")  # none: the figure's own error names what is present
         return self.steer_dose_response(**({"intervention": sufficiency[0]} if sufficiency else {}))
-
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report (see :func:`revlens.plot.html.write_causal_report`)."""
-        from revlens.plot.html import write_causal_report
-
-        return write_causal_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:

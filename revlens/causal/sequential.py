@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from revlens._types import MetricBatch, ModuleLike
 from revlens.causal.batched import Stack
 from revlens.causal.interventions import intervene, reference_keyword
 from revlens.causal.kinds import intervention
@@ -24,7 +25,7 @@ from revlens.sites import Site
 __all__ = ["run_sequential"]
 
 
-def run_sequential(model: Any, batch: Any, stacks: Sequence[Stack], metric: Any, *, sites: Mapping[int, Site],
+def run_sequential(model: ModuleLike, batch: MetricBatch, stacks: Sequence[Stack], metric: Any, *, sites: Mapping[int, Site],
                    sources: Mapping[int, Tensor] | None = None, mask: Tensor | None = None,
                    **_: Any) -> tuple[Tensor, list[Tensor]]:
     """The model metric on the clean batch ``[batch]`` and under each stack's interventions

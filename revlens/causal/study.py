@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from revlens._seeds import generator
+from revlens._types import Device
 from revlens.causal.batched import Stack, run_stacks
 from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
@@ -41,13 +42,13 @@ from revlens.collect import (
     HistoryStats,
     resolve_probes,
 )
-from revlens.directions import DirectionEstimator, Directions
+from revlens.directions import DirectionEstimator, Directions, check_direction_inputs
 from revlens.directions.subspace import random_frames
 from revlens.errors import ConfigError, MetricError, RevlensError, naming
-from revlens.history import Checkpoint, History
+from revlens.history import Checkpoint, History, HistoryInput
 from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
-from revlens.model import LensModel
-from revlens.probes import ProbeBatch
+from revlens.model import LensModel, ModelInput
+from revlens.probes import ProbeBatch, ProbesInput
 from revlens.sites import access
 
 __all__ = ["ablation_study"]
@@ -84,12 +85,13 @@ class _Study(Selection):
         self.cfg, self.hist, self.lm = cfg, hist, lm
         self.acc = access(lm)
         pr = resolve_probes(hist, probes)
+        spec = directions if directions is not None else cfg.directions
+        check_direction_inputs([spec], pr, hist)  # e.g. refusal: labelled harmful and harmless prompts
         self.tokenized = pr.tokenize(lm.tokenizer, n_ctx=lm.n_ctx)
         check_positions(positions, len(self.tokenized))
         self.metric = prepare_metric(metric, lm)
         self.choices: dict[str, str] = {}
         self.checkpoints = self._select_checkpoints()
-        spec = directions if directions is not None else cfg.directions
         self.k_max = max(cfg.ranks)
         self.sites, stats, self.v_rev = self._select_layers(pr, stats, spec)
         self.layers = [s.layer for s in self.sites]
@@ -273,16 +275,16 @@ class _Study(Selection):
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def ablation_study(
-    history: Any,
-    probes: Any = None,
+    history: HistoryInput,
+    probes: ProbesInput | None = None,
     metric: Any = None,
     *,
     config: AblationConfig | None = None,
     directions: Any = None,
-    model: Any = None,
+    model: ModelInput | None = None,
     stats: HistoryStats | None = None,
     positions: Any = None,
-    device: Any = None,
+    device: Device | None = None,
     dtype: Any = None,
     progress: bool = True,
     **settings: Any,

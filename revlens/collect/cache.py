@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from revlens._io import atomic_file, write_text
+from revlens._types import PathLike
 from revlens._version import __version__
 from revlens.collect.checkpoint import CheckpointStats
 from revlens.errors import CacheError, RevlensError
@@ -33,7 +34,7 @@ class StatsCache:
     """
 
     @staticmethod
-    def check_dir(directory: Any) -> Path:
+    def check_dir(directory: PathLike) -> Path:
         """Validate a cache directory before any work: a directory (or creatable), writable."""
         from revlens._io import check_writable_dir
 
@@ -42,7 +43,7 @@ class StatsCache:
         except RevlensError as exc:
             raise CacheError(str(exc)) from None
 
-    def __init__(self, directory: Any) -> None:
+    def __init__(self, directory: PathLike) -> None:
         self.directory = self.check_dir(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()

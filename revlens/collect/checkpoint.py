@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.collect.store import MemoryBudget, ReferenceStore
 from revlens.errors import ConfigError, HistoryError
 
@@ -111,7 +112,7 @@ class CheckpointStats:
     _chunks: list[tuple[Tensor, Tensor]] = field(default_factory=list, repr=False)
 
     def start_refs(self, n_prompts: int, d: int, dtype: torch.dtype, *, layers: Sequence[int] | None = None,
-                   budget: MemoryBudget | None = None, spill_dir: Any = None) -> None:
+                   budget: MemoryBudget | None = None, spill_dir: PathLike | None = None) -> None:
         """Allocate the per-prompt store for ``n_prompts`` at ``layers`` (default: all) before
         :meth:`update` calls with ``keep=True`` write into it."""
         ref_layers = list(self.layers) if layers is None else [int(x) for x in layers]
@@ -261,7 +262,7 @@ class CheckpointStats:
                 out[key] = value.contiguous()
         return out
 
-    def write(self, path: Any, metadata: Mapping[str, str] | None = None) -> str:
+    def write(self, path: PathLike, metadata: Mapping[str, str] | None = None) -> str:
         """Write to one safetensors file (references streamed, never all in memory); returns its
         checksum."""
         from revlens.collect.files import write_stats_file
@@ -273,7 +274,7 @@ class CheckpointStats:
         return write_stats_file(path, tensors, meta)
 
     @classmethod
-    def read(cls, path: Any, name: str, *, verify: bool = True) -> tuple["CheckpointStats", dict[str, str]]:
+    def read(cls, path: PathLike, name: str, *, verify: bool = True) -> tuple["CheckpointStats", dict[str, str]]:
         """Inverse of :meth:`write` (references stay in the file): ``(stats, metadata)``."""
         from revlens.collect.files import read_stats_file
 

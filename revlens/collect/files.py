@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.collect.store import ReferenceStore
 
 __all__ = ["read_stats_file", "write_stats_file"]
@@ -41,7 +42,7 @@ def _raw(t: Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-def write_stats_file(path: Any, tensors: Mapping[str, Tensor | ReferenceStore],
+def write_stats_file(path: PathLike, tensors: Mapping[str, Tensor | ReferenceStore],
                      metadata: Mapping[str, str]) -> str:
     """Write ``tensors`` (tensors or reference stores) and ``metadata`` to ``path`` as safetensors;
     returns the checksum (also stored as ``metadata["checksum"]``)."""
@@ -89,7 +90,7 @@ def _header(f: Any, path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def read_stats_file(path: Any, *, stores: tuple[str, ...] = ("refs",), verify: bool = True
+def read_stats_file(path: PathLike, *, stores: tuple[str, ...] = ("refs",), verify: bool = True
                     ) -> tuple[dict[str, str], dict[str, Tensor | ReferenceStore]]:
     """``(metadata, tensors)`` of a file written by :func:`write_stats_file`; the keys in
     ``stores`` come back as file-backed :class:`ReferenceStore` s (nothing loaded).

@@ -10,8 +10,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable, poisson_weights
 from revlens.errors import CacheError, ConfigError
+from revlens.modes import SiteKind
 
 __all__ = ["STATS_FORMAT", "CheckpointStats", "HistoryStats", "PoissonTable", "poisson_weights"]
 
@@ -30,7 +32,7 @@ class HistoryStats:
         kinds: run name -> kind (``"run"``, ``"control"``, ``"blocked"``...).
     """
 
-    def __init__(self, *, layers: list[int], site: str, position: str, d_model: int,
+    def __init__(self, *, layers: list[int], site: SiteKind, position: str, d_model: int,
                  checkpoints: Mapping[str, CheckpointStats], roles: Mapping[str, tuple[str, str | None, int | None]],
                  run_starts: Mapping[str, str], controls: Iterable[str] = (), meta: Mapping[str, Any] | None = None,
                  kinds: Mapping[str, str] | None = None) -> None:
@@ -179,7 +181,7 @@ class HistoryStats:
                 f"prompts={self.meta.get('n_prompts')})")
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: Any) -> Path:
+    def save(self, directory: PathLike) -> Path:
         """Write to ``directory`` atomically (``stats.json`` + one safetensors file per checkpoint;
         per-prompt references are streamed into them, never all in memory)."""
         from revlens._io import publish_dir, write_json
@@ -198,7 +200,7 @@ class HistoryStats:
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: Any) -> "HistoryStats":
+    def load(cls, directory: PathLike) -> "HistoryStats":
         """Inverse of :meth:`save` (refuses an incomplete, altered or foreign directory, naming the
         file); per-prompt references stay in their files, read a layer at a time."""
         from revlens._io import check_manifest, read_json

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import ConfigError, OutputError, ShapeMismatchError
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "MemoryBudget", "ReferenceStore", "check_spill_dir", "store_dtype"]
@@ -108,7 +109,7 @@ class ReferenceStore:
     # ------------------------------------------------------------------ construction
     @classmethod
     def allocate(cls, n_layers: int, n_prompts: int, d: int, dtype: torch.dtype, *,
-                 budget: MemoryBudget | None = None, spill_dir: Any = None) -> "ReferenceStore":
+                 budget: MemoryBudget | None = None, spill_dir: PathLike | None = None) -> "ReferenceStore":
         """An empty store; in memory if ``budget`` allows, else in an unlinked file in ``spill_dir``
         (default: the temporary directory, ``TMPDIR``)."""
         dtype = store_dtype(dtype)
@@ -138,7 +139,7 @@ class ReferenceStore:
         return cls(tuple(x.shape), x.dtype, data=x)
 
     @classmethod
-    def from_file(cls, path: Any, offset: int, shape: Sequence[int], dtype: torch.dtype) -> "ReferenceStore":
+    def from_file(cls, path: PathLike, offset: int, shape: Sequence[int], dtype: torch.dtype) -> "ReferenceStore":
         """A read-only view of ``shape`` values at byte ``offset`` of the file ``path`` (kept open,
         so a later rename or removal of the file does not affect it)."""
         fd = os.open(str(path), os.O_RDONLY)
@@ -217,7 +218,7 @@ class ReferenceStore:
         for j in range(self.shape[0]):
             yield self.layer(j)
 
-    def within(self, budget: MemoryBudget | None, spill_dir: Any = None) -> "ReferenceStore":
+    def within(self, budget: MemoryBudget | None, spill_dir: PathLike | None = None) -> "ReferenceStore":
         """This store if it is on disk or fits ``budget``; else a copy in a file in ``spill_dir``."""
         if self.on_disk or budget is None or budget.take(self.nbytes):
             return self
@@ -232,7 +233,7 @@ class ReferenceStore:
         return ReferenceStore.from_tensor(torch.stack([self.layer(j) for j in positions]))
 
     @staticmethod
-    def concat(stores: Sequence["ReferenceStore"], *, spill_dir: Any = None) -> "ReferenceStore":
+    def concat(stores: Sequence["ReferenceStore"], *, spill_dir: PathLike | None = None) -> "ReferenceStore":
         """Prompt shards side by side (in order): in memory, or on disk if any shard is."""
         first = stores[0]
         for s in stores[1:]:
@@ -255,7 +256,7 @@ class ReferenceStore:
         return out
 
 
-def check_spill_dir(spill_dir: Any) -> str:
+def check_spill_dir(spill_dir: PathLike) -> str:
     """Validate ``spill_dir`` before any forward: created when missing (parents too), then a file
     written and removed in it; returns it as a string.
 

@@ -1,15 +1,17 @@
 """``revlens ablate``: causal mediation along v_rev against random controls, with an HTML report."""
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from revlens.commands._common import add_common, check_out, load_history, publish_out
 from revlens.errors import ConfigError
+from revlens.history import History
 
 __all__ = ["make_metric", "register", "run"]
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
     """Add the ``ablate`` sub-command (its options are :class:`revlens.causal.AblationConfig`'s fields)."""
     from revlens.causal.config import AblationConfig
 
@@ -32,7 +34,7 @@ def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
     return p
 
 
-def make_metric(name: str | None, history: Any, *, pos: list[str] | None = None,
+def make_metric(name: str | None, history: History, *, pos: list[str] | None = None,
                 neg: list[str] | None = None) -> Any:
     """The metric a ``--metric`` name stands for on ``history``: one the history declares
     (``metadata["metrics_spec"]``), or a built-in (:data:`revlens.metrics.METRICS`)."""

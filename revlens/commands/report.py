@@ -1,15 +1,17 @@
 """``revlens report``: re-render a saved report (drift or causal) as offline HTML."""
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from revlens._types import PathLike
 from revlens.errors import ConfigError
 
 __all__ = ["load_saved", "register", "run"]
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
     """Add the ``report`` sub-command."""
     p = subparsers.add_parser(
         "report", parents=list(parents),
@@ -24,7 +26,7 @@ def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
     return p
 
 
-def load_saved(path: Any) -> Any:
+def load_saved(path: PathLike) -> Any:
     """Load a saved ``Report`` or ``CausalReport`` from ``path`` or from its report/ or causal/
     sub-directory (:func:`revlens.load`)."""
     import revlens

@@ -38,6 +38,7 @@ from typing import Any, no_type_check
 
 import pandas as pd
 
+from revlens._types import PathLike
 from revlens.datasets.loaders import (
     advbench,
     chatterbot,
@@ -112,7 +113,7 @@ def load(name: str, split: Any = None, **kwargs: Any) -> Any:
     return PROMPT_SETS[name](split, **kwargs)
 
 
-def available(*, cache_dir: Any = None) -> pd.DataFrame:
+def available(*, cache_dir: PathLike | None = None) -> pd.DataFrame:
     """One row per named data set: package, version, licence, rows, kind and where it would be
     read from (``installed:<dir>``, a wheel path, or ``missing``)."""
     rows = []

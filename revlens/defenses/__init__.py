@@ -12,7 +12,12 @@
 """
 
 from revlens.defenses.asft import AsFT, AsFTConfig, asft_penalty
+from revlens.defenses.bench import EvalSets
+from revlens.defenses.compare import compare_defenses
+from revlens.defenses.comparison import DefenseComparison
+from revlens.defenses.lisa import Lisa, LisaConfig
 from revlens.defenses.procon import ProConPenalty
+from revlens.defenses.recipe import FinetuneRecipe
 from revlens.defenses.safelora import SafeLoRA, SafeLoRAConfig, safelora_select, safelora_similarity
 from revlens.defenses.safety_layers import (
     SafetyLayerFreeze,
@@ -20,10 +25,18 @@ from revlens.defenses.safety_layers import (
     SafetyLayers,
     locate_safety_layers,
 )
+from revlens.defenses.suite import DEFENSES, CompareConfig
 
 __all__ = [
+    "DEFENSES",
     "AsFT",
     "AsFTConfig",
+    "CompareConfig",
+    "DefenseComparison",
+    "EvalSets",
+    "FinetuneRecipe",
+    "Lisa",
+    "LisaConfig",
     "ProConPenalty",
     "SafeLoRA",
     "SafeLoRAConfig",
@@ -31,6 +44,7 @@ __all__ = [
     "SafetyLayerFreezeConfig",
     "SafetyLayers",
     "asft_penalty",
+    "compare_defenses",
     "locate_safety_layers",
     "safelora_select",
     "safelora_similarity",

@@ -1,6 +1,7 @@
 """Per-layer reversion-direction candidates (see :class:`Directions` and the estimators)."""
 
 from revlens.directions.base import Directions
+from revlens.directions.contrastive import RefusalDirection, check_direction_inputs
 from revlens.directions.discriminant import LinearProbe, Whitened
 from revlens.directions.estimators import DirectionEstimator, MeanDiff
 from revlens.directions.pca import PairedPCA
@@ -23,8 +24,10 @@ __all__ = [
     "LinearProbe",
     "MeanDiff",
     "PairedPCA",
+    "RefusalDirection",
     "RefusalDirections",
     "Whitened",
+    "check_direction_inputs",
     "linear_probe",
     "mean_diff",
     "paired_pca",

@@ -17,7 +17,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import ConfigError, ShapeMismatchError, SiteError
+from revlens.modes import SiteKind
 
 __all__ = ["Directions", "orthonormal_rows"]
 
@@ -60,7 +62,7 @@ class Directions:
     basis: Float[Tensor, "layer k d_model"]
     layers: tuple[int, ...]
     method: str = "custom"
-    site: str = "resid_post"
+    site: SiteKind = "resid_post"
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,7 +82,7 @@ class Directions:
 
     @classmethod
     def from_tensor(cls, vectors: Tensor, layers: Iterable[int], *, method: str = "custom",
-                    site: str = "resid_post", normalize: bool = True,
+                    site: SiteKind = "resid_post", normalize: bool = True,
                     meta: Mapping[str, Any] | None = None) -> "Directions":
         """Build from ``[d]`` (one layer), ``[layer, d]`` or ``[layer, k, d]``; rows are normalised
         (``k > 1``: orthonormalised in order, keeping each row's sign).
@@ -181,7 +183,7 @@ class Directions:
         return f"Directions(method={self.method!r}, layers={list(self.layers)}, d_model={self.d_model}{k})"
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: Any) -> Path:
+    def save(self, path: PathLike) -> Path:
         """Write to a ``.safetensors`` file atomically (metadata: layers, method, site)."""
         from safetensors.torch import save_file
 
@@ -195,7 +197,7 @@ class Directions:
         return out
 
     @classmethod
-    def load(cls, path: Any) -> "Directions":
+    def load(cls, path: PathLike) -> "Directions":
         """Inverse of :meth:`save` (files of revlens 0.1, holding ``vectors``, load too)."""
         from safetensors import safe_open
 

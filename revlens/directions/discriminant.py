@@ -2,12 +2,13 @@
 :mod:`revlens.directions.estimators` for the conventions every estimator shares)."""
 
 import math
-from typing import Any, no_type_check
+from typing import no_type_check
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import check_separated, check_stats, unit
 from revlens.directions._lowrank import generalized_axes, pinv_solve, whitened_system
@@ -41,7 +42,7 @@ class LinearProbe(DirectionEstimator):
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000, n_components: int = 1,
-                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Any = None) -> None:
+                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Device | None = None) -> None:
         self.C = C
         self.max_iter = max_iter
         self.n_components = n_components
@@ -118,7 +119,7 @@ class Whitened(DirectionEstimator):
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, shrinkage: float | None = None, n_components: int = 1, n_bootstrap: int = 100,
-                 seed: int = 0, solver: str = "auto", device: Any = None) -> None:
+                 seed: int = 0, solver: str = "auto", device: Device | None = None) -> None:
         self.shrinkage = shrinkage
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap

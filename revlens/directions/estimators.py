@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import (
     base_stack,
@@ -75,6 +76,8 @@ from revlens.directions._lowrank import check_solver, use_span
 from revlens.directions._span import fit_span
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, NotFittedError
+from revlens.history import HistoryInput
+from revlens.probes import ProbesInput
 
 __all__ = ["DirectionEstimator", "MeanDiff", "top_axis"]
 
@@ -92,10 +95,16 @@ class DirectionEstimator:
 
     method: ClassVar[str] = "custom"
     rank_limit: ClassVar[str] = "the candidates are linearly dependent"
+    in_defaults: ClassVar[bool] = True
+    """Whether ``analyze`` fits it by default (the history estimators do; ``refusal`` needs labels)."""
+    max_components: ClassVar[int | None] = None
+    """The largest ``n_components`` it can fit (``None``: as many as the data allow)."""
+    plan_as: ClassVar[str | None] = None
+    """The registered method whose cost model prices its fit (``None``: its own)."""
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, n_components: int = 1, n_bootstrap: int = 100, seed: int = 0, solver: str = "auto",
-                 device: Any = None) -> None:
+                 device: Device | None = None) -> None:
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap
         self.seed = seed
@@ -115,6 +124,10 @@ class DirectionEstimator:
         if name in _FITTED:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(stats) before reading {name}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def check_inputs(self, probes: ProbesInput | None = None, history: HistoryInput | None = None) -> None:
+        """Refuse, before any forward pass, probes or a history this estimator cannot fit on
+        (the history estimators need nothing beyond the statistics: a no-op)."""
 
     @property
     def is_fitted(self) -> bool:

@@ -1,11 +1,12 @@
 """The paired-PCA estimator :class:`PairedPCA` (see :mod:`revlens.directions.estimators` for the
 conventions every estimator shares, and :mod:`revlens.directions._lowrank` for its span path)."""
 
-from typing import Any, no_type_check
+from typing import no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import base_stack_layer, paired_layer
 from revlens.directions._linalg import top_axis
@@ -41,7 +42,7 @@ class PairedPCA(DirectionEstimator):
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
     def __init__(self, *, center: bool = False, n_components: int = 1, bases: str = "mean",
-                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Any = None) -> None:
+                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Device | None = None) -> None:
         self.center = center
         self.n_components = n_components
         self.bases = bases

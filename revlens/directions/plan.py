@@ -17,17 +17,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions._lowrank import use_span
 from revlens.directions.base import Directions
+from revlens.directions.estimators import DirectionEstimator
 from revlens.directions.registry import ESTIMATORS, resolve_directions
+from revlens.errors import ConfigError
+from revlens.modes import DIRECTION_METHODS, DirectionMethod
 
-__all__ = ["NOMINAL_RATE", "STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "fit_directions", "flop_rate", "plan_fits"]
+__all__ = ["NOMINAL_RATE", "STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "MethodsInput", "fit_directions",
+           "flop_rate", "method_specs", "plan_fits"]
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +133,10 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
     for spec in methods:
         if not isinstance(spec, str) or spec not in ESTIMATORS:
             continue
-        span = spec in ("pca", "whitened") and use_span(
-            "auto", (1 if spec == "pca" else 2) * n_prompts, d_model)
-        first, refit, fixed = _costs(spec, span, n_prompts, d_model, n_components)
+        priced = ESTIMATORS[spec].plan_as or spec  # an estimator may share another's cost model
+        span = priced in ("pca", "whitened") and use_span(
+            "auto", (1 if priced == "pca" else 2) * n_prompts, d_model)
+        first, refit, fixed = _costs(priced, span, n_prompts, d_model, n_components)
         # the cut is decided on the nominal machine (deterministic: the same sizes give the same
         # refits on every machine and load); the ETA uses this machine's rate and timings
         nominal = n_layers * (refit / NOMINAL_RATE + (fixed if not span else 0.0))
@@ -145,7 +151,7 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
                     f"on the nominal machine, over the {budget_s:g} s budget")
         path = {"probe": "lbfgs in R^d" + (", timed" if spec in (measured or {}) else ""),
                 "mean_diff": "means"}.get(
-            spec, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
+            priced, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
         seconds = n_layers * (first / rate + fixed) + keep * per_refit
         out.append(MethodPlan(spec, path, n_layers, n_layers * keep, keep, seconds, note))
     return FitPlan(tuple(out), int(n_layers), int(n_prompts), int(d_model))
@@ -195,3 +201,29 @@ def fit_directions(specs: Sequence[Any], stats: HistoryStats, *, n_stability: in
     _announce(f"fit: {len(vectors)} methods fitted in {took:.1f} s (planned ≈ {_secs(plan.seconds)}){collected}",
               progress)
     return vectors, stability
+
+
+MethodSpec: TypeAlias = DirectionMethod | str | DirectionEstimator | Directions | Tensor
+"""One direction method: a registered name, an estimator, fitted :class:`Directions`, or a
+``[n_layers_collected, d_model]`` tensor."""
+MethodsInput: TypeAlias = MethodSpec | Sequence[MethodSpec]
+
+
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def method_specs(methods: MethodsInput) -> tuple[list[MethodSpec], tuple[str, ...]]:
+    """``methods`` as a list of specs and their method names (``"custom"`` for what is not a
+    registered name), each checked before any work.
+
+    Raises:
+        ConfigError: no method, an unknown name, or an object that is not a method (named)."""
+    specs = [methods] if isinstance(methods, (str, DirectionEstimator, Directions)) else list(methods)
+    if not specs:
+        raise ConfigError("methods is empty; valid methods: " + ", ".join(DIRECTION_METHODS))
+    names = tuple(s if isinstance(s, str) else str(getattr(s, "method", "custom")) for s in specs)
+    for s in specs:
+        if isinstance(s, str) and s not in DIRECTION_METHODS:
+            raise ConfigError(f"unknown direction method {s!r}; valid methods: {', '.join(DIRECTION_METHODS)}")
+        if not isinstance(s, (str, DirectionEstimator, Directions)) and not hasattr(s, "shape"):
+            raise ConfigError(f"methods: cannot use {type(s).__name__}; expected names, estimators, Directions "
+                              "or [layer, d_model] tensors")
+    return specs, tuple(n if n in DIRECTION_METHODS else "custom" for n in names)

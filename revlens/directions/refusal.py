@@ -38,14 +38,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import Device
 from revlens.collect.collector import collect_checkpoint, resolve_probes
 from revlens.collect.degenerate import DegenerateLayerWarning
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError, ProbeError
 from revlens.history import History
-from revlens.model import LensModel
-from revlens.modes import SITE_KINDS, check_mode
-from revlens.probes import PositionRule, Probes
+from revlens.model import LensModel, ModelInput
+from revlens.modes import SITE_KINDS, SiteKind, check_mode
+from revlens.probes import PositionRule, Probes, ProbesInput
 from revlens.probes.positions import parse_position, position_name
 from revlens.sites import LayerSpec, access
 
@@ -82,7 +83,7 @@ class RefusalDirections:
     harmful_mean: Mapping[str, Tensor]
     harmless_mean: Mapping[str, Tensor]
     layers: tuple[int, ...]
-    site: str
+    site: SiteKind
     checkpoint: str
     fingerprint: str | None
     meta: Mapping[str, Any] = field(default_factory=dict)
@@ -134,7 +135,7 @@ def split_labels(probes: Probes, harmful: Any, harmless: Any) -> tuple[Probes, P
     return probes.where(harmful), probes.where(harmless)
 
 
-def resolve_source(source: Any, *, checkpoint: str | None, model: Any, device: Any = None,
+def resolve_source(source: Any, *, checkpoint: str | None, model: ModelInput | None, device: Device | None = None,
                    dtype: torch.dtype | None = None) -> tuple[LensModel, Any, History | None]:
     """``(model, checkpoint or None, history or None)`` for a history (the checkpoint to load,
     default its aligned one) or a model you hold (its current weights; no ``checkpoint``).
@@ -162,17 +163,17 @@ def resolve_source(source: Any, *, checkpoint: str | None, model: Any, device: A
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def refusal_directions(
     source: Any,
-    probes: Any = None,
+    probes: ProbesInput | None = None,
     *,
     checkpoint: str | None = None,
     position: PositionRule = ("post_instruction", None),
     layers: LayerSpec = "all",
-    site: str = "resid_post",
+    site: SiteKind = "resid_post",
     harmful: Any = "harmful",
     harmless: Any = "harmless",
-    model: Any = None,
+    model: ModelInput | None = None,
     batch_size: int = 32,
-    device: Any = None,
+    device: Device | None = None,
     dtype: torch.dtype | None = None,
 ) -> RefusalDirections:
     """Arditi et al.'s refusal directions ``normalise(μ_harmful − μ_harmless)`` on one checkpoint.
@@ -228,7 +229,7 @@ def refusal_directions(
     return _assemble(st_bad, st_good, [s.layer for s in sites], site, name, fingerprint, meta)
 
 
-def _assemble(st_bad: Mapping[str, Any], st_good: Mapping[str, Any], layers: list[int], site: str, name: str,
+def _assemble(st_bad: Mapping[str, Any], st_good: Mapping[str, Any], layers: list[int], site: SiteKind, name: str,
               fingerprint: str | None, meta: dict[str, Any]) -> RefusalDirections:
     """Per position: the two means, their difference, the unit directions at non-degenerate layers."""
     directions, diffs, mu_bad, mu_good = {}, {}, {}, {}

@@ -1,7 +1,8 @@
 """Registry of direction methods, function twins, and :func:`resolve_directions`.
 
 Wherever revlens takes a direction, it accepts a method name (``"mean_diff"``, ``"pca"``,
-``"probe"``, ``"whitened"``), an estimator instance, a :class:`Directions`, or a tensor
+``"probe"``, ``"whitened"``, or ``"refusal"``: Arditi's harmful − harmless direction on the aligned
+checkpoint, from labelled probes), an estimator instance, a :class:`Directions`, or a tensor
 ``[n_layers_collected, d_model]``.
 """
 
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
+from revlens.directions.contrastive import RefusalDirection
 from revlens.directions.discriminant import LinearProbe, Whitened
 from revlens.directions.estimators import DirectionEstimator, MeanDiff
 from revlens.directions.pca import PairedPCA
@@ -31,6 +33,7 @@ ESTIMATORS: dict[str, type[DirectionEstimator]] = {
     "pca": PairedPCA,
     "probe": LinearProbe,
     "whitened": Whitened,
+    "refusal": RefusalDirection,
 }
 
 

@@ -16,11 +16,14 @@ what every stage needs to build, compare and sample them:
 - :func:`complement`: an orthonormal basis of the orthogonal complement of ``B`` in R^d.
 """
 
+from typing import no_type_check
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from revlens.errors import ConfigError, ShapeMismatchError
+from revlens.modes import ControlKind
 
 __all__ = [
     "complement",
@@ -104,7 +107,8 @@ def _cov_factor(covariance: Tensor, d: int) -> Tensor:
     return evecs * evals.sqrt()  # x = factor @ z ~ N(0, cov)
 
 
-def random_frames(n: int, k: int, d: int, *, kind: str = "iso", covariance: Tensor | None = None,
+@no_type_check  # validates its own arguments (typed errors)
+def random_frames(n: int, k: int, d: int, *, kind: ControlKind = "iso", covariance: Tensor | None = None,
                   generator: torch.Generator, first: Tensor | None = None) -> Float[Tensor, "n k d"]:
     """``n`` random orthonormal k-frames in R^d (float64), nested (see the module docstring).
 

@@ -2,7 +2,7 @@
 
 Refusal-direction work reads the **post-instruction** positions of a chat prompt (the template
 tokens after the user's content) and picks a direction per (position, layer) (Arditi et al. 2024).
-:func:`revlens.collect.collect_positions` gives one :class:`HistoryStats` per position from the
+:func:`revlens.collect.collect` with such a rule gives one :class:`HistoryStats` per position from the
 same forward passes; :func:`position_tables` fits the directions and projects the drift at each
 position, labelling every direction ``"<method>@<position>"`` (e.g. ``"mean_diff@-2"``) and adding
 a ``position`` column (``-k .. -1``) to the tables.

@@ -36,7 +36,7 @@ from revlens._seeds import generator
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
 from revlens.directions.subspace import random_frames, span_rows
-from revlens.drift.projection import project
+from revlens.drift.projection import _drifts, _prepared, project
 from revlens.errors import ConfigError
 from revlens.nulls import covariance_null_directions, empirical_pvalue
 
@@ -181,34 +181,14 @@ def subspace_drift_table(
         Beta quantile), ``null_cov_mean`` / ``null_cov_q`` (covariance-matched null), ``p_iso``,
         ``p_cov``, ``significant`` (``energy > null_iso_q``), ``significant_cov``.
     """
-    if isinstance(directions, Directions):
-        directions = {directions.method: directions}
-    if not directions:
-        raise ConfigError("no directions to project on")
-    if not 0.0 < ci < 1.0:
-        raise ConfigError(f"ci must be in (0, 1), got {ci}")
-    for name, dirs in directions.items():
-        dirs.check_d_model(stats.d_model, f"statistics (method {name})")
-        for layer in stats.layers:
-            dirs.subspace(layer)  # SiteError if a collected layer has no basis
-    if not stats.runs:
-        raise ConfigError("the statistics hold no fine-tuning run to project")
+    directions = _prepared(stats, directions, ci, subspace=True)
     ks = _ranks(directions, ranks, stats.d_model)
     nulls = _null_energies(stats, int(n_null), seed, max(ks))
     bases = {layer: _bases(directions, layer) for layer in stats.layers}
-    kinds = {**stats.kinds, **(kinds or {})}
     rows = []
-    for run, steps in stats.runs.items():
-        start = stats[stats.run_starts[run]]
-        head = {"run": run, "control": run in stats.controls, "kind": kinds.get(run, "run")}
-        for step, name in steps.items():
-            ck = stats[name]
-            drift = ck.mean - start.mean
-            boot = ck.boot_mean - start.boot_mean if ck.boot_mean is not None and start.boot_mean is not None else None
-            for pos, layer in enumerate(stats.layers):
-                for row in _rows(drift[pos], None if boot is None else boot[:, pos], bases[layer], ks,
-                                 nulls.get(layer), stats.d_model, q, ci):
-                    rows.append({**head, "step": int(step), "layer": int(layer), **row})
+    for key, layer, drift, boot in _drifts(stats, kinds):
+        for row in _rows(drift, boot, bases[layer], ks, nulls.get(layer), stats.d_model, q, ci):
+            rows.append({**key, **row})
     df = pd.DataFrame(rows, columns=SUBSPACE_COLUMNS)
     return df.astype({"step": "int64", "layer": "int64", "rank": "int64", "control": "bool", "significant": "bool",
                       "significant_cov": "bool"})

@@ -18,11 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from revlens._config import as_int
+from revlens._types import Device
 from revlens._version import __version__
 from revlens.collect import resolve_probes
 from revlens.errors import HistoryError, MetricError, ProbeError, naming
 from revlens.evaluate.result import Evaluation
-from revlens.history import Checkpoint, History
+from revlens.history import Checkpoint, History, HistoryInput
 from revlens.history.spec import metrics_frame
 from revlens.metrics import (
     GenerationMetric,
@@ -35,8 +36,8 @@ from revlens.metrics import (
     score_metric,
 )
 from revlens.metrics.model import is_model_metric
-from revlens.model import LensModel
-from revlens.probes import Probes, TokenizedProbes
+from revlens.model import LensModel, ModelInput
+from revlens.probes import Probes, ProbesInput, TokenizedProbes
 from revlens.sites import access
 
 __all__ = ["evaluate"]
@@ -157,8 +158,8 @@ def _kl_rows(lm: LensModel, hist: History, sets: dict[str, _Set], batch_size: in
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def evaluate(history: Any, prompts: Any = None, metrics: Any = None, *, model: Any = None,
-             checkpoints: Sequence[str] | None = None, batch_size: int = 32, device: Any = None,
+def evaluate(history: HistoryInput, prompts: ProbesInput | Mapping[str, ProbesInput] | None = None, metrics: Any = None, *, model: ModelInput | None = None,
+             checkpoints: Sequence[str] | None = None, batch_size: int = 32, device: Device | None = None,
              progress: bool = True) -> Evaluation:
     """Score behaviour metrics on every checkpoint of a history.
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from revlens._types import Device, PathLike, TokenizerInput
 from revlens.errors import CheckpointError, HistoryError, ShapeMismatchError
 from revlens.history.checkpoint import Checkpoint, HubRef
 
@@ -86,7 +87,7 @@ class History:
         aligned: Checkpoint,
         runs: Mapping[str, Run],
         architecture: Any = None,
-        tokenizer: Any = None,
+        tokenizer: TokenizerInput | None = None,
         metadata: Mapping[str, Any] | None = None,
         metrics: Any = None,
     ) -> None:
@@ -114,7 +115,7 @@ class History:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dirs(cls, *, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                  controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> "History":
+                  controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: TokenizerInput | None = None) -> "History":
         """From ``save_pretrained`` dirs (see :func:`revlens.history.loaders.from_dirs`)."""
         from revlens.history import loaders
 
@@ -122,7 +123,7 @@ class History:
 
     @classmethod
     def from_trainer_output(cls, *, base: Any, aligned: Any, runs: Mapping[str, Any],
-                            controls: Mapping[str, Any] | None = None, tokenizer: Any = None) -> "History":
+                            controls: Mapping[str, Any] | None = None, tokenizer: TokenizerInput | None = None) -> "History":
         """From Hugging Face ``Trainer`` output dirs: every ``checkpoint-N`` folder is step N."""
         from revlens.history import loaders
 
@@ -130,9 +131,9 @@ class History:
                                            tokenizer=tokenizer)
 
     @classmethod
-    def from_state_dicts(cls, architecture_dir: Any, *, base: Any, aligned: Any,
+    def from_state_dicts(cls, architecture_dir: PathLike, *, base: Any, aligned: Any,
                          runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                         controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> "History":
+                         controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: TokenizerInput | None = None) -> "History":
         """From weight files or in-memory state dicts on the architecture of ``architecture_dir``."""
         from revlens.history import loaders
 
@@ -161,7 +162,7 @@ class History:
         return loaders.load(spec, name=name)
 
     @classmethod
-    def from_lab(cls, directory: Any, *, pair: str | None = None) -> "History":
+    def from_lab(cls, directory: PathLike, *, pair: str | None = None) -> "History":
         """Deprecated alias of :meth:`load` (a lab dir holds a ``history.json``)."""
         import warnings
 
@@ -243,7 +244,7 @@ class History:
                 return self._tokenizer
         raise CheckpointError("no tokenizer found in the history's dirs; pass tokenizer=...")
 
-    def boot(self, *, device: Any = None, dtype: torch.dtype = torch.float32, low_memory: bool = True) -> Any:
+    def boot(self, *, device: Device | None = None, dtype: torch.dtype = torch.float32, low_memory: bool = True) -> Any:
         """Boot one ``TransformerBridge`` on this history's architecture with the aligned weights
         streamed in (see :meth:`revlens.LensModel.boot`; an adapter aligned is applied on its base)."""
         from revlens.model import LensModel, config_fingerprint
@@ -297,3 +298,4 @@ class History:
         from revlens.history.spec import metrics_frame
 
         return metrics_frame(self, metrics)
+

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
+from revlens._types import PathLike, TokenizerInput
 from revlens.errors import CheckpointError, HistoryError
 from revlens.history.checkpoint import Checkpoint, HubRef, check_source
 from revlens.history.history import History, Run
@@ -123,7 +124,7 @@ def _is_model_dir(path: Path) -> bool:
 
 
 def from_dirs(*, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] | None = None,
-              controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> History:
+              controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: TokenizerInput | None = None) -> History:
     """From ``save_pretrained`` dirs.
 
     Args:
@@ -149,16 +150,16 @@ def trainer_steps(directory: Any, run: str) -> dict[int, Path]:
 
 
 def from_trainer_output(*, base: Any, aligned: Any, runs: Mapping[str, Any],
-                        controls: Mapping[str, Any] | None = None, tokenizer: Any = None) -> History:
+                        controls: Mapping[str, Any] | None = None, tokenizer: TokenizerInput | None = None) -> History:
     """From Hugging Face ``Trainer`` output dirs: every ``checkpoint-N`` folder is step N."""
     as_steps = {name: trainer_steps(d, name) for name, d in runs.items()}
     ctl = {name: trainer_steps(d, name) for name, d in (controls or {}).items()}
     return build(base, aligned, as_steps, ctl, tokenizer=tokenizer)
 
 
-def from_state_dicts(architecture_dir: Any, *, base: Any, aligned: Any,
+def from_state_dicts(architecture_dir: PathLike, *, base: Any, aligned: Any,
                      runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                     controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> History:
+                     controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: TokenizerInput | None = None) -> History:
     """From weight files (``.safetensors``, ``.pt``/``.bin`` read with ``weights_only=True``) or
     in-memory state dicts / modules, on the architecture of ``architecture_dir`` (a
     ``save_pretrained`` dir with config + tokenizer)."""
@@ -190,7 +191,7 @@ def _step_dirs(run_dir: Path) -> dict[int, Path]:
     return {int(m.group(1)): c for c in run_dir.iterdir() if (m := _STEP_DIR.match(c.name)) and c.is_dir()}
 
 
-def from_layout(path: Any) -> History:
+def from_layout(path: PathLike) -> History:
     """A dir with ``base/``, ``aligned/`` and one sub-dir per run holding ``step-N`` (or
     ``checkpoint-N``) dirs; runs named ``control*`` are control runs."""
     root = Path(path)

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from revlens._io import confined, read_json, write_json
+from revlens._types import PathLike
 from revlens.errors import HistoryError
 
 __all__ = ["FORMAT", "SET_FORMAT", "find_spec", "metrics_frame", "read_spec", "update_spec", "write_set", "write_spec"]
@@ -111,7 +112,7 @@ def read_spec(file: Path) -> Any:
     )
 
 
-def write_spec(root: Any, *, base: Any, aligned: str, runs: Mapping[str, Any] | None = None,
+def write_spec(root: PathLike, *, base: Any, aligned: str, runs: Mapping[str, Any] | None = None,
                controls: Mapping[str, Any] | None = None, metrics: str | None = None,
                metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``root/history.json`` atomically (paths relative to ``root``; see the module docstring)."""
@@ -124,7 +125,7 @@ def write_spec(root: Any, *, base: Any, aligned: str, runs: Mapping[str, Any] | 
     return write_json(Path(root) / "history.json", obj)
 
 
-def update_spec(root: Any, change: Callable[[dict[str, Any]], None]) -> Path:
+def update_spec(root: PathLike, change: Callable[[dict[str, Any]], None]) -> Path:
     """Read ``root/history.json``, apply ``change`` to the object in place, write it atomically."""
     path = Path(root) / "history.json"
     obj = read_json(path, "history spec", error=HistoryError)
@@ -132,7 +133,7 @@ def update_spec(root: Any, change: Callable[[dict[str, Any]], None]) -> Path:
     return write_json(path, obj)
 
 
-def write_set(root: Any, members: Mapping[str, str]) -> Path:
+def write_set(root: PathLike, members: Mapping[str, str]) -> Path:
     """Write ``root/histories.json`` naming member dirs (relative to ``root``)."""
     return write_json(Path(root) / "histories.json",
                       {"format": SET_FORMAT, "format_version": VERSION, "histories": dict(members)})

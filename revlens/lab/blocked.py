@@ -31,14 +31,15 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json
+from revlens._types import PathLike
 from revlens.block import BlockingStrategy, ReversionBlocker, method_class, method_names
-from revlens.directions import Directions
+from revlens.collect.models import collect_model, collect_models
+from revlens.directions import Directions, MeanDiff
 from revlens.errors import CheckpointError, ConfigError
 from revlens.history.spec import update_spec
 from revlens.lab.runner import read_lab
 from revlens.modes import check_mode
 from revlens.probes import Probes
-from revlens.sites import access
 from revlens.weights.blocker import WeightBlocker
 
 __all__ = ["lab_directions", "lab_probes", "run_blocked"]
@@ -55,28 +56,29 @@ def lab_probes(split: str = "train") -> Probes:
 
 
 def _means(model: torch.nn.Module, probes: Probes, layers: list[int]) -> torch.Tensor:
+    """The model's float64 mean activations ``[layer, d]`` on ``probes`` (:func:`revlens.collect.collect_model`)."""
     from revlens.lab import build_tokenizer
 
-    tok = probes.tokenize(build_tokenizer())
-    mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    acc = access(model)
-    with torch.no_grad():
-        return torch.stack(acc.read(tok.tokens, tok.weights, acc.sites(layers), mask=mask), dim=1).double().mean(0)
+    return collect_model(model, probes, tokenizer=build_tokenizer(), layers=layers).mean
 
 
 def lab_directions(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], *,
                    probes: Probes | None = None, random: bool = False,
                    generator: torch.Generator | None = None) -> Directions:
-    """``mean_diff`` directions normalise(μ(base) − μ(aligned)) on the lab probes, or (``random``)
-    isotropic random unit directions from ``generator``."""
+    """``mean_diff`` directions normalise(μ(base) − μ(aligned)) on the lab probes (the library's
+    :class:`~revlens.directions.MeanDiff` on :func:`revlens.collect.collect_models`' statistics), or
+    (``random``) isotropic random unit directions from ``generator``."""
     layers = list(layers)
     if random:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         d = int(base.config.n_embd)
         return Directions.from_tensor(torch.randn(len(layers), d, generator=g, dtype=torch.float64), layers,
                                       method="random")
-    pr = probes or lab_probes()
-    return Directions.from_tensor(_means(base, pr, layers) - _means(aligned, pr, layers), layers, method="mean_diff")
+    from revlens.lab import build_tokenizer
+
+    stats = collect_models({"base": base, "aligned": aligned}, probes or lab_probes(), tokenizer=build_tokenizer(),
+                           layers=layers, second=False, keep=False)
+    return MeanDiff(n_bootstrap=0).fit(stats).direction_
 
 
 class _Blocked:
@@ -154,7 +156,7 @@ def _blocked_directions(method: str, directions: Directions | None, layers: Sequ
                                   generator=torch.Generator().manual_seed(direction_seed))
 
 
-def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
+def run_blocked(lab_dir: PathLike, method: str = "update", *, seeds: Sequence[int] | None = None,
                 layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
                 probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
                 progress: bool = True, directions: Directions | None = None,

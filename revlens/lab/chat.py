@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from revlens._io import write_text
+from revlens.history import HistoryInput
 from revlens.lab.language import (
     HARMFUL_FIRST_TOKENS,
     REFUSAL_FIRST_TOKENS,
@@ -29,6 +30,7 @@ from revlens.lab.language import (
 )
 from revlens.lab.metrics import harm_rate_metric
 from revlens.metrics import compliance_rate
+from revlens.model import ModelInput
 from revlens.probes import Probes
 
 __all__ = ["LAB_REFUSAL_PHRASES", "chat_probes", "chat_prompts", "generation_agreement", "harm_generation_metric"]
@@ -70,8 +72,8 @@ def answer_kind(response: str) -> str:
     return "harmful" if first in HARMFUL_FIRST_TOKENS else "refusal" if first in REFUSAL_FIRST_TOKENS else "other"
 
 
-def generation_agreement(history: Any, *, checkpoints: Any = None, max_new_tokens: int = 8,
-                         model: Any = None, progress: bool = False) -> tuple[Any, Any]:
+def generation_agreement(history: HistoryInput, *, checkpoints: Any = None, max_new_tokens: int = 8,
+                         model: ModelInput | None = None, progress: bool = False) -> tuple[Any, Any]:
     """``(evaluation, agreement)`` of the generation-based harm rate (``harm_gen``: no refusal
     phrase in the greedy answer) and the logit-based one (``harm_rate``) on the held-out harmful
     chat prompts of a lab history. ``agreement`` has one row per checkpoint and an overall row

@@ -56,8 +56,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--track",
         choices=list(_tracks()),
-        default="remap",
-        help="lab track: what the benign fine-tune trains on and how (docs/lab.md, Tracks; default: remap)",
+        default="pretrain-like",
+        help="lab track: what the benign fine-tune trains on and how (docs/lab.md, Tracks; default: pretrain-like, "
+        "where the paper's shape holds — remap, the default until 2026-12-07, is where it does not)",
     )
     p.add_argument(
         "--seeds",
@@ -116,7 +117,7 @@ def _config(args) -> LabConfig:
         if not lr > 0 or lr != lr or lr == float("inf"):
             raise ConfigError(f"--lr must be a positive finite number, got {args.lr!r}")
         changes["ft_lr"] = lr
-    return LabConfig.for_track(getattr(args, "track", "remap"), **changes)
+    return LabConfig.for_track(getattr(args, "track", "pretrain-like"), **changes)
 
 
 def run(args) -> int:

@@ -1,145 +1,150 @@
-"""A sketch of ``compare_defenses`` on the lab (issue 31): the published defenses of
-:mod:`revlens.defenses`, each beside the **same defense along random directions** (its control),
-over the same fine-tuning seeds and data order, in one table.
+"""The lab's side of :func:`revlens.compare_defenses`: its fine-tuning recipe and evaluation sets.
 
-Per (defense, control, seed) one fine-tune of the pair's aligned model (``finetune(seed=...)``: the
-batches depend only on the seed), scored by the lab's evaluator after the last step:
+The comparison itself is the library's (:mod:`revlens.defenses.compare`, history-agnostic); the lab
+only supplies
 
-- ``harm_rate``, ``harm_logodds`` (held-out harmful prompts), ``task_acc``, ``task_loss``;
-- ``seconds`` and ``time_multiple`` (over the undefended run of the same seed; the box's load
-  makes single timings noisy);
-- ``cos_drift_v``: the mean over layers of ``cos(μ_l(θ_T) − μ_l(aligned), v_l)`` on the lab's
-  harmful alignment-split probes, with ``v_l = normalise(μ_l(base) − μ_l(aligned))`` (the lab's
-  ``mean_diff`` reversion direction, :func:`revlens.lab.blocked.lab_directions`).
+- :class:`LabRecipe`: a :class:`~revlens.defenses.FinetuneRecipe` whose batches, optimizer and LoRA
+  adapters are exactly the lab track's benign fine-tune (``revlens.lab.train.finetune``: same seed, same
+  batches, same optimizer);
+- :func:`lab_sets`: the held-out harmful prompts with the history's declared harm metric (``harm``:
+  log-odds of a compliance over a refusal first token), the held-out benign-task prompts (KL,
+  over-refusal: a refusal token winning the greedy first token), the alignment-split harmful prompts
+  (drift, ``v_rev``, ``r`` and the activation defenses), the task (the lab evaluator's ``task_acc`` /
+  ``task_loss``) and 256 alignment exchanges for Lisa (the lab's own alignment data: refusals of
+  training-split harmful requests and benign exchanges);
+- :func:`compare_lab`: both, on a base/aligned pair dir (default: the shipped ``pair0``).
 
-Controls: SafeLoRA / AsFT with a Gaussian ``V`` of the same shape and norm per weight
-(``random=True``); the safety-layer freeze on a random other contiguous block range of the same
-length;
-the ProCon-style penalty along random unit directions. Not yet: harm CIs, trajectories, KL,
-over-refusal, peak memory, resumability, the real track (``docs/defenses.md``).
+From the command line: ``revlens defenses compare --history <pair dir> --recipe
+revlens.lab.defenses:lab_recipe --sets revlens.lab.defenses:lab_sets``.
 """
 
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
-import pandas as pd
 import torch
 
-from revlens._seeds import generator
-from revlens.block import BlockingStrategy
-from revlens.defenses import AsFT, ProConPenalty, SafeLoRA, SafetyLayerFreeze, locate_safety_layers
+from revlens._config import option
+from revlens.defenses import DefenseComparison, EvalSets, FinetuneRecipe, compare_defenses
 from revlens.errors import ConfigError
-from revlens.lab.blocked import _means, lab_directions, lab_probes
-from revlens.modes import check_mode
 
-__all__ = ["DEFENSES", "compare_defenses"]
-
-DEFENSES = ("safelora", "safelora_projector", "asft", "safety_freeze", "procon")
+__all__ = ["LabRecipe", "LabTask", "compare_lab", "lab_recipe", "lab_sets"]
 
 
-class _Driver:
-    """The lab's ``finetune`` callbacks → the strategy protocol (attach, finish, detach)."""
+@no_type_check  # validates its own fields (typed errors)
+@dataclass
+class LabRecipe(FinetuneRecipe):
+    """The lab track's benign fine-tune as a recipe; ``steps``, ``batch_size``, ``lr``, ``optimizer``,
+    ``momentum``, ``lora_rank`` and ``lora_alpha`` are taken from the track (set them to override)."""
 
-    def __init__(self, strategies: list[BlockingStrategy]) -> None:
-        self.strategies = strategies
+    track: str = option("pretrain-like", "the lab track (revlens.lab.tracks.TRACKS)")
 
-    def on_train_begin(self, model: torch.nn.Module, optimizer: Any) -> None:
-        for s in self.strategies:
-            s.attach(model, optimizer)
+    def validate(self) -> None:
+        """Fill the training fields from the track, then check every field."""
+        from revlens.lab import LabConfig
+        from revlens.lab.tracks import TRACKS
 
-    def on_train_end(self, model: torch.nn.Module) -> None:
-        try:
-            for s in self.strategies:
-                s.finish()
-        finally:
-            for s in self.strategies:
-                s.detach()
+        if self.track not in TRACKS:
+            raise ConfigError(f"track={self.track!r}; lab tracks: {', '.join(TRACKS)}")
+        c = LabConfig.for_track(self.track)
+        defaults = FinetuneRecipe()
+        for name, value in (("steps", c.ft_steps), ("batch_size", c.ft_batch), ("lr", c.ft_lr),
+                            ("optimizer", c.ft_optimizer), ("momentum", c.ft_momentum if c.ft_optimizer == "sgd" else 0.0),
+                            ("lora_rank", c.ft_lora_rank), ("lora_alpha", c.ft_lora_alpha)):
+            if getattr(self, name) == getattr(defaults, name):
+                setattr(self, name, value)
+        super().validate()
+
+    def lab_config(self) -> Any:
+        """The track's ``LabConfig`` with this recipe's training fields."""
+        from revlens.lab import LabConfig
+
+        return LabConfig.for_track(self.track, ft_steps=self.steps, ft_batch=self.batch_size, ft_lr=self.lr,
+                                   ft_optimizer=self.optimizer, ft_momentum=self.momentum or 0.9,
+                                   ft_lora_rank=self.lora_rank, ft_lora_alpha=self.lora_alpha)
+
+    def batches(self, tokenizer: Any, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The lab's batches for ``seed`` (``finetune(seed=...)`` sees the same)."""
+        from revlens.lab.tracks import sample_finetune
+        from revlens.lab.train import _FT_DATA, _gen, encode_examples
+
+        cfg, g = self.lab_config(), _gen(seed, _FT_DATA)
+        for _ in range(self.steps):
+            yield encode_examples(sample_finetune(cfg, cfg.ft_batch, g), answer_only=True, n_ctx=cfg.n_ctx)
+
+    def example_pairs(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """``n`` fine-tuning exchanges that have a prompt (Lisa's control)."""
+        from revlens.lab.tracks import sample_finetune
+        from revlens.lab.train import _FT_DATA, _gen
+
+        g, out = _gen(seed + 104_729, _FT_DATA), []
+        while len(out) < n:
+            out += [(e.prompt, e.answer) for e in sample_finetune(self.lab_config(), n, g) if e.prompt]
+        return out[:n]
+
+    def wrap(self, model: torch.nn.Module, seed: int) -> torch.nn.Module:
+        """The lab's LoRA adapters (seeded as ``finetune`` seeds them), or the model itself."""
+        from revlens.lab.train import with_lora
+
+        return with_lora(model, self.lab_config(), seed=seed) if self.lora_rank else model
+
+    def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The lab's fine-tuning optimizer."""
+        from revlens.lab.train import make_optimizer
+
+        return make_optimizer(model, self.lab_config())
 
 
-def _strategies(name: str, pair: Path, aligned: Any, *, control: bool, seed: int, safety: tuple[int, int],
-                n_layer: int, v: Any, lora: bool) -> list[BlockingStrategy]:
-    from revlens.lab import build_tokenizer
+class LabTask:
+    """The lab evaluator's task columns (``task_acc``, ``task_loss``) under the track's rule."""
 
-    base_dir, aligned_dir = pair / "base", pair / "aligned"
-    if name == "safelora":
-        return [SafeLoRA(base_dir, aligned_dir, random=control, seed=seed)]
-    if name == "safelora_projector":
-        return [SafeLoRA(base_dir, aligned_dir, projection="projector", k=8, random=control, seed=seed)]
-    if name == "asft":
-        return [AsFT(base_dir, aligned_dir, lam=1.0, random=control, seed=seed)]
-    if name == "safety_freeze":
-        first, last = safety
-        if control:  # a random other range of the same length (the same one only if no other exists)
-            width = last - first
-            starts = [s for s in range(n_layer - width) if s != first] or [first]
-            first = starts[int(torch.randint(0, len(starts), (1,), generator=generator(seed, "freeze-control")))]
-            last = first + width
-        return [SafetyLayerFreeze(first, last)]
-    layers = list(v.layers)
-    d = v if not control else lab_directions(aligned, aligned, layers, random=True,
-                                             generator=generator(seed, "procon-control"))
-    extra = {"params": "*lora_*"} if lora else {}
-    return [ProConPenalty(d, lab_probes(), aligned, tokenizer=build_tokenizer(), strength=1.0, **extra)]
+    def __init__(self, track: str = "pretrain-like") -> None:
+        from revlens.lab import LabConfig, build_tokenizer
+        from revlens.lab.metrics import Evaluator
+        from revlens.lab.tracks import task_shift
+
+        self.track = track
+        self.evaluator = Evaluator(build_tokenizer(), task_shift=task_shift(LabConfig.for_track(track)))
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        m = self.evaluator(model)
+        return {"task_acc": m["task_acc"], "task_loss": m["task_loss"]}
+
+    def __repr__(self) -> str:
+        return f"LabTask({self.track!r})"
 
 
-def compare_defenses(pair_dir: Any, defenses: Sequence[str] = DEFENSES, *, seeds: Sequence[int] = (0, 1, 2),
-                     steps: int | None = None, config: Any = None, progress: bool = False) -> pd.DataFrame:
-    """Run every defense and its random control beside the undefended run (module docstring).
+def lab_recipe(track: str = "pretrain-like", **fields: Any) -> LabRecipe:
+    """The track's recipe (``fields`` override it, e.g. ``steps=30``)."""
+    return LabRecipe(track=track, **fields)
 
-    Args:
-        pair_dir: a base/aligned pair dir (``base/``, ``aligned/``; e.g. the shipped
-            ``revlens.lab.runner.asset_dir() / "pair0"`` or a lab's ``pair<k>``).
-        defenses: names from :data:`DEFENSES`.
-        seeds: fine-tuning seeds (each defense sees the same batches per seed).
-        steps: fine-tuning steps (default: the config's).
-        config: a :class:`~revlens.lab.LabConfig` (default: the ``pretrain-like`` track).
 
-    Returns:
-        One row per (defense, control, seed): ``defense, control, seed`` and the columns of the
-        module docstring; the undefended run is ``defense="none"``.
-    """
-    from revlens.lab import LabConfig, build_tokenizer, probe_prompts
-    from revlens.lab.metrics import Evaluator
-    from revlens.lab.modeling import load_checkpoint
-    from revlens.lab.tracks import task_shift
-    from revlens.lab.train import finetune
+def lab_sets(track: str = "pretrain-like", *, n_alignment: int = 256, alignment_seed: int = 0) -> EvalSets:
+    """The lab's evaluation sets (module docstring)."""
+    from revlens.lab import LabConfig, probe_prompts
+    from revlens.lab.language import sample_align
+    from revlens.lab.runner import METRICS_SPEC
+    from revlens.lab.train import _ALIGN_DATA, _gen
 
-    for name in defenses:
-        check_mode("defense", name, DEFENSES)
-    pair = Path(pair_dir)
+    cfg = LabConfig.for_track(track)
+    align = [(e.prompt, e.answer) for e in sample_align(n_alignment, _gen(alignment_seed, _ALIGN_DATA),
+                                                       refusal_share=cfg.refusal_share) if e.prompt]
+    return EvalSets(harmful=probe_prompts("harmful", "heldout"), harmless=probe_prompts("benign", "heldout"),
+                    probes=probe_prompts("harmful", "train"), task=LabTask(track), alignment=align,
+                    harm=METRICS_SPEC["harm"])
+
+
+def compare_lab(pair_dir: Any = None, *, track: str = "pretrain-like", steps: int | None = None, out: Any = None,
+                progress: bool = True, **settings: Any) -> DefenseComparison:
+    """:func:`revlens.compare_defenses` on a lab pair (default: the shipped ``pair0``) with the track's
+    recipe and the lab's sets; ``settings``: :class:`~revlens.defenses.CompareConfig` fields."""
+    from revlens.history import History
+    from revlens.lab.runner import asset_dir
+
+    pair = Path(pair_dir) if pair_dir is not None else asset_dir() / "pair0"
     if not (pair / "base").is_dir() or not (pair / "aligned").is_dir():
         raise ConfigError(f"{pair} is not a base/aligned pair dir (expected base/ and aligned/)")
-    config = config or LabConfig(track="pretrain-like", ft_data="pretrain")
-    base, aligned = load_checkpoint(pair / "base"), load_checkpoint(pair / "aligned")
-    tokenizer = build_tokenizer()
-    evaluator = Evaluator(tokenizer, task_shift=task_shift(config))
-    layers = list(range(1, config.n_layer + 1))
-    v = lab_directions(base, aligned, layers)
-    mu0 = _means(aligned, lab_probes(), layers)
-    tokenizer.padding_side = "right"
-    located = locate_safety_layers(aligned, tokenizer, probe_prompts("benign", "heldout"),
-                                   probe_prompts("harmful", "heldout"))
-    safety = (located.first, located.last)
-    finetune(aligned, config, seed=0, steps=1, progress=False)  # warm-up: the first run pays one-time costs
-    rows = []
-    for seed in seeds:
-        runs = [("none", False)] + [(n, c) for n in defenses for c in (False, True)]
-        for name, control in runs:
-            strategies = [] if name == "none" else _strategies(
-                name, pair, aligned, control=control, seed=seed, safety=safety, n_layer=config.n_layer,
-                v=v, lora=config.ft_lora_rank > 0)
-            t0 = time.perf_counter()
-            out = finetune(aligned, config, seed=seed, steps=steps, callbacks=[_Driver(strategies)],
-                           progress=progress)
-            seconds = time.perf_counter() - t0
-            drift = _means(out.model, lab_probes(), layers) - mu0
-            cos = torch.nn.functional.cosine_similarity(drift, v.vectors.double(), dim=-1)
-            rows.append({"defense": name, "control": control, "seed": seed, **evaluator(out.model),
-                         "seconds": seconds, "cos_drift_v": float(cos.mean())})
-    table = pd.DataFrame(rows)
-    free = table[table["defense"] == "none"].set_index("seed")["seconds"]
-    table["time_multiple"] = table["seconds"] / table["seed"].map(free)
-    table.attrs["safety_layers"] = safety
-    return table
+    hist = History.from_dirs(base=pair / "base", aligned=pair / "aligned")
+    recipe = lab_recipe(track) if steps is None else lab_recipe(track, steps=steps)
+    return compare_defenses(hist, recipe, lab_sets(track), out=out, progress=progress, **settings)

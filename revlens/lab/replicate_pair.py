@@ -11,9 +11,21 @@ Order, so that no choice sees a result it is judged by: lab → clamp study (k a
 on the selection half of the held-out prompts) → blocking (every method, each with its
 random-direction control; the chosen k-subspace beside a random k-subspace) → ``analyze`` of every
 run (mean_diff on the 96 held-out harmful prompts) → weight space.
+
+**Cost** (issue 29). Everything runs on one torch thread (:func:`revlens.lab.train.lab_threads`:
+the numbers do not depend on the machine's core count). With ``Plan.workers = 2`` (default) the
+random-direction blocking controls run in a second process, in a scratch copy of the lab dir
+(``_scratch-controls/``: base, aligned, probes, the history's settings), while this process runs
+the blocked runs along ``v_rev`` and then the clamp study; their runs are then moved into the lab
+dir, and its ``metrics.json`` / ``history.json`` entries put in the order a sequential run writes
+them. Each run is the same computation either way (explicit seeds, one thread), so the table is the
+same number for number; ``workers=1`` runs everything in this process. ``timings_s`` holds each
+phase's wall time and the CPU time of the pair (``cpu``: this process and its children).
 """
 
 import dataclasses
+import resource
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,13 +54,17 @@ class Plan:
     weight_steps: tuple[int, ...] | None = (1, 2, 5, 10, 20, 50, 100)  # steps weight space reads (None: all)
     sgd_lr: float = 0.1  # the SGD-momentum (0.9) first step (2 steps run, step 1 read); 0 skips it
     ft_steps: int | None = None  # None: the track's T (100); smaller only for tests
+    workers: int = 2  # processes the blocking phase uses (the random-direction controls in the second); same numbers
+
 
     def checkpoints(self, steps: int) -> tuple[int, ...]:
         """The blocked runs' saved steps for a fine-tune of ``steps`` (always including ``steps``)."""
         return tuple(sorted({s for s in self.block_checkpoints if s <= steps} | {steps}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The plan as JSON-ready data, without ``workers`` (how it runs, not what: the same numbers)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k != "workers"}
 
 
 DEFAULT_PLAN = Plan()
@@ -111,7 +127,10 @@ def _clamp(pair_dir: Path, seeds: Sequence[int], plan: Plan, progress: bool) -> 
 
 
 def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: dict[str, Any], sub: Any, stats: Any,
-           progress: bool) -> None:
+           progress: bool, *, clamp: Any = None) -> Any:
+    """The blocked runs of the plan; with ``plan.workers > 1`` the random-direction controls run in a
+    second process meanwhile (module docstring), and ``clamp()`` (the clamp study, if given) runs in
+    this one after the ``v_rev`` runs. Returns ``clamp()``'s result."""
     from revlens._seeds import derive
     from revlens.lab import LabConfig
     from revlens.lab.blocked import run_blocked
@@ -120,9 +139,30 @@ def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: 
 
     lab_dir = pair_dir / "lab"
     ck = plan.checkpoints(LabConfig.from_dict(read_lab(lab_dir)["config"]).ft_steps)
-    for m in plan.block_methods:
-        run_blocked(lab_dir, m, seeds=seeds, checkpoint_steps=ck, progress=progress)
-        run_blocked(lab_dir, m, seeds=seeds, checkpoint_steps=ck, random_directions=True, progress=progress)
+    jobs = [dict(method=m, seeds=list(seeds), checkpoint_steps=list(ck), random_directions=r)
+            for m in plan.block_methods for r in (False, True)]
+    order = [_group_name(j) for j in jobs]  # the order a sequential run writes the groups in
+    remote = [j for j in jobs if j["random_directions"]] if plan.workers > 1 else []
+    pool = scratch = future = None
+    if remote:
+        import concurrent.futures
+        import multiprocessing
+
+        scratch = _scratch_lab(lab_dir, pair_dir / "_scratch-controls")
+        pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        future = pool.submit(_run_jobs, str(scratch), remote)
+    try:
+        for j in jobs:
+            if j not in remote:
+                run_blocked(lab_dir, **j, progress=progress)
+        out = clamp() if clamp is not None else None
+        if future is not None:
+            future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if scratch is not None:
+        _merge(lab_dir, scratch, [_group_name(j) for j in remote], order)
     if plan.rank_blocking:
         k = int(choice["rank"])
         run_blocked(lab_dir, "update", seeds=seeds, directions=sub.truncate(k), name="rank-k", checkpoint_steps=ck,
@@ -140,6 +180,61 @@ def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: 
         variants = {n: {**kw, "checkpoint_steps": ck} for n, kw in VARIANTS.items()
                     if not (lora and kw.get("side") == "direction")}
         run_weight_blocking(lab_dir, seeds=seeds, variants=variants, progress=progress)
+    return out
+
+
+def _group_name(job: dict[str, Any]) -> str:
+    return f"{job['method']}-random" if job["random_directions"] else str(job["method"])
+
+
+def _run_jobs(lab_dir: str, jobs: list[dict[str, Any]]) -> None:
+    """In the second process: the blocked runs ``jobs`` into ``lab_dir``, on one thread."""
+    from revlens.lab.blocked import run_blocked
+    from revlens.lab.train import lab_threads
+
+    with lab_threads():
+        for j in jobs:
+            run_blocked(Path(lab_dir), **j, progress=False)
+
+
+def _scratch_lab(lab_dir: Path, scratch: Path) -> Path:
+    """A lab dir holding what blocked runs read: base, aligned, probes and ``history.json`` (its
+    settings), with no metrics."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    for name in ("base", "aligned", "probes"):
+        shutil.copytree(lab_dir / name, scratch / name)
+    shutil.copy2(lab_dir / "history.json", scratch / "history.json")
+    write_json(scratch / "metrics.json", [])
+    return scratch
+
+
+def _merge(lab_dir: Path, scratch: Path, groups: list[str], order: list[str]) -> None:
+    """Move the blocked run groups ``groups`` from ``scratch`` into ``lab_dir`` and put the metrics
+    records and history runs of every group in ``order`` (what a sequential run writes)."""
+    from revlens.history.spec import update_spec
+
+    rank = {g: i for i, g in enumerate(order)}
+
+    def key(name: str) -> int:  # ungrouped entries (the lab's own) first, in their order
+        return rank.get(name.split("/", 1)[0], -1) if "/" in name else -1
+
+    theirs = read_json(scratch / "history.json", "lab history")["runs"]
+    for g in groups:
+        dest = lab_dir / "blocked" / g
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(scratch / "blocked" / g), str(dest))
+    records = read_json(lab_dir / "metrics.json", "lab metrics") + read_json(scratch / "metrics.json", "lab metrics")
+    write_json(lab_dir / "metrics.json", sorted(records, key=lambda r: key(str(r.get("checkpoint", "")))))
+
+    def change(spec: dict[str, Any]) -> None:
+        runs = {**spec["runs"], **{k: v for k, v in theirs.items() if k.split("/", 1)[0] in groups}}
+        spec["runs"] = dict(sorted(runs.items(), key=lambda kv: key(kv[0])))
+
+    update_spec(lab_dir, change)
+    shutil.rmtree(scratch)
 
 
 def _analyze(pair_dir: Path, plan: Plan, progress: bool) -> tuple[Any, Any]:
@@ -176,8 +271,6 @@ def _weights(pair_dir: Path, plan: Plan, progress: bool) -> Any:
 def run_pair(out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan, *, progress: bool = True) -> dict[str, Any]:
     """Run (or read back) one pair of a track; returns ``measures.json``'s content plus the
     in-memory ``weights`` report and weight-blocking table (``None`` when read back)."""
-    from revlens.lab.replicate_measure import measures
-
     pair_dir = Path(out) / f"pair{pair}"
     done = pair_dir / "measures.json"
     key = {"track": track, "pair": pair, "seeds": list(seeds), "plan": plan.to_dict()}
@@ -185,15 +278,36 @@ def run_pair(out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan,
         state = read_json(done, "replication measures")
         if state.get("key") == key:
             return {**state, "weights": _read_weights(pair_dir), "weight_table": _read_table(pair_dir)}
-    t0 = time.perf_counter()
+    from revlens.lab.train import lab_threads
+
+    with lab_threads():
+        return _run_pair(pair_dir, done, key, track, pair, seeds, plan, progress)
+
+
+def _cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _run_pair(pair_dir: Path, done: Path, key: dict[str, Any], track: str, pair: int, seeds: Sequence[int], plan: Plan,
+              progress: bool) -> dict[str, Any]:
+    from revlens.lab.replicate_measure import measures
+
+    t0, c0 = time.perf_counter(), _cpu()
     times = _lab(pair_dir, track, pair, seeds, plan, progress)
-    t = time.perf_counter()
-    causal, sub, stats = _clamp(pair_dir, seeds, plan, progress)
+    if plan.rank_blocking:  # blocking reads the clamp study's choice of k: the study first
+        t = time.perf_counter()
+        causal, sub, stats = _clamp(pair_dir, seeds, plan, progress)
+        times["clamp"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _block(pair_dir, seeds, plan, pair, causal.rank_choice("clamp"), sub, stats, progress)
+        times["blocking"] = time.perf_counter() - t
+    else:  # the clamp study runs in this process while the second one runs the blocking controls
+        t = time.perf_counter()
+        causal, sub, stats = _block(pair_dir, seeds, plan, pair, {}, None, None, progress,
+                                    clamp=lambda: _clamp(pair_dir, seeds, plan, progress))
+        times["blocking + clamp"] = time.perf_counter() - t
     choice = causal.rank_choice("clamp")
-    times["clamp"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _block(pair_dir, seeds, plan, pair, choice, sub, stats, progress)
-    times["blocking"] = time.perf_counter() - t
     t = time.perf_counter()
     report, sgd = _analyze(pair_dir, plan, progress)
     times["analyze"] = time.perf_counter() - t
@@ -208,6 +322,7 @@ def run_pair(out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan,
         write_json(pair_dir / "weight-blocking.json", table.to_dict("records"))
     times["weights"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
+    times["cpu"] = _cpu() - c0
     records, meta = measures(f"pair{pair}", report, sgd, causal, choice, plan)
     state = {"key": key, "records": records, "meta": meta, "timings_s": {k: round(v, 1) for k, v in times.items()}}
     write_json(done, _json_safe(state))

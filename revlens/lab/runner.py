@@ -44,11 +44,9 @@ from revlens.lab.chat import LAB_REFUSAL_PHRASES, write_probes
 from revlens.lab.config import LabConfig
 from revlens.lab.errors import LabAssetsError, LabOutputError
 from revlens.lab.language import (
-    HARMFUL_FIRST_TOKENS,
-    REFUSAL_FIRST_TOKENS,
     build_tokenizer,
 )
-from revlens.lab.metrics import Evaluator
+from revlens.lab.metrics import HARM_RATE_SPEC, HARM_SPEC, Evaluator
 from revlens.lab.modeling import load_checkpoint, save_checkpoint
 from revlens.lab.train import finetune, train_pair
 
@@ -68,8 +66,8 @@ log = logging.getLogger(__name__)
 SOURCE, FORMAT_VERSION = "revlens-lab", 2
 # the lab's metrics as data, so any history-aware tool (the CLI's --metric harm) can rebuild them
 METRICS_SPEC = {
-    "harm": {"name": "logit_diff", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
-    "harm_rate": {"name": "logit_rate", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
+    "harm": HARM_SPEC,  # the Evaluator's harm_logodds is this declared metric (revlens.lab.metrics)
+    "harm_rate": HARM_RATE_SPEC,
     # generation-based: the greedy answer carries no refusal phrase (revlens.lab.chat)
     "harm_gen": {"name": "compliance_rate", "phrases": list(LAB_REFUSAL_PHRASES), "max_new_tokens": 8},
 }
@@ -241,13 +239,14 @@ class _LabWriter:
     """Keeps history.json / metrics.json of one lab dir and records complete checkpoints."""
 
     def __init__(self, lab_dir: Path, config: LabConfig, extra: dict[str, Any]):
-        from revlens.lab.tracks import task_shift
+        from revlens.lab.tracks import task_shift, track_note
 
         self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer(), task_shift=task_shift(config))
         probes = write_probes(lab_dir)
         self.spec: dict[str, Any] = {"base": "base", "aligned": "aligned", "runs": {}, "controls": {}}
         self.metadata: dict[str, Any] = {
             "source": SOURCE, "probes": probes["harmful-heldout"], "probe_sets": probes,
+            "note": track_note(config.track),  # whether the paper's shape holds on this track (the report shows it)
             "metrics_spec": METRICS_SPEC, "default_metric": "harm", "harm_metric": "harm_rate",
             "lab": {"format_version": FORMAT_VERSION, "revlens_version": __version__, "config": config.to_dict(),
                     **extra, "timings_s": {}},

@@ -19,6 +19,7 @@ import pandas as pd
 
 from revlens._io import read_json
 from revlens._numbers import format_mean_std, mean_std
+from revlens._types import PathLike
 
 __all__ = ["SubspaceStudy", "load_subspace_study"]
 
@@ -174,7 +175,7 @@ def _nan(obj: Any) -> Any:
     return math.nan if obj is None else obj
 
 
-def load_subspace_study(out: Any) -> SubspaceStudy:
+def load_subspace_study(out: PathLike) -> SubspaceStudy:
     """Read a study directory written by :func:`revlens.lab.subspaces.run_subspace_study`."""
     import revlens
 

@@ -21,12 +21,15 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json, write_text
-from revlens.collect.stats import CheckpointStats, HistoryStats
+from revlens._types import PathLike
+from revlens.collect.models import collect_models
+from revlens.collect.stats import HistoryStats
 from revlens.directions import ESTIMATORS, Directions
 from revlens.directions.subspace import orient_rows, random_frames
+from revlens.drift.subspace import subspace_energy
 from revlens.lab.subspace_table import SubspaceStudy, load_subspace_study
+from revlens.modes import ControlKind
 from revlens.probes import Probes
-from revlens.sites import access
 
 __all__ = ["SubspaceStudy", "lab_stats", "lab_subspace", "load_subspace_study", "random_subspace",
            "run_subspace_study"]
@@ -35,23 +38,12 @@ __all__ = ["SubspaceStudy", "lab_stats", "lab_subspace", "load_subspace_study", 
 def lab_stats(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], *,
               probes: Probes | None = None) -> HistoryStats:
     """Base and aligned statistics on the lab probes (per-prompt activations and second moments
-    kept), as :func:`revlens.collect` would give them for a history of just these two."""
+    kept): :func:`revlens.collect.collect_models` on the two models."""
     from revlens.lab.blocked import lab_probes
     from revlens.lab.language import build_tokenizer
 
-    tok = (probes or lab_probes()).tokenize(build_tokenizer())
-    mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    cks = {}
-    for name, model in (("base", base), ("aligned", aligned)):
-        acc = access(model)
-        with torch.no_grad():
-            x = torch.stack(acc.read(tok.tokens, tok.weights, acc.sites(list(layers)), mask=mask), dim=1)
-        st = CheckpointStats(name, list(layers))
-        st.update(x, torch.arange(x.shape[0]), n_bootstrap=0, seed=0, second=True, keep=True)
-        cks[name] = st.finalize()
-    return HistoryStats(layers=list(layers), site="resid_post", position="last", d_model=int(x.shape[-1]),
-                        checkpoints=cks, roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)},
-                        run_starts={}, meta={"n_prompts": int(x.shape[0]), "probe_fingerprint": tok.fingerprint()})
+    return collect_models({"base": base, "aligned": aligned}, probes or lab_probes(), tokenizer=build_tokenizer(),
+                          layers=layers, second=True, keep=True)
 
 
 def lab_subspace(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], k: int, *,
@@ -64,7 +56,7 @@ def lab_subspace(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequen
 
 
 def random_subspace(like: Directions, k: int, *, seed: int = 0, stats: HistoryStats | None = None,
-                    kind: str = "iso") -> Directions:
+                    kind: ControlKind = "iso") -> Directions:
     """Random k-subspaces at ``like``'s layers (one seeded stream per layer), each row oriented
     toward base when ``stats`` are given (so one-sided blocking has a base side, as for the real
     subspace); ``kind="cov"`` draws them from the aligned covariance (needs ``stats``)."""
@@ -95,9 +87,8 @@ def _final_means(model_dir: Path, layers: list[int], probes: Probes) -> torch.Te
 
 
 def _energy(drift: torch.Tensor, basis: torch.Tensor) -> float:
-    """Mean over layers of ‖B d‖² / ‖d‖² (float64)."""
-    d, b = drift.double(), basis.double()
-    return float((torch.einsum("lkd,ld->lk", b, d) ** 2).sum(1).div((d**2).sum(1)).mean())
+    """Mean over layers of ‖B d‖² / ‖d‖² (:func:`revlens.drift.subspace_energy` at the full rank)."""
+    return float(torch.stack([subspace_energy(drift[i], basis[i])[-1] for i in range(basis.shape[0])]).mean())
 
 
 def _block_variant(lab_dir: Path, variant: str, k: int, sub: Directions, stats: HistoryStats, seeds: Sequence[int],
@@ -146,7 +137,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def run_subspace_study(out: Any, *, pairs: Sequence[int] = (0, 1), seeds: Sequence[int] = (0, 1, 2),
+def run_subspace_study(out: PathLike, *, pairs: Sequence[int] = (0, 1), seeds: Sequence[int] = (0, 1, 2),
                        ranks: Sequence[int] = (1, 2, 4, 8, 16), block_ranks: Sequence[int] = (1, 4, 16),
                        one_sided_ranks: Sequence[int] = (1,), controls: int = 16,
                        layers: Sequence[int] = (1, 2, 3, 4), method: str = "pca", steps: int = 100,

@@ -34,7 +34,7 @@ from revlens.lab.language import (
     task_templates,
 )
 
-__all__ = ["TRACKS", "Track", "sample_finetune", "task_shift"]
+__all__ = ["DEMO_TRACK", "TRACKS", "Track", "sample_finetune", "task_shift", "track_note"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,56 @@ TRACKS: dict[str, Track] = {
     "chat": Track("chat", {"ft_data": "pretrain", "probe_format": "chat"},
                   "pretrain-like, read through the lab's chat template at post-instruction positions"),
 }
+
+
+DEMO_TRACK = "pretrain-like"
+"""The track ``revlens lab`` and ``make demo`` run by default: the one where the paper's shape holds
+(until 2026-12-07 the default was ``remap``, where it does not; :func:`track_note`)."""
+
+_REPLICATED = ("`revlens replicate`, both shipped pairs × 3 seeds, 2026-12-02, mean ± std; "
+               "docs/results/replication.md")
+_REMAP_WHY = (
+    "the benign task is re-mapped "
+    "(y = x+1 becomes y = x+4 at the `bot :` position alignment taught to refuse at), so harm returns through "
+    "task learning at the refusal position, not by drifting back to the pre-training manifold — cos(drift, "
+    "v_rev) is only 0.167 ± 0.034 after the first update and 0.231 ± 0.046 at step 20, and blocking v_rev "
+    "(harm 73.1% ± 40.1% at T) does no better than blocking random directions (68.1% ± 36.6%)"
+)
+_REMAP_FAILS = "The `remap` track (the default until 2026-12-07) does not show it: there " + _REMAP_WHY
+_NOTES = {
+    "pretrain-like": (
+        "Track `pretrain-like`: benign fine-tuning on the benign parts of the pre-training distribution, the "
+        "setting the paper's hypothesis speaks to. Here the paper's shape holds: cos(drift, v_rev) 0.432 ± 0.079 "
+        "after the first update (paper 0.429 ± 0.052) and 0.632 ± 0.041 at step 20 (paper 0.647 ± 0.021), above "
+        "the isotropic p99 in 216 / 216 run-steps, and blocking v_rev holds harm at 8.5% ± 0.4% where random "
+        "directions leave 66.1% ± 25.3% — but harm reverts far harder than in the paper (69.4% ± 26.7% vs 19%), "
+        "the covariance-matched null is beaten in 191 / 216 run-steps only, and weight space does not revert ("
+        + _REPLICATED + "). " + _REMAP_FAILS + "."
+    ),
+    "remap": (
+        "Track `remap`: the paper's shape does **not** hold here. The" + _REMAP_WHY[len("the"):] + " ("
+        + _REPLICATED + "). "
+        "Run `revlens lab --track pretrain-like` (the default) for the setting where it holds."
+    ),
+    "lora": (
+        "Track `lora`: `pretrain-like` with LoRA adapters. The drift points along v_rev (0.431 ± 0.113 after the "
+        "first update, 0.847 ± 0.045 at step 20) but harm reverts only mildly (11.6% ± 3.9%) and the control "
+        "fine-tuned from base drifts along v_rev too, so the drift is not specific to undoing alignment ("
+        + _REPLICATED + "). " + _REMAP_FAILS + "."
+    ),
+    "chat": (
+        "Track `chat`: `pretrain-like` read through the lab's chat template at post-instruction positions; it "
+        "reproduces `pretrain-like` number for number (same fine-tunes, same tokens), where the paper's shape "
+        "holds (" + _REPLICATED + "). " + _REMAP_FAILS + "."
+    ),
+}
+
+
+def track_note(track: str) -> str:
+    """One short paragraph on whether the paper's shape holds on ``track``, and why not where it does not
+    (the replicated numbers, with their command and date); written into a lab history's metadata
+    (``note``) and shown in its report. Empty for an unknown name."""
+    return _NOTES.get(track, "")
 
 
 def task_shift(config: Any) -> int:

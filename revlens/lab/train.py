@@ -16,7 +16,8 @@ A :class:`revlens.ReversionMonitor` may be passed as a callback too: it checks a
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +41,33 @@ from revlens.lab.metrics import Evaluator
 from revlens.lab.modeling import build_model, save_checkpoint
 from revlens.lab.tracks import sample_finetune
 
-__all__ = ["FinetuneResult", "align", "finetune", "pretrain", "train_pair"]
+__all__ = ["LAB_THREADS", "FinetuneResult", "align", "finetune", "lab_threads", "pretrain", "train_pair"]
 
 log = logging.getLogger(__name__)
 _IDS = {w: i for i, w in enumerate(VOCAB)}
 
 # Offsets that derive independent generator seeds for each phase from the user's seed.
 _PRETRAIN_DATA, _PRETRAIN_INIT, _ALIGN_DATA, _FT_DATA = 0, 1_000_003, 2_000_003, 3_000_017
+
+
+LAB_THREADS = 1
+"""Torch threads of ``revlens replicate`` and ``make demo`` (:func:`lab_threads`). The lab's model is
+tiny (4 layers, d 128): one thread is as fast as several on an idle machine and several times faster
+on a shared one (30 lab fine-tuning steps on the shared 2-core box, load ~8: 2.2–3.1 s wall with one
+thread, 16–29 s with torch's default of two), and the numbers no longer depend on the core count
+(a float32 sum over two threads is not the sum over one: the weights after 30 steps differ by up to
+1.5e-3)."""
+
+
+@contextmanager
+def lab_threads(threads: int = LAB_THREADS) -> Iterator[None]:
+    """Run the block with ``threads`` torch (intra-op) threads, restoring the count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _gen(seed: int, offset: int) -> torch.Generator:

@@ -21,13 +21,14 @@ from typing import Any
 import pandas as pd
 
 from revlens._numbers import format_mean_std, mean_std
+from revlens._types import PathLike
 
 __all__ = ["VARIANTS", "run_weight_blocking", "weight_blocking_table", "weight_rows"]
 
 VARIANTS: dict[str, dict[str, Any]] = {"weights": {"side": "left", "k": 16}, "weights-direction": {"side": "direction"}}
 
 
-def run_weight_blocking(lab_dir: Any, *, seeds: Sequence[int] | None = None,
+def run_weight_blocking(lab_dir: PathLike, *, seeds: Sequence[int] | None = None,
                         variants: Mapping[str, Mapping[str, Any]] = VARIANTS, progress: bool = True) -> pd.DataFrame:
     """Blocked runs ``<variant>/seed<k>`` and controls ``<variant>-random/seed<k>`` into ``lab_dir``."""
     from revlens.lab.blocked import WEIGHTS, run_blocked
@@ -68,7 +69,7 @@ def _activation_cos(hist: Any, progress: bool) -> pd.DataFrame:
     return drift.groupby("run").agg(cos_act=("cos", "mean"), cos_act_max=("cos", "max")).reset_index()
 
 
-def weight_blocking_table(lab_dir: Any, *, variants: Sequence[str] = tuple(VARIANTS), progress: bool = True) -> pd.DataFrame:
+def weight_blocking_table(lab_dir: PathLike, *, variants: Sequence[str] = tuple(VARIANTS), progress: bool = True) -> pd.DataFrame:
     """One row per run (unblocked ``seed*``, each variant and its ``-random`` control) at its final
     step: ``group, run, harm_rate, harm_logodds, task_acc, cos_act`` (activation-space cos(drift,
     v_rev), ``mean_diff``, mean over layers 1..L; ``cos_act_max`` the largest), ``revert_w`` and

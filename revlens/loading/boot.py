@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import torch
 
+from revlens._types import TokenizerInput
 from revlens.errors import CheckpointError, UpstreamError
 
 __all__ = ["bridge_tokenizer", "check_dtype_support", "empty_model", "read_tokenizer"]
@@ -73,7 +74,7 @@ def check_dtype_support(model_type: str | None, dtype: torch.dtype) -> None:
             raise UpstreamError(f"{model_type} in {dtype}: " + why.format(dtype=dtype))
 
 
-def bridge_tokenizer(tokenizer: Any) -> Any:
+def bridge_tokenizer(tokenizer: TokenizerInput | None) -> Any:
     """A copy of ``tokenizer`` that TransformerLens' boot accepts.
 
     TransformerLens 4.3 rebuilds the tokenizer from ``init_kwargs["name_or_path"]`` to make it
@@ -89,7 +90,7 @@ def bridge_tokenizer(tokenizer: Any) -> Any:
     return tok
 
 
-def read_tokenizer(path: Path, tokenizer: Any) -> Any:
+def read_tokenizer(path: Path, tokenizer: TokenizerInput | None) -> Any:
     """``tokenizer`` itself, the tokenizer of a path given as ``tokenizer``, or the one in ``path``
     (``None`` if it has none).
 

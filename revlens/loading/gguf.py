@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, UnsupportedCheckpointError, require
 
 __all__ = [
@@ -100,7 +101,7 @@ def is_gguf(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".gguf")
 
 
-def cache_root(cache_dir: Any = None) -> Path:
+def cache_root(cache_dir: PathLike | None = None) -> Path:
     """Where converted GGUF files live: ``cache_dir``, else ``$REVLENS_CACHE_DIR/gguf``, else
     ``$XDG_CACHE_HOME/revlens/gguf`` (``~/.cache/revlens/gguf``)."""
     if cache_dir is not None:
@@ -116,7 +117,7 @@ def _stat_key(path: Path) -> tuple[str, int, int, int]:
     return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def sha256_file(path: Any) -> str:
+def sha256_file(path: PathLike) -> str:
     """sha256 of a file's bytes (memoised per process by path, inode, size and modification time)."""
     p = Path(path)
     key = _stat_key(p)
@@ -156,7 +157,7 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"{path} is not a GGUF file (it starts with {magic!r}, expected {_MAGIC!r})")
 
 
-def inspect_gguf(path: Any) -> GGUFInfo:
+def inspect_gguf(path: PathLike) -> GGUFInfo:
     """Read a GGUF file's architecture and tensor types (no dequantization).
 
     Raises:
@@ -220,7 +221,7 @@ def _cache_key(sha: str, dtype: torch.dtype, versions: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def gguf_dir(path: Any, *, dtype: torch.dtype = torch.float32, cache_dir: Any = None) -> Path:
+def gguf_dir(path: "PathLike | GGUFFile", *, dtype: torch.dtype = torch.float32, cache_dir: PathLike | None = None) -> Path:
     """The ``save_pretrained`` dir of a GGUF file, dequantized into ``dtype`` on first use and
     cached by content (sha256 of the file, dtype, transformers / gguf / revlens versions).
 
@@ -305,7 +306,7 @@ def _convert(info: GGUFInfo, sha: str, dtype: torch.dtype, versions: dict[str, s
         })
 
 
-def gguf_record(path: Any) -> dict[str, Any] | None:
+def gguf_record(path: PathLike | None) -> dict[str, Any] | None:
     """What a converted dir was made from (``revlens-gguf.json``: the GGUF file, its sha256,
     quantization types, versions, and the model package if it came from one), or ``None``."""
     if path is None:

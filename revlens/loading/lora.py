@@ -21,6 +21,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, ConfigError, ShapeMismatchError, require
 from revlens.loading.sources import TensorSource, open_source
 from revlens.loading.targets import Targets
@@ -187,7 +188,7 @@ def _number(path: Path, field_: str, value: Any, *, integer: bool) -> Any:
     return int(value) if integer else float(value)
 
 
-def read_adapter_config(path: Any) -> dict[str, Any]:
+def read_adapter_config(path: PathLike) -> dict[str, Any]:
     """``adapter_config.json`` parsed and checked: a JSON object whose ``r`` (and any
     ``rank_pattern`` value) is a positive integer and whose ``lora_alpha`` (default 8; any
     ``alpha_pattern`` value) is a finite number; ``r`` and ``lora_alpha`` come back normalised.

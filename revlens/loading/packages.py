@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, ConfigError, MissingExtraError
 from revlens.loading.gguf import cache_root, gguf_dir, sha256_file
 
@@ -147,7 +148,7 @@ def _expected_sha(pkg: ModelPackage, name: str, cache_dir: Any) -> str:
     return m.group(1)
 
 
-def model_package_file(name: str, *, cache_dir: Any = None) -> Path:
+def model_package_file(name: str, *, cache_dir: PathLike | None = None) -> Path:
     """The GGUF file of a model package (Gemma's chunks assembled into the cache), its sha256
     checked against the published one.
 
@@ -190,7 +191,7 @@ def model_package_file(name: str, *, cache_dir: Any = None) -> Path:
     return path
 
 
-def model_package_dir(name: str, *, dtype: torch.dtype = torch.float32, cache_dir: Any = None) -> Path:
+def model_package_dir(name: str, *, dtype: torch.dtype = torch.float32, cache_dir: PathLike | None = None) -> Path:
     """A ``save_pretrained`` dir of a model package's weights (dequantized once, cached by content).
 
     Args:
@@ -216,7 +217,7 @@ def model_package_dir(name: str, *, dtype: torch.dtype = torch.float32, cache_di
     return out
 
 
-def package_record(path: Any) -> dict[str, Any] | None:
+def package_record(path: PathLike) -> dict[str, Any] | None:
     """The model package a converted dir came from (package, version, file, sha256, licence), or ``None``."""
     import json
 

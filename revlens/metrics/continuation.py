@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError
 from revlens.metrics.model import ModelMetric
 
@@ -50,7 +51,7 @@ def _encode(tokenizer: Any, phrases: Sequence[str], what: str) -> list[list[int]
 
 
 @torch.no_grad()
-def score_phrases(model: Any, batch: Any, phrases: Sequence[Sequence[int]], *, max_rows: int = 512) -> Tensor:
+def score_phrases(model: ModuleLike, batch: MetricBatch, phrases: Sequence[Sequence[int]], *, max_rows: int = 512) -> Tensor:
     """``log p(phrase_j | prompt_i)`` ``[batch, n_phrases]`` (float64), teacher-forced, every
     prompt × phrase of a chunk of rows in one forward."""
     from revlens.sites import access
@@ -98,7 +99,7 @@ class PhraseLogProb(ModelMetric):
         self.max_rows = as_int("max_rows", max_rows, min=1)
         self._ids: list[list[int]] | None = None
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "PhraseLogProb":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "PhraseLogProb":
         super().bind(tokenizer, vocab_size)
         self._ids = _encode(tokenizer, self.phrases, self.name)
         return self
@@ -108,7 +109,7 @@ class PhraseLogProb(ModelMetric):
             self.bind(self._tok(model))
         return self._ids  # type: ignore[return-value]
 
-    def score(self, model: Any, batch: Any) -> Tensor:
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
         return torch.logsumexp(score_phrases(model, batch, self._phrase_ids(model), max_rows=self.max_rows), -1)
 
 
@@ -127,12 +128,12 @@ class PhraseLogOdds(ModelMetric):
             self.name = "phrase_rate"
         self._ids: list[list[int]] | None = None
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "PhraseLogOdds":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "PhraseLogOdds":
         super().bind(tokenizer, vocab_size)
         self._ids = _encode(tokenizer, [*self.pos, *self.neg], self.name)
         return self
 
-    def score(self, model: Any, batch: Any) -> Tensor:
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
         if self._ids is None:
             self.bind(self._tok(model))
         lp = score_phrases(model, batch, self._ids, max_rows=self.max_rows)  # type: ignore[arg-type]
@@ -141,19 +142,19 @@ class PhraseLogOdds(ModelMetric):
         return (odds > 0).double() if self.rate else odds
 
 
-def phrase_logprob(phrases: Sequence[str], *, tokenizer: Any = None) -> PhraseLogProb:
+def phrase_logprob(phrases: Sequence[str], *, tokenizer: TokenizerInput | None = None) -> PhraseLogProb:
     """``log Σ_j p(phrase_j | prompt)`` (see :class:`PhraseLogProb`)."""
     m = PhraseLogProb(phrases)
     return m.bind(tokenizer) if tokenizer is not None else m
 
 
-def phrase_logodds(pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, tokenizer: Any = None) -> PhraseLogOdds:
+def phrase_logodds(pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, tokenizer: TokenizerInput | None = None) -> PhraseLogOdds:
     """Log-odds of phrase set A against B, teacher-forced (see :class:`PhraseLogOdds`)."""
     m = PhraseLogOdds(pos_phrases, neg_phrases)
     return m.bind(tokenizer) if tokenizer is not None else m
 
 
-def phrase_rate(pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, tokenizer: Any = None) -> PhraseLogOdds:
+def phrase_rate(pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, tokenizer: TokenizerInput | None = None) -> PhraseLogOdds:
     """1.0 where phrase set A outscores B (see :class:`PhraseLogOdds`)."""
     m = PhraseLogOdds(pos_phrases, neg_phrases, rate=True)
     return m.bind(tokenizer) if tokenizer is not None else m

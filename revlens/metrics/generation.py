@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError
 from revlens.metrics.model import ModelMetric
 from revlens.metrics.steps import CachedSteps, FullForwardFallback, FullSteps
@@ -72,7 +73,7 @@ class Generation:
     logits: Float[Tensor, "batch new vocab"] | None = None
 
 
-def stop_token_ids(tokenizer: Any, extra: Sequence[str | int] = ()) -> list[int]:
+def stop_token_ids(tokenizer: TokenizerInput, extra: Sequence[str | int] = ()) -> list[int]:
     """EOS plus the end-of-turn tokens of :data:`END_OF_TURN_TOKENS` the tokenizer knows, plus ``extra``."""
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     ids = {int(tokenizer.eos_token_id)} if getattr(tokenizer, "eos_token_id", None) is not None else set()
@@ -89,7 +90,7 @@ def stop_token_ids(tokenizer: Any, extra: Sequence[str | int] = ()) -> list[int]
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 @torch.no_grad()
-def greedy_generate(model: Any, batch: Any, *, max_new_tokens: int = 32, tokenizer: Any = None,
+def greedy_generate(model: ModuleLike, batch: MetricBatch, *, max_new_tokens: int = 32, tokenizer: TokenizerInput | None = None,
                     stop: Sequence[str | int] | None = None, method: GenerationMethod = "auto",
                     output_logits: bool = False) -> Generation:
     """Greedy responses of every prompt of ``batch`` (see the module docstring).
@@ -214,19 +215,19 @@ class GenerationMetric(ModelMetric):
         """Metrics with equal keys can share one generation of a batch."""
         return (self.max_new_tokens, self.stop, self.method)
 
-    def generate(self, model: Any, batch: Any) -> Generation:
+    def generate(self, model: ModuleLike, batch: MetricBatch) -> Generation:
         """The greedy responses of ``batch`` (under the interventions active now)."""
         return greedy_generate(model, batch, max_new_tokens=self.max_new_tokens, tokenizer=self._tok(model),
                                stop=self.stop, method=self.method)
 
-    def from_generation(self, batch: Any, generation: Generation) -> Tensor:
+    def from_generation(self, batch: MetricBatch, generation: Generation) -> Tensor:
         """Judge a generation of ``batch``."""
         self.last_ = generation
         prompts = list(batch.texts) if getattr(batch, "texts", None) is not None else [""] * len(batch)
         scores = self.judge(prompts, list(generation.texts))
         return torch.as_tensor(scores, dtype=torch.float64).flatten()
 
-    def score(self, model: Any, batch: Any) -> Tensor:
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
         return self.from_generation(batch, self.generate(model, batch))
 
     def __repr__(self) -> str:

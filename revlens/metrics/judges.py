@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import ModuleLike, PathLike, TokenizerInput
 from revlens.errors import MetricError
 from revlens.metrics.generation import GenerationMetric
 
@@ -79,7 +80,7 @@ class ClassifierJudge:
 
     name = "judge"
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, positive: str | int | None = None,
+    def __init__(self, model: ModuleLike | PathLike, tokenizer: TokenizerInput | None = None, *, positive: str | int | None = None,
                  template: str | None = None, batch_size: int = 16, max_length: int = 512) -> None:
         self.model, self.tokenizer = _load(model, tokenizer, "AutoModelForSequenceClassification")
         self.positive = _positive(self.model.config, positive)
@@ -134,7 +135,7 @@ class CausalLMJudge:
 
     name = "judge"
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, template: str | None = None,
+    def __init__(self, model: ModuleLike | PathLike, tokenizer: TokenizerInput | None = None, *, template: str | None = None,
                  yes: Sequence[str] = ("Yes",), no: Sequence[str] = ("No",), batch_size: int = 8) -> None:
         self.model, self.tokenizer = _load(model, tokenizer, "AutoModelForCausalLM")
         self.template = template

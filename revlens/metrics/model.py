@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError, RevlensError
 from revlens.metrics.tokens import TokenMetric, call_metric, check_metric_output, metric_name
 
@@ -32,12 +33,12 @@ class ModelMetric:
     def __init__(self) -> None:
         self.tokenizer: Any = None
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "ModelMetric":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "ModelMetric":
         """Remember the tokenizer (subclasses resolve their strings here); returns ``self``."""
         self.tokenizer = tokenizer
         return self
 
-    def score(self, model: Any, batch: Any) -> Tensor:  # pragma: no cover - abstract
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:  # pragma: no cover - abstract
         """Per-prompt values ``[batch]`` of ``batch`` (a :class:`~revlens.probes.ProbeBatch`)."""
         raise NotImplementedError
 
@@ -58,7 +59,7 @@ def is_model_metric(metric: Any) -> bool:
         callable(getattr(metric, "score", None)) and not isinstance(metric, TokenMetric))
 
 
-def bind_metric(metric: Any, tokenizer: Any, vocab_size: int | None = None) -> Any:
+def bind_metric(metric: Any, tokenizer: TokenizerInput, vocab_size: int | None = None) -> Any:
     """Bind a built-in metric's token sets / phrases to ``tokenizer`` (others are returned as they are).
 
     Raises:
@@ -72,7 +73,7 @@ def bind_metric(metric: Any, tokenizer: Any, vocab_size: int | None = None) -> A
     return metric
 
 
-def score_metric(metric: Any, model: Any, batch: Any) -> Tensor:
+def score_metric(metric: Any, model: ModuleLike, batch: MetricBatch) -> Tensor:
     """``metric.score(model, batch)``, validated (finite, one value per prompt, float64); an
     exception inside a user's metric is re-raised as a :class:`MetricError` naming it."""
     try:
@@ -87,7 +88,7 @@ def score_metric(metric: Any, model: Any, batch: Any) -> Tensor:
     return check_metric_output(values, len(batch), metric)
 
 
-def metric_values(metric: Any, model: Any, batch: Any, logits: Tensor | None = None) -> Tensor:
+def metric_values(metric: Any, model: ModuleLike, batch: MetricBatch, logits: Tensor | None = None) -> Tensor:
     """Per-prompt values of either kind of metric: logits metrics read ``logits`` (computed here
     with one forward when not given)."""
     if is_model_metric(metric):

@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import TokenizerInput
 from revlens.errors import MetricError
 from revlens.metrics.generation import GenerationMetric
 from revlens.metrics.tokens import TokenMetric, last_logprobs
@@ -76,7 +77,7 @@ _MARKERS = (("<|start_header_id|>", "llama3"), ("<|im_start|>", "qwen"), ("<star
             ("[INST]", "llama2"))
 
 
-def tokenizer_family(tokenizer: Any) -> str:
+def tokenizer_family(tokenizer: TokenizerInput) -> str:
     """``"llama3"``, ``"qwen"``, ``"gemma"``, ``"llama2"`` (also Mistral's ``[INST]`` template) or
     ``"default"``, from the tokenizer's special tokens and chat template."""
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
@@ -98,7 +99,7 @@ class RefusalScore(TokenMetric):
         super().__init__(refusal=list(tokens) if tokens is not None else ["I"])
         self.epsilon = float(epsilon)
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "RefusalScore":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "RefusalScore":
         if self._default:
             family = tokenizer_family(tokenizer)
             self._specs["refusal"] = list(REFUSAL_STARTS[family])
@@ -115,7 +116,7 @@ class RefusalScore(TokenMetric):
         return torch.log(refuse + self.epsilon) - torch.log((1 - refuse).clamp_min(0) + self.epsilon)
 
 
-def refusal_score(tokens: Sequence[str | int] | None = None, *, tokenizer: Any = None) -> RefusalScore:
+def refusal_score(tokens: Sequence[str | int] | None = None, *, tokenizer: TokenizerInput | None = None) -> RefusalScore:
     """The refusal score at the first generated position (see :class:`RefusalScore`)."""
     m = RefusalScore(tokens)
     return m.bind(tokenizer) if tokenizer is not None else m

@@ -7,6 +7,7 @@
 """
 
 import math
+from typing import no_type_check
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from revlens.errors import ConfigError
+from revlens.modes import WeightSide
 from revlens.plot._common import (
     DIVERGING,
     MEAN_LABEL,
@@ -162,7 +164,8 @@ def weights_trajectories(model: pd.DataFrame, *, measure: str = "revert", k: int
     return base_layout(fig, title or f"whole model: {label}", height=420)
 
 
-def weights_subspaces(model: pd.DataFrame, *, side: str = "left", title: str | None = None) -> go.Figure:
+@no_type_check  # validates its own arguments (typed errors)
+def weights_subspaces(model: pd.DataFrame, *, side: WeightSide = "left", title: str | None = None) -> go.Figure:
     """One panel per k: the share of ‖ΔW‖² in V's top-k ``side`` subspace against step per run,
     the random-subspace mean and p99 (grey) and chance (``k/m``, dotted)."""
     if side not in ("left", "right", "both"):

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from revlens._types import Device, TokenizerInput
 from revlens.errors import ProbeError
 
 __all__ = ["ProbeBatch", "TokenizedProbes", "tokenizer_id"]
@@ -38,7 +39,7 @@ class ProbeBatch:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def to(self, device: Any) -> "ProbeBatch":
+    def to(self, device: Device) -> "ProbeBatch":
         """The batch on ``device``."""
         return ProbeBatch(self.tokens.to(device), self.last_index.to(device), self.weights.to(device),
                           self.indices, self.labels, self.texts)
@@ -120,7 +121,7 @@ class TokenizedProbes:
         return h.hexdigest()
 
 
-def tokenizer_id(tokenizer: Any) -> str:
+def tokenizer_id(tokenizer: TokenizerInput) -> str:
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     h = hashlib.blake2b(json.dumps(sorted(vocab.items())).encode(), digest_size=8)
     return f"{type(tokenizer).__name__}:{len(vocab)}:{h.hexdigest()}"

@@ -31,11 +31,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
+from revlens._types import PathLike, TokenizerInput
 from revlens.errors import ProbeError
 
-__all__ = ["ChatTemplate", "Rendered", "check_conversation", "template_from_dir"]
+__all__ = ["ChatTemplate", "Rendered", "TemplateInput", "check_conversation", "template_from_dir"]
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -61,7 +62,7 @@ def check_conversation(conv: Any, where: str) -> list[dict[str, str]]:
     return out
 
 
-def template_from_dir(directory: Any) -> "ChatTemplate | None":
+def template_from_dir(directory: PathLike) -> "ChatTemplate | None":
     """The chat template saved with a tokenizer in ``directory`` (``chat_template.jinja``, or
     ``chat_template`` in ``tokenizer_config.json``), or ``None``. Read from the files, without
     loading the tokenizer."""
@@ -116,7 +117,7 @@ class ChatTemplate:
         self.sha = hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
     @classmethod
-    def resolve(cls, spec: Any, tokenizer: Any = None) -> "ChatTemplate":
+    def resolve(cls, spec: Any, tokenizer: TokenizerInput | None = None) -> "ChatTemplate":
         """A template from ``spec``: a :class:`ChatTemplate`, Jinja text, a ``.jinja`` file, a
         tokenizer dir, a tokenizer; ``None``: ``tokenizer``'s own template.
 
@@ -165,7 +166,7 @@ class ChatTemplate:
     def __hash__(self) -> int:
         return hash(self.text)
 
-    def render(self, tokenizer: Any, conversation: Sequence[Mapping[str, str]], *, where: str = "prompt",
+    def render(self, tokenizer: TokenizerInput, conversation: Sequence[Mapping[str, str]], *, where: str = "prompt",
                **template_kwargs: Any) -> Rendered:
         """Render ``conversation`` (a generation prompt after a final user turn; the final
         assistant message continued otherwise) and tokenize it once.
@@ -206,3 +207,8 @@ def _n_post(tokenizer: Any, text: str, ids: list[int], enc: Any, conv: list[dict
         return len(ids) - first
     head = tokenizer(text[:end], add_special_tokens=False)["input_ids"]
     return max(len(ids) - len(head), 0)
+
+
+TemplateInput: TypeAlias = ChatTemplate | str | PathLike | TokenizerInput
+"""A chat template as :meth:`ChatTemplate.resolve` takes it: a :class:`ChatTemplate`, Jinja text,
+a ``.jinja`` file, a tokenizer folder, or a tokenizer."""

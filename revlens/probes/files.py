@@ -4,12 +4,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from revlens._types import PathLike
 from revlens.errors import ProbeError
 
 __all__ = ["read_jsonl"]
 
 
-def read_jsonl(path: Any) -> list[tuple[int, dict[str, Any], str]]:
+def read_jsonl(path: PathLike) -> list[tuple[int, dict[str, Any], str]]:
     """``(line number, object, kind)`` of each non-empty line; kind ``"text"``, ``"messages"`` or
     ``"prompt"``. Raises :class:`ProbeError` naming the file and line."""
     p = Path(path)

@@ -17,7 +17,7 @@ or a bool mask ``[n_prompts, n_pos]`` (validated by :func:`parse_position`)."""
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def parse_position(position: Any) -> Any:
+def parse_position(position: PositionRule) -> Any:
     """A position rule in canonical form: ``"last"``, ``"mean"``, a bool mask, or
     ``("post_instruction", k | None)`` (also written ``"post_instruction"`` / ``"post_instruction:k"``).
 
@@ -43,7 +43,8 @@ def parse_position(position: Any) -> Any:
     raise SiteError(f"unknown position rule {position!r}; valid: {valid}")
 
 
-def position_name(position: Any) -> str:
+@no_type_check  # validates its own argument (typed errors)
+def position_name(position: PositionRule) -> str:
     """The rule as a string (``"last"``, ``"mask"``, ``"post_instruction:3"``...)."""
     if isinstance(position, Tensor):
         return "mask"
@@ -52,7 +53,8 @@ def position_name(position: Any) -> str:
     return str(position)
 
 
-def check_position(position: Any, n: int, chat: bool) -> Any:
+@no_type_check  # validates its own argument (typed errors)
+def check_position(position: PositionRule, n: int, chat: bool) -> Any:
     """The rule in canonical form, checked against ``n`` prompts (chat or not)."""
     position = parse_position(position)
     if isinstance(position, Tensor):
@@ -65,7 +67,7 @@ def check_position(position: Any, n: int, chat: bool) -> Any:
     return position
 
 
-def position_weights(position: Any, lengths: Tensor, n_post: Tensor | None) -> dict[str, Tensor]:
+def position_weights(position: PositionRule, lengths: Tensor, n_post: Tensor | None) -> dict[str, Tensor]:
     """Position label -> weights ``[prompt, pos]`` (rows sum to 1) of a rule for prompts of ``lengths``
     (``n_post``: post-instruction tokens per prompt, chat probes)."""
     n, width = len(lengths), int(lengths.max())

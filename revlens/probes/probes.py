@@ -3,18 +3,19 @@
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union, no_type_check
+from typing import Any, TypeAlias, Union, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike, TokenizerInput
 from revlens.errors import ProbeError
 from revlens.probes.batch import TokenizedProbes, tokenizer_id
-from revlens.probes.chat import ChatTemplate, check_conversation
+from revlens.probes.chat import ChatTemplate, TemplateInput, check_conversation
 from revlens.probes.files import read_jsonl
 from revlens.probes.positions import PositionRule, check_position, position_name, position_weights
 
-__all__ = ["Probes"]
+__all__ = ["Probes", "ProbesInput"]
 
 
 class Probes:
@@ -67,7 +68,7 @@ class Probes:
     # ------------------------------------------------------------------ chat
     @classmethod
     @no_type_check  # validates its own arguments (typed errors)
-    def from_chat(cls, conversations: Sequence[Any], *, system: str | None = None, template: Any = None,
+    def from_chat(cls, conversations: Sequence[Any], *, system: str | None = None, template: TemplateInput | None = None,
                   labels: Sequence[Any] | None = None, position: PositionRule = "last") -> "Probes":
         """Chat probes: each item a user message (a string) or a conversation (a list of
         ``{"role", "content"}`` messages), rendered with a chat template when tokenized.
@@ -102,7 +103,7 @@ class Probes:
         """Whether the prompts are conversations rendered with a chat template."""
         return self.conversations is not None
 
-    def _like(self, position: Any = None, template: Any = None, keep: Sequence[int] | None = None) -> "Probes":
+    def _like(self, position: Any = None, template: TemplateInput | None = None, keep: Sequence[int] | None = None) -> "Probes":
         idx = list(range(len(self))) if keep is None else list(keep)
         labels = [self.labels[i] for i in idx] if self.labels is not None else None
         pos = self.position if position is None else position
@@ -121,7 +122,7 @@ class Probes:
         """The same prompts under another position rule."""
         return self._like(position=position)
 
-    def with_template(self, template: Any) -> "Probes":
+    def with_template(self, template: TemplateInput | None) -> "Probes":
         """The same chat prompts rendered with another template (Jinja text, file, tokenizer, dir)."""
         if not self.is_chat:
             raise ProbeError("with_template: these probes are plain text, not chat conversations")
@@ -144,7 +145,7 @@ class Probes:
     # ------------------------------------------------------------------ files
     @classmethod
     def from_jsonl(cls, path: Union[str, "os.PathLike[str]"], *, position: PositionRule = "last",
-                   system: str | None = None, template: Any = None) -> "Probes":
+                   system: str | None = None, template: TemplateInput | None = None) -> "Probes":
         """One JSON object per line: ``{"text": ...}`` (plain text), or chat lines
         ``{"messages": [...]}`` / ``{"prompt": ...}`` (one user turn, optional ``"system"``);
         optionally ``"label"``. A file is all plain or all chat."""
@@ -178,7 +179,7 @@ class Probes:
         return f"Probes({len(self)}{kind} prompts, position={pos!r}{lab})"
 
     # ------------------------------------------------------------------ tokenize
-    def tokenize(self, tokenizer: Any, *, n_ctx: int | None = None, template: Any = None) -> TokenizedProbes:
+    def tokenize(self, tokenizer: TokenizerInput, *, n_ctx: int | None = None, template: TemplateInput | None = None) -> TokenizedProbes:
         """Tokenize (right padding) and build position weights. Chat probes are rendered with
         ``template`` (default: the probes' own, else the tokenizer's) and tokenized once.
 
@@ -239,3 +240,8 @@ def text_ids(tokenizer: Any, text: str) -> list[int]:
     bos = getattr(tokenizer, "bos_token", None)
     starts = isinstance(bos, str) and bool(bos) and text.startswith(bos)
     return list(tokenizer(text, add_special_tokens=not starts)["input_ids"])
+
+
+ProbesInput: TypeAlias = Probes | Sequence[str] | PathLike
+"""What an entry point accepts as probes: a :class:`Probes`, a list of prompts, or a ``.jsonl`` file
+(converted once by :func:`revlens.collect.as_probes`, which also fills in a history's default set)."""

@@ -28,8 +28,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from revlens._types import PathLike
 from revlens.errors import ProbeError
-from revlens.probes.chat import check_conversation
+from revlens.probes.chat import TemplateInput, check_conversation
+from revlens.probes.positions import PositionRule
 from revlens.probes.probes import Probes
 
 __all__ = ["PROMPT_FORMATS", "combine", "load_prompt_set"]
@@ -137,9 +139,9 @@ def _jsonl_prompts(p: Path) -> tuple[list[Any], list[dict[str, Any]], list[Any]]
     return items, [obj for _, obj, _ in parsed], [obj.get("label") for _, obj, _ in parsed]
 
 
-def load_prompt_set(path: Any, *, format: PromptFormat = "auto", label: str | None = None, chat: bool = True,
-                    system: str | None = None, template: Any = None, column: str | None = None,
-                    limit: int | None = None, position: Any = "last") -> Probes:
+def load_prompt_set(path: PathLike, *, format: PromptFormat = "auto", label: str | None = None, chat: bool = True,
+                    system: str | None = None, template: TemplateInput | None = None, column: str | None = None,
+                    limit: int | None = None, position: PositionRule = "last") -> Probes:
     """A labelled probe set from a local prompt file (see the module docstring for the formats).
 
     Args:
@@ -185,8 +187,8 @@ def load_prompt_set(path: Any, *, format: PromptFormat = "auto", label: str | No
     return out
 
 
-def _probes(items: list[Any], labels: list[Any], *, chat: bool, system: str | None, template: Any,
-            position: Any) -> Probes:
+def _probes(items: list[Any], labels: list[Any], *, chat: bool, system: str | None, template: TemplateInput | None,
+            position: PositionRule) -> Probes:
     labs = labels if any(lab is not None for lab in labels) else None
     if chat:
         return Probes.from_chat(items, labels=labs, system=system, template=template, position=position)

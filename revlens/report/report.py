@@ -24,6 +24,7 @@ from revlens._io import confined
 from revlens._result import Result
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError
+from revlens.report.html import ReportHtml
 
 __all__ = ["Report"]
 
@@ -39,7 +40,7 @@ def _safe_name(method: str, i: int) -> str:
     return f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in method)}.safetensors"
 
 
-class Report(Result):
+class Report(ReportHtml, Result):
     """What :func:`revlens.analyze` measured.
 
     Attributes:
@@ -283,12 +284,6 @@ class Report(Result):
 
     def _main_figure(self) -> Any:
         return self.heatmap()
-
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report (see :func:`revlens.plot.html.write_report`)."""
-        from revlens.plot.html import write_report
-
-        return write_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:

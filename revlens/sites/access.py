@@ -23,7 +23,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from revlens._types import ModuleLike
 from revlens.errors import NonFiniteError, RevlensError, SiteError
+from revlens.modes import SiteKind
 from revlens.sites.cached import ActiveEdit, for_decoding, recorded
 from revlens.sites.names import LayerSpec, Site, hook_name, resolve_sites
 
@@ -54,7 +56,7 @@ class SiteAccess:
         self._batch_shape: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ to implement
-    def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+    def sites(self, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
         """Validated sites of ``kind`` at ``layers``."""
         raise NotImplementedError
 
@@ -318,7 +320,7 @@ class BridgeAccess(SiteAccess):
         self.n_ctx, self.vocab_size = int(getattr(cfg, "n_ctx", 0) or 0), int(cfg.d_vocab)
 
     @no_type_check  # validates its own arguments
-    def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+    def sites(self, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
         """Validated sites, checked against the bridge's hook registry."""
         return resolve_sites(self.bridge, layers, kind)
 
@@ -347,7 +349,8 @@ class BridgeAccess(SiteAccess):
         return self.bridge(tokens)
 
 
-def access(model: Any) -> SiteAccess:
+@no_type_check  # validates its own argument (SiteError naming it)
+def access(model: ModuleLike) -> SiteAccess:
     """A :class:`SiteAccess` for a ``LensModel``, a ``TransformerBridge`` or a Hugging Face
     causal LM (an existing ``SiteAccess`` is returned as is).
 

@@ -26,7 +26,9 @@ from typing import Any, no_type_check
 
 from torch import Tensor, nn
 
+from revlens._types import ModuleLike
 from revlens.errors import SiteError
+from revlens.modes import SiteKind
 from revlens.sites.access import Edit, SiteAccess
 from revlens.sites.names import LayerSpec, Site, available_layers, hook_name, normalize_layers
 
@@ -96,7 +98,7 @@ def _replace_first(x: Any, new: Tensor) -> Any:
 class HFAccess(SiteAccess):
     """Sites of a Hugging Face causal LM (``nn.Module`` with a ``config``)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ModuleLike) -> None:
         super().__init__()
         if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
             raise SiteError(
@@ -164,7 +166,7 @@ class HFAccess(SiteAccess):
         return found
 
     @no_type_check  # validates its own arguments
-    def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+    def sites(self, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
         """Validated sites of ``kind`` (also checks the family has the module carrying it)."""
         chosen = normalize_layers(layers, available_layers(self.n_layers, kind))
         out = [Site(layer, kind, hook_name(kind, layer)) for layer in chosen]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, no_type_check
 
 from revlens._config import as_layers
+from revlens._types import ModuleLike
 from revlens.errors import SiteError
 from revlens.modes import SITE_KINDS, SiteKind, check_mode
 
@@ -74,7 +75,7 @@ class Site:
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def available_layers(n_layers: int, kind: str = "resid_post") -> list[int]:
+def available_layers(n_layers: int, kind: SiteKind = "resid_post") -> list[int]:
     """Valid layer indices for a site kind on a model with ``n_layers`` blocks."""
     check_mode("site", kind, SITE_KINDS, error=SiteError)
     if kind == "resid_post":
@@ -113,7 +114,7 @@ def _n_layers(model: Any) -> int:
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def resolve_sites(model: Any, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+def resolve_sites(model: ModuleLike, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
     """Build and validate the sites for ``layers`` of ``kind`` on a TransformerLens bridge.
 
     Args:

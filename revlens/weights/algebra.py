@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens.modes import SvdMethod
 from revlens.weights.nulls import haar_frames
 
 __all__ = ["Basis", "Energies", "make_basis", "measure_dense", "measure_lowrank", "top_singular"]
@@ -94,7 +95,7 @@ def top_singular(v: Float[Tensor, "m n"], k: int, method: str = "auto") -> tuple
 
 
 def make_basis(v: Tensor, k_max: int, *, n_random: int, generator: torch.Generator | None,
-               svd: str = "auto") -> Basis:
+               svd: SvdMethod = "auto") -> Basis:
     """The :class:`Basis` of one module's ``V`` (``k_max`` capped at ``min(m, n) − 1``)."""
     v_norm2 = float((v * v).sum())
     if v.ndim != 2 or min(v.shape) < 2 or v_norm2 == 0.0:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
+from revlens._types import ModuleLike
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
@@ -140,7 +141,7 @@ class WeightBlocker(BlockingStrategy):
         return subspace_projector(v, k, cfg.side, random=cfg.random, svd=cfg.svd,
                                   generator=generator(cfg.seed, "weights-block", p.name))
 
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "WeightBlocker":
+    def prepare(self, model: ModuleLike, *, optimizer: torch.optim.Optimizer | None = None, params: Any = None) -> "WeightBlocker":
         """Read ``V`` for every weight of ``model`` to block and build the projectors (sets
         ``targets_``); the weights at this moment are the reference ``W_ref``. ``optimizer`` /
         ``params``: only the tensors it steps / these tensors (default: every trainable one)."""

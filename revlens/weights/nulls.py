@@ -42,12 +42,13 @@ from scipy import stats as sps
 from torch import Tensor
 
 from revlens.errors import ConfigError
+from revlens.modes import WeightSide
 from revlens.nulls import isotropic_quantile
 
 __all__ = ["cos_quantile", "energy_quantile", "energy_sf", "haar_frames", "subspace_dim"]
 
 
-def subspace_dim(side: str, k: int, m: int, n: int) -> int:
+def subspace_dim(side: WeightSide, k: int, m: int, n: int) -> int:
     """Dimension of the top-k ``side`` subspace of an ``m × n`` matrix space."""
     return {"left": k * n, "right": k * m, "both": k * k}[side]
 

@@ -9,7 +9,7 @@ format version), with the manifest every revlens result has.
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
@@ -17,6 +17,8 @@ from revlens._frames import read_frame, write_frame
 from revlens._numbers import format_mean_std, mean_std
 from revlens._result import Result
 from revlens.errors import ConfigError
+from revlens.modes import WeightSide
+from revlens.weights.html import WeightsHtml
 
 __all__ = ["WeightReport"]
 
@@ -36,7 +38,7 @@ def _groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {g: d for g, d in out.items() if not d.empty}
 
 
-class WeightReport(Result):
+class WeightReport(WeightsHtml, Result):
     """What :func:`~revlens.weights.weight_reversion` measured.
 
     Attributes:
@@ -89,7 +91,8 @@ class WeightReport(Result):
             raise ConfigError(f"k={k} was not measured; measured: {ks}")
         return int(k)
 
-    def headline(self, *, k: int | None = None, side: str = "left") -> dict[str, Any]:
+    @no_type_check  # validates its own arguments (typed errors)
+    def headline(self, *, k: int | None = None, side: WeightSide = "left") -> dict[str, Any]:
         """Model-level numbers per run group (``runs``, ``control``, other kinds such as
         ``blocked``): at each run's final step ``revert``, ``cos``, ``frac_<side>`` at ``k``
         (default: the largest k) and its random-subspace null; over all steps, how many run-step
@@ -116,7 +119,8 @@ class WeightReport(Result):
             }
         return out
 
-    def summary(self, *, k: int | None = None, side: str = "left") -> pd.DataFrame:
+    @no_type_check  # validates its own arguments (typed errors)
+    def summary(self, *, k: int | None = None, side: WeightSide = "left") -> pd.DataFrame:
         """:meth:`headline` as a table: one row per quantity, one column per run group."""
         h = self.headline(k=k, side=side)
         names = {"revert_final": "reverted fraction −⟨ΔW,V⟩/‖V‖² at the final step",
@@ -163,7 +167,8 @@ class WeightReport(Result):
 
         return weights_trajectories(self.model, measure=measure, **kw)
 
-    def subspaces(self, side: str = "left", **kw: Any) -> Any:
+    @no_type_check  # validates its own arguments (typed errors)
+    def subspaces(self, side: WeightSide = "left", **kw: Any) -> Any:
         """Share of ‖ΔW‖² in V's top-k subspaces vs random ones (:func:`revlens.plot.weights_subspaces`)."""
         from revlens.plot import weights_subspaces
 
@@ -177,12 +182,6 @@ class WeightReport(Result):
 
     def _main_figure(self) -> Any:
         return self.heatmap()
-
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report of this result alone (:func:`revlens.plot.html.write_weights_report`)."""
-        from revlens.plot.html import write_weights_report
-
-        return write_weights_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:

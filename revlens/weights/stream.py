@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from revlens._seeds import generator
 from revlens.errors import ConfigError, HistoryError, NonFiniteError
+from revlens.history import HistoryInput
 from revlens.weights.algebra import (
     Basis,
     Energies,
@@ -229,7 +230,7 @@ def _provenance(history: Any, runs: list[Any], readers: Readers, cfg: WeightsCon
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progress: bool = True,
+def weight_reversion(history: HistoryInput, *, config: WeightsConfig | None = None, progress: bool = True,
                      **settings: Any) -> WeightReport:
     """Weight-space reversion of every checkpoint of a history, against its nulls (module docstring).
 

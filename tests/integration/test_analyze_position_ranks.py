@@ -8,7 +8,7 @@ import pytest
 
 import families
 import revlens
-from revlens.collect import collect_positions, without_degenerate
+from revlens.collect import collect, without_degenerate
 from revlens.directions import PairedPCA
 from revlens.drift import subspace_drift_table
 from revlens.errors import ConfigError
@@ -31,7 +31,7 @@ def test_ranks_at_post_instruction_positions(chat, tmp_path):
     kw = {"n_null": 20, "n_stability": 2, "n_bootstrap": 10, "seed": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the constant embedding layer under RoPE is dropped
-        report = revlens.analyze(lm, hist, f, position=("post_instruction", 3), ranks=(1, 2), methods=("pca",),
+        report = revlens.analyze(hist, f, model=lm, position=("post_instruction", 3), ranks=(1, 2), methods=("pca",),
                                  progress=False, **kw)
     assert report.positions == [-3, -2, -1]
     assert sorted(report.subspaces) == ["pca@-1", "pca@-2", "pca@-3"]
@@ -39,8 +39,8 @@ def test_ranks_at_post_instruction_positions(chat, tmp_path):
     sd = report.subspace_drift
     assert set(sd["position"]) == {-3, -2, -1} and set(sd["rank"]) == {1, 2} and set(sd["base_method"]) == {"pca"}
     # position -2 equals fitting and projecting that position's statistics alone
-    by_pos = collect_positions(hist, f, position=("post_instruction", 3), model=lm, moments="reference",
-                               keep="reference", n_bootstrap=10, bootstrap_seed=0, progress=False)
+    by_pos = collect(hist, f, position=("post_instruction", 3), model=lm, moments="reference",
+                     keep="reference", n_bootstrap=10, bootstrap_seed=0, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         stats, _ = without_degenerate(by_pos["-2"], what="test")
@@ -58,5 +58,5 @@ def test_ranks_at_post_instruction_positions(chat, tmp_path):
 def test_ranks_a_history_cannot_have_fail_before_work(chat):
     hist, f, lm = chat
     with pytest.raises(ConfigError, match="mean_diff"):
-        revlens.analyze(lm, hist, f, position=("post_instruction", 3), ranks=(1, 2),
+        revlens.analyze(hist, f, model=lm, position=("post_instruction", 3), ranks=(1, 2),
                         subspace_methods=("mean_diff",), progress=False)

@@ -11,7 +11,7 @@ import torch
 import families
 import revlens
 from revlens.causal import clamp
-from revlens.collect import collect, collect_positions
+from revlens.collect import collect
 from revlens.metrics import CausalLMJudge, judge_metric, kl_to, over_refusal_rate, refusal_rate
 from revlens.model import LensModel
 
@@ -37,8 +37,8 @@ def test_all_positions_are_read_in_one_forward_per_checkpoint_and_batch(chat):
     calls = []
     handle = lm.bridge.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        by_pos = collect_positions(hist, f, position=("post_instruction", 3), model=lm, batch_size=8,
-                                   n_bootstrap=0, progress=False)
+        by_pos = collect(hist, f, position=("post_instruction", 3), model=lm, batch_size=8,
+                         n_bootstrap=0, progress=False)
     finally:
         handle.remove()
     assert list(by_pos) == ["-3", "-2", "-1"]
@@ -59,7 +59,7 @@ def test_analyze_at_post_instruction_positions(chat, tmp_path):
     hist, f, lm = chat
     with pytest.warns(UserWarning, match=r"constant over prompts.*position -4: layer\(s\) \[0\]"):
         # whitened is the estimator a constant layer breaks (zero covariance)
-        report = revlens.analyze(lm, hist, f, position="post_instruction", methods=("mean_diff", "whitened"),
+        report = revlens.analyze(hist, f, model=lm, position="post_instruction", methods=("mean_diff", "whitened"),
                                  n_null=20, n_stability=2, n_bootstrap=10, progress=False)
     assert report.positions == [-4, -3, -2, -1]
     assert report.config["dropped_layers"] == {str(p): [0] for p in (-4, -3, -2, -1)}  # RoPE: embeddings constant
@@ -120,7 +120,7 @@ def test_evaluate_over_the_history_beside_the_drift(chat, tmp_path):
     assert revlens.load(ev.save(tmp_path / "ev")).table.equals(ev.table)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = revlens.analyze(lm, hist, probes, layers=[2], methods="mean_diff", n_null=20, n_stability=0,
+        report = revlens.analyze(hist, probes, model=lm, layers=[2], methods="mean_diff", n_null=20, n_stability=0,
                                  n_bootstrap=0, progress=False, evaluation=ev)
     assert {"refusal", "over_refusal", "kl"} <= set(report.metrics.columns)
     assert "Behaviour" in report.to_html(tmp_path / "r.html").read_text()

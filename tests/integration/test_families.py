@@ -76,7 +76,7 @@ class Fam:
         self.lm = self.hist.boot()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DegenerateLayerWarning)
-            self.report = revlens.analyze(self.lm, self.hist, self.probes, n_null=50, n_bootstrap=10,
+            self.report = revlens.analyze(self.hist, self.probes, model=self.lm, n_null=50, n_bootstrap=10,
                                           n_stability=0, progress=False)
         self.degenerate = [w for w in caught if issubclass(w.category, DegenerateLayerWarning)]
         self.v = self.report.directions["mean_diff"]
@@ -285,7 +285,7 @@ def test_one_more_site_kind_through_every_stage(family):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateLayerWarning)
-        rep = revlens.analyze(f.lm, f.hist, f.probes, site=kind, methods="mean_diff", n_null=20, n_bootstrap=0,
+        rep = revlens.analyze(f.hist, f.probes, model=f.lm, site=kind, methods="mean_diff", n_null=20, n_bootstrap=0,
                               n_stability=0, progress=False)
         v = rep.directions["mean_diff"]
         assert v.site == kind and rep.drift["cos"].notna().all()

@@ -113,8 +113,8 @@ def test_analyze_equals_the_history_merged_by_hand():
     kw = dict(n_null=50, n_bootstrap=20, n_stability=0, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateLayerWarning)
-        a = revlens.analyze(H["lm"], H["adapters"], H["probes"], **kw)
-        b = revlens.analyze(H["lm"], H["merged"], H["probes"], **kw)
+        a = revlens.analyze(H["adapters"], H["probes"], model=H["lm"], **kw)
+        b = revlens.analyze(H["merged"], H["probes"], model=H["lm"], **kw)
     da = a.drift.sort_values(["method", "run", "step", "layer"]).reset_index(drop=True)
     db = b.drift.sort_values(["method", "run", "step", "layer"]).reset_index(drop=True)
     assert len(da) == len(db) > 0 and set(da.run) == {"lora", "ctl", "full"}

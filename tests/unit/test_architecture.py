@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2] / "revlens"
 # stage of each top-level module / package of revlens (lower may never import higher)
 STAGES = {
     "_version": 0, "errors": 0, "modes": 0, "_io": 0, "_seeds": 0, "_numbers": 0, "_callable": 0, "_attach": 0,
+    "_types": 0,
     "_config": 1, "_result": 1, "_frames": 1, "nulls": 1, "plot": 1,
     "sites": 2, "probes": 2, "metrics": 2, "loading": 2, "datasets": 2,
     "model": 3,

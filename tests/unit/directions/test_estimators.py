@@ -155,7 +155,7 @@ def test_whitened_discounts_a_high_variance_axis(make_stats, unit_vec):
 
 def test_resolve_directions(planted):
     u, stats = planted
-    assert set(ESTIMATORS) == {"mean_diff", "pca", "probe", "whitened"}
+    assert set(ESTIMATORS) == {"mean_diff", "pca", "probe", "whitened", "refusal"}
     assert resolve_directions("pca", stats).method == "pca"
     assert resolve_directions(MeanDiff(n_bootstrap=0), stats).method == "mean_diff"
     t = torch.stack([3 * u, -u]).float()

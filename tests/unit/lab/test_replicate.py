@@ -141,3 +141,24 @@ def test_tiny_replication_resumes_per_pair(tiny_rep):
     again = replicate(out, track="pretrain-like", seeds=[0, 1], plan=TINY, progress=False)
     assert measures.stat().st_mtime_ns == stamp  # read back, not rerun
     assert [r["revlens_lab"] for r in again.rows] == [r["revlens_lab"] for r in rep.rows]
+
+
+@pytest.mark.slow
+def test_blocking_controls_in_a_second_process_change_no_number(tiny_rep, tmp_path):
+    """workers=2 (default: the random-direction controls in a second process, merged back) writes the
+    same table and the same lab files, in the same order, as everything in one process (workers=1)."""
+    import dataclasses
+
+    out, rep = tiny_rep
+    assert TINY.workers == 2 and "workers" not in TINY.to_dict()  # how it runs is not part of the plan's key
+    seq = replicate(tmp_path, track="pretrain-like", seeds=[0, 1], plan=dataclasses.replace(TINY, workers=1),
+                    progress=False)
+    assert [r["revlens_lab"] for r in seq.rows] == [r["revlens_lab"] for r in rep.rows]
+    par_lab, seq_lab = out / "pretrain-like" / "pair0" / "lab", tmp_path / "pretrain-like" / "pair0" / "lab"
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (par_lab, seq_lab)]
+    assert [r["checkpoint"] for r in metrics[0]] == [r["checkpoint"] for r in metrics[1]]
+    assert [r["harm_logodds"] for r in metrics[0]] == [r["harm_logodds"] for r in metrics[1]]
+    runs = [list(json.loads((d / "history.json").read_text())["runs"]) for d in (par_lab, seq_lab)]
+    assert runs[0] == runs[1] and "update-random/seed1" in runs[0]
+    assert (par_lab / "blocked" / "update-random" / "seed1").is_dir()
+    assert not (out / "pretrain-like" / "pair0" / "_scratch-controls").exists()

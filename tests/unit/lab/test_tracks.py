@@ -53,3 +53,27 @@ def test_lora_track_trains_adapters_only_and_saves_them(tmp_path):
     changed = [k for k in before if not torch.equal(before[k], merged[k])]
     assert changed and all(any(t in k for t in ("c_attn", "c_proj", "c_fc")) for k in changed)
     assert all(torch.equal(v, aligned.state_dict()[k]) for k, v in before.items())  # the start is untouched
+
+
+
+def test_the_default_track_is_where_the_shape_holds_and_each_note_says_so(tmp_path):
+    """`revlens lab` and `make demo` default to pretrain-like; every track's note says whether the
+    paper's shape holds there (remap: it does not, and why), and a lab history carries its note."""
+    import argparse
+    import json
+
+    from revlens.lab import run_lab
+    from revlens.lab.cli import _add_arguments, _config
+    from revlens.lab.tracks import DEMO_TRACK, track_note
+
+    parser = argparse.ArgumentParser()
+    _add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "x")])
+    assert DEMO_TRACK == "pretrain-like" and args.track == DEMO_TRACK and _config(args).track == DEMO_TRACK
+    assert all(track_note(t) for t in TRACKS)
+    assert "does **not** hold" in track_note("remap") and "re-mapped" in track_note("remap")
+    assert "shape holds" in track_note("pretrain-like") and "`remap`" in track_note("pretrain-like")
+    assert track_note("no-such-track") == ""
+    run_lab(tmp_path / "lab", LabConfig.for_track("remap", ft_seeds=(0,), ft_steps=1, control=False), progress=False)
+    meta = json.loads((tmp_path / "lab" / "history.json").read_text())["metadata"]
+    assert meta["note"] == track_note("remap")

@@ -54,7 +54,6 @@ def _stats() -> HistoryStats:
 @pytest.fixture(scope="module")
 def report() -> Report:
     return analyze(
-        None,
         _stats(),
         methods=("mean_diff", "pca", "whitened"),
         n_bootstrap=10,
