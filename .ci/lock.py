@@ -139,8 +139,10 @@ def compare(path: Path) -> int:
             moved.append(f"  - {name} {a} (locked, not installed now)")
         else:
             moved.append(f"  {'↑' if Version(b) > Version(a) else '↓'} {name} {a} -> {b}")
-    print(f"test-latest: {len(moved)} package(s) moved against {path.name}"  # noqa: T201
-          + (":" if moved else " (the newest releases are the locked ones)"))
+    print(
+        f"test-latest: {len(moved)} package(s) moved against {path.name}"  # noqa: T201
+        + (":" if moved else " (the newest releases are the locked ones)")
+    )
     print("\n".join(moved))  # noqa: T201
     if missing:
         print(f"test-latest: not installed: {', '.join(missing)}")  # noqa: T201

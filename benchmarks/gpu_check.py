@@ -68,10 +68,19 @@ def build(root: Path, size: str, dtype):
     if size == "tiny":
         cfg = families.config("llama")
     else:
-        cfg = tf.LlamaConfig(vocab_size=len(families.VOCAB), bos_token_id=families.BOS, eos_token_id=families.EOS,
-                             pad_token_id=families.PAD, hidden_size=512, intermediate_size=1376,
-                             num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                             max_position_embeddings=128, tie_word_embeddings=False)
+        cfg = tf.LlamaConfig(
+            vocab_size=len(families.VOCAB),
+            bos_token_id=families.BOS,
+            eos_token_id=families.EOS,
+            pad_token_id=families.PAD,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
     torch.manual_seed(0)
     base = tf.LlamaForCausalLM(cfg).eval()
     dirs = {"base": base, "aligned": families.perturbed(base, 0.02, 1)}
@@ -79,11 +88,15 @@ def build(root: Path, size: str, dtype):
         dirs[f"step-{s}"] = families.perturbed(dirs["aligned"], 0.002 * s, 10 + s)
     paths = {}
     for name, model in dirs.items():
-        paths[name] = families.save(model.to(dtype), tok, root / name, tokenizer=name in ("base", "aligned"))
+        paths[name] = families.save(
+            model.to(dtype), tok, root / name, tokenizer=name in ("base", "aligned")
+        )
     g = torch.Generator().manual_seed(0)
     words = [w for w in families.VOCAB if w.startswith("w")]
-    prompts = [" ".join(words[int(i)] for i in torch.randint(len(words), (int(n),), generator=g))
-               for n in torch.randint(8, 48, (512,), generator=g)]
+    prompts = [
+        " ".join(words[int(i)] for i in torch.randint(len(words), (int(n),), generator=g))
+        for n in torch.randint(8, 48, (512,), generator=g)
+    ]
     return paths, prompts
 
 
@@ -110,20 +123,25 @@ def bare_hf(paths: dict, prompts: list, device, dtype, batch: int) -> dict:
                 store[i] = output[0] if isinstance(output, tuple) else output
                 if i == len(layers):
                     raise Stop
+
             return fn
 
         handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(layers, 1)]
         means = {}
         with torch.no_grad():
             for name, path in paths.items():
-                model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)), strict=False)
+                model.load_state_dict(
+                    load_file(str(path / "model.safetensors"), device=str(device)), strict=False
+                )
                 total = 0
                 for i in range(0, len(prompts), batch):
-                    ids = enc["input_ids"][i:i + batch].to(device)
+                    ids = enc["input_ids"][i : i + batch].to(device)
                     with contextlib.suppress(Stop):
                         model(ids)
                     rows = torch.arange(len(ids), device=device)
-                    total = total + store[len(layers)][rows, last[i:i + batch].to(device)].double().sum(0)
+                    total = total + store[len(layers)][
+                        rows, last[i : i + batch].to(device)
+                    ].double().sum(0)
                 means[name] = (total / len(prompts)).cpu()
         for h in handles:
             h.remove()
@@ -139,12 +157,18 @@ def run(args) -> dict:
     from revlens.causal import ablation_study, logit_diff
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "dtype": args.dtype, "size": args.size}
+    res: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "size": args.size,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         paths, prompts = build(Path(tmp), args.size, dtype)
-        hist = revlens.History.from_dirs(base=paths["base"], aligned=paths["aligned"],
-                                         runs={"run": {s: paths[f"step-{s}"] for s in (1, 2, 5, 10)}})
+        hist = revlens.History.from_dirs(
+            base=paths["base"],
+            aligned=paths["aligned"],
+            runs={"run": {s: paths[f"step-{s}"] for s in (1, 2, 5, 10)}},
+        )
         res["bare_hf"] = bare_hf(paths, prompts, device, dtype, args.batch)
         hf_means = res["bare_hf"].pop("means")
         lm = hist.boot(device=device, dtype=dtype)
@@ -156,12 +180,21 @@ def run(args) -> dict:
         c["ratio_to_bare_hf"] = round(c["seconds"] / res["bare_hf"]["seconds"], 3)
         last = stats.layers.index(lm.n_layers)
         c["max_abs_diff_last_layer_mean"] = max(
-            float((stats.mean(ck.name)[last] - hf_means[Path(ck.local_path()).name]).abs().max()) for ck in hist)
+            float((stats.mean(ck.name)[last] - hf_means[Path(ck.local_path()).name]).abs().max())
+            for ck in hist
+        )
         res["ablation"] = {}
         metric = logit_diff(["w1", "w2"], ["w3"])
         with measured(device, res["ablation"]):
-            rep = ablation_study(hist, prompts[:128], metric, model=lm, stats=None, progress=False,
-                                 batch_size=min(args.batch, 32))
+            rep = ablation_study(
+                hist,
+                prompts[:128],
+                metric,
+                model=lm,
+                stats=None,
+                progress=False,
+                batch_size=min(args.batch, 32),
+            )
         a = res["ablation"]
         a["intervened_rows_per_s"] = round(rep.config["plan"]["n_interventions"] / a["seconds"], 1)
         a["planned_eta_s"] = rep.config["plan"]["eta_s"]
@@ -187,15 +220,21 @@ def blocker_steps(hist, stats, prompts, device, dtype, n_steps: int = 10) -> dic
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         blocker = None
         if name == "update":
-            layers = list(directions.layers[1:3] if len(directions.layers) > 2 else directions.layers)
-            reference = stats.mean(stats.aligned_name)[[stats.layer_pos(x) for x in layers]]  # means
-            blocker = ReversionBlocker(directions, prompts[:64], reference, layers=layers, tokenizer=tok)
+            layers = list(
+                directions.layers[1:3] if len(directions.layers) > 2 else directions.layers
+            )
+            reference = stats.mean(stats.aligned_name)[
+                [stats.layer_pos(x) for x in layers]
+            ]  # means
+            blocker = ReversionBlocker(
+                directions, prompts[:64], reference, layers=layers, tokenizer=tok
+            )
             blocker.attach(model, opt)
         row: dict = {}
         try:
             with measured(device, row):
                 for i in range(n_steps):
-                    ids = enc["input_ids"][(i * 8) % 64:(i * 8) % 64 + 8].to(device)
+                    ids = enc["input_ids"][(i * 8) % 64 : (i * 8) % 64 + 8].to(device)
                     loss = model(ids, labels=ids).loss
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -215,13 +254,17 @@ def main() -> int:
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_check.json)")
+    ap.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/gpu_check.json)"
+    )
     args = ap.parse_args()
     import torch
 
     if args.device is None:
         if not torch.cuda.is_available():
-            print("gpu_check: no CUDA device here; skipped (pass --device cpu to run it on the CPU)")
+            print(
+                "gpu_check: no CUDA device here; skipped (pass --device cpu to run it on the CPU)"
+            )
             return 0
         args.device = "cuda"
     t0 = time.perf_counter()
@@ -234,16 +277,28 @@ def main() -> int:
         path = _common.write("gpu_check", res)
     else:
         path = Path(args.out)
-        path.write_text(json.dumps({"benchmark": "gpu_check", "machine": _common.machine(), **res}, indent=1))
+        path.write_text(
+            json.dumps({"benchmark": "gpu_check", "machine": _common.machine(), **res}, indent=1)
+        )
     hf, c, a, b = res["bare_hf"], res["collect"], res["ablation"], res["blocker"]
-    print(f"gpu_check on {res['device']} ({res['dtype']}, {res['size']} Llama), {res['total_seconds']} s")
-    print(f"  bare HF forwards  {hf['prompts_per_s']:10.1f} prompts/s   peak {hf.get('peak_mib', '-')} MiB")
-    print(f"  collect           {c['prompts_per_s']:10.1f} prompts/s   peak {c.get('peak_mib', '-')} MiB   "
-          f"{c['ratio_to_bare_hf']:.2f}x the bare forwards, max |diff| {c['max_abs_diff_last_layer_mean']:.2e}")
-    print(f"  ablation (auto)   {a['intervened_rows_per_s']:10.1f} rows/s      peak {a.get('peak_mib', '-')} MiB   "
-          f"layers {a['layers']} steps {a['steps']} ({a['seconds']} s, planned {a['planned_eta_s']})")
-    print(f"  blocker update    {b['update']['s_per_step']:.4f} s/step vs plain {b['plain']['s_per_step']:.4f} "
-          f"({b['update_over_plain']}x)   peak {b['update'].get('peak_mib', '-')} vs {b['plain'].get('peak_mib', '-')} MiB")
+    print(
+        f"gpu_check on {res['device']} ({res['dtype']}, {res['size']} Llama), {res['total_seconds']} s"
+    )
+    print(
+        f"  bare HF forwards  {hf['prompts_per_s']:10.1f} prompts/s   peak {hf.get('peak_mib', '-')} MiB"
+    )
+    print(
+        f"  collect           {c['prompts_per_s']:10.1f} prompts/s   peak {c.get('peak_mib', '-')} MiB   "
+        f"{c['ratio_to_bare_hf']:.2f}x the bare forwards, max |diff| {c['max_abs_diff_last_layer_mean']:.2e}"
+    )
+    print(
+        f"  ablation (auto)   {a['intervened_rows_per_s']:10.1f} rows/s      peak {a.get('peak_mib', '-')} MiB   "
+        f"layers {a['layers']} steps {a['steps']} ({a['seconds']} s, planned {a['planned_eta_s']})"
+    )
+    print(
+        f"  blocker update    {b['update']['s_per_step']:.4f} s/step vs plain {b['plain']['s_per_step']:.4f} "
+        f"({b['update_over_plain']}x)   peak {b['update'].get('peak_mib', '-')} vs {b['plain'].get('peak_mib', '-')} MiB"
+    )
     print(f"  -> {path}")
     return 0
 

@@ -10,13 +10,23 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 import torch
 
-__all__ = ["Device", "HasBridge", "HasModule", "MetricBatch", "ModuleLike", "PathLike", "TokenizerInput", "TokenizerLike"]
+__all__ = [
+    "Device",
+    "HasBridge",
+    "HasModule",
+    "MetricBatch",
+    "ModuleLike",
+    "PathLike",
+    "TokenizerInput",
+    "TokenizerLike",
+]
 
 PathLike: TypeAlias = str | os.PathLike
 """A file or folder: a ``str`` or any ``os.PathLike`` (``pathlib.Path``)."""
 
 Device: TypeAlias = str | int | torch.device
 """Where a model runs: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a CUDA index or a ``torch.device``."""
+
 
 @runtime_checkable
 class TokenizerLike(Protocol):

@@ -26,14 +26,28 @@ from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMism
 from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
 from revlens.loading.boot import check_dtype_support, read_tokenizer
 
-__all__ = ["WEIGHT_SUFFIXES", "LensModel", "ModelInput", "config_fingerprint", "find_weight_files",
-           "load_state_dict"]
+__all__ = [
+    "WEIGHT_SUFFIXES",
+    "LensModel",
+    "ModelInput",
+    "config_fingerprint",
+    "find_weight_files",
+    "load_state_dict",
+]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # config keys that record how a file was written, not what the model computes
 _VOLATILE_CONFIG = (
-    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash",
-    "output_attentions", "output_hidden_states", "use_cache", "return_dict", "_attn_implementation",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_commit_hash",
+    "output_attentions",
+    "output_hidden_states",
+    "use_cache",
+    "return_dict",
+    "_attn_implementation",
     "_attn_implementation_autoset",
 )
 
@@ -69,7 +83,9 @@ def config_fingerprint(config: Any) -> str:
         try:
             obj = AutoConfig.from_pretrained(str(p.parent)).to_dict()
         except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"the model config {p} is not usable by transformers: {exc}") from None
+            raise CheckpointError(
+                f"the model config {p} is not usable by transformers: {exc}"
+            ) from None
     elif isinstance(config, Mapping):
         obj = dict(config)
     else:
@@ -108,7 +124,14 @@ class LensModel:
         fingerprint: content fingerprint of the loaded weights (``None``: unknown).
     """
 
-    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: TokenizerInput | None = None, boot: Any = None) -> None:
+    def __init__(
+        self,
+        bridge: Any,
+        *,
+        source: str = "<bridge>",
+        tokenizer: TokenizerInput | None = None,
+        boot: Any = None,
+    ) -> None:
         from revlens.loading import Ref, Swapper
 
         self.bridge = bridge
@@ -162,7 +185,9 @@ class LensModel:
         if isinstance(source, LensModel):
             return source
         if isinstance(source, TransformerBridge):
-            check_dtype_support(getattr(source.original_model.config, "model_type", None), source.cfg.dtype)
+            check_dtype_support(
+                getattr(source.original_model.config, "model_type", None), source.cfg.dtype
+            )
             return cls(source, tokenizer=tokenizer)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if device is not None:
@@ -178,12 +203,21 @@ class LensModel:
             return cls(bridge, source=name, tokenizer=tokenizer)
         from revlens.loading.gguf import gguf_dir, is_gguf
 
-        path = gguf_dir(source) if is_gguf(source) else Path(source)  # GGUF: its cached dequantized dir
+        path = (
+            gguf_dir(source) if is_gguf(source) else Path(source)
+        )  # GGUF: its cached dequantized dir
         return cls._boot_dir(path, kwargs, tokenizer, weights, low_memory and device_map is None)
 
     @classmethod
-    def for_history(cls, history: Any, model: "ModelInput | None" = None, *, device: Device | None = None, dtype: torch.dtype | None = None,
-                    low_memory: bool = True) -> "LensModel":
+    def for_history(
+        cls,
+        history: Any,
+        model: "ModelInput | None" = None,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype | None = None,
+        low_memory: bool = True,
+    ) -> "LensModel":
         """The model an entry point runs: ``model`` (a ``LensModel``, bridge, HF model or path; checked
         against ``device`` / ``dtype`` when they are given) or, by default, ``history.boot(...)``
         (float32 unless ``dtype``). Its architecture is checked against the history's.
@@ -196,29 +230,42 @@ class LensModel:
             lm = history.boot(device=device, dtype=dtype or torch.float32, low_memory=low_memory)
         else:
             if isinstance(model, (str, os.PathLike)):
-                lm = cls.boot(model, device=device, dtype=dtype or torch.float32, low_memory=low_memory)
+                lm = cls.boot(
+                    model, device=device, dtype=dtype or torch.float32, low_memory=low_memory
+                )
             else:
                 lm = cls.boot(model)
             if dtype is not None and lm.dtype != dtype:
-                raise ConfigError(f"the model given runs in {lm.dtype} but dtype={dtype} was asked; boot it in "
-                                  "that dtype, or leave dtype unset to use the model's")
+                raise ConfigError(
+                    f"the model given runs in {lm.dtype} but dtype={dtype} was asked; boot it in "
+                    "that dtype, or leave dtype unset to use the model's"
+                )
             if device is not None and not _same_device(lm.device, torch.device(device)):
-                raise ConfigError(f"the model given is on {lm.device} but device={device!r} was asked; move it "
-                                  "(or leave device unset)")
+                raise ConfigError(
+                    f"the model given is on {lm.device} but device={device!r} was asked; move it "
+                    "(or leave device unset)"
+                )
         lm.check_architecture(history)
         return lm
 
     @classmethod
-    def _boot_dir(cls, path: Path, kwargs: dict[str, Any], tokenizer: Any, weights: Any,
-                  low_memory: bool) -> "LensModel":
+    def _boot_dir(
+        cls, path: Path, kwargs: dict[str, Any], tokenizer: Any, weights: Any, low_memory: bool
+    ) -> "LensModel":
         from transformer_lens.model_bridge import TransformerBridge
 
         from revlens.loading import Ref, empty_model, weight_files
 
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"cannot boot {path}: expected a save_pretrained dir with config.json")
-        config_fingerprint(path)  # a config.json that is not JSON is named here, not deep in transformers
-        check_dtype_support(json.loads((path / "config.json").read_text()).get("model_type"), kwargs["dtype"])
+            raise CheckpointError(
+                f"cannot boot {path}: expected a save_pretrained dir with config.json"
+            )
+        config_fingerprint(
+            path
+        )  # a config.json that is not JSON is named here, not deep in transformers
+        check_dtype_support(
+            json.loads((path / "config.json").read_text()).get("model_type"), kwargs["dtype"]
+        )
         tokenizer = read_tokenizer(path, tokenizer)
         if tokenizer is not None:
             kwargs["tokenizer"] = _bridge_tokenizer(tokenizer)
@@ -236,8 +283,11 @@ class LensModel:
                 f"cannot boot {path} with TransformerLens: {type(exc).__name__}: {exc}"
             ) from None
         own = Ref(path, name=path.name)
-        same = ref is not None and isinstance(ref.source, (str, os.PathLike)) and \
-            Path(ref.source).resolve() == path.resolve()
+        same = (
+            ref is not None
+            and isinstance(ref.source, (str, os.PathLike))
+            and Path(ref.source).resolve() == path.resolve()
+        )
         booted_with = None if low_memory else (ref if same else own)  # what from_pretrained read
         lm = cls(bridge, source=str(path), tokenizer=tokenizer, boot=booted_with)
         if booted_with is None or (ref is not None and not same):
@@ -385,7 +435,6 @@ class LensModel:
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
     return have.type == want.type and (want.index is None or have.index == want.index)
-
 
 
 ModelInput: TypeAlias = LensModel | torch.nn.Module | PathLike

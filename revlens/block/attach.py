@@ -32,13 +32,21 @@ def _flatten(params: Any) -> list[Tensor]:
         elif isinstance(item, Tensor):
             out.append(item)
         else:
-            raise ConfigError(f"params must be tensors or optimizer param groups ({{'params': [...]}}); "
-                              f"got {type(item).__name__}")
+            raise ConfigError(
+                f"params must be tensors or optimizer param groups ({{'params': [...]}}); "
+                f"got {type(item).__name__}"
+            )
     return out
 
 
-def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, optimizer: torch.optim.Optimizer | None = None,
-                       params: Any = None, patterns: Iterable[str] = ()) -> list[nn.Parameter]:
+def trained_parameters(
+    module: nn.Module,
+    trainable: list[nn.Parameter],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    params: Any = None,
+    patterns: Iterable[str] = (),
+) -> list[nn.Parameter]:
     """The parameters to correct, in module order, unique.
 
     Args:
@@ -62,8 +70,10 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
         given = _flatten(params)
         stray = [p for p in given if id(p) not in keep]
         if stray:
-            raise ConfigError(f"params: {len(stray)} of the {len(given)} tensors given are not trainable parameters "
-                              "of the model (in the optimizer, with requires_grad)")
+            raise ConfigError(
+                f"params: {len(stray)} of the {len(given)} tensors given are not trainable parameters "
+                "of the model (in the optimizer, with requires_grad)"
+            )
         keep &= {id(p) for p in given}
     patterns = tuple(patterns)
     if patterns:
@@ -71,7 +81,9 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
         for pat in patterns:
             if not any(fnmatchcase(n, pat) for n, _ in names):
                 sample = ", ".join(n for n, _ in names[:4])
-                raise ConfigError(f"params pattern {pat!r} matches no trainable parameter; names look like: {sample}")
+                raise ConfigError(
+                    f"params pattern {pat!r} matches no trainable parameter; names look like: {sample}"
+                )
         keep = {id(p) for n, p in names if any(fnmatchcase(n, pat) for pat in patterns)}
     out = [p for p in trainable if id(p) in keep]
     if not out:
@@ -80,7 +92,9 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
 
 
 @contextmanager
-def wrapped_step(optimizer: torch.optim.Optimizer, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
+def wrapped_step(
+    optimizer: torch.optim.Optimizer, before: Callable[[], None], after: Callable[[], None]
+) -> Iterator[None]:
     """``optimizer.step`` calls ``before()`` and ``after()`` around itself; restored on exit (also
     when a scheduler wrapped it meanwhile: the instance attribute is put back as it was)."""
     had = "step" in vars(optimizer)
@@ -109,8 +123,10 @@ def named_steps(blocker: Any) -> tuple[Callable[[], None], Callable[[], None]]:
     from revlens.errors import naming
 
     def where() -> str:
-        return (f"blocking training step {getattr(blocker, 'step_', '?')} (layers "
-                f"{getattr(blocker, 'layers_', '?')}, method {getattr(blocker, 'method', '?')!r})")
+        return (
+            f"blocking training step {getattr(blocker, 'step_', '?')} (layers "
+            f"{getattr(blocker, 'layers_', '?')}, method {getattr(blocker, 'method', '?')!r})"
+        )
 
     def before() -> None:
         with naming(where(), "measuring the probes for"):

@@ -117,9 +117,13 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
 
     source = "block"
 
-    def __new__(cls, *args: Any, config: BlockerConfig | None = None, **settings: Any) -> "ReversionBlocker":
+    def __new__(
+        cls, *args: Any, config: BlockerConfig | None = None, **settings: Any
+    ) -> "ReversionBlocker":
         if cls is ReversionBlocker:  # the registered class of the method asked for
-            method = settings.get("method", config.method if config is not None else BlockerConfig.method)
+            method = settings.get(
+                "method", config.method if config is not None else BlockerConfig.method
+            )
             cls = method_class(method, ReversionBlocker)
         return super().__new__(cls)
 
@@ -137,14 +141,25 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
     ) -> None:
         own = type(self).method
         if not own:
-            raise ConfigError(f"{type(self).__name__} is not a registered blocking method; decorate it with "
-                              "@revlens.block.register('name')")
+            raise ConfigError(
+                f"{type(self).__name__} is not a registered blocking method; decorate it with "
+                "@revlens.block.register('name')"
+            )
         given = settings.get("method", config.method if config is not None else own)
         if given != own:
             raise ConfigError(f"{type(self).__name__} is method {own!r}, not method={given!r}")
-        self.config = cfg = BlockerConfig.build(config, type(self).__name__, **{**settings, "method": own})
-        self._store_inputs(directions, probes, reference, layers=layers, tokenizer=tokenizer,
-                           directions_layers=directions_layers, site=cfg.site)
+        self.config = cfg = BlockerConfig.build(
+            config, type(self).__name__, **{**settings, "method": own}
+        )
+        self._store_inputs(
+            directions,
+            probes,
+            reference,
+            layers=layers,
+            tokenizer=tokenizer,
+            directions_layers=directions_layers,
+            site=cfg.site,
+        )
         self.method, self.strength, self.restore = cfg.method, cfg.strength, cfg.restore
         self.probe_batch_size, self.refresh_every = cfg.probe_batch_size, cfg.refresh_every
         self.grad_batching, self.ridge, self.seed = cfg.grad_batching, cfg.ridge, cfg.seed
@@ -156,7 +171,13 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         :class:`~revlens.errors.ConfigError` for settings this method cannot honour."""
 
     # ------------------------------------------------------------------ fitting
-    def prepare(self, model: ModuleLike, *, optimizer: torch.optim.Optimizer | None = None, params: Any = None) -> "ReversionBlocker":
+    def prepare(
+        self,
+        model: ModuleLike,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        params: Any = None,
+    ) -> "ReversionBlocker":
         """Validate inputs against ``model`` and set every fitted attribute (class docstring).
 
         ``optimizer`` / ``params`` narrow the corrected parameters (``params_``) as in
@@ -165,7 +186,9 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         reader, res = self.resolve(model)
         if self.rank is not None:
             if self.rank > res.basis.shape[1]:  # type: ignore[union-attr]
-                raise ConfigError(f"rank={self.rank} but the directions have rank {res.basis.shape[1]}")  # type: ignore[union-attr]
+                raise ConfigError(
+                    f"rank={self.rank} but the directions have rank {res.basis.shape[1]}"
+                )  # type: ignore[union-attr]
             res = res.truncated(self.rank)
         n = res.tokens.shape[0]
         size = self.probe_batch_size
@@ -180,16 +203,27 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         if optimizer is None and params is None and not self.config.params:
             self.params_ = trainable  # measuring only needs none; attach() checks there are some
         else:
-            self.params_ = trained_parameters(reader.module, trainable, optimizer=optimizer, params=params,
-                                              patterns=self.config.params)
+            self.params_ = trained_parameters(
+                reader.module,
+                trainable,
+                optimizer=optimizer,
+                params=params,
+                patterns=self.config.params,
+            )
         self.probe_batch_size_: int | None = None if size is None or size >= n else int(size)
         self.model_id_ = id(model)
         self.reader_: SiteAccess = reader
         self.inputs_: Resolved = res
         self.layers_ = list(res.layers)
-        self.objective_ = ProbeObjective(reader, res, batch_size=self.probe_batch_size_, seed=self.seed,
-                                         grad_batching=self.grad_batching, constraint=self.constraint,
-                                         per_prompt=self.per_prompt)
+        self.objective_ = ProbeObjective(
+            reader,
+            res,
+            batch_size=self.probe_batch_size_,
+            seed=self.seed,
+            grad_batching=self.grad_batching,
+            constraint=self.constraint,
+            per_prompt=self.per_prompt,
+        )
         self.jac_: Jacobian | None = None
         self.gram_: Tensor | None = None
         self.s_now_ = torch.zeros(0, dtype=torch.float64)
@@ -197,8 +231,14 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         self._start()
         return self
 
-    def attach(self, model: ModuleLike, optimizer: torch.optim.Optimizer | None = None, *, wrap_step: bool = True,
-               params: Any = None) -> "ReversionBlocker":
+    def attach(
+        self,
+        model: ModuleLike,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        wrap_step: bool = True,
+        params: Any = None,
+    ) -> "ReversionBlocker":
         """Start blocking on ``model`` (:meth:`BlockingStrategy.attach`): wrap ``optimizer.step``
         (methods acting on the step) and add the method's hooks. ``params``: the tensors (or
         optimizer param groups) to correct (default: every trainable parameter in the optimizer,
@@ -281,8 +321,12 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         gradients kept until the next one, ``docs/scale.md`` "Blocking cost")."""
         self._check()
         rows, stored = self.stored_
-        return {"trained_parameters": sum(p.numel() for p in self.params_), "rows": rows, "stored_bytes": stored,
-                "trained_bytes": sum(p.numel() * p.element_size() for p in self.params_)}
+        return {
+            "trained_parameters": sum(p.numel() for p in self.params_),
+            "rows": rows,
+            "stored_bytes": stored,
+            "trained_bytes": sum(p.numel() * p.element_size() for p in self.params_),
+        }
 
     @property
     def active_(self) -> pd.DataFrame:
@@ -291,15 +335,23 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         records = self.records_ if self.is_fitted else []
         active = records_frame(records, "active_rows", ["step", "active_rows"])
         rows = records_frame(records, "rows", ["step", "rows"])
-        return pd.DataFrame({"step": active["step"], "rows": rows["rows"].astype("int64"),
-                             "active": active["active_rows"].astype("int64")}, columns=["step", "rows", "active"])
+        return pd.DataFrame(
+            {
+                "step": active["step"],
+                "rows": rows["rows"].astype("int64"),
+                "active": active["active_rows"].astype("int64"),
+            },
+            columns=["step", "rows", "active"],
+        )
 
     @property
     def history_(self) -> pd.DataFrame:
         """Per-step ``s_l`` on the probe batch before each step, long format ``step, layer, s,
         measured`` (``measured=False``: the first-order prediction between refreshes); empty for
         ``method="hook"``."""
-        return records_frame(self.records_ if self.is_fitted else [], "s", ["step", "layer", "s", "measured"])
+        return records_frame(
+            self.records_ if self.is_fitted else [], "s", ["step", "layer", "s", "measured"]
+        )
 
     def trajectory(self, **kw: Any) -> Any:
         """The blocked quantity ``s_l`` before each step, per layer (:func:`revlens.plot.blocker_figure`)."""

@@ -62,7 +62,9 @@ class Resolved:
 
 def _directions(directions: Any, dir_layers: Any) -> Directions:
     if isinstance(directions, Tensor) and dir_layers is None:
-        raise ConfigError("directions given as a tensor need their layers: pass directions_layers=[...]")
+        raise ConfigError(
+            "directions given as a tensor need their layers: pass directions_layers=[...]"
+        )
     if not isinstance(directions, (Directions, Tensor)):
         raise ConfigError(
             f"directions must be a revlens Directions or a [layer, d] / [layer, k, d] tensor; got {type(directions).__name__}"
@@ -189,7 +191,9 @@ def _reference(
         _check_ref(mean, layers, d, "tensor")
         return mean, None
     if isinstance(reference, (str, Path, LensModel, nn.Module)) or hasattr(reference, "hook_dict"):
-        ref = _reference_model(reference, reader) if isinstance(reference, (str, Path)) else reference
+        ref = (
+            _reference_model(reference, reader) if isinstance(reference, (str, Path)) else reference
+        )
         ref_acc = access(ref)
         if ref_acc.d_model != d or ref_acc.n_layers != reader.n_layers:
             raise ShapeMismatchError(
@@ -198,9 +202,17 @@ def _reference(
             )
         ref_sites = ref_acc.sites(layers, sites[0].kind)
         with torch.no_grad():
-            rows = [torch.stack(ref_acc.read(b.tokens, b.weights, ref_sites, mask=_mask(b.tokens, b.last_index)),
-                                dim=1).float().cpu()
-                    for b in tok.batches(batch_size)]
+            rows = [
+                torch.stack(
+                    ref_acc.read(
+                        b.tokens, b.weights, ref_sites, mask=_mask(b.tokens, b.last_index)
+                    ),
+                    dim=1,
+                )
+                .float()
+                .cpu()
+                for b in tok.batches(batch_size)
+            ]
         prompt = torch.cat(rows)
         # read once into statistics: no second model is kept
         return prompt.to(torch.float64).mean(0), prompt
@@ -243,7 +255,9 @@ def resolve_inputs(
     """
     dirs = _directions(directions, directions_layers)
     if dirs.site != site:
-        raise SiteError(f"directions were fit at site {dirs.site!r}; this blocker / monitor reads {site!r}")
+        raise SiteError(
+            f"directions were fit at site {dirs.site!r}; this blocker / monitor reads {site!r}"
+        )
     chosen = list(dirs.layers) if layers is None else normalize_layers(layers, list(dirs.layers))
     reader = access(model)
     sites = reader.sites(chosen, site)
@@ -254,20 +268,51 @@ def resolve_inputs(
     mean, prompt = _reference(reference, sites, reader, tok, batch_size)
     basis = dirs.select(chosen).basis.to(device=reader.device, dtype=torch.float32)
     mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    return reader, Resolved(sites, chosen, basis[:, 0], tok.tokens, tok.weights.to(torch.float32), mask, mean, prompt,
-                            basis)
+    return reader, Resolved(
+        sites,
+        chosen,
+        basis[:, 0],
+        tok.tokens,
+        tok.weights.to(torch.float32),
+        mask,
+        mean,
+        prompt,
+        basis,
+    )
 
 
 class ProbeInputs:
     """What a blocker and a monitor both hold: directions, probes and the aligned reference, and
     the layers / site they act on; :meth:`resolve` checks them against a model."""
 
-    def _store_inputs(self, directions: Any, probes: Any, reference: Any, *, layers: Any, tokenizer: Any,
-                      directions_layers: Any, site: SiteKind) -> None:
+    def _store_inputs(
+        self,
+        directions: Any,
+        probes: Any,
+        reference: Any,
+        *,
+        layers: Any,
+        tokenizer: Any,
+        directions_layers: Any,
+        site: SiteKind,
+    ) -> None:
         self.directions, self.probes, self.reference = directions, probes, reference
-        self.layers, self.tokenizer, self.directions_layers, self.site = layers, tokenizer, directions_layers, site
+        self.layers, self.tokenizer, self.directions_layers, self.site = (
+            layers,
+            tokenizer,
+            directions_layers,
+            site,
+        )
 
     def resolve(self, model: ModuleLike) -> tuple[SiteAccess, Resolved]:
         """:func:`resolve_inputs` with this object's inputs."""
-        return resolve_inputs(model, self.directions, self.probes, self.reference, layers=self.layers,
-                              tokenizer=self.tokenizer, directions_layers=self.directions_layers, site=self.site)
+        return resolve_inputs(
+            model,
+            self.directions,
+            self.probes,
+            self.reference,
+            layers=self.layers,
+            tokenizer=self.tokenizer,
+            directions_layers=self.directions_layers,
+            site=self.site,
+        )

@@ -49,13 +49,24 @@ def register(name: str) -> Callable[[T], T]:
         ConfigError: ``name`` is not a plain identifier-like string, or another class already holds
             it (re-registering the same class, e.g. on a module reload, is allowed).
     """
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"a blocking method's name must be a plain word such as 'freeze_layer', got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not name
+        or not name.replace("_", "").replace("-", "").isalnum()
+    ):
+        raise ConfigError(
+            f"a blocking method's name must be a plain word such as 'freeze_layer', got {name!r}"
+        )
 
     def deco(cls: T) -> T:
         held = _REGISTRY.get(name)
-        if held is not None and (held.__module__, held.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ConfigError(f"blocking method {name!r} is already registered by {held.__module__}.{held.__qualname__}")
+        if held is not None and (held.__module__, held.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise ConfigError(
+                f"blocking method {name!r} is already registered by {held.__module__}.{held.__qualname__}"
+            )
         cls.method = name  # type: ignore[attr-defined]
         _REGISTRY[name] = cls
         return cls
@@ -117,7 +128,9 @@ class MethodNames(Sequence[str]):
         return name in self._names()
 
     def __eq__(self, other: object) -> bool:
-        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, MethodNames)) else other)
+        return tuple(self) == (
+            tuple(other) if isinstance(other, (tuple, list, MethodNames)) else other
+        )
 
     def __hash__(self) -> int:
         return hash(tuple(self))

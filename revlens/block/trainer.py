@@ -45,7 +45,13 @@ from revlens.block.attach import named_steps
 from revlens.block.strategy import BlockingStrategy
 from revlens.errors import ConfigError
 
-__all__ = ["BlockingCallback", "BlockingTrainer", "LoggingCallback", "ReversionBlockerCallback", "add_to_trainer"]
+__all__ = [
+    "BlockingCallback",
+    "BlockingTrainer",
+    "LoggingCallback",
+    "ReversionBlockerCallback",
+    "add_to_trainer",
+]
 
 PREFIX = "revlens/"
 
@@ -58,7 +64,14 @@ class LoggingCallback(TrainerCallback):
     def __init__(self) -> None:
         self.pending: dict[str, float] = {}
 
-    def on_log(self, args: Any, state: TrainerState, control: TrainerControl, logs: Any = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: Any,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Add the pending measurements to this log."""
         if not self.pending or logs is None:
             return
@@ -77,8 +90,10 @@ class BlockingCallback(LoggingCallback):
     def __init__(self, strategy: BlockingStrategy) -> None:
         super().__init__()
         if not isinstance(strategy, BlockingStrategy):
-            raise ConfigError(f"BlockingCallback takes a blocking strategy (ReversionBlocker, WeightBlocker, a "
-                              f"registered BlockingStrategy), got {type(strategy).__name__}")
+            raise ConfigError(
+                f"BlockingCallback takes a blocking strategy (ReversionBlocker, WeightBlocker, a "
+                f"registered BlockingStrategy), got {type(strategy).__name__}"
+            )
         self.strategy = strategy
 
     @property
@@ -86,22 +101,35 @@ class BlockingCallback(LoggingCallback):
         """The strategy (the name earlier releases used)."""
         return self.strategy
 
-    def on_train_begin(self, args: Any, state: TrainerState, control: TrainerControl, model: ModuleLike | None = None, optimizer: torch.optim.Optimizer | None = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: TrainerState,
+        control: TrainerControl,
+        model: ModuleLike | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Attach to the Trainer's model and optimizer (no step wrapping)."""
         self.strategy.attach(model, optimizer, wrap_step=False)
 
-    def on_pre_optimizer_step(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_pre_optimizer_step(
+        self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """``before_step``: e.g. measure ``s`` and the per-layer gradients, project the gradient,
         add a penalty's gradient."""
         named_steps(self.strategy)[0]()
 
-    def on_optimizer_step(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_optimizer_step(
+        self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """``after_step``: e.g. project the update and restore ``s``; note what to log."""
         named_steps(self.strategy)[1]()
         self.pending = {m.log_name: m.value for m in self.strategy.measurements() if m.logged}
 
-    def on_train_end(self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         """``finish`` (post-hoc defenses act here), then remove hooks."""
         try:
             self.strategy.finish()
@@ -141,11 +169,15 @@ class BlockingTrainer(Trainer):
     """
 
     @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-    def __init__(self, *args: Any, blocker: BlockingStrategy | Sequence[BlockingStrategy], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, blocker: BlockingStrategy | Sequence[BlockingStrategy], **kwargs: Any
+    ) -> None:
         strategies = list(blocker) if isinstance(blocker, (list, tuple)) else [blocker]
         bad = [type(s).__name__ for s in strategies if not isinstance(s, BlockingStrategy)]
         if bad or not strategies:
-            raise ConfigError(f"BlockingTrainer(blocker=...) takes blocking strategies, got {bad or 'none'}")
+            raise ConfigError(
+                f"BlockingTrainer(blocker=...) takes blocking strategies, got {bad or 'none'}"
+            )
         super().__init__(*args, **kwargs)
         self.blocker = blocker
         self.strategies = strategies

@@ -35,7 +35,9 @@ class CausalHtml:
                 + frame(summary)
                 + "</details>"
             )
-        for kind in self.kinds():  # each intervention kind's own figures (the kind object says which)
+        for (
+            kind
+        ) in self.kinds():  # each intervention kind's own figures (the kind object says which)
             page.add(f"<h2>{_e(kind)}</h2>")
             for draw in self.kind_figures(kind):
                 page.try_figure(draw)

@@ -104,7 +104,12 @@ def prepare_metric(metric: Any, lm: LensModel) -> Any:
 
 
 def reference_stats(
-    hist: History, probes: Any, lm: LensModel, layers: list[int], batch_size: int, site: SiteKind = "resid_post"
+    hist: History,
+    probes: Any,
+    lm: LensModel,
+    layers: list[int],
+    batch_size: int,
+    site: SiteKind = "resid_post",
 ) -> HistoryStats:
     """Base + aligned statistics (aligned second moments, kept activations) at ``layers``."""
     return collect(

@@ -52,8 +52,13 @@ from revlens.modes import SITE_KINDS, check_modes
 from revlens.probes import ProbesInput
 from revlens.sites import access
 
-__all__ = ["ABLATION_SITES", "RefusalSelection", "RefusalSelectionWarning", "directional_ablation",
-           "select_refusal_direction"]
+__all__ = [
+    "ABLATION_SITES",
+    "RefusalSelection",
+    "RefusalSelectionWarning",
+    "directional_ablation",
+    "select_refusal_direction",
+]
 
 ABLATION_SITES = ("resid_pre", "attn_out", "mlp_out")
 """Where :func:`directional_ablation` projects ``r̂`` out (every block): Arditi et al.'s choice."""
@@ -64,8 +69,12 @@ class RefusalSelectionWarning(UserWarning):
 
 
 @contextmanager
-def directional_ablation(model: ModuleLike, direction: Float[Tensor, " d_model"], *,
-                         sites: Sequence[str] = ABLATION_SITES) -> Iterator[None]:
+def directional_ablation(
+    model: ModuleLike,
+    direction: Float[Tensor, " d_model"],
+    *,
+    sites: Sequence[str] = ABLATION_SITES,
+) -> Iterator[None]:
     """While the block runs, ``h ← h − (h·r̂) r̂`` at every layer of every site kind in ``sites``
     and at every position (``r̂ = direction / ‖direction‖``): the ``clamp`` context manager with a
     zero reference, at all layers at once. Hooks are removed on exit, also when the block raises."""
@@ -114,9 +123,11 @@ class RefusalSelection:
 
     def __repr__(self) -> str:
         row = self.table[self.table["selected"]].iloc[0]
-        return (f"RefusalSelection(position={self.position}, layer={self.layer}, score={row['score']:.3f}, "
-                f"bypass={row['bypass']:.3f}, induce={row['induce']:.3f}, kl={row['kl']:.4f}, "
-                f"candidates={len(self.table)}, eligible={int(self.table['eligible'].sum())})")
+        return (
+            f"RefusalSelection(position={self.position}, layer={self.layer}, score={row['score']:.3f}, "
+            f"bypass={row['bypass']:.3f}, induce={row['induce']:.3f}, kl={row['kl']:.4f}, "
+            f"candidates={len(self.table)}, eligible={int(self.table['eligible'].sum())})"
+        )
 
 
 def _metric(metric: Any, tokenizer: Any, vocab_size: int) -> Any:
@@ -127,7 +138,9 @@ def _metric(metric: Any, tokenizer: Any, vocab_size: int) -> Any:
     if hasattr(metric, "bind"):
         metric = metric.bind(tokenizer, vocab_size)
     if not callable(metric):
-        raise MetricError(f"metric must be a logits metric (logits, batch) -> [batch]; got {type(metric).__name__}")
+        raise MetricError(
+            f"metric must be a logits metric (logits, batch) -> [batch]; got {type(metric).__name__}"
+        )
     return metric
 
 
@@ -139,7 +152,9 @@ def _candidates(refusal: RefusalDirections, positions: Any, layers: Any) -> list
         wanted = have if layers is None else [int(x) for x in layers]
         missing = [x for x in wanted if x not in have]
         if missing:
-            raise ConfigError(f"no refusal direction at position {label}, layer(s) {missing}; layers: {have}")
+            raise ConfigError(
+                f"no refusal direction at position {label}, layer(s) {missing}; layers: {have}"
+            )
         out += [(label, layer) for layer in wanted]
     return out
 
@@ -213,19 +228,26 @@ def select_refusal_direction(
     prune_fraction = as_float("prune_fraction", prune_fraction)
     if not 0.0 <= prune_fraction < 1.0:
         raise ConfigError(f"prune_fraction must be in [0, 1), got {prune_fraction}")
-    kl_threshold, induce_threshold = as_float("kl_threshold", kl_threshold), as_float("induce_threshold", induce_threshold)
+    kl_threshold, induce_threshold = (
+        as_float("kl_threshold", kl_threshold),
+        as_float("induce_threshold", induce_threshold),
+    )
     check_modes("ablation_sites", list(ablation_sites), SITE_KINDS)
     batch_size = as_int("batch_size", batch_size, min=1)
     if not isinstance(refusal, RefusalDirections):
-        raise ConfigError(f"refusal must be RefusalDirections (from refusal_directions); got {type(refusal).__name__}")
+        raise ConfigError(
+            f"refusal must be RefusalDirections (from refusal_directions); got {type(refusal).__name__}"
+        )
     bad, good = split_labels(probes, harmful, harmless)
     cands = _candidates(refusal, positions, layers)
     wanted = checkpoint if checkpoint is not None or not is_history(source) else refusal.checkpoint
     lm, ck, _ = resolve_source(source, checkpoint=wanted, model=model)
     fp = ck.model_fingerprint() if ck is not None else lm.fingerprint
     if fp is not None and refusal.fingerprint is not None and fp != refusal.fingerprint:
-        raise ConfigError(f"the refusal directions were read on checkpoint {refusal.checkpoint!r} "
-                          f"({refusal.fingerprint[:12]}); the selection would run on other weights ({fp[:12]})")
+        raise ConfigError(
+            f"the refusal directions were read on checkpoint {refusal.checkpoint!r} "
+            f"({refusal.fingerprint[:12]}); the selection would run on other weights ({fp[:12]})"
+        )
     metric = _metric(metric, lm.tokenizer, lm.vocab_size)
     if ck is not None:
         lm.load(ck)
@@ -236,17 +258,33 @@ def select_refusal_direction(
     table = _judge(pd.DataFrame(rows), cut, kl_threshold, induce_threshold)
     best = table[table["selected"]].iloc[0]
     label, layer = str(best["position"]), int(best["layer"])
-    meta = {"prune_fraction": prune_fraction, "kl_threshold": kl_threshold, "induce_threshold": induce_threshold,
-            "first_pruned_layer": cut, "n_harmful": len(bad), "n_harmless": len(good),
-            "ablation_sites": list(ablation_sites), "fallback": bool(table.attrs["fallback"])}
+    meta = {
+        "prune_fraction": prune_fraction,
+        "kl_threshold": kl_threshold,
+        "induce_threshold": induce_threshold,
+        "first_pruned_layer": cut,
+        "n_harmful": len(bad),
+        "n_harmless": len(good),
+        "ablation_sites": list(ablation_sites),
+        "fallback": bool(table.attrs["fallback"]),
+    }
     chosen = refusal[label]
-    dirs = Directions(chosen.basis, chosen.layers, chosen.method, chosen.site,
-                      {**chosen.meta, "selected_layer": layer, "selection": meta})
+    dirs = Directions(
+        chosen.basis,
+        chosen.layers,
+        chosen.method,
+        chosen.site,
+        {**chosen.meta, "selected_layer": layer, "selection": meta},
+    )
     return RefusalSelection(table, label, layer, dirs, chosen[layer].clone(), refusal, meta)
 
 
-def _score(runner: _Runner, refusal: RefusalDirections, cands: list[tuple[str, int]],
-           ablation_sites: Sequence[str]) -> list[dict[str, Any]]:
+def _score(
+    runner: _Runner,
+    refusal: RefusalDirections,
+    cands: list[tuple[str, int]],
+    ablation_sites: Sequence[str],
+) -> list[dict[str, Any]]:
     """One row per candidate: the clean baselines, bypass, induce and KL (module docstring)."""
     base_bad, _ = runner.run(runner.bad)
     base_good, clean_good = runner.run(runner.good)
@@ -259,14 +297,23 @@ def _score(runner: _Runner, refusal: RefusalDirections, cands: list[tuple[str, i
             _, ablated_good = runner.run(runner.good)
         with steer(runner.lm, unit, [layer], alpha=float(raw.norm()), site=refusal.site):
             induce, _ = runner.run(runner.good)
-        rows.append({"position": int(label) if label.lstrip("-").isdigit() else label, "layer": layer,
-                     "bypass": float(bypass.mean()), "induce": float(induce.mean()),
-                     "kl": _kl(clean_good, ablated_good), "baseline_harmful": float(base_bad.mean()),
-                     "baseline_harmless": float(base_good.mean())})
+        rows.append(
+            {
+                "position": int(label) if label.lstrip("-").isdigit() else label,
+                "layer": layer,
+                "bypass": float(bypass.mean()),
+                "induce": float(induce.mean()),
+                "kl": _kl(clean_good, ablated_good),
+                "baseline_harmful": float(base_bad.mean()),
+                "baseline_harmless": float(base_good.mean()),
+            }
+        )
     return rows
 
 
-def _judge(table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold: float) -> pd.DataFrame:
+def _judge(
+    table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold: float
+) -> pd.DataFrame:
     """The filter columns, the score and the chosen row (module docstring)."""
     table["score"] = table["baseline_harmful"] - table["bypass"]
     table["pruned"] = table["layer"] >= cut
@@ -276,9 +323,13 @@ def _judge(table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold:
     pool = table[table["eligible"]]
     table.attrs["fallback"] = pool.empty
     if pool.empty:
-        warnings.warn("no refusal-direction candidate passed the filter (layer < "
-                      f"{cut}, kl < {kl_threshold}, induce > {induce_threshold}); using the best score over all "
-                      "candidates", RefusalSelectionWarning, stacklevel=3)
+        warnings.warn(
+            "no refusal-direction candidate passed the filter (layer < "
+            f"{cut}, kl < {kl_threshold}, induce > {induce_threshold}); using the best score over all "
+            "candidates",
+            RefusalSelectionWarning,
+            stacklevel=3,
+        )
         pool = table
     table["selected"] = False
     table.loc[pool["score"].idxmax(), "selected"] = True

@@ -25,9 +25,17 @@ from revlens.sites import Site
 __all__ = ["run_sequential"]
 
 
-def run_sequential(model: ModuleLike, batch: MetricBatch, stacks: Sequence[Stack], metric: Any, *, sites: Mapping[int, Site],
-                   sources: Mapping[int, Tensor] | None = None, mask: Tensor | None = None,
-                   **_: Any) -> tuple[Tensor, list[Tensor]]:
+def run_sequential(
+    model: ModuleLike,
+    batch: MetricBatch,
+    stacks: Sequence[Stack],
+    metric: Any,
+    *,
+    sites: Mapping[int, Site],
+    sources: Mapping[int, Tensor] | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> tuple[Tensor, list[Tensor]]:
     """The model metric on the clean batch ``[batch]`` and under each stack's interventions
     (``[n, batch]`` each), one intervention per call of the metric."""
     clean = score_metric(metric, model, batch)
@@ -35,13 +43,28 @@ def run_sequential(model: ModuleLike, batch: MetricBatch, stacks: Sequence[Stack
     for st in stacks:
         kind = intervention(st.kind)
         vals = torch.empty(len(st), len(batch), dtype=torch.float64)
-        source = {st.layer: sources[st.layer]} if sources is not None and st.layer in sources else None
+        source = (
+            {st.layer: sources[st.layer]} if sources is not None and st.layer in sources else None
+        )
         for j in range(len(st)):
-            frame = st.vectors[j] if st.vectors[j].ndim == 1 else st.vectors[j][None]  # [d] or [1 layer, k, d]
-            ref = kind.pick(mean=st.reference, source=source, alpha=st.alphas[j] if st.alphas is not None else None,
-                            where=f" at layer {st.layer}")
-            with intervene(model, kind, frame, [st.layer], positions=mask, site=sites[st.layer].kind,
-                           **reference_keyword(kind, ref)):
+            frame = (
+                st.vectors[j] if st.vectors[j].ndim == 1 else st.vectors[j][None]
+            )  # [d] or [1 layer, k, d]
+            ref = kind.pick(
+                mean=st.reference,
+                source=source,
+                alpha=st.alphas[j] if st.alphas is not None else None,
+                where=f" at layer {st.layer}",
+            )
+            with intervene(
+                model,
+                kind,
+                frame,
+                [st.layer],
+                positions=mask,
+                site=sites[st.layer].kind,
+                **reference_keyword(kind, ref),
+            ):
                 vals[j] = score_metric(metric, model, batch)
         out.append(vals)
     return clean, out

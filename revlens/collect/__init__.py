@@ -43,4 +43,6 @@ __all__ = [
 
 from revlens._callable import make_callable
 
-make_callable(__name__, collect)  # revlens.collect(...) works whether it names the module or the function
+make_callable(
+    __name__, collect
+)  # revlens.collect(...) works whether it names the module or the function

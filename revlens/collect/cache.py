@@ -89,7 +89,9 @@ class StatsCache:
             if meta.get("key") != key:
                 raise ValueError("key mismatch")
         except Exception as exc:  # any unreadable file is treated as absent and recomputed
-            warnings.warn(f"corrupt statistics cache file {p.name} ({exc}); recomputing", stacklevel=2)
+            warnings.warn(
+                f"corrupt statistics cache file {p.name} ({exc}); recomputing", stacklevel=2
+            )
             p.unlink(missing_ok=True)
             return None
         return stats

@@ -24,9 +24,20 @@ from revlens.sites import access
 __all__ = ["collect_model", "collect_models"]
 
 
-def collect_model(model: torch.nn.Module, probes: Probes, *, tokenizer: TokenizerInput, layers: Sequence[int],
-                  site: SiteKind = "resid_post", name: str = "model", n_bootstrap: int = 0, bootstrap_seed: int = 0,
-                  batch_size: int | None = None, second: bool = False, keep: bool = False) -> CheckpointStats:
+def collect_model(
+    model: torch.nn.Module,
+    probes: Probes,
+    *,
+    tokenizer: TokenizerInput,
+    layers: Sequence[int],
+    site: SiteKind = "resid_post",
+    name: str = "model",
+    n_bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    batch_size: int | None = None,
+    second: bool = False,
+    keep: bool = False,
+) -> CheckpointStats:
     """Statistics of the weights ``model`` (a plain Hugging Face model or a bridge) holds now, on
     ``probes`` tokenized by ``tokenizer``, at ``layers`` of ``site``: float64 means (``.mean``
     ``[layer, d]``), with ``second`` moments and per-prompt references (``keep``) on request.
@@ -35,15 +46,36 @@ def collect_model(model: torch.nn.Module, probes: Probes, *, tokenizer: Tokenize
     tokenized = probes.tokenize(tokenizer)
     sites = access(model).sites(list(layers), site)
     embed = model.get_input_embeddings().weight  # [vocab, d_model]
-    return accumulate(model, tokenized, sites, label=name, d_model=int(embed.shape[-1]), dtype=embed.dtype,
-                      n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed,
-                      batch_size=batch_size or len(tokenized), second=second, keep=keep, memory_budget=None,
-                      mask=True)
+    return accumulate(
+        model,
+        tokenized,
+        sites,
+        label=name,
+        d_model=int(embed.shape[-1]),
+        dtype=embed.dtype,
+        n_bootstrap=n_bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        batch_size=batch_size or len(tokenized),
+        second=second,
+        keep=keep,
+        memory_budget=None,
+        mask=True,
+    )
 
 
-def collect_models(models: Mapping[str, torch.nn.Module], probes: Probes, *, tokenizer: TokenizerInput, layers: Sequence[int],
-                   site: SiteKind = "resid_post", n_bootstrap: int = 0, bootstrap_seed: int = 0,
-                   batch_size: int | None = None, second: bool = True, keep: bool = True) -> HistoryStats:
+def collect_models(
+    models: Mapping[str, torch.nn.Module],
+    probes: Probes,
+    *,
+    tokenizer: TokenizerInput,
+    layers: Sequence[int],
+    site: SiteKind = "resid_post",
+    n_bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    batch_size: int | None = None,
+    second: bool = True,
+    keep: bool = True,
+) -> HistoryStats:
     """:class:`HistoryStats` of a base and an aligned model held in memory (``{"base": ...,
     "aligned": ...}``), as :func:`~revlens.collect.collect` gives them for a history of just these
     two — what the direction estimators fit on (second moments and per-prompt references kept by
@@ -53,15 +85,39 @@ def collect_models(models: Mapping[str, torch.nn.Module], probes: Probes, *, tok
         ConfigError: ``models`` is not exactly a base and an aligned model.
     """
     if set(models) != {"base", "aligned"}:
-        raise ConfigError(f"collect_models needs exactly {{'base': ..., 'aligned': ...}}; got {sorted(models)}")
-    cks = {name: collect_model(models[name], probes, tokenizer=tokenizer, layers=layers, site=site, name=name,
-                               n_bootstrap=n_bootstrap, bootstrap_seed=bootstrap_seed, batch_size=batch_size,
-                               second=second, keep=keep)
-           for name in ("base", "aligned")}
+        raise ConfigError(
+            f"collect_models needs exactly {{'base': ..., 'aligned': ...}}; got {sorted(models)}"
+        )
+    cks = {
+        name: collect_model(
+            models[name],
+            probes,
+            tokenizer=tokenizer,
+            layers=layers,
+            site=site,
+            name=name,
+            n_bootstrap=n_bootstrap,
+            bootstrap_seed=bootstrap_seed,
+            batch_size=batch_size,
+            second=second,
+            keep=keep,
+        )
+        for name in ("base", "aligned")
+    }
     d_model = int(cks["aligned"].mean.shape[-1])
     tokenized = probes.tokenize(tokenizer)
-    return HistoryStats(layers=list(layers), site=site, position=tokenized.position, d_model=d_model,
-                        checkpoints=cks, roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)},
-                        run_starts={}, meta={"n_prompts": len(tokenized), "n_bootstrap": int(n_bootstrap),
-                                             "bootstrap_seed": int(bootstrap_seed),
-                                             "probe_fingerprint": tokenized.fingerprint()})
+    return HistoryStats(
+        layers=list(layers),
+        site=site,
+        position=tokenized.position,
+        d_model=d_model,
+        checkpoints=cks,
+        roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)},
+        run_starts={},
+        meta={
+            "n_prompts": len(tokenized),
+            "n_bootstrap": int(n_bootstrap),
+            "bootstrap_seed": int(bootstrap_seed),
+            "probe_fingerprint": tokenized.fingerprint(),
+        },
+    )

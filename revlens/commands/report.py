@@ -11,10 +11,13 @@ from revlens.errors import ConfigError
 __all__ = ["load_saved", "register", "run"]
 
 
-def register(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
     """Add the ``report`` sub-command."""
     p = subparsers.add_parser(
-        "report", parents=list(parents),
+        "report",
+        parents=list(parents),
         help="re-render a saved report (from analyze, ablate or weights) as HTML",
         description="Load a saved report - the output dir of `revlens analyze` / `revlens ablate`, "
         "or the report/ dir inside it - and write it again as one offline HTML file.",

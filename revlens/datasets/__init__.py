@@ -94,8 +94,14 @@ __all__ = [
     "strongreject",
 ]
 
-PROMPT_SETS = {"jbb": jbb, "harmbench": harmbench, "strongreject": strongreject, "advbench": advbench,
-               "donotanswer": donotanswer, "chatterbot": chatterbot_prompts}
+PROMPT_SETS = {
+    "jbb": jbb,
+    "harmbench": harmbench,
+    "strongreject": strongreject,
+    "advbench": advbench,
+    "donotanswer": donotanswer,
+    "chatterbot": chatterbot_prompts,
+}
 """The prompt loaders by name (``"chatterbot"``: its questions as harmless probes)."""
 
 
@@ -123,6 +129,16 @@ def available(*, cache_dir: PathLike | None = None) -> pd.DataFrame:
             where = locate(name, cache_dir=cache_dir)
         except MissingExtraError:
             where = "missing"
-        rows.append({"name": name, "kind": ds.kind, "package": src.package, "version": src.version,
-                     "licence": src.licence, "rows": ds.rows, "files": len(ds.files), "where": where})
+        rows.append(
+            {
+                "name": name,
+                "kind": ds.kind,
+                "package": src.package,
+                "version": src.version,
+                "licence": src.licence,
+                "rows": ds.rows,
+                "files": len(ds.files),
+                "where": where,
+            }
+        )
     return pd.DataFrame(rows)

@@ -50,7 +50,14 @@ from revlens.probes import PositionRule, Probes, ProbesInput
 from revlens.probes.positions import parse_position, position_name
 from revlens.sites import LayerSpec, access
 
-__all__ = ["REFUSAL_SIGN", "RefusalDirections", "is_history", "refusal_directions", "resolve_source", "split_labels"]
+__all__ = [
+    "REFUSAL_SIGN",
+    "RefusalDirections",
+    "is_history",
+    "refusal_directions",
+    "resolve_source",
+    "split_labels",
+]
 
 REFUSAL_SIGN = "harmful - harmless (toward refusal)"
 """``meta["sign"]`` of every refusal direction."""
@@ -100,7 +107,9 @@ class RefusalDirections:
     def _label(self, position: str | int) -> str:
         label = str(position)
         if label not in self.directions:
-            raise ConfigError(f"no refusal direction at position {position!r}; positions: {self.positions}")
+            raise ConfigError(
+                f"no refusal direction at position {position!r}; positions: {self.positions}"
+            )
         return label
 
     def raw(self, position: str | int, layer: int) -> Float[Tensor, " d_model"]:
@@ -110,9 +119,11 @@ class RefusalDirections:
         return self.diffs[label][dirs._pos(layer)]
 
     def __repr__(self) -> str:
-        return (f"RefusalDirections(checkpoint={self.checkpoint!r}, positions={self.positions}, "
-                f"layers={list(self.layers)}, n_harmful={self.meta.get('n_harmful')}, "
-                f"n_harmless={self.meta.get('n_harmless')})")
+        return (
+            f"RefusalDirections(checkpoint={self.checkpoint!r}, positions={self.positions}, "
+            f"layers={list(self.layers)}, n_harmful={self.meta.get('n_harmful')}, "
+            f"n_harmless={self.meta.get('n_harmless')})"
+        )
 
 
 def is_history(x: Any) -> bool:
@@ -123,20 +134,32 @@ def is_history(x: Any) -> bool:
 def split_labels(probes: Probes, harmful: Any, harmless: Any) -> tuple[Probes, Probes]:
     """``(probes.where(harmful), probes.where(harmless))``, a typed error naming the missing label."""
     if not isinstance(probes, Probes):
-        raise ProbeError(f"refusal directions need labelled Probes (harmful / harmless); got {type(probes).__name__}")
+        raise ProbeError(
+            f"refusal directions need labelled Probes (harmful / harmless); got {type(probes).__name__}"
+        )
     if probes.labels is None:
-        raise ProbeError("refusal directions need labelled probes: label each prompt "
-                         f"{harmful!r} or {harmless!r} (Probes(..., labels=[...]) or a JSONL 'label' field)")
+        raise ProbeError(
+            "refusal directions need labelled probes: label each prompt "
+            f"{harmful!r} or {harmless!r} (Probes(..., labels=[...]) or a JSONL 'label' field)"
+        )
     have = sorted(set(map(str, probes.labels)))
     for label, what in ((harmful, "harmful"), (harmless, "harmless")):
         if label not in probes.labels:
-            raise ProbeError(f"refusal directions need {what} prompts: no probe is labelled {label!r}; "
-                             f"labels: {have}")
+            raise ProbeError(
+                f"refusal directions need {what} prompts: no probe is labelled {label!r}; "
+                f"labels: {have}"
+            )
     return probes.where(harmful), probes.where(harmless)
 
 
-def resolve_source(source: Any, *, checkpoint: str | None, model: ModelInput | None, device: Device | None = None,
-                   dtype: torch.dtype | None = None) -> tuple[LensModel, Any, History | None]:
+def resolve_source(
+    source: Any,
+    *,
+    checkpoint: str | None,
+    model: ModelInput | None,
+    device: Device | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[LensModel, Any, History | None]:
     """``(model, checkpoint or None, history or None)`` for a history (the checkpoint to load,
     default its aligned one) or a model you hold (its current weights; no ``checkpoint``).
 
@@ -153,8 +176,10 @@ def resolve_source(source: Any, *, checkpoint: str | None, model: ModelInput | N
         lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
         return lm, hist[name], hist
     if checkpoint is not None:
-        raise ConfigError(f"checkpoint={checkpoint!r} needs a history to find it in; with a model you hold, its "
-                          "current weights are read (leave checkpoint unset)")
+        raise ConfigError(
+            f"checkpoint={checkpoint!r} needs a history to find it in; with a model you hold, its "
+            "current weights are read (leave checkpoint unset)"
+        )
     if model is not None:
         raise ConfigError("give the model once: as the first argument, or model= beside a history")
     return LensModel.boot(source), None, None
@@ -211,7 +236,9 @@ def refusal_directions(
         probes = Probes.from_jsonl(probes)
     bad, good = split_labels(probes, harmful, harmless)
     bad, good = bad.with_position(rule), good.with_position(rule)
-    lm, ck, hist = resolve_source(source, checkpoint=checkpoint, model=model, device=device, dtype=dtype)
+    lm, ck, hist = resolve_source(
+        source, checkpoint=checkpoint, model=model, device=device, dtype=dtype
+    )
     if hist is not None and bad.is_chat and bad.template is None:
         bad, good = resolve_probes(hist, bad), resolve_probes(hist, good)
     sites = access(lm).sites(layers, site)
@@ -224,13 +251,28 @@ def refusal_directions(
         st_bad, st_good = {tok_bad.position: st_bad}, {tok_good.position: st_good}
     name = ck.name if ck is not None else (lm.loaded or "model")
     fingerprint = ck.model_fingerprint() if ck is not None else lm.fingerprint
-    meta = {"checkpoint": name, "fingerprint": fingerprint, "position": position_name(rule), "sign": REFUSAL_SIGN,
-            "n_harmful": len(bad), "n_harmless": len(good), "site": site, "chat_template": tok_bad.template}
+    meta = {
+        "checkpoint": name,
+        "fingerprint": fingerprint,
+        "position": position_name(rule),
+        "sign": REFUSAL_SIGN,
+        "n_harmful": len(bad),
+        "n_harmless": len(good),
+        "site": site,
+        "chat_template": tok_bad.template,
+    }
     return _assemble(st_bad, st_good, [s.layer for s in sites], site, name, fingerprint, meta)
 
 
-def _assemble(st_bad: Mapping[str, Any], st_good: Mapping[str, Any], layers: list[int], site: SiteKind, name: str,
-              fingerprint: str | None, meta: dict[str, Any]) -> RefusalDirections:
+def _assemble(
+    st_bad: Mapping[str, Any],
+    st_good: Mapping[str, Any],
+    layers: list[int],
+    site: SiteKind,
+    name: str,
+    fingerprint: str | None,
+    meta: dict[str, Any],
+) -> RefusalDirections:
     """Per position: the two means, their difference, the unit directions at non-degenerate layers."""
     directions, diffs, mu_bad, mu_good = {}, {}, {}, {}
     for raw_label in st_bad:
@@ -241,16 +283,33 @@ def _assemble(st_bad: Mapping[str, Any], st_good: Mapping[str, Any], layers: lis
         keep = [i for i in range(len(layers)) if float(diff[i].norm()) > _RTOL * float(scale[i])]
         dropped = [layers[i] for i in range(len(layers)) if i not in keep]
         if dropped:
-            warnings.warn(f"refusal direction at position {label}: layer(s) {dropped} have the same mean on harmful "
-                          "and harmless prompts (no direction there); left out", DegenerateLayerWarning, stacklevel=3)
+            warnings.warn(
+                f"refusal direction at position {label}: layer(s) {dropped} have the same mean on harmful "
+                "and harmless prompts (no direction there); left out",
+                DegenerateLayerWarning,
+                stacklevel=3,
+            )
         if not keep:
-            raise ConfigError(f"refusal direction at position {label}: harmful and harmless prompts have the same "
-                              f"mean at every layer {layers}")
+            raise ConfigError(
+                f"refusal direction at position {label}: harmful and harmless prompts have the same "
+                f"mean at every layer {layers}"
+            )
         kept = [layers[i] for i in keep]
         norms = diff[keep].norm(dim=-1)
         directions[label] = Directions.from_tensor(
-            diff[keep], kept, method="refusal", site=site,
-            meta={**meta, "position": label, "rule": meta["position"], "dropped_layers": dropped,
-                  "norm": [float(x) for x in norms]})
+            diff[keep],
+            kept,
+            method="refusal",
+            site=site,
+            meta={
+                **meta,
+                "position": label,
+                "rule": meta["position"],
+                "dropped_layers": dropped,
+                "norm": [float(x) for x in norms],
+            },
+        )
         diffs[label], mu_bad[label], mu_good[label] = diff[keep], a, b
-    return RefusalDirections(directions, diffs, mu_bad, mu_good, tuple(layers), site, name, fingerprint, meta)
+    return RefusalDirections(
+        directions, diffs, mu_bad, mu_good, tuple(layers), site, name, fingerprint, meta
+    )

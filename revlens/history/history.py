@@ -92,7 +92,9 @@ class History:
         metrics: Any = None,
     ) -> None:
         if not base:
-            raise HistoryError("a history needs at least one base checkpoint (the pre-alignment witness)")
+            raise HistoryError(
+                "a history needs at least one base checkpoint (the pre-alignment witness)"
+            )
         if aligned is None:
             raise HistoryError("a history needs an aligned checkpoint (fine-tuning step 0)")
         self.base = list(base)
@@ -108,47 +110,92 @@ class History:
         valid_starts = {c.name for c in [*self.base, self.aligned]}
         for run in self.runs.values():
             if run.start not in valid_starts:
-                raise HistoryError(f"run {run.name!r} starts from {run.start!r}; expected one of {sorted(valid_starts)}")
+                raise HistoryError(
+                    f"run {run.name!r} starts from {run.start!r}; expected one of {sorted(valid_starts)}"
+                )
         self._validate_signatures()
         self.metrics = self._check_metrics(metrics)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_dirs(cls, *, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                  controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: TokenizerInput | None = None) -> "History":
+    def from_dirs(
+        cls,
+        *,
+        base: Any,
+        aligned: Any,
+        runs: Mapping[str, Mapping[Any, Any]] | None = None,
+        controls: Mapping[str, Mapping[Any, Any]] | None = None,
+        tokenizer: TokenizerInput | None = None,
+    ) -> "History":
         """From ``save_pretrained`` dirs (see :func:`revlens.history.loaders.from_dirs`)."""
         from revlens.history import loaders
 
-        return loaders.from_dirs(base=base, aligned=aligned, runs=runs, controls=controls, tokenizer=tokenizer)
+        return loaders.from_dirs(
+            base=base, aligned=aligned, runs=runs, controls=controls, tokenizer=tokenizer
+        )
 
     @classmethod
-    def from_trainer_output(cls, *, base: Any, aligned: Any, runs: Mapping[str, Any],
-                            controls: Mapping[str, Any] | None = None, tokenizer: TokenizerInput | None = None) -> "History":
+    def from_trainer_output(
+        cls,
+        *,
+        base: Any,
+        aligned: Any,
+        runs: Mapping[str, Any],
+        controls: Mapping[str, Any] | None = None,
+        tokenizer: TokenizerInput | None = None,
+    ) -> "History":
         """From Hugging Face ``Trainer`` output dirs: every ``checkpoint-N`` folder is step N."""
         from revlens.history import loaders
 
-        return loaders.from_trainer_output(base=base, aligned=aligned, runs=runs, controls=controls,
-                                           tokenizer=tokenizer)
+        return loaders.from_trainer_output(
+            base=base, aligned=aligned, runs=runs, controls=controls, tokenizer=tokenizer
+        )
 
     @classmethod
-    def from_state_dicts(cls, architecture_dir: PathLike, *, base: Any, aligned: Any,
-                         runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                         controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: TokenizerInput | None = None) -> "History":
+    def from_state_dicts(
+        cls,
+        architecture_dir: PathLike,
+        *,
+        base: Any,
+        aligned: Any,
+        runs: Mapping[str, Mapping[Any, Any]] | None = None,
+        controls: Mapping[str, Mapping[Any, Any]] | None = None,
+        tokenizer: TokenizerInput | None = None,
+    ) -> "History":
         """From weight files or in-memory state dicts on the architecture of ``architecture_dir``."""
         from revlens.history import loaders
 
-        return loaders.from_state_dicts(architecture_dir, base=base, aligned=aligned, runs=runs,
-                                        controls=controls, tokenizer=tokenizer)
+        return loaders.from_state_dicts(
+            architecture_dir,
+            base=base,
+            aligned=aligned,
+            runs=runs,
+            controls=controls,
+            tokenizer=tokenizer,
+        )
 
     @classmethod
-    def from_hub(cls, repo_id: str, *, base_revision: Any, aligned_revision: str,
-                 runs: Mapping[str, Mapping[Any, str]] | None = None, aligned_repo: str | None = None,
-                 cache_dir: str | None = None) -> "History":
+    def from_hub(
+        cls,
+        repo_id: str,
+        *,
+        base_revision: Any,
+        aligned_revision: str,
+        runs: Mapping[str, Mapping[Any, str]] | None = None,
+        aligned_repo: str | None = None,
+        cache_dir: str | None = None,
+    ) -> "History":
         """From hub revisions, e.g. Pythia's ``stepN`` branches (see :mod:`revlens.history.loaders`)."""
         from revlens.history import loaders
 
-        return loaders.from_hub(repo_id, base_revision=base_revision, aligned_revision=aligned_revision,
-                                runs=runs, aligned_repo=aligned_repo, cache_dir=cache_dir)
+        return loaders.from_hub(
+            repo_id,
+            base_revision=base_revision,
+            aligned_revision=aligned_revision,
+            runs=runs,
+            aligned_repo=aligned_repo,
+            cache_dir=cache_dir,
+        )
 
     @classmethod
     def load(cls, spec: Any, *, name: str | None = None) -> "History":
@@ -166,7 +213,11 @@ class History:
         """Deprecated alias of :meth:`load` (a lab dir holds a ``history.json``)."""
         import warnings
 
-        warnings.warn("History.from_lab is deprecated; use History.load(dir)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "History.from_lab is deprecated; use History.load(dir)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return cls.load(directory, name=pair)
 
     # ------------------------------------------------------------------ access
@@ -192,16 +243,30 @@ class History:
     def restricted(self, runs: Any = ()) -> "History":
         """The same history with only the named runs (by default none: base and aligned only)."""
         keep = {n: r for n, r in self.runs.items() if n in set(runs)}
-        return History(base=self.base, aligned=self.aligned, runs=keep, architecture=self.architecture,
-                       tokenizer=self._tokenizer, metadata=self.metadata, metrics=None)
+        return History(
+            base=self.base,
+            aligned=self.aligned,
+            runs=keep,
+            architecture=self.architecture,
+            tokenizer=self._tokenizer,
+            metadata=self.metadata,
+            metrics=None,
+        )
 
     def __repr__(self) -> str:
-        parts = [f"base ×{len(self.base)}", "aligned" + (" (adapter)" if self._is_adapter(self.aligned) else "")]
+        parts = [
+            f"base ×{len(self.base)}",
+            "aligned" + (" (adapter)" if self._is_adapter(self.aligned) else ""),
+        ]
         for run in self.runs.values():
             steps = list(run.steps)
             shown = f"{steps}" if len(steps) <= 5 else f"[{steps[0]}..{steps[-1]}] ×{len(steps)}"
             adapters = sum(self._is_adapter(c) for c in run.steps.values())
-            tag = "" if not adapters else (" (adapters)" if adapters == len(steps) else f" ({adapters} adapters)")
+            tag = (
+                ""
+                if not adapters
+                else (" (adapters)" if adapters == len(steps) else f" ({adapters} adapters)")
+            )
             parts.append(f"{'' if run.kind == 'run' else run.kind + ' '}{run.name} {shown}{tag}")
         return f"History({len(self)} checkpoints: {', '.join(parts)})"
 
@@ -217,7 +282,9 @@ class History:
             p = self.aligned.local_path()
             arch = p if p is not None and p.is_dir() else None
         if arch is None or not (Path(arch) / "config.json").is_file():
-            raise CheckpointError("no architecture dir (config.json) in this history; use from_state_dicts")
+            raise CheckpointError(
+                "no architecture dir (config.json) in this history; use from_state_dicts"
+            )
         return Path(arch)
 
     def config_fingerprint(self) -> str:
@@ -234,9 +301,17 @@ class History:
         from transformers import AutoTokenizer
 
         candidates = [self._tokenizer] if self._tokenizer is not None else []
-        candidates += [self.architecture, self.aligned.local_path(), *(b.local_path() for b in self.base)]
+        candidates += [
+            self.architecture,
+            self.aligned.local_path(),
+            *(b.local_path() for b in self.base),
+        ]
         for cand in candidates:
-            if cand is not None and Path(cand).is_dir() and any((Path(cand) / f).is_file() for f in _TOKENIZER_FILES):
+            if (
+                cand is not None
+                and Path(cand).is_dir()
+                and any((Path(cand) / f).is_file() for f in _TOKENIZER_FILES)
+            ):
                 try:
                     self._tokenizer = AutoTokenizer.from_pretrained(str(cand))
                 except (OSError, ValueError) as exc:
@@ -244,15 +319,29 @@ class History:
                 return self._tokenizer
         raise CheckpointError("no tokenizer found in the history's dirs; pass tokenizer=...")
 
-    def boot(self, *, device: Device | None = None, dtype: torch.dtype = torch.float32, low_memory: bool = True) -> Any:
+    def boot(
+        self,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
+        low_memory: bool = True,
+    ) -> Any:
         """Boot one ``TransformerBridge`` on this history's architecture with the aligned weights
         streamed in (see :meth:`revlens.LensModel.boot`; an adapter aligned is applied on its base)."""
         from revlens.model import LensModel, config_fingerprint
 
-        config_fingerprint(self.architecture_dir())  # a broken config.json is named before anything reads it
+        config_fingerprint(
+            self.architecture_dir()
+        )  # a broken config.json is named before anything reads it
         first = self.aligned if self.aligned.kind == "full" else self.aligned.require_start()
-        lm = LensModel.boot(self.architecture_dir(), device=device, dtype=dtype, tokenizer=self.tokenizer(),
-                            weights=first.ref(), low_memory=low_memory)
+        lm = LensModel.boot(
+            self.architecture_dir(),
+            device=device,
+            dtype=dtype,
+            tokenizer=self.tokenizer(),
+            weights=first.ref(),
+            low_memory=low_memory,
+        )
         lm.load(self.aligned)
         return lm
 
@@ -298,4 +387,3 @@ class History:
         from revlens.history.spec import metrics_frame
 
         return metrics_frame(self, metrics)
-

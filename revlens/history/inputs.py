@@ -30,12 +30,21 @@ def as_history(history: HistoryInput, *, name: str | None = None) -> History:
 
     Raises:
         HistoryError: anything that is not a history (named)."""
-    return history if isinstance(history, History) and name is None else History.load(history, name=name)
+    return (
+        history
+        if isinstance(history, History) and name is None
+        else History.load(history, name=name)
+    )
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def as_model(model: ModelInput | None, history: History | None = None, *, device: Device | None = None,
-             dtype: torch.dtype | None = None) -> LensModel:
+def as_model(
+    model: ModelInput | None,
+    history: History | None = None,
+    *,
+    device: Device | None = None,
+    dtype: torch.dtype | None = None,
+) -> LensModel:
     """A model argument as a :class:`LensModel`: with a ``history``, :meth:`LensModel.for_history`
     (``None`` boots the history's architecture; the architecture is checked against the history's);
     without, :meth:`LensModel.boot`.
@@ -55,11 +64,19 @@ def _is_model(x: object) -> bool:
 
 def _is_probes(x: object) -> bool:
     """A probe set by its form: a :class:`Probes`, a list / tuple of prompts, or a ``.jsonl`` file."""
-    return isinstance(x, (Probes, list, tuple)) or (isinstance(x, (str, os.PathLike)) and str(x).endswith(".jsonl"))
+    return isinstance(x, (Probes, list, tuple)) or (
+        isinstance(x, (str, os.PathLike)) and str(x).endswith(".jsonl")
+    )
 
 
-def model_first_call(where: str, history: Any, probes: Any, legacy: tuple[Any, ...], model: ModelInput | None,
-                     checkpoints: Any) -> tuple[Any, Any, Any]:
+def model_first_call(
+    where: str,
+    history: Any,
+    probes: Any,
+    legacy: tuple[Any, ...],
+    model: ModelInput | None,
+    checkpoints: Any,
+) -> tuple[Any, Any, Any]:
     """``(model, history, probes)`` of an entry point called ``where(history, probes, *legacy, model=...,
     checkpoints=...)``, decided by the arguments' types — never by what is on disk. The form is
     ``where(history, probes, model=...)``; the old positional form ``where(model, history[, probes])``
@@ -69,18 +86,39 @@ def model_first_call(where: str, history: Any, probes: Any, legacy: tuple[Any, .
     Raises:
         ConfigError: too many positional arguments, or a model both first and as ``model=``."""
     if len(legacy) > 1:
-        raise ConfigError(f"{where} takes (history, probes) positionally; got {2 + len(legacy)} positional arguments")
-    old = checkpoints is not None or bool(legacy) or history is None or _is_model(history) or (
-        isinstance(history, (str, os.PathLike)) and probes is not None and not _is_probes(probes))
+        raise ConfigError(
+            f"{where} takes (history, probes) positionally; got {2 + len(legacy)} positional arguments"
+        )
+    old = (
+        checkpoints is not None
+        or bool(legacy)
+        or history is None
+        or _is_model(history)
+        or (
+            isinstance(history, (str, os.PathLike))
+            and probes is not None
+            and not _is_probes(probes)
+        )
+    )
     if not old:
         return model, history, probes
     if model is not None:
-        raise ConfigError(f"{where}: model= is given and so is a model in the first position; pass the history "
-                          f"first: {where}(history, probes, model=model)")
+        raise ConfigError(
+            f"{where}: model= is given and so is a model in the first position; pass the history "
+            f"first: {where}(history, probes, model=model)"
+        )
     if checkpoints is not None:  # where(model, checkpoints=history[, probes])
-        held, hist, pr = history, checkpoints, probes if probes is not None else (legacy[0] if legacy else None)
+        held, hist, pr = (
+            history,
+            checkpoints,
+            probes if probes is not None else (legacy[0] if legacy else None),
+        )
     else:  # where(model, history[, probes])
         held, hist, pr = history, probes, legacy[0] if legacy else None
-    warnings.warn(f"{where}(model, history, probes) is deprecated: call {where}(history, probes, model=model) (or "
-                  f"{where}(history, probes) to boot the history's architecture)", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}(model, history, probes) is deprecated: call {where}(history, probes, model=model) (or "
+        f"{where}(history, probes) to boot the history's architecture)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return held, hist, pr

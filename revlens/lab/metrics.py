@@ -74,7 +74,11 @@ def _named(fn: Metric, name: str) -> Metric:
     return fn
 
 
-HARM_SPEC = {"name": "logit_diff", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)}
+HARM_SPEC = {
+    "name": "logit_diff",
+    "pos": list(HARMFUL_FIRST_TOKENS),
+    "neg": list(REFUSAL_FIRST_TOKENS),
+}
 """The lab's harm as data (``metadata.metrics_spec["harm"]`` of every lab history): the log-odds of a
 harmful over a refusal first answer token."""
 HARM_RATE_SPEC = {**HARM_SPEC, "name": "logit_rate"}
@@ -98,7 +102,9 @@ def _declared(spec: dict, label: str, tokenizer: PreTrainedTokenizerBase) -> Met
     return metric_from_spec(spec, label=label).bind(tokenizer)
 
 
-def _task_targets(tokenizer: PreTrainedTokenizerBase, batch: object, device, shift: int = TASK_SHIFT) -> Tensor:
+def _task_targets(
+    tokenizer: PreTrainedTokenizerBase, batch: object, device, shift: int = TASK_SHIFT
+) -> Tensor:
     digit_ids = _ids(tokenizer, DIGITS).to(device)
     tokens = batch.tokens.to(device)
     pos = torch.arange(tokens.shape[1], device=device)
@@ -170,7 +176,8 @@ class Evaluator:
         }
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, task_shift: int = TASK_SHIFT
-             ) -> dict[str, float]:
+def evaluate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, task_shift: int = TASK_SHIFT
+) -> dict[str, float]:
     """``{"harm_rate", "harm_logodds", "task_acc", "task_loss"}`` on the held-out prompts."""
     return Evaluator(tokenizer, task_shift=task_shift)(model)

@@ -62,7 +62,9 @@ def empty_model(
         raise CheckpointError(f"cannot build a model for {path}: no config.json")
     config = AutoConfig.from_pretrained(str(path))
     with no_init_weights(), torch.device(device or "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
     model.tie_weights()  # post_init's tying runs inside the init that no_init_weights disables
     return model.eval()
 
@@ -85,8 +87,11 @@ def bridge_tokenizer(tokenizer: TokenizerInput | None) -> Any:
     if tokenizer is None or getattr(tokenizer, "bos_token", None) is None:
         return tokenizer
     tok = copy.deepcopy(tokenizer)
-    tok.init_kwargs = {**tok.init_kwargs, "name_or_path": getattr(tok, "name_or_path", "") or "",
-                       "add_bos_token": True}
+    tok.init_kwargs = {
+        **tok.init_kwargs,
+        "name_or_path": getattr(tok, "name_or_path", "") or "",
+        "add_bos_token": True,
+    }
     return tok
 
 
@@ -99,7 +104,9 @@ def read_tokenizer(path: Path, tokenizer: TokenizerInput | None) -> Any:
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         path, tokenizer = Path(tokenizer), None
-    if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if tokenizer is None and any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
         from transformers import AutoTokenizer
 
         try:

@@ -48,7 +48,9 @@ class CheckpointInfo:
 
 
 def _trainer_steps(path: Path) -> dict[int, Path]:
-    found = {int(m.group(1)): c for c in path.iterdir() if c.is_dir() and (m := _TRAINER.match(c.name))}
+    found = {
+        int(m.group(1)): c for c in path.iterdir() if c.is_dir() and (m := _TRAINER.match(c.name))
+    }
     return dict(sorted(found.items()))
 
 
@@ -72,7 +74,9 @@ def classify(source: Any, kind: str = "auto") -> CheckpointInfo:
         raise ConfigError(f"kind must be 'auto', 'full' or 'adapter', not {kind!r}")
     if isinstance(source, (Mapping, torch.nn.Module)):
         if kind == "adapter":
-            raise CheckpointError("an in-memory state dict is always a full checkpoint (kind='adapter' given)")
+            raise CheckpointError(
+                "an in-memory state dict is always a full checkpoint (kind='adapter' given)"
+            )
         return CheckpointInfo("full", None)
     if not isinstance(source, (str, os.PathLike)):
         raise CheckpointError(f"cannot classify a {type(source).__name__} as a checkpoint")
@@ -81,14 +85,20 @@ def classify(source: Any, kind: str = "auto") -> CheckpointInfo:
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if path.is_file():
         if kind == "adapter":
-            raise CheckpointError(f"{path} is a weights file; an adapter is a dir with adapter_config.json")
+            raise CheckpointError(
+                f"{path} is a weights file; an adapter is a dir with adapter_config.json"
+            )
         return CheckpointInfo("full", path, (path,))
     full = tuple(weight_files(path))
     adapter = tuple(adapter_files(path)) if (path / "adapter_config.json").is_file() else ()
     if kind == "adapter" or (kind == "auto" and adapter and not full):
         if not adapter:
-            raise CheckpointError(f"{path} holds no PEFT adapter (adapter_config.json + adapter_model.safetensors)")
-        return CheckpointInfo("adapter", path, adapter, _start_hint(path), ("full",) if full else ())
+            raise CheckpointError(
+                f"{path} holds no PEFT adapter (adapter_config.json + adapter_model.safetensors)"
+            )
+        return CheckpointInfo(
+            "adapter", path, adapter, _start_hint(path), ("full",) if full else ()
+        )
     if full:
         return CheckpointInfo("full", path, full, None, ("adapter",) if adapter else ())
     if kind == "auto" and (steps := _trainer_steps(path)):

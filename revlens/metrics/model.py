@@ -56,7 +56,8 @@ def is_model_metric(metric: Any) -> bool:
     """Whether ``metric`` runs the model itself (has ``score(model, batch)``) rather than reading
     logits (``metric(logits, batch)``)."""
     return isinstance(metric, ModelMetric) or (
-        callable(getattr(metric, "score", None)) and not isinstance(metric, TokenMetric))
+        callable(getattr(metric, "score", None)) and not isinstance(metric, TokenMetric)
+    )
 
 
 def bind_metric(metric: Any, tokenizer: TokenizerInput, vocab_size: int | None = None) -> Any:
@@ -66,8 +67,10 @@ def bind_metric(metric: Any, tokenizer: TokenizerInput, vocab_size: int | None =
         MetricError: not a metric (neither callable nor with ``score``), or a token it cannot resolve.
     """
     if not callable(metric) and not is_model_metric(metric):
-        raise MetricError(f"metric must be a callable (logits, batch) -> Tensor[batch] or have "
-                          f"score(model, batch); got {type(metric).__name__}")
+        raise MetricError(
+            f"metric must be a callable (logits, batch) -> Tensor[batch] or have "
+            f"score(model, batch); got {type(metric).__name__}"
+        )
     if isinstance(metric, (TokenMetric, ModelMetric)):
         metric.bind(tokenizer, vocab_size=vocab_size)
     return metric
@@ -82,13 +85,17 @@ def score_metric(metric: Any, model: ModuleLike, batch: MetricBatch) -> Tensor:
     except RevlensError:
         raise
     except Exception as exc:  # a user's metric may raise anything: say that the metric did
-        raise MetricError(f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}") from exc
+        raise MetricError(
+            f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(values, (list, tuple)):
         values = torch.tensor(values, dtype=torch.float64)
     return check_metric_output(values, len(batch), metric)
 
 
-def metric_values(metric: Any, model: ModuleLike, batch: MetricBatch, logits: Tensor | None = None) -> Tensor:
+def metric_values(
+    metric: Any, model: ModuleLike, batch: MetricBatch, logits: Tensor | None = None
+) -> Tensor:
     """Per-prompt values of either kind of metric: logits metrics read ``logits`` (computed here
     with one forward when not given)."""
     if is_model_metric(metric):

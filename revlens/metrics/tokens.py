@@ -90,11 +90,15 @@ def call_metric(metric: Any, logits: Tensor, batch: MetricBatch) -> Tensor:
     except RevlensError:
         raise
     except Exception as exc:  # a user's metric may raise anything: say that the metric did
-        raise MetricError(f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}") from exc
+        raise MetricError(
+            f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     return check_metric_output(values, int(logits.shape[0]), metric)
 
 
-def last_logprobs(logits: Float[Tensor, "batch pos vocab"], batch: MetricBatch) -> Float[Tensor, "batch vocab"]:
+def last_logprobs(
+    logits: Float[Tensor, "batch pos vocab"], batch: MetricBatch
+) -> Float[Tensor, "batch vocab"]:
     """Log-softmax of the logits at each prompt's last real token (``batch.last_index``)."""
     last = batch.last_index.to(logits.device)
     if logits.ndim != 3 or last.shape != logits.shape[:1]:
@@ -297,13 +301,17 @@ class KLTo:
         return f"KLTo(reference={'aligned (filled in by the study)' if self.reference is None else tuple(self.reference.shape)})"
 
 
-def logit_diff(pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None) -> LogitDiff:
+def logit_diff(
+    pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None
+) -> LogitDiff:
     """Log-odds of ``pos_tokens`` against ``neg_tokens`` at the last token (see :class:`LogitDiff`)."""
     m = LogitDiff(pos_tokens, neg_tokens)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]
 
 
-def logit_rate(pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None) -> LogitRate:
+def logit_rate(
+    pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None
+) -> LogitRate:
     """1.0 where the log-odds of ``pos_tokens`` against ``neg_tokens`` is > 0 (see :class:`LogitRate`)."""
     m = LogitRate(pos_tokens, neg_tokens)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]

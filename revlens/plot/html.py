@@ -27,7 +27,15 @@ from revlens._numbers import format_mean_std
 from revlens._version import __version__
 from revlens.errors import OutputError, RevlensError
 
-__all__ = ["HtmlPage", "HtmlRenderable", "markup", "write_causal_report", "write_html", "write_report", "write_weights_report"]
+__all__ = [
+    "HtmlPage",
+    "HtmlRenderable",
+    "markup",
+    "write_causal_report",
+    "write_html",
+    "write_report",
+    "write_weights_report",
+]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -168,8 +176,13 @@ def provenance_section(page: HtmlPage, prov: Mapping[str, Any] | None) -> None:
     rows = [[_e(k), _e(prov[k])] for k in scalar_keys]
     template = prov.get("chat_template")
     if isinstance(template, Mapping):
-        rows.append(["chat template", f"{_e(template.get('name'))} (sha {_e(template.get('sha'))}; from "
-                                      f"{_e(template.get('origin'))})"])
+        rows.append(
+            [
+                "chat template",
+                f"{_e(template.get('name'))} (sha {_e(template.get('sha'))}; from "
+                f"{_e(template.get('origin'))})",
+            ]
+        )
     page.add("<h2>Provenance</h2>" + _table(["field", "value"], rows))
     cks = prov.get("checkpoints") or {}
     if isinstance(cks, Mapping) and cks:
@@ -228,13 +241,17 @@ def write_report(report: HtmlRenderable, path: str | Path, *, title: str | None 
     return write_html(report, path, title=title)
 
 
-def write_weights_report(weights: HtmlRenderable, path: str | Path, *, title: str | None = None) -> Path:
+def write_weights_report(
+    weights: HtmlRenderable, path: str | Path, *, title: str | None = None
+) -> Path:
     """Write a :class:`~revlens.weights.WeightReport` as one self-contained HTML file (its sections:
     :mod:`revlens.weights.html`). The same as :func:`write_html`."""
     return write_html(weights, path, title=title)
 
 
-def write_causal_report(report: HtmlRenderable, path: str | Path, *, title: str | None = None) -> Path:
+def write_causal_report(
+    report: HtmlRenderable, path: str | Path, *, title: str | None = None
+) -> Path:
     """Write a ``CausalReport`` as one self-contained HTML file (its sections:
     :mod:`revlens.causal.html`). The same as :func:`write_html`."""
     return write_html(report, path, title=title)

@@ -26,12 +26,21 @@ _e = escape
 
 def _final_metrics(metrics: pd.DataFrame | None, column: str) -> dict[str, Mapping[str, Any]]:
     """Mean ± sd over runs of ``column`` at each run's final step, per run kind."""
-    if metrics is None or column not in metrics.columns or not {"run", "step"} <= set(metrics.columns):
+    if (
+        metrics is None
+        or column not in metrics.columns
+        or not {"run", "step"} <= set(metrics.columns)
+    ):
         return {}
     df = metrics.dropna(subset=["run", "step"])
     last = df[df["step"] == df.groupby("run")["step"].transform("max")]
-    kinds = last["kind"].astype(str) if "kind" in last.columns else pd.Series("run", index=last.index)
-    return {kind: mean_std(pd.to_numeric(part[column], errors="coerce")) for kind, part in last.groupby(kinds)}
+    kinds = (
+        last["kind"].astype(str) if "kind" in last.columns else pd.Series("run", index=last.index)
+    )
+    return {
+        kind: mean_std(pd.to_numeric(part[column], errors="coerce"))
+        for kind, part in last.groupby(kinds)
+    }
 
 
 def _behaviour_rows(report: Any, groups: list[str], paper: Mapping[str, Any]) -> list[list[str]]:
@@ -45,8 +54,10 @@ def _behaviour_rows(report: Any, groups: list[str], paper: Mapping[str, Any]) ->
         if not fin:
             continue
         pct = col == harm or col.endswith(("_rate", "_acc"))
-        row = [f"{_e(col.replace('_', ' '))} at the final step",
-               *[_ms(fin.get("run" if g == "runs" else g), pct) for g in groups]]
+        row = [
+            f"{_e(col.replace('_', ' '))} at the final step",
+            *[_ms(fin.get("run" if g == "runs" else g), pct) for g in groups],
+        ]
         cell = "—"
         if col == harm:
             cell = f"{_ms(paper.get('harm_final'), pct=True)} → blocked {_ms(paper.get('harm_final_blocked'), pct=True)}"
@@ -91,12 +102,20 @@ def _summary_section(page: HtmlPage, report: Any) -> None:
     per_layer = s["runs"].get("cos_step20", {}).get("per_layer") or {}
     if per_layer:
         layer_rows = [
-            [_e(lay), *[_ms((s["runs"].get(k) or {}).get("per_layer", {}).get(lay))
-                        for k in ("cos_first", "cos_step20", "final_cos")]]
+            [
+                _e(lay),
+                *[
+                    _ms((s["runs"].get(k) or {}).get("per_layer", {}).get(lay))
+                    for k in ("cos_first", "cos_step20", "final_cos")
+                ],
+            ]
             for lay in sorted(per_layer)
         ]
-        page.add("<details><summary>per layer (ordinary runs)</summary>"
-                 + table(["layer", "first update", f"step {_e(step)}", "final"], layer_rows) + "</details>")
+        page.add(
+            "<details><summary>per layer (ordinary runs)</summary>"
+            + table(["layer", "first update", f"step {_e(step)}", "final"], layer_rows)
+            + "</details>"
+        )
 
 
 class ReportHtml:
@@ -117,10 +136,17 @@ class ReportHtml:
         page.figure(self.trajectories(), "Grey band: isotropic null ±p99.")
         if getattr(self, "positions", None):
             page.add("<h2>Post-instruction positions</h2>")
-            page.try_figure(self.position_heatmap, "Mean cos(drift, v) over runs at each run's final step, one "
-                            "direction per (position, layer); positions count from the end of the prompt (−1: the last "
-                            "template token). ★: every run above the isotropic p99.")
-            page.add("<details><summary>position table</summary>" + frame(self.position_table()) + "</details>")
+            page.try_figure(
+                self.position_heatmap,
+                "Mean cos(drift, v) over runs at each run's final step, one "
+                "direction per (position, layer); positions count from the end of the prompt (−1: the last "
+                "template token). ★: every run above the isotropic p99.",
+            )
+            page.add(
+                "<details><summary>position table</summary>"
+                + frame(self.position_table())
+                + "</details>"
+            )
         page.add("<h2>Directions</h2>")
         table = self.directions_table
         page.try_figure(self.stability)
@@ -132,7 +158,9 @@ class ReportHtml:
             page.try_figure(self.behaviour, "The history's own evaluation of each checkpoint.")
         if getattr(self, "weights", None) is not None:
             weights_section(page, self.weights)
-        if getattr(self, "defenses", None) is not None:  # a DefenseComparison attached to the report
+        if (
+            getattr(self, "defenses", None) is not None
+        ):  # a DefenseComparison attached to the report
             from revlens.plot.defenses import defenses_section
 
             defenses_section(page, self.defenses)

@@ -73,8 +73,13 @@ class SiteAccess:
         """Device of the model's first parameter."""
         return next(self.module.parameters()).device
 
-    def forward(self, tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None, *,
-                position_ids: Tensor | None = None) -> Any:
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        mask: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+    ) -> Any:
         """The model's forward on right-padded ``tokens``; returns the logits ``[batch, pos, vocab]``.
 
         ``position_ids`` (with ``mask``): an extended forward whose rows have holes (see
@@ -83,8 +88,11 @@ class SiteAccess:
         self._batch_shape = (int(tokens.shape[0]), int(tokens.shape[1]))
         dev = self.device
         try:
-            return self._run(tokens.to(dev), None if mask is None else mask.to(dev),
-                             None if position_ids is None else position_ids.to(dev))
+            return self._run(
+                tokens.to(dev),
+                None if mask is None else mask.to(dev),
+                None if position_ids is None else position_ids.to(dev),
+            )
         finally:
             self._batch_shape = None
 
@@ -123,7 +131,10 @@ class SiteAccess:
             new = fn(pre + a)
             return None if new is None else new - pre
 
-        return [self._register(entry, self._shaped(keep)), self._register(added, self._shaped(edit))]
+        return [
+            self._register(entry, self._shaped(keep)),
+            self._register(added, self._shaped(edit)),
+        ]
 
     @contextmanager
     def hooked(self, edits: Mapping[Site, Edit] | Sequence[tuple[Site, Edit]]) -> Iterator[None]:
@@ -173,7 +184,9 @@ class SiteAccess:
         store: dict[Site, Tensor] = {}
         deepest = max(sites, key=lambda s: s.order)
         w = weights.to(self.device)
-        rule = "bp,bpd->bd" if w.ndim == 2 else "bnp,bpd->bnd"  # several position weightings at once
+        rule = (
+            "bp,bpd->bd" if w.ndim == 2 else "bnp,bpd->bnd"
+        )  # several position weightings at once
 
         def make(site: Site) -> Edit:
             def read_one(h: Tensor) -> None:
@@ -262,7 +275,9 @@ class SiteAccess:
             orig = originals.get(id(x))
             orig = orig if orig is x else source.get(id(x))  # a repetition made for an earlier size
             if orig is None and x.ndim >= 2 and x.shape[0] == b:
-                orig = originals[id(x)] = x  # first seen with the grown stream (e.g. a per-layer-type mask)
+                orig = originals[id(x)] = (
+                    x  # first seen with the grown stream (e.g. a per-layer-type mask)
+                )
             if orig is None:
                 return x
             k = orig.shape[0] // b
@@ -343,7 +358,9 @@ class BridgeAccess(SiteAccess):
         return out
 
     def _run(self, tokens: Tensor, mask: Tensor | None, position_ids: Tensor | None = None) -> Any:
-        if position_ids is not None:  # an extended forward (revlens.sites.layout): holes need the mask
+        if (
+            position_ids is not None
+        ):  # an extended forward (revlens.sites.layout): holes need the mask
             return self.bridge(tokens, attention_mask=mask, position_ids=position_ids)
         # right padding: with a causal model a real token never attends to padding
         return self.bridge(tokens)

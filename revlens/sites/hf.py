@@ -123,7 +123,10 @@ class HFAccess(SiteAccess):
         cfg = getattr(self.module.config, "text_config", None) or self.module.config
         if any(getattr(cfg, flag, False) is True for flag in _PARALLEL_FLAGS):
             return True
-        return _child(block, _MID_NORM) is None and getattr(block, _POST_NORMS["mlp_out"], None) is None
+        return (
+            _child(block, _MID_NORM) is None
+            and getattr(block, _POST_NORMS["mlp_out"], None) is None
+        )
 
     def _added(self, block: nn.Module, kind: str) -> tuple[nn.Module, str] | None:
         """(module, how) whose output is what ``block``'s attention / MLP adds to the stream."""
@@ -157,12 +160,16 @@ class HFAccess(SiteAccess):
                     f"site resid_mid is not available on {type(block).__name__}: its attention and MLP run in "
                     "parallel on the same input (no stream between them); use resid_pre, attn_out or mlp_out"
                 )
-            found = self._added(block, "attn_out")  # resid_mid is edited through what attention adds
+            found = self._added(
+                block, "attn_out"
+            )  # resid_mid is edited through what attention adds
         else:
             found = self._added(block, kind)
         if found is None:
-            raise SiteError(f"site {kind} is not available on {type(block).__name__} (no attention / MLP "
-                            f"sub-module named {' / '.join(_ATTN + _MLP)})")
+            raise SiteError(
+                f"site {kind} is not available on {type(block).__name__} (no attention / MLP "
+                f"sub-module named {' / '.join(_ATTN + _MLP)})"
+            )
         return found
 
     @no_type_check  # validates its own arguments

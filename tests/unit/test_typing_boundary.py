@@ -55,10 +55,14 @@ def test_public_parameters_typed_any_stay_under_the_ceiling():
     total, untyped = count_any()
     share = len(untyped) / total
     by_name = Counter(name for _, name in untyped).most_common(12)
-    print(f"\npublic parameters typed Any: {len(untyped)} of {total} ({100 * share:.1f} %; goal < {100 * GOAL:.0f} %); "
-          f"most common: {by_name}")
+    print(
+        f"\npublic parameters typed Any: {len(untyped)} of {total} ({100 * share:.1f} %; goal < {100 * GOAL:.0f} %); "
+        f"most common: {by_name}"
+    )
     assert total > 1000  # the walk found the package
-    assert share < CEILING, f"{len(untyped)} of {total} public parameters are typed Any ({100 * share:.1f} %)"
+    assert share < CEILING, (
+        f"{len(untyped)} of {total} public parameters are typed Any ({100 * share:.1f} %)"
+    )
 
 
 def test_the_entry_points_take_typed_inputs():
@@ -78,8 +82,12 @@ def test_converters_return_typed_objects(tiny_history, tiny_dirs):
     from revlens.probes import Probes
 
     assert as_history(tiny_history) is tiny_history
-    loaded = as_history({"base": tiny_dirs["base"], "aligned": tiny_dirs["aligned"], "runs": tiny_dirs["runs"]})
-    assert isinstance(loaded, History) and [c.name for c in loaded] == [c.name for c in tiny_history]
+    loaded = as_history(
+        {"base": tiny_dirs["base"], "aligned": tiny_dirs["aligned"], "runs": tiny_dirs["runs"]}
+    )
+    assert isinstance(loaded, History) and [c.name for c in loaded] == [
+        c.name for c in tiny_history
+    ]
     pr = as_probes(["a b", "c"], tiny_history)
     assert isinstance(pr, Probes) and len(pr) == 2
 
@@ -96,10 +104,24 @@ def test_the_call_form_is_told_by_types_not_by_the_filesystem(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert model_first_call("analyze", nowhere, ["p"], (), None, None) == (None, nowhere, ["p"])
-        assert model_first_call("analyze", nowhere, "p.jsonl", (), None, None) == (None, nowhere, "p.jsonl")
+        assert model_first_call("analyze", nowhere, "p.jsonl", (), None, None) == (
+            None,
+            nowhere,
+            "p.jsonl",
+        )
         assert model_first_call("analyze", nowhere, None, (), "m", None) == ("m", nowhere, None)
     module = torch.nn.Linear(2, 2)
     with pytest.warns(DeprecationWarning, match=r"analyze\(history, probes, model=model\)"):
-        assert model_first_call("analyze", module, nowhere, (["p"],), None, None) == (module, nowhere, ["p"])
-    with pytest.warns(DeprecationWarning):  # a path, then a non-.jsonl path: the old (model dir, history) form
-        assert model_first_call("analyze", "model-dir", nowhere, (), None, None) == ("model-dir", nowhere, None)
+        assert model_first_call("analyze", module, nowhere, (["p"],), None, None) == (
+            module,
+            nowhere,
+            ["p"],
+        )
+    with pytest.warns(
+        DeprecationWarning
+    ):  # a path, then a non-.jsonl path: the old (model dir, history) form
+        assert model_first_call("analyze", "model-dir", nowhere, (), None, None) == (
+            "model-dir",
+            nowhere,
+            None,
+        )

@@ -14,8 +14,14 @@ def plan_from_args(args: Any) -> Any:
     apply to the real track and are refused by name)."""
     from revlens.lab.real.history import RealPlan
 
-    if getattr(args, "lr", None) is not None or getattr(args, "block", None) or getattr(args, "retrain", False):
-        raise ConfigError("--track real: --lr, --block and --retrain do not apply (settings: docs/lab.md, Real track)")
+    if (
+        getattr(args, "lr", None) is not None
+        or getattr(args, "block", None)
+        or getattr(args, "retrain", False)
+    ):
+        raise ConfigError(
+            "--track real: --lr, --block and --retrain do not apply (settings: docs/lab.md, Real track)"
+        )
     try:
         seeds = tuple(int(s) for s in args.seeds)
         steps = int(args.steps) if args.steps is not None else RealPlan.steps
@@ -34,8 +40,21 @@ def run_lab_real(args: Any) -> int:
     build_real(args.out, plan, force=args.force, progress=not args.quiet)
     df = harm_frame(args.out)
     print(f"revlens lab --track real: wrote {args.out} in {time.perf_counter() - t0:.1f}s")
-    cols = ["checkpoint", "set", "n", "refused", "harm", "harm_lo", "harm_hi", "refusal_rate", "refusal_score", "loss"]
-    print(df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    cols = [
+        "checkpoint",
+        "set",
+        "n",
+        "refused",
+        "harm",
+        "harm_lo",
+        "harm_hi",
+        "refusal_rate",
+        "refusal_score",
+        "loss",
+    ]
+    print(
+        df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    )
     return 0
 
 
@@ -54,8 +73,12 @@ def run_replicate_real(args: Any) -> int:
         raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
     check_writable_dir(args.out, "--out")
     lab = getattr(args, "lab", None)
-    rep = replicate_real(args.out, ReplicatePlan(lab=RealPlan(seeds=seeds)), lab_dir=Path(lab) if lab else None,
-                         progress=not args.quiet)
+    rep = replicate_real(
+        args.out,
+        ReplicatePlan(lab=RealPlan(seeds=seeds)),
+        lab_dir=Path(lab) if lab else None,
+        progress=not args.quiet,
+    )
     print(rep.to_markdown())
     print(Path(args.out, "replication.md").resolve())
     return 0

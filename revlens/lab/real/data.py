@@ -62,10 +62,12 @@ class RealSets:
 
     def __repr__(self) -> str:
         held = ", ".join(f"{k} {len(v)}" for k, v in self.held_harmful.items())
-        return (f"RealSets(align {len(self.align_harmful)} harmful + {len(self.align_harmless)} harmless, benign "
-                f"{len(self.benign_pairs)} pairs, selection {len(self.selection_harmful)} + "
-                f"{len(self.selection_harmless)}, held-out harmful [{held}], harmless {len(self.held_harmless)}, "
-                f"pairs {len(self.held_pairs)})")
+        return (
+            f"RealSets(align {len(self.align_harmful)} harmful + {len(self.align_harmless)} harmless, benign "
+            f"{len(self.benign_pairs)} pairs, selection {len(self.selection_harmful)} + "
+            f"{len(self.selection_harmless)}, held-out harmful [{held}], harmless {len(self.held_harmless)}, "
+            f"pairs {len(self.held_pairs)})"
+        )
 
 
 def _hash_order(questions: Any) -> list[int]:
@@ -73,11 +75,18 @@ def _hash_order(questions: Any) -> list[int]:
     (the files list topics one after another, so "the first N" would be a few topics only)."""
     from revlens.datasets import split_key
 
-    return sorted(range(len(questions)), key=lambda i: split_key(questions[i], "revlens-real-sample"))
+    return sorted(
+        range(len(questions)), key=lambda i: split_key(questions[i], "revlens-real-sample")
+    )
 
 
-def real_sets(*, n_harmless_align: int = 192, n_selection: int = 20, n_held_harmless: int = 50,
-              n_held_pairs: int = 100) -> RealSets:
+def real_sets(
+    *,
+    n_harmless_align: int = 192,
+    n_selection: int = 20,
+    n_held_harmless: int = 50,
+    n_held_pairs: int = 100,
+) -> RealSets:
     """The sets of ``docs/lab.md`` ("Real track"), read offline from the pinned data packages.
 
     Raises:
@@ -99,7 +108,9 @@ def real_sets(*, n_harmless_align: int = 192, n_selection: int = 20, n_held_harm
     held = chat[chat.split == "held_out"].reset_index(drop=True)
     held = held.iloc[_hash_order(list(held.question))[:n_held_pairs]]
     train_texts = set(jbb["train"].prompts) | set(hb["train"].prompts) | set(train.question)
-    sel_h = _drop(combine(jbb["selection"], hb["selection"].subset(range(n_selection))), train_texts)
+    sel_h = _drop(
+        combine(jbb["selection"], hb["selection"].subset(range(n_selection))), train_texts
+    )
     seen = train_texts | set(sel_h.prompts) | set(sel_q.prompts)
     sets = RealSets(
         align_harmful=list(jbb["train"].prompts) + list(hb["train"].prompts),
@@ -107,8 +118,11 @@ def real_sets(*, n_harmless_align: int = 192, n_selection: int = 20, n_held_harm
         benign_pairs=list(zip(train.question, train.answer)),
         selection_harmful=sel_h,
         selection_harmless=sel_q,
-        held_harmful={"jbb": _drop(jbb["held_out"], seen), "harmbench": _drop(hb["held_out"], seen),
-                      "strongreject": _drop(datasets.strongreject("held_out"), seen)},
+        held_harmful={
+            "jbb": _drop(jbb["held_out"], seen),
+            "harmbench": _drop(hb["held_out"], seen),
+            "strongreject": _drop(datasets.strongreject("held_out"), seen),
+        },
         held_harmless=held_q,
         held_pairs=list(zip(held.question, held.answer)),
         provenance=[*jbb["train"].provenance, *hb["train"].provenance, chat.attrs["provenance"]],
@@ -132,15 +146,21 @@ def check_disjoint(sets: RealSets) -> None:
     """Raise :class:`~revlens.errors.DatasetError` if a prompt is in two of alignment/benign
     training, selection and held-out (harmful and harmless sides checked together)."""
     roles: Mapping[str, set[str]] = {
-        "train": _texts(sets.align_harmful) | _texts(sets.align_harmless) | _texts(sets.benign_pairs),
-        "selection": _texts(sets.selection_harmful.prompts) | _texts(sets.selection_harmless.prompts),
+        "train": _texts(sets.align_harmful)
+        | _texts(sets.align_harmless)
+        | _texts(sets.benign_pairs),
+        "selection": _texts(sets.selection_harmful.prompts)
+        | _texts(sets.selection_harmless.prompts),
         "held_out": set().union(*(_texts(p.prompts) for p in sets.held_harmful.values()))
-        | _texts(sets.held_harmless.prompts) | _texts(sets.held_pairs),
+        | _texts(sets.held_harmless.prompts)
+        | _texts(sets.held_pairs),
     }
     names = list(roles)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             shared = roles[a] & roles[b]
             if shared:
-                raise DatasetError(f"real track: {len(shared)} prompt(s) in both {a} and {b}, e.g. "
-                               f"{sorted(shared)[0][:60]!r}; the splits must not overlap")
+                raise DatasetError(
+                    f"real track: {len(shared)} prompt(s) in both {a} and {b}, e.g. "
+                    f"{sorted(shared)[0][:60]!r}; the splits must not overlap"
+                )

@@ -55,13 +55,24 @@ class RealPlan:
     batch: int = 8
     control: bool = True
     threads: int = 1
-    eval_limit: int | None = None  # at most this many prompts / pairs per held-out set (None: all; smoke runs)
+    eval_limit: int | None = (
+        None  # at most this many prompts / pairs per held-out set (None: all; smoke runs)
+    )
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or not self.checkpoints or max(self.checkpoints) > self.steps or min(self.checkpoints) < 1:
-            raise ConfigError(f"RealPlan: checkpoints {self.checkpoints} must lie in 1..steps={self.steps}")
+        if (
+            self.steps < 1
+            or not self.checkpoints
+            or max(self.checkpoints) > self.steps
+            or min(self.checkpoints) < 1
+        ):
+            raise ConfigError(
+                f"RealPlan: checkpoints {self.checkpoints} must lie in 1..steps={self.steps}"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ConfigError(f"RealPlan: seeds must be distinct non-negative integers, got {self.seeds}")
+            raise ConfigError(
+                f"RealPlan: seeds must be distinct non-negative integers, got {self.seeds}"
+            )
         if not set(self.modes) <= {"full", "lora"} or not self.modes:
             raise ConfigError(f"RealPlan: modes must be among 'full', 'lora'; got {self.modes}")
         if self.batch < 1:
@@ -81,16 +92,22 @@ def _atomic_dir(final: Path, write: Any) -> None:
     os.replace(tmp, final)
 
 
-def materialize_aligned(out: Path, *, converted: Path | None = None, adapter: Path | None = None) -> Path:
+def materialize_aligned(
+    out: Path, *, converted: Path | None = None, adapter: Path | None = None
+) -> Path:
     """Write base + the shipped adapter, merged, as a ``save_pretrained`` dir at ``out``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from revlens.loading.packages import model_package_dir
 
-    converted = Path(converted) if converted is not None else model_package_dir("smollm2-135m-instruct")
+    converted = (
+        Path(converted) if converted is not None else model_package_dir("smollm2-135m-instruct")
+    )
     base = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter or adapter_dir())).merge_and_unload().eval()
+    merged = (
+        PeftModel.from_pretrained(base, str(adapter or adapter_dir())).merge_and_unload().eval()
+    )
     tok = AutoTokenizer.from_pretrained(converted)
 
     def write(tmp: Path) -> None:
@@ -105,18 +122,42 @@ def probe_declarations(sets: RealSets) -> dict[str, Any]:
     """The probe sets as data: loader, split, n and the packages' provenance (nothing copied)."""
     out: dict[str, Any] = {}
     for name, p in sets.held_harmful.items():
-        out[f"harmful-heldout-{name}"] = {"loader": f"revlens.datasets.{name}", "split": "held_out", "n": len(p),
-                                         "filter": "standard behaviours" if name == "harmbench" else None,
-                                         "provenance": p.provenance}
-    out["harmless-heldout"] = {"loader": "revlens.datasets.chatterbot_prompts", "split": "held_out",
-                               "n": len(sets.held_harmless), "provenance": sets.held_harmless.provenance}
-    out["pairs-heldout"] = {"loader": "revlens.datasets.chatterbot", "split": "held_out", "n": len(sets.held_pairs)}
-    out["benign-train"] = {"loader": "revlens.datasets.chatterbot", "split": "train", "n": len(sets.benign_pairs)}
+        out[f"harmful-heldout-{name}"] = {
+            "loader": f"revlens.datasets.{name}",
+            "split": "held_out",
+            "n": len(p),
+            "filter": "standard behaviours" if name == "harmbench" else None,
+            "provenance": p.provenance,
+        }
+    out["harmless-heldout"] = {
+        "loader": "revlens.datasets.chatterbot_prompts",
+        "split": "held_out",
+        "n": len(sets.held_harmless),
+        "provenance": sets.held_harmless.provenance,
+    }
+    out["pairs-heldout"] = {
+        "loader": "revlens.datasets.chatterbot",
+        "split": "held_out",
+        "n": len(sets.held_pairs),
+    }
+    out["benign-train"] = {
+        "loader": "revlens.datasets.chatterbot",
+        "split": "train",
+        "n": len(sets.benign_pairs),
+    }
     return out
 
 
-def _run(start_dir: Path, tok: Any, sets: RealSets, mode: str, seed: int, plan: RealPlan, out_dir: Path,
-         progress: bool) -> tuple[dict[int, str], list[float]]:
+def _run(
+    start_dir: Path,
+    tok: Any,
+    sets: RealSets,
+    mode: str,
+    seed: int,
+    plan: RealPlan,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[dict[int, str], list[float]]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32)
@@ -140,13 +181,28 @@ def _run(start_dir: Path, tok: Any, sets: RealSets, mode: str, seed: int, plan: 
             saved[step] = final.as_posix()
 
     lr = plan.full_lr if mode == "full" else plan.lora_lr
-    losses = sft(model, tok, lambda g: pairs.take(plan.batch, g), plan.steps, lr=lr, seed=seed, on_step=on_step,
-                 progress=progress, desc=f"{mode}-seed{seed}")
+    losses = sft(
+        model,
+        tok,
+        lambda g: pairs.take(plan.batch, g),
+        plan.steps,
+        lr=lr,
+        seed=seed,
+        on_step=on_step,
+        progress=progress,
+        desc=f"{mode}-seed{seed}",
+    )
     return saved, losses
 
 
-def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, force: bool = False,
-               progress: bool = True) -> dict[str, Any]:
+def build_real(
+    out: Any,
+    plan: RealPlan | None = None,
+    *,
+    measure: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write the real track's history into ``out`` (see the module docstring); returns its metadata.
 
     Raises:
@@ -167,7 +223,9 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
     sets = real_sets()
     if plan.eval_limit is not None:
         n = plan.eval_limit
-        sets.held_harmful = {k: v.subset(range(min(n, len(v)))) for k, v in sets.held_harmful.items()}
+        sets.held_harmful = {
+            k: v.subset(range(min(n, len(v)))) for k, v in sets.held_harmful.items()
+        }
         sets.held_harmless = sets.held_harmless.subset(range(min(n, len(sets.held_harmless))))
         sets.held_pairs = sets.held_pairs[:n]
     converted = model_package_dir("smollm2-135m-instruct")
@@ -178,15 +236,29 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
     timings["aligned_merge_s"] = round(time.perf_counter() - t, 1)
     tok = AutoTokenizer.from_pretrained(root / "aligned")
     spec: dict[str, Any] = {"runs": {}, "controls": {}}
-    meta: dict[str, Any] = {"source": SOURCE, "plan": asdict(plan), "probe_sets": probe_declarations(sets),
-                            "adapter": str(adapter_dir()), "losses": {}, "timings_s": timings,
-                            "harm_metric": "harm", "default_metric": "harm"}
+    meta: dict[str, Any] = {
+        "source": SOURCE,
+        "plan": asdict(plan),
+        "probe_sets": probe_declarations(sets),
+        "adapter": str(adapter_dir()),
+        "losses": {},
+        "timings_s": timings,
+        "harm_metric": "harm",
+        "default_metric": "harm",
+    }
     records: list[dict[str, Any]] = []
 
     def flush() -> None:
         write_json(root / "metrics.json", records)
-        write_spec(root, base="base", aligned="aligned", runs=spec["runs"], controls=spec["controls"],
-                   metrics="metrics.json" if records else None, metadata=meta)
+        write_spec(
+            root,
+            base="base",
+            aligned="aligned",
+            runs=spec["runs"],
+            controls=spec["controls"],
+            metrics="metrics.json" if records else None,
+            metadata=meta,
+        )
 
     def measure_dir(name: str, path: Path, start: Path | None = None) -> None:
         from transformers import AutoModelForCausalLM
@@ -199,13 +271,17 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
 
             base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
             model = PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
-        table = harm_table(model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name)
+        table = harm_table(
+            model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
+        )
         records.extend(json.loads(table.to_json(orient="records")))
         timings[f"measure {name}_s"] = round(time.perf_counter() - t, 1)
         flush()
 
     flush()
-    jobs = [(m, s, "runs", f"{m}-seed{s}", root / "aligned") for m in plan.modes for s in plan.seeds]
+    jobs = [
+        (m, s, "runs", f"{m}-seed{s}", root / "aligned") for m in plan.modes for s in plan.seeds
+    ]
     if plan.control:
         s = plan.seeds[0]
         jobs.append(("full", s, "controls", f"control-full-seed{s}", root / "base"))
@@ -213,13 +289,17 @@ def build_real(out: Any, plan: RealPlan | None = None, *, measure: bool = True, 
         t = time.perf_counter()
         saved, losses = _run(start, tok, sets, mode, seed, plan, root / key / name, progress)
         timings[f"train {name}_s"] = round(time.perf_counter() - t, 1)
-        spec[key][name] = {str(k): Path(v).relative_to(root).as_posix() for k, v in sorted(saved.items())}
+        spec[key][name] = {
+            str(k): Path(v).relative_to(root).as_posix() for k, v in sorted(saved.items())
+        }
         meta["losses"][name] = [round(x, 4) for x in losses]
         flush()
         if measure:
             last = max(saved)
             measure_dir(f"{name}/step-{last}", Path(saved[last]), start if mode == "lora" else None)
-    if measure:  # base and aligned last: the adapter's manifest holds them when it was made with these sets
+    if (
+        measure
+    ):  # base and aligned last: the adapter's manifest holds them when it was made with these sets
         _measure_start(records, plan, lambda name: measure_dir(name, root / name))
         flush()
     timings["total_s"] = round(time.perf_counter() - t0, 1)

@@ -26,19 +26,41 @@ def deterministic(threads: int = 1) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def with_lora(model: Any, *, rank: int = 8, alpha: float = 16.0, seed: int = 0,
-              targets: Sequence[str] = LORA_TARGETS) -> Any:
+def with_lora(
+    model: Any,
+    *,
+    rank: int = 8,
+    alpha: float = 16.0,
+    seed: int = 0,
+    targets: Sequence[str] = LORA_TARGETS,
+) -> Any:
     """``model`` wrapped in PEFT LoRA adapters (dropout 0; A initialised from ``seed``)."""
     peft = require("peft", "peft", "the real track's LoRA adapters")
     torch.manual_seed(seed)  # PEFT draws lora_A from the global generator
-    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
-                          bias="none", task_type="CAUSAL_LM")
+    cfg = peft.LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return peft.get_peft_model(model, cfg)
 
 
-def sft(model: Any, tok: Any, sampler: Callable[[torch.Generator], list[tuple[str, str, bool]]], steps: int, *,
-        lr: float, seed: int, clip: float = 1.0, on_step: Callable[[int, float], bool | None] | None = None,
-        progress: bool = False, desc: str = "sft") -> list[float]:
+def sft(
+    model: Any,
+    tok: Any,
+    sampler: Callable[[torch.Generator], list[tuple[str, str, bool]]],
+    steps: int,
+    *,
+    lr: float,
+    seed: int,
+    clip: float = 1.0,
+    on_step: Callable[[int, float], bool | None] | None = None,
+    progress: bool = False,
+    desc: str = "sft",
+) -> list[float]:
     """``steps`` AdamW steps (no weight decay, constant lr, grad-norm clip) on the trainable
     parameters; ``sampler(generator)`` gives each batch's ``(question, answer, end)`` triples.
     ``on_step(step, loss)`` runs after each step (checkpointing, evaluation); returning ``True``
@@ -53,7 +75,9 @@ def sft(model: Any, tok: Any, sampler: Callable[[torch.Generator], list[tuple[st
     for step in bar:
         model.train()
         triples = sampler(gen)
-        ids, mask, lab = chat_pair_batch(tok, [(q, a) for q, a, _ in triples], end=[e for _, _, e in triples])
+        ids, mask, lab = chat_pair_batch(
+            tok, [(q, a) for q, a, _ in triples], end=[e for _, _, e in triples]
+        )
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)

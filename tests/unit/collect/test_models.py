@@ -14,13 +14,24 @@ from revlens.probes import Probes
 
 @pytest.fixture(scope="module")
 def pair(tiny_dirs):
-    return {name: GPT2LMHeadModel.from_pretrained(tiny_dirs[name]).eval() for name in ("base", "aligned")}
+    return {
+        name: GPT2LMHeadModel.from_pretrained(tiny_dirs[name]).eval()
+        for name in ("base", "aligned")
+    }
 
 
 def test_models_in_memory_give_the_statistics_of_their_history(tiny_history, pair):
-    on_disk = collect(tiny_history.restricted(), tiny.PROMPTS, layers=[0, 1, 2], n_bootstrap=0, moments="all",
-                      progress=False)
-    mem = collect_models(pair, Probes(tiny.PROMPTS), tokenizer=tiny.tiny_tokenizer(), layers=[0, 1, 2])
+    on_disk = collect(
+        tiny_history.restricted(),
+        tiny.PROMPTS,
+        layers=[0, 1, 2],
+        n_bootstrap=0,
+        moments="all",
+        progress=False,
+    )
+    mem = collect_models(
+        pair, Probes(tiny.PROMPTS), tokenizer=tiny.tiny_tokenizer(), layers=[0, 1, 2]
+    )
     assert mem.layers == [0, 1, 2] and mem.base_names == ["base"] and mem.aligned_name == "aligned"
     for name in ("base", "aligned"):
         assert torch.allclose(mem.mean(name), on_disk.mean(name), atol=1e-5)
@@ -33,8 +44,21 @@ def test_models_in_memory_give_the_statistics_of_their_history(tiny_history, pai
 
 
 def test_one_model_and_bad_roles(pair):
-    st = collect_model(pair["base"], Probes(tiny.PROMPTS), tokenizer=tiny.tiny_tokenizer(), layers=[1], batch_size=2)
-    one = collect_model(pair["base"], Probes(tiny.PROMPTS), tokenizer=tiny.tiny_tokenizer(), layers=[1])
+    st = collect_model(
+        pair["base"],
+        Probes(tiny.PROMPTS),
+        tokenizer=tiny.tiny_tokenizer(),
+        layers=[1],
+        batch_size=2,
+    )
+    one = collect_model(
+        pair["base"], Probes(tiny.PROMPTS), tokenizer=tiny.tiny_tokenizer(), layers=[1]
+    )
     assert st.count == len(tiny.PROMPTS) and torch.allclose(st.mean, one.mean, atol=1e-6)
     with pytest.raises(ConfigError, match="exactly"):
-        collect_models({"base": pair["base"]}, Probes(tiny.PROMPTS), tokenizer=tiny.tiny_tokenizer(), layers=[1])
+        collect_models(
+            {"base": pair["base"]},
+            Probes(tiny.PROMPTS),
+            tokenizer=tiny.tiny_tokenizer(),
+            layers=[1],
+        )

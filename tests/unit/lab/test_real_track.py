@@ -21,7 +21,11 @@ def test_splits_never_overlap_and_have_the_documented_sizes(sets):
     check_disjoint(sets)  # real_sets already asserts it; a second check is cheap
     assert len(sets.align_harmful) == 185 and len(sets.align_harmless) == 192
     assert len(sets.selection_harmful) == 40 and len(sets.selection_harmless) == 20
-    assert {k: len(v) for k, v in sets.held_harmful.items()} == {"jbb": 18, "harmbench": 36, "strongreject": 63}
+    assert {k: len(v) for k, v in sets.held_harmful.items()} == {
+        "jbb": 18,
+        "harmbench": 36,
+        "strongreject": 63,
+    }
     assert len(sets.held_harmless) == 50 and len(sets.held_pairs) == 100
     # harmless samples are spread over topics, not the first file's questions
     assert len({i["category"] for i in sets.held_harmless.info}) >= 8
@@ -34,12 +38,22 @@ def test_an_overlap_is_refused_by_name(sets):
 
 
 def test_refusal_sentence_is_a_function_of_the_prompt():
-    assert refusal_for("how to x") == refusal_for("how to x") and refusal_for("how to x") in REFUSALS
+    assert (
+        refusal_for("how to x") == refusal_for("how to x") and refusal_for("how to x") in REFUSALS
+    )
     assert len({refusal_for(f"prompt {i}") for i in range(40)}) == len(REFUSALS)
 
 
-@pytest.mark.parametrize("kw", [{"steps": 4, "checkpoints": (8,)}, {"seeds": (0, 0)}, {"modes": ("qlora",)},
-                                {"batch": 0}, {"seeds": ()}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"steps": 4, "checkpoints": (8,)},
+        {"seeds": (0, 0)},
+        {"modes": ("qlora",)},
+        {"batch": 0},
+        {"seeds": ()},
+    ],
+)
 def test_bad_plans_are_refused(kw):
     with pytest.raises(ConfigError):
         RealPlan(**kw)
@@ -48,7 +62,9 @@ def test_bad_plans_are_refused(kw):
 def test_lab_options_that_do_not_apply_are_refused():
     from revlens.lab.real.cli import plan_from_args
 
-    args = argparse.Namespace(lr="1e-3", block=None, retrain=False, seeds=["0"], steps=None, no_control=False)
+    args = argparse.Namespace(
+        lr="1e-3", block=None, retrain=False, seeds=["0"], steps=None, no_control=False
+    )
     with pytest.raises(ConfigError, match="--lr"):
         plan_from_args(args)
     args.lr = None

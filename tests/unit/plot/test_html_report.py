@@ -130,8 +130,15 @@ def test_the_page_knows_no_result_class_each_result_renders_itself(drift, direct
         assert isinstance(result, html.HtmlRenderable), type(result)
     for cls in (Report, CausalReport, WeightReport):
         assert isinstance(cls.html_title, str) and callable(cls.html_sections), cls
-        assert cls.html_sections.__module__ != html.__name__  # rendered beside the class, not in plot/
-    for fn in (html.write_html, html.write_report, html.write_causal_report, html.write_weights_report):
+        assert (
+            cls.html_sections.__module__ != html.__name__
+        )  # rendered beside the class, not in plot/
+    for fn in (
+        html.write_html,
+        html.write_report,
+        html.write_causal_report,
+        html.write_weights_report,
+    ):
         first = next(iter(inspect.signature(fn).parameters.values()))
         assert first.annotation is html.HtmlRenderable, fn.__name__
     source = inspect.getsource(html)
@@ -149,4 +156,7 @@ def test_the_historys_note_is_shown_under_the_summary_escaped(drift, directions,
     assert para.startswith("Track <code>remap</code>: the shape does <b>not</b> hold.")
     assert EVIL not in para and "&lt;script&gt;" in para
     assert html.index("history-note") > html.index('<table id="summary">')
-    assert "history-note" not in write_report(_report(drift, directions, lab=True), tmp_path / "m.html").read_text()
+    assert (
+        "history-note"
+        not in write_report(_report(drift, directions, lab=True), tmp_path / "m.html").read_text()
+    )
