@@ -94,7 +94,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def _tracks() -> tuple[str, ...]:
     from revlens.lab.tracks import TRACKS
 
-    return tuple(TRACKS)
+    return (*TRACKS, "real")
 
 
 def _config(args) -> LabConfig:
@@ -125,6 +125,10 @@ def run(args) -> int:
     """Run ``revlens lab`` from parsed arguments; prints a closing summary table."""
     from revlens.lab.runner import run_lab
 
+    if getattr(args, "track", None) == "real":  # SmolLM2-135M on real data: revlens/lab/real
+        from revlens.lab.real.cli import run_lab_real
+
+        return run_lab_real(args)
     config = _config(args)
     t0 = time.perf_counter()
     result = run_lab(

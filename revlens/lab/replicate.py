@@ -298,7 +298,7 @@ def register(subparsers: Any, parents: Any = ()) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"lab track(s): {', '.join(TRACKS)} (default: {DEFAULT_TRACK}; --full: all)",
+        help=f"lab track(s): {', '.join(TRACKS)}, or real alone (default: {DEFAULT_TRACK}; --full: all)",
     )
     p.add_argument(
         "--pairs",
@@ -312,6 +312,11 @@ def register(subparsers: Any, parents: Any = ()) -> None:
         "--full",
         action="store_true",
         help="every track and pair, every blocking method and control",
+    )
+    p.add_argument(
+        "--lab",
+        default=None,
+        help="--track real: reuse a built real-track dir (revlens lab --track real)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
@@ -348,6 +353,10 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[int
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.track == ["real"]:  # SmolLM2-135M on real data (revlens/lab/real)
+        from revlens.lab.real.cli import run_replicate_real
+
+        return run_replicate_real(args)
     tracks, pairs, seeds, plan = check_args(args)
     reps = replicate_tracks(
         args.out,
