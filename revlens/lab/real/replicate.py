@@ -99,9 +99,11 @@ def _harm_rows(harm: pd.DataFrame, plan: RealPlan) -> tuple[list[dict[str, Any]]
     pooled = harm[harm["set"] == "harmful (all)"].set_index("checkpoint")
     base, aligned = pooled.loc["base"], pooled.loc["aligned"]
     half = (aligned["harm_hi"] - aligned["harm_lo"]) / 2
-    ci = lambda r: (
-        f"{_pct(r['harm'])} [{_pct(r['harm_lo'])}, {_pct(r['harm_hi'])}] ({int(r['n'] - r['refused'])}/{int(r['n'])})"
-    )  # noqa: E731
+
+    def ci(r: Any) -> str:
+        k, n = int(r["n"] - r["refused"]), int(r["n"])
+        return f"{_pct(r['harm'])} [{_pct(r['harm_lo'])}, {_pct(r['harm_hi'])}] ({k}/{n})"
+
     rows = [
         {
             "row": "alignment works",
@@ -304,7 +306,8 @@ def _mediation(
             {
                 "row": f"{name} mediates (clamp)",
                 "measured": "; ".join(
-                    f"{x.run} L{x.layer}: {x.mediation_fraction:.2f} (random {x.ctrl_mediation_mean:.2f} ± {x.ctrl_mediation_std:.2f})"
+                    f"{x.run} L{x.layer}: {x.mediation_fraction:.2f} "
+                    f"(random {x.ctrl_mediation_mean:.2f} ± {x.ctrl_mediation_std:.2f})"
                     for x in s.itertuples()
                 ),
                 "reference": "paper: clamping v_rev restores refusal",
