@@ -220,14 +220,7 @@ def build_real(
     root.mkdir(parents=True, exist_ok=True)
     deterministic(plan.threads)
     t0 = time.perf_counter()
-    sets = real_sets()
-    if plan.eval_limit is not None:
-        n = plan.eval_limit
-        sets.held_harmful = {
-            k: v.subset(range(min(n, len(v)))) for k, v in sets.held_harmful.items()
-        }
-        sets.held_harmless = sets.held_harmless.subset(range(min(n, len(sets.held_harmless))))
-        sets.held_pairs = sets.held_pairs[:n]
+    sets = _limited_sets(plan)
     converted = model_package_dir("smollm2-135m-instruct")
     timings: dict[str, float] = {}
     _atomic_dir(root / "base", lambda tmp: shutil.copytree(converted, tmp))
@@ -261,16 +254,8 @@ def build_real(
         )
 
     def measure_dir(name: str, path: Path, start: Path | None = None) -> None:
-        from transformers import AutoModelForCausalLM
-
         t = time.perf_counter()
-        if start is None:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        else:
-            from peft import PeftModel
-
-            base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
-            model = PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+        model = _load_merged(path, start)
         table = harm_table(
             model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
         )
@@ -297,14 +282,38 @@ def build_real(
         if measure:
             last = max(saved)
             measure_dir(f"{name}/step-{last}", Path(saved[last]), start if mode == "lora" else None)
-    if (
-        measure
-    ):  # base and aligned last: the adapter's manifest holds them when it was made with these sets
+    if measure:  # base and aligned last: the adapter's manifest holds them (made with these sets)
         _measure_start(records, plan, lambda name: measure_dir(name, root / name))
         flush()
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     flush()
     return meta
+
+
+def _limited_sets(plan: RealPlan) -> Any:
+    """The real track's sets, the held-out ones cut to ``plan.eval_limit`` prompts (smoke runs)."""
+    sets = real_sets()
+    if plan.eval_limit is not None:
+        n = plan.eval_limit
+        sets.held_harmful = {
+            k: v.subset(range(min(n, len(v)))) for k, v in sets.held_harmful.items()
+        }
+        sets.held_harmless = sets.held_harmless.subset(range(min(n, len(sets.held_harmless))))
+        sets.held_pairs = sets.held_pairs[:n]
+    return sets
+
+
+def _load_merged(path: Path, start: Path | None) -> Any:
+    """A checkpoint dir as a float32 HF model in eval mode; with ``start``, ``path`` is a LoRA
+    adapter on ``start``, merged."""
+    from transformers import AutoModelForCausalLM
+
+    if start is None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
 
 
 def _measure_start(records: list[dict[str, Any]], plan: RealPlan, measure: Any) -> None:
