@@ -26,7 +26,7 @@ the replication (what ``revlens replicate --track real --lab DIR`` runs: harm ta
 direction, ``analyze``, cos(v_rev, r), mediation) on the same device, each stage with its wall
 seconds and peak GPU memory, the table's rows and the stage timings into
 ``results/gpu_check_real.json``. Without CUDA it prints one line saying it skipped and exits 0.
-``--real-smoke`` shrinks both plans (1 seed, full FT, 1 step, 2 prompts per held-out set) to check
+``--real-smoke`` shrinks both plans (1 seed, full FT, 2 steps, 2 prompts per held-out set) to check
 the code path on any device. Never run on a GPU yet (the project machine has none).
 
     python benchmarks/gpu_check.py [--size small|tiny] [--device cuda|cpu] [--dtype bfloat16|float32]
@@ -269,8 +269,8 @@ def real_plans(device: str, smoke: bool):
         return ReplicatePlan(lab=RealPlan(device=device))
     lab = RealPlan(
         seeds=(0,),
-        steps=1,
-        checkpoints=(1,),
+        steps=2,  # analyze needs two steps per run
+        checkpoints=(1, 2),
         modes=("full",),
         control=False,
         eval_limit=2,
