@@ -34,9 +34,11 @@ test: $(STAMP) real-data
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
-# collect / ablation / blocker on a tiny Llama in bf16 against bare HF forwards (skips without CUDA)
+# collect / ablation / blocker on a tiny Llama in bf16 against bare HF forwards, then the real track
+# at full size on the GPU (--real); each skips without CUDA
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py
+	$(PY) benchmarks/gpu_check.py --real
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check revlens tests benchmarks tools

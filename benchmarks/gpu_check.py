@@ -18,7 +18,19 @@ with ``torch.cuda.max_memory_allocated`` reset before it:
 Without CUDA it prints one line and exits 0 (``--device cpu`` runs the same code on the CPU, in
 float32 with ``--dtype float32``: the suite's smoke test). Writes ``results/gpu_check.json``.
 
+``--real`` runs the **real track at full size** instead (``make gpu-check`` runs both): the default
+:class:`~revlens.lab.real.history.RealPlan` (seeds 0 1 2, full fine-tuning and LoRA, T = 16,
+checkpoints 1 2 4 8 16, the control from base; settings in ``docs/lab.md``, "Real track") built
+with ``build_real`` on the GPU (``RealPlan(device="cuda")``, float32: the CPU recipe, moved), then
+the replication (what ``revlens replicate --track real --lab DIR`` runs: harm table, refusal
+direction, ``analyze``, cos(v_rev, r), mediation) on the same device, each stage with its wall
+seconds and peak GPU memory, the table's rows and the stage timings into
+``results/gpu_check_real.json``. Without CUDA it prints one line saying it skipped and exits 0.
+``--real-smoke`` shrinks both plans (1 seed, full FT, 2 steps, 2 prompts per held-out set) to check
+the code path on any device. Never run on a GPU yet (the project machine has none).
+
     python benchmarks/gpu_check.py [--size small|tiny] [--device cuda|cpu] [--dtype bfloat16|float32]
+    python benchmarks/gpu_check.py --real [--real-smoke] [--device cuda|cpu] [--work DIR]
 """
 
 import argparse
@@ -248,6 +260,101 @@ def blocker_steps(hist, stats, prompts, device, dtype, n_steps: int = 10) -> dic
     return out
 
 
+def real_plans(device: str, smoke: bool):
+    """The real track's plans: the documented defaults on ``device``, or (``smoke``) tiny ones."""
+    from revlens.lab.real.history import RealPlan
+    from revlens.lab.real.replicate import ReplicatePlan
+
+    if not smoke:
+        return ReplicatePlan(lab=RealPlan(device=device))
+    lab = RealPlan(
+        seeds=(0,),
+        steps=2,  # analyze needs two steps per run
+        checkpoints=(1, 2),
+        modes=("full",),
+        control=False,
+        eval_limit=2,
+        device=device,
+    )
+    return ReplicatePlan(lab=lab, n_probe=4, n_null=20, controls=1, ablation_prompts=2)
+
+
+def run_real(args) -> dict:
+    """Build the real track on ``args.device`` and replicate it there, stage by stage."""
+    from dataclasses import asdict
+
+    import torch
+
+    from revlens.lab.real.history import build_real
+    from revlens.lab.real.replicate import replicate_real
+
+    device = torch.device(args.device)
+    plan = real_plans(args.device, args.real_smoke)
+    res: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": "float32",
+        "smoke": bool(args.real_smoke),
+        "plan": asdict(plan),
+    }
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        lab_dir, rep_dir = Path(tmp, "lab"), Path(tmp, "rep")
+        res["lab"] = {}
+        with measured(device, res["lab"]):
+            meta = build_real(lab_dir, plan.lab, force=True, progress=not args.quiet)
+        res["lab"]["timings_s"] = meta["timings_s"]
+        res["lab"]["losses"] = meta["losses"]
+        res["lab"]["disk_gib"] = round(
+            sum(f.stat().st_size for f in lab_dir.rglob("*") if f.is_file()) / 2**30, 2
+        )
+        res["replicate"] = {}
+        with measured(device, res["replicate"]):
+            rep = replicate_real(rep_dir, plan, lab_dir=lab_dir, progress=not args.quiet)
+        res["replicate"]["timings_s"] = {k: round(v, 1) for k, v in rep.meta["timings"].items()}
+        res["rows"] = [{k: str(v) for k, v in r.items()} for r in rep.rows]
+        res["harm"] = json.loads(rep.harm.to_json(orient="records"))
+        res["replication_md"] = rep.to_markdown()
+    return res
+
+
+def main_real(args) -> int:
+    """``--real``: the real track at full size where CUDA exists; a one-line skip without it."""
+    import os
+
+    import torch
+
+    if args.device is None:
+        if not torch.cuda.is_available():
+            print(
+                "gpu_check --real: no CUDA device here; skipped the real track at full size "
+                "(on the CPU it is `revlens replicate --track real`, about an hour)"
+            )
+            return 0
+        args.device = "cuda"
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    t0 = time.perf_counter()
+    res = run_real(args)
+    res["total_seconds"] = round(time.perf_counter() - t0, 1)
+    sys.path.insert(0, str(HERE))
+    import _common
+
+    name = "gpu_check_real" + ("_smoke" if args.real_smoke else "")
+    if args.out is None:
+        path = _common.write(name, res)
+    else:
+        path = Path(args.out)
+        path.write_text(
+            json.dumps({"benchmark": name, "machine": _common.machine(), **res}, indent=1)
+        )
+    lab, rep = res["lab"], res["replicate"]
+    print(f"gpu_check --real on {res['device']} (float32), {res['total_seconds']} s")
+    print(f"  build_real   {lab['seconds']:9.1f} s   peak {lab.get('peak_mib', '-')} MiB")
+    print(f"  replicate    {rep['seconds']:9.1f} s   peak {rep.get('peak_mib', '-')} MiB")
+    for r in res["rows"]:
+        print(f"  {r['row']}: {r['holds']} | {r['measured']}")
+    print(f"  -> {path}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("small", "tiny"), default="small")
@@ -257,7 +364,13 @@ def main() -> int:
     ap.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/gpu_check.json)"
     )
+    ap.add_argument("--real", action="store_true", help="the real track at full size instead")
+    ap.add_argument("--real-smoke", action="store_true", help="with --real: tiny plans")
+    ap.add_argument("--work", default=None, help="with --real: where the history is built")
+    ap.add_argument("--quiet", action="store_true", help="with --real: no progress bars")
     args = ap.parse_args()
+    if args.real or args.real_smoke:
+        return main_real(args)
     import torch
 
     if args.device is None:

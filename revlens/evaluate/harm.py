@@ -83,10 +83,11 @@ def answer_loss(
     model: Any, tok: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16
 ) -> tuple[float, int]:
     """Mean answer-token cross-entropy of a Hugging Face causal LM on chat ``pairs`` (token-weighted
-    over all pairs) and the number of answer tokens."""
+    over all pairs) and the number of answer tokens; runs on the model's device."""
     total, count = 0.0, 0
+    dev = next(model.parameters()).device  # the batches go where the model is (CPU: a no-op)
     for i in range(0, len(pairs), batch_size):
-        ids, mask, lab = chat_pair_batch(tok, pairs[i : i + batch_size])
+        ids, mask, lab = (t.to(dev) for t in chat_pair_batch(tok, pairs[i : i + batch_size]))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         tgt = lab[:, 1:]
         ce = torch.nn.functional.cross_entropy(

@@ -32,6 +32,16 @@ def test_skips_cleanly_without_a_gpu():
     )
 
 
+def test_the_real_track_part_skips_cleanly_without_a_gpu(tmp_path):
+    """``--real`` (the real track at full size) says it skipped, exits 0 and writes nothing."""
+    out = tmp_path / "real.json"
+    proc = _run("--real", "--out", str(out), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith("gpu_check --real: no CUDA device here; skipped")
+    assert "revlens replicate --track real" in proc.stdout
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_runs_collect_ablation_and_blocker_on_the_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"

@@ -36,10 +36,20 @@ from revlens.history.spec import write_spec
 from revlens.lab.real.data import RealSets, real_sets
 from revlens.lab.real.sft import Cycler, deterministic, sft, with_lora
 
-__all__ = ["RealPlan", "adapter_dir", "build_real", "materialize_aligned", "probe_declarations"]
+__all__ = [
+    "DEVICE_TYPES",
+    "RealPlan",
+    "adapter_dir",
+    "build_real",
+    "check_device",
+    "materialize_aligned",
+    "probe_declarations",
+]
 
 log = logging.getLogger(__name__)
 SOURCE = "revlens-lab-real"
+DEVICE_TYPES = ("cpu", "cuda")
+"""The device types :attr:`RealPlan.device` accepts (``cuda`` only where it is available)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class RealPlan:
     eval_limit: int | None = (
         None  # at most this many prompts / pairs per held-out set (None: all; smoke runs)
     )
+    device: str = "cpu"  # where training and measurement run: "cpu" or "cuda[:i]" (when available)
 
     def __post_init__(self) -> None:
         if (
@@ -77,6 +88,28 @@ class RealPlan:
             raise ConfigError(f"RealPlan: modes must be among 'full', 'lora'; got {self.modes}")
         if self.batch < 1:
             raise ConfigError(f"RealPlan: batch must be >= 1, got {self.batch}")
+        check_device(self.device)
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device``: ``"cpu"``, or ``"cuda"`` / ``"cuda:i"`` where CUDA exists.
+
+    Raises:
+        ConfigError: anything else (named), or a CUDA device on a machine without one.
+    """
+    try:
+        dev = torch.device(device) if isinstance(device, str) else None  # a string (history.json)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ConfigError(f"RealPlan: device must be 'cpu' or 'cuda' / 'cuda:<i>', got {device!r}")
+    if dev.type != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"RealPlan: device {device!r} asked for, but no CUDA device is available")
+    if dev.type != "cpu" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"RealPlan: device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+        )
+    return dev
 
 
 def adapter_dir() -> Path:
@@ -163,6 +196,9 @@ def _run(
     model = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32)
     if mode == "lora":
         model = with_lora(model, seed=seed)
+    model = model.to(
+        plan.device
+    )  # after the LoRA init (drawn on the CPU): the same on every device
     pairs = Cycler([(q, a, True) for q, a in sets.benign_pairs])
     saved: dict[int, str] = {}
 
@@ -255,7 +291,7 @@ def build_real(
 
     def measure_dir(name: str, path: Path, start: Path | None = None) -> None:
         t = time.perf_counter()
-        model = _load_merged(path, start)
+        model = _load_merged(path, start).to(plan.device)
         table = harm_table(
             model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
         )

@@ -176,7 +176,7 @@ def replicate_real(
     sets = real_sets()
     t = time.perf_counter()
     hist = revlens.History.load(lab_dir)
-    lm = hist.boot()
+    lm = hist.boot(device=plan.lab.device)  # float32 on every device (the CPU numbers)
     probes = combine(sets.held_harmful["jbb"], sets.held_harmful["harmbench"]).subset(
         range(plan.n_probe)
     )
@@ -246,7 +246,7 @@ def replicate_real(
     meta = {
         "command": f"revlens replicate --track real --out {out}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} CPU, 1 torch thread (shared 2-core, under load)",
+        "machine": _machine(plan.lab.device),
         "plan": asdict(plan),
         "timings": timings,
         "total_s": total,
@@ -316,6 +316,15 @@ def _mediation(
             }
         )
     return rows, pd.concat(med, ignore_index=True)
+
+
+def _machine(device: str) -> str:
+    """What the table was measured on (the CPU wording is the project machine's)."""
+    if device == "cpu":
+        return f"{platform.machine()} CPU, 1 torch thread (shared 2-core, under load)"
+    import torch
+
+    return f"{torch.cuda.get_device_name(torch.device(device))} ({device}), float32"
 
 
 def _finite(x: Any) -> Any:

@@ -62,7 +62,8 @@ def sft(
     desc: str = "sft",
 ) -> list[float]:
     """``steps`` AdamW steps (no weight decay, constant lr, grad-norm clip) on the trainable
-    parameters; ``sampler(generator)`` gives each batch's ``(question, answer, end)`` triples.
+    parameters (batches go to their device; the sampler's generator stays on the CPU);
+    ``sampler(generator)`` gives each batch's ``(question, answer, end)`` triples.
     ``on_step(step, loss)`` runs after each step (checkpointing, evaluation); returning ``True``
     stops the loop. Returns the losses."""
     from tqdm.auto import tqdm
@@ -75,8 +76,11 @@ def sft(
     for step in bar:
         model.train()
         triples = sampler(gen)
-        ids, mask, lab = chat_pair_batch(
-            tok, [(q, a) for q, a, _ in triples], end=[e for _, _, e in triples]
+        ids, mask, lab = (
+            t.to(params[0].device)  # the model's device (a no-op on the CPU)
+            for t in chat_pair_batch(
+                tok, [(q, a) for q, a, _ in triples], end=[e for _, _, e in triples]
+            )
         )
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
         loss.backward()

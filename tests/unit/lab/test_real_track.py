@@ -59,6 +59,26 @@ def test_bad_plans_are_refused(kw):
         RealPlan(**kw)
 
 
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:x", "", "meta"])
+def test_an_unknown_device_is_refused_by_name(device):
+    with pytest.raises(ConfigError, match="device must be 'cpu' or 'cuda'") as info:
+        RealPlan(device=device)
+    assert repr(device) in str(info.value)
+
+
+def test_the_device_defaults_to_the_cpu_and_cuda_needs_a_gpu():
+    import torch
+
+    assert RealPlan().device == "cpu" and RealPlan(device="cpu:0").device == "cpu:0"
+    if torch.cuda.is_available():
+        assert RealPlan(device="cuda").device == "cuda"
+        with pytest.raises(ConfigError, match="CUDA device"):
+            RealPlan(device=f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
+            RealPlan(device="cuda")
+
+
 def test_lab_options_that_do_not_apply_are_refused():
     from revlens.lab.real.cli import plan_from_args
 
