@@ -32,7 +32,7 @@ from torch import Tensor
 
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
-from revlens._types import ModuleLike
+from revlens._types import ModuleLike, ParamsInput
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
@@ -164,7 +164,7 @@ class WeightBlocker(BlockingStrategy):
         model: ModuleLike,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> "WeightBlocker":
         """Read ``V`` for every weight of ``model`` to block and build the projectors (sets
         ``targets_``); the weights at this moment are the reference ``W_ref``. ``optimizer`` /
