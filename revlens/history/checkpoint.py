@@ -27,6 +27,7 @@ from torch import Tensor
 
 from revlens._types import PathLike
 from revlens.errors import CheckpointError, HistoryError
+from revlens.loading.gguf import GGUFFile
 from revlens.model import WEIGHT_SUFFIXES, load_state_dict
 
 __all__ = [
@@ -118,9 +119,9 @@ def tensor_digest(sd: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-CheckpointSource: TypeAlias = PathLike | Mapping[str, object] | torch.nn.Module | HubRef
+CheckpointSource: TypeAlias = PathLike | Mapping[str, object] | torch.nn.Module | HubRef | GGUFFile
 """Where a checkpoint's weights are: a folder or weights file, an in-memory state dict or module,
-or a :class:`HubRef`."""
+a GGUF file (:class:`~revlens.loading.GGUFFile`) or a :class:`HubRef`."""
 
 BaseInput: TypeAlias = (
     CheckpointSource | Sequence[CheckpointSource] | Mapping[str, CheckpointSource]

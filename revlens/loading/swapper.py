@@ -21,6 +21,7 @@ from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError, RevlensError
 from revlens.loading.adapt import apply_adapter
 from revlens.loading.classify import CheckpointInfo, classify
+from revlens.loading.gguf import GGUFFile
 from revlens.loading.lora import read_adapter
 from revlens.loading.plan import Plan, make_plan, name_resolver
 from revlens.loading.sources import open_source
@@ -42,7 +43,7 @@ class Ref:
         kind: ``"auto"``, ``"full"`` or ``"adapter"`` (see :func:`~revlens.loading.classify`).
     """
 
-    source: WeightsSource
+    source: WeightsSource | GGUFFile
     name: str | None = None
     fingerprint: str | None = None
     kind: str = "auto"
