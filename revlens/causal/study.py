@@ -28,6 +28,7 @@ from revlens.causal.batched import Stack, run_stacks
 from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
 from revlens.causal.inputs import (
+    Positions,
     check_positions,
     position_mask,
     prepare_metric,
@@ -43,10 +44,11 @@ from revlens.collect import (
     resolve_probes,
 )
 from revlens.directions import DirectionEstimator, Directions, check_direction_inputs
+from revlens.directions.registry import DirectionSpec
 from revlens.directions.subspace import random_frames
 from revlens.errors import ConfigError, MetricError, RevlensError, naming
 from revlens.history import Checkpoint, History, HistoryInput
-from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
+from revlens.metrics import KLTo, MetricLike, is_model_metric, metric_from_spec, metric_name
 from revlens.model import LensModel, ModelInput
 from revlens.probes import ProbeBatch, ProbesInput
 from revlens.sites import access
@@ -449,15 +451,15 @@ class _Study(Selection):
 def ablation_study(
     history: HistoryInput,
     probes: ProbesInput | None = None,
-    metric: Any = None,
+    metric: MetricLike | None = None,
     *,
     config: AblationConfig | None = None,
-    directions: Any = None,
+    directions: DirectionSpec | None = None,
     model: ModelInput | None = None,
     stats: HistoryStats | None = None,
-    positions: Any = None,
+    positions: Positions | None = None,
     device: Device | None = None,
-    dtype: Any = None,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> CausalReport:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
-from revlens._types import ModuleLike, ParamsInput
+from revlens._types import ModuleLike, ParamsInput, WeightsSource
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
@@ -139,7 +139,12 @@ class WeightBlocker(BlockingStrategy):
     source = "weights"
 
     def __init__(
-        self, base: Any, aligned: Any, *, config: WeightBlockerConfig | None = None, **settings: Any
+        self,
+        base: WeightsSource,
+        aligned: WeightsSource,
+        *,
+        config: WeightBlockerConfig | None = None,
+        **settings: Any,
     ) -> None:
         self.config = WeightBlockerConfig.build(config, "WeightBlocker", **settings)
         self.base, self.aligned = base, aligned
