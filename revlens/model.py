@@ -103,7 +103,13 @@ class HistoryLike(Protocol):
     def adapters(self) -> list[Any]:
         """Its adapter checkpoints."""
 
-    def boot(self, *args: Any, **kwargs: Any) -> Any:
+    def boot(
+        self,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
+        low_memory: bool = True,
+    ) -> Any:
         """A ``LensModel`` on the history's architecture."""
 
 
