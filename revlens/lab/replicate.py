@@ -280,7 +280,9 @@ def summary_markdown(reps: dict[str, Replication]) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-def register(subparsers: Any, parents: Any = ()) -> None:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
     """Add the ``replicate`` sub-command (a ``revlens.commands`` entry point)."""
     from revlens.lab.tracks import TRACKS
 
