@@ -6,6 +6,7 @@ these aliases name the forms each accepts, so a signature says what it takes ins
 """
 
 import os
+from collections.abc import Iterable, Mapping
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import torch
@@ -16,9 +17,12 @@ __all__ = [
     "HasModule",
     "MetricBatch",
     "ModuleLike",
+    "ParamGroup",
+    "ParamsInput",
     "PathLike",
     "TokenizerInput",
     "TokenizerLike",
+    "WeightsSource",
 ]
 
 PathLike: TypeAlias = str | os.PathLike
@@ -68,3 +72,15 @@ class HasModule(Protocol):
 ModuleLike: TypeAlias = torch.nn.Module | HasBridge | HasModule
 """A model in memory: a ``torch.nn.Module`` (a ``TransformerBridge``, a Hugging Face model), a
 :class:`revlens.LensModel` or a :class:`revlens.sites.SiteAccess`."""
+
+
+ParamGroup: TypeAlias = Mapping[str, object]
+"""An optimizer parameter group: ``{"params": [...], ...}`` (``torch.optim.Optimizer.param_groups``)."""
+
+ParamsInput: TypeAlias = torch.Tensor | ParamGroup | Iterable[torch.Tensor | ParamGroup]
+"""Parameters to act on: a tensor, a parameter group, or an iterable of either (``model.parameters()``,
+``optimizer.param_groups``)."""
+
+WeightsSource: TypeAlias = str | os.PathLike | Mapping[str, torch.Tensor] | torch.nn.Module
+"""Where weights are read from: a ``save_pretrained`` / adapter folder or a weights file, an
+in-memory state dict, or a module (its ``state_dict()``)."""

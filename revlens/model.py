@@ -16,18 +16,22 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from revlens._types import Device, PathLike, TokenizerInput
+from revlens._types import Device, PathLike, TokenizerInput, WeightsSource
 from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
 from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
 from revlens.loading.boot import check_dtype_support, read_tokenizer
+from revlens.loading.swapper import Ref
 
 __all__ = [
     "WEIGHT_SUFFIXES",
+    "CheckpointLike",
+    "ConfigLike",
+    "HistoryLike",
     "LensModel",
     "ModelInput",
     "config_fingerprint",
@@ -59,7 +63,57 @@ def find_weight_files(directory: Path) -> list[Path]:
     return weight_files(directory)
 
 
-def config_fingerprint(config: Any) -> str:
+@runtime_checkable
+class HasToDict(Protocol):
+    """A config object (``transformers.PretrainedConfig``): ``to_dict()``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config's fields."""
+
+
+ConfigLike: TypeAlias = PathLike | Mapping[str, Any] | HasToDict
+"""A model config: a ``config.json`` (or its folder), a mapping, or a ``PretrainedConfig``."""
+
+
+@runtime_checkable
+class CheckpointLike(Protocol):
+    """What a model loads (a :class:`revlens.history.Checkpoint`): its name, content
+    fingerprint and :class:`~revlens.loading.Ref` (and its start's, for an adapter)."""
+
+    name: str
+
+    def model_fingerprint(self) -> str:
+        """Content fingerprint of the weights it puts in the model."""
+
+    def ref(self) -> Any:
+        """Its own files as a ``Ref``."""
+
+    def start_ref(self) -> Any:
+        """Its start model's ``Ref`` (adapters), else ``None``."""
+
+
+@runtime_checkable
+class HistoryLike(Protocol):
+    """What a model needs of a history (a :class:`revlens.history.History`): its architecture,
+    its adapter checkpoints, and booting on it."""
+
+    def architecture_dir(self) -> Path:
+        """The folder holding ``config.json``."""
+
+    def adapters(self) -> list[Any]:
+        """Its adapter checkpoints."""
+
+    def boot(
+        self,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
+        low_memory: bool = True,
+    ) -> Any:
+        """A ``LensModel`` on the history's architecture."""
+
+
+def config_fingerprint(config: ConfigLike) -> str:
     """Content hash of a model config (a ``config.json`` path or dir, a mapping, or a
     ``PretrainedConfig``), canonicalised through ``transformers.AutoConfig`` so that a file and
     the config of the model booted from it agree; fields that only record how the file was
@@ -95,7 +149,7 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def load_state_dict(source: Any) -> dict[str, Tensor]:
+def load_state_dict(source: WeightsSource) -> dict[str, Tensor]:
     """Read a whole state dict from a ``save_pretrained`` dir, a weights file, a module or a
     mapping (for inspection; loading into a model streams instead, see :meth:`LensModel.load`).
 
@@ -126,11 +180,11 @@ class LensModel:
 
     def __init__(
         self,
-        bridge: Any,
+        bridge: torch.nn.Module,
         *,
         source: str = "<bridge>",
         tokenizer: TokenizerInput | None = None,
-        boot: Any = None,
+        boot: Ref | WeightsSource | None = None,
     ) -> None:
         from revlens.loading import Ref, Swapper
 
@@ -151,13 +205,13 @@ class LensModel:
     @classmethod
     def boot(
         cls,
-        source: Any,
+        source: "ModelInput",
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         tokenizer: TokenizerInput | None = None,
-        device_map: Any = None,
-        weights: Any = None,
+        device_map: str | Mapping[str, Any] | None = None,
+        weights: Ref | WeightsSource | None = None,
         low_memory: bool = True,
     ) -> "LensModel":
         """Boot a bridge from a ``save_pretrained`` dir, a HF model, or wrap a bridge.
@@ -211,7 +265,7 @@ class LensModel:
     @classmethod
     def for_history(
         cls,
-        history: Any,
+        history: HistoryLike,
         model: "ModelInput | None" = None,
         *,
         device: Device | None = None,
@@ -340,7 +394,7 @@ class LensModel:
         (not merely one of the same name), unmodified since."""
         return self.fingerprint == fingerprint and self._weights_version() == self._version
 
-    def check_architecture(self, history: Any) -> None:
+    def check_architecture(self, history: HistoryLike) -> None:
         """Refuse a history of another architecture (its ``config.json`` differs from the booted
         model's: another activation, norm epsilon or size), and adapters that do not fit the
         model's modules (names, ranks, shapes: read from their headers, before any forward).
@@ -375,7 +429,7 @@ class LensModel:
         )
 
     # ------------------------------------------------------------------ weights
-    def load(self, checkpoint: Any, *, force: bool = False) -> None:
+    def load(self, checkpoint: CheckpointLike, *, force: bool = False) -> None:
         """Load a :class:`~revlens.history.Checkpoint` (a full one, or an adapter on its run's start
         model), unless exactly its weights (by content fingerprint, not by name) are loaded already
         and unmodified since."""
@@ -388,7 +442,7 @@ class LensModel:
         self.load_ref(checkpoint.ref(), start=checkpoint.start_ref())
         self.loaded, self.fingerprint = checkpoint.name, fp
 
-    def load_ref(self, ref: Any, *, start: Any = None) -> None:
+    def load_ref(self, ref: Ref, *, start: Ref | None = None) -> None:
         """Swap a :class:`~revlens.loading.Ref` in (see :meth:`revlens.loading.Swapper.load`).
 
         Raises:

@@ -10,8 +10,8 @@ Example:
     'resid_pre'
 """
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal, get_args, no_type_check, overload
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, get_args, no_type_check, overload
 
 from revlens.errors import ConfigError
 
@@ -185,7 +185,7 @@ DATA_SPLITS: tuple[str, ...] = get_args(DataSplit)
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def check_mode(
-    name: str, value: Any, valid: Sequence[str], *, error: type[Exception] = ConfigError
+    name: str, value: str, valid: Sequence[str], *, error: type[Exception] = ConfigError
 ) -> str:
     """``value`` if it is one of ``valid``; otherwise ``error`` naming ``name``, the value and the
     valid choices."""
@@ -196,7 +196,7 @@ def check_mode(
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def check_modes(
-    name: str, values: Any, valid: Sequence[str], *, allow_empty: bool = False
+    name: str, values: str | Iterable[str], valid: Sequence[str], *, allow_empty: bool = False
 ) -> list[str]:
     """A list of modes: one string (read as one item, never as its characters) or a sequence."""
     items = [values] if isinstance(values, str) else values

@@ -35,6 +35,7 @@ Example:
 """
 
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, no_type_check
 
 import pandas as pd
@@ -42,10 +43,13 @@ import torch
 from torch import Tensor
 
 from revlens._config import as_int
-from revlens.block.inputs import ProbeInputs
+from revlens._types import ModuleLike, TokenizerInput
+from revlens.block.inputs import DirectionsInput, ProbeInputs, ProbesArg, ReferenceInput
 from revlens.errors import ConfigError
+from revlens.metrics import MetricLike
 from revlens.modes import SITE_KINDS, check_mode
 from revlens.nulls import isotropic_quantile
+from revlens.sites import LayerSpec
 
 __all__ = ["AUTO_PROBES", "ReversionMonitor", "ReversionWarning"]
 
@@ -107,21 +111,21 @@ class ReversionMonitor(ProbeInputs):
     @no_type_check  # validates its own arguments (typed errors)
     def __init__(
         self,
-        directions: Any,
-        probes: Any,
-        reference: Any,
+        directions: DirectionsInput,
+        probes: ProbesArg,
+        reference: ReferenceInput,
         *,
         every: int = 10,
-        layers: Any = None,
+        layers: LayerSpec = None,
         patience: int = 2,
         threshold: str | float = "p99",
         stop: bool = False,
-        tokenizer: Any = None,
-        directions_layers: Any = None,
+        tokenizer: TokenizerInput | None = None,
+        directions_layers: LayerSpec = None,
         batch_size: int = 256,
         site: str = "resid_post",
-        metrics: Any = None,
-        metric_probes: Any = None,
+        metrics: Mapping[str, MetricLike] | Sequence[MetricLike] | None = None,
+        metric_probes: ProbesArg | None = None,
         probe_batch_size: int | str | None = "auto",
         seed: int = 0,
     ) -> None:
@@ -163,7 +167,7 @@ class ReversionMonitor(ProbeInputs):
         self.should_stop_ = False
         self._model_id: int | None = None
 
-    def prepare(self, model: Any) -> "ReversionMonitor":
+    def prepare(self, model: ModuleLike) -> "ReversionMonitor":
         """Validate inputs against ``model`` (called on the first check)."""
         reader, res = self.resolve(model)
         self.reader_, self.inputs_ = reader, res
@@ -187,7 +191,7 @@ class ReversionMonitor(ProbeInputs):
                 bind_metric(m, tok, vocab_size=reader.vocab_size)
         return self
 
-    def measure_metrics(self, model: Any) -> dict[str, float]:
+    def measure_metrics(self, model: ModuleLike) -> dict[str, float]:
         """The behaviour metrics now (mean over ``metric_probes``), in eval mode, no grad."""
         if self._model_id != id(model):
             self.prepare(model)
@@ -215,7 +219,7 @@ class ReversionMonitor(ProbeInputs):
         self._checks += 1
         return self._order[(torch.arange(k) + start) % n]
 
-    def measure(self, model: Any, prompts: Tensor | None = None) -> pd.DataFrame:
+    def measure(self, model: ModuleLike, prompts: Tensor | None = None) -> pd.DataFrame:
         """One check now (not recorded) on ``prompts`` (indices; default every prompt):
         ``layer, cos, proj, norm, n_probes, proj_se`` per monitored layer."""
         if self._model_id != id(model):
@@ -260,7 +264,7 @@ class ReversionMonitor(ProbeInputs):
             }
         )
 
-    def step(self, model: Any, step: int) -> pd.DataFrame | None:
+    def step(self, model: ModuleLike, step: int) -> pd.DataFrame | None:
         """In a plain loop: call after each optimizer step; checks when ``step % every == 0``.
 
         Returns the check's rows, or ``None`` when no check was due.

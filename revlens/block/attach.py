@@ -11,17 +11,29 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from revlens._types import ParamsInput
 from revlens.errors import ConfigError
 
-__all__ = ["named_steps", "trained_parameters", "wrapped_step"]
+__all__ = ["Stepped", "named_steps", "trained_parameters", "wrapped_step"]
 
 
-def _flatten(params: Any) -> list[Tensor]:
+@runtime_checkable
+class Stepped(Protocol):
+    """What runs around an optimizer step (a :class:`~revlens.block.strategy.BlockingStrategy`)."""
+
+    def before_step(self) -> None:
+        """Before ``optimizer.step()``."""
+
+    def after_step(self) -> None:
+        """After ``optimizer.step()``."""
+
+
+def _flatten(params: ParamsInput) -> list[Tensor]:
     """Tensors from an iterable of tensors and/or optimizer param-group dicts (``{"params": [...]}``)."""
     if isinstance(params, (Tensor, dict)):
         params = [params]
@@ -44,7 +56,7 @@ def trained_parameters(
     trainable: list[nn.Parameter],
     *,
     optimizer: torch.optim.Optimizer | None = None,
-    params: Any = None,
+    params: ParamsInput | None = None,
     patterns: Iterable[str] = (),
 ) -> list[nn.Parameter]:
     """The parameters to correct, in module order, unique.
@@ -117,7 +129,7 @@ def wrapped_step(
             del optimizer.step
 
 
-def named_steps(blocker: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+def named_steps(blocker: Stepped) -> tuple[Callable[[], None], Callable[[], None]]:
     """``blocker.before_step`` / ``after_step`` whose errors name the training step, the layers and
     the method (an exception inside the probes' forward becomes a ``RevlensError`` saying so)."""
     from revlens.errors import naming

@@ -37,25 +37,24 @@ Example:
     ...         loss = model(**batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
 """
 
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from revlens._types import ModuleLike, TokenizerInput
+from revlens._types import ModuleLike, ParamsInput, TokenizerInput
 from revlens.block.attach import trained_parameters
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import penalty_rows
-from revlens.block.inputs import ProbeInputs, Resolved
+from revlens.block.inputs import DirectionsInput, ProbeInputs, ProbesArg, ReferenceInput, Resolved
 from revlens.block.objective import ProbeObjective
 from revlens.block.projection import Jacobian
 from revlens.block.registry import MethodNames, method_class
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
 from revlens.modes import BlockMethod
-from revlens.probes import ProbesInput
-from revlens.sites import SiteAccess
+from revlens.sites import LayerSpec, SiteAccess
 
 __all__ = ["METHODS", "BlockerConfig", "Method", "ReversionBlocker"]
 
@@ -127,15 +126,16 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
             cls = method_class(method, ReversionBlocker)
         return super().__new__(cls)
 
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
     def __init__(
         self,
-        directions: Any,
-        probes: ProbesInput,
-        reference: Any,
+        directions: DirectionsInput,
+        probes: ProbesArg,
+        reference: ReferenceInput,
         *,
-        layers: Any = None,
+        layers: LayerSpec = None,
         tokenizer: TokenizerInput | None = None,
-        directions_layers: Any = None,
+        directions_layers: LayerSpec = None,
         config: BlockerConfig | None = None,
         **settings: Any,
     ) -> None:
@@ -176,7 +176,7 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         model: ModuleLike,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> "ReversionBlocker":
         """Validate inputs against ``model`` and set every fitted attribute (class docstring).
 
@@ -237,7 +237,7 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         optimizer: torch.optim.Optimizer | None = None,
         *,
         wrap_step: bool = True,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> "ReversionBlocker":
         """Start blocking on ``model`` (:meth:`BlockingStrategy.attach`): wrap ``optimizer.step``
         (methods acting on the step) and add the method's hooks. ``params``: the tensors (or
@@ -256,7 +256,7 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         if self.is_fitted:
             self.jac_ = self.gram_ = None
 
-    def _for(self, model: Any) -> None:
+    def _for(self, model: ModuleLike | None) -> None:
         """Prepare for ``model`` unless it is the one prepared (``None``: the prepared one)."""
         if model is not None and (not self.is_fitted or self.model_id_ != id(model)):
             self.prepare(model)

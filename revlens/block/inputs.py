@@ -7,19 +7,38 @@ gets the reference mean of the same prompts; otherwise only the probe-set mean.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
 import torch
 from torch import Tensor, nn
 
-from revlens._types import ModuleLike, TokenizerInput
+from revlens._types import ModuleLike, PathLike, TokenizerInput
+from revlens.collect.stats import CheckpointStats, HistoryStats
 from revlens.directions import Directions, resolve_directions
 from revlens.errors import ConfigError, ProbeError, ShapeMismatchError, SiteError
 from revlens.modes import SiteKind
 from revlens.probes import Probes, ProbesInput, TokenizedProbes
-from revlens.sites import Site, SiteAccess, access, normalize_layers
+from revlens.sites import LayerSpec, Site, SiteAccess, access, normalize_layers
 
-__all__ = ["ProbeInputs", "Resolved", "resolve_inputs"]
+DirectionsInput: TypeAlias = Directions | Tensor
+"""Directions to act along: a :class:`~revlens.directions.Directions`, or a ``[layer, d]`` /
+``[layer, k, d]`` tensor (with ``directions_layers``)."""
+
+ReferenceInput: TypeAlias = HistoryStats | CheckpointStats | Tensor | ModuleLike | PathLike
+"""The aligned reference: statistics (a history's aligned checkpoint, or one checkpoint's), a
+``[layer, d]`` mean, an aligned model in memory, or its ``save_pretrained`` folder."""
+
+ProbesArg: TypeAlias = ProbesInput | TokenizedProbes
+"""Probes as a blocker / monitor takes them: any probe set, or one already tokenized."""
+
+__all__ = [
+    "DirectionsInput",
+    "ProbeInputs",
+    "ProbesArg",
+    "ReferenceInput",
+    "Resolved",
+    "resolve_inputs",
+]
 
 
 @dataclass
@@ -223,7 +242,7 @@ def _reference(
     )
 
 
-def _reference_model(path: Any, reader: SiteAccess) -> nn.Module:
+def _reference_model(path: PathLike, reader: SiteAccess) -> nn.Module:
     """The plain Hugging Face model of a ``save_pretrained`` dir, built like the model being trained
     (its dtype and device) and streamed in (about one model of memory, read once, then dropped).
     No bridge: the reference is read through the same hooks as the trained model."""
@@ -234,15 +253,16 @@ def _reference_model(path: Any, reader: SiteAccess) -> nn.Module:
     return model
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def resolve_inputs(
     model: ModuleLike,
-    directions: Any,
-    probes: ProbesInput,
-    reference: Any,
+    directions: DirectionsInput,
+    probes: ProbesArg,
+    reference: ReferenceInput,
     *,
-    layers: Any = None,
+    layers: LayerSpec = None,
     tokenizer: TokenizerInput | None = None,
-    directions_layers: Any = None,
+    directions_layers: LayerSpec = None,
     site: SiteKind = "resid_post",
     batch_size: int = 64,
 ) -> tuple[SiteAccess, Resolved]:
@@ -286,15 +306,16 @@ class ProbeInputs:
     """What a blocker and a monitor both hold: directions, probes and the aligned reference, and
     the layers / site they act on; :meth:`resolve` checks them against a model."""
 
+    @no_type_check  # stored as given; resolve_inputs validates them (typed errors)
     def _store_inputs(
         self,
-        directions: Any,
-        probes: Any,
-        reference: Any,
+        directions: DirectionsInput,
+        probes: ProbesArg,
+        reference: ReferenceInput,
         *,
-        layers: Any,
-        tokenizer: Any,
-        directions_layers: Any,
+        layers: LayerSpec,
+        tokenizer: TokenizerInput | None,
+        directions_layers: LayerSpec,
         site: SiteKind,
     ) -> None:
         self.directions, self.probes, self.reference = directions, probes, reference

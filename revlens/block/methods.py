@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from revlens._types import ModuleLike
+from revlens._types import ModuleLike, ParamsInput
 from revlens.block.blocker import ReversionBlocker
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
@@ -39,7 +39,7 @@ class UpdateProjection(ReversionBlocker):
         model: ModuleLike,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> "UpdateProjection":
         """:meth:`ReversionBlocker.prepare`, plus ``a_before_`` (``Aθ`` before the step in flight)."""
         super().prepare(model, optimizer=optimizer, params=params)

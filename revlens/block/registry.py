@@ -14,7 +14,7 @@ the ``Literal`` :data:`revlens.modes.BlockMethod` (for type annotations; a test 
 """
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, no_type_check, overload
 
 from revlens.errors import ConfigError
 from revlens.modes import check_mode
@@ -85,7 +85,8 @@ def method_names(kind: type | None = None) -> tuple[str, ...]:
     return tuple(n for n, c in _REGISTRY.items() if kind is None or issubclass(c, kind))
 
 
-def method_class(name: Any, kind: type | None = None, *, field: str = "method") -> type:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def method_class(name: str, kind: type | None = None, *, field: str = "method") -> type:
     """The class registered as ``name`` (``kind``: it must be a subclass of it).
 
     Raises:

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, TypeVar
 import pandas as pd
 import torch
 
-from revlens._types import ModuleLike
+from revlens._types import ModuleLike, ParamsInput
 from revlens.errors import ConfigError, NotFittedError
 
 __all__ = ["BlockingStrategy", "Measurement", "records_frame"]
@@ -115,7 +115,7 @@ class BlockingStrategy:
         model: ModuleLike,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> S:
         """Validate against ``model`` and set the fitted state (``optimizer`` / ``params``:
         what is trained and may be corrected). Subclasses end with :meth:`_start`."""
@@ -196,7 +196,7 @@ class BlockingStrategy:
         optimizer: torch.optim.Optimizer | None = None,
         *,
         wrap_step: bool = True,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> S:
         """Start on ``model``: :meth:`prepare`, :meth:`install`, and wrap ``optimizer.step`` so that
         :meth:`before_step` / :meth:`after_step` run around it. ``wrap_step=False``: nothing is

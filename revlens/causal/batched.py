@@ -18,7 +18,7 @@ of every stack, with one of three strategies:
 Rows are chunked so that no forward holds more than ``max_rows`` rows.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,7 +201,7 @@ def run_stacks(
     model: ModuleLike,
     batch: ProbeBatch,
     stacks: Sequence[Stack],
-    metric: Any,
+    metric: Callable[..., object],
     *,
     sites: Mapping[int, Site],
     sources: Mapping[int, Float[Tensor, "batch pos d_model"]] | None = None,

@@ -27,8 +27,8 @@ Example:
     >>> _ = register_intervention("project_out", ProjectOut)  # doctest: +SKIP
 """
 
-from collections.abc import Iterable
-from typing import Any, ClassVar, Literal, get_args, no_type_check
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, Literal, get_args, no_type_check
 
 import torch
 from jaxtyping import Bool, Float
@@ -36,6 +36,10 @@ from torch import Tensor
 
 from revlens.errors import ConfigError
 from revlens.modes import INTERVENTION_KINDS
+
+RefValue = Tensor | Mapping[int, Tensor] | None
+"""What a kind reads besides ``h``: a tensor (a mean, source activations, scales), a per-layer
+mapping of them, or nothing."""
 
 __all__ = [
     "Clamp",
@@ -117,8 +121,13 @@ class Intervention:
         raise NotImplementedError
 
     def pick(
-        self, *, mean: Any = None, source: Any = None, alpha: Any = None, where: str = ""
-    ) -> Any:
+        self,
+        *,
+        mean: RefValue = None,
+        source: RefValue = None,
+        alpha: RefValue = None,
+        where: str = "",
+    ) -> RefValue:
         """The one reference this kind reads among those a caller holds (tensors, or per-layer
         mappings of them; ``ConfigError`` naming the kind, and ``where``, when it is missing)."""
         ref = {"none": None, "mean": mean, "source": source, "alpha": alpha}[self.reference]

@@ -30,6 +30,7 @@ from torch import Tensor
 from revlens.causal.kinds import of_test
 from revlens.errors import HistoryError
 from revlens.history import Checkpoint, History
+from revlens.sites import SiteAccess
 
 __all__ = ["AblationPlan", "auto_layers", "log_spaced_steps"]
 
@@ -169,7 +170,7 @@ class AblationPlan:
             return None
         return self.seconds_per_row * self.cost_rows() + self.seconds_per_forward * self.n_forwards
 
-    def time_forward(self, acc: Any, tokens: Tensor) -> None:
+    def time_forward(self, acc: SiteAccess, tokens: Tensor) -> None:
         """Price a forward: two timed forwards of ``tokens`` at two batch widths (after a warm-up)
         give the fixed cost per forward and the cost per row (a small batch alone overstates
         the rows of a sweep's wide forwards by the per-call overhead)."""

@@ -30,7 +30,7 @@ Layer convention: revlens' ``resid_post`` layer ``l`` is the stream entering blo
 """
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, no_type_check
@@ -46,7 +46,9 @@ from revlens.causal.interventions import clamp, steer
 from revlens.directions import Directions
 from revlens.directions.refusal import RefusalDirections, is_history, resolve_source, split_labels
 from revlens.errors import ConfigError, MetricError
-from revlens.metrics import RefusalScore
+from revlens.history import HistoryInput
+from revlens.metrics import MetricLike, RefusalScore
+from revlens.metrics.tokens import TokenSpec
 from revlens.model import ModelInput
 from revlens.modes import SITE_KINDS, check_modes
 from revlens.probes import ProbesInput
@@ -186,21 +188,21 @@ def _kl(p_log: Tensor, q_log: Tensor) -> float:
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def select_refusal_direction(
-    source: Any,
+    source: HistoryInput | ModelInput,
     refusal: RefusalDirections,
     probes: ProbesInput,
     *,
     checkpoint: str | None = None,
     model: ModelInput | None = None,
-    metric: Any = None,
+    metric: MetricLike | TokenSpec | None = None,
     positions: Sequence[str | int] | None = None,
     layers: Sequence[int] | None = None,
     prune_fraction: float = 0.2,
     kl_threshold: float = 0.1,
     induce_threshold: float = 0.0,
     ablation_sites: Sequence[str] = ABLATION_SITES,
-    harmful: Any = "harmful",
-    harmless: Any = "harmless",
+    harmful: Hashable = "harmful",
+    harmless: Hashable = "harmless",
     batch_size: int = 32,
 ) -> RefusalSelection:
     """Choose one refusal direction on a held-out split, as Arditi et al. do (module docstring).

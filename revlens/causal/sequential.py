@@ -10,7 +10,6 @@ and output, so a study uses one or the other without knowing which.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +18,7 @@ from revlens._types import MetricBatch, ModuleLike
 from revlens.causal.batched import Stack
 from revlens.causal.interventions import intervene, reference_keyword
 from revlens.causal.kinds import intervention
-from revlens.metrics import score_metric
+from revlens.metrics import MetricLike, score_metric
 from revlens.sites import Site
 
 __all__ = ["run_sequential"]
@@ -29,12 +28,12 @@ def run_sequential(
     model: ModuleLike,
     batch: MetricBatch,
     stacks: Sequence[Stack],
-    metric: Any,
+    metric: MetricLike,
     *,
     sites: Mapping[int, Site],
     sources: Mapping[int, Tensor] | None = None,
     mask: Tensor | None = None,
-    **_: Any,
+    **_: object,
 ) -> tuple[Tensor, list[Tensor]]:
     """The model metric on the clean batch ``[batch]`` and under each stack's interventions
     (``[n, batch]`` each), one intervention per call of the metric."""

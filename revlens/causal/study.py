@@ -15,12 +15,14 @@ every layer along every direction), then the tidy table.
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any, no_type_check
 
 import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from typing_extensions import Never
 
 from revlens._seeds import generator
 from revlens._types import Device
@@ -28,6 +30,7 @@ from revlens.causal.batched import Stack, run_stacks
 from revlens.causal.config import AblationConfig
 from revlens.causal.controls import random_directions
 from revlens.causal.inputs import (
+    Positions,
     check_positions,
     position_mask,
     prepare_metric,
@@ -43,11 +46,13 @@ from revlens.collect import (
     resolve_probes,
 )
 from revlens.directions import DirectionEstimator, Directions, check_direction_inputs
+from revlens.directions.registry import DirectionSpec
 from revlens.directions.subspace import random_frames
 from revlens.errors import ConfigError, MetricError, RevlensError, naming
 from revlens.history import Checkpoint, History, HistoryInput
-from revlens.metrics import KLTo, is_model_metric, metric_from_spec, metric_name
+from revlens.metrics import KLTo, MetricLike, is_model_metric, metric_from_spec, metric_name
 from revlens.model import LensModel, ModelInput
+from revlens.modes import ControlKind, RankRule, SiteKind, Strategy
 from revlens.probes import ProbeBatch, ProbesInput
 from revlens.sites import access
 
@@ -449,17 +454,35 @@ class _Study(Selection):
 def ablation_study(
     history: HistoryInput,
     probes: ProbesInput | None = None,
-    metric: Any = None,
+    metric: MetricLike | None = None,
     *,
     config: AblationConfig | None = None,
-    directions: Any = None,
+    directions: DirectionSpec | None = None,
     model: ModelInput | None = None,
     stats: HistoryStats | None = None,
-    positions: Any = None,
+    positions: Positions | None = None,
     device: Device | None = None,
-    dtype: Any = None,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
-    **settings: Any,
+    layers: str | int | Sequence[int] | None = None,
+    steps: str | int | Sequence[int] | None = None,
+    auto_layers: int | None = None,
+    auto_steps: int | None = None,
+    runs: str | Sequence[str] | None = None,
+    kinds: str | Sequence[str] | None = None,
+    controls: int | None = None,
+    control_kinds: ControlKind | Sequence[ControlKind] | None = None,
+    alphas: float | Sequence[float] | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    strategy: Strategy | None = None,
+    max_rows: int | None = None,
+    gap_tol: float | None = None,
+    site: SiteKind | None = None,
+    ranks: int | Sequence[int] | None = None,
+    select_fraction: float | None = None,
+    rank_rule: RankRule | None = None,
+    **unknown: Never,
 ) -> CausalReport:
     """Clamp / patch / steer along v_rev and random controls at every layer × checkpoint.
 
@@ -475,10 +498,13 @@ def ablation_study(
             it acts at every forward the metric runs, generated tokens included — see
             :mod:`revlens.causal.interventions` for ``patch`` at generated positions);
             ``None``: the history's declared default metric.
-        config: an :class:`AblationConfig`; ``**settings`` (any of its fields: ``layers``,
-            ``steps`` (``"all"``, ``"last"``, a step or steps), ``runs``, ``kinds`` (``"clamp"``,
-            ``"patch"``, ``"steer"``, any registered kind), ``controls``, ``control_kinds``, ``alphas``,
-            ``seed``, ``batch_size``, ``strategy``, ``max_rows``, ``gap_tol``, ``site``) override it.
+        config: an :class:`AblationConfig`; its fields given as keywords (``layers``, ``steps``
+            (``"all"``, ``"last"``, a step or steps), ``auto_layers``, ``auto_steps``, ``runs``,
+            ``kinds`` (``"clamp"``, ``"patch"``, ``"steer"``, any registered kind), ``controls``,
+            ``control_kinds``, ``alphas``, ``seed``, ``batch_size``, ``strategy``, ``max_rows``,
+            ``gap_tol``, ``site``, ``ranks``, ``select_fraction``, ``rank_rule``, described there;
+            ``None``: the config's) override it, validated before any forward pass (another
+            keyword: a ``ConfigError`` naming it).
         directions: a method name, estimator, :class:`Directions` or tensor ``[layer, d]`` /
             ``[layer, k, d]`` (see :func:`revlens.directions.resolve_directions`); default the
             config's ``directions`` (``"mean_diff"``).
@@ -503,6 +529,28 @@ def ablation_study(
         SiteError / HistoryError: a layer out of range; an unknown run or step.
         MetricError: a metric returning the wrong shape or NaN, or raising.
     """
+    given = {
+        "layers": layers,
+        "steps": steps,
+        "auto_layers": auto_layers,
+        "auto_steps": auto_steps,
+        "runs": runs,
+        "kinds": kinds,
+        "controls": controls,
+        "control_kinds": control_kinds,
+        "alphas": alphas,
+        "seed": seed,
+        "batch_size": batch_size,
+        "strategy": strategy,
+        "max_rows": max_rows,
+        "gap_tol": gap_tol,
+        "site": site,
+        "ranks": ranks,
+        "select_fraction": select_fraction,
+        "rank_rule": rank_rule,
+    }
+    settings = {k: v for k, v in given.items() if v is not None}
+    settings.update(unknown)  # refused by AblationConfig.build, naming them
     cfg = _config(config, settings, directions, positions)
     positions = cfg.positions if positions is None else positions
     hist = History.load(history)

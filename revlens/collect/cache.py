@@ -12,7 +12,6 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 from revlens._io import atomic_file, write_text
 from revlens._types import PathLike
@@ -70,7 +69,7 @@ class StatsCache:
                 tmp.unlink(missing_ok=True)
 
     @staticmethod
-    def key(**parts: Any) -> str:
+    def key(**parts: object) -> str:
         """Content key of a statistics request."""
         blob = json.dumps({**parts, "revlens_version": __version__}, sort_keys=True, default=str)
         return hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()

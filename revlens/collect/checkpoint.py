@@ -145,7 +145,7 @@ class CheckpointStats:
         seed: int,
         second: bool,
         keep: bool,
-        weights: Any = None,
+        weights: PoissonTable | Tensor | None = None,
     ) -> None:
         """Fold a batch of reduced activations (any float dtype, any device) into the sums.
 

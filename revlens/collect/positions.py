@@ -2,8 +2,8 @@
 (deprecated; positions are an axis of the one ``collect``)."""
 
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any
 
 import torch
 
@@ -37,7 +37,7 @@ def collect_positions(
     device: Device | None = None,
     dtype: torch.dtype | None = None,
     executor: Executor | None = None,
-    keep_layers: Any = None,
+    keep_layers: Sequence[int] | None = None,
     memory_budget: int | None = DEFAULT_MEMORY_BUDGET,
     spill_dir: PathLike | None = None,
     progress: bool = True,

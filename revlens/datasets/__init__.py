@@ -106,7 +106,7 @@ PROMPT_SETS = {
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def load(name: str, split: Any = None, **kwargs: Any) -> Any:
+def load(name: str, split: str | None = None, **kwargs: object) -> Any:
     """``PROMPT_SETS[name](split, **kwargs)``: a named prompt set as labelled probes.
 
     Raises:

@@ -19,7 +19,7 @@
 """
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, no_type_check
 
@@ -31,7 +31,7 @@ from revlens.datasets.loaders import provenance, read_set
 from revlens.datasets.parse import read_csv
 from revlens.datasets.source import DataFile, Where
 from revlens.errors import ConfigError, DatasetError
-from revlens.metrics.generation import GenerationMetric
+from revlens.metrics.generation import GenerationMetric, Judge
 from revlens.metrics.refusal import ARDITI_PHRASES, REFUSAL_PHRASES, PhraseJudge
 
 __all__ = [
@@ -72,7 +72,7 @@ class PhraseList:
         *,
         max_new_tokens: int = 32,
         fold_apostrophes: bool = False,
-        stop: Any = None,
+        stop: Sequence[str | int] | None = None,
         name: str | None = None,
     ) -> GenerationMetric:
         """A refusal-rate generation metric with this list and rule (as
@@ -161,7 +161,7 @@ def refusal_phrases(
 
 @no_type_check  # validates its own arguments (typed errors)
 def phrase_judge(
-    name: str = "revlens", *, fold_apostrophes: bool = False, **where: Any
+    name: str = "revlens", *, fold_apostrophes: bool = False, **where: PathLike | None
 ) -> PhraseJudge:
     """``refusal_phrases(name, **where).judge(fold_apostrophes=...)``."""
     return refusal_phrases(name, **where).judge(fold_apostrophes=fold_apostrophes)
@@ -260,7 +260,12 @@ def _check_labels(name: str, df: Any) -> pd.DataFrame:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def detector_accuracy(judge: Any, labels: Any, *, threshold: float = 0.5) -> pd.DataFrame:
+def detector_accuracy(
+    judge: Judge | Mapping[str, Judge],
+    labels: pd.DataFrame | Mapping[str, pd.DataFrame],
+    *,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
     """A refusal detector's accuracy against human labels (positive class: refusal).
 
     Args:

@@ -28,7 +28,7 @@ embedding of the same token for every prompt) has no direction: it is left out w
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, no_type_check
@@ -43,7 +43,7 @@ from revlens.collect.collector import collect_checkpoint, resolve_probes
 from revlens.collect.degenerate import DegenerateLayerWarning
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError, ProbeError
-from revlens.history import History
+from revlens.history import History, HistoryInput
 from revlens.model import LensModel, ModelInput
 from revlens.modes import SITE_KINDS, SiteKind, check_mode
 from revlens.probes import PositionRule, Probes, ProbesInput
@@ -126,12 +126,12 @@ class RefusalDirections:
         )
 
 
-def is_history(x: Any) -> bool:
+def is_history(x: object) -> bool:
     """Whether ``x`` names a history (a History, a mapping, a path) rather than a model."""
     return isinstance(x, (History, Mapping, str, os.PathLike))
 
 
-def split_labels(probes: Probes, harmful: Any, harmless: Any) -> tuple[Probes, Probes]:
+def split_labels(probes: Probes, harmful: Hashable, harmless: Hashable) -> tuple[Probes, Probes]:
     """``(probes.where(harmful), probes.where(harmless))``, a typed error naming the missing label."""
     if not isinstance(probes, Probes):
         raise ProbeError(
@@ -153,7 +153,7 @@ def split_labels(probes: Probes, harmful: Any, harmless: Any) -> tuple[Probes, P
 
 
 def resolve_source(
-    source: Any,
+    source: HistoryInput | ModelInput,
     *,
     checkpoint: str | None,
     model: ModelInput | None,
@@ -187,15 +187,15 @@ def resolve_source(
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def refusal_directions(
-    source: Any,
+    source: HistoryInput | ModelInput,
     probes: ProbesInput | None = None,
     *,
     checkpoint: str | None = None,
     position: PositionRule = ("post_instruction", None),
     layers: LayerSpec = "all",
     site: SiteKind = "resid_post",
-    harmful: Any = "harmful",
-    harmless: Any = "harmless",
+    harmful: Hashable = "harmful",
+    harmless: Hashable = "harmless",
     model: ModelInput | None = None,
     batch_size: int = 32,
     device: Device | None = None,

@@ -20,7 +20,10 @@ import torch
 
 from revlens._config import as_int
 from revlens._numbers import wilson
+from revlens._types import ModuleLike, TokenizerLike
 from revlens.errors import ConfigError
+from revlens.modes import GenerationMethod
+from revlens.probes import Probes
 
 __all__ = ["HARM_COLUMNS", "answer_loss", "chat_pair_batch", "generate_responses", "harm_table"]
 
@@ -44,7 +47,7 @@ HARM_COLUMNS = [
 
 
 def chat_pair_batch(
-    tok: Any,
+    tok: TokenizerLike,
     pairs: Sequence[tuple[str, str]],
     *,
     max_answer_tokens: int = 64,
@@ -80,7 +83,11 @@ def chat_pair_batch(
 
 @torch.no_grad()
 def answer_loss(
-    model: Any, tok: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16
+    model: ModuleLike,
+    tok: TokenizerLike,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
 ) -> tuple[float, int]:
     """Mean answer-token cross-entropy of a Hugging Face causal LM on chat ``pairs`` (token-weighted
     over all pairs) and the number of answer tokens; runs on the model's device."""
@@ -103,13 +110,13 @@ def answer_loss(
 
 @torch.no_grad()
 def generate_responses(
-    model: Any,
-    tok: Any,
-    probes: Any,
+    model: ModuleLike,
+    tok: TokenizerLike,
+    probes: Probes,
     *,
     max_new_tokens: int = 32,
     batch_size: int = 16,
-    method: Any = "auto",
+    method: GenerationMethod = "auto",
 ) -> tuple[list[str], torch.Tensor]:
     """Greedy responses to ``probes`` and the refusal score (log-odds, first generated position)."""
     from revlens.metrics import greedy_generate, refusal_score
@@ -155,17 +162,17 @@ def _rate_row(name: str, side: str, refused: list[bool], scores: torch.Tensor) -
 
 @no_type_check  # validates its own arguments (typed errors)
 def harm_table(
-    model: Any,
-    tokenizer: Any,
-    harmful: Mapping[str, Any],
-    harmless: Any = None,
+    model: ModuleLike,
+    tokenizer: TokenizerLike,
+    harmful: Mapping[str, Probes],
+    harmless: Probes | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     *,
     checkpoint: str = "model",
     max_new_tokens: int = 32,
     batch_size: int = 16,
     detector: str = "revlens",
-    method: Any = "auto",
+    method: GenerationMethod = "auto",
     responses: bool = False,
 ) -> pd.DataFrame:
     """Harm, over-refusal and task loss of one model (see the module docstring).

@@ -11,7 +11,7 @@ the aligned model's next-token distribution on the same prompts (the harmless-si
 import copy
 import datetime
 from collections.abc import Mapping, Sequence
-from typing import Any, no_type_check
+from typing import Any, TypeAlias, no_type_check
 
 import pandas as pd
 import torch
@@ -35,10 +35,19 @@ from revlens.metrics import (
     metric_name,
     score_metric,
 )
-from revlens.metrics.model import is_model_metric
+from revlens.metrics.model import MetricLike, is_model_metric
 from revlens.model import LensModel, ModelInput
 from revlens.probes import Probes, ProbesInput, TokenizedProbes
 from revlens.sites import access
+
+MetricSpec: TypeAlias = MetricLike | str | Mapping[str, Any]
+"""One metric: a metric object, a built-in name, or a spec mapping with ``name``."""
+
+EvalMetrics: TypeAlias = (
+    MetricLike | Sequence[MetricLike] | Mapping[str, MetricSpec | tuple[MetricSpec, str]]
+)
+"""What :func:`evaluate` scores: one metric, a list of them, or column name -> metric / spec, or
+-> ``(metric, probe set or label)``."""
 
 __all__ = ["evaluate"]
 
@@ -184,7 +193,7 @@ def _kl_rows(
 def evaluate(
     history: HistoryInput,
     prompts: ProbesInput | Mapping[str, ProbesInput] | None = None,
-    metrics: Any = None,
+    metrics: EvalMetrics | None = None,
     *,
     model: ModelInput | None = None,
     checkpoints: Sequence[str] | None = None,

@@ -17,20 +17,24 @@ is what cache keys and :meth:`revlens.LensModel.load` use.
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, HistoryError
+from revlens.loading.gguf import GGUFFile
 from revlens.model import WEIGHT_SUFFIXES, load_state_dict
 
 __all__ = [
+    "BaseInput",
     "Checkpoint",
     "CheckpointKind",
+    "CheckpointSource",
     "HubRef",
     "Role",
     "check_source",
@@ -115,6 +119,16 @@ def tensor_digest(sd: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+CheckpointSource: TypeAlias = PathLike | Mapping[str, object] | torch.nn.Module | HubRef | GGUFFile
+"""Where a checkpoint's weights are: a folder or weights file, an in-memory state dict or module,
+a GGUF file (:class:`~revlens.loading.GGUFFile`) or a :class:`HubRef`."""
+
+BaseInput: TypeAlias = (
+    CheckpointSource | Sequence[CheckpointSource] | Mapping[str, CheckpointSource]
+)
+"""The base checkpoint(s) of a history: one source, a list of them, or a mapping name -> source."""
+
+
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     """One checkpoint of a history.
@@ -131,7 +145,7 @@ class Checkpoint:
 
     name: str
     role: Role
-    source: Any
+    source: CheckpointSource
     run: str | None = None
     step: int | None = None
     start: "Checkpoint | None" = None
@@ -309,7 +323,8 @@ class Checkpoint:
         )
 
 
-def check_source(src: Any, what: str) -> Any:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def check_source(src: CheckpointSource, what: str) -> CheckpointSource:
     """Validate a checkpoint source up front (existence, weights or an adapter present, a
     regular file), reading no weights."""
     if isinstance(src, (Mapping, torch.nn.Module, HubRef)):

@@ -17,18 +17,23 @@ Example:
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
+import pandas as pd
 import torch
 
 from revlens._types import Device, PathLike, TokenizerInput
 from revlens.errors import CheckpointError, HistoryError, ShapeMismatchError
-from revlens.history.checkpoint import Checkpoint, HubRef
+from revlens.history.checkpoint import BaseInput, Checkpoint, CheckpointSource, HubRef
 
-__all__ = ["History", "Run"]
+__all__ = ["History", "MetricsInput", "Run"]
+
+MetricsInput: TypeAlias = pd.DataFrame | PathLike | Sequence[Mapping[str, Any]]
+"""A history's metrics table: a DataFrame, a list of records, or a ``.json`` / ``.csv`` file; each
+row names its ``checkpoint``."""
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
@@ -86,10 +91,10 @@ class History:
         base: list[Checkpoint],
         aligned: Checkpoint,
         runs: Mapping[str, Run],
-        architecture: Any = None,
+        architecture: PathLike | None = None,
         tokenizer: TokenizerInput | None = None,
         metadata: Mapping[str, Any] | None = None,
-        metrics: Any = None,
+        metrics: MetricsInput | None = None,
     ) -> None:
         if not base:
             raise HistoryError(
@@ -121,8 +126,8 @@ class History:
     def from_dirs(
         cls,
         *,
-        base: Any,
-        aligned: Any,
+        base: BaseInput,
+        aligned: CheckpointSource,
         runs: Mapping[str, Mapping[Any, Any]] | None = None,
         controls: Mapping[str, Mapping[Any, Any]] | None = None,
         tokenizer: TokenizerInput | None = None,
@@ -138,8 +143,8 @@ class History:
     def from_trainer_output(
         cls,
         *,
-        base: Any,
-        aligned: Any,
+        base: BaseInput,
+        aligned: CheckpointSource,
         runs: Mapping[str, Any],
         controls: Mapping[str, Any] | None = None,
         tokenizer: TokenizerInput | None = None,
@@ -156,8 +161,8 @@ class History:
         cls,
         architecture_dir: PathLike,
         *,
-        base: Any,
-        aligned: Any,
+        base: BaseInput,
+        aligned: CheckpointSource,
         runs: Mapping[str, Mapping[Any, Any]] | None = None,
         controls: Mapping[str, Mapping[Any, Any]] | None = None,
         tokenizer: TokenizerInput | None = None,
@@ -179,7 +184,7 @@ class History:
         cls,
         repo_id: str,
         *,
-        base_revision: Any,
+        base_revision: str | Sequence[str],
         aligned_revision: str,
         runs: Mapping[str, Mapping[Any, str]] | None = None,
         aligned_repo: str | None = None,
@@ -198,7 +203,10 @@ class History:
         )
 
     @classmethod
-    def load(cls, spec: Any, *, name: str | None = None) -> "History":
+    @no_type_check  # validates its own argument (typed errors), also under the test type-checker
+    def load(
+        cls, spec: "History | PathLike | Mapping[str, Any]", *, name: str | None = None
+    ) -> "History":
         """Whatever a loader accepts: a ``History``; a ``history.json`` file or a dir holding one
         (e.g. a lab dir); a set of histories (``histories.json``; ``name`` picks one, default the
         first); a dir with ``base/``, ``aligned/`` and run sub-dirs of ``step-N`` /
@@ -240,7 +248,7 @@ class History:
         """run name -> kind (``"run"``, ``"control"``, ``"blocked"``...)."""
         return {r.name: r.kind for r in self.runs.values()}
 
-    def restricted(self, runs: Any = ()) -> "History":
+    def restricted(self, runs: Iterable[str] = ()) -> "History":
         """The same history with only the named runs (by default none: base and aligned only)."""
         keep = {n: r for n, r in self.runs.items() if n in set(runs)}
         return History(

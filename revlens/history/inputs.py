@@ -14,7 +14,7 @@ from revlens._types import Device, PathLike
 from revlens.errors import ConfigError
 from revlens.history.history import History
 from revlens.model import LensModel, ModelInput
-from revlens.probes import Probes
+from revlens.probes import Probes, ProbesInput
 
 __all__ = ["HistoryInput", "as_history", "as_model", "model_first_call"]
 
@@ -69,13 +69,14 @@ def _is_probes(x: object) -> bool:
     )
 
 
+@no_type_check  # tells the call form by the arguments' types (typed errors), also under the test type-checker
 def model_first_call(
     where: str,
-    history: Any,
-    probes: Any,
+    history: HistoryInput | ModelInput | None,
+    probes: ProbesInput | HistoryInput | None,
     legacy: tuple[Any, ...],
     model: ModelInput | None,
-    checkpoints: Any,
+    checkpoints: HistoryInput | None,
 ) -> tuple[Any, Any, Any]:
     """``(model, history, probes)`` of an entry point called ``where(history, probes, *legacy, model=...,
     checkpoints=...)``, decided by the arguments' types — never by what is on disk. The form is

@@ -12,15 +12,21 @@ weights (:func:`revlens.loading.classify`).
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 from torch import Tensor
 
 from revlens._types import PathLike, TokenizerInput
 from revlens.errors import CheckpointError, HistoryError
-from revlens.history.checkpoint import Checkpoint, HubRef, check_source
+from revlens.history.checkpoint import (
+    BaseInput,
+    Checkpoint,
+    CheckpointSource,
+    HubRef,
+    check_source,
+)
 from revlens.history.history import History, Run
 
 __all__ = [
@@ -162,10 +168,11 @@ def _is_model_dir(path: Path) -> bool:
     return classify(path).kind == "full"
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def from_dirs(
     *,
-    base: Any,
-    aligned: Any,
+    base: BaseInput,
+    aligned: CheckpointSource,
     runs: Mapping[str, Mapping[Any, Any]] | None = None,
     controls: Mapping[str, Mapping[Any, Any]] | None = None,
     tokenizer: TokenizerInput | None = None,
@@ -198,10 +205,11 @@ def trainer_steps(directory: Any, run: str) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def from_trainer_output(
     *,
-    base: Any,
-    aligned: Any,
+    base: BaseInput,
+    aligned: CheckpointSource,
     runs: Mapping[str, Any],
     controls: Mapping[str, Any] | None = None,
     tokenizer: TokenizerInput | None = None,
@@ -212,11 +220,12 @@ def from_trainer_output(
     return build(base, aligned, as_steps, ctl, tokenizer=tokenizer)
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def from_state_dicts(
     architecture_dir: PathLike,
     *,
-    base: Any,
-    aligned: Any,
+    base: BaseInput,
+    aligned: CheckpointSource,
     runs: Mapping[str, Mapping[Any, Any]] | None = None,
     controls: Mapping[str, Mapping[Any, Any]] | None = None,
     tokenizer: TokenizerInput | None = None,
@@ -233,7 +242,7 @@ def from_state_dicts(
 def from_hub(
     repo_id: str,
     *,
-    base_revision: Any,
+    base_revision: str | Sequence[str],
     aligned_revision: str,
     runs: Mapping[str, Mapping[Any, str]] | None = None,
     aligned_repo: str | None = None,
@@ -280,7 +289,8 @@ def from_layout(path: PathLike) -> History:
     return build(root / "base", root / "aligned", runs, controls)
 
 
-def load(spec: Any, *, name: str | None = None) -> History:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def load(spec: History | PathLike | Mapping[str, Any], *, name: str | None = None) -> History:
     """See :meth:`History.load`."""
     from revlens.history import spec as spec_io
 

@@ -18,15 +18,16 @@ CSV with a ``checkpoint`` column). A set of histories (e.g. one per pre-training
 ``histories.json``: ``{"format": "revlens-history-set", "histories": {"pair0": "pair0", ...}}``.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
 from revlens._io import confined, read_json, write_json
 from revlens._types import PathLike
 from revlens.errors import HistoryError
+from revlens.history.history import History, MetricsInput
 
 __all__ = [
     "FORMAT",
@@ -150,7 +151,7 @@ def read_spec(file: Path) -> Any:
 def write_spec(
     root: PathLike,
     *,
-    base: Any,
+    base: str | Sequence[str] | Mapping[str, str],
     aligned: str,
     runs: Mapping[str, Any] | None = None,
     controls: Mapping[str, Any] | None = None,
@@ -207,7 +208,8 @@ def _records(metrics: Any) -> pd.DataFrame:
     )
 
 
-def metrics_frame(history: Any, metrics: Any) -> pd.DataFrame:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def metrics_frame(history: History, metrics: MetricsInput) -> pd.DataFrame:
     """The metrics table of ``history``: one row per record, with ``checkpoint, role, run, step``
     from the history (records naming an unknown checkpoint are refused) and the metric columns."""
     df = _records(metrics)

@@ -26,6 +26,7 @@ from typing import Any, no_type_check
 import torch
 
 from revlens._config import option
+from revlens._types import PathLike
 from revlens.defenses import DefenseComparison, EvalSets, FinetuneRecipe, compare_defenses
 from revlens.errors import ConfigError
 
@@ -169,11 +170,11 @@ def lab_sets(
 
 
 def compare_lab(
-    pair_dir: Any = None,
+    pair_dir: PathLike | None = None,
     *,
     track: str = "pretrain-like",
     steps: int | None = None,
-    out: Any = None,
+    out: PathLike | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> DefenseComparison:

@@ -28,6 +28,7 @@ from typing import Any, no_type_check
 import pandas as pd
 
 from revlens._io import write_json, write_text
+from revlens._types import PathLike
 from revlens.lab.replicate_pair import DEFAULT_PLAN, FULL_PLAN, Plan, run_pair
 from revlens.lab.replicate_table import (
     blocking_rows,
@@ -123,7 +124,7 @@ class Replication:
             "records": self.records.to_dict("records"),
         }
 
-    def save(self, out: Any) -> None:
+    def save(self, out: PathLike) -> None:
         """Write ``replication.json`` and ``replication.md`` into ``out`` (atomically)."""
         from revlens.lab.subspaces import _json_safe
 
@@ -180,7 +181,7 @@ def _machine() -> str:
 
 
 def replicate(
-    out: Any,
+    out: PathLike,
     *,
     track: str = DEFAULT_TRACK,
     pairs: Sequence[int] = (0,),
@@ -228,7 +229,7 @@ def replicate(
     return rep
 
 
-def replicate_tracks(out: Any, tracks: Sequence[str], **kw: Any) -> dict[str, Replication]:
+def replicate_tracks(out: PathLike, tracks: Sequence[str], **kw: Any) -> dict[str, Replication]:
     """:func:`replicate` for each track, then ``out/summary.md`` (:func:`summary_markdown`)."""
     reps = {}
     for t in tracks:
@@ -280,7 +281,9 @@ def summary_markdown(reps: dict[str, Replication]) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-def register(subparsers: Any, parents: Any = ()) -> None:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
     """Add the ``replicate`` sub-command (a ``revlens.commands`` entry point)."""
     from revlens.lab.tracks import TRACKS
 

@@ -10,10 +10,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, no_type_check
 
 import torch
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError
 from revlens.loading.lora import adapter_files, read_adapter_config
 from revlens.loading.sources import weight_files
@@ -58,7 +59,8 @@ def _start_hint(path: Path) -> str | None:
     return read_adapter_config(path / "adapter_config.json").get("base_model_name_or_path")
 
 
-def classify(source: Any, kind: str = "auto") -> CheckpointInfo:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def classify(source: WeightsSource, kind: str = "auto") -> CheckpointInfo:
     """Classify a checkpoint source: a path, a mapping of tensors or a module.
 
     Args:

@@ -63,10 +63,10 @@ class GGUFFile:
         cache_dir: the cache root (default :func:`cache_root`).
     """
 
-    path: Any
+    path: PathLike
     file: str | None = None
     dtype: torch.dtype = torch.float32
-    cache_dir: Any = None
+    cache_dir: PathLike | None = None
 
     def gguf_path(self) -> Path:
         """The ``.gguf`` file."""
@@ -94,7 +94,7 @@ class GGUFInfo:
     name: str | None = None
 
 
-def is_gguf(source: Any) -> bool:
+def is_gguf(source: object) -> bool:
     """Whether ``source`` is a GGUF checkpoint: a :class:`GGUFFile` or a path ending in ``.gguf``."""
     if isinstance(source, GGUFFile):
         return True

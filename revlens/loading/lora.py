@@ -14,6 +14,7 @@ layer code on a copy of the one module (:mod:`revlens.loading.peft_merge`).
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ class AdapterConfig:
     fan_in_fan_out: bool = False
     use_dora: bool = False
     lora_bias: bool = False
-    target_modules: Any = None
+    target_modules: str | Sequence[str] | None = None
     modules_to_save: tuple[str, ...] = ()
     bias: str = "none"
     base_model_name_or_path: str | None = None
@@ -391,7 +392,7 @@ def _check_shapes(
         )
 
 
-def read_adapter(directory: Path, targets: Targets, rename: Any) -> Adapter:
+def read_adapter(directory: Path, targets: Targets, rename: Callable[[str], str]) -> Adapter:
     """Parse and validate a PEFT LoRA dir against a model (no weight is changed).
 
     Args:

@@ -18,11 +18,12 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError
 
 __all__ = [
@@ -373,7 +374,8 @@ def weight_files(directory: PathLike) -> list[Path]:
     return sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("adapter_"))
 
 
-def open_source(source: Any, *, name: str | None = None) -> TensorSource:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def open_source(source: "WeightsSource | TensorSource", *, name: str | None = None) -> TensorSource:
     """A :class:`TensorSource` for a dir, a weights file, a mapping of tensors or a module.
 
     Raises:

@@ -12,14 +12,16 @@ Example:
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError, RevlensError
 from revlens.loading.adapt import apply_adapter
 from revlens.loading.classify import CheckpointInfo, classify
+from revlens.loading.gguf import GGUFFile
 from revlens.loading.lora import read_adapter
 from revlens.loading.plan import Plan, make_plan, name_resolver
 from revlens.loading.sources import open_source
@@ -41,7 +43,7 @@ class Ref:
         kind: ``"auto"``, ``"full"`` or ``"adapter"`` (see :func:`~revlens.loading.classify`).
     """
 
-    source: Any
+    source: WeightsSource | GGUFFile
     name: str | None = None
     fingerprint: str | None = None
     kind: str = "auto"
@@ -136,9 +138,9 @@ class Swapper:
     def __init__(
         self,
         model: torch.nn.Module,
-        bridge: Any = None,
+        bridge: torch.nn.Module | None = None,
         *,
-        boot: Any = None,
+        boot: Ref | WeightsSource | None = None,
         key_mapping: dict[str, str] | None = None,
         keep_originals: bool = False,
     ) -> None:
@@ -179,7 +181,10 @@ class Swapper:
         """HF parameter name -> shape, for every parameter a full checkpoint must provide."""
         return self.targets.signature()
 
-    def check(self, source: Any, *, kind: str = "auto", strict: bool = True) -> CheckpointInfo:
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def check(
+        self, source: Ref | WeightsSource, *, kind: str = "auto", strict: bool = True
+    ) -> CheckpointInfo:
         """Classify and validate ``source`` against the model, reading headers only (no writes).
 
         Raises:
@@ -197,14 +202,15 @@ class Swapper:
         return info
 
     # ------------------------------------------------------------------ loading
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
     def load(
         self,
-        source: Any,
+        source: Ref | WeightsSource,
         *,
         name: str | None = None,
         fingerprint: str | None = None,
         kind: str = "auto",
-        start: Any = None,
+        start: Ref | WeightsSource | None = None,
         strict: bool = True,
     ) -> Loaded | None:
         """Put ``source`` in the model: a full checkpoint, or an adapter on its start model.

@@ -174,7 +174,7 @@ def _derived_pairs(bridge: Any) -> Iterator[tuple[str, Tensor, Tensor]]:
 
 
 @torch.no_grad()
-def refresh_bridge(bridge: Any) -> int:
+def refresh_bridge(bridge: torch.nn.Module) -> int:
     """Re-derive the bridge's split copies of fused weights after the fused weights changed.
 
     Calls each splitting component's own split function (``split_qkv_matrix`` /
@@ -198,7 +198,7 @@ def refresh_bridge(bridge: Any) -> int:
 
 
 @torch.no_grad()
-def stale_copies(bridge: Any) -> list[str]:
+def stale_copies(bridge: torch.nn.Module) -> list[str]:
     """Names of split copies that differ from what the fused weights give now (``[]`` = in sync)."""
     return [
         name

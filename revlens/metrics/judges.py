@@ -27,7 +27,7 @@ from torch import Tensor
 from revlens._config import as_int
 from revlens._types import ModuleLike, PathLike, TokenizerInput
 from revlens.errors import MetricError
-from revlens.metrics.generation import GenerationMetric
+from revlens.metrics.generation import GenerationMetric, Judge
 
 __all__ = ["CausalLMJudge", "ClassifierJudge", "judge_metric"]
 
@@ -223,7 +223,7 @@ class CausalLMJudge:
 
 
 def judge_metric(
-    judge: Any,
+    judge: Judge,
     *,
     max_new_tokens: int = 32,
     stop: Sequence[str | int] | None = None,

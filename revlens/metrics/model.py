@@ -13,7 +13,8 @@ A user metric subclasses :class:`ModelMetric` (or is any object with a ``score(m
 method) and may implement ``bind(tokenizer)`` to resolve strings to token ids once.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -22,7 +23,15 @@ from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError, RevlensError
 from revlens.metrics.tokens import TokenMetric, call_metric, check_metric_output, metric_name
 
-__all__ = ["ModelMetric", "bind_metric", "is_model_metric", "metric_values", "score_metric"]
+__all__ = [
+    "MetricLike",
+    "ModelMetric",
+    "ScoresModel",
+    "bind_metric",
+    "is_model_metric",
+    "metric_values",
+    "score_metric",
+]
 
 
 class ModelMetric:
@@ -52,7 +61,20 @@ class ModelMetric:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def is_model_metric(metric: Any) -> bool:
+@runtime_checkable
+class ScoresModel(Protocol):
+    """Any object with ``score(model, batch) -> Tensor[batch]`` (a model metric by its form)."""
+
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
+        """Per-prompt values ``[batch]``."""
+
+
+MetricLike: TypeAlias = Callable[..., object] | ModelMetric | ScoresModel
+"""A metric: a logits callable ``metric(logits, batch) -> Tensor[batch]``, a :class:`ModelMetric`,
+or any object with ``score(model, batch)``."""
+
+
+def is_model_metric(metric: object) -> bool:
     """Whether ``metric`` runs the model itself (has ``score(model, batch)``) rather than reading
     logits (``metric(logits, batch)``)."""
     return isinstance(metric, ModelMetric) or (
@@ -60,7 +82,7 @@ def is_model_metric(metric: Any) -> bool:
     )
 
 
-def bind_metric(metric: Any, tokenizer: TokenizerInput, vocab_size: int | None = None) -> Any:
+def bind_metric(metric: object, tokenizer: TokenizerInput, vocab_size: int | None = None) -> Any:
     """Bind a built-in metric's token sets / phrases to ``tokenizer`` (others are returned as they are).
 
     Raises:
@@ -76,7 +98,7 @@ def bind_metric(metric: Any, tokenizer: TokenizerInput, vocab_size: int | None =
     return metric
 
 
-def score_metric(metric: Any, model: ModuleLike, batch: MetricBatch) -> Tensor:
+def score_metric(metric: MetricLike, model: ModuleLike, batch: MetricBatch) -> Tensor:
     """``metric.score(model, batch)``, validated (finite, one value per prompt, float64); an
     exception inside a user's metric is re-raised as a :class:`MetricError` naming it."""
     try:
@@ -94,7 +116,7 @@ def score_metric(metric: Any, model: ModuleLike, batch: MetricBatch) -> Tensor:
 
 
 def metric_values(
-    metric: Any, model: ModuleLike, batch: MetricBatch, logits: Tensor | None = None
+    metric: MetricLike, model: ModuleLike, batch: MetricBatch, logits: Tensor | None = None
 ) -> Tensor:
     """Per-prompt values of either kind of metric: logits metrics read ``logits`` (computed here
     with one forward when not given)."""

@@ -12,7 +12,7 @@ Example:
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, no_type_check
 
 from revlens.errors import MetricError
 from revlens.metrics.continuation import PhraseLogOdds
@@ -48,7 +48,8 @@ def _tokens(spec: Mapping[str, Any], key: str, name: str) -> list[str | int]:
     return value
 
 
-def metric_from_spec(spec: Any, *, label: str | None = None) -> Any:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def metric_from_spec(spec: str | Mapping[str, Any], *, label: str | None = None) -> Any:
     """A metric callable from a spec (a mapping with ``name``, or a built-in name).
 
     ``label`` (e.g. the history's name for it, ``"harm"``) becomes the metric's ``name``, which

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from revlens.sites.access import SiteAccess
 from revlens.sites.cached import (
     CachedPathError,
     active_edits,
@@ -47,7 +48,7 @@ class FullSteps:
     method = "full"
 
     def __init__(
-        self, acc: Any, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]
+        self, acc: SiteAccess, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]
     ) -> None:
         self.acc, self.tokens, self.lengths = acc, tokens, lengths
         self.width = int(tokens.shape[1])
@@ -78,7 +79,7 @@ class CachedSteps:
     method = "cached"
 
     def __init__(
-        self, acc: Any, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]
+        self, acc: SiteAccess, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]
     ) -> None:
         from revlens.sites.access import BridgeAccess
 

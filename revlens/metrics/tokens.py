@@ -51,14 +51,14 @@ Metric = Callable[[Tensor, Any], Tensor]
 TokenSpec = str | int | Sequence[str | int]
 
 
-def metric_name(metric: Any) -> str:
+def metric_name(metric: object) -> str:
     """A readable name for a metric (its ``name``, ``__name__`` or class name)."""
     return str(
         getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
     )
 
 
-def check_metric_output(values: Any, n: int, metric: Any) -> Tensor:
+def check_metric_output(values: object, n: int, metric: object) -> Tensor:
     """Validate a metric's output: a finite tensor of shape ``[n]``.
 
     Raises:
@@ -80,7 +80,7 @@ def check_metric_output(values: Any, n: int, metric: Any) -> Tensor:
     return values
 
 
-def call_metric(metric: Any, logits: Tensor, batch: MetricBatch) -> Tensor:
+def call_metric(metric: Callable[..., object], logits: Tensor, batch: MetricBatch) -> Tensor:
     """``metric(logits, batch)``, validated; an exception inside the metric is re-raised as a
     :class:`~revlens.errors.MetricError` that names the metric."""
     from revlens.errors import RevlensError

@@ -1,13 +1,43 @@
 """Figures and the HTML section of a defense comparison (:class:`revlens.defenses.DefenseComparison`):
 harm against task cost, one point per defense and one per random control, ± std over seeds."""
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from revlens._types import PathLike
 from revlens.plot._common import PALETTE, esc, require_columns
+
+
+@runtime_checkable
+class ComparisonLike(Protocol):
+    """What the "Defenses" section reads of a comparison (a
+    :class:`revlens.defenses.DefenseComparison`): its printed table, figure, harm trajectories
+    and settings."""
+
+    trajectories: pd.DataFrame
+    meta: Mapping[str, Any]
+
+    def printed(self) -> str:
+        """The table as text."""
+
+    def figure(self) -> go.Figure:
+        """Harm against cost."""
+
+
+@runtime_checkable
+class PageLike(Protocol):
+    """An HTML page being assembled (:mod:`revlens.plot.html`)."""
+
+    def add(self, html: str) -> None:
+        """Append a fragment."""
+
+    def try_figure(self, make: Callable[[], go.Figure], caption: str = "") -> None:
+        """Append a figure, or the reason it could not be drawn."""
+
 
 __all__ = ["defenses_section", "harm_trajectories", "harm_vs_cost", "write_defenses_report"]
 
@@ -112,7 +142,7 @@ _INTRO = (
 )
 
 
-def defenses_section(page: Any, comparison: Any) -> None:
+def defenses_section(page: PageLike, comparison: ComparisonLike) -> None:
     """Add the "Defenses" section (table, harm vs cost, trajectories) to an HTML page."""
     from revlens.plot.html import _e
 
@@ -129,7 +159,9 @@ def defenses_section(page: Any, comparison: Any) -> None:
     )
 
 
-def write_defenses_report(comparison: Any, path: Any, *, title: str | None = None) -> Path:
+def write_defenses_report(
+    comparison: ComparisonLike, path: PathLike, *, title: str | None = None
+) -> Path:
     """One self-contained HTML file with the "Defenses" section."""
     from revlens.plot.html import _Page, _write_page
 

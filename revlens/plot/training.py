@@ -1,7 +1,6 @@
 """Training-time figures: the monitor's cos trajectory and the blocker's blocked quantity."""
 
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -58,7 +57,7 @@ def monitor_figure(
 
 
 def blocker_figure(
-    history: pd.DataFrame, *, title: Any = "blocked quantity s_l before each step"
+    history: pd.DataFrame, *, title: str | None = "blocked quantity s_l before each step"
 ) -> go.Figure:
     """``s_l`` (drift of the probe mean along v_l) before each optimizer step, per layer; measured
     values as markers, first-order predictions between refreshes as lines

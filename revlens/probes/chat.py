@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, no_type_check
 
 from revlens._types import PathLike, TokenizerInput
 from revlens.errors import ProbeError
@@ -41,7 +41,8 @@ __all__ = ["ChatTemplate", "Rendered", "TemplateInput", "check_conversation", "t
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def check_conversation(conv: Any, where: str) -> list[dict[str, str]]:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def check_conversation(conv: Sequence[Mapping[str, str]], where: str) -> list[dict[str, str]]:
     """A conversation as a list of ``{"role", "content"}`` dicts (validated; names ``where``).
 
     Raises:
@@ -136,7 +137,10 @@ class ChatTemplate:
         self.sha = hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
     @classmethod
-    def resolve(cls, spec: Any, tokenizer: TokenizerInput | None = None) -> "ChatTemplate":
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def resolve(
+        cls, spec: "TemplateInput | None", tokenizer: TokenizerInput | None = None
+    ) -> "ChatTemplate":
         """A template from ``spec``: a :class:`ChatTemplate`, Jinja text, a ``.jinja`` file, a
         tokenizer dir, a tokenizer; ``None``: ``tokenizer``'s own template.
 
@@ -202,7 +206,7 @@ class ChatTemplate:
         conversation: Sequence[Mapping[str, str]],
         *,
         where: str = "prompt",
-        **template_kwargs: Any,
+        **template_kwargs: object,
     ) -> Rendered:
         """Render ``conversation`` (a generation prompt after a final user turn; the final
         assistant message continued otherwise) and tokenize it once.

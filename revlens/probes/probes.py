@@ -1,7 +1,7 @@
 """The :class:`Probes` class: prompts, labels, a position rule; tokenized for one tokenizer."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, Union, no_type_check
 
@@ -173,7 +173,7 @@ class Probes:
             )
         return self._like(keep=[int(i) for i in indices])
 
-    def where(self, label: Any) -> "Probes":
+    def where(self, label: Hashable) -> "Probes":
         """The probes labelled ``label`` (e.g. ``"harmful"``)."""
         idx = [i for i, lab in enumerate(self.labels or []) if lab == label]
         if not idx:

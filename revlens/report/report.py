@@ -15,7 +15,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
@@ -24,7 +24,9 @@ from revlens._io import confined
 from revlens._result import Result
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError
+from revlens.evaluate import Evaluation
 from revlens.report.html import ReportHtml
+from revlens.weights.report import WeightReport
 
 __all__ = ["Report"]
 
@@ -74,14 +76,14 @@ class Report(ReportHtml, Result):
         self,
         *,
         drift: pd.DataFrame,
-        directions: Any,
+        directions: Mapping[str, Directions] | pd.DataFrame,
         directions_table: pd.DataFrame | None = None,
         config: Mapping[str, Any],
         provenance: Mapping[str, Any],
         metrics: pd.DataFrame | None = None,
         vectors: Mapping[str, Directions] | None = None,
         lab_metrics: pd.DataFrame | None = None,
-        weights: Any = None,
+        weights: WeightReport | None = None,
         subspaces: Mapping[str, Directions] | None = None,
         subspace_drift: pd.DataFrame | None = None,
     ) -> None:
@@ -259,7 +261,8 @@ class Report(ReportHtml, Result):
         base = method or self._primary().split("@")[0]
         return position_heatmap(self.position_table(step=step), method=base, **kw)
 
-    def with_metrics(self, metrics: Any) -> "Report":
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def with_metrics(self, metrics: Evaluation | pd.DataFrame) -> "Report":
         """Join an evaluation table (a :class:`revlens.evaluate.Evaluation` or its ``table``:
         ``checkpoint, role, run, kind, step, <metric>...``) into :attr:`metrics`, beside the
         history's own; returns ``self``. Columns already present are replaced by the new ones."""

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from revlens.errors import RevlensError
+from revlens.sites.names import Site
 
 __all__ = [
     "ActiveEdit",
@@ -70,7 +71,7 @@ def positionwise(fn: Callable[[Tensor], Tensor | None]) -> Callable[[Tensor], Te
     return fn
 
 
-def is_positionwise(fn: Any) -> bool:
+def is_positionwise(fn: object) -> bool:
     """Whether ``fn`` was marked with :func:`positionwise`."""
     return bool(getattr(fn, _MARK, False))
 
@@ -131,7 +132,7 @@ class ActiveEdit:
     """
 
     module: nn.Module
-    site: Any
+    site: Site
     fn: Callable[[Tensor], Tensor | None]
     hook_ids: tuple[int, ...]
 

@@ -29,14 +29,23 @@ from typing import Any, no_type_check
 import pandas as pd
 import torch
 from torch import Tensor
+from typing_extensions import Never
 
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
-from revlens._types import ModuleLike
+from revlens._types import ModuleLike, ParamsInput, WeightsSource
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
-from revlens.modes import SVD_METHODS, WEIGHT_BLOCK_MODES, WEIGHT_BLOCK_SIDES, check_mode
+from revlens.modes import (
+    SVD_METHODS,
+    WEIGHT_BLOCK_MODES,
+    WEIGHT_BLOCK_SIDES,
+    SvdMethod,
+    WeightBlockMode,
+    WeightBlockSide,
+    check_mode,
+)
 from revlens.weights.catalog import Param, build_catalog
 from revlens.weights.projector import SubspaceProjector, subspace_projector
 
@@ -128,8 +137,9 @@ class WeightBlocker(BlockingStrategy):
     Args:
         base, aligned: the two checkpoints defining ``V = W_aligned − W_base`` (dirs, weight
             files, state dicts or modules, read tensor by tensor with :mod:`revlens.loading`).
-        config: a :class:`WeightBlockerConfig`; ``**settings`` (``k``, ``side``, ``mode``,
-            ``params``, ``random``, ``seed``, ``svd``) override it.
+        config: a :class:`WeightBlockerConfig`; its fields given as keywords (``k``, ``side``,
+            ``mode``, ``params``, ``random``, ``seed``, ``svd``, described there; ``None``: the
+            config's) override it, validated here (another keyword: a ``ConfigError`` naming it).
 
     Fitted attributes (set by :meth:`prepare`): ``targets_`` (the blocked weights or LoRA factor
     pairs, each with its projector and, for full weights, the reference ``W_ref``), ``lora_``,
@@ -138,9 +148,26 @@ class WeightBlocker(BlockingStrategy):
 
     source = "weights"
 
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
     def __init__(
-        self, base: Any, aligned: Any, *, config: WeightBlockerConfig | None = None, **settings: Any
+        self,
+        base: WeightsSource,
+        aligned: WeightsSource,
+        *,
+        config: WeightBlockerConfig | None = None,
+        k: int | None = None,
+        side: WeightBlockSide | None = None,
+        mode: WeightBlockMode | None = None,
+        params: str | None = None,
+        random: bool | None = None,
+        seed: int | None = None,
+        svd: SvdMethod | None = None,
+        **unknown: Never,
     ) -> None:
+        given = {"k": k, "side": side, "mode": mode, "params": params, "random": random}
+        given |= {"seed": seed, "svd": svd}
+        settings = {n: v for n, v in given.items() if v is not None}
+        settings.update(unknown)  # refused by WeightBlockerConfig.build, naming them
         self.config = WeightBlockerConfig.build(config, "WeightBlocker", **settings)
         self.base, self.aligned = base, aligned
 
@@ -164,7 +191,7 @@ class WeightBlocker(BlockingStrategy):
         model: ModuleLike,
         *,
         optimizer: torch.optim.Optimizer | None = None,
-        params: Any = None,
+        params: ParamsInput | None = None,
     ) -> "WeightBlocker":
         """Read ``V`` for every weight of ``model`` to block and build the projectors (sets
         ``targets_``); the weights at this moment are the reference ``W_ref``. ``optimizer`` /

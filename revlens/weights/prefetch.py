@@ -15,10 +15,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from revlens.weights.catalog import Param
+from revlens.weights.readers import AdapterReader, FullReader
+
 __all__ = ["Prefetch", "fetch"]
 
 
-def fetch(reader: Any, param: Any) -> Any:
+def fetch(reader: FullReader | AdapterReader, param: Param) -> Any:
     """What the stream needs of ``param`` from one checkpoint: its tensor (full) or its update (adapter)."""
     return (
         reader.delta(param) if getattr(reader, "kind", "full") == "adapter" else reader.read(param)

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError
+from revlens.history import Checkpoint
 from revlens.loading.swap import check_finite
 from revlens.weights.catalog import Catalog, Param
 
@@ -100,7 +101,7 @@ class FullReader:
     check_finite = True
     pool: "BufferPool | None" = None
 
-    def __init__(self, source: Any, name: str, catalog: Catalog) -> None:
+    def __init__(self, source: WeightsSource, name: str, catalog: Catalog) -> None:
         from revlens.loading import make_plan, open_source
 
         self.name, self.catalog = name, catalog
@@ -248,7 +249,7 @@ class AdapterReader:
         self.adapter.close()
 
 
-def open_reader(checkpoint: Any, catalog: Catalog) -> FullReader | AdapterReader:
+def open_reader(checkpoint: Checkpoint, catalog: Catalog) -> FullReader | AdapterReader:
     """The reader of a :class:`~revlens.history.Checkpoint` (full weights or a PEFT adapter)."""
     from revlens.loading import classify
 
@@ -271,7 +272,7 @@ class Readers:
         self._stack = ExitStack()
         self.by_name: dict[str, FullReader | AdapterReader] = {}
 
-    def open(self, checkpoint: Any, catalog: Catalog) -> FullReader | AdapterReader:
+    def open(self, checkpoint: Checkpoint, catalog: Catalog) -> FullReader | AdapterReader:
         reader = open_reader(checkpoint, catalog)
         self._stack.callback(reader.close)
         self.by_name[checkpoint.name] = reader

@@ -32,16 +32,18 @@ is read front to back), into reused buffers. The kernel reads the coming tensors
 import logging
 import math
 import time
-from collections.abc import Iterator
-from typing import Any, no_type_check
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, no_type_check
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from typing_extensions import Never
 
 from revlens._seeds import generator
 from revlens.errors import ConfigError, HistoryError, NonFiniteError
 from revlens.history import HistoryInput
+from revlens.modes import SvdMethod
 from revlens.weights.algebra import (
     Basis,
     Energies,
@@ -313,7 +315,18 @@ def weight_reversion(
     *,
     config: WeightsConfig | None = None,
     progress: bool = True,
-    **settings: Any,
+    ks: int | Sequence[int] | None = None,
+    n_random: int | None = None,
+    params: str | None = None,
+    layers: str | int | Sequence[int] | None = None,
+    runs: str | Sequence[str] | None = None,
+    dtype: Literal["float64", "float32"] | None = None,
+    device: str | None = None,
+    svd: SvdMethod | None = None,
+    seed: int | None = None,
+    prefetch: int | None = None,
+    fingerprints: bool | None = None,
+    **unknown: Never,
 ) -> WeightReport:
     """Weight-space reversion of every checkpoint of a history, against its nulls (module docstring).
 
@@ -321,9 +334,10 @@ def weight_reversion(
         history: a :class:`~revlens.History` or anything ``History.load`` accepts (a lab dir, a
             ``history.json``...). Base and aligned must be full checkpoints; run checkpoints may be
             full checkpoints or PEFT LoRA adapters (relative to the run's start).
-        config: a :class:`WeightsConfig`; ``**settings`` (its fields: ``ks``, ``n_random``,
+        config: a :class:`WeightsConfig`; its fields given as keywords (``ks``, ``n_random``,
             ``params``, ``layers``, ``runs``, ``dtype``, ``device``, ``svd``, ``seed``,
-            ``fingerprints``) override it.
+            ``prefetch``, ``fingerprints``, described there; ``None``: the config's) override it,
+            validated before any weight is read (another keyword: a ``ConfigError`` naming it).
         progress: a progress bar over modules (with ETA).
 
     Returns:
@@ -337,6 +351,11 @@ def weight_reversion(
     """
     from revlens.history import History
 
+    given = {"ks": ks, "n_random": n_random, "params": params, "layers": layers, "runs": runs}
+    given |= {"dtype": dtype, "device": device, "svd": svd, "seed": seed, "prefetch": prefetch}
+    given |= {"fingerprints": fingerprints}
+    settings = {k: v for k, v in given.items() if v is not None}
+    settings.update(unknown)  # refused by WeightsConfig.build, naming them
     cfg = WeightsConfig.build(config, "weight_reversion", **settings)
     hist = History.load(history)
     runs = _runs(hist, cfg)

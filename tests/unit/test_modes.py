@@ -126,7 +126,8 @@ def test_tuples_are_derived_from_the_literals_and_the_registry():
 
 def test_causal_signatures_use_the_literals():
     """In revlens/causal/, a ``site`` / ``strategy`` / ``rank_rule`` / ``rule`` argument or field is
-    typed with its Literal, never ``str``."""
+    typed with its Literal, never ``str`` (``Literal | None`` for a spelled-out config field whose
+    ``None`` means the config's value)."""
     typed = {
         "site": "SiteKind",
         "strategy": "Strategy",
@@ -144,7 +145,15 @@ def test_causal_signatures_use_the_literals():
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 items = [(node.target.id, node.annotation)]
             for name, ann in items:
-                if name in typed and ann is not None and ast.unparse(ann) != typed[name]:
+                if (
+                    name in typed
+                    and ann is not None
+                    and ast.unparse(ann)
+                    not in (
+                        typed[name],
+                        f"{typed[name]} | None",
+                    )
+                ):
                     bad.append(
                         f"{path.name}:{getattr(node, 'lineno', '?')}: {name}: {ast.unparse(ann)}"
                     )

@@ -173,3 +173,15 @@ def test_protocol_errors(planted):
     with pytest.raises(ConfigError, match="side"):
         WeightBlocker(planted["base"], planted["aligned"], side="up")
     assert "WeightBlocker(side='left'" in repr(blocker)
+
+
+def test_fields_are_spelled_out_and_an_unknown_keyword_is_named(planted):
+    import inspect
+
+    params = inspect.signature(WeightBlocker.__init__).parameters
+    assert {"k", "side", "mode", "params", "random", "seed", "svd"} <= set(params)
+    assert "settings" not in params  # the config convention: spelled-out fields (as analyze)
+    cfg = WeightBlocker(planted["base"], planted["aligned"], k=3, side="right", seed=5).config
+    assert (cfg.k, cfg.side, cfg.seed, cfg.mode) == (3, "right", 5, "off")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['rank'\]"):
+        WeightBlocker(planted["base"], planted["aligned"], rank=3)

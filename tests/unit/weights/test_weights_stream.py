@@ -253,3 +253,13 @@ def test_read_ahead_thread_gives_the_same_table(planted_history):
     a = weight_reversion(planted_history, prefetch=0, **kw).table
     b = weight_reversion(planted_history, prefetch=3, **kw).table
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_config_fields_are_spelled_out_and_an_unknown_keyword_is_named(planted_history):
+    import inspect
+
+    params = inspect.signature(weight_reversion).parameters
+    assert {"ks", "n_random", "params", "layers", "runs", "svd", "seed"} <= set(params)
+    assert "settings" not in params  # the config convention: spelled-out fields (as analyze)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['k'\]"):
+        weight_reversion(planted_history, k=3, progress=False)
