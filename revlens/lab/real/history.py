@@ -91,7 +91,7 @@ class RealPlan:
         check_device(self.device)
 
 
-def check_device(device: Any) -> torch.device:
+def check_device(device: object) -> torch.device:
     """``device`` as a ``torch.device``: ``"cpu"``, or ``"cuda"`` / ``"cuda:i"`` where CUDA exists.
 
     Raises:
