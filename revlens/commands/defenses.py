@@ -52,7 +52,7 @@ def load_object(spec: str, what: str, kind: type) -> Any:
 
 
 def register(subparsers: Any, parents: Any = ()) -> None:
-    """Add ``revlens defenses compare``."""
+    """Add ``revlens defenses compare`` and ``revlens defenses real``."""
     from revlens.defenses.suite import CompareConfig
 
     p = subparsers.add_parser("defenses", parents=list(parents), help="published defenses vs reversion blocking",
@@ -70,6 +70,37 @@ def register(subparsers: Any, parents: Any = ()) -> None:
     c.add_argument("--device", default=None, help="torch device (default cpu)")
     CompareConfig.add_arguments(c)
     c.set_defaults(func=_run)
+    r = sub.add_parser("real", parents=list(parents), help="the comparison on the real track (SmolLM2-135M-Instruct)",
+                       description="compare_defenses on the real track: revlens.lab.real_defenses (docs/defenses.md)")
+    r.add_argument("--out", required=True, help="output dir (per-run results, resumable; the comparison)")
+    r.add_argument("--adapter", default=None, help="the safety adapter dir (default: the shipped one)")
+    r.add_argument("--steps", type=int, default=None, help="override the plan's fine-tuning steps")
+    r.add_argument("--html", default=None, help="also write an offline HTML page here")
+    CompareConfig.add_arguments(r)
+    r.set_defaults(func=_run_real)
+
+
+def _report(result: Any, out: Path, html: Any) -> int:
+    result.save(out / "comparison")
+    lines = [result.printed(), f"\nsaved: {out / 'comparison'}  ({result.meta['date']}, {result.meta['machine']})"]
+    if html:
+        lines.append(f"HTML: {result.to_html(html)}")
+    print("\n".join(lines))  # noqa: T201 (the command's result: the table)
+    return 0
+
+
+def _run_real(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from revlens.defenses.suite import CompareConfig
+    from revlens.lab.real_defenses import REAL_DEFENSES, RealDefensePlan, compare_real
+
+    config = CompareConfig.from_args(args, **({} if args.defenses is not None else {"defenses": REAL_DEFENSES}))
+    plan = RealDefensePlan()
+    if args.steps is not None:
+        plan = dataclasses.replace(plan, steps=args.steps)
+    out = Path(args.out)
+    return _report(compare_real(out, plan=plan, adapter=args.adapter, config=config), out, args.html)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -83,9 +114,4 @@ def _run(args: argparse.Namespace) -> int:
     sets = load_object(args.sets, "--sets", EvalSets)
     out = Path(args.out)
     result = compare_defenses(args.history, recipe, sets, config=config, out=out, device=args.device)
-    result.save(out / "comparison")
-    lines = [result.printed(), f"\nsaved: {out / 'comparison'}  ({result.meta['date']}, {result.meta['machine']})"]
-    if args.html:
-        lines.append(f"HTML: {result.to_html(args.html)}")
-    print("\n".join(lines))  # noqa: T201 (the command's result: the table)
-    return 0
+    return _report(result, out, args.html)

@@ -44,11 +44,13 @@ class RealDefensePlan:
         n_harmless: held-out harmless questions; n_probes: alignment-split harmful probes;
         n_task: held-out pairs for the task loss; n_alignment: Lisa's alignment pairs (half refusals).
         max_new_tokens: greedy tokens generated per prompt (harm, over-refusal).
+        layers: the ``resid_post`` layers read (``v_rev``, ``r``, the drift; where the activation
+            defenses hold their constraints; SmolLM2-135M has 30 blocks).
     """
 
     steps: int = 8
     batch_size: int = 4
-    lr: float = 2e-4
+    lr: float = 1e-3
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,v_proj,o_proj,down_proj"
@@ -60,6 +62,7 @@ class RealDefensePlan:
     n_task: int = 16
     n_alignment: int = 32
     max_new_tokens: int = 16
+    layers: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "lora_rank", "max_length", "n_harmful", "n_harmless", "n_probes",
@@ -67,6 +70,8 @@ class RealDefensePlan:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"RealDefensePlan.{name} must be a positive integer, got {value!r}")
+        if not self.layers or not all(isinstance(x, int) and 1 <= x <= 30 for x in self.layers):
+            raise ConfigError(f"RealDefensePlan.layers: block indices in 1..30, got {self.layers!r}")
         if not self.lr > 0:
             raise ConfigError(f"RealDefensePlan.lr must be > 0, got {self.lr!r}")
         known = ("jbb", "harmbench", "strongreject")
@@ -134,16 +139,21 @@ def real_eval_sets(plan: RealDefensePlan | None = None, sets: Any = None) -> Eva
     return EvalSets(harmful=list(harmful.prompts), harmless=list(sets.held_harmless.prompts)[: plan.n_harmless],
                     probes=probes, task=[tuple(p) for p in sets.held_pairs[: plan.n_task]],
                     alignment=refusals + benign,
-                    harm={"name": "compliance_rate", "max_new_tokens": plan.max_new_tokens}, chat=True)
+                    harm={"name": "compliance_rate", "max_new_tokens": plan.max_new_tokens}, chat=True,
+                    layers=list(plan.layers))
 
 
-def compare_real(out: Any = None, *, plan: RealDefensePlan | None = None, adapter: Any = None,
+def compare_real(out: Any = None, *, plan: RealDefensePlan | None = None, adapter: Any = None, config: Any = None,
                  progress: bool = True, **settings: Any) -> DefenseComparison:
-    """:func:`revlens.compare_defenses` on the real track (module docstring); ``settings``:
-    :class:`~revlens.defenses.CompareConfig` fields (default defenses :data:`REAL_DEFENSES`)."""
+    """:func:`revlens.compare_defenses` on the real track (module docstring); ``config`` / ``settings``:
+    a :class:`~revlens.defenses.CompareConfig` and its fields (default defenses :data:`REAL_DEFENSES`).
+    Resumable with ``out`` (a run with more defenses reuses the runs already done)."""
     plan = plan or RealDefensePlan()
     hist = real_history(adapter)
     sets = _sets(plan)
-    settings.setdefault("defenses", REAL_DEFENSES)
+    if config is None:
+        settings.setdefault("defenses", REAL_DEFENSES)
+    else:
+        settings["config"] = config
     return compare_defenses(hist, real_recipe(plan, sets), real_eval_sets(plan, sets), out=out, progress=progress,
                             **settings)
