@@ -28,7 +28,7 @@ from revlens.errors import ConfigError
 
 __all__ = ["REAL_DEFENSES", "RealDefensePlan", "compare_real", "real_eval_sets", "real_history", "real_recipe"]
 
-REAL_DEFENSES = ("update", "safelora", "asft", "procon", "safety_freeze", "lisa", "subspace")
+REAL_DEFENSES = ("update", "safelora", "asft", "safety_freeze", "procon", "subspace", "lisa")
 """The defenses run on the real track by default (each beside its random control; what was cut and why:
 ``docs/defenses.md``, "Real track")."""
 
@@ -48,7 +48,7 @@ class RealDefensePlan:
             defenses hold their constraints; SmolLM2-135M has 30 blocks).
     """
 
-    steps: int = 8
+    steps: int = 6
     batch_size: int = 4
     lr: float = 1e-3
     lora_rank: int = 8
@@ -58,7 +58,7 @@ class RealDefensePlan:
     harmful_sources: tuple[str, ...] = ("jbb", "harmbench")
     n_harmful: int = 12
     n_harmless: int = 12
-    n_probes: int = 16
+    n_probes: int = 8
     n_task: int = 16
     n_alignment: int = 32
     max_new_tokens: int = 16
