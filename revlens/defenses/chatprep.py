@@ -20,22 +20,28 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from revlens.defenses.bench import EvalSets
 from revlens.errors import CheckpointError, ConfigError
 from revlens.probes import Probes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from revlens.history.checkpoint import Checkpoint
 
 __all__ = ["full_dir", "has_template", "locator_texts", "merged_cache_root", "refusal_probes", "render_sets"]
 
 SETS = ("harmful", "harmless", "probes")
 
 
-def has_template(tokenizer: Any) -> bool:
+def has_template(tokenizer: "PreTrainedTokenizerBase") -> bool:
     """Whether ``tokenizer`` carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_sets(sets: Any, tokenizer: Any) -> Any:
+def render_sets(sets: EvalSets, tokenizer: "PreTrainedTokenizerBase") -> EvalSets:
     """``sets`` with its plain-string prompt sets turned into chat probes where the template applies
     (module docstring); ``sets`` itself where nothing changes.
 
@@ -59,7 +65,7 @@ def render_sets(sets: Any, tokenizer: Any) -> Any:
     return out
 
 
-def refusal_probes(sets: Any) -> tuple[Probes, Any]:
+def refusal_probes(sets: EvalSets) -> tuple[Probes, Any]:
     """Labelled probes for the refusal direction and the position to read: chat probes at the last
     post-instruction token (Arditi et al.'s positions; ``("post_instruction", 1)``), else ``"last"``."""
     bad, good = sets.probes, sets.harmless
@@ -72,7 +78,7 @@ def refusal_probes(sets: Any) -> tuple[Probes, Any]:
     return Probes(list(bad.prompts) + list(good.prompts), labels=labels), "last"
 
 
-def locator_texts(probes: Probes, tokenizer: Any) -> list[str]:
+def locator_texts(probes: Probes, tokenizer: "PreTrainedTokenizerBase") -> list[str]:
     """The prompts as the safety-layer locator reads them: the rendered chat text for chat probes."""
     if probes.is_chat:
         return list(probes.tokenize(tokenizer).rendered or [])
@@ -87,7 +93,8 @@ def merged_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "revlens" / "merged"
 
 
-def full_dir(ck: Any, what: str, tokenizer: Any = None, cache: Any = None) -> Path:
+def full_dir(ck: "Checkpoint", what: str, tokenizer: "PreTrainedTokenizerBase | None" = None,
+             cache: str | os.PathLike | None = None) -> Path:
     """A full ``save_pretrained`` dir holding ``ck``'s weights: its own dir, or (a PEFT adapter) the
     adapter merged into its start checkpoint, written once into ``cache`` (default
     :func:`merged_cache_root`) under the merged model's fingerprint, atomically.

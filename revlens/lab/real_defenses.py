@@ -19,12 +19,23 @@ The comparison is the library's (:mod:`revlens.defenses.compare`); this module o
   "Real track", before any result). ``revlens defenses real --out DIR`` runs it.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from revlens.defenses import DefenseComparison, EvalSets, FinetuneRecipe, compare_defenses
+from revlens.defenses import (
+    CompareConfig,
+    DefenseComparison,
+    EvalSets,
+    FinetuneRecipe,
+    compare_defenses,
+)
 from revlens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from revlens.history import History
+    from revlens.lab.real.data import RealSets
 
 __all__ = ["REAL_DEFENSES", "RealDefensePlan", "compare_real", "real_eval_sets", "real_history", "real_recipe"]
 
@@ -84,7 +95,7 @@ def _adapter() -> Path:
     return Path(__file__).resolve().parent / "assets" / "real" / "aligned"
 
 
-def real_history(adapter: Any = None, base: Any = None) -> Any:
+def real_history(adapter: str | os.PathLike | None = None, base: str | os.PathLike | None = None) -> "History":
     """The track's base → aligned pair as a history: base the converted package model, aligned the
     safety adapter (default: the shipped one) on it.
 
@@ -101,13 +112,13 @@ def real_history(adapter: Any = None, base: Any = None) -> Any:
     return History.from_dirs(base=base, aligned=adapter)
 
 
-def _sets(plan: RealDefensePlan) -> Any:
+def _sets(plan: RealDefensePlan) -> "RealSets":
     from revlens.lab.real.data import real_sets
 
     return real_sets()
 
 
-def real_recipe(plan: RealDefensePlan | None = None, sets: Any = None) -> FinetuneRecipe:
+def real_recipe(plan: RealDefensePlan | None = None, sets: "RealSets | None" = None) -> FinetuneRecipe:
     """The benign fine-tune: LoRA on ChatterBot ``train`` pairs (chat-rendered prompts) from aligned."""
     plan = plan or RealDefensePlan()
     sets = sets if sets is not None else _sets(plan)
@@ -116,7 +127,7 @@ def real_recipe(plan: RealDefensePlan | None = None, sets: Any = None) -> Finetu
                           lora_targets=plan.lora_targets, chat=True, max_length=plan.max_length)
 
 
-def real_eval_sets(plan: RealDefensePlan | None = None, sets: Any = None) -> EvalSets:
+def real_eval_sets(plan: RealDefensePlan | None = None, sets: "RealSets | None" = None) -> EvalSets:
     """The evaluation sets of the module docstring, at ``plan``'s sizes (first ``n`` of each split's
     deterministic order)."""
     from revlens.lab.real.data import refusal_for
@@ -143,8 +154,9 @@ def real_eval_sets(plan: RealDefensePlan | None = None, sets: Any = None) -> Eva
                     layers=list(plan.layers))
 
 
-def compare_real(out: Any = None, *, plan: RealDefensePlan | None = None, adapter: Any = None, config: Any = None,
-                 progress: bool = True, **settings: Any) -> DefenseComparison:
+def compare_real(out: str | os.PathLike | None = None, *, plan: RealDefensePlan | None = None,
+                 adapter: str | os.PathLike | None = None, config: CompareConfig | None = None, progress: bool = True,
+                 **settings: Any) -> DefenseComparison:
     """:func:`revlens.compare_defenses` on the real track (module docstring); ``config`` / ``settings``:
     a :class:`~revlens.defenses.CompareConfig` and its fields (default defenses :data:`REAL_DEFENSES`).
     Resumable with ``out`` (a run with more defenses reuses the runs already done)."""
