@@ -15,6 +15,12 @@ _EXAMPLE = """example (the lab's shipped pair, the pretrain-like track):
   revlens defenses compare PAIR_DIR --recipe revlens.lab.defenses:lab_recipe \\
       --sets revlens.lab.defenses:lab_sets --out cmp/ --seeds 0 1 2 --html cmp/defenses.html
 
+the real track (SmolLM2-135M-Instruct + its shipped safety adapter; docs/defenses.md):
+  revlens defenses compare revlens.lab.real_defenses:real_history \
+      --recipe revlens.lab.real_defenses:real_recipe --sets revlens.lab.real_defenses:real_eval_sets \
+      --defenses update safelora asft safety_freeze procon subspace lisa --out cmp-real/
+
+HISTORY may also be "module:callable" (called without arguments, returning a History).
 --recipe / --sets take "module:callable" (called without arguments) or a JSON file: the recipe's
 FinetuneRecipe fields ({"data": "train.jsonl", "steps": 100, ...}); the sets' EvalSets fields
 ({"harmful": [...], "harmless": [...], "probes": [...], "task": "task.jsonl", "alignment": "align.jsonl",
@@ -52,7 +58,7 @@ def load_object(spec: str, what: str, kind: type) -> Any:
 
 
 def register(subparsers: Any, parents: Any = ()) -> None:
-    """Add ``revlens defenses compare`` and ``revlens defenses real``."""
+    """Add ``revlens defenses compare``."""
     from revlens.defenses.suite import CompareConfig
 
     p = subparsers.add_parser("defenses", parents=list(parents), help="published defenses vs reversion blocking",
@@ -61,7 +67,7 @@ def register(subparsers: Any, parents: Any = ()) -> None:
     c = sub.add_parser("compare", parents=list(parents), help="run every defense beside its random control",
                        description=__doc__.splitlines()[0], epilog=_EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("history", help="a history (history.json, a dir with base/ and aligned/, ...)")
+    c.add_argument("history", help="a history (history.json, a dir with base/ and aligned/, ...) or module:callable")
     c.add_argument("--recipe", required=True, help="the fine-tuning recipe: module:callable or a JSON file")
     c.add_argument("--sets", required=True, help="the evaluation sets: module:callable or a JSON file")
     c.add_argument("--out", required=True, help="output dir (per-run results, resumable; the comparison)")
@@ -70,37 +76,6 @@ def register(subparsers: Any, parents: Any = ()) -> None:
     c.add_argument("--device", default=None, help="torch device (default cpu)")
     CompareConfig.add_arguments(c)
     c.set_defaults(func=_run)
-    r = sub.add_parser("real", parents=list(parents), help="the comparison on the real track (SmolLM2-135M-Instruct)",
-                       description="compare_defenses on the real track: revlens.lab.real_defenses (docs/defenses.md)")
-    r.add_argument("--out", required=True, help="output dir (per-run results, resumable; the comparison)")
-    r.add_argument("--adapter", default=None, help="the safety adapter dir (default: the shipped one)")
-    r.add_argument("--steps", type=int, default=None, help="override the plan's fine-tuning steps")
-    r.add_argument("--html", default=None, help="also write an offline HTML page here")
-    CompareConfig.add_arguments(r)
-    r.set_defaults(func=_run_real)
-
-
-def _report(result: Any, out: Path, html: Any) -> int:
-    result.save(out / "comparison")
-    lines = [result.printed(), f"\nsaved: {out / 'comparison'}  ({result.meta['date']}, {result.meta['machine']})"]
-    if html:
-        lines.append(f"HTML: {result.to_html(html)}")
-    print("\n".join(lines))  # noqa: T201 (the command's result: the table)
-    return 0
-
-
-def _run_real(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from revlens.defenses.suite import CompareConfig
-    from revlens.lab.real_defenses import REAL_DEFENSES, RealDefensePlan, compare_real
-
-    config = CompareConfig.from_args(args, **({} if args.defenses is not None else {"defenses": REAL_DEFENSES}))
-    plan = RealDefensePlan()
-    if args.steps is not None:
-        plan = dataclasses.replace(plan, steps=args.steps)
-    out = Path(args.out)
-    return _report(compare_real(out, plan=plan, adapter=args.adapter, config=config), out, args.html)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -112,6 +87,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         recipe = recipe.replace(steps=args.steps)
     sets = load_object(args.sets, "--sets", EvalSets)
+    history: Any = args.history
+    if ":" in history and not Path(history).exists():
+        from revlens.history import History
+
+        history = load_object(history, "history", History)
     out = Path(args.out)
-    result = compare_defenses(args.history, recipe, sets, config=config, out=out, device=args.device)
-    return _report(result, out, args.html)
+    result = compare_defenses(history, recipe, sets, config=config, out=out, device=args.device)
+    result.save(out / "comparison")
+    lines = [result.printed(), f"\nsaved: {out / 'comparison'}  ({result.meta['date']}, {result.meta['machine']})"]
+    if args.html:
+        lines.append(f"HTML: {result.to_html(args.html)}")
+    print("\n".join(lines))  # noqa: T201 (the command's result: the table)
+    return 0

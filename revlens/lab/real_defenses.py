@@ -16,7 +16,12 @@ The comparison is the library's (:mod:`revlens.defenses.compare`); this module o
   held-out ChatterBot pairs (task loss) and Lisa's alignment pairs (alignment-split harmful prompts →
   the track's refusal sentences, beside ChatterBot ``train`` pairs);
 - :func:`compare_real`: all three with :class:`RealDefensePlan`'s sizes (fixed in ``docs/defenses.md``,
-  "Real track", before any result). ``revlens defenses real --out DIR`` runs it.
+  "Real track", before any result). From the command line (the library's CLI never imports the lab; it
+  calls these by name)::
+
+      revlens defenses compare revlens.lab.real_defenses:real_history \\
+          --recipe revlens.lab.real_defenses:real_recipe --sets revlens.lab.real_defenses:real_eval_sets \\
+          --defenses update safelora asft safety_freeze procon subspace lisa --out cmp-real/
 """
 
 import os

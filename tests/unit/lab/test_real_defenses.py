@@ -1,8 +1,6 @@
 """The real track's defense comparison entry point without the model: its plan is validated (typed
-errors naming the field), a missing adapter is refused, and ``revlens defenses real`` wires the plan,
-the adapter and the comparison settings through (default defenses: REAL_DEFENSES)."""
-
-import dataclasses
+errors naming the field), a missing adapter is refused, and ``revlens defenses compare`` takes the
+track's history, recipe and sets as module:callable."""
 
 import pytest
 
@@ -36,8 +34,11 @@ def test_a_missing_adapter_is_refused(tmp_path):
         rd.real_history(adapter=tmp_path)
 
 
-def test_the_command_line_passes_plan_adapter_and_settings(monkeypatch, tmp_path):
+def test_the_command_line_takes_the_real_track_by_module_callable(monkeypatch, tmp_path):
+    import revlens.defenses as d
     from revlens.cli import main
+    from revlens.defenses import EvalSets, FinetuneRecipe
+    from revlens.history import History
 
     seen = {}
 
@@ -51,13 +52,24 @@ def test_the_command_line_passes_plan_adapter_and_settings(monkeypatch, tmp_path
         def printed(self):
             return "TABLE"
 
-    def fake(out, *, plan, adapter, config):
-        seen.update(out=out, plan=plan, adapter=adapter, config=config)
+    import tiny
+
+    pair = tiny.save(tiny.tiny_model(0), tmp_path / "pair")
+    hist = History.from_dirs(base=pair, aligned=pair)
+    recipe = FinetuneRecipe(data=[("a", "b")], steps=2)
+    sets = EvalSets(harmful=["x"], harmless=["y"], probes=["z"])
+    monkeypatch.setattr(rd, "real_history", lambda: hist)
+    monkeypatch.setattr(rd, "real_recipe", lambda: recipe)
+    monkeypatch.setattr(rd, "real_eval_sets", lambda: sets)
+
+    def fake(history, recipe, sets, *, config, out, device):
+        seen.update(history=history, recipe=recipe, sets=sets, config=config)
         return Result()
 
-    monkeypatch.setattr(rd, "compare_real", fake)
-    assert main(["defenses", "real", "--out", str(tmp_path), "--steps", "3", "--seeds", "4", "5", "6"]) == 0
-    assert seen["plan"] == dataclasses.replace(rd.RealDefensePlan(), steps=3) and seen["adapter"] is None
+    monkeypatch.setattr(d, "compare_defenses", fake)
+    m = "revlens.lab.real_defenses:"
+    assert main(["defenses", "compare", m + "real_history", "--recipe", m + "real_recipe", "--sets",
+                 m + "real_eval_sets", "--out", str(tmp_path / "o"), "--steps", "3", "--seeds", "4", "5", "6",
+                 "--defenses", *rd.REAL_DEFENSES]) == 0
+    assert seen["history"] is hist and seen["sets"] is sets and seen["recipe"].steps == 3
     assert seen["config"].defenses == rd.REAL_DEFENSES and seen["config"].seeds == (4, 5, 6)
-    assert main(["defenses", "real", "--out", str(tmp_path), "--defenses", "update", "--adapter", "A"]) == 0
-    assert seen["config"].defenses == ("update",) and seen["adapter"] == "A"
