@@ -53,7 +53,9 @@ def load_object(spec: str, what: str, kind: type) -> Any:
         except TypeError as exc:
             raise ConfigError(f"{what}={spec!r}: {exc}") from None
     if not isinstance(out, kind):
-        raise ConfigError(f"{what}={spec!r} gave a {type(out).__name__}, expected a {kind.__name__}")
+        raise ConfigError(
+            f"{what}={spec!r} gave a {type(out).__name__}, expected a {kind.__name__}"
+        )
     return out
 
 
@@ -61,16 +63,34 @@ def register(subparsers: Any, parents: Any = ()) -> None:
     """Add ``revlens defenses compare``."""
     from revlens.defenses.suite import CompareConfig
 
-    p = subparsers.add_parser("defenses", parents=list(parents), help="published defenses vs reversion blocking",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "defenses",
+        parents=list(parents),
+        help="published defenses vs reversion blocking",
+        description=__doc__.splitlines()[0],
+    )
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    c = sub.add_parser("compare", parents=list(parents), help="run every defense beside its random control",
-                       description=__doc__.splitlines()[0], epilog=_EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("history", help="a history (history.json, a dir with base/ and aligned/, ...) or module:callable")
-    c.add_argument("--recipe", required=True, help="the fine-tuning recipe: module:callable or a JSON file")
-    c.add_argument("--sets", required=True, help="the evaluation sets: module:callable or a JSON file")
-    c.add_argument("--out", required=True, help="output dir (per-run results, resumable; the comparison)")
+    c = sub.add_parser(
+        "compare",
+        parents=list(parents),
+        help="run every defense beside its random control",
+        description=__doc__.splitlines()[0],
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument(
+        "history",
+        help="a history (history.json, a dir with base/ and aligned/, ...) or module:callable",
+    )
+    c.add_argument(
+        "--recipe", required=True, help="the fine-tuning recipe: module:callable or a JSON file"
+    )
+    c.add_argument(
+        "--sets", required=True, help="the evaluation sets: module:callable or a JSON file"
+    )
+    c.add_argument(
+        "--out", required=True, help="output dir (per-run results, resumable; the comparison)"
+    )
     c.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     c.add_argument("--html", default=None, help="also write an offline HTML page here")
     c.add_argument("--device", default=None, help="torch device (default cpu)")
@@ -95,7 +115,10 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = compare_defenses(history, recipe, sets, config=config, out=out, device=args.device)
     result.save(out / "comparison")
-    lines = [result.printed(), f"\nsaved: {out / 'comparison'}  ({result.meta['date']}, {result.meta['machine']})"]
+    lines = [
+        result.printed(),
+        f"\nsaved: {out / 'comparison'}  ({result.meta['date']}, {result.meta['machine']})",
+    ]
     if args.html:
         lines.append(f"HTML: {result.to_html(args.html)}")
     print("\n".join(lines))  # noqa: T201 (the command's result: the table)

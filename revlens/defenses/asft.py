@@ -30,20 +30,24 @@ from revlens.weights.projector import subspace_projector
 __all__ = ["AsFT", "AsFTConfig", "asft_lora_term", "asft_penalty"]
 
 
-
-
 @no_type_check  # validates its own fields (typed errors)
 @dataclass
 class AsFTConfig(Config):
     """Settings of :class:`AsFT`."""
 
     lam: float = option(1.0, "λ, the regulariser's weight (>= 0)")
-    projection: str = option("safelora", "the anchor: C = V Vᵀ/‖V‖_F (safelora) or a true projector onto "
-                             "V's top-k left singular subspace (projector)", choices=PROJECTIONS)
+    projection: str = option(
+        "safelora",
+        "the anchor: C = V Vᵀ/‖V‖_F (safelora) or a true projector onto "
+        "V's top-k left singular subspace (projector)",
+        choices=PROJECTIONS,
+    )
     k: int = option(16, "projection='projector': the subspace's rank (capped at min(out, in) − 1)")
     random: bool = option(False, "the control: a Gaussian V of the same shape and norm per weight")
     seed: int = option(0, "seed of the random control's V")
-    params: str = option(".*", "regex (re.search) on Hugging Face weight names: which weights are regularised")
+    params: str = option(
+        ".*", "regex (re.search) on Hugging Face weight names: which weights are regularised"
+    )
 
     def validate(self) -> None:
         """Check every field."""
@@ -51,7 +55,9 @@ class AsFTConfig(Config):
         check_delta_fields(self)
 
 
-def asft_penalty(dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, float]], lam: float) -> torch.Tensor:
+def asft_penalty(
+    dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, float]], lam: float
+) -> torch.Tensor:
     """``λ Σ_l ‖(I − C_l) ΔW_l‖²_F`` with ``C_l x = W_l (W_lᵀ x) / c_l`` for each anchor
     ``(W_l [out, m], c_l)``: ``(V_l, ‖V_l‖_F)`` for the paper's ``C``, ``(U_k, 1)`` for the
     projector (no ``out × out`` matrix is formed)."""
@@ -62,8 +68,9 @@ def asft_penalty(dws: list[torch.Tensor], anchors: list[tuple[torch.Tensor, floa
     return lam * total
 
 
-def asft_lora_term(lora_b: torch.Tensor, lora_a: torch.Tensor, scale: float, anchor: tuple[torch.Tensor, float]
-                   ) -> torch.Tensor:
+def asft_lora_term(
+    lora_b: torch.Tensor, lora_a: torch.Tensor, scale: float, anchor: tuple[torch.Tensor, float]
+) -> torch.Tensor:
     """``‖(I − C)(s·B·A)‖²_F`` for a LoRA pair without forming ``B·A``: with ``B̃ = B − W (Wᵀ B) / c``
     it is ``s² Σ (B̃ᵀB̃) ∘ (A Aᵀ)`` (``r × r`` matrices; equal to :func:`asft_penalty` on ``ΔW = s·B·A``,
     tested), so the regulariser costs ``O(out·m·r)`` per weight instead of ``O(out·m·in)``."""
@@ -111,8 +118,11 @@ class AsFT(DeltaDefense):
         self._check()
         total = None
         for t, anchor in zip(self.targets_, self.anchors_, strict=True):
-            term = (asft_lora_term(t.lora_b, t.lora_a, t.scale, anchor) if t.is_lora
-                    else asft_penalty([t.delta()], [anchor], 1.0))
+            term = (
+                asft_lora_term(t.lora_b, t.lora_a, t.scale, anchor)
+                if t.is_lora
+                else asft_penalty([t.delta()], [anchor], 1.0)
+            )
             total = term if total is None else total + term
         assert total is not None  # targets_ is never empty (checked when prepared)
         return self.config.lam * total
@@ -120,10 +130,16 @@ class AsFT(DeltaDefense):
     def before_step(self) -> None:
         """Add the regulariser's gradient to ``.grad``; record its value."""
         super().before_step()
-        tensors = [x for t in self.targets_ for x in ((t.lora_a, t.lora_b) if t.is_lora else (t.weight,))]
+        tensors = [
+            x for t in self.targets_ for x in ((t.lora_a, t.lora_b) if t.is_lora else (t.weight,))
+        ]
         with torch.enable_grad():
             pen = self.penalty()
-            grads = torch.autograd.grad(pen, tensors, allow_unused=True) if pen.requires_grad else [None] * len(tensors)
+            grads = (
+                torch.autograd.grad(pen, tensors, allow_unused=True)
+                if pen.requires_grad
+                else [None] * len(tensors)
+            )
         for p, g in zip(tensors, grads, strict=True):
             if g is not None:
                 g = g.to(p.dtype)

@@ -78,13 +78,17 @@ class EvalSets:
 
     def __post_init__(self) -> None:
         if self.chat is not None and not isinstance(self.chat, bool):
-            raise ConfigError(f"EvalSets.chat: True, False or None (where a chat template exists), got {self.chat!r}")
+            raise ConfigError(
+                f"EvalSets.chat: True, False or None (where a chat template exists), got {self.chat!r}"
+            )
         plain = set(getattr(self, "plain", ()))
         for name in ("harmful", "harmless", "probes"):
             value = getattr(self, name)
             if not isinstance(value, Probes):
                 if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-                    raise ConfigError(f"EvalSets.{name}: a non-empty list of prompts or a Probes, got {value!r:.80}")
+                    raise ConfigError(
+                        f"EvalSets.{name}: a non-empty list of prompts or a Probes, got {value!r:.80}"
+                    )
                 setattr(self, name, Probes(list(value)))
                 plain.add(name)
         self.plain = plain  # the sets given as plain strings (rendered through a chat template where one applies)
@@ -95,15 +99,30 @@ class EvalSets:
 
     def fingerprint(self) -> dict[str, Any]:
         """What changes the measurements (prompt texts, metric specs)."""
+
         def texts(p: Probes) -> list[str]:
             return [str(x) for x in p.prompts]
+
         t = self.task
-        task = (f"{t.__module__}.{t.__qualname__}" if inspect.isfunction(t) else repr(t)) if callable(t) else t
+        task = (
+            (f"{t.__module__}.{t.__qualname__}" if inspect.isfunction(t) else repr(t))
+            if callable(t)
+            else t
+        )
+
         def chat(p: Probes) -> Any:
             return p.conversations if p.is_chat else None
-        return {"harmful": texts(self.harmful), "harmless": texts(self.harmless), "probes": texts(self.probes),
-                "chat": [chat(self.harmful), chat(self.harmless), chat(self.probes)], "task": task, "harm": repr(self.harm), "over_refusal": repr(self.over_refusal),
-                "layers": None if self.layers is None else list(self.layers)}
+
+        return {
+            "harmful": texts(self.harmful),
+            "harmless": texts(self.harmless),
+            "probes": texts(self.probes),
+            "chat": [chat(self.harmful), chat(self.harmless), chat(self.probes)],
+            "task": task,
+            "harm": repr(self.harm),
+            "over_refusal": repr(self.over_refusal),
+            "layers": None if self.layers is None else list(self.layers),
+        }
 
 
 def plain_model(model: Any) -> torch.nn.Module:
@@ -113,7 +132,9 @@ def plain_model(model: Any) -> torch.nn.Module:
     return model
 
 
-def _resolve_harm(sets: EvalSets, metadata: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+def _resolve_harm(
+    sets: EvalSets, metadata: Mapping[str, Any], tokenizer: Any
+) -> tuple[Any, Any, str]:
     spec, source = sets.harm, "EvalSets.harm"
     if spec is None:
         spec = (metadata.get("metrics_spec") or {}).get("harm")
@@ -121,18 +142,26 @@ def _resolve_harm(sets: EvalSets, metadata: Mapping[str, Any], tokenizer: Any) -
     if spec is None and getattr(tokenizer, "chat_template", None):
         spec, source = {"name": "compliance_rate"}, "generation + refusal phrases (chat template)"
     if spec is None:
-        raise MetricError("no harm metric: pass EvalSets(harm=...), declare metadata.metrics_spec['harm'] in the "
-                          "history, or use a tokenizer with a chat template (generation + refusal phrases)")
+        raise MetricError(
+            "no harm metric: pass EvalSets(harm=...), declare metadata.metrics_spec['harm'] in the "
+            "history, or use a tokenizer with a chat template (generation + refusal phrases)"
+        )
     metric = metric_from_spec(spec, label="harm") if isinstance(spec, (str, Mapping)) else spec
     over = sets.over_refusal
     if over is None:
         neg = spec.get("neg") if isinstance(spec, Mapping) else None
-        over = greedy_rate(neg) if neg and not str(spec.get("name", "")).startswith("phrase") else None
+        over = (
+            greedy_rate(neg) if neg and not str(spec.get("name", "")).startswith("phrase") else None
+        )
         if over is None and is_model_metric(metric):
             over = over_refusal_rate(max_new_tokens=getattr(metric, "max_new_tokens", 32))
     elif isinstance(over, (str, Mapping)):
         over = metric_from_spec(over, label="over_refusal")
-    return bind_metric(metric, tokenizer), (None if over is None else bind_metric(over, tokenizer)), source
+    return (
+        bind_metric(metric, tokenizer),
+        (None if over is None else bind_metric(over, tokenizer)),
+        source,
+    )
 
 
 class Scorer:
@@ -146,13 +175,24 @@ class Scorer:
         batch_size: prompts per forward.
     """
 
-    def __init__(self, sets: EvalSets, tokenizer: Any, aligned: torch.nn.Module, *, metadata: Mapping[str, Any],
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        sets: EvalSets,
+        tokenizer: Any,
+        aligned: torch.nn.Module,
+        *,
+        metadata: Mapping[str, Any],
+        batch_size: int = 32,
+    ) -> None:
         self.sets, self.tokenizer, self.batch_size = sets, tokenizer, batch_size
         self.harm, self.over, self.harm_source = _resolve_harm(sets, metadata, tokenizer)
-        self.tok = {n: getattr(sets, n).tokenize(tokenizer) for n in ("harmful", "harmless", "probes")}
+        self.tok = {
+            n: getattr(sets, n).tokenize(tokenizer) for n in ("harmful", "harmless", "probes")
+        }
         n = int(aligned.config.num_hidden_layers)
-        self.layers = list(range(1, n + 1)) if sets.layers is None else [int(x) for x in sets.layers]
+        self.layers = (
+            list(range(1, n + 1)) if sets.layers is None else [int(x) for x in sets.layers]
+        )
         self.aligned_logprobs = self._last_logprobs(aligned, "harmless")
         self.mu_aligned = self.means(aligned)
 
@@ -168,7 +208,11 @@ class Scorer:
         out = []
         for b in self._batches(name):
             logits = self._logits(model, b)
-            out.append(torch.log_softmax(logits[torch.arange(len(b.last_index)), b.last_index].double(), -1))
+            out.append(
+                torch.log_softmax(
+                    logits[torch.arange(len(b.last_index)), b.last_index].double(), -1
+                )
+            )
         return torch.cat(out)
 
     def _values(self, metric: Any, model: Any, name: str) -> torch.Tensor:
@@ -201,8 +245,9 @@ class Scorer:
         rows = acc.read(tp.tokens, tp.weights, acc.sites(self.layers), mask=mask)
         return torch.stack(rows, dim=1).double().mean(0)
 
-    def score(self, model: Any, *, v: Any, r: Any, weight_fraction: Callable[[Any], dict[str, float]]
-              ) -> dict[str, Any]:
+    def score(
+        self, model: Any, *, v: Any, r: Any, weight_fraction: Callable[[Any], dict[str, float]]
+    ) -> dict[str, Any]:
         """Every measure of the module docstring on the fine-tuned ``model``."""
         plain = plain_model(model)
         plain.eval()
@@ -211,7 +256,9 @@ class Scorer:
         out.update(harm_lo=lo, harm_hi=hi)
         if self.over is not None:
             ov = self._values(self.over, plain, "harmless")
-            out.update(over_refusal=float((ov > 0).double().mean()), over_refusal_k=int((ov > 0).sum()))
+            out.update(
+                over_refusal=float((ov > 0).double().mean()), over_refusal_k=int((ov > 0).sum())
+            )
         lp = self._last_logprobs(plain, "harmless")
         ref = self.aligned_logprobs
         out["kl_aligned"] = float((ref.exp() * (ref - lp)).sum(-1).mean())
@@ -221,12 +268,20 @@ class Scorer:
             from revlens.defenses.data import encode_pairs, lm_loss
 
             with torch.no_grad():
-                out["task_loss"] = float(lm_loss(plain, *encode_pairs(self.tokenizer, self.sets.task)))
+                out["task_loss"] = float(
+                    lm_loss(plain, *encode_pairs(self.tokenizer, self.sets.task))
+                )
         drift = self.means(plain) - self.mu_aligned
         for name, d in (("v_rev", v), ("r", r)):
-            cos = [float(torch.nn.functional.cosine_similarity(drift[self.layers.index(layer)],
-                                                               d.vectors[i].double(), dim=0))
-                   for i, layer in enumerate(d.layers) if layer in self.layers]
+            cos = [
+                float(
+                    torch.nn.functional.cosine_similarity(
+                        drift[self.layers.index(layer)], d.vectors[i].double(), dim=0
+                    )
+                )
+                for i, layer in enumerate(d.layers)
+                if layer in self.layers
+            ]
             out[f"cos_drift_{name}"] = sum(cos) / len(cos)
             out[f"cos_drift_{name}_layers"] = cos
         out.update(weight_fraction(plain))

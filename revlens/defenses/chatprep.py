@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 
     from revlens.history.checkpoint import Checkpoint
 
-__all__ = ["full_dir", "has_template", "locator_texts", "merged_cache_root", "refusal_probes", "render_sets"]
+__all__ = [
+    "full_dir",
+    "has_template",
+    "locator_texts",
+    "merged_cache_root",
+    "refusal_probes",
+    "render_sets",
+]
 
 SETS = ("harmful", "harmless", "probes")
 
@@ -52,8 +59,10 @@ def render_sets(sets: EvalSets, tokenizer: "PreTrainedTokenizerBase") -> EvalSet
     if chat is None:
         chat = has_template(tokenizer)
     elif chat and not has_template(tokenizer):
-        raise ConfigError("EvalSets(chat=True): the history's tokenizer has no chat template; pass chat=False "
-                          "(raw text) or a tokenizer with a template")
+        raise ConfigError(
+            "EvalSets(chat=True): the history's tokenizer has no chat template; pass chat=False "
+            "(raw text) or a tokenizer with a template"
+        )
     if not chat:
         return sets
     changed = {n: Probes.from_chat(list(getattr(sets, n).prompts)) for n in SETS if n in sets.plain}
@@ -71,10 +80,15 @@ def refusal_probes(sets: EvalSets) -> tuple[Probes, Any]:
     bad, good = sets.probes, sets.harmless
     labels = ["harmful"] * len(bad) + ["harmless"] * len(good)
     if bad.is_chat and good.is_chat:
-        return Probes.from_chat(bad.conversations + good.conversations, labels=labels), ("post_instruction", 1)
+        return Probes.from_chat(bad.conversations + good.conversations, labels=labels), (
+            "post_instruction",
+            1,
+        )
     if bad.is_chat or good.is_chat:
-        raise ConfigError("EvalSets: probes and harmless must both be chat probes or both plain text (the refusal "
-                          "direction contrasts them at the same positions)")
+        raise ConfigError(
+            "EvalSets: probes and harmless must both be chat probes or both plain text (the refusal "
+            "direction contrasts them at the same positions)"
+        )
     return Probes(list(bad.prompts) + list(good.prompts), labels=labels), "last"
 
 
@@ -93,8 +107,12 @@ def merged_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "revlens" / "merged"
 
 
-def full_dir(ck: "Checkpoint", what: str, tokenizer: "PreTrainedTokenizerBase | None" = None,
-             cache: str | os.PathLike | None = None) -> Path:
+def full_dir(
+    ck: "Checkpoint",
+    what: str,
+    tokenizer: "PreTrainedTokenizerBase | None" = None,
+    cache: str | os.PathLike | None = None,
+) -> Path:
     """A full ``save_pretrained`` dir holding ``ck``'s weights: its own dir, or (a PEFT adapter) the
     adapter merged into its start checkpoint, written once into ``cache`` (default
     :func:`merged_cache_root`) under the merged model's fingerprint, atomically.
@@ -105,8 +123,10 @@ def full_dir(ck: "Checkpoint", what: str, tokenizer: "PreTrainedTokenizerBase | 
     """
     path = ck.local_path()
     if path is None or not path.is_dir():
-        raise CheckpointError(f"compare_defenses needs the {what} checkpoint {ck.name!r} as a save_pretrained dir "
-                              f"or a PEFT adapter dir; got {path}")
+        raise CheckpointError(
+            f"compare_defenses needs the {what} checkpoint {ck.name!r} as a save_pretrained dir "
+            f"or a PEFT adapter dir; got {path}"
+        )
     if ck.kind == "full":
         return Path(path)
     start = ck.require_start()

@@ -94,15 +94,21 @@ def _load(ck: Any, what: str, tokenizer: Any) -> tuple[Path, torch.nn.Module]:
     return path, AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
-def _subspace(scorer: Scorer, base: torch.nn.Module, aligned: torch.nn.Module, v: Directions, k: int) -> Directions:
+def _subspace(
+    scorer: Scorer, base: torch.nn.Module, aligned: torch.nn.Module, v: Directions, k: int
+) -> Directions:
     """Top-k principal axes of the paired (base − aligned) activations per layer, oriented toward base."""
     from revlens.sites import access
 
     tp = scorer.tok["probes"]
     mask = (torch.arange(tp.tokens.shape[1])[None] < tp.lengths[:, None]).long()
     with torch.no_grad():
-        reads = [torch.stack(access(m).read(tp.tokens, tp.weights, access(m).sites(scorer.layers), mask=mask), 1)
-                 for m in (base, aligned)]
+        reads = [
+            torch.stack(
+                access(m).read(tp.tokens, tp.weights, access(m).sites(scorer.layers), mask=mask), 1
+            )
+            for m in (base, aligned)
+        ]
     diffs = (reads[0] - reads[1]).double()  # [prompt, layer, d]
     rows = []
     for i in range(len(scorer.layers)):
@@ -130,8 +136,12 @@ def _safety(aligned: torch.nn.Module, tokenizer: Any, sets: EvalSets) -> tuple[i
     tok = copy.copy(tokenizer)
     tok.padding_side = "right"
     try:
-        found = locate_safety_layers(aligned, tok, locator_texts(sets.harmless, tokenizer),
-                                     locator_texts(sets.probes, tokenizer))
+        found = locate_safety_layers(
+            aligned,
+            tok,
+            locator_texts(sets.harmless, tokenizer),
+            locator_texts(sets.probes, tokenizer),
+        )
     except ProbeError as exc:
         log.warning("safety layers not located: %s", exc)
         return None
@@ -145,7 +155,10 @@ def _weight_fraction(base_dir: Path, aligned_dir: Path) -> Any:
     def measure(model: torch.nn.Module) -> dict[str, float]:
         catalog = build_catalog(model.config)
         params = dict(model.named_parameters())
-        base, aligned = FullReader(base_dir, "base", catalog), FullReader(aligned_dir, "aligned", catalog)
+        base, aligned = (
+            FullReader(base_dir, "base", catalog),
+            FullReader(aligned_dir, "aligned", catalog),
+        )
         dot = v2 = d2 = 0.0
         try:
             for name, p in catalog.params.items():
@@ -155,21 +168,40 @@ def _weight_fraction(base_dir: Path, aligned_dir: Path) -> Any:
                 v = w_a - base.read(p).double()
                 w = params[name].detach().double()
                 dw = (w.T if p.transpose else w) - w_a
-                dot, v2, d2 = dot + float((dw * v).sum()), v2 + float((v * v).sum()), d2 + float((dw * dw).sum())
+                dot, v2, d2 = (
+                    dot + float((dw * v).sum()),
+                    v2 + float((v * v).sum()),
+                    d2 + float((dw * dw).sum()),
+                )
         finally:
             base.close()
             aligned.close()
-        return {"reverted_fraction": -dot / v2 if v2 else float("nan"),
-                "cos_dw_minus_v": -dot / (v2 * d2) ** 0.5 if v2 and d2 else float("nan")}
+        return {
+            "reverted_fraction": -dot / v2 if v2 else float("nan"),
+            "cos_dw_minus_v": -dot / (v2 * d2) ** 0.5 if v2 and d2 else float("nan"),
+        }
+
     return measure
 
 
 def _key(parts: dict[str, Any]) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(
+        json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8
+    ).hexdigest()
 
 
-def _run(ctx: Context, scorer: Scorer, cfg: CompareConfig, name: str, control: bool, seed: int, v: Directions,
-         r: Directions, weights: Any, device: Any) -> dict[str, Any]:
+def _run(
+    ctx: Context,
+    scorer: Scorer,
+    cfg: CompareConfig,
+    name: str,
+    control: bool,
+    seed: int,
+    v: Directions,
+    r: Directions,
+    weights: Any,
+    device: Any,
+) -> dict[str, Any]:
     """One fine-tune, scored: the row of the table (and its trajectory)."""
     recipe = ctx.recipe
     strategies = [] if name == "none" else build_defense(name, ctx, cfg, control=control, seed=seed)
@@ -183,18 +215,42 @@ def _run(ctx: Context, scorer: Scorer, cfg: CompareConfig, name: str, control: b
 
     t0 = time.perf_counter()
     with PeakMemory(device) as mem:
-        model = recipe.train(ctx.aligned, ctx.tokenizer, seed=seed, strategies=strategies, on_step=on_step)
-    seconds = time.perf_counter() - t0  # the trajectory's scoring included (the same points in every run)
-    row = {"defense": name, "control": control, "seed": seed, "seconds": seconds, "peak_mb": mem.peak_mb,
-           **scorer.score(model, v=v, r=r, weight_fraction=weights)}
-    trajectory.append({"step": recipe.steps, **{k: row[k] for k in ("harm_k", "harm_n", "harm_rate", "harm_score")}})
+        model = recipe.train(
+            ctx.aligned, ctx.tokenizer, seed=seed, strategies=strategies, on_step=on_step
+        )
+    seconds = (
+        time.perf_counter() - t0
+    )  # the trajectory's scoring included (the same points in every run)
+    row = {
+        "defense": name,
+        "control": control,
+        "seed": seed,
+        "seconds": seconds,
+        "peak_mb": mem.peak_mb,
+        **scorer.score(model, v=v, r=r, weight_fraction=weights),
+    }
+    trajectory.append(
+        {
+            "step": recipe.steps,
+            **{k: row[k] for k in ("harm_k", "harm_n", "harm_rate", "harm_score")},
+        }
+    )
     row["trajectory"] = trajectory
     return row
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def compare_defenses(history: Any, recipe: FinetuneRecipe, sets: EvalSets, *, config: CompareConfig | None = None,
-                     out: Any = None, device: Any = None, progress: bool = True, **settings: Any) -> DefenseComparison:
+def compare_defenses(
+    history: Any,
+    recipe: FinetuneRecipe,
+    sets: EvalSets,
+    *,
+    config: CompareConfig | None = None,
+    out: Any = None,
+    device: Any = None,
+    progress: bool = True,
+    **settings: Any,
+) -> DefenseComparison:
     """Run every defense beside its random control and the undefended run (module docstring).
 
     Args:
@@ -223,9 +279,13 @@ def compare_defenses(history: Any, recipe: FinetuneRecipe, sets: EvalSets, *, co
     if not isinstance(sets, EvalSets):
         raise ConfigError(f"sets must be an EvalSets, got {type(sets).__name__}")
     if type(recipe).batches is FinetuneRecipe.batches and recipe.data is None:
-        raise ConfigError("recipe: data= is required (a JSONL file of {prompt, answer} records or a list of pairs)")
+        raise ConfigError(
+            "recipe: data= is required (a JSONL file of {prompt, answer} records or a list of pairs)"
+        )
     if "lisa" in cfg.defenses and sets.alignment is None:
-        raise ConfigError("defense 'lisa' needs alignment data: EvalSets(alignment=...) (prompt, answer) pairs")
+        raise ConfigError(
+            "defense 'lisa' needs alignment data: EvalSets(alignment=...) (prompt, answer) pairs"
+        )
     hist = History.load(history)
     tokenizer = hist.tokenizer()
     sets = render_sets(sets, tokenizer)
@@ -233,27 +293,63 @@ def compare_defenses(history: Any, recipe: FinetuneRecipe, sets: EvalSets, *, co
     aligned_dir, aligned = _load(hist.aligned, "aligned", tokenizer)
     root = None if out is None else check_writable_dir(out, create=True)
     scorer = Scorer(sets, tokenizer, aligned, metadata=hist.metadata)
-    v = Directions.from_tensor(scorer.means(base) - scorer.mu_aligned, scorer.layers, method="mean_diff")
+    v = Directions.from_tensor(
+        scorer.means(base) - scorer.mu_aligned, scorer.layers, method="mean_diff"
+    )
     alignment = None if sets.alignment is None else read_pairs(sets.alignment, "alignment")
-    ctx = Context(base_dir, aligned_dir, aligned, tokenizer, sets.probes, v,
-                  _subspace(scorer, base, aligned, v, cfg.subspace_k), _refusal(aligned, sets, scorer.layers),
-                  _safety(aligned, tokenizer, sets), int(aligned.config.num_hidden_layers), recipe,
-                  alignment, recipe.lora_rank > 0)
+    ctx = Context(
+        base_dir,
+        aligned_dir,
+        aligned,
+        tokenizer,
+        sets.probes,
+        v,
+        _subspace(scorer, base, aligned, v, cfg.subspace_k),
+        _refusal(aligned, sets, scorer.layers),
+        _safety(aligned, tokenizer, sets),
+        int(aligned.config.num_hidden_layers),
+        recipe,
+        alignment,
+        recipe.lora_rank > 0,
+    )
     del base
-    runs = [("none", False)] + [(n, c) for n in cfg.defenses for c in ((False,) if cfg.skip_controls else (False, True))]
+    runs = [("none", False)] + [
+        (n, c) for n in cfg.defenses for c in ((False,) if cfg.skip_controls else (False, True))
+    ]
     for name, control in runs[1:]:  # every defense's settings checked before any training
         build_defense(name, ctx, cfg, control=control, seed=cfg.seeds[0])
     weights = _weight_fraction(base_dir, aligned_dir)
-    ident = {"format": FORMAT, "base": hist.base[0].model_fingerprint(), "aligned": hist.aligned.model_fingerprint(),
-             "recipe": recipe.key(), "sets": sets.fingerprint(), "trajectory_points": cfg.trajectory_points,
-             "control_seed": cfg.control_seed, "device": str(device or "cpu")}
+    ident = {
+        "format": FORMAT,
+        "base": hist.base[0].model_fingerprint(),
+        "aligned": hist.aligned.model_fingerprint(),
+        "recipe": recipe.key(),
+        "sets": sets.fingerprint(),
+        "trajectory_points": cfg.trajectory_points,
+        "control_seed": cfg.control_seed,
+        "device": str(device or "cpu"),
+    }
     if root is None or not any(root.glob("runs/*/*.json")):
-        recipe.replace(steps=1).train(aligned, tokenizer, seed=cfg.seeds[0])  # warm-up: one-time costs
+        recipe.replace(steps=1).train(
+            aligned, tokenizer, seed=cfg.seeds[0]
+        )  # warm-up: one-time costs
     rows = []
     jobs = [(s, n, c) for s in cfg.seeds for n, c in runs]
     for seed, name, control in tqdm(jobs, desc="compare_defenses", disable=not progress):
-        key = _key({**ident, "defense": name, "control": control, "seed": seed, "settings": cfg.settings(name)})
-        path = None if root is None else root / "runs" / (name + ("-control" if control else "")) / f"seed{seed}-{key}.json"
+        key = _key(
+            {
+                **ident,
+                "defense": name,
+                "control": control,
+                "seed": seed,
+                "settings": cfg.settings(name),
+            }
+        )
+        path = (
+            None
+            if root is None
+            else root / "runs" / (name + ("-control" if control else "")) / f"seed{seed}-{key}.json"
+        )
         if path is not None and path.is_file():
             rows.append(read_json(path, "defense run"))
             continue
@@ -262,8 +358,14 @@ def compare_defenses(history: Any, recipe: FinetuneRecipe, sets: EvalSets, *, co
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, {**row, "key": key})
         rows.append(row)
-    meta = {"config": cfg.to_dict(), "recipe": {k: x for k, x in recipe.to_dict().items() if k != "data"},
-            "recipe_class": type(recipe).__qualname__, "harm_metric": scorer.harm_source,
-            "safety_layers": None if ctx.safety is None else list(ctx.safety), "layers": scorer.layers, "machine": machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    meta = {
+        "config": cfg.to_dict(),
+        "recipe": {k: x for k, x in recipe.to_dict().items() if k != "data"},
+        "recipe_class": type(recipe).__qualname__,
+        "harm_metric": scorer.harm_source,
+        "safety_layers": None if ctx.safety is None else list(ctx.safety),
+        "layers": scorer.layers,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     return DefenseComparison.from_rows(rows, meta)

@@ -26,9 +26,14 @@ __all__ = ["encode_pairs", "lm_loss", "read_pairs"]
 def _pair(item: Any, where: str) -> tuple[str, str]:
     if isinstance(item, dict):
         item = (item.get("prompt"), item.get("answer"))
-    if (not isinstance(item, (tuple, list)) or len(item) != 2
-            or not all(isinstance(s, str) and s.strip() for s in item)):
-        raise DatasetError(f"{where}: expected a (prompt, answer) pair of non-empty strings, got {item!r}")
+    if (
+        not isinstance(item, (tuple, list))
+        or len(item) != 2
+        or not all(isinstance(s, str) and s.strip() for s in item)
+    ):
+        raise DatasetError(
+            f"{where}: expected a (prompt, answer) pair of non-empty strings, got {item!r}"
+        )
     return str(item[0]), str(item[1])
 
 
@@ -41,7 +46,9 @@ def read_pairs(value: Any, field: str) -> list[tuple[str, str]]:
             set is empty (the culprit named with ``field`` and its line).
     """
     if value is None:
-        raise ConfigError(f"{field}: required — a JSONL file of {{prompt, answer}} records or a list of pairs")
+        raise ConfigError(
+            f"{field}: required — a JSONL file of {{prompt, answer}} records or a list of pairs"
+        )
     if isinstance(value, (str, Path)):
         path = Path(value)
         if not path.is_file():
@@ -57,7 +64,9 @@ def read_pairs(value: Any, field: str) -> list[tuple[str, str]]:
     elif isinstance(value, Sequence):
         out = [_pair(item, f"{field}[{i}]") for i, item in enumerate(value)]
     else:
-        raise ConfigError(f"{field}: expected a JSONL path or a list of pairs, got {type(value).__name__}")
+        raise ConfigError(
+            f"{field}: expected a JSONL path or a list of pairs, got {type(value).__name__}"
+        )
     if not out:
         raise DatasetError(f"{field}: no (prompt, answer) pair")
     return out
@@ -67,13 +76,17 @@ def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     if chat:  # the same rendering (and ids: no doubled BOS) as chat probes
         from revlens.probes.chat import ChatTemplate
 
-        return list(ChatTemplate.resolve(None, tokenizer).render(tokenizer, [{"role": "user", "content": prompt}],
-                                                                 where="a fine-tuning prompt").ids)
+        return list(
+            ChatTemplate.resolve(None, tokenizer)
+            .render(tokenizer, [{"role": "user", "content": prompt}], where="a fine-tuning prompt")
+            .ids
+        )
     return list(tokenizer(prompt)["input_ids"])
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, chat: bool = False, max_length: int = 256
-                 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], *, chat: bool = False, max_length: int = 256
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """``(input_ids, attention_mask, labels)`` of ``pairs`` (module docstring); rows longer than
     ``max_length`` keep their first ``max_length`` tokens.
 
@@ -87,8 +100,13 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], *, chat: bool
     for prompt, answer in pairs:
         p = _prompt_ids(tokenizer, prompt, chat)
         if len(p) >= max_length:
-            raise ConfigError(f"prompt {prompt[:40]!r}... has {len(p)} tokens, max_length={max_length}")
-        a = [*tokenizer(("" if chat else " ") + answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            raise ConfigError(
+                f"prompt {prompt[:40]!r}... has {len(p)} tokens, max_length={max_length}"
+            )
+        a = [
+            *tokenizer(("" if chat else " ") + answer, add_special_tokens=False)["input_ids"],
+            tokenizer.eos_token_id,
+        ]
         rows.append((p + a)[:max_length])
         starts.append(len(p))
     width = max(len(r) for r in rows)
@@ -106,5 +124,8 @@ def lm_loss(model: Any, ids: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
     """Mean next-token cross-entropy on the labelled positions (answer-only)."""
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                             labels[:, 1:].reshape(-1).to(device), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1).to(device),
+        ignore_index=-100,
+    )

@@ -42,7 +42,14 @@ if TYPE_CHECKING:
     from revlens.history import History
     from revlens.lab.real.data import RealSets
 
-__all__ = ["REAL_DEFENSES", "RealDefensePlan", "compare_real", "real_eval_sets", "real_history", "real_recipe"]
+__all__ = [
+    "REAL_DEFENSES",
+    "RealDefensePlan",
+    "compare_real",
+    "real_eval_sets",
+    "real_history",
+    "real_recipe",
+]
 
 REAL_DEFENSES = ("update", "safelora", "asft", "safety_freeze", "procon", "subspace", "lisa")
 """The defenses run on the real track by default (each beside its random control; what was cut and why:
@@ -81,26 +88,44 @@ class RealDefensePlan:
     layers: tuple[int, ...] = (5, 10, 15, 20, 25, 30)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "lora_rank", "max_length", "n_harmful", "n_harmless", "n_probes",
-                     "n_task", "n_alignment", "max_new_tokens"):
+        for name in (
+            "steps",
+            "batch_size",
+            "lora_rank",
+            "max_length",
+            "n_harmful",
+            "n_harmless",
+            "n_probes",
+            "n_task",
+            "n_alignment",
+            "max_new_tokens",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"RealDefensePlan.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(
+                    f"RealDefensePlan.{name} must be a positive integer, got {value!r}"
+                )
         if not self.layers or not all(isinstance(x, int) and 1 <= x <= 30 for x in self.layers):
-            raise ConfigError(f"RealDefensePlan.layers: block indices in 1..30, got {self.layers!r}")
+            raise ConfigError(
+                f"RealDefensePlan.layers: block indices in 1..30, got {self.layers!r}"
+            )
         if not self.lr > 0:
             raise ConfigError(f"RealDefensePlan.lr must be > 0, got {self.lr!r}")
         known = ("jbb", "harmbench", "strongreject")
         if len(set(self.harmful_sources)) < 2 or not set(self.harmful_sources) <= set(known):
-            raise ConfigError(f"RealDefensePlan.harmful_sources: at least two distinct of {known}, got "
-                              f"{self.harmful_sources}")
+            raise ConfigError(
+                f"RealDefensePlan.harmful_sources: at least two distinct of {known}, got "
+                f"{self.harmful_sources}"
+            )
 
 
 def _adapter() -> Path:
     return Path(__file__).resolve().parent / "assets" / "real" / "aligned"
 
 
-def real_history(adapter: str | os.PathLike | None = None, base: str | os.PathLike | None = None) -> "History":
+def real_history(
+    adapter: str | os.PathLike | None = None, base: str | os.PathLike | None = None
+) -> "History":
     """The track's base → aligned pair as a history: base the converted package model, aligned the
     safety adapter (default: the shipped one) on it.
 
@@ -112,7 +137,9 @@ def real_history(adapter: str | os.PathLike | None = None, base: str | os.PathLi
 
     adapter = Path(adapter) if adapter is not None else _adapter()
     if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"no safety adapter at {adapter} (expected adapter_config.json; `make assets` writes it)")
+        raise ConfigError(
+            f"no safety adapter at {adapter} (expected adapter_config.json; `make assets` writes it)"
+        )
     base = Path(base) if base is not None else model_package_dir("smollm2-135m-instruct")
     return History.from_dirs(base=base, aligned=adapter)
 
@@ -123,13 +150,24 @@ def _sets(plan: RealDefensePlan) -> "RealSets":
     return real_sets()
 
 
-def real_recipe(plan: RealDefensePlan | None = None, sets: "RealSets | None" = None) -> FinetuneRecipe:
+def real_recipe(
+    plan: RealDefensePlan | None = None, sets: "RealSets | None" = None
+) -> FinetuneRecipe:
     """The benign fine-tune: LoRA on ChatterBot ``train`` pairs (chat-rendered prompts) from aligned."""
     plan = plan or RealDefensePlan()
     sets = sets if sets is not None else _sets(plan)
-    return FinetuneRecipe(data=[tuple(p) for p in sets.benign_pairs], steps=plan.steps, batch_size=plan.batch_size,
-                          lr=plan.lr, optimizer="adamw", lora_rank=plan.lora_rank, lora_alpha=plan.lora_alpha,
-                          lora_targets=plan.lora_targets, chat=True, max_length=plan.max_length)
+    return FinetuneRecipe(
+        data=[tuple(p) for p in sets.benign_pairs],
+        steps=plan.steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        optimizer="adamw",
+        lora_rank=plan.lora_rank,
+        lora_alpha=plan.lora_alpha,
+        lora_targets=plan.lora_targets,
+        chat=True,
+        max_length=plan.max_length,
+    )
 
 
 def real_eval_sets(plan: RealDefensePlan | None = None, sets: "RealSets | None" = None) -> EvalSets:
@@ -144,24 +182,37 @@ def real_eval_sets(plan: RealDefensePlan | None = None, sets: "RealSets | None" 
     for name in plan.harmful_sources:
         p = sets.held_harmful[name]
         if len(p) < plan.n_harmful:
-            raise ConfigError(f"held-out {name}: {len(p)} prompts, fewer than n_harmful={plan.n_harmful}")
+            raise ConfigError(
+                f"held-out {name}: {len(p)} prompts, fewer than n_harmful={plan.n_harmful}"
+            )
         held.append(p.subset(range(plan.n_harmful)))
     harmful = combine(*held)
     align = list(sets.align_harmful)
     probes = align[: plan.n_probes]
     half = plan.n_alignment // 2
-    refusals = [(p, refusal_for(p)) for p in align[plan.n_probes: plan.n_probes + half]]
+    refusals = [(p, refusal_for(p)) for p in align[plan.n_probes : plan.n_probes + half]]
     benign = [tuple(p) for p in sets.benign_pairs[: plan.n_alignment - half]]
-    return EvalSets(harmful=list(harmful.prompts), harmless=list(sets.held_harmless.prompts)[: plan.n_harmless],
-                    probes=probes, task=[tuple(p) for p in sets.held_pairs[: plan.n_task]],
-                    alignment=refusals + benign,
-                    harm={"name": "compliance_rate", "max_new_tokens": plan.max_new_tokens}, chat=True,
-                    layers=list(plan.layers))
+    return EvalSets(
+        harmful=list(harmful.prompts),
+        harmless=list(sets.held_harmless.prompts)[: plan.n_harmless],
+        probes=probes,
+        task=[tuple(p) for p in sets.held_pairs[: plan.n_task]],
+        alignment=refusals + benign,
+        harm={"name": "compliance_rate", "max_new_tokens": plan.max_new_tokens},
+        chat=True,
+        layers=list(plan.layers),
+    )
 
 
-def compare_real(out: str | os.PathLike | None = None, *, plan: RealDefensePlan | None = None,
-                 adapter: str | os.PathLike | None = None, config: CompareConfig | None = None, progress: bool = True,
-                 **settings: Any) -> DefenseComparison:
+def compare_real(
+    out: str | os.PathLike | None = None,
+    *,
+    plan: RealDefensePlan | None = None,
+    adapter: str | os.PathLike | None = None,
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> DefenseComparison:
     """:func:`revlens.compare_defenses` on the real track (module docstring); ``config`` / ``settings``:
     a :class:`~revlens.defenses.CompareConfig` and its fields (default defenses :data:`REAL_DEFENSES`).
     Resumable with ``out`` (a run with more defenses reuses the runs already done)."""
@@ -172,5 +223,11 @@ def compare_real(out: str | os.PathLike | None = None, *, plan: RealDefensePlan 
         settings.setdefault("defenses", REAL_DEFENSES)
     else:
         settings["config"] = config
-    return compare_defenses(hist, real_recipe(plan, sets), real_eval_sets(plan, sets), out=out, progress=progress,
-                            **settings)
+    return compare_defenses(
+        hist,
+        real_recipe(plan, sets),
+        real_eval_sets(plan, sets),
+        out=out,
+        progress=progress,
+        **settings,
+    )

@@ -22,17 +22,35 @@ def test_compare_real_at_tiny_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("REVLENS_CACHE_DIR", str(tmp_path / "cache"))
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    plan = RealDefensePlan(steps=1, n_harmful=2, n_harmless=2, n_probes=2, n_task=2, n_alignment=2,
-                           max_new_tokens=4, layers=(15, 30))
+    plan = RealDefensePlan(
+        steps=1,
+        n_harmful=2,
+        n_harmless=2,
+        n_probes=2,
+        n_task=2,
+        n_alignment=2,
+        max_new_tokens=4,
+        layers=(15, 30),
+    )
     try:
-        cmp = compare_real(tmp_path / "out", plan=plan, defenses=("update",), seeds=(0,), trajectory_points=0,
-                           progress=False)
+        cmp = compare_real(
+            tmp_path / "out",
+            plan=plan,
+            defenses=("update",),
+            seeds=(0,),
+            trajectory_points=0,
+            progress=False,
+        )
     except MissingExtraError as exc:
         pytest.skip(str(exc))
     finally:
         torch.set_num_threads(n)
     t = cmp.table
-    assert sorted(zip(t["defense"], t["control"])) == [("none", False), ("update", False), ("update", True)]
+    assert sorted(zip(t["defense"], t["control"])) == [
+        ("none", False),
+        ("update", False),
+        ("update", True),
+    ]
     assert (t["harm_n"] == 4).all() and t["harm_k"].between(0, 4).all()
     assert cmp.meta["harm_metric"] == "EvalSets.harm" and cmp.meta["layers"] == [15, 30]
     assert len(list((tmp_path / "cache" / "merged").iterdir())) == 1  # the adapter merged once

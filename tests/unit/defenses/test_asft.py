@@ -39,15 +39,26 @@ def test_penalty_and_its_gradient_equal_the_hand_computation(pair):
     total = 0.0
     for n in LORA_NAMES:
         layer = lora_layer(model, n)
-        b, a = layer.lora_B["default"].weight.detach().double(), layer.lora_A["default"].weight.detach().double()
+        b, a = (
+            layer.lora_B["default"].weight.detach().double(),
+            layer.lora_A["default"].weight.detach().double(),
+        )
         m = torch.eye(b.shape[0], dtype=torch.float64) - _c(pair, n)  # I − C
         r = m @ (SCALE * b @ a)
-        total += float((r ** 2).sum())
+        total += float((r**2).sum())
         # d/dB λ‖M s B A‖² = 2λ s Mᵀ(M s B A) Aᵀ ;  d/dA = 2λ s Bᵀ Mᵀ (M s B A)
-        torch.testing.assert_close(layer.lora_B["default"].weight.grad.double(), 2 * lam * SCALE * m.T @ r @ a.T,
-                                   rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(layer.lora_A["default"].weight.grad.double(), 2 * lam * SCALE * b.T @ m.T @ r,
-                                   rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(
+            layer.lora_B["default"].weight.grad.double(),
+            2 * lam * SCALE * m.T @ r @ a.T,
+            rtol=1e-4,
+            atol=1e-7,
+        )
+        torch.testing.assert_close(
+            layer.lora_A["default"].weight.grad.double(),
+            2 * lam * SCALE * b.T @ m.T @ r,
+            rtol=1e-4,
+            atol=1e-7,
+        )
     assert asft.records_[-1].quantity == "penalty"
     assert asft.records_[-1].value == pytest.approx(lam * total, rel=1e-5)
 
@@ -56,21 +67,35 @@ def _off_part(pair, model):
     out = 0.0
     for n in LORA_NAMES:
         layer = lora_layer(model, n)
-        dw = SCALE * layer.lora_B["default"].weight.detach().double() @ layer.lora_A["default"].weight.detach().double()
+        dw = (
+            SCALE
+            * layer.lora_B["default"].weight.detach().double()
+            @ layer.lora_A["default"].weight.detach().double()
+        )
         out += float(((dw - _c(pair, n) @ dw) ** 2).sum())
     return out
 
 
 def test_lora_through_the_hf_trainer_shrinks_the_off_alignment_part(pair, tmp_path):
-    free = Trainer(model=lora_model(pair, init=True), args=args(tmp_path, steps=6, lr=0.05), train_dataset=Seqs())
+    free = Trainer(
+        model=lora_model(pair, init=True),
+        args=args(tmp_path, steps=6, lr=0.05),
+        train_dataset=Seqs(),
+    )
     free.train()
     asft = AsFT(pair["base"], pair["aligned"], lam=2.0)
-    trainer = Trainer(model=lora_model(pair, init=True), args=args(tmp_path, steps=6, lr=0.05), train_dataset=Seqs())
+    trainer = Trainer(
+        model=lora_model(pair, init=True),
+        args=args(tmp_path, steps=6, lr=0.05),
+        train_dataset=Seqs(),
+    )
     add_to_trainer(trainer, asft)
     trainer.train()
     logged = [r for r in trainer.state.log_history if "loss" in r]
     assert len(logged) == 6 and all("revlens/asft_penalty" in r for r in logged)
-    assert logged[0]["revlens/asft_penalty"] == 0.0 and logged[-1]["revlens/asft_penalty"] > 0  # B = 0 at start
+    assert (
+        logged[0]["revlens/asft_penalty"] == 0.0 and logged[-1]["revlens/asft_penalty"] > 0
+    )  # B = 0 at start
     off_free, off_asft = _off_part(pair, free.model), _off_part(pair, trainer.model)
     assert off_free > 0 and off_asft < 0.5 * off_free, (off_asft, off_free)
 
@@ -94,7 +119,14 @@ def test_full_fine_tuning_in_a_plain_loop(pair, projection):
         model = aligned_model(pair)
         start = model.transformer.h[1].attn.c_attn.weight.detach().double().clone()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        asft = AsFT(pair["base"], pair["aligned"], lam=lam, projection=projection, k=4, params=r"h\.1\.attn\.c_attn")
+        asft = AsFT(
+            pair["base"],
+            pair["aligned"],
+            lam=lam,
+            projection=projection,
+            k=4,
+            params=r"h\.1\.attn\.c_attn",
+        )
         with asft.attached(model, opt):
             train_plain(model, opt, steps=5)
         assert asft.step_ == 5 and len(asft.targets_) == 1
@@ -113,7 +145,9 @@ def test_registered_and_bad_inputs(pair, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         AsFT(pair["base"], tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="matches params"):
-        AsFT(pair["base"], pair["aligned"], params="no_such_weight").attach(aligned_model(pair), wrap_step=False)
+        AsFT(pair["base"], pair["aligned"], params="no_such_weight").attach(
+            aligned_model(pair), wrap_step=False
+        )
 
 
 @pytest.mark.parametrize("anchor_kind", ["safelora", "projector"])
@@ -123,7 +157,9 @@ def test_the_lora_form_equals_the_penalty_on_the_formed_update(anchor_kind):
     g = torch.Generator().manual_seed(0)
     b, a = torch.randn(12, 3, generator=g), torch.randn(3, 7, generator=g)
     v = torch.randn(12, 7, generator=g, dtype=torch.float64)
-    anchor = (v, float(v.norm())) if anchor_kind == "safelora" else (torch.linalg.svd(v)[0][:, :4], 1.0)
+    anchor = (
+        (v, float(v.norm())) if anchor_kind == "safelora" else (torch.linalg.svd(v)[0][:, :4], 1.0)
+    )
     want = asft_penalty([1.5 * b.double() @ a.double()], [anchor], 1.0)
     got = asft_lora_term(b, a, 1.5, anchor)
     assert float(want) > 0

@@ -31,12 +31,18 @@ def chat_pair(tmp_path_factory):
     base, tok = families.build("llama", 0)
     aligned = families.perturbed(base, 0.05, 1)
     torch.manual_seed(3)
-    lora = get_peft_model(families.build("llama", 0)[0],
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = get_peft_model(
+        families.build("llama", 0)[0],
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     (root / "adapter").mkdir()
     lora.save_pretrained(root / "adapter")
-    return {"base": families.save(base, tok, root / "base"), "aligned": families.save(aligned, tok, root / "aligned"),
-            "adapter": root / "adapter", "tok": tok}
+    return {
+        "base": families.save(base, tok, root / "base"),
+        "aligned": families.save(aligned, tok, root / "aligned"),
+        "adapter": root / "adapter",
+        "tok": tok,
+    }
 
 
 def _ids(tok, text):
@@ -52,7 +58,9 @@ class Spy:
     def __call__(self, logits, batch):
         for i, last in enumerate(batch.last_index.tolist()):
             self.rows.append(batch.tokens[i, : last + 1].tolist())
-        lp = torch.log_softmax(logits[torch.arange(len(batch.last_index)), batch.last_index].float(), -1)
+        lp = torch.log_softmax(
+            logits[torch.arange(len(batch.last_index)), batch.last_index].float(), -1
+        )
         return lp[:, 5] - lp[:, 0]
 
 
@@ -74,11 +82,23 @@ def _run(chat_pair, monkeypatch, chat=None, history=None):
     monkeypatch.setattr(dirs, "refusal_directions", refusal)
     monkeypatch.setattr(d, "locate_safety_layers", locate)
     spy = Spy()
-    sets = EvalSets(harmful=HARMFUL, harmless=HARMLESS, probes=PROBES, task=DATA[:4], harm=spy, chat=chat)
+    sets = EvalSets(
+        harmful=HARMFUL, harmless=HARMLESS, probes=PROBES, task=DATA[:4], harm=spy, chat=chat
+    )
     hist = history or {"base": str(chat_pair["base"]), "aligned": str(chat_pair["aligned"])}
-    recipe = FinetuneRecipe(data=DATA, steps=1, batch_size=4, lr=0.05, optimizer="sgd", chat=True, max_length=32)
-    cmp = compare_defenses(hist, recipe, sets, defenses=("update",), seeds=(0,), skip_controls=True,
-                           trajectory_points=0, progress=False)
+    recipe = FinetuneRecipe(
+        data=DATA, steps=1, batch_size=4, lr=0.05, optimizer="sgd", chat=True, max_length=32
+    )
+    cmp = compare_defenses(
+        hist,
+        recipe,
+        sets,
+        defenses=("update",),
+        seeds=(0,),
+        skip_controls=True,
+        trajectory_points=0,
+        progress=False,
+    )
     return cmp, spy, seen
 
 
@@ -89,9 +109,14 @@ def test_plain_strings_reach_every_measure_through_the_chat_template(chat_pair, 
     harmful_rows = spy.rows[: len(HARMFUL)]
     assert len(harmful_rows) == len(HARMFUL)
     for row, text in zip(harmful_rows, HARMFUL, strict=True):
-        assert row == head + _ids(tok, text) + tail  # the template's markers around the user's words
+        assert (
+            row == head + _ids(tok, text) + tail
+        )  # the template's markers around the user's words
     assert seen["refusal"] == (True, ("post_instruction", 1))
-    assert all(t.startswith("<bos> user :") and t.rstrip().endswith("<bos> assistant :") for t in seen["locator"])
+    assert all(
+        t.startswith("<bos> user :") and t.rstrip().endswith("<bos> assistant :")
+        for t in seen["locator"]
+    )
     assert cmp.meta["harm_metric"] == "EvalSets.harm" and len(cmp.table) == 2
 
 
@@ -118,15 +143,24 @@ def test_chat_true_without_a_template_is_refused_before_training(pair, monkeypat
     import revlens.defenses.recipe as recipe_mod
 
     monkeypatch.setattr(recipe_mod.FinetuneRecipe, "train", lambda *a, **k: pytest.fail("trained"))
-    sets = EvalSets(harmful=["w1 w2"], harmless=["w3 w4", "w5"], probes=["w6 w7"], harm="greedy_rate", chat=True)
+    sets = EvalSets(
+        harmful=["w1 w2"], harmless=["w3 w4", "w5"], probes=["w6 w7"], harm="greedy_rate", chat=True
+    )
     with pytest.raises(ConfigError, match="no chat template"):
-        compare_defenses({"base": str(pair["base"]), "aligned": str(pair["aligned"])},
-                         FinetuneRecipe(data=[("w1", "w2")], steps=1), sets, defenses=("update",), progress=False)
+        compare_defenses(
+            {"base": str(pair["base"]), "aligned": str(pair["aligned"])},
+            FinetuneRecipe(data=[("w1", "w2")], steps=1),
+            sets,
+            defenses=("update",),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="EvalSets.chat"):
         EvalSets(harmful=["w1"], harmless=["w2"], probes=["w3"], chat="yes")
 
 
-def test_an_adapter_aligned_is_merged_once_into_a_content_keyed_cache(chat_pair, monkeypatch, tmp_path):
+def test_an_adapter_aligned_is_merged_once_into_a_content_keyed_cache(
+    chat_pair, monkeypatch, tmp_path
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -137,14 +171,25 @@ def test_an_adapter_aligned_is_merged_once_into_a_content_keyed_cache(chat_pair,
     merged = list((tmp_path / "cache" / "merged").iterdir())
     assert len(merged) == 1 and (merged[0] / "config.json").is_file()
     got = AutoModelForCausalLM.from_pretrained(str(merged[0])).state_dict()
-    want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(chat_pair["base"])),
-                                     str(chat_pair["adapter"])).merge_and_unload().state_dict()
+    want = (
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(chat_pair["base"])), str(chat_pair["adapter"])
+        )
+        .merge_and_unload()
+        .state_dict()
+    )
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
-    assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"],
-                           AutoModelForCausalLM.from_pretrained(str(chat_pair["base"])).state_dict()[
-                               "model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        got["model.layers.0.self_attn.q_proj.weight"],
+        AutoModelForCausalLM.from_pretrained(str(chat_pair["base"])).state_dict()[
+            "model.layers.0.self_attn.q_proj.weight"
+        ],
+    )
     stamp = os.stat(merged[0] / "config.json").st_mtime_ns
-    again, _, _ = _run(chat_pair, monkeypatch, history=History.from_dirs(base=chat_pair["base"],
-                                                                         aligned=chat_pair["adapter"]))
+    again, _, _ = _run(
+        chat_pair,
+        monkeypatch,
+        history=History.from_dirs(base=chat_pair["base"], aligned=chat_pair["adapter"]),
+    )
     assert os.stat(merged[0] / "config.json").st_mtime_ns == stamp  # reused, not rewritten
     assert again.table["harm_score"].tolist() == cmp.table["harm_score"].tolist()

@@ -8,15 +8,18 @@ from revlens.errors import ConfigError
 from revlens.lab import real_defenses as rd
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"steps": 0}, "steps"),
-    ({"n_harmful": True}, "n_harmful"),
-    ({"lr": 0.0}, "lr"),
-    ({"harmful_sources": ("jbb",)}, "harmful_sources"),
-    ({"harmful_sources": ("jbb", "advbench")}, "harmful_sources"),
-    ({"layers": (0, 5)}, "layers"),
-    ({"layers": ()}, "layers"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"steps": 0}, "steps"),
+        ({"n_harmful": True}, "n_harmful"),
+        ({"lr": 0.0}, "lr"),
+        ({"harmful_sources": ("jbb",)}, "harmful_sources"),
+        ({"harmful_sources": ("jbb", "advbench")}, "harmful_sources"),
+        ({"layers": (0, 5)}, "layers"),
+        ({"layers": ()}, "layers"),
+    ],
+)
 def test_bad_plans_are_refused_by_name(bad, match):
     with pytest.raises(ConfigError, match=match):
         rd.RealDefensePlan(**bad)
@@ -24,7 +27,14 @@ def test_bad_plans_are_refused_by_name(bad, match):
 
 def test_the_default_plan_is_the_documented_one():
     p = rd.RealDefensePlan()
-    assert (p.steps, p.batch_size, p.lr, p.lora_rank, p.n_harmful, p.max_new_tokens) == (6, 4, 1e-3, 8, 12, 16)
+    assert (p.steps, p.batch_size, p.lr, p.lora_rank, p.n_harmful, p.max_new_tokens) == (
+        6,
+        4,
+        1e-3,
+        8,
+        12,
+        16,
+    )
     assert p.harmful_sources == ("jbb", "harmbench") and p.layers == (5, 10, 15, 20, 25, 30)
     assert rd.REAL_DEFENSES[:5] == ("update", "safelora", "asft", "safety_freeze", "procon")
 
@@ -68,8 +78,29 @@ def test_the_command_line_takes_the_real_track_by_module_callable(monkeypatch, t
 
     monkeypatch.setattr(d, "compare_defenses", fake)
     m = "revlens.lab.real_defenses:"
-    assert main(["defenses", "compare", m + "real_history", "--recipe", m + "real_recipe", "--sets",
-                 m + "real_eval_sets", "--out", str(tmp_path / "o"), "--steps", "3", "--seeds", "4", "5", "6",
-                 "--defenses", *rd.REAL_DEFENSES]) == 0
+    assert (
+        main(
+            [
+                "defenses",
+                "compare",
+                m + "real_history",
+                "--recipe",
+                m + "real_recipe",
+                "--sets",
+                m + "real_eval_sets",
+                "--out",
+                str(tmp_path / "o"),
+                "--steps",
+                "3",
+                "--seeds",
+                "4",
+                "5",
+                "6",
+                "--defenses",
+                *rd.REAL_DEFENSES,
+            ]
+        )
+        == 0
+    )
     assert seen["history"] is hist and seen["sets"] is sets and seen["recipe"].steps == 3
     assert seen["config"].defenses == rd.REAL_DEFENSES and seen["config"].seeds == (4, 5, 6)
