@@ -119,6 +119,7 @@ class EvalSets:
             "probes": texts(self.probes),
             "chat": [chat(self.harmful), chat(self.harmless), chat(self.probes)],
             "task": task,
+            "task_chat": self.harmful.is_chat,  # task pairs are rendered as the harmful prompts are
             "harm": repr(self.harm),
             "over_refusal": repr(self.over_refusal),
             "layers": None if self.layers is None else list(self.layers),
@@ -269,7 +270,12 @@ class Scorer:
 
             with torch.no_grad():
                 out["task_loss"] = float(
-                    lm_loss(plain, *encode_pairs(self.tokenizer, self.sets.task))
+                    lm_loss(
+                        plain,
+                        *encode_pairs(
+                            self.tokenizer, self.sets.task, chat=self.sets.harmful.is_chat
+                        ),
+                    )
                 )
         drift = self.means(plain) - self.mu_aligned
         for name, d in (("v_rev", v), ("r", r)):

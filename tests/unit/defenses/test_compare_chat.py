@@ -66,9 +66,18 @@ class Spy:
 
 def _run(chat_pair, monkeypatch, chat=None, history=None):
     import revlens.defenses as d
+    import revlens.defenses.data as data
     import revlens.directions as dirs
 
-    seen = {}
+    seen = {"task_chat": []}
+    real_encode = data.encode_pairs
+
+    def encode(tok, pairs, **kw):
+        if [tuple(p) for p in pairs] == DATA[:4]:
+            seen["task_chat"].append(kw.get("chat", False))
+        return real_encode(tok, pairs, **kw)
+
+    monkeypatch.setattr(data, "encode_pairs", encode)
     real_refusal, real_locate = dirs.refusal_directions, d.locate_safety_layers
 
     def refusal(model, probes, **kw):
@@ -113,6 +122,7 @@ def test_plain_strings_reach_every_measure_through_the_chat_template(chat_pair, 
             row == head + _ids(tok, text) + tail
         )  # the template's markers around the user's words
     assert seen["refusal"] == (True, ("post_instruction", 1))
+    assert seen["task_chat"] and all(seen["task_chat"])  # the task loss reads chat-rendered pairs
     assert all(
         t.startswith("<bos> user :") and t.rstrip().endswith("<bos> assistant :")
         for t in seen["locator"]
@@ -125,6 +135,7 @@ def test_chat_false_keeps_the_raw_text(chat_pair, monkeypatch):
     _, spy, seen = _run(chat_pair, monkeypatch, chat=False)
     assert spy.rows[: len(HARMFUL)] == [_ids(tok, t) for t in HARMFUL]
     assert seen["refusal"] == (False, "last") and seen["locator"][: len(HARMLESS)] == HARMLESS
+    assert seen["task_chat"] and not any(seen["task_chat"])
 
 
 def test_fine_tuning_pairs_are_rendered_like_the_probes(chat_pair):
