@@ -27,7 +27,7 @@ The comparison is the library's (:mod:`revlens.defenses.compare`); this module o
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from revlens.defenses import (
     CompareConfig,
@@ -211,7 +211,7 @@ def compare_real(
     adapter: str | os.PathLike | None = None,
     config: CompareConfig | None = None,
     progress: bool = True,
-    **settings: Any,
+    **settings: int | float | bool | tuple[int, ...] | tuple[str, ...],
 ) -> DefenseComparison:
     """:func:`revlens.compare_defenses` on the real track (module docstring); ``config`` / ``settings``:
     a :class:`~revlens.defenses.CompareConfig` and its fields (default defenses :data:`REAL_DEFENSES`).
