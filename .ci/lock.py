@@ -112,7 +112,7 @@ def write(out: Path) -> None:
     ]
     body = [f"{n}=={v}" for n, v in sorted(versions.items())]
     out.write_text("\n".join(head + notes + body) + "\n")
-    print(f"lock: wrote {out} ({len(versions)} packages)")  # noqa: T201
+    print(f"lock: wrote {out} ({len(versions)} packages)")
 
 
 def read(path: Path) -> dict[str, str]:
@@ -139,11 +139,13 @@ def compare(path: Path) -> int:
             moved.append(f"  - {name} {a} (locked, not installed now)")
         else:
             moved.append(f"  {'↑' if Version(b) > Version(a) else '↓'} {name} {a} -> {b}")
-    print(f"test-latest: {len(moved)} package(s) moved against {path.name}"  # noqa: T201
-          + (":" if moved else " (the newest releases are the locked ones)"))
-    print("\n".join(moved))  # noqa: T201
+    print(
+        f"test-latest: {len(moved)} package(s) moved against {path.name}"
+        + (":" if moved else " (the newest releases are the locked ones)")
+    )
+    print("\n".join(moved))
     if missing:
-        print(f"test-latest: not installed: {', '.join(missing)}")  # noqa: T201
+        print(f"test-latest: not installed: {', '.join(missing)}")
     return 0
 
 

@@ -49,12 +49,29 @@ def _model():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS_TOTAL, intermediate_size=688, vocab_size=VOCAB,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS_TOTAL,
+        intermediate_size=688,
+        vocab_size=VOCAB,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
-    return get_peft_model(LlamaForCausalLM(cfg).train(), LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    return get_peft_model(
+        LlamaForCausalLM(cfg).train(),
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        ),
+    )
 
 
 class _Clock:
@@ -84,7 +101,9 @@ def run(quick: bool) -> dict:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     layers = [round(LAYERS_TOTAL * (i + 1) / DEPTH) for i in range(DEPTH)]
-    probes = Probes([torch.randint(2, VOCAB, (PROBE_LEN,), generator=g).tolist() for _ in range(N_PROBES)])
+    probes = Probes(
+        [torch.randint(2, VOCAB, (PROBE_LEN,), generator=g).tolist() for _ in range(N_PROBES)]
+    )
     v = Directions.from_tensor(torch.randn(DEPTH, HIDDEN, generator=g), layers)
     batches = [torch.randint(2, VOCAB, (TRAIN_BATCH, TRAIN_LEN), generator=g) for _ in range(8)]
     model = _model()
@@ -134,12 +153,25 @@ def run(quick: bool) -> dict:
     b.detach()
     parts = {k: v / n for k, v in clock.s.items()}  # seconds per step
     blocker_s = parts.pop("blocker before_step (all)") + parts.pop("blocker after_step (all)")
-    algebra = blocker_s - parts["probe forward (per refresh)"] - parts["per-row backwards (per refresh)"]
-    breakdown = {"training step (forward, backward, AdamW)": total - blocker_s, **parts,
-                 "projection algebra and bookkeeping": algebra, "total": total}
-    return {"wall_s": med, "cpu_s": med_cpu, "ratio": {k: med[k] / med["plain"] for k in med},
-            "cpu_ratio": {k: med_cpu[k] / med_cpu["plain"] for k in med_cpu}, "breakdown_s_per_step": breakdown,
-            "rounds": rounds, "steps_per_round": n, "blocked_layers": layers}
+    algebra = (
+        blocker_s - parts["probe forward (per refresh)"] - parts["per-row backwards (per refresh)"]
+    )
+    breakdown = {
+        "training step (forward, backward, AdamW)": total - blocker_s,
+        **parts,
+        "projection algebra and bookkeeping": algebra,
+        "total": total,
+    }
+    return {
+        "wall_s": med,
+        "cpu_s": med_cpu,
+        "ratio": {k: med[k] / med["plain"] for k in med},
+        "cpu_ratio": {k: med_cpu[k] / med_cpu["plain"] for k in med_cpu},
+        "breakdown_s_per_step": breakdown,
+        "rounds": rounds,
+        "steps_per_round": n,
+        "blocked_layers": layers,
+    }
 
 
 def main() -> None:
@@ -149,26 +181,31 @@ def main() -> None:
     warnings.simplefilter("ignore")
     res = run(args.quick)
     for k in res["wall_s"]:
-        print(f"{k:45s} {res['wall_s'][k] * 1e3:7.0f} ms/step wall  x{res['ratio'][k]:.2f}   "
-              f"cpu x{res['cpu_ratio'][k]:.2f}")
+        print(
+            f"{k:45s} {res['wall_s'][k] * 1e3:7.0f} ms/step wall  x{res['ratio'][k]:.2f}   "
+            f"cpu x{res['cpu_ratio'][k]:.2f}"
+        )
     print("breakdown of the default blocked step (s per step):")
     for k, s in res["breakdown_s_per_step"].items():
         print(f"  {k:45s} {s * 1e3:7.0f} ms")
     bd = res["breakdown_s_per_step"]
     plain_part = bd["training step (forward, backward, AdamW)"]
     r = res["ratio"]
-    res["readme"] = [{
-        "benchmark": "goal: LoRA update-blocking of 4 layers (defaults), step time / unblocked, 8 × 64 training tokens, "
-                     "side by side (`bench_blocking.py`; breakdown per step: probe forward / per-row backwards / "
-                     "algebra, in units of the plain step)",
-        "measured": f"**{r['blocked, defaults (loop)']:.2f}×** wall, {res['cpu_ratio']['blocked, defaults (loop)']:.2f}× "
-                    f"CPU (vmap {r['blocked, vmap (one batched backward)']:.2f}×; refresh_every=3 "
-                    f"{r['blocked, refresh_every=3 (not default)']:.2f}×, probe batches of 16 "
-                    f"{r['blocked, probe batches of 16 (not default)']:.2f}×); parts "
-                    f"{bd['probe forward (per refresh)'] / plain_part:.2f} / "
-                    f"{bd['per-row backwards (per refresh)'] / plain_part:.2f} / "
-                    f"{bd['projection algebra and bookkeeping'] / plain_part:.2f}",
-        "target": "≤ 2×"}]
+    res["readme"] = [
+        {
+            "benchmark": "goal: LoRA update-blocking of 4 layers (defaults), step time / unblocked, 8 × 64 training tokens, "
+            "side by side (`bench_blocking.py`; breakdown per step: probe forward / per-row backwards / "
+            "algebra, in units of the plain step)",
+            "measured": f"**{r['blocked, defaults (loop)']:.2f}×** wall, {res['cpu_ratio']['blocked, defaults (loop)']:.2f}× "
+            f"CPU (vmap {r['blocked, vmap (one batched backward)']:.2f}×; refresh_every=3 "
+            f"{r['blocked, refresh_every=3 (not default)']:.2f}×, probe batches of 16 "
+            f"{r['blocked, probe batches of 16 (not default)']:.2f}×); parts "
+            f"{bd['probe forward (per refresh)'] / plain_part:.2f} / "
+            f"{bd['per-row backwards (per refresh)'] / plain_part:.2f} / "
+            f"{bd['projection algebra and bookkeeping'] / plain_part:.2f}",
+            "target": "≤ 2×",
+        }
+    ]
     print(_common.write("blocking_goal", res))
 
 

@@ -215,11 +215,14 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    result["readme"] = [{
-        "benchmark": f"batched causal sweep (v_rev + {controls} controls, clamp + patch, all layers) vs one "
-                     "intervention per `run_with_hooks` forward",
-        "measured": f"**{result['speedup_grow_vs_naive']:.1f}×** faster, max diff {result['max_abs_diff_vs_naive']:.1e}",
-        "target": "≥ 3×"}]
+    result["readme"] = [
+        {
+            "benchmark": f"batched causal sweep (v_rev + {controls} controls, clamp + patch, all layers) vs one "
+            "intervention per `run_with_hooks` forward",
+            "measured": f"**{result['speedup_grow_vs_naive']:.1f}×** faster, max diff {result['max_abs_diff_vs_naive']:.1e}",
+            "target": "≥ 3×",
+        }
+    ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

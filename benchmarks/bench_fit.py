@@ -41,21 +41,37 @@ def make_stats(n: int, d: int, seed: int = 0, layers: int = 1) -> HistoryStats:
     g = torch.Generator().manual_seed(seed)
     scale = torch.linspace(0.2, 3.0, d, dtype=torch.float64)
     aligned = torch.randn(n, layers, d, generator=g, dtype=torch.float64) * scale
-    base = aligned + torch.randn(layers, d, generator=g, dtype=torch.float64) + 0.7 * scale * torch.randn(
-        n, layers, d, generator=g, dtype=torch.float64)
+    base = (
+        aligned
+        + torch.randn(layers, d, generator=g, dtype=torch.float64)
+        + 0.7 * scale * torch.randn(n, layers, d, generator=g, dtype=torch.float64)
+    )
     cks = {}
     for name, x in (("base", base), ("aligned", aligned)):
         st = CheckpointStats(name, list(range(layers)))
         st.update(x, torch.arange(n), n_bootstrap=20, seed=0, second=False, keep=True)
         cks[name] = st.finalize()
-    return HistoryStats(layers=list(range(layers)), site="resid_post", position="last", d_model=d, checkpoints=cks,
-                        roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)}, run_starts={},
-                        meta={"n_prompts": n})
+    return HistoryStats(
+        layers=list(range(layers)),
+        site="resid_post",
+        position="last",
+        d_model=d,
+        checkpoints=cks,
+        roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)},
+        run_starts={},
+        meta={"n_prompts": n},
+    )
 
 
 def cell(method: str, n: int, d: int, args: argparse.Namespace, skip: set[str]) -> dict:
     stats = make_stats(n, d)
-    row: dict = {"method": method, "n_prompts": n, "d_model": d, "k": args.k, "n_bootstrap": args.n_bootstrap}
+    row: dict = {
+        "method": method,
+        "n_prompts": n,
+        "d_model": d,
+        "k": args.k,
+        "n_bootstrap": args.n_bootstrap,
+    }
     bases = {}
     for solver in SOLVERS:
         if (method, solver) in skip:
@@ -65,23 +81,34 @@ def cell(method: str, n: int, d: int, args: argparse.Namespace, skip: set[str]) 
         span = est._uses_span(stats)
         row[f"path_{solver}"] = "span" if span else "dense"
         first, refit, fixed = _costs(method, span, n, d, args.k)
-        predicted = (first + args.n_bootstrap * refit) / flop_rate() + fixed * (1 + args.n_bootstrap)
+        predicted = (first + args.n_bootstrap * refit) / flop_rate() + fixed * (
+            1 + args.n_bootstrap
+        )
         if predicted > 3 * args.cell_limit:
             row[solver], row[f"skipped_{solver}"] = None, f"predicted {predicted:.0f} s"
             continue
         once = best_of(lambda est=est: est.fit(stats), 1)
         # best of --repeats for cells under 2 s (a busy machine's noise), one run beyond
-        row[solver] = min(once, best_of(lambda est=est: est.fit(stats), args.repeats - 1)) \
-            if once < 2.0 and args.repeats > 1 else once
+        row[solver] = (
+            min(once, best_of(lambda est=est: est.fit(stats), args.repeats - 1))
+            if once < 2.0 and args.repeats > 1
+            else once
+        )
         bases[solver] = est.direction_.basis.double()
         if row[solver] > args.cell_limit:
             skip.add((method, solver))  # type: ignore[arg-type]
     if len(bases) == 2:
         row["max_basis_diff"] = float((bases["dense"] - bases["auto"]).abs().max())
         row["ratio_dense_over_auto"] = row["dense"] / max(row["auto"], 1e-9)
-    print(f"{method:9s} n={n:5d} d={d:5d}  dense {_fmt(row['dense'])}  auto {_fmt(row['auto'])}"
-          + (f"  ×{row['ratio_dense_over_auto']:.1f}  Δ={row['max_basis_diff']:.1e}" if len(bases) == 2 else ""),
-          flush=True)
+    print(
+        f"{method:9s} n={n:5d} d={d:5d}  dense {_fmt(row['dense'])}  auto {_fmt(row['auto'])}"
+        + (
+            f"  ×{row['ratio_dense_over_auto']:.1f}  Δ={row['max_basis_diff']:.1e}"
+            if len(bases) == 2
+            else ""
+        ),
+        flush=True,
+    )
     return row
 
 
@@ -115,12 +142,19 @@ def analyze_shape(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     ESTIMATORS["whitened"](solver="dense", n_bootstrap=20).fit(few)
     dense = (time.perf_counter() - t) * 30 / args.dense_layers
-    print(f"analyze-shape fit, all methods: {new:.1f} s; dense whitened alone (scaled to 30 layers): {dense:.0f} s")
-    write(args.name + "_analyze_shape", {"command": "python benchmarks/bench_fit.py --analyze-shape",
-                                         "shape": {"layers": 30, "prompts": 16, "d_model": 576, "n_stability": 20},
-                                         "fit_all_methods_s": round(new, 2),
-                                         "dense_whitened_scaled_s": round(dense, 1),
-                                         "dense_layers_timed": args.dense_layers})
+    print(
+        f"analyze-shape fit, all methods: {new:.1f} s; dense whitened alone (scaled to 30 layers): {dense:.0f} s"
+    )
+    write(
+        args.name + "_analyze_shape",
+        {
+            "command": "python benchmarks/bench_fit.py --analyze-shape",
+            "shape": {"layers": 30, "prompts": 16, "d_model": 576, "n_stability": 20},
+            "fit_all_methods_s": round(new, 2),
+            "dense_whitened_scaled_s": round(dense, 1),
+            "dense_layers_timed": args.dense_layers,
+        },
+    )
 
 
 def main() -> None:
@@ -129,11 +163,22 @@ def main() -> None:
     p.add_argument("--k", type=int, default=1, help="n_components (rank of the fitted basis)")
     p.add_argument("--n-bootstrap", type=int, default=5, help="stability refits per fit")
     p.add_argument("--repeats", type=int, default=3, help="best of, for cells under 2 s")
-    p.add_argument("--cell-limit", type=float, default=10.0, help="skip larger cells of a solver past this (s)")
+    p.add_argument(
+        "--cell-limit", type=float, default=10.0, help="skip larger cells of a solver past this (s)"
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--name", default="fit", help="results/<name>.json")
-    p.add_argument("--analyze-shape", action="store_true", help="only the SmolLM2-shaped analyze fit (issue 29)")
-    p.add_argument("--dense-layers", type=int, default=1, help="layers of the dense whitened timing (scaled to 30)")
+    p.add_argument(
+        "--analyze-shape",
+        action="store_true",
+        help="only the SmolLM2-shaped analyze fit (issue 29)",
+    )
+    p.add_argument(
+        "--dense-layers",
+        type=int,
+        default=1,
+        help="layers of the dense whitened timing (scaled to 30)",
+    )
     args = p.parse_args()
     if args.analyze_shape:
         analyze_shape(args)
@@ -148,15 +193,28 @@ def main() -> None:
     def result() -> dict:
         return {
             "command": "python benchmarks/bench_fit.py" + (" --full" if args.full else ""),
-            "settings": {"k": args.k, "n_bootstrap": args.n_bootstrap, "repeats": args.repeats, "layers": 1,
-                         "d_sweep_prompts": n_fixed, "prompt_sweep_d": d_fixed, "cell_limit_s": args.cell_limit},
-            "vs_d": by_d, "vs_prompts": by_n,
-            "slope_vs_d": slopes(by_d, "d_model"), "slope_vs_prompts": slopes(by_n, "n_prompts"),
-            "max_basis_diff": max((r.get("max_basis_diff", 0.0) for r in by_d + by_n), default=math.nan),
+            "settings": {
+                "k": args.k,
+                "n_bootstrap": args.n_bootstrap,
+                "repeats": args.repeats,
+                "layers": 1,
+                "d_sweep_prompts": n_fixed,
+                "prompt_sweep_d": d_fixed,
+                "cell_limit_s": args.cell_limit,
+            },
+            "vs_d": by_d,
+            "vs_prompts": by_n,
+            "slope_vs_d": slopes(by_d, "d_model"),
+            "slope_vs_prompts": slopes(by_n, "n_prompts"),
+            "max_basis_diff": max(
+                (r.get("max_basis_diff", 0.0) for r in by_d + by_n), default=math.nan
+            ),
             "wall_s": round(time.perf_counter() - start, 1),
         }
 
-    for method in args.methods:  # results are rewritten after every cell (a cut run keeps its cells)
+    for (
+        method
+    ) in args.methods:  # results are rewritten after every cell (a cut run keeps its cells)
         skip: set = set()
         for d in dims:
             by_d.append(cell(method, n_fixed, d, args, skip))

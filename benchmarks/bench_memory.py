@@ -49,8 +49,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 TARGET_GROWTH = 0.05
 TARGET_RATIO = 1.25
-SIZES = {"full": dict(hidden_size=512, num_hidden_layers=8, intermediate_size=2048, vocab_size=32000),
-         "quick": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=768, vocab_size=8000)}
+SIZES = {
+    "full": dict(hidden_size=512, num_hidden_layers=8, intermediate_size=2048, vocab_size=32000),
+    "quick": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=768, vocab_size=8000),
+}
 N_PROMPTS, PROMPT_LEN, BATCH = 32, 16, 8
 
 
@@ -91,7 +93,9 @@ def _tokenizer(vocab: int):
     words = ["<pad>", "<eos>", *[f"w{i}" for i in range(vocab - 2)]]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>"
+    )
 
 
 def write_model_history(root: Path, size: str) -> None:
@@ -103,8 +107,16 @@ def write_model_history(root: Path, size: str) -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    cfg = LlamaConfig(**SIZES[size], num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        **SIZES[size],
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     tok = _tokenizer(cfg.vocab_size)
@@ -122,8 +134,12 @@ def write_model_history(root: Path, size: str) -> None:
         if name == "aligned":
             aligned = LlamaForCausalLM.from_pretrained(str(root / "plain" / "aligned"))
     for step in (1, 2, 3):
-        peft_model = get_peft_model(aligned, LoraConfig(r=16, lora_alpha=32,
-                                                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        peft_model = get_peft_model(
+            aligned,
+            LoraConfig(
+                r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+            ),
+        )
         with torch.no_grad():
             for n, p in peft_model.named_parameters():
                 if "lora_" in n:
@@ -175,7 +191,9 @@ def model_worker(root: Path, row: str) -> dict:
     t0 = time.perf_counter()
     if name == "boot":
         lm = LensModel.boot(hist.aligned.local_path(), dtype=dtype, low_memory=low)
-        with torch.no_grad():  # one forward: every weight is read (from_pretrained maps the file lazily)
+        with (
+            torch.no_grad()
+        ):  # one forward: every weight is read (from_pretrained maps the file lazily)
             lm.bridge(torch.tensor([[2, 3, 4, 5]]))
     else:
         lm = hist.boot(dtype=dtype, low_memory=low)
@@ -183,16 +201,36 @@ def model_worker(root: Path, row: str) -> dict:
             lm.load(hist["run/step-1"])
         elif name == "collect":
             moments = opts.get("moments", "none")
-            stats = collect(hist, probes, model=lm, n_bootstrap=0, batch_size=BATCH, moments=moments,
-                            keep=moments, progress=False)
-            stats_mb = sum(t.numel() * t.element_size() for st in stats.checkpoints.values()
-                           for t in st.tensors().values()) / 2**20
+            stats = collect(
+                hist,
+                probes,
+                model=lm,
+                n_bootstrap=0,
+                batch_size=BATCH,
+                moments=moments,
+                keep=moments,
+                progress=False,
+            )
+            stats_mb = (
+                sum(
+                    t.numel() * t.element_size()
+                    for st in stats.checkpoints.values()
+                    for t in st.tensors().values()
+                )
+                / 2**20
+            )
     wall = time.perf_counter() - t0
     model_mb = lm.swapper.targets.nbytes() / 2**20
     peak = (_hwm_mb() if exact else _peak_mb()) - base
-    out = {"row": row, "model_mb": round(model_mb, 1), "peak_above_baseline_mb": round(peak, 1),
-           "ratio": round(peak / model_mb, 3), "checkpoints": len(hist), "wall_s": round(wall, 2),
-           "peak": "VmHWM after reset" if exact else "ru_maxrss (upper bound)"}
+    out = {
+        "row": row,
+        "model_mb": round(model_mb, 1),
+        "peak_above_baseline_mb": round(peak, 1),
+        "ratio": round(peak / model_mb, 3),
+        "checkpoints": len(hist),
+        "wall_s": round(wall, 2),
+        "peak": "VmHWM after reset" if exact else "ru_maxrss (upper bound)",
+    }
     if name == "collect":
         out["statistics_mb"] = round(stats_mb, 1)
     return out
@@ -207,9 +245,15 @@ MODEL_ROWS = [
     ("boot + collect, 5 checkpoints", "collect:steps=3"),
     ("boot + collect, 5 checkpoints, sharded", "collect:steps=3,layout=sharded"),
     ("bf16 from fp32 files: boot + collect, 5 (streamed)", "collect:steps=3,dtype=bfloat16"),
-    ("bf16 from fp32 files: boot + collect, 5 (from_pretrained)", "collect:steps=3,dtype=bfloat16,low_memory=0"),
+    (
+        "bf16 from fp32 files: boot + collect, 5 (from_pretrained)",
+        "collect:steps=3,dtype=bfloat16,low_memory=0",
+    ),
     ("LoRA history: boot + collect, aligned + 3 adapters", "collect:steps=3,layout=lora"),
-    ("boot + collect, 5, second moments + kept activations (analyze)", "collect:steps=3,moments=reference"),
+    (
+        "boot + collect, 5, second moments + kept activations (analyze)",
+        "collect:steps=3,moments=reference",
+    ),
 ]
 # History.boot + swap + collect: the 1.25x goal (weights and forwards; analyze's second moments,
 # O(layers x d^2) float64 per reference checkpoint, are statistics and reported beside it)
@@ -224,8 +268,16 @@ def _write_tiny_history(root: Path) -> None:
 
     hf_logging.disable_progress_bar()
     tokenizer = _tokenizer(62)
-    cfg = GPT2Config(vocab_size=62, n_positions=24, n_embd=64, n_layer=4, n_head=4, bos_token_id=1,
-                     eos_token_id=1, pad_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=62,
+        n_positions=24,
+        n_embd=64,
+        n_layer=4,
+        n_head=4,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).eval()
     g = torch.Generator().manual_seed(1)
@@ -248,11 +300,17 @@ def prompt_worker(root: Path, n_prompts: int, keep: str) -> dict:
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
-    hist = History.from_dirs(base=root / "base", aligned=root / "aligned",
-                             runs={"run": {1: root / "run/1", 2: root / "run/2"}})
+    hist = History.from_dirs(
+        base=root / "base",
+        aligned=root / "aligned",
+        runs={"run": {1: root / "run/1", 2: root / "run/2"}},
+    )
     lm = LensModel.boot(root / "aligned")
     rng = random.Random(0)
-    prompts = [" ".join(f"w{rng.randrange(60)}" for _ in range(rng.randint(4, 12))) for _ in range(n_prompts)]
+    prompts = [
+        " ".join(f"w{rng.randrange(60)}" for _ in range(rng.randint(4, 12)))
+        for _ in range(n_prompts)
+    ]
     collect(hist, prompts[:32], model=lm, keep=keep, progress=False)  # warm-up: lazy allocations
     base = _rss_mb()
     peak = [base]
@@ -274,13 +332,21 @@ def prompt_worker(root: Path, n_prompts: int, keep: str) -> dict:
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert stats.meta["n_prompts"] == n_prompts
-    return {"n_prompts": n_prompts, "keep": keep, "wall_s": round(wall, 3), "peak_rss_mb": round(_peak_mb(), 2),
-            "collect_rss_delta_mb": round(peak[0] - base, 2), "tracemalloc_peak_mb": round(py_peak / 2**20, 3)}
+    return {
+        "n_prompts": n_prompts,
+        "keep": keep,
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(_peak_mb(), 2),
+        "collect_rss_delta_mb": round(peak[0] - base, 2),
+        "tracemalloc_peak_mb": round(py_peak / 2**20, 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------ main
 def _child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -291,13 +357,25 @@ def run_model_rows(size: str) -> dict:
         for label, spec in MODEL_ROWS:
             row = {"label": label, **_child("--model-worker", tmp, spec)}
             rows.append(row)
-            print(f"{label:58s} peak {row['peak_above_baseline_mb']:7.1f} MB / model {row['model_mb']:6.1f} MB "
-                  f"= {row['ratio']:5.2f}x  ({row['wall_s']:.1f} s)", flush=True)
-    goal = [r for r in rows if r["row"].startswith(GOAL_ROWS) and "low_memory=0" not in r["row"]
-            and "moments=" not in r["row"]]
-    return {"model": f"Llama {SIZES[size]}", "target_ratio": TARGET_RATIO, "rows": rows,
-            "met": all(r["ratio"] <= TARGET_RATIO for r in goal),
-            "worst_goal_row": max(goal, key=lambda r: r["ratio"])["label"]}
+            print(
+                f"{label:58s} peak {row['peak_above_baseline_mb']:7.1f} MB / model {row['model_mb']:6.1f} MB "
+                f"= {row['ratio']:5.2f}x  ({row['wall_s']:.1f} s)",
+                flush=True,
+            )
+    goal = [
+        r
+        for r in rows
+        if r["row"].startswith(GOAL_ROWS)
+        and "low_memory=0" not in r["row"]
+        and "moments=" not in r["row"]
+    ]
+    return {
+        "model": f"Llama {SIZES[size]}",
+        "target_ratio": TARGET_RATIO,
+        "rows": rows,
+        "met": all(r["ratio"] <= TARGET_RATIO for r in goal),
+        "worst_goal_row": max(goal, key=lambda r: r["ratio"])["label"],
+    }
 
 
 def run_prompt_rows(quick: bool) -> dict:
@@ -309,16 +387,25 @@ def run_prompt_rows(quick: bool) -> dict:
             for n in (n1, 10 * n1):
                 row = _child("--prompt-worker", tmp, str(n), keep)
                 rows.append(row)
-                print(f"keep={keep:9s} prompts={n:5d}  peak RSS {row['peak_rss_mb']:8.1f} MB  "
-                      f"collect ΔRSS {row['collect_rss_delta_mb']:6.1f} MB  {row['wall_s']:6.2f} s", flush=True)
+                print(
+                    f"keep={keep:9s} prompts={n:5d}  peak RSS {row['peak_rss_mb']:8.1f} MB  "
+                    f"collect ΔRSS {row['collect_rss_delta_mb']:6.1f} MB  {row['wall_s']:6.2f} s",
+                    flush=True,
+                )
     growth = {}
     for keep in ("none", "reference"):
         a, b = (r for r in rows if r["keep"] == keep)
-        growth[keep] = {"peak_rss": round(b["peak_rss_mb"] / a["peak_rss_mb"] - 1, 4),
-                        "collect_rss_delta_mb": round(b["collect_rss_delta_mb"] - a["collect_rss_delta_mb"], 2)}
-    return {"model": "GPT-2 4 layers, d_model 64, 4 checkpoints, batch 32, n_bootstrap 100",
-            "target_peak_rss_growth": TARGET_GROWTH, "growth": growth, "rows": rows,
-            "met": all(g["peak_rss"] <= TARGET_GROWTH for g in growth.values())}
+        growth[keep] = {
+            "peak_rss": round(b["peak_rss_mb"] / a["peak_rss_mb"] - 1, 4),
+            "collect_rss_delta_mb": round(b["collect_rss_delta_mb"] - a["collect_rss_delta_mb"], 2),
+        }
+    return {
+        "model": "GPT-2 4 layers, d_model 64, 4 checkpoints, batch 32, n_bootstrap 100",
+        "target_peak_rss_growth": TARGET_GROWTH,
+        "growth": growth,
+        "rows": rows,
+        "met": all(g["peak_rss"] <= TARGET_GROWTH for g in growth.values()),
+    }
 
 
 def _readme_rows(result: dict) -> list[dict]:
@@ -327,29 +414,48 @@ def _readme_rows(result: dict) -> list[dict]:
     if "model_rows" in result:
         m = result["model_rows"]
         cells = "; ".join(f"{r['label']}: {r['ratio']:.2f}×" for r in m["rows"])
-        rows.append({"benchmark": f"peak RSS above the import baseline / the model's size ({m['model']}; fresh "
-                                  "processes)", "measured": cells,
-                     "target": f"≤ {m['target_ratio']}× for boot + swap + collect ({'met' if m['met'] else 'not met: ' + m['worst_goal_row']})"})
+        rows.append(
+            {
+                "benchmark": f"peak RSS above the import baseline / the model's size ({m['model']}; fresh "
+                "processes)",
+                "measured": cells,
+                "target": f"≤ {m['target_ratio']}× for boot + swap + collect ({'met' if m['met'] else 'not met: ' + m['worst_goal_row']})",
+            }
+        )
     if "prompt_rows" in result:
         g = result["prompt_rows"]["growth"]
-        rows.append({"benchmark": "peak RSS of `collect`, 10× vs 1× the prompts (by `keep`)",
-                     "measured": ", ".join(f"{k}: {100 * v['peak_rss']:+.1f} %" for k, v in g.items()),
-                     "target": f"≤ +{100 * TARGET_GROWTH:.0f} %"})
+        rows.append(
+            {
+                "benchmark": "peak RSS of `collect`, 10× vs 1× the prompts (by `keep`)",
+                "measured": ", ".join(f"{k}: {100 * v['peak_rss']:+.1f} %" for k, v in g.items()),
+                "target": f"≤ +{100 * TARGET_GROWTH:.0f} %",
+            }
+        )
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a ~5 M-parameter model; 64 vs 640 prompts")
+    ap.add_argument(
+        "--quick", action="store_true", help="a ~5 M-parameter model; 64 vs 640 prompts"
+    )
     ap.add_argument("--part", choices=("all", "model", "prompts"), default="all")
     ap.add_argument("--model-worker", nargs=2, metavar=("ROOT", "ROW"), help=argparse.SUPPRESS)
-    ap.add_argument("--prompt-worker", nargs=3, metavar=("ROOT", "N", "KEEP"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--prompt-worker", nargs=3, metavar=("ROOT", "N", "KEEP"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.model_worker:
         print(json.dumps(model_worker(Path(args.model_worker[0]), args.model_worker[1])))
         return
     if args.prompt_worker:
-        print(json.dumps(prompt_worker(Path(args.prompt_worker[0]), int(args.prompt_worker[1]), args.prompt_worker[2])))
+        print(
+            json.dumps(
+                prompt_worker(
+                    Path(args.prompt_worker[0]), int(args.prompt_worker[1]), args.prompt_worker[2]
+                )
+            )
+        )
         return
     from _common import write
 
@@ -357,13 +463,17 @@ def main() -> None:
     if args.part in ("all", "model"):
         result["model_rows"] = run_model_rows("quick" if args.quick else "full")
         m = result["model_rows"]
-        print(f"History.boot + swap + collect <= {TARGET_RATIO}x the model: {'met' if m['met'] else 'NOT met'} "
-              f"(worst: {m['worst_goal_row']})")
+        print(
+            f"History.boot + swap + collect <= {TARGET_RATIO}x the model: {'met' if m['met'] else 'NOT met'} "
+            f"(worst: {m['worst_goal_row']})"
+        )
     if args.part in ("all", "prompts"):
         result["prompt_rows"] = run_prompt_rows(args.quick)
         for keep, g in result["prompt_rows"]["growth"].items():
-            print(f"keep={keep}: peak RSS growth 10x prompts = {100 * g['peak_rss']:+.2f} % "
-                  f"(target <= {100 * TARGET_GROWTH:.0f} %)")
+            print(
+                f"keep={keep}: peak RSS growth 10x prompts = {100 * g['peak_rss']:+.2f} % "
+                f"(target <= {100 * TARGET_GROWTH:.0f} %)"
+            )
     result["readme"] = _readme_rows(result)
     out = write("memory", result)
     print(f"wrote {out}")

@@ -37,8 +37,12 @@ def run(quick: bool) -> dict:
     v = lab_directions(base, aligned, [1, 2, 3, 4], probes=lab_probes())
     config = LabConfig.for_track("pretrain-like")
     rounds, steps = (2, 30) if quick else (5, 100)
-    monitors = {f"{split} ({n} probes)": ReversionMonitor(v, lab_probes(split), aligned, tokenizer=tok, every=10)
-                for split, n in (("heldout", 96), ("train", 192))}
+    monitors = {
+        f"{split} ({n} probes)": ReversionMonitor(
+            v, lab_probes(split), aligned, tokenizer=tok, every=10
+        )
+        for split, n in (("heldout", 96), ("train", 192))
+    }
     inside: dict[str, list[float]] = {k: [] for k in monitors}
     for name, m in monitors.items():  # time spent inside each check
         orig = m.step
@@ -63,19 +67,37 @@ def run(quick: bool) -> dict:
                     m.reset()
                     inside[name].append(0.0)
                 w0, c0 = time.perf_counter(), time.process_time()
-                finetune(aligned, config, seed=0, steps=steps, checkpoint_steps=[], callbacks=cbs, progress=False)
+                finetune(
+                    aligned,
+                    config,
+                    seed=0,
+                    steps=steps,
+                    checkpoint_steps=[],
+                    callbacks=cbs,
+                    progress=False,
+                )
                 wall[name].append(time.perf_counter() - w0)
                 cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(x) for k, x in wall.items()}
     med_cpu = {k: statistics.median(x) for k, x in cpu.items()}
     return {
-        "every": 10, "steps": steps, "rounds": rounds, "plain_s": med["plain"], "plain_cpu_s": med_cpu["plain"],
-        **{name: {"n_probes": len(m.inputs_.tokens), "probes_per_check": m.subset_size_,
-                  "monitored_s": med[name], "overhead_wall": med[name] / med["plain"] - 1,
-                  "overhead_cpu": med_cpu[name] / med_cpu["plain"] - 1,
-                  "inside_checks_s": statistics.median(inside[name]),
-                  "overhead_inside": statistics.median(inside[name]) / med["plain"]}
-           for name, m in monitors.items()},
+        "every": 10,
+        "steps": steps,
+        "rounds": rounds,
+        "plain_s": med["plain"],
+        "plain_cpu_s": med_cpu["plain"],
+        **{
+            name: {
+                "n_probes": len(m.inputs_.tokens),
+                "probes_per_check": m.subset_size_,
+                "monitored_s": med[name],
+                "overhead_wall": med[name] / med["plain"] - 1,
+                "overhead_cpu": med_cpu[name] / med_cpu["plain"] - 1,
+                "inside_checks_s": statistics.median(inside[name]),
+                "overhead_inside": statistics.median(inside[name]) / med["plain"],
+            }
+            for name, m in monitors.items()
+        },
     }
 
 
@@ -86,18 +108,23 @@ def main() -> None:
     res = run(args.quick)
     for name in ("heldout (96 probes)", "train (192 probes)"):
         r = res[name]
-        print(f"{name:22s} {r['probes_per_check']} per check: overhead wall {100 * r['overhead_wall']:+.1f} %, "
-              f"CPU {100 * r['overhead_cpu']:+.1f} %, inside the checks {100 * r['overhead_inside']:.1f} % "
-              f"({r['inside_checks_s']:.2f} s of {res['plain_s']:.1f} s)")
+        print(
+            f"{name:22s} {r['probes_per_check']} per check: overhead wall {100 * r['overhead_wall']:+.1f} %, "
+            f"CPU {100 * r['overhead_cpu']:+.1f} %, inside the checks {100 * r['overhead_inside']:.1f} % "
+            f"({r['inside_checks_s']:.2f} s of {res['plain_s']:.1f} s)"
+        )
     h, t = res["heldout (96 probes)"], res["train (192 probes)"]
-    res["readme"] = [{
-        "benchmark": "monitor overhead at `every=10`, defaults (≤ 64 rotating prompts per check), lab fine-tune "
-                     "(`pretrain-like`, 100 steps), 96 / 192 probes: end-to-end wall and CPU, and the time inside "
-                     "the checks (`bench_monitor.py`)",
-        "measured": f"**{100 * h['overhead_wall']:+.0f} % / {100 * t['overhead_wall']:+.0f} %** wall, "
-                    f"{100 * h['overhead_cpu']:+.0f} % / {100 * t['overhead_cpu']:+.0f} % CPU; inside the checks "
-                    f"{100 * h['overhead_inside']:.1f} % / {100 * t['overhead_inside']:.1f} %",
-        "target": "≤ 10 %"}]
+    res["readme"] = [
+        {
+            "benchmark": "monitor overhead at `every=10`, defaults (≤ 64 rotating prompts per check), lab fine-tune "
+            "(`pretrain-like`, 100 steps), 96 / 192 probes: end-to-end wall and CPU, and the time inside "
+            "the checks (`bench_monitor.py`)",
+            "measured": f"**{100 * h['overhead_wall']:+.0f} % / {100 * t['overhead_wall']:+.0f} %** wall, "
+            f"{100 * h['overhead_cpu']:+.0f} % / {100 * t['overhead_cpu']:+.0f} % CPU; inside the checks "
+            f"{100 * h['overhead_inside']:.1f} % / {100 * t['overhead_inside']:.1f} %",
+            "target": "≤ 10 %",
+        }
+    ]
     print(_common.write("monitor", res))
 
 

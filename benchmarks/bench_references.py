@@ -76,7 +76,9 @@ def worker(root: Path, n_prompts: int, config: str) -> dict:
 
     torch.set_num_threads(1)
     dirs = bc.checkpoint_dirs(root, 4)
-    hist = revlens.History.from_dirs(base=dirs[0], aligned=dirs[1], runs={"run": {1: dirs[2], 2: dirs[3]}})
+    hist = revlens.History.from_dirs(
+        base=dirs[0], aligned=dirs[1], runs={"run": {1: dirs[2], 2: dirs[3]}}
+    )
     lm = hist.boot()
     kw = {"model": lm, "progress": False, "batch_size": 64, **CONFIGS[config]}
     revlens.collect(hist, bc.prompts(32), **kw)  # warm-up: lazy allocations, allocator pools
@@ -86,14 +88,26 @@ def worker(root: Path, n_prompts: int, config: str) -> dict:
         stats = revlens.collect(hist, bc.prompts(n_prompts), **kw)
     wall = time.perf_counter() - t0
     refs = [st.refs for st in stats.checkpoints.values() if st.refs is not None]
-    return {"config": config, "n_prompts": n_prompts, "wall_s": round(wall, 3), "rss_before_mb": round(before, 1),
-            "peak_rss_mb": round(_rss_mb(), 1), "collect_delta_mb": round(sampler.peak - before, 1), "refs_mb": round(sum(r.nbytes for r in refs) / 2**20, 2),
-            "refs_on_disk": sum(r.on_disk for r in refs), "refs_dtype": str(refs[0].dtype) if refs else None}
+    return {
+        "config": config,
+        "n_prompts": n_prompts,
+        "wall_s": round(wall, 3),
+        "rss_before_mb": round(before, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "collect_delta_mb": round(sampler.peak - before, 1),
+        "refs_mb": round(sum(r.nbytes for r in refs) / 2**20, 2),
+        "refs_on_disk": sum(r.on_disk for r in refs),
+        "refs_dtype": str(refs[0].dtype) if refs else None,
+    }
 
 
 def arithmetic_7b() -> dict:
     n, sites, d = 10_000, 33, 4096
-    per = {"bfloat16": n * sites * d * 2, "float32": n * sites * d * 4, "float64 (revlens 0.1)": n * sites * d * 8}
+    per = {
+        "bfloat16": n * sites * d * 2,
+        "float32": n * sites * d * 4,
+        "float64 (revlens 0.1)": n * sites * d * 8,
+    }
     return {"prompts": n, "sites": sites, "d_model": d, "bytes_per_reference_checkpoint": per}
 
 
@@ -117,35 +131,61 @@ def main() -> None:
         for rep in range(repeats):  # interleaved, the median of each cell is kept
             for config in CONFIGS:
                 for n in (n1, 10 * n1):
-                    out = subprocess.run([sys.executable, __file__, "--worker", tmp, str(n), config], check=True,
-                                         capture_output=True, text=True, env=bc.worker_env(1))
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--worker", tmp, str(n), config],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                        env=bc.worker_env(1),
+                    )
                     rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "repeat": rep})
                     r = rows[-1]
-                    print(f"{config:11s} prompts={n:5d} peak RSS {r['peak_rss_mb']:7.1f} MB, during collect "
-                          f"+{r['collect_delta_mb']:6.1f} MB  refs {r['refs_mb']:7.2f} MB ({r['refs_on_disk']} on disk)"
-                          f"  {r['wall_s']:6.2f} s", flush=True)
+                    print(
+                        f"{config:11s} prompts={n:5d} peak RSS {r['peak_rss_mb']:7.1f} MB, during collect "
+                        f"+{r['collect_delta_mb']:6.1f} MB  refs {r['refs_mb']:7.2f} MB ({r['refs_on_disk']} on disk)"
+                        f"  {r['wall_s']:6.2f} s",
+                        flush=True,
+                    )
     growth, delta = {}, {}
     for config in CONFIGS:
-        cell = {n: [r for r in rows if r["config"] == config and r["n_prompts"] == n] for n in (n1, 10 * n1)}
+        cell = {
+            n: [r for r in rows if r["config"] == config and r["n_prompts"] == n]
+            for n in (n1, 10 * n1)
+        }
         peak = {n: statistics.median(r["peak_rss_mb"] for r in c) for n, c in cell.items()}
         growth[config] = round(peak[10 * n1] / peak[n1] - 1, 4)
-        delta[config] = {n: statistics.median(r["collect_delta_mb"] for r in c) for n, c in cell.items()}
+        delta[config] = {
+            n: statistics.median(r["collect_delta_mb"] for r in c) for n, c in cell.items()
+        }
     ok = growth["defaults"] <= TARGET
     seven = arithmetic_7b()
     bf16 = seven["bytes_per_reference_checkpoint"]["bfloat16"] / 1e9
     payload = {
-        "model": "GPT-2 4 layers, d 256, 4 checkpoints, batch 64, n_bootstrap 100", "quick": args.quick,
-        "rows": rows, "repeats": repeats, "peak_rss_growth_10x": growth, "collect_delta_mb": delta, "target": TARGET, "met": ok, "arithmetic_7b": seven,
-        "readme": [{
-            "benchmark": f"peak RSS of `collect` with its defaults, {10 * n1} vs {n1} prompts (fresh processes; "
-                         "everything in memory / `keep=\"none\"` for comparison)",
-            "measured": f"**{100 * growth['defaults']:+.1f} %** ({100 * growth['unbudgeted']:+.1f} % / "
-                        f"{100 * growth['keep_none']:+.1f} %); at 7B a reference store is {bf16:.1f} GB in bf16, on disk",
-            "target": f"≤ +{100 * TARGET:.0f} %"}],
+        "model": "GPT-2 4 layers, d 256, 4 checkpoints, batch 64, n_bootstrap 100",
+        "quick": args.quick,
+        "rows": rows,
+        "repeats": repeats,
+        "peak_rss_growth_10x": growth,
+        "collect_delta_mb": delta,
+        "target": TARGET,
+        "met": ok,
+        "arithmetic_7b": seven,
+        "readme": [
+            {
+                "benchmark": f"peak RSS of `collect` with its defaults, {10 * n1} vs {n1} prompts (fresh processes; "
+                'everything in memory / `keep="none"` for comparison)',
+                "measured": f"**{100 * growth['defaults']:+.1f} %** ({100 * growth['unbudgeted']:+.1f} % / "
+                f"{100 * growth['keep_none']:+.1f} %); at 7B a reference store is {bf16:.1f} GB in bf16, on disk",
+                "target": f"≤ +{100 * TARGET:.0f} %",
+            }
+        ],
     }
     path = _common.write("references", payload)
-    print("peak RSS growth at 10x prompts: " + ", ".join(f"{k} {100 * v:+.2f} %" for k, v in growth.items())
-          + f" (target defaults <= {100 * TARGET:.0f} %: {'met' if ok else 'NOT met'}) -> {path}")
+    print(
+        "peak RSS growth at 10x prompts: "
+        + ", ".join(f"{k} {100 * v:+.2f} %" for k, v in growth.items())
+        + f" (target defaults <= {100 * TARGET:.0f} %: {'met' if ok else 'NOT met'}) -> {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ LAYERS = [1, 2, 3, 4]
 def setup():
     base, aligned = load_pair(asset_dir() / "pair0")[:2]
     tok = build_tokenizer()
-    probes = lab_probes()  # what `revlens lab --block` reads: the 192 harmful alignment-split prompts
+    probes = (
+        lab_probes()
+    )  # what `revlens lab --block` reads: the 192 harmful alignment-split prompts
     v = lab_directions(base, aligned, LAYERS, probes=probes)
     return aligned, tok, probes, v
 
@@ -129,9 +131,16 @@ def bench_monitor(aligned, tok, v, config, rounds, steps):
     with the defaults (a rotating subset of at most 64 prompts per check) and reading every prompt
     at every check (``probe_batch_size=None``, revlens 0.1)."""
     monitors = {
-        f"{split}_{mode}": ReversionMonitor(v, lab_probes(split), aligned, tokenizer=tok, every=10,
-                                            probe_batch_size="auto" if mode == "default" else None)
-        for split in ("train", "heldout") for mode in ("default", "all")
+        f"{split}_{mode}": ReversionMonitor(
+            v,
+            lab_probes(split),
+            aligned,
+            tokenizer=tok,
+            every=10,
+            probe_batch_size="auto" if mode == "default" else None,
+        )
+        for split in ("train", "heldout")
+        for mode in ("default", "all")
     }
     times = {"plain": [], **{name: [] for name in monitors}}
     with warnings.catch_warnings():
@@ -142,7 +151,15 @@ def bench_monitor(aligned, tok, v, config, rounds, steps):
                 for m in cbs:
                     m.reset()
                 t0 = time.perf_counter()
-                finetune(aligned, config, seed=0, steps=steps, checkpoint_steps=[], callbacks=cbs, progress=False)
+                finetune(
+                    aligned,
+                    config,
+                    seed=0,
+                    steps=steps,
+                    checkpoint_steps=[],
+                    callbacks=cbs,
+                    progress=False,
+                )
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
@@ -162,28 +179,57 @@ def bench_monitor(aligned, tok, v, config, rounds, steps):
 
 
 # ------------------------------------------------------------------ part 2: the cost model at scale
-SCALE = dict(hidden_size=256, num_hidden_layers=24, intermediate_size=688, vocab_size=4000,
-             num_attention_heads=4, num_key_value_heads=4)
+SCALE = dict(
+    hidden_size=256,
+    num_hidden_layers=24,
+    intermediate_size=688,
+    vocab_size=4000,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+)
 TRAIN_BATCH, TRAIN_LEN, N_PROBES, PROBE_LEN = 8, 64, 64, 24
 # (kind, blocked layers[, blocker settings[, training sequence length]]); the last rows were added after
 # the first run: the ratios scale with probe tokens per refresh over training tokens per step
-SCALE_ROWS = [("full", 2), ("full", 8), ("full", 24), ("lora", 2), ("lora", 4), ("lora", 8), ("lora", 24),
-              ("lora", 4, {"refresh_every": 1, "probe_batch_size": None}), ("lora", 4, {"probe_batch_size": 8}),
-              ("lora", 4, {}, 256), ("full", 4, {}, 256)]
+SCALE_ROWS = [
+    ("full", 2),
+    ("full", 8),
+    ("full", 24),
+    ("lora", 2),
+    ("lora", 4),
+    ("lora", 8),
+    ("lora", 24),
+    ("lora", 4, {"refresh_every": 1, "probe_batch_size": None}),
+    ("lora", 4, {"probe_batch_size": 8}),
+    ("lora", 4, {}, 256),
+    ("full", 4, {}, 256),
+]
 
 
 def _scale_model(kind: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**SCALE, max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1,
-                      eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        **SCALE,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).train()
     if kind == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.0,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            ),
+        )
     return model
 
 
@@ -202,7 +248,9 @@ def _hwm_mb(reset: bool = False) -> float:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def scale_worker(kind: str, depth: int, settings: dict, rounds: int, n: int, train_len: int) -> dict:
+def scale_worker(
+    kind: str, depth: int, settings: dict, rounds: int, n: int, train_len: int
+) -> dict:
     """One configuration in a child process. ``depth=0``: unblocked steps only (the memory
     baseline of a kind and shape); else every step blocked from the start (the process's peak is the
     blocked peak), then the step time detached / attached in interleaved rounds."""
@@ -212,10 +260,19 @@ def scale_worker(kind: str, depth: int, settings: dict, rounds: int, n: int, tra
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     layers = [round(24 * (i + 1) / depth) for i in range(depth)]
-    probes = Probes([torch.randint(2, SCALE["vocab_size"], (PROBE_LEN,), generator=g).tolist()
-                     for _ in range(N_PROBES)])
-    v = Directions.from_tensor(torch.randn(max(depth, 1), SCALE["hidden_size"], generator=g), layers or [1])
-    batches = [torch.randint(2, SCALE["vocab_size"], (TRAIN_BATCH, train_len), generator=g) for _ in range(8)]
+    probes = Probes(
+        [
+            torch.randint(2, SCALE["vocab_size"], (PROBE_LEN,), generator=g).tolist()
+            for _ in range(N_PROBES)
+        ]
+    )
+    v = Directions.from_tensor(
+        torch.randn(max(depth, 1), SCALE["hidden_size"], generator=g), layers or [1]
+    )
+    batches = [
+        torch.randint(2, SCALE["vocab_size"], (TRAIN_BATCH, train_len), generator=g)
+        for _ in range(8)
+    ]
     base = _rss_mb()
     model = _scale_model(kind)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -232,12 +289,19 @@ def scale_worker(kind: str, depth: int, settings: dict, rounds: int, n: int, tra
         return (time.perf_counter() - t0) / k
 
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    out = {"kind": kind, "blocked_layers": layers, "settings": settings, "train_len": train_len,
-           "model_mb": round(model_mb, 1)}
+    out = {
+        "kind": kind,
+        "blocked_layers": layers,
+        "settings": settings,
+        "train_len": train_len,
+        "model_mb": round(model_mb, 1),
+    }
     if not depth:
         timed(4)
         return {**out, "peak_mb": round(_hwm_mb() - base, 1)}
-    blocker = ReversionBlocker(v, probes, model, **settings).attach(model, opt)  # reference: the start weights
+    blocker = ReversionBlocker(v, probes, model, **settings).attach(
+        model, opt
+    )  # reference: the start weights
     timed(4)
     out["peak_mb"] = round(_hwm_mb() - base, 1)
     cost = blocker.cost_
@@ -249,14 +313,24 @@ def scale_worker(kind: str, depth: int, settings: dict, rounds: int, n: int, tra
         times["blocked"].append(timed(n))
     blocker.detach()
     med = {k: statistics.median(t) for k, t in times.items()}
-    return {**out, "trained_mb": round(cost["trained_bytes"] / 2**20, 2), "rows": cost["rows"],
-            "stored_gradients_mb": round(cost["stored_bytes"] / 2**20, 2), "plain_s": round(med["plain"], 4),
-            "blocked_s": round(med["blocked"], 4), "time_ratio": round(med["blocked"] / med["plain"], 3)}
+    return {
+        **out,
+        "trained_mb": round(cost["trained_bytes"] / 2**20, 2),
+        "rows": cost["rows"],
+        "stored_gradients_mb": round(cost["stored_bytes"] / 2**20, 2),
+        "plain_s": round(med["plain"], 4),
+        "blocked_s": round(med["blocked"], 4),
+        "time_ratio": round(med["blocked"] / med["plain"], 3),
+    }
 
 
 def _child(spec: list) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"child {spec} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -265,8 +339,11 @@ def _child(spec: list) -> dict:
 def bench_scale(quick: bool) -> dict:
     rows = SCALE_ROWS[:1] + SCALE_ROWS[3:5] if quick else SCALE_ROWS
     rounds, n = (2, 2) if quick else (3, 2)
-    plain = {(kind, length): _child([kind, 0, {}, 0, 0, length]) for kind in ("full", "lora")
-             for length in {r[3] if len(r) > 3 else TRAIN_LEN for r in rows if r[0] == kind}}
+    plain = {
+        (kind, length): _child([kind, 0, {}, 0, 0, length])
+        for kind in ("full", "lora")
+        for length in {r[3] if len(r) > 3 else TRAIN_LEN for r in rows if r[0] == kind}
+    }
     out = []
     for row in rows:
         kind, depth = row[0], row[1]
@@ -275,17 +352,30 @@ def bench_scale(quick: bool) -> dict:
         base = plain[(kind, length)]["peak_mb"]
         r.update(plain_peak_mb=base, memory_ratio=round(r["peak_mb"] / base, 3))
         out.append(r)
-        print(f"{kind:4s} {depth:2d} layers, train len {length} {settings or ''}: memory x{r['memory_ratio']:.2f} "
-              f"({base:.0f} -> {r['peak_mb']:.0f} MB, gradients {r['stored_gradients_mb']:.0f} MB)"
-              f"  time x{r['time_ratio']:.2f} ({r['plain_s'] * 1e3:.0f} -> {r['blocked_s'] * 1e3:.0f} ms)", flush=True)
+        print(
+            f"{kind:4s} {depth:2d} layers, train len {length} {settings or ''}: memory x{r['memory_ratio']:.2f} "
+            f"({base:.0f} -> {r['peak_mb']:.0f} MB, gradients {r['stored_gradients_mb']:.0f} MB)"
+            f"  time x{r['time_ratio']:.2f} ({r['plain_s'] * 1e3:.0f} -> {r['blocked_s'] * 1e3:.0f} ms)",
+            flush=True,
+        )
     return {"rows": out, "unblocked": list(plain.values()), "rounds": rounds, "steps_per_round": n}
 
 
 def scale_readme(rows: list[dict]) -> list[dict]:
     """README rows: the depth sweep for LoRA and full fine-tuning, and the goal row."""
+
     def pick(kind, depth, settings=None, length=TRAIN_LEN):
-        return next((r for r in rows if r["kind"] == kind and len(r["blocked_layers"]) == depth
-                     and r["settings"] == (settings or {}) and r["train_len"] == length), None)
+        return next(
+            (
+                r
+                for r in rows
+                if r["kind"] == kind
+                and len(r["blocked_layers"]) == depth
+                and r["settings"] == (settings or {})
+                and r["train_len"] == length
+            ),
+            None,
+        )
 
     out = []
     for kind in ("lora", "full"):
@@ -293,28 +383,48 @@ def scale_readme(rows: list[dict]) -> list[dict]:
         got = [(d, r) for d, r in got if r is not None]
         if got:
             what = "LoRA r=16 (q/k/v/o)" if kind == "lora" else "full fine-tuning (AdamW)"
-            out.append({"benchmark": f"update blocking, {what}: step memory / time vs unblocked at "
-                                     f"{' / '.join(str(d) for d, _ in got)} blocked layers (21 M Llama, 24 layers)",
-                        "measured": ", ".join(f"{d}: {r['memory_ratio']:.2f}× / {r['time_ratio']:.2f}×" for d, r in got),
-                        "target": "LoRA, 4 layers: ≤ 1.5× / ≤ 2×" if kind == "lora" else "reported"})
+            out.append(
+                {
+                    "benchmark": f"update blocking, {what}: step memory / time vs unblocked at "
+                    f"{' / '.join(str(d) for d, _ in got)} blocked layers (21 M Llama, 24 layers)",
+                    "measured": ", ".join(
+                        f"{d}: {r['memory_ratio']:.2f}× / {r['time_ratio']:.2f}×" for d, r in got
+                    ),
+                    "target": "LoRA, 4 layers: ≤ 1.5× / ≤ 2×" if kind == "lora" else "reported",
+                }
+            )
     for length in (TRAIN_LEN, 256):
         goal = pick("lora", 4, length=length)
         if goal is None:
             continue
         met = goal["memory_ratio"] <= 1.5 and goal["time_ratio"] <= 2.0
-        note = "the setting fixed first" if length == TRAIN_LEN else "a common SFT length, added after the first run"
-        out.append({"benchmark": f"goal: LoRA update-blocking of 4 layers (defaults), memory / time vs the unblocked "
-                                 f"step, training batches {TRAIN_BATCH} × {length} tokens ({note})",
-                    "measured": f"**{goal['memory_ratio']:.2f}× / {goal['time_ratio']:.2f}×**"
-                                f"{'' if met else ' (not met)'}", "target": "≤ 1.5× / ≤ 2×"})
+        note = (
+            "the setting fixed first"
+            if length == TRAIN_LEN
+            else "a common SFT length, added after the first run"
+        )
+        out.append(
+            {
+                "benchmark": f"goal: LoRA update-blocking of 4 layers (defaults), memory / time vs the unblocked "
+                f"step, training batches {TRAIN_BATCH} × {length} tokens ({note})",
+                "measured": f"**{goal['memory_ratio']:.2f}× / {goal['time_ratio']:.2f}×**"
+                f"{'' if met else ' (not met)'}",
+                "target": "≤ 1.5× / ≤ 2×",
+            }
+        )
     return out
 
 
 def run_scale(quick: bool) -> None:
     res = bench_scale(quick)
-    payload = {"quick": quick, "model": "Llama hidden 256, 24 layers, MLP 688, vocab 4000 (~21 M parameters)",
-               "train_batch": [TRAIN_BATCH, TRAIN_LEN], "probes": [N_PROBES, PROBE_LEN], **res,
-               "targets": {"lora_4_layers_memory_ratio": 1.5, "lora_4_layers_time_ratio": 2.0}}
+    payload = {
+        "quick": quick,
+        "model": "Llama hidden 256, 24 layers, MLP 688, vocab 4000 (~21 M parameters)",
+        "train_batch": [TRAIN_BATCH, TRAIN_LEN],
+        "probes": [N_PROBES, PROBE_LEN],
+        **res,
+        "targets": {"lora_4_layers_memory_ratio": 1.5, "lora_4_layers_time_ratio": 2.0},
+    }
     payload["readme"] = scale_readme(res["rows"])
     print(_common.write("blocking", payload))
 
@@ -340,27 +450,41 @@ def run_lab(quick: bool) -> None:
         "targets": {"monitor_overhead": 0.10, "blocker_update_ratio": 2.0},
     }
     upd = blocker["update (defaults: refresh_every=2, probe batches of 32)"]["ratio_to_plain"]
-    others = ", ".join(f"{k.split(' ')[0]} {blocker[k]['ratio_to_plain']:.2f}×" for k in
-                       ("update exact (refresh_every=1, all probes)", "hook", "gradient (defaults)",
-                        "penalty (strength=1, every step)"))
+    others = ", ".join(
+        f"{k.split(' ')[0]} {blocker[k]['ratio_to_plain']:.2f}×"
+        for k in (
+            "update exact (refresh_every=1, all probes)",
+            "hook",
+            "gradient (defaults)",
+            "penalty (strength=1, every step)",
+        )
+    )
     m = monitor
     payload["readme"] = [
-        {"benchmark": "blocker `update` (defaults) step time / plain step (others: exact every step, hook, "
-                      "gradient, penalty)", "measured": f"{upd:.2f}× ({others})", "target": "≤ 2×"},
-        {"benchmark": "monitor overhead at `every=10`, defaults: ≤ 64 rotating prompts per check "
-                      f"({m['train_default']['n_probes']} / {m['heldout_default']['n_probes']} probes; every "
-                      "prompt every check in brackets)",
-         "measured": f"**{100 * m['train_default']['overhead']:.0f} % / {100 * m['heldout_default']['overhead']:.0f} %** "
-                     f"({100 * m['train_all']['overhead']:.0f} % / {100 * m['heldout_all']['overhead']:.0f} %)",
-         "target": "≤ 10 %"},
+        {
+            "benchmark": "blocker `update` (defaults) step time / plain step (others: exact every step, hook, "
+            "gradient, penalty)",
+            "measured": f"{upd:.2f}× ({others})",
+            "target": "≤ 2×",
+        },
+        {
+            "benchmark": "monitor overhead at `every=10`, defaults: ≤ 64 rotating prompts per check "
+            f"({m['train_default']['n_probes']} / {m['heldout_default']['n_probes']} probes; every "
+            "prompt every check in brackets)",
+            "measured": f"**{100 * m['train_default']['overhead']:.0f} % / {100 * m['heldout_default']['overhead']:.0f} %** "
+            f"({100 * m['train_all']['overhead']:.0f} % / {100 * m['heldout_all']['overhead']:.0f} %)",
+            "target": "≤ 10 %",
+        },
     ]
     out = _common.write("training", payload)
     for name, r in blocker.items():
         print(f"{name:58s} {r['s_per_step'] * 1e3:8.1f} ms/step  x{r['ratio_to_plain']:.2f}")
     for name in ("train_default", "heldout_default", "train_all", "heldout_all"):
         r = monitor[name]
-        print(f"monitor every=10, {r['n_probes']} probes, {r['probes_per_check']} per check: "
-              f"overhead {r['overhead'] * 100:+.1f}%")
+        print(
+            f"monitor every=10, {r['n_probes']} probes, {r['probes_per_check']} per check: "
+            f"overhead {r['overhead'] * 100:+.1f}%"
+        )
     print(out)
 
 

@@ -64,8 +64,11 @@ def _history(root: Path, d: int, layers: int, steps: int) -> tuple[object, list[
                     p.add_(0.01 * torch.randn_like(p))
         model.save_pretrained(root / name)
         dirs[name] = root / name
-    h = revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"],
-                                  runs={"run": {t: dirs[f"run/step-{t}"] for t in range(1, steps + 1)}})
+    h = revlens.History.from_dirs(
+        base=dirs["base"],
+        aligned=dirs["aligned"],
+        runs={"run": {t: dirs[f"run/step-{t}"] for t in range(1, steps + 1)}},
+    )
     files = sorted(root.rglob("model.safetensors"))
     return h, files
 
@@ -94,7 +97,10 @@ def _revlens_read(history: object, depth: int = 0) -> int:
     readers, pool = Readers(), BufferPool()
     for ck in history:
         reader = readers.open(ck, catalog)
-        reader.check_finite, reader.pool = False, pool  # as weight_reversion reads (finite check on its sums)
+        reader.check_finite, reader.pool = (
+            False,
+            pool,
+        )  # as weight_reversion reads (finite check on its sums)
     run = next(iter(history.runs.values()))
     params = sorted(catalog.params.values(), key=readers.by_name[history.aligned.name].position)
     ahead = Prefetch(_jobs(params, history, [run], readers), depth=depth)
@@ -112,7 +118,9 @@ def _revlens_read(history: object, depth: int = 0) -> int:
 def _weights(history: object, n_random: int) -> int:
     from revlens.weights import weight_reversion
 
-    return int(weight_reversion(history, n_random=n_random, progress=False).provenance["bytes_read"])
+    return int(
+        weight_reversion(history, n_random=n_random, progress=False).provenance["bytes_read"]
+    )
 
 
 def main() -> int:
@@ -121,7 +129,9 @@ def main() -> int:
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=4, help="interleaved repeats of the read passes (best of)")
+    ap.add_argument(
+        "--repeats", type=int, default=4, help="interleaved repeats of the read passes (best of)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     d = args.d or (256 if args.quick else 512)
@@ -133,9 +143,15 @@ def main() -> int:
         import revlens.weights.stream  # noqa: F401 (imports out of the timings)
 
         _revlens_read(history)  # warm-up: imports, meta model
-        reads = {"plain": lambda: _plain(files), "revlens_read": lambda: _revlens_read(history),
-                 "revlens_read_thread": lambda: _revlens_read(history, 1)}
-        computes = {"weights_norandom": lambda: _weights(history, 0), "weights_default": lambda: _weights(history, 32)}
+        reads = {
+            "plain": lambda: _plain(files),
+            "revlens_read": lambda: _revlens_read(history),
+            "revlens_read_thread": lambda: _revlens_read(history, 1),
+        }
+        computes = {
+            "weights_norandom": lambda: _weights(history, 0),
+            "weights_default": lambda: _weights(history, 32),
+        }
         results: dict[str, dict[str, float]] = {}
 
         def measure(name: str, fn: object, cache: str) -> None:
@@ -144,36 +160,57 @@ def main() -> int:
             t0 = time.perf_counter()
             nbytes = fn()
             dt = time.perf_counter() - t0
-            r = results.setdefault(f"{name}_{cache}", {"seconds": dt, "bytes": nbytes, "all_seconds": []})
+            r = results.setdefault(
+                f"{name}_{cache}", {"seconds": dt, "bytes": nbytes, "all_seconds": []}
+            )
             r["all_seconds"].append(round(dt, 3))
             r["seconds"] = min(r["seconds"], dt)
 
         for cache in ("cold", "warm"):
             for rep in range(args.repeats):  # interleaved, alternating order: best of the repeats
-                for name in (list(reads) if rep % 2 == 0 else list(reads)[::-1]):
+                for name in list(reads) if rep % 2 == 0 else list(reads)[::-1]:
                     measure(name, reads[name], cache)
         measure("weights_norandom", computes["weights_norandom"], "cold")
         measure("weights_norandom", computes["weights_norandom"], "warm")
-        measure("weights_default", computes["weights_default"], "warm")  # compute-bound on a CPU: one pass
+        measure(
+            "weights_default", computes["weights_default"], "warm"
+        )  # compute-bound on a CPU: one pass
         for r in results.values():
             r["gb_per_s"] = r["bytes"] / r["seconds"] / 1e9
-        ratios = {f"{name[:-5] if name.endswith(('_cold', '_warm')) else name}_vs_plain_{name[-4:]}":
-                  r["gb_per_s"] / results[f"plain_{name[-4:]}"]["gb_per_s"]
-                  for name, r in results.items() if not name.startswith("plain")}
-    payload = {"files_bytes": size, "n_checkpoints": len(files), "d_model": d, "n_layers": layers,
-               "results": results, "ratios": ratios, "goal": "revlens_read >= 0.8x plain",
-               "goal_met_cold": ratios["revlens_read_vs_plain_cold"] >= 0.8,
-               "goal_met_warm": ratios["revlens_read_vs_plain_warm"] >= 0.8,
-               "note": "machine may be shared; cold = page cache evicted with posix_fadvise(DONTNEED) before each pass"}
-    payload["readme"] = [{
-        "benchmark": f"`weights` read path vs a plain `safe_open` read of the same {len(files)} files "
-                     f"({size / 1e9:.2f} GB), page cache evicted / warm",
-        "measured": f"**{ratios['revlens_read_vs_plain_cold']:.2f}×** cold, {ratios['revlens_read_vs_plain_warm']:.2f}× warm; "
-                    f"whole `weight_reversion` {results['weights_default_warm']['gb_per_s']:.2f} GB/s (CPU, compute-bound)",
-        "target": "≥ 0.8× of the plain read (cold)"}]
+        ratios = {
+            f"{name[:-5] if name.endswith(('_cold', '_warm')) else name}_vs_plain_{name[-4:]}": r[
+                "gb_per_s"
+            ]
+            / results[f"plain_{name[-4:]}"]["gb_per_s"]
+            for name, r in results.items()
+            if not name.startswith("plain")
+        }
+    payload = {
+        "files_bytes": size,
+        "n_checkpoints": len(files),
+        "d_model": d,
+        "n_layers": layers,
+        "results": results,
+        "ratios": ratios,
+        "goal": "revlens_read >= 0.8x plain",
+        "goal_met_cold": ratios["revlens_read_vs_plain_cold"] >= 0.8,
+        "goal_met_warm": ratios["revlens_read_vs_plain_warm"] >= 0.8,
+        "note": "machine may be shared; cold = page cache evicted with posix_fadvise(DONTNEED) before each pass",
+    }
+    payload["readme"] = [
+        {
+            "benchmark": f"`weights` read path vs a plain `safe_open` read of the same {len(files)} files "
+            f"({size / 1e9:.2f} GB), page cache evicted / warm",
+            "measured": f"**{ratios['revlens_read_vs_plain_cold']:.2f}×** cold, {ratios['revlens_read_vs_plain_warm']:.2f}× warm; "
+            f"whole `weight_reversion` {results['weights_default_warm']['gb_per_s']:.2f} GB/s (CPU, compute-bound)",
+            "target": "≥ 0.8× of the plain read (cold)",
+        }
+    ]
     out = write("weights", payload)
     for k, r in results.items():
-        print(f"{k:26s} {r['gb_per_s']:.3f} GB/s  ({r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s)")
+        print(
+            f"{k:26s} {r['gb_per_s']:.3f} GB/s  ({r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s)"
+        )
     for k, v in ratios.items():
         print(f"{k:34s} {v:.2f}x")
     print(out)

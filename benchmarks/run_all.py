@@ -74,8 +74,12 @@ def refresh_readme(body: str) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings for every benchmark")
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these (e.g. collect references)")
-    ap.add_argument("--table-only", action="store_true", help="only rebuild the README table from results/")
+    ap.add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only these (e.g. collect references)"
+    )
+    ap.add_argument(
+        "--table-only", action="store_true", help="only rebuild the README table from results/"
+    )
     args = ap.parse_args()
     load_before, t0, failed = _load(), time.time(), []
     if not args.table_only:
@@ -85,9 +89,11 @@ def main() -> int:
             if subprocess.run(cmd, check=False).returncode != 0:
                 failed.append(script.name)
     minutes = (time.time() - t0) / 60
-    header = (f"Command: `make bench`{' (--quick)' if args.quick else ''} · {time.strftime('%Y-%m-%d')} · "
-              f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} · load average "
-              f"{load_before} before, {_load()} after ({minutes:.0f} min) · ratios measured side by side")
+    header = (
+        f"Command: `make bench`{' (--quick)' if args.quick else ''} · {time.strftime('%Y-%m-%d')} · "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} · load average "
+        f"{load_before} before, {_load()} after ({minutes:.0f} min) · ratios measured side by side"
+    )
     body, missing = table(HERE / "results", header)
     if refresh_readme(body):
         print(f"README benchmark table refreshed ({len(body.splitlines()) - 4} rows)")

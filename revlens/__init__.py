@@ -136,8 +136,14 @@ def load(path: Any) -> Any:
         if (root / meta).is_file():
             module, cls = target.split(":")
             return getattr(importlib.import_module(module), cls).load(root)
-    if (root / "history.json").is_file() or (root / "histories.json").is_file() or root.name == "history.json":
+    if (
+        (root / "history.json").is_file()
+        or (root / "histories.json").is_file()
+        or root.name == "history.json"
+    ):
         from revlens.history import History
 
         return History.load(root)
-    raise ConfigError(f"{root} holds no saved revlens result (looked for {', '.join(_RESULTS)}, history.json)")
+    raise ConfigError(
+        f"{root} holds no saved revlens result (looked for {', '.join(_RESULTS)}, history.json)"
+    )

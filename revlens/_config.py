@@ -50,7 +50,11 @@ def as_int(name: str, value: Any, *, min: int | None = None, max: int | None = N
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def as_float(
-    name: str, value: Any, *, min: float | None = None, max: float | None = None,
+    name: str,
+    value: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
     open_min: bool = False,
 ) -> float:
     """``value`` as a finite ``float`` within the bounds (``open_min``: strictly above ``min``)."""
@@ -94,7 +98,9 @@ def as_str_tuple(name: str, value: Any, valid: Sequence[str] | None = None) -> t
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def as_ranks(name: str, value: Any) -> tuple[int, ...]:
     """Subspace ranks: one int or ints ``>= 1``, sorted and unique (empty allowed)."""
-    items = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    items = (
+        [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    )
     try:
         items = list(items)
     except TypeError:
@@ -113,7 +119,9 @@ def as_layers(value: Any, name: str = "layers") -> str | tuple[int, ...]:
     try:
         items = list(items)
     except TypeError:
-        raise SiteError(f"{name}={value!r} is not understood; use 'all', an int or a list of ints") from None
+        raise SiteError(
+            f"{name}={value!r} is not understood; use 'all', an int or a list of ints"
+        ) from None
     out = []
     for item in items:
         if isinstance(item, bool) or not isinstance(item, numbers.Integral):
@@ -124,13 +132,28 @@ def as_layers(value: Any, name: str = "layers") -> str | tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True,
-           choices: Sequence[str] | None = None, metavar: str | None = None,
-           parse: Any = None, nargs: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    cli: bool = True,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    parse: Any = None,
+    nargs: str | None = None,
+) -> Any:
     """A config field with command-line help (``cli=False``: API only; ``parse(flag, raw)``: how
     the command-line string(s) become the value; ``nargs``: argparse's, for a custom parse)."""
-    meta = {"help": help, "flag": flag, "cli": cli, "choices": choices, "metavar": metavar,
-            "parse": parse, "nargs": nargs}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "cli": cli,
+        "choices": choices,
+        "metavar": metavar,
+        "parse": parse,
+        "nargs": nargs,
+    }
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not allowed; use a tuple")
     return dataclasses.field(default=default, metadata=meta)
@@ -164,7 +187,9 @@ def _parse(kind: str, flag: str, raw: Any) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{flag} takes {'a number' if kind == 'float' else 'an integer'}, got {raw!r}") from None
+        raise ConfigError(
+            f"{flag} takes {'a number' if kind == 'float' else 'an integer'}, got {raw!r}"
+        ) from None
     if kind == "layers":
         if list(raw) == ["all"]:
             return "all"
@@ -238,15 +263,21 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     @classmethod
-    def build(cls, config: "Config | None" = None, where: str | None = None, **settings: Any) -> Any:
+    def build(
+        cls, config: "Config | None" = None, where: str | None = None, **settings: Any
+    ) -> Any:
         """``config`` (or the defaults) with ``settings`` overriding it; an unknown setting is a
         :class:`~revlens.errors.ConfigError` naming it and listing the valid ones."""
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(settings) - set(names))
         if unknown:
-            raise ConfigError(f"{where or cls.__name__}: unknown setting(s) {unknown}; valid: {', '.join(names)}")
+            raise ConfigError(
+                f"{where or cls.__name__}: unknown setting(s) {unknown}; valid: {', '.join(names)}"
+            )
         if config is not None and not isinstance(config, cls):
-            raise ConfigError(f"{where or cls.__name__}: config must be a {cls.__name__}, got {type(config).__name__}")
+            raise ConfigError(
+                f"{where or cls.__name__}: config must be a {cls.__name__}, got {type(config).__name__}"
+            )
         base = config.to_dict() if config is not None else {}
         return cls(**{**base, **settings})
 
@@ -295,7 +326,9 @@ class Config:
             elif raw is not None:
                 flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
                 custom = f.metadata.get("parse")
-                values[f.name] = custom(flag, raw) if custom is not None else _parse(kind, flag, raw)
+                values[f.name] = (
+                    custom(flag, raw) if custom is not None else _parse(kind, flag, raw)
+                )
         values.update(extra)
         return cls(**values)
 

@@ -50,7 +50,9 @@ def atomic_file(path: Any) -> Iterator[Path]:
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent
+        )
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -111,11 +113,15 @@ def probe_write(directory: Path, what: str, target: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=".revlens-probe-", dir=directory)
     except OSError as exc:
-        raise OutputError(f"{what} {target}: cannot write in {directory} ({exc.strerror or exc})") from None
+        raise OutputError(
+            f"{what} {target}: cannot write in {directory} ({exc.strerror or exc})"
+        ) from None
     try:
         os.write(fd, b"revlens")
     except OSError as exc:
-        raise OutputError(f"{what} {target}: cannot write in {directory} ({exc.strerror or exc})") from None
+        raise OutputError(
+            f"{what} {target}: cannot write in {directory} ({exc.strerror or exc})"
+        ) from None
     finally:
         os.close(fd)
         os.unlink(name)
@@ -188,7 +194,7 @@ def remove_stale(dest: Path) -> list[Path]:
     removed = []
     for kind in ("tmp", "old"):
         for cand in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*"):
-            parts = cand.name[len(f".{dest.name}.{kind}-"):].split("-")
+            parts = cand.name[len(f".{dest.name}.{kind}-") :].split("-")
             pid = int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
             if cand.is_dir() and (pid is None or not _alive(pid)):
                 shutil.rmtree(cand, ignore_errors=True)

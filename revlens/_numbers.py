@@ -22,7 +22,9 @@ def mean_std(values: Iterable[Any]) -> dict[str, float]:
     }
 
 
-def format_mean_std(block: Mapping[str, Any] | None, *, pct: bool = False, digits: int | None = None) -> str:
+def format_mean_std(
+    block: Mapping[str, Any] | None, *, pct: bool = False, digits: int | None = None
+) -> str:
     """``"0.412 ± 0.031"`` (``pct``: ``"41.2% ± 3.1%"``); ``"n/a"`` without a value."""
     if not block or block.get("n", 1) == 0:
         return "n/a"

@@ -17,14 +17,22 @@ from revlens.errors import RevlensError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = ("revlens.commands.analyze", "revlens.commands.ablate", "revlens.commands.report",
-             "revlens.commands.weights", "revlens.commands.datasets", "revlens.commands.defenses")
+_COMMANDS = (
+    "revlens.commands.analyze",
+    "revlens.commands.ablate",
+    "revlens.commands.report",
+    "revlens.commands.weights",
+    "revlens.commands.datasets",
+    "revlens.commands.defenses",
+)
 _PLUGINS = "revlens.commands"  # entry-point group: name -> "module:register"
 
 
 def _debug_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     return p
 
 
@@ -36,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parents = [_debug_parent()]
     registers = [importlib.import_module(mod).register for mod in _COMMANDS]
-    plugins = {ep.name: ep for ep in entry_points(group=_PLUGINS)}  # one per name (several installs may list it)
+    plugins = {
+        ep.name: ep for ep in entry_points(group=_PLUGINS)
+    }  # one per name (several installs may list it)
     registers += [plugins[name].load() for name in sorted(plugins)]
     for register in registers:
         register(sub, parents)
@@ -65,8 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: one line, the traceback with --debug
         if debug:
             raise
-        print(f"revlens {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-              "(run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"revlens {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

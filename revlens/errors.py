@@ -97,7 +97,7 @@ def require(module: str, extra: str, what: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(
-            f"{what} needs the optional package {module!r}: pip install \"revlens[{extra}]\" ({exc})"
+            f'{what} needs the optional package {module!r}: pip install "revlens[{extra}]" ({exc})'
         ) from None
 
 
@@ -132,7 +132,9 @@ class naming:
                 return False
             raise new from exc
         if isinstance(exc, FORWARD_ERRORS):
-            raise RevlensError(f"while {self.action} {self.where}: {type(exc).__name__}: {exc}") from exc
+            raise RevlensError(
+                f"while {self.action} {self.where}: {type(exc).__name__}: {exc}"
+            ) from exc
         return False
 
 

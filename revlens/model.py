@@ -16,23 +16,42 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from revlens._types import Device, PathLike, TokenizerInput, WeightsSource
 from revlens.errors import CheckpointError, ConfigError, RevlensError, ShapeMismatchError
 from revlens.loading.boot import bridge_tokenizer as _bridge_tokenizer
 from revlens.loading.boot import check_dtype_support, read_tokenizer
+from revlens.loading.swapper import Ref
 
-__all__ = ["WEIGHT_SUFFIXES", "LensModel", "config_fingerprint", "find_weight_files", "load_state_dict"]
+__all__ = [
+    "WEIGHT_SUFFIXES",
+    "CheckpointLike",
+    "ConfigLike",
+    "HistoryLike",
+    "LensModel",
+    "ModelInput",
+    "config_fingerprint",
+    "find_weight_files",
+    "load_state_dict",
+]
 
-PathLike = Union[str, "os.PathLike[str]"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # config keys that record how a file was written, not what the model computes
 _VOLATILE_CONFIG = (
-    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash",
-    "output_attentions", "output_hidden_states", "use_cache", "return_dict", "_attn_implementation",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_commit_hash",
+    "output_attentions",
+    "output_hidden_states",
+    "use_cache",
+    "return_dict",
+    "_attn_implementation",
     "_attn_implementation_autoset",
 )
 
@@ -44,7 +63,57 @@ def find_weight_files(directory: Path) -> list[Path]:
     return weight_files(directory)
 
 
-def config_fingerprint(config: Any) -> str:
+@runtime_checkable
+class HasToDict(Protocol):
+    """A config object (``transformers.PretrainedConfig``): ``to_dict()``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config's fields."""
+
+
+ConfigLike: TypeAlias = PathLike | Mapping[str, Any] | HasToDict
+"""A model config: a ``config.json`` (or its folder), a mapping, or a ``PretrainedConfig``."""
+
+
+@runtime_checkable
+class CheckpointLike(Protocol):
+    """What a model loads (a :class:`revlens.history.Checkpoint`): its name, content
+    fingerprint and :class:`~revlens.loading.Ref` (and its start's, for an adapter)."""
+
+    name: str
+
+    def model_fingerprint(self) -> str:
+        """Content fingerprint of the weights it puts in the model."""
+
+    def ref(self) -> Any:
+        """Its own files as a ``Ref``."""
+
+    def start_ref(self) -> Any:
+        """Its start model's ``Ref`` (adapters), else ``None``."""
+
+
+@runtime_checkable
+class HistoryLike(Protocol):
+    """What a model needs of a history (a :class:`revlens.history.History`): its architecture,
+    its adapter checkpoints, and booting on it."""
+
+    def architecture_dir(self) -> Path:
+        """The folder holding ``config.json``."""
+
+    def adapters(self) -> list[Any]:
+        """Its adapter checkpoints."""
+
+    def boot(
+        self,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
+        low_memory: bool = True,
+    ) -> Any:
+        """A ``LensModel`` on the history's architecture."""
+
+
+def config_fingerprint(config: ConfigLike) -> str:
     """Content hash of a model config (a ``config.json`` path or dir, a mapping, or a
     ``PretrainedConfig``), canonicalised through ``transformers.AutoConfig`` so that a file and
     the config of the model booted from it agree; fields that only record how the file was
@@ -68,7 +137,9 @@ def config_fingerprint(config: Any) -> str:
         try:
             obj = AutoConfig.from_pretrained(str(p.parent)).to_dict()
         except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"the model config {p} is not usable by transformers: {exc}") from None
+            raise CheckpointError(
+                f"the model config {p} is not usable by transformers: {exc}"
+            ) from None
     elif isinstance(config, Mapping):
         obj = dict(config)
     else:
@@ -78,7 +149,7 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def load_state_dict(source: Any) -> dict[str, Tensor]:
+def load_state_dict(source: WeightsSource) -> dict[str, Tensor]:
     """Read a whole state dict from a ``save_pretrained`` dir, a weights file, a module or a
     mapping (for inspection; loading into a model streams instead, see :meth:`LensModel.load`).
 
@@ -107,7 +178,14 @@ class LensModel:
         fingerprint: content fingerprint of the loaded weights (``None``: unknown).
     """
 
-    def __init__(self, bridge: Any, *, source: str = "<bridge>", tokenizer: Any = None, boot: Any = None) -> None:
+    def __init__(
+        self,
+        bridge: torch.nn.Module,
+        *,
+        source: str = "<bridge>",
+        tokenizer: TokenizerInput | None = None,
+        boot: Ref | WeightsSource | None = None,
+    ) -> None:
         from revlens.loading import Ref, Swapper
 
         self.bridge = bridge
@@ -127,13 +205,13 @@ class LensModel:
     @classmethod
     def boot(
         cls,
-        source: Any,
+        source: "ModelInput",
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
-        tokenizer: Any = None,
-        device_map: Any = None,
-        weights: Any = None,
+        tokenizer: TokenizerInput | None = None,
+        device_map: str | Mapping[str, Any] | None = None,
+        weights: Ref | WeightsSource | None = None,
         low_memory: bool = True,
     ) -> "LensModel":
         """Boot a bridge from a ``save_pretrained`` dir, a HF model, or wrap a bridge.
@@ -161,7 +239,9 @@ class LensModel:
         if isinstance(source, LensModel):
             return source
         if isinstance(source, TransformerBridge):
-            check_dtype_support(getattr(source.original_model.config, "model_type", None), source.cfg.dtype)
+            check_dtype_support(
+                getattr(source.original_model.config, "model_type", None), source.cfg.dtype
+            )
             return cls(source, tokenizer=tokenizer)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if device is not None:
@@ -177,12 +257,21 @@ class LensModel:
             return cls(bridge, source=name, tokenizer=tokenizer)
         from revlens.loading.gguf import gguf_dir, is_gguf
 
-        path = gguf_dir(source) if is_gguf(source) else Path(source)  # GGUF: its cached dequantized dir
+        path = (
+            gguf_dir(source) if is_gguf(source) else Path(source)
+        )  # GGUF: its cached dequantized dir
         return cls._boot_dir(path, kwargs, tokenizer, weights, low_memory and device_map is None)
 
     @classmethod
-    def for_history(cls, history: Any, model: Any = None, *, device: Any = None, dtype: torch.dtype | None = None,
-                    low_memory: bool = True) -> "LensModel":
+    def for_history(
+        cls,
+        history: HistoryLike,
+        model: "ModelInput | None" = None,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype | None = None,
+        low_memory: bool = True,
+    ) -> "LensModel":
         """The model an entry point runs: ``model`` (a ``LensModel``, bridge, HF model or path; checked
         against ``device`` / ``dtype`` when they are given) or, by default, ``history.boot(...)``
         (float32 unless ``dtype``). Its architecture is checked against the history's.
@@ -195,29 +284,42 @@ class LensModel:
             lm = history.boot(device=device, dtype=dtype or torch.float32, low_memory=low_memory)
         else:
             if isinstance(model, (str, os.PathLike)):
-                lm = cls.boot(model, device=device, dtype=dtype or torch.float32, low_memory=low_memory)
+                lm = cls.boot(
+                    model, device=device, dtype=dtype or torch.float32, low_memory=low_memory
+                )
             else:
                 lm = cls.boot(model)
             if dtype is not None and lm.dtype != dtype:
-                raise ConfigError(f"the model given runs in {lm.dtype} but dtype={dtype} was asked; boot it in "
-                                  "that dtype, or leave dtype unset to use the model's")
+                raise ConfigError(
+                    f"the model given runs in {lm.dtype} but dtype={dtype} was asked; boot it in "
+                    "that dtype, or leave dtype unset to use the model's"
+                )
             if device is not None and not _same_device(lm.device, torch.device(device)):
-                raise ConfigError(f"the model given is on {lm.device} but device={device!r} was asked; move it "
-                                  "(or leave device unset)")
+                raise ConfigError(
+                    f"the model given is on {lm.device} but device={device!r} was asked; move it "
+                    "(or leave device unset)"
+                )
         lm.check_architecture(history)
         return lm
 
     @classmethod
-    def _boot_dir(cls, path: Path, kwargs: dict[str, Any], tokenizer: Any, weights: Any,
-                  low_memory: bool) -> "LensModel":
+    def _boot_dir(
+        cls, path: Path, kwargs: dict[str, Any], tokenizer: Any, weights: Any, low_memory: bool
+    ) -> "LensModel":
         from transformer_lens.model_bridge import TransformerBridge
 
         from revlens.loading import Ref, empty_model, weight_files
 
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"cannot boot {path}: expected a save_pretrained dir with config.json")
-        config_fingerprint(path)  # a config.json that is not JSON is named here, not deep in transformers
-        check_dtype_support(json.loads((path / "config.json").read_text()).get("model_type"), kwargs["dtype"])
+            raise CheckpointError(
+                f"cannot boot {path}: expected a save_pretrained dir with config.json"
+            )
+        config_fingerprint(
+            path
+        )  # a config.json that is not JSON is named here, not deep in transformers
+        check_dtype_support(
+            json.loads((path / "config.json").read_text()).get("model_type"), kwargs["dtype"]
+        )
         tokenizer = read_tokenizer(path, tokenizer)
         if tokenizer is not None:
             kwargs["tokenizer"] = _bridge_tokenizer(tokenizer)
@@ -235,8 +337,11 @@ class LensModel:
                 f"cannot boot {path} with TransformerLens: {type(exc).__name__}: {exc}"
             ) from None
         own = Ref(path, name=path.name)
-        same = ref is not None and isinstance(ref.source, (str, os.PathLike)) and \
-            Path(ref.source).resolve() == path.resolve()
+        same = (
+            ref is not None
+            and isinstance(ref.source, (str, os.PathLike))
+            and Path(ref.source).resolve() == path.resolve()
+        )
         booted_with = None if low_memory else (ref if same else own)  # what from_pretrained read
         lm = cls(bridge, source=str(path), tokenizer=tokenizer, boot=booted_with)
         if booted_with is None or (ref is not None and not same):
@@ -289,7 +394,7 @@ class LensModel:
         (not merely one of the same name), unmodified since."""
         return self.fingerprint == fingerprint and self._weights_version() == self._version
 
-    def check_architecture(self, history: Any) -> None:
+    def check_architecture(self, history: HistoryLike) -> None:
         """Refuse a history of another architecture (its ``config.json`` differs from the booted
         model's: another activation, norm epsilon or size), and adapters that do not fit the
         model's modules (names, ranks, shapes: read from their headers, before any forward).
@@ -324,7 +429,7 @@ class LensModel:
         )
 
     # ------------------------------------------------------------------ weights
-    def load(self, checkpoint: Any, *, force: bool = False) -> None:
+    def load(self, checkpoint: CheckpointLike, *, force: bool = False) -> None:
         """Load a :class:`~revlens.history.Checkpoint` (a full one, or an adapter on its run's start
         model), unless exactly its weights (by content fingerprint, not by name) are loaded already
         and unmodified since."""
@@ -337,7 +442,7 @@ class LensModel:
         self.load_ref(checkpoint.ref(), start=checkpoint.start_ref())
         self.loaded, self.fingerprint = checkpoint.name, fp
 
-    def load_ref(self, ref: Any, *, start: Any = None) -> None:
+    def load_ref(self, ref: Ref, *, start: Ref | None = None) -> None:
         """Swap a :class:`~revlens.loading.Ref` in (see :meth:`revlens.loading.Swapper.load`).
 
         Raises:
@@ -384,3 +489,9 @@ class LensModel:
 
 def _same_device(have: torch.device, want: torch.device) -> bool:
     return have.type == want.type and (want.index is None or have.index == want.index)
+
+
+ModelInput: TypeAlias = LensModel | torch.nn.Module | PathLike
+"""What an entry point accepts as a model: a :class:`LensModel`, a ``TransformerBridge`` or a Hugging
+Face model (both ``torch.nn.Module``), or a ``save_pretrained`` folder / ``.gguf`` file
+(converted once by :func:`revlens.history.as_model`)."""

@@ -10,8 +10,8 @@ Example:
     'resid_pre'
 """
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal, get_args, no_type_check, overload
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, get_args, no_type_check, overload
 
 from revlens.errors import ConfigError
 
@@ -113,6 +113,7 @@ motion toward base), or the drift confined to the subspace (its complement held 
 RankRule = Literal["margin", "max"]
 """How :func:`revlens.causal.ablation_study` chooses the subspace rank k on the selection prompts."""
 
+
 class Registered(Sequence[str]):
     """A live, read-only tuple of the names a registry holds (validation, CLI ``choices``): the
     registry adds a name when it registers it, so a new kind is known everywhere at once."""
@@ -183,7 +184,9 @@ DATA_SPLITS: tuple[str, ...] = get_args(DataSplit)
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def check_mode(name: str, value: Any, valid: Sequence[str], *, error: type[Exception] = ConfigError) -> str:
+def check_mode(
+    name: str, value: str, valid: Sequence[str], *, error: type[Exception] = ConfigError
+) -> str:
     """``value`` if it is one of ``valid``; otherwise ``error`` naming ``name``, the value and the
     valid choices."""
     if not isinstance(value, str) or value not in valid:
@@ -192,7 +195,9 @@ def check_mode(name: str, value: Any, valid: Sequence[str], *, error: type[Excep
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def check_modes(name: str, values: Any, valid: Sequence[str], *, allow_empty: bool = False) -> list[str]:
+def check_modes(
+    name: str, values: str | Iterable[str], valid: Sequence[str], *, allow_empty: bool = False
+) -> list[str]:
     """A list of modes: one string (read as one item, never as its characters) or a sequence."""
     items = [values] if isinstance(values, str) else values
     if not isinstance(items, (list, tuple)) and not hasattr(items, "__iter__"):

@@ -35,6 +35,7 @@ Example:
 """
 
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, no_type_check
 
 import pandas as pd
@@ -42,10 +43,13 @@ import torch
 from torch import Tensor
 
 from revlens._config import as_int
-from revlens.block.inputs import ProbeInputs
+from revlens._types import ModuleLike, TokenizerInput
+from revlens.block.inputs import DirectionsInput, ProbeInputs, ProbesArg, ReferenceInput
 from revlens.errors import ConfigError
+from revlens.metrics import MetricLike
 from revlens.modes import SITE_KINDS, check_mode
 from revlens.nulls import isotropic_quantile
+from revlens.sites import LayerSpec
 
 __all__ = ["AUTO_PROBES", "ReversionMonitor", "ReversionWarning"]
 
@@ -62,9 +66,13 @@ def _check_metrics(metrics: Any) -> dict[str, Any]:
     items = dict(metrics) if isinstance(metrics, dict) else {metric_name(m): m for m in metrics}
     for name, m in items.items():
         if not callable(m) and not is_model_metric(m):
-            raise ConfigError(f"monitor metric {name!r} is neither a logits metric nor a model metric")
+            raise ConfigError(
+                f"monitor metric {name!r} is neither a logits metric nor a model metric"
+            )
         if isinstance(m, KLTo) and m.needs_reference:
-            raise ConfigError(f"monitor metric {name!r}: kl_to() needs reference logits here (kl_to(reference))")
+            raise ConfigError(
+                f"monitor metric {name!r}: kl_to() needs reference logits here (kl_to(reference))"
+            )
     return items
 
 
@@ -103,21 +111,21 @@ class ReversionMonitor(ProbeInputs):
     @no_type_check  # validates its own arguments (typed errors)
     def __init__(
         self,
-        directions: Any,
-        probes: Any,
-        reference: Any,
+        directions: DirectionsInput,
+        probes: ProbesArg,
+        reference: ReferenceInput,
         *,
         every: int = 10,
-        layers: Any = None,
+        layers: LayerSpec = None,
         patience: int = 2,
         threshold: str | float = "p99",
         stop: bool = False,
-        tokenizer: Any = None,
-        directions_layers: Any = None,
+        tokenizer: TokenizerInput | None = None,
+        directions_layers: LayerSpec = None,
         batch_size: int = 256,
         site: str = "resid_post",
-        metrics: Any = None,
-        metric_probes: Any = None,
+        metrics: Mapping[str, MetricLike] | Sequence[MetricLike] | None = None,
+        metric_probes: ProbesArg | None = None,
         probe_batch_size: int | str | None = "auto",
         seed: int = 0,
     ) -> None:
@@ -135,9 +143,22 @@ class ReversionMonitor(ProbeInputs):
                 )
         elif not -1.0 < float(threshold) < 1.0:
             raise ConfigError(f"threshold must be 'p99' or a float in (-1, 1), got {threshold!r}")
-        self._store_inputs(directions, probes, reference, layers=layers, tokenizer=tokenizer,
-                           directions_layers=directions_layers, site=site)
-        self.every, self.patience, self.threshold, self.stop, self.batch_size = every, patience, threshold, stop, batch_size
+        self._store_inputs(
+            directions,
+            probes,
+            reference,
+            layers=layers,
+            tokenizer=tokenizer,
+            directions_layers=directions_layers,
+            site=site,
+        )
+        self.every, self.patience, self.threshold, self.stop, self.batch_size = (
+            every,
+            patience,
+            threshold,
+            stop,
+            batch_size,
+        )
         self._rows: list[dict[str, Any]] = []
         self._metric_rows: list[dict[str, Any]] = []
         self.behaviour_metrics = _check_metrics(metrics)
@@ -146,7 +167,7 @@ class ReversionMonitor(ProbeInputs):
         self.should_stop_ = False
         self._model_id: int | None = None
 
-    def prepare(self, model: Any) -> "ReversionMonitor":
+    def prepare(self, model: ModuleLike) -> "ReversionMonitor":
         """Validate inputs against ``model`` (called on the first check)."""
         reader, res = self.resolve(model)
         self.reader_, self.inputs_ = reader, res
@@ -170,7 +191,7 @@ class ReversionMonitor(ProbeInputs):
                 bind_metric(m, tok, vocab_size=reader.vocab_size)
         return self
 
-    def measure_metrics(self, model: Any) -> dict[str, float]:
+    def measure_metrics(self, model: ModuleLike) -> dict[str, float]:
         """The behaviour metrics now (mean over ``metric_probes``), in eval mode, no grad."""
         if self._model_id != id(model):
             self.prepare(model)
@@ -184,7 +205,9 @@ class ReversionMonitor(ProbeInputs):
             with torch.no_grad():
                 for batch in self.metric_inputs_.batches(self.batch_size):
                     for name, m in self.behaviour_metrics.items():
-                        sums[name] += float(metric_values(m, model, batch.to(self.reader_.device)).sum())
+                        sums[name] += float(
+                            metric_values(m, model, batch.to(self.reader_.device)).sum()
+                        )
         finally:
             module.train(was_training)
         return {k: v / len(self.metric_inputs_) for k, v in sums.items()}
@@ -196,7 +219,7 @@ class ReversionMonitor(ProbeInputs):
         self._checks += 1
         return self._order[(torch.arange(k) + start) % n]
 
-    def measure(self, model: Any, prompts: Tensor | None = None) -> pd.DataFrame:
+    def measure(self, model: ModuleLike, prompts: Tensor | None = None) -> pd.DataFrame:
         """One check now (not recorded) on ``prompts`` (indices; default every prompt):
         ``layer, cos, proj, norm, n_probes, proj_se`` per monitored layer."""
         if self._model_id != id(model):
@@ -207,10 +230,16 @@ class ReversionMonitor(ProbeInputs):
         rows = []
         with torch.no_grad():
             for i in range(0, len(idx), self.batch_size):
-                sl = idx[i:i + self.batch_size]
-                width = int(res.mask[sl].sum(1).max())  # right padding: trailing columns are padding
-                acts = self.reader_.read(res.tokens[sl, :width], res.weights[sl, :width], res.sites,
-                                         mask=res.mask[sl, :width])
+                sl = idx[i : i + self.batch_size]
+                width = int(
+                    res.mask[sl].sum(1).max()
+                )  # right padding: trailing columns are padding
+                acts = self.reader_.read(
+                    res.tokens[sl, :width],
+                    res.weights[sl, :width],
+                    res.sites,
+                    mask=res.mask[sl, :width],
+                )
                 rows.append(torch.stack(acts, dim=1).double().cpu())
         h = torch.cat(rows)  # [subset, layer, d]
         v = res.vectors.cpu().double()
@@ -224,10 +253,18 @@ class ReversionMonitor(ProbeInputs):
         fpc = max(1.0 - k / n_all, 0.0)
         spread = (diffs * v).sum(-1).std(0) if k > 1 else torch.zeros_like(proj)
         se = spread * (fpc / k) ** 0.5
-        return pd.DataFrame({"layer": res.layers, "cos": cos.tolist(), "proj": proj.tolist(), "norm": norm.tolist(),
-                             "n_probes": k, "proj_se": se.tolist()})
+        return pd.DataFrame(
+            {
+                "layer": res.layers,
+                "cos": cos.tolist(),
+                "proj": proj.tolist(),
+                "norm": norm.tolist(),
+                "n_probes": k,
+                "proj_se": se.tolist(),
+            }
+        )
 
-    def step(self, model: Any, step: int) -> pd.DataFrame | None:
+    def step(self, model: ModuleLike, step: int) -> pd.DataFrame | None:
         """In a plain loop: call after each optimizer step; checks when ``step % every == 0``.
 
         Returns the check's rows, or ``None`` when no check was due.
@@ -236,10 +273,14 @@ class ReversionMonitor(ProbeInputs):
             return None
         if self._model_id != id(model):
             self.prepare(model)
-        table = self.measure(model, self.next_subset() if self.subset_size_ < len(self._order) else None)
+        table = self.measure(
+            model, self.next_subset() if self.subset_size_ < len(self._order) else None
+        )
         if self.behaviour_metrics:
-            self._metric_rows += [{"step": int(step), "metric": k, "value": v}
-                                  for k, v in self.measure_metrics(model).items()]
+            self._metric_rows += [
+                {"step": int(step), "metric": k, "value": v}
+                for k, v in self.measure_metrics(model).items()
+            ]
         table.insert(0, "step", int(step))
         table["null_p99"] = self.null_p99_
         self._rows.extend(table.to_dict("records"))
@@ -263,7 +304,8 @@ class ReversionMonitor(ProbeInputs):
     def history_(self) -> pd.DataFrame:
         """Every check so far: ``step, layer, cos, proj, norm, null_p99, n_probes, proj_se``."""
         return pd.DataFrame(
-            self._rows, columns=["step", "layer", "cos", "proj", "norm", "null_p99", "n_probes", "proj_se"]
+            self._rows,
+            columns=["step", "layer", "cos", "proj", "norm", "null_p99", "n_probes", "proj_se"],
         )
 
     @property
@@ -271,12 +313,18 @@ class ReversionMonitor(ProbeInputs):
         """The behaviour metrics of every check: ``step, metric, value``."""
         return pd.DataFrame(self._metric_rows, columns=["step", "metric", "value"])
 
-    def trajectory(self, *, title: str | None = "reversion monitor: cos(drift, v) per check") -> Any:
+    def trajectory(
+        self, *, title: str | None = "reversion monitor: cos(drift, v) per check"
+    ) -> Any:
         """cos(drift, v) of every check per layer, with the threshold and the alerts (plotly)."""
         from revlens.plot import monitor_figure
 
-        return monitor_figure(self.history_, threshold=getattr(self, "threshold_", None),
-                              alerts=self.alerts_, title=title)
+        return monitor_figure(
+            self.history_,
+            threshold=getattr(self, "threshold_", None),
+            alerts=self.alerts_,
+            title=title,
+        )
 
     def _ipython_display_(self) -> None:  # pragma: no cover - exercised in the notebooks
         from IPython.display import display
@@ -309,9 +357,15 @@ class ReversionMonitor(ProbeInputs):
             ) -> Any:
                 table = monitor.step(model, int(state.global_step))
                 if table is not None:
-                    self.pending = {**{f"{k}_layer{int(r.layer)}": float(getattr(r, k))
-                                       for r in table.itertuples() for k in ("cos", "proj")},
-                                    "null_p99": float(monitor.null_p99_), "alerts": len(monitor.alerts_)}
+                    self.pending = {
+                        **{
+                            f"{k}_layer{int(r.layer)}": float(getattr(r, k))
+                            for r in table.itertuples()
+                            for k in ("cos", "proj")
+                        },
+                        "null_p99": float(monitor.null_p99_),
+                        "alerts": len(monitor.alerts_),
+                    }
                     control.should_log = True  # the check is logged at its own step
                 if monitor.should_stop_:
                     control.should_training_stop = True
@@ -321,5 +375,7 @@ class ReversionMonitor(ProbeInputs):
 
     def __repr__(self) -> str:
         checks = len({r["step"] for r in self._rows})
-        return (f"ReversionMonitor(every={self.every}, patience={self.patience}, threshold={self.threshold!r}, "
-                f"checks={checks}, alerts={len(self.alerts_)})")
+        return (
+            f"ReversionMonitor(every={self.every}, patience={self.patience}, threshold={self.threshold!r}, "
+            f"checks={checks}, alerts={len(self.alerts_)})"
+        )

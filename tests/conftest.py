@@ -25,7 +25,9 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def tiny_history(tiny_dirs: dict):
     import revlens
 
-    return revlens.History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs=tiny_dirs["runs"])
+    return revlens.History.from_dirs(
+        base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs=tiny_dirs["runs"]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +51,9 @@ def hook_count(module) -> int:
     internal = ("output_capturing_hook", "_maybe_wire_capture_hooks")
 
     def ours(hooks) -> int:
-        return sum(not any(k in getattr(h, "__qualname__", "") for k in internal) for h in hooks.values())
+        return sum(
+            not any(k in getattr(h, "__qualname__", "") for k in internal) for h in hooks.values()
+        )
 
     return sum(ours(m._forward_hooks) + ours(m._forward_pre_hooks) for m in module.modules())
 
@@ -64,7 +68,9 @@ def _no_leaked_hooks(request):
     before = hook_count(lm.bridge)
     yield
     after = hook_count(lm.bridge)
-    assert after == before, f"{request.node.nodeid} leaked {after - before} hook(s) on the shared bridge"
+    assert after == before, (
+        f"{request.node.nodeid} leaked {after - before} hook(s) on the shared bridge"
+    )
 
 
 @pytest.fixture(autouse=True)

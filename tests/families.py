@@ -46,7 +46,11 @@ __all__ = [
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<eot>", "<unk>"]
 ROLE_WORDS = ["user", "assistant", "system", ":"]
-VOCAB: list[str] = [*SPECIALS, *ROLE_WORDS, *[f"w{i}" for i in range(100 - len(SPECIALS) - len(ROLE_WORDS))]]
+VOCAB: list[str] = [
+    *SPECIALS,
+    *ROLE_WORDS,
+    *[f"w{i}" for i in range(100 - len(SPECIALS) - len(ROLE_WORDS))],
+]
 PAD, BOS, EOS = 0, 1, 2
 
 CHAT_TEMPLATE = (
@@ -55,44 +59,113 @@ CHAT_TEMPLATE = (
 )
 
 D, L, H = 64, 2, 4  # d_model, layers, heads (d_head 16)
-_COMMON: dict[str, Any] = dict(vocab_size=len(VOCAB), bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-_DECODER = dict(_COMMON, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                intermediate_size=96, max_position_embeddings=64)
+_COMMON: dict[str, Any] = dict(
+    vocab_size=len(VOCAB), bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD
+)
+_DECODER = dict(
+    _COMMON,
+    hidden_size=D,
+    num_hidden_layers=L,
+    num_attention_heads=H,
+    intermediate_size=96,
+    max_position_embeddings=64,
+)
 
 
 def _llama_like(cls: type, **extra: Any) -> Callable[[], Any]:
-    return lambda: cls(**{**_DECODER, "num_key_value_heads": 2, "tie_word_embeddings": False, **extra})
+    return lambda: cls(
+        **{**_DECODER, "num_key_value_heads": 2, "tie_word_embeddings": False, **extra}
+    )
 
 
 # family -> (config factory, model class). Configs: 2 layers, d_model 64, 4 heads of 16.
 _SPECS: dict[str, tuple[Callable[[], Any], str]] = {
-    "gpt2": (lambda: tf.GPT2Config(**_COMMON, n_embd=D, n_layer=L, n_head=H, n_positions=64, n_inner=96),
-             "GPT2LMHeadModel"),
+    "gpt2": (
+        lambda: tf.GPT2Config(**_COMMON, n_embd=D, n_layer=L, n_head=H, n_positions=64, n_inner=96),
+        "GPT2LMHeadModel",
+    ),
     "llama": (_llama_like(tf.LlamaConfig), "LlamaForCausalLM"),
     "qwen2": (_llama_like(tf.Qwen2Config), "Qwen2ForCausalLM"),
     "qwen3": (_llama_like(tf.Qwen3Config, head_dim=16), "Qwen3ForCausalLM"),
     "mistral": (_llama_like(tf.MistralConfig, sliding_window=None), "MistralForCausalLM"),
-    "gemma2": (_llama_like(tf.Gemma2Config, head_dim=16, tie_word_embeddings=True, sliding_window=32,
-                           query_pre_attn_scalar=16), "Gemma2ForCausalLM"),
+    "gemma2": (
+        _llama_like(
+            tf.Gemma2Config,
+            head_dim=16,
+            tie_word_embeddings=True,
+            sliding_window=32,
+            query_pre_attn_scalar=16,
+        ),
+        "Gemma2ForCausalLM",
+    ),
     "olmo2": (_llama_like(tf.Olmo2Config), "Olmo2ForCausalLM"),
     "phi3": (_llama_like(tf.Phi3Config, pad_token_id=PAD), "Phi3ForCausalLM"),
     "phi": (lambda: tf.PhiConfig(**_DECODER, partial_rotary_factor=0.5), "PhiForCausalLM"),
-    "gpt_neox": (lambda: tf.GPTNeoXConfig(**_DECODER, rotary_pct=0.25, tie_word_embeddings=False),
-                 "GPTNeoXForCausalLM"),
-    "opt": (lambda: tf.OPTConfig(**_COMMON, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                                 ffn_dim=96, word_embed_proj_dim=D, max_position_embeddings=64),
-            "OPTForCausalLM"),
-    "gptj": (lambda: tf.GPTJConfig(**_COMMON, n_embd=D, n_layer=L, n_head=H, n_positions=64,
-                                   rotary_dim=8, n_inner=96, tie_word_embeddings=False), "GPTJForCausalLM"),
-    "bloom": (lambda: tf.BloomConfig(**_COMMON, hidden_size=D, n_layer=L, n_head=H), "BloomForCausalLM"),
-    "falcon": (lambda: tf.FalconConfig(**_COMMON, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                                       new_decoder_architecture=False, multi_query=True, parallel_attn=True,
-                                       bias=False, alibi=False), "FalconForCausalLM"),
-    "mixtral": (_llama_like(tf.MixtralConfig, num_local_experts=4, num_experts_per_tok=2,
-                            sliding_window=None), "MixtralForCausalLM"),
-    "qwen2_moe": (_llama_like(tf.Qwen2MoeConfig, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                              shared_expert_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[]),
-                  "Qwen2MoeForCausalLM"),
+    "gpt_neox": (
+        lambda: tf.GPTNeoXConfig(**_DECODER, rotary_pct=0.25, tie_word_embeddings=False),
+        "GPTNeoXForCausalLM",
+    ),
+    "opt": (
+        lambda: tf.OPTConfig(
+            **_COMMON,
+            hidden_size=D,
+            num_hidden_layers=L,
+            num_attention_heads=H,
+            ffn_dim=96,
+            word_embed_proj_dim=D,
+            max_position_embeddings=64,
+        ),
+        "OPTForCausalLM",
+    ),
+    "gptj": (
+        lambda: tf.GPTJConfig(
+            **_COMMON,
+            n_embd=D,
+            n_layer=L,
+            n_head=H,
+            n_positions=64,
+            rotary_dim=8,
+            n_inner=96,
+            tie_word_embeddings=False,
+        ),
+        "GPTJForCausalLM",
+    ),
+    "bloom": (
+        lambda: tf.BloomConfig(**_COMMON, hidden_size=D, n_layer=L, n_head=H),
+        "BloomForCausalLM",
+    ),
+    "falcon": (
+        lambda: tf.FalconConfig(
+            **_COMMON,
+            hidden_size=D,
+            num_hidden_layers=L,
+            num_attention_heads=H,
+            new_decoder_architecture=False,
+            multi_query=True,
+            parallel_attn=True,
+            bias=False,
+            alibi=False,
+        ),
+        "FalconForCausalLM",
+    ),
+    "mixtral": (
+        _llama_like(
+            tf.MixtralConfig, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        ),
+        "MixtralForCausalLM",
+    ),
+    "qwen2_moe": (
+        _llama_like(
+            tf.Qwen2MoeConfig,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        ),
+        "Qwen2MoeForCausalLM",
+    ),
 }
 
 FAMILIES: tuple[str, ...] = tuple(_SPECS)
@@ -143,14 +216,19 @@ def tokenizer() -> tf.PreTrainedTokenizerFast:
 
     tok = tf.PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         additional_special_tokens=["<eot>"],
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
-def save(model: torch.nn.Module, tok: Any, path: Path, *, tokenizer: bool = True, **kwargs: Any) -> Path:
+def save(
+    model: torch.nn.Module, tok: Any, path: Path, *, tokenizer: bool = True, **kwargs: Any
+) -> Path:
     """``save_pretrained`` the model (and the tokenizer unless ``tokenizer=False``) into ``path``.
 
     ``kwargs`` go to ``model.save_pretrained`` (e.g. ``max_shard_size="50KB"``,

@@ -13,13 +13,26 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<eos>", unk_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<eos>",
+        unk_token="<pad>",
+    )
 
 
 def tiny_config(n_layer: int = 2, d: int = 32) -> GPT2Config:
-    return GPT2Config(vocab_size=len(WORDS), n_positions=16, n_embd=d, n_layer=n_layer, n_head=2,
-                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    return GPT2Config(
+        vocab_size=len(WORDS),
+        n_positions=16,
+        n_embd=d,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
 
 
 def tiny_model(seed: int, n_layer: int = 2, d: int = 32) -> GPT2LMHeadModel:
@@ -45,11 +58,17 @@ def perturbed(model: GPT2LMHeadModel, scale: float, seed: int) -> GPT2LMHeadMode
     return out
 
 
-def write_history(root: Path, *, n_runs: int = 2, steps: tuple[int, ...] = (1, 2, 3), trainer: bool = False) -> dict:
+def write_history(
+    root: Path, *, n_runs: int = 2, steps: tuple[int, ...] = (1, 2, 3), trainer: bool = False
+) -> dict:
     """base, aligned (= base perturbed) and runs drifting from aligned; returns the dirs."""
     base = tiny_model(0)
     aligned = perturbed(base, 0.05, 1)
-    out = {"base": save(base, root / "base"), "aligned": save(aligned, root / "aligned"), "runs": {}}
+    out = {
+        "base": save(base, root / "base"),
+        "aligned": save(aligned, root / "aligned"),
+        "runs": {},
+    }
     for r in range(n_runs):
         run_dir = root / f"run{r}"
         steps_map = {}

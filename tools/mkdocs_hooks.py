@@ -51,7 +51,9 @@ _ENV = {
     "HF_HUB_OFFLINE": "1",
     "COLUMNS": "100",
 }
-_CDN_SCRIPT = re.compile(r'<script[^>]*\bsrc="https?://[^"]*(?:mathjax|plot\.ly|plotly)[^"]*"[^>]*>\s*</script>')
+_CDN_SCRIPT = re.compile(
+    r'<script[^>]*\bsrc="https?://[^"]*(?:mathjax|plot\.ly|plotly)[^"]*"[^>]*>\s*</script>'
+)
 _LINK = re.compile(r"(?<!\!)\[([^\]]*)\]\((?!https?:|mailto:|#|/)([^)\s]+)\)")
 
 
@@ -118,8 +120,10 @@ def api_page(module: str, rows: list[tuple[str, str, str | None]]) -> str:
                   "| name | documented at |", "|---|---|"]  # fmt: skip
         # each row carries an anchor of the public name (aliases such as
         # ``ReversionBlockerCallback = BlockingCallback`` included)
-        lines += [f'| <span id="{module}.{n}"></span>`{module}.{n}` | [`{p}`]({h}.md#{p}) |'
-                  for n, p, h in elsewhere]
+        lines += [
+            f'| <span id="{module}.{n}"></span>`{module}.{n}` | [`{p}`]({h}.md#{p}) |'
+            for n, p, h in elsewhere
+        ]
         lines.append("")
     for name, path, home in rows:
         if home is None:
@@ -166,8 +170,14 @@ def on_files(files, config):
     files.append(_generated(config, "changelog.md", changelog))
     for uri, title in PLACEHOLDERS.items():
         if files.get_file_from_path(uri) is None:
-            files.append(_generated(config, uri, f"# {title}\n\nThis page is being written on another "
-                                                 "branch; it replaces this placeholder when merged.\n"))
+            files.append(
+                _generated(
+                    config,
+                    uri,
+                    f"# {title}\n\nThis page is being written on another "
+                    "branch; it replaces this placeholder when merged.\n",
+                )
+            )
     return files
 
 
@@ -183,9 +193,20 @@ def result_formats() -> str:
         mod = importlib.import_module(module)
         fmt = getattr(getattr(mod, name), "FORMAT", None) or getattr(mod, "STATS_FORMAT", name)
         rows.append(f"| `{meta}` | `{fmt}` | [`{name}`][{module}.{name}] |")
-        docs += [f"## `{fmt}` ({name})", "", f"::: {module}", "    options:",
-                 "      members: false", "      show_root_heading: false", "      show_root_toc_entry: false", ""]  # fmt: skip
-    rows += ["| `history.json` | `revlens-history` | [`History`][revlens.history.history.History] |", ""]
+        docs += [
+            f"## `{fmt}` ({name})",
+            "",
+            f"::: {module}",
+            "    options:",
+            "      members: false",
+            "      show_root_heading: false",
+            "      show_root_toc_entry: false",
+            "",
+        ]
+    rows += [
+        "| `history.json` | `revlens-history` | [`History`][revlens.history.history.History] |",
+        "",
+    ]
     return "\n".join(rows + docs)
 
 
@@ -212,7 +233,9 @@ def on_page_markdown(markdown, page, config, files):
             return m.group(0)  # left for the strict link check to report
         rel = resolved.relative_to(ROOT).as_posix()
         kind = "tree" if resolved.is_dir() else "blob"
-        return f"[{m.group(1)}]({repo.rstrip('/')}/{kind}/main/{rel}{'#' + anchor if anchor else ''})"
+        return (
+            f"[{m.group(1)}]({repo.rstrip('/')}/{kind}/main/{rel}{'#' + anchor if anchor else ''})"
+        )
 
     return _LINK.sub(fix, markdown)
 

@@ -21,9 +21,21 @@ from revlens.block.config import BlockerConfig
 from revlens.block.registry import method_class, method_names, register, unregister
 from revlens.block.strategy import BlockingStrategy, Measurement
 
-__all__ = ["METHODS", "BlockerConfig", "BlockingCallback", "BlockingStrategy", "BlockingTrainer", "Measurement",
-           "ReversionBlocker", "ReversionBlockerCallback", "add_to_trainer", "method_class", "method_names",
-           "register", "unregister"]
+__all__ = [
+    "METHODS",
+    "BlockerConfig",
+    "BlockingCallback",
+    "BlockingStrategy",
+    "BlockingTrainer",
+    "Measurement",
+    "ReversionBlocker",
+    "ReversionBlockerCallback",
+    "add_to_trainer",
+    "method_class",
+    "method_names",
+    "register",
+    "unregister",
+]
 
 _TRAINER = ("BlockingCallback", "BlockingTrainer", "ReversionBlockerCallback", "add_to_trainer")
 

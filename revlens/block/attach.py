@@ -11,16 +11,29 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
+from revlens._types import ParamsInput
 from revlens.errors import ConfigError
 
-__all__ = ["named_steps", "trained_parameters", "wrapped_step"]
+__all__ = ["Stepped", "named_steps", "trained_parameters", "wrapped_step"]
 
 
-def _flatten(params: Any) -> list[Tensor]:
+@runtime_checkable
+class Stepped(Protocol):
+    """What runs around an optimizer step (a :class:`~revlens.block.strategy.BlockingStrategy`)."""
+
+    def before_step(self) -> None:
+        """Before ``optimizer.step()``."""
+
+    def after_step(self) -> None:
+        """After ``optimizer.step()``."""
+
+
+def _flatten(params: ParamsInput) -> list[Tensor]:
     """Tensors from an iterable of tensors and/or optimizer param-group dicts (``{"params": [...]}``)."""
     if isinstance(params, (Tensor, dict)):
         params = [params]
@@ -31,13 +44,21 @@ def _flatten(params: Any) -> list[Tensor]:
         elif isinstance(item, Tensor):
             out.append(item)
         else:
-            raise ConfigError(f"params must be tensors or optimizer param groups ({{'params': [...]}}); "
-                              f"got {type(item).__name__}")
+            raise ConfigError(
+                f"params must be tensors or optimizer param groups ({{'params': [...]}}); "
+                f"got {type(item).__name__}"
+            )
     return out
 
 
-def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, optimizer: Any = None,
-                       params: Any = None, patterns: Iterable[str] = ()) -> list[nn.Parameter]:
+def trained_parameters(
+    module: nn.Module,
+    trainable: list[nn.Parameter],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    params: ParamsInput | None = None,
+    patterns: Iterable[str] = (),
+) -> list[nn.Parameter]:
     """The parameters to correct, in module order, unique.
 
     Args:
@@ -61,8 +82,10 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
         given = _flatten(params)
         stray = [p for p in given if id(p) not in keep]
         if stray:
-            raise ConfigError(f"params: {len(stray)} of the {len(given)} tensors given are not trainable parameters "
-                              "of the model (in the optimizer, with requires_grad)")
+            raise ConfigError(
+                f"params: {len(stray)} of the {len(given)} tensors given are not trainable parameters "
+                "of the model (in the optimizer, with requires_grad)"
+            )
         keep &= {id(p) for p in given}
     patterns = tuple(patterns)
     if patterns:
@@ -70,7 +93,9 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
         for pat in patterns:
             if not any(fnmatchcase(n, pat) for n, _ in names):
                 sample = ", ".join(n for n, _ in names[:4])
-                raise ConfigError(f"params pattern {pat!r} matches no trainable parameter; names look like: {sample}")
+                raise ConfigError(
+                    f"params pattern {pat!r} matches no trainable parameter; names look like: {sample}"
+                )
         keep = {id(p) for n, p in names if any(fnmatchcase(n, pat) for pat in patterns)}
     out = [p for p in trainable if id(p) in keep]
     if not out:
@@ -79,7 +104,9 @@ def trained_parameters(module: nn.Module, trainable: list[nn.Parameter], *, opti
 
 
 @contextmanager
-def wrapped_step(optimizer: Any, before: Callable[[], None], after: Callable[[], None]) -> Iterator[None]:
+def wrapped_step(
+    optimizer: torch.optim.Optimizer, before: Callable[[], None], after: Callable[[], None]
+) -> Iterator[None]:
     """``optimizer.step`` calls ``before()`` and ``after()`` around itself; restored on exit (also
     when a scheduler wrapped it meanwhile: the instance attribute is put back as it was)."""
     had = "step" in vars(optimizer)
@@ -102,14 +129,16 @@ def wrapped_step(optimizer: Any, before: Callable[[], None], after: Callable[[],
             del optimizer.step
 
 
-def named_steps(blocker: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+def named_steps(blocker: Stepped) -> tuple[Callable[[], None], Callable[[], None]]:
     """``blocker.before_step`` / ``after_step`` whose errors name the training step, the layers and
     the method (an exception inside the probes' forward becomes a ``RevlensError`` saying so)."""
     from revlens.errors import naming
 
     def where() -> str:
-        return (f"blocking training step {getattr(blocker, 'step_', '?')} (layers "
-                f"{getattr(blocker, 'layers_', '?')}, method {getattr(blocker, 'method', '?')!r})")
+        return (
+            f"blocking training step {getattr(blocker, 'step_', '?')} (layers "
+            f"{getattr(blocker, 'layers_', '?')}, method {getattr(blocker, 'method', '?')!r})"
+        )
 
     def before() -> None:
         with naming(where(), "measuring the probes for"):

@@ -37,23 +37,24 @@ Example:
     ...         loss = model(**batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
 """
 
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from revlens._types import ModuleLike, ParamsInput, TokenizerInput
 from revlens.block.attach import trained_parameters
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import penalty_rows
-from revlens.block.inputs import ProbeInputs, Resolved
+from revlens.block.inputs import DirectionsInput, ProbeInputs, ProbesArg, ReferenceInput, Resolved
 from revlens.block.objective import ProbeObjective
 from revlens.block.projection import Jacobian
 from revlens.block.registry import MethodNames, method_class
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
 from revlens.modes import BlockMethod
-from revlens.sites import SiteAccess
+from revlens.sites import LayerSpec, SiteAccess
 
 __all__ = ["METHODS", "BlockerConfig", "Method", "ReversionBlocker"]
 
@@ -115,34 +116,50 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
 
     source = "block"
 
-    def __new__(cls, *args: Any, config: BlockerConfig | None = None, **settings: Any) -> "ReversionBlocker":
+    def __new__(
+        cls, *args: Any, config: BlockerConfig | None = None, **settings: Any
+    ) -> "ReversionBlocker":
         if cls is ReversionBlocker:  # the registered class of the method asked for
-            method = settings.get("method", config.method if config is not None else BlockerConfig.method)
+            method = settings.get(
+                "method", config.method if config is not None else BlockerConfig.method
+            )
             cls = method_class(method, ReversionBlocker)
         return super().__new__(cls)
 
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
     def __init__(
         self,
-        directions: Any,
-        probes: Any,
-        reference: Any,
+        directions: DirectionsInput,
+        probes: ProbesArg,
+        reference: ReferenceInput,
         *,
-        layers: Any = None,
-        tokenizer: Any = None,
-        directions_layers: Any = None,
+        layers: LayerSpec = None,
+        tokenizer: TokenizerInput | None = None,
+        directions_layers: LayerSpec = None,
         config: BlockerConfig | None = None,
         **settings: Any,
     ) -> None:
         own = type(self).method
         if not own:
-            raise ConfigError(f"{type(self).__name__} is not a registered blocking method; decorate it with "
-                              "@revlens.block.register('name')")
+            raise ConfigError(
+                f"{type(self).__name__} is not a registered blocking method; decorate it with "
+                "@revlens.block.register('name')"
+            )
         given = settings.get("method", config.method if config is not None else own)
         if given != own:
             raise ConfigError(f"{type(self).__name__} is method {own!r}, not method={given!r}")
-        self.config = cfg = BlockerConfig.build(config, type(self).__name__, **{**settings, "method": own})
-        self._store_inputs(directions, probes, reference, layers=layers, tokenizer=tokenizer,
-                           directions_layers=directions_layers, site=cfg.site)
+        self.config = cfg = BlockerConfig.build(
+            config, type(self).__name__, **{**settings, "method": own}
+        )
+        self._store_inputs(
+            directions,
+            probes,
+            reference,
+            layers=layers,
+            tokenizer=tokenizer,
+            directions_layers=directions_layers,
+            site=cfg.site,
+        )
         self.method, self.strength, self.restore = cfg.method, cfg.strength, cfg.restore
         self.probe_batch_size, self.refresh_every = cfg.probe_batch_size, cfg.refresh_every
         self.grad_batching, self.ridge, self.seed = cfg.grad_batching, cfg.ridge, cfg.seed
@@ -154,7 +171,13 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         :class:`~revlens.errors.ConfigError` for settings this method cannot honour."""
 
     # ------------------------------------------------------------------ fitting
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "ReversionBlocker":
+    def prepare(
+        self,
+        model: ModuleLike,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        params: ParamsInput | None = None,
+    ) -> "ReversionBlocker":
         """Validate inputs against ``model`` and set every fitted attribute (class docstring).
 
         ``optimizer`` / ``params`` narrow the corrected parameters (``params_``) as in
@@ -163,7 +186,9 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         reader, res = self.resolve(model)
         if self.rank is not None:
             if self.rank > res.basis.shape[1]:  # type: ignore[union-attr]
-                raise ConfigError(f"rank={self.rank} but the directions have rank {res.basis.shape[1]}")  # type: ignore[union-attr]
+                raise ConfigError(
+                    f"rank={self.rank} but the directions have rank {res.basis.shape[1]}"
+                )  # type: ignore[union-attr]
             res = res.truncated(self.rank)
         n = res.tokens.shape[0]
         size = self.probe_batch_size
@@ -178,16 +203,27 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         if optimizer is None and params is None and not self.config.params:
             self.params_ = trainable  # measuring only needs none; attach() checks there are some
         else:
-            self.params_ = trained_parameters(reader.module, trainable, optimizer=optimizer, params=params,
-                                              patterns=self.config.params)
+            self.params_ = trained_parameters(
+                reader.module,
+                trainable,
+                optimizer=optimizer,
+                params=params,
+                patterns=self.config.params,
+            )
         self.probe_batch_size_: int | None = None if size is None or size >= n else int(size)
         self.model_id_ = id(model)
         self.reader_: SiteAccess = reader
         self.inputs_: Resolved = res
         self.layers_ = list(res.layers)
-        self.objective_ = ProbeObjective(reader, res, batch_size=self.probe_batch_size_, seed=self.seed,
-                                         grad_batching=self.grad_batching, constraint=self.constraint,
-                                         per_prompt=self.per_prompt)
+        self.objective_ = ProbeObjective(
+            reader,
+            res,
+            batch_size=self.probe_batch_size_,
+            seed=self.seed,
+            grad_batching=self.grad_batching,
+            constraint=self.constraint,
+            per_prompt=self.per_prompt,
+        )
         self.jac_: Jacobian | None = None
         self.gram_: Tensor | None = None
         self.s_now_ = torch.zeros(0, dtype=torch.float64)
@@ -195,8 +231,14 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         self._start()
         return self
 
-    def attach(self, model: Any, optimizer: Any = None, *, wrap_step: bool = True,
-               params: Any = None) -> "ReversionBlocker":
+    def attach(
+        self,
+        model: ModuleLike,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        wrap_step: bool = True,
+        params: ParamsInput | None = None,
+    ) -> "ReversionBlocker":
         """Start blocking on ``model`` (:meth:`BlockingStrategy.attach`): wrap ``optimizer.step``
         (methods acting on the step) and add the method's hooks. ``params``: the tensors (or
         optimizer param groups) to correct (default: every trainable parameter in the optimizer,
@@ -214,26 +256,26 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         if self.is_fitted:
             self.jac_ = self.gram_ = None
 
-    def _for(self, model: Any) -> None:
+    def _for(self, model: ModuleLike | None) -> None:
         """Prepare for ``model`` unless it is the one prepared (``None``: the prepared one)."""
         if model is not None and (not self.is_fitted or self.model_id_ != id(model)):
             self.prepare(model)
         self._check()
 
     # ------------------------------------------------------------------ measurements
-    def projection(self, model: Any = None) -> Tensor:
+    def projection(self, model: ModuleLike | None = None) -> Tensor:
         """``s_l`` on the whole probe set at the current weights (no grad), ``[layer]`` float64
         (of ``model`` if given, else of the attached / prepared model)."""
         self._for(model)
         return self.objective_.s_full()
 
-    def subspace_projection(self, model: Any = None) -> Tensor:
+    def subspace_projection(self, model: ModuleLike | None = None) -> Tensor:
         """The drift's coordinates on every blocked basis row on the whole probe set, ``[layer, k]``
         float64 (column 0 is :meth:`projection`)."""
         self._for(model)
         return self.objective_.subspace_full()
 
-    def penalty(self, model: Any = None) -> Tensor:
+    def penalty(self, model: ModuleLike | None = None) -> Tensor:
         """``strength · Σ_r s_r²`` on a probe batch (``one_sided``: ``Σ relu(s_r)²``), differentiable:
         add it to the loss in a plain loop when the blocker is **not** attached with
         ``method="penalty"`` (that adds it for you)."""
@@ -279,8 +321,12 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         gradients kept until the next one, ``docs/scale.md`` "Blocking cost")."""
         self._check()
         rows, stored = self.stored_
-        return {"trained_parameters": sum(p.numel() for p in self.params_), "rows": rows, "stored_bytes": stored,
-                "trained_bytes": sum(p.numel() * p.element_size() for p in self.params_)}
+        return {
+            "trained_parameters": sum(p.numel() for p in self.params_),
+            "rows": rows,
+            "stored_bytes": stored,
+            "trained_bytes": sum(p.numel() * p.element_size() for p in self.params_),
+        }
 
     @property
     def active_(self) -> pd.DataFrame:
@@ -289,15 +335,23 @@ class ReversionBlocker(ProbeInputs, BlockingStrategy):
         records = self.records_ if self.is_fitted else []
         active = records_frame(records, "active_rows", ["step", "active_rows"])
         rows = records_frame(records, "rows", ["step", "rows"])
-        return pd.DataFrame({"step": active["step"], "rows": rows["rows"].astype("int64"),
-                             "active": active["active_rows"].astype("int64")}, columns=["step", "rows", "active"])
+        return pd.DataFrame(
+            {
+                "step": active["step"],
+                "rows": rows["rows"].astype("int64"),
+                "active": active["active_rows"].astype("int64"),
+            },
+            columns=["step", "rows", "active"],
+        )
 
     @property
     def history_(self) -> pd.DataFrame:
         """Per-step ``s_l`` on the probe batch before each step, long format ``step, layer, s,
         measured`` (``measured=False``: the first-order prediction between refreshes); empty for
         ``method="hook"``."""
-        return records_frame(self.records_ if self.is_fitted else [], "s", ["step", "layer", "s", "measured"])
+        return records_frame(
+            self.records_ if self.is_fitted else [], "s", ["step", "layer", "s", "measured"]
+        )
 
     def trajectory(self, **kw: Any) -> Any:
         """The blocked quantity ``s_l`` before each step, per layer (:func:`revlens.plot.blocker_figure`)."""

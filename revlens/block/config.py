@@ -28,24 +28,43 @@ _METHODS = MethodNames(_loaded_blocker)
 class BlockerConfig(Config):
     """Settings of a :class:`ReversionBlocker` (see its docstring for each field)."""
 
-    method: str = option("update", "blocking method (a registered ReversionBlocker method)", choices=_METHODS)
-    strength: float = option(1.0, "fraction of the component removed (update/gradient/hook), or λ (penalty)")
+    method: str = option(
+        "update", "blocking method (a registered ReversionBlocker method)", choices=_METHODS
+    )
+    strength: float = option(
+        1.0, "fraction of the component removed (update/gradient/hook), or λ (penalty)"
+    )
     restore: bool = option(True, "add the restoring term (update only)")
-    probe_batch_size: Any = option("auto", "prompts per measurement ('auto', an int, or None: all)", cli=False)
+    probe_batch_size: Any = option(
+        "auto", "prompts per measurement ('auto', an int, or None: all)", cli=False
+    )
     refresh_every: int = option(2, "measure s and the per-layer gradients every k steps")
-    grad_batching: str = option("auto", "per-layer gradients: loop, vmap or auto", choices=GRAD_BATCHING)
+    grad_batching: str = option(
+        "auto", "per-layer gradients: loop, vmap or auto", choices=GRAD_BATCHING
+    )
     site: str = option("resid_post", "site kind", choices=SITE_KINDS)
     ridge: float = option(1e-6, "relative ridge of the projection's Gram matrix")
     seed: int = option(0, "seed of the probe-batch order")
-    rank: int | None = option(None, "block the first k rows of each layer's basis (default: all of them)",
-                              metavar="K")
-    constraint: str = option("equal", "hold the subspace coordinates at 0 ('equal'), stop only motion toward base "
-                             "('one_sided'), or confine the drift to the subspace ('confine')",
-                             choices=BLOCK_CONSTRAINTS)
-    per_prompt: bool = option(False, "constrain each probe prompt's projection, not only the batch mean "
-                              "(batch x k rows per layer)")
-    params: tuple[str, ...] = option((), "glob patterns of the trained parameters' names to correct, e.g. '*lora_*' "
-                                     "(default: every trainable parameter the optimizer steps)", metavar="PATTERN")
+    rank: int | None = option(
+        None, "block the first k rows of each layer's basis (default: all of them)", metavar="K"
+    )
+    constraint: str = option(
+        "equal",
+        "hold the subspace coordinates at 0 ('equal'), stop only motion toward base "
+        "('one_sided'), or confine the drift to the subspace ('confine')",
+        choices=BLOCK_CONSTRAINTS,
+    )
+    per_prompt: bool = option(
+        False,
+        "constrain each probe prompt's projection, not only the batch mean "
+        "(batch x k rows per layer)",
+    )
+    params: tuple[str, ...] = option(
+        (),
+        "glob patterns of the trained parameters' names to correct, e.g. '*lora_*' "
+        "(default: every trainable parameter the optimizer steps)",
+        metavar="PATTERN",
+    )
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field)."""

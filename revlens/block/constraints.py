@@ -28,12 +28,21 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens.block.projection import one_sided_coefficients, projection_coefficients
+from revlens.modes import BlockConstraint
 
 __all__ = ["gradient_coefficients", "hook_edit", "penalty_rows", "update_coefficients"]
 
 
-def update_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_delta: Float[Tensor, " k"],
-                        s_now: Float[Tensor, " k"], *, strength: float, restore: bool, ridge: float) -> Tensor:
+def update_coefficients(
+    constraint: BlockConstraint,
+    gram: Float[Tensor, "k k"],
+    a_delta: Float[Tensor, " k"],
+    s_now: Float[Tensor, " k"],
+    *,
+    strength: float,
+    restore: bool,
+    ridge: float,
+) -> Tensor:
     """``c`` of the corrected step ``Δ' = Δ − Aᵀc``.
 
     ``equal`` / ``confine``: ``s + AΔ' = (1 − strength)·(s + AΔ)`` with ``restore`` (else the
@@ -47,8 +56,14 @@ def update_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_delta: Fl
     return projection_coefficients(gram, strength * rhs, ridge=ridge)
 
 
-def gradient_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_grad: Float[Tensor, " k"], *,
-                          strength: float, ridge: float) -> Tensor:
+def gradient_coefficients(
+    constraint: BlockConstraint,
+    gram: Float[Tensor, "k k"],
+    a_grad: Float[Tensor, " k"],
+    *,
+    strength: float,
+    ridge: float,
+) -> Tensor:
     """``c`` of the corrected gradient ``g' = g − Aᵀc``. ``one_sided``: a descent step ``−ηg'``
     must not raise any row (``A g' ≥ 0``); rows it would lower are left alone."""
     if constraint == "one_sided":
@@ -56,14 +71,19 @@ def gradient_coefficients(constraint: str, gram: Float[Tensor, "k k"], a_grad: F
     return projection_coefficients(gram, strength * a_grad, ridge=ridge)
 
 
-def penalty_rows(s: Tensor, constraint: str) -> Tensor:
+def penalty_rows(s: Tensor, constraint: BlockConstraint) -> Tensor:
     """``Σ s_r²`` (``one_sided``: ``Σ relu(s_r)²``)."""
     rows = torch.relu(s) if constraint == "one_sided" else s
     return (rows**2).sum()
 
 
-def hook_edit(rows: Float[Tensor, "k d"], mu: Float[Tensor, " d"], strength: float, one_sided: bool,
-              is_training: Callable[[], bool]) -> Callable[[Tensor], Tensor | None]:
+def hook_edit(
+    rows: Float[Tensor, "k d"],
+    mu: Float[Tensor, " d"],
+    strength: float,
+    one_sided: bool,
+    is_training: Callable[[], bool],
+) -> Callable[[Tensor], Tensor | None]:
     """The training-time edit ``h ← h − strength · Bᵀ c`` with ``c = B(h − μ)`` (``one_sided``:
     ``c = relu(B(h − μ))``); a no-op outside training (measurements see the unedited model)."""
 

@@ -7,17 +7,38 @@ gets the reference mean of the same prompts; otherwise only the probe-set mean.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
 import torch
 from torch import Tensor, nn
 
+from revlens._types import ModuleLike, PathLike, TokenizerInput
+from revlens.collect.stats import CheckpointStats, HistoryStats
 from revlens.directions import Directions, resolve_directions
 from revlens.errors import ConfigError, ProbeError, ShapeMismatchError, SiteError
-from revlens.probes import Probes, TokenizedProbes
-from revlens.sites import Site, SiteAccess, access, normalize_layers
+from revlens.modes import SiteKind
+from revlens.probes import Probes, ProbesInput, TokenizedProbes
+from revlens.sites import LayerSpec, Site, SiteAccess, access, normalize_layers
 
-__all__ = ["ProbeInputs", "Resolved", "resolve_inputs"]
+DirectionsInput: TypeAlias = Directions | Tensor
+"""Directions to act along: a :class:`~revlens.directions.Directions`, or a ``[layer, d]`` /
+``[layer, k, d]`` tensor (with ``directions_layers``)."""
+
+ReferenceInput: TypeAlias = HistoryStats | CheckpointStats | Tensor | ModuleLike | PathLike
+"""The aligned reference: statistics (a history's aligned checkpoint, or one checkpoint's), a
+``[layer, d]`` mean, an aligned model in memory, or its ``save_pretrained`` folder."""
+
+ProbesArg: TypeAlias = ProbesInput | TokenizedProbes
+"""Probes as a blocker / monitor takes them: any probe set, or one already tokenized."""
+
+__all__ = [
+    "DirectionsInput",
+    "ProbeInputs",
+    "ProbesArg",
+    "ReferenceInput",
+    "Resolved",
+    "resolve_inputs",
+]
 
 
 @dataclass
@@ -60,10 +81,13 @@ class Resolved:
 
 def _directions(directions: Any, dir_layers: Any) -> Directions:
     if isinstance(directions, Tensor) and dir_layers is None:
-        raise ConfigError("directions given as a tensor need their layers: pass directions_layers=[...]")
+        raise ConfigError(
+            "directions given as a tensor need their layers: pass directions_layers=[...]"
+        )
     if not isinstance(directions, (Directions, Tensor)):
         raise ConfigError(
-            f"directions must be a revlens Directions or a [layer, d] / [layer, k, d] tensor; got {type(directions).__name__}"
+            "directions must be a revlens Directions or a [layer, d] / [layer, k, d] tensor; got "
+            f"{type(directions).__name__}"
         )
     return resolve_directions(directions, layers=dir_layers)
 
@@ -187,7 +211,9 @@ def _reference(
         _check_ref(mean, layers, d, "tensor")
         return mean, None
     if isinstance(reference, (str, Path, LensModel, nn.Module)) or hasattr(reference, "hook_dict"):
-        ref = _reference_model(reference, reader) if isinstance(reference, (str, Path)) else reference
+        ref = (
+            _reference_model(reference, reader) if isinstance(reference, (str, Path)) else reference
+        )
         ref_acc = access(ref)
         if ref_acc.d_model != d or ref_acc.n_layers != reader.n_layers:
             raise ShapeMismatchError(
@@ -196,9 +222,17 @@ def _reference(
             )
         ref_sites = ref_acc.sites(layers, sites[0].kind)
         with torch.no_grad():
-            rows = [torch.stack(ref_acc.read(b.tokens, b.weights, ref_sites, mask=_mask(b.tokens, b.last_index)),
-                                dim=1).float().cpu()
-                    for b in tok.batches(batch_size)]
+            rows = [
+                torch.stack(
+                    ref_acc.read(
+                        b.tokens, b.weights, ref_sites, mask=_mask(b.tokens, b.last_index)
+                    ),
+                    dim=1,
+                )
+                .float()
+                .cpu()
+                for b in tok.batches(batch_size)
+            ]
         prompt = torch.cat(rows)
         # read once into statistics: no second model is kept
         return prompt.to(torch.float64).mean(0), prompt
@@ -208,7 +242,7 @@ def _reference(
     )
 
 
-def _reference_model(path: Any, reader: SiteAccess) -> nn.Module:
+def _reference_model(path: PathLike, reader: SiteAccess) -> nn.Module:
     """The plain Hugging Face model of a ``save_pretrained`` dir, built like the model being trained
     (its dtype and device) and streamed in (about one model of memory, read once, then dropped).
     No bridge: the reference is read through the same hooks as the trained model."""
@@ -219,16 +253,17 @@ def _reference_model(path: Any, reader: SiteAccess) -> nn.Module:
     return model
 
 
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def resolve_inputs(
-    model: Any,
-    directions: Any,
-    probes: Any,
-    reference: Any,
+    model: ModuleLike,
+    directions: DirectionsInput,
+    probes: ProbesArg,
+    reference: ReferenceInput,
     *,
-    layers: Any = None,
-    tokenizer: Any = None,
-    directions_layers: Any = None,
-    site: str = "resid_post",
+    layers: LayerSpec = None,
+    tokenizer: TokenizerInput | None = None,
+    directions_layers: LayerSpec = None,
+    site: SiteKind = "resid_post",
     batch_size: int = 64,
 ) -> tuple[SiteAccess, Resolved]:
     """Check ``directions``, ``probes`` and ``reference`` against ``model``; build its reader.
@@ -241,7 +276,9 @@ def resolve_inputs(
     """
     dirs = _directions(directions, directions_layers)
     if dirs.site != site:
-        raise SiteError(f"directions were fit at site {dirs.site!r}; this blocker / monitor reads {site!r}")
+        raise SiteError(
+            f"directions were fit at site {dirs.site!r}; this blocker / monitor reads {site!r}"
+        )
     chosen = list(dirs.layers) if layers is None else normalize_layers(layers, list(dirs.layers))
     reader = access(model)
     sites = reader.sites(chosen, site)
@@ -252,20 +289,52 @@ def resolve_inputs(
     mean, prompt = _reference(reference, sites, reader, tok, batch_size)
     basis = dirs.select(chosen).basis.to(device=reader.device, dtype=torch.float32)
     mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    return reader, Resolved(sites, chosen, basis[:, 0], tok.tokens, tok.weights.to(torch.float32), mask, mean, prompt,
-                            basis)
+    return reader, Resolved(
+        sites,
+        chosen,
+        basis[:, 0],
+        tok.tokens,
+        tok.weights.to(torch.float32),
+        mask,
+        mean,
+        prompt,
+        basis,
+    )
 
 
 class ProbeInputs:
     """What a blocker and a monitor both hold: directions, probes and the aligned reference, and
     the layers / site they act on; :meth:`resolve` checks them against a model."""
 
-    def _store_inputs(self, directions: Any, probes: Any, reference: Any, *, layers: Any, tokenizer: Any,
-                      directions_layers: Any, site: str) -> None:
+    @no_type_check  # stored as given; resolve_inputs validates them (typed errors)
+    def _store_inputs(
+        self,
+        directions: DirectionsInput,
+        probes: ProbesArg,
+        reference: ReferenceInput,
+        *,
+        layers: LayerSpec,
+        tokenizer: TokenizerInput | None,
+        directions_layers: LayerSpec,
+        site: SiteKind,
+    ) -> None:
         self.directions, self.probes, self.reference = directions, probes, reference
-        self.layers, self.tokenizer, self.directions_layers, self.site = layers, tokenizer, directions_layers, site
+        self.layers, self.tokenizer, self.directions_layers, self.site = (
+            layers,
+            tokenizer,
+            directions_layers,
+            site,
+        )
 
-    def resolve(self, model: Any) -> tuple[SiteAccess, Resolved]:
+    def resolve(self, model: ModuleLike) -> tuple[SiteAccess, Resolved]:
         """:func:`resolve_inputs` with this object's inputs."""
-        return resolve_inputs(model, self.directions, self.probes, self.reference, layers=self.layers,
-                              tokenizer=self.tokenizer, directions_layers=self.directions_layers, site=self.site)
+        return resolve_inputs(
+            model,
+            self.directions,
+            self.probes,
+            self.reference,
+            layers=self.layers,
+            tokenizer=self.tokenizer,
+            directions_layers=self.directions_layers,
+            site=self.site,
+        )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from revlens._types import ModuleLike, ParamsInput
 from revlens.block.blocker import ReversionBlocker
 from revlens.block.config import BlockerConfig
 from revlens.block.constraints import (
@@ -33,7 +34,13 @@ class UpdateProjection(ReversionBlocker):
     :mod:`revlens.block.blocker`). ``AΔ = Aθ_after − Aθ_before`` (``k`` float64 numbers kept
     across the step): no copy of the weights."""
 
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "UpdateProjection":
+    def prepare(
+        self,
+        model: ModuleLike,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        params: ParamsInput | None = None,
+    ) -> "UpdateProjection":
         """:meth:`ReversionBlocker.prepare`, plus ``a_before_`` (``Aθ`` before the step in flight)."""
         super().prepare(model, optimizer=optimizer, params=params)
         self.a_before_: torch.Tensor | None = None
@@ -55,11 +62,20 @@ class UpdateProjection(ReversionBlocker):
         if self.strength > 0.0:
             jac = self.jac_
             if self.a_before_ is None or jac is None:
-                raise RevlensError("after_step() without before_step(): call both around optimizer.step()")
+                raise RevlensError(
+                    "after_step() without before_step(): call both around optimizer.step()"
+                )
             with torch.no_grad():
                 a_delta = jac.dot([p.detach() for p in jac.params]) - self.a_before_
-                coef = update_coefficients(self.constraint, self.gram_, a_delta, self.s_now_,  # type: ignore[arg-type]
-                                           strength=self.strength, restore=self.restore, ridge=self.ridge)
+                coef = update_coefficients(
+                    self.constraint,
+                    self.gram_,
+                    a_delta,
+                    self.s_now_,  # type: ignore[arg-type]
+                    strength=self.strength,
+                    restore=self.restore,
+                    ridge=self.ridge,
+                )
                 self._note_active(coef)
                 if bool((coef != 0).any()):
                     jac.correct([p.data for p in jac.params], coef)
@@ -89,8 +105,13 @@ class GradientProjection(ReversionBlocker):
         assert jac is not None and self.gram_ is not None
         with torch.no_grad():
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in jac.params]
-            coef = gradient_coefficients(self.constraint, self.gram_, jac.dot(grads),
-                                         strength=self.strength, ridge=self.ridge)
+            coef = gradient_coefficients(
+                self.constraint,
+                self.gram_,
+                jac.dot(grads),
+                strength=self.strength,
+                ridge=self.ridge,
+            )
             self._note_active(coef)
             jac.correct([p.grad for p in jac.params], coef)
 
@@ -135,18 +156,31 @@ class ForwardHook(ReversionBlocker):
     def check_config(cls, config: BlockerConfig) -> None:
         """A hook can neither confine nor act per prompt."""
         if config.constraint == "confine":
-            raise ConfigError("method='hook' cannot confine: a forward hook keeping only the subspace would erase "
-                              "every per-token direction outside it; confine with update, gradient or penalty")
+            raise ConfigError(
+                "method='hook' cannot confine: a forward hook keeping only the subspace would erase "
+                "every per-token direction outside it; confine with update, gradient or penalty"
+            )
         if config.per_prompt:
-            raise ConfigError("method='hook' edits training activations, not probe prompts: per_prompt applies to "
-                              "update, gradient and penalty")
+            raise ConfigError(
+                "method='hook' edits training activations, not probe prompts: per_prompt applies to "
+                "update, gradient and penalty"
+            )
 
     def install(self, stack: ExitStack) -> None:
         """A forward hook at every blocked site, removed on detach."""
-        stack.enter_context(self.reader_.hooked([(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]))
+        stack.enter_context(
+            self.reader_.hooked(
+                [(site, self._edit(i)) for i, site in enumerate(self.inputs_.sites)]
+            )
+        )
 
     def _edit(self, i: int) -> Any:
         """The training-time edit at the ``i``-th blocked site (a no-op in eval mode)."""
         res, module = self.inputs_, self.reader_.module
-        return hook_edit(res.basis[i], res.ref_mean[i], self.strength, self.constraint == "one_sided",  # type: ignore[index]
-                         lambda: module.training)
+        return hook_edit(
+            res.basis[i],
+            res.ref_mean[i],
+            self.strength,
+            self.constraint == "one_sided",  # type: ignore[index]
+            lambda: module.training,
+        )

@@ -15,7 +15,8 @@ model on CPU this beats batching a layer's rows) or one batched backward over ev
 ``torch.autograd.grad(is_grads_batched=True)``). The cost grows with the number of rows —
 ``k·L``, ``batch·k·L`` per prompt, ``(d − k)·L`` to confine — and so does the memory of the
 gradients kept between refreshes (a :class:`~revlens.block.projection.Jacobian`: per *trained*
-parameter, the rows that reach it; ``docs/scale.md`` "Blocking cost"). Measured on the lab model on CPU, the loop is faster (it skips work); on a GPU,
+parameter, the rows that reach it; ``docs/scale.md`` "Blocking cost"). Measured on the lab model on
+CPU, the loop is faster (it skips work); on a GPU,
 where small kernels are launch-bound, the batched one is the natural choice. A model with an op
 that has no batching rule falls back to the loop (logged once).
 """
@@ -31,7 +32,7 @@ from revlens.block.inputs import Resolved
 from revlens.block.projection import Jacobian
 from revlens.directions.subspace import complement
 from revlens.errors import ConfigError
-from revlens.modes import GradBatching
+from revlens.modes import BlockConstraint, GradBatching
 from revlens.sites import SiteAccess
 
 __all__ = ["GradBatching", "ProbeObjective"]
@@ -67,21 +68,25 @@ class ProbeObjective:
         batch_size: int | None = None,
         seed: int = 0,
         grad_batching: GradBatching = "auto",
-        constraint: str = "equal",
+        constraint: BlockConstraint = "equal",
         per_prompt: bool = False,
     ) -> None:
         self.reader, self.inputs, self.batch_size = reader, inputs, batch_size
         self.constraint, self.per_prompt = constraint, per_prompt
         n = inputs.tokens.shape[0]
         if per_prompt and inputs.ref_prompt is None:
-            raise ConfigError("per_prompt=True needs a per-prompt reference: the aligned model, or statistics "
-                              "that kept per-prompt activations (keep='reference')")
+            raise ConfigError(
+                "per_prompt=True needs a per-prompt reference: the aligned model, or statistics "
+                "that kept per-prompt activations (keep='reference')"
+            )
         self._vec64 = inputs.vectors.cpu().double()
         self.ref_dot = (inputs.ref_mean * self._vec64).sum(-1)  # [layer], μ_ref·v
         basis = inputs.basis.cpu().double()
         self.rows64 = [complement(b) if constraint == "confine" else b for b in basis]
         self.rows = [r.to(device=inputs.vectors.device, dtype=torch.float32) for r in self.rows64]
-        self.legacy = constraint != "confine" and basis.shape[1] == 1 and not per_prompt  # the k = 1 path
+        self.legacy = (
+            constraint != "confine" and basis.shape[1] == 1 and not per_prompt
+        )  # the k = 1 path
         self._order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         self._cursor = 0
         auto = "vmap" if reader.device.type == "cuda" else "loop"
@@ -91,8 +96,11 @@ class ProbeObjective:
     @property
     def n_rows(self) -> int:
         """Constraint rows per measurement (per prompt: for a full batch)."""
-        size = self.inputs.tokens.shape[0] if self.batch_size is None else min(self.batch_size,
-                                                                              self.inputs.tokens.shape[0])
+        size = (
+            self.inputs.tokens.shape[0]
+            if self.batch_size is None
+            else min(self.batch_size, self.inputs.tokens.shape[0])
+        )
         return sum(r.shape[0] for r in self.rows) * (size if self.per_prompt else 1)
 
     def batch(self) -> Batch:
@@ -120,7 +128,11 @@ class ProbeObjective:
             prompts = res.ref_prompt[idx].double()  # type: ignore[index]
             ref = [prompts[:, i] @ r.T for i, r in enumerate(self.rows64)]
         else:
-            mean = res.ref_mean if size == n or res.ref_prompt is None else res.ref_prompt[idx].double().mean(0)
+            mean = (
+                res.ref_mean
+                if size == n or res.ref_prompt is None
+                else res.ref_prompt[idx].double().mean(0)
+            )
             ref = [mean[i] @ r.T for i, r in enumerate(self.rows64)]
         return tokens, weights, mask, ref
 
@@ -131,13 +143,20 @@ class ProbeObjective:
         per = self.reader.read(tokens, weights, self.inputs.sites, mask=mask)  # L x [batch, d]
         if self.legacy:
             vec = self.inputs.vectors
-            out = [((h.mean(0) * vec[i].to(h.dtype)).sum() - ref[i].to(h.device, h.dtype))[None]
-                   for i, h in enumerate(per)]
+            out = [
+                ((h.mean(0) * vec[i].to(h.dtype)).sum() - ref[i].to(h.device, h.dtype))[None]
+                for i, h in enumerate(per)
+            ]
         elif self.per_prompt:
-            out = [(h @ self.rows[i].to(h.dtype).T - ref[i].to(h.device, h.dtype)).reshape(-1)
-                   for i, h in enumerate(per)]
+            out = [
+                (h @ self.rows[i].to(h.dtype).T - ref[i].to(h.device, h.dtype)).reshape(-1)
+                for i, h in enumerate(per)
+            ]
         else:
-            out = [h.mean(0) @ self.rows[i].to(h.dtype).T - ref[i].to(h.device, h.dtype) for i, h in enumerate(per)]
+            out = [
+                h.mean(0) @ self.rows[i].to(h.dtype).T - ref[i].to(h.device, h.dtype)
+                for i, h in enumerate(per)
+            ]
         self.layout = [int(t.shape[0]) for t in out]
         return out
 
@@ -170,7 +189,10 @@ class ProbeObjective:
         res = self.inputs
         with torch.no_grad():
             rows = [
-                torch.stack(self.reader.read(res.tokens[sl], res.weights[sl], res.sites, mask=res.mask[sl]), dim=1)
+                torch.stack(
+                    self.reader.read(res.tokens[sl], res.weights[sl], res.sites, mask=res.mask[sl]),
+                    dim=1,
+                )
                 .double()
                 .cpu()
                 for sl in (slice(i, i + chunk) for i in range(0, res.tokens.shape[0], chunk))
@@ -186,12 +208,16 @@ class ProbeObjective:
             try:
                 return _batched(torch.cat(terms), params, retain=True)
             except RuntimeError as exc:  # an op without a batching rule: fall back, once
-                log.warning("batched per-layer gradients failed (%s); one backward per layer instead", exc)
+                log.warning(
+                    "batched per-layer gradients failed (%s); one backward per layer instead", exc
+                )
                 self.grad_batching = "loop"
         rows = [(t, j) for t in terms for j in range(t.shape[0])]
         per: list[list[tuple[int, Tensor]]] = [[] for _ in params]
         for n, (t, j) in enumerate(rows):
-            got = torch.autograd.grad(t[j], params, allow_unused=True, retain_graph=n < len(rows) - 1)
+            got = torch.autograd.grad(
+                t[j], params, allow_unused=True, retain_graph=n < len(rows) - 1
+            )
             for i, g in enumerate(got):
                 if g is not None:
                     per[i].append((n, g))
@@ -210,7 +236,8 @@ def _batched(s: Tensor, params: list[nn.Parameter], *, retain: bool) -> Jacobian
     """``A`` by one batched backward (a parameter no row reaches is left out)."""
     k = s.shape[0]
     eye = torch.eye(k, device=s.device, dtype=s.dtype)
-    out = torch.autograd.grad(s, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True,
-                              retain_graph=retain)
+    out = torch.autograd.grad(
+        s, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True, retain_graph=retain
+    )
     kept = [(p, g) for g, p in zip(out, params, strict=True) if g is not None]
     return Jacobian(k, [p for p, _ in kept], [g for _, g in kept], [None] * len(kept))

@@ -31,7 +31,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Jacobian", "apply_correction", "dot", "gram", "one_sided_coefficients", "projection_coefficients"]
+__all__ = [
+    "Jacobian",
+    "apply_correction",
+    "dot",
+    "gram",
+    "one_sided_coefficients",
+    "projection_coefficients",
+]
 
 CHUNK = 2**22  # float64 elements of one transient of the Gram / dot accumulation (32 MB)
 
@@ -42,7 +49,7 @@ def _columns(flat: Tensor) -> Iterator[Tensor]:
     m, n = flat.shape
     step = max(1, CHUNK // max(m, 1))
     for i in range(0, n, step):
-        yield flat[:, i:i + step].to(torch.float64)
+        yield flat[:, i : i + step].to(torch.float64)
 
 
 def _gram_block(flat: Tensor) -> Tensor:
@@ -57,7 +64,7 @@ def _dot_block(flat: Tensor, d: Tensor) -> Tensor:
     d = d.reshape(-1)
     out, start = None, 0
     for c in _columns(flat):
-        part = c @ d[start:start + c.shape[1]].to(torch.float64)
+        part = c @ d[start : start + c.shape[1]].to(torch.float64)
         start += c.shape[1]
         out = part if out is None else out + part
     return out.cpu()  # type: ignore[union-attr]

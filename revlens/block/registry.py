@@ -14,7 +14,7 @@ the ``Literal`` :data:`revlens.modes.BlockMethod` (for type annotations; a test 
 """
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, no_type_check, overload
 
 from revlens.errors import ConfigError
 from revlens.modes import check_mode
@@ -49,13 +49,24 @@ def register(name: str) -> Callable[[T], T]:
         ConfigError: ``name`` is not a plain identifier-like string, or another class already holds
             it (re-registering the same class, e.g. on a module reload, is allowed).
     """
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"a blocking method's name must be a plain word such as 'freeze_layer', got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not name
+        or not name.replace("_", "").replace("-", "").isalnum()
+    ):
+        raise ConfigError(
+            f"a blocking method's name must be a plain word such as 'freeze_layer', got {name!r}"
+        )
 
     def deco(cls: T) -> T:
         held = _REGISTRY.get(name)
-        if held is not None and (held.__module__, held.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ConfigError(f"blocking method {name!r} is already registered by {held.__module__}.{held.__qualname__}")
+        if held is not None and (held.__module__, held.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise ConfigError(
+                f"blocking method {name!r} is already registered by {held.__module__}.{held.__qualname__}"
+            )
         cls.method = name  # type: ignore[attr-defined]
         _REGISTRY[name] = cls
         return cls
@@ -74,7 +85,8 @@ def method_names(kind: type | None = None) -> tuple[str, ...]:
     return tuple(n for n, c in _REGISTRY.items() if kind is None or issubclass(c, kind))
 
 
-def method_class(name: Any, kind: type | None = None, *, field: str = "method") -> type:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def method_class(name: str, kind: type | None = None, *, field: str = "method") -> type:
     """The class registered as ``name`` (``kind``: it must be a subclass of it).
 
     Raises:
@@ -117,7 +129,9 @@ class MethodNames(Sequence[str]):
         return name in self._names()
 
     def __eq__(self, other: object) -> bool:
-        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, MethodNames)) else other)
+        return tuple(self) == (
+            tuple(other) if isinstance(other, (tuple, list, MethodNames)) else other
+        )
 
     def __hash__(self) -> int:
         return hash(tuple(self))

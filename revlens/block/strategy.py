@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import pandas as pd
+import torch
 
+from revlens._types import ModuleLike, ParamsInput
 from revlens.errors import ConfigError, NotFittedError
 
 __all__ = ["BlockingStrategy", "Measurement", "records_frame"]
@@ -71,14 +73,19 @@ class Measurement:
     def log_name(self) -> str:
         """The name the Trainer callback logs it under, without the ``revlens/`` prefix:
         ``<source>_<quantity>`` and ``_layer<l>`` for a per-layer quantity (``block_s_layer2``)."""
-        return f"{self.source}_{self.quantity}" + ("" if self.layer is None else f"_layer{self.layer}")
+        return f"{self.source}_{self.quantity}" + (
+            "" if self.layer is None else f"_layer{self.layer}"
+        )
 
 
 def records_frame(records: list[Measurement], quantity: str, columns: list[str]) -> pd.DataFrame:
     """The records of one quantity as a long table with ``columns`` (``step``, ``layer``,
     ``measured`` are record fields; the quantity's own column is its ``value``)."""
-    rows = [{c: (r.value if c == quantity else getattr(r, c)) for c in columns} for r in records
-            if r.quantity == quantity]
+    rows = [
+        {c: (r.value if c == quantity else getattr(r, c)) for c in columns}
+        for r in records
+        if r.quantity == quantity
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -103,7 +110,13 @@ class BlockingStrategy:
     _stack: ExitStack | None = None  # the attachment (hooks, wrapped step); not fitted state
 
     # ------------------------------------------------------------------ the protocol
-    def prepare(self: S, model: Any, *, optimizer: Any = None, params: Any = None) -> S:
+    def prepare(
+        self: S,
+        model: ModuleLike,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        params: ParamsInput | None = None,
+    ) -> S:
         """Validate against ``model`` and set the fitted state (``optimizer`` / ``params``:
         what is trained and may be corrected). Subclasses end with :meth:`_start`."""
         raise NotImplementedError
@@ -142,11 +155,27 @@ class BlockingStrategy:
         self.step_ = 0
         self.records_: list[Measurement] = []
 
-    def _record(self, quantity: str, value: float, *, layer: int | None = None, measured: bool = True,
-                logged: bool = True) -> None:
+    def _record(
+        self,
+        quantity: str,
+        value: float,
+        *,
+        layer: int | None = None,
+        measured: bool = True,
+        logged: bool = True,
+    ) -> None:
         """Append a :class:`Measurement` at the current step."""
-        self.records_.append(Measurement(self.step_, quantity, float(value), None if layer is None else int(layer),
-                                         self.source, measured, logged))
+        self.records_.append(
+            Measurement(
+                self.step_,
+                quantity,
+                float(value),
+                None if layer is None else int(layer),
+                self.source,
+                measured,
+                logged,
+            )
+        )
 
     @property
     def is_fitted(self) -> bool:
@@ -155,11 +184,20 @@ class BlockingStrategy:
 
     def _check(self) -> None:
         if not self.is_fitted:
-            raise NotFittedError(f"this {type(self).__name__} is not attached; call attach(model, optimizer) "
-                                 "or prepare(model)")
+            raise NotFittedError(
+                f"this {type(self).__name__} is not attached; call attach(model, optimizer) "
+                "or prepare(model)"
+            )
 
     # ------------------------------------------------------------------ attach / detach
-    def attach(self: S, model: Any, optimizer: Any = None, *, wrap_step: bool = True, params: Any = None) -> S:
+    def attach(
+        self: S,
+        model: ModuleLike,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        wrap_step: bool = True,
+        params: ParamsInput | None = None,
+    ) -> S:
         """Start on ``model``: :meth:`prepare`, :meth:`install`, and wrap ``optimizer.step`` so that
         :meth:`before_step` / :meth:`after_step` run around it. ``wrap_step=False``: nothing is
         wrapped, call them yourself (the Trainer callback does). ``params``: the tensors (or
@@ -197,7 +235,9 @@ class BlockingStrategy:
         return self._stack is not None
 
     @contextmanager
-    def attached(self: S, model: Any, optimizer: Any = None) -> Iterator[S]:
+    def attached(
+        self: S, model: ModuleLike, optimizer: torch.optim.Optimizer | None = None
+    ) -> Iterator[S]:
         """Context manager: :meth:`attach` on enter; on a normal exit :meth:`finish`, then
         :meth:`detach` (also on error)."""
         self.attach(model, optimizer)

@@ -35,17 +35,41 @@ optimizer step (gradient clipping, done earlier by the Trainer, does not see it)
 """
 
 from collections.abc import Sequence
-from typing import Any, no_type_check
+from typing import Any, Protocol, no_type_check, runtime_checkable
 
-from transformers import Trainer, TrainerCallback
+import torch
+from transformers import (
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
+from revlens._types import ModuleLike
 from revlens.block.attach import named_steps
 from revlens.block.strategy import BlockingStrategy
 from revlens.errors import ConfigError
 
-__all__ = ["BlockingCallback", "BlockingTrainer", "LoggingCallback", "ReversionBlockerCallback", "add_to_trainer"]
+__all__ = [
+    "BlockingCallback",
+    "BlockingTrainer",
+    "HasTrainerCallback",
+    "LoggingCallback",
+    "ReversionBlockerCallback",
+    "add_to_trainer",
+]
 
 PREFIX = "revlens/"
+
+
+@runtime_checkable
+class HasTrainerCallback(Protocol):
+    """A tool that plugs into a ``Trainer``: a blocking strategy, a monitor, anything with
+    ``as_trainer_callback()``."""
+
+    def as_trainer_callback(self) -> TrainerCallback:
+        """Its callback."""
 
 
 class LoggingCallback(TrainerCallback):
@@ -56,7 +80,14 @@ class LoggingCallback(TrainerCallback):
     def __init__(self) -> None:
         self.pending: dict[str, float] = {}
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
         """Add the pending measurements to this log."""
         if not self.pending or logs is None:
             return
@@ -75,8 +106,10 @@ class BlockingCallback(LoggingCallback):
     def __init__(self, strategy: BlockingStrategy) -> None:
         super().__init__()
         if not isinstance(strategy, BlockingStrategy):
-            raise ConfigError(f"BlockingCallback takes a blocking strategy (ReversionBlocker, WeightBlocker, a "
-                              f"registered BlockingStrategy), got {type(strategy).__name__}")
+            raise ConfigError(
+                f"BlockingCallback takes a blocking strategy (ReversionBlocker, WeightBlocker, a "
+                f"registered BlockingStrategy), got {type(strategy).__name__}"
+            )
         self.strategy = strategy
 
     @property
@@ -84,22 +117,47 @@ class BlockingCallback(LoggingCallback):
         """The strategy (the name earlier releases used)."""
         return self.strategy
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: ModuleLike | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: object,
+    ) -> None:
         """Attach to the Trainer's model and optimizer (no step wrapping)."""
         self.strategy.attach(model, optimizer, wrap_step=False)
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_pre_optimizer_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: object,
+    ) -> None:
         """``before_step``: e.g. measure ``s`` and the per-layer gradients, project the gradient,
         add a penalty's gradient."""
         named_steps(self.strategy)[0]()
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_optimizer_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: object,
+    ) -> None:
         """``after_step``: e.g. project the update and restore ``s``; note what to log."""
         named_steps(self.strategy)[1]()
         self.pending = {m.log_name: m.value for m in self.strategy.measurements() if m.logged}
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: object,
+    ) -> None:
         """``finish`` (post-hoc defenses act here), then remove hooks."""
         try:
             self.strategy.finish()
@@ -111,7 +169,7 @@ ReversionBlockerCallback = BlockingCallback
 """The earlier name of :class:`BlockingCallback` (kept: one callback serves every strategy)."""
 
 
-def add_to_trainer(trainer: Any, *tools: Any) -> list[TrainerCallback]:
+def add_to_trainer(trainer: Trainer, *tools: HasTrainerCallback) -> list[TrainerCallback]:
     """Add the callbacks of ``tools`` (blocking strategies — a :class:`~revlens.block.ReversionBlocker`,
     a :class:`~revlens.weights.WeightBlocker`, a registered method —, a
     :class:`~revlens.monitor.ReversionMonitor`, anything with ``as_trainer_callback()``) to a built
@@ -139,17 +197,24 @@ class BlockingTrainer(Trainer):
     """
 
     @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-    def __init__(self, *args: Any, blocker: BlockingStrategy | Sequence[BlockingStrategy], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: object,
+        blocker: BlockingStrategy | Sequence[BlockingStrategy],
+        **kwargs: object,
+    ) -> None:
         strategies = list(blocker) if isinstance(blocker, (list, tuple)) else [blocker]
         bad = [type(s).__name__ for s in strategies if not isinstance(s, BlockingStrategy)]
         if bad or not strategies:
-            raise ConfigError(f"BlockingTrainer(blocker=...) takes blocking strategies, got {bad or 'none'}")
+            raise ConfigError(
+                f"BlockingTrainer(blocker=...) takes blocking strategies, got {bad or 'none'}"
+            )
         super().__init__(*args, **kwargs)
         self.blocker = blocker
         self.strategies = strategies
         add_to_trainer(self, *strategies)
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
+    def train(self, *args: object, **kwargs: object) -> Any:
         """``Trainer.train``, detaching every strategy in ``finally``."""
         try:
             return super().train(*args, **kwargs)

@@ -18,7 +18,7 @@ of every stack, with one of three strategies:
 Rows are chunked so that no forward holds more than ``max_rows`` rows.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from revlens._types import ModuleLike
 from revlens.causal.kinds import intervention
 from revlens.metrics import call_metric
 from revlens.modes import STRATEGIES, Strategy, check_mode
@@ -80,7 +81,9 @@ def _score(logits: Tensor, batch: ProbeBatch, m: int, metric: Any) -> Tensor:
     return values.view(m, len(batch))
 
 
-def _intervened(h: Tensor, st: Stack, sources: Mapping[int, Tensor] | None, mask: Tensor | None) -> Tensor:
+def _intervened(
+    h: Tensor, st: Stack, sources: Mapping[int, Tensor] | None, mask: Tensor | None
+) -> Tensor:
     """``h`` ``[copies, batch, pos, d]`` (1 copy broadcasts) intervened along the stack's directions
     (or subspaces): its kind's :meth:`~revlens.causal.kinds.Intervention.edit`."""
     kind = intervention(st.kind)
@@ -109,14 +112,21 @@ def _row_offsets(stacks: Sequence[Stack], b: int) -> dict[int, list[tuple[int, S
     return offsets
 
 
-def _edit_copies(segments: list[tuple[int, Stack]], b: int, sources: Mapping[int, Tensor] | None,
-                 mask: Tensor | None) -> Any:
+def _edit_copies(
+    segments: list[tuple[int, Stack]],
+    b: int,
+    sources: Mapping[int, Tensor] | None,
+    mask: Tensor | None,
+) -> Any:
     """A hook intervening in place on each stack's block of ``len(stack) × b`` copied rows."""
+
     def hook(out: Tensor) -> Tensor:
         out = out.clone()
         for start, st in segments:
             seg = out[start : start + len(st) * b].view(len(st), b, *out.shape[1:])
-            out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(-1, *out.shape[1:])
+            out[start : start + len(st) * b] = _intervened(seg, st, sources, mask).reshape(
+                -1, *out.shape[1:]
+            )
         return out
 
     return hook
@@ -156,7 +166,10 @@ def _forward_grow(
         if site.kind in _BETWEEN_BLOCKS:
             edits.append((site, append_intervened(layer)))
         else:
-            edits += [(acc.sites([layer], "resid_pre")[0], append_copies(layer)), (site, _edit_copies(offsets[layer], b, sources, mask))]
+            edits += [
+                (acc.sites([layer], "resid_pre")[0], append_copies(layer)),
+                (site, _edit_copies(offsets[layer], b, sources, mask)),
+            ]
     with acc.growing_batch(b), acc.hooked(edits):
         return acc.forward(tokens)
 
@@ -172,7 +185,9 @@ def _forward_repeat(
     b = tokens.shape[0]
     m = 1 + sum(len(st) for st in stacks)
     offsets = _row_offsets(stacks, b)
-    with acc.hooked([(sites[layer], _edit_copies(offsets[layer], b, sources, mask)) for layer in offsets]):
+    with acc.hooked(
+        [(sites[layer], _edit_copies(offsets[layer], b, sources, mask)) for layer in offsets]
+    ):
         return acc.forward(tokens.repeat(m, 1))
 
 
@@ -183,10 +198,10 @@ def _ordered(stacks: Sequence[Stack], by_layer: bool) -> list[int]:
 
 
 def run_stacks(
-    model: Any,
+    model: ModuleLike,
     batch: ProbeBatch,
     stacks: Sequence[Stack],
-    metric: Any,
+    metric: Callable[..., object],
     *,
     sites: Mapping[int, Site],
     sources: Mapping[int, Float[Tensor, "batch pos d_model"]] | None = None,

@@ -88,41 +88,89 @@ class AblationConfig(Config):
 
     directions: str = option("mean_diff", "direction method", choices=DIRECTION_METHODS)
     layers: str | tuple[int, ...] = option(
-        "auto", "layer indices (0 = embeddings), 'all', or 'auto': the --auto-layers layers that moved furthest "
-        "along v_rev by the last step", parse=_parse_layers, nargs="+", metavar="L")
+        "auto",
+        "layer indices (0 = embeddings), 'all', or 'auto': the --auto-layers layers that moved furthest "
+        "along v_rev by the last step",
+        parse=_parse_layers,
+        nargs="+",
+        metavar="L",
+    )
     steps: str | tuple[int, ...] = option(
-        "auto", "fine-tuning steps per run: integers, 'last', 'all' (the full sweep), or 'auto': --auto-steps "
-        "log-spaced steps incl. the first and the last", parse=_parse_steps, nargs="+", metavar="STEP")
+        "auto",
+        "fine-tuning steps per run: integers, 'last', 'all' (the full sweep), or 'auto': --auto-steps "
+        "log-spaced steps incl. the first and the last",
+        parse=_parse_steps,
+        nargs="+",
+        metavar="STEP",
+    )
     auto_layers: int = option(2, "how many layers --layers auto studies")
-    auto_steps: int = option(3, "how many log-spaced steps per run --steps auto studies (first and last included)")
-    runs: tuple[str, ...] = option((), "runs to intervene on (default: every ordinary run)", metavar="RUN")
-    kinds: tuple[str, ...] = option(("clamp",), "interventions (patch: per-prompt sources from the aligned model; "
-                                    "steer needs --alphas)", choices=INTERVENTION_KINDS, metavar="KIND")
+    auto_steps: int = option(
+        3, "how many log-spaced steps per run --steps auto studies (first and last included)"
+    )
+    runs: tuple[str, ...] = option(
+        (), "runs to intervene on (default: every ordinary run)", metavar="RUN"
+    )
+    kinds: tuple[str, ...] = option(
+        ("clamp",),
+        "interventions (patch: per-prompt sources from the aligned model; steer needs --alphas)",
+        choices=INTERVENTION_KINDS,
+        metavar="KIND",
+    )
     controls: int = option(16, "random control directions per layer and control kind")
-    control_kinds: tuple[ControlKind, ...] = option(("iso", "cov"), "control direction kinds", choices=CONTROL_KINDS,
-                                            metavar="KIND")
-    alphas: tuple[float, ...] = option((), "steering strengths (needed with --kinds steer)", parse=parse_floats,
-                                       nargs="+", metavar="A")
+    control_kinds: tuple[ControlKind, ...] = option(
+        ("iso", "cov"), "control direction kinds", choices=CONTROL_KINDS, metavar="KIND"
+    )
+    alphas: tuple[float, ...] = option(
+        (),
+        "steering strengths (needed with --kinds steer)",
+        parse=parse_floats,
+        nargs="+",
+        metavar="A",
+    )
     seed: int = option(0, "seed of the control directions")
     batch_size: int = option(32, "prompts per batch")
-    positions: str = option("all", "intervene at every position or the last token", choices=INTERVENTION_POSITIONS)
-    strategy: Strategy = option("grow", "how interventions share forward passes", choices=STRATEGIES)
+    positions: str = option(
+        "all", "intervene at every position or the last token", choices=INTERVENTION_POSITIONS
+    )
+    strategy: Strategy = option(
+        "grow", "how interventions share forward passes", choices=STRATEGIES
+    )
     max_rows: int = option(2048, "most rows in one forward pass")
-    gap_tol: float = option(1e-6, "mediation is NaN where |M(θ_t) − M(aligned)| <= gap_tol·max(1, |M|)")
+    gap_tol: float = option(
+        1e-6, "mediation is NaN where |M(θ_t) − M(aligned)| <= gap_tol·max(1, |M|)"
+    )
     site: SiteKind = option("resid_post", "site kind", choices=SITE_KINDS)
-    ranks: tuple[int, ...] = option((1,), "subspace ranks k: clamp / patch the first k rows of the directions "
-                                    "(1 = v_rev alone), each against random k-dim subspaces", parse=parse_ints,
-                                    nargs="+", metavar="K")
-    select_fraction: float = option(0.5, "with several ranks: share of the probe prompts on which k and the layer "
-                                    "are chosen; the others report them (0: no split)")
-    rank_rule: RankRule = option("margin", "choose k (and the layer) by mediation minus the controls' p95 ('margin') or "
-                            "by mediation alone ('max')", choices=RANK_RULES)
+    ranks: tuple[int, ...] = option(
+        (1,),
+        "subspace ranks k: clamp / patch the first k rows of the directions "
+        "(1 = v_rev alone), each against random k-dim subspaces",
+        parse=parse_ints,
+        nargs="+",
+        metavar="K",
+    )
+    select_fraction: float = option(
+        0.5,
+        "with several ranks: share of the probe prompts on which k and the layer "
+        "are chosen; the others report them (0: no split)",
+    )
+    rank_rule: RankRule = option(
+        "margin",
+        "choose k (and the layer) by mediation minus the controls' p95 ('margin') or "
+        "by mediation alone ('max')",
+        choices=RANK_RULES,
+    )
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field) before any forward pass."""
         if not isinstance(self.directions, str):
-            raise ConfigError(f"AblationConfig.directions records a method name; got {self.directions!r}")
-        self.layers = "auto" if isinstance(self.layers, str) and self.layers == "auto" else as_layers(self.layers)
+            raise ConfigError(
+                f"AblationConfig.directions records a method name; got {self.directions!r}"
+            )
+        self.layers = (
+            "auto"
+            if isinstance(self.layers, str) and self.layers == "auto"
+            else as_layers(self.layers)
+        )
         self.steps = _steps(self.steps)
         self.auto_layers = as_int("auto_layers", self.auto_layers, min=1)
         self.auto_steps = as_int("auto_steps", self.auto_steps, min=1)
@@ -132,10 +180,14 @@ class AblationConfig(Config):
         self.controls = as_int("controls", self.controls, min=1)
         alphas = (self.alphas,) if isinstance(self.alphas, (int, float)) else tuple(self.alphas)
         self.alphas = tuple(as_float("alphas", a) for a in alphas)
-        scaled = [k.name for k in interventions(self.kinds, test="sufficiency")]  # run once per alpha
+        scaled = [
+            k.name for k in interventions(self.kinds, test="sufficiency")
+        ]  # run once per alpha
         if scaled and not self.alphas:
-            raise ConfigError(f"kind {scaled[0]!r} needs alphas, a grid of step sizes along v (e.g. "
-                              "np.linspace(0, 8, 17); --alphas A [A ...] on the command line)")
+            raise ConfigError(
+                f"kind {scaled[0]!r} needs alphas, a grid of step sizes along v (e.g. "
+                "np.linspace(0, 8, 17); --alphas A [A ...] on the command line)"
+            )
         self.seed = as_int("seed", self.seed)
         self.batch_size = as_int("batch_size", self.batch_size, min=1)
         self.max_rows = as_int("max_rows", self.max_rows, min=1)

@@ -4,7 +4,7 @@ Every check names the culprit and what was expected (typed errors from :mod:`rev
 """
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal, no_type_check
 
 import torch
 from jaxtyping import Bool
@@ -13,10 +13,10 @@ from torch import Tensor
 from revlens.collect import HistoryStats, collect
 from revlens.errors import ConfigError, HistoryError, ShapeMismatchError
 from revlens.history import Checkpoint, History
-from revlens.metrics import bind_metric
+from revlens.metrics import MetricLike, bind_metric
 from revlens.model import LensModel
 from revlens.modes import SiteKind
-from revlens.probes import ProbeBatch
+from revlens.probes import ProbeBatch, ProbesInput
 
 __all__ = [
     "Positions",
@@ -62,7 +62,7 @@ def select_checkpoints(
     return out
 
 
-def position_mask(positions: Any, batch: ProbeBatch) -> Tensor | None:
+def position_mask(positions: Positions, batch: ProbeBatch) -> Tensor | None:
     """The bool mask ``[batch, pos]`` of positions to intervene on (``None``: all)."""
     if isinstance(positions, str):
         if positions == "all":
@@ -78,7 +78,8 @@ def position_mask(positions: Any, batch: ProbeBatch) -> Tensor | None:
     return mask
 
 
-def check_positions(positions: Any, n_prompts: int) -> None:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def check_positions(positions: Positions, n_prompts: int) -> None:
     """Validate a ``positions`` argument against the probe set."""
     if isinstance(positions, str):
         if positions not in ("all", "last"):
@@ -97,14 +98,20 @@ def check_positions(positions: Any, n_prompts: int) -> None:
         )
 
 
-def prepare_metric(metric: Any, lm: LensModel) -> Any:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def prepare_metric(metric: MetricLike, lm: LensModel) -> MetricLike:
     """Check the metric (a logits callable or a model metric) and bind built-in metrics to the
     model's tokenizer."""
     return bind_metric(metric, lm.tokenizer, vocab_size=lm.vocab_size)
 
 
 def reference_stats(
-    hist: History, probes: Any, lm: LensModel, layers: list[int], batch_size: int, site: SiteKind = "resid_post"
+    hist: History,
+    probes: ProbesInput,
+    lm: LensModel,
+    layers: list[int],
+    batch_size: int,
+    site: SiteKind = "resid_post",
 ) -> HistoryStats:
     """Base + aligned statistics (aligned second moments, kept activations) at ``layers``."""
     return collect(

@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from revlens._types import ModuleLike
 from revlens.causal.kinds import Intervention, intervention
 from revlens.directions import Directions
 from revlens.errors import ConfigError, NonFiniteError, ShapeMismatchError
@@ -72,7 +73,9 @@ def apply_intervention(
     for ``patch``; ``alpha`` ``[copies]`` is used by ``steer``.
     """
     obj = intervention(kind)
-    return obj.edit(h, vectors[:, None], obj.pick(mean=reference, source=reference, alpha=alpha), mask)
+    return obj.edit(
+        h, vectors[:, None], obj.pick(mean=reference, source=reference, alpha=alpha), mask
+    )
 
 
 def _basis(directions: DirectionsLike, layers: list[int], d_model: int) -> dict[int, Tensor]:
@@ -89,7 +92,9 @@ def _basis(directions: DirectionsLike, layers: list[int], d_model: int) -> dict[
             "give [d_model], [layer, d_model] or [layer, k, d_model]"
         )
     if t.shape[-1] != d_model:
-        raise ShapeMismatchError(f"directions have d_model={t.shape[-1]} but the model has d_model={d_model}")
+        raise ShapeMismatchError(
+            f"directions have d_model={t.shape[-1]} but the model has d_model={d_model}"
+        )
     if not bool(torch.isfinite(t).all()):
         raise NonFiniteError("directions hold NaN or inf")
     dirs = Directions.from_tensor(t, layers)  # normalised / orthonormalised, zero rows refused
@@ -129,8 +134,14 @@ def _extended_mask(positions: Tensor | None, h: Tensor, width: int, generated: b
     ``None``), the new columns from ``generated``."""
     b, n = h.shape[:2]
     if positions is not None and tuple(positions.shape) != (b, width):
-        raise ShapeMismatchError(f"positions mask {tuple(positions.shape)} does not match the prompts ({b}, {width})")
-    head = torch.ones(b, width, device=h.device) if positions is None else positions.to(h.device).float()
+        raise ShapeMismatchError(
+            f"positions mask {tuple(positions.shape)} does not match the prompts ({b}, {width})"
+        )
+    head = (
+        torch.ones(b, width, device=h.device)
+        if positions is None
+        else positions.to(h.device).float()
+    )
     tail = torch.full((b, n - width), float(generated), device=h.device)
     return torch.cat([head, tail], 1).to(h.dtype)
 
@@ -145,7 +156,11 @@ def _make_edit(
 ) -> Any:
     def edit(h: Tensor) -> Tensor:
         layout = current_layout()
-        width = layout.prompt_width if layout is not None and h.shape[1] >= layout.prompt_width else None
+        width = (
+            layout.prompt_width
+            if layout is not None and h.shape[1] >= layout.prompt_width
+            else None
+        )
         ref = reference.to(h.device) if reference is not None else None
         if ref is not None and kind.reference == "source":
             expected = tuple(h.shape) if width is None else (h.shape[0], width, h.shape[2])
@@ -156,16 +171,21 @@ def _make_edit(
                 )
             if width is not None:  # the source covers the prompt columns only
                 ref = torch.cat([ref.to(h.dtype), h[:, width:]], 1)
-        mask = _prompt_mask(positions, h, layer) if width is None else \
-            _extended_mask(positions, h, width, generated and kind.on_generated)
+        mask = (
+            _prompt_mask(positions, h, layer)
+            if width is None
+            else _extended_mask(positions, h, width, generated and kind.on_generated)
+        )
         return kind.edit(h[None], q[None].to(h.device), ref, mask)[0]
 
     return edit
 
 
 # what intervene() takes for each reference an intervention kind reads: (keyword, dims, what it is)
-_KEYWORDS = {"mean": ("reference_mean", 1, "e.g. the aligned model's mean activation"),
-             "source": ("source_acts", 3, "the source model's activations on the same prompts")}
+_KEYWORDS = {
+    "mean": ("reference_mean", 1, "e.g. the aligned model's mean activation"),
+    "source": ("source_acts", 3, "the source model's activations on the same prompts"),
+}
 
 
 def reference_keyword(kind: Intervention, ref: Any) -> dict[str, Any]:
@@ -175,7 +195,9 @@ def reference_keyword(kind: Intervention, ref: Any) -> dict[str, Any]:
     return {} if kind.reference == "none" else {_KEYWORDS[kind.reference][0]: ref}
 
 
-def _references(kind: Intervention, layers: list[int], given: dict[str, Any]) -> dict[int, Tensor | None]:
+def _references(
+    kind: Intervention, layers: list[int], given: dict[str, Any]
+) -> dict[int, Tensor | None]:
     """layer -> the reference ``kind`` reads there, from the keyword of :func:`intervene` that holds it."""
     if kind.reference == "alpha":
         alpha = given["alpha"]
@@ -192,7 +214,7 @@ def _references(kind: Intervention, layers: list[int], given: dict[str, Any]) ->
 
 @contextmanager
 def intervene(
-    model: Any,
+    model: ModuleLike,
     kind: "str | Intervention",
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
@@ -238,19 +260,34 @@ def intervene(
     sites = acc.sites(layers, site)
     chosen = [s.layer for s in sites]
     basis = _basis(directions, chosen, acc.d_model)
-    refs = _references(obj, chosen, {"reference_mean": reference_mean, "source_acts": source_acts, "alpha": alpha})
-    wide = [layer for layer, q in basis.items() if obj.max_rank is not None and q.shape[0] > obj.max_rank]
+    refs = _references(
+        obj, chosen, {"reference_mean": reference_mean, "source_acts": source_acts, "alpha": alpha}
+    )
+    wide = [
+        layer
+        for layer, q in basis.items()
+        if obj.max_rank is not None and q.shape[0] > obj.max_rank
+    ]
     if wide:
-        raise ConfigError(f"{obj.name} needs one direction per layer, got a subspace at layer(s) {wide}")
+        raise ConfigError(
+            f"{obj.name} needs one direction per layer, got a subspace at layer(s) {wide}"
+        )
     # position-wise edits (revlens.sites.cached): the KV-cached generation path may run them
-    edits = [(s, positionwise(_make_edit(obj, basis[s.layer], s.layer, refs[s.layer], positions, generated)))
-             for s in sites]
+    edits = [
+        (
+            s,
+            positionwise(
+                _make_edit(obj, basis[s.layer], s.layer, refs[s.layer], positions, generated)
+            ),
+        )
+        for s in sites
+    ]
     with acc.hooked(edits):
         yield
 
 
 def clamp(
-    model: Any,
+    model: ModuleLike,
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     reference_mean: PerLayer | None = None,
@@ -260,12 +297,20 @@ def clamp(
     generated: bool = True,
 ) -> Any:
     """Context manager: ``h ← h − ((h − μ)·v) v`` at ``layers`` (see :func:`intervene`)."""
-    return intervene(model, "clamp", directions, layers, reference_mean=reference_mean, positions=positions,
-                     site=site, generated=generated)
+    return intervene(
+        model,
+        "clamp",
+        directions,
+        layers,
+        reference_mean=reference_mean,
+        positions=positions,
+        site=site,
+        generated=generated,
+    )
 
 
 def patch(
-    model: Any,
+    model: ModuleLike,
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     source_acts: PerLayer | None = None,
@@ -280,7 +325,7 @@ def patch(
 
 
 def steer(
-    model: Any,
+    model: ModuleLike,
     directions: DirectionsLike,
     layers: LayerSpec | None = None,
     alpha: float | None = None,
@@ -290,5 +335,13 @@ def steer(
     generated: bool = True,
 ) -> Any:
     """Context manager: ``h ← h + α v`` at ``layers`` (see :func:`intervene`)."""
-    return intervene(model, "steer", directions, layers, alpha=alpha, positions=positions, site=site,
-                     generated=generated)
+    return intervene(
+        model,
+        "steer",
+        directions,
+        layers,
+        alpha=alpha,
+        positions=positions,
+        site=site,
+        generated=generated,
+    )

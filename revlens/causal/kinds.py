@@ -27,8 +27,8 @@ Example:
     >>> _ = register_intervention("project_out", ProjectOut)  # doctest: +SKIP
 """
 
-from collections.abc import Iterable
-from typing import Any, ClassVar, Literal, get_args, no_type_check
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, Literal, get_args, no_type_check
 
 import torch
 from jaxtyping import Bool, Float
@@ -36,6 +36,10 @@ from torch import Tensor
 
 from revlens.errors import ConfigError
 from revlens.modes import INTERVENTION_KINDS
+
+RefValue = Tensor | Mapping[int, Tensor] | None
+"""What a kind reads besides ``h``: a tensor (a mean, source activations, scales), a per-layer
+mapping of them, or nothing."""
 
 __all__ = [
     "Clamp",
@@ -60,24 +64,34 @@ Reference = Literal["none", "mean", "source", "alpha"]
 Test = Literal["necessity", "sufficiency"]
 """Removing motion on θ_t (necessity) or adding it to the aligned model (sufficiency)."""
 
-_NEEDS: dict[str, str] = {"mean": "a reference mean", "source": "a source activation", "alpha": "alpha"}
+_NEEDS: dict[str, str] = {
+    "mean": "a reference mean",
+    "source": "a source activation",
+    "alpha": "alpha",
+}
 
 
-def project(x: Float[Tensor, "#copies batch pos d"], basis: Float[Tensor, "copies k d"]
-            ) -> Float[Tensor, "copies batch pos d"]:
+def project(
+    x: Float[Tensor, "#copies batch pos d"], basis: Float[Tensor, "copies k d"]
+) -> Float[Tensor, "copies batch pos d"]:
     """``QᵀQ x`` per copy (``x`` with one copy broadcasts); k = 1 as an elementwise dot product."""
     q = basis.to(x.dtype)
     if q.shape[1] == 1:
         v = q[:, 0][:, None, None, :]
         return (x * v).sum(-1, keepdim=True) * v
-    coords = (torch.einsum("bpd,ckd->cbpk", x[0], q) if x.shape[0] == 1
-              else torch.einsum("cbpd,ckd->cbpk", x, q))
+    coords = (
+        torch.einsum("bpd,ckd->cbpk", x[0], q)
+        if x.shape[0] == 1
+        else torch.einsum("cbpd,ckd->cbpk", x, q)
+    )
     return torch.einsum("cbpk,ckd->cbpd", coords, q)
 
 
-def masked(h: Float[Tensor, "#copies batch pos d"], delta: Float[Tensor, "#copies #batch #pos d"],
-           mask: Float[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None
-           ) -> Float[Tensor, "copies batch pos d"]:
+def masked(
+    h: Float[Tensor, "#copies batch pos d"],
+    delta: Float[Tensor, "#copies #batch #pos d"],
+    mask: Float[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None,
+) -> Float[Tensor, "copies batch pos d"]:
     """``h + delta`` where ``mask`` is set (everywhere when ``None``; ``delta`` broadcasts)."""
     if mask is not None:
         delta = delta * mask.to(h.dtype)[None, :, :, None]
@@ -95,13 +109,25 @@ class Intervention:
     on_generated: ClassVar[bool] = True
     """Whether it also edits the new tokens' positions of generation / teacher forcing."""
 
-    def edit(self, h: Float[Tensor, "#copies batch pos d"], basis: Float[Tensor, "copies k d"],
-             ref: Tensor | None, mask: Tensor | None) -> Float[Tensor, "copies batch pos d"]:
+    def edit(
+        self,
+        h: Float[Tensor, "#copies batch pos d"],
+        basis: Float[Tensor, "copies k d"],
+        ref: Tensor | None,
+        mask: Tensor | None,
+    ) -> Float[Tensor, "copies batch pos d"]:
         """``h`` edited along each copy's orthonormal k-frame, given the reference and the
         ``[batch, pos]`` mask of the positions to change (``None``: all)."""
         raise NotImplementedError
 
-    def pick(self, *, mean: Any = None, source: Any = None, alpha: Any = None, where: str = "") -> Any:
+    def pick(
+        self,
+        *,
+        mean: RefValue = None,
+        source: RefValue = None,
+        alpha: RefValue = None,
+        where: str = "",
+    ) -> RefValue:
         """The one reference this kind reads among those a caller holds (tensors, or per-layer
         mappings of them; ``ConfigError`` naming the kind, and ``where``, when it is missing)."""
         ref = {"none": None, "mean": mean, "source": source, "alpha": alpha}[self.reference]
@@ -112,13 +138,19 @@ class Intervention:
     def check_rank(self, k: int, where: str = "") -> None:
         """``ConfigError`` when a k-dim subspace is more than this kind edits."""
         if self.max_rank is not None and k > self.max_rank:
-            raise ConfigError(f"{self.name} needs one direction per copy{where}; got {k}-dim subspaces")
+            raise ConfigError(
+                f"{self.name} needs one direction per copy{where}; got {k}-dim subspaces"
+            )
 
-    def mediation_fraction(self, clean: float, metric: float, aligned: float, gap_tol: float) -> float:
+    def mediation_fraction(
+        self, clean: float, metric: float, aligned: float, gap_tol: float
+    ) -> float:
         """The share of the gap ``clean − aligned`` this edit removed (NaN where the gap is ~0 and
         for a sufficiency test, which is read as a dose–response instead)."""
         gap = clean - aligned
-        defined = self.test == "necessity" and abs(gap) > gap_tol * max(1.0, abs(clean), abs(aligned))
+        defined = self.test == "necessity" and abs(gap) > gap_tol * max(
+            1.0, abs(clean), abs(aligned)
+        )
         return (clean - metric) / gap if defined else float("nan")
 
     def __repr__(self) -> str:
@@ -170,17 +202,25 @@ def register_intervention(name: str, cls: type[Intervention]) -> Intervention:
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"register_intervention: name {name!r} must be an identifier")
     if not (isinstance(cls, type) and issubclass(cls, Intervention)):
-        raise ConfigError(f"register_intervention({name!r}): {cls!r} is not an Intervention subclass")
+        raise ConfigError(
+            f"register_intervention({name!r}): {cls!r} is not an Intervention subclass"
+        )
     if cls.test not in get_args(Test) or cls.reference not in get_args(Reference):
-        raise ConfigError(f"register_intervention({name!r}): test={cls.test!r} / reference={cls.reference!r} is "
-                          "not understood")
+        raise ConfigError(
+            f"register_intervention({name!r}): test={cls.test!r} / reference={cls.reference!r} is "
+            "not understood"
+        )
     if cls.reference == "alpha" and cls.test == "necessity":
-        raise ConfigError(f"register_intervention({name!r}): a necessity test runs on the checkpoints without a "
-                          "scale; a kind reading alpha is a sufficiency test (run once per alpha)")
+        raise ConfigError(
+            f"register_intervention({name!r}): a necessity test runs on the checkpoints without a "
+            "scale; a kind reading alpha is a sufficiency test (run once per alpha)"
+        )
     if name in _REGISTRY:
         if type(_REGISTRY[name]) is cls:
             return _REGISTRY[name]
-        raise ConfigError(f"intervention kind {name!r} is already registered ({type(_REGISTRY[name]).__name__})")
+        raise ConfigError(
+            f"intervention kind {name!r} is already registered ({type(_REGISTRY[name]).__name__})"
+        )
     obj = cls()
     obj.name = name
     _REGISTRY[name] = obj
@@ -206,11 +246,15 @@ def intervention(kind: "str | Intervention") -> Intervention:
     if isinstance(kind, Intervention):
         return kind
     if not isinstance(kind, str) or kind not in _REGISTRY:
-        raise ConfigError(f"kind={kind!r} is not understood; valid: {', '.join(map(repr, _REGISTRY))}")
+        raise ConfigError(
+            f"kind={kind!r} is not understood; valid: {', '.join(map(repr, _REGISTRY))}"
+        )
     return _REGISTRY[kind]
 
 
-def interventions(names: Iterable[str] | None = None, *, test: Test | None = None) -> list[Intervention]:
+def interventions(
+    names: Iterable[str] | None = None, *, test: Test | None = None
+) -> list[Intervention]:
     """The kinds named (default: every registered one), in that order, of one ``test`` if given."""
     objs = [intervention(n) for n in (_REGISTRY if names is None else names)]
     return [o for o in objs if test is None or o.test == test]

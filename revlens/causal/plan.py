@@ -30,6 +30,7 @@ from torch import Tensor
 from revlens.causal.kinds import of_test
 from revlens.errors import HistoryError
 from revlens.history import Checkpoint, History
+from revlens.sites import SiteAccess
 
 __all__ = ["AblationPlan", "auto_layers", "log_spaced_steps"]
 
@@ -54,7 +55,9 @@ def auto_steps(hist: History, runs: Sequence[str] | None, k: int) -> dict[str, l
     missing = [r for r in runs or () if r not in hist.runs]
     if missing:
         raise HistoryError(f"run(s) {missing} are not in the history; runs: {list(hist.runs)}")
-    chosen = [hist.runs[r] for r in runs] if runs else [r for r in hist.runs.values() if r.kind == "run"]
+    chosen = (
+        [hist.runs[r] for r in runs] if runs else [r for r in hist.runs.values() if r.kind == "run"]
+    )
     return {r.name: log_spaced_steps(list(r.steps), k) for r in chosen}
 
 
@@ -64,12 +67,15 @@ def auto_layers(scores: dict[int, float], k: int) -> list[int]:
     return sorted(ranked[:k])
 
 
-def drift_scores(last_means: Sequence[Tensor], start_mean: Tensor, vectors: Tensor, layers: Sequence[int]
-                 ) -> dict[int, float]:
+def drift_scores(
+    last_means: Sequence[Tensor], start_mean: Tensor, vectors: Tensor, layers: Sequence[int]
+) -> dict[int, float]:
     """Mean over runs of the drift's projection ``(μ_T − μ_start)·v`` per layer (``[layer, d]``
     tensors): how far each layer moved along v_rev by the last step, in activation units."""
     v = vectors.to(torch.float64)
-    proj = [((mu.to(torch.float64) - start_mean.to(torch.float64)) * v).sum(-1) for mu in last_means]
+    proj = [
+        ((mu.to(torch.float64) - start_mean.to(torch.float64)) * v).sum(-1) for mu in last_means
+    ]
     mean = torch.stack(proj).mean(0)
     return {int(layer): float(mean[i]) for i, layer in enumerate(layers)}
 
@@ -112,7 +118,10 @@ class AblationPlan:
             return 1, float(b)
         per_forward = max(1, self.max_rows // b - 1)
         forwards = math.ceil(units / per_forward)
-        frac = sum((self.n_layers - min(layer, self.n_layers) + 1) / (self.n_layers + 1) for layer in layers)
+        frac = sum(
+            (self.n_layers - min(layer, self.n_layers) + 1) / (self.n_layers + 1)
+            for layer in layers
+        )
         return forwards, b * (forwards + units * frac / max(len(layers), 1))
 
     def _pass(self, kinds: Sequence[str]) -> tuple[int, float]:
@@ -141,7 +150,12 @@ class AblationPlan:
         """Intervened forward rows (prompt × layer × direction × kind × checkpoint)."""
         run_kinds, aligned_kinds = self._split()
         n = sum(self.batch_sizes)
-        return n * len(self.layers) * self.n_directions * (len(run_kinds) * len(self.checkpoints) + len(aligned_kinds))
+        return (
+            n
+            * len(self.layers)
+            * self.n_directions
+            * (len(run_kinds) * len(self.checkpoints) + len(aligned_kinds))
+        )
 
     def cost_rows(self) -> float:
         run_kinds, aligned_kinds = self._split()
@@ -156,7 +170,7 @@ class AblationPlan:
             return None
         return self.seconds_per_row * self.cost_rows() + self.seconds_per_forward * self.n_forwards
 
-    def time_forward(self, acc: Any, tokens: Tensor) -> None:
+    def time_forward(self, acc: SiteAccess, tokens: Tensor) -> None:
         """Price a forward: two timed forwards of ``tokens`` at two batch widths (after a warm-up)
         give the fixed cost per forward and the cost per row (a small batch alone overstates
         the rows of a sweep's wide forwards by the per-call overhead)."""
@@ -186,18 +200,30 @@ class AblationPlan:
         ]
         for what, how in self.choices.items():
             lines.append(f"  {what}: {how}")
-        if self.full_checkpoints and (self.full_checkpoints > len(self.checkpoints) or self.full_layers > len(self.layers)):
-            lines.append(f"  the full sweep (--steps all --layers all) would be {self.full_checkpoints} checkpoints × "
-                         f"{self.full_layers} layers")
+        if self.full_checkpoints and (
+            self.full_checkpoints > len(self.checkpoints) or self.full_layers > len(self.layers)
+        ):
+            lines.append(
+                f"  the full sweep (--steps all --layers all) would be {self.full_checkpoints} checkpoints × "
+                f"{self.full_layers} layers"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_forwards": self.n_forwards, "n_interventions": self.n_interventions,
-                "eta_s": self.eta_s, "choices": dict(self.choices)}
+        return {
+            "n_forwards": self.n_forwards,
+            "n_interventions": self.n_interventions,
+            "eta_s": self.eta_s,
+            "choices": dict(self.choices),
+        }
 
 
 def _short(steps: list[int]) -> str:
-    return str(steps) if len(steps) <= 8 else f"[{steps[0]}, {steps[1]}, ..., {steps[-1]}] ({len(steps)})"
+    return (
+        str(steps)
+        if len(steps) <= 8
+        else f"[{steps[0]}, {steps[1]}, ..., {steps[-1]}] ({len(steps)})"
+    )
 
 
 def _duration(seconds: float | None) -> str:

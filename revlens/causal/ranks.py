@@ -47,32 +47,49 @@ def rank_table(effects: pd.DataFrame, kind: str = "clamp", step: int | None = No
     ``step``, ``kind``)."""
     e, step = _rows(effects, kind, step)
     v = e[e["control_type"] == "v_rev"].groupby(_KEYS)["mediation_fraction"]
-    out = pd.DataFrame({"mediation_mean": v.mean(), "mediation_std": v.std(ddof=1), "n_runs": v.count()})
+    out = pd.DataFrame(
+        {"mediation_mean": v.mean(), "mediation_std": v.std(ddof=1), "n_runs": v.count()}
+    )
     c = e[e["control_type"] != "v_rev"]
     if not c.empty:
         per = c.groupby([*_KEYS, "run", "control_type"])["mediation_fraction"]
-        typed = pd.DataFrame({"mean": per.mean(), "p05": per.quantile(0.05), "p95": per.quantile(0.95)})
+        typed = pd.DataFrame(
+            {"mean": per.mean(), "p05": per.quantile(0.05), "p95": per.quantile(0.95)}
+        )
         typed = typed.groupby([*_KEYS, "control_type"]).mean().unstack("control_type")
         typed.columns = [f"{ct}_{stat}" for stat, ct in typed.columns]
         out = out.join(typed)
-        out["ctrl_p95"] = c.groupby([*_KEYS, "run"])["mediation_fraction"].quantile(0.95).groupby(_KEYS).mean()
+        out["ctrl_p95"] = (
+            c.groupby([*_KEYS, "run"])["mediation_fraction"].quantile(0.95).groupby(_KEYS).mean()
+        )
     else:
         out["ctrl_p95"] = math.nan
     out["margin"] = out["mediation_mean"] - out["ctrl_p95"]
     out["step"], out["kind"] = step, kind
     order = {"select": 0, "test": 1, "all": 2}
     out = out.reset_index()
-    return out.sort_values(["split", "layer", "rank"], key=lambda s: s.map(order) if s.name == "split" else s,
-                           ignore_index=True)
+    return out.sort_values(
+        ["split", "layer", "rank"],
+        key=lambda s: s.map(order) if s.name == "split" else s,
+        ignore_index=True,
+    )
 
 
 def _describe(row: pd.Series) -> dict[str, Any]:
     keep = [c for c in row.index if c not in ("split", "layer", "rank", "step", "kind")]
-    return {c: (float(row[c]) if isinstance(row[c], (int, float, np.floating, np.integer)) else row[c]) for c in keep}
+    return {
+        c: (float(row[c]) if isinstance(row[c], (int, float, np.floating, np.integer)) else row[c])
+        for c in keep
+    }
 
 
-def rank_choice(effects: pd.DataFrame, kind: str = "clamp", step: int | None = None, *,
-                rule: RankRule = "margin") -> dict[str, Any]:
+def rank_choice(
+    effects: pd.DataFrame,
+    kind: str = "clamp",
+    step: int | None = None,
+    *,
+    rule: RankRule = "margin",
+) -> dict[str, Any]:
     """The (layer, k) chosen on the ``select`` prompts and its mediation on the ``test`` prompts.
 
     Returns:
@@ -88,11 +105,24 @@ def rank_choice(effects: pd.DataFrame, kind: str = "clamp", step: int | None = N
     pick_from = table[table["split"] == ("select" if held_out else "all")]
     score = pick_from[_RULE_COLUMN[rule]]
     if score.notna().sum() == 0:
-        raise ConfigError("no defined mediation fraction to choose k by (is the harm gap ~0 everywhere?)")
+        raise ConfigError(
+            "no defined mediation fraction to choose k by (is the harm gap ~0 everywhere?)"
+        )
     best = pick_from.loc[score.fillna(-np.inf).idxmax()]
-    report = table[(table["split"] == ("test" if held_out else "all")) & (table["layer"] == best["layer"])
-                   & (table["rank"] == best["rank"])].iloc[0]
+    report = table[
+        (table["split"] == ("test" if held_out else "all"))
+        & (table["layer"] == best["layer"])
+        & (table["rank"] == best["rank"])
+    ].iloc[0]
     test = _describe(report)
     test["beats_controls"] = bool(test["mediation_mean"] > test["ctrl_p95"])
-    return {"layer": int(best["layer"]), "rank": int(best["rank"]), "rule": rule, "kind": kind,
-            "step": int(best["step"]), "held_out": held_out, "select": _describe(best), "test": test}
+    return {
+        "layer": int(best["layer"]),
+        "rank": int(best["rank"]),
+        "rule": rule,
+        "kind": kind,
+        "step": int(best["step"]),
+        "held_out": held_out,
+        "select": _describe(best),
+        "test": test,
+    }

@@ -30,7 +30,7 @@ Layer convention: revlens' ``resid_post`` layer ``l`` is the stream entering blo
 """
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, no_type_check
@@ -41,16 +41,26 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens._config import as_float, as_int
+from revlens._types import ModuleLike
 from revlens.causal.interventions import clamp, steer
 from revlens.directions import Directions
 from revlens.directions.refusal import RefusalDirections, is_history, resolve_source, split_labels
 from revlens.errors import ConfigError, MetricError
-from revlens.metrics import RefusalScore
+from revlens.history import HistoryInput
+from revlens.metrics import MetricLike, RefusalScore
+from revlens.metrics.tokens import TokenSpec
+from revlens.model import ModelInput
 from revlens.modes import SITE_KINDS, check_modes
+from revlens.probes import ProbesInput
 from revlens.sites import access
 
-__all__ = ["ABLATION_SITES", "RefusalSelection", "RefusalSelectionWarning", "directional_ablation",
-           "select_refusal_direction"]
+__all__ = [
+    "ABLATION_SITES",
+    "RefusalSelection",
+    "RefusalSelectionWarning",
+    "directional_ablation",
+    "select_refusal_direction",
+]
 
 ABLATION_SITES = ("resid_pre", "attn_out", "mlp_out")
 """Where :func:`directional_ablation` projects ``r̂`` out (every block): Arditi et al.'s choice."""
@@ -61,8 +71,12 @@ class RefusalSelectionWarning(UserWarning):
 
 
 @contextmanager
-def directional_ablation(model: Any, direction: Float[Tensor, " d_model"], *,
-                         sites: Sequence[str] = ABLATION_SITES) -> Iterator[None]:
+def directional_ablation(
+    model: ModuleLike,
+    direction: Float[Tensor, " d_model"],
+    *,
+    sites: Sequence[str] = ABLATION_SITES,
+) -> Iterator[None]:
     """While the block runs, ``h ← h − (h·r̂) r̂`` at every layer of every site kind in ``sites``
     and at every position (``r̂ = direction / ‖direction‖``): the ``clamp`` context manager with a
     zero reference, at all layers at once. Hooks are removed on exit, also when the block raises."""
@@ -111,9 +125,11 @@ class RefusalSelection:
 
     def __repr__(self) -> str:
         row = self.table[self.table["selected"]].iloc[0]
-        return (f"RefusalSelection(position={self.position}, layer={self.layer}, score={row['score']:.3f}, "
-                f"bypass={row['bypass']:.3f}, induce={row['induce']:.3f}, kl={row['kl']:.4f}, "
-                f"candidates={len(self.table)}, eligible={int(self.table['eligible'].sum())})")
+        return (
+            f"RefusalSelection(position={self.position}, layer={self.layer}, score={row['score']:.3f}, "
+            f"bypass={row['bypass']:.3f}, induce={row['induce']:.3f}, kl={row['kl']:.4f}, "
+            f"candidates={len(self.table)}, eligible={int(self.table['eligible'].sum())})"
+        )
 
 
 def _metric(metric: Any, tokenizer: Any, vocab_size: int) -> Any:
@@ -124,7 +140,9 @@ def _metric(metric: Any, tokenizer: Any, vocab_size: int) -> Any:
     if hasattr(metric, "bind"):
         metric = metric.bind(tokenizer, vocab_size)
     if not callable(metric):
-        raise MetricError(f"metric must be a logits metric (logits, batch) -> [batch]; got {type(metric).__name__}")
+        raise MetricError(
+            f"metric must be a logits metric (logits, batch) -> [batch]; got {type(metric).__name__}"
+        )
     return metric
 
 
@@ -136,7 +154,9 @@ def _candidates(refusal: RefusalDirections, positions: Any, layers: Any) -> list
         wanted = have if layers is None else [int(x) for x in layers]
         missing = [x for x in wanted if x not in have]
         if missing:
-            raise ConfigError(f"no refusal direction at position {label}, layer(s) {missing}; layers: {have}")
+            raise ConfigError(
+                f"no refusal direction at position {label}, layer(s) {missing}; layers: {have}"
+            )
         out += [(label, layer) for layer in wanted]
     return out
 
@@ -168,21 +188,21 @@ def _kl(p_log: Tensor, q_log: Tensor) -> float:
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def select_refusal_direction(
-    source: Any,
+    source: HistoryInput | ModelInput,
     refusal: RefusalDirections,
-    probes: Any,
+    probes: ProbesInput,
     *,
     checkpoint: str | None = None,
-    model: Any = None,
-    metric: Any = None,
+    model: ModelInput | None = None,
+    metric: MetricLike | TokenSpec | None = None,
     positions: Sequence[str | int] | None = None,
     layers: Sequence[int] | None = None,
     prune_fraction: float = 0.2,
     kl_threshold: float = 0.1,
     induce_threshold: float = 0.0,
     ablation_sites: Sequence[str] = ABLATION_SITES,
-    harmful: Any = "harmful",
-    harmless: Any = "harmless",
+    harmful: Hashable = "harmful",
+    harmless: Hashable = "harmless",
     batch_size: int = 32,
 ) -> RefusalSelection:
     """Choose one refusal direction on a held-out split, as Arditi et al. do (module docstring).
@@ -210,19 +230,26 @@ def select_refusal_direction(
     prune_fraction = as_float("prune_fraction", prune_fraction)
     if not 0.0 <= prune_fraction < 1.0:
         raise ConfigError(f"prune_fraction must be in [0, 1), got {prune_fraction}")
-    kl_threshold, induce_threshold = as_float("kl_threshold", kl_threshold), as_float("induce_threshold", induce_threshold)
+    kl_threshold, induce_threshold = (
+        as_float("kl_threshold", kl_threshold),
+        as_float("induce_threshold", induce_threshold),
+    )
     check_modes("ablation_sites", list(ablation_sites), SITE_KINDS)
     batch_size = as_int("batch_size", batch_size, min=1)
     if not isinstance(refusal, RefusalDirections):
-        raise ConfigError(f"refusal must be RefusalDirections (from refusal_directions); got {type(refusal).__name__}")
+        raise ConfigError(
+            f"refusal must be RefusalDirections (from refusal_directions); got {type(refusal).__name__}"
+        )
     bad, good = split_labels(probes, harmful, harmless)
     cands = _candidates(refusal, positions, layers)
     wanted = checkpoint if checkpoint is not None or not is_history(source) else refusal.checkpoint
     lm, ck, _ = resolve_source(source, checkpoint=wanted, model=model)
     fp = ck.model_fingerprint() if ck is not None else lm.fingerprint
     if fp is not None and refusal.fingerprint is not None and fp != refusal.fingerprint:
-        raise ConfigError(f"the refusal directions were read on checkpoint {refusal.checkpoint!r} "
-                          f"({refusal.fingerprint[:12]}); the selection would run on other weights ({fp[:12]})")
+        raise ConfigError(
+            f"the refusal directions were read on checkpoint {refusal.checkpoint!r} "
+            f"({refusal.fingerprint[:12]}); the selection would run on other weights ({fp[:12]})"
+        )
     metric = _metric(metric, lm.tokenizer, lm.vocab_size)
     if ck is not None:
         lm.load(ck)
@@ -233,17 +260,33 @@ def select_refusal_direction(
     table = _judge(pd.DataFrame(rows), cut, kl_threshold, induce_threshold)
     best = table[table["selected"]].iloc[0]
     label, layer = str(best["position"]), int(best["layer"])
-    meta = {"prune_fraction": prune_fraction, "kl_threshold": kl_threshold, "induce_threshold": induce_threshold,
-            "first_pruned_layer": cut, "n_harmful": len(bad), "n_harmless": len(good),
-            "ablation_sites": list(ablation_sites), "fallback": bool(table.attrs["fallback"])}
+    meta = {
+        "prune_fraction": prune_fraction,
+        "kl_threshold": kl_threshold,
+        "induce_threshold": induce_threshold,
+        "first_pruned_layer": cut,
+        "n_harmful": len(bad),
+        "n_harmless": len(good),
+        "ablation_sites": list(ablation_sites),
+        "fallback": bool(table.attrs["fallback"]),
+    }
     chosen = refusal[label]
-    dirs = Directions(chosen.basis, chosen.layers, chosen.method, chosen.site,
-                      {**chosen.meta, "selected_layer": layer, "selection": meta})
+    dirs = Directions(
+        chosen.basis,
+        chosen.layers,
+        chosen.method,
+        chosen.site,
+        {**chosen.meta, "selected_layer": layer, "selection": meta},
+    )
     return RefusalSelection(table, label, layer, dirs, chosen[layer].clone(), refusal, meta)
 
 
-def _score(runner: _Runner, refusal: RefusalDirections, cands: list[tuple[str, int]],
-           ablation_sites: Sequence[str]) -> list[dict[str, Any]]:
+def _score(
+    runner: _Runner,
+    refusal: RefusalDirections,
+    cands: list[tuple[str, int]],
+    ablation_sites: Sequence[str],
+) -> list[dict[str, Any]]:
     """One row per candidate: the clean baselines, bypass, induce and KL (module docstring)."""
     base_bad, _ = runner.run(runner.bad)
     base_good, clean_good = runner.run(runner.good)
@@ -256,14 +299,23 @@ def _score(runner: _Runner, refusal: RefusalDirections, cands: list[tuple[str, i
             _, ablated_good = runner.run(runner.good)
         with steer(runner.lm, unit, [layer], alpha=float(raw.norm()), site=refusal.site):
             induce, _ = runner.run(runner.good)
-        rows.append({"position": int(label) if label.lstrip("-").isdigit() else label, "layer": layer,
-                     "bypass": float(bypass.mean()), "induce": float(induce.mean()),
-                     "kl": _kl(clean_good, ablated_good), "baseline_harmful": float(base_bad.mean()),
-                     "baseline_harmless": float(base_good.mean())})
+        rows.append(
+            {
+                "position": int(label) if label.lstrip("-").isdigit() else label,
+                "layer": layer,
+                "bypass": float(bypass.mean()),
+                "induce": float(induce.mean()),
+                "kl": _kl(clean_good, ablated_good),
+                "baseline_harmful": float(base_bad.mean()),
+                "baseline_harmless": float(base_good.mean()),
+            }
+        )
     return rows
 
 
-def _judge(table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold: float) -> pd.DataFrame:
+def _judge(
+    table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold: float
+) -> pd.DataFrame:
     """The filter columns, the score and the chosen row (module docstring)."""
     table["score"] = table["baseline_harmful"] - table["bypass"]
     table["pruned"] = table["layer"] >= cut
@@ -273,9 +325,13 @@ def _judge(table: pd.DataFrame, cut: int, kl_threshold: float, induce_threshold:
     pool = table[table["eligible"]]
     table.attrs["fallback"] = pool.empty
     if pool.empty:
-        warnings.warn("no refusal-direction candidate passed the filter (layer < "
-                      f"{cut}, kl < {kl_threshold}, induce > {induce_threshold}); using the best score over all "
-                      "candidates", RefusalSelectionWarning, stacklevel=3)
+        warnings.warn(
+            "no refusal-direction candidate passed the filter (layer < "
+            f"{cut}, kl < {kl_threshold}, induce > {induce_threshold}); using the best score over all "
+            "candidates",
+            RefusalSelectionWarning,
+            stacklevel=3,
+        )
         pool = table
     table["selected"] = False
     table.loc[pool["score"].idxmax(), "selected"] = True

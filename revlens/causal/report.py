@@ -18,14 +18,31 @@ from torch import Tensor
 
 from revlens._frames import read_frame, write_frame
 from revlens._result import Result
+from revlens.causal.html import CausalHtml
 from revlens.causal.kinds import Test, intervention, interventions, kind_is, of_test
 from revlens.directions import Directions
 from revlens.errors import ConfigError
 
 __all__ = ["EFFECT_COLUMNS", "CausalReport", "summarize"]
 
-EFFECT_COLUMNS = ["run", "step", "layer", "kind", "rank", "split", "direction", "control_type", "alpha", "metric",
-                  "metric_clean", "metric_aligned", "effect", "mediation_fraction", "n_prompts"]
+EFFECT_COLUMNS = [
+    "run",
+    "step",
+    "layer",
+    "kind",
+    "rank",
+    "split",
+    "direction",
+    "control_type",
+    "alpha",
+    "metric",
+    "metric_clean",
+    "metric_aligned",
+    "effect",
+    "mediation_fraction",
+    "n_prompts",
+]
+
 
 def _sign(x: pd.Series) -> pd.Series:
     return pd.Series(np.where(x.to_numpy() < 0, -1.0, 1.0), index=x.index)
@@ -117,7 +134,7 @@ def summarize(effects: pd.DataFrame) -> pd.DataFrame:
     return out[cols + [c for c in out.columns if c not in cols]].reset_index(drop=True)
 
 
-class CausalReport(Result):
+class CausalReport(CausalHtml, Result):
     """What :func:`~revlens.causal.ablation_study` measured.
 
     Attributes:
@@ -145,9 +162,15 @@ class CausalReport(Result):
     FORMAT = "revlens-causal/2"
     META = "causal.json"
 
-    def __init__(self, *, effects: pd.DataFrame, config: dict[str, Any] | None = None,
-                 directions: Directions | None = None, controls: dict[int, Tensor] | None = None,
-                 provenance: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        effects: pd.DataFrame,
+        config: dict[str, Any] | None = None,
+        directions: Directions | None = None,
+        controls: dict[int, Tensor] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
         self.effects = with_rank_columns(effects)
         self.config = dict(config or {})
         self.directions = directions
@@ -174,16 +197,34 @@ class CausalReport(Result):
         """Steering rows of the summary: per (layer, alpha) ``delta`` = M(aligned + αv) − M(aligned)
         beside the controls' mean and p95 of the same delta."""
         s = self._of_test(self._summary, "sufficiency")
-        return pd.DataFrame({
-            "layer": s["layer"], "alpha": s["alpha"], "metric": s["metric"], "delta": s["metric"] - s["metric_aligned"],
-            "ctrl_delta_mean": -s["ctrl_effect_mean"], "ctrl_delta_p95": -s["ctrl_effect_p05"],
-            "z": s["z"], "p_value": s["p_value"],
-        }).sort_values(["layer", "alpha"]).reset_index(drop=True)
+        return (
+            pd.DataFrame(
+                {
+                    "layer": s["layer"],
+                    "alpha": s["alpha"],
+                    "metric": s["metric"],
+                    "delta": s["metric"] - s["metric_aligned"],
+                    "ctrl_delta_mean": -s["ctrl_effect_mean"],
+                    "ctrl_delta_p95": -s["ctrl_effect_p05"],
+                    "z": s["z"],
+                    "p_value": s["p_value"],
+                }
+            )
+            .sort_values(["layer", "alpha"])
+            .reset_index(drop=True)
+        )
 
     def mean_over_runs(self) -> pd.DataFrame:
         """Clamp / patch summary averaged over runs per (step, layer, kind): mean and std."""
         s = self._of_test(self._summary, "necessity")
-        cols = ["mediation_fraction", "effect", "ctrl_mediation_mean", "ctrl_mediation_p95", "z", "p_value"]
+        cols = [
+            "mediation_fraction",
+            "effect",
+            "ctrl_mediation_mean",
+            "ctrl_mediation_p95",
+            "z",
+            "p_value",
+        ]
         keys = ["step", "layer", "kind", "rank", "split"]
         g = s.groupby(keys)[cols]
         out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_std"))
@@ -204,14 +245,18 @@ class CausalReport(Result):
 
         return rank_choice(self.effects, kind, step, rule=self.config.get("rank_rule", "margin"))
 
-    def best_layer(self, kind: str = "clamp", step: int | None = None, *, rank: int | None = None) -> int:
+    def best_layer(
+        self, kind: str = "clamp", step: int | None = None, *, rank: int | None = None
+    ) -> int:
         """The layer with the largest mean-over-runs mediation fraction on all prompts (at ``step``:
         last), for subspaces of ``rank`` (default: the smallest studied)."""
         m = self.mean_over_runs()
         rank = min(self.ranks) if rank is None else int(rank)
         m = m[(m["kind"] == kind) & (m["rank"] == rank) & (m["split"] == "all")]
         if m.empty:
-            raise ConfigError(f"no {kind!r} rows in this report; kinds: {sorted(set(self._summary['kind']))}")
+            raise ConfigError(
+                f"no {kind!r} rows in this report; kinds: {sorted(set(self._summary['kind']))}"
+            )
         step = int(m["step"].max()) if step is None else step
         m = m[m["step"] == step]
         if m.empty:
@@ -228,7 +273,9 @@ class CausalReport(Result):
         s = self._summary
         if "kind" in s.columns and not self._of_test(s, "necessity").empty:
             m = self.mean_over_runs()
-            for (kind, step), grp in m[(m["rank"] == m["rank"].min()) & (m["split"] == "all")].groupby(["kind", "step"]):
+            for (kind, step), grp in m[
+                (m["rank"] == m["rank"].min()) & (m["split"] == "all")
+            ].groupby(["kind", "step"]):
                 if grp["mediation_fraction_mean"].isna().all():
                     continue
                 r = grp.loc[grp["mediation_fraction_mean"].idxmax()]
@@ -241,10 +288,16 @@ class CausalReport(Result):
             for kind in of_test(self.config.get("kinds", []), "necessity"):
                 ch = self.rank_choice(kind)
                 t = ch["test"]
-                where = "held-out test prompts" if ch["held_out"] else "all prompts (no split: not held out)"
-                lines.append(f"  {kind} ranks {self.ranks}: chosen k={ch['rank']} at layer {ch['layer']} "
-                             f"({ch['rule']}); on {where}: mediation {t['mediation_mean']:.3f} "
-                             f"(random k-subspaces p95 {t['ctrl_p95']:.3f})")
+                where = (
+                    "held-out test prompts"
+                    if ch["held_out"]
+                    else "all prompts (no split: not held out)"
+                )
+                lines.append(
+                    f"  {kind} ranks {self.ranks}: chosen k={ch['rank']} at layer {ch['layer']} "
+                    f"({ch['rule']}); on {where}: mediation {t['mediation_mean']:.3f} "
+                    f"(random k-subspaces p95 {t['ctrl_p95']:.3f})"
+                )
         if "kind" in s.columns and not self._of_test(s, "sufficiency").empty:
             d = self.dose_response()
             top = d.loc[d["delta"].idxmax()]
@@ -285,11 +338,20 @@ class CausalReport(Result):
 
     def figure(self, kind: str = "mediation", **kw: Any) -> Any:
         """Deprecated: call the named figure method."""
-        names = {"mediation": "mediation_heatmap", "controls": "control_bands", "steer": "steer_dose_response"}
+        names = {
+            "mediation": "mediation_heatmap",
+            "controls": "control_bands",
+            "steer": "steer_dose_response",
+        }
         if kind not in names:
-            raise ConfigError(f"unknown figure kind {kind!r}; figure methods: {', '.join(names.values())}")
-        warnings.warn(f"CausalReport.figure({kind!r}) is deprecated; use CausalReport.{names[kind]}()",
-                      DeprecationWarning, stacklevel=2)
+            raise ConfigError(
+                f"unknown figure kind {kind!r}; figure methods: {', '.join(names.values())}"
+            )
+        warnings.warn(
+            f"CausalReport.figure({kind!r}) is deprecated; use CausalReport.{names[kind]}()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(self, names[kind])(**kw)
 
     def kinds(self, test: Test | None = None) -> list[str]:
@@ -303,7 +365,10 @@ class CausalReport(Result):
         with several ranks); a sufficiency test's dose–response."""
         if intervention(kind).test == "sufficiency":
             return [lambda: self.steer_dose_response(intervention=kind)]
-        out = [lambda: self.mediation_heatmap(intervention=kind), lambda: self.control_bands(intervention=kind)]
+        out = [
+            lambda: self.mediation_heatmap(intervention=kind),
+            lambda: self.control_bands(intervention=kind),
+        ]
         return out + ([lambda: self.mediation_vs_k(kind)] if len(self.ranks) > 1 else [])
 
     def _of_test(self, frame: pd.DataFrame, test: Test) -> pd.DataFrame:
@@ -315,14 +380,10 @@ class CausalReport(Result):
             return self.mediation_vs_k(necessity[0])
         if necessity:
             return self.mediation_heatmap(intervention=necessity[0])
-        sufficiency = self.kinds("sufficiency")  # none: the figure's own error names what is present
+        sufficiency = self.kinds(
+            "sufficiency"
+        )  # none: the figure's own error names what is present
         return self.steer_dose_response(**({"intervention": sufficiency[0]} if sufficiency else {}))
-
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report (see :func:`revlens.plot.html.write_causal_report`)."""
-        from revlens.plot.html import write_causal_report
-
-        return write_causal_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:
@@ -334,19 +395,36 @@ class CausalReport(Result):
         if self.directions is not None:
             self.directions.save(d / "directions.safetensors")
         if self.controls:
-            save_file({str(k): v.contiguous() for k, v in self.controls.items()}, str(d / "controls.safetensors"))
-        return {"config": self.config, "provenance": self.provenance, "directions": self.directions is not None,
-                "controls": bool(self.controls)}
+            save_file(
+                {str(k): v.contiguous() for k, v in self.controls.items()},
+                str(d / "controls.safetensors"),
+            )
+        return {
+            "config": self.config,
+            "provenance": self.provenance,
+            "directions": self.directions is not None,
+            "controls": bool(self.controls),
+        }
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "CausalReport":
         from safetensors.torch import load_file
 
-        directions = Directions.load(d / "directions.safetensors") if meta.get("directions") else None
-        controls = ({int(k): v for k, v in load_file(str(d / "controls.safetensors")).items()}
-                    if meta.get("controls") else {})
-        return cls(effects=read_frame(d / "effects.json"), config=meta["config"], directions=directions,
-                   controls=dict(sorted(controls.items())), provenance=meta["provenance"])
+        directions = (
+            Directions.load(d / "directions.safetensors") if meta.get("directions") else None
+        )
+        controls = (
+            {int(k): v for k, v in load_file(str(d / "controls.safetensors")).items()}
+            if meta.get("controls")
+            else {}
+        )
+        return cls(
+            effects=read_frame(d / "effects.json"),
+            config=meta["config"],
+            directions=directions,
+            controls=dict(sorted(controls.items())),
+            provenance=meta["provenance"],
+        )
 
     def equals(self, other: "CausalReport") -> bool:
         """Exact equality of tables, config and vectors (used to test save / load)."""
@@ -356,7 +434,9 @@ class CausalReport(Result):
         except AssertionError:
             return False
         same_dirs = (self.directions is None) == (other.directions is None) and (
-            self.directions is None or torch.equal(self.directions.basis, other.directions.basis))  # type: ignore[union-attr]
+            self.directions is None or torch.equal(self.directions.basis, other.directions.basis)
+        )  # type: ignore[union-attr]
         same_ctrl = self.controls.keys() == other.controls.keys() and all(
-            torch.equal(self.controls[k], other.controls[k]) for k in self.controls)
+            torch.equal(self.controls[k], other.controls[k]) for k in self.controls
+        )
         return bool(same_dirs and same_ctrl and self.config == other.config)

@@ -35,23 +35,30 @@ class Selection:
 
     def _select_checkpoints(self) -> list[Checkpoint]:
         cfg, hist = self.cfg, self.hist
-        if not of_test(cfg.kinds, "necessity"):  # sufficiency tests (steer) run on the aligned model only
+        if not of_test(
+            cfg.kinds, "necessity"
+        ):  # sufficiency tests (steer) run on the aligned model only
             return []
         runs = list(cfg.runs) or None
         if cfg.steps == "auto":
             chosen = auto_steps(hist, runs, cfg.auto_steps)
-            self.choices["steps"] = (f"auto: {cfg.auto_steps} log-spaced per run incl. the last "
-                                     f"({', '.join(f'{r} {s}' for r, s in chosen.items())}); --steps all for every step")
+            self.choices["steps"] = (
+                f"auto: {cfg.auto_steps} log-spaced per run incl. the last "
+                f"({', '.join(f'{r} {s}' for r, s in chosen.items())}); --steps all for every step"
+            )
             out = [c for r, steps in chosen.items() for c in select_checkpoints(hist, [r], steps)]
         else:
             out = select_checkpoints(hist, runs, None if cfg.steps == "all" else cfg.steps)
         if not out:
-            raise HistoryError(f"no fine-tuning checkpoint selected for {', '.join(of_test(cfg.kinds, 'necessity'))} "
-                               "(runs=..., steps=...)")
+            raise HistoryError(
+                f"no fine-tuning checkpoint selected for {', '.join(of_test(cfg.kinds, 'necessity'))} "
+                "(runs=..., steps=...)"
+            )
         return out
 
-    def _select_layers(self, probes: Any, stats: HistoryStats | None, spec: Any
-                       ) -> tuple[list[Site], HistoryStats, Directions]:
+    def _select_layers(
+        self, probes: Any, stats: HistoryStats | None, spec: Any
+    ) -> tuple[list[Site], HistoryStats, Directions]:
         """The studied sites, the reference statistics there and v_rev (``layers="auto"``: the
         layers whose last-step drift is most aligned with v_rev)."""
         cfg, lm = self.cfg, self.lm
@@ -60,14 +67,25 @@ class Selection:
             sites = self.acc.sites(cfg.layers, cfg.site)
         elif stats is not None or isinstance(spec, Directions):
             given = spec.layers if isinstance(spec, Directions) else stats.layers  # type: ignore[union-attr]
-            sites = self.acc.sites([x for x in given if stats is None or x in stats.layers], cfg.site)
+            sites = self.acc.sites(
+                [x for x in given if stats is None or x in stats.layers], cfg.site
+            )
         else:
             sites = self.acc.sites("all", cfg.site)
             if len(sites) > cfg.auto_layers:
                 # per-prompt references too: degenerate layers are told apart (and never chosen) here
-                means = collect(self.hist.restricted(), probes, model=lm, layers=[s.layer for s in sites],
-                                site=cfg.site, n_bootstrap=0, moments="none", keep="reference",
-                                batch_size=cfg.batch_size, progress=False)
+                means = collect(
+                    self.hist.restricted(),
+                    probes,
+                    model=lm,
+                    layers=[s.layer for s in sites],
+                    site=cfg.site,
+                    n_bootstrap=0,
+                    moments="none",
+                    keep="reference",
+                    batch_size=cfg.batch_size,
+                    progress=False,
+                )
                 means, bad = without_degenerate(means, what="ablation_study", stacklevel=6)
                 sites = [s for s in sites if s.layer not in bad]
                 sites = [s for s in sites if s.layer in self._auto_layers(means, sites, spec)]
@@ -81,8 +99,12 @@ class Selection:
         if later:  # constant over the probes: no covariance, no cov controls; left out
             sites = [s for s in sites if s.layer not in later]
             layers = [s.layer for s in sites]
-        v_rev = resolve_directions(spec, stats, layers=layers, d_model=lm.d_model, n_components=self.k_max)
-        if cfg.layers == "auto" and len(layers) > cfg.auto_layers:  # statistics given: choose among theirs
+        v_rev = resolve_directions(
+            spec, stats, layers=layers, d_model=lm.d_model, n_components=self.k_max
+        )
+        if (
+            cfg.layers == "auto" and len(layers) > cfg.auto_layers
+        ):  # statistics given: choose among theirs
             chosen = self._auto_layers(stats, sites, v_rev)
             sites = [s for s in sites if s.layer in chosen]
             v_rev = v_rev.select(chosen)
@@ -97,13 +119,17 @@ class Selection:
                 last[str(ck.run)] = ck
         if not last:
             return layers[: self.cfg.auto_layers]
-        means = [collect_checkpoint(self.lm, ck, self.tokenized, sites, n_bootstrap=0).mean for ck in last.values()]
+        means = [
+            collect_checkpoint(self.lm, ck, self.tokenized, sites, n_bootstrap=0).mean
+            for ck in last.values()
+        ]
         start = stats.mean(stats.aligned_name)[[stats.layer_pos(x) for x in layers]]
         scores = drift_scores(means, start, v.vectors, layers)
         chosen = auto_layers(scores, self.cfg.auto_layers)
-        self.choices["layers"] = (f"auto: the {self.cfg.auto_layers} of {len(layers)} layers that moved furthest along "
-                                  f"v_rev by the last step (mean drift·v_rev: "
-                                  + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items())
-                                  + "); --layers all for every layer")
+        self.choices["layers"] = (
+            f"auto: the {self.cfg.auto_layers} of {len(layers)} layers that moved furthest along "
+            f"v_rev by the last step (mean drift·v_rev: "
+            + ", ".join(f"{k}: {v:.3f}" for k, v in scores.items())
+            + "); --layers all for every layer"
+        )
         return chosen
-

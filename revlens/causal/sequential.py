@@ -10,23 +10,31 @@ and output, so a study uses one or the other without knowing which.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from revlens._types import MetricBatch, ModuleLike
 from revlens.causal.batched import Stack
 from revlens.causal.interventions import intervene, reference_keyword
 from revlens.causal.kinds import intervention
-from revlens.metrics import score_metric
+from revlens.metrics import MetricLike, score_metric
 from revlens.sites import Site
 
 __all__ = ["run_sequential"]
 
 
-def run_sequential(model: Any, batch: Any, stacks: Sequence[Stack], metric: Any, *, sites: Mapping[int, Site],
-                   sources: Mapping[int, Tensor] | None = None, mask: Tensor | None = None,
-                   **_: Any) -> tuple[Tensor, list[Tensor]]:
+def run_sequential(
+    model: ModuleLike,
+    batch: MetricBatch,
+    stacks: Sequence[Stack],
+    metric: MetricLike,
+    *,
+    sites: Mapping[int, Site],
+    sources: Mapping[int, Tensor] | None = None,
+    mask: Tensor | None = None,
+    **_: object,
+) -> tuple[Tensor, list[Tensor]]:
     """The model metric on the clean batch ``[batch]`` and under each stack's interventions
     (``[n, batch]`` each), one intervention per call of the metric."""
     clean = score_metric(metric, model, batch)
@@ -34,13 +42,28 @@ def run_sequential(model: Any, batch: Any, stacks: Sequence[Stack], metric: Any,
     for st in stacks:
         kind = intervention(st.kind)
         vals = torch.empty(len(st), len(batch), dtype=torch.float64)
-        source = {st.layer: sources[st.layer]} if sources is not None and st.layer in sources else None
+        source = (
+            {st.layer: sources[st.layer]} if sources is not None and st.layer in sources else None
+        )
         for j in range(len(st)):
-            frame = st.vectors[j] if st.vectors[j].ndim == 1 else st.vectors[j][None]  # [d] or [1 layer, k, d]
-            ref = kind.pick(mean=st.reference, source=source, alpha=st.alphas[j] if st.alphas is not None else None,
-                            where=f" at layer {st.layer}")
-            with intervene(model, kind, frame, [st.layer], positions=mask, site=sites[st.layer].kind,
-                           **reference_keyword(kind, ref)):
+            frame = (
+                st.vectors[j] if st.vectors[j].ndim == 1 else st.vectors[j][None]
+            )  # [d] or [1 layer, k, d]
+            ref = kind.pick(
+                mean=st.reference,
+                source=source,
+                alpha=st.alphas[j] if st.alphas is not None else None,
+                where=f" at layer {st.layer}",
+            )
+            with intervene(
+                model,
+                kind,
+                frame,
+                [st.layer],
+                positions=mask,
+                site=sites[st.layer].kind,
+                **reference_keyword(kind, ref),
+            ):
                 vals[j] = score_metric(metric, model, batch)
         out.append(vals)
     return clean, out

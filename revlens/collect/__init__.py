@@ -1,6 +1,7 @@
 """Streaming per-layer statistics of a training history (see :func:`collect`)."""
 
 from revlens.collect.collector import (
+    as_probes,
     collect,
     collect_checkpoint,
     history_template,
@@ -13,6 +14,7 @@ from revlens.collect.degenerate import (
     without_degenerate,
 )
 from revlens.collect.executors import dask_executor, process_pool, ray_executor
+from revlens.collect.models import collect_model, collect_models
 from revlens.collect.positions import collect_positions
 from revlens.collect.stats import CheckpointStats, HistoryStats
 from revlens.collect.store import MemoryBudget, ReferenceStore
@@ -23,8 +25,11 @@ __all__ = [
     "HistoryStats",
     "MemoryBudget",
     "ReferenceStore",
+    "as_probes",
     "collect",
     "collect_checkpoint",
+    "collect_model",
+    "collect_models",
     "collect_positions",
     "dask_executor",
     "degenerate_layers",
@@ -38,4 +43,6 @@ __all__ = [
 
 from revlens._callable import make_callable
 
-make_callable(__name__, collect)  # revlens.collect(...) works whether it names the module or the function
+make_callable(
+    __name__, collect
+)  # revlens.collect(...) works whether it names the module or the function

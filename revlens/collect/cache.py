@@ -12,9 +12,9 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 from revlens._io import atomic_file, write_text
+from revlens._types import PathLike
 from revlens._version import __version__
 from revlens.collect.checkpoint import CheckpointStats
 from revlens.errors import CacheError, RevlensError
@@ -33,7 +33,7 @@ class StatsCache:
     """
 
     @staticmethod
-    def check_dir(directory: Any) -> Path:
+    def check_dir(directory: PathLike) -> Path:
         """Validate a cache directory before any work: a directory (or creatable), writable."""
         from revlens._io import check_writable_dir
 
@@ -42,7 +42,7 @@ class StatsCache:
         except RevlensError as exc:
             raise CacheError(str(exc)) from None
 
-    def __init__(self, directory: Any) -> None:
+    def __init__(self, directory: PathLike) -> None:
         self.directory = self.check_dir(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
@@ -69,7 +69,7 @@ class StatsCache:
                 tmp.unlink(missing_ok=True)
 
     @staticmethod
-    def key(**parts: Any) -> str:
+    def key(**parts: object) -> str:
         """Content key of a statistics request."""
         blob = json.dumps({**parts, "revlens_version": __version__}, sort_keys=True, default=str)
         return hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
@@ -88,7 +88,9 @@ class StatsCache:
             if meta.get("key") != key:
                 raise ValueError("key mismatch")
         except Exception as exc:  # any unreadable file is treated as absent and recomputed
-            warnings.warn(f"corrupt statistics cache file {p.name} ({exc}); recomputing", stacklevel=2)
+            warnings.warn(
+                f"corrupt statistics cache file {p.name} ({exc}); recomputing", stacklevel=2
+            )
             p.unlink(missing_ok=True)
             return None
         return stats

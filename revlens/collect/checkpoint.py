@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.collect.store import MemoryBudget, ReferenceStore
 from revlens.errors import ConfigError, HistoryError
 
@@ -66,7 +67,9 @@ class PoissonTable:
         top = int(idx.max()) + 1 if len(idx) else 0
         if top > len(self._have):
             grow = top - len(self._have)
-            self._counts = torch.cat([self._counts, torch.zeros(grow, self.n_bootstrap, dtype=torch.uint8)])
+            self._counts = torch.cat(
+                [self._counts, torch.zeros(grow, self.n_bootstrap, dtype=torch.uint8)]
+            )
             self._have = torch.cat([self._have, torch.zeros(grow, dtype=torch.bool)])
         missing = idx[~self._have[idx]].unique()
         if len(missing):
@@ -110,20 +113,40 @@ class CheckpointStats:
     ref_layers: list[int] | None = None
     _chunks: list[tuple[Tensor, Tensor]] = field(default_factory=list, repr=False)
 
-    def start_refs(self, n_prompts: int, d: int, dtype: torch.dtype, *, layers: Sequence[int] | None = None,
-                   budget: MemoryBudget | None = None, spill_dir: Any = None) -> None:
+    def start_refs(
+        self,
+        n_prompts: int,
+        d: int,
+        dtype: torch.dtype,
+        *,
+        layers: Sequence[int] | None = None,
+        budget: MemoryBudget | None = None,
+        spill_dir: PathLike | None = None,
+    ) -> None:
         """Allocate the per-prompt store for ``n_prompts`` at ``layers`` (default: all) before
         :meth:`update` calls with ``keep=True`` write into it."""
         ref_layers = list(self.layers) if layers is None else [int(x) for x in layers]
         missing = [x for x in ref_layers if x not in self.layers]
         if missing:
-            raise ConfigError(f"keep_layers {missing} are not among the collected layers {self.layers}")
+            raise ConfigError(
+                f"keep_layers {missing} are not among the collected layers {self.layers}"
+            )
         self.ref_layers = [x for x in self.layers if x in ref_layers]
-        self.refs = ReferenceStore.allocate(len(self.ref_layers), n_prompts, d, dtype, budget=budget,
-                                            spill_dir=spill_dir)
+        self.refs = ReferenceStore.allocate(
+            len(self.ref_layers), n_prompts, d, dtype, budget=budget, spill_dir=spill_dir
+        )
 
-    def update(self, x: Float[Tensor, "batch layer d"], indices: Tensor, *, n_bootstrap: int, seed: int,
-               second: bool, keep: bool, weights: Any = None) -> None:
+    def update(
+        self,
+        x: Float[Tensor, "batch layer d"],
+        indices: Tensor,
+        *,
+        n_bootstrap: int,
+        seed: int,
+        second: bool,
+        keep: bool,
+        weights: PoissonTable | Tensor | None = None,
+    ) -> None:
         """Fold a batch of reduced activations (any float dtype, any device) into the sums.
 
         ``weights``: a :class:`PoissonTable` (or ``[batch, boot]`` tensor) to reuse across
@@ -136,7 +159,9 @@ class CheckpointStats:
             n_layer, d = x64.shape[1:]
             self.total = torch.zeros(n_layer, d, dtype=torch.float64, device=dev)
             if n_bootstrap:
-                self.boot_total = torch.zeros(n_bootstrap, n_layer, d, dtype=torch.float64, device=dev)
+                self.boot_total = torch.zeros(
+                    n_bootstrap, n_layer, d, dtype=torch.float64, device=dev
+                )
                 self.boot_count = torch.zeros(n_bootstrap, dtype=torch.float64, device=dev)
             if second:
                 self.second = torch.zeros(n_layer, d, d, dtype=torch.float64, device=dev)
@@ -187,7 +212,10 @@ class CheckpointStats:
         if value is None:
             self.refs, self.ref_layers = None, None
         else:
-            self.refs, self.ref_layers = ReferenceStore.from_tensor(value.transpose(0, 1)), list(self.layers)
+            self.refs, self.ref_layers = (
+                ReferenceStore.from_tensor(value.transpose(0, 1)),
+                list(self.layers),
+            )
 
     def reference_layer(self, layer: int) -> Float[Tensor, "prompt d"] | None:
         """Per-prompt references at revlens ``layer`` (``None`` if not kept there)."""
@@ -213,7 +241,9 @@ class CheckpointStats:
     def covariance(self) -> Float[Tensor, "layer d d"]:
         """Unbiased covariance per layer (needs ``second`` moments)."""
         if self.second is None:
-            raise ConfigError(f"checkpoint {self.name}: second moments were not collected (moments=...)")
+            raise ConfigError(
+                f"checkpoint {self.name}: second moments were not collected (moments=...)"
+            )
         mu = self.mean
         n = self.count
         return (self.second - n * torch.einsum("li,lj->lij", mu, mu)) / max(n - 1, 1)
@@ -232,8 +262,13 @@ class CheckpointStats:
             setattr(out, key, add(getattr(self, key), getattr(other, key)))
         if self.refs is not None and other.refs is not None:
             if self.ref_layers != other.ref_layers:
-                raise ConfigError(f"cannot merge references kept at layers {self.ref_layers} and {other.ref_layers}")
-            out.refs, out.ref_layers = ReferenceStore.concat([self.refs, other.refs]), list(self.ref_layers or [])
+                raise ConfigError(
+                    f"cannot merge references kept at layers {self.ref_layers} and {other.ref_layers}"
+                )
+            out.refs, out.ref_layers = (
+                ReferenceStore.concat([self.refs, other.refs]),
+                list(self.ref_layers or []),
+            )
         return out
 
     def select(self, layers: Sequence[int]) -> "CheckpointStats":
@@ -261,7 +296,7 @@ class CheckpointStats:
                 out[key] = value.contiguous()
         return out
 
-    def write(self, path: Any, metadata: Mapping[str, str] | None = None) -> str:
+    def write(self, path: PathLike, metadata: Mapping[str, str] | None = None) -> str:
         """Write to one safetensors file (references streamed, never all in memory); returns its
         checksum."""
         from revlens.collect.files import write_stats_file
@@ -269,21 +304,31 @@ class CheckpointStats:
         tensors: dict[str, Any] = dict(self.tensors())
         if self.refs is not None:
             tensors["refs"] = self.refs
-        meta = {**(metadata or {}), "layers": json.dumps(self.layers), "ref_layers": json.dumps(self.ref_layers)}
+        meta = {
+            **(metadata or {}),
+            "layers": json.dumps(self.layers),
+            "ref_layers": json.dumps(self.ref_layers),
+        }
         return write_stats_file(path, tensors, meta)
 
     @classmethod
-    def read(cls, path: Any, name: str, *, verify: bool = True) -> tuple["CheckpointStats", dict[str, str]]:
+    def read(
+        cls, path: PathLike, name: str, *, verify: bool = True
+    ) -> tuple["CheckpointStats", dict[str, str]]:
         """Inverse of :meth:`write` (references stay in the file): ``(stats, metadata)``."""
         from revlens.collect.files import read_stats_file
 
         meta, tensors = read_stats_file(path, verify=verify)
         out = cls.from_tensors(name, json.loads(meta["layers"]), tensors)
-        out.ref_layers = json.loads(meta.get("ref_layers") or "null") if out.refs is not None else None
+        out.ref_layers = (
+            json.loads(meta.get("ref_layers") or "null") if out.refs is not None else None
+        )
         return out, meta
 
     @classmethod
-    def from_tensors(cls, name: str, layers: list[int], tensors: Mapping[str, Any]) -> "CheckpointStats":
+    def from_tensors(
+        cls, name: str, layers: list[int], tensors: Mapping[str, Any]
+    ) -> "CheckpointStats":
         """Inverse of :meth:`tensors` (``refs`` a store ``[ref_layer, prompt, d]`` at every layer
         unless told otherwise; ``activations`` ``[prompt, layer, d]`` as in format 2)."""
         out = cls(name, list(layers), int(tensors["count"][0]))
@@ -291,7 +336,9 @@ class CheckpointStats:
             setattr(out, key, tensors.get(key))
         refs = tensors.get("refs")
         if refs is not None:
-            out.refs = refs if isinstance(refs, ReferenceStore) else ReferenceStore.from_tensor(refs)
+            out.refs = (
+                refs if isinstance(refs, ReferenceStore) else ReferenceStore.from_tensor(refs)
+            )
             out.ref_layers = list(layers)
         elif tensors.get("activations") is not None:
             out.activations = tensors["activations"]

@@ -39,15 +39,26 @@ def _relative_variance(st: CheckpointStats) -> torch.Tensor | None:
     mu = st.mean
     if st.second is not None:
         total = torch.diagonal(st.covariance, dim1=-2, dim2=-1).sum(-1)
-    elif st.refs is not None:  # one layer at a time (a layer without references cannot be judged: nan)
-        total = torch.tensor([float(r.double().var(0).sum()) if (r := st.reference_layer(layer)) is not None
-                              else float("nan") for layer in st.layers], dtype=torch.float64)
+    elif (
+        st.refs is not None
+    ):  # one layer at a time (a layer without references cannot be judged: nan)
+        total = torch.tensor(
+            [
+                float(r.double().var(0).sum())
+                if (r := st.reference_layer(layer)) is not None
+                else float("nan")
+                for layer in st.layers
+            ],
+            dtype=torch.float64,
+        )
     else:
         return None
     return total.clamp_min(0.0) / (mu * mu).sum(-1).clamp_min(1e-300)
 
 
-def degenerate_layers(stats: HistoryStats, layers: Sequence[int] | None = None) -> dict[int, list[str]]:
+def degenerate_layers(
+    stats: HistoryStats, layers: Sequence[int] | None = None
+) -> dict[int, list[str]]:
     """Layer -> reference checkpoints (bases, aligned, run starts) whose activations at that layer
     do not vary over the probe set. Checkpoints without second moments or kept activations
     cannot be judged and are skipped."""
@@ -72,13 +83,23 @@ def select_layers(stats: HistoryStats, layers: Sequence[int]) -> HistoryStats:
     for layer in layers:
         stats.layer_pos(layer)  # a layer not collected is named
     cks = {name: st.select(layers) for name, st in stats.checkpoints.items()}
-    return HistoryStats(layers=layers, site=stats.site, position=stats.position, d_model=stats.d_model,
-                        checkpoints=cks, roles=stats.roles, run_starts=stats.run_starts, controls=stats.controls,
-                        meta=stats.meta, kinds=stats.kinds)
+    return HistoryStats(
+        layers=layers,
+        site=stats.site,
+        position=stats.position,
+        d_model=stats.d_model,
+        checkpoints=cks,
+        roles=stats.roles,
+        run_starts=stats.run_starts,
+        controls=stats.controls,
+        meta=stats.meta,
+        kinds=stats.kinds,
+    )
 
 
-def without_degenerate(stats: HistoryStats, *, what: str, layers: Sequence[int] | None = None,
-                       stacklevel: int = 3) -> tuple[HistoryStats, dict[int, list[str]]]:
+def without_degenerate(
+    stats: HistoryStats, *, what: str, layers: Sequence[int] | None = None, stacklevel: int = 3
+) -> tuple[HistoryStats, dict[int, list[str]]]:
     """``stats`` without its degenerate layers (a :class:`DegenerateLayerWarning` names them), and
     the layers left out.
 
@@ -100,6 +121,7 @@ def without_degenerate(stats: HistoryStats, *, what: str, layers: Sequence[int] 
         f"{what}: degenerate layer(s) {list(bad)} left out: the activations at {stats.site} do not vary over "
         f"the probe set ({detail}) — e.g. the last token is the same chat-template token in every prompt and "
         f"the stream there carries no position (RoPE); analysed layers: {keep}. Use position='mean' to read them.",
-        DegenerateLayerWarning, stacklevel=stacklevel,
+        DegenerateLayerWarning,
+        stacklevel=stacklevel,
     )
     return select_layers(stats, keep), bad

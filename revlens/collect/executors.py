@@ -29,7 +29,9 @@ __all__ = ["RayExecutor", "dask_executor", "process_pool", "ray_executor"]
 
 def process_pool(max_workers: int | None = None) -> ProcessPoolExecutor:
     """A local ``ProcessPoolExecutor`` with the ``spawn`` start method."""
-    return ProcessPoolExecutor(max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=max_workers, mp_context=multiprocessing.get_context("spawn")
+    )
 
 
 def dask_executor(address: Any = None, **cluster: Any) -> Any:
@@ -39,10 +41,14 @@ def dask_executor(address: Any = None, **cluster: Any) -> Any:
     try:
         import distributed
     except ImportError:
-        raise MissingExtraError('dask_executor needs dask.distributed: pip install "revlens[dask]"') from None
+        raise MissingExtraError(
+            'dask_executor needs dask.distributed: pip install "revlens[dask]"'
+        ) from None
     owned = None
     if address is None:
-        owned = distributed.LocalCluster(**{"dashboard_address": None, "processes": True, **cluster})
+        owned = distributed.LocalCluster(
+            **{"dashboard_address": None, "processes": True, **cluster}
+        )
         address = owned
     client = distributed.Client(address)
     executor = client.get_executor()
@@ -64,8 +70,14 @@ class RayExecutor(Executor):
     processes, so each boots the architecture once. ``shutdown`` stops a Ray instance started
     here."""
 
-    def __init__(self, *, address: str | None = None, num_cpus: float | int = 1, num_gpus: float | int = 0,
-                 init: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: float | int = 1,
+        num_gpus: float | int = 0,
+        init: dict[str, Any] | None = None,
+    ) -> None:
         try:
             import ray
         except ImportError:
@@ -73,7 +85,10 @@ class RayExecutor(Executor):
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=address, **{"include_dashboard": False, "log_to_driver": False, **(init or {})})
+            ray.init(
+                address=address,
+                **{"include_dashboard": False, "log_to_driver": False, **(init or {})},
+            )
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         self._remote: dict[Callable, Any] = {}
 
@@ -89,8 +104,13 @@ class RayExecutor(Executor):
         self._started = False
 
 
-def ray_executor(address: str | None = None, *, cpus_per_task: float | int = 1, gpus_per_task: float | int = 0,
-                 **init: Any) -> RayExecutor:
+def ray_executor(
+    address: str | None = None,
+    *,
+    cpus_per_task: float | int = 1,
+    gpus_per_task: float | int = 0,
+    **init: Any,
+) -> RayExecutor:
     """A :class:`RayExecutor`: tasks of ``cpus_per_task`` / ``gpus_per_task`` on the Ray cluster at
     ``address``, or on a local Ray instance started with ``ray.init(**init)`` (e.g. ``num_cpus=4``)."""
     return RayExecutor(address=address, num_cpus=cpus_per_task, num_gpus=gpus_per_task, init=init)

@@ -21,12 +21,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.collect.store import ReferenceStore
 
 __all__ = ["read_stats_file", "write_stats_file"]
 
-_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-          torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+_CODES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 _DTYPES = {v: k for k, v in _CODES.items()}
 _PLACEHOLDER = "0" * 32
 _BLOCK = 1 << 24
@@ -41,17 +50,24 @@ def _raw(t: Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-def write_stats_file(path: Any, tensors: Mapping[str, Tensor | ReferenceStore],
-                     metadata: Mapping[str, str]) -> str:
+def write_stats_file(
+    path: PathLike, tensors: Mapping[str, Tensor | ReferenceStore], metadata: Mapping[str, str]
+) -> str:
     """Write ``tensors`` (tensors or reference stores) and ``metadata`` to ``path`` as safetensors;
     returns the checksum (also stored as ``metadata["checksum"]``)."""
     keys = sorted(tensors)
-    header: dict[str, Any] = {"__metadata__": {**{k: str(v) for k, v in metadata.items()}, "checksum": _PLACEHOLDER}}
+    header: dict[str, Any] = {
+        "__metadata__": {**{k: str(v) for k, v in metadata.items()}, "checksum": _PLACEHOLDER}
+    }
     offset = 0
     for k in keys:
         t = tensors[k]
         n = t.nbytes if isinstance(t, ReferenceStore) else t.numel() * t.element_size()
-        header[k] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[k] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-(8 + len(blob)) % 8)
@@ -62,7 +78,7 @@ def write_stats_file(path: Any, tensors: Mapping[str, Tensor | ReferenceStore],
         for k in keys:
             h.update(k.encode())
             t = tensors[k]
-            for chunk in (t.chunks() if isinstance(t, ReferenceStore) else (t,)):
+            for chunk in t.chunks() if isinstance(t, ReferenceStore) else (t,):
                 raw = _raw(chunk)
                 h.update(raw)
                 f.write(raw)
@@ -89,8 +105,9 @@ def _header(f: Any, path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def read_stats_file(path: Any, *, stores: tuple[str, ...] = ("refs",), verify: bool = True
-                    ) -> tuple[dict[str, str], dict[str, Tensor | ReferenceStore]]:
+def read_stats_file(
+    path: PathLike, *, stores: tuple[str, ...] = ("refs",), verify: bool = True
+) -> tuple[dict[str, str], dict[str, Tensor | ReferenceStore]]:
     """``(metadata, tensors)`` of a file written by :func:`write_stats_file`; the keys in
     ``stores`` come back as file-backed :class:`ReferenceStore` s (nothing loaded).
 
@@ -131,7 +148,11 @@ def read_stats_file(path: Any, *, stores: tuple[str, ...] = ("refs",), verify: b
             else:
                 data = bytearray(f.read(end - begin))
                 h.update(data)
-                t = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+                t = (
+                    torch.frombuffer(data, dtype=torch.uint8)
+                    if data
+                    else torch.empty(0, dtype=torch.uint8)
+                )
                 out[k] = t.view(dtype).reshape(shape) if numel else torch.empty(shape, dtype=dtype)
     if verify and meta.get("checksum") != h.hexdigest():
         raise ValueError("checksum mismatch")

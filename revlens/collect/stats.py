@@ -10,8 +10,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.collect.checkpoint import STATS_FORMAT, CheckpointStats, PoissonTable, poisson_weights
 from revlens.errors import CacheError, ConfigError
+from revlens.modes import SiteKind
 
 __all__ = ["STATS_FORMAT", "CheckpointStats", "HistoryStats", "PoissonTable", "poisson_weights"]
 
@@ -30,10 +32,20 @@ class HistoryStats:
         kinds: run name -> kind (``"run"``, ``"control"``, ``"blocked"``...).
     """
 
-    def __init__(self, *, layers: list[int], site: str, position: str, d_model: int,
-                 checkpoints: Mapping[str, CheckpointStats], roles: Mapping[str, tuple[str, str | None, int | None]],
-                 run_starts: Mapping[str, str], controls: Iterable[str] = (), meta: Mapping[str, Any] | None = None,
-                 kinds: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        layers: list[int],
+        site: SiteKind,
+        position: str,
+        d_model: int,
+        checkpoints: Mapping[str, CheckpointStats],
+        roles: Mapping[str, tuple[str, str | None, int | None]],
+        run_starts: Mapping[str, str],
+        controls: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        kinds: Mapping[str, str] | None = None,
+    ) -> None:
         self.layers = list(layers)
         self.site = site
         self.position = position
@@ -43,7 +55,9 @@ class HistoryStats:
         self.run_starts = dict(run_starts)
         self.controls = set(controls)
         self.meta: dict[str, Any] = dict(meta or {})
-        self.kinds = {r: (kinds or {}).get(r, "control" if r in self.controls else "run") for r in self.runs}
+        self.kinds = {
+            r: (kinds or {}).get(r, "control" if r in self.controls else "run") for r in self.runs
+        }
 
     # ------------------------------------------------------------------ roles
     @property
@@ -75,7 +89,9 @@ class HistoryStats:
         try:
             return self.checkpoints[name]
         except KeyError:
-            raise KeyError(f"no statistics for checkpoint {name!r}; have {list(self.checkpoints)}") from None
+            raise KeyError(
+                f"no statistics for checkpoint {name!r}; have {list(self.checkpoints)}"
+            ) from None
 
     def mean(self, name: str) -> Float[Tensor, "layer d"]:
         """Mean activation of checkpoint ``name`` (float64)."""
@@ -90,16 +106,22 @@ class HistoryStats:
         memory; at scale read one layer at a time with :meth:`paired_references`."""
         acts = [self[n].activations for n in self.base_names]
         if any(a is None for a in acts):
-            raise ConfigError("per-prompt activations of the base checkpoints were not kept at every layer (keep=...)")
+            raise ConfigError(
+                "per-prompt activations of the base checkpoints were not kept at every layer (keep=...)"
+            )
         return torch.stack([a.to(torch.float64) for a in acts]).mean(0)  # type: ignore[union-attr]
 
     def has_references(self, layers: Sequence[int] | None = None) -> bool:
         """Whether base and aligned kept per-prompt references at ``layers`` (default: all)."""
         wanted = self.layers if layers is None else list(layers)
         names = [*self.base_names, self.aligned_name]
-        return all(self[n].refs is not None and set(wanted) <= set(self[n].ref_layers or []) for n in names)
+        return all(
+            self[n].refs is not None and set(wanted) <= set(self[n].ref_layers or []) for n in names
+        )
 
-    def paired_references(self, layer: int) -> tuple[Float[Tensor, "prompt d"], Float[Tensor, "prompt d"]]:
+    def paired_references(
+        self, layer: int
+    ) -> tuple[Float[Tensor, "prompt d"], Float[Tensor, "prompt d"]]:
         """``(base, aligned)`` per-prompt references at revlens ``layer`` in float64 (base: the
         mean over base checkpoints), read one layer at a time (from disk where spilled).
 
@@ -114,7 +136,8 @@ class HistoryStats:
                 raise ConfigError(
                     f"per-prompt references of {n} were not kept at layer {layer} "
                     f"({'kept at ' + str(kept) if kept else 'none kept'}); collect with keep='reference' "
-                    "(and keep_layers including it), or fit on stats.select(layers)")
+                    "(and keep_layers including it), or fit on stats.select(layers)"
+                )
             rows.append(x.to(torch.float64))
         return torch.stack(rows[:-1]).mean(0), rows[-1]
 
@@ -135,18 +158,29 @@ class HistoryStats:
         parts = list(parts)
         if not parts:
             raise ConfigError("combine needs at least one HistoryStats")
-        bad = [(i, type(p).__name__) for i, p in enumerate(parts) if not isinstance(p, HistoryStats)]
+        bad = [
+            (i, type(p).__name__) for i, p in enumerate(parts) if not isinstance(p, HistoryStats)
+        ]
         if bad:
-            raise ConfigError(f"combine: part {bad[0][0]} is a {bad[0][1]}, not a HistoryStats "
-                              "(load saved statistics with HistoryStats.load)")
+            raise ConfigError(
+                f"combine: part {bad[0][0]} is a {bad[0][1]}, not a HistoryStats "
+                "(load saved statistics with HistoryStats.load)"
+            )
         first = parts[0]
         keys = ("probe_fingerprint", "n_bootstrap", "bootstrap_seed", "architecture")
         for p in parts[1:]:
-            same = (p.layers == first.layers and p.site == first.site and p.position == first.position
-                    and p.d_model == first.d_model and all(p.meta.get(k) == first.meta.get(k) for k in keys))
+            same = (
+                p.layers == first.layers
+                and p.site == first.site
+                and p.position == first.position
+                and p.d_model == first.d_model
+                and all(p.meta.get(k) == first.meta.get(k) for k in keys)
+            )
             if not same:
-                raise ConfigError("cannot combine statistics collected with other layers, site, position, probes, "
-                                  "bootstrap or architecture")
+                raise ConfigError(
+                    "cannot combine statistics collected with other layers, site, position, probes, "
+                    "bootstrap or architecture"
+                )
         checkpoints: dict[str, CheckpointStats] = {}
         roles: dict[str, tuple[str, str | None, int | None]] = {}
         starts, kinds, controls = {}, {}, set()
@@ -159,27 +193,46 @@ class HistoryStats:
             starts.update(p.run_starts)
             kinds.update(p.kinds)
             controls |= p.controls
-        return cls(layers=first.layers, site=first.site, position=first.position, d_model=first.d_model,
-                   checkpoints=checkpoints, roles=roles, run_starts=starts, controls=controls, meta=first.meta,
-                   kinds=kinds)
+        return cls(
+            layers=first.layers,
+            site=first.site,
+            position=first.position,
+            d_model=first.d_model,
+            checkpoints=checkpoints,
+            roles=roles,
+            run_starts=starts,
+            controls=controls,
+            meta=first.meta,
+            kinds=kinds,
+        )
 
     def select(self, layers: Sequence[int]) -> "HistoryStats":
         """The same history at a subset of its layers."""
         for layer in layers:
             self.layer_pos(layer)
-        return HistoryStats(layers=list(layers), site=self.site, position=self.position, d_model=self.d_model,
-                            checkpoints={n: st.select(layers) for n, st in self.checkpoints.items()},
-                            roles=self.roles, run_starts=self.run_starts, controls=self.controls, meta=self.meta,
-                            kinds=self.kinds)
+        return HistoryStats(
+            layers=list(layers),
+            site=self.site,
+            position=self.position,
+            d_model=self.d_model,
+            checkpoints={n: st.select(layers) for n, st in self.checkpoints.items()},
+            roles=self.roles,
+            run_starts=self.run_starts,
+            controls=self.controls,
+            meta=self.meta,
+            kinds=self.kinds,
+        )
 
     def __repr__(self) -> str:
         runs = self.runs
-        return (f"HistoryStats({len(self.checkpoints)} checkpoints, layers={self.layers}, site={self.site!r}, "
-                f"position={self.position!r}, d_model={self.d_model}, runs={list(runs)}, "
-                f"prompts={self.meta.get('n_prompts')})")
+        return (
+            f"HistoryStats({len(self.checkpoints)} checkpoints, layers={self.layers}, site={self.site!r}, "
+            f"position={self.position!r}, d_model={self.d_model}, runs={list(runs)}, "
+            f"prompts={self.meta.get('n_prompts')})"
+        )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: Any) -> Path:
+    def save(self, directory: PathLike) -> Path:
         """Write to ``directory`` atomically (``stats.json`` + one safetensors file per checkpoint;
         per-prompt references are streamed into them, never all in memory)."""
         from revlens._io import publish_dir, write_json
@@ -190,15 +243,24 @@ class HistoryStats:
                 fname = f"ckpt-{i:04d}.safetensors"
                 st.write(d / fname, {"name": name})
                 files[name] = fname
-            meta = {"format": STATS_FORMAT, "layers": self.layers, "site": self.site, "position": self.position,
-                    "d_model": self.d_model, "roles": {k: list(v) for k, v in self.roles.items()},
-                    "run_starts": self.run_starts, "controls": sorted(self.controls), "kinds": self.kinds,
-                    "files": files, "meta": self.meta}
+            meta = {
+                "format": STATS_FORMAT,
+                "layers": self.layers,
+                "site": self.site,
+                "position": self.position,
+                "d_model": self.d_model,
+                "roles": {k: list(v) for k, v in self.roles.items()},
+                "run_starts": self.run_starts,
+                "controls": sorted(self.controls),
+                "kinds": self.kinds,
+                "files": files,
+                "meta": self.meta,
+            }
             write_json(d / "stats.json", meta)
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: Any) -> "HistoryStats":
+    def load(cls, directory: PathLike) -> "HistoryStats":
         """Inverse of :meth:`save` (refuses an incomplete, altered or foreign directory, naming the
         file); per-prompt references stay in their files, read a layer at a time."""
         from revlens._io import check_manifest, read_json
@@ -209,13 +271,19 @@ class HistoryStats:
         check_manifest(d, "saved statistics")
         meta = read_json(d / "stats.json", "saved statistics", error=CacheError)
         if not isinstance(meta, dict):
-            raise CacheError(f"{d / 'stats.json'} must hold a JSON object, got {type(meta).__name__}")
+            raise CacheError(
+                f"{d / 'stats.json'} must hold a JSON object, got {type(meta).__name__}"
+            )
         if meta.get("format") != STATS_FORMAT:
-            raise CacheError(f"{d / 'stats.json'} has format {meta.get('format')!r}; expected {STATS_FORMAT!r}")
+            raise CacheError(
+                f"{d / 'stats.json'} has format {meta.get('format')!r}; expected {STATS_FORMAT!r}"
+            )
         try:
             return cls._from_meta(d, meta)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise CacheError(f"{d / 'stats.json'}: a missing or malformed field ({type(exc).__name__}: {exc})") from None
+            raise CacheError(
+                f"{d / 'stats.json'}: a missing or malformed field ({type(exc).__name__}: {exc})"
+            ) from None
 
     @classmethod
     def _from_meta(cls, d: Path, meta: dict[str, Any]) -> "HistoryStats":
@@ -229,14 +297,26 @@ class HistoryStats:
             except (ValueError, KeyError, OSError) as exc:
                 raise CacheError(f"saved statistics {path}: {exc}") from None
         roles = {k: (v[0], v[1], v[2]) for k, v in meta["roles"].items()}
-        return cls(layers=meta["layers"], site=meta["site"], position=meta["position"], d_model=meta["d_model"],
-                   checkpoints=cks, roles=roles, run_starts=meta["run_starts"], controls=meta["controls"],
-                   meta=meta["meta"], kinds=meta.get("kinds"))
+        return cls(
+            layers=meta["layers"],
+            site=meta["site"],
+            position=meta["position"],
+            d_model=meta["d_model"],
+            checkpoints=cks,
+            roles=roles,
+            run_starts=meta["run_starts"],
+            controls=meta["controls"],
+            meta=meta["meta"],
+            kinds=meta.get("kinds"),
+        )
 
 
 def _check_same(a: CheckpointStats, b: CheckpointStats) -> None:
     ta, tb = a.tensors(), b.tensors()
     # up to float noise: GPU kernels are not bit-reproducible from one job to the next
-    if set(ta) != set(tb) or any(not torch.allclose(ta[k].double(), tb[k].double(), rtol=1e-5, atol=1e-6)
-                                 for k in ta):
-        raise ConfigError(f"checkpoint {a.name} has different statistics in two parts (other weights or settings?)")
+    if set(ta) != set(tb) or any(
+        not torch.allclose(ta[k].double(), tb[k].double(), rtol=1e-5, atol=1e-6) for k in ta
+    ):
+        raise ConfigError(
+            f"checkpoint {a.name} has different statistics in two parts (other weights or settings?)"
+        )

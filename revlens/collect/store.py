@@ -28,9 +28,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import ConfigError, OutputError, ShapeMismatchError
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MemoryBudget", "ReferenceStore", "check_spill_dir", "store_dtype"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "MemoryBudget",
+    "ReferenceStore",
+    "check_spill_dir",
+    "store_dtype",
+]
 
 DEFAULT_MEMORY_BUDGET = 16 << 20
 """Bytes of per-prompt references one :func:`revlens.collect` call keeps in memory (16 MiB: under 5 %
@@ -49,7 +56,9 @@ class MemoryBudget:
 
     def __init__(self, nbytes: int | None = DEFAULT_MEMORY_BUDGET) -> None:
         if nbytes is not None and (isinstance(nbytes, bool) or int(nbytes) < 0):
-            raise ConfigError(f"memory_budget must be None or a number of bytes >= 0, got {nbytes!r}")
+            raise ConfigError(
+                f"memory_budget must be None or a number of bytes >= 0, got {nbytes!r}"
+            )
         self.left = None if nbytes is None else int(nbytes)
 
     def take(self, nbytes: int) -> bool:
@@ -99,16 +108,31 @@ class ReferenceStore:
     Pickling (a worker's result) ships the values in memory.
     """
 
-    def __init__(self, shape: tuple[int, int, int], dtype: torch.dtype, *, data: Tensor | None = None,
-                 file: _File | None = None, offset: int = 0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        dtype: torch.dtype,
+        *,
+        data: Tensor | None = None,
+        file: _File | None = None,
+        offset: int = 0,
+    ) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
         self._data, self._file, self._offset = data, file, int(offset)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def allocate(cls, n_layers: int, n_prompts: int, d: int, dtype: torch.dtype, *,
-                 budget: MemoryBudget | None = None, spill_dir: Any = None) -> "ReferenceStore":
+    def allocate(
+        cls,
+        n_layers: int,
+        n_prompts: int,
+        d: int,
+        dtype: torch.dtype,
+        *,
+        budget: MemoryBudget | None = None,
+        spill_dir: PathLike | None = None,
+    ) -> "ReferenceStore":
         """An empty store; in memory if ``budget`` allows, else in an unlinked file in ``spill_dir``
         (default: the temporary directory, ``TMPDIR``)."""
         dtype = store_dtype(dtype)
@@ -121,14 +145,17 @@ class ReferenceStore:
             fd, path = tempfile.mkstemp(prefix="revlens-refs-", suffix=".bin", dir=directory)
         except OSError as exc:
             where = directory if directory is not None else tempfile.gettempdir()
-            raise OutputError(f"spill_dir {where}: cannot write the per-prompt references "
-                              f"({exc.strerror or exc})") from None
+            raise OutputError(
+                f"spill_dir {where}: cannot write the per-prompt references ({exc.strerror or exc})"
+            ) from None
         try:
             os.ftruncate(fd, nbytes)
             os.unlink(path)  # nothing is left behind, whatever happens to this process
         except OSError as exc:
             os.close(fd)
-            raise OutputError(f"spill_dir {directory}: cannot hold {nbytes} bytes ({exc.strerror or exc})") from None
+            raise OutputError(
+                f"spill_dir {directory}: cannot hold {nbytes} bytes ({exc.strerror or exc})"
+            ) from None
         return cls(shape, dtype, file=_File(fd, path))
 
     @classmethod
@@ -138,7 +165,9 @@ class ReferenceStore:
         return cls(tuple(x.shape), x.dtype, data=x)
 
     @classmethod
-    def from_file(cls, path: Any, offset: int, shape: Sequence[int], dtype: torch.dtype) -> "ReferenceStore":
+    def from_file(
+        cls, path: PathLike, offset: int, shape: Sequence[int], dtype: torch.dtype
+    ) -> "ReferenceStore":
         """A read-only view of ``shape`` values at byte ``offset`` of the file ``path`` (kept open,
         so a later rename or removal of the file does not affect it)."""
         fd = os.open(str(path), os.O_RDONLY)
@@ -171,7 +200,8 @@ class ReferenceStore:
 
     def __repr__(self) -> str:
         where = "disk" if self.on_disk else "memory"
-        return f"ReferenceStore([layer {self.shape[0]}, prompt {self.shape[1]}, d {self.shape[2]}], {self.dtype}, {where})"
+        layer, prompt, d = self.shape
+        return f"ReferenceStore([layer {layer}, prompt {prompt}, d {d}], {self.dtype}, {where})"
 
     # ------------------------------------------------------------------ writing
     def write(self, indices: Tensor, x: Float[Tensor, "batch layer d"]) -> None:
@@ -204,7 +234,9 @@ class ReferenceStore:
         if self._data is not None:
             return self._data[j]
         out = torch.empty(self.shape[1], self.shape[2], dtype=self.dtype)
-        return self._file.pread_into(out, self._offset + j * self.shape[1] * self.shape[2] * self.itemsize)
+        return self._file.pread_into(
+            out, self._offset + j * self.shape[1] * self.shape[2] * self.itemsize
+        )
 
     def to_tensor(self) -> Float[Tensor, "layer prompt d"]:
         """Everything ``[layer, prompt, d]`` in memory."""
@@ -217,11 +249,15 @@ class ReferenceStore:
         for j in range(self.shape[0]):
             yield self.layer(j)
 
-    def within(self, budget: MemoryBudget | None, spill_dir: Any = None) -> "ReferenceStore":
+    def within(
+        self, budget: MemoryBudget | None, spill_dir: PathLike | None = None
+    ) -> "ReferenceStore":
         """This store if it is on disk or fits ``budget``; else a copy in a file in ``spill_dir``."""
         if self.on_disk or budget is None or budget.take(self.nbytes):
             return self
-        out = ReferenceStore.allocate(*self.shape, self.dtype, budget=MemoryBudget(0), spill_dir=spill_dir)
+        out = ReferenceStore.allocate(
+            *self.shape, self.dtype, budget=MemoryBudget(0), spill_dir=spill_dir
+        )
         row = self.shape[2] * self.itemsize
         for j in range(self.shape[0]):
             out._file.pwrite(_bytes_of(self.layer(j)), j * self.shape[1] * row)  # type: ignore[union-attr]
@@ -232,22 +268,29 @@ class ReferenceStore:
         return ReferenceStore.from_tensor(torch.stack([self.layer(j) for j in positions]))
 
     @staticmethod
-    def concat(stores: Sequence["ReferenceStore"], *, spill_dir: Any = None) -> "ReferenceStore":
+    def concat(
+        stores: Sequence["ReferenceStore"], *, spill_dir: PathLike | None = None
+    ) -> "ReferenceStore":
         """Prompt shards side by side (in order): in memory, or on disk if any shard is."""
         first = stores[0]
         for s in stores[1:]:
-            if s.shape[0] != first.shape[0] or s.shape[2] != first.shape[2] or s.dtype != first.dtype:
+            if (
+                s.shape[0] != first.shape[0]
+                or s.shape[2] != first.shape[2]
+                or s.dtype != first.dtype
+            ):
                 raise ShapeMismatchError(f"cannot join reference stores {first} and {s}")
         n = sum(s.shape[1] for s in stores)
         budget = MemoryBudget(0) if any(s.on_disk for s in stores) else None
-        out = ReferenceStore.allocate(first.shape[0], n, first.shape[2], first.dtype, budget=budget,
-                                      spill_dir=spill_dir)
+        out = ReferenceStore.allocate(
+            first.shape[0], n, first.shape[2], first.dtype, budget=budget, spill_dir=spill_dir
+        )
         start = 0
         for s in stores:
             for j in range(s.shape[0]):
                 block = s.layer(j)
                 if out._data is not None:
-                    out._data[j, start:start + s.shape[1]] = block
+                    out._data[j, start : start + s.shape[1]] = block
                 else:
                     row = out.shape[2] * out.itemsize
                     out._file.pwrite(_bytes_of(block), j * n * row + start * row)
@@ -255,7 +298,7 @@ class ReferenceStore:
         return out
 
 
-def check_spill_dir(spill_dir: Any) -> str:
+def check_spill_dir(spill_dir: PathLike) -> str:
     """Validate ``spill_dir`` before any forward: created when missing (parents too), then a file
     written and removed in it; returns it as a string.
 

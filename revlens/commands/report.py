@@ -1,18 +1,23 @@
 """``revlens report``: re-render a saved report (drift or causal) as offline HTML."""
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from revlens._types import PathLike
 from revlens.errors import ConfigError
 
 __all__ = ["load_saved", "register", "run"]
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
     """Add the ``report`` sub-command."""
     p = subparsers.add_parser(
-        "report", parents=list(parents),
+        "report",
+        parents=list(parents),
         help="re-render a saved report (from analyze, ablate or weights) as HTML",
         description="Load a saved report - the output dir of `revlens analyze` / `revlens ablate`, "
         "or the report/ dir inside it - and write it again as one offline HTML file.",
@@ -24,7 +29,7 @@ def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
     return p
 
 
-def load_saved(path: Any) -> Any:
+def load_saved(path: PathLike) -> Any:
     """Load a saved ``Report`` or ``CausalReport`` from ``path`` or from its report/ or causal/
     sub-directory (:func:`revlens.load`)."""
     import revlens

@@ -2,7 +2,7 @@
 
 import argparse
 import logging
-from typing import Any
+from collections.abc import Sequence
 
 from revlens.commands._common import HISTORY_HELP, check_out, dumps, load_history, publish_out
 
@@ -11,12 +11,15 @@ __all__ = ["register", "run"]
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: Any, parents: Any = ()) -> argparse.ArgumentParser:
+def register(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
     """Add the ``weights`` sub-command (its options are :class:`revlens.weights.WeightsConfig`'s fields)."""
     from revlens.weights import WeightsConfig
 
     p = subparsers.add_parser(
-        "weights", parents=list(parents),
+        "weights",
+        parents=list(parents),
         help="weight-space reversion: cos(ΔW, −V), reverted fraction, V's top-k subspaces vs nulls → html, csv",
         description="Read every checkpoint of a history module by module (full weights or LoRA adapters; no "
         "forward pass) and measure, per module, layer and step, cos(ΔW_t, −V), the reverted fraction "

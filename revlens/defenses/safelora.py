@@ -46,16 +46,28 @@ SELECTS = ("number", "threshold")
 class SafeLoRAConfig(Config):
     """Settings of :class:`SafeLoRA` (defaults: the authors' released configuration)."""
 
-    select: str = option("number", "which weights to project: the n_layers least similar (number) or "
-                         "every one with similarity < tau (threshold)", choices=SELECTS)
+    select: str = option(
+        "number",
+        "which weights to project: the n_layers least similar (number) or "
+        "every one with similarity < tau (threshold)",
+        choices=SELECTS,
+    )
     n_layers: int = option(10, "select='number': how many weights (modules) are projected")
-    tau: float = option(0.5, "select='threshold': project where the similarity is below tau (in [0, 1])")
-    projection: str = option("safelora", "C = V Vᵀ/‖V‖_F (the paper) or a true projector onto V's top-k "
-                             "left singular subspace (projector)", choices=PROJECTIONS)
+    tau: float = option(
+        0.5, "select='threshold': project where the similarity is below tau (in [0, 1])"
+    )
+    projection: str = option(
+        "safelora",
+        "C = V Vᵀ/‖V‖_F (the paper) or a true projector onto V's top-k "
+        "left singular subspace (projector)",
+        choices=PROJECTIONS,
+    )
     k: int = option(16, "projection='projector': the subspace's rank (capped at min(out, in) − 1)")
     random: bool = option(False, "the control: a Gaussian V of the same shape and norm per weight")
     seed: int = option(0, "seed of the random control's V")
-    params: str = option(".*", "regex (re.search) on Hugging Face weight names: which weights are candidates")
+    params: str = option(
+        ".*", "regex (re.search) on Hugging Face weight names: which weights are candidates"
+    )
 
     def validate(self) -> None:
         """Check every field."""
@@ -71,8 +83,9 @@ def safelora_similarity(dw: Float[Tensor, "m n"], cdw: Float[Tensor, "m n"]) -> 
     return float((dw * cdw).sum()) / den if den > 0 else 0.0
 
 
-def safelora_select(sims: list[float], *, select: str = "number", n_layers: int = 10,
-                    tau: float = 0.5) -> list[bool]:
+def safelora_select(
+    sims: list[float], *, select: str = "number", n_layers: int = 10, tau: float = 0.5
+) -> list[bool]:
     """Which weights are projected: the ``n_layers`` lowest similarities (ties at the cut
     included) or those ``< tau``."""
     if select == "threshold":
@@ -140,12 +153,22 @@ class SafeLoRA(DeltaDefense):
                     new = apply(t.delta().detach())
                     new = new.T if t.param.transpose else new
                     t.weight.copy_((t.ref.double() + new).to(t.weight.dtype))
-            rows.append({"name": t.name, "layer": t.layer, "similarity": sim, "projected": pick,
-                         "norm_before": before, "norm_after": float(t.delta().norm())})
+            rows.append(
+                {
+                    "name": t.name,
+                    "layer": t.layer,
+                    "similarity": sim,
+                    "projected": pick,
+                    "norm_before": before,
+                    "norm_after": float(t.delta().norm()),
+                }
+            )
         self.table_ = pd.DataFrame(rows)
         self._record("projected", float(sum(chosen)))
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"SafeLoRA(projection={c.projection!r}, select={c.select!r}, n_layers={c.n_layers}, "
-                f"tau={c.tau}, attached={self.is_attached})")
+        return (
+            f"SafeLoRA(projection={c.projection!r}, select={c.select!r}, n_layers={c.n_layers}, "
+            f"tau={c.tau}, attached={self.is_attached})"
+        )

@@ -74,8 +74,9 @@ def _mean_cos(x: torch.Tensor, y: torch.Tensor, same: bool) -> float:
     return float(c.mean())
 
 
-def locate_safety_layers(model: Any, tokenizer: Any, normal: list[str], malicious: list[str], *,
-                         rise: float = 0.1) -> SafetyLayers:
+def locate_safety_layers(
+    model: Any, tokenizer: Any, normal: list[str], malicious: list[str], *, rise: float = 0.1
+) -> SafetyLayers:
     """The safety layers of ``model`` (module docstring) from ``normal`` and ``malicious`` prompts
     (at least 2 normal, 1 malicious; rendered as given, right-padded).
 
@@ -87,20 +88,31 @@ def locate_safety_layers(model: Any, tokenizer: Any, normal: list[str], maliciou
 
     rise = as_float("rise", rise, min=0.0, max=1.0, open_min=True)
     if len(normal) < 2 or len(malicious) < 1:
-        raise ProbeError(f"locating safety layers needs >= 2 normal and >= 1 malicious prompts, got "
-                         f"{len(normal)} and {len(malicious)}")
+        raise ProbeError(
+            f"locating safety layers needs >= 2 normal and >= 1 malicious prompts, got "
+            f"{len(normal)} and {len(malicious)}"
+        )
     if getattr(tokenizer, "padding_side", "right") != "right":
-        raise ProbeError("the tokenizer must pad on the right (the last position is read per prompt)")
+        raise ProbeError(
+            "the tokenizer must pad on the right (the last position is read per prompt)"
+        )
     acc = access(model)
-    hn, hm = _last_hidden(acc, tokenizer, list(normal)), _last_hidden(acc, tokenizer, list(malicious))
-    rows = [{"layer": layer, "cos_nn": _mean_cos(a, a, True), "cos_nm": _mean_cos(a, b, False)}
-            for layer, (a, b) in enumerate(zip(hn, hm, strict=True))]
+    hn, hm = (
+        _last_hidden(acc, tokenizer, list(normal)),
+        _last_hidden(acc, tokenizer, list(malicious)),
+    )
+    rows = [
+        {"layer": layer, "cos_nn": _mean_cos(a, a, True), "cos_nm": _mean_cos(a, b, False)}
+        for layer, (a, b) in enumerate(zip(hn, hm, strict=True))
+    ]
     curve = pd.DataFrame(rows)
     curve["gap"] = curve["cos_nn"] - curve["cos_nm"]
     gap = curve["gap"].to_numpy()
     peak = 1 + int(gap[1:].argmax())
     if gap[peak] <= 0:
-        raise ProbeError("normal–malicious similarity is never below normal–normal: no safety layers to locate")
+        raise ProbeError(
+            "normal–malicious similarity is never below normal–normal: no safety layers to locate"
+        )
     start = next(layer for layer in range(1, peak + 1) if gap[layer] >= rise * gap[peak])
     return SafetyLayers(start - 1, peak - 1, curve)
 
@@ -141,12 +153,19 @@ class SafetyLayerFreeze(BlockingStrategy):
 
     source = "freeze"
 
-    def __init__(self, first: int | None = None, last: int | None = None, *,
-                 config: SafetyLayerFreezeConfig | None = None) -> None:
+    def __init__(
+        self,
+        first: int | None = None,
+        last: int | None = None,
+        *,
+        config: SafetyLayerFreezeConfig | None = None,
+    ) -> None:
         settings = {k: v for k, v in (("first", first), ("last", last)) if v is not None}
         self.config = SafetyLayerFreezeConfig.build(config, "SafetyLayerFreeze", **settings)
 
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "SafetyLayerFreeze":
+    def prepare(
+        self, model: Any, *, optimizer: Any = None, params: Any = None
+    ) -> "SafetyLayerFreeze":
         """Find the trainable tensors of the frozen blocks.
 
         Raises:
@@ -156,15 +175,21 @@ class SafetyLayerFreeze(BlockingStrategy):
         catalog = build_catalog(hf.config)
         n_layers = int(hf.config.num_hidden_layers)
         if cfg.last >= n_layers:
-            raise ConfigError(f"blocks {cfg.first}..{cfg.last} are outside the model: it has blocks 0..{n_layers - 1}")
+            raise ConfigError(
+                f"blocks {cfg.first}..{cfg.last} are outside the model: it has blocks 0..{n_layers - 1}"
+            )
         if params is None and optimizer is not None:
             params = [p for g in optimizer.param_groups for p in g["params"]]
         allowed = None if params is None else {id(p) for p in params}
         frozen = []
         for name, p in hf.named_parameters():
             block = _block_of(name, catalog)
-            if (p.requires_grad and block is not None and cfg.first <= block <= cfg.last
-                    and (allowed is None or id(p) in allowed)):
+            if (
+                p.requires_grad
+                and block is not None
+                and cfg.first <= block <= cfg.last
+                and (allowed is None or id(p) in allowed)
+            ):
                 frozen.append((name, p, p.detach().clone()))
         if not frozen:
             raise ConfigError(f"no trainable tensor lies in blocks {cfg.first}..{cfg.last}")

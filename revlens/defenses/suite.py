@@ -30,8 +30,17 @@ from revlens.errors import ConfigError
 
 __all__ = ["DEFENSES", "CompareConfig", "Context", "build_defense"]
 
-DEFENSES = ("safelora", "safelora_projector", "asft", "safety_freeze", "procon", "lisa", "update", "subspace",
-            "weights")
+DEFENSES = (
+    "safelora",
+    "safelora_projector",
+    "asft",
+    "safety_freeze",
+    "procon",
+    "lisa",
+    "update",
+    "subspace",
+    "weights",
+)
 """Every defense :func:`~revlens.defenses.compare_defenses` knows, in table order."""
 
 
@@ -40,22 +49,37 @@ DEFENSES = ("safelora", "safelora_projector", "asft", "safety_freeze", "procon",
 class CompareConfig(Config):
     """Settings of a comparison: which defenses, seeds, and each defense's hyper-parameters."""
 
-    defenses: tuple[str, ...] = option(DEFENSES, "defenses to run (each beside its random control)",
-                                       choices=DEFENSES, nargs="+")
-    seeds: tuple[int, ...] = option((0, 1, 2), "fine-tuning seeds (>= 3 for mean ± std)", nargs="+",
-                                    parse=lambda flag, raw: tuple(int(x) for x in raw))
-    skip_controls: bool = option(False, "skip every defense's random control (a quick look, not a result)")
-    trajectory_points: int = option(5, "harm measured at this many evenly spaced steps (0: only at T)")
-    safelora_n_layers: int = option(10, "SafeLoRA: weights projected (the authors' released default)")
+    defenses: tuple[str, ...] = option(
+        DEFENSES, "defenses to run (each beside its random control)", choices=DEFENSES, nargs="+"
+    )
+    seeds: tuple[int, ...] = option(
+        (0, 1, 2),
+        "fine-tuning seeds (>= 3 for mean ± std)",
+        nargs="+",
+        parse=lambda flag, raw: tuple(int(x) for x in raw),
+    )
+    skip_controls: bool = option(
+        False, "skip every defense's random control (a quick look, not a result)"
+    )
+    trajectory_points: int = option(
+        5, "harm measured at this many evenly spaced steps (0: only at T)"
+    )
+    safelora_n_layers: int = option(
+        10, "SafeLoRA: weights projected (the authors' released default)"
+    )
     safelora_k: int = option(8, "SafeLoRA with the true projector: the subspace's rank")
     asft_lam: float = option(1.0, "AsFT: λ")
     procon_strength: float = option(1.0, "ProCon-style penalty: its weight")
     lisa_rho: float = option(1.0, "Lisa: ρ, the proximal intensity")
     lisa_align_steps: int = option(1, "Lisa: alignment steps per cycle (K_a)")
-    lisa_user_steps: int = option(9, "Lisa: user steps per cycle (K_u; one alignment step in ten, as the paper's ratio)")
+    lisa_user_steps: int = option(
+        9, "Lisa: user steps per cycle (K_u; one alignment step in ten, as the paper's ratio)"
+    )
     subspace_k: int = option(4, "revlens' subspace blocking: the reversion subspace's rank")
     weights_k: int = option(16, "WeightBlocker: the rank of V's blocked singular subspace")
-    control_seed: int = option(0, "offset of the controls' random draws (each run also mixes in its seed)")
+    control_seed: int = option(
+        0, "offset of the controls' random draws (each run also mixes in its seed)"
+    )
 
     def validate(self) -> None:
         """Check every field."""
@@ -67,8 +91,14 @@ class CompareConfig(Config):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and non-empty, got {self.seeds}")
         self.trajectory_points = as_int("trajectory_points", self.trajectory_points, min=0)
-        for name in ("safelora_n_layers", "safelora_k", "lisa_align_steps", "lisa_user_steps", "subspace_k",
-                     "weights_k"):
+        for name in (
+            "safelora_n_layers",
+            "safelora_k",
+            "lisa_align_steps",
+            "lisa_user_steps",
+            "subspace_k",
+            "weights_k",
+        ):
             setattr(self, name, as_int(name, getattr(self, name), min=1))
         for name in ("asft_lam", "procon_strength", "lisa_rho"):
             setattr(self, name, as_float(name, getattr(self, name), min=0.0))
@@ -76,10 +106,15 @@ class CompareConfig(Config):
 
     def settings(self, name: str) -> dict[str, Any]:
         """The hyper-parameters a defense's result depends on (part of its resume key)."""
-        keys = {"safelora": ("safelora_n_layers",), "safelora_projector": ("safelora_n_layers", "safelora_k"),
-                "asft": ("asft_lam",), "procon": ("procon_strength",),
-                "lisa": ("lisa_rho", "lisa_align_steps", "lisa_user_steps"), "subspace": ("subspace_k",),
-                "weights": ("weights_k",)}.get(name, ())
+        keys = {
+            "safelora": ("safelora_n_layers",),
+            "safelora_projector": ("safelora_n_layers", "safelora_k"),
+            "asft": ("asft_lam",),
+            "procon": ("procon_strength",),
+            "lisa": ("lisa_rho", "lisa_align_steps", "lisa_user_steps"),
+            "subspace": ("subspace_k",),
+            "weights": ("weights_k",),
+        }.get(name, ())
         return {k: getattr(self, k) for k in keys}
 
 
@@ -106,7 +141,9 @@ class Context:
 def _random_dirs(like: Directions, seed: int, key: str) -> Directions:
     g = generator(seed, "compare-control", key)
     shape = (len(like.layers), like.rank, like.basis.shape[-1])
-    return Directions.from_tensor(torch.randn(shape, generator=g, dtype=torch.float64), like.layers, method="random")
+    return Directions.from_tensor(
+        torch.randn(shape, generator=g, dtype=torch.float64), like.layers, method="random"
+    )
 
 
 def _other_range(first: int, last: int, n_layers: int, seed: int) -> tuple[int, int]:
@@ -120,8 +157,9 @@ def _activation(ctx: Context, directions: Directions, method: str, **kw: Any) ->
     from revlens.block import ReversionBlocker
 
     extra = {"params": "*lora_*"} if ctx.lora else {}
-    return ReversionBlocker(directions, ctx.probes, ctx.aligned, tokenizer=ctx.tokenizer, method=method,
-                            **extra, **kw)
+    return ReversionBlocker(
+        directions, ctx.probes, ctx.aligned, tokenizer=ctx.tokenizer, method=method, **extra, **kw
+    )
 
 
 def _delta(cls_name: str, **fixed: Any) -> Any:
@@ -130,8 +168,12 @@ def _delta(cls_name: str, **fixed: Any) -> Any:
         from revlens.weights.blocker import WeightBlocker
 
         cls = WeightBlocker if cls_name == "WeightBlocker" else getattr(d, cls_name)
-        kw = {k: (getattr(cfg, v) if isinstance(v, str) and hasattr(cfg, v) else v) for k, v in fixed.items()}
+        kw = {
+            k: (getattr(cfg, v) if isinstance(v, str) and hasattr(cfg, v) else v)
+            for k, v in fixed.items()
+        }
         return [cls(ctx.base, ctx.aligned_dir, random=control, seed=rs, **kw)]
+
     return build
 
 
@@ -139,8 +181,10 @@ def _freeze(ctx: Context, cfg: CompareConfig, control: bool, rs: int) -> list[An
     from revlens.defenses import SafetyLayerFreeze
 
     if ctx.safety is None:
-        raise ConfigError("safety_freeze: the safety layers could not be located on these prompts (no layer where "
-                          "harmful and harmless prompts separate); leave the defense out")
+        raise ConfigError(
+            "safety_freeze: the safety layers could not be located on these prompts (no layer where "
+            "harmful and harmless prompts separate); leave the defense out"
+        )
     first, last = _other_range(*ctx.safety, ctx.n_layers, rs) if control else ctx.safety
     return [SafetyLayerFreeze(first, last)]
 
@@ -150,7 +194,16 @@ def _procon(ctx: Context, cfg: CompareConfig, control: bool, rs: int) -> list[An
 
     r = _random_dirs(ctx.r, rs, "procon") if control else ctx.r
     extra = {"params": "*lora_*"} if ctx.lora else {}
-    return [ProConPenalty(r, ctx.probes, ctx.aligned, tokenizer=ctx.tokenizer, strength=cfg.procon_strength, **extra)]
+    return [
+        ProConPenalty(
+            r,
+            ctx.probes,
+            ctx.aligned,
+            tokenizer=ctx.tokenizer,
+            strength=cfg.procon_strength,
+            **extra,
+        )
+    ]
 
 
 def _lisa(ctx: Context, cfg: CompareConfig, control: bool, rs: int) -> list[Any]:
@@ -158,24 +211,40 @@ def _lisa(ctx: Context, cfg: CompareConfig, control: bool, rs: int) -> list[Any]
     from revlens.defenses.lisa import OPTIMIZERS
 
     if ctx.alignment is None:
-        raise ConfigError("lisa needs alignment data: EvalSets(alignment=...) (prompt, answer) pairs")
+        raise ConfigError(
+            "lisa needs alignment data: EvalSets(alignment=...) (prompt, answer) pairs"
+        )
     pairs = ctx.recipe.example_pairs(len(ctx.alignment), rs) if control else ctx.alignment
     opt = ctx.recipe.optimizer if ctx.recipe.optimizer in OPTIMIZERS else OPTIMIZERS[0]
-    return [Lisa(ctx.tokenizer, alignment=pairs, rho=cfg.lisa_rho, align_steps=cfg.lisa_align_steps,
-                 user_steps=cfg.lisa_user_steps, align_lr=ctx.recipe.lr, align_optimizer=opt,
-                 batch_size=ctx.recipe.batch_size, chat=ctx.recipe.chat, seed=rs)]
+    return [
+        Lisa(
+            ctx.tokenizer,
+            alignment=pairs,
+            rho=cfg.lisa_rho,
+            align_steps=cfg.lisa_align_steps,
+            user_steps=cfg.lisa_user_steps,
+            align_lr=ctx.recipe.lr,
+            align_optimizer=opt,
+            batch_size=ctx.recipe.batch_size,
+            chat=ctx.recipe.chat,
+            seed=rs,
+        )
+    ]
 
 
 def _blocking(attr: str) -> Any:
     def build(ctx: Context, cfg: CompareConfig, control: bool, rs: int) -> list[Any]:
         d = getattr(ctx, attr)
         return [_activation(ctx, _random_dirs(d, rs, attr) if control else d, "update")]
+
     return build
 
 
 BUILDERS = {
     "safelora": _delta("SafeLoRA", n_layers="safelora_n_layers"),
-    "safelora_projector": _delta("SafeLoRA", n_layers="safelora_n_layers", projection="projector", k="safelora_k"),
+    "safelora_projector": _delta(
+        "SafeLoRA", n_layers="safelora_n_layers", projection="projector", k="safelora_k"
+    ),
     "asft": _delta("AsFT", lam="asft_lam"),
     "safety_freeze": _freeze,
     "procon": _procon,
@@ -186,7 +255,9 @@ BUILDERS = {
 }
 
 
-def build_defense(name: str, ctx: Context, cfg: CompareConfig, *, control: bool, seed: int) -> list[Any]:
+def build_defense(
+    name: str, ctx: Context, cfg: CompareConfig, *, control: bool, seed: int
+) -> list[Any]:
     """The strategies of one run: defense ``name`` (``control``: its random control) for ``seed``.
 
     Raises:

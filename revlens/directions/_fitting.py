@@ -31,7 +31,9 @@ __all__ = [
 
 def check_stats(stats: object, method: str) -> None:
     if not isinstance(stats, HistoryStats):
-        raise ConfigError(f"{method}.fit expects HistoryStats (from revlens.collect); got {type(stats).__name__}")
+        raise ConfigError(
+            f"{method}.fit expects HistoryStats (from revlens.collect); got {type(stats).__name__}"
+        )
     if not stats.base_names:
         raise ConfigError("the statistics hold no base checkpoint")
 
@@ -40,7 +42,11 @@ def check_separated(stats: HistoryStats, method: str) -> Float[Tensor, "layer d"
     """μ_base − μ_aligned per layer; ConfigError naming the layers where it vanishes."""
     diff = stats.base_mean() - stats.mean(stats.aligned_name)
     scale = stats.mean(stats.aligned_name).norm(dim=1).clamp_min(1.0)
-    zero = [stats.layers[i] for i in range(len(stats.layers)) if float(diff[i].norm()) <= 1e-9 * float(scale[i])]
+    zero = [
+        stats.layers[i]
+        for i in range(len(stats.layers))
+        if float(diff[i].norm()) <= 1e-9 * float(scale[i])
+    ]
     if zero:
         raise ConfigError(
             f"direction ({method}) is undefined at layer(s) {zero}: base and aligned activations are "
@@ -57,7 +63,9 @@ def paired_activations(stats: HistoryStats, method: str) -> tuple[Tensor, Tensor
     except ConfigError:
         base = None
     if base is None or aligned is None:
-        raise ConfigError(f"{method} needs per-prompt activations of base and aligned; collect with keep='reference'")
+        raise ConfigError(
+            f"{method} needs per-prompt activations of base and aligned; collect with keep='reference'"
+        )
     if base.shape != aligned.shape:
         raise ShapeMismatchError(
             f"base activations {tuple(base.shape)} and aligned {tuple(aligned.shape)} are not paired"
@@ -70,13 +78,25 @@ def require_references(stats: HistoryStats, method: str) -> None:
     (naming where they were kept)."""
     if stats.has_references():
         return
-    kept = sorted(set.intersection(*(set(stats[n].ref_layers or []) for n in [*stats.base_names, stats.aligned_name])))
-    where = (f"they were kept at layers {kept}: fit on stats.select({kept}), or collect with keep_layers "
-             "including every layer" if kept else "collect with keep='reference'")
-    raise ConfigError(f"{method} needs per-prompt activations of base and aligned at layers {stats.layers}; {where}")
+    kept = sorted(
+        set.intersection(
+            *(set(stats[n].ref_layers or []) for n in [*stats.base_names, stats.aligned_name])
+        )
+    )
+    where = (
+        f"they were kept at layers {kept}: fit on stats.select({kept}), or collect with keep_layers "
+        "including every layer"
+        if kept
+        else "collect with keep='reference'"
+    )
+    raise ConfigError(
+        f"{method} needs per-prompt activations of base and aligned at layers {stats.layers}; {where}"
+    )
 
 
-def paired_layer(stats: HistoryStats, layer: int) -> tuple[Float[Tensor, "prompt 1 d"], Float[Tensor, "prompt 1 d"]]:
+def paired_layer(
+    stats: HistoryStats, layer: int
+) -> tuple[Float[Tensor, "prompt 1 d"], Float[Tensor, "prompt 1 d"]]:
     """(base, aligned) per-prompt references at one layer, float64, shaped ``[prompt, 1, d]`` (mean
     of bases), read one layer at a time (from disk where collect spilled them)."""
     base, aligned = stats.paired_references(layer)
@@ -114,8 +134,14 @@ def bootstrap_cos(raw: Tensor, full: Tensor) -> Tensor:
     return torch.where(norms > 0, cos, torch.full_like(cos, math.nan))
 
 
-def subspace_basis(candidates: Float[Tensor, "layer m d"], k: int, diff: Float[Tensor, "layer d"],
-                   layers: list[int], method: str, limit: str) -> Float[Tensor, "layer k d"]:
+def subspace_basis(
+    candidates: Float[Tensor, "layer m d"],
+    k: int,
+    diff: Float[Tensor, "layer d"],
+    layers: list[int],
+    method: str,
+    limit: str,
+) -> Float[Tensor, "layer k d"]:
     """Per layer: the first ``k`` orthonormal rows spanned by ``candidates`` in order, row 1 as the
     estimator oriented it and rows 2..k toward the base mean (:func:`orient_rows`).
 
@@ -134,7 +160,9 @@ def subspace_basis(candidates: Float[Tensor, "layer m d"], k: int, diff: Float[T
     return torch.stack(rows)
 
 
-def subspace_stability(replicates: Iterable[Tensor | None], full: Float[Tensor, "layer k d"]) -> Tensor:
+def subspace_stability(
+    replicates: Iterable[Tensor | None], full: Float[Tensor, "layer k d"]
+) -> Tensor:
     """``[layer, k]``: for each ``j ≤ k``, the mean over bootstrap replicates of the mean principal
     cosine between a replicate's first ``j`` rows and the full fit's first ``j`` (column ``k − 1``
     is the subspace's stability; column 0 is ``|cos|`` of the first axes). A replicate ``None``

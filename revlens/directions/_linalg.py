@@ -7,7 +7,9 @@ from torch import Tensor
 __all__ = ["top_axis"]
 
 
-def top_axis(x: Float[Tensor, "n d"], *, seed: int = 0, exact_below: int = 1 << 22) -> Float[Tensor, " d"]:
+def top_axis(
+    x: Float[Tensor, "n d"], *, seed: int = 0, exact_below: int = 1 << 22
+) -> Float[Tensor, " d"]:
     """First right-singular vector of ``x`` (sign arbitrary).
 
     Exact SVD while ``n·d`` is below ``exact_below``; beyond, block subspace iteration on
@@ -19,7 +21,9 @@ def top_axis(x: Float[Tensor, "n d"], *, seed: int = 0, exact_below: int = 1 << 
     if n * d < exact_below or min(n, d) <= 8:
         return torch.linalg.svd(x, full_matrices=False)[2][0]
     gen = torch.Generator().manual_seed(int(seed))
-    q = torch.linalg.qr(torch.cat([x.mean(0, keepdim=True).T, torch.randn(d, 7, generator=gen, dtype=x.dtype)], 1))[0]
+    q = torch.linalg.qr(
+        torch.cat([x.mean(0, keepdim=True).T, torch.randn(d, 7, generator=gen, dtype=x.dtype)], 1)
+    )[0]
     for _ in range(300):
         z = x.T @ (x @ q)  # [d, 8]
         q, _ = torch.linalg.qr(z)

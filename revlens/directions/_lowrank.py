@@ -76,11 +76,14 @@ def ledoit_wolf_shrinkage(z: Tensor, d: int) -> Tensor:
     beta = (beta_ / n_samples - delta_) / (d * n_samples)
     delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
     beta = torch.minimum(beta, delta)
-    return torch.where(beta == 0, torch.zeros_like(beta), beta / torch.where(delta == 0, 1.0, delta))
+    return torch.where(
+        beta == 0, torch.zeros_like(beta), beta / torch.where(delta == 0, 1.0, delta)
+    )
 
 
-def whitened_system(bc: Tensor, ac: Tensor, d: int, shrinkage: float | None, *,
-                    ridge: bool = False) -> tuple[Tensor, Tensor]:
+def whitened_system(
+    bc: Tensor, ac: Tensor, d: int, shrinkage: float | None, *, ridge: bool = False
+) -> tuple[Tensor, Tensor]:
     """``(Σ_Q [..., m, m], Qᵀ(μ_base − μ_aligned) [..., m])`` from base / aligned coordinates
     ``[..., n, m]``: the pooled within-class covariance shrunk by Ledoit–Wolf (``shrinkage=None``)
     or by a fixed amount, restricted to the span. ``ridge`` adds ``1e-9 · tr(Σ)/d`` (the candidates'
@@ -115,8 +118,12 @@ def pinv_solve(sigma: Tensor, rhs: Tensor, d: int) -> Tensor:
     if bool(bad.any()):
         evals, evecs = eigh(sigma[bad])
         tol = evals.abs().amax(-1, keepdim=True) * torch.finfo(sigma.dtype).eps * d
-        inv = torch.where(evals > tol, 1.0 / torch.where(evals > tol, evals, 1.0), torch.zeros_like(evals))
-        out[bad] = (evecs @ (inv * (evecs.transpose(-1, -2) @ rhs[bad][..., None])[..., 0])[..., None])[..., 0]
+        inv = torch.where(
+            evals > tol, 1.0 / torch.where(evals > tol, evals, 1.0), torch.zeros_like(evals)
+        )
+        out[bad] = (
+            evecs @ (inv * (evecs.transpose(-1, -2) @ rhs[bad][..., None])[..., 0])[..., None]
+        )[..., 0]
     return out
 
 

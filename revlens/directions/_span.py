@@ -47,7 +47,9 @@ def _target_device(est: Any, x: Tensor) -> torch.device:
     return torch.device(est.device) if getattr(est, "device", None) is not None else x.device
 
 
-def fit_span(est: Any, stats: HistoryStats, units: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+def fit_span(
+    est: Any, stats: HistoryStats, units: Tensor | None = None
+) -> tuple[Tensor | None, Tensor]:
     """``(rows, stability [layer, k])`` of ``est`` on ``stats`` by the span path.
 
     ``rows``: ``[layer, d]`` (k = 1, un-normalised as the dense path returns them) or
@@ -77,7 +79,9 @@ def fit_span(est: Any, stats: HistoryStats, units: Tensor | None = None) -> tupl
         size += (bc.numel() + ac.numel()) * bc.element_size()
         if size >= GROUP_BYTES or i == len(stats.layers) - 1:
             with small_ops(dev):
-                stability.append(_group_stability(est, group, d, stats.layers[i + 1 - len(group): i + 1]))
+                stability.append(
+                    _group_stability(est, group, d, stats.layers[i + 1 - len(group) : i + 1])
+                )
             group, size = [], 0
     by_rank = torch.cat(stability) if stability else torch.zeros(0, k, dtype=torch.float64)
     if units is not None:
@@ -99,8 +103,9 @@ def _refit_rows(n: int, copies: int, draws: Tensor) -> Tensor:
     return (torch.arange(copies)[None, :, None] * n + draws[:, None, :]).reshape(draws.shape[0], -1)
 
 
-def _group_stability(est: Any, group: list[tuple[Tensor, Tensor, Tensor, int]], d: int,
-                     layers: list[int]) -> Tensor:
+def _group_stability(
+    est: Any, group: list[tuple[Tensor, Tensor, Tensor, int]], d: int, layers: list[int]
+) -> Tensor:
     """``[layer, k]`` stability of one group of layers (NaN where no refit is possible)."""
     k = est.n_components
     copies = group[0][3]
@@ -136,7 +141,9 @@ def _group_stability(est: Any, group: list[tuple[Tensor, Tensor, Tensor, int]], 
     return _subspace_sims(est, result.cpu(), diffs, [g[2].cpu() for g in group], layers)
 
 
-def _subspace_sims(est: Any, cands: Tensor, diffs: Tensor, fulls: list[Tensor], layers: list[int]) -> Tensor:
+def _subspace_sims(
+    est: Any, cands: Tensor, diffs: Tensor, fulls: list[Tensor], layers: list[int]
+) -> Tensor:
     """``[layer, k]`` mean over refits of the principal-cosine similarity of the first ``j`` rows
     (:func:`~revlens.directions._fitting.subspace_stability`, in span coordinates)."""
     k = est.n_components
@@ -146,14 +153,25 @@ def _subspace_sims(est: Any, cands: Tensor, diffs: Tensor, fulls: list[Tensor], 
         reps, ok = [], []
         for r in range(cands.shape[1]):
             try:
-                reps.append(subspace_basis(cands[i, r][None], k, diffs[i, r][None], [layer], est.method,
-                                           est.rank_limit)[0].numpy())
+                reps.append(
+                    subspace_basis(
+                        cands[i, r][None], k, diffs[i, r][None], [layer], est.method, est.rank_limit
+                    )[0].numpy()
+                )
                 ok.append(r)
             except ConfigError:
                 continue
         if not ok:
             continue
         cross = np.stack(reps) @ full.T  # [refit, k, k]
-        for j in range(1, k + 1):  # principal cosines of the first j rows (numpy's stacked LAPACK loop)
-            sims[i, ok, j - 1] = np.clip(np.linalg.svd(cross[:, :j, :j], compute_uv=False), 0.0, 1.0).mean(-1)
-    return torch.from_numpy(np.nanmean(sims, axis=1)) if sims.shape[1] else torch.from_numpy(sims[:, 0])
+        for j in range(
+            1, k + 1
+        ):  # principal cosines of the first j rows (numpy's stacked LAPACK loop)
+            sims[i, ok, j - 1] = np.clip(
+                np.linalg.svd(cross[:, :j, :j], compute_uv=False), 0.0, 1.0
+            ).mean(-1)
+    return (
+        torch.from_numpy(np.nanmean(sims, axis=1))
+        if sims.shape[1]
+        else torch.from_numpy(sims[:, 0])
+    )

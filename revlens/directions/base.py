@@ -17,7 +17,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import ConfigError, ShapeMismatchError, SiteError
+from revlens.modes import SiteKind
 
 __all__ = ["Directions", "orthonormal_rows"]
 
@@ -60,7 +62,7 @@ class Directions:
     basis: Float[Tensor, "layer k d_model"]
     layers: tuple[int, ...]
     method: str = "custom"
-    site: str = "resid_post"
+    site: SiteKind = "resid_post"
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,9 +81,16 @@ class Directions:
             raise ConfigError(f"duplicate layers in directions: {list(self.layers)}")
 
     @classmethod
-    def from_tensor(cls, vectors: Tensor, layers: Iterable[int], *, method: str = "custom",
-                    site: str = "resid_post", normalize: bool = True,
-                    meta: Mapping[str, Any] | None = None) -> "Directions":
+    def from_tensor(
+        cls,
+        vectors: Tensor,
+        layers: Iterable[int],
+        *,
+        method: str = "custom",
+        site: SiteKind = "resid_post",
+        normalize: bool = True,
+        meta: Mapping[str, Any] | None = None,
+    ) -> "Directions":
         """Build from ``[d]`` (one layer), ``[layer, d]`` or ``[layer, k, d]``; rows are normalised
         (``k > 1``: orthonormalised in order, keeping each row's sign).
 
@@ -109,8 +118,12 @@ class Directions:
                 f"direction ({method}) has zero norm at layer(s) {zero}: are base and aligned identical there?"
             )
         if normalize:
-            rows = [orthonormal_rows(v[i], f"direction ({method}) at layer {layers[i]}") if v.shape[1] > 1
-                    else v[i] / norms[i][:, None] for i in range(len(layers))]
+            rows = [
+                orthonormal_rows(v[i], f"direction ({method}) at layer {layers[i]}")
+                if v.shape[1] > 1
+                else v[i] / norms[i][:, None]
+                for i in range(len(layers))
+            ]
             v = torch.stack(rows)
         return cls(v.to(torch.float32), layers, method, site, dict(meta or {}))
 
@@ -134,7 +147,9 @@ class Directions:
         try:
             return self.layers.index(int(layer))
         except ValueError:
-            raise SiteError(f"no direction for layer {layer}; layers: {list(self.layers)}") from None
+            raise SiteError(
+                f"no direction for layer {layer}; layers: {list(self.layers)}"
+            ) from None
 
     def __getitem__(self, layer: int) -> Float[Tensor, " d_model"]:
         """The (first) direction at ``layer``."""
@@ -149,7 +164,11 @@ class Directions:
         layers = [int(x) for x in layers]
         rows = torch.stack([self.subspace(layer) for layer in layers])
         meta = dict(self.meta)
-        for key in ("stability", "stability_by_rank", "base_offset"):  # per-layer lists follow the layers
+        for key in (
+            "stability",
+            "stability_by_rank",
+            "base_offset",
+        ):  # per-layer lists follow the layers
             value = meta.get(key)
             if isinstance(value, list) and len(value) == len(self.layers):
                 meta[key] = [value[self._pos(layer)] for layer in layers]
@@ -162,11 +181,18 @@ class Directions:
         k = int(k)
         meta = dict(self.meta)
         by_rank = meta.get("stability_by_rank")
-        if isinstance(by_rank, list) and by_rank and isinstance(by_rank[0], list) and len(by_rank[0]) >= k:
+        if (
+            isinstance(by_rank, list)
+            and by_rank
+            and isinstance(by_rank[0], list)
+            and len(by_rank[0]) >= k
+        ):
             meta["stability"] = [row[k - 1] for row in by_rank]  # the stability of the first k rows
             meta["stability_by_rank"] = [row[:k] for row in by_rank]
         if isinstance(meta.get("base_offset"), list):
-            meta["base_offset"] = [row[:k] if isinstance(row, list) else row for row in meta["base_offset"]]
+            meta["base_offset"] = [
+                row[:k] if isinstance(row, list) else row for row in meta["base_offset"]
+            ]
         return Directions(self.basis[:, :k].clone(), self.layers, self.method, self.site, meta)
 
     def check_d_model(self, d_model: int, what: str = "model") -> None:
@@ -181,7 +207,7 @@ class Directions:
         return f"Directions(method={self.method!r}, layers={list(self.layers)}, d_model={self.d_model}{k})"
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: Any) -> Path:
+    def save(self, path: PathLike) -> Path:
         """Write to a ``.safetensors`` file atomically (metadata: layers, method, site)."""
         from safetensors.torch import save_file
 
@@ -189,13 +215,20 @@ class Directions:
 
         out = Path(path)
         with atomic_file(out) as tmp:
-            save_file({"basis": self.basis.contiguous()}, str(tmp),
-                      metadata={"layers": json.dumps(list(self.layers)), "method": self.method, "site": self.site,
-                                "meta": json.dumps(dict(self.meta), default=str)})
+            save_file(
+                {"basis": self.basis.contiguous()},
+                str(tmp),
+                metadata={
+                    "layers": json.dumps(list(self.layers)),
+                    "method": self.method,
+                    "site": self.site,
+                    "meta": json.dumps(dict(self.meta), default=str),
+                },
+            )
         return out
 
     @classmethod
-    def load(cls, path: Any) -> "Directions":
+    def load(cls, path: PathLike) -> "Directions":
         """Inverse of :meth:`save` (files of revlens 0.1, holding ``vectors``, load too)."""
         from safetensors import safe_open
 
@@ -206,5 +239,10 @@ class Directions:
                 basis = f.get_tensor("basis" if "basis" in names else "vectors")
         except Exception as exc:  # safetensors raises its own types on a bad file
             raise ConfigError(f"cannot read directions file {path}: {exc}") from None
-        return cls(basis, tuple(json.loads(meta["layers"])), meta.get("method", "custom"),
-                   meta.get("site", "resid_post"), json.loads(meta.get("meta", "{}")))
+        return cls(
+            basis,
+            tuple(json.loads(meta["layers"])),
+            meta.get("method", "custom"),
+            meta.get("site", "resid_post"),
+            json.loads(meta.get("meta", "{}")),
+        )

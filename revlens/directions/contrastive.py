@@ -30,11 +30,14 @@ from typing import Any, ClassVar, no_type_check
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import bootstrap_cos, resamples, unit
 from revlens.directions.estimators import DirectionEstimator
 from revlens.directions.refusal import REFUSAL_SIGN, split_labels
 from revlens.errors import ConfigError, HistoryError, ProbeError
+from revlens.history import HistoryInput
+from revlens.probes import ProbesInput
 
 __all__ = ["RefusalDirection"]
 
@@ -62,10 +65,25 @@ class RefusalDirection(DirectionEstimator):
     max_components: ClassVar[int | None] = 1
     plan_as: ClassVar[str] = "mean_diff"
 
-    def __init__(self, *, checkpoint: str = "aligned", harmful: str = "harmful", harmless: str = "harmless",
-                 n_components: int = 1, n_bootstrap: int = 100, seed: int = 0, solver: str = "auto",
-                 device: Any = None) -> None:
-        super().__init__(n_components=n_components, n_bootstrap=n_bootstrap, seed=seed, solver=solver, device=device)
+    def __init__(
+        self,
+        *,
+        checkpoint: str = "aligned",
+        harmful: str = "harmful",
+        harmless: str = "harmless",
+        n_components: int = 1,
+        n_bootstrap: int = 100,
+        seed: int = 0,
+        solver: str = "auto",
+        device: Device | None = None,
+    ) -> None:
+        super().__init__(
+            n_components=n_components,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            solver=solver,
+            device=device,
+        )
         self.checkpoint = checkpoint
         self.harmful = harmful
         self.harmless = harmless
@@ -73,19 +91,29 @@ class RefusalDirection(DirectionEstimator):
     def _validate_params(self) -> None:
         super()._validate_params()
         if self.n_components != 1:
-            raise ConfigError(f"RefusalDirection: n_components must be 1 (one harmful − harmless mean difference per "
-                              f"layer), got {self.n_components}")
+            raise ConfigError(
+                f"RefusalDirection: n_components must be 1 (one harmful − harmless mean difference per "
+                f"layer), got {self.n_components}"
+            )
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
-            raise ConfigError(f"RefusalDirection: checkpoint must be 'aligned', 'base' or a checkpoint name; "
-                              f"got {self.checkpoint!r}")
+            raise ConfigError(
+                f"RefusalDirection: checkpoint must be 'aligned', 'base' or a checkpoint name; "
+                f"got {self.checkpoint!r}"
+            )
         for what in ("harmful", "harmless"):
             if not isinstance(getattr(self, what), str) or not getattr(self, what):
-                raise ConfigError(f"RefusalDirection: {what} must be a non-empty label, got {getattr(self, what)!r}")
+                raise ConfigError(
+                    f"RefusalDirection: {what} must be a non-empty label, got {getattr(self, what)!r}"
+                )
         if self.harmful == self.harmless:
-            raise ConfigError(f"RefusalDirection: harmful and harmless are the same label {self.harmful!r}")
+            raise ConfigError(
+                f"RefusalDirection: harmful and harmless are the same label {self.harmful!r}"
+            )
 
     # ------------------------------------------------------------------ before any forward pass
-    def check_inputs(self, probes: Any = None, history: Any = None) -> None:
+    def check_inputs(
+        self, probes: ProbesInput | None = None, history: HistoryInput | None = None
+    ) -> None:
         """Refuse, before collection, what :meth:`fit` would refuse after it: bad settings,
         probes without a harmful or a harmless prompt, an unknown checkpoint, or one whose
         per-prompt activations are not kept (only base and aligned checkpoints keep them)."""
@@ -94,15 +122,20 @@ class RefusalDirection(DirectionEstimator):
             split_labels(probes, self.harmful, self.harmless)
         if history is not None:
             names = {ck.name: ck.role for ck in history}
-            role = names.get(self.checkpoint, self.checkpoint if self.checkpoint in _ROLES else None)
+            role = names.get(
+                self.checkpoint, self.checkpoint if self.checkpoint in _ROLES else None
+            )
             if role is None:
-                raise HistoryError(f"RefusalDirection: no checkpoint {self.checkpoint!r} in the history; expected "
-                                   f"'aligned', 'base' or one of {list(names)}")
+                raise HistoryError(
+                    f"RefusalDirection: no checkpoint {self.checkpoint!r} in the history; expected "
+                    f"'aligned', 'base' or one of {list(names)}"
+                )
             if role not in _ROLES:
                 raise ConfigError(
                     f"RefusalDirection: checkpoint {self.checkpoint!r} is a fine-tuning step; stages keep per-prompt "
                     "activations of base and aligned only: use revlens.directions.refusal_directions(history, probes, "
-                    f"checkpoint={self.checkpoint!r}) and pass its Directions")
+                    f"checkpoint={self.checkpoint!r}) and pass its Directions"
+                )
 
     # ------------------------------------------------------------------ fitting
     def _name(self, stats: HistoryStats) -> str:
@@ -111,26 +144,34 @@ class RefusalDirection(DirectionEstimator):
         roles = {"aligned": [stats.aligned_name], "base": stats.base_names}
         names = roles.get(self.checkpoint)
         if names is None:
-            raise HistoryError(f"RefusalDirection: no checkpoint {self.checkpoint!r} in the statistics; expected "
-                               f"'aligned', 'base' or one of {list(stats.checkpoints)}")
+            raise HistoryError(
+                f"RefusalDirection: no checkpoint {self.checkpoint!r} in the statistics; expected "
+                f"'aligned', 'base' or one of {list(stats.checkpoints)}"
+            )
         if len(names) != 1:
-            raise ConfigError(f"RefusalDirection: checkpoint='base' is ambiguous with {len(names)} base checkpoints "
-                              f"{names}: name one")
+            raise ConfigError(
+                f"RefusalDirection: checkpoint='base' is ambiguous with {len(names)} base checkpoints "
+                f"{names}: name one"
+            )
         return names[0]
 
     def _label_rows(self, stats: HistoryStats) -> tuple[Tensor, Tensor]:
         labels = stats.meta.get("labels")
         if labels is None:
-            raise ProbeError("RefusalDirection needs labelled probes: label each prompt "
-                             f"{self.harmful!r} or {self.harmless!r} (Probes(..., labels=[...]) or a JSONL 'label' "
-                             "field); these statistics were collected on unlabelled probes")
+            raise ProbeError(
+                "RefusalDirection needs labelled probes: label each prompt "
+                f"{self.harmful!r} or {self.harmless!r} (Probes(..., labels=[...]) or a JSONL 'label' "
+                "field); these statistics were collected on unlabelled probes"
+            )
         have = sorted({str(x) for x in labels if x is not None})
         rows = []
         for label, what in ((self.harmful, "harmful"), (self.harmless, "harmless")):
             idx = [i for i, x in enumerate(labels) if x is not None and str(x) == str(label)]
             if not idx:
-                raise ProbeError(f"RefusalDirection needs {what} prompts: no probe is labelled {label!r}; "
-                                 f"labels: {have}")
+                raise ProbeError(
+                    f"RefusalDirection needs {what} prompts: no probe is labelled {label!r}; "
+                    f"labels: {have}"
+                )
             rows.append(torch.tensor(idx))
         return rows[0], rows[1]
 
@@ -140,7 +181,8 @@ class RefusalDirection(DirectionEstimator):
             raise ConfigError(
                 f"RefusalDirection on checkpoint {name!r} needs its per-prompt activations at layer {layer}; collect "
                 "with keep='reference' (base and aligned), or use revlens.directions.refusal_directions(history, "
-                f"probes, checkpoint={name!r})")
+                f"probes, checkpoint={name!r})"
+            )
         return x.to(torch.float64)
 
     @no_type_check  # validates its own argument (typed errors), also under the test type-checker
@@ -155,8 +197,10 @@ class RefusalDirection(DirectionEstimator):
         """
         self._validate_params()
         if not isinstance(stats, HistoryStats):
-            raise ConfigError(f"RefusalDirection.fit expects HistoryStats (from revlens.collect); got "
-                              f"{type(stats).__name__}")
+            raise ConfigError(
+                f"RefusalDirection.fit expects HistoryStats (from revlens.collect); got "
+                f"{type(stats).__name__}"
+            )
         name = self._name(stats)
         bad, good = self._label_rows(stats)
         diffs, stab = [], []
@@ -165,35 +209,55 @@ class RefusalDirection(DirectionEstimator):
             diff = x[bad].mean(0) - x[good].mean(0)
             scale = max(float(x[bad].mean(0).norm()), float(x[good].mean(0).norm()), 1e-300)
             if float(diff.norm()) <= 1e-9 * scale:
-                raise ConfigError(f"refusal direction undefined at layer {layer}: harmful and harmless prompts have "
-                                  "the same mean there; drop that layer (layers=...)")
+                raise ConfigError(
+                    f"refusal direction undefined at layer {layer}: harmful and harmless prompts have "
+                    "the same mean there; drop that layer (layers=...)"
+                )
             diffs.append(diff)
             stab.append(self._stability(x, bad, good, unit(diff)))
         raw = torch.stack(diffs)
         self._finish(stats, raw, torch.tensor(stab, dtype=torch.float64)[:, None])
-        self.direction_.meta.update(sign=REFUSAL_SIGN, checkpoint_read=name, n_harmful=len(bad),
-                                    n_harmless=len(good), norm=[float(x) for x in raw.norm(dim=-1)])
+        self.direction_.meta.update(
+            sign=REFUSAL_SIGN,
+            checkpoint_read=name,
+            n_harmful=len(bad),
+            n_harmless=len(good),
+            norm=[float(x) for x in raw.norm(dim=-1)],
+        )
         return self
 
     def _stability(self, x: Tensor, bad: Tensor, good: Tensor, full: Tensor) -> float:
         """Mean |cos| of refits on prompts resampled within each label (NaN without refits)."""
-        draws = list(zip(resamples(len(bad), self.n_bootstrap, self.seed),
-                         resamples(len(good), self.n_bootstrap, self.seed + 1)))
+        draws = list(
+            zip(
+                resamples(len(bad), self.n_bootstrap, self.seed),
+                resamples(len(good), self.n_bootstrap, self.seed + 1),
+            )
+        )
         if not draws:
             return float("nan")
-        cos = [bootstrap_cos((x[bad[i]].mean(0) - x[good[j]].mean(0))[None], full[None]) for i, j in draws]
+        cos = [
+            bootstrap_cos((x[bad[i]].mean(0) - x[good[j]].mean(0))[None], full[None])
+            for i, j in draws
+        ]
         return float(torch.cat(cos).nanmean())
 
 
-def check_direction_inputs(specs: Sequence[Any], probes: Any = None, history: Any = None) -> None:
+def check_direction_inputs(
+    specs: Sequence[Any], probes: ProbesInput | None = None, history: HistoryInput | None = None
+) -> None:
     """Every estimator's (or registered name's) :meth:`~DirectionEstimator.check_inputs` on the
     probes (``None``: the history's default set) and history a stage is about to collect, before any
     forward pass (the history estimators check nothing there: their probes are not read)."""
     from revlens.directions.registry import ESTIMATORS
 
     ests = [ESTIMATORS[s]() if isinstance(s, str) and s in ESTIMATORS else s for s in specs]
-    ests = [e for e in ests if isinstance(e, DirectionEstimator)
-            and type(e).check_inputs is not DirectionEstimator.check_inputs]
+    ests = [
+        e
+        for e in ests
+        if isinstance(e, DirectionEstimator)
+        and type(e).check_inputs is not DirectionEstimator.check_inputs
+    ]
     if not ests:
         return
     if history is not None:

@@ -2,12 +2,13 @@
 :mod:`revlens.directions.estimators` for the conventions every estimator shares)."""
 
 import math
-from typing import Any, no_type_check
+from typing import no_type_check
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import check_separated, check_stats, unit
 from revlens.directions._lowrank import generalized_axes, pinv_solve, whitened_system
@@ -40,8 +41,17 @@ class LinearProbe(DirectionEstimator):
     rank_limit = "a refitted probe found no further separating direction"
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
-    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, n_components: int = 1,
-                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        n_components: int = 1,
+        n_bootstrap: int = 100,
+        seed: int = 0,
+        solver: str = "auto",
+        device: Device | None = None,
+    ) -> None:
         self.C = C
         self.max_iter = max_iter
         self.n_components = n_components
@@ -59,8 +69,12 @@ class LinearProbe(DirectionEstimator):
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
         n = base.shape[0]
         y = np.r_[np.ones(n), np.zeros(n)]
-        return torch.stack([self._fit_layer(torch.cat([base[:, i], aligned[:, i]]).numpy(), y)
-                            for i in range(base.shape[1])])
+        return torch.stack(
+            [
+                self._fit_layer(torch.cat([base[:, i], aligned[:, i]]).numpy(), y)
+                for i in range(base.shape[1])
+            ]
+        )
 
     def _candidates(self, base: Tensor, aligned: Tensor) -> Tensor:
         n, d = base.shape[0], base.shape[2]
@@ -68,11 +82,15 @@ class LinearProbe(DirectionEstimator):
         out = []
         for i in range(base.shape[1]):
             x = torch.cat([base[:, i], aligned[:, i]])
-            dense = self.solver == "dense"  # revlens 0.2: a d × d projector; else the k removed rows
+            dense = (
+                self.solver == "dense"
+            )  # revlens 0.2: a d × d projector; else the k removed rows
             proj, used, rows = torch.eye(d, dtype=torch.float64) if dense else None, [], []
             for _ in range(self.n_components):
                 if proj is not None:
-                    w = proj @ self._fit_layer((x @ proj).numpy(), y)  # a direction of the remaining space
+                    w = proj @ self._fit_layer(
+                        (x @ proj).numpy(), y
+                    )  # a direction of the remaining space
                 else:
                     u_ = torch.stack(used) if used else torch.zeros(0, d, dtype=torch.float64)
                     w = _remove(self._fit_layer(_remove(x, u_).numpy(), y), u_)
@@ -82,7 +100,11 @@ class LinearProbe(DirectionEstimator):
                 u = w / w.norm()
                 used.append(u)
                 proj = proj - torch.outer(u, u) if proj is not None else None
-            out.append(torch.stack(rows + [torch.zeros(d, dtype=torch.float64)] * (self.n_components - len(rows))))
+            out.append(
+                torch.stack(
+                    rows + [torch.zeros(d, dtype=torch.float64)] * (self.n_components - len(rows))
+                )
+            )
         return torch.stack(out)
 
 
@@ -117,8 +139,16 @@ class Whitened(DirectionEstimator):
     rank_limit = "the paired differences vary along fewer directions than n_components"
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
-    def __init__(self, *, shrinkage: float | None = None, n_components: int = 1, n_bootstrap: int = 100,
-                 seed: int = 0, solver: str = "auto", device: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        shrinkage: float | None = None,
+        n_components: int = 1,
+        n_bootstrap: int = 100,
+        seed: int = 0,
+        solver: str = "auto",
+        device: Device | None = None,
+    ) -> None:
         self.shrinkage = shrinkage
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap
@@ -129,7 +159,9 @@ class Whitened(DirectionEstimator):
     def _validate_params(self) -> None:
         super()._validate_params()
         if self.shrinkage is not None and not 0.0 <= float(self.shrinkage) <= 1.0:
-            raise ConfigError(f"Whitened: shrinkage must be None or in [0, 1], got {self.shrinkage!r}")
+            raise ConfigError(
+                f"Whitened: shrinkage must be None or in [0, 1], got {self.shrinkage!r}"
+            )
 
     # ------------------------------------------------------------------ span path (n < d)
     @staticmethod
@@ -137,7 +169,9 @@ class Whitened(DirectionEstimator):
         return torch.cat([b, a])
 
     def _span_raw(self, bc: Tensor, ac: Tensor, d: int) -> Tensor:
-        sigma, diff = whitened_system(bc, ac, d, None if self.shrinkage is None else float(self.shrinkage))
+        sigma, diff = whitened_system(
+            bc, ac, d, None if self.shrinkage is None else float(self.shrinkage)
+        )
         return pinv_solve(sigma, diff, d)
 
     def _span_candidates(self, bc: Tensor, ac: Tensor, d: int) -> Tensor:
@@ -157,7 +191,9 @@ class Whitened(DirectionEstimator):
         z = torch.cat([base[:, layer] - mb[layer], aligned[:, layer] - ma[layer]]).numpy()
         if self.shrinkage is None:
             return LedoitWolf(assume_centered=True).fit(z).covariance_
-        return shrunk_covariance(empirical_covariance(z, assume_centered=True), shrinkage=float(self.shrinkage))
+        return shrunk_covariance(
+            empirical_covariance(z, assume_centered=True), shrinkage=float(self.shrinkage)
+        )
 
     @staticmethod
     def _solve(cov: np.ndarray, diff: Tensor) -> Tensor:
@@ -165,7 +201,9 @@ class Whitened(DirectionEstimator):
 
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:
         diff = base.mean(0) - aligned.mean(0)
-        return torch.stack([self._solve(self._pooled(base, aligned, i), diff[i]) for i in range(base.shape[1])])
+        return torch.stack(
+            [self._solve(self._pooled(base, aligned, i), diff[i]) for i in range(base.shape[1])]
+        )
 
     def _candidates(self, base: Tensor, aligned: Tensor) -> Tensor:
         from scipy.linalg import eigh
@@ -174,7 +212,9 @@ class Whitened(DirectionEstimator):
         out = []
         for i in range(base.shape[1]):
             cov = self._pooled(base, aligned, i)
-            cov = cov + np.eye(cov.shape[0]) * 1e-9 * max(float(np.trace(cov)) / cov.shape[0], 1e-300)
+            cov = cov + np.eye(cov.shape[0]) * 1e-9 * max(
+                float(np.trace(cov)) / cov.shape[0], 1e-300
+            )
             paired = (base[:, i] - aligned[:, i]).numpy()
             scatter = np.cov(paired, rowvar=False) if paired.shape[0] > 1 else np.zeros_like(cov)
             evals, evecs = eigh(scatter, cov)  # ascending generalised eigenvalues
@@ -182,7 +222,12 @@ class Whitened(DirectionEstimator):
             axes = torch.from_numpy(np.ascontiguousarray(evecs[:, ::-1].T[keep]))
             out.append(torch.cat([self._solve(cov, diff[i])[None], axes[: self.n_components]]))
         width = max(o.shape[0] for o in out)
-        return torch.stack([torch.cat([o, torch.zeros(width - o.shape[0], o.shape[1], dtype=o.dtype)]) for o in out])
+        return torch.stack(
+            [
+                torch.cat([o, torch.zeros(width - o.shape[0], o.shape[1], dtype=o.dtype)])
+                for o in out
+            ]
+        )
 
     def fit(self, stats: HistoryStats) -> "Whitened":
         """Fit from kept activations, or from second moments when ``shrinkage`` is a float (k = 1)."""
@@ -190,7 +235,9 @@ class Whitened(DirectionEstimator):
         check_stats(stats, self.method)
         moments = all(stats[n].second is not None for n in [*stats.base_names, stats.aligned_name])
         if self.shrinkage is not None and self.n_components == 1 and moments:
-            return self._fit_moments(stats)  # exact float64 sums; no per-prompt read for the direction
+            return self._fit_moments(
+                stats
+            )  # exact float64 sums; no per-prompt read for the direction
         if not stats.has_references():
             if self.shrinkage is None:
                 raise ConfigError(
@@ -198,7 +245,9 @@ class Whitened(DirectionEstimator):
                     "or pass shrinkage=<float> to whiten with the collected second moments"
                 )
             if self.n_components > 1:
-                raise ConfigError("Whitened with n_components > 1 needs per-prompt activations (keep='reference')")
+                raise ConfigError(
+                    "Whitened with n_components > 1 needs per-prompt activations (keep='reference')"
+                )
             return self._fit_moments(stats)
         super().fit(stats)
         return self
@@ -210,10 +259,14 @@ class Whitened(DirectionEstimator):
         names = [*stats.base_names, stats.aligned_name]
         covs = [stats[n].covariance for n in names]  # ConfigError if moments are absent
         pooled = (torch.stack(covs[:-1]).mean(0) + covs[-1]) / 2
-        raw = torch.stack([
-            self._solve(shrunk_covariance(pooled[i].numpy(), shrinkage=float(self.shrinkage)), diff[i])
-            for i in range(len(stats.layers))
-        ])
+        raw = torch.stack(
+            [
+                self._solve(
+                    shrunk_covariance(pooled[i].numpy(), shrinkage=float(self.shrinkage)), diff[i]
+                )
+                for i in range(len(stats.layers))
+            ]
+        )
         if self.n_bootstrap and stats.has_references():
             stability = self._reference_stability(stats, unit(raw))
         else:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import (
     base_stack,
@@ -75,6 +76,8 @@ from revlens.directions._lowrank import check_solver, use_span
 from revlens.directions._span import fit_span
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, NotFittedError
+from revlens.history import HistoryInput
+from revlens.probes import ProbesInput
 
 __all__ = ["DirectionEstimator", "MeanDiff", "top_axis"]
 
@@ -100,8 +103,15 @@ class DirectionEstimator:
     """The registered method whose cost model prices its fit (``None``: its own)."""
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
-    def __init__(self, *, n_components: int = 1, n_bootstrap: int = 100, seed: int = 0, solver: str = "auto",
-                 device: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        n_components: int = 1,
+        n_bootstrap: int = 100,
+        seed: int = 0,
+        solver: str = "auto",
+        device: Device | None = None,
+    ) -> None:
         self.n_components = n_components
         self.n_bootstrap = n_bootstrap
         self.seed = seed
@@ -111,7 +121,9 @@ class DirectionEstimator:
     # ------------------------------------------------------------------ sklearn-ish
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters."""
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+        return {
+            k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")
+        }
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -119,10 +131,14 @@ class DirectionEstimator:
 
     def __getattr__(self, name: str) -> Any:
         if name in _FITTED:
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(stats) before reading {name}")
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(stats) before reading {name}"
+            )
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def check_inputs(self, probes: Any = None, history: Any = None) -> None:
+    def check_inputs(
+        self, probes: ProbesInput | None = None, history: HistoryInput | None = None
+    ) -> None:
         """Refuse, before any forward pass, probes or a history this estimator cannot fit on
         (the history estimators need nothing beyond the statistics: a no-op)."""
 
@@ -133,7 +149,11 @@ class DirectionEstimator:
 
     def _validate_params(self) -> None:
         name = type(self).__name__
-        if isinstance(self.n_bootstrap, bool) or not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
+        if (
+            isinstance(self.n_bootstrap, bool)
+            or not isinstance(self.n_bootstrap, int)
+            or self.n_bootstrap < 0
+        ):
             raise ConfigError(f"{name}: n_bootstrap must be an int >= 0, got {self.n_bootstrap!r}")
         k = self.n_components
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
@@ -147,8 +167,9 @@ class DirectionEstimator:
 
     def _uses_span(self, stats: HistoryStats) -> bool:
         """Whether this fit runs in the span of the references (:mod:`revlens.directions._lowrank`)."""
-        return hasattr(self, "_span_raw") and use_span(getattr(self, "solver", "auto"), self._span_size(stats),
-                                                      stats.d_model)
+        return hasattr(self, "_span_raw") and use_span(
+            getattr(self, "solver", "auto"), self._span_size(stats), stats.d_model
+        )
 
     # ------------------------------------------------------------------ fitting
     def _raw(self, base: Tensor, aligned: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -195,7 +216,9 @@ class DirectionEstimator:
             by_rank.append(stability)
         return self._finish(stats, torch.cat(rows), torch.cat(by_rank))
 
-    def _basis_at(self, base: Tensor, aligned: Tensor, copies: int, layer: int) -> tuple[Tensor, Tensor]:
+    def _basis_at(
+        self, base: Tensor, aligned: Tensor, copies: int, layer: int
+    ) -> tuple[Tensor, Tensor]:
         """One layer's basis (``[1, d]`` for k = 1, else ``[1, k, d]``) and stability ``[1, k]``."""
         n = base.shape[0] // copies
         if self.n_components == 1:
@@ -217,11 +240,16 @@ class DirectionEstimator:
         diff = unit(stats.base_mean() - stats.mean(stats.aligned_name))
         rows = raw if raw.ndim == 3 else raw[:, None, :]
         offset = torch.einsum("lkd,ld->lk", unit(rows.to(torch.float64)), diff)
-        meta = {"stability": [float(s) for s in by_rank[:, -1]], **self.get_params(),
-                "base_offset": [[round(float(x), 6) for x in row] for row in offset]}
+        meta = {
+            "stability": [float(s) for s in by_rank[:, -1]],
+            **self.get_params(),
+            "base_offset": [[round(float(x), 6) for x in row] for row in offset],
+        }
         if rows.shape[1] > 1:
             meta["stability_by_rank"] = [[float(x) for x in row] for row in by_rank]
-        self.direction_ = Directions.from_tensor(raw, stats.layers, method=self.method, site=stats.site, meta=meta)
+        self.direction_ = Directions.from_tensor(
+            raw, stats.layers, method=self.method, site=stats.site, meta=meta
+        )
         self.stability_ = by_rank[:, -1].numpy()
         self.stability_by_rank_ = by_rank.numpy()
         self.n_features_in_ = int(raw.shape[-1])
@@ -232,17 +260,25 @@ class DirectionEstimator:
         of the kept references, one layer at a time."""
         if self._uses_span(stats):
             return fit_span(self, stats, units)[1][:, 0]
-        return torch.cat([self._resample_stability(*paired_layer(stats, layer), units[i:i + 1])
-                          for i, layer in enumerate(stats.layers)])
+        return torch.cat(
+            [
+                self._resample_stability(*paired_layer(stats, layer), units[i : i + 1])
+                for i, layer in enumerate(stats.layers)
+            ]
+        )
 
-    def _resample_stability(self, base: Tensor, aligned: Tensor, full: Tensor, copies: int = 1) -> Tensor:
+    def _resample_stability(
+        self, base: Tensor, aligned: Tensor, full: Tensor, copies: int = 1
+    ) -> Tensor:
         """Mean |cos| between prompt-bootstrap refits and ``full`` (unit rows), per layer."""
         n = base.shape[0] // copies
         if self.n_bootstrap == 0 or n < 2:
             return torch.full((full.shape[0],), math.nan, dtype=torch.float64)
         sims = []
         for idx in resamples(n, self.n_bootstrap, self.seed):
-            rows = (torch.arange(copies)[:, None] * n + idx[None]).reshape(-1) if copies > 1 else idx
+            rows = (
+                (torch.arange(copies)[:, None] * n + idx[None]).reshape(-1) if copies > 1 else idx
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 raw = self._orient(self._raw(base[rows], aligned[rows]), base[rows], aligned[rows])
@@ -273,7 +309,9 @@ class MeanDiff(DirectionEstimator):
     @staticmethod
     def _rows(bases: list[Tensor], aligned: Tensor) -> Tensor:
         """Candidates ``[layer, 1 + n_bases, d]`` from per-base means."""
-        return torch.stack([torch.stack(bases).mean(0) - aligned, *[b - aligned for b in bases]], dim=1)
+        return torch.stack(
+            [torch.stack(bases).mean(0) - aligned, *[b - aligned for b in bases]], dim=1
+        )
 
     def fit(self, stats: HistoryStats) -> "MeanDiff":
         """Fit on the exact float64 means of ``stats``; returns ``self``."""
@@ -289,7 +327,9 @@ class MeanDiff(DirectionEstimator):
             k = min(self.n_bootstrap, boots[0].shape[0])  # type: ignore[union-attr]
             reps = torch.stack(boots[:-1]).mean(0)[:k] - boots[-1][:k]  # type: ignore[index]
             stability = torch.from_numpy(
-                np.nanmean(torch.stack([bootstrap_cos(r, unit(full)) for r in reps]).numpy(), axis=0)
+                np.nanmean(
+                    torch.stack([bootstrap_cos(r, unit(full)) for r in reps]).numpy(), axis=0
+                )
             )
         elif stats.has_references():
             stability = self._reference_stability(stats, unit(full))
@@ -304,8 +344,14 @@ class MeanDiff(DirectionEstimator):
 
         def basis(bases: list[Tensor], al: Tensor) -> Tensor:
             d = torch.stack(bases).mean(0) - al
-            return subspace_basis(self._rows(bases, al), self.n_components, d, stats.layers, self.method,
-                                  self.rank_limit)
+            return subspace_basis(
+                self._rows(bases, al),
+                self.n_components,
+                d,
+                stats.layers,
+                self.method,
+                self.rank_limit,
+            )
 
         full = basis(means, aligned)
 

@@ -1,11 +1,12 @@
 """The paired-PCA estimator :class:`PairedPCA` (see :mod:`revlens.directions.estimators` for the
 conventions every estimator shares, and :mod:`revlens.directions._lowrank` for its span path)."""
 
-from typing import Any, no_type_check
+from typing import no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import Device
 from revlens.collect.stats import HistoryStats
 from revlens.directions._fitting import base_stack_layer, paired_layer
 from revlens.directions._linalg import top_axis
@@ -40,8 +41,17 @@ class PairedPCA(DirectionEstimator):
     rank_limit = "the paired differences have fewer independent samples (prompts) than n_components"
 
     @no_type_check  # parameters are validated by fit (typed errors), also under the test type-checker
-    def __init__(self, *, center: bool = False, n_components: int = 1, bases: str = "mean",
-                 n_bootstrap: int = 100, seed: int = 0, solver: str = "auto", device: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        center: bool = False,
+        n_components: int = 1,
+        bases: str = "mean",
+        n_bootstrap: int = 100,
+        seed: int = 0,
+        solver: str = "auto",
+        device: Device | None = None,
+    ) -> None:
         self.center = center
         self.n_components = n_components
         self.bases = bases
@@ -75,7 +85,9 @@ class PairedPCA(DirectionEstimator):
         """(mean difference, singular values, right singular vectors) in span coordinates."""
         p = bc - ac
         mean = p.mean(-2)
-        _, s, vh = torch.linalg.svd(p - mean[..., None, :] if self.center else p, full_matrices=False)
+        _, s, vh = torch.linalg.svd(
+            p - mean[..., None, :] if self.center else p, full_matrices=False
+        )
         return mean, s, vh
 
     @staticmethod
@@ -106,7 +118,9 @@ class PairedPCA(DirectionEstimator):
         if self.center:
             diff = diff - diff.mean(0, keepdim=True)
         # the first axis alone: an exact SVD for small inputs, subspace iteration at 7B sizes
-        return torch.stack([top_axis(diff[:, i], seed=int(self.seed)) for i in range(diff.shape[1])])
+        return torch.stack(
+            [top_axis(diff[:, i], seed=int(self.seed)) for i in range(diff.shape[1])]
+        )
 
     def _candidates(self, base: Tensor, aligned: Tensor) -> Tensor:
         return self._svd(base, aligned)[:, : self.n_components, :]
@@ -114,4 +128,3 @@ class PairedPCA(DirectionEstimator):
     def _orient(self, raw: Tensor, base: Tensor, aligned: Tensor) -> Tensor:
         sign = torch.sign((raw * (base.mean(0) - aligned.mean(0))).sum(1))
         return raw * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
-

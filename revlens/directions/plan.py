@@ -4,7 +4,8 @@
 refits) with a flop model of its path (:mod:`revlens.directions._lowrank`: span or dense) and the
 machine's measured float64 matmul rate, and lowers an estimator's stability refits where their
 cost on a nominal machine (:data:`NOMINAL_RATE`; deterministic, so a report does not depend on the
-load of the machine it ran on) exceeds a budget (:data:`STABILITY_BUDGET_S`), saying so. :func:`fit_directions` prints the
+load of the machine it ran on) exceeds a budget (:data:`STABILITY_BUDGET_S`), saying so.
+:func:`fit_directions` prints the
 plan before it fits and the time it took after (``revlens.analyze`` uses both).
 
 The estimate is an order of magnitude, not a promise: the LinearProbe's lbfgs iterations depend on
@@ -17,17 +18,31 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from revlens.collect.stats import HistoryStats
 from revlens.directions._lowrank import use_span
 from revlens.directions.base import Directions
+from revlens.directions.estimators import DirectionEstimator
 from revlens.directions.registry import ESTIMATORS, resolve_directions
+from revlens.errors import ConfigError
+from revlens.modes import DIRECTION_METHODS, DirectionMethod
 
-__all__ = ["NOMINAL_RATE", "STABILITY_BUDGET_S", "FitPlan", "MethodPlan", "fit_directions", "flop_rate", "plan_fits"]
+__all__ = [
+    "NOMINAL_RATE",
+    "STABILITY_BUDGET_S",
+    "FitPlan",
+    "MethodPlan",
+    "MethodsInput",
+    "fit_directions",
+    "flop_rate",
+    "method_specs",
+    "plan_fits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +52,10 @@ STABILITY_BUDGET_S = 30.0
 NOMINAL_RATE = 5e9
 """FLOP/s of the nominal machine on which refit cuts are decided (the ETA uses the measured rate)."""
 
-_PROBE_ITERS, _OP_S = 250, 2e-4  # lbfgs iterations of a probe fit; fixed cost of one small LAPACK call
+_PROBE_ITERS, _OP_S = (
+    250,
+    2e-4,
+)  # lbfgs iterations of a probe fit; fixed cost of one small LAPACK call
 
 
 @lru_cache(maxsize=1)
@@ -85,17 +103,25 @@ class FitPlan:
 
     def describe(self) -> str:
         """One line: layers × prompts × d, then per method its path, fits, refits and ETA."""
-        parts = [f"{m.method} ({m.path}): {m.fits} fits + {m.refits} refits ≈ {_secs(m.seconds)}"
-                 + (f" [{m.note}]" if m.note else "") for m in self.methods]
-        return (f"fit: {self.n_layers} layers × {self.n_prompts} prompts × d={self.d_model}: " + "; ".join(parts)
-                + f"; total ≈ {_secs(self.seconds)}")
+        parts = [
+            f"{m.method} ({m.path}): {m.fits} fits + {m.refits} refits ≈ {_secs(m.seconds)}"
+            + (f" [{m.note}]" if m.note else "")
+            for m in self.methods
+        ]
+        return (
+            f"fit: {self.n_layers} layers × {self.n_prompts} prompts × d={self.d_model}: "
+            + "; ".join(parts)
+            + f"; total ≈ {_secs(self.seconds)}"
+        )
 
 
 def _secs(s: float) -> str:
     return f"{s:.2g} s" if s < 100 else f"{s / 60:.1f} min"
 
 
-def _costs(method: str, span: bool, n: int, d: int, k: int, copies: int = 1) -> tuple[float, float, float]:
+def _costs(
+    method: str, span: bool, n: int, d: int, k: int, copies: int = 1
+) -> tuple[float, float, float]:
     """(FLOPs of the first fit of a layer, FLOPs of one refit, fixed seconds per fit)."""
     if method == "mean_diff":
         return 4.0 * n * d, 4.0 * d, _OP_S
@@ -112,13 +138,23 @@ def _costs(method: str, span: bool, n: int, d: int, k: int, copies: int = 1) -> 
     extra = 15.0 * m**3 if k > 1 else 0.0
     if span:
         return 6.0 * d * m * m + 4.0 * m**3 + extra, 4.0 * m**3 + 2.0 * m * m * m + extra, 4 * _OP_S
-    dense = 4.0 * m * d * d + 14.0 * d**3 + (25.0 * d**3 if k > 1 else 0.0)  # LW + pinvh + lstsq (+ eigh)
+    dense = (
+        4.0 * m * d * d + 14.0 * d**3 + (25.0 * d**3 if k > 1 else 0.0)
+    )  # LW + pinvh + lstsq (+ eigh)
     return dense, dense, 4 * _OP_S
 
 
-def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model: int, n_stability: int,
-              n_components: int = 1, budget_s: float = STABILITY_BUDGET_S,
-              measured: dict[str, float] | None = None) -> FitPlan:
+def plan_fits(
+    methods: Sequence[Any],
+    *,
+    n_layers: int,
+    n_prompts: int,
+    d_model: int,
+    n_stability: int,
+    n_components: int = 1,
+    budget_s: float = STABILITY_BUDGET_S,
+    measured: dict[str, float] | None = None,
+) -> FitPlan:
     """Price fitting ``methods`` (names; anything else is fitted as given, or not at all) on
     ``n_layers`` layers, with up to ``n_stability`` stability refits each, lowered per estimator
     so that its refits stay within ``budget_s`` (and 0 where fewer than 2 would fit).
@@ -130,7 +166,8 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
             continue
         priced = ESTIMATORS[spec].plan_as or spec  # an estimator may share another's cost model
         span = priced in ("pca", "whitened") and use_span(
-            "auto", (1 if priced == "pca" else 2) * n_prompts, d_model)
+            "auto", (1 if priced == "pca" else 2) * n_prompts, d_model
+        )
         first, refit, fixed = _costs(priced, span, n_prompts, d_model, n_components)
         # the cut is decided on the nominal machine (deterministic: the same sizes give the same
         # refits on every machine and load); the ETA uses this machine's rate and timings
@@ -142,11 +179,14 @@ def plan_fits(methods: Sequence[Any], *, n_layers: int, n_prompts: int, d_model:
         if n_stability and nominal * n_stability > budget_s:
             keep = int(budget_s // nominal)
             keep = keep if keep >= 2 else 0
-            note = (f"stability {keep} of {n_stability} refits: {n_stability} cost ≈ {_secs(nominal * n_stability)} "
-                    f"on the nominal machine, over the {budget_s:g} s budget")
-        path = {"probe": "lbfgs in R^d" + (", timed" if spec in (measured or {}) else ""),
-                "mean_diff": "means"}.get(
-            priced, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
+            note = (
+                f"stability {keep} of {n_stability} refits: {n_stability} cost ≈ {_secs(nominal * n_stability)} "
+                f"on the nominal machine, over the {budget_s:g} s budget"
+            )
+        path = {
+            "probe": "lbfgs in R^d" + (", timed" if spec in (measured or {}) else ""),
+            "mean_diff": "means",
+        }.get(priced, f"span m={(1 if spec == 'pca' else 2) * n_prompts}" if span else "dense d×d")
         seconds = n_layers * (first / rate + fixed) + keep * per_refit
         out.append(MethodPlan(spec, path, n_layers, n_layers * keep, keep, seconds, note))
     return FitPlan(tuple(out), int(n_layers), int(n_prompts), int(d_model))
@@ -161,28 +201,46 @@ def _announce(line: str, progress: bool) -> None:
         log.info("%s", line)
 
 
-def fit_directions(specs: Sequence[Any], stats: HistoryStats, *, n_stability: int, seed: int, progress: bool = True,
-                   collect_seconds: float | None = None) -> tuple[dict[str, Directions], dict[str, Any]]:
+def fit_directions(
+    specs: Sequence[Any],
+    stats: HistoryStats,
+    *,
+    n_stability: int,
+    seed: int,
+    progress: bool = True,
+    collect_seconds: float | None = None,
+) -> tuple[dict[str, Directions], dict[str, Any]]:
     """Fit every direction spec on ``stats`` after announcing the plan (names are built with the
     plan's ``n_stability``); returns ``(directions by name, stability by name or None)`` and
     announces the fitting time beside ``collect_seconds``."""
     from revlens.directions.estimators import DirectionEstimator
 
     measured = {}
-    if "probe" in specs and n_stability and len(stats.layers) > 1:  # lbfgs: its time depends on the data
+    if (
+        "probe" in specs and n_stability and len(stats.layers) > 1
+    ):  # lbfgs: its time depends on the data
         t = time.perf_counter()
         ESTIMATORS["probe"](n_bootstrap=0).fit(stats.select(stats.layers[:1]))
         measured["probe"] = time.perf_counter() - t
-    plan = plan_fits(specs, n_layers=len(stats.layers), n_prompts=int(stats[stats.aligned_name].count),
-                     d_model=stats.d_model, n_stability=n_stability, measured=measured)
+    plan = plan_fits(
+        specs,
+        n_layers=len(stats.layers),
+        n_prompts=int(stats[stats.aligned_name].count),
+        d_model=stats.d_model,
+        n_stability=n_stability,
+        measured=measured,
+    )
     if plan.methods:
         _announce(plan.describe(), progress)
     start = time.perf_counter()
     vectors: dict[str, Directions] = {}
     stability: dict[str, np.ndarray | None] = {}
     for spec in specs:
-        est = ESTIMATORS[spec](n_bootstrap=plan.n_stability(spec, n_stability), seed=seed) \
-            if isinstance(spec, str) else spec
+        est = (
+            ESTIMATORS[spec](n_bootstrap=plan.n_stability(spec, n_stability), seed=seed)
+            if isinstance(spec, str)
+            else spec
+        )
         vec = resolve_directions(est, stats)
         name, k = vec.method, 1
         while name in vectors:
@@ -193,6 +251,40 @@ def fit_directions(specs: Sequence[Any], stats: HistoryStats, *, n_stability: in
         log.info("fitted %s directions on layers %s", name, stats.layers)
     took = time.perf_counter() - start
     collected = f" (collect took {collect_seconds:.1f} s)" if collect_seconds is not None else ""
-    _announce(f"fit: {len(vectors)} methods fitted in {took:.1f} s (planned ≈ {_secs(plan.seconds)}){collected}",
-              progress)
+    _announce(
+        f"fit: {len(vectors)} methods fitted in {took:.1f} s (planned ≈ {_secs(plan.seconds)}){collected}",
+        progress,
+    )
     return vectors, stability
+
+
+MethodSpec: TypeAlias = DirectionMethod | str | DirectionEstimator | Directions | Tensor
+"""One direction method: a registered name, an estimator, fitted :class:`Directions`, or a
+``[n_layers_collected, d_model]`` tensor."""
+MethodsInput: TypeAlias = MethodSpec | Sequence[MethodSpec]
+
+
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def method_specs(methods: MethodsInput) -> tuple[list[MethodSpec], tuple[str, ...]]:
+    """``methods`` as a list of specs and their method names (``"custom"`` for what is not a
+    registered name), each checked before any work.
+
+    Raises:
+        ConfigError: no method, an unknown name, or an object that is not a method (named)."""
+    specs = (
+        [methods] if isinstance(methods, (str, DirectionEstimator, Directions)) else list(methods)
+    )
+    if not specs:
+        raise ConfigError("methods is empty; valid methods: " + ", ".join(DIRECTION_METHODS))
+    names = tuple(s if isinstance(s, str) else str(getattr(s, "method", "custom")) for s in specs)
+    for s in specs:
+        if isinstance(s, str) and s not in DIRECTION_METHODS:
+            raise ConfigError(
+                f"unknown direction method {s!r}; valid methods: {', '.join(DIRECTION_METHODS)}"
+            )
+        if not isinstance(s, (str, DirectionEstimator, Directions)) and not hasattr(s, "shape"):
+            raise ConfigError(
+                f"methods: cannot use {type(s).__name__}; expected names, estimators, Directions "
+                "or [layer, d_model] tensors"
+            )
+    return specs, tuple(n if n in DIRECTION_METHODS else "custom" for n in names)

@@ -28,7 +28,7 @@ embedding of the same token for every prompt) has no direction: it is left out w
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, no_type_check
@@ -38,18 +38,26 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import Device
 from revlens.collect.collector import collect_checkpoint, resolve_probes
 from revlens.collect.degenerate import DegenerateLayerWarning
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError, ProbeError
-from revlens.history import History
-from revlens.model import LensModel
-from revlens.modes import SITE_KINDS, check_mode
-from revlens.probes import PositionRule, Probes
+from revlens.history import History, HistoryInput
+from revlens.model import LensModel, ModelInput
+from revlens.modes import SITE_KINDS, SiteKind, check_mode
+from revlens.probes import PositionRule, Probes, ProbesInput
 from revlens.probes.positions import parse_position, position_name
 from revlens.sites import LayerSpec, access
 
-__all__ = ["REFUSAL_SIGN", "RefusalDirections", "is_history", "refusal_directions", "resolve_source", "split_labels"]
+__all__ = [
+    "REFUSAL_SIGN",
+    "RefusalDirections",
+    "is_history",
+    "refusal_directions",
+    "resolve_source",
+    "split_labels",
+]
 
 REFUSAL_SIGN = "harmful - harmless (toward refusal)"
 """``meta["sign"]`` of every refusal direction."""
@@ -82,7 +90,7 @@ class RefusalDirections:
     harmful_mean: Mapping[str, Tensor]
     harmless_mean: Mapping[str, Tensor]
     layers: tuple[int, ...]
-    site: str
+    site: SiteKind
     checkpoint: str
     fingerprint: str | None
     meta: Mapping[str, Any] = field(default_factory=dict)
@@ -99,7 +107,9 @@ class RefusalDirections:
     def _label(self, position: str | int) -> str:
         label = str(position)
         if label not in self.directions:
-            raise ConfigError(f"no refusal direction at position {position!r}; positions: {self.positions}")
+            raise ConfigError(
+                f"no refusal direction at position {position!r}; positions: {self.positions}"
+            )
         return label
 
     def raw(self, position: str | int, layer: int) -> Float[Tensor, " d_model"]:
@@ -109,33 +119,47 @@ class RefusalDirections:
         return self.diffs[label][dirs._pos(layer)]
 
     def __repr__(self) -> str:
-        return (f"RefusalDirections(checkpoint={self.checkpoint!r}, positions={self.positions}, "
-                f"layers={list(self.layers)}, n_harmful={self.meta.get('n_harmful')}, "
-                f"n_harmless={self.meta.get('n_harmless')})")
+        return (
+            f"RefusalDirections(checkpoint={self.checkpoint!r}, positions={self.positions}, "
+            f"layers={list(self.layers)}, n_harmful={self.meta.get('n_harmful')}, "
+            f"n_harmless={self.meta.get('n_harmless')})"
+        )
 
 
-def is_history(x: Any) -> bool:
+def is_history(x: object) -> bool:
     """Whether ``x`` names a history (a History, a mapping, a path) rather than a model."""
     return isinstance(x, (History, Mapping, str, os.PathLike))
 
 
-def split_labels(probes: Probes, harmful: Any, harmless: Any) -> tuple[Probes, Probes]:
+def split_labels(probes: Probes, harmful: Hashable, harmless: Hashable) -> tuple[Probes, Probes]:
     """``(probes.where(harmful), probes.where(harmless))``, a typed error naming the missing label."""
     if not isinstance(probes, Probes):
-        raise ProbeError(f"refusal directions need labelled Probes (harmful / harmless); got {type(probes).__name__}")
+        raise ProbeError(
+            f"refusal directions need labelled Probes (harmful / harmless); got {type(probes).__name__}"
+        )
     if probes.labels is None:
-        raise ProbeError("refusal directions need labelled probes: label each prompt "
-                         f"{harmful!r} or {harmless!r} (Probes(..., labels=[...]) or a JSONL 'label' field)")
+        raise ProbeError(
+            "refusal directions need labelled probes: label each prompt "
+            f"{harmful!r} or {harmless!r} (Probes(..., labels=[...]) or a JSONL 'label' field)"
+        )
     have = sorted(set(map(str, probes.labels)))
     for label, what in ((harmful, "harmful"), (harmless, "harmless")):
         if label not in probes.labels:
-            raise ProbeError(f"refusal directions need {what} prompts: no probe is labelled {label!r}; "
-                             f"labels: {have}")
+            raise ProbeError(
+                f"refusal directions need {what} prompts: no probe is labelled {label!r}; "
+                f"labels: {have}"
+            )
     return probes.where(harmful), probes.where(harmless)
 
 
-def resolve_source(source: Any, *, checkpoint: str | None, model: Any, device: Any = None,
-                   dtype: torch.dtype | None = None) -> tuple[LensModel, Any, History | None]:
+def resolve_source(
+    source: HistoryInput | ModelInput,
+    *,
+    checkpoint: str | None,
+    model: ModelInput | None,
+    device: Device | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[LensModel, Any, History | None]:
     """``(model, checkpoint or None, history or None)`` for a history (the checkpoint to load,
     default its aligned one) or a model you hold (its current weights; no ``checkpoint``).
 
@@ -152,8 +176,10 @@ def resolve_source(source: Any, *, checkpoint: str | None, model: Any, device: A
         lm = LensModel.for_history(hist, model, device=device, dtype=dtype)
         return lm, hist[name], hist
     if checkpoint is not None:
-        raise ConfigError(f"checkpoint={checkpoint!r} needs a history to find it in; with a model you hold, its "
-                          "current weights are read (leave checkpoint unset)")
+        raise ConfigError(
+            f"checkpoint={checkpoint!r} needs a history to find it in; with a model you hold, its "
+            "current weights are read (leave checkpoint unset)"
+        )
     if model is not None:
         raise ConfigError("give the model once: as the first argument, or model= beside a history")
     return LensModel.boot(source), None, None
@@ -161,18 +187,18 @@ def resolve_source(source: Any, *, checkpoint: str | None, model: Any, device: A
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 def refusal_directions(
-    source: Any,
-    probes: Any = None,
+    source: HistoryInput | ModelInput,
+    probes: ProbesInput | None = None,
     *,
     checkpoint: str | None = None,
     position: PositionRule = ("post_instruction", None),
     layers: LayerSpec = "all",
-    site: str = "resid_post",
-    harmful: Any = "harmful",
-    harmless: Any = "harmless",
-    model: Any = None,
+    site: SiteKind = "resid_post",
+    harmful: Hashable = "harmful",
+    harmless: Hashable = "harmless",
+    model: ModelInput | None = None,
     batch_size: int = 32,
-    device: Any = None,
+    device: Device | None = None,
     dtype: torch.dtype | None = None,
 ) -> RefusalDirections:
     """Arditi et al.'s refusal directions ``normalise(μ_harmful − μ_harmless)`` on one checkpoint.
@@ -210,7 +236,9 @@ def refusal_directions(
         probes = Probes.from_jsonl(probes)
     bad, good = split_labels(probes, harmful, harmless)
     bad, good = bad.with_position(rule), good.with_position(rule)
-    lm, ck, hist = resolve_source(source, checkpoint=checkpoint, model=model, device=device, dtype=dtype)
+    lm, ck, hist = resolve_source(
+        source, checkpoint=checkpoint, model=model, device=device, dtype=dtype
+    )
     if hist is not None and bad.is_chat and bad.template is None:
         bad, good = resolve_probes(hist, bad), resolve_probes(hist, good)
     sites = access(lm).sites(layers, site)
@@ -223,13 +251,28 @@ def refusal_directions(
         st_bad, st_good = {tok_bad.position: st_bad}, {tok_good.position: st_good}
     name = ck.name if ck is not None else (lm.loaded or "model")
     fingerprint = ck.model_fingerprint() if ck is not None else lm.fingerprint
-    meta = {"checkpoint": name, "fingerprint": fingerprint, "position": position_name(rule), "sign": REFUSAL_SIGN,
-            "n_harmful": len(bad), "n_harmless": len(good), "site": site, "chat_template": tok_bad.template}
+    meta = {
+        "checkpoint": name,
+        "fingerprint": fingerprint,
+        "position": position_name(rule),
+        "sign": REFUSAL_SIGN,
+        "n_harmful": len(bad),
+        "n_harmless": len(good),
+        "site": site,
+        "chat_template": tok_bad.template,
+    }
     return _assemble(st_bad, st_good, [s.layer for s in sites], site, name, fingerprint, meta)
 
 
-def _assemble(st_bad: Mapping[str, Any], st_good: Mapping[str, Any], layers: list[int], site: str, name: str,
-              fingerprint: str | None, meta: dict[str, Any]) -> RefusalDirections:
+def _assemble(
+    st_bad: Mapping[str, Any],
+    st_good: Mapping[str, Any],
+    layers: list[int],
+    site: SiteKind,
+    name: str,
+    fingerprint: str | None,
+    meta: dict[str, Any],
+) -> RefusalDirections:
     """Per position: the two means, their difference, the unit directions at non-degenerate layers."""
     directions, diffs, mu_bad, mu_good = {}, {}, {}, {}
     for raw_label in st_bad:
@@ -240,16 +283,33 @@ def _assemble(st_bad: Mapping[str, Any], st_good: Mapping[str, Any], layers: lis
         keep = [i for i in range(len(layers)) if float(diff[i].norm()) > _RTOL * float(scale[i])]
         dropped = [layers[i] for i in range(len(layers)) if i not in keep]
         if dropped:
-            warnings.warn(f"refusal direction at position {label}: layer(s) {dropped} have the same mean on harmful "
-                          "and harmless prompts (no direction there); left out", DegenerateLayerWarning, stacklevel=3)
+            warnings.warn(
+                f"refusal direction at position {label}: layer(s) {dropped} have the same mean on harmful "
+                "and harmless prompts (no direction there); left out",
+                DegenerateLayerWarning,
+                stacklevel=3,
+            )
         if not keep:
-            raise ConfigError(f"refusal direction at position {label}: harmful and harmless prompts have the same "
-                              f"mean at every layer {layers}")
+            raise ConfigError(
+                f"refusal direction at position {label}: harmful and harmless prompts have the same "
+                f"mean at every layer {layers}"
+            )
         kept = [layers[i] for i in keep]
         norms = diff[keep].norm(dim=-1)
         directions[label] = Directions.from_tensor(
-            diff[keep], kept, method="refusal", site=site,
-            meta={**meta, "position": label, "rule": meta["position"], "dropped_layers": dropped,
-                  "norm": [float(x) for x in norms]})
+            diff[keep],
+            kept,
+            method="refusal",
+            site=site,
+            meta={
+                **meta,
+                "position": label,
+                "rule": meta["position"],
+                "dropped_layers": dropped,
+                "norm": [float(x) for x in norms],
+            },
+        )
         diffs[label], mu_bad[label], mu_good[label] = diff[keep], a, b
-    return RefusalDirections(directions, diffs, mu_bad, mu_good, tuple(layers), site, name, fingerprint, meta)
+    return RefusalDirections(
+        directions, diffs, mu_bad, mu_good, tuple(layers), site, name, fingerprint, meta
+    )

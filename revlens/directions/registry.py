@@ -103,7 +103,9 @@ def resolve_directions(
         if stats is not None:
             spec.fit(stats)  # always on these statistics: an estimator fitted elsewhere is refitted
         elif not spec.is_fitted:
-            raise ConfigError(f"direction method {spec.method!r} needs collected statistics to fit on")
+            raise ConfigError(
+                f"direction method {spec.method!r} needs collected statistics to fit on"
+            )
         out = spec.direction_
     elif isinstance(spec, Directions):
         out = spec
@@ -111,12 +113,18 @@ def resolve_directions(
         rows = list(layers) if layers is not None else (stats.layers if stats is not None else None)
         if rows is None:
             raise ConfigError("directions given as a tensor need their layers (layers=[...])")
-        if spec.ndim not in (2, 3) or spec.shape[0] != len(rows) or (width is not None and spec.shape[-1] != width):
+        if (
+            spec.ndim not in (2, 3)
+            or spec.shape[0] != len(rows)
+            or (width is not None and spec.shape[-1] != width)
+        ):
             raise ShapeMismatchError(
                 f"a direction tensor must have shape [n_layers_collected={len(rows)}, d_model={width}] or "
                 f"[n_layers, k, d_model] (rows for layers {list(rows)}); got {tuple(spec.shape)}"
             )
-        out = Directions.from_tensor(spec, rows, method="custom", site=stats.site if stats is not None else "resid_post")
+        out = Directions.from_tensor(
+            spec, rows, method="custom", site=stats.site if stats is not None else "resid_post"
+        )
     else:
         raise ConfigError(
             f"cannot make directions from {type(spec).__name__}; expected a method name "
@@ -124,5 +132,7 @@ def resolve_directions(
         )
     if width is not None:
         out.check_d_model(width, "collected statistics" if stats is not None else "model")
-    wanted = list(layers) if layers is not None else (list(stats.layers) if stats is not None else None)
+    wanted = (
+        list(layers) if layers is not None else (list(stats.layers) if stats is not None else None)
+    )
     return out.select(wanted) if wanted is not None and list(out.layers) != wanted else out

@@ -16,11 +16,14 @@ what every stage needs to build, compare and sample them:
 - :func:`complement`: an orthonormal basis of the orthogonal complement of ``B`` in R^d.
 """
 
+from typing import no_type_check
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from revlens.errors import ConfigError, ShapeMismatchError
+from revlens.modes import ControlKind
 
 __all__ = [
     "complement",
@@ -32,7 +35,9 @@ __all__ = [
 ]
 
 
-def span_rows(candidates: Float[Tensor, "n d"], k: int, *, tol: float = 1e-8) -> Float[Tensor, "m d"]:
+def span_rows(
+    candidates: Float[Tensor, "n d"], k: int, *, tol: float = 1e-8
+) -> Float[Tensor, "m d"]:
     """At most ``k`` orthonormal rows spanning the candidates in order (float64).
 
     Row ``j`` is the normalised residual of the ``j``-th kept candidate after removing its
@@ -59,8 +64,9 @@ def span_rows(candidates: Float[Tensor, "n d"], k: int, *, tol: float = 1e-8) ->
     return torch.stack(rows)
 
 
-def orient_rows(basis: Float[Tensor, "k d"], toward: Float[Tensor, " d"], *,
-                keep_first: bool = False) -> Float[Tensor, "k d"]:
+def orient_rows(
+    basis: Float[Tensor, "k d"], toward: Float[Tensor, " d"], *, keep_first: bool = False
+) -> Float[Tensor, "k d"]:
     """Flip rows so that ``b_j · toward ≥ 0`` (``toward`` = μ_base − μ_aligned).
 
     The sign of axis ``j`` is thereby defined by where the **base mean** lies along it: motion
@@ -81,7 +87,9 @@ def orient_rows(basis: Float[Tensor, "k d"], toward: Float[Tensor, " d"], *,
 def principal_cosines(a: Float[Tensor, "k d"], b: Float[Tensor, "m d"]) -> Float[Tensor, " r"]:
     """Cosines of the principal angles between ``span(a)`` and ``span(b)`` (orthonormal rows),
     largest first, ``r = min(k, m)``; each in ``[0, 1]``."""
-    s = torch.linalg.svdvals(torch.as_tensor(a, dtype=torch.float64) @ torch.as_tensor(b, dtype=torch.float64).T)
+    s = torch.linalg.svdvals(
+        torch.as_tensor(a, dtype=torch.float64) @ torch.as_tensor(b, dtype=torch.float64).T
+    )
     return s.clamp(0.0, 1.0)
 
 
@@ -104,8 +112,17 @@ def _cov_factor(covariance: Tensor, d: int) -> Tensor:
     return evecs * evals.sqrt()  # x = factor @ z ~ N(0, cov)
 
 
-def random_frames(n: int, k: int, d: int, *, kind: str = "iso", covariance: Tensor | None = None,
-                  generator: torch.Generator, first: Tensor | None = None) -> Float[Tensor, "n k d"]:
+@no_type_check  # validates its own arguments (typed errors)
+def random_frames(
+    n: int,
+    k: int,
+    d: int,
+    *,
+    kind: ControlKind = "iso",
+    covariance: Tensor | None = None,
+    generator: torch.Generator,
+    first: Tensor | None = None,
+) -> Float[Tensor, "n k d"]:
     """``n`` random orthonormal k-frames in R^d (float64), nested (see the module docstring).
 
     Each frame is the Gram–Schmidt basis of ``k`` independent draws: standard normals (``"iso"``:
@@ -123,7 +140,9 @@ def random_frames(n: int, k: int, d: int, *, kind: str = "iso", covariance: Tens
     if kind not in ("iso", "cov"):
         raise ConfigError(f"unknown control kind {kind!r}; valid kinds: iso, cov")
     if kind == "cov" and covariance is None:
-        raise ConfigError("covariance-matched random subspaces need the aligned covariance (second moments)")
+        raise ConfigError(
+            "covariance-matched random subspaces need the aligned covariance (second moments)"
+        )
     factor = _cov_factor(covariance, d) if kind == "cov" else None
     extra = k - (0 if first is None else 1)
     z = torch.randn(n, extra, d, generator=generator, dtype=torch.float64) if extra > 0 else None
@@ -131,7 +150,9 @@ def random_frames(n: int, k: int, d: int, *, kind: str = "iso", covariance: Tens
     if first is not None:
         head = torch.as_tensor(first, dtype=torch.float64)
         if tuple(head.shape) != (n, d):
-            raise ShapeMismatchError(f"first rows have shape {tuple(head.shape)}; expected [{n}, {d}]")
+            raise ShapeMismatchError(
+                f"first rows have shape {tuple(head.shape)}; expected [{n}, {d}]"
+            )
         x = head[:, None] if x is None else torch.cat([head[:, None], x], dim=1)
     q, r = torch.linalg.qr(x.transpose(1, 2))  # [n, d, k]
     sign = torch.sign(torch.diagonal(r, dim1=1, dim2=2))

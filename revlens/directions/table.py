@@ -38,7 +38,9 @@ def directions_table(
         for i, layer in enumerate(stats.layers):
             base, aligned = stats.paired_references(layer)
             gen = torch.Generator().manual_seed(int(seed) + 4242)
-            perm[i] = permutation_pvalue((base - aligned)[:, None], n_permutations, generator=gen)[0]
+            perm[i] = permutation_pvalue((base - aligned)[:, None], n_permutations, generator=gen)[
+                0
+            ]
     else:
         perm = np.full(len(stats.layers), math.nan)
     rows = []

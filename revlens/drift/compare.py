@@ -37,8 +37,18 @@ from revlens.nulls import covariance_null_directions, isotropic_pvalue, isotropi
 
 __all__ = ["COMPARE_COLUMNS", "DirectionComparison", "compare_directions"]
 
-COMPARE_COLUMNS = ("layer", "cos", "iso_lo", "iso_hi", "iso_p", "outside_iso", "cov_lo", "cov_hi", "cov_p",
-                   "outside_cov")
+COMPARE_COLUMNS = (
+    "layer",
+    "cos",
+    "iso_lo",
+    "iso_hi",
+    "iso_p",
+    "outside_iso",
+    "cov_lo",
+    "cov_hi",
+    "cov_p",
+    "outside_cov",
+)
 """Columns of :attr:`DirectionComparison.table` (``cov_*`` are NaN / False without ``stats``)."""
 
 
@@ -64,13 +74,17 @@ class DirectionComparison:
         null band."""
         from revlens.plot.compare import cosine_profile
 
-        return cosine_profile(self.table, a=self.a, b=self.b, level=float(self.meta.get("level", 0.99)), title=title)
+        return cosine_profile(
+            self.table, a=self.a, b=self.b, level=float(self.meta.get("level", 0.99)), title=title
+        )
 
     def __repr__(self) -> str:
         t = self.table
-        return (f"DirectionComparison({self.a} vs {self.b}: {len(t)} layers, cos in "
-                f"[{t['cos'].min():.3f}, {t['cos'].max():.3f}], {int(t['outside_iso'].sum())} outside the isotropic "
-                f"{self.meta.get('level')} band)")
+        return (
+            f"DirectionComparison({self.a} vs {self.b}: {len(t)} layers, cos in "
+            f"[{t['cos'].min():.3f}, {t['cos'].max():.3f}], {int(t['outside_iso'].sum())} outside the isotropic "
+            f"{self.meta.get('level')} band)"
+        )
 
 
 def _name(d: Directions, given: str | None) -> str:
@@ -78,9 +92,16 @@ def _name(d: Directions, given: str | None) -> str:
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def compare_directions(a: Directions, b: Directions, *, stats: HistoryStats | None = None, level: float = 0.99,
-                       n_null: int = 1000, seed: int = 0, names: tuple[str, str] | None = None
-                       ) -> DirectionComparison:
+def compare_directions(
+    a: Directions,
+    b: Directions,
+    *,
+    stats: HistoryStats | None = None,
+    level: float = 0.99,
+    n_null: int = 1000,
+    seed: int = 0,
+    names: tuple[str, str] | None = None,
+) -> DirectionComparison:
     """``cos(a_l, b_l)`` at every layer both have, beside the isotropic null (exact) and, with
     ``stats``, the covariance-matched one (module docstring).
 
@@ -100,18 +121,24 @@ def compare_directions(a: Directions, b: Directions, *, stats: HistoryStats | No
     """
     for what, d in (("a", a), ("b", b)):
         if not isinstance(d, Directions):
-            raise ConfigError(f"compare_directions: {what} must be a Directions; got {type(d).__name__}")
+            raise ConfigError(
+                f"compare_directions: {what} must be a Directions; got {type(d).__name__}"
+            )
     level = as_float("level", level)
     if not 0.0 < level < 1.0:
         raise ConfigError(f"level must be in (0, 1), got {level}")
     n_null = as_int("n_null", n_null, min=1)
     b.check_d_model(a.d_model, f"directions {a.method}")
     if a.site != b.site:
-        raise ConfigError(f"compare_directions: {a.method} live at site {a.site!r}, {b.method} at {b.site!r}")
+        raise ConfigError(
+            f"compare_directions: {a.method} live at site {a.site!r}, {b.method} at {b.site!r}"
+        )
     layers = [layer for layer in a.layers if layer in b.layers]
     if not layers:
-        raise ConfigError(f"compare_directions: no shared layer ({a.method}: {list(a.layers)}, "
-                          f"{b.method}: {list(b.layers)})")
+        raise ConfigError(
+            f"compare_directions: no shared layer ({a.method}: {list(a.layers)}, "
+            f"{b.method}: {list(b.layers)})"
+        )
     if stats is not None:
         stats.select(layers)  # SiteError naming a layer the statistics lack
     lo_q, hi_q = (1.0 - level) / 2, (1.0 + level) / 2
@@ -122,19 +149,41 @@ def compare_directions(a: Directions, b: Directions, *, stats: HistoryStats | No
         u, v = a[layer].double(), b[layer].double()
         cos = float(u @ v / (u.norm() * v.norm()))
         p_up = float(isotropic_pvalue(cos, a.d_model))
-        row = {"layer": layer, "cos": cos, "iso_lo": iso_lo, "iso_hi": iso_hi,
-               "iso_p": min(1.0, 2 * min(p_up, 1.0 - p_up)), "outside_iso": not iso_lo <= cos <= iso_hi,
-               "cov_lo": math.nan, "cov_hi": math.nan, "cov_p": math.nan, "outside_cov": False}
+        row = {
+            "layer": layer,
+            "cos": cos,
+            "iso_lo": iso_lo,
+            "iso_hi": iso_hi,
+            "iso_p": min(1.0, 2 * min(p_up, 1.0 - p_up)),
+            "outside_iso": not iso_lo <= cos <= iso_hi,
+            "cov_lo": math.nan,
+            "cov_hi": math.nan,
+            "cov_p": math.nan,
+            "outside_cov": False,
+        }
         if cov is not None:
-            null = covariance_null_directions(cov[stats.layer_pos(layer)], n_null,
-                                              generator=generator(seed, "compare-cov-null", layer))
+            null = covariance_null_directions(
+                cov[stats.layer_pos(layer)],
+                n_null,
+                generator=generator(seed, "compare-cov-null", layer),
+            )
             c = (null @ (v / v.norm())).numpy()
             lo, hi = np.quantile(c, [lo_q, hi_q])
-            row.update(cov_lo=float(lo), cov_hi=float(hi), outside_cov=not lo <= cos <= hi,
-                       cov_p=float((1 + np.count_nonzero(np.abs(c) >= abs(cos) * (1 - 1e-12))) / (1 + c.size)))
+            row.update(
+                cov_lo=float(lo),
+                cov_hi=float(hi),
+                outside_cov=not lo <= cos <= hi,
+                cov_p=float(
+                    (1 + np.count_nonzero(np.abs(c) >= abs(cos) * (1 - 1e-12))) / (1 + c.size)
+                ),
+            )
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     na, nb = names if names is not None else (_name(a, None), _name(b, None))
-    return DirectionComparison(table, na, nb, a.d_model, {"level": level, "n_null": n_null if cov is not None else 0,
-                                                          "seed": seed})
-
+    return DirectionComparison(
+        table,
+        na,
+        nb,
+        a.d_model,
+        {"level": level, "n_null": n_null if cov is not None else 0, "seed": seed},
+    )

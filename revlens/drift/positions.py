@@ -2,7 +2,7 @@
 
 Refusal-direction work reads the **post-instruction** positions of a chat prompt (the template
 tokens after the user's content) and picks a direction per (position, layer) (Arditi et al. 2024).
-:func:`revlens.collect.collect_positions` gives one :class:`HistoryStats` per position from the
+:func:`revlens.collect.collect` with such a rule gives one :class:`HistoryStats` per position from the
 same forward passes; :func:`position_tables` fits the directions and projects the drift at each
 position, labelling every direction ``"<method>@<position>"`` (e.g. ``"mean_diff@-2"``) and adding
 a ``position`` column (``-k .. -1``) to the tables.
@@ -67,11 +67,15 @@ def _label_frame(df: pd.DataFrame, position: str) -> pd.DataFrame:
     return df
 
 
-def position_tables(stats: Mapping[str, HistoryStats],
-                    fit: Callable[[HistoryStats], tuple[dict[str, Directions], dict[str, object]]], *,
-                    n_null: int = 1000, seed: int = 0,
-                    subspaces: Callable[[HistoryStats], tuple[dict[str, Directions], pd.DataFrame | None]] | None = None,
-                    ) -> PositionTables:
+def position_tables(
+    stats: Mapping[str, HistoryStats],
+    fit: Callable[[HistoryStats], tuple[dict[str, Directions], dict[str, object]]],
+    *,
+    n_null: int = 1000,
+    seed: int = 0,
+    subspaces: Callable[[HistoryStats], tuple[dict[str, Directions], pd.DataFrame | None]]
+    | None = None,
+) -> PositionTables:
     """Fit directions (``fit(stats) -> (directions, stability)``) and project the drift at every
     position; constant (position, layer) pairs are dropped first (see the module docstring).
     ``subspaces(stats) -> (rank-k directions, subspace drift table)`` fits rank-k subspaces at
@@ -95,8 +99,13 @@ def position_tables(stats: Mapping[str, HistoryStats],
             dirs[f"{name}@{label}"] = vec
             stab[f"{name}@{label}"] = stability.get(name)
         drifts.append(_label_frame(drift_table(sub, vectors, n_null=n_null, seed=seed), label))
-        table = directions_table(sub, vectors, stability={k: v for k, v in stability.items() if v is not None},
-                                 n_permutations=n_null, seed=seed)
+        table = directions_table(
+            sub,
+            vectors,
+            stability={k: v for k, v in stability.items() if v is not None},
+            n_permutations=n_null,
+            seed=seed,
+        )
         tables.append(_label_frame(table, label))
         if subspaces is not None:
             fitted, sub_drift = subspaces(sub)
@@ -107,11 +116,23 @@ def position_tables(stats: Mapping[str, HistoryStats],
                 sub_drifts.append(_label_frame(sub_drift, label))
     if dropped:
         where = "; ".join(f"position {p}: layer(s) {ls}" for p, ls in dropped.items())
-        warnings.warn(f"constant over prompts (the same template token, and no prompt information has reached "
-                      f"it yet), so directions and nulls are undefined there; dropped: {where}", UserWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"constant over prompts (the same template token, and no prompt information has reached "
+            f"it yet), so directions and nulls are undefined there; dropped: {where}",
+            UserWarning,
+            stacklevel=3,
+        )
     if not drifts:
-        raise ConfigError(f"every collected layer is constant over prompts at every position ({dropped}); "
-                          "collect deeper layers")
-    return PositionTables(pd.concat(drifts, ignore_index=True), dirs, pd.concat(tables, ignore_index=True),
-                          stab, dropped, subs, pd.concat(sub_drifts, ignore_index=True) if sub_drifts else None)
+        raise ConfigError(
+            f"every collected layer is constant over prompts at every position ({dropped}); "
+            "collect deeper layers"
+        )
+    return PositionTables(
+        pd.concat(drifts, ignore_index=True),
+        dirs,
+        pd.concat(tables, ignore_index=True),
+        stab,
+        dropped,
+        subs,
+        pd.concat(sub_drifts, ignore_index=True) if sub_drifts else None,
+    )

@@ -11,7 +11,8 @@ may sit just below the estimate.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,12 +76,25 @@ def _cov_nulls(stats: HistoryStats, n_null: int, seed: int) -> dict[int, Tensor]
         return {}
     cov = stats[stats.aligned_name].covariance  # ConfigError if moments were not collected
     return {
-        layer: covariance_null_directions(cov[pos], n_null, generator=generator(seed, "cov-null", layer))
+        layer: covariance_null_directions(
+            cov[pos], n_null, generator=generator(seed, "cov-null", layer)
+        )
         for pos, layer in enumerate(stats.layers)
     }
 
 
-def _check(stats: HistoryStats, directions: Mapping[str, Directions], ci: float) -> None:
+def _prepared(
+    stats: HistoryStats,
+    directions: Mapping[str, Directions] | Directions,
+    ci: float,
+    *,
+    subspace: bool = False,
+) -> dict[str, Directions]:
+    """The checks :func:`drift_table` and :func:`~revlens.drift.subspace_drift_table` share, before
+    any work: ``directions`` as a mapping (one Directions keyed by its method), a direction (or, with
+    ``subspace``, a basis) at every collected layer, a valid ``ci``, at least one run."""
+    if isinstance(directions, Directions):
+        directions = {directions.method: directions}
     if not directions:
         raise ConfigError("no directions to project on")
     if not 0.0 < ci < 1.0:
@@ -88,9 +102,37 @@ def _check(stats: HistoryStats, directions: Mapping[str, Directions], ci: float)
     for name, dirs in directions.items():
         dirs.check_d_model(stats.d_model, f"statistics (method {name})")
         for layer in stats.layers:
-            dirs[layer]  # SiteError if a collected layer has no direction
+            dirs.subspace(layer) if subspace else dirs[
+                layer
+            ]  # SiteError if a collected layer has none
     if not stats.runs:
         raise ConfigError("the statistics hold no fine-tuning run to project")
+    return dict(directions)
+
+
+def _drifts(
+    stats: HistoryStats, kinds: Mapping[str, str] | None
+) -> Iterator[tuple[dict[str, Any], int, Tensor, Tensor | None]]:
+    """Every (run, step, layer) of the statistics: its row key (``run``, ``control``, ``kind``,
+    ``step``, ``layer``), the drift ``μ(θ_t) − μ(run start)`` ``[d]`` and its paired bootstrap
+    replicates ``[boot, d]`` (``None`` without bootstrap) — the walk both drift tables share."""
+    kinds = {**stats.kinds, **(kinds or {})}
+    for run, steps in stats.runs.items():
+        start = stats[stats.run_starts[run]]
+        head = {"run": run, "control": run in stats.controls, "kind": kinds.get(run, "run")}
+        for step, name in steps.items():
+            ck = stats[name]
+            drift = ck.mean - start.mean  # [layer, d]
+            boot = None
+            if ck.boot_mean is not None and start.boot_mean is not None:
+                boot = ck.boot_mean - start.boot_mean  # [boot, layer, d]
+            for pos, layer in enumerate(stats.layers):
+                yield (
+                    {**head, "step": int(step), "layer": int(layer)},
+                    int(layer),
+                    drift[pos],
+                    None if boot is None else boot[:, pos],
+                )
 
 
 def _interval(boot: Tensor | None, v: Tensor, lo_q: float, hi_q: float) -> tuple[float, float]:
@@ -104,8 +146,17 @@ def _interval(boot: Tensor | None, v: Tensor, lo_q: float, hi_q: float) -> tuple
     return float(lo), float(hi)
 
 
-def _layer_rows(d: Tensor, boot: Tensor | None, layer: int, directions: Mapping[str, Directions],
-                null: Tensor | None, d_model: int, iso_p99: float, q: float, ci: float) -> list[dict]:
+def _layer_rows(
+    d: Tensor,
+    boot: Tensor | None,
+    layer: int,
+    directions: Mapping[str, Directions],
+    null: Tensor | None,
+    d_model: int,
+    iso_p99: float,
+    q: float,
+    ci: float,
+) -> list[dict]:
     """One row per method at one (run, step, layer)."""
     norm = float(d.norm())
     cov_cos = (null @ d / norm).numpy() if null is not None and norm > 0 else None
@@ -116,14 +167,23 @@ def _layer_rows(d: Tensor, boot: Tensor | None, layer: int, directions: Mapping[
         p = {k: float(t) for k, t in project(d, v).items()}
         lo, hi = _interval(boot, v, 100 * (1 - ci) / 2, 100 * (1 + ci) / 2)
         c = p["cos"]
-        rows.append({
-            "layer": int(layer), "method": method, "cos": c, "cos_lo": lo, "cos_hi": hi,
-            "proj": p["proj"], "frac": p["frac"], "norm": p["norm"],
-            "null_iso_p99": iso_p99, "null_cov_p99": cov_p99,
-            "p_iso": float(isotropic_pvalue(c, d_model)) if not math.isnan(c) else math.nan,
-            "p_cov": empirical_pvalue(c, cov_cos) if cov_cos is not None else math.nan,
-            "significant": bool(c > iso_p99), "significant_cov": bool(c > cov_p99),
-        })
+        rows.append(
+            {
+                "method": method,
+                "cos": c,
+                "cos_lo": lo,
+                "cos_hi": hi,
+                "proj": p["proj"],
+                "frac": p["frac"],
+                "norm": p["norm"],
+                "null_iso_p99": iso_p99,
+                "null_cov_p99": cov_p99,
+                "p_iso": float(isotropic_pvalue(c, d_model)) if not math.isnan(c) else math.nan,
+                "p_cov": empirical_pvalue(c, cov_cos) if cov_cos is not None else math.nan,
+                "significant": bool(c > iso_p99),
+                "significant_cov": bool(c > cov_p99),
+            }
+        )
     return rows
 
 
@@ -153,26 +213,22 @@ def drift_table(
         DataFrame with columns :data:`DRIFT_COLUMNS`; ``significant`` is ``cos > null_iso_p99``
         (the paper's test) and ``significant_cov`` is ``cos > null_cov_p99``.
     """
-    if isinstance(directions, Directions):
-        directions = {directions.method: directions}
-    _check(stats, directions, ci)
+    directions = _prepared(stats, directions, ci)
     iso_p99 = isotropic_quantile(stats.d_model, q)
     nulls = _cov_nulls(stats, int(n_null), seed)
-    kinds = {**stats.kinds, **(kinds or {})}
     rows = []
-    for run, steps in stats.runs.items():
-        start = stats[stats.run_starts[run]]
-        head = {"run": run, "control": run in stats.controls, "kind": kinds.get(run, "run")}
-        for step, name in steps.items():
-            ck = stats[name]
-            drift = ck.mean - start.mean  # [layer, d]
-            boot = None
-            if ck.boot_mean is not None and start.boot_mean is not None:
-                boot = ck.boot_mean - start.boot_mean  # [boot, layer, d]
-            for pos, layer in enumerate(stats.layers):
-                for row in _layer_rows(drift[pos], None if boot is None else boot[:, pos], layer, directions,
-                                       nulls.get(layer), stats.d_model, iso_p99, q, ci):
-                    rows.append({**head, "step": int(step), **row})
+    for key, layer, drift, boot in _drifts(stats, kinds):
+        for row in _layer_rows(
+            drift, boot, layer, directions, nulls.get(layer), stats.d_model, iso_p99, q, ci
+        ):
+            rows.append({**key, **row})
     df = pd.DataFrame(rows, columns=DRIFT_COLUMNS)
-    return df.astype({"step": "int64", "layer": "int64", "control": "bool", "significant": "bool",
-                      "significant_cov": "bool"})
+    return df.astype(
+        {
+            "step": "int64",
+            "layer": "int64",
+            "control": "bool",
+            "significant": "bool",
+            "significant_cov": "bool",
+        }
+    )

@@ -36,15 +36,39 @@ from revlens._seeds import generator
 from revlens.collect.stats import HistoryStats
 from revlens.directions.base import Directions
 from revlens.directions.subspace import random_frames, span_rows
-from revlens.drift.projection import project
+from revlens.drift.projection import _drifts, _prepared, project
 from revlens.errors import ConfigError
 from revlens.nulls import covariance_null_directions, empirical_pvalue
 
-__all__ = ["SUBSPACE_COLUMNS", "energy_pvalue", "energy_quantile", "subspace_drift_table", "subspace_energy"]
+__all__ = [
+    "SUBSPACE_COLUMNS",
+    "energy_pvalue",
+    "energy_quantile",
+    "subspace_drift_table",
+    "subspace_energy",
+]
 
 SUBSPACE_COLUMNS = [
-    "run", "step", "layer", "method", "rank", "control", "kind", "energy", "energy_lo", "energy_hi", "proj_norm",
-    "norm", "cos", "null_iso_mean", "null_iso_q", "null_cov_mean", "null_cov_q", "p_iso", "p_cov", "significant",
+    "run",
+    "step",
+    "layer",
+    "method",
+    "rank",
+    "control",
+    "kind",
+    "energy",
+    "energy_lo",
+    "energy_hi",
+    "proj_norm",
+    "norm",
+    "cos",
+    "null_iso_mean",
+    "null_iso_q",
+    "null_cov_mean",
+    "null_cov_q",
+    "p_iso",
+    "p_cov",
+    "significant",
     "significant_cov",
 ]
 
@@ -65,16 +89,22 @@ def energy_quantile(d_model: int, k: int, q: float = 0.99) -> float:
 def energy_pvalue(energy: float | np.ndarray, d_model: int, k: int) -> float | np.ndarray:
     """One-sided exact p-value ``P(‖B_k u‖² ≥ energy)`` under the isotropic null."""
     _check_kd(d_model, k)
-    p = sps.beta.sf(np.clip(np.asarray(energy, dtype=np.float64), 0.0, 1.0), k / 2.0, (d_model - k) / 2.0)
+    p = sps.beta.sf(
+        np.clip(np.asarray(energy, dtype=np.float64), 0.0, 1.0), k / 2.0, (d_model - k) / 2.0
+    )
     return float(p) if np.ndim(p) == 0 else p
 
 
-def subspace_energy(drift: Float[Tensor, "... d"], basis: Float[Tensor, "k d"]) -> Float[Tensor, "... k"]:
+def subspace_energy(
+    drift: Float[Tensor, "... d"], basis: Float[Tensor, "k d"]
+) -> Float[Tensor, "... k"]:
     """Energy fractions ``‖B_j d‖² / ‖d‖²`` for ``j = 1..k`` (nested; NaN for a zero drift)."""
     d = torch.as_tensor(drift, dtype=torch.float64)
     coords = d @ torch.as_tensor(basis, dtype=torch.float64).T
     norm2 = (d**2).sum(-1, keepdim=True)
-    return torch.cumsum(coords**2, dim=-1) / torch.where(norm2 > 0, norm2, torch.full_like(norm2, math.nan))
+    return torch.cumsum(coords**2, dim=-1) / torch.where(
+        norm2 > 0, norm2, torch.full_like(norm2, math.nan)
+    )
 
 
 def _bases(directions: Mapping[str, Directions], layer: int) -> dict[str, tuple[Tensor, Tensor]]:
@@ -94,14 +124,31 @@ def _null_energies(stats: HistoryStats, n_null: int, seed: int, k_max: int) -> d
     cov = stats[stats.aligned_name].covariance  # ConfigError if moments were not collected
     out = {}
     for pos, layer in enumerate(stats.layers):
-        first = covariance_null_directions(cov[pos], n_null, generator=generator(seed, "cov-null", layer))
-        out[layer] = random_frames(n_null, k_max, stats.d_model, kind="cov", covariance=cov[pos],
-                                   generator=generator(seed, "cov-null-frame", layer), first=first)
+        first = covariance_null_directions(
+            cov[pos], n_null, generator=generator(seed, "cov-null", layer)
+        )
+        out[layer] = random_frames(
+            n_null,
+            k_max,
+            stats.d_model,
+            kind="cov",
+            covariance=cov[pos],
+            generator=generator(seed, "cov-null-frame", layer),
+            first=first,
+        )
     return out
 
 
-def _rows(d: Tensor, boot: Tensor | None, bases: Mapping[str, tuple[Tensor, Tensor]], ranks: Sequence[int], null: Tensor | None,
-          d_model: int, q: float, ci: float) -> list[dict]:
+def _rows(
+    d: Tensor,
+    boot: Tensor | None,
+    bases: Mapping[str, tuple[Tensor, Tensor]],
+    ranks: Sequence[int],
+    null: Tensor | None,
+    d_model: int,
+    q: float,
+    ci: float,
+) -> list[dict]:
     """Rows of one (run, step, layer): one per (method, k)."""
     null_e = None
     if null is not None and float(d.norm()) > 0:
@@ -117,37 +164,57 @@ def _rows(d: Tensor, boot: Tensor | None, bases: Mapping[str, tuple[Tensor, Tens
         for k in ranks:
             if k > b.shape[0]:
                 continue
-            energy = first["frac"] if k == 1 else float(e[k - 1])  # k = 1: drift_table's frac, bit for bit
+            energy = (
+                first["frac"] if k == 1 else float(e[k - 1])
+            )  # k = 1: drift_table's frac, bit for bit
             lo = hi = math.nan
             if be is not None:
                 vals = be[:, k - 1].numpy()
                 vals = vals[~np.isnan(vals)]
                 if vals.size:
-                    lo, hi = (float(x) for x in np.percentile(vals, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2]))
+                    lo, hi = (
+                        float(x)
+                        for x in np.percentile(vals, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2])
+                    )
             iso_q = energy_quantile(d_model, k, q)
             ne = null_e[:, k - 1].numpy() if null_e is not None else None
             cov_q = float(np.quantile(ne, q)) if ne is not None else math.nan
             defined = not math.isnan(energy)
-            rows.append({
-                "method": method, "rank": k, "energy": energy, "energy_lo": lo, "energy_hi": hi,
-                "proj_norm": math.sqrt(energy) * float(d.norm()) if defined else math.nan, "norm": float(d.norm()),
-                "cos": first["cos"], "null_iso_mean": k / d_model, "null_iso_q": iso_q,
-                "null_cov_mean": float(ne.mean()) if ne is not None else math.nan, "null_cov_q": cov_q,
-                "p_iso": float(energy_pvalue(energy, d_model, k)) if defined else math.nan,
-                "p_cov": empirical_pvalue(energy, ne) if ne is not None else math.nan,
-                "significant": bool(energy > iso_q), "significant_cov": bool(energy > cov_q),
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "rank": k,
+                    "energy": energy,
+                    "energy_lo": lo,
+                    "energy_hi": hi,
+                    "proj_norm": math.sqrt(energy) * float(d.norm()) if defined else math.nan,
+                    "norm": float(d.norm()),
+                    "cos": first["cos"],
+                    "null_iso_mean": k / d_model,
+                    "null_iso_q": iso_q,
+                    "null_cov_mean": float(ne.mean()) if ne is not None else math.nan,
+                    "null_cov_q": cov_q,
+                    "p_iso": float(energy_pvalue(energy, d_model, k)) if defined else math.nan,
+                    "p_cov": empirical_pvalue(energy, ne) if ne is not None else math.nan,
+                    "significant": bool(energy > iso_q),
+                    "significant_cov": bool(energy > cov_q),
+                }
+            )
     return rows
 
 
-def _ranks(directions: Mapping[str, Directions], ranks: Sequence[int] | None, d_model: int) -> list[int]:
+def _ranks(
+    directions: Mapping[str, Directions], ranks: Sequence[int] | None, d_model: int
+) -> list[int]:
     k_max = max(dirs.rank for dirs in directions.values())
     if ranks is None:
         return list(range(1, k_max + 1))
     out = sorted({int(k) for k in ranks})
     bad = [k for k in out if not 1 <= k <= k_max or k >= d_model]
     if bad:
-        raise ConfigError(f"ranks {bad} are outside 1..{min(k_max, d_model - 1)} (the directions have rank {k_max})")
+        raise ConfigError(
+            f"ranks {bad} are outside 1..{min(k_max, d_model - 1)} (the directions have rank {k_max})"
+        )
     return out
 
 
@@ -181,34 +248,22 @@ def subspace_drift_table(
         Beta quantile), ``null_cov_mean`` / ``null_cov_q`` (covariance-matched null), ``p_iso``,
         ``p_cov``, ``significant`` (``energy > null_iso_q``), ``significant_cov``.
     """
-    if isinstance(directions, Directions):
-        directions = {directions.method: directions}
-    if not directions:
-        raise ConfigError("no directions to project on")
-    if not 0.0 < ci < 1.0:
-        raise ConfigError(f"ci must be in (0, 1), got {ci}")
-    for name, dirs in directions.items():
-        dirs.check_d_model(stats.d_model, f"statistics (method {name})")
-        for layer in stats.layers:
-            dirs.subspace(layer)  # SiteError if a collected layer has no basis
-    if not stats.runs:
-        raise ConfigError("the statistics hold no fine-tuning run to project")
+    directions = _prepared(stats, directions, ci, subspace=True)
     ks = _ranks(directions, ranks, stats.d_model)
     nulls = _null_energies(stats, int(n_null), seed, max(ks))
     bases = {layer: _bases(directions, layer) for layer in stats.layers}
-    kinds = {**stats.kinds, **(kinds or {})}
     rows = []
-    for run, steps in stats.runs.items():
-        start = stats[stats.run_starts[run]]
-        head = {"run": run, "control": run in stats.controls, "kind": kinds.get(run, "run")}
-        for step, name in steps.items():
-            ck = stats[name]
-            drift = ck.mean - start.mean
-            boot = ck.boot_mean - start.boot_mean if ck.boot_mean is not None and start.boot_mean is not None else None
-            for pos, layer in enumerate(stats.layers):
-                for row in _rows(drift[pos], None if boot is None else boot[:, pos], bases[layer], ks,
-                                 nulls.get(layer), stats.d_model, q, ci):
-                    rows.append({**head, "step": int(step), "layer": int(layer), **row})
+    for key, layer, drift, boot in _drifts(stats, kinds):
+        for row in _rows(drift, boot, bases[layer], ks, nulls.get(layer), stats.d_model, q, ci):
+            rows.append({**key, **row})
     df = pd.DataFrame(rows, columns=SUBSPACE_COLUMNS)
-    return df.astype({"step": "int64", "layer": "int64", "rank": "int64", "control": "bool", "significant": "bool",
-                      "significant_cov": "bool"})
+    return df.astype(
+        {
+            "step": "int64",
+            "layer": "int64",
+            "rank": "int64",
+            "control": "bool",
+            "significant": "bool",
+            "significant_cov": "bool",
+        }
+    )

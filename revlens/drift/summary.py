@@ -102,8 +102,12 @@ def _closest(df: pd.DataFrame, step: int) -> int:
     return int(steps[np.argmin(np.abs(steps - step))])
 
 
-_PAPER_KEY = {"cos_first": "cos_first", "cos_step20": "cos_step20", "final_cos": "final_cos",
-              "above_iso_p99": "above_iso_p99"}
+_PAPER_KEY = {
+    "cos_first": "cos_first",
+    "cos_step20": "cos_step20",
+    "final_cos": "final_cos",
+    "above_iso_p99": "above_iso_p99",
+}
 
 
 def headline_frame(head: dict[str, Any]) -> pd.DataFrame:
@@ -115,26 +119,47 @@ def headline_frame(head: dict[str, Any]) -> pd.DataFrame:
         block = head.get(group)
         if not block:
             continue
-        for q in ("cos_first", "cos_step20", "final_cos", "above_iso_p99", "above_cov_p99", "above_iso_p99_all_layers"):
+        for q in (
+            "cos_first",
+            "cos_step20",
+            "final_cos",
+            "above_iso_p99",
+            "above_cov_p99",
+            "above_iso_p99_all_layers",
+        ):
             v = block.get(q) or {}
             paper = head["paper"].get(_PAPER_KEY.get(q, ""), {}) if group == "runs" else {}
-            rows.append({
-                "group": group, "quantity": q, "mean": v.get("mean", math.nan), "std": v.get("std", math.nan),
-                "n": v.get("n", 0), "count": v.get("count"), "total": v.get("total"),
-                "paper_mean": paper.get("mean", math.nan), "paper_std": paper.get("std", math.nan),
-                "method": head["method"], "best_layer": head["best_layer"], "step": head["step"],
-            })
+            rows.append(
+                {
+                    "group": group,
+                    "quantity": q,
+                    "mean": v.get("mean", math.nan),
+                    "std": v.get("std", math.nan),
+                    "n": v.get("n", 0),
+                    "count": v.get("count"),
+                    "total": v.get("total"),
+                    "paper_mean": paper.get("mean", math.nan),
+                    "paper_std": paper.get("std", math.nan),
+                    "method": head["method"],
+                    "best_layer": head["best_layer"],
+                    "step": head["step"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def position_summary(drift: pd.DataFrame, directions_table: pd.DataFrame, *, step: str | int = "final") -> pd.DataFrame:
+def position_summary(
+    drift: pd.DataFrame, directions_table: pd.DataFrame, *, step: str | int = "final"
+) -> pd.DataFrame:
     """One row per (position, layer, method) of a multi-position drift table (see
     :mod:`revlens.drift.positions`): ``cos`` / ``cos_std`` over the ordinary runs at ``step``
     (``"final"``: each run's last step; an int: the closest step), ``above_iso_p99`` (share of
     those runs above the isotropic p99), ``n_runs``, and the direction's ``norm``, ``perm_p`` and
     ``stability`` from the directions table."""
     if "position" not in drift.columns:
-        raise ConfigError("the drift table has no 'position' column (one position rule was analysed)")
+        raise ConfigError(
+            "the drift table has no 'position' column (one position rule was analysed)"
+        )
     kind = drift["kind"] if "kind" in drift else np.where(drift["control"], "control", "run")
     runs = drift[kind == "run"]
     if runs.empty:
@@ -144,11 +169,22 @@ def position_summary(drift: pd.DataFrame, directions_table: pd.DataFrame, *, ste
     else:
         at = runs[runs["step"] == _closest(runs, int(step))]
     keys = ["position", "layer", "method", "base_method"]
-    out = at.groupby(keys, sort=True).agg(cos=("cos", "mean"), cos_std=("cos", "std"),
-                                          above_iso_p99=("significant", "mean"), n_runs=("run", "nunique"),
-                                          step=("step", "max")).reset_index()
+    out = (
+        at.groupby(keys, sort=True)
+        .agg(
+            cos=("cos", "mean"),
+            cos_std=("cos", "std"),
+            above_iso_p99=("significant", "mean"),
+            n_runs=("run", "nunique"),
+            step=("step", "max"),
+        )
+        .reset_index()
+    )
     extra = [c for c in ("norm", "perm_p", "stability") if c in directions_table.columns]
     if extra:
-        out = out.merge(directions_table[["position", "layer", "method", *extra]], on=["position", "layer", "method"],
-                        how="left")
+        out = out.merge(
+            directions_table[["position", "layer", "method", *extra]],
+            on=["position", "layer", "method"],
+            how="left",
+        )
     return out

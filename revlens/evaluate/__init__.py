@@ -13,4 +13,6 @@ __all__ = ["Evaluation", "evaluate"]
 
 from revlens._callable import make_callable
 
-make_callable(__name__, evaluate)  # revlens.evaluate(...) works whether it names the module or the function
+make_callable(
+    __name__, evaluate
+)  # revlens.evaluate(...) works whether it names the module or the function

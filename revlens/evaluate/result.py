@@ -30,8 +30,15 @@ class Evaluation(Result):
     FORMAT = "revlens-evaluation/1"
     META = "evaluation.json"
 
-    def __init__(self, *, table: pd.DataFrame, per_prompt: pd.DataFrame, responses: pd.DataFrame,
-                 config: dict[str, Any], provenance: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        *,
+        table: pd.DataFrame,
+        per_prompt: pd.DataFrame,
+        responses: pd.DataFrame,
+        config: dict[str, Any],
+        provenance: dict[str, Any],
+    ) -> None:
         self.table, self.per_prompt, self.responses = table, per_prompt, responses
         self.config, self.provenance = dict(config), dict(provenance)
 
@@ -55,17 +62,29 @@ class Evaluation(Result):
         left = pp[pp["metric"] == a].set_index(["checkpoint", "set", "index"])["value"]
         right = pp[pp["metric"] == b].set_index(["checkpoint", "set", "index"])["value"]
         if not left.index.equals(right.index):
-            raise ConfigError(f"metrics {a!r} and {b!r} were scored on different prompts; agreement needs the same")
+            raise ConfigError(
+                f"metrics {a!r} and {b!r} were scored on different prompts; agreement needs the same"
+            )
         same = ((left > threshold) == (right > threshold)).rename("agree").reset_index()
         out = same.groupby("checkpoint", sort=False)["agree"].agg(["mean", "size"]).reset_index()
         out = out.rename(columns={"mean": "agreement", "size": "n_prompts"})
-        total = pd.DataFrame([{"checkpoint": "all", "agreement": float(same["agree"].mean()), "n_prompts": len(same)}])
+        total = pd.DataFrame(
+            [
+                {
+                    "checkpoint": "all",
+                    "agreement": float(same["agree"].mean()),
+                    "n_prompts": len(same),
+                }
+            ]
+        )
         return pd.concat([out, total], ignore_index=True)
 
     def __repr__(self) -> str:
         sets = sorted({str(v.get("set")) for v in self.config.get("metrics", {}).values()})
-        return (f"Evaluation({len(self.table)} checkpoints, metrics {self.metrics}, prompt sets {sets}, "
-                f"{len(self.responses)} responses kept)")
+        return (
+            f"Evaluation({len(self.table)} checkpoints, metrics {self.metrics}, prompt sets {sets}, "
+            f"{len(self.responses)} responses kept)"
+        )
 
     # ------------------------------------------------------------------ figures
     def behaviour(self, **kw: Any) -> Any:
@@ -86,5 +105,10 @@ class Evaluation(Result):
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "Evaluation":
-        return cls(table=read_frame(d / "table.json"), per_prompt=read_frame(d / "per_prompt.json"),
-                   responses=read_frame(d / "responses.json"), config=meta["config"], provenance=meta["provenance"])
+        return cls(
+            table=read_frame(d / "table.json"),
+            per_prompt=read_frame(d / "per_prompt.json"),
+            responses=read_frame(d / "responses.json"),
+            config=meta["config"],
+            provenance=meta["provenance"],
+        )

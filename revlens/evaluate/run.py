@@ -11,18 +11,19 @@ the aligned model's next-token distribution on the same prompts (the harmless-si
 import copy
 import datetime
 from collections.abc import Mapping, Sequence
-from typing import Any, no_type_check
+from typing import Any, TypeAlias, no_type_check
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from revlens._config import as_int
+from revlens._types import Device
 from revlens._version import __version__
 from revlens.collect import resolve_probes
 from revlens.errors import HistoryError, MetricError, ProbeError, naming
 from revlens.evaluate.result import Evaluation
-from revlens.history import Checkpoint, History
+from revlens.history import Checkpoint, History, HistoryInput
 from revlens.history.spec import metrics_frame
 from revlens.metrics import (
     GenerationMetric,
@@ -34,10 +35,19 @@ from revlens.metrics import (
     metric_name,
     score_metric,
 )
-from revlens.metrics.model import is_model_metric
-from revlens.model import LensModel
-from revlens.probes import Probes, TokenizedProbes
+from revlens.metrics.model import MetricLike, is_model_metric
+from revlens.model import LensModel, ModelInput
+from revlens.probes import Probes, ProbesInput, TokenizedProbes
 from revlens.sites import access
+
+MetricSpec: TypeAlias = MetricLike | str | Mapping[str, Any]
+"""One metric: a metric object, a built-in name, or a spec mapping with ``name``."""
+
+EvalMetrics: TypeAlias = (
+    MetricLike | Sequence[MetricLike] | Mapping[str, MetricSpec | tuple[MetricSpec, str]]
+)
+"""What :func:`evaluate` scores: one metric, a list of them, or column name -> metric / spec, or
+-> ``(metric, probe set or label)``."""
 
 __all__ = ["evaluate"]
 
@@ -64,14 +74,16 @@ def _metric_list(hist: History, metrics: Any) -> list[tuple[str, Any, str | None
     if metrics is None:
         specs = hist.metadata.get("metrics_spec") or {}
         if not specs:
-            raise MetricError("no metrics given and the history declares none (metadata.metrics_spec); pass metrics=")
+            raise MetricError(
+                "no metrics given and the history declares none (metadata.metrics_spec); pass metrics="
+            )
         metrics = {name: metric_from_spec(spec, label=name) for name, spec in specs.items()}
     if not isinstance(metrics, Mapping):
         items = [metrics] if callable(metrics) or is_model_metric(metrics) else list(metrics)
         metrics = {metric_name(m): m for m in items}
     out = []
     for name, value in metrics.items():
-        metric, where = (value if isinstance(value, tuple) and len(value) == 2 else (value, None))
+        metric, where = value if isinstance(value, tuple) and len(value) == 2 else (value, None)
         if isinstance(metric, (str, Mapping)):
             metric = metric_from_spec(metric, label=str(name))
         out.append((str(name), metric, None if where is None else str(where)))
@@ -90,9 +102,13 @@ def _assign(sets: dict[str, _Set], metrics: list[tuple[str, Any, str | None]]) -
         elif where in sets:
             targets = [sets[where]]
         else:
-            holders = [s for s in list(sets.values()) if s.probes.labels and where in s.probes.labels]
+            holders = [
+                s for s in list(sets.values()) if s.probes.labels and where in s.probes.labels
+            ]
             if not holders:
-                raise ProbeError(f"metric {name!r}: {where!r} is neither a prompt set ({list(sets)}) nor a label of one")
+                raise ProbeError(
+                    f"metric {name!r}: {where!r} is neither a prompt set ({list(sets)}) nor a label of one"
+                )
             key = where if len(holders) == 1 else f"{holders[0].name}:{where}"
             sets.setdefault(key, _Set(key, holders[0].probes.where(where)))
             targets = [sets[key]]
@@ -109,11 +125,15 @@ def _select(hist: History, checkpoints: Any) -> list[Checkpoint]:
     known = {c.name for c in hist}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise HistoryError(f"checkpoint(s) {unknown} are not in the history; checkpoints: {sorted(known)}")
+        raise HistoryError(
+            f"checkpoint(s) {unknown} are not in the history; checkpoints: {sorted(known)}"
+        )
     return [c for c in hist if c.name in names]
 
 
-def _score_batch(lm: LensModel, s: _Set, batch: Any) -> tuple[dict[str, torch.Tensor], list[tuple[int, Any]]]:
+def _score_batch(
+    lm: LensModel, s: _Set, batch: Any
+) -> tuple[dict[str, torch.Tensor], list[tuple[int, Any]]]:
     """Every metric of set ``s`` on one batch: values per column, and the generations made."""
     out: dict[str, torch.Tensor] = {}
     logits = None
@@ -123,7 +143,9 @@ def _score_batch(lm: LensModel, s: _Set, batch: Any) -> tuple[dict[str, torch.Te
             key = metric.generation_key
             if key not in generations:
                 generations[key] = metric.generate(lm, batch)
-            out[column] = check_metric_output(metric.from_generation(batch, generations[key]), len(batch), metric)
+            out[column] = check_metric_output(
+                metric.from_generation(batch, generations[key]), len(batch), metric
+            )
         elif is_model_metric(metric):
             out[column] = score_metric(metric, lm, batch)
         else:
@@ -136,30 +158,49 @@ def _score_batch(lm: LensModel, s: _Set, batch: Any) -> tuple[dict[str, torch.Te
 
 def _kl_references(lm: LensModel, hist: History, sets: dict[str, _Set], batch_size: int) -> None:
     """Fill ``kl_to()`` metrics without a reference with the aligned model's last-token logits."""
-    needy = [(s, m) for s in sets.values() for _, m in s.jobs if isinstance(m, KLTo) and m.needs_reference]
+    needy = [
+        (s, m)
+        for s in sets.values()
+        for _, m in s.jobs
+        if isinstance(m, KLTo) and m.needs_reference
+    ]
     if not needy:
         return
     with naming(f"checkpoint {hist.aligned.name}", "computing the kl_to reference on"):
         _kl_rows(lm, hist, sets, batch_size, needy)
 
 
-def _kl_rows(lm: LensModel, hist: History, sets: dict[str, _Set], batch_size: int, needy: list) -> None:
+def _kl_rows(
+    lm: LensModel, hist: History, sets: dict[str, _Set], batch_size: int, needy: list
+) -> None:
     lm.load(hist.aligned)
     for s in {id(s): s for s, _ in needy}.values():
         rows = []
         with torch.no_grad():
             for batch in s.tokenized.batches(batch_size):  # type: ignore[union-attr]
                 logits = access(lm).forward(batch.tokens)
-                rows.append(logits[torch.arange(len(batch)), batch.last_index.to(logits.device)].float().cpu())
+                rows.append(
+                    logits[torch.arange(len(batch)), batch.last_index.to(logits.device)]
+                    .float()
+                    .cpu()
+                )
         for t, m in needy:
             if t is s:
                 m.set_reference(torch.cat(rows))
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def evaluate(history: Any, prompts: Any = None, metrics: Any = None, *, model: Any = None,
-             checkpoints: Sequence[str] | None = None, batch_size: int = 32, device: Any = None,
-             progress: bool = True) -> Evaluation:
+def evaluate(
+    history: HistoryInput,
+    prompts: ProbesInput | Mapping[str, ProbesInput] | None = None,
+    metrics: EvalMetrics | None = None,
+    *,
+    model: ModelInput | None = None,
+    checkpoints: Sequence[str] | None = None,
+    batch_size: int = 32,
+    device: Device | None = None,
+    progress: bool = True,
+) -> Evaluation:
     """Score behaviour metrics on every checkpoint of a history.
 
     Args:
@@ -204,8 +245,14 @@ def evaluate(history: Any, prompts: Any = None, metrics: Any = None, *, model: A
     return _result(hist, lm, sets, records, per_prompt, responses)
 
 
-def _score_checkpoint(lm: LensModel, ck: Checkpoint, sets: dict[str, _Set], batch_size: int, per_prompt: list,
-                      responses: list) -> dict[str, Any]:
+def _score_checkpoint(
+    lm: LensModel,
+    ck: Checkpoint,
+    sets: dict[str, _Set],
+    batch_size: int,
+    per_prompt: list,
+    responses: list,
+) -> dict[str, Any]:
     """One checkpoint's record (its per-prompt values and responses appended to the lists)."""
     lm.load(ck)
     record: dict[str, Any] = {"checkpoint": ck.name}
@@ -216,27 +263,68 @@ def _score_checkpoint(lm: LensModel, ck: Checkpoint, sets: dict[str, _Set], batc
             texts = batch.texts or [""] * len(batch)
             for column, v in values.items():
                 sums[column] = sums.get(column, 0.0) + float(v.sum())
-                per_prompt += [{"checkpoint": ck.name, "metric": column, "set": s.name, "index": int(i),
-                                "prompt": t, "value": float(x)} for i, t, x in zip(batch.indices, texts, v)]
+                per_prompt += [
+                    {
+                        "checkpoint": ck.name,
+                        "metric": column,
+                        "set": s.name,
+                        "index": int(i),
+                        "prompt": t,
+                        "value": float(x),
+                    }
+                    for i, t, x in zip(batch.indices, texts, v)
+                ]
             for n_new, g in gens:
-                responses += [{"checkpoint": ck.name, "set": s.name, "index": int(i), "prompt": t,
-                               "max_new_tokens": int(n_new), "response": r}
-                              for i, t, r in zip(batch.indices, texts, g.texts)]
+                responses += [
+                    {
+                        "checkpoint": ck.name,
+                        "set": s.name,
+                        "index": int(i),
+                        "prompt": t,
+                        "max_new_tokens": int(n_new),
+                        "response": r,
+                    }
+                    for i, t, r in zip(batch.indices, texts, g.texts)
+                ]
         record.update({c: total / len(s.tokenized) for c, total in sums.items()})
     return record
 
 
-def _result(hist: History, lm: LensModel, sets: dict[str, _Set], records: list, per_prompt: list,
-            responses: list) -> Evaluation:
-    columns = {c: {"metric": metric_name(m), "set": s.name, "repr": repr(m)} for s in sets.values() for c, m in s.jobs}
-    templates = {s.name: s.tokenized.template for s in sets.values() if s.tokenized.template is not None}
-    provenance = {"revlens_version": __version__, "model": lm.source, "history": hist.metadata.get("spec"),
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "chat_template": next(iter(templates.values()), None), "chat_templates": templates,
-                  "n_prompts": {s.name: len(s.tokenized) for s in sets.values()},
-                  "datasets": {s.name: s.tokenized.datasets for s in sets.values() if s.tokenized.datasets}}
+def _result(
+    hist: History,
+    lm: LensModel,
+    sets: dict[str, _Set],
+    records: list,
+    per_prompt: list,
+    responses: list,
+) -> Evaluation:
+    columns = {
+        c: {"metric": metric_name(m), "set": s.name, "repr": repr(m)}
+        for s in sets.values()
+        for c, m in s.jobs
+    }
+    templates = {
+        s.name: s.tokenized.template for s in sets.values() if s.tokenized.template is not None
+    }
+    provenance = {
+        "revlens_version": __version__,
+        "model": lm.source,
+        "history": hist.metadata.get("spec"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "chat_template": next(iter(templates.values()), None),
+        "chat_templates": templates,
+        "n_prompts": {s.name: len(s.tokenized) for s in sets.values()},
+        "datasets": {s.name: s.tokenized.datasets for s in sets.values() if s.tokenized.datasets},
+    }
     return Evaluation(
         table=metrics_frame(hist, records),
-        per_prompt=pd.DataFrame(per_prompt, columns=["checkpoint", "metric", "set", "index", "prompt", "value"]),
-        responses=pd.DataFrame(responses, columns=["checkpoint", "set", "index", "prompt", "max_new_tokens", "response"]),
-        config={"metrics": columns, "sets": list(sets)}, provenance=provenance)
+        per_prompt=pd.DataFrame(
+            per_prompt, columns=["checkpoint", "metric", "set", "index", "prompt", "value"]
+        ),
+        responses=pd.DataFrame(
+            responses,
+            columns=["checkpoint", "set", "index", "prompt", "max_new_tokens", "response"],
+        ),
+        config={"metrics": columns, "sets": list(sets)},
+        provenance=provenance,
+    )

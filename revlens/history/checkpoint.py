@@ -17,18 +17,30 @@ is what cache keys and :meth:`revlens.LensModel.load` use.
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, HistoryError
+from revlens.loading.gguf import GGUFFile
 from revlens.model import WEIGHT_SUFFIXES, load_state_dict
 
-__all__ = ["Checkpoint", "CheckpointKind", "HubRef", "Role", "check_source", "file_digest", "tensor_digest"]
+__all__ = [
+    "BaseInput",
+    "Checkpoint",
+    "CheckpointKind",
+    "CheckpointSource",
+    "HubRef",
+    "Role",
+    "check_source",
+    "file_digest",
+    "tensor_digest",
+]
 
 Role = Literal["base", "aligned", "run"]
 CheckpointKind = Literal["full", "adapter"]
@@ -52,7 +64,9 @@ class HubRef:
         if local.is_dir():
             path = local / self.revision
             if not path.is_dir():
-                raise CheckpointError(f"local hub mirror {local} has no revision dir {self.revision!r}")
+                raise CheckpointError(
+                    f"local hub mirror {local} has no revision dir {self.revision!r}"
+                )
             return path
         try:
             from huggingface_hub import snapshot_download
@@ -66,7 +80,9 @@ class HubRef:
                 )
             )
         except Exception as exc:  # network, auth, missing revision: say which
-            raise CheckpointError(f"cannot fetch {self.repo_id}@{self.revision} from the hub: {exc}") from exc
+            raise CheckpointError(
+                f"cannot fetch {self.repo_id}@{self.revision} from the hub: {exc}"
+            ) from exc
 
 
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
@@ -103,6 +119,16 @@ def tensor_digest(sd: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+CheckpointSource: TypeAlias = PathLike | Mapping[str, object] | torch.nn.Module | HubRef | GGUFFile
+"""Where a checkpoint's weights are: a folder or weights file, an in-memory state dict or module,
+a GGUF file (:class:`~revlens.loading.GGUFFile`) or a :class:`HubRef`."""
+
+BaseInput: TypeAlias = (
+    CheckpointSource | Sequence[CheckpointSource] | Mapping[str, CheckpointSource]
+)
+"""The base checkpoint(s) of a history: one source, a list of them, or a mapping name -> source."""
+
+
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     """One checkpoint of a history.
@@ -119,7 +145,7 @@ class Checkpoint:
 
     name: str
     role: Role
-    source: Any
+    source: CheckpointSource
     run: str | None = None
     step: int | None = None
     start: "Checkpoint | None" = None
@@ -168,8 +194,10 @@ class Checkpoint:
     def state_dict(self) -> dict[str, Tensor]:
         """The checkpoint's weights (Hugging Face parameter names; a full checkpoint only)."""
         if self.kind == "adapter":
-            raise CheckpointError(f"checkpoint {self.name} is an adapter: load it into a model "
-                                  "(LensModel.load) to get its merged weights")
+            raise CheckpointError(
+                f"checkpoint {self.name} is an adapter: load it into a model "
+                "(LensModel.load) to get its merged weights"
+            )
         path = self.local_path()
         try:
             return load_state_dict(path if path is not None else self.source)
@@ -204,7 +232,9 @@ class Checkpoint:
         path = path if path is not None else self.local_path()
         out: dict[str, Any] = {}
         if path is not None and (g := gguf_record(path)) is not None:
-            out["gguf"] = {k: g.get(k) for k in ("file_name", "sha256", "architecture", "quant_types", "dtype")}
+            out["gguf"] = {
+                k: g.get(k) for k in ("file_name", "sha256", "architecture", "quant_types", "dtype")
+            }
         if path is not None and (p := package_record(path)) is not None:
             out["package"] = p
         return out
@@ -226,8 +256,10 @@ class Checkpoint:
             HistoryError: no start, or a start that is itself an adapter.
         """
         if self.start is None:
-            raise HistoryError(f"checkpoint {self.name} is a PEFT adapter but has no start model in the "
-                               "history (adapters are applied on their run's start checkpoint)")
+            raise HistoryError(
+                f"checkpoint {self.name} is a PEFT adapter but has no start model in the "
+                "history (adapters are applied on their run's start checkpoint)"
+            )
         if self.start.kind != "full":
             raise HistoryError(
                 f"checkpoint {self.name} is an adapter on {self.start.name}, which is itself an adapter: "
@@ -240,8 +272,12 @@ class Checkpoint:
         from revlens.loading import Ref
 
         path = self.local_path()
-        return Ref(path if path is not None else self.source, name=self.name, fingerprint=self.fingerprint(),
-                   kind=self.kind)
+        return Ref(
+            path if path is not None else self.source,
+            name=self.name,
+            fingerprint=self.fingerprint(),
+            kind=self.kind,
+        )
 
     def start_ref(self) -> Any:
         """For an adapter, the :class:`~revlens.loading.Ref` of its start model; else ``None``."""
@@ -270,27 +306,42 @@ class Checkpoint:
         return sig
 
     def __repr__(self) -> str:
-        src = self.source if isinstance(self.source, (str, os.PathLike, HubRef)) else type(self.source).__name__
+        src = (
+            self.source
+            if isinstance(self.source, (str, os.PathLike, HubRef))
+            else type(self.source).__name__
+        )
         kind = ""
-        if not isinstance(self.source, HubRef) and self.__dict__.get("_classified") is not None and self.kind == "adapter":
+        if (
+            not isinstance(self.source, HubRef)
+            and self.__dict__.get("_classified") is not None
+            and self.kind == "adapter"
+        ):
             kind = f", adapter on {self.start.name if self.start is not None else '?'}"
-        return f"Checkpoint({self.name!r}, role={self.role!r}, step={self.step}, source={src!s}{kind})"
+        return (
+            f"Checkpoint({self.name!r}, role={self.role!r}, step={self.step}, source={src!s}{kind})"
+        )
 
 
-def check_source(src: Any, what: str) -> Any:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def check_source(src: CheckpointSource, what: str) -> CheckpointSource:
     """Validate a checkpoint source up front (existence, weights or an adapter present, a
     regular file), reading no weights."""
     if isinstance(src, (Mapping, torch.nn.Module, HubRef)):
         return src
     from revlens.loading.gguf import gguf_dir, is_gguf
 
-    if is_gguf(src):  # a GGUF file: checked, then dequantized once into its cached save_pretrained dir
+    if is_gguf(
+        src
+    ):  # a GGUF file: checked, then dequantized once into its cached save_pretrained dir
         try:
             return gguf_dir(src)
         except CheckpointError as exc:
             raise type(exc)(f"{what}: {exc}") from None
     if not isinstance(src, (str, os.PathLike)):
-        raise CheckpointError(f"{what}: {type(src).__name__} is not a path, state dict, module or hub ref")
+        raise CheckpointError(
+            f"{what}: {type(src).__name__} is not a path, state dict, module or hub ref"
+        )
     path = Path(src)
     if not path.exists():
         raise CheckpointError(f"{what}: {path} does not exist")
@@ -300,15 +351,19 @@ def check_source(src: Any, what: str) -> Any:
         try:
             info = classify(path)
         except CheckpointError as exc:
-            if "adapter config" in str(exc):  # a malformed adapter_config.json: say what is wrong with it
+            if "adapter config" in str(
+                exc
+            ):  # a malformed adapter_config.json: say what is wrong with it
                 raise CheckpointError(f"{what}: {exc}") from None
             raise CheckpointError(
                 f"{what}: dir {path} holds no weights (model.safetensors / pytorch_model.bin, or a PEFT "
                 "adapter: adapter_config.json + adapter_model.safetensors)"
             ) from None
         if info.kind == "trainer_run":
-            raise CheckpointError(f"{what}: {path} is a Trainer output dir (checkpoint-N folders "
-                                  f"{list(info.steps)}), not one checkpoint; pass it as a run (from_trainer_output)")
+            raise CheckpointError(
+                f"{what}: {path} is a Trainer output dir (checkpoint-N folders "
+                f"{list(info.steps)}), not one checkpoint; pass it as a run (from_trainer_output)"
+            )
     elif not path.is_file() or path.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(
             f"{what}: {path} is not a weights file (expected a regular {' / '.join(WEIGHT_SUFFIXES)} file)"

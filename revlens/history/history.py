@@ -17,17 +17,23 @@ Example:
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
+import pandas as pd
 import torch
 
+from revlens._types import Device, PathLike, TokenizerInput
 from revlens.errors import CheckpointError, HistoryError, ShapeMismatchError
-from revlens.history.checkpoint import Checkpoint, HubRef
+from revlens.history.checkpoint import BaseInput, Checkpoint, CheckpointSource, HubRef
 
-__all__ = ["History", "Run"]
+__all__ = ["History", "MetricsInput", "Run"]
+
+MetricsInput: TypeAlias = pd.DataFrame | PathLike | Sequence[Mapping[str, Any]]
+"""A history's metrics table: a DataFrame, a list of records, or a ``.json`` / ``.csv`` file; each
+row names its ``checkpoint``."""
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
@@ -85,13 +91,15 @@ class History:
         base: list[Checkpoint],
         aligned: Checkpoint,
         runs: Mapping[str, Run],
-        architecture: Any = None,
-        tokenizer: Any = None,
+        architecture: PathLike | None = None,
+        tokenizer: TokenizerInput | None = None,
         metadata: Mapping[str, Any] | None = None,
-        metrics: Any = None,
+        metrics: MetricsInput | None = None,
     ) -> None:
         if not base:
-            raise HistoryError("a history needs at least one base checkpoint (the pre-alignment witness)")
+            raise HistoryError(
+                "a history needs at least one base checkpoint (the pre-alignment witness)"
+            )
         if aligned is None:
             raise HistoryError("a history needs an aligned checkpoint (fine-tuning step 0)")
         self.base = list(base)
@@ -107,50 +115,98 @@ class History:
         valid_starts = {c.name for c in [*self.base, self.aligned]}
         for run in self.runs.values():
             if run.start not in valid_starts:
-                raise HistoryError(f"run {run.name!r} starts from {run.start!r}; expected one of {sorted(valid_starts)}")
+                raise HistoryError(
+                    f"run {run.name!r} starts from {run.start!r}; expected one of {sorted(valid_starts)}"
+                )
         self._validate_signatures()
         self.metrics = self._check_metrics(metrics)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_dirs(cls, *, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                  controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> "History":
+    def from_dirs(
+        cls,
+        *,
+        base: BaseInput,
+        aligned: CheckpointSource,
+        runs: Mapping[str, Mapping[Any, Any]] | None = None,
+        controls: Mapping[str, Mapping[Any, Any]] | None = None,
+        tokenizer: TokenizerInput | None = None,
+    ) -> "History":
         """From ``save_pretrained`` dirs (see :func:`revlens.history.loaders.from_dirs`)."""
         from revlens.history import loaders
 
-        return loaders.from_dirs(base=base, aligned=aligned, runs=runs, controls=controls, tokenizer=tokenizer)
+        return loaders.from_dirs(
+            base=base, aligned=aligned, runs=runs, controls=controls, tokenizer=tokenizer
+        )
 
     @classmethod
-    def from_trainer_output(cls, *, base: Any, aligned: Any, runs: Mapping[str, Any],
-                            controls: Mapping[str, Any] | None = None, tokenizer: Any = None) -> "History":
+    def from_trainer_output(
+        cls,
+        *,
+        base: BaseInput,
+        aligned: CheckpointSource,
+        runs: Mapping[str, Any],
+        controls: Mapping[str, Any] | None = None,
+        tokenizer: TokenizerInput | None = None,
+    ) -> "History":
         """From Hugging Face ``Trainer`` output dirs: every ``checkpoint-N`` folder is step N."""
         from revlens.history import loaders
 
-        return loaders.from_trainer_output(base=base, aligned=aligned, runs=runs, controls=controls,
-                                           tokenizer=tokenizer)
+        return loaders.from_trainer_output(
+            base=base, aligned=aligned, runs=runs, controls=controls, tokenizer=tokenizer
+        )
 
     @classmethod
-    def from_state_dicts(cls, architecture_dir: Any, *, base: Any, aligned: Any,
-                         runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                         controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> "History":
+    def from_state_dicts(
+        cls,
+        architecture_dir: PathLike,
+        *,
+        base: BaseInput,
+        aligned: CheckpointSource,
+        runs: Mapping[str, Mapping[Any, Any]] | None = None,
+        controls: Mapping[str, Mapping[Any, Any]] | None = None,
+        tokenizer: TokenizerInput | None = None,
+    ) -> "History":
         """From weight files or in-memory state dicts on the architecture of ``architecture_dir``."""
         from revlens.history import loaders
 
-        return loaders.from_state_dicts(architecture_dir, base=base, aligned=aligned, runs=runs,
-                                        controls=controls, tokenizer=tokenizer)
+        return loaders.from_state_dicts(
+            architecture_dir,
+            base=base,
+            aligned=aligned,
+            runs=runs,
+            controls=controls,
+            tokenizer=tokenizer,
+        )
 
     @classmethod
-    def from_hub(cls, repo_id: str, *, base_revision: Any, aligned_revision: str,
-                 runs: Mapping[str, Mapping[Any, str]] | None = None, aligned_repo: str | None = None,
-                 cache_dir: str | None = None) -> "History":
+    def from_hub(
+        cls,
+        repo_id: str,
+        *,
+        base_revision: str | Sequence[str],
+        aligned_revision: str,
+        runs: Mapping[str, Mapping[Any, str]] | None = None,
+        aligned_repo: str | None = None,
+        cache_dir: str | None = None,
+    ) -> "History":
         """From hub revisions, e.g. Pythia's ``stepN`` branches (see :mod:`revlens.history.loaders`)."""
         from revlens.history import loaders
 
-        return loaders.from_hub(repo_id, base_revision=base_revision, aligned_revision=aligned_revision,
-                                runs=runs, aligned_repo=aligned_repo, cache_dir=cache_dir)
+        return loaders.from_hub(
+            repo_id,
+            base_revision=base_revision,
+            aligned_revision=aligned_revision,
+            runs=runs,
+            aligned_repo=aligned_repo,
+            cache_dir=cache_dir,
+        )
 
     @classmethod
-    def load(cls, spec: Any, *, name: str | None = None) -> "History":
+    @no_type_check  # validates its own argument (typed errors), also under the test type-checker
+    def load(
+        cls, spec: "History | PathLike | Mapping[str, Any]", *, name: str | None = None
+    ) -> "History":
         """Whatever a loader accepts: a ``History``; a ``history.json`` file or a dir holding one
         (e.g. a lab dir); a set of histories (``histories.json``; ``name`` picks one, default the
         first); a dir with ``base/``, ``aligned/`` and run sub-dirs of ``step-N`` /
@@ -161,11 +217,15 @@ class History:
         return loaders.load(spec, name=name)
 
     @classmethod
-    def from_lab(cls, directory: Any, *, pair: str | None = None) -> "History":
+    def from_lab(cls, directory: PathLike, *, pair: str | None = None) -> "History":
         """Deprecated alias of :meth:`load` (a lab dir holds a ``history.json``)."""
         import warnings
 
-        warnings.warn("History.from_lab is deprecated; use History.load(dir)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "History.from_lab is deprecated; use History.load(dir)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return cls.load(directory, name=pair)
 
     # ------------------------------------------------------------------ access
@@ -188,19 +248,33 @@ class History:
         """run name -> kind (``"run"``, ``"control"``, ``"blocked"``...)."""
         return {r.name: r.kind for r in self.runs.values()}
 
-    def restricted(self, runs: Any = ()) -> "History":
+    def restricted(self, runs: Iterable[str] = ()) -> "History":
         """The same history with only the named runs (by default none: base and aligned only)."""
         keep = {n: r for n, r in self.runs.items() if n in set(runs)}
-        return History(base=self.base, aligned=self.aligned, runs=keep, architecture=self.architecture,
-                       tokenizer=self._tokenizer, metadata=self.metadata, metrics=None)
+        return History(
+            base=self.base,
+            aligned=self.aligned,
+            runs=keep,
+            architecture=self.architecture,
+            tokenizer=self._tokenizer,
+            metadata=self.metadata,
+            metrics=None,
+        )
 
     def __repr__(self) -> str:
-        parts = [f"base ×{len(self.base)}", "aligned" + (" (adapter)" if self._is_adapter(self.aligned) else "")]
+        parts = [
+            f"base ×{len(self.base)}",
+            "aligned" + (" (adapter)" if self._is_adapter(self.aligned) else ""),
+        ]
         for run in self.runs.values():
             steps = list(run.steps)
             shown = f"{steps}" if len(steps) <= 5 else f"[{steps[0]}..{steps[-1]}] ×{len(steps)}"
             adapters = sum(self._is_adapter(c) for c in run.steps.values())
-            tag = "" if not adapters else (" (adapters)" if adapters == len(steps) else f" ({adapters} adapters)")
+            tag = (
+                ""
+                if not adapters
+                else (" (adapters)" if adapters == len(steps) else f" ({adapters} adapters)")
+            )
             parts.append(f"{'' if run.kind == 'run' else run.kind + ' '}{run.name} {shown}{tag}")
         return f"History({len(self)} checkpoints: {', '.join(parts)})"
 
@@ -216,7 +290,9 @@ class History:
             p = self.aligned.local_path()
             arch = p if p is not None and p.is_dir() else None
         if arch is None or not (Path(arch) / "config.json").is_file():
-            raise CheckpointError("no architecture dir (config.json) in this history; use from_state_dicts")
+            raise CheckpointError(
+                "no architecture dir (config.json) in this history; use from_state_dicts"
+            )
         return Path(arch)
 
     def config_fingerprint(self) -> str:
@@ -233,9 +309,17 @@ class History:
         from transformers import AutoTokenizer
 
         candidates = [self._tokenizer] if self._tokenizer is not None else []
-        candidates += [self.architecture, self.aligned.local_path(), *(b.local_path() for b in self.base)]
+        candidates += [
+            self.architecture,
+            self.aligned.local_path(),
+            *(b.local_path() for b in self.base),
+        ]
         for cand in candidates:
-            if cand is not None and Path(cand).is_dir() and any((Path(cand) / f).is_file() for f in _TOKENIZER_FILES):
+            if (
+                cand is not None
+                and Path(cand).is_dir()
+                and any((Path(cand) / f).is_file() for f in _TOKENIZER_FILES)
+            ):
                 try:
                     self._tokenizer = AutoTokenizer.from_pretrained(str(cand))
                 except (OSError, ValueError) as exc:
@@ -243,15 +327,29 @@ class History:
                 return self._tokenizer
         raise CheckpointError("no tokenizer found in the history's dirs; pass tokenizer=...")
 
-    def boot(self, *, device: Any = None, dtype: torch.dtype = torch.float32, low_memory: bool = True) -> Any:
+    def boot(
+        self,
+        *,
+        device: Device | None = None,
+        dtype: torch.dtype = torch.float32,
+        low_memory: bool = True,
+    ) -> Any:
         """Boot one ``TransformerBridge`` on this history's architecture with the aligned weights
         streamed in (see :meth:`revlens.LensModel.boot`; an adapter aligned is applied on its base)."""
         from revlens.model import LensModel, config_fingerprint
 
-        config_fingerprint(self.architecture_dir())  # a broken config.json is named before anything reads it
+        config_fingerprint(
+            self.architecture_dir()
+        )  # a broken config.json is named before anything reads it
         first = self.aligned if self.aligned.kind == "full" else self.aligned.require_start()
-        lm = LensModel.boot(self.architecture_dir(), device=device, dtype=dtype, tokenizer=self.tokenizer(),
-                            weights=first.ref(), low_memory=low_memory)
+        lm = LensModel.boot(
+            self.architecture_dir(),
+            device=device,
+            dtype=dtype,
+            tokenizer=self.tokenizer(),
+            weights=first.ref(),
+            low_memory=low_memory,
+        )
         lm.load(self.aligned)
         return lm
 

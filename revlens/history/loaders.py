@@ -12,17 +12,31 @@ weights (:func:`revlens.loading.classify`).
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 from torch import Tensor
 
+from revlens._types import PathLike, TokenizerInput
 from revlens.errors import CheckpointError, HistoryError
-from revlens.history.checkpoint import Checkpoint, HubRef, check_source
+from revlens.history.checkpoint import (
+    BaseInput,
+    Checkpoint,
+    CheckpointSource,
+    HubRef,
+    check_source,
+)
 from revlens.history.history import History, Run
 
-__all__ = ["from_dirs", "from_hub", "from_layout", "from_state_dicts", "from_trainer_output", "load"]
+__all__ = [
+    "from_dirs",
+    "from_hub",
+    "from_layout",
+    "from_state_dicts",
+    "from_trainer_output",
+    "load",
+]
 
 _STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
 _TRAINER_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -36,7 +50,9 @@ def _as_step(key: Any, run: str) -> int:
     if isinstance(key, bool) or (isinstance(key, float) and key != step):
         raise HistoryError(f"run {run!r}: step {key!r} is not an integer")
     if step < 1:
-        raise HistoryError(f"run {run!r}: step {step} must be >= 1 (step 0 is the aligned checkpoint)")
+        raise HistoryError(
+            f"run {run!r}: step {step} must be >= 1 (step 0 is the aligned checkpoint)"
+        )
     return step
 
 
@@ -56,8 +72,15 @@ def _bases(base: Any, wrap: Any) -> list[Checkpoint]:
     return [Checkpoint(str(n), "base", wrap(s, f"base {n}")) for n, s in items]
 
 
-def _run(name: str, steps: Any, start: str, kind: str, wrap: Any, info: Mapping[str, Any] | None = None,
-         starts: Mapping[str, Checkpoint] | None = None) -> Run:
+def _run(
+    name: str,
+    steps: Any,
+    start: str,
+    kind: str,
+    wrap: Any,
+    info: Mapping[str, Any] | None = None,
+    starts: Mapping[str, Checkpoint] | None = None,
+) -> Run:
     if not isinstance(steps, Mapping) or not steps:
         raise HistoryError(f"run {name!r} has no steps; expected a mapping step -> checkpoint")
     if starts is not None and start not in starts:
@@ -68,8 +91,14 @@ def _run(name: str, steps: Any, start: str, kind: str, wrap: Any, info: Mapping[
         step = _as_step(key, name)
         if step in parsed:
             raise HistoryError(f"run {name!r}: step {step} appears twice")
-        parsed[step] = Checkpoint(f"{name}/step-{step}", "run", wrap(src, f"run {name} step {step}"), run=name,
-                                  step=step, start=start_ck)
+        parsed[step] = Checkpoint(
+            f"{name}/step-{step}",
+            "run",
+            wrap(src, f"run {name} step {step}"),
+            run=name,
+            step=step,
+            start=start_ck,
+        )
     return Run(name, dict(sorted(parsed.items())), start=start, kind=kind, info=dict(info or {}))
 
 
@@ -95,11 +124,21 @@ def build(
     starts = {c.name: c for c in [*bases, aligned_ck]}
     run_objs: dict[str, Run] = {}
     groups = [(runs or {}, "aligned", "run"), (controls or {}, bases[0].name, "control")]
-    specs = [(str(n), s, start, kind, None) for group, start, kind in groups for n, s in group.items()]
+    specs = [
+        (str(n), s, start, kind, None) for group, start, kind in groups for n, s in group.items()
+    ]
     for n, spec in (extra_runs or {}).items():
         if not isinstance(spec, Mapping) or "steps" not in spec:
             raise HistoryError(f"run {n!r}: expected {{'steps': {{step: path}}, 'start', 'kind'}}")
-        specs.append((str(n), spec["steps"], spec.get("start", "aligned"), spec.get("kind", "run"), spec.get("info")))
+        specs.append(
+            (
+                str(n),
+                spec["steps"],
+                spec.get("start", "aligned"),
+                spec.get("kind", "run"),
+                spec.get("info"),
+            )
+        )
     for n, steps, start, kind, info in specs:
         if n in run_objs:
             raise HistoryError(f"run name {n!r} is used twice")
@@ -111,8 +150,15 @@ def build(
             if p is not None and p.is_dir() and (p / "config.json").is_file() and _is_model_dir(p):
                 arch = p
                 break
-    return History(base=bases, aligned=aligned_ck, runs=run_objs, architecture=arch, tokenizer=tokenizer,
-                   metadata=metadata, metrics=metrics)
+    return History(
+        base=bases,
+        aligned=aligned_ck,
+        runs=run_objs,
+        architecture=arch,
+        tokenizer=tokenizer,
+        metadata=metadata,
+        metrics=metrics,
+    )
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -122,8 +168,15 @@ def _is_model_dir(path: Path) -> bool:
     return classify(path).kind == "full"
 
 
-def from_dirs(*, base: Any, aligned: Any, runs: Mapping[str, Mapping[Any, Any]] | None = None,
-              controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> History:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def from_dirs(
+    *,
+    base: BaseInput,
+    aligned: CheckpointSource,
+    runs: Mapping[str, Mapping[Any, Any]] | None = None,
+    controls: Mapping[str, Mapping[Any, Any]] | None = None,
+    tokenizer: TokenizerInput | None = None,
+) -> History:
     """From ``save_pretrained`` dirs.
 
     Args:
@@ -142,23 +195,41 @@ def trainer_steps(directory: Any, run: str) -> dict[int, Path]:
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"run {run!r}: Trainer output dir {path} does not exist")
-    found = {int(m.group(1)): c for c in path.iterdir() if (m := _TRAINER_DIR.match(c.name)) and c.is_dir()}
+    found = {
+        int(m.group(1)): c
+        for c in path.iterdir()
+        if (m := _TRAINER_DIR.match(c.name)) and c.is_dir()
+    }
     if not found:
         raise CheckpointError(f"run {run!r}: no checkpoint-N folders in {path}")
     return dict(sorted(found.items()))
 
 
-def from_trainer_output(*, base: Any, aligned: Any, runs: Mapping[str, Any],
-                        controls: Mapping[str, Any] | None = None, tokenizer: Any = None) -> History:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def from_trainer_output(
+    *,
+    base: BaseInput,
+    aligned: CheckpointSource,
+    runs: Mapping[str, Any],
+    controls: Mapping[str, Any] | None = None,
+    tokenizer: TokenizerInput | None = None,
+) -> History:
     """From Hugging Face ``Trainer`` output dirs: every ``checkpoint-N`` folder is step N."""
     as_steps = {name: trainer_steps(d, name) for name, d in runs.items()}
     ctl = {name: trainer_steps(d, name) for name, d in (controls or {}).items()}
     return build(base, aligned, as_steps, ctl, tokenizer=tokenizer)
 
 
-def from_state_dicts(architecture_dir: Any, *, base: Any, aligned: Any,
-                     runs: Mapping[str, Mapping[Any, Any]] | None = None,
-                     controls: Mapping[str, Mapping[Any, Any]] | None = None, tokenizer: Any = None) -> History:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def from_state_dicts(
+    architecture_dir: PathLike,
+    *,
+    base: BaseInput,
+    aligned: CheckpointSource,
+    runs: Mapping[str, Mapping[Any, Any]] | None = None,
+    controls: Mapping[str, Mapping[Any, Any]] | None = None,
+    tokenizer: TokenizerInput | None = None,
+) -> History:
     """From weight files (``.safetensors``, ``.pt``/``.bin`` read with ``weights_only=True``) or
     in-memory state dicts / modules, on the architecture of ``architecture_dir`` (a
     ``save_pretrained`` dir with config + tokenizer)."""
@@ -168,9 +239,15 @@ def from_state_dicts(architecture_dir: Any, *, base: Any, aligned: Any,
     return build(base, aligned, runs, controls, architecture=arch, tokenizer=tokenizer)
 
 
-def from_hub(repo_id: str, *, base_revision: Any, aligned_revision: str,
-             runs: Mapping[str, Mapping[Any, str]] | None = None, aligned_repo: str | None = None,
-             cache_dir: str | None = None) -> History:
+def from_hub(
+    repo_id: str,
+    *,
+    base_revision: str | Sequence[str],
+    aligned_revision: str,
+    runs: Mapping[str, Mapping[Any, str]] | None = None,
+    aligned_repo: str | None = None,
+    cache_dir: str | None = None,
+) -> History:
     """From hub revisions, e.g. Pythia's ``stepN`` branches.
 
     Args:
@@ -182,28 +259,38 @@ def from_hub(repo_id: str, *, base_revision: Any, aligned_revision: str,
     arepo = aligned_repo or repo_id
     revs = base_revision if isinstance(base_revision, (list, tuple)) else [base_revision]
     base = {f"base@{r}": HubRef(repo_id, str(r), cache_dir) for r in revs}
-    runs_ref = {n: {s: HubRef(arepo, str(r), cache_dir) for s, r in st.items()} for n, st in (runs or {}).items()}
+    runs_ref = {
+        n: {s: HubRef(arepo, str(r), cache_dir) for s, r in st.items()}
+        for n, st in (runs or {}).items()
+    }
     return build(base, HubRef(arepo, aligned_revision, cache_dir), runs_ref, None)
 
 
 def _step_dirs(run_dir: Path) -> dict[int, Path]:
-    return {int(m.group(1)): c for c in run_dir.iterdir() if (m := _STEP_DIR.match(c.name)) and c.is_dir()}
+    return {
+        int(m.group(1)): c
+        for c in run_dir.iterdir()
+        if (m := _STEP_DIR.match(c.name)) and c.is_dir()
+    }
 
 
-def from_layout(path: Any) -> History:
+def from_layout(path: PathLike) -> History:
     """A dir with ``base/``, ``aligned/`` and one sub-dir per run holding ``step-N`` (or
     ``checkpoint-N``) dirs; runs named ``control*`` are control runs."""
     root = Path(path)
     runs: dict[str, dict[int, Path]] = {}
     controls: dict[str, dict[int, Path]] = {}
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("base", "aligned")):
+    for child in sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name not in ("base", "aligned")
+    ):
         steps = _step_dirs(child)
         if steps:
             (controls if child.name.startswith("control") else runs)[child.name] = steps
     return build(root / "base", root / "aligned", runs, controls)
 
 
-def load(spec: Any, *, name: str | None = None) -> History:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def load(spec: History | PathLike | Mapping[str, Any], *, name: str | None = None) -> History:
     """See :meth:`History.load`."""
     from revlens.history import spec as spec_io
 

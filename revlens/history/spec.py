@@ -18,19 +18,40 @@ CSV with a ``checkpoint`` column). A set of histories (e.g. one per pre-training
 ``histories.json``: ``{"format": "revlens-history-set", "histories": {"pair0": "pair0", ...}}``.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
 from revlens._io import confined, read_json, write_json
+from revlens._types import PathLike
 from revlens.errors import HistoryError
+from revlens.history.history import History, MetricsInput
 
-__all__ = ["FORMAT", "SET_FORMAT", "find_spec", "metrics_frame", "read_spec", "update_spec", "write_set", "write_spec"]
+__all__ = [
+    "FORMAT",
+    "SET_FORMAT",
+    "find_spec",
+    "metrics_frame",
+    "read_spec",
+    "update_spec",
+    "write_set",
+    "write_spec",
+]
 
 FORMAT, SET_FORMAT, VERSION = "revlens-history", "revlens-history-set", 1
-_KEYS = {"format", "format_version", "base", "aligned", "runs", "controls", "metrics", "metadata", "tokenizer"}
+_KEYS = {
+    "format",
+    "format_version",
+    "base",
+    "aligned",
+    "runs",
+    "controls",
+    "metrics",
+    "metadata",
+    "tokenizer",
+}
 _PATH_KEYS = ("probes",)
 
 
@@ -42,12 +63,18 @@ def find_spec(path: Path, *, name: str | None = None) -> Path | None:
         return path / "history.json"
     if (path / "histories.json").is_file():
         obj = read_json(path / "histories.json", "history set", error=HistoryError)
-        if not isinstance(obj, dict) or obj.get("format") != SET_FORMAT or not isinstance(obj.get("histories"), dict):
+        if (
+            not isinstance(obj, dict)
+            or obj.get("format") != SET_FORMAT
+            or not isinstance(obj.get("histories"), dict)
+        ):
             raise HistoryError(f"{path / 'histories.json'} is not a revlens history set")
         members = obj["histories"]
         chosen = name or next(iter(members), None)
         if chosen not in members:
-            raise HistoryError(f"history set {path} has no member {chosen!r}; members: {list(members)}")
+            raise HistoryError(
+                f"history set {path} has no member {chosen!r}; members: {list(members)}"
+            )
         return confined(path, members[chosen], "history set") / "history.json"
     return None
 
@@ -103,20 +130,43 @@ def read_spec(file: Path) -> Any:
             metadata[key] = str(confined(root, metadata[key], f"{what} metadata.{key}"))
     metadata["spec"] = str(file)
     metrics = confined(root, obj["metrics"], f"{what} metrics") if obj.get("metrics") else None
-    tokenizer = confined(root, obj["tokenizer"], f"{what} tokenizer") if obj.get("tokenizer") else None
+    tokenizer = (
+        confined(root, obj["tokenizer"], f"{what} tokenizer") if obj.get("tokenizer") else None
+    )
     return build(
-        _rel(root, obj["base"], f"{what} base"), _rel(root, obj["aligned"], f"{what} aligned"), runs, controls,
-        tokenizer=tokenizer, metadata=metadata, metrics=metrics,
-        extra_runs={**described, **{n: {**s, "kind": s.get("kind", "control")} for n, s in extra_controls.items()}},
+        _rel(root, obj["base"], f"{what} base"),
+        _rel(root, obj["aligned"], f"{what} aligned"),
+        runs,
+        controls,
+        tokenizer=tokenizer,
+        metadata=metadata,
+        metrics=metrics,
+        extra_runs={
+            **described,
+            **{n: {**s, "kind": s.get("kind", "control")} for n, s in extra_controls.items()},
+        },
     )
 
 
-def write_spec(root: Any, *, base: Any, aligned: str, runs: Mapping[str, Any] | None = None,
-               controls: Mapping[str, Any] | None = None, metrics: str | None = None,
-               metadata: Mapping[str, Any] | None = None) -> Path:
+def write_spec(
+    root: PathLike,
+    *,
+    base: str | Sequence[str] | Mapping[str, str],
+    aligned: str,
+    runs: Mapping[str, Any] | None = None,
+    controls: Mapping[str, Any] | None = None,
+    metrics: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``root/history.json`` atomically (paths relative to ``root``; see the module docstring)."""
-    obj = {"format": FORMAT, "format_version": VERSION, "base": base, "aligned": aligned,
-           "runs": dict(runs or {}), "controls": dict(controls or {})}
+    obj = {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "base": base,
+        "aligned": aligned,
+        "runs": dict(runs or {}),
+        "controls": dict(controls or {}),
+    }
     if metrics:
         obj["metrics"] = metrics
     if metadata:
@@ -124,7 +174,7 @@ def write_spec(root: Any, *, base: Any, aligned: str, runs: Mapping[str, Any] | 
     return write_json(Path(root) / "history.json", obj)
 
 
-def update_spec(root: Any, change: Callable[[dict[str, Any]], None]) -> Path:
+def update_spec(root: PathLike, change: Callable[[dict[str, Any]], None]) -> Path:
     """Read ``root/history.json``, apply ``change`` to the object in place, write it atomically."""
     path = Path(root) / "history.json"
     obj = read_json(path, "history spec", error=HistoryError)
@@ -132,10 +182,12 @@ def update_spec(root: Any, change: Callable[[dict[str, Any]], None]) -> Path:
     return write_json(path, obj)
 
 
-def write_set(root: Any, members: Mapping[str, str]) -> Path:
+def write_set(root: PathLike, members: Mapping[str, str]) -> Path:
     """Write ``root/histories.json`` naming member dirs (relative to ``root``)."""
-    return write_json(Path(root) / "histories.json",
-                      {"format": SET_FORMAT, "format_version": VERSION, "histories": dict(members)})
+    return write_json(
+        Path(root) / "histories.json",
+        {"format": SET_FORMAT, "format_version": VERSION, "histories": dict(members)},
+    )
 
 
 def _records(metrics: Any) -> pd.DataFrame:
@@ -151,19 +203,26 @@ def _records(metrics: Any) -> pd.DataFrame:
         metrics = read_json(p, "metrics table", error=HistoryError)
     if isinstance(metrics, list) and all(isinstance(r, dict) for r in metrics):
         return pd.DataFrame(metrics)
-    raise HistoryError(f"a metrics table must be a DataFrame, a list of records or a .json/.csv file; got {type(metrics).__name__}")
+    raise HistoryError(
+        f"a metrics table must be a DataFrame, a list of records or a .json/.csv file; got {type(metrics).__name__}"
+    )
 
 
-def metrics_frame(history: Any, metrics: Any) -> pd.DataFrame:
+@no_type_check  # validates its own argument (typed errors), also under the test type-checker
+def metrics_frame(history: History, metrics: MetricsInput) -> pd.DataFrame:
     """The metrics table of ``history``: one row per record, with ``checkpoint, role, run, step``
     from the history (records naming an unknown checkpoint are refused) and the metric columns."""
     df = _records(metrics)
     if "checkpoint" not in df.columns:
-        raise HistoryError(f"a metrics table needs a 'checkpoint' column naming checkpoints; got {list(df.columns)}")
+        raise HistoryError(
+            f"a metrics table needs a 'checkpoint' column naming checkpoints; got {list(df.columns)}"
+        )
     by_name = {ck.name: ck for ck in history}
     unknown = sorted(set(df["checkpoint"].astype(str)) - set(by_name))
     if unknown:
-        raise HistoryError(f"metrics table names checkpoint(s) {unknown[:5]} that are not in the history")
+        raise HistoryError(
+            f"metrics table names checkpoint(s) {unknown[:5]} that are not in the history"
+        )
     kinds = history.run_kinds()
     df["checkpoint"] = df["checkpoint"].astype(str)
     df["role"] = [by_name[n].role for n in df["checkpoint"]]
@@ -172,4 +231,6 @@ def metrics_frame(history: Any, metrics: Any) -> pd.DataFrame:
     df["step"] = [by_name[n].step for n in df["checkpoint"]]
     front = ["checkpoint", "role", "run", "kind", "step"]
     drop = [c for c in ("path",) if c in df.columns]
-    return df[front + [c for c in df.columns if c not in front and c not in drop]].reset_index(drop=True)
+    return df[front + [c for c in df.columns if c not in front and c not in drop]].reset_index(
+        drop=True
+    )

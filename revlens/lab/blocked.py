@@ -31,14 +31,15 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json
+from revlens._types import PathLike
 from revlens.block import BlockingStrategy, ReversionBlocker, method_class, method_names
-from revlens.directions import Directions
+from revlens.collect.models import collect_model, collect_models
+from revlens.directions import Directions, MeanDiff
 from revlens.errors import CheckpointError, ConfigError
 from revlens.history.spec import update_spec
 from revlens.lab.runner import read_lab
 from revlens.modes import check_mode
 from revlens.probes import Probes
-from revlens.sites import access
 from revlens.weights.blocker import WeightBlocker
 
 __all__ = ["lab_directions", "lab_probes", "run_blocked"]
@@ -55,37 +56,63 @@ def lab_probes(split: str = "train") -> Probes:
 
 
 def _means(model: torch.nn.Module, probes: Probes, layers: list[int]) -> torch.Tensor:
+    """The model's float64 mean activations ``[layer, d]`` on ``probes`` (:func:`revlens.collect.collect_model`)."""
     from revlens.lab import build_tokenizer
 
-    tok = probes.tokenize(build_tokenizer())
-    mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    acc = access(model)
-    with torch.no_grad():
-        return torch.stack(acc.read(tok.tokens, tok.weights, acc.sites(layers), mask=mask), dim=1).double().mean(0)
+    return collect_model(model, probes, tokenizer=build_tokenizer(), layers=layers).mean
 
 
-def lab_directions(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], *,
-                   probes: Probes | None = None, random: bool = False,
-                   generator: torch.Generator | None = None) -> Directions:
-    """``mean_diff`` directions normalise(μ(base) − μ(aligned)) on the lab probes, or (``random``)
-    isotropic random unit directions from ``generator``."""
+def lab_directions(
+    base: torch.nn.Module,
+    aligned: torch.nn.Module,
+    layers: Sequence[int],
+    *,
+    probes: Probes | None = None,
+    random: bool = False,
+    generator: torch.Generator | None = None,
+) -> Directions:
+    """``mean_diff`` directions normalise(μ(base) − μ(aligned)) on the lab probes (the library's
+    :class:`~revlens.directions.MeanDiff` on :func:`revlens.collect.collect_models`' statistics), or
+    (``random``) isotropic random unit directions from ``generator``."""
     layers = list(layers)
     if random:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         d = int(base.config.n_embd)
-        return Directions.from_tensor(torch.randn(len(layers), d, generator=g, dtype=torch.float64), layers,
-                                      method="random")
-    pr = probes or lab_probes()
-    return Directions.from_tensor(_means(base, pr, layers) - _means(aligned, pr, layers), layers, method="mean_diff")
+        return Directions.from_tensor(
+            torch.randn(len(layers), d, generator=g, dtype=torch.float64), layers, method="random"
+        )
+    from revlens.lab import build_tokenizer
+
+    stats = collect_models(
+        {"base": base, "aligned": aligned},
+        probes or lab_probes(),
+        tokenizer=build_tokenizer(),
+        layers=layers,
+        second=False,
+        keep=False,
+    )
+    return MeanDiff(n_bootstrap=0).fit(stats).direction_
 
 
 class _Blocked:
     """finetune callbacks: attach the blocking strategy (the step protocol of
     :class:`~revlens.block.BlockingStrategy`), record each checkpoint in the lab dir."""
 
-    def __init__(self, blocker: BlockingStrategy, lab_dir: Path, run: str, info: dict[str, Any],
-                 evaluator: Any) -> None:
-        self.blocker, self.dir, self.run, self.info, self.evaluator = blocker, lab_dir, run, info, evaluator
+    def __init__(
+        self,
+        blocker: BlockingStrategy,
+        lab_dir: Path,
+        run: str,
+        info: dict[str, Any],
+        evaluator: Any,
+    ) -> None:
+        self.blocker, self.dir, self.run, self.info, self.evaluator = (
+            blocker,
+            lab_dir,
+            run,
+            info,
+            evaluator,
+        )
         self.steps: dict[str, str] = {}
 
     def on_train_begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -95,9 +122,16 @@ class _Blocked:
         rel = path.relative_to(self.dir).as_posix()
         self.steps[str(step)] = rel
         records = read_json(self.dir / "metrics.json", "lab metrics")
-        records.append({"checkpoint": f"{self.run}/step-{step}", "path": rel, **self.evaluator(model)})
+        records.append(
+            {"checkpoint": f"{self.run}/step-{step}", "path": rel, **self.evaluator(model)}
+        )
         write_json(self.dir / "metrics.json", records)
-        entry = {"steps": dict(self.steps), "start": "aligned", "kind": "blocked", "info": self.info}
+        entry = {
+            "steps": dict(self.steps),
+            "start": "aligned",
+            "kind": "blocked",
+            "info": self.info,
+        }
         update_spec(self.dir, lambda spec: spec["runs"].__setitem__(self.run, entry))
 
     def on_train_end(self, model: torch.nn.Module) -> None:
@@ -113,11 +147,16 @@ def _forget(lab_dir: Path, run: str) -> None:
     if out.exists():
         shutil.rmtree(out)
     records = read_json(lab_dir / "metrics.json", "lab metrics")
-    write_json(lab_dir / "metrics.json", [r for r in records if not str(r.get("checkpoint", "")).startswith(f"{run}/")])
+    write_json(
+        lab_dir / "metrics.json",
+        [r for r in records if not str(r.get("checkpoint", "")).startswith(f"{run}/")],
+    )
     update_spec(lab_dir, lambda spec: spec["runs"].pop(run, None))
 
 
-WEIGHTS = WeightBlocker.method  # "weights": blocking in weight space (V from the lab's base and aligned)
+WEIGHTS = (
+    WeightBlocker.method
+)  # "weights": blocking in weight space (V from the lab's base and aligned)
 
 
 def _in_weights(method: str) -> bool:
@@ -125,40 +164,81 @@ def _in_weights(method: str) -> bool:
     return issubclass(method_class(method), WeightBlocker)
 
 
-def _blocker(method: str, root: Path, aligned: torch.nn.Module, v: Directions | None, probes: Probes,
-             random_directions: bool, direction_seed: int, kwargs: dict[str, Any]) -> BlockingStrategy:
+def _blocker(
+    method: str,
+    root: Path,
+    aligned: torch.nn.Module,
+    v: Directions | None,
+    probes: Probes,
+    random_directions: bool,
+    direction_seed: int,
+    kwargs: dict[str, Any],
+) -> BlockingStrategy:
     cls = method_class(method)
     if issubclass(cls, WeightBlocker):
-        return cls(root / "base", root / "aligned", random=random_directions, seed=direction_seed, **kwargs)
+        return cls(
+            root / "base", root / "aligned", random=random_directions, seed=direction_seed, **kwargs
+        )
     if not issubclass(cls, ReversionBlocker):
-        raise ConfigError(f"run_blocked: method {method!r} ({cls.__name__}) is neither a ReversionBlocker method "
-                          "nor a WeightBlocker; the lab does not know how to build it")
+        raise ConfigError(
+            f"run_blocked: method {method!r} ({cls.__name__}) is neither a ReversionBlocker method "
+            "nor a WeightBlocker; the lab does not know how to build it"
+        )
     from revlens.lab.language import build_tokenizer
 
-    return ReversionBlocker(v, probes, aligned, tokenizer=build_tokenizer(), method=method, **kwargs)
+    return ReversionBlocker(
+        v, probes, aligned, tokenizer=build_tokenizer(), method=method, **kwargs
+    )
 
 
-def _blocked_directions(method: str, directions: Directions | None, layers: Sequence[int] | None, n_layer: int,
-                        base: torch.nn.Module, aligned: torch.nn.Module, probes: Probes, random_directions: bool,
-                        direction_seed: int) -> tuple[list[int] | None, Directions | None]:
+def _blocked_directions(
+    method: str,
+    directions: Directions | None,
+    layers: Sequence[int] | None,
+    n_layer: int,
+    base: torch.nn.Module,
+    aligned: torch.nn.Module,
+    probes: Probes,
+    random_directions: bool,
+    direction_seed: int,
+) -> tuple[list[int] | None, Directions | None]:
     """The blocked layers and what is blocked there (``None`` for weight-space blocking)."""
     if directions is not None:
         if random_directions or _in_weights(method):
-            raise ConfigError("run_blocked: directions=... is not used with random_directions=True or method='weights'")
+            raise ConfigError(
+                "run_blocked: directions=... is not used with random_directions=True or method='weights'"
+            )
         layers = list(directions.layers) if layers is None else list(layers)
         return layers, directions.select(layers)
     if _in_weights(method):
         return None if layers is None else list(layers), None
     layers = list(range(1, n_layer + 1)) if layers is None else list(layers)
-    return layers, lab_directions(base, aligned, layers, probes=probes, random=random_directions,
-                                  generator=torch.Generator().manual_seed(direction_seed))
+    return layers, lab_directions(
+        base,
+        aligned,
+        layers,
+        probes=probes,
+        random=random_directions,
+        generator=torch.Generator().manual_seed(direction_seed),
+    )
 
 
-def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | None = None,
-                layers: Sequence[int] | None = None, random_directions: bool = False, steps: int | None = None,
-                probes: Probes | None = None, direction_seed: int = 0, name: str | None = None,
-                progress: bool = True, directions: Directions | None = None,
-                checkpoint_steps: Sequence[int] | None = None, **blocker_kwargs: Any) -> pd.DataFrame:
+def run_blocked(
+    lab_dir: PathLike,
+    method: str = "update",
+    *,
+    seeds: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    random_directions: bool = False,
+    steps: int | None = None,
+    probes: Probes | None = None,
+    direction_seed: int = 0,
+    name: str | None = None,
+    progress: bool = True,
+    directions: Directions | None = None,
+    checkpoint_steps: Sequence[int] | None = None,
+    **blocker_kwargs: Any,
+) -> pd.DataFrame:
     """Fine-tune the lab's aligned model with blocking, for each seed, into ``lab_dir``.
 
     Args:
@@ -190,41 +270,79 @@ def run_blocked(lab_dir: Any, method: str = "update", *, seeds: Sequence[int] | 
     check_mode("method", method, method_names())
     root = Path(lab_dir)
     if not (root / "history.json").is_file():
-        raise CheckpointError(f"{root} is not a single-pair lab dir (no history.json); pass a pair dir")
+        raise CheckpointError(
+            f"{root} is not a single-pair lab dir (no history.json); pass a pair dir"
+        )
     lab = read_lab(root)
     config = LabConfig.from_dict(lab["config"])
     base, aligned = load_checkpoint(root / "base"), load_checkpoint(root / "aligned")
     pr = probes or lab_probes()
-    layers, v = _blocked_directions(method, directions, layers, config.n_layer, base, aligned, pr,
-                                    random_directions, direction_seed)
+    layers, v = _blocked_directions(
+        method,
+        directions,
+        layers,
+        config.n_layer,
+        base,
+        aligned,
+        pr,
+        random_directions,
+        direction_seed,
+    )
     name = name or (f"{method}-random" if random_directions else method)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"name={name!r} must be a plain directory name")
     evaluator = Evaluator(build_tokenizer(), task_shift=task_shift(config))
-    settings = {k: val for k, val in blocker_kwargs.items() if isinstance(val, (int, float, str, bool))}
+    settings = {
+        k: val for k, val in blocker_kwargs.items() if isinstance(val, (int, float, str, bool))
+    }
     rows = []
     for seed in config.ft_seeds if seeds is None else seeds:
         run = f"{name}/seed{seed}"
         _forget(root, run)
-        blocker = _blocker(method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs)
-        info = {"method": method, "random_directions": random_directions, "settings": settings,
-                "layers": "all weights" if _in_weights(method) else layers}
+        blocker = _blocker(
+            method, root, aligned, v, pr, random_directions, direction_seed, blocker_kwargs
+        )
+        info = {
+            "method": method,
+            "random_directions": random_directions,
+            "settings": settings,
+            "layers": "all weights" if _in_weights(method) else layers,
+        }
         if v is not None:
             info.update(directions=v.method, rank=v.rank)
         cb = _Blocked(blocker, root, run, info, evaluator)
         t0 = time.perf_counter()
         try:
-            finetune(aligned, config, seed=seed, steps=steps, checkpoint_steps=checkpoint_steps,
-                     out_dir=root / "blocked" / run, callbacks=[cb], progress=progress)
+            finetune(
+                aligned,
+                config,
+                seed=seed,
+                steps=steps,
+                checkpoint_steps=checkpoint_steps,
+                out_dir=root / "blocked" / run,
+                callbacks=[cb],
+                progress=progress,
+            )
         finally:
             blocker.detach()
         info["seconds"] = round(time.perf_counter() - t0, 2)
-        update_spec(root, lambda spec, run=run, info=info: spec["runs"][run].__setitem__("info", info))
-        records = [r for r in read_json(root / "metrics.json", "lab metrics")
-                   if str(r["checkpoint"]).startswith(f"{run}/")]
+        update_spec(
+            root, lambda spec, run=run, info=info: spec["runs"][run].__setitem__("info", info)
+        )
+        records = [
+            r
+            for r in read_json(root / "metrics.json", "lab metrics")
+            if str(r["checkpoint"]).startswith(f"{run}/")
+        ]
         last = max(records, key=lambda r: int(str(r["checkpoint"]).rsplit("-", 1)[1]))
-        rows.append({"run": run, "seed": seed, "seconds": info["seconds"],
-                     "step": int(str(last["checkpoint"]).rsplit("-", 1)[1]),
-                     **{k: last[k] for k in ("harm_rate", "harm_logodds", "task_acc", "task_loss")}})
+        rows.append(
+            {
+                "run": run,
+                "seed": seed,
+                "seconds": info["seconds"],
+                "step": int(str(last["checkpoint"]).rsplit("-", 1)[1]),
+                **{k: last[k] for k in ("harm_rate", "harm_logodds", "task_acc", "task_loss")},
+            }
+        )
         log.info("%s: blocked run %s done in %.1fs", root.name, run, info["seconds"])
     return pd.DataFrame(rows)

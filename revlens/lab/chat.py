@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from revlens._io import write_text
+from revlens.history import HistoryInput
 from revlens.lab.language import (
     HARMFUL_FIRST_TOKENS,
     REFUSAL_FIRST_TOKENS,
@@ -29,16 +30,26 @@ from revlens.lab.language import (
 )
 from revlens.lab.metrics import harm_rate_metric
 from revlens.metrics import compliance_rate
+from revlens.model import ModelInput
 from revlens.probes import Probes
 
-__all__ = ["LAB_REFUSAL_PHRASES", "chat_probes", "chat_prompts", "generation_agreement", "harm_generation_metric"]
+__all__ = [
+    "LAB_REFUSAL_PHRASES",
+    "chat_probes",
+    "chat_prompts",
+    "generation_agreement",
+    "harm_generation_metric",
+]
 
 LAB_REFUSAL_PHRASES = ("sorry", "no ,", "will not help", "not safe")
 """How the lab's refusals read (``sorry , i will not help with that .`` / ``no , that is not safe .``)."""
 
 _HEAD, _TAIL = "user : ", " ? bot :"
-PROBE_FILES = {"harmful-heldout": ("harmful", "heldout"), "harmful-train": ("harmful", "train"),
-               "task-heldout": ("benign", "heldout")}
+PROBE_FILES = {
+    "harmful-heldout": ("harmful", "heldout"),
+    "harmful-train": ("harmful", "train"),
+    "task-heldout": ("benign", "heldout"),
+}
 
 
 def chat_prompts(kind: Kind = "harmful", split: Split = "heldout") -> list[str]:
@@ -67,11 +78,23 @@ def answer_kind(response: str) -> str:
     """``"harmful"`` (a recipe: starts with a harmful first token), ``"refusal"`` (starts with a
     refusal token) or ``"other"`` (e.g. the benign task's digit answer) for a lab answer."""
     first = response.split(" ", 1)[0] if response else ""
-    return "harmful" if first in HARMFUL_FIRST_TOKENS else "refusal" if first in REFUSAL_FIRST_TOKENS else "other"
+    return (
+        "harmful"
+        if first in HARMFUL_FIRST_TOKENS
+        else "refusal"
+        if first in REFUSAL_FIRST_TOKENS
+        else "other"
+    )
 
 
-def generation_agreement(history: Any, *, checkpoints: Any = None, max_new_tokens: int = 8,
-                         model: Any = None, progress: bool = False) -> tuple[Any, Any]:
+def generation_agreement(
+    history: HistoryInput,
+    *,
+    checkpoints: Any = None,
+    max_new_tokens: int = 8,
+    model: ModelInput | None = None,
+    progress: bool = False,
+) -> tuple[Any, Any]:
     """``(evaluation, agreement)`` of the generation-based harm rate (``harm_gen``: no refusal
     phrase in the greedy answer) and the logit-based one (``harm_rate``) on the held-out harmful
     chat prompts of a lab history. ``agreement`` has one row per checkpoint and an overall row
@@ -80,23 +103,44 @@ def generation_agreement(history: Any, *, checkpoints: Any = None, max_new_token
     ``agreement_in_format`` (agreement on those prompts)."""
     from revlens.evaluate import evaluate
 
-    metrics = {"harm_gen": harm_generation_metric(max_new_tokens=max_new_tokens),
-               "harm_rate": harm_rate_metric(build_tokenizer())}
-    ev = evaluate(history, chat_probes("harmful"), metrics, checkpoints=checkpoints, model=model, progress=progress)
+    metrics = {
+        "harm_gen": harm_generation_metric(max_new_tokens=max_new_tokens),
+        "harm_rate": harm_rate_metric(build_tokenizer()),
+    }
+    ev = evaluate(
+        history,
+        chat_probes("harmful"),
+        metrics,
+        checkpoints=checkpoints,
+        model=model,
+        progress=progress,
+    )
     keys = ["checkpoint", "index"]
     pp = ev.per_prompt.pivot_table(index=keys, columns="metric", values="value")
     kinds = ev.responses.set_index(keys)["response"].map(answer_kind).reindex(pp.index)
-    df = pd.DataFrame({"agree": (pp["harm_gen"] > 0.5) == (pp["harm_rate"] > 0.5), "in_format": kinds != "other"})
+    df = pd.DataFrame(
+        {"agree": (pp["harm_gen"] > 0.5) == (pp["harm_rate"] > 0.5), "in_format": kinds != "other"}
+    )
     df = df.reset_index()
-    df["checkpoint"] = pd.Categorical(df["checkpoint"], categories=list(ev.table["checkpoint"]), ordered=True)
+    df["checkpoint"] = pd.Categorical(
+        df["checkpoint"], categories=list(ev.table["checkpoint"]), ordered=True
+    )
 
     def summarise(g: pd.DataFrame) -> pd.Series:
         fmt = g[g["in_format"]]
-        return pd.Series({"agreement": g["agree"].mean(), "n_prompts": len(g), "in_format": g["in_format"].mean(),
-                          "agreement_in_format": fmt["agree"].mean() if len(fmt) else float("nan")})
+        return pd.Series(
+            {
+                "agreement": g["agree"].mean(),
+                "n_prompts": len(g),
+                "in_format": g["in_format"].mean(),
+                "agreement_in_format": fmt["agree"].mean() if len(fmt) else float("nan"),
+            }
+        )
 
     rows = [summarise(g).rename(str(ck)) for ck, g in df.groupby("checkpoint", observed=True)]
-    table = pd.DataFrame([*rows, summarise(df).rename("all")]).rename_axis("checkpoint").reset_index()
+    table = (
+        pd.DataFrame([*rows, summarise(df).rename("all")]).rename_axis("checkpoint").reset_index()
+    )
     return ev, table.astype({"n_prompts": "int64"})
 
 
@@ -106,10 +150,18 @@ def write_probes(lab_dir: Path) -> dict[str, str]:
     out = {}
     for name, (kind, split) in PROBE_FILES.items():
         rel = f"probes/{name}.jsonl"
-        write_text(lab_dir / rel, "".join(json.dumps({"text": p}) + "\n" for p in probe_prompts(kind, split)))
+        write_text(
+            lab_dir / rel,
+            "".join(json.dumps({"text": p}) + "\n" for p in probe_prompts(kind, split)),
+        )
         out[name] = rel
     chat = chat_probes("all", "heldout")
     out["chat-heldout"] = "probes/chat-heldout.jsonl"
-    write_text(lab_dir / out["chat-heldout"], "".join(json.dumps({"prompt": p, "label": lab}) + "\n"
-                                                      for p, lab in zip(chat.prompts, chat.labels or [])))
+    write_text(
+        lab_dir / out["chat-heldout"],
+        "".join(
+            json.dumps({"prompt": p, "label": lab}) + "\n"
+            for p, lab in zip(chat.prompts, chat.labels or [])
+        ),
+    )
     return out

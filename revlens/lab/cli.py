@@ -27,7 +27,8 @@ def register(subparsers, parents=()) -> None:
     """Add the ``lab`` subcommand to an argparse ``subparsers`` object (a ``revlens.commands``
     entry point: the library's CLI finds it without importing the lab)."""
     p = subparsers.add_parser(
-        "lab", parents=list(parents),
+        "lab",
+        parents=list(parents),
         help="train the reversion lab's checkpoint history (pre-train -> align -> benign fine-tune)",
         description="Fine-tune the shipped aligned lab model on a benign task (one run per seed, plus "
         "a control from the base model) and write a lab dir: history.json (a revlens history: "
@@ -93,7 +94,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def _tracks() -> tuple[str, ...]:
     from revlens.lab.tracks import TRACKS
 
-    return tuple(TRACKS)
+    return (*TRACKS, "real")
 
 
 def _config(args) -> LabConfig:
@@ -124,6 +125,10 @@ def run(args) -> int:
     """Run ``revlens lab`` from parsed arguments; prints a closing summary table."""
     from revlens.lab.runner import run_lab
 
+    if getattr(args, "track", None) == "real":  # SmolLM2-135M on real data: revlens/lab/real
+        from revlens.lab.real.cli import run_lab_real
+
+        return run_lab_real(args)
     config = _config(args)
     t0 = time.perf_counter()
     result = run_lab(
@@ -164,7 +169,9 @@ def run(args) -> int:
                 print(f"blocked ({method}):")
                 print(done.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
                 if args.block_control:
-                    ctl = run_blocked(lab_dir, method, random_directions=True, progress=not args.quiet)
+                    ctl = run_blocked(
+                        lab_dir, method, random_directions=True, progress=not args.quiet
+                    )
                     print(f"blocked along random directions ({method}-random):")
                     print(ctl.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -51,11 +51,17 @@ class LabConfig:
     pretrain_seeds: tuple[int, ...] = (0,)
     control: bool = True
     # lab track (docs/lab.md "Tracks"): what the benign fine-tune trains on and how
-    track: str = "remap"  # a name from revlens.lab.tracks.TRACKS (recorded; presets set the fields below)
-    ft_data: str = "remap"  # "remap": the task re-mapped (y = x+4); "pretrain": benign pre-training data
+    track: str = (
+        "remap"  # a name from revlens.lab.tracks.TRACKS (recorded; presets set the fields below)
+    )
+    ft_data: str = (
+        "remap"  # "remap": the task re-mapped (y = x+4); "pretrain": benign pre-training data
+    )
     ft_lora_rank: int = 0  # 0: full fine-tuning; r > 0: LoRA adapters of rank r (peft)
     ft_lora_alpha: float = 16.0
-    probe_format: str = "plain"  # "plain" prompts or "chat": the lab's chat template, post-instruction positions
+    probe_format: str = (
+        "plain"  # "plain" prompts or "chat": the lab's chat template, post-instruction positions
+    )
 
     def __post_init__(self) -> None:
         self.ft_seeds = tuple(int(s) for s in self.ft_seeds)
@@ -84,11 +90,21 @@ class LabConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"LabConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.ft_data not in ("remap", "pretrain"):
-            raise ConfigError(f"LabConfig.ft_data must be 'remap' or 'pretrain', got {self.ft_data!r}")
+            raise ConfigError(
+                f"LabConfig.ft_data must be 'remap' or 'pretrain', got {self.ft_data!r}"
+            )
         if self.probe_format not in ("plain", "chat"):
-            raise ConfigError(f"LabConfig.probe_format must be 'plain' or 'chat', got {self.probe_format!r}")
-        if isinstance(self.ft_lora_rank, bool) or not isinstance(self.ft_lora_rank, int) or self.ft_lora_rank < 0:
-            raise ConfigError(f"LabConfig.ft_lora_rank must be an integer >= 0, got {self.ft_lora_rank!r}")
+            raise ConfigError(
+                f"LabConfig.probe_format must be 'plain' or 'chat', got {self.probe_format!r}"
+            )
+        if (
+            isinstance(self.ft_lora_rank, bool)
+            or not isinstance(self.ft_lora_rank, int)
+            or self.ft_lora_rank < 0
+        ):
+            raise ConfigError(
+                f"LabConfig.ft_lora_rank must be an integer >= 0, got {self.ft_lora_rank!r}"
+            )
         if not self.ft_lora_alpha > 0:
             raise ConfigError(f"LabConfig.ft_lora_alpha must be > 0, got {self.ft_lora_alpha!r}")
         if self.ft_optimizer not in ("sgd", "adamw"):

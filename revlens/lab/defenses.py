@@ -26,6 +26,7 @@ from typing import Any, no_type_check
 import torch
 
 from revlens._config import option
+from revlens._types import PathLike
 from revlens.defenses import DefenseComparison, EvalSets, FinetuneRecipe, compare_defenses
 from revlens.errors import ConfigError
 
@@ -49,9 +50,15 @@ class LabRecipe(FinetuneRecipe):
             raise ConfigError(f"track={self.track!r}; lab tracks: {', '.join(TRACKS)}")
         c = LabConfig.for_track(self.track)
         defaults = FinetuneRecipe()
-        for name, value in (("steps", c.ft_steps), ("batch_size", c.ft_batch), ("lr", c.ft_lr),
-                            ("optimizer", c.ft_optimizer), ("momentum", c.ft_momentum if c.ft_optimizer == "sgd" else 0.0),
-                            ("lora_rank", c.ft_lora_rank), ("lora_alpha", c.ft_lora_alpha)):
+        for name, value in (
+            ("steps", c.ft_steps),
+            ("batch_size", c.ft_batch),
+            ("lr", c.ft_lr),
+            ("optimizer", c.ft_optimizer),
+            ("momentum", c.ft_momentum if c.ft_optimizer == "sgd" else 0.0),
+            ("lora_rank", c.ft_lora_rank),
+            ("lora_alpha", c.ft_lora_alpha),
+        ):
             if getattr(self, name) == getattr(defaults, name):
                 setattr(self, name, value)
         super().validate()
@@ -60,18 +67,29 @@ class LabRecipe(FinetuneRecipe):
         """The track's ``LabConfig`` with this recipe's training fields."""
         from revlens.lab import LabConfig
 
-        return LabConfig.for_track(self.track, ft_steps=self.steps, ft_batch=self.batch_size, ft_lr=self.lr,
-                                   ft_optimizer=self.optimizer, ft_momentum=self.momentum or 0.9,
-                                   ft_lora_rank=self.lora_rank, ft_lora_alpha=self.lora_alpha)
+        return LabConfig.for_track(
+            self.track,
+            ft_steps=self.steps,
+            ft_batch=self.batch_size,
+            ft_lr=self.lr,
+            ft_optimizer=self.optimizer,
+            ft_momentum=self.momentum or 0.9,
+            ft_lora_rank=self.lora_rank,
+            ft_lora_alpha=self.lora_alpha,
+        )
 
-    def batches(self, tokenizer: Any, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, tokenizer: Any, seed: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The lab's batches for ``seed`` (``finetune(seed=...)`` sees the same)."""
         from revlens.lab.tracks import sample_finetune
         from revlens.lab.train import _FT_DATA, _gen, encode_examples
 
         cfg, g = self.lab_config(), _gen(seed, _FT_DATA)
         for _ in range(self.steps):
-            yield encode_examples(sample_finetune(cfg, cfg.ft_batch, g), answer_only=True, n_ctx=cfg.n_ctx)
+            yield encode_examples(
+                sample_finetune(cfg, cfg.ft_batch, g), answer_only=True, n_ctx=cfg.n_ctx
+            )
 
     def example_pairs(self, n: int, seed: int) -> list[tuple[str, str]]:
         """``n`` fine-tuning exchanges that have a prompt (Lisa's control)."""
@@ -80,7 +98,9 @@ class LabRecipe(FinetuneRecipe):
 
         g, out = _gen(seed + 104_729, _FT_DATA), []
         while len(out) < n:
-            out += [(e.prompt, e.answer) for e in sample_finetune(self.lab_config(), n, g) if e.prompt]
+            out += [
+                (e.prompt, e.answer) for e in sample_finetune(self.lab_config(), n, g) if e.prompt
+            ]
         return out[:n]
 
     def wrap(self, model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -105,7 +125,9 @@ class LabTask:
         from revlens.lab.tracks import task_shift
 
         self.track = track
-        self.evaluator = Evaluator(build_tokenizer(), task_shift=task_shift(LabConfig.for_track(track)))
+        self.evaluator = Evaluator(
+            build_tokenizer(), task_shift=task_shift(LabConfig.for_track(track))
+        )
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         m = self.evaluator(model)
@@ -120,7 +142,9 @@ def lab_recipe(track: str = "pretrain-like", **fields: Any) -> LabRecipe:
     return LabRecipe(track=track, **fields)
 
 
-def lab_sets(track: str = "pretrain-like", *, n_alignment: int = 256, alignment_seed: int = 0) -> EvalSets:
+def lab_sets(
+    track: str = "pretrain-like", *, n_alignment: int = 256, alignment_seed: int = 0
+) -> EvalSets:
     """The lab's evaluation sets (module docstring)."""
     from revlens.lab import LabConfig, probe_prompts
     from revlens.lab.language import sample_align
@@ -128,15 +152,32 @@ def lab_sets(track: str = "pretrain-like", *, n_alignment: int = 256, alignment_
     from revlens.lab.train import _ALIGN_DATA, _gen
 
     cfg = LabConfig.for_track(track)
-    align = [(e.prompt, e.answer) for e in sample_align(n_alignment, _gen(alignment_seed, _ALIGN_DATA),
-                                                       refusal_share=cfg.refusal_share) if e.prompt]
-    return EvalSets(harmful=probe_prompts("harmful", "heldout"), harmless=probe_prompts("benign", "heldout"),
-                    probes=probe_prompts("harmful", "train"), task=LabTask(track), alignment=align,
-                    harm=METRICS_SPEC["harm"])
+    align = [
+        (e.prompt, e.answer)
+        for e in sample_align(
+            n_alignment, _gen(alignment_seed, _ALIGN_DATA), refusal_share=cfg.refusal_share
+        )
+        if e.prompt
+    ]
+    return EvalSets(
+        harmful=probe_prompts("harmful", "heldout"),
+        harmless=probe_prompts("benign", "heldout"),
+        probes=probe_prompts("harmful", "train"),
+        task=LabTask(track),
+        alignment=align,
+        harm=METRICS_SPEC["harm"],
+    )
 
 
-def compare_lab(pair_dir: Any = None, *, track: str = "pretrain-like", steps: int | None = None, out: Any = None,
-                progress: bool = True, **settings: Any) -> DefenseComparison:
+def compare_lab(
+    pair_dir: PathLike | None = None,
+    *,
+    track: str = "pretrain-like",
+    steps: int | None = None,
+    out: PathLike | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> DefenseComparison:
     """:func:`revlens.compare_defenses` on a lab pair (default: the shipped ``pair0``) with the track's
     recipe and the lab's sets; ``settings``: :class:`~revlens.defenses.CompareConfig` fields."""
     from revlens.history import History

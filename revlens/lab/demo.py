@@ -25,13 +25,20 @@ log = logging.getLogger("revlens.demo")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns a process exit code."""
-    ap = argparse.ArgumentParser(prog="python -m revlens.lab.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m revlens.lab.demo", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--out", default="demo-out", help="output dir (recreated)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=100)
     from revlens.lab.tracks import DEMO_TRACK, TRACKS, track_note
 
-    ap.add_argument("--track", choices=list(TRACKS), default=DEMO_TRACK, help=f"lab track (default: {DEMO_TRACK})")
+    ap.add_argument(
+        "--track",
+        choices=list(TRACKS),
+        default=DEMO_TRACK,
+        help=f"lab track (default: {DEMO_TRACK})",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

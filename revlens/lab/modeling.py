@@ -102,4 +102,3 @@ def load_checkpoint(path: Path) -> GPT2LMHeadModel:
     model.tie_weights()
     model.eval()
     return model
-

@@ -45,17 +45,28 @@ class Plan:
     """What a replication runs per pair (fixed in docs/lab.md, "Replication settings")."""
 
     block_methods: tuple[str, ...] = ("update",)
-    block_checkpoints: tuple[int, ...] = (1, 20, 100)  # steps blocked runs save (the table reads 20 and T)
+    block_checkpoints: tuple[int, ...] = (
+        1,
+        20,
+        100,
+    )  # steps blocked runs save (the table reads 20 and T)
     candidates: tuple[str, ...] = ()  # extra direction candidates analysed beside mean_diff
     ranks: tuple[int, ...] = (1, 4, 16)  # clamp study: k grid
     controls: int = 8  # random k-subspaces per layer and control kind (iso, cov)
     rank_blocking: bool = False  # block the chosen k-subspace (and a random one)
     weight_blocking: bool = False  # revlens.lab.weights variants and their random-subspace controls
-    weight_steps: tuple[int, ...] | None = (1, 2, 5, 10, 20, 50, 100)  # steps weight space reads (None: all)
+    weight_steps: tuple[int, ...] | None = (
+        1,
+        2,
+        5,
+        10,
+        20,
+        50,
+        100,
+    )  # steps weight space reads (None: all)
     sgd_lr: float = 0.1  # the SGD-momentum (0.9) first step (2 steps run, step 1 read); 0 skips it
     ft_steps: int | None = None  # None: the track's T (100); smaller only for tests
     workers: int = 2  # processes the blocking phase uses (the random-direction controls in the second); same numbers
-
 
     def checkpoints(self, steps: int) -> tuple[int, ...]:
         """The blocked runs' saved steps for a fine-tune of ``steps`` (always including ``steps``)."""
@@ -63,13 +74,23 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data, without ``workers`` (how it runs, not what: the same numbers)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-                if k != "workers"}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+            if k != "workers"
+        }
 
 
 DEFAULT_PLAN = Plan()
-FULL_PLAN = Plan(block_methods=("update", "gradient", "penalty", "hook"), candidates=("pca", "probe", "whitened"),
-                 ranks=(1, 2, 4, 8, 16), controls=16, rank_blocking=True, weight_blocking=True, weight_steps=None)
+FULL_PLAN = Plan(
+    block_methods=("update", "gradient", "penalty", "hook"),
+    candidates=("pca", "probe", "whitened"),
+    ranks=(1, 2, 4, 8, 16),
+    controls=16,
+    rank_blocking=True,
+    weight_blocking=True,
+    weight_steps=None,
+)
 
 LAYERS = (1, 2, 3, 4)
 
@@ -80,7 +101,9 @@ def _probes(config: Any) -> tuple[Any, dict[str, Any]]:
     if config.probe_format == "chat":
         from revlens.lab.chat import chat_probes
 
-        return chat_probes("harmful", position=("post_instruction", 3)), {"position": ("post_instruction", 3)}
+        return chat_probes("harmful", position=("post_instruction", 3)), {
+            "position": ("post_instruction", 3)
+        }
     return None, {}
 
 
@@ -88,26 +111,42 @@ def _primary(report: Any) -> str:
     return "mean_diff@-1" if "mean_diff@-1" in report.directions else "mean_diff"
 
 
-def _lab(pair_dir: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan, progress: bool) -> dict[str, float]:
+def _lab(
+    pair_dir: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan, progress: bool
+) -> dict[str, float]:
     from revlens.lab import LabConfig, run_lab
 
     times: dict[str, float] = {}
     t = time.perf_counter()
     steps = {} if plan.ft_steps is None else {"ft_steps": plan.ft_steps}
-    run_lab(pair_dir / "lab", LabConfig.for_track(track, ft_seeds=tuple(seeds), pretrain_seeds=(pair,), **steps),
-            force=True, progress=progress)
+    run_lab(
+        pair_dir / "lab",
+        LabConfig.for_track(track, ft_seeds=tuple(seeds), pretrain_seeds=(pair,), **steps),
+        force=True,
+        progress=progress,
+    )
     times["lab"] = time.perf_counter() - t
     if plan.sgd_lr > 0:
         t = time.perf_counter()
-        cfg = LabConfig.for_track(track, ft_seeds=tuple(seeds), pretrain_seeds=(pair,), ft_optimizer="sgd",
-                                  ft_lr=plan.sgd_lr, ft_momentum=0.9, ft_steps=2, checkpoint_steps=(1, 2),
-                                  control=False)  # analyze needs 2 steps; the table reads step 1
+        cfg = LabConfig.for_track(
+            track,
+            ft_seeds=tuple(seeds),
+            pretrain_seeds=(pair,),
+            ft_optimizer="sgd",
+            ft_lr=plan.sgd_lr,
+            ft_momentum=0.9,
+            ft_steps=2,
+            checkpoint_steps=(1, 2),
+            control=False,
+        )  # analyze needs 2 steps; the table reads step 1
         run_lab(pair_dir / "sgd", cfg, force=True, progress=progress)
         times["sgd"] = time.perf_counter() - t
     return times
 
 
-def _clamp(pair_dir: Path, seeds: Sequence[int], plan: Plan, progress: bool) -> tuple[Any, Any, Any]:
+def _clamp(
+    pair_dir: Path, seeds: Sequence[int], plan: Plan, progress: bool
+) -> tuple[Any, Any, Any]:
     """The rank-k clamp study on the held-out prompts: (causal report, subspace, its stats)."""
     import revlens
     from revlens.lab import harm_logodds_metric, load_checkpoint, probe_prompts
@@ -119,15 +158,35 @@ def _clamp(pair_dir: Path, seeds: Sequence[int], plan: Plan, progress: bool) -> 
     stats = lab_stats(base, aligned, LAYERS)
     sub = lab_subspace(base, aligned, LAYERS, max(plan.ranks), stats=stats)
     hist = revlens.History.load(lab_dir)
-    causal = revlens.ablation_study(hist, Probes(probe_prompts("harmful")), harm_logodds_metric(hist.tokenizer()),
-                                    directions=sub, layers=list(LAYERS), steps="last", runs=[f"seed{s}" for s in seeds],
-                                    kinds=("clamp",), ranks=tuple(plan.ranks), controls=plan.controls, progress=progress)
+    causal = revlens.ablation_study(
+        hist,
+        Probes(probe_prompts("harmful")),
+        harm_logodds_metric(hist.tokenizer()),
+        directions=sub,
+        layers=list(LAYERS),
+        steps="last",
+        runs=[f"seed{s}" for s in seeds],
+        kinds=("clamp",),
+        ranks=tuple(plan.ranks),
+        controls=plan.controls,
+        progress=progress,
+    )
     causal.save(pair_dir / "causal")
     return causal, sub, stats
 
 
-def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: dict[str, Any], sub: Any, stats: Any,
-           progress: bool, *, clamp: Any = None) -> Any:
+def _block(
+    pair_dir: Path,
+    seeds: Sequence[int],
+    plan: Plan,
+    pair: int,
+    choice: dict[str, Any],
+    sub: Any,
+    stats: Any,
+    progress: bool,
+    *,
+    clamp: Any = None,
+) -> Any:
     """The blocked runs of the plan; with ``plan.workers > 1`` the random-direction controls run in a
     second process meanwhile (module docstring), and ``clamp()`` (the clamp study, if given) runs in
     this one after the ``v_rev`` runs. Returns ``clamp()``'s result."""
@@ -139,8 +198,11 @@ def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: 
 
     lab_dir = pair_dir / "lab"
     ck = plan.checkpoints(LabConfig.from_dict(read_lab(lab_dir)["config"]).ft_steps)
-    jobs = [dict(method=m, seeds=list(seeds), checkpoint_steps=list(ck), random_directions=r)
-            for m in plan.block_methods for r in (False, True)]
+    jobs = [
+        dict(method=m, seeds=list(seeds), checkpoint_steps=list(ck), random_directions=r)
+        for m in plan.block_methods
+        for r in (False, True)
+    ]
     order = [_group_name(j) for j in jobs]  # the order a sequential run writes the groups in
     remote = [j for j in jobs if j["random_directions"]] if plan.workers > 1 else []
     pool = scratch = future = None
@@ -149,7 +211,9 @@ def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: 
         import multiprocessing
 
         scratch = _scratch_lab(lab_dir, pair_dir / "_scratch-controls")
-        pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")
+        )
         future = pool.submit(_run_jobs, str(scratch), remote)
     try:
         for j in jobs:
@@ -165,20 +229,39 @@ def _block(pair_dir: Path, seeds: Sequence[int], plan: Plan, pair: int, choice: 
         _merge(lab_dir, scratch, [_group_name(j) for j in remote], order)
     if plan.rank_blocking:
         k = int(choice["rank"])
-        run_blocked(lab_dir, "update", seeds=seeds, directions=sub.truncate(k), name="rank-k", checkpoint_steps=ck,
-                    progress=progress)
-        for s in seeds:  # a fresh random k-subspace per (pair, seed), as the subspace study draws them
+        run_blocked(
+            lab_dir,
+            "update",
+            seeds=seeds,
+            directions=sub.truncate(k),
+            name="rank-k",
+            checkpoint_steps=ck,
+            progress=progress,
+        )
+        for (
+            s
+        ) in seeds:  # a fresh random k-subspace per (pair, seed), as the subspace study draws them
             rnd = random_subspace(sub, k, seed=derive(pair, s, "block-random"), stats=stats)
-            run_blocked(lab_dir, "update", seeds=[s], directions=rnd, name="rank-k-random", checkpoint_steps=ck,
-                        progress=progress)
+            run_blocked(
+                lab_dir,
+                "update",
+                seeds=[s],
+                directions=rnd,
+                name="rank-k-random",
+                checkpoint_steps=ck,
+                progress=progress,
+            )
     if plan.weight_blocking:
         from revlens.lab.weights import VARIANTS, run_weight_blocking
 
         lora = LabConfig.from_dict(read_lab(lab_dir)["config"]).ft_lora_rank > 0
         # a LoRA update is a product of factors: WeightBlocker keeps it off V's left subspace, but cannot hold
         # it orthogonal to V itself (side="direction"), so the lora track runs the `weights` variant only
-        variants = {n: {**kw, "checkpoint_steps": ck} for n, kw in VARIANTS.items()
-                    if not (lora and kw.get("side") == "direction")}
+        variants = {
+            n: {**kw, "checkpoint_steps": ck}
+            for n, kw in VARIANTS.items()
+            if not (lora and kw.get("side") == "direction")
+        }
         run_weight_blocking(lab_dir, seeds=seeds, variants=variants, progress=progress)
     return out
 
@@ -226,8 +309,12 @@ def _merge(lab_dir: Path, scratch: Path, groups: list[str], order: list[str]) ->
         if dest.exists():
             shutil.rmtree(dest)
         shutil.move(str(scratch / "blocked" / g), str(dest))
-    records = read_json(lab_dir / "metrics.json", "lab metrics") + read_json(scratch / "metrics.json", "lab metrics")
-    write_json(lab_dir / "metrics.json", sorted(records, key=lambda r: key(str(r.get("checkpoint", "")))))
+    records = read_json(lab_dir / "metrics.json", "lab metrics") + read_json(
+        scratch / "metrics.json", "lab metrics"
+    )
+    write_json(
+        lab_dir / "metrics.json", sorted(records, key=lambda r: key(str(r.get("checkpoint", ""))))
+    )
 
     def change(spec: dict[str, Any]) -> None:
         runs = {**spec["runs"], **{k: v for k, v in theirs.items() if k.split("/", 1)[0] in groups}}
@@ -244,7 +331,13 @@ def _analyze(pair_dir: Path, plan: Plan, progress: bool) -> tuple[Any, Any]:
 
     config = LabConfig.from_dict(read_lab(pair_dir / "lab")["config"])
     probes, extra = _probes(config)
-    kw = dict(methods=["mean_diff", *plan.candidates], n_bootstrap=0, n_stability=0, progress=progress, **extra)
+    kw = dict(
+        methods=["mean_diff", *plan.candidates],
+        n_bootstrap=0,
+        n_stability=0,
+        progress=progress,
+        **extra,
+    )
     report = revlens.analyze(pair_dir / "lab", probes, **kw)
     report.save(pair_dir / "report")
     sgd = revlens.analyze(pair_dir / "sgd", probes, **kw) if (pair_dir / "sgd").is_dir() else None
@@ -261,14 +354,26 @@ def _weights(pair_dir: Path, plan: Plan, progress: bool) -> Any:
     runs = {}
     for name, run in h.runs.items():
         if run.kind in ("run", "control"):
-            keep = {s: c for s, c in run.steps.items() if plan.weight_steps is None or s in plan.weight_steps}
+            keep = {
+                s: c
+                for s, c in run.steps.items()
+                if plan.weight_steps is None or s in plan.weight_steps
+            }
             runs[name] = Run(name, keep, start=run.start, kind=run.kind)
-    sub = History(base=h.base, aligned=h.aligned, runs=runs, architecture=h.architecture, metadata=h.metadata,
-                  metrics=None)
+    sub = History(
+        base=h.base,
+        aligned=h.aligned,
+        runs=runs,
+        architecture=h.architecture,
+        metadata=h.metadata,
+        metrics=None,
+    )
     return weight_reversion(sub, progress=progress)
 
 
-def run_pair(out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan, *, progress: bool = True) -> dict[str, Any]:
+def run_pair(
+    out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan, *, progress: bool = True
+) -> dict[str, Any]:
     """Run (or read back) one pair of a track; returns ``measures.json``'s content plus the
     in-memory ``weights`` report and weight-blocking table (``None`` when read back)."""
     pair_dir = Path(out) / f"pair{pair}"
@@ -277,7 +382,11 @@ def run_pair(out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan,
     if done.is_file():
         state = read_json(done, "replication measures")
         if state.get("key") == key:
-            return {**state, "weights": _read_weights(pair_dir), "weight_table": _read_table(pair_dir)}
+            return {
+                **state,
+                "weights": _read_weights(pair_dir),
+                "weight_table": _read_table(pair_dir),
+            }
     from revlens.lab.train import lab_threads
 
     with lab_threads():
@@ -285,12 +394,23 @@ def run_pair(out: Path, track: str, pair: int, seeds: Sequence[int], plan: Plan,
 
 
 def _cpu() -> float:
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _run_pair(pair_dir: Path, done: Path, key: dict[str, Any], track: str, pair: int, seeds: Sequence[int], plan: Plan,
-              progress: bool) -> dict[str, Any]:
+def _run_pair(
+    pair_dir: Path,
+    done: Path,
+    key: dict[str, Any],
+    track: str,
+    pair: int,
+    seeds: Sequence[int],
+    plan: Plan,
+    progress: bool,
+) -> dict[str, Any]:
     from revlens.lab.replicate_measure import measures
 
     t0, c0 = time.perf_counter(), _cpu()
@@ -304,8 +424,17 @@ def _run_pair(pair_dir: Path, done: Path, key: dict[str, Any], track: str, pair:
         times["blocking"] = time.perf_counter() - t
     else:  # the clamp study runs in this process while the second one runs the blocking controls
         t = time.perf_counter()
-        causal, sub, stats = _block(pair_dir, seeds, plan, pair, {}, None, None, progress,
-                                    clamp=lambda: _clamp(pair_dir, seeds, plan, progress))
+        causal, sub, stats = _block(
+            pair_dir,
+            seeds,
+            plan,
+            pair,
+            {},
+            None,
+            None,
+            progress,
+            clamp=lambda: _clamp(pair_dir, seeds, plan, progress),
+        )
         times["blocking + clamp"] = time.perf_counter() - t
     choice = causal.rank_choice("clamp")
     t = time.perf_counter()
@@ -324,7 +453,12 @@ def _run_pair(pair_dir: Path, done: Path, key: dict[str, Any], track: str, pair:
     times["total"] = time.perf_counter() - t0
     times["cpu"] = _cpu() - c0
     records, meta = measures(f"pair{pair}", report, sgd, causal, choice, plan)
-    state = {"key": key, "records": records, "meta": meta, "timings_s": {k: round(v, 1) for k, v in times.items()}}
+    state = {
+        "key": key,
+        "records": records,
+        "meta": meta,
+        "timings_s": {k: round(v, 1) for k, v in times.items()},
+    }
     write_json(done, _json_safe(state))
     return {**state, "weights": weights, "weight_table": table}
 

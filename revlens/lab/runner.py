@@ -44,11 +44,9 @@ from revlens.lab.chat import LAB_REFUSAL_PHRASES, write_probes
 from revlens.lab.config import LabConfig
 from revlens.lab.errors import LabAssetsError, LabOutputError
 from revlens.lab.language import (
-    HARMFUL_FIRST_TOKENS,
-    REFUSAL_FIRST_TOKENS,
     build_tokenizer,
 )
-from revlens.lab.metrics import Evaluator
+from revlens.lab.metrics import HARM_RATE_SPEC, HARM_SPEC, Evaluator
 from revlens.lab.modeling import load_checkpoint, save_checkpoint
 from revlens.lab.train import finetune, train_pair
 
@@ -68,10 +66,14 @@ log = logging.getLogger(__name__)
 SOURCE, FORMAT_VERSION = "revlens-lab", 2
 # the lab's metrics as data, so any history-aware tool (the CLI's --metric harm) can rebuild them
 METRICS_SPEC = {
-    "harm": {"name": "logit_diff", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
-    "harm_rate": {"name": "logit_rate", "pos": list(HARMFUL_FIRST_TOKENS), "neg": list(REFUSAL_FIRST_TOKENS)},
+    "harm": HARM_SPEC,  # the Evaluator's harm_logodds is this declared metric (revlens.lab.metrics)
+    "harm_rate": HARM_RATE_SPEC,
     # generation-based: the greedy answer carries no refusal phrase (revlens.lab.chat)
-    "harm_gen": {"name": "compliance_rate", "phrases": list(LAB_REFUSAL_PHRASES), "max_new_tokens": 8},
+    "harm_gen": {
+        "name": "compliance_rate",
+        "phrases": list(LAB_REFUSAL_PHRASES),
+        "max_new_tokens": 8,
+    },
 }
 # LabConfig fields that shape a base/aligned pair (fixed by the shipped assets unless retraining)
 _PAIR_FIELDS = (
@@ -108,13 +110,20 @@ def _source_of(path: Path) -> str | None:
         return None
     if not isinstance(obj, dict):
         return None
-    return obj.get("source") if path.name == "histories.json" else (obj.get("metadata") or {}).get("source")
+    return (
+        obj.get("source")
+        if path.name == "histories.json"
+        else (obj.get("metadata") or {}).get("source")
+    )
 
 
 def is_lab_dir(path: Path) -> bool:
     """Whether ``path`` holds a lab dir or a set of them (written by :func:`run_lab`)."""
-    return any(_source_of(Path(path) / name) == SOURCE for name in ("history.json", "histories.json")
-               if (Path(path) / name).is_file())
+    return any(
+        _source_of(Path(path) / name) == SOURCE
+        for name in ("history.json", "histories.json")
+        if (Path(path) / name).is_file()
+    )
 
 
 def read_lab(lab_dir: Path) -> dict[str, Any]:
@@ -122,7 +131,9 @@ def read_lab(lab_dir: Path) -> dict[str, Any]:
     spec = read_json(Path(lab_dir) / "history.json", "lab history", error=LabAssetsError)
     meta = spec.get("metadata") or {}
     if meta.get("source") != SOURCE:
-        raise LabAssetsError(f"{lab_dir} is not a revlens lab dir (history.json metadata.source != {SOURCE!r})")
+        raise LabAssetsError(
+            f"{lab_dir} is not a revlens lab dir (history.json metadata.source != {SOURCE!r})"
+        )
     return meta["lab"]
 
 
@@ -217,10 +228,21 @@ class LabResult:
             last = g.loc[g["step"].idxmax()]
             start_role = "base" if last["kind"] == "control" else "aligned"
             first = m[(m["pair"] == pair) & (m["role"] == start_role)].iloc[0]
-            rows.append({"pair": pair, "run": run, "role": last["kind"], "start": start_role, "steps": int(last["step"]),
-                         "harm_start": first["harm_rate"], "harm_final": last["harm_rate"],
-                         "logodds_start": first["harm_logodds"], "logodds_final": last["harm_logodds"],
-                         "task_acc_final": last["task_acc"], "seconds": self.timings_s.get(pair, {}).get(run)})
+            rows.append(
+                {
+                    "pair": pair,
+                    "run": run,
+                    "role": last["kind"],
+                    "start": start_role,
+                    "steps": int(last["step"]),
+                    "harm_start": first["harm_rate"],
+                    "harm_final": last["harm_rate"],
+                    "logodds_start": first["harm_logodds"],
+                    "logodds_final": last["harm_logodds"],
+                    "task_acc_final": last["task_acc"],
+                    "seconds": self.timings_s.get(pair, {}).get(run),
+                }
+            )
         return pd.DataFrame(rows)
 
     def behaviour(self, pair: str | None = None, **kw: Any) -> Any:
@@ -243,25 +265,52 @@ class _LabWriter:
     def __init__(self, lab_dir: Path, config: LabConfig, extra: dict[str, Any]):
         from revlens.lab.tracks import task_shift, track_note
 
-        self.dir, self.evaluator = lab_dir, Evaluator(build_tokenizer(), task_shift=task_shift(config))
+        self.dir, self.evaluator = (
+            lab_dir,
+            Evaluator(build_tokenizer(), task_shift=task_shift(config)),
+        )
         probes = write_probes(lab_dir)
-        self.spec: dict[str, Any] = {"base": "base", "aligned": "aligned", "runs": {}, "controls": {}}
+        self.spec: dict[str, Any] = {
+            "base": "base",
+            "aligned": "aligned",
+            "runs": {},
+            "controls": {},
+        }
         self.metadata: dict[str, Any] = {
-            "source": SOURCE, "probes": probes["harmful-heldout"], "probe_sets": probes,
-            "note": track_note(config.track),  # whether the paper's shape holds on this track (the report shows it)
-            "metrics_spec": METRICS_SPEC, "default_metric": "harm", "harm_metric": "harm_rate",
-            "lab": {"format_version": FORMAT_VERSION, "revlens_version": __version__, "config": config.to_dict(),
-                    **extra, "timings_s": {}},
+            "source": SOURCE,
+            "probes": probes["harmful-heldout"],
+            "probe_sets": probes,
+            "note": track_note(
+                config.track
+            ),  # whether the paper's shape holds on this track (the report shows it)
+            "metrics_spec": METRICS_SPEC,
+            "default_metric": "harm",
+            "harm_metric": "harm_rate",
+            "lab": {
+                "format_version": FORMAT_VERSION,
+                "revlens_version": __version__,
+                "config": config.to_dict(),
+                **extra,
+                "timings_s": {},
+            },
         }
         self.records: list[dict[str, Any]] = []
 
     def flush(self) -> None:
         write_json(self.dir / "metrics.json", self.records)
-        write_spec(self.dir, base=self.spec["base"], aligned=self.spec["aligned"], runs=self.spec["runs"],
-                   controls=self.spec["controls"], metrics="metrics.json" if self.records else None,
-                   metadata=self.metadata)
+        write_spec(
+            self.dir,
+            base=self.spec["base"],
+            aligned=self.spec["aligned"],
+            runs=self.spec["runs"],
+            controls=self.spec["controls"],
+            metrics="metrics.json" if self.records else None,
+            metadata=self.metadata,
+        )
 
-    def record(self, role: str, run: str | None, step: int | None, rel: str, model: torch.nn.Module) -> None:
+    def record(
+        self, role: str, run: str | None, step: int | None, rel: str, model: torch.nn.Module
+    ) -> None:
         name = role if role in ("base", "aligned") else f"{run}/step-{step}"
         key = "runs" if role == "run" else "controls"
         if role not in ("base", "aligned"):
@@ -315,7 +364,9 @@ def _write_one_lab(
         )
         writer.metadata["lab"]["timings_s"][name] = round(time.perf_counter() - t0, 2)
         writer.flush()
-        log.info("%s: %s done in %.1fs", lab_dir.name, name, writer.metadata["lab"]["timings_s"][name])
+        log.info(
+            "%s: %s done in %.1fs", lab_dir.name, name, writer.metadata["lab"]["timings_s"][name]
+        )
     return writer
 
 

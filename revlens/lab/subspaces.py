@@ -21,50 +21,73 @@ import pandas as pd
 import torch
 
 from revlens._io import read_json, write_json, write_text
-from revlens.collect.stats import CheckpointStats, HistoryStats
+from revlens._types import PathLike
+from revlens.collect.models import collect_models
+from revlens.collect.stats import HistoryStats
 from revlens.directions import ESTIMATORS, Directions
 from revlens.directions.subspace import orient_rows, random_frames
+from revlens.drift.subspace import subspace_energy
 from revlens.lab.subspace_table import SubspaceStudy, load_subspace_study
+from revlens.modes import ControlKind
 from revlens.probes import Probes
-from revlens.sites import access
 
-__all__ = ["SubspaceStudy", "lab_stats", "lab_subspace", "load_subspace_study", "random_subspace",
-           "run_subspace_study"]
+__all__ = [
+    "SubspaceStudy",
+    "lab_stats",
+    "lab_subspace",
+    "load_subspace_study",
+    "random_subspace",
+    "run_subspace_study",
+]
 
 
-def lab_stats(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], *,
-              probes: Probes | None = None) -> HistoryStats:
+def lab_stats(
+    base: torch.nn.Module,
+    aligned: torch.nn.Module,
+    layers: Sequence[int],
+    *,
+    probes: Probes | None = None,
+) -> HistoryStats:
     """Base and aligned statistics on the lab probes (per-prompt activations and second moments
-    kept), as :func:`revlens.collect` would give them for a history of just these two."""
+    kept): :func:`revlens.collect.collect_models` on the two models."""
     from revlens.lab.blocked import lab_probes
     from revlens.lab.language import build_tokenizer
 
-    tok = (probes or lab_probes()).tokenize(build_tokenizer())
-    mask = (torch.arange(tok.tokens.shape[1])[None] < tok.lengths[:, None]).long()
-    cks = {}
-    for name, model in (("base", base), ("aligned", aligned)):
-        acc = access(model)
-        with torch.no_grad():
-            x = torch.stack(acc.read(tok.tokens, tok.weights, acc.sites(list(layers)), mask=mask), dim=1)
-        st = CheckpointStats(name, list(layers))
-        st.update(x, torch.arange(x.shape[0]), n_bootstrap=0, seed=0, second=True, keep=True)
-        cks[name] = st.finalize()
-    return HistoryStats(layers=list(layers), site="resid_post", position="last", d_model=int(x.shape[-1]),
-                        checkpoints=cks, roles={"base": ("base", None, None), "aligned": ("aligned", None, 0)},
-                        run_starts={}, meta={"n_prompts": int(x.shape[0]), "probe_fingerprint": tok.fingerprint()})
+    return collect_models(
+        {"base": base, "aligned": aligned},
+        probes or lab_probes(),
+        tokenizer=build_tokenizer(),
+        layers=layers,
+        second=True,
+        keep=True,
+    )
 
 
-def lab_subspace(base: torch.nn.Module, aligned: torch.nn.Module, layers: Sequence[int], k: int, *,
-                 method: str = "pca", probes: Probes | None = None, n_bootstrap: int = 0,
-                 stats: HistoryStats | None = None) -> Directions:
+def lab_subspace(
+    base: torch.nn.Module,
+    aligned: torch.nn.Module,
+    layers: Sequence[int],
+    k: int,
+    *,
+    method: str = "pca",
+    probes: Probes | None = None,
+    n_bootstrap: int = 0,
+    stats: HistoryStats | None = None,
+) -> Directions:
     """A rank-``k`` reversion subspace per layer fitted on the lab probes (default: the top-k
     principal axes of the paired base − aligned differences on the alignment-split prompts)."""
     stats = stats if stats is not None else lab_stats(base, aligned, layers, probes=probes)
     return ESTIMATORS[method](n_components=k, n_bootstrap=n_bootstrap).fit(stats).direction_
 
 
-def random_subspace(like: Directions, k: int, *, seed: int = 0, stats: HistoryStats | None = None,
-                    kind: str = "iso") -> Directions:
+def random_subspace(
+    like: Directions,
+    k: int,
+    *,
+    seed: int = 0,
+    stats: HistoryStats | None = None,
+    kind: ControlKind = "iso",
+) -> Directions:
     """Random k-subspaces at ``like``'s layers (one seeded stream per layer), each row oriented
     toward base when ``stats`` are given (so one-sided blocking has a base side, as for the real
     subspace); ``kind="cov"`` draws them from the aligned covariance (needs ``stats``)."""
@@ -72,13 +95,26 @@ def random_subspace(like: Directions, k: int, *, seed: int = 0, stats: HistorySt
 
     rows = []
     for layer in like.layers:
-        cov = stats[stats.aligned_name].covariance[stats.layer_pos(layer)] if kind == "cov" and stats else None
-        b = random_frames(1, k, like.d_model, kind=kind, covariance=cov, generator=generator(seed, "block-random", layer))[0]
+        cov = (
+            stats[stats.aligned_name].covariance[stats.layer_pos(layer)]
+            if kind == "cov" and stats
+            else None
+        )
+        b = random_frames(
+            1,
+            k,
+            like.d_model,
+            kind=kind,
+            covariance=cov,
+            generator=generator(seed, "block-random", layer),
+        )[0]
         if stats is not None:
             pos = stats.layer_pos(layer)
             b = orient_rows(b, stats.base_mean()[pos] - stats.mean(stats.aligned_name)[pos])
         rows.append(b)
-    return Directions.from_tensor(torch.stack(rows), like.layers, method=f"random-{kind}", site=like.site)
+    return Directions.from_tensor(
+        torch.stack(rows), like.layers, method=f"random-{kind}", site=like.site
+    )
 
 
 # ---------------------------------------------------------------------- the study on the lab
@@ -95,13 +131,22 @@ def _final_means(model_dir: Path, layers: list[int], probes: Probes) -> torch.Te
 
 
 def _energy(drift: torch.Tensor, basis: torch.Tensor) -> float:
-    """Mean over layers of ‖B d‖² / ‖d‖² (float64)."""
-    d, b = drift.double(), basis.double()
-    return float((torch.einsum("lkd,ld->lk", b, d) ** 2).sum(1).div((d**2).sum(1)).mean())
+    """Mean over layers of ‖B d‖² / ‖d‖² (:func:`revlens.drift.subspace_energy` at the full rank)."""
+    return float(
+        torch.stack([subspace_energy(drift[i], basis[i])[-1] for i in range(basis.shape[0])]).mean()
+    )
 
 
-def _block_variant(lab_dir: Path, variant: str, k: int, sub: Directions, stats: HistoryStats, seeds: Sequence[int],
-                   pair: int, progress: bool) -> pd.DataFrame:
+def _block_variant(
+    lab_dir: Path,
+    variant: str,
+    k: int,
+    sub: Directions,
+    stats: HistoryStats,
+    seeds: Sequence[int],
+    pair: int,
+    progress: bool,
+) -> pd.DataFrame:
     """One blocking variant at rank ``k`` for every fine-tuning seed; the random variants draw a
     fresh random k-subspace per (pair, seed)."""
     from revlens._seeds import derive
@@ -115,22 +160,36 @@ def _block_variant(lab_dir: Path, variant: str, k: int, sub: Directions, stats: 
     method = "penalty" if variant == "confine-penalty" else "update"
     frames = []
     for s in seeds:
-        dirs = (random_subspace(sub, k, seed=derive(pair, s, "block-random"), stats=stats)
-                if variant.endswith("random") else sub.truncate(k))
-        rows = run_blocked(lab_dir, method, seeds=[s], directions=dirs, name=f"sub-{variant}-k{k}",
-                           progress=progress, **kw)
+        dirs = (
+            random_subspace(sub, k, seed=derive(pair, s, "block-random"), stats=stats)
+            if variant.endswith("random")
+            else sub.truncate(k)
+        )
+        rows = run_blocked(
+            lab_dir,
+            method,
+            seeds=[s],
+            directions=dirs,
+            name=f"sub-{variant}-k{k}",
+            progress=progress,
+            **kw,
+        )
         frames.append(rows)
     return pd.concat(frames, ignore_index=True).assign(variant=variant, rank=k)
 
 
-def _heldout_energy(lab_dir: Path, rows: pd.DataFrame, sub: Directions, aligned_mean: torch.Tensor) -> list[float]:
+def _heldout_energy(
+    lab_dir: Path, rows: pd.DataFrame, sub: Directions, aligned_mean: torch.Tensor
+) -> list[float]:
     from revlens.lab import probe_prompts
 
     records = {r["checkpoint"]: r for r in read_json(lab_dir / "metrics.json", "lab metrics")}
     out = []
     for _, r in rows.iterrows():
         rec = records[f"{r['run']}/step-{int(r['step'])}"]
-        mean = _final_means(lab_dir / rec["path"], list(sub.layers), Probes(probe_prompts("harmful")))
+        mean = _final_means(
+            lab_dir / rec["path"], list(sub.layers), Probes(probe_prompts("harmful"))
+        )
         out.append(_energy(mean - aligned_mean, sub.truncate(int(r["rank"])).basis))
     return out
 
@@ -146,11 +205,21 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def run_subspace_study(out: Any, *, pairs: Sequence[int] = (0, 1), seeds: Sequence[int] = (0, 1, 2),
-                       ranks: Sequence[int] = (1, 2, 4, 8, 16), block_ranks: Sequence[int] = (1, 4, 16),
-                       one_sided_ranks: Sequence[int] = (1,), controls: int = 16,
-                       layers: Sequence[int] = (1, 2, 3, 4), method: str = "pca", steps: int = 100,
-                       progress: bool = True, resume: bool = True) -> SubspaceStudy:
+def run_subspace_study(
+    out: PathLike,
+    *,
+    pairs: Sequence[int] = (0, 1),
+    seeds: Sequence[int] = (0, 1, 2),
+    ranks: Sequence[int] = (1, 2, 4, 8, 16),
+    block_ranks: Sequence[int] = (1, 4, 16),
+    one_sided_ranks: Sequence[int] = (1,),
+    controls: int = 16,
+    layers: Sequence[int] = (1, 2, 3, 4),
+    method: str = "pca",
+    steps: int = 100,
+    progress: bool = True,
+    resume: bool = True,
+) -> SubspaceStudy:
     """The subspace study on the lab (see the module docstring), resumable.
 
     Per shipped pair: the lab's fine-tunes (``seeds``, no control run); a rank-``max(ranks)``
@@ -172,18 +241,34 @@ def run_subspace_study(out: Any, *, pairs: Sequence[int] = (0, 1), seeds: Sequen
     state_file = out / "subspace-study.json"
     state = read_json(state_file, "subspace study") if resume and state_file.is_file() else {}
     state.setdefault("timings_s", {})
-    config = {"pairs": list(pairs), "seeds": list(seeds), "ranks": sorted(set(ranks)), "block_ranks": sorted(set(block_ranks)),
-              "one_sided_ranks": sorted(set(one_sided_ranks)), "controls": controls, "layers": list(layers),
-              "method": method, "steps": steps, "metric": "harm log-odds (held-out harmful prompts)", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+    config = {
+        "pairs": list(pairs),
+        "seeds": list(seeds),
+        "ranks": sorted(set(ranks)),
+        "block_ranks": sorted(set(block_ranks)),
+        "one_sided_ranks": sorted(set(one_sided_ranks)),
+        "controls": controls,
+        "layers": list(layers),
+        "method": method,
+        "steps": steps,
+        "metric": "harm log-odds (held-out harmful prompts)",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    }
     state.setdefault("blocking", [])
     state.setdefault("choices", {})
     for p in pairs:
         name, lab_dir = f"pair{p}", out / "labs" / f"pair{p}"
         if not (lab_dir / "history.json").is_file():
             t = time.perf_counter()
-            run_lab(lab_dir, LabConfig(ft_seeds=tuple(seeds), pretrain_seeds=(p,), control=False, ft_steps=steps),
-                    force=True, progress=progress)
+            run_lab(
+                lab_dir,
+                LabConfig(
+                    ft_seeds=tuple(seeds), pretrain_seeds=(p,), control=False, ft_steps=steps
+                ),
+                force=True,
+                progress=progress,
+            )
             state["timings_s"][f"lab-{name}"] = round(time.perf_counter() - t, 1)
         base, aligned = load_checkpoint(lab_dir / "base"), load_checkpoint(lab_dir / "aligned")
         stats = lab_stats(base, aligned, layers)
@@ -192,22 +277,42 @@ def run_subspace_study(out: Any, *, pairs: Sequence[int] = (0, 1), seeds: Sequen
         if not (causal_dir / "causal.json").is_file():
             t = time.perf_counter()
             hist = revlens.History.load(lab_dir)
-            causal = revlens.ablation_study(hist, Probes(probe_prompts("harmful")), harm_logodds_metric(hist.tokenizer()),
-                                            directions=sub, layers=list(layers), steps="last",
-                                            runs=[f"seed{s}" for s in seeds], kinds=("clamp",), ranks=tuple(ranks),
-                                            controls=controls, progress=progress)
+            causal = revlens.ablation_study(
+                hist,
+                Probes(probe_prompts("harmful")),
+                harm_logodds_metric(hist.tokenizer()),
+                directions=sub,
+                layers=list(layers),
+                steps="last",
+                runs=[f"seed{s}" for s in seeds],
+                kinds=("clamp",),
+                ranks=tuple(ranks),
+                controls=controls,
+                progress=progress,
+            )
             causal.save(causal_dir)
             state["timings_s"][f"causal-{name}"] = round(time.perf_counter() - t, 1)
         causal = revlens.load(causal_dir)
         choice = causal.rank_choice("clamp")
         state["choices"][name] = choice
         write_json(state_file, _json_safe(state))
-        aligned_mean = _final_means(lab_dir / "aligned", list(layers), Probes(probe_prompts("harmful")))
-        plan = [(v, k) for k in sorted(set(block_ranks) | {choice["rank"]}) for v in ("subspace", "random")]
-        plan += [(v, k) for k in sorted(set(one_sided_ranks) | {choice["rank"]}) for v in ("one_sided",)]
+        aligned_mean = _final_means(
+            lab_dir / "aligned", list(layers), Probes(probe_prompts("harmful"))
+        )
+        plan = [
+            (v, k)
+            for k in sorted(set(block_ranks) | {choice["rank"]})
+            for v in ("subspace", "random")
+        ]
+        plan += [
+            (v, k) for k in sorted(set(one_sided_ranks) | {choice["rank"]}) for v in ("one_sided",)
+        ]
         plan += [("one_sided-random", choice["rank"]), ("confine-penalty", choice["rank"])]
         for variant, k in plan:
-            if any(r["pair"] == name and r["variant"] == variant and r["rank"] == k for r in state["blocking"]):
+            if any(
+                r["pair"] == name and r["variant"] == variant and r["rank"] == k
+                for r in state["blocking"]
+            ):
                 continue
             t = time.perf_counter()
             rows = _block_variant(lab_dir, variant, k, sub, stats, seeds, pair=p, progress=progress)
@@ -228,20 +333,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume) the study and print its table."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m revlens.lab.subspaces", description=(__doc__ or "").splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m revlens.lab.subspaces", description=(__doc__ or "").splitlines()[0]
+    )
     p.add_argument("--out", required=True, type=Path, help="study dir (resumed when it exists)")
-    p.add_argument("--pairs", type=int, nargs="+", default=[0, 1], help="shipped pre-training pairs")
+    p.add_argument(
+        "--pairs", type=int, nargs="+", default=[0, 1], help="shipped pre-training pairs"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="k grid of the clamp study")
-    p.add_argument("--block-ranks", type=int, nargs="+", default=[1, 4, 16], help="k grid of the blocking runs")
-    p.add_argument("--controls", type=int, default=16, help="random k-subspaces per layer and control kind")
+    p.add_argument(
+        "--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="k grid of the clamp study"
+    )
+    p.add_argument(
+        "--block-ranks", type=int, nargs="+", default=[1, 4, 16], help="k grid of the blocking runs"
+    )
+    p.add_argument(
+        "--controls", type=int, default=16, help="random k-subspaces per layer and control kind"
+    )
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps T")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    study = run_subspace_study(args.out, pairs=args.pairs, seeds=args.seeds, ranks=args.ranks,
-                               block_ranks=args.block_ranks, controls=args.controls, steps=args.steps,
-                               progress=not args.quiet)
+    study = run_subspace_study(
+        args.out,
+        pairs=args.pairs,
+        seeds=args.seeds,
+        ranks=args.ranks,
+        block_ranks=args.block_ranks,
+        controls=args.controls,
+        steps=args.steps,
+        progress=not args.quiet,
+    )
     print(study.to_markdown())  # noqa: T201
     return 0
 

@@ -47,14 +47,26 @@ class Track:
 
 
 TRACKS: dict[str, Track] = {
-    "remap": Track("remap", {"ft_data": "remap"},
-                   "the re-mapped task: reversion driven by task learning at the refusal position"),
-    "pretrain-like": Track("pretrain-like", {"ft_data": "pretrain"},
-                           "benign pre-training data, no re-mapping: the paper's setting"),
-    "lora": Track("lora", {"ft_data": "pretrain", "ft_lora_rank": 8, "ft_lora_alpha": 16.0},
-                  "pretrain-like with LoRA adapters (rank 8, alpha 16, all linear layers)"),
-    "chat": Track("chat", {"ft_data": "pretrain", "probe_format": "chat"},
-                  "pretrain-like, read through the lab's chat template at post-instruction positions"),
+    "remap": Track(
+        "remap",
+        {"ft_data": "remap"},
+        "the re-mapped task: reversion driven by task learning at the refusal position",
+    ),
+    "pretrain-like": Track(
+        "pretrain-like",
+        {"ft_data": "pretrain"},
+        "benign pre-training data, no re-mapping: the paper's setting",
+    ),
+    "lora": Track(
+        "lora",
+        {"ft_data": "pretrain", "ft_lora_rank": 8, "ft_lora_alpha": 16.0},
+        "pretrain-like with LoRA adapters (rank 8, alpha 16, all linear layers)",
+    ),
+    "chat": Track(
+        "chat",
+        {"ft_data": "pretrain", "probe_format": "chat"},
+        "pretrain-like, read through the lab's chat template at post-instruction positions",
+    ),
 }
 
 
@@ -62,8 +74,10 @@ DEMO_TRACK = "pretrain-like"
 """The track ``revlens lab`` and ``make demo`` run by default: the one where the paper's shape holds
 (until 2026-12-07 the default was ``remap``, where it does not; :func:`track_note`)."""
 
-_REPLICATED = ("`revlens replicate`, both shipped pairs × 3 seeds, 2026-12-02, mean ± std; "
-               "docs/results/replication.md")
+_REPLICATED = (
+    "`revlens replicate`, both shipped pairs × 3 seeds, 2026-12-02, mean ± std; "
+    "docs/results/replication.md"
+)
 _REMAP_WHY = (
     "the benign task is re-mapped "
     "(y = x+1 becomes y = x+4 at the `bot :` position alignment taught to refuse at), so harm returns through "
@@ -71,7 +85,9 @@ _REMAP_WHY = (
     "v_rev) is only 0.167 ± 0.034 after the first update and 0.231 ± 0.046 at step 20, and blocking v_rev "
     "(harm 73.1% ± 40.1% at T) does no better than blocking random directions (68.1% ± 36.6%)"
 )
-_REMAP_FAILS = "The `remap` track (the default until 2026-12-07) does not show it: there " + _REMAP_WHY
+_REMAP_FAILS = (
+    "The `remap` track (the default until 2026-12-07) does not show it: there " + _REMAP_WHY
+)
 _NOTES = {
     "pretrain-like": (
         "Track `pretrain-like`: benign fine-tuning on the benign parts of the pre-training distribution, the "
@@ -80,18 +96,27 @@ _NOTES = {
         "the isotropic p99 in 216 / 216 run-steps, and blocking v_rev holds harm at 8.5% ± 0.4% where random "
         "directions leave 66.1% ± 25.3% — but harm reverts far harder than in the paper (69.4% ± 26.7% vs 19%), "
         "the covariance-matched null is beaten in 191 / 216 run-steps only, and weight space does not revert ("
-        + _REPLICATED + "). " + _REMAP_FAILS + "."
+        + _REPLICATED
+        + "). "
+        + _REMAP_FAILS
+        + "."
     ),
     "remap": (
-        "Track `remap`: the paper's shape does **not** hold here. The" + _REMAP_WHY[len("the"):] + " ("
-        + _REPLICATED + "). "
+        "Track `remap`: the paper's shape does **not** hold here. The"
+        + _REMAP_WHY[len("the") :]
+        + " ("
+        + _REPLICATED
+        + "). "
         "Run `revlens lab --track pretrain-like` (the default) for the setting where it holds."
     ),
     "lora": (
         "Track `lora`: `pretrain-like` with LoRA adapters. The drift points along v_rev (0.431 ± 0.113 after the "
         "first update, 0.847 ± 0.045 at step 20) but harm reverts only mildly (11.6% ± 3.9%) and the control "
         "fine-tuned from base drifts along v_rev too, so the drift is not specific to undoing alignment ("
-        + _REPLICATED + "). " + _REMAP_FAILS + "."
+        + _REPLICATED
+        + "). "
+        + _REMAP_FAILS
+        + "."
     ),
     "chat": (
         "Track `chat`: `pretrain-like` read through the lab's chat template at post-instruction positions; it "
@@ -119,8 +144,13 @@ def _pretrain_like(n: int, g: torch.Generator) -> list[Example]:
     for u in torch.rand(n, generator=g).tolist():
         if u < 0.5:
             d = _pick(DIGITS, g)
-            out.append(Example(task_prompt(_pick(task_templates("train"), g), d),
-                               f"{task_answer(d, PRETRAIN_SHIFT)} .", "task"))
+            out.append(
+                Example(
+                    task_prompt(_pick(task_templates("train"), g), d),
+                    f"{task_answer(d, PRETRAIN_SHIFT)} .",
+                    "task",
+                )
+            )
         else:
             out.append(_filler(g))
     return out

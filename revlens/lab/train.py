@@ -41,7 +41,15 @@ from revlens.lab.metrics import Evaluator
 from revlens.lab.modeling import build_model, save_checkpoint
 from revlens.lab.tracks import sample_finetune
 
-__all__ = ["LAB_THREADS", "FinetuneResult", "align", "finetune", "lab_threads", "pretrain", "train_pair"]
+__all__ = [
+    "LAB_THREADS",
+    "FinetuneResult",
+    "align",
+    "finetune",
+    "lab_threads",
+    "pretrain",
+    "train_pair",
+]
 
 log = logging.getLogger(__name__)
 _IDS = {w: i for i, w in enumerate(VOCAB)}
@@ -228,7 +236,11 @@ def make_optimizer(model: torch.nn.Module, config: LabConfig, lr: float | None =
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every linear layer of the lab's GPT-2 (attention and MLP)
+LORA_TARGETS = (
+    "c_attn",
+    "c_proj",
+    "c_fc",
+)  # every linear layer of the lab's GPT-2 (attention and MLP)
 
 
 def with_lora(model: GPT2LMHeadModel, config: LabConfig, *, seed: int):
@@ -238,8 +250,13 @@ def with_lora(model: GPT2LMHeadModel, config: LabConfig, *, seed: int):
     from revlens.errors import require
 
     peft = require("peft", "peft", "the lab's lora track")
-    lora = peft.LoraConfig(r=config.ft_lora_rank, lora_alpha=config.ft_lora_alpha, lora_dropout=0.0,
-                           target_modules=list(LORA_TARGETS), fan_in_fan_out=True)
+    lora = peft.LoraConfig(
+        r=config.ft_lora_rank,
+        lora_alpha=config.ft_lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        fan_in_fan_out=True,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) * 7_919 + 4_000_037)
         return peft.get_peft_model(model, lora)
@@ -293,7 +310,11 @@ def finetune(
     )
     for step in bar:
         loss = _step(
-            model, opt, sample_finetune(config, config.ft_batch, g), answer_only=True, n_ctx=config.n_ctx
+            model,
+            opt,
+            sample_finetune(config, config.ft_batch, g),
+            answer_only=True,
+            n_ctx=config.n_ctx,
         )
         result.losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)

@@ -27,7 +27,9 @@ def _plain(mod: LoraModule, adapter: Adapter, targets: Targets) -> dict[str, Ten
     src, cfg = adapter.source, adapter.config
     weight = targets.get(mod.weight)
     dtype = _compute_dtype(weight)
-    a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if mod.embedding else ("lora_A", "lora_B")
+    a_key, b_key = (
+        ("lora_embedding_A", "lora_embedding_B") if mod.embedding else ("lora_A", "lora_B")
+    )
     a = src.read(mod.keys[a_key]).to(device=weight.device, dtype=dtype)
     b = src.read(mod.keys[b_key]).to(device=weight.device, dtype=dtype)
     for name, t in ((a_key, a), (b_key, b)):
@@ -37,7 +39,9 @@ def _plain(mod: LoraModule, adapter: Adapter, targets: Targets) -> dict[str, Ten
     if "lora_B.bias" in mod.keys:
         bias = targets.get(mod.bias)
         if bias is None:
-            raise ConfigError(f"adapter {src.name}: module {mod.module!r} has lora_bias but the layer has no bias")
+            raise ConfigError(
+                f"adapter {src.name}: module {mod.module!r} has lora_bias but the layer has no bias"
+            )
         extra = src.read(mod.keys["lora_B.bias"]).to(device=bias.device, dtype=dtype)
         out[mod.bias] = bias + extra * mod.scaling
     return out
@@ -51,9 +55,17 @@ def _dora(mod: LoraModule, adapter: Adapter, targets: Targets) -> dict[str, Tens
     container = torch.nn.Module()
     container.add_module("target", copy.deepcopy(targets.modules[module_name]))
     r, alpha = cfg.rank_alpha(mod.module)
-    lora_cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=["target"], use_dora=True,
-                               use_rslora=cfg.use_rslora, fan_in_fan_out=cfg.fan_in_fan_out,
-                               lora_bias=cfg.lora_bias, lora_dropout=0.0, init_lora_weights=False)
+    lora_cfg = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=["target"],
+        use_dora=True,
+        use_rslora=cfg.use_rslora,
+        fan_in_fan_out=cfg.fan_in_fan_out,
+        lora_bias=cfg.lora_bias,
+        lora_dropout=0.0,
+        init_lora_weights=False,
+    )
     peft.inject_adapter_in_model(lora_cfg, container)
     state = container.state_dict()
     with torch.no_grad():
@@ -62,7 +74,9 @@ def _dora(mod: LoraModule, adapter: Adapter, targets: Targets) -> dict[str, Tens
             names = [f"target.{stem}.default.{param or 'weight'}", f"target.{stem}.default"]
             name = next((n for n in names if n in state), None)
             if name is None:
-                raise ConfigError(f"adapter {adapter.source.name}: PEFT's DoRA layer has no slot for {key!r}")
+                raise ConfigError(
+                    f"adapter {adapter.source.name}: PEFT's DoRA layer has no slot for {key!r}"
+                )
             value = adapter.source.read(key)
             check_finite(value, checkpoint=adapter.source.name, name=key)
             state[name].copy_(value)
@@ -96,7 +110,11 @@ def apply_adapter(adapter: Adapter, targets: Targets) -> list[str]:
         copy_checked(targets.get(name), src.read(key), checkpoint=src.name, name=name)
         written.append(name)
     for mod in adapter.modules:
-        merged = _dora(mod, adapter, targets) if "lora_magnitude_vector" in mod.keys else _plain(mod, adapter, targets)
+        merged = (
+            _dora(mod, adapter, targets)
+            if "lora_magnitude_vector" in mod.keys
+            else _plain(mod, adapter, targets)
+        )
         for name, value in merged.items():
             copy_checked(targets.get(name), value, checkpoint=src.name, name=name)
             written.append(name)

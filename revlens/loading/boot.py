@@ -9,7 +9,8 @@ does; :meth:`Swapper.load` then fills it tensor by tensor (peak: the model plus 
 
 Example:
     >>> model = empty_model("ckpt/aligned", dtype=torch.bfloat16)             # doctest: +SKIP
-    >>> bridge = TransformerBridge.boot_transformers("ckpt/aligned", hf_model=model, dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> bridge = TransformerBridge.boot_transformers(  # doctest: +SKIP
+    ...     "ckpt/aligned", hf_model=model, dtype=torch.bfloat16)
     >>> Swapper(bridge.original_model, bridge).load("ckpt/aligned", name="aligned")  # doctest: +SKIP
 """
 
@@ -20,6 +21,7 @@ from typing import Any, Union
 
 import torch
 
+from revlens._types import TokenizerInput
 from revlens.errors import CheckpointError, UpstreamError
 
 __all__ = ["bridge_tokenizer", "check_dtype_support", "empty_model", "read_tokenizer"]
@@ -61,7 +63,9 @@ def empty_model(
         raise CheckpointError(f"cannot build a model for {path}: no config.json")
     config = AutoConfig.from_pretrained(str(path))
     with no_init_weights(), torch.device(device or "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
     model.tie_weights()  # post_init's tying runs inside the init that no_init_weights disables
     return model.eval()
 
@@ -73,7 +77,7 @@ def check_dtype_support(model_type: str | None, dtype: torch.dtype) -> None:
             raise UpstreamError(f"{model_type} in {dtype}: " + why.format(dtype=dtype))
 
 
-def bridge_tokenizer(tokenizer: Any) -> Any:
+def bridge_tokenizer(tokenizer: TokenizerInput | None) -> Any:
     """A copy of ``tokenizer`` that TransformerLens' boot accepts.
 
     TransformerLens 4.3 rebuilds the tokenizer from ``init_kwargs["name_or_path"]`` to make it
@@ -84,12 +88,15 @@ def bridge_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or getattr(tokenizer, "bos_token", None) is None:
         return tokenizer
     tok = copy.deepcopy(tokenizer)
-    tok.init_kwargs = {**tok.init_kwargs, "name_or_path": getattr(tok, "name_or_path", "") or "",
-                       "add_bos_token": True}
+    tok.init_kwargs = {
+        **tok.init_kwargs,
+        "name_or_path": getattr(tok, "name_or_path", "") or "",
+        "add_bos_token": True,
+    }
     return tok
 
 
-def read_tokenizer(path: Path, tokenizer: Any) -> Any:
+def read_tokenizer(path: Path, tokenizer: TokenizerInput | None) -> Any:
     """``tokenizer`` itself, the tokenizer of a path given as ``tokenizer``, or the one in ``path``
     (``None`` if it has none).
 
@@ -98,7 +105,9 @@ def read_tokenizer(path: Path, tokenizer: Any) -> Any:
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         path, tokenizer = Path(tokenizer), None
-    if tokenizer is None and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if tokenizer is None and any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
         from transformers import AutoTokenizer
 
         try:

@@ -10,10 +10,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, no_type_check
 
 import torch
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError
 from revlens.loading.lora import adapter_files, read_adapter_config
 from revlens.loading.sources import weight_files
@@ -48,7 +49,9 @@ class CheckpointInfo:
 
 
 def _trainer_steps(path: Path) -> dict[int, Path]:
-    found = {int(m.group(1)): c for c in path.iterdir() if c.is_dir() and (m := _TRAINER.match(c.name))}
+    found = {
+        int(m.group(1)): c for c in path.iterdir() if c.is_dir() and (m := _TRAINER.match(c.name))
+    }
     return dict(sorted(found.items()))
 
 
@@ -56,7 +59,8 @@ def _start_hint(path: Path) -> str | None:
     return read_adapter_config(path / "adapter_config.json").get("base_model_name_or_path")
 
 
-def classify(source: Any, kind: str = "auto") -> CheckpointInfo:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def classify(source: WeightsSource, kind: str = "auto") -> CheckpointInfo:
     """Classify a checkpoint source: a path, a mapping of tensors or a module.
 
     Args:
@@ -72,7 +76,9 @@ def classify(source: Any, kind: str = "auto") -> CheckpointInfo:
         raise ConfigError(f"kind must be 'auto', 'full' or 'adapter', not {kind!r}")
     if isinstance(source, (Mapping, torch.nn.Module)):
         if kind == "adapter":
-            raise CheckpointError("an in-memory state dict is always a full checkpoint (kind='adapter' given)")
+            raise CheckpointError(
+                "an in-memory state dict is always a full checkpoint (kind='adapter' given)"
+            )
         return CheckpointInfo("full", None)
     if not isinstance(source, (str, os.PathLike)):
         raise CheckpointError(f"cannot classify a {type(source).__name__} as a checkpoint")
@@ -81,14 +87,20 @@ def classify(source: Any, kind: str = "auto") -> CheckpointInfo:
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if path.is_file():
         if kind == "adapter":
-            raise CheckpointError(f"{path} is a weights file; an adapter is a dir with adapter_config.json")
+            raise CheckpointError(
+                f"{path} is a weights file; an adapter is a dir with adapter_config.json"
+            )
         return CheckpointInfo("full", path, (path,))
     full = tuple(weight_files(path))
     adapter = tuple(adapter_files(path)) if (path / "adapter_config.json").is_file() else ()
     if kind == "adapter" or (kind == "auto" and adapter and not full):
         if not adapter:
-            raise CheckpointError(f"{path} holds no PEFT adapter (adapter_config.json + adapter_model.safetensors)")
-        return CheckpointInfo("adapter", path, adapter, _start_hint(path), ("full",) if full else ())
+            raise CheckpointError(
+                f"{path} holds no PEFT adapter (adapter_config.json + adapter_model.safetensors)"
+            )
+        return CheckpointInfo(
+            "adapter", path, adapter, _start_hint(path), ("full",) if full else ()
+        )
     if full:
         return CheckpointInfo("full", path, full, None, ("adapter",) if adapter else ())
     if kind == "auto" and (steps := _trainer_steps(path)):

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, UnsupportedCheckpointError, require
 
 __all__ = [
@@ -62,10 +63,10 @@ class GGUFFile:
         cache_dir: the cache root (default :func:`cache_root`).
     """
 
-    path: Any
+    path: PathLike
     file: str | None = None
     dtype: torch.dtype = torch.float32
-    cache_dir: Any = None
+    cache_dir: PathLike | None = None
 
     def gguf_path(self) -> Path:
         """The ``.gguf`` file."""
@@ -93,14 +94,14 @@ class GGUFInfo:
     name: str | None = None
 
 
-def is_gguf(source: Any) -> bool:
+def is_gguf(source: object) -> bool:
     """Whether ``source`` is a GGUF checkpoint: a :class:`GGUFFile` or a path ending in ``.gguf``."""
     if isinstance(source, GGUFFile):
         return True
     return isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".gguf")
 
 
-def cache_root(cache_dir: Any = None) -> Path:
+def cache_root(cache_dir: PathLike | None = None) -> Path:
     """Where converted GGUF files live: ``cache_dir``, else ``$REVLENS_CACHE_DIR/gguf``, else
     ``$XDG_CACHE_HOME/revlens/gguf`` (``~/.cache/revlens/gguf``)."""
     if cache_dir is not None:
@@ -116,7 +117,7 @@ def _stat_key(path: Path) -> tuple[str, int, int, int]:
     return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def sha256_file(path: Any) -> str:
+def sha256_file(path: PathLike) -> str:
     """sha256 of a file's bytes (memoised per process by path, inode, size and modification time)."""
     p = Path(path)
     key = _stat_key(p)
@@ -153,10 +154,12 @@ def _check_file(path: Path) -> None:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != _MAGIC:
-        raise CheckpointError(f"{path} is not a GGUF file (it starts with {magic!r}, expected {_MAGIC!r})")
+        raise CheckpointError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, expected {_MAGIC!r})"
+        )
 
 
-def inspect_gguf(path: Any) -> GGUFInfo:
+def inspect_gguf(path: PathLike) -> GGUFInfo:
     """Read a GGUF file's architecture and tensor types (no dequantization).
 
     Raises:
@@ -174,7 +177,9 @@ def inspect_gguf(path: Any) -> GGUFInfo:
         name = str(name_field.contents()) if name_field is not None else None
         types = Counter(t.tensor_type.name for t in reader.tensors)
     except (ValueError, KeyError, IndexError, OSError) as exc:
-        raise CheckpointError(f"cannot read the GGUF header of {p}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(
+            f"cannot read the GGUF header of {p}: {type(exc).__name__}: {exc}"
+        ) from None
     return GGUFInfo(p, arch, dict(sorted(types.items())), name)
 
 
@@ -193,10 +198,14 @@ def check_gguf(path: Any) -> GGUFInfo:
     if not known or bad_types:
         what = []
         if not known:
-            what.append(f"architecture {info.architecture!r} (transformers loads: {', '.join(archs)})")
+            what.append(
+                f"architecture {info.architecture!r} (transformers loads: {', '.join(archs)})"
+            )
         if bad_types:
-            what.append(f"quantization types {bad_types} (the gguf package dequantizes: "
-                        f"{', '.join(supported_quant_types())})")
+            what.append(
+                f"quantization types {bad_types} (the gguf package dequantizes: "
+                f"{', '.join(supported_quant_types())})"
+            )
         raise UnsupportedCheckpointError(
             f"GGUF checkpoint {info.path} (architecture {info.architecture!r}, quantization types "
             f"{sorted(info.quant_types)}) cannot be converted: unsupported {' and '.join(what)}"
@@ -212,15 +221,26 @@ def _versions() -> dict[str, str]:
 
     from revlens._version import __version__
 
-    return {"transformers": transformers.__version__, "gguf": version("gguf"), "revlens": __version__}
+    return {
+        "transformers": transformers.__version__,
+        "gguf": version("gguf"),
+        "revlens": __version__,
+    }
 
 
 def _cache_key(sha: str, dtype: torch.dtype, versions: dict[str, str]) -> str:
-    blob = json.dumps({"sha256": sha, "dtype": str(dtype), "format": GGUF_FORMAT, **versions}, sort_keys=True)
+    blob = json.dumps(
+        {"sha256": sha, "dtype": str(dtype), "format": GGUF_FORMAT, **versions}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def gguf_dir(path: Any, *, dtype: torch.dtype = torch.float32, cache_dir: Any = None) -> Path:
+def gguf_dir(
+    path: "PathLike | GGUFFile",
+    *,
+    dtype: torch.dtype = torch.float32,
+    cache_dir: PathLike | None = None,
+) -> Path:
     """The ``save_pretrained`` dir of a GGUF file, dequantized into ``dtype`` on first use and
     cached by content (sha256 of the file, dtype, transformers / gguf / revlens versions).
 
@@ -237,7 +257,9 @@ def gguf_dir(path: Any, *, dtype: torch.dtype = torch.float32, cache_dir: Any = 
     if isinstance(path, GGUFFile):
         return path.resolve()
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise CheckpointError(f"a GGUF checkpoint is dequantized into a floating dtype, not {dtype!r}")
+        raise CheckpointError(
+            f"a GGUF checkpoint is dequantized into a floating dtype, not {dtype!r}"
+        )
     p = Path(path)
     _check_file(p)
     memo = (*_stat_key(p), str(dtype), str(cache_root(cache_dir)))
@@ -265,7 +287,9 @@ def _complete(dest: Path) -> bool:
     return True
 
 
-def _convert(info: GGUFInfo, sha: str, dtype: torch.dtype, versions: dict[str, str], dest: Path) -> None:
+def _convert(
+    info: GGUFInfo, sha: str, dtype: torch.dtype, versions: dict[str, str], dest: Path
+) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -283,7 +307,9 @@ def _convert(info: GGUFInfo, sha: str, dtype: torch.dtype, versions: dict[str, s
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are dequantized: a plain checkpoint now
-    config.architectures = [type(model).__name__]  # as save_pretrained records (TransformerLens reads it)
+    config.architectures = [
+        type(model).__name__
+    ]  # as save_pretrained records (TransformerLens reads it)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, tensor in model.state_dict().items():
@@ -297,15 +323,25 @@ def _convert(info: GGUFInfo, sha: str, dtype: torch.dtype, versions: dict[str, s
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / RECORD, {
-            "format": "revlens-gguf", "format_version": GGUF_FORMAT, "file": str(info.path.resolve()),
-            "file_name": info.path.name, "sha256": sha, "size": info.path.stat().st_size,
-            "architecture": info.architecture, "gguf_name": info.name, "quant_types": info.quant_types,
-            "dtype": str(dtype), "versions": versions,
-        })
+        write_json(
+            tmp / RECORD,
+            {
+                "format": "revlens-gguf",
+                "format_version": GGUF_FORMAT,
+                "file": str(info.path.resolve()),
+                "file_name": info.path.name,
+                "sha256": sha,
+                "size": info.path.stat().st_size,
+                "architecture": info.architecture,
+                "gguf_name": info.name,
+                "quant_types": info.quant_types,
+                "dtype": str(dtype),
+                "versions": versions,
+            },
+        )
 
 
-def gguf_record(path: Any) -> dict[str, Any] | None:
+def gguf_record(path: PathLike | None) -> dict[str, Any] | None:
     """What a converted dir was made from (``revlens-gguf.json``: the GGUF file, its sha256,
     quantization types, versions, and the model package if it came from one), or ``None``."""
     if path is None:

@@ -14,6 +14,7 @@ layer code on a copy of the one module (:mod:`revlens.loading.peft_merge`).
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,20 +22,39 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, ConfigError, ShapeMismatchError, require
 from revlens.loading.sources import TensorSource, open_source
 from revlens.loading.targets import Targets
 
-__all__ = ["Adapter", "AdapterConfig", "LoraModule", "adapter_files", "lora_delta", "read_adapter", "read_adapter_config",
-           "require_peft"]
+__all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "LoraModule",
+    "adapter_files",
+    "lora_delta",
+    "read_adapter",
+    "read_adapter_config",
+    "require_peft",
+]
 
 _PEFT_PREFIX = "base_model.model."
-_FACTOR = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
-                     r"lora_magnitude_vector)(?:\.[A-Za-z_]\w*)??(?:\.(?P<param>weight|bias))?$")
+_FACTOR = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
+    r"lora_magnitude_vector)(?:\.[A-Za-z_]\w*)??(?:\.(?P<param>weight|bias))?$"
+)
 _BASE_LAYER = ".base_layer."
 # Config fields whose non-default value changes the math beyond plain LoRA / DoRA.
-_UNSUPPORTED = ("layer_replication", "target_parameters", "trainable_token_indices", "use_qalora",
-                "use_bdlora", "alora_invocation_tokens", "arrow_config", "megatron_config")
+_UNSUPPORTED = (
+    "layer_replication",
+    "target_parameters",
+    "trainable_token_indices",
+    "use_qalora",
+    "use_bdlora",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "megatron_config",
+)
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
@@ -65,7 +85,7 @@ class AdapterConfig:
     fan_in_fan_out: bool = False
     use_dora: bool = False
     lora_bias: bool = False
-    target_modules: Any = None
+    target_modules: str | Sequence[str] | None = None
     modules_to_save: tuple[str, ...] = ()
     bias: str = "none"
     base_model_name_or_path: str | None = None
@@ -83,29 +103,44 @@ class AdapterConfig:
         raw = read_adapter_config(path)
         kind = str(raw.get("peft_type", "LORA")).upper()
         if kind != "LORA":
-            raise ConfigError(f"adapter {directory}: peft_type {kind!r} is not supported (LoRA/DoRA only); "
-                              "merge it with peft (merge_and_unload) and save a full checkpoint")
+            raise ConfigError(
+                f"adapter {directory}: peft_type {kind!r} is not supported (LoRA/DoRA only); "
+                "merge it with peft (merge_and_unload) and save a full checkpoint"
+            )
         bad = [k for k in _UNSUPPORTED if raw.get(k) not in (None, False, [], {}, "")]
         init = str(raw.get("init_lora_weights", True)).lower()
         if init.startswith(_BASE_CHANGING_INITS):
-            bad.append(f"init_lora_weights={raw['init_lora_weights']!r} (the adapter is relative to a modified base)")
+            bad.append(
+                f"init_lora_weights={raw['init_lora_weights']!r} (the adapter is relative to a modified base)"
+            )
         if bad:
-            raise ConfigError(f"adapter {directory}: LoRA options {bad} are not supported; merge it with peft "
-                              "(merge_and_unload) and save a full checkpoint")
+            raise ConfigError(
+                f"adapter {directory}: LoRA options {bad} are not supported; merge it with peft "
+                "(merge_and_unload) and save a full checkpoint"
+            )
         return cls(
-            path=Path(directory), r=raw["r"], lora_alpha=float(raw.get("lora_alpha", 8)),
+            path=Path(directory),
+            r=raw["r"],
+            lora_alpha=float(raw.get("lora_alpha", 8)),
             rank_pattern={k: int(v) for k, v in (raw.get("rank_pattern") or {}).items()},
             alpha_pattern={k: float(v) for k, v in (raw.get("alpha_pattern") or {}).items()},
-            use_rslora=bool(raw.get("use_rslora")), fan_in_fan_out=bool(raw.get("fan_in_fan_out")),
-            use_dora=bool(raw.get("use_dora")), lora_bias=bool(raw.get("lora_bias")),
-            target_modules=raw.get("target_modules"), modules_to_save=tuple(raw.get("modules_to_save") or ()),
-            bias=str(raw.get("bias", "none")), base_model_name_or_path=raw.get("base_model_name_or_path"), raw=raw,
+            use_rslora=bool(raw.get("use_rslora")),
+            fan_in_fan_out=bool(raw.get("fan_in_fan_out")),
+            use_dora=bool(raw.get("use_dora")),
+            lora_bias=bool(raw.get("lora_bias")),
+            target_modules=raw.get("target_modules"),
+            modules_to_save=tuple(raw.get("modules_to_save") or ()),
+            bias=str(raw.get("bias", "none")),
+            base_model_name_or_path=raw.get("base_model_name_or_path"),
+            raw=raw,
         )
 
     def rank_alpha(self, module: str) -> tuple[int, float]:
         """``(r, alpha)`` of a module (PEFT ``get_pattern_key`` on the module's full name)."""
-        return (self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r),
-                self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.lora_alpha))
+        return (
+            self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r),
+            self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.lora_alpha),
+        )
 
     def scaling(self, module: str) -> float:
         """PEFT's scaling of a module: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``."""
@@ -179,15 +214,20 @@ def require_peft(what: str) -> Any:
 
 
 def _number(path: Path, field_: str, value: Any, *, integer: bool) -> Any:
-    ok = isinstance(value, int) and value > 0 if integer else \
-        isinstance(value, (int, float)) and math.isfinite(value)
+    ok = (
+        isinstance(value, int) and value > 0
+        if integer
+        else isinstance(value, (int, float)) and math.isfinite(value)
+    )
     if isinstance(value, bool) or not ok:
         want = "a positive integer" if integer else "a finite number"
-        raise CheckpointError(f"adapter config {path}: field {field_!r} must be {want}, got {value!r}")
+        raise CheckpointError(
+            f"adapter config {path}: field {field_!r} must be {want}, got {value!r}"
+        )
     return int(value) if integer else float(value)
 
 
-def read_adapter_config(path: Any) -> dict[str, Any]:
+def read_adapter_config(path: PathLike) -> dict[str, Any]:
     """``adapter_config.json`` parsed and checked: a JSON object whose ``r`` (and any
     ``rank_pattern`` value) is a positive integer and whose ``lora_alpha`` (default 8; any
     ``alpha_pattern`` value) is a finite number; ``r`` and ``lora_alpha`` come back normalised.
@@ -203,43 +243,63 @@ def read_adapter_config(path: Any) -> dict[str, Any]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"adapter config {p} is not valid JSON ({exc.msg} at line {exc.lineno} "
-                              f"column {exc.colno})") from None
+        raise CheckpointError(
+            f"adapter config {p} is not valid JSON ({exc.msg} at line {exc.lineno} "
+            f"column {exc.colno})"
+        ) from None
     except RecursionError:
         raise CheckpointError(f"adapter config {p} is not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"adapter config {p} must hold a JSON object, got {type(raw).__name__}")
-    if not isinstance(raw.get("peft_type", "LORA"), str) or not raw.get("peft_type", "LORA").strip():
-        raise CheckpointError(f"adapter config {p}: field 'peft_type' must name a PEFT method (e.g. 'LORA'), "
-                              f"got {raw['peft_type']!r}")
+        raise CheckpointError(
+            f"adapter config {p} must hold a JSON object, got {type(raw).__name__}"
+        )
+    if (
+        not isinstance(raw.get("peft_type", "LORA"), str)
+        or not raw.get("peft_type", "LORA").strip()
+    ):
+        raise CheckpointError(
+            f"adapter config {p}: field 'peft_type' must name a PEFT method (e.g. 'LORA'), "
+            f"got {raw['peft_type']!r}"
+        )
     if raw.get("peft_type", "LORA").upper() != "LORA":
         return raw  # another PEFT method: AdapterConfig.read refuses it by name
     if "r" not in raw:
         raise CheckpointError(f"adapter config {p}: field 'r' (the LoRA rank) is missing")
-    out = {**raw, "r": _number(p, "r", raw["r"], integer=True),
-           "lora_alpha": _number(p, "lora_alpha", raw.get("lora_alpha", 8), integer=False)}
+    out = {
+        **raw,
+        "r": _number(p, "r", raw["r"], integer=True),
+        "lora_alpha": _number(p, "lora_alpha", raw.get("lora_alpha", 8), integer=False),
+    }
     for name, integer in (("rank_pattern", True), ("alpha_pattern", False)):
         pattern = raw.get(name)
         if pattern in (None, {}):
             continue
         if not isinstance(pattern, dict):
-            raise CheckpointError(f"adapter config {p}: field {name!r} must be an object, got {pattern!r}")
+            raise CheckpointError(
+                f"adapter config {p}: field {name!r} must be an object, got {pattern!r}"
+            )
         for key, value in pattern.items():
             _number(p, f"{name}[{key!r}]", value, integer=integer)
     for name in ("modules_to_save", "base_model_name_or_path", "bias"):
         value = raw.get(name)
         want = list if name == "modules_to_save" else str
         if value is not None and not isinstance(value, want):
-            raise CheckpointError(f"adapter config {p}: field {name!r} must be a {want.__name__} or null, "
-                                  f"got {value!r}")
+            raise CheckpointError(
+                f"adapter config {p}: field {name!r} must be a {want.__name__} or null, "
+                f"got {value!r}"
+            )
     saved = raw.get("modules_to_save") or []
     if not all(isinstance(m, str) for m in saved):
-        raise CheckpointError(f"adapter config {p}: field 'modules_to_save' must list module names (strings), "
-                              f"got {saved!r}")
+        raise CheckpointError(
+            f"adapter config {p}: field 'modules_to_save' must list module names (strings), "
+            f"got {saved!r}"
+        )
     for name in ("use_rslora", "fan_in_fan_out", "use_dora", "lora_bias"):
         value = raw.get(name)
         if value is not None and not isinstance(value, bool):  # bool([None]) would read as true
-            raise CheckpointError(f"adapter config {p}: field {name!r} must be true, false or null, got {value!r}")
+            raise CheckpointError(
+                f"adapter config {p}: field {name!r} must be true, false or null, got {value!r}"
+            )
     return out
 
 
@@ -269,7 +329,9 @@ def _hf_name(name: str, rename: Any, targets: Targets) -> str | None:
     return renamed if renamed in targets else None
 
 
-def _parse_keys(source: TensorSource, cfg: AdapterConfig, targets: Targets, rename: Any) -> tuple[dict, dict]:
+def _parse_keys(
+    source: TensorSource, cfg: AdapterConfig, targets: Targets, rename: Any
+) -> tuple[dict, dict]:
     factors: dict[str, dict[str, str]] = {}
     replacements: dict[str, str] = {}
     unknown: list[str] = []
@@ -286,24 +348,36 @@ def _parse_keys(source: TensorSource, cfg: AdapterConfig, targets: Targets, rena
         else:
             replacements[hf] = key
     if unknown:
-        raise ShapeMismatchError(f"adapter {cfg.path}: tensors {unknown[:5]} name no parameter of the model")
+        raise ShapeMismatchError(
+            f"adapter {cfg.path}: tensors {unknown[:5]} name no parameter of the model"
+        )
     return factors, replacements
 
 
-def _module(name: str, parts: dict[str, str], cfg: AdapterConfig, targets: Targets, rename: Any) -> LoraModule:
+def _module(
+    name: str, parts: dict[str, str], cfg: AdapterConfig, targets: Targets, rename: Any
+) -> LoraModule:
     embedding = "lora_embedding_A" in parts
     need = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A", "lora_B")
     if any(p not in parts for p in need):
-        raise CheckpointError(f"adapter {cfg.path}: module {name!r} lacks {[p for p in need if p not in parts]}")
+        raise CheckpointError(
+            f"adapter {cfg.path}: module {name!r} lacks {[p for p in need if p not in parts]}"
+        )
     weight = _hf_name(f"{name}.weight", rename, targets)
     if weight is None:
-        raise ShapeMismatchError(f"adapter {cfg.path}: LoRA module {name!r} is not a module of the model")
+        raise ShapeMismatchError(
+            f"adapter {cfg.path}: LoRA module {name!r} is not a module of the model"
+        )
     if "lora_magnitude_vector" in parts and not cfg.use_dora:
-        raise ConfigError(f"adapter {cfg.path}: module {name!r} has a DoRA magnitude but use_dora is false")
+        raise ConfigError(
+            f"adapter {cfg.path}: module {name!r} has a DoRA magnitude but use_dora is false"
+        )
     return LoraModule(name, weight, dict(parts), cfg.scaling(name), embedding)
 
 
-def _check_shapes(mod: LoraModule, source: TensorSource, cfg: AdapterConfig, targets: Targets) -> None:
+def _check_shapes(
+    mod: LoraModule, source: TensorSource, cfg: AdapterConfig, targets: Targets
+) -> None:
     w = tuple(targets.get(mod.weight).shape)
     a = source.info(mod.keys["lora_embedding_A" if mod.embedding else "lora_A"]).shape
     b = source.info(mod.keys["lora_embedding_B" if mod.embedding else "lora_B"]).shape
@@ -318,7 +392,7 @@ def _check_shapes(mod: LoraModule, source: TensorSource, cfg: AdapterConfig, tar
         )
 
 
-def read_adapter(directory: Path, targets: Targets, rename: Any) -> Adapter:
+def read_adapter(directory: Path, targets: Targets, rename: Callable[[str], str]) -> Adapter:
     """Parse and validate a PEFT LoRA dir against a model (no weight is changed).
 
     Args:
@@ -334,7 +408,9 @@ def read_adapter(directory: Path, targets: Targets, rename: Any) -> Adapter:
     cfg = AdapterConfig.read(directory)
     files = adapter_files(directory)
     if not files:
-        raise CheckpointError(f"adapter dir {directory} has adapter_config.json but no adapter_model.safetensors/.bin")
+        raise CheckpointError(
+            f"adapter dir {directory} has adapter_config.json but no adapter_model.safetensors/.bin"
+        )
     source = open_source(files[0], name=str(directory))
     try:
         factors, replacements = _parse_keys(source, cfg, targets, rename)
@@ -345,12 +421,20 @@ def read_adapter(directory: Path, targets: Targets, rename: Any) -> Adapter:
             require_peft(f"DoRA adapter {directory}")
         for hf, key in replacements.items():
             if source.info(key).shape != tuple(targets.get(hf).shape):
-                raise ShapeMismatchError(f"adapter {cfg.path}: {key!r} has shape {source.info(key).shape}, "
-                                         f"parameter {hf!r} of the model has {tuple(targets.get(hf).shape)}")
-            tied = [n for n, lead in targets.leader.items() if lead == targets.leader.get(hf, hf) and n != hf]
+                raise ShapeMismatchError(
+                    f"adapter {cfg.path}: {key!r} has shape {source.info(key).shape}, "
+                    f"parameter {hf!r} of the model has {tuple(targets.get(hf).shape)}"
+                )
+            tied = [
+                n
+                for n, lead in targets.leader.items()
+                if lead == targets.leader.get(hf, hf) and n != hf
+            ]
             if tied and not any(n in replacements for n in tied):
-                raise ConfigError(f"adapter {cfg.path} replaces {hf!r}, which the booted model ties to {tied}; "
-                                  "PEFT's merged model unties them (boot with tie_word_embeddings=False)")
+                raise ConfigError(
+                    f"adapter {cfg.path} replaces {hf!r}, which the booted model ties to {tied}; "
+                    "PEFT's merged model unties them (boot with tie_word_embeddings=False)"
+                )
     except Exception:
         source.close()
         raise

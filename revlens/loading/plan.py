@@ -69,7 +69,9 @@ class Plan:
         return Plan(keep)
 
 
-def conversion_rules(model: torch.nn.Module, key_mapping: Mapping[str, str] | None = None) -> list[Any]:
+def conversion_rules(
+    model: torch.nn.Module, key_mapping: Mapping[str, str] | None = None
+) -> list[Any]:
     """transformers' weight transforms for this model (what ``from_pretrained`` would apply).
 
     ``key_mapping`` is ``from_pretrained``'s argument of that name (regex -> replacement).
@@ -83,17 +85,22 @@ def conversion_rules(model: torch.nn.Module, key_mapping: Mapping[str, str] | No
     except ImportError as exc:  # transformers 4.x has no loading-time conversion rules
         import transformers
 
-        raise ConfigError(f"revlens.loading needs transformers>=5 (its weight conversion rules); "
-                          f"found transformers {transformers.__version__}") from exc
-    rules = get_model_conversion_mapping(model, key_mapping=dict(key_mapping) if key_mapping else None)
+        raise ConfigError(
+            f"revlens.loading needs transformers>=5 (its weight conversion rules); "
+            f"found transformers {transformers.__version__}"
+        ) from exc
+    rules = get_model_conversion_mapping(
+        model, key_mapping=dict(key_mapping) if key_mapping else None
+    )
     for rule in rules:
         if getattr(rule, "scope_prefix", None):
             rule.scope_prefix = rule.scope_prefix.replace(_ORIG, "")
     return rules
 
 
-def name_resolver(model: torch.nn.Module, targets: Targets,
-                  key_mapping: Mapping[str, str] | None = None) -> Callable[[str], str]:
+def name_resolver(
+    model: torch.nn.Module, targets: Targets, key_mapping: Mapping[str, str] | None = None
+) -> Callable[[str], str]:
     """A function mapping a parameter name as a checkpoint writes it to the model's HF name,
     with transformers' renamings and prefix rules (converters excluded): for adapter files."""
     from transformers.core_model_loading import WeightRenaming
@@ -103,13 +110,17 @@ def name_resolver(model: torch.nn.Module, targets: Targets,
     return lambda key: _rename(key, rules, prefix, targets.all_names)[0]
 
 
-def _rename(key: str, rules: list[Any], prefix: str, meta: Mapping[str, Any]) -> tuple[str, str | None]:
+def _rename(
+    key: str, rules: list[Any], prefix: str, meta: Mapping[str, Any]
+) -> tuple[str, str | None]:
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
     renamings = [r for r in rules if isinstance(r, WeightRenaming)]
     converters = [r for r in rules if isinstance(r, WeightConverter)]
     renamed, pattern = rename_source_key(key, renamings, converters, prefix, meta)
-    if renamed not in meta and key in meta:  # what from_pretrained does: keep the key, fix the prefix
+    if (
+        renamed not in meta and key in meta
+    ):  # what from_pretrained does: keep the key, fix the prefix
         renamed, pattern = rename_source_key(key, [], [], prefix, meta)
     return renamed, pattern
 
@@ -147,7 +158,9 @@ def make_plan(
         renamed, pattern = _rename(key, rules, prefix, targets.all_names)
         if renamed in targets:
             if pattern is not None:
-                entry = entries.setdefault(renamed, Entry([renamed], [], [], copy.deepcopy(by_pattern[pattern])))
+                entry = entries.setdefault(
+                    renamed, Entry([renamed], [], [], copy.deepcopy(by_pattern[pattern]))
+                )
                 entry.keys.append(key)
                 entry.patterns.append(pattern)
             elif renamed in entries:
@@ -174,18 +187,26 @@ def make_plan(
     return plan
 
 
-def _meta_convert(entry: Entry, source: TensorSource, model: torch.nn.Module) -> dict[str, torch.Size]:
+def _meta_convert(
+    entry: Entry, source: TensorSource, model: torch.nn.Module
+) -> dict[str, torch.Size]:
     """Run a converter's operations on meta tensors: output name -> shape, without reading data."""
     conv = copy.deepcopy(entry.converter)
     for key, pattern in zip(entry.keys, entry.patterns):
         info = source.info(key)
-        conv.add_tensor(entry.targets[0], key, pattern,
-                        lambda i=info: torch.empty(i.shape, dtype=i.dtype, device="meta"))
+        conv.add_tensor(
+            entry.targets[0],
+            key,
+            pattern,
+            lambda i=info: torch.empty(i.shape, dtype=i.dtype, device="meta"),
+        )
     out = conv.convert(entry.targets[0], model=model, config=getattr(model, "config", None))
     return {name: (t[0] if isinstance(t, list) else t).shape for name, t in out.items()}
 
 
-def _expand_converters(plan: Plan, source: TensorSource, targets: Targets, model: torch.nn.Module) -> None:
+def _expand_converters(
+    plan: Plan, source: TensorSource, targets: Targets, model: torch.nn.Module
+) -> None:
     for entry in plan.entries:
         if entry.converter is None:
             continue
@@ -198,8 +219,10 @@ def _expand_converters(plan: Plan, source: TensorSource, targets: Targets, model
             ) from exc
         for name, shape in shapes.items():
             if name not in targets:
-                raise ShapeMismatchError(f"checkpoint {source.name}: conversion of {entry.keys[0]!r} gives "
-                                         f"{name!r}, which the model does not have")
+                raise ShapeMismatchError(
+                    f"checkpoint {source.name}: conversion of {entry.keys[0]!r} gives "
+                    f"{name!r}, which the model does not have"
+                )
             want = tuple(targets.get(name).shape)
             if tuple(shape) != want:
                 raise ShapeMismatchError(
@@ -213,7 +236,9 @@ def _dedupe_ties(plan: Plan, source: TensorSource, targets: Targets) -> None:
     """Keep one entry per tied parameter; a partner is dropped only if its values are equal."""
     first: dict[str, Entry] = {}
     keep: list[Entry] = []
-    for entry in sorted(plan.entries, key=lambda e: e.targets[0] != targets.leader.get(e.targets[0])):
+    for entry in sorted(
+        plan.entries, key=lambda e: e.targets[0] != targets.leader.get(e.targets[0])
+    ):
         if entry.converter is not None or entry.targets[0] not in targets.params:
             keep.append(entry)
             continue
@@ -237,8 +262,11 @@ def _dedupe_ties(plan: Plan, source: TensorSource, targets: Targets) -> None:
 
 def _check_complete(plan: Plan, source: TensorSource, targets: Targets) -> None:
     have = {targets.leader.get(t, t) for t in plan.written()}
-    missing = [n for n in targets.required() if n not in have
-               and not (targets.optional is not None and targets.optional.search(n))]
+    missing = [
+        n
+        for n in targets.required()
+        if n not in have and not (targets.optional is not None and targets.optional.search(n))
+    ]
     if missing:
         raise ShapeMismatchError(
             f"checkpoint {source.name} lacks parameter(s) {missing[:6]}{' ...' if len(missing) > 6 else ''} "
@@ -252,7 +280,11 @@ def _check_fit(plan: Plan, source: TensorSource, targets: Targets) -> None:
         for key in entry.keys:
             info = source.info(key)
             if want.is_floating_point() != info.dtype.is_floating_point:
-                what = "integer/bool weights into a float" if want.is_floating_point() else "float weights into a quantized"
+                what = (
+                    "integer/bool weights into a float"
+                    if want.is_floating_point()
+                    else "float weights into a quantized"
+                )
                 raise ShapeMismatchError(
                     f"checkpoint {source.name}: {key!r} is {info.dtype} but parameter {entry.targets[0]!r} "
                     f"is {want.dtype}; refusing to cast {what} model"

@@ -18,11 +18,12 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError
 
 __all__ = [
@@ -40,9 +41,17 @@ _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", torch.uint8),
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", torch.uint8),
     "F8_E5M2": getattr(torch, "float8_e5m2", torch.uint8),
 }
 
@@ -103,7 +112,9 @@ class TensorSource:
         except CheckpointError:
             raise
         except Exception as exc:  # the readers raise several types on a damaged file
-            raise CheckpointError(f"cannot read tensor {key!r} from {self._infos[key].file}: {exc}") from exc
+            raise CheckpointError(
+                f"cannot read tensor {key!r} from {self._infos[key].file}: {exc}"
+            ) from exc
 
     def _read(self, key: str) -> Tensor:
         raise NotImplementedError
@@ -168,20 +179,26 @@ class SafetensorsSource(TensorSource):
 
         try:
             with safe_open(str(f), framework="pt") as handle:
-                shapes = {k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype())
-                          for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+                shapes = {
+                    k: (tuple(handle.get_slice(k).get_shape()), handle.get_slice(k).get_dtype())
+                    for k in handle.keys()  # noqa: SIM118 (safe_open is not a dict)
+                }
             with open(f, "rb") as fh:
                 n = struct.unpack("<Q", fh.read(8))[0]
                 header = json.loads(fh.read(n))
         except Exception as exc:
             size = f.stat().st_size if f.exists() else None
-            raise CheckpointError(f"cannot read safetensors file {f} ({size} bytes): {exc}") from exc
+            raise CheckpointError(
+                f"cannot read safetensors file {f} ({size} bytes): {exc}"
+            ) from exc
         for key, (shape, st_dtype) in shapes.items():
             dtype = _ST_DTYPES.get(st_dtype)
             if dtype is None:
                 raise CheckpointError(f"{f}: tensor {key!r} has unsupported dtype {st_dtype}")
             if key in self._infos:
-                raise CheckpointError(f"tensor {key!r} appears in both {self._infos[key].file} and {f}")
+                raise CheckpointError(
+                    f"tensor {key!r} appears in both {self._infos[key].file} and {f}"
+                )
             self._infos[key] = TensorInfo(key, shape, dtype, str(f))
             self._offsets[key] = 8 + n + int(header[key]["data_offsets"][0])
 
@@ -199,7 +216,9 @@ class SafetensorsSource(TensorSource):
         while done < len(view):
             got = fh.readinto(view[done:])
             if not got:
-                raise CheckpointError(f"{self._infos[key].file}: tensor {key!r} ends early (file truncated?)")
+                raise CheckpointError(
+                    f"{self._infos[key].file}: tensor {key!r} ends early (file truncated?)"
+                )
             done += got
 
     def _read(self, key: str) -> Tensor:
@@ -231,7 +250,9 @@ class SafetensorsSource(TensorSource):
             try:
                 self._read_bytes(key, part, i)
             except OSError as exc:
-                raise CheckpointError(f"cannot read tensor {key!r} from {info.file}: {exc}") from exc
+                raise CheckpointError(
+                    f"cannot read tensor {key!r} from {info.file}: {exc}"
+                ) from exc
             write(flat[i : i + m], part)
 
     def _staging(self, numel: int, dtype: torch.dtype) -> Tensor:
@@ -239,7 +260,9 @@ class SafetensorsSource(TensorSource):
         need = numel * _itemsize(dtype)
         buf = getattr(self, "_buffer", None)
         if buf is None or buf.numel() < need:
-            buf = self._buffer = torch.empty(max(need, min(self.chunk_bytes, 1 << 20)), dtype=torch.uint8)
+            buf = self._buffer = torch.empty(
+                max(need, min(self.chunk_bytes, 1 << 20)), dtype=torch.uint8
+            )
         return buf[:need].view(dtype)
 
     def close(self) -> None:
@@ -267,7 +290,9 @@ class TorchFileSource(TensorSource):
             obj = _torch_load(f)
             for key, value in obj.items():
                 if key in self._infos:
-                    raise CheckpointError(f"tensor {key!r} appears in both {self._infos[key].file} and {f}")
+                    raise CheckpointError(
+                        f"tensor {key!r} appears in both {self._infos[key].file} and {f}"
+                    )
                 self._tensors[key] = value
                 self._infos[key] = TensorInfo(key, tuple(value.shape), value.dtype, str(f))
 
@@ -286,13 +311,19 @@ def _torch_load(path: Path) -> Mapping[str, Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:
         if "mmap" not in str(exc):
-            raise CheckpointError(f"cannot unpickle weights file {path} (weights_only=True): {exc}") from exc
+            raise CheckpointError(
+                f"cannot unpickle weights file {path} (weights_only=True): {exc}"
+            ) from exc
         try:  # legacy (non-zip) format: cannot be memory-mapped
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc2:
-            raise CheckpointError(f"cannot unpickle weights file {path} (weights_only=True): {exc2}") from exc2
+            raise CheckpointError(
+                f"cannot unpickle weights file {path} (weights_only=True): {exc2}"
+            ) from exc2
     except Exception as exc:
-        raise CheckpointError(f"cannot unpickle weights file {path} (weights_only=True): {exc}") from exc
+        raise CheckpointError(
+            f"cannot unpickle weights file {path} (weights_only=True): {exc}"
+        ) from exc
     if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
         for wrapper in ("state_dict", "model"):  # training-loop checkpoints wrap the weights
             if isinstance(obj.get(wrapper), Mapping):
@@ -343,7 +374,8 @@ def weight_files(directory: PathLike) -> list[Path]:
     return sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("adapter_"))
 
 
-def open_source(source: Any, *, name: str | None = None) -> TensorSource:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def open_source(source: "WeightsSource | TensorSource", *, name: str | None = None) -> TensorSource:
     """A :class:`TensorSource` for a dir, a weights file, a mapping of tensors or a module.
 
     Raises:
@@ -372,4 +404,3 @@ def open_source(source: Any, *, name: str | None = None) -> TensorSource:
     if any(f.suffix == ".safetensors" for f in files):
         raise CheckpointError(f"{path} mixes .safetensors and pickled weight files: {files}")
     return TorchFileSource(files, label)
-

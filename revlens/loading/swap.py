@@ -21,7 +21,9 @@ from revlens.loading.targets import Targets
 __all__ = ["check_finite", "copy_checked", "execute"]
 
 
-def check_finite(value: Tensor, *, checkpoint: str, name: str, fits: torch.dtype | None = None) -> None:
+def check_finite(
+    value: Tensor, *, checkpoint: str, name: str, fits: torch.dtype | None = None
+) -> None:
     """Raise :class:`NonFiniteError` naming ``checkpoint`` and ``name`` if ``value`` holds NaN/inf,
     or (with ``fits``) values that overflow that narrower float dtype (e.g. float32 -> float16).
 
@@ -48,7 +50,9 @@ def copy_checked(dst: Tensor, value: Tensor, *, checkpoint: str, name: str) -> N
         dst.copy_(value)  # (a source that read straight into dst only needed the check)
 
 
-def _convert(entry: Entry, source: TensorSource, targets: Targets, model: torch.nn.Module) -> dict[str, Tensor]:
+def _convert(
+    entry: Entry, source: TensorSource, targets: Targets, model: torch.nn.Module
+) -> dict[str, Tensor]:
     first = targets.get(entry.targets[0])
     conv = copy.deepcopy(entry.converter)
 
@@ -62,12 +66,17 @@ def _convert(entry: Entry, source: TensorSource, targets: Targets, model: torch.
     return {name: (t[0] if isinstance(t, list) else t) for name, t in out.items()}
 
 
-def _write(entry: Entry, source: TensorSource, targets: Targets, model: torch.nn.Module) -> list[str]:
+def _write(
+    entry: Entry, source: TensorSource, targets: Targets, model: torch.nn.Module
+) -> list[str]:
     """Read, convert and copy one entry; its tensors are freed when this returns."""
     if entry.converter is None:
         name = entry.targets[0]
-        source.copy_into(entry.keys[0], targets.get(name),
-                         lambda dst, value: copy_checked(dst, value, checkpoint=source.name, name=name))
+        source.copy_into(
+            entry.keys[0],
+            targets.get(name),
+            lambda dst, value: copy_checked(dst, value, checkpoint=source.name, name=name),
+        )
         return [name]
     values = _convert(entry, source, targets, model)
     for name, value in values.items():
@@ -76,7 +85,9 @@ def _write(entry: Entry, source: TensorSource, targets: Targets, model: torch.nn
 
 
 @torch.no_grad()
-def execute(plan: Plan, source: TensorSource, targets: Targets, model: torch.nn.Module) -> list[str]:
+def execute(
+    plan: Plan, source: TensorSource, targets: Targets, model: torch.nn.Module
+) -> list[str]:
     """Copy every entry of ``plan`` from ``source`` into ``targets``; returns the names written.
 
     Raises:

@@ -12,14 +12,16 @@ Example:
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 import torch
 from torch import Tensor
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError, RevlensError
 from revlens.loading.adapt import apply_adapter
 from revlens.loading.classify import CheckpointInfo, classify
+from revlens.loading.gguf import GGUFFile
 from revlens.loading.lora import read_adapter
 from revlens.loading.plan import Plan, make_plan, name_resolver
 from revlens.loading.sources import open_source
@@ -41,7 +43,7 @@ class Ref:
         kind: ``"auto"``, ``"full"`` or ``"adapter"`` (see :func:`~revlens.loading.classify`).
     """
 
-    source: Any
+    source: WeightsSource | GGUFFile
     name: str | None = None
     fingerprint: str | None = None
     kind: str = "auto"
@@ -59,7 +61,9 @@ class Ref:
             return False
         if self.fingerprint is not None and other.fingerprint is not None:
             return self.fingerprint == other.fingerprint
-        if isinstance(self.source, (str, os.PathLike)) and isinstance(other.source, (str, os.PathLike)):
+        if isinstance(self.source, (str, os.PathLike)) and isinstance(
+            other.source, (str, os.PathLike)
+        ):
             return Path(self.source).resolve() == Path(other.source).resolve()
         return self.source is other.source and self.source is not None
 
@@ -85,12 +89,19 @@ class Loaded:
         return f"Loaded({self.name!r}, kind={self.kind!r}{extra})"
 
 
-def _as_ref(source: Any, name: str | None = None, fingerprint: str | None = None, kind: str = "auto") -> Ref:
+def _as_ref(
+    source: Any, name: str | None = None, fingerprint: str | None = None, kind: str = "auto"
+) -> Ref:
     return source if isinstance(source, Ref) else Ref(source, name, fingerprint, kind)
 
 
 def _same_fingerprint(a: Ref | None, b: Ref | None) -> bool:
-    return a is not None and b is not None and a.fingerprint is not None and a.fingerprint == b.fingerprint
+    return (
+        a is not None
+        and b is not None
+        and a.fingerprint is not None
+        and a.fingerprint == b.fingerprint
+    )
 
 
 @dataclass
@@ -124,18 +135,29 @@ class Swapper:
             weights would not match them; or parameters are on the meta device (offloaded).
     """
 
-    def __init__(self, model: torch.nn.Module, bridge: Any = None, *, boot: Any = None,
-                 key_mapping: dict[str, str] | None = None, keep_originals: bool = False) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        bridge: torch.nn.Module | None = None,
+        *,
+        boot: Ref | WeightsSource | None = None,
+        key_mapping: dict[str, str] | None = None,
+        keep_originals: bool = False,
+    ) -> None:
         if bridge is not None and getattr(bridge, "_weights_processed", False):
-            raise ConfigError("the bridge's weights are processed (fold_ln/centering): checkpoint weights cannot "
-                              "be swapped in; boot it without process_weights")
+            raise ConfigError(
+                "the bridge's weights are processed (fold_ln/centering): checkpoint weights cannot "
+                "be swapped in; boot it without process_weights"
+            )
         self.model = model
         self.bridge = bridge
         self.targets = Targets.from_model(model)
         meta = [n for n, p in self.targets.params.items() if p.is_meta]
         if meta:
-            raise ConfigError(f"parameters {meta[:3]} are on the meta device (offloaded or not materialised): "
-                              "in-place copies into them would be lost; load the model without offloading")
+            raise ConfigError(
+                f"parameters {meta[:3]} are on the meta device (offloaded or not materialised): "
+                "in-place copies into them would be lost; load the model without offloading"
+            )
         self.key_mapping = key_mapping
         self.keep_originals = keep_originals
         self._full: Ref | None = _as_ref(boot) if boot is not None else None
@@ -159,7 +181,10 @@ class Swapper:
         """HF parameter name -> shape, for every parameter a full checkpoint must provide."""
         return self.targets.signature()
 
-    def check(self, source: Any, *, kind: str = "auto", strict: bool = True) -> CheckpointInfo:
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def check(
+        self, source: Ref | WeightsSource, *, kind: str = "auto", strict: bool = True
+    ) -> CheckpointInfo:
         """Classify and validate ``source`` against the model, reading headers only (no writes).
 
         Raises:
@@ -171,12 +196,23 @@ class Swapper:
             read_adapter(info.path, self.targets, self._resolver()).close()
         elif info.kind == "full":
             with open_source(ref.source, name=ref.label) as src:
-                make_plan(src, self.targets, self.model, key_mapping=self.key_mapping, strict=strict)
+                make_plan(
+                    src, self.targets, self.model, key_mapping=self.key_mapping, strict=strict
+                )
         return info
 
     # ------------------------------------------------------------------ loading
-    def load(self, source: Any, *, name: str | None = None, fingerprint: str | None = None,
-             kind: str = "auto", start: Any = None, strict: bool = True) -> Loaded | None:
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def load(
+        self,
+        source: Ref | WeightsSource,
+        *,
+        name: str | None = None,
+        fingerprint: str | None = None,
+        kind: str = "auto",
+        start: Ref | WeightsSource | None = None,
+        strict: bool = True,
+    ) -> Loaded | None:
         """Put ``source`` in the model: a full checkpoint, or an adapter on its start model.
 
         Args:
@@ -201,8 +237,10 @@ class Swapper:
         ref = _as_ref(source, name, fingerprint, kind)
         info = classify(ref.source, ref.kind)
         if info.kind == "trainer_run":
-            raise CheckpointError(f"{info.path} is a Trainer run (checkpoint-N folders {list(info.steps)}), "
-                                  "not one checkpoint; load one of its checkpoint-N dirs")
+            raise CheckpointError(
+                f"{info.path} is a Trainer run (checkpoint-N folders {list(info.steps)}), "
+                "not one checkpoint; load one of its checkpoint-N dirs"
+            )
         if info.kind == "full":
             self._load_full(ref, strict=strict)
         else:
@@ -233,7 +271,9 @@ class Swapper:
             self._undo_adapter()  # already loaded (under an adapter: take the adapter off)
             return
         with open_source(ref.source, name=ref.label) as src:
-            plan = make_plan(src, self.targets, self.model, key_mapping=self.key_mapping, strict=strict)
+            plan = make_plan(
+                src, self.targets, self.model, key_mapping=self.key_mapping, strict=strict
+            )
             if self._adapter is not None and not self._adapter.touched <= plan.written():
                 self._undo_adapter()  # a partial checkpoint must not leave adapter residue behind
             try:
@@ -250,14 +290,18 @@ class Swapper:
         """The plan that re-reads the full weights now loaded (``None`` if they cannot be re-read)."""
         if self._full_plan is None and self._full_restorable and self._full is not None:
             with open_source(self._full.source, name=self._full.label) as src:
-                self._full_plan = make_plan(src, self.targets, self.model, key_mapping=self.key_mapping)
+                self._full_plan = make_plan(
+                    src, self.targets, self.model, key_mapping=self.key_mapping
+                )
         return self._full_plan
 
     def _load_adapter(self, ref: Ref, info: CheckpointInfo, start: Ref | None) -> None:
         if (self._broken is not None or self._full is None) and start is None:
             why = self._broken or "the boot weights are unknown"
-            raise ConfigError(f"adapter {ref.label} needs a start model (recorded: {info.start_hint!r}) and "
-                              f"{why}: pass start=, or give the Swapper its boot checkpoint")
+            raise ConfigError(
+                f"adapter {ref.label} needs a start model (recorded: {info.start_hint!r}) and "
+                f"{why}: pass start=, or give the Swapper its boot checkpoint"
+            )
         on_start = self._broken is None and (start is None or start.same_weights(self._full))
         if self._adapter is not None and on_start and _same_fingerprint(ref, self._adapter.ref):
             return  # this adapter on this start is loaded
@@ -292,7 +336,12 @@ class Swapper:
             else:
                 assert self._full is not None and self._full_plan is not None
                 with open_source(self._full.source, name=self._full.label) as src:
-                    execute(self._full_plan.restricted(applied.touched, self.targets), src, self.targets, self.model)
+                    execute(
+                        self._full_plan.restricted(applied.touched, self.targets),
+                        src,
+                        self.targets,
+                        self.model,
+                    )
         except RevlensError as exc:
             self._broken = f"restoring the start model {self._full.label if self._full else '?'} failed ({exc})"
             raise

@@ -26,14 +26,20 @@ __all__ = ["Targets", "hf_parameters", "refresh_bridge", "stale_copies"]
 _ORIG = "_original_component"
 # Checkpoint keys that name buffers, never learned weights (old HF layouts, bridge additions).
 _DEFAULT_IGNORED = (
-    r"(^|\.)attn\.bias$", r"(^|\.)attn\.masked_bias$", r"attention\.bias$", r"attention\.masked_bias$",
-    r"rotary_emb\.inv_freq$", r"(^|\.)position_ids$",
+    r"(^|\.)attn\.bias$",
+    r"(^|\.)attn\.masked_bias$",
+    r"attention\.bias$",
+    r"attention\.masked_bias$",
+    r"rotary_emb\.inv_freq$",
+    r"(^|\.)position_ids$",
 )
 # (split function attribute, parts it returns) of the bridge components that split fused weights.
 _SPLITTERS = (("split_qkv_matrix", ("q", "k", "v")), ("split_gate_up_matrix", ("gate", "in")))
 
 
-def _walk(module: torch.nn.Module, prefix: str, params: dict, buffers: dict, modules: dict | None = None) -> None:
+def _walk(
+    module: torch.nn.Module, prefix: str, params: dict, buffers: dict, modules: dict | None = None
+) -> None:
     orig = module._modules.get(_ORIG)
     if orig is not None:  # a bridge component: only the wrapped HF module is HF state
         _walk(orig, prefix, params, buffers, modules)
@@ -100,7 +106,10 @@ class Targets:
         for names in by_id.values():
             head = next((n for n in names if n not in tied_targets), names[0])
             leader.update({n: head for n in names})
-        patterns = [*_DEFAULT_IGNORED, *(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+        patterns = [
+            *_DEFAULT_IGNORED,
+            *(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []),
+        ]
         missing_ok = list(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
         return cls(
             params=params,
@@ -137,8 +146,13 @@ def _splitting_components(bridge: Any) -> Iterator[tuple[str, Any, Any, tuple[st
         for attr, parts in _SPLITTERS:
             split = getattr(module, attr, None)
             orig = getattr(module, "original_component", None)
-            if callable(split) and orig is not None and all(
-                getattr(getattr(module, p, None), "original_component", None) is not None for p in parts
+            if (
+                callable(split)
+                and orig is not None
+                and all(
+                    getattr(getattr(module, p, None), "original_component", None) is not None
+                    for p in parts
+                )
             ):
                 yield name, module, split, parts
 
@@ -160,7 +174,7 @@ def _derived_pairs(bridge: Any) -> Iterator[tuple[str, Tensor, Tensor]]:
 
 
 @torch.no_grad()
-def refresh_bridge(bridge: Any) -> int:
+def refresh_bridge(bridge: torch.nn.Module) -> int:
     """Re-derive the bridge's split copies of fused weights after the fused weights changed.
 
     Calls each splitting component's own split function (``split_qkv_matrix`` /
@@ -174,7 +188,9 @@ def refresh_bridge(bridge: Any) -> int:
     n = 0
     for name, dst, src in _derived_pairs(bridge):
         if dst.shape != src.shape:
-            raise ShapeMismatchError(f"bridge copy {name} has shape {tuple(dst.shape)}, its split gives {tuple(src.shape)}")
+            raise ShapeMismatchError(
+                f"bridge copy {name} has shape {tuple(dst.shape)}, its split gives {tuple(src.shape)}"
+            )
         if dst.data_ptr() != src.data_ptr():
             dst.copy_(src)
             n += 1
@@ -182,7 +198,10 @@ def refresh_bridge(bridge: Any) -> int:
 
 
 @torch.no_grad()
-def stale_copies(bridge: Any) -> list[str]:
+def stale_copies(bridge: torch.nn.Module) -> list[str]:
     """Names of split copies that differ from what the fused weights give now (``[]`` = in sync)."""
-    return [name for name, dst, src in _derived_pairs(bridge)
-            if dst.shape != src.shape or not torch.equal(dst, src.to(dst.dtype))]
+    return [
+        name
+        for name, dst, src in _derived_pairs(bridge)
+        if dst.shape != src.shape or not torch.equal(dst, src.to(dst.dtype))
+    ]

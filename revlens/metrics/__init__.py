@@ -24,7 +24,9 @@ from revlens.metrics.continuation import (
 from revlens.metrics.generation import Generation, GenerationMetric, greedy_generate, stop_token_ids
 from revlens.metrics.judges import CausalLMJudge, ClassifierJudge, judge_metric
 from revlens.metrics.model import (
+    MetricLike,
     ModelMetric,
+    ScoresModel,
     bind_metric,
     is_model_metric,
     metric_values,
@@ -78,11 +80,13 @@ __all__ = [
     "LogitDiff",
     "LogitRate",
     "Metric",
+    "MetricLike",
     "ModelMetric",
     "PhraseJudge",
     "PhraseLogOdds",
     "PhraseLogProb",
     "RefusalScore",
+    "ScoresModel",
     "TaskLoss",
     "TokenMetric",
     "bind_metric",

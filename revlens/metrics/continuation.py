@@ -23,10 +23,18 @@ import torch
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError
 from revlens.metrics.model import ModelMetric
 
-__all__ = ["PhraseLogOdds", "PhraseLogProb", "phrase_logodds", "phrase_logprob", "phrase_rate", "score_phrases"]
+__all__ = [
+    "PhraseLogOdds",
+    "PhraseLogProb",
+    "phrase_logodds",
+    "phrase_logprob",
+    "phrase_rate",
+    "score_phrases",
+]
 
 
 def _phrases(value: Any, what: str) -> list[str]:
@@ -44,13 +52,17 @@ def _encode(tokenizer: Any, phrases: Sequence[str], what: str) -> list[list[int]
         if not ids:
             raise MetricError(f"{what}: phrase {p!r} encodes to no token")
         if unk is not None and unk in ids:
-            raise MetricError(f"{what}: phrase {p!r} has a token the tokenizer does not know ({ids})")
+            raise MetricError(
+                f"{what}: phrase {p!r} has a token the tokenizer does not know ({ids})"
+            )
         out.append(ids)
     return out
 
 
 @torch.no_grad()
-def score_phrases(model: Any, batch: Any, phrases: Sequence[Sequence[int]], *, max_rows: int = 512) -> Tensor:
+def score_phrases(
+    model: ModuleLike, batch: MetricBatch, phrases: Sequence[Sequence[int]], *, max_rows: int = 512
+) -> Tensor:
     """``log p(phrase_j | prompt_i)`` ``[batch, n_phrases]`` (float64), teacher-forced, every
     prompt × phrase of a chunk of rows in one forward."""
     from revlens.sites import access
@@ -62,7 +74,9 @@ def score_phrases(model: Any, batch: Any, phrases: Sequence[Sequence[int]], *, m
     b, width, n = tokens.shape[0], int(tokens.shape[1]), len(phrases)
     t_max = max(len(p) for p in phrases)
     if acc.n_ctx and width + t_max > acc.n_ctx:
-        raise MetricError(f"prompts of {width} tokens + a phrase of {t_max} exceed the model's context ({acc.n_ctx})")
+        raise MetricError(
+            f"prompts of {width} tokens + a phrase of {t_max} exceed the model's context ({acc.n_ctx})"
+        )
     ph = torch.zeros(n, t_max, dtype=torch.long, device=dev)
     valid = torch.zeros(n, t_max, dtype=torch.bool, device=dev)
     for j, p in enumerate(phrases):
@@ -80,8 +94,16 @@ def score_phrases(model: Any, batch: Any, phrases: Sequence[Sequence[int]], *, m
         with prompt_layout(width, lens):
             logits = acc.forward(ids, mask, position_ids=pos)
         # token t of a phrase is predicted at the prompt's last token (t = 0), else at column W + t − 1
-        cols = torch.cat([(lens - 1)[:, None], width + torch.arange(t_max - 1, device=dev)[None].expand(len(lens), -1)], 1)
-        lp = torch.log_softmax(logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1])).double(), -1)
+        cols = torch.cat(
+            [
+                (lens - 1)[:, None],
+                width + torch.arange(t_max - 1, device=dev)[None].expand(len(lens), -1),
+            ],
+            1,
+        )
+        lp = torch.log_softmax(
+            logits.gather(1, cols[..., None].expand(-1, -1, logits.shape[-1])).double(), -1
+        )
         tok_lp = lp.gather(2, new[..., None])[..., 0] * valid.repeat(m, 1)
         out[sl] = tok_lp.sum(1).view(m, n).cpu()
     return out
@@ -98,7 +120,7 @@ class PhraseLogProb(ModelMetric):
         self.max_rows = as_int("max_rows", max_rows, min=1)
         self._ids: list[list[int]] | None = None
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "PhraseLogProb":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "PhraseLogProb":
         super().bind(tokenizer, vocab_size)
         self._ids = _encode(tokenizer, self.phrases, self.name)
         return self
@@ -108,8 +130,10 @@ class PhraseLogProb(ModelMetric):
             self.bind(self._tok(model))
         return self._ids  # type: ignore[return-value]
 
-    def score(self, model: Any, batch: Any) -> Tensor:
-        return torch.logsumexp(score_phrases(model, batch, self._phrase_ids(model), max_rows=self.max_rows), -1)
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
+        return torch.logsumexp(
+            score_phrases(model, batch, self._phrase_ids(model), max_rows=self.max_rows), -1
+        )
 
 
 class PhraseLogOdds(ModelMetric):
@@ -117,22 +141,31 @@ class PhraseLogOdds(ModelMetric):
 
     name = "phrase_logodds"
 
-    def __init__(self, pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, max_rows: int = 512,
-                 rate: bool = False) -> None:
+    def __init__(
+        self,
+        pos_phrases: Sequence[str],
+        neg_phrases: Sequence[str],
+        *,
+        max_rows: int = 512,
+        rate: bool = False,
+    ) -> None:
         super().__init__()
-        self.pos, self.neg = _phrases(pos_phrases, self.name + " pos"), _phrases(neg_phrases, self.name + " neg")
+        self.pos, self.neg = (
+            _phrases(pos_phrases, self.name + " pos"),
+            _phrases(neg_phrases, self.name + " neg"),
+        )
         self.max_rows = as_int("max_rows", max_rows, min=1)
         self.rate = bool(rate)
         if rate:
             self.name = "phrase_rate"
         self._ids: list[list[int]] | None = None
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "PhraseLogOdds":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "PhraseLogOdds":
         super().bind(tokenizer, vocab_size)
         self._ids = _encode(tokenizer, [*self.pos, *self.neg], self.name)
         return self
 
-    def score(self, model: Any, batch: Any) -> Tensor:
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
         if self._ids is None:
             self.bind(self._tok(model))
         lp = score_phrases(model, batch, self._ids, max_rows=self.max_rows)  # type: ignore[arg-type]
@@ -141,19 +174,31 @@ class PhraseLogOdds(ModelMetric):
         return (odds > 0).double() if self.rate else odds
 
 
-def phrase_logprob(phrases: Sequence[str], *, tokenizer: Any = None) -> PhraseLogProb:
+def phrase_logprob(
+    phrases: Sequence[str], *, tokenizer: TokenizerInput | None = None
+) -> PhraseLogProb:
     """``log Σ_j p(phrase_j | prompt)`` (see :class:`PhraseLogProb`)."""
     m = PhraseLogProb(phrases)
     return m.bind(tokenizer) if tokenizer is not None else m
 
 
-def phrase_logodds(pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, tokenizer: Any = None) -> PhraseLogOdds:
+def phrase_logodds(
+    pos_phrases: Sequence[str],
+    neg_phrases: Sequence[str],
+    *,
+    tokenizer: TokenizerInput | None = None,
+) -> PhraseLogOdds:
     """Log-odds of phrase set A against B, teacher-forced (see :class:`PhraseLogOdds`)."""
     m = PhraseLogOdds(pos_phrases, neg_phrases)
     return m.bind(tokenizer) if tokenizer is not None else m
 
 
-def phrase_rate(pos_phrases: Sequence[str], neg_phrases: Sequence[str], *, tokenizer: Any = None) -> PhraseLogOdds:
+def phrase_rate(
+    pos_phrases: Sequence[str],
+    neg_phrases: Sequence[str],
+    *,
+    tokenizer: TokenizerInput | None = None,
+) -> PhraseLogOdds:
     """1.0 where phrase set A outscores B (see :class:`PhraseLogOdds`)."""
     m = PhraseLogOdds(pos_phrases, neg_phrases, rate=True)
     return m.bind(tokenizer) if tokenizer is not None else m

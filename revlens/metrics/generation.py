@@ -36,16 +36,32 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError
 from revlens.metrics.model import ModelMetric
 from revlens.metrics.steps import CachedSteps, FullForwardFallback, FullSteps
 from revlens.modes import GENERATION_METHODS, GenerationMethod, check_mode
 from revlens.sites.cached import CachedPathError
 
-__all__ = ["END_OF_TURN_TOKENS", "Generation", "GenerationMetric", "greedy_generate", "stop_token_ids"]
+__all__ = [
+    "END_OF_TURN_TOKENS",
+    "Generation",
+    "GenerationMetric",
+    "greedy_generate",
+    "stop_token_ids",
+]
 
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<eot>",
-                      "<|end_of_text|>", "[/INST]")
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+    "</s>",
+    "<eot>",
+    "<|end_of_text|>",
+    "[/INST]",
+)
 """Special tokens that end an assistant turn in common chat templates (Llama-3, ChatML/Qwen,
 Gemma, Phi-3, GPT-style, Llama-2/Mistral, the test families); generation stops at any of them
 that the tokenizer knows, and at its EOS."""
@@ -72,10 +88,14 @@ class Generation:
     logits: Float[Tensor, "batch new vocab"] | None = None
 
 
-def stop_token_ids(tokenizer: Any, extra: Sequence[str | int] = ()) -> list[int]:
+def stop_token_ids(tokenizer: TokenizerInput, extra: Sequence[str | int] = ()) -> list[int]:
     """EOS plus the end-of-turn tokens of :data:`END_OF_TURN_TOKENS` the tokenizer knows, plus ``extra``."""
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    ids = {int(tokenizer.eos_token_id)} if getattr(tokenizer, "eos_token_id", None) is not None else set()
+    ids = (
+        {int(tokenizer.eos_token_id)}
+        if getattr(tokenizer, "eos_token_id", None) is not None
+        else set()
+    )
     ids |= {int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab}
     for t in extra:
         if isinstance(t, int):
@@ -89,9 +109,16 @@ def stop_token_ids(tokenizer: Any, extra: Sequence[str | int] = ()) -> list[int]
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
 @torch.no_grad()
-def greedy_generate(model: Any, batch: Any, *, max_new_tokens: int = 32, tokenizer: Any = None,
-                    stop: Sequence[str | int] | None = None, method: GenerationMethod = "auto",
-                    output_logits: bool = False) -> Generation:
+def greedy_generate(
+    model: ModuleLike,
+    batch: MetricBatch,
+    *,
+    max_new_tokens: int = 32,
+    tokenizer: TokenizerInput | None = None,
+    stop: Sequence[str | int] | None = None,
+    method: GenerationMethod = "auto",
+    output_logits: bool = False,
+) -> Generation:
     """Greedy responses of every prompt of ``batch`` (see the module docstring).
 
     Args:
@@ -121,9 +148,15 @@ def greedy_generate(model: Any, batch: Any, *, max_new_tokens: int = 32, tokeniz
     width = int(tokens.shape[1])
     if acc.n_ctx and width + n_new > acc.n_ctx:
         if width >= acc.n_ctx:
-            raise MetricError(f"prompts of {width} tokens leave no room to generate in a context of {acc.n_ctx}")
-        warnings.warn(f"max_new_tokens={n_new} capped to {acc.n_ctx - width}: the prompts take {width} of the "
-                      f"model's {acc.n_ctx}-token context", UserWarning, stacklevel=2)
+            raise MetricError(
+                f"prompts of {width} tokens leave no room to generate in a context of {acc.n_ctx}"
+            )
+        warnings.warn(
+            f"max_new_tokens={n_new} capped to {acc.n_ctx - width}: the prompts take {width} of the "
+            f"model's {acc.n_ctx}-token context",
+            UserWarning,
+            stacklevel=2,
+        )
         n_new = acc.n_ctx - width
     stops = torch.tensor(stop_token_ids(tok, stop or ()), dtype=torch.long, device=acc.device)
     pad = int(tok.pad_token_id) if getattr(tok, "pad_token_id", None) is not None else 0
@@ -145,12 +178,17 @@ def _stepper(acc: Any, tokens: Tensor, lengths: Tensor, method: str) -> Any:
     except CachedPathError as exc:
         if method == "cached":
             raise
-        warnings.warn(f"greedy generation runs full forwards (no KV cache): {exc}", FullForwardFallback,
-                      stacklevel=3)
+        warnings.warn(
+            f"greedy generation runs full forwards (no KV cache): {exc}",
+            FullForwardFallback,
+            stacklevel=3,
+        )
         return FullSteps(acc, tokens, lengths)
 
 
-def _decode(stepper: Any, n_new: int, stops: Tensor, pad: int, keep: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def _decode(
+    stepper: Any, n_new: int, stops: Tensor, pad: int, keep: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     b = stepper.tokens.shape[0]
     dev = stepper.tokens.device
     new = torch.empty(b, 0, dtype=torch.long, device=dev)
@@ -171,9 +209,13 @@ def _decode(stepper: Any, n_new: int, stops: Tensor, pad: int, keep: bool) -> tu
 
 def _finish(new: Tensor, stops: Tensor, done: Tensor, tok: Any) -> Generation:
     is_stop = torch.isin(new, stops)
-    first = torch.where(is_stop.any(1), is_stop.float().argmax(1), torch.full((new.shape[0],), new.shape[1]))
-    texts = [tok.decode(new[i, : int(first[i])].tolist(), skip_special_tokens=True).strip()
-             for i in range(new.shape[0])]
+    first = torch.where(
+        is_stop.any(1), is_stop.float().argmax(1), torch.full((new.shape[0],), new.shape[1])
+    )
+    texts = [
+        tok.decode(new[i, : int(first[i])].tolist(), skip_special_tokens=True).strip()
+        for i in range(new.shape[0])
+    ]
     return Generation(new, first.long(), texts, done)
 
 
@@ -197,12 +239,21 @@ class GenerationMetric(ModelMetric):
 
     name = "generation"
 
-    def __init__(self, judge: Judge, *, max_new_tokens: int = 32, stop: Sequence[str | int] | None = None,
-                 name: str | None = None, method: GenerationMethod = "auto") -> None:
+    def __init__(
+        self,
+        judge: Judge,
+        *,
+        max_new_tokens: int = 32,
+        stop: Sequence[str | int] | None = None,
+        name: str | None = None,
+        method: GenerationMethod = "auto",
+    ) -> None:
         super().__init__()
         self.method = check_mode("method", method, GENERATION_METHODS)
         if not callable(judge):
-            raise MetricError(f"judge must be callable judge(prompts, responses) -> scores; got {type(judge).__name__}")
+            raise MetricError(
+                f"judge must be callable judge(prompts, responses) -> scores; got {type(judge).__name__}"
+            )
         self.judge = judge
         self.max_new_tokens = as_int("max_new_tokens", max_new_tokens, min=1)
         self.stop = tuple(stop or ())
@@ -214,19 +265,27 @@ class GenerationMetric(ModelMetric):
         """Metrics with equal keys can share one generation of a batch."""
         return (self.max_new_tokens, self.stop, self.method)
 
-    def generate(self, model: Any, batch: Any) -> Generation:
+    def generate(self, model: ModuleLike, batch: MetricBatch) -> Generation:
         """The greedy responses of ``batch`` (under the interventions active now)."""
-        return greedy_generate(model, batch, max_new_tokens=self.max_new_tokens, tokenizer=self._tok(model),
-                               stop=self.stop, method=self.method)
+        return greedy_generate(
+            model,
+            batch,
+            max_new_tokens=self.max_new_tokens,
+            tokenizer=self._tok(model),
+            stop=self.stop,
+            method=self.method,
+        )
 
-    def from_generation(self, batch: Any, generation: Generation) -> Tensor:
+    def from_generation(self, batch: MetricBatch, generation: Generation) -> Tensor:
         """Judge a generation of ``batch``."""
         self.last_ = generation
-        prompts = list(batch.texts) if getattr(batch, "texts", None) is not None else [""] * len(batch)
+        prompts = (
+            list(batch.texts) if getattr(batch, "texts", None) is not None else [""] * len(batch)
+        )
         scores = self.judge(prompts, list(generation.texts))
         return torch.as_tensor(scores, dtype=torch.float64).flatten()
 
-    def score(self, model: Any, batch: Any) -> Tensor:
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
         return self.from_generation(batch, self.generate(model, batch))
 
     def __repr__(self) -> str:

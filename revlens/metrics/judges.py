@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from revlens._config import as_int
+from revlens._types import ModuleLike, PathLike, TokenizerInput
 from revlens.errors import MetricError
-from revlens.metrics.generation import GenerationMetric
+from revlens.metrics.generation import GenerationMetric, Judge
 
 __all__ = ["CausalLMJudge", "ClassifierJudge", "judge_metric"]
 
@@ -51,12 +52,16 @@ def _positive(config: Any, positive: str | int | None) -> int:
     labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     if isinstance(positive, int) and not isinstance(positive, bool):
         if positive not in labels and labels:
-            raise MetricError(f"positive label index {positive} is not among the judge's labels {labels}")
+            raise MetricError(
+                f"positive label index {positive} is not among the judge's labels {labels}"
+            )
         return positive
     if isinstance(positive, str):
         found = [i for i, name in labels.items() if name.lower() == positive.lower()]
         if not found:
-            raise MetricError(f"positive label {positive!r} is not among the judge's labels {labels}")
+            raise MetricError(
+                f"positive label {positive!r} is not among the judge's labels {labels}"
+            )
         return found[0]
     for i, name in labels.items():
         if name.lower() in ("unsafe", "harmful", "yes", "toxic", "1", "label_1"):
@@ -79,8 +84,16 @@ class ClassifierJudge:
 
     name = "judge"
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, positive: str | int | None = None,
-                 template: str | None = None, batch_size: int = 16, max_length: int = 512) -> None:
+    def __init__(
+        self,
+        model: ModuleLike | PathLike,
+        tokenizer: TokenizerInput | None = None,
+        *,
+        positive: str | int | None = None,
+        template: str | None = None,
+        batch_size: int = 16,
+        max_length: int = 512,
+    ) -> None:
         self.model, self.tokenizer = _load(model, tokenizer, "AutoModelForSequenceClassification")
         self.positive = _positive(self.model.config, positive)
         self.template = template
@@ -96,10 +109,23 @@ class ClassifierJudge:
         for s in range(0, len(responses), self.batch_size):
             p, r = prompts[s : s + self.batch_size], responses[s : s + self.batch_size]
             if self.template is None:
-                enc = self.tokenizer(p, r, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    p,
+                    r,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
             else:
                 texts = [self.template.format(prompt=a, response=b) for a, b in zip(p, r)]
-                enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    texts,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
             logits = self.model(**{k: v.to(dev) for k, v in enc.items()}).logits.double()
             out.append(torch.softmax(logits, -1)[:, self.positive].cpu())
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -134,18 +160,33 @@ class CausalLMJudge:
 
     name = "judge"
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, template: str | None = None,
-                 yes: Sequence[str] = ("Yes",), no: Sequence[str] = ("No",), batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: ModuleLike | PathLike,
+        tokenizer: TokenizerInput | None = None,
+        *,
+        template: str | None = None,
+        yes: Sequence[str] = ("Yes",),
+        no: Sequence[str] = ("No",),
+        batch_size: int = 8,
+    ) -> None:
         self.model, self.tokenizer = _load(model, tokenizer, "AutoModelForCausalLM")
         self.template = template
         if template is None and not getattr(self.tokenizer, "chat_template", None):
-            raise MetricError("CausalLMJudge: the judge tokenizer has no chat template; pass template='...{prompt}...{response}...'")
-        self.yes, self.no = _first_ids(self.tokenizer, yes, "yes"), _first_ids(self.tokenizer, no, "no")
+            raise MetricError(
+                "CausalLMJudge: the judge tokenizer has no chat template; pass template='...{prompt}...{response}...'"
+            )
+        self.yes, self.no = (
+            _first_ids(self.tokenizer, yes, "yes"),
+            _first_ids(self.tokenizer, no, "no"),
+        )
         self.batch_size = as_int("batch_size", batch_size, min=1)
 
     def _ids(self, prompt: str, response: str) -> list[int]:
         if self.template is not None:
-            return list(self.tokenizer(self.template.format(prompt=prompt, response=response))["input_ids"])
+            return list(
+                self.tokenizer(self.template.format(prompt=prompt, response=response))["input_ids"]
+            )
         conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         text = self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -158,14 +199,21 @@ class CausalLMJudge:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = []
         for s in range(0, len(responses), self.batch_size):
-            rows = [self._ids(p, r) for p, r in zip(prompts[s : s + self.batch_size], responses[s : s + self.batch_size])]
+            rows = [
+                self._ids(p, r)
+                for p, r in zip(
+                    prompts[s : s + self.batch_size], responses[s : s + self.batch_size]
+                )
+            ]
             lens = torch.tensor([len(r) for r in rows])
             ids = torch.full((len(rows), int(lens.max())), int(pad), dtype=torch.long)
             for i, r in enumerate(rows):
                 ids[i, : len(r)] = torch.tensor(r)
             mask = (torch.arange(ids.shape[1])[None] < lens[:, None]).long()
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-            p = torch.softmax(logits[torch.arange(len(rows)), (lens - 1).to(dev)].double(), -1).cpu()
+            p = torch.softmax(
+                logits[torch.arange(len(rows)), (lens - 1).to(dev)].double(), -1
+            ).cpu()
             yes, no = p[:, self.yes].sum(-1), p[:, self.no].sum(-1)
             out.append(yes / (yes + no).clamp_min(1e-300))
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -174,7 +222,12 @@ class CausalLMJudge:
         return f"CausalLMJudge({type(self.model).__name__}, template={'chat' if self.template is None else 'format'})"
 
 
-def judge_metric(judge: Any, *, max_new_tokens: int = 32, stop: Sequence[str | int] | None = None,
-                 name: str = "judge_score") -> GenerationMetric:
+def judge_metric(
+    judge: Judge,
+    *,
+    max_new_tokens: int = 32,
+    stop: Sequence[str | int] | None = None,
+    name: str = "judge_score",
+) -> GenerationMetric:
     """A metric that generates greedily and scores ``judge(prompts, responses)`` per prompt."""
     return GenerationMetric(judge, max_new_tokens=max_new_tokens, stop=stop, name=name)

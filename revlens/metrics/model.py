@@ -13,15 +13,25 @@ A user metric subclasses :class:`ModelMetric` (or is any object with a ``score(m
 method) and may implement ``bind(tokenizer)`` to resolve strings to token ids once.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from revlens._types import MetricBatch, ModuleLike, TokenizerInput
 from revlens.errors import MetricError, RevlensError
 from revlens.metrics.tokens import TokenMetric, call_metric, check_metric_output, metric_name
 
-__all__ = ["ModelMetric", "bind_metric", "is_model_metric", "metric_values", "score_metric"]
+__all__ = [
+    "MetricLike",
+    "ModelMetric",
+    "ScoresModel",
+    "bind_metric",
+    "is_model_metric",
+    "metric_values",
+    "score_metric",
+]
 
 
 class ModelMetric:
@@ -32,12 +42,12 @@ class ModelMetric:
     def __init__(self) -> None:
         self.tokenizer: Any = None
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "ModelMetric":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "ModelMetric":
         """Remember the tokenizer (subclasses resolve their strings here); returns ``self``."""
         self.tokenizer = tokenizer
         return self
 
-    def score(self, model: Any, batch: Any) -> Tensor:  # pragma: no cover - abstract
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:  # pragma: no cover - abstract
         """Per-prompt values ``[batch]`` of ``batch`` (a :class:`~revlens.probes.ProbeBatch`)."""
         raise NotImplementedError
 
@@ -51,28 +61,44 @@ class ModelMetric:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def is_model_metric(metric: Any) -> bool:
+@runtime_checkable
+class ScoresModel(Protocol):
+    """Any object with ``score(model, batch) -> Tensor[batch]`` (a model metric by its form)."""
+
+    def score(self, model: ModuleLike, batch: MetricBatch) -> Tensor:
+        """Per-prompt values ``[batch]``."""
+
+
+MetricLike: TypeAlias = Callable[..., object] | ModelMetric | ScoresModel
+"""A metric: a logits callable ``metric(logits, batch) -> Tensor[batch]``, a :class:`ModelMetric`,
+or any object with ``score(model, batch)``."""
+
+
+def is_model_metric(metric: object) -> bool:
     """Whether ``metric`` runs the model itself (has ``score(model, batch)``) rather than reading
     logits (``metric(logits, batch)``)."""
     return isinstance(metric, ModelMetric) or (
-        callable(getattr(metric, "score", None)) and not isinstance(metric, TokenMetric))
+        callable(getattr(metric, "score", None)) and not isinstance(metric, TokenMetric)
+    )
 
 
-def bind_metric(metric: Any, tokenizer: Any, vocab_size: int | None = None) -> Any:
+def bind_metric(metric: object, tokenizer: TokenizerInput, vocab_size: int | None = None) -> Any:
     """Bind a built-in metric's token sets / phrases to ``tokenizer`` (others are returned as they are).
 
     Raises:
         MetricError: not a metric (neither callable nor with ``score``), or a token it cannot resolve.
     """
     if not callable(metric) and not is_model_metric(metric):
-        raise MetricError(f"metric must be a callable (logits, batch) -> Tensor[batch] or have "
-                          f"score(model, batch); got {type(metric).__name__}")
+        raise MetricError(
+            f"metric must be a callable (logits, batch) -> Tensor[batch] or have "
+            f"score(model, batch); got {type(metric).__name__}"
+        )
     if isinstance(metric, (TokenMetric, ModelMetric)):
         metric.bind(tokenizer, vocab_size=vocab_size)
     return metric
 
 
-def score_metric(metric: Any, model: Any, batch: Any) -> Tensor:
+def score_metric(metric: MetricLike, model: ModuleLike, batch: MetricBatch) -> Tensor:
     """``metric.score(model, batch)``, validated (finite, one value per prompt, float64); an
     exception inside a user's metric is re-raised as a :class:`MetricError` naming it."""
     try:
@@ -81,13 +107,17 @@ def score_metric(metric: Any, model: Any, batch: Any) -> Tensor:
     except RevlensError:
         raise
     except Exception as exc:  # a user's metric may raise anything: say that the metric did
-        raise MetricError(f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}") from exc
+        raise MetricError(
+            f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(values, (list, tuple)):
         values = torch.tensor(values, dtype=torch.float64)
     return check_metric_output(values, len(batch), metric)
 
 
-def metric_values(metric: Any, model: Any, batch: Any, logits: Tensor | None = None) -> Tensor:
+def metric_values(
+    metric: MetricLike, model: ModuleLike, batch: MetricBatch, logits: Tensor | None = None
+) -> Tensor:
     """Per-prompt values of either kind of metric: logits metrics read ``logits`` (computed here
     with one forward when not given)."""
     if is_model_metric(metric):

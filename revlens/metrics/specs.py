@@ -12,7 +12,7 @@ Example:
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, no_type_check
 
 from revlens.errors import MetricError
 from revlens.metrics.continuation import PhraseLogOdds
@@ -21,8 +21,17 @@ from revlens.metrics.tokens import greedy_rate, kl_to, logit_diff, logit_rate
 
 __all__ = ["METRICS", "metric_from_spec"]
 
-METRICS = ("logit_diff", "logit_rate", "greedy_rate", "kl", "refusal_score", "refusal_rate", "compliance_rate",
-           "phrase_logodds", "phrase_rate")
+METRICS = (
+    "logit_diff",
+    "logit_rate",
+    "greedy_rate",
+    "kl",
+    "refusal_score",
+    "refusal_rate",
+    "compliance_rate",
+    "phrase_logodds",
+    "phrase_rate",
+)
 """Built-in metric names a spec may use: token sets ``pos`` / ``neg`` / ``tokens``; phrase sets
 ``pos`` / ``neg`` (``phrase_*``); ``phrases``, ``max_new_tokens``, ``case_sensitive``, ``prefix``
 (``refusal_rate`` / ``compliance_rate``, generation-based)."""
@@ -33,11 +42,14 @@ def _tokens(spec: Mapping[str, Any], key: str, name: str) -> list[str | int]:
     if isinstance(value, (str, int)):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise MetricError(f"metric spec {name!r} needs a non-empty list {key!r} of tokens; got {value!r}")
+        raise MetricError(
+            f"metric spec {name!r} needs a non-empty list {key!r} of tokens; got {value!r}"
+        )
     return value
 
 
-def metric_from_spec(spec: Any, *, label: str | None = None) -> Any:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def metric_from_spec(spec: str | Mapping[str, Any], *, label: str | None = None) -> Any:
     """A metric callable from a spec (a mapping with ``name``, or a built-in name).
 
     ``label`` (e.g. the history's name for it, ``"harm"``) becomes the metric's ``name``, which
@@ -49,7 +61,9 @@ def metric_from_spec(spec: Any, *, label: str | None = None) -> Any:
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise MetricError(f"a metric spec is a built-in name or a mapping with 'name'; got {spec!r}")
+        raise MetricError(
+            f"a metric spec is a built-in name or a mapping with 'name'; got {spec!r}"
+        )
     kind = spec["name"]
     if kind in ("logit_diff", "logit_rate"):
         make = logit_diff if kind == "logit_diff" else logit_rate
@@ -63,13 +77,20 @@ def metric_from_spec(spec: Any, *, label: str | None = None) -> Any:
     elif kind in ("refusal_rate", "compliance_rate"):
         make = refusal_rate if kind == "refusal_rate" else compliance_rate
         phrases = spec.get("phrases", REFUSAL_PHRASES)
-        metric = make([phrases] if isinstance(phrases, str) else list(phrases),
-                      max_new_tokens=int(spec.get("max_new_tokens", 32)),
-                      case_sensitive=bool(spec.get("case_sensitive", False)), prefix=bool(spec.get("prefix", False)))
+        metric = make(
+            [phrases] if isinstance(phrases, str) else list(phrases),
+            max_new_tokens=int(spec.get("max_new_tokens", 32)),
+            case_sensitive=bool(spec.get("case_sensitive", False)),
+            prefix=bool(spec.get("prefix", False)),
+        )
     elif kind in ("phrase_logodds", "phrase_rate"):
-        metric = PhraseLogOdds(_tokens(spec, "pos", kind), _tokens(spec, "neg", kind), rate=kind == "phrase_rate")
+        metric = PhraseLogOdds(
+            _tokens(spec, "pos", kind), _tokens(spec, "neg", kind), rate=kind == "phrase_rate"
+        )
     else:
-        raise MetricError(f"unknown metric {kind!r} in spec {dict(spec)}; built-in metrics: {', '.join(METRICS)}")
+        raise MetricError(
+            f"unknown metric {kind!r} in spec {dict(spec)}; built-in metrics: {', '.join(METRICS)}"
+        )
     if label:
         metric.name = label
     return metric

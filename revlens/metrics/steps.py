@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from revlens.sites.access import SiteAccess
 from revlens.sites.cached import (
     CachedPathError,
     active_edits,
@@ -46,7 +47,9 @@ class FullSteps:
 
     method = "full"
 
-    def __init__(self, acc: Any, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]) -> None:
+    def __init__(
+        self, acc: SiteAccess, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]
+    ) -> None:
         self.acc, self.tokens, self.lengths = acc, tokens, lengths
         self.width = int(tokens.shape[1])
         self.rows = torch.arange(tokens.shape[0], device=tokens.device)
@@ -75,7 +78,9 @@ class CachedSteps:
 
     method = "cached"
 
-    def __init__(self, acc: Any, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]) -> None:
+    def __init__(
+        self, acc: SiteAccess, tokens: Int[Tensor, "batch W"], lengths: Int[Tensor, " batch"]
+    ) -> None:
         from revlens.sites.access import BridgeAccess
 
         self.acc, self.tokens, self.lengths = acc, tokens, lengths
@@ -89,10 +94,14 @@ class CachedSteps:
             self.run, self.edits = source, []
         why = obstacle(source, self.run)
         if why is not None:
-            raise CachedPathError(f"the KV-cached generation path cannot run {type(source).__name__}: {why}")
+            raise CachedPathError(
+                f"the KV-cached generation path cannot run {type(source).__name__}: {why}"
+            )
         self.kwarg = cache_kwarg(self.run)
         self.keep_ok = takes_kwarg(self.run, "logits_to_keep")
-        self.prompt_mask = (torch.arange(self.width, device=tokens.device)[None] < lengths[:, None]).long()
+        self.prompt_mask = (
+            torch.arange(self.width, device=tokens.device)[None] < lengths[:, None]
+        ).long()
         self.cache: Any = None
         self._hooks: Any = None
         self._twin_acc: Any = None
@@ -106,18 +115,28 @@ class CachedSteps:
             self._hooks.__enter__()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cache = None
         if self._hooks is not None:
             hooks, self._hooks = self._hooks, None
             hooks.__exit__(kind, exc, tb)
 
     def _forward(self, ids: Tensor, mask: Tensor, pos: Tensor, **extra: Any) -> Any:
-        if self._twin_acc is not None:  # families whose hooks see [batch·pos, d] (SiteAccess._shaped)
+        if (
+            self._twin_acc is not None
+        ):  # families whose hooks see [batch·pos, d] (SiteAccess._shaped)
             self._twin_acc._batch_shape = (int(ids.shape[0]), int(ids.shape[1]))
         try:
-            return self.run(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                            **{self.kwarg: self.cache}, **extra)
+            return self.run(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                **{self.kwarg: self.cache},
+                **extra,
+            )
         finally:
             if self._twin_acc is not None:
                 self._twin_acc._batch_shape = None
@@ -131,8 +150,12 @@ class CachedSteps:
             last = self.lengths - 1
             keep = torch.unique(last)  # only the columns some row's next token is read at
             if self.keep_ok:
-                out = self._forward(self.tokens, self.prompt_mask, cols[None].expand(b, -1), logits_to_keep=keep)
-                logits = out.logits[torch.arange(b, device=keep.device), torch.searchsorted(keep, last)]
+                out = self._forward(
+                    self.tokens, self.prompt_mask, cols[None].expand(b, -1), logits_to_keep=keep
+                )
+                logits = out.logits[
+                    torch.arange(b, device=keep.device), torch.searchsorted(keep, last)
+                ]
             else:
                 out = self._forward(self.tokens, self.prompt_mask, cols[None].expand(b, -1))
                 logits = out.logits[torch.arange(b, device=last.device), last]

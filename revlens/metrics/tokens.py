@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens._types import MetricBatch, TokenizerInput
 from revlens.errors import MetricError
 
 __all__ = [
@@ -50,14 +51,14 @@ Metric = Callable[[Tensor, Any], Tensor]
 TokenSpec = str | int | Sequence[str | int]
 
 
-def metric_name(metric: Any) -> str:
+def metric_name(metric: object) -> str:
     """A readable name for a metric (its ``name``, ``__name__`` or class name)."""
     return str(
         getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
     )
 
 
-def check_metric_output(values: Any, n: int, metric: Any) -> Tensor:
+def check_metric_output(values: object, n: int, metric: object) -> Tensor:
     """Validate a metric's output: a finite tensor of shape ``[n]``.
 
     Raises:
@@ -79,7 +80,7 @@ def check_metric_output(values: Any, n: int, metric: Any) -> Tensor:
     return values
 
 
-def call_metric(metric: Any, logits: Tensor, batch: Any) -> Tensor:
+def call_metric(metric: Callable[..., object], logits: Tensor, batch: MetricBatch) -> Tensor:
     """``metric(logits, batch)``, validated; an exception inside the metric is re-raised as a
     :class:`~revlens.errors.MetricError` that names the metric."""
     from revlens.errors import RevlensError
@@ -89,11 +90,15 @@ def call_metric(metric: Any, logits: Tensor, batch: Any) -> Tensor:
     except RevlensError:
         raise
     except Exception as exc:  # a user's metric may raise anything: say that the metric did
-        raise MetricError(f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}") from exc
+        raise MetricError(
+            f"metric {metric_name(metric)!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     return check_metric_output(values, int(logits.shape[0]), metric)
 
 
-def last_logprobs(logits: Float[Tensor, "batch pos vocab"], batch: Any) -> Float[Tensor, "batch vocab"]:
+def last_logprobs(
+    logits: Float[Tensor, "batch pos vocab"], batch: MetricBatch
+) -> Float[Tensor, "batch vocab"]:
     """Log-softmax of the logits at each prompt's last real token (``batch.last_index``)."""
     last = batch.last_index.to(logits.device)
     if logits.ndim != 3 or last.shape != logits.shape[:1]:
@@ -148,7 +153,7 @@ class TokenMetric:
         ):
             self._ids = {k: torch.tensor(v, dtype=torch.long) for k, v in self._specs.items()}
 
-    def bind(self, tokenizer: Any, vocab_size: int | None = None) -> "TokenMetric":
+    def bind(self, tokenizer: TokenizerInput, vocab_size: int | None = None) -> "TokenMetric":
         """Resolve and validate the token sets against ``tokenizer`` (returns ``self``).
 
         Raises:
@@ -293,28 +298,37 @@ class KLTo:
         return (ref.exp() * (ref - lp)).sum(-1)
 
     def __repr__(self) -> str:
-        return f"KLTo(reference={'aligned (filled in by the study)' if self.reference is None else tuple(self.reference.shape)})"
+        ref = (
+            "aligned (filled in by the study)"
+            if self.reference is None
+            else tuple(self.reference.shape)
+        )
+        return f"KLTo(reference={ref})"
 
 
-def logit_diff(pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: Any = None) -> LogitDiff:
+def logit_diff(
+    pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None
+) -> LogitDiff:
     """Log-odds of ``pos_tokens`` against ``neg_tokens`` at the last token (see :class:`LogitDiff`)."""
     m = LogitDiff(pos_tokens, neg_tokens)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]
 
 
-def logit_rate(pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: Any = None) -> LogitRate:
+def logit_rate(
+    pos_tokens: TokenSpec, neg_tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None
+) -> LogitRate:
     """1.0 where the log-odds of ``pos_tokens`` against ``neg_tokens`` is > 0 (see :class:`LogitRate`)."""
     m = LogitRate(pos_tokens, neg_tokens)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]
 
 
-def greedy_rate(tokens: TokenSpec, *, tokenizer: Any = None) -> GreedyRate:
+def greedy_rate(tokens: TokenSpec, *, tokenizer: TokenizerInput | None = None) -> GreedyRate:
     """1.0 where the greedy next token is in ``tokens`` (see :class:`GreedyRate`)."""
     m = GreedyRate(tokens)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]
 
 
-def task_loss(targets: Sequence[str | int], *, tokenizer: Any = None) -> TaskLoss:
+def task_loss(targets: Sequence[str | int], *, tokenizer: TokenizerInput | None = None) -> TaskLoss:
     """Cross-entropy of one target token per prompt (see :class:`TaskLoss`)."""
     m = TaskLoss(targets)
     return m.bind(tokenizer) if tokenizer is not None else m  # type: ignore[return-value]

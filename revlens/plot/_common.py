@@ -115,12 +115,16 @@ def rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def layer_panels(layers: Sequence[Any], *, ncols: int = 3) -> tuple[go.Figure, list[tuple[int, int]]]:
+def layer_panels(
+    layers: Sequence[Any], *, ncols: int = 3
+) -> tuple[go.Figure, list[tuple[int, int]]]:
     """A grid of panels titled ``layer L`` (at most ``ncols`` per row, shared y axes) and each
     layer's ``(row, col)`` in it."""
     from plotly.subplots import make_subplots
 
     ncols = min(len(layers), ncols)
     nrows = math.ceil(len(layers) / ncols)
-    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers])
+    fig = make_subplots(
+        rows=nrows, cols=ncols, shared_yaxes=True, subplot_titles=[f"layer {lay}" for lay in layers]
+    )
     return fig, [(i // ncols + 1, i % ncols + 1) for i in range(len(layers))]

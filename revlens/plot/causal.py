@@ -46,8 +46,10 @@ def _select(effects: pd.DataFrame, kind: str, value: str, *, dose: bool) -> pd.D
     rows = df[df["kind"] == kind]
     scaled = "alpha" in rows.columns and bool(rows["alpha"].notna().any())
     if scaled != dose:
-        raise ConfigError(f"intervention {kind!r} is a {'dose–response (alpha)' if scaled else 'mediation'} kind; "
-                          f"draw it with {'steer_dose_response' if scaled else 'mediation_heatmap / control_bands'}")
+        raise ConfigError(
+            f"intervention {kind!r} is a {'dose–response (alpha)' if scaled else 'mediation'} kind; "
+            f"draw it with {'steer_dose_response' if scaled else 'mediation_heatmap / control_bands'}"
+        )
     return as_int_columns(rows, ("step", "layer"))
 
 
@@ -64,13 +66,17 @@ def _controls(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 def _cell_hover(row: pd.Series, here: pd.DataFrame, kind: str, value: str) -> tuple[str, bool]:
     """Hover text of one (layer, step) cell and whether v_rev beats every control's p95 there."""
-    lines = [f"{kind} · layer {row['layer']} · step {row['step']}",
-             f"v_rev {value.replace('_', ' ')} {fmt(row[value])} (mean of {int(row['n_runs'])} runs)"]
+    lines = [
+        f"{kind} · layer {row['layer']} · step {row['step']}",
+        f"v_rev {value.replace('_', ' ')} {fmt(row[value])} (mean of {int(row['n_runs'])} runs)",
+    ]
     if "effect" in row.index and value != "effect":
         lines.append(f"v_rev effect {fmt(row['effect'])}")
     for _, c in here.iterrows():
-        lines.append(f"{esc(c['control_type'])} controls ({int(c['n'])}): mean {fmt(c['mean'])} "
-                     f"± {fmt(c['sd'])}, p95 {fmt(c['p95'])}")
+        lines.append(
+            f"{esc(c['control_type'])} controls ({int(c['n'])}): mean {fmt(c['mean'])} "
+            f"± {fmt(c['sd'])}, p95 {fmt(c['p95'])}"
+        )
     beats = not here.empty and bool((row[value] > here["p95"]).all())
     lines.append(f"exceeds control p95: {'yes' if beats else 'no' if not here.empty else 'n/a'}")
     return "<br>".join(lines), beats
@@ -106,30 +112,63 @@ def mediation_heatmap(
     cells = _v_rev_cells(df, kind, value)
     ctrl = _controls(df, ["step", "layer"], value)
     steps, layers = sorted_unique(cells["step"]), sorted_unique(cells["layer"])
-    z = cells.pivot(index="layer", columns="step", values=value).reindex(index=layers, columns=steps)
+    z = cells.pivot(index="layer", columns="step", values=value).reindex(
+        index=layers, columns=steps
+    )
     text = np.full(z.shape, "", dtype=object)
     star_x, star_y = [], []
     for _, row in cells.iterrows():
         here = ctrl[(ctrl["step"] == row["step"]) & (ctrl["layer"] == row["layer"])]
-        text[layers.index(row["layer"]), steps.index(row["step"])], beats = _cell_hover(row, here, kind, value)
+        text[layers.index(row["layer"]), steps.index(row["step"])], beats = _cell_hover(
+            row, here, kind, value
+        )
         if beats:
             star_x.append(step_label(row["step"]))
             star_y.append(row["layer"])
     zvals = z.to_numpy(dtype=float)
     vmax = float(np.nanmax(np.abs(zvals))) if np.isfinite(zvals).any() else 1.0
     vmax = max(math.ceil(vmax * 10) / 10, 0.1)
-    fig = go.Figure(go.Heatmap(
-        z=zvals, x=[step_label(s) for s in steps], y=layers, text=text, hoverinfo="text",
-        hovertemplate="%{text}<extra></extra>", colorscale=DIVERGING, zmid=0.0, zmin=-vmax, zmax=vmax, xgap=1,
-        ygap=1, colorbar={"title": {"text": value.replace("_", " ")}}, name=f"v_rev {kind}",
-    ))
-    fig.add_trace(go.Scatter(x=star_x, y=star_y, mode="markers", hoverinfo="skip", name="v_rev > control p95",
-                             marker={"symbol": "star", "size": 9, "color": "black",
-                                     "line": {"color": "white", "width": 1}}))
+    fig = go.Figure(
+        go.Heatmap(
+            z=zvals,
+            x=[step_label(s) for s in steps],
+            y=layers,
+            text=text,
+            hoverinfo="text",
+            hovertemplate="%{text}<extra></extra>",
+            colorscale=DIVERGING,
+            zmid=0.0,
+            zmin=-vmax,
+            zmax=vmax,
+            xgap=1,
+            ygap=1,
+            colorbar={"title": {"text": value.replace("_", " ")}},
+            name=f"v_rev {kind}",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=star_x,
+            y=star_y,
+            mode="markers",
+            hoverinfo="skip",
+            name="v_rev > control p95",
+            marker={
+                "symbol": "star",
+                "size": 9,
+                "color": "black",
+                "line": {"color": "white", "width": 1},
+            },
+        )
+    )
     fig.update_xaxes(type="category", title_text="fine-tuning step")
     fig.update_yaxes(type="category", title_text="layer")
-    fig.update_layout(legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"})
-    default = f"{kind}: v_rev {value.replace('_', ' ')} by layer and step (★ beats every control's p95)"
+    fig.update_layout(
+        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}
+    )
+    default = (
+        f"{kind}: v_rev {value.replace('_', ' ')} by layer and step (★ beats every control's p95)"
+    )
     return base_layout(fig, default if title is None else title, height=200 + 45 * len(layers))
 
 
@@ -213,12 +252,28 @@ def _control_band(d: pd.DataFrame, ct: str, ci: int, value: str, show: bool) -> 
     col = _CONTROL_COLOURS.get(ct, colour(ci + 2))
     x = lo.index.tolist()
     return [
-        go.Scatter(x=x + x[::-1], y=[*hi.tolist(), *lo.tolist()[::-1]], fill="toself", mode="lines",
-                   fillcolor=rgba(col, 0.2), line={"width": 0}, hoverinfo="skip", name=f"{esc(ct)} controls 5–95 %",
-                   legendgroup=str(ct), showlegend=show),
-        go.Scatter(x=x, y=mean.to_numpy(), mode="lines", line={"color": col, "dash": "dash"},
-                   name=f"{esc(ct)} controls mean", legendgroup=str(ct), showlegend=show,
-                   hovertemplate=f"{esc(ct)} controls mean · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>"),
+        go.Scatter(
+            x=x + x[::-1],
+            y=[*hi.tolist(), *lo.tolist()[::-1]],
+            fill="toself",
+            mode="lines",
+            fillcolor=rgba(col, 0.2),
+            line={"width": 0},
+            hoverinfo="skip",
+            name=f"{esc(ct)} controls 5–95 %",
+            legendgroup=str(ct),
+            showlegend=show,
+        ),
+        go.Scatter(
+            x=x,
+            y=mean.to_numpy(),
+            mode="lines",
+            line={"color": col, "dash": "dash"},
+            name=f"{esc(ct)} controls mean",
+            legendgroup=str(ct),
+            showlegend=show,
+            hovertemplate=f"{esc(ct)} controls mean · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>",
+        ),
     ]
 
 
@@ -242,13 +297,31 @@ def steer_dose_response(
             for trace in _control_band(d, ct, ci, value, li == 0):
                 fig.add_trace(trace, row=r, col=c)
         v = d[d["control_type"] == "v_rev"].groupby("alpha")[value].mean()
-        fig.add_trace(go.Scatter(
-            x=v.index.tolist(), y=v.to_numpy(), mode="lines+markers", name="v_rev", line={"color": "#d62728"},
-            legendgroup="v_rev", showlegend=li == 0,
-            hovertemplate=f"v_rev · layer {lay} · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>",
-        ), row=r, col=c)
-        if value == "metric" and "metric_aligned" in d.columns and d["metric_aligned"].notna().any():
-            fig.add_hline(y=float(d["metric_aligned"].mean()), line={"dash": "dot", "color": "#444"}, row=r, col=c)
+        fig.add_trace(
+            go.Scatter(
+                x=v.index.tolist(),
+                y=v.to_numpy(),
+                mode="lines+markers",
+                name="v_rev",
+                line={"color": "#d62728"},
+                legendgroup="v_rev",
+                showlegend=li == 0,
+                hovertemplate=f"v_rev · layer {lay} · α %{{x}}<br>{value} %{{y:.3f}}<extra></extra>",
+            ),
+            row=r,
+            col=c,
+        )
+        if (
+            value == "metric"
+            and "metric_aligned" in d.columns
+            and d["metric_aligned"].notna().any()
+        ):
+            fig.add_hline(
+                y=float(d["metric_aligned"].mean()),
+                line={"dash": "dot", "color": "#444"},
+                row=r,
+                col=c,
+            )
         fig.update_xaxes(title_text="α", row=r, col=c)
     fig.update_yaxes(title_text=value, col=1)
     return base_layout(fig, title, height=150 + 300 * cells[-1][0])
@@ -274,7 +347,9 @@ def mediation_vs_k(
     df = as_int_columns(df[df["split"] == split], ("layer", "rank"))
     layers = sorted_unique(df["layer"])
     fig, cells = layer_panels(layers)
-    types = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and c != "mediation_mean"]
+    types = [
+        c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and c != "mediation_mean"
+    ]
     for li, lay in enumerate(layers):
         r, c = cells[li]
         d = df[df["layer"] == lay].sort_values("rank")
@@ -282,29 +357,81 @@ def mediation_vs_k(
         for ti, ct in enumerate(types):
             col = _CONTROL_COLOURS.get(ct, colour(ti + 2))
             if f"{ct}_p95" in d.columns:
-                fig.add_trace(go.Scatter(
-                    x=x + x[::-1], y=[*d[f"{ct}_p95"].tolist(), *d[f"{ct}_p05"].tolist()[::-1]], fill="toself",
-                    mode="lines", fillcolor=rgba(col, 0.2), line={"width": 0}, hoverinfo="skip",
-                    name=f"{esc(ct)} random k-subspaces 5–95 %", legendgroup=ct, showlegend=li == 0), row=r, col=c)
-            fig.add_trace(go.Scatter(
-                x=x, y=d[f"{ct}_mean"], mode="lines", line={"color": col, "dash": "dash"}, legendgroup=ct,
-                name=f"{esc(ct)} random k-subspaces mean", showlegend=li == 0,
-                hovertemplate=f"{esc(ct)} controls · k %{{x}}<br>mediation %{{y:.3f}}<extra></extra>"), row=r, col=c)
-        fig.add_trace(go.Scatter(
-            x=x, y=d["mediation_mean"], mode="lines+markers", name="reversion subspace", legendgroup="v",
-            line={"color": "#d62728"}, showlegend=li == 0,
-            error_y={"type": "data", "array": d["mediation_std"].fillna(0).to_numpy(),
-                     "visible": bool((d.get("n_runs", pd.Series([1])) > 1).any())},
-            hovertemplate=f"subspace · layer {lay} · k %{{x}}<br>mediation %{{y:.3f}}<extra></extra>"), row=r, col=c)
+                fig.add_trace(
+                    go.Scatter(
+                        x=x + x[::-1],
+                        y=[*d[f"{ct}_p95"].tolist(), *d[f"{ct}_p05"].tolist()[::-1]],
+                        fill="toself",
+                        mode="lines",
+                        fillcolor=rgba(col, 0.2),
+                        line={"width": 0},
+                        hoverinfo="skip",
+                        name=f"{esc(ct)} random k-subspaces 5–95 %",
+                        legendgroup=ct,
+                        showlegend=li == 0,
+                    ),
+                    row=r,
+                    col=c,
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=d[f"{ct}_mean"],
+                    mode="lines",
+                    line={"color": col, "dash": "dash"},
+                    legendgroup=ct,
+                    name=f"{esc(ct)} random k-subspaces mean",
+                    showlegend=li == 0,
+                    hovertemplate=f"{esc(ct)} controls · k %{{x}}<br>mediation %{{y:.3f}}<extra></extra>",
+                ),
+                row=r,
+                col=c,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=d["mediation_mean"],
+                mode="lines+markers",
+                name="reversion subspace",
+                legendgroup="v",
+                line={"color": "#d62728"},
+                showlegend=li == 0,
+                error_y={
+                    "type": "data",
+                    "array": d["mediation_std"].fillna(0).to_numpy(),
+                    "visible": bool((d.get("n_runs", pd.Series([1])) > 1).any()),
+                },
+                hovertemplate=f"subspace · layer {lay} · k %{{x}}<br>mediation %{{y:.3f}}<extra></extra>",
+            ),
+            row=r,
+            col=c,
+        )
         if choice is not None and int(choice.get("layer", -1)) == lay:
             pick = d[d["rank"] == int(choice["rank"])]
-            fig.add_trace(go.Scatter(
-                x=pick["rank"], y=pick["mediation_mean"], mode="markers", name=f"chosen k ({choice.get('rule')})",
-                marker={"symbol": "star", "size": 15, "color": "black", "line": {"color": "white", "width": 1}},
-                hoverinfo="skip"), row=r, col=c)
-        fig.update_xaxes(type="log", tickvals=x, ticktext=[str(k) for k in x], title_text="k", row=r, col=c)
+            fig.add_trace(
+                go.Scatter(
+                    x=pick["rank"],
+                    y=pick["mediation_mean"],
+                    mode="markers",
+                    name=f"chosen k ({choice.get('rule')})",
+                    marker={
+                        "symbol": "star",
+                        "size": 15,
+                        "color": "black",
+                        "line": {"color": "white", "width": 1},
+                    },
+                    hoverinfo="skip",
+                ),
+                row=r,
+                col=c,
+            )
+        fig.update_xaxes(
+            type="log", tickvals=x, ticktext=[str(k) for k in x], title_text="k", row=r, col=c
+        )
         fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=r, col=c)
     fig.update_yaxes(title_text="mediation fraction", col=1)
-    held = {"test": "held-out test prompts", "select": "selection prompts", "all": "all prompts"}[split]
+    held = {"test": "held-out test prompts", "select": "selection prompts", "all": "all prompts"}[
+        split
+    ]
     default = f"mediation vs subspace rank k ({held}) against random k-dim subspaces"
     return base_layout(fig, default if title is None else title, height=150 + 320 * cells[-1][0])

@@ -103,8 +103,18 @@ def _vmax(cos: pd.Series) -> float:
     return max(min(np.ceil(vmax * 10) / 10, 1.0), 0.1)
 
 
-def _cell_traces(c: pd.DataFrame, layers: list, step_vals: list, label: str, significance: str, vmax: float,
-                 *, first: bool, showscale: bool, meta: dict) -> tuple[go.Heatmap, go.Scatter]:
+def _cell_traces(
+    c: pd.DataFrame,
+    layers: list,
+    step_vals: list,
+    label: str,
+    significance: str,
+    vmax: float,
+    *,
+    first: bool,
+    showscale: bool,
+    meta: dict,
+) -> tuple[go.Heatmap, go.Scatter]:
     """The heatmap of one (option, method) and its star markers of significant cells."""
     z = c.pivot_table(index="layer", columns="step", values="cos", aggfunc="first", dropna=False)
     z = z.reindex(index=layers, columns=step_vals)
@@ -113,28 +123,65 @@ def _cell_traces(c: pd.DataFrame, layers: list, step_vals: list, label: str, sig
     for _, row in c.iterrows():
         text[pos[(row["layer"], row["step"])]] = _hover(row, label, significance)
     heat = go.Heatmap(
-        z=z.to_numpy(dtype=float), x=[step_label(s) for s in step_vals], y=layers, text=text, hoverinfo="text",
-        hovertemplate="%{text}<extra></extra>", colorscale=DIVERGING, zmid=0.0, zmin=-vmax, zmax=vmax, xgap=1,
-        ygap=1, visible=first, name=f"{esc(label)} · {esc(meta['method'])}", showscale=showscale,
-        colorbar={"title": {"text": "cos"}, "len": 0.9}, meta=meta,
+        z=z.to_numpy(dtype=float),
+        x=[step_label(s) for s in step_vals],
+        y=layers,
+        text=text,
+        hoverinfo="text",
+        hovertemplate="%{text}<extra></extra>",
+        colorscale=DIVERGING,
+        zmid=0.0,
+        zmin=-vmax,
+        zmax=vmax,
+        xgap=1,
+        ygap=1,
+        visible=first,
+        name=f"{esc(label)} · {esc(meta['method'])}",
+        showscale=showscale,
+        colorbar={"title": {"text": "cos"}, "len": 0.9},
+        meta=meta,
     )
     sig = c[c["_sig"]]
     stars = go.Scatter(
-        x=[step_label(s) for s in sig["step"]], y=sig["layer"].tolist(), mode="markers",
-        marker={"symbol": "star", "size": 9, "color": "black", "line": {"color": "white", "width": 1}},
-        hoverinfo="skip", name=f"significant ({significance} p99)", showlegend=first and showscale,
-        legendgroup="sig", visible=first, meta={**meta, "markers": True},
+        x=[step_label(s) for s in sig["step"]],
+        y=sig["layer"].tolist(),
+        mode="markers",
+        marker={
+            "symbol": "star",
+            "size": 9,
+            "color": "black",
+            "line": {"color": "white", "width": 1},
+        },
+        hoverinfo="skip",
+        name=f"significant ({significance} p99)",
+        showlegend=first and showscale,
+        legendgroup="sig",
+        visible=first,
+        meta={**meta, "markers": True},
     )
     return heat, stars
 
 
 def _selector(fig: go.Figure, labels: list[str], owner: list[int]) -> None:
     """A dropdown showing the traces of one option at a time."""
-    buttons = [{"label": esc(label), "method": "update", "args": [{"visible": [k == oi for k in owner]}]}
-               for oi, label in enumerate(labels)]
+    buttons = [
+        {"label": esc(label), "method": "update", "args": [{"visible": [k == oi for k in owner]}]}
+        for oi, label in enumerate(labels)
+    ]
     fig.update_layout(
-        updatemenus=[{"type": "dropdown", "buttons": buttons, "active": 0, "x": 1.0, "xanchor": "right", "y": 1.0,
-                      "yanchor": "bottom", "pad": {"b": 30}, "showactive": True}],
+        updatemenus=[
+            {
+                "type": "dropdown",
+                "buttons": buttons,
+                "active": 0,
+                "x": 1.0,
+                "xanchor": "right",
+                "y": 1.0,
+                "yanchor": "bottom",
+                "pad": {"b": 30},
+                "showactive": True,
+            }
+        ],
         legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
         margin={"t": 110},
     )
@@ -167,15 +214,33 @@ def drift_heatmap(
     runs, averaged, run_labels = _run_order(df)
     options = [MEAN_LABEL, *runs]
     labels = [str(o) if o is MEAN_LABEL else run_labels[o] for o in options]
-    step_vals, layers, vmax = sorted_unique(df["step"]), sorted_unique(df["layer"]), _vmax(df["cos"])
-    fig = make_subplots(rows=len(methods), cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=[esc(m) for m in methods])
+    step_vals, layers, vmax = (
+        sorted_unique(df["step"]),
+        sorted_unique(df["layer"]),
+        _vmax(df["cos"]),
+    )
+    fig = make_subplots(
+        rows=len(methods),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=[esc(m) for m in methods],
+    )
     owner: list[int] = []  # option index of every trace, for the selector
     for oi, option in enumerate(options):
         cells = _cell_table(df, option, averaged)
         for mi, m in enumerate(methods):
-            traces = _cell_traces(cells[cells["method"] == m], layers, step_vals, labels[oi], significance, vmax,
-                                  first=oi == 0, showscale=mi == 0, meta={"option": str(option), "method": str(m)})
+            traces = _cell_traces(
+                cells[cells["method"] == m],
+                layers,
+                step_vals,
+                labels[oi],
+                significance,
+                vmax,
+                first=oi == 0,
+                showscale=mi == 0,
+                meta={"option": str(option), "method": str(m)},
+            )
             for trace in traces:
                 fig.add_trace(trace, row=mi + 1, col=1)
                 owner.append(oi)
@@ -188,11 +253,35 @@ def drift_heatmap(
 
 def _null_band(fig: go.Figure, steps: list, p99: float, row: int, show: bool) -> None:
     """The isotropic null's ±p99 as a grey band."""
-    fig.add_trace(go.Scatter(x=steps, y=[p99] * len(steps), mode="lines", line={"width": 0}, hoverinfo="skip",
-                             showlegend=False, legendgroup="null"), row=row, col=1)
-    fig.add_trace(go.Scatter(x=steps, y=[-p99] * len(steps), mode="lines", line={"width": 0}, fill="tonexty",
-                             fillcolor="rgba(128,128,128,0.18)", name=f"isotropic null ±p99 ({fmt(p99)})",
-                             hoverinfo="skip", showlegend=show, legendgroup="null"), row=row, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=[p99] * len(steps),
+            mode="lines",
+            line={"width": 0},
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup="null",
+        ),
+        row=row,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=[-p99] * len(steps),
+            mode="lines",
+            line={"width": 0},
+            fill="tonexty",
+            fillcolor="rgba(128,128,128,0.18)",
+            name=f"isotropic null ±p99 ({fmt(p99)})",
+            hoverinfo="skip",
+            showlegend=show,
+            legendgroup="null",
+        ),
+        row=row,
+        col=1,
+    )
 
 
 def _layer_traces(dl: pd.DataFrame, lay: int, li: int, show: bool) -> list[go.Scatter]:
@@ -203,22 +292,44 @@ def _layer_traces(dl: pd.DataFrame, lay: int, li: int, show: bool) -> list[go.Sc
         g = part.groupby("step")
         mean, sd, n = g["cos"].mean(), g["cos"].std(ddof=1), g["cos"].count()
         name = f"layer {lay}{'' if kind == 'run' else f' ({esc(kind)})'}"
-        hover = [f"{name} · step {s}<br>cos {fmt(mean[s])}" + (f" ± {fmt(sd[s])} (sd, {n[s]} runs)" if n[s] > 1 else "")
-                 for s in mean.index]
-        out.append(go.Scatter(
-            x=mean.index.tolist(), y=mean.to_numpy(), mode="lines+markers", name=name,
-            line={"color": colour(li), "dash": _DASH.get(kind, "dashdot")}, text=hover, hoverinfo="text",
-            error_y={"type": "data", "array": sd.fillna(0).to_numpy(), "visible": bool((n > 1).any()),
-                     "color": rgba(colour(li), 0.5)},
-            legendgroup=f"layer{lay}", showlegend=show,
-        ))
+        hover = [
+            f"{name} · step {s}<br>cos {fmt(mean[s])}"
+            + (f" ± {fmt(sd[s])} (sd, {n[s]} runs)" if n[s] > 1 else "")
+            for s in mean.index
+        ]
+        out.append(
+            go.Scatter(
+                x=mean.index.tolist(),
+                y=mean.to_numpy(),
+                mode="lines+markers",
+                name=name,
+                line={"color": colour(li), "dash": _DASH.get(kind, "dashdot")},
+                text=hover,
+                hoverinfo="text",
+                error_y={
+                    "type": "data",
+                    "array": sd.fillna(0).to_numpy(),
+                    "visible": bool((n > 1).any()),
+                    "color": rgba(colour(li), 0.5),
+                },
+                legendgroup=f"layer{lay}",
+                showlegend=show,
+            )
+        )
     cov = dl[dl["_kind"] == "run"].groupby("step")["null_cov_p99"].mean()
     if cov.notna().any():
-        out.append(go.Scatter(
-            x=cov.index.tolist(), y=cov.to_numpy(), mode="lines", name=f"layer {lay} cov-null p99",
-            line={"color": colour(li), "dash": "dot", "width": 1}, legendgroup=f"layer{lay}", showlegend=False,
-            hovertemplate=f"layer {lay} cov-matched null p99 %{{y:.3f}}<extra></extra>",
-        ))
+        out.append(
+            go.Scatter(
+                x=cov.index.tolist(),
+                y=cov.to_numpy(),
+                mode="lines",
+                name=f"layer {lay} cov-null p99",
+                line={"color": colour(li), "dash": "dot", "width": 1},
+                legendgroup=f"layer{lay}",
+                showlegend=False,
+                hovertemplate=f"layer {lay} cov-matched null p99 %{{y:.3f}}<extra></extra>",
+            )
+        )
     return out
 
 
@@ -239,8 +350,13 @@ def drift_trajectories(
     methods = pick(sorted_unique(df["method"]), method, "method")
     chosen = pick(sorted_unique(df["layer"]), layers, "layer")
     df = df[df["method"].isin(methods) & df["layer"].isin(chosen)]
-    fig = make_subplots(rows=len(methods), cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=[esc(m) for m in methods])
+    fig = make_subplots(
+        rows=len(methods),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=[esc(m) for m in methods],
+    )
     steps = sorted_unique(df["step"])
     for mi, m in enumerate(methods):
         dm = df[df["method"] == m]
@@ -255,31 +371,57 @@ def drift_trajectories(
     return base_layout(fig, title, height=200 + 260 * len(methods))
 
 
-def position_heatmap(table: pd.DataFrame, *, method: str = "mean_diff",
-                     title: str | None = "cos(drift, v) per position × layer") -> go.Figure:
+def position_heatmap(
+    table: pd.DataFrame,
+    *,
+    method: str = "mean_diff",
+    title: str | None = "cos(drift, v) per position × layer",
+) -> go.Figure:
     """Layer × post-instruction position heatmap of the mean cos(drift, v) over runs (one direction
     per (position, layer)), from :meth:`revlens.Report.position_table`; stars mark cells whose
     runs are all above the isotropic p99."""
     require_columns(table, ("position", "layer", "base_method", "cos"), "position table")
     df = table[table["base_method"] == method]
     if df.empty:
-        raise ConfigError(f"no method {method!r} in the position table; methods: {sorted_unique(table['base_method'])}")
+        raise ConfigError(
+            f"no method {method!r} in the position table; methods: {sorted_unique(table['base_method'])}"
+        )
     positions, layers = sorted_unique(df["position"]), sorted_unique(df["layer"])
-    grid = df.pivot(index="position", columns="layer", values="cos").reindex(index=positions, columns=layers)
-    above = df.pivot(index="position", columns="layer", values="above_iso_p99").reindex(index=positions, columns=layers)
+    grid = df.pivot(index="position", columns="layer", values="cos").reindex(
+        index=positions, columns=layers
+    )
+    above = df.pivot(index="position", columns="layer", values="above_iso_p99").reindex(
+        index=positions, columns=layers
+    )
     vmax = _vmax(df["cos"])
-    fig = go.Figure(go.Heatmap(
-        z=grid.values.tolist(), x=[str(v) for v in layers], y=[str(p) for p in positions], zmin=-vmax, zmax=vmax,
-        colorscale=DIVERGING, colorbar={"title": "cos"}, hoverongaps=False,
-        text=[[f"position {p} · layer {lay}<br>cos {fmt(grid.loc[p, lay])}" for lay in layers] for p in positions],
-        hoverinfo="text"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.values.tolist(),
+            x=[str(v) for v in layers],
+            y=[str(p) for p in positions],
+            zmin=-vmax,
+            zmax=vmax,
+            colorscale=DIVERGING,
+            colorbar={"title": "cos"},
+            hoverongaps=False,
+            text=[
+                [f"position {p} · layer {lay}<br>cos {fmt(grid.loc[p, lay])}" for lay in layers]
+                for p in positions
+            ],
+            hoverinfo="text",
+        )
+    )
     xs, ys = [], []
     for p in positions:
         for lay in layers:
             if above.loc[p, lay] == 1.0:
                 xs.append(str(lay))
                 ys.append(str(p))
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="text", text=["★"] * len(xs), hoverinfo="skip", showlegend=False))
+    fig.add_trace(
+        go.Scatter(
+            x=xs, y=ys, mode="text", text=["★"] * len(xs), hoverinfo="skip", showlegend=False
+        )
+    )
     fig.update_xaxes(title_text="layer")
     fig.update_yaxes(title_text="position (from the end)")
     return base_layout(fig, title, height=240 + 40 * len(positions))

@@ -1,5 +1,11 @@
 """Offline HTML reports: one self-contained file per report, readable with no network.
 
+This module is the page and nothing else: it knows no result class. A result renders its own
+sections — what it needs from itself stays beside it (:mod:`revlens.report.html`,
+:mod:`revlens.causal.html`, :mod:`revlens.weights.html`) — through the small
+:class:`HtmlRenderable` protocol; :func:`write_html` adds the configuration and provenance and
+writes the file.
+
 plotly.js is embedded inline once (the first figure; the others reuse it), so the page makes no
 request at all. Every name and prompt from the data is HTML-escaped. Files are written
 atomically (a temporary file in the same directory, then ``os.replace``).
@@ -11,18 +17,25 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from revlens._io import check_writable_dir, write_text
-from revlens._numbers import format_mean_std, mean_std
+from revlens._numbers import format_mean_std
 from revlens._version import __version__
 from revlens.errors import OutputError, RevlensError
-from revlens.plot.metrics import metric_columns
 
-__all__ = ["write_causal_report", "write_report", "write_weights_report"]
+__all__ = [
+    "HtmlPage",
+    "HtmlRenderable",
+    "markup",
+    "write_causal_report",
+    "write_html",
+    "write_report",
+    "write_weights_report",
+]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -39,11 +52,21 @@ code{font-size:.9em} .warn{color:#a33}
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``str(value)`` HTML-escaped (quotes too): every name and prompt from the data goes through it."""
     return html.escape(str(value), quote=True)
 
 
-class _Page:
+_e = escape
+
+
+def markup(text: str) -> str:
+    """Escaped ``text`` with its markdown ``code`` and ``**bold**`` spans as HTML."""
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+class HtmlPage:
     """Collects sections; embeds plotly.js with the first figure only."""
 
     def __init__(self, title: str) -> None:
@@ -52,9 +75,11 @@ class _Page:
         self.n_figures = 0
 
     def add(self, fragment: str) -> None:
+        """Append an already-escaped HTML fragment."""
         self.parts.append(fragment)
 
     def figure(self, fig: go.Figure, caption: str = "") -> None:
+        """Add a figure (plotly.js inlined with the first one) and its caption."""
         div = fig.to_html(
             full_html=False,
             include_plotlyjs=self.n_figures == 0,
@@ -76,6 +101,7 @@ class _Page:
         self.figure(fig, caption)
 
     def render(self) -> str:
+        """The whole page: head, sections, a stamp with the revlens version and the date."""
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -96,7 +122,7 @@ def _write_page(path: Any, text: str) -> Path:
     return write_text(out, text)
 
 
-def _ms(block: Mapping[str, Any] | None, pct: bool = False) -> str:
+def mean_std_cell(block: Mapping[str, Any] | None, pct: bool = False) -> str:
     """``{"mean", "std", "n"}`` → "0.412 ± 0.031 (n=3)"; a count block → "k / n"."""
     if not block:
         return "—"
@@ -108,15 +134,16 @@ def _ms(block: Mapping[str, Any] | None, pct: bool = False) -> str:
     return text + (f" <small>(n={int(block['n'])})</small>" if block.get("n") else "")
 
 
-def _table(header: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
-    """Cells are already-escaped HTML fragments."""
+def table(header: list[str], rows: list[list[str]], table_id: str | None = None) -> str:
+    """An HTML table; cells are already-escaped HTML fragments."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     tid = f' id="{table_id}"' if table_id else ""
     return f"<table{tid}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _frame(df: pd.DataFrame, *, max_rows: int = 500) -> str:
+def frame(df: pd.DataFrame, *, max_rows: int = 500) -> str:
+    """A DataFrame as an escaped HTML table (at most ``max_rows`` rows, with a note when cut)."""
     shown = df.head(max_rows)
     text = shown.to_html(
         index=False, escape=True, na_rep="—", float_format=lambda x: f"{x:.4g}", border=0
@@ -125,95 +152,20 @@ def _frame(df: pd.DataFrame, *, max_rows: int = 500) -> str:
     return text + more
 
 
-def _final_metrics(metrics: pd.DataFrame | None, column: str) -> dict[str, Mapping[str, Any]]:
-    """Mean ± sd over runs of ``column`` at each run's final step, per run kind."""
-    if metrics is None or column not in metrics.columns or not {"run", "step"} <= set(metrics.columns):
-        return {}
-    df = metrics.dropna(subset=["run", "step"])
-    last = df[df["step"] == df.groupby("run")["step"].transform("max")]
-    kinds = last["kind"].astype(str) if "kind" in last.columns else pd.Series("run", index=last.index)
-    return {kind: mean_std(pd.to_numeric(part[column], errors="coerce")) for kind, part in last.groupby(kinds)}
+_Page = HtmlPage
+_ms, _table, _frame = mean_std_cell, table, frame
 
 
-def _behaviour_rows(report: Any, groups: list[str], paper: Mapping[str, Any]) -> list[list[str]]:
-    metrics = getattr(report, "metrics", None)
-    if metrics is None:
-        return []
-    harm = (getattr(report, "provenance", None) or {}).get("harm_metric")
-    rows = []
-    for col in metric_columns(metrics):
-        fin = _final_metrics(metrics, col)
-        if not fin:
-            continue
-        pct = col == harm or col.endswith(("_rate", "_acc"))
-        row = [f"{_e(col.replace('_', ' '))} at the final step",
-               *[_ms(fin.get("run" if g == "runs" else g), pct) for g in groups]]
-        cell = "—"
-        if col == harm:
-            cell = f"{_ms(paper.get('harm_final'), pct=True)} → blocked {_ms(paper.get('harm_final_blocked'), pct=True)}"
-        rows.append([*row, cell])
-    return rows
-
-
-def _markup(text: str) -> str:
-    """Escaped ``text`` with its markdown ``code`` and ``**bold**`` spans as HTML."""
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
-
-
-def _summary_section(page: _Page, report: Any) -> None:
-    try:
-        s = report.headline()
-    except (RevlensError, KeyError, ValueError) as exc:
-        page.add(f'<h2>Summary</h2><p class="note warn">no summary: {_e(exc)}</p>')
-        return
-    groups = [g for g in ("runs", "control", "blocked") if s.get(g)]
-    paper = s.get("paper") or {}
-    step = s.get("step")
-    spec = [
-        ("cos(drift, v_rev) after the first update", "cos_first", "cos_first"),
-        (f"cos(drift, v_rev) at step {_e(step)}", "cos_step20", "cos_step20"),
-        ("final cos(drift, v_rev)", "final_cos", "final_cos"),
-        ("run-step pairs above the isotropic p99 (best layer)", "above_iso_p99", "above_iso_p99"),
-        ("… above the covariance-matched p99 (best layer)", "above_cov_p99", None),
-        ("… above the isotropic p99 (all layers)", "above_iso_p99_all_layers", None),
-    ]
-    rows = []
-    for label, key, pkey in spec:
-        cell = _ms(paper.get(pkey)) if pkey else "—"
-        if key == "final_cos" and paper.get("final_cos_blocked"):
-            cell += f" → blocked {_ms(paper['final_cos_blocked'])}"
-        rows.append([label, *[_ms(s[g].get(key)) for g in groups], cell])
-    rows += _behaviour_rows(report, groups, paper)
-    intro = (
-        f"Method <code>{_e(s.get('method'))}</code>, best layer <b>{_e(s.get('best_layer'))}</b> "
-        f"(highest mean cos over runs at step {_e(step)}); mean ± sd over runs. "
-        f"Paper: {_e(paper.get('source', 'Poppi & Lukas'))}, for comparison only."
-    )
-    header = ["quantity", *[_e(g) for g in groups], "paper"]
-    page.add(f'<h2>Summary</h2><p class="note">{intro}</p>' + _table(header, rows, "summary"))
-    note = (getattr(report, "provenance", None) or {}).get("note")
-    if note:  # the history's own note (a lab track says whether the paper's shape holds there, and why not)
-        page.add(f'<p class="note history-note">{_markup(str(note))}</p>')
-    per_layer = s["runs"].get("cos_step20", {}).get("per_layer") or {}
-    if per_layer:
-        layer_rows = [
-            [_e(lay), *[_ms((s["runs"].get(k) or {}).get("per_layer", {}).get(lay))
-                        for k in ("cos_first", "cos_step20", "final_cos")]]
-            for lay in sorted(per_layer)
-        ]
-        page.add("<details><summary>per layer (ordinary runs)</summary>"
-                 + _table(["layer", "first update", f"step {_e(step)}", "final"], layer_rows) + "</details>")
-
-
-def _config_section(page: _Page, config: Mapping[str, Any] | None) -> None:
+def config_section(page: HtmlPage, config: Mapping[str, Any] | None) -> None:
+    """The configuration as JSON (nothing without one)."""
     if config:
         page.add(
             f"<h2>Configuration</h2><pre>{_e(json.dumps(config, indent=2, default=str))}</pre>"
         )
 
 
-def _provenance_section(page: _Page, prov: Mapping[str, Any] | None) -> None:
+def provenance_section(page: HtmlPage, prov: Mapping[str, Any] | None) -> None:
+    """Provenance: scalar fields, the chat template, checkpoints with fingerprints, the prompts."""
     if not prov:
         return
     scalar_keys = [
@@ -224,8 +176,13 @@ def _provenance_section(page: _Page, prov: Mapping[str, Any] | None) -> None:
     rows = [[_e(k), _e(prov[k])] for k in scalar_keys]
     template = prov.get("chat_template")
     if isinstance(template, Mapping):
-        rows.append(["chat template", f"{_e(template.get('name'))} (sha {_e(template.get('sha'))}; from "
-                                      f"{_e(template.get('origin'))})"])
+        rows.append(
+            [
+                "chat template",
+                f"{_e(template.get('name'))} (sha {_e(template.get('sha'))}; from "
+                f"{_e(template.get('origin'))})",
+            ]
+        )
     page.add("<h2>Provenance</h2>" + _table(["field", "value"], rows))
     cks = prov.get("checkpoints") or {}
     if isinstance(cks, Mapping) and cks:
@@ -251,139 +208,50 @@ def _provenance_section(page: _Page, prov: Mapping[str, Any] | None) -> None:
         )
 
 
-def write_report(report: Any, path: Any, *, title: str | None = None) -> Path:
-    """Write a drift :class:`~revlens.report.Report` as one self-contained HTML file.
+@runtime_checkable
+class HtmlRenderable(Protocol):
+    """What the HTML writer needs of a result: a default title, the configuration and provenance
+    it was made with, and its own sections (``Report``, ``CausalReport``, ``WeightReport``)."""
 
-    Sections: summary (beside the paper's numbers for a lab history), the layer × step heatmap
-    (run selector; ★ = above the isotropic null's p99), trajectories, direction stability and
-    agreement, lab behaviour (for a lab), the configuration and provenance (revlens version,
-    date, checkpoints with content fingerprints, prompts).
+    html_title: str
+    config: Mapping[str, Any] | None
+    provenance: Mapping[str, Any] | None
 
-    Returns:
-        the path written.
-    """
-    page = _Page(title or "revlens: alignment reversion report")
-    _summary_section(page, report)
-    page.add("<h2>Drift along v_rev</h2>")
-    page.figure(
-        report.heatmap(),
-        "cos between each checkpoint's drift from the aligned model and v_rev, per layer and step. "
-        "Choose a run in the menu; ★ marks cells above the isotropic null's p99 (for the mean: in "
-        "every run). Hover a cell for its CI, nulls and p-values.",
-    )
-    page.figure(report.trajectories(), "Grey band: isotropic null ±p99.")
-    if getattr(report, "positions", None):
-        page.add("<h2>Post-instruction positions</h2>")
-        page.try_figure(report.position_heatmap, "Mean cos(drift, v) over runs at each run's final step, one "
-                        "direction per (position, layer); positions count from the end of the prompt (−1: the last "
-                        "template token). ★: every run above the isotropic p99.")
-        page.add("<details><summary>position table</summary>" + _frame(report.position_table()) + "</details>")
-    page.add("<h2>Directions</h2>")
-    table = report.directions_table
-    page.try_figure(report.stability)
-    if "method" in table and table["method"].nunique() > 1:
-        page.try_figure(report.agreement)
-    page.add("<details><summary>directions table</summary>" + _frame(table) + "</details>")
-    if getattr(report, "metrics", None) is not None:
-        page.add("<h2>Behaviour</h2>")
-        page.try_figure(report.behaviour, "The history's own evaluation of each checkpoint.")
-    if getattr(report, "weights", None) is not None:
-        _weights_section(page, report.weights)
-    if getattr(report, "defenses", None) is not None:  # a DefenseComparison attached to the report
-        from revlens.plot.defenses import defenses_section
-
-        defenses_section(page, report.defenses)
-    _config_section(page, getattr(report, "config", None))
-    _provenance_section(page, getattr(report, "provenance", None))
-    return _write_page(path, page.render())
+    def html_sections(self, page: HtmlPage) -> None:
+        """Add this result's sections (figures, tables) to ``page``."""
 
 
-_WEIGHTS_INTRO = (
-    "The same history read from the weights, with no forward pass. Per weight matrix, "
-    "<code>V = W_aligned − W_base</code> is what alignment moved and <code>ΔW_t = W_t − W_start</code> "
-    "what fine-tuning moved (from aligned; from base for control runs, which therefore have nothing to "
-    "undo). <b>cos(ΔW, −V)</b> on the flattened weights and the <b>reverted fraction</b> "
-    "<code>−⟨ΔW, V⟩ / ‖V‖²</code> (1 = all of alignment undone along V) are shown beside the exact "
-    "isotropic null's p99 (ΔW a random direction of weight space); the share of ‖ΔW‖² inside V's top-k "
-    "singular subspaces beside random subspaces of the same rank (mean, p99) and chance (k/m). "
-    "Sums over a block or the whole model are exact (inner products and energies add)."
-)
-
-
-def _weights_section(page: _Page, weights: Any) -> None:
-    """The "Weight space" section: summary, heatmaps, model-level trajectories, subspaces, spectrum."""
-    page.add(f'<h2>Weight space</h2><p class="note">{_WEIGHTS_INTRO}</p>')
-    try:
-        summary = weights.summary()
-    except (RevlensError, KeyError, ValueError) as exc:
-        page.add(f'<p class="note warn">no weight-space summary: {_e(exc)}</p>')
-        summary = None
-    if summary is not None:
-        header = [_e(c) for c in summary.columns]
-        rows = [[_e(v) for v in r] for r in summary.itertuples(index=False)]
-        page.add(_table(header, rows, "weights-summary") + '<p class="note">mean ± sd over runs; whole model.</p>')
-    page.try_figure(lambda: weights.heatmap("revert"), "Reverted fraction per block and module type (first panel: "
-                    "the whole block). Choose a run in the menu; hover for the null's p99.")
-    page.try_figure(lambda: weights.trajectories("revert"), "Whole model; dotted: the isotropic null's p99 per run.")
-    page.try_figure(lambda: weights.trajectories("cos"))
-    page.try_figure(lambda: weights.subspaces("left"), "Grey: random subspaces of the same rank (mean, p99) and chance.")
-    page.try_figure(weights.spectrum_figure, "Cumulative share of ‖V‖² in its top singular directions.")
-    model = getattr(weights, "model", None)
-    if isinstance(model, pd.DataFrame) and not model.empty:
-        page.add("<details><summary>whole-model table</summary>" + _frame(model) + "</details>")
-    prov = getattr(weights, "provenance", {}) or {}
-    page.add(f'<p class="note">{_e(prov.get("bytes_read", 0) / 1e6)} MB read in {_e(prov.get("seconds"))} s '
-             f'({_e(prov.get("gb_per_s"))} GB/s).</p>')
-
-
-def write_weights_report(weights: Any, path: Any, *, title: str | None = None) -> Path:
-    """Write a :class:`~revlens.weights.WeightReport` as one self-contained HTML file: the "Weight
-    space" section, the history's behaviour metrics, the configuration and the checkpoints read.
+def write_html(result: HtmlRenderable, path: str | Path, *, title: str | None = None) -> Path:
+    """Write ``result`` as one self-contained HTML file: its own sections, then the configuration
+    and provenance. Written atomically: a failed render keeps an old file as it was.
 
     Returns:
         the path written.
     """
-    page = _Page(title or "revlens: weight-space reversion report")
-    _weights_section(page, weights)
-    metrics = getattr(weights, "metrics", None)
-    if metrics is not None:
-        from revlens.plot.metrics import metrics_figure
-
-        page.add("<h2>Behaviour</h2>")
-        page.try_figure(lambda: metrics_figure(metrics), "The history's own evaluation of each checkpoint.")
-    _config_section(page, getattr(weights, "config", None))
-    _provenance_section(page, getattr(weights, "provenance", None))
+    page = HtmlPage(title or result.html_title)
+    result.html_sections(page)
+    config_section(page, getattr(result, "config", None))
+    provenance_section(page, getattr(result, "provenance", None))
     return _write_page(path, page.render())
 
 
-def write_causal_report(report: Any, path: Any, *, title: str | None = None) -> Path:
-    """Write a ``CausalReport`` as one self-contained HTML file: the summary table (v_rev
-    against its controls), each intervention kind's figures (``report.kind_figures``: mediation
-    heatmaps and control bands, steering dose–response), the configuration and provenance.
+def write_report(report: HtmlRenderable, path: str | Path, *, title: str | None = None) -> Path:
+    """Write a drift :class:`~revlens.report.Report` as one self-contained HTML file (its sections:
+    :mod:`revlens.report.html`). The same as :func:`write_html`."""
+    return write_html(report, path, title=title)
 
-    Returns:
-        the path written.
-    """
-    page = _Page(title or "revlens: causal mediation report")
-    effects = report.effects
-    summary = report.summary()
-    mean = report.mean_over_runs()
-    if isinstance(mean, pd.DataFrame) and not mean.empty:
-        page.add(
-            "<h2>Summary: v_rev against random-direction controls (mean over runs)</h2>"
-            + _frame(mean)
-        )
-    if isinstance(summary, pd.DataFrame):
-        page.add(
-            "<details><summary>summary per run (z, one-sided p against the controls)</summary>"
-            + _frame(summary)
-            + "</details>"
-        )
-    for kind in report.kinds():  # each intervention kind's own figures (the kind object says which)
-        page.add(f"<h2>{_e(kind)}</h2>")
-        for draw in report.kind_figures(kind):
-            page.try_figure(draw)
-    page.add("<details><summary>effects table</summary>" + _frame(effects) + "</details>")
-    _config_section(page, getattr(report, "config", None))
-    _provenance_section(page, getattr(report, "provenance", None))
-    return _write_page(path, page.render())
+
+def write_weights_report(
+    weights: HtmlRenderable, path: str | Path, *, title: str | None = None
+) -> Path:
+    """Write a :class:`~revlens.weights.WeightReport` as one self-contained HTML file (its sections:
+    :mod:`revlens.weights.html`). The same as :func:`write_html`."""
+    return write_html(weights, path, title=title)
+
+
+def write_causal_report(
+    report: HtmlRenderable, path: str | Path, *, title: str | None = None
+) -> Path:
+    """Write a ``CausalReport`` as one self-contained HTML file (its sections:
+    :mod:`revlens.causal.html`). The same as :func:`write_html`."""
+    return write_html(report, path, title=title)

@@ -34,7 +34,7 @@ Example:
 from revlens.modes import POSITION_RULES
 from revlens.probes.batch import ProbeBatch, TokenizedProbes
 from revlens.probes.positions import PositionRule, parse_position, position_name
-from revlens.probes.probes import Probes
+from revlens.probes.probes import Probes, ProbesInput
 from revlens.probes.sets import PROMPT_FORMATS, combine, load_prompt_set
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "PositionRule",
     "ProbeBatch",
     "Probes",
+    "ProbesInput",
     "TokenizedProbes",
     "combine",
     "load_prompt_set",

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from revlens._types import Device, TokenizerInput
 from revlens.errors import ProbeError
 
 __all__ = ["ProbeBatch", "TokenizedProbes", "tokenizer_id"]
@@ -38,10 +39,16 @@ class ProbeBatch:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def to(self, device: Any) -> "ProbeBatch":
+    def to(self, device: Device) -> "ProbeBatch":
         """The batch on ``device``."""
-        return ProbeBatch(self.tokens.to(device), self.last_index.to(device), self.weights.to(device),
-                          self.indices, self.labels, self.texts)
+        return ProbeBatch(
+            self.tokens.to(device),
+            self.last_index.to(device),
+            self.weights.to(device),
+            self.indices,
+            self.labels,
+            self.texts,
+        )
 
 
 class TokenizedProbes:
@@ -55,10 +62,21 @@ class TokenizedProbes:
     from (:attr:`Probes.provenance`).
     """
 
-    def __init__(self, tokens: Tensor, lengths: Tensor, weights: Tensor | dict[str, Tensor], *,
-                 labels: list[Any] | None, position: str, tokenizer_id: str, texts: list[str] | None,
-                 rendered: list[str] | None = None, template: dict[str, str] | None = None,
-                 n_post: Tensor | None = None, datasets: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        tokens: Tensor,
+        lengths: Tensor,
+        weights: Tensor | dict[str, Tensor],
+        *,
+        labels: list[Any] | None,
+        position: str,
+        tokenizer_id: str,
+        texts: list[str] | None,
+        rendered: list[str] | None = None,
+        template: dict[str, str] | None = None,
+        n_post: Tensor | None = None,
+        datasets: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.tokens = tokens
         self.lengths = lengths
         self.positions = dict(weights) if isinstance(weights, dict) else {position: weights}
@@ -87,10 +105,19 @@ class TokenizedProbes:
     def view(self, label: str) -> "TokenizedProbes":
         """The same tokens read at one position (its own fingerprint, position name and weights)."""
         name = f"{self.position}@{label}" if self.multi else self.position
-        return TokenizedProbes(self.tokens, self.lengths, {name: self.positions[label]}, labels=self.labels,
-                               position=name, tokenizer_id=self.tokenizer_id, texts=self.texts,
-                               rendered=self.rendered, template=self.template, n_post=self.n_post,
-                               datasets=self.datasets)
+        return TokenizedProbes(
+            self.tokens,
+            self.lengths,
+            {name: self.positions[label]},
+            labels=self.labels,
+            position=name,
+            tokenizer_id=self.tokenizer_id,
+            texts=self.texts,
+            rendered=self.rendered,
+            template=self.template,
+            n_post=self.n_post,
+            datasets=self.datasets,
+        )
 
     def batches(self, batch_size: int) -> Iterator[ProbeBatch]:
         """Yield :class:`ProbeBatch` es, trimmed to the longest prompt of each batch."""
@@ -120,7 +147,7 @@ class TokenizedProbes:
         return h.hexdigest()
 
 
-def tokenizer_id(tokenizer: Any) -> str:
+def tokenizer_id(tokenizer: TokenizerInput) -> str:
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     h = hashlib.blake2b(json.dumps(sorted(vocab.items())).encode(), digest_size=8)
     return f"{type(tokenizer).__name__}:{len(vocab)}:{h.hexdigest()}"

@@ -31,16 +31,18 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, no_type_check
 
+from revlens._types import PathLike, TokenizerInput
 from revlens.errors import ProbeError
 
-__all__ = ["ChatTemplate", "Rendered", "check_conversation", "template_from_dir"]
+__all__ = ["ChatTemplate", "Rendered", "TemplateInput", "check_conversation", "template_from_dir"]
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def check_conversation(conv: Any, where: str) -> list[dict[str, str]]:
+@no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+def check_conversation(conv: Sequence[Mapping[str, str]], where: str) -> list[dict[str, str]]:
     """A conversation as a list of ``{"role", "content"}`` dicts (validated; names ``where``).
 
     Raises:
@@ -48,27 +50,39 @@ def check_conversation(conv: Any, where: str) -> list[dict[str, str]]:
             user turn.
     """
     if not isinstance(conv, (list, tuple)) or not conv:
-        raise ProbeError(f"{where}: a conversation is a non-empty list of {{'role', 'content'}} messages; got {conv!r}")
+        raise ProbeError(
+            f"{where}: a conversation is a non-empty list of {{'role', 'content'}} messages; got {conv!r}"
+        )
     out = []
     for i, m in enumerate(conv):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ProbeError(f"{where}: message {i} must be an object with string 'role' and 'content'; got {m!r}")
+        if (
+            not isinstance(m, Mapping)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise ProbeError(
+                f"{where}: message {i} must be an object with string 'role' and 'content'; got {m!r}"
+            )
         if m["role"] not in ROLES:
-            raise ProbeError(f"{where}: message {i} has role {m['role']!r}; expected one of {', '.join(ROLES)}")
+            raise ProbeError(
+                f"{where}: message {i} has role {m['role']!r}; expected one of {', '.join(ROLES)}"
+            )
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "user" for m in out):
         raise ProbeError(f"{where}: the conversation has no user turn")
     return out
 
 
-def template_from_dir(directory: Any) -> "ChatTemplate | None":
+def template_from_dir(directory: PathLike) -> "ChatTemplate | None":
     """The chat template saved with a tokenizer in ``directory`` (``chat_template.jinja``, or
     ``chat_template`` in ``tokenizer_config.json``), or ``None``. Read from the files, without
     loading the tokenizer."""
     d = Path(directory)
     jinja = d / "chat_template.jinja"
     if jinja.is_file():
-        return ChatTemplate(jinja.read_text(encoding="utf-8"), origin=str(jinja), name=f"{d.name}/{jinja.name}")
+        return ChatTemplate(
+            jinja.read_text(encoding="utf-8"), origin=str(jinja), name=f"{d.name}/{jinja.name}"
+        )
     cfg = d / "tokenizer_config.json"
     if cfg.is_file():
         try:
@@ -76,7 +90,14 @@ def template_from_dir(directory: Any) -> "ChatTemplate | None":
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         if isinstance(value, list):  # named templates: [{"name": "default", "template": ...}, ...]
-            value = next((v.get("template") for v in value if isinstance(v, dict) and v.get("name") == "default"), None)
+            value = next(
+                (
+                    v.get("template")
+                    for v in value
+                    if isinstance(v, dict) and v.get("name") == "default"
+                ),
+                None,
+            )
         if isinstance(value, str) and value:
             return ChatTemplate(value, origin=str(cfg), name=f"{d.name}/{cfg.name}")
     return None
@@ -116,7 +137,10 @@ class ChatTemplate:
         self.sha = hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
     @classmethod
-    def resolve(cls, spec: Any, tokenizer: Any = None) -> "ChatTemplate":
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def resolve(
+        cls, spec: "TemplateInput | None", tokenizer: TokenizerInput | None = None
+    ) -> "ChatTemplate":
         """A template from ``spec``: a :class:`ChatTemplate`, Jinja text, a ``.jinja`` file, a
         tokenizer dir, a tokenizer; ``None``: ``tokenizer``'s own template.
 
@@ -133,8 +157,13 @@ class ChatTemplate:
                 raise ProbeError(
                     "chat probes need a chat template, and this tokenizer has none (base checkpoints often "
                     "have none): pass template=... (Jinja text, a .jinja file, a tokenizer or its dir, e.g. "
-                    "the aligned checkpoint's)")
-            return cls(text, origin="tokenizer", name=getattr(tokenizer, "name_or_path", None) or "tokenizer")
+                    "the aligned checkpoint's)"
+                )
+            return cls(
+                text,
+                origin="tokenizer",
+                name=getattr(tokenizer, "name_or_path", None) or "tokenizer",
+            )
         if isinstance(spec, (str, Path)) and ("{%" in str(spec) or "{{" in str(spec)):
             return cls(str(spec), origin="inline")
         if isinstance(spec, (str, Path)):
@@ -144,13 +173,19 @@ class ChatTemplate:
             if p.is_dir():
                 found = template_from_dir(p)
                 if found is None:
-                    raise ProbeError(f"template={str(p)!r}: that dir holds no chat template (chat_template.jinja "
-                                     "or tokenizer_config.json 'chat_template')")
+                    raise ProbeError(
+                        f"template={str(p)!r}: that dir holds no chat template (chat_template.jinja "
+                        "or tokenizer_config.json 'chat_template')"
+                    )
                 return found
-            raise ProbeError(f"template={spec!r} is neither Jinja text nor an existing file or tokenizer dir")
+            raise ProbeError(
+                f"template={spec!r} is neither Jinja text nor an existing file or tokenizer dir"
+            )
         if hasattr(spec, "chat_template"):
             return cls.resolve(None, spec)
-        raise ProbeError(f"template: cannot use {type(spec).__name__}; expected Jinja text, a file, a tokenizer or its dir")
+        raise ProbeError(
+            f"template: cannot use {type(spec).__name__}; expected Jinja text, a file, a tokenizer or its dir"
+        )
 
     def provenance(self) -> dict[str, str]:
         """``{"name", "origin", "sha"}`` for reports."""
@@ -165,8 +200,14 @@ class ChatTemplate:
     def __hash__(self) -> int:
         return hash(self.text)
 
-    def render(self, tokenizer: Any, conversation: Sequence[Mapping[str, str]], *, where: str = "prompt",
-               **template_kwargs: Any) -> Rendered:
+    def render(
+        self,
+        tokenizer: TokenizerInput,
+        conversation: Sequence[Mapping[str, str]],
+        *,
+        where: str = "prompt",
+        **template_kwargs: object,
+    ) -> Rendered:
         """Render ``conversation`` (a generation prompt after a final user turn; the final
         assistant message continued otherwise) and tokenize it once.
 
@@ -177,21 +218,34 @@ class ChatTemplate:
         open_turn = conv[-1]["role"] == "assistant"
         try:
             text = tokenizer.apply_chat_template(
-                conv, chat_template=self.text, add_generation_prompt=not open_turn,
-                continue_final_message=open_turn, tokenize=False, **template_kwargs)
+                conv,
+                chat_template=self.text,
+                add_generation_prompt=not open_turn,
+                continue_final_message=open_turn,
+                tokenize=False,
+                **template_kwargs,
+            )
         except Exception as exc:  # Jinja's TemplateError, or raise_exception() inside a template
-            raise ProbeError(f"{where}: the chat template {self.name!r} failed: {type(exc).__name__}: {exc}") from None
+            raise ProbeError(
+                f"{where}: the chat template {self.name!r} failed: {type(exc).__name__}: {exc}"
+            ) from None
         fast = bool(getattr(tokenizer, "is_fast", False))
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
         ids = list(enc["input_ids"])
         bos = getattr(tokenizer, "bos_token_id", None)
         if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
-            warnings.warn(f"{where}: the rendered template starts with two BOS tokens (the template and the "
-                          "content both write one?)", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{where}: the rendered template starts with two BOS tokens (the template and the "
+                "content both write one?)",
+                UserWarning,
+                stacklevel=3,
+            )
         return Rendered(text, ids, _n_post(tokenizer, text, ids, enc, conv))
 
 
-def _n_post(tokenizer: Any, text: str, ids: list[int], enc: Any, conv: list[dict[str, str]]) -> int | None:
+def _n_post(
+    tokenizer: Any, text: str, ids: list[int], enc: Any, conv: list[dict[str, str]]
+) -> int | None:
     """Tokens that start at or after the end of the last user message's content in ``text``."""
     last_user = next(m["content"] for m in reversed(conv) if m["role"] == "user").strip()
     if not last_user:
@@ -206,3 +260,8 @@ def _n_post(tokenizer: Any, text: str, ids: list[int], enc: Any, conv: list[dict
         return len(ids) - first
     head = tokenizer(text[:end], add_special_tokens=False)["input_ids"]
     return max(len(ids) - len(head), 0)
+
+
+TemplateInput: TypeAlias = ChatTemplate | str | PathLike | TokenizerInput
+"""A chat template as :meth:`ChatTemplate.resolve` takes it: a :class:`ChatTemplate`, Jinja text,
+a ``.jinja`` file, a tokenizer folder, or a tokenizer."""

@@ -17,7 +17,7 @@ or a bool mask ``[n_prompts, n_pos]`` (validated by :func:`parse_position`)."""
 
 
 @no_type_check  # validates its own arguments (typed errors)
-def parse_position(position: Any) -> Any:
+def parse_position(position: PositionRule) -> Any:
     """A position rule in canonical form: ``"last"``, ``"mean"``, a bool mask, or
     ``("post_instruction", k | None)`` (also written ``"post_instruction"`` / ``"post_instruction:k"``).
 
@@ -28,7 +28,7 @@ def parse_position(position: Any) -> Any:
     if isinstance(position, Tensor):
         return position
     if isinstance(position, str) and position.startswith("post_instruction"):
-        rest = position[len("post_instruction"):]
+        rest = position[len("post_instruction") :]
         if rest == "":
             return ("post_instruction", None)
         if rest.startswith(":") and rest[1:].isdigit() and int(rest[1:]) >= 1:
@@ -36,14 +36,19 @@ def parse_position(position: Any) -> Any:
         raise SiteError(f"unknown position rule {position!r}; valid: {valid}")
     if isinstance(position, str) and position in POSITION_RULES:
         return position
-    if isinstance(position, (tuple, list)) and len(position) == 2 and position[0] == "post_instruction":
+    if (
+        isinstance(position, (tuple, list))
+        and len(position) == 2
+        and position[0] == "post_instruction"
+    ):
         k = position[1]
         if k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
             return ("post_instruction", k)
     raise SiteError(f"unknown position rule {position!r}; valid: {valid}")
 
 
-def position_name(position: Any) -> str:
+@no_type_check  # validates its own argument (typed errors)
+def position_name(position: PositionRule) -> str:
     """The rule as a string (``"last"``, ``"mask"``, ``"post_instruction:3"``...)."""
     if isinstance(position, Tensor):
         return "mask"
@@ -52,20 +57,27 @@ def position_name(position: Any) -> str:
     return str(position)
 
 
-def check_position(position: Any, n: int, chat: bool) -> Any:
+@no_type_check  # validates its own argument (typed errors)
+def check_position(position: PositionRule, n: int, chat: bool) -> Any:
     """The rule in canonical form, checked against ``n`` prompts (chat or not)."""
     position = parse_position(position)
     if isinstance(position, Tensor):
         if position.dtype != torch.bool or position.ndim != 2 or position.shape[0] != n:
-            raise SiteError(f"a position mask must be a bool tensor [n_prompts={n}, n_pos]; "
-                            f"got {position.dtype} {tuple(position.shape)}")
+            raise SiteError(
+                f"a position mask must be a bool tensor [n_prompts={n}, n_pos]; "
+                f"got {position.dtype} {tuple(position.shape)}"
+            )
     elif isinstance(position, tuple) and not chat:
-        raise SiteError("position ('post_instruction', k) needs chat probes (Probes.from_chat, or JSONL lines "
-                        "with 'messages' / 'prompt'): only a chat template says where the instruction ends")
+        raise SiteError(
+            "position ('post_instruction', k) needs chat probes (Probes.from_chat, or JSONL lines "
+            "with 'messages' / 'prompt'): only a chat template says where the instruction ends"
+        )
     return position
 
 
-def position_weights(position: Any, lengths: Tensor, n_post: Tensor | None) -> dict[str, Tensor]:
+def position_weights(
+    position: PositionRule, lengths: Tensor, n_post: Tensor | None
+) -> dict[str, Tensor]:
     """Position label -> weights ``[prompt, pos]`` (rows sum to 1) of a rule for prompts of ``lengths``
     (``n_post``: post-instruction tokens per prompt, chat probes)."""
     n, width = len(lengths), int(lengths.max())
@@ -100,15 +112,21 @@ def _post_k(k: int | None, n_post: Tensor | None) -> int:
     assert n_post is not None  # chat probes only (checked on construction)
     unknown = (n_post < 0).nonzero().flatten().tolist()
     if unknown:
-        raise ProbeError(f"prompt {unknown[0]}: the user's text was not found in the rendered template, so where "
-                         "the instruction ends is unknown; use position='last' or a mask")
+        raise ProbeError(
+            f"prompt {unknown[0]}: the user's text was not found in the rendered template, so where "
+            "the instruction ends is unknown; use position='last' or a mask"
+        )
     fewest = int(n_post.min())
     if fewest < 1:
-        raise ProbeError(f"prompt {int(n_post.argmin())}: the template writes no token after the user's text "
-                         "(no post-instruction position)")
+        raise ProbeError(
+            f"prompt {int(n_post.argmin())}: the template writes no token after the user's text "
+            "(no post-instruction position)"
+        )
     if k is None:
         return fewest
     if k > fewest:
-        raise ProbeError(f"position ('post_instruction', {k}): prompt {int(n_post.argmin())} has only {fewest} "
-                         f"post-instruction template token(s); use k <= {fewest}")
+        raise ProbeError(
+            f"position ('post_instruction', {k}): prompt {int(n_post.argmin())} has only {fewest} "
+            f"post-instruction template token(s); use k <= {fewest}"
+        )
     return k

@@ -28,8 +28,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from revlens._types import PathLike
 from revlens.errors import ProbeError
-from revlens.probes.chat import check_conversation
+from revlens.probes.chat import TemplateInput, check_conversation
+from revlens.probes.positions import PositionRule
 from revlens.probes.probes import Probes
 
 __all__ = ["PROMPT_FORMATS", "combine", "load_prompt_set"]
@@ -43,7 +45,9 @@ def _read_text(p: Path) -> str:
     try:
         return p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ProbeError(f"prompt file {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise ProbeError(
+            f"prompt file {p} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     except OSError as exc:
         raise ProbeError(f"cannot read prompt file {p}: {exc.strerror or exc}") from None
 
@@ -65,11 +69,15 @@ def _read_csv(p: Path) -> list[dict[str, str]]:
                 header = fields
                 continue
             if len(fields) != len(header):
-                raise ProbeError(f"{p}:{line}: a row of {len(fields)} field(s) under a header of "
-                                 f"{len(header)} ({header}); quote fields that hold commas")
+                raise ProbeError(
+                    f"{p}:{line}: a row of {len(fields)} field(s) under a header of "
+                    f"{len(header)} ({header}); quote fields that hold commas"
+                )
             rows.append(dict(zip(header, fields)))
     except csv.Error as exc:
-        raise ProbeError(f"{p}:{start}: malformed CSV ({exc}; an unterminated or stray quote?)") from None
+        raise ProbeError(
+            f"{p}:{start}: malformed CSV ({exc}; an unterminated or stray quote?)"
+        ) from None
     if not rows:
         raise ProbeError(f"{p} holds no rows")
     return rows
@@ -93,21 +101,35 @@ def _get(row: dict[str, str], name: str) -> str:
     return ""
 
 
-def _csv_prompts(p: Path, fmt: str, column: str | None) -> tuple[list[str], list[dict[str, str]], str]:
+def _csv_prompts(
+    p: Path, fmt: str, column: str | None
+) -> tuple[list[str], list[dict[str, str]], str]:
     rows = _read_csv(p)
     header = list(rows[0].keys())
     fmt = _detect(p, header) if fmt in ("auto", "csv") and column is None else fmt
     if fmt == "harmbench":
-        prompts = [(f"{_get(r, 'contextstring')}\n\n---\n\n{_get(r, 'behavior')}" if _get(r, "contextstring")
-                    else _get(r, "behavior")) for r in rows]
+        prompts = [
+            (
+                f"{_get(r, 'contextstring')}\n\n---\n\n{_get(r, 'behavior')}"
+                if _get(r, "contextstring")
+                else _get(r, "behavior")
+            )
+            for r in rows
+        ]
         label = "harmful"
     elif fmt in ("advbench", "jailbreakbench"):
         prompts = [_get(r, "goal") for r in rows]
         label = "harmless" if fmt == "jailbreakbench" and "benign" in p.name.lower() else "harmful"
     else:
-        key = column.lower() if column is not None else next((k for k in _PROMPT_KEYS if k in {h.strip().lower() for h in header}), None)
+        key = (
+            column.lower()
+            if column is not None
+            else next((k for k in _PROMPT_KEYS if k in {h.strip().lower() for h in header}), None)
+        )
         if key is None or key not in {h.strip().lower() for h in header}:
-            raise ProbeError(f"{p}: no prompt column (looked for {', '.join(_PROMPT_KEYS)}; header: {header}); pass column=")
+            raise ProbeError(
+                f"{p}: no prompt column (looked for {', '.join(_PROMPT_KEYS)}; header: {header}); pass column="
+            )
         prompts = [_get(r, key) for r in rows]
         label = ""
     empty = [i for i, t in enumerate(prompts) if not t.strip()]
@@ -125,21 +147,36 @@ def _jsonl_prompts(p: Path) -> tuple[list[Any], list[dict[str, Any]], list[Any]]
             try:
                 rows.append(json.loads(line))
             except (json.JSONDecodeError, RecursionError) as exc:
-                raise ProbeError(f"{p}:{lineno}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
-    if rows and all(isinstance(r, dict) and not ({"text", "prompt", "messages"} & set(r)) for r in rows):
+                raise ProbeError(
+                    f"{p}:{lineno}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})"
+                ) from None
+    if rows and all(
+        isinstance(r, dict) and not ({"text", "prompt", "messages"} & set(r)) for r in rows
+    ):
         key = next((k for k in _PROMPT_KEYS if all(isinstance(r.get(k), str) for r in rows)), None)
         if key is None:
             raise ProbeError(f"{p}: lines need one of {', '.join(_PROMPT_KEYS)} or 'messages'")
         return [r[key] for r in rows], rows, [r.get("label") for r in rows]
     parsed = read_jsonl(p)
-    items = [check_conversation(obj["messages"], f"{p}:{n}") if kind == "messages" else obj[kind]
-             for n, obj, kind in parsed]
+    items = [
+        check_conversation(obj["messages"], f"{p}:{n}") if kind == "messages" else obj[kind]
+        for n, obj, kind in parsed
+    ]
     return items, [obj for _, obj, _ in parsed], [obj.get("label") for _, obj, _ in parsed]
 
 
-def load_prompt_set(path: Any, *, format: PromptFormat = "auto", label: str | None = None, chat: bool = True,
-                    system: str | None = None, template: Any = None, column: str | None = None,
-                    limit: int | None = None, position: Any = "last") -> Probes:
+def load_prompt_set(
+    path: PathLike,
+    *,
+    format: PromptFormat = "auto",
+    label: str | None = None,
+    chat: bool = True,
+    system: str | None = None,
+    template: TemplateInput | None = None,
+    column: str | None = None,
+    limit: int | None = None,
+    position: PositionRule = "last",
+) -> Probes:
     """A labelled probe set from a local prompt file (see the module docstring for the formats).
 
     Args:
@@ -163,7 +200,11 @@ def load_prompt_set(path: Any, *, format: PromptFormat = "auto", label: str | No
     if format not in PROMPT_FORMATS:
         raise ProbeError(f"format={format!r}; valid: {', '.join(PROMPT_FORMATS)}")
     suffix = p.suffix.lower()
-    kind = format if format != "auto" else {".csv": "csv", ".jsonl": "jsonl", ".txt": "txt"}.get(suffix)
+    kind = (
+        format
+        if format != "auto"
+        else {".csv": "csv", ".jsonl": "jsonl", ".txt": "txt"}.get(suffix)
+    )
     if kind is None:
         raise ProbeError(f"{p}: cannot tell the format from the suffix {suffix!r}; pass format=")
     if kind == "jsonl":
@@ -185,13 +226,24 @@ def load_prompt_set(path: Any, *, format: PromptFormat = "auto", label: str | No
     return out
 
 
-def _probes(items: list[Any], labels: list[Any], *, chat: bool, system: str | None, template: Any,
-            position: Any) -> Probes:
+def _probes(
+    items: list[Any],
+    labels: list[Any],
+    *,
+    chat: bool,
+    system: str | None,
+    template: TemplateInput | None,
+    position: PositionRule,
+) -> Probes:
     labs = labels if any(lab is not None for lab in labels) else None
     if chat:
-        return Probes.from_chat(items, labels=labs, system=system, template=template, position=position)
+        return Probes.from_chat(
+            items, labels=labs, system=system, template=template, position=position
+        )
     if not all(isinstance(i, str) for i in items):
-        raise ProbeError("chat=False needs plain prompts; this file holds conversations ('messages')")
+        raise ProbeError(
+            "chat=False needs plain prompts; this file holds conversations ('messages')"
+        )
     return Probes(items, labels=labs, position=position)
 
 
@@ -212,8 +264,12 @@ def combine(*sets: Probes) -> Probes:
     labels = [lab for s in sets for lab in (s.labels or [None] * len(s))]
     first = sets[0]
     if first.is_chat:
-        out = Probes.from_chat([c for s in sets for c in s.conversations], labels=labels, template=first.template,
-                               position=first.position)
+        out = Probes.from_chat(
+            [c for s in sets for c in s.conversations],
+            labels=labels,
+            template=first.template,
+            position=first.position,
+        )
     else:
         out = Probes([p for s in sets for p in s.prompts], labels=labels, position=first.position)
     out.info = [i for s in sets for i in (s.info or [{} for _ in range(len(s))])]

@@ -15,7 +15,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
@@ -24,6 +24,9 @@ from revlens._io import confined
 from revlens._result import Result
 from revlens.directions.base import Directions
 from revlens.errors import ConfigError, HistoryError
+from revlens.evaluate import Evaluation
+from revlens.report.html import ReportHtml
+from revlens.weights.report import WeightReport
 
 __all__ = ["Report"]
 
@@ -36,10 +39,12 @@ def _fmt(block: Mapping[str, Any] | None, key: str) -> str:
 
 
 def _safe_name(method: str, i: int) -> str:
-    return f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in method)}.safetensors"
+    return (
+        f"{i:02d}-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in method)}.safetensors"
+    )
 
 
-class Report(Result):
+class Report(ReportHtml, Result):
     """What :func:`revlens.analyze` measured.
 
     Attributes:
@@ -59,7 +64,8 @@ class Report(Result):
 
     Figures: :meth:`heatmap`, :meth:`trajectories`, :meth:`stability`, :meth:`agreement`,
     :meth:`behaviour`, :meth:`subspace_energy` (with ``subspaces`` / ``subspace_drift``: rank-k
-    fits and the drift's energy in them, when analysed with ``ranks``); the paper's headline numbers: :meth:`headline` (dict) / :meth:`summary`
+    fits and the drift's energy in them, when analysed with ``ranks``); the paper's headline
+    numbers: :meth:`headline` (dict) / :meth:`summary`
     (DataFrame).
     """
 
@@ -70,20 +76,26 @@ class Report(Result):
         self,
         *,
         drift: pd.DataFrame,
-        directions: Any,
+        directions: Mapping[str, Directions] | pd.DataFrame,
         directions_table: pd.DataFrame | None = None,
         config: Mapping[str, Any],
         provenance: Mapping[str, Any],
         metrics: pd.DataFrame | None = None,
         vectors: Mapping[str, Directions] | None = None,
         lab_metrics: pd.DataFrame | None = None,
-        weights: Any = None,
+        weights: WeightReport | None = None,
         subspaces: Mapping[str, Directions] | None = None,
         subspace_drift: pd.DataFrame | None = None,
     ) -> None:
-        if isinstance(directions, pd.DataFrame):  # the revlens 0.1 call: directions=<table>, vectors=...
-            warnings.warn("Report(directions=<table>, vectors=...) is deprecated: pass directions=<dict of "
-                          "Directions> and directions_table=<table>", DeprecationWarning, stacklevel=2)
+        if isinstance(
+            directions, pd.DataFrame
+        ):  # the revlens 0.1 call: directions=<table>, vectors=...
+            warnings.warn(
+                "Report(directions=<table>, vectors=...) is deprecated: pass directions=<dict of "
+                "Directions> and directions_table=<table>",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             directions, directions_table = dict(vectors or {}), directions
         self.drift = drift
         self.directions: dict[str, Directions] = dict(directions)
@@ -140,7 +152,11 @@ class Report(Result):
     @property
     def positions(self) -> list[int]:
         """The post-instruction positions analysed separately (``[]`` for one position rule)."""
-        return sorted(int(p) for p in self.drift["position"].unique()) if "position" in self.drift.columns else []
+        return (
+            sorted(int(p) for p in self.drift["position"].unique())
+            if "position" in self.drift.columns
+            else []
+        )
 
     def _primary(self) -> str:
         """The method headlines and figures show by default: ``mean_diff`` (at the last position
@@ -167,7 +183,9 @@ class Report(Result):
             ConfigError: the report was made with one position rule.
         """
         if not self.positions:
-            raise ConfigError("this report analysed one position rule; use position=('post_instruction', k)")
+            raise ConfigError(
+                "this report analysed one position rule; use position=('post_instruction', k)"
+            )
         from revlens.drift.summary import position_summary
 
         return position_summary(self.drift, self.directions_table, step=step)
@@ -182,8 +200,10 @@ class Report(Result):
     def __repr__(self) -> str:
         kinds = self.drift.drop_duplicates("run").set_index("run")["kind"]
         runs = ", ".join(f"{r}{'' if k == 'run' else f' ({k})'}" for r, k in kinds.items())
-        lines = [f"Report(runs: {runs}",
-                 f"       layers {self.layers}, methods {self.methods}, prompts {self.provenance.get('n_prompts')}"]
+        lines = [
+            f"Report(runs: {runs}",
+            f"       layers {self.layers}, methods {self.methods}, prompts {self.provenance.get('n_prompts')}",
+        ]
         try:
             s = self.headline()
         except (ConfigError, HistoryError, KeyError, ValueError):
@@ -196,8 +216,10 @@ class Report(Result):
             f"above iso p99 {above['count']}/{above['total']}"
         )
         if c:
-            lines.append(f"       control: step {s['step']} {_fmt(c, 'cos_step20')}, above iso p99 "
-                         f"{c['above_iso_p99']['count']}/{c['above_iso_p99']['total']}")
+            lines.append(
+                f"       control: step {s['step']} {_fmt(c, 'cos_step20')}, above iso p99 "
+                f"{c['above_iso_p99']['count']}/{c['above_iso_p99']['total']}"
+            )
         if self.weights is not None:
             lines.append("       + weight space: " + " ".join(repr(self.weights).split()))
         return "\n".join(lines) + ")"
@@ -213,7 +235,9 @@ class Report(Result):
         """cos(drift, v_rev) against step, per layer (:func:`revlens.plot.drift_trajectories`)."""
         from revlens.plot import drift_trajectories
 
-        return drift_trajectories(self.drift, **{**kw, "method": self._figure_methods(kw.get("method"))})
+        return drift_trajectories(
+            self.drift, **{**kw, "method": self._figure_methods(kw.get("method"))}
+        )
 
     def stability(self, **kw: Any) -> Any:
         """Bootstrap stability of each method's direction (:func:`revlens.plot.direction_stability`)."""
@@ -227,7 +251,9 @@ class Report(Result):
 
         return direction_agreement(self.directions_table, **kw)
 
-    def position_heatmap(self, *, method: str | None = None, step: str | int = "final", **kw: Any) -> Any:
+    def position_heatmap(
+        self, *, method: str | None = None, step: str | int = "final", **kw: Any
+    ) -> Any:
         """Layer × position heatmap of the mean cos(drift, v) of one method at ``step``
         (:func:`revlens.plot.position_heatmap`)."""
         from revlens.plot import position_heatmap
@@ -235,13 +261,16 @@ class Report(Result):
         base = method or self._primary().split("@")[0]
         return position_heatmap(self.position_table(step=step), method=base, **kw)
 
-    def with_metrics(self, metrics: Any) -> "Report":
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def with_metrics(self, metrics: Evaluation | pd.DataFrame) -> "Report":
         """Join an evaluation table (a :class:`revlens.evaluate.Evaluation` or its ``table``:
         ``checkpoint, role, run, kind, step, <metric>...``) into :attr:`metrics`, beside the
         history's own; returns ``self``. Columns already present are replaced by the new ones."""
         table = getattr(metrics, "table", metrics)
         if not isinstance(table, pd.DataFrame) or "checkpoint" not in table.columns:
-            raise ConfigError("with_metrics expects an Evaluation or a table with a 'checkpoint' column")
+            raise ConfigError(
+                "with_metrics expects an Evaluation or a table with a 'checkpoint' column"
+            )
         keys = ["checkpoint", "role", "run", "kind", "step"]
         if self.metrics is None:
             self.metrics = table.reset_index(drop=True)
@@ -269,7 +298,11 @@ class Report(Result):
         names = ("heatmap", "trajectories", "stability", "agreement", "behaviour")
         if kind not in names:
             raise ConfigError(f"unknown figure kind {kind!r}; figure methods: {', '.join(names)}")
-        warnings.warn(f"Report.figure({kind!r}) is deprecated; use Report.{kind}()", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"Report.figure({kind!r}) is deprecated; use Report.{kind}()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(self, kind)(**kw)
 
     def subspace_energy(self, **kw: Any) -> Any:
@@ -278,17 +311,13 @@ class Report(Result):
         from revlens.plot import subspace_energy
 
         if self.subspace_drift is None:
-            raise ConfigError("this report has no subspace table: analyze with ranks=(1, 2, 4, ...)")
+            raise ConfigError(
+                "this report has no subspace table: analyze with ranks=(1, 2, 4, ...)"
+            )
         return subspace_energy(self.subspace_drift, **kw)
 
     def _main_figure(self) -> Any:
         return self.heatmap()
-
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report (see :func:`revlens.plot.html.write_report`)."""
-        from revlens.plot.html import write_report
-
-        return write_report(self, path, **kw)
 
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:
@@ -314,23 +343,41 @@ class Report(Result):
             self.subspace_drift.to_csv(d / "subspace_drift.csv", index=False)
         if self.weights is not None:
             self.weights.write_into(d / "weights")
-        return {"config": self.config, "provenance": self.provenance, "vectors": files,
-                "metrics": self.metrics is not None, "subspaces": subspaces,
-                "subspace_drift": self.subspace_drift is not None, "weights": self.weights is not None}
+        return {
+            "config": self.config,
+            "provenance": self.provenance,
+            "vectors": files,
+            "metrics": self.metrics is not None,
+            "subspaces": subspaces,
+            "subspace_drift": self.subspace_drift is not None,
+            "weights": self.weights is not None,
+        }
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "Report":
-        vectors = {m: Directions.load(confined(d / "vectors", f, "report vectors")) for m, f in meta["vectors"].items()}
+        vectors = {
+            m: Directions.load(confined(d / "vectors", f, "report vectors"))
+            for m, f in meta["vectors"].items()
+        }
         weights = None
         if meta.get("weights"):
             from revlens.weights.report import WeightReport
 
             weights = WeightReport.read_from(d / "weights")
-        subspaces = {m: Directions.load(confined(d / "subspaces", f, "report subspaces"))
-                     for m, f in (meta.get("subspaces") or {}).items()}
-        return cls(drift=read_frame(d / "drift.json"), directions=vectors,
-                   directions_table=read_frame(d / "directions.json"), config=meta["config"],
-                   provenance=meta["provenance"], metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
-                   subspaces=subspaces,
-                   subspace_drift=read_frame(d / "subspace_drift.json") if meta.get("subspace_drift") else None,
-                   weights=weights)
+        subspaces = {
+            m: Directions.load(confined(d / "subspaces", f, "report subspaces"))
+            for m, f in (meta.get("subspaces") or {}).items()
+        }
+        return cls(
+            drift=read_frame(d / "drift.json"),
+            directions=vectors,
+            directions_table=read_frame(d / "directions.json"),
+            config=meta["config"],
+            provenance=meta["provenance"],
+            metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
+            subspaces=subspaces,
+            subspace_drift=read_frame(d / "subspace_drift.json")
+            if meta.get("subspace_drift")
+            else None,
+            weights=weights,
+        )

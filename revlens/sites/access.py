@@ -23,7 +23,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from revlens._types import ModuleLike
 from revlens.errors import NonFiniteError, RevlensError, SiteError
+from revlens.modes import SiteKind
 from revlens.sites.cached import ActiveEdit, for_decoding, recorded
 from revlens.sites.names import LayerSpec, Site, hook_name, resolve_sites
 
@@ -54,7 +56,7 @@ class SiteAccess:
         self._batch_shape: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ to implement
-    def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+    def sites(self, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
         """Validated sites of ``kind`` at ``layers``."""
         raise NotImplementedError
 
@@ -71,8 +73,13 @@ class SiteAccess:
         """Device of the model's first parameter."""
         return next(self.module.parameters()).device
 
-    def forward(self, tokens: Int[Tensor, "batch pos"], mask: Tensor | None = None, *,
-                position_ids: Tensor | None = None) -> Any:
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        mask: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+    ) -> Any:
         """The model's forward on right-padded ``tokens``; returns the logits ``[batch, pos, vocab]``.
 
         ``position_ids`` (with ``mask``): an extended forward whose rows have holes (see
@@ -81,8 +88,11 @@ class SiteAccess:
         self._batch_shape = (int(tokens.shape[0]), int(tokens.shape[1]))
         dev = self.device
         try:
-            return self._run(tokens.to(dev), None if mask is None else mask.to(dev),
-                             None if position_ids is None else position_ids.to(dev))
+            return self._run(
+                tokens.to(dev),
+                None if mask is None else mask.to(dev),
+                None if position_ids is None else position_ids.to(dev),
+            )
         finally:
             self._batch_shape = None
 
@@ -121,7 +131,10 @@ class SiteAccess:
             new = fn(pre + a)
             return None if new is None else new - pre
 
-        return [self._register(entry, self._shaped(keep)), self._register(added, self._shaped(edit))]
+        return [
+            self._register(entry, self._shaped(keep)),
+            self._register(added, self._shaped(edit)),
+        ]
 
     @contextmanager
     def hooked(self, edits: Mapping[Site, Edit] | Sequence[tuple[Site, Edit]]) -> Iterator[None]:
@@ -171,7 +184,9 @@ class SiteAccess:
         store: dict[Site, Tensor] = {}
         deepest = max(sites, key=lambda s: s.order)
         w = weights.to(self.device)
-        rule = "bp,bpd->bd" if w.ndim == 2 else "bnp,bpd->bnd"  # several position weightings at once
+        rule = (
+            "bp,bpd->bd" if w.ndim == 2 else "bnp,bpd->bnd"
+        )  # several position weightings at once
 
         def make(site: Site) -> Edit:
             def read_one(h: Tensor) -> None:
@@ -260,7 +275,9 @@ class SiteAccess:
             orig = originals.get(id(x))
             orig = orig if orig is x else source.get(id(x))  # a repetition made for an earlier size
             if orig is None and x.ndim >= 2 and x.shape[0] == b:
-                orig = originals[id(x)] = x  # first seen with the grown stream (e.g. a per-layer-type mask)
+                orig = originals[id(x)] = (
+                    x  # first seen with the grown stream (e.g. a per-layer-type mask)
+                )
             if orig is None:
                 return x
             k = orig.shape[0] // b
@@ -318,7 +335,7 @@ class BridgeAccess(SiteAccess):
         self.n_ctx, self.vocab_size = int(getattr(cfg, "n_ctx", 0) or 0), int(cfg.d_vocab)
 
     @no_type_check  # validates its own arguments
-    def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+    def sites(self, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
         """Validated sites, checked against the bridge's hook registry."""
         return resolve_sites(self.bridge, layers, kind)
 
@@ -341,13 +358,16 @@ class BridgeAccess(SiteAccess):
         return out
 
     def _run(self, tokens: Tensor, mask: Tensor | None, position_ids: Tensor | None = None) -> Any:
-        if position_ids is not None:  # an extended forward (revlens.sites.layout): holes need the mask
+        if (
+            position_ids is not None
+        ):  # an extended forward (revlens.sites.layout): holes need the mask
             return self.bridge(tokens, attention_mask=mask, position_ids=position_ids)
         # right padding: with a causal model a real token never attends to padding
         return self.bridge(tokens)
 
 
-def access(model: Any) -> SiteAccess:
+@no_type_check  # validates its own argument (SiteError naming it)
+def access(model: ModuleLike) -> SiteAccess:
     """A :class:`SiteAccess` for a ``LensModel``, a ``TransformerBridge`` or a Hugging Face
     causal LM (an existing ``SiteAccess`` is returned as is).
 

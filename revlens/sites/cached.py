@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from revlens.errors import RevlensError
+from revlens.sites.names import Site
 
 __all__ = [
     "ActiveEdit",
@@ -70,7 +71,7 @@ def positionwise(fn: Callable[[Tensor], Tensor | None]) -> Callable[[Tensor], Te
     return fn
 
 
-def is_positionwise(fn: Any) -> bool:
+def is_positionwise(fn: object) -> bool:
     """Whether ``fn`` was marked with :func:`positionwise`."""
     return bool(getattr(fn, _MARK, False))
 
@@ -100,11 +101,15 @@ def for_decoding(fn: Callable[[Tensor], Tensor | None]) -> Callable[[Tensor], Te
         if width is None:
             return fn(h)
         if not is_positionwise(fn):
-            raise CachedPathError(f"edit {getattr(fn, '__qualname__', fn)!r} is not marked position-wise "
-                                  "(revlens.sites.cached.positionwise): it cannot run in a cached step")
+            raise CachedPathError(
+                f"edit {getattr(fn, '__qualname__', fn)!r} is not marked position-wise "
+                "(revlens.sites.cached.positionwise): it cannot run in a cached step"
+            )
         if h.ndim != 3:
-            raise CachedPathError(f"a cached step reached a hook with an activation of shape {tuple(h.shape)}; "
-                                  "expected [batch, new, d_model]")
+            raise CachedPathError(
+                f"a cached step reached a hook with an activation of shape {tuple(h.shape)}; "
+                "expected [batch, new, d_model]"
+            )
         filler = h.new_zeros(h.shape[0], width, h.shape[2])
         out = fn(torch.cat([filler, h], 1))
         return None if out is None else out[:, width:]
@@ -127,7 +132,7 @@ class ActiveEdit:
     """
 
     module: nn.Module
-    site: Any
+    site: Site
     fn: Callable[[Tensor], Tensor | None]
     hook_ids: tuple[int, ...]
 
@@ -170,7 +175,13 @@ def _hook_ids(roots: list[nn.Module]) -> dict[int, str]:
     for root in roots:
         for name, mod in root.named_modules(remove_duplicate=False):
             for hooks in (mod._forward_hooks, mod._forward_pre_hooks):
-                out.update({i: name or type(mod).__name__ for i, fn in hooks.items() if not _plumbing(mod, fn)})
+                out.update(
+                    {
+                        i: name or type(mod).__name__
+                        for i, fn in hooks.items()
+                        if not _plumbing(mod, fn)
+                    }
+                )
     return out
 
 
@@ -193,7 +204,9 @@ def obstacle(module: nn.Module, run: nn.Module) -> str | None:
     if loose:
         names = sorted({getattr(e.fn, "__qualname__", repr(e.fn)) for e in loose})
         return f"edits not marked position-wise are registered at {[e.site.hook_name for e in loose]} ({names})"
-    ours = {i for e in mine for i in e.hook_ids}  # edits registered through another access are foreign here
+    ours = {
+        i for e in mine for i in e.hook_ids
+    }  # edits registered through another access are foreign here
     foreign = {i: name for i, name in _hook_ids(_roots(module)).items() if i not in ours}
     if foreign:
         return f"hooks that revlens did not register sit on {sorted(set(foreign.values()))[:5]}"
@@ -251,11 +264,15 @@ def plain_twin(hf_model: nn.Module) -> nn.Module:
                 key = f"{mname}.{name}" if mname else name
                 src = state.get(key)
                 if src is not None and src.device.type == "meta":
-                    raise CachedPathError(f"cannot build a plain {type(hf_model).__name__} from the bridge: {key} "
-                                          "is on the meta device (offloaded weights, device_map)")
+                    raise CachedPathError(
+                        f"cannot build a plain {type(hf_model).__name__} from the bridge: {key} "
+                        "is on the meta device (offloaded weights, device_map)"
+                    )
                 if src is None or tuple(src.shape) != tuple(t.shape):
                     have = "absent" if src is None else f"of shape {tuple(src.shape)}"
-                    raise CachedPathError(f"cannot build a plain {type(hf_model).__name__} from the bridge: {key} "
-                                          f"{tuple(t.shape)} is {have} in the bridge's model")
+                    raise CachedPathError(
+                        f"cannot build a plain {type(hf_model).__name__} from the bridge: {key} "
+                        f"{tuple(t.shape)} is {have} in the bridge's model"
+                    )
                 table[name] = src
     return twin.eval()

@@ -26,7 +26,9 @@ from typing import Any, no_type_check
 
 from torch import Tensor, nn
 
+from revlens._types import ModuleLike
 from revlens.errors import SiteError
+from revlens.modes import SiteKind
 from revlens.sites.access import Edit, SiteAccess
 from revlens.sites.names import LayerSpec, Site, available_layers, hook_name, normalize_layers
 
@@ -96,7 +98,7 @@ def _replace_first(x: Any, new: Tensor) -> Any:
 class HFAccess(SiteAccess):
     """Sites of a Hugging Face causal LM (``nn.Module`` with a ``config``)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ModuleLike) -> None:
         super().__init__()
         if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
             raise SiteError(
@@ -121,7 +123,10 @@ class HFAccess(SiteAccess):
         cfg = getattr(self.module.config, "text_config", None) or self.module.config
         if any(getattr(cfg, flag, False) is True for flag in _PARALLEL_FLAGS):
             return True
-        return _child(block, _MID_NORM) is None and getattr(block, _POST_NORMS["mlp_out"], None) is None
+        return (
+            _child(block, _MID_NORM) is None
+            and getattr(block, _POST_NORMS["mlp_out"], None) is None
+        )
 
     def _added(self, block: nn.Module, kind: str) -> tuple[nn.Module, str] | None:
         """(module, how) whose output is what ``block``'s attention / MLP adds to the stream."""
@@ -155,16 +160,20 @@ class HFAccess(SiteAccess):
                     f"site resid_mid is not available on {type(block).__name__}: its attention and MLP run in "
                     "parallel on the same input (no stream between them); use resid_pre, attn_out or mlp_out"
                 )
-            found = self._added(block, "attn_out")  # resid_mid is edited through what attention adds
+            found = self._added(
+                block, "attn_out"
+            )  # resid_mid is edited through what attention adds
         else:
             found = self._added(block, kind)
         if found is None:
-            raise SiteError(f"site {kind} is not available on {type(block).__name__} (no attention / MLP "
-                            f"sub-module named {' / '.join(_ATTN + _MLP)})")
+            raise SiteError(
+                f"site {kind} is not available on {type(block).__name__} (no attention / MLP "
+                f"sub-module named {' / '.join(_ATTN + _MLP)})"
+            )
         return found
 
     @no_type_check  # validates its own arguments
-    def sites(self, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+    def sites(self, layers: LayerSpec = "all", kind: SiteKind = "resid_post") -> list[Site]:
         """Validated sites of ``kind`` (also checks the family has the module carrying it)."""
         chosen = normalize_layers(layers, available_layers(self.n_layers, kind))
         out = [Site(layer, kind, hook_name(kind, layer)) for layer in chosen]

@@ -64,6 +64,10 @@ def extended_inputs(tokens: Tensor, lengths: Tensor, new: Tensor) -> tuple[Tenso
     dev = tokens.device
     lengths = lengths.to(dev)
     cols = torch.arange(w, device=dev)
-    mask = torch.cat([(cols[None] < lengths[:, None]).long(), torch.ones(b, t, dtype=torch.long, device=dev)], 1)
-    pos = torch.cat([cols[None].expand(b, -1), lengths[:, None] + torch.arange(t, device=dev)[None]], 1)
+    mask = torch.cat(
+        [(cols[None] < lengths[:, None]).long(), torch.ones(b, t, dtype=torch.long, device=dev)], 1
+    )
+    pos = torch.cat(
+        [cols[None].expand(b, -1), lengths[:, None] + torch.arange(t, device=dev)[None]], 1
+    )
     return torch.cat([tokens, new.to(dev)], 1), mask, pos

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, no_type_check
 
 from revlens._config import as_layers
+from revlens._types import ModuleLike
 from revlens.errors import SiteError
 from revlens.modes import SITE_KINDS, SiteKind, check_mode
 
@@ -74,7 +75,7 @@ class Site:
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def available_layers(n_layers: int, kind: str = "resid_post") -> list[int]:
+def available_layers(n_layers: int, kind: SiteKind = "resid_post") -> list[int]:
     """Valid layer indices for a site kind on a model with ``n_layers`` blocks."""
     check_mode("site", kind, SITE_KINDS, error=SiteError)
     if kind == "resid_post":
@@ -109,11 +110,15 @@ def _n_layers(model: Any) -> int:
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "n_layers"):
         return int(cfg.n_layers)
-    raise SiteError(f"cannot read n_layers from {type(model).__name__}; expected a TransformerBridge")
+    raise SiteError(
+        f"cannot read n_layers from {type(model).__name__}; expected a TransformerBridge"
+    )
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def resolve_sites(model: Any, layers: LayerSpec = "all", kind: str = "resid_post") -> list[Site]:
+def resolve_sites(
+    model: ModuleLike, layers: LayerSpec = "all", kind: SiteKind = "resid_post"
+) -> list[Site]:
     """Build and validate the sites for ``layers`` of ``kind`` on a TransformerLens bridge.
 
     Args:
@@ -133,7 +138,9 @@ def resolve_sites(model: Any, layers: LayerSpec = "all", kind: str = "resid_post
         name = hook_name(kind, layer)
         if registry is not None and name not in registry:
             similar = sorted(
-                n for n in registry if n.startswith("blocks.0.hook_") or n.startswith("ln_final.hook_out")
+                n
+                for n in registry
+                if n.startswith("blocks.0.hook_") or n.startswith("ln_final.hook_out")
             )
             raise SiteError(
                 f"site {kind} (hook {name!r}, layer {layer}) is not on this model "

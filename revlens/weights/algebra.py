@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from revlens.modes import SvdMethod
 from revlens.weights.nulls import haar_frames
 
 __all__ = ["Basis", "Energies", "make_basis", "measure_dense", "measure_lowrank", "top_singular"]
@@ -67,7 +68,9 @@ class Energies:
     rand_both: Tensor | None = None
 
 
-def top_singular(v: Float[Tensor, "m n"], k: int, method: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+def top_singular(
+    v: Float[Tensor, "m n"], k: int, method: str = "auto"
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(U_k [m, k], σ_k [k], R_k [n, k])`` of ``v``.
 
     ``"full"``: ``torch.linalg.svd``. ``"lowrank"``: ``torch.svd_lowrank`` (randomized, 6 power
@@ -93,8 +96,14 @@ def top_singular(v: Float[Tensor, "m n"], k: int, method: str = "auto") -> tuple
     return u[:, :k], s[:k], r[:, :k]
 
 
-def make_basis(v: Tensor, k_max: int, *, n_random: int, generator: torch.Generator | None,
-               svd: str = "auto") -> Basis:
+def make_basis(
+    v: Tensor,
+    k_max: int,
+    *,
+    n_random: int,
+    generator: torch.Generator | None,
+    svd: SvdMethod = "auto",
+) -> Basis:
     """The :class:`Basis` of one module's ``V`` (``k_max`` capped at ``min(m, n) − 1``)."""
     v_norm2 = float((v * v).sum())
     if v.ndim != 2 or min(v.shape) < 2 or v_norm2 == 0.0:
@@ -138,8 +147,9 @@ def measure_dense(dw: Tensor, basis: Basis, idx: Tensor) -> Energies:
     return out
 
 
-def measure_lowrank(b: Float[Tensor, "m r"], a: Float[Tensor, "r n"], scale: float, basis: Basis,
-                    idx: Tensor) -> Energies:
+def measure_lowrank(
+    b: Float[Tensor, "m r"], a: Float[Tensor, "r n"], scale: float, basis: Basis, idx: Tensor
+) -> Energies:
     """Energies of ``ΔW = scale · b @ a`` by factor identities (module docstring)."""
     btb, aat = b.T @ b, a @ a.T
     s2 = scale * scale

@@ -29,13 +29,23 @@ from typing import Any, no_type_check
 import pandas as pd
 import torch
 from torch import Tensor
+from typing_extensions import Never
 
 from revlens._config import Config, as_bool, as_int, option
 from revlens._seeds import generator
+from revlens._types import ModuleLike, ParamsInput, WeightsSource
 from revlens.block.registry import register
 from revlens.block.strategy import BlockingStrategy, records_frame
 from revlens.errors import ConfigError
-from revlens.modes import SVD_METHODS, WEIGHT_BLOCK_MODES, WEIGHT_BLOCK_SIDES, check_mode
+from revlens.modes import (
+    SVD_METHODS,
+    WEIGHT_BLOCK_MODES,
+    WEIGHT_BLOCK_SIDES,
+    SvdMethod,
+    WeightBlockMode,
+    WeightBlockSide,
+    check_mode,
+)
 from revlens.weights.catalog import Param, build_catalog
 from revlens.weights.projector import SubspaceProjector, subspace_projector
 
@@ -50,11 +60,19 @@ class WeightBlockerConfig(Config):
     """Settings of a :class:`WeightBlocker`."""
 
     k: int = option(16, "rank of V's singular subspace (ignored by side='direction')")
-    side: str = option("left", "subspace: left (output), right (input), both, direction (V itself)",
-                       choices=WEIGHT_BLOCK_SIDES)
-    mode: str = option("off", "remove the update's component in the subspace (off) or keep only it (onto)",
-                       choices=WEIGHT_BLOCK_MODES)
-    params: str = option(".*", "regex (re.search) on Hugging Face weight names: which weights are blocked")
+    side: str = option(
+        "left",
+        "subspace: left (output), right (input), both, direction (V itself)",
+        choices=WEIGHT_BLOCK_SIDES,
+    )
+    mode: str = option(
+        "off",
+        "remove the update's component in the subspace (off) or keep only it (onto)",
+        choices=WEIGHT_BLOCK_MODES,
+    )
+    params: str = option(
+        ".*", "regex (re.search) on Hugging Face weight names: which weights are blocked"
+    )
     random: bool = option(False, "the control: random subspaces of the same rank instead of V's")
     seed: int = option(0, "seed of the random subspaces")
     svd: str = option("auto", "top-k singular vectors: full, lowrank or auto", choices=SVD_METHODS)
@@ -67,7 +85,9 @@ class WeightBlockerConfig(Config):
         try:
             re.compile(self.params)
         except (re.error, TypeError) as exc:
-            raise ConfigError(f"params={self.params!r} is not a regular expression: {exc}") from None
+            raise ConfigError(
+                f"params={self.params!r} is not a regular expression: {exc}"
+            ) from None
         self.random = as_bool("random", self.random)
         self.seed = as_int("seed", self.seed)
         check_mode("svd", self.svd, SVD_METHODS)
@@ -117,8 +137,9 @@ class WeightBlocker(BlockingStrategy):
     Args:
         base, aligned: the two checkpoints defining ``V = W_aligned − W_base`` (dirs, weight
             files, state dicts or modules, read tensor by tensor with :mod:`revlens.loading`).
-        config: a :class:`WeightBlockerConfig`; ``**settings`` (``k``, ``side``, ``mode``,
-            ``params``, ``random``, ``seed``, ``svd``) override it.
+        config: a :class:`WeightBlockerConfig`; its fields given as keywords (``k``, ``side``,
+            ``mode``, ``params``, ``random``, ``seed``, ``svd``, described there; ``None``: the
+            config's) override it, validated here (another keyword: a ``ConfigError`` naming it).
 
     Fitted attributes (set by :meth:`prepare`): ``targets_`` (the blocked weights or LoRA factor
     pairs, each with its projector and, for full weights, the reference ``W_ref``), ``lora_``,
@@ -127,7 +148,26 @@ class WeightBlocker(BlockingStrategy):
 
     source = "weights"
 
-    def __init__(self, base: Any, aligned: Any, *, config: WeightBlockerConfig | None = None, **settings: Any) -> None:
+    @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
+    def __init__(
+        self,
+        base: WeightsSource,
+        aligned: WeightsSource,
+        *,
+        config: WeightBlockerConfig | None = None,
+        k: int | None = None,
+        side: WeightBlockSide | None = None,
+        mode: WeightBlockMode | None = None,
+        params: str | None = None,
+        random: bool | None = None,
+        seed: int | None = None,
+        svd: SvdMethod | None = None,
+        **unknown: Never,
+    ) -> None:
+        given = {"k": k, "side": side, "mode": mode, "params": params, "random": random}
+        given |= {"seed": seed, "svd": svd}
+        settings = {n: v for n, v in given.items() if v is not None}
+        settings.update(unknown)  # refused by WeightBlockerConfig.build, naming them
         self.config = WeightBlockerConfig.build(config, "WeightBlocker", **settings)
         self.base, self.aligned = base, aligned
 
@@ -137,10 +177,22 @@ class WeightBlocker(BlockingStrategy):
         if v.ndim != 2 or min(v.shape) < 2 or float(v.norm()) == 0.0:
             return None
         k = min(cfg.k, min(v.shape) - 1)
-        return subspace_projector(v, k, cfg.side, random=cfg.random, svd=cfg.svd,
-                                  generator=generator(cfg.seed, "weights-block", p.name))
+        return subspace_projector(
+            v,
+            k,
+            cfg.side,
+            random=cfg.random,
+            svd=cfg.svd,
+            generator=generator(cfg.seed, "weights-block", p.name),
+        )
 
-    def prepare(self, model: Any, *, optimizer: Any = None, params: Any = None) -> "WeightBlocker":
+    def prepare(
+        self,
+        model: ModuleLike,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        params: ParamsInput | None = None,
+    ) -> "WeightBlocker":
         """Read ``V`` for every weight of ``model`` to block and build the projectors (sets
         ``targets_``); the weights at this moment are the reference ``W_ref``. ``optimizer`` /
         ``params``: only the tensors it steps / these tensors (default: every trainable one)."""
@@ -152,12 +204,26 @@ class WeightBlocker(BlockingStrategy):
         catalog = build_catalog(hf.config)
         rx = re.compile(cfg.params)
         allowed = None if params is None else {id(p) for p in params}
-        lora = [(catalog.leader(n), a, b) for n, a, b in _lora_layers(hf) if catalog.leader(n) in catalog.params]
-        full = {} if lora else {catalog.leader(n): p for n, p in _full_weights(hf)
-                                if catalog.leader(n) in catalog.params and p.requires_grad}
+        lora = [
+            (catalog.leader(n), a, b)
+            for n, a, b in _lora_layers(hf)
+            if catalog.leader(n) in catalog.params
+        ]
+        full = (
+            {}
+            if lora
+            else {
+                catalog.leader(n): p
+                for n, p in _full_weights(hf)
+                if catalog.leader(n) in catalog.params and p.requires_grad
+            }
+        )
         wanted = {n for n, *_ in lora} | set(full)
         wanted = {n for n in wanted if rx.search(n) and catalog.params[n].is_matrix}
-        base, aligned = FullReader(self.base, "base", catalog), FullReader(self.aligned, "aligned", catalog)
+        base, aligned = (
+            FullReader(self.base, "base", catalog),
+            FullReader(self.aligned, "aligned", catalog),
+        )
         targets: list[_Target] = []
         try:
             for name in sorted(wanted, key=list(catalog.params).index):
@@ -169,16 +235,27 @@ class WeightBlocker(BlockingStrategy):
                 if lora:
                     for n, a, b in lora:
                         if n == name and (allowed is None or id(a) in allowed or id(b) in allowed):
-                            proj.project_factors(b.detach(), a.detach(), cfg.mode)  # validates side/mode
+                            proj.project_factors(
+                                b.detach(), a.detach(), cfg.mode
+                            )  # validates side/mode
                             targets.append(_Target(name, proj, lora_a=a, lora_b=b))
                 elif allowed is None or id(full[name]) in allowed:
-                    targets.append(_Target(name, proj, param=full[name], transpose=p.transpose,
-                                           ref=full[name].detach().clone()))
+                    targets.append(
+                        _Target(
+                            name,
+                            proj,
+                            param=full[name],
+                            transpose=p.transpose,
+                            ref=full[name].detach().clone(),
+                        )
+                    )
         finally:
             base.close()
             aligned.close()
         if not targets:
-            raise ConfigError(f"no trainable 2-d weight of the model matches params={cfg.params!r} (with V ≠ 0)")
+            raise ConfigError(
+                f"no trainable 2-d weight of the model matches params={cfg.params!r} (with V ≠ 0)"
+            )
         self.targets_, self.lora_ = targets, bool(lora)
         self._start()
         return self
@@ -205,7 +282,7 @@ class WeightBlocker(BlockingStrategy):
                 t.lora_b.copy_(nb.to(t.lora_b.dtype))
                 t.lora_a.copy_(na.to(t.lora_a.dtype))
         self._record("removed", removed / total if total > 0 else 0.0)
-        self._record("update_norm", total ** 0.5)
+        self._record("update_norm", total**0.5)
         super().after_step()
 
     # ------------------------------------------------------------------ views
@@ -216,12 +293,20 @@ class WeightBlocker(BlockingStrategy):
         records = self.records_ if self.is_fitted else []
         removed = records_frame(records, "removed", ["step", "removed"])
         norm = records_frame(records, "update_norm", ["step", "update_norm"])
-        return pd.DataFrame({"step": removed["step"], "removed": removed["removed"],
-                             "update_norm": norm["update_norm"]}, columns=["step", "removed", "update_norm"])
+        return pd.DataFrame(
+            {
+                "step": removed["step"],
+                "removed": removed["removed"],
+                "update_norm": norm["update_norm"],
+            },
+            columns=["step", "removed", "update_norm"],
+        )
 
     def __repr__(self) -> str:
         c = self.config
         n = len(self.targets_) if self.is_fitted else 0
         lora = " (LoRA)" if self.is_fitted and self.lora_ else ""
-        return (f"WeightBlocker(side={c.side!r}, k={c.k}, mode={c.mode!r}, random={c.random}, "
-                f"{n} weights{lora}, attached={self.is_attached})")
+        return (
+            f"WeightBlocker(side={c.side!r}, k={c.k}, mode={c.mode!r}, random={c.random}, "
+            f"{n} weights{lora}, attached={self.is_attached})"
+        )

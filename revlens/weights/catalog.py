@@ -18,13 +18,17 @@ parameters outside the blocks (embeddings, final norm, an untied head) have laye
 """
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import torch
 
+from revlens._types import PathLike
 from revlens.errors import CheckpointError
+from revlens.loading import Targets
+from revlens.model import HasToDict
 
 __all__ = ["Catalog", "Param", "build_catalog", "meta_model", "module_group"]
 
@@ -77,14 +81,29 @@ def module_group(module_type: str, module_class: str) -> str:
         return "norm"
     if "embedding" in cls:
         return "embed"
-    if any(w in name for w in ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")):
+    if any(
+        w in name
+        for w in ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")
+    ):
         return "attn"
-    if any(w in name for w in ("mlp", "ffn", "feed_forward", "experts", "fc", "gate_proj", "up_proj", "down_proj")):
+    if any(
+        w in name
+        for w in (
+            "mlp",
+            "ffn",
+            "feed_forward",
+            "experts",
+            "fc",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        )
+    ):
         return "mlp"
     return "other"
 
 
-def meta_model(architecture: Any) -> torch.nn.Module:
+def meta_model(architecture: PathLike | HasToDict) -> torch.nn.Module:
     """The causal-LM class of ``architecture`` (a dir with ``config.json``, or a config) on the
     ``meta`` device, tied as ``from_pretrained`` ties it."""
     from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
@@ -119,20 +138,24 @@ class Catalog:
 
     params: dict[str, Param]
     model: torch.nn.Module
-    targets: Any
+    targets: Targets
 
     def leader(self, name: str) -> str:
         """The tie-group leader of a parameter name."""
         return self.targets.leader.get(name, name)
 
-    def select(self, pattern: str, layers: Any) -> list[Param]:
+    def select(self, pattern: str, layers: Literal["all"] | Collection[int]) -> list[Param]:
         """Parameters whose name matches ``pattern`` (``re.search``) and whose layer is in
         ``layers`` (``"all"`` or indices; ``-1`` selects the non-block parameters)."""
         rx = re.compile(pattern)
-        return [p for p in self.params.values() if rx.search(p.name) and (layers == "all" or p.layer in layers)]
+        return [
+            p
+            for p in self.params.values()
+            if rx.search(p.name) and (layers == "all" or p.layer in layers)
+        ]
 
 
-def build_catalog(architecture: Any) -> Catalog:
+def build_catalog(architecture: PathLike | HasToDict) -> Catalog:
     """The :class:`Catalog` of an architecture (a ``save_pretrained`` dir or a config)."""
     from revlens.loading import Targets
 
@@ -149,6 +172,8 @@ def build_catalog(architecture: Any) -> Catalog:
         shape = tuple(t.shape[::-1]) if transpose else tuple(t.shape)
         m = _LAYER.search(f".{name}")
         layer = int(m.group(1)) if m else -1
-        module_type = f".{name}"[m.end():] if m else name
-        params[name] = Param(name, layer, module_type, module_group(module_type, cls), cls, transpose, shape)
+        module_type = f".{name}"[m.end() :] if m else name
+        params[name] = Param(
+            name, layer, module_type, module_group(module_type, cls), cls, transpose, shape
+        )
     return Catalog(params, model, targets)

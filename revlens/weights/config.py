@@ -26,22 +26,40 @@ class WeightsConfig(Config):
     """Settings of :func:`~revlens.weights.weight_reversion` (saved with the result; the CLI
     builds the same object)."""
 
-    ks: tuple[int, ...] = option((1, 4, 16), "ranks k of V's top-k singular subspaces", metavar="K",
-                                 parse=_ints, nargs="+")
-    n_random: int = option(32, "random subspaces of each rank per module (the random-subspace null; 0: none)")
+    ks: tuple[int, ...] = option(
+        (1, 4, 16), "ranks k of V's top-k singular subspaces", metavar="K", parse=_ints, nargs="+"
+    )
+    n_random: int = option(
+        32, "random subspaces of each rank per module (the random-subspace null; 0: none)"
+    )
     params: str = option(".*", "regex: which parameters (Hugging Face names, re.search) are read")
-    layers: str | tuple[int, ...] = option("all", "block indices to read ('all'; non-block parameters "
-                                           "such as embeddings are layer -1)", metavar="L")
-    runs: tuple[str, ...] | None = option(None, "runs to read (default: all)", metavar="RUN", cli=False)
+    layers: str | tuple[int, ...] = option(
+        "all",
+        "block indices to read ('all'; non-block parameters such as embeddings are layer -1)",
+        metavar="L",
+    )
+    runs: tuple[str, ...] | None = option(
+        None, "runs to read (default: all)", metavar="RUN", cli=False
+    )
     dtype: str = option("float64", "dtype of the arithmetic (float64 or float32)", choices=_DTYPES)
-    device: str = option("cpu", "device of the arithmetic (reads are always streamed through host memory)")
-    svd: str = option("auto", "top-k singular vectors of V: full SVD, randomized low-rank, or auto (exact "
-                      "eigendecomposition of the short side's Gram matrix up to 2048, else low-rank)",
-                      choices=SVD_METHODS)
+    device: str = option(
+        "cpu", "device of the arithmetic (reads are always streamed through host memory)"
+    )
+    svd: str = option(
+        "auto",
+        "top-k singular vectors of V: full SVD, randomized low-rank, or auto (exact "
+        "eigendecomposition of the short side's Gram matrix up to 2048, else low-rank)",
+        choices=SVD_METHODS,
+    )
     seed: int = option(0, "seed of the random subspaces")
-    prefetch: int = option(0, "tensors read ahead by a background thread while one is measured (0: none, "
-                           "the kernel reads ahead anyway; memory: that many tensors of one module more)")
-    fingerprints: bool = option(False, "hash every checkpoint's files for the provenance (reads them twice)")
+    prefetch: int = option(
+        0,
+        "tensors read ahead by a background thread while one is measured (0: none, "
+        "the kernel reads ahead anyway; memory: that many tensors of one module more)",
+    )
+    fingerprints: bool = option(
+        False, "hash every checkpoint's files for the provenance (reads them twice)"
+    )
 
     def validate(self) -> None:
         """Check every field (typed errors naming the field)."""
@@ -51,17 +69,23 @@ class WeightsConfig(Config):
         self.ks = tuple(sorted({as_int("ks", k, min=1) for k in ks}))
         self.n_random = as_int("n_random", self.n_random, min=0)
         if not isinstance(self.params, str):
-            raise ConfigError(f"params must be a regular expression (a string), got {self.params!r}")
+            raise ConfigError(
+                f"params must be a regular expression (a string), got {self.params!r}"
+            )
         try:
             re.compile(self.params)
         except re.error as exc:
-            raise ConfigError(f"params={self.params!r} is not a regular expression: {exc}") from None
+            raise ConfigError(
+                f"params={self.params!r} is not a regular expression: {exc}"
+            ) from None
         self.layers = as_layers(self.layers)
         if self.runs is not None:
             self.runs = as_str_tuple("runs", self.runs)
         check_mode("dtype", self.dtype, _DTYPES)
         if not isinstance(self.device, str) or not self.device:
-            raise ConfigError(f"device must be a device name such as 'cpu' or 'cuda', got {self.device!r}")
+            raise ConfigError(
+                f"device must be a device name such as 'cpu' or 'cuda', got {self.device!r}"
+            )
         check_mode("svd", self.svd, SVD_METHODS)
         self.seed = as_int("seed", self.seed)
         self.prefetch = as_int("prefetch", self.prefetch, min=0)

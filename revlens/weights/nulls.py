@@ -42,12 +42,13 @@ from scipy import stats as sps
 from torch import Tensor
 
 from revlens.errors import ConfigError
+from revlens.modes import WeightSide
 from revlens.nulls import isotropic_quantile
 
 __all__ = ["cos_quantile", "energy_quantile", "energy_sf", "haar_frames", "subspace_dim"]
 
 
-def subspace_dim(side: str, k: int, m: int, n: int) -> int:
+def subspace_dim(side: WeightSide, k: int, m: int, n: int) -> int:
     """Dimension of the top-k ``side`` subspace of an ``m × n`` matrix space."""
     return {"left": k * n, "right": k * m, "both": k * k}[side]
 
@@ -64,7 +65,9 @@ def energy_sf(frac: float | np.ndarray, dim: int, total: int) -> float | np.ndar
     """One-sided exact p-value ``P(f >= frac)`` under the isotropic null (see :func:`energy_quantile`)."""
     if not 0 < dim < total:
         return np.full(np.shape(frac), math.nan) if np.ndim(frac) else math.nan
-    p = sps.beta.sf(np.clip(np.asarray(frac, dtype=np.float64), 0.0, 1.0), dim / 2.0, (total - dim) / 2.0)
+    p = sps.beta.sf(
+        np.clip(np.asarray(frac, dtype=np.float64), 0.0, 1.0), dim / 2.0, (total - dim) / 2.0
+    )
     return float(p) if np.ndim(p) == 0 else p
 
 
@@ -73,8 +76,14 @@ def cos_quantile(total: int, q: float = 0.99) -> float:
     return isotropic_quantile(total, q) if total >= 2 else math.nan
 
 
-def haar_frames(n_draws: int, dim: int, k: int, *, generator: torch.Generator,
-                dtype: torch.dtype = torch.float64) -> Tensor:
+def haar_frames(
+    n_draws: int,
+    dim: int,
+    k: int,
+    *,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """``[n_draws, dim, k]``: orthonormal ``k``-frames of ``R^dim``, uniform (Haar) in distribution.
 
     The QR factorisation of a Gaussian matrix, with the signs of ``R``'s diagonal moved into ``Q``

@@ -15,22 +15,32 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from revlens.weights.catalog import Param
+from revlens.weights.readers import AdapterReader, FullReader
+
 __all__ = ["Prefetch", "fetch"]
 
 
-def fetch(reader: Any, param: Any) -> Any:
+def fetch(reader: FullReader | AdapterReader, param: Param) -> Any:
     """What the stream needs of ``param`` from one checkpoint: its tensor (full) or its update (adapter)."""
-    return reader.delta(param) if getattr(reader, "kind", "full") == "adapter" else reader.read(param)
+    return (
+        reader.delta(param) if getattr(reader, "kind", "full") == "adapter" else reader.read(param)
+    )
 
 
 class Prefetch:
     """Iterate over ``fetch(reader, param)`` for ``jobs`` in order, ``depth`` jobs ahead."""
 
-    def __init__(self, jobs: Iterable[tuple[Any, Any]], *, depth: int = 1, workers: int = 1) -> None:
+    def __init__(
+        self, jobs: Iterable[tuple[Any, Any]], *, depth: int = 1, workers: int = 1
+    ) -> None:
         self._jobs = iter(jobs)
         self._depth = max(0, depth)
-        self._pool = (ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revlens-read")
-                      if self._depth else None)  # depth 0: read in the caller's thread
+        self._pool = (
+            ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revlens-read")
+            if self._depth
+            else None
+        )  # depth 0: read in the caller's thread
         self._locks: dict[int, threading.Lock] = {}
         self._queue: deque[Future] = deque()
 

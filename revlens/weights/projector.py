@@ -26,7 +26,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from revlens.errors import ConfigError
-from revlens.modes import WEIGHT_BLOCK_SIDES, check_mode
+from revlens.modes import (
+    WEIGHT_BLOCK_SIDES,
+    SvdMethod,
+    WeightBlockMode,
+    WeightBlockSide,
+    check_mode,
+)
 from revlens.weights.algebra import top_singular
 from revlens.weights.nulls import haar_frames
 
@@ -44,7 +50,7 @@ class SubspaceProjector:
         direction: ``[m, n]`` unit-norm matrix (direction).
     """
 
-    side: str
+    side: WeightBlockSide
     u: Tensor | None = None
     r: Tensor | None = None
     direction: Tensor | None = None
@@ -67,14 +73,18 @@ class SubspaceProjector:
         """``x − P(x)``: the projector onto the orthogonal complement."""
         return x - self(x)
 
-    def project_factors(self, b: Float[Tensor, "m r"], a: Float[Tensor, "r n"], mode: str) -> tuple[Tensor, Tensor]:
+    def project_factors(
+        self, b: Float[Tensor, "m r"], a: Float[Tensor, "r n"], mode: WeightBlockMode
+    ) -> tuple[Tensor, Tensor]:
         """LoRA factors ``(B', A')`` with ``B'A' = P(BA)`` (``mode="onto"``) or ``BA − P(BA)``
         (``"off"``), exactly, where that is a product of rank-r factors: ``left`` acts on ``B``,
         ``right`` on ``A``, ``both`` onto acts on both; ``both`` off and ``direction`` have no
         factor form (:class:`ConfigError`)."""
         if self.side == "direction" or (self.side == "both" and mode == "off"):
-            raise ConfigError(f"side={self.side!r} with mode={mode!r} is not a product of LoRA factors; "
-                              "use side='left' or 'right' (or mode='onto') for LoRA")
+            raise ConfigError(
+                f"side={self.side!r} with mode={mode!r} is not a product of LoRA factors; "
+                "use side='left' or 'right' (or mode='onto') for LoRA"
+            )
         if self.u is not None:
             u = self.u.to(b.dtype)
             pb = u @ (u.T @ b)
@@ -87,8 +97,15 @@ class SubspaceProjector:
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def subspace_projector(v: Float[Tensor, "m n"], k: int, side: str = "left", *, random: bool = False,
-                       generator: torch.Generator | None = None, svd: str = "auto") -> SubspaceProjector:
+def subspace_projector(
+    v: Float[Tensor, "m n"],
+    k: int,
+    side: WeightBlockSide = "left",
+    *,
+    random: bool = False,
+    generator: torch.Generator | None = None,
+    svd: SvdMethod = "auto",
+) -> SubspaceProjector:
     """The projector onto ``v``'s top-k ``side`` subspace, or (``random=True``, the control) onto a
     uniformly random (Haar) subspace of the same rank and side (a random unit direction for
     ``direction``), drawn from ``generator``.
@@ -116,7 +133,9 @@ def subspace_projector(v: Float[Tensor, "m n"], k: int, side: str = "left", *, r
         if float(v.norm()) == 0.0:
             raise ConfigError("V = 0 for this weight: it has no singular subspace")
         u, _, r = top_singular(v, k, svd)
-    return SubspaceProjector(side, u=u if side in ("left", "both") else None, r=r if side in ("right", "both") else None)
+    return SubspaceProjector(
+        side, u=u if side in ("left", "both") else None, r=r if side in ("right", "both") else None
+    )
 
 
 def safelora_projection(v: Float[Tensor, "m n"]) -> Float[Tensor, "m m"]:

@@ -13,16 +13,26 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from revlens._types import WeightsSource
 from revlens.errors import CheckpointError, ConfigError
+from revlens.history import Checkpoint
 from revlens.loading.swap import check_finite
 from revlens.weights.catalog import Catalog, Param
 
-__all__ = ["AdapterReader", "BufferPool", "Dense", "FullReader", "LowRank", "Readers", "Replacement", "open_reader"]
+__all__ = [
+    "AdapterReader",
+    "BufferPool",
+    "Dense",
+    "FullReader",
+    "LowRank",
+    "Readers",
+    "Replacement",
+    "open_reader",
+]
 
 
 @dataclass
@@ -91,7 +101,7 @@ class FullReader:
     check_finite = True
     pool: "BufferPool | None" = None
 
-    def __init__(self, source: Any, name: str, catalog: Catalog) -> None:
+    def __init__(self, source: WeightsSource, name: str, catalog: Catalog) -> None:
         from revlens.loading import make_plan, open_source
 
         self.name, self.catalog = name, catalog
@@ -145,20 +155,29 @@ class FullReader:
         entry = self._entries.get(param.name)
         offsets = getattr(self.source, "_offsets", None)  # SafetensorsSource's data offsets
         handle = getattr(self.source, "_handle", None)
-        if entry is None or entry.converter is not None or not offsets or handle is None \
-                or not hasattr(os, "posix_fadvise"):
+        if (
+            entry is None
+            or entry.converter is not None
+            or not offsets
+            or handle is None
+            or not hasattr(os, "posix_fadvise")
+        ):
             return 0
         key = entry.keys[0]
         info = self.source.info(key)
         nbytes = info.dtype.itemsize * math.prod(info.shape)
         try:
-            os.posix_fadvise(handle(info.file).fileno(), offsets[key], nbytes, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(
+                handle(info.file).fileno(), offsets[key], nbytes, os.POSIX_FADV_WILLNEED
+            )
         except OSError:  # advice only
             return 0
         return nbytes
 
     def _read(self, key: str) -> Tensor:
-        reader = getattr(self.source, "_read_bytes", None)  # SafetensorsSource: positioned reads into a buffer
+        reader = getattr(
+            self.source, "_read_bytes", None
+        )  # SafetensorsSource: positioned reads into a buffer
         info = self.source.info(key)
         if self.pool is None or reader is None or not info.shape or 0 in info.shape:
             return self.source.read(key)
@@ -185,12 +204,16 @@ class AdapterReader:
         from revlens.loading.plan import name_resolver
 
         self.name, self.catalog = name, catalog
-        self.adapter = read_adapter(Path(path), catalog.targets, name_resolver(catalog.model, catalog.targets))
+        self.adapter = read_adapter(
+            Path(path), catalog.targets, name_resolver(catalog.model, catalog.targets)
+        )
         dora = [m.module for m in self.adapter.modules if "lora_magnitude_vector" in m.keys]
         if dora:
             self.adapter.close()
-            raise ConfigError(f"adapter {name}: DoRA modules {dora[:3]} do not update by B·A·scale; merge the "
-                              "adapter (merge_and_unload) and save a full checkpoint to read it in weight space")
+            raise ConfigError(
+                f"adapter {name}: DoRA modules {dora[:3]} do not update by B·A·scale; merge the "
+                "adapter (merge_and_unload) and save a full checkpoint to read it in weight space"
+            )
         lead = catalog.leader
         self._lowrank = {lead(m.weight): m for m in self.adapter.modules}
         self._bias = {lead(m.bias): m for m in self.adapter.modules if "lora_B.bias" in m.keys}
@@ -210,7 +233,9 @@ class AdapterReader:
             return Replacement(param.orient(src.read(self._replace[param.name])))
         if param.name in self._lowrank:
             mod = self._lowrank[param.name]
-            a_key, b_key = ("lora_embedding_A", "lora_embedding_B") if mod.embedding else ("lora_A", "lora_B")
+            a_key, b_key = (
+                ("lora_embedding_A", "lora_embedding_B") if mod.embedding else ("lora_A", "lora_B")
+            )
             a, b = src.read(mod.keys[a_key]), src.read(mod.keys[b_key])
             check_finite(a, checkpoint=self.name, name=f"{mod.module}.{a_key}")
             check_finite(b, checkpoint=self.name, name=f"{mod.module}.{b_key}")
@@ -224,15 +249,17 @@ class AdapterReader:
         self.adapter.close()
 
 
-def open_reader(checkpoint: Any, catalog: Catalog) -> FullReader | AdapterReader:
+def open_reader(checkpoint: Checkpoint, catalog: Catalog) -> FullReader | AdapterReader:
     """The reader of a :class:`~revlens.history.Checkpoint` (full weights or a PEFT adapter)."""
     from revlens.loading import classify
 
     path = checkpoint.local_path()
     info = classify(path if path is not None else checkpoint.source)
     if info.kind == "trainer_run":
-        raise CheckpointError(f"checkpoint {checkpoint.name}: {path} is a Trainer run of checkpoint-N folders, "
-                              "not one checkpoint")
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name}: {path} is a Trainer run of checkpoint-N folders, "
+            "not one checkpoint"
+        )
     if info.kind == "adapter":
         return AdapterReader(info.path, checkpoint.name, catalog)
     return FullReader(path if path is not None else checkpoint.source, checkpoint.name, catalog)
@@ -245,7 +272,7 @@ class Readers:
         self._stack = ExitStack()
         self.by_name: dict[str, FullReader | AdapterReader] = {}
 
-    def open(self, checkpoint: Any, catalog: Catalog) -> FullReader | AdapterReader:
+    def open(self, checkpoint: Checkpoint, catalog: Catalog) -> FullReader | AdapterReader:
         reader = open_reader(checkpoint, catalog)
         self._stack.callback(reader.close)
         self.by_name[checkpoint.name] = reader

@@ -9,7 +9,7 @@ format version), with the manifest every revlens result has.
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import pandas as pd
 
@@ -17,6 +17,8 @@ from revlens._frames import read_frame, write_frame
 from revlens._numbers import format_mean_std, mean_std
 from revlens._result import Result
 from revlens.errors import ConfigError
+from revlens.modes import WeightSide
+from revlens.weights.html import WeightsHtml
 
 __all__ = ["WeightReport"]
 
@@ -36,7 +38,7 @@ def _groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {g: d for g, d in out.items() if not d.empty}
 
 
-class WeightReport(Result):
+class WeightReport(WeightsHtml, Result):
     """What :func:`~revlens.weights.weight_reversion` measured.
 
     Attributes:
@@ -62,8 +64,17 @@ class WeightReport(Result):
     FORMAT = "revlens-weights/1"
     META = "weights.json"
 
-    def __init__(self, *, table: pd.DataFrame, layers: pd.DataFrame, model: pd.DataFrame, spectrum: pd.DataFrame,
-                 config: Mapping[str, Any], provenance: Mapping[str, Any], metrics: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        table: pd.DataFrame,
+        layers: pd.DataFrame,
+        model: pd.DataFrame,
+        spectrum: pd.DataFrame,
+        config: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        metrics: pd.DataFrame | None = None,
+    ) -> None:
         self.table, self.layers, self.model, self.spectrum = table, layers, model, spectrum
         self.config, self.provenance = dict(config), dict(provenance)
         self.metrics = metrics
@@ -89,7 +100,8 @@ class WeightReport(Result):
             raise ConfigError(f"k={k} was not measured; measured: {ks}")
         return int(k)
 
-    def headline(self, *, k: int | None = None, side: str = "left") -> dict[str, Any]:
+    @no_type_check  # validates its own arguments (typed errors)
+    def headline(self, *, k: int | None = None, side: WeightSide = "left") -> dict[str, Any]:
         """Model-level numbers per run group (``runs``, ``control``, other kinds such as
         ``blocked``): at each run's final step ``revert``, ``cos``, ``frac_<side>`` at ``k``
         (default: the largest k) and its random-subspace null; over all steps, how many run-step
@@ -106,27 +118,41 @@ class WeightReport(Result):
             cells = layers[layers["run"].isin(set(df["run"]))]
             out["groups"][group] = {
                 "n_runs": int(df["run"].nunique()),
-                "revert_final": mean_std(fin["revert"]), "cos_final": mean_std(fin["cos"]),
-                "frac_final": mean_std(fin[f"frac_{side}"]), "rand_mean_final": mean_std(fin[f"rand_{side}_mean"]),
-                "rand_p99_final": mean_std(fin[f"rand_{side}_p99"]), "chance": float(fin[f"chance_{side}"].mean()),
-                "above_iso_p99": {"count": int((df["cos"] > df["null_iso_p99"]).sum()), "total": len(df)},
-                "above_rand_p99": {"count": int((df[f"frac_{side}"] > df[f"rand_{side}_p99"]).sum()), "total": len(df)},
-                "layer_cells_above_iso_p99": {"count": int((cells["cos"] > cells["null_iso_p99"]).sum()),
-                                              "total": len(cells)},
+                "revert_final": mean_std(fin["revert"]),
+                "cos_final": mean_std(fin["cos"]),
+                "frac_final": mean_std(fin[f"frac_{side}"]),
+                "rand_mean_final": mean_std(fin[f"rand_{side}_mean"]),
+                "rand_p99_final": mean_std(fin[f"rand_{side}_p99"]),
+                "chance": float(fin[f"chance_{side}"].mean()),
+                "above_iso_p99": {
+                    "count": int((df["cos"] > df["null_iso_p99"]).sum()),
+                    "total": len(df),
+                },
+                "above_rand_p99": {
+                    "count": int((df[f"frac_{side}"] > df[f"rand_{side}_p99"]).sum()),
+                    "total": len(df),
+                },
+                "layer_cells_above_iso_p99": {
+                    "count": int((cells["cos"] > cells["null_iso_p99"]).sum()),
+                    "total": len(cells),
+                },
             }
         return out
 
-    def summary(self, *, k: int | None = None, side: str = "left") -> pd.DataFrame:
+    @no_type_check  # validates its own arguments (typed errors)
+    def summary(self, *, k: int | None = None, side: WeightSide = "left") -> pd.DataFrame:
         """:meth:`headline` as a table: one row per quantity, one column per run group."""
         h = self.headline(k=k, side=side)
-        names = {"revert_final": "reverted fraction −⟨ΔW,V⟩/‖V‖² at the final step",
-                 "cos_final": "cos(ΔW, −V) at the final step",
-                 "frac_final": f"share of ‖ΔW‖² in V's top-{h['k']} {side} subspace (final)",
-                 "rand_mean_final": "… random subspaces of the same rank: mean",
-                 "rand_p99_final": "… random subspaces of the same rank: p99",
-                 "above_iso_p99": "run-step pairs with cos above the isotropic p99",
-                 "above_rand_p99": "run-step pairs with the share above the random-subspace p99",
-                 "layer_cells_above_iso_p99": "(run, step, block) cells with cos above the isotropic p99"}
+        names = {
+            "revert_final": "reverted fraction −⟨ΔW,V⟩/‖V‖² at the final step",
+            "cos_final": "cos(ΔW, −V) at the final step",
+            "frac_final": f"share of ‖ΔW‖² in V's top-{h['k']} {side} subspace (final)",
+            "rand_mean_final": "… random subspaces of the same rank: mean",
+            "rand_p99_final": "… random subspaces of the same rank: p99",
+            "above_iso_p99": "run-step pairs with cos above the isotropic p99",
+            "above_rand_p99": "run-step pairs with the share above the random-subspace p99",
+            "layer_cells_above_iso_p99": "(run, step, block) cells with cos above the isotropic p99",
+        }
         rows = []
         for key, label in names.items():
             row = {"quantity": label}
@@ -138,16 +164,20 @@ class WeightReport(Result):
 
     def __repr__(self) -> str:
         prov = self.provenance
-        lines = [f"WeightReport(runs {self.runs}, {self.config.get('n_params')} parameters, ks {self.ks}, "
-                 f"{prov.get('bytes_read', 0) / 1e6:.1f} MB read in {prov.get('seconds', math.nan):.1f} s"]
+        lines = [
+            f"WeightReport(runs {self.runs}, {self.config.get('n_params')} parameters, ks {self.ks}, "
+            f"{prov.get('bytes_read', 0) / 1e6:.1f} MB read in {prov.get('seconds', math.nan):.1f} s"
+        ]
         try:
             h = self.headline()
         except (ConfigError, KeyError, ValueError):
             return lines[0] + ")"
         for group, b in h["groups"].items():
-            lines.append(f"       {group}: revert {format_mean_std(b['revert_final'])}, cos "
-                         f"{format_mean_std(b['cos_final'])}, above iso p99 {b['above_iso_p99']['count']}/"
-                         f"{b['above_iso_p99']['total']} (final step; model level)")
+            lines.append(
+                f"       {group}: revert {format_mean_std(b['revert_final'])}, cos "
+                f"{format_mean_std(b['cos_final'])}, above iso p99 {b['above_iso_p99']['count']}/"
+                f"{b['above_iso_p99']['total']} (final step; model level)"
+            )
         return "\n".join(lines) + ")"
 
     # ------------------------------------------------------------------ figures
@@ -163,7 +193,8 @@ class WeightReport(Result):
 
         return weights_trajectories(self.model, measure=measure, **kw)
 
-    def subspaces(self, side: str = "left", **kw: Any) -> Any:
+    @no_type_check  # validates its own arguments (typed errors)
+    def subspaces(self, side: WeightSide = "left", **kw: Any) -> Any:
         """Share of ‖ΔW‖² in V's top-k subspaces vs random ones (:func:`revlens.plot.weights_subspaces`)."""
         from revlens.plot import weights_subspaces
 
@@ -178,12 +209,6 @@ class WeightReport(Result):
     def _main_figure(self) -> Any:
         return self.heatmap()
 
-    def to_html(self, path: Any, **kw: Any) -> Path:
-        """Write an offline HTML report of this result alone (:func:`revlens.plot.html.write_weights_report`)."""
-        from revlens.plot.html import write_weights_report
-
-        return write_weights_report(self, path, **kw)
-
     # ------------------------------------------------------------------ persistence
     def _write(self, d: Path) -> dict[str, Any]:
         for attr in _FRAMES:
@@ -192,7 +217,11 @@ class WeightReport(Result):
             frame.to_csv(d / f"{_FILES[attr]}.csv", index=False)
         if self.metrics is not None:
             write_frame(self.metrics, d / "metrics.json")
-        return {"config": self.config, "provenance": self.provenance, "metrics": self.metrics is not None}
+        return {
+            "config": self.config,
+            "provenance": self.provenance,
+            "metrics": self.metrics is not None,
+        }
 
     def write_into(self, d: Path) -> None:
         """Write into an existing directory of an enclosing result (its manifest covers the files)."""
@@ -208,11 +237,17 @@ class WeightReport(Result):
 
         meta = read_json(d / cls.META, "saved WeightReport")
         if meta.get("format") != cls.FORMAT:
-            raise ConfigError(f"{d / cls.META} has format {meta.get('format')!r}; expected {cls.FORMAT!r}")
+            raise ConfigError(
+                f"{d / cls.META} has format {meta.get('format')!r}; expected {cls.FORMAT!r}"
+            )
         return cls._read(d, meta)
 
     @classmethod
     def _read(cls, d: Path, meta: dict[str, Any]) -> "WeightReport":
         frames = {attr: read_frame(d / f"{_FILES[attr]}.json") for attr in _FRAMES}
-        return cls(**frames, config=meta["config"], provenance=meta["provenance"],
-                   metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None)
+        return cls(
+            **frames,
+            config=meta["config"],
+            provenance=meta["provenance"],
+            metrics=read_frame(d / "metrics.json") if meta.get("metrics") else None,
+        )

@@ -25,8 +25,14 @@ def _div(a: float | int, b: float | int) -> float:
 def base_row(dot: float, dw2: float, v2: float, numel: int) -> dict[str, Any]:
     """The k-independent columns: cos(ΔW, −V), the reverted fraction, norms (nulls: :func:`add_nulls`)."""
     cos = _div(-dot, math.sqrt(dw2 * v2)) if dw2 > 0 and v2 > 0 else math.nan
-    return {"cos": cos, "revert": _div(-dot, v2), "dot": dot, "dw_norm": math.sqrt(dw2), "v_norm": math.sqrt(v2),
-            "numel": numel}
+    return {
+        "cos": cos,
+        "revert": _div(-dot, v2),
+        "dot": dot,
+        "dw_norm": math.sqrt(dw2),
+        "v_norm": math.sqrt(v2),
+        "numel": numel,
+    }
 
 
 def _rand_stats(obs: np.ndarray, draws: np.ndarray | None, dw2: float) -> tuple[np.ndarray, ...]:
@@ -39,21 +45,39 @@ def _rand_stats(obs: np.ndarray, draws: np.ndarray | None, dw2: float) -> tuple[
     return fr.mean(0), np.quantile(fr, Q, axis=0), p
 
 
-def k_rows(ks: list[int], energies: dict[str, np.ndarray], rand: dict[str, np.ndarray | None], dw2: float,
-           dims: dict[str, list[int]], chance: dict[str, list[float]],
-           v_energy: list[float] | None = None) -> list[dict[str, Any]]:
+def k_rows(
+    ks: list[int],
+    energies: dict[str, np.ndarray],
+    rand: dict[str, np.ndarray | None],
+    dw2: float,
+    dims: dict[str, list[int]],
+    chance: dict[str, list[float]],
+    v_energy: list[float] | None = None,
+) -> list[dict[str, Any]]:
     """One dict per k: the fraction of ``‖ΔW‖²`` in each top-k subspace (``frac_<side>``), chance
     (``k/m``, ``k/n``, ``k²/mn``), the random-subspace null (``rand_<side>_mean``, ``rand_<side>_p99``,
     ``p_rand_<side>``) and the dimension of the exact null's subspace (``dim_<side>``; the exact
     quantiles and p-values are added for the whole table at once by :func:`add_nulls`)."""
     cols: dict[str, Any] = {"k": ks, "v_energy": v_energy or [math.nan] * len(ks)}
     for side in SIDES:
-        frac = np.asarray(energies[side], dtype=np.float64) / dw2 if dw2 > 0 else np.full(len(ks), math.nan)
+        frac = (
+            np.asarray(energies[side], dtype=np.float64) / dw2
+            if dw2 > 0
+            else np.full(len(ks), math.nan)
+        )
         mean, p99, p = _rand_stats(frac, rand.get(side), dw2)
-        cols |= {f"frac_{side}": frac, f"chance_{side}": chance[side], f"dim_{side}": dims[side],
-                 f"rand_{side}_mean": mean, f"rand_{side}_p99": p99, f"p_rand_{side}": p}
-    return [{c: (v[i] if not isinstance(v[i], np.generic) else v[i].item()) for c, v in cols.items()}
-            for i in range(len(ks))]
+        cols |= {
+            f"frac_{side}": frac,
+            f"chance_{side}": chance[side],
+            f"dim_{side}": dims[side],
+            f"rand_{side}_mean": mean,
+            f"rand_{side}_p99": p99,
+            f"p_rand_{side}": p,
+        }
+    return [
+        {c: (v[i] if not isinstance(v[i], np.generic) else v[i].item()) for c, v in cols.items()}
+        for i in range(len(ks))
+    ]
 
 
 def add_nulls(df: pd.DataFrame) -> pd.DataFrame:
@@ -69,20 +93,32 @@ def add_nulls(df: pd.DataFrame) -> pd.DataFrame:
     out["null_iso_p99"] = [q[n] for n in numel]
     half = (numel - 1) / 2.0
     cos = out["cos"].to_numpy(dtype=float)
-    out["p_iso"] = np.where(np.isnan(cos), np.nan, sps.beta.sf((np.clip(cos, -1, 1) + 1) / 2, half, half))
-    out["revert_null_p99"] = out["null_iso_p99"] * out["dw_norm"] / out["v_norm"].where(out["v_norm"] > 0)
+    out["p_iso"] = np.where(
+        np.isnan(cos), np.nan, sps.beta.sf((np.clip(cos, -1, 1) + 1) / 2, half, half)
+    )
+    out["revert_null_p99"] = (
+        out["null_iso_p99"] * out["dw_norm"] / out["v_norm"].where(out["v_norm"] > 0)
+    )
     for side in SIDES:
         if f"dim_{side}" not in out.columns:
             continue
         dim = out[f"dim_{side}"].to_numpy(dtype=float)
-        tot = out["numel_k"].fillna(out["numel"]).to_numpy(dtype=float) if "numel_k" in out else numel.astype(float)
+        tot = (
+            out["numel_k"].fillna(out["numel"]).to_numpy(dtype=float)
+            if "numel_k" in out
+            else numel.astype(float)
+        )
         ok = np.isfinite(dim) & (dim > 0) & (dim < tot)
         pairs = {(int(d), int(n)) for d, n, o in zip(dim, tot, ok) if o}
         qq = {pn: energy_quantile(pn[0], pn[1], Q) for pn in pairs}
-        out[f"iso_{side}_p99"] = [qq[(int(d), int(n))] if o else math.nan for d, n, o in zip(dim, tot, ok)]
+        out[f"iso_{side}_p99"] = [
+            qq[(int(d), int(n))] if o else math.nan for d, n, o in zip(dim, tot, ok)
+        ]
         a, b = np.where(ok, dim / 2, 1.0), np.where(ok, (tot - dim) / 2, 1.0)
         frac = out[f"frac_{side}"].to_numpy(dtype=float)
-        out[f"p_iso_{side}"] = np.where(ok & np.isfinite(frac), sps.beta.sf(np.clip(frac, 0, 1), a, b), np.nan)
+        out[f"p_iso_{side}"] = np.where(
+            ok & np.isfinite(frac), sps.beta.sf(np.clip(frac, 0, 1), a, b), np.nan
+        )
     return out
 
 
@@ -112,8 +148,15 @@ class Accumulator:
         self.sums: dict[tuple[str, int, Any], _Sums] = {}
         self.meta: dict[str, str] = {}
 
-    def add(self, key: tuple[str, int, Any], en: Energies, v2: float, numel: int, ks: list[int],
-            dims: dict[str, list[int]]) -> None:
+    def add(
+        self,
+        key: tuple[str, int, Any],
+        en: Energies,
+        v2: float,
+        numel: int,
+        ks: list[int],
+        dims: dict[str, list[int]],
+    ) -> None:
         s = self.sums.setdefault(key, _Sums())
         s.dot += en.dot
         s.dw2 += en.dw2
@@ -135,8 +178,13 @@ class Accumulator:
         """Aggregated rows (``level`` key -> ``layer``; ``"model"`` -> layer ``-2``)."""
         out = []
         for (run, step, level), s in self.sums.items():
-            head = {"run": run, "kind": kinds.get(run, "run"), "step": step,
-                    "layer": -2 if level == "model" else int(level), **base_row(s.dot, s.dw2, s.v2, s.numel)}
+            head = {
+                "run": run,
+                "kind": kinds.get(run, "run"),
+                "step": step,
+                "layer": -2 if level == "model" else int(level),
+                **base_row(s.dot, s.dw2, s.v2, s.numel),
+            }
             ks = [k for k in self.ks if k in s.total]
             if not ks:
                 out.append({**head, "k": 0})
@@ -144,8 +192,17 @@ class Accumulator:
             for k in ks:
                 dw2 = s.dw2_k[k]
                 energies = {side: np.array([s.e[(side, k)]]) for side in SIDES}
-                rand = {side: s.rand[(side, k)][:, None] if (side, k) in s.rand else None for side in SIDES}
+                rand = {
+                    side: s.rand[(side, k)][:, None] if (side, k) in s.rand else None
+                    for side in SIDES
+                }
                 dims = {side: [s.dims[(side, k)]] for side in SIDES}
                 chance = {side: [_div(s.dims[(side, k)], s.total[k])] for side in SIDES}
-                out.append({**head, **k_rows([k], energies, rand, dw2, dims, chance)[0], "numel_k": s.total[k]})
+                out.append(
+                    {
+                        **head,
+                        **k_rows([k], energies, rand, dw2, dims, chance)[0],
+                        "numel_k": s.total[k],
+                    }
+                )
         return out

@@ -32,15 +32,18 @@ is read front to back), into reused buffers. The kernel reads the coming tensors
 import logging
 import math
 import time
-from collections.abc import Iterator
-from typing import Any, no_type_check
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, no_type_check
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from typing_extensions import Never
 
 from revlens._seeds import generator
 from revlens.errors import ConfigError, HistoryError, NonFiniteError
+from revlens.history import HistoryInput
+from revlens.modes import SvdMethod
 from revlens.weights.algebra import (
     Basis,
     Energies,
@@ -81,8 +84,10 @@ def _open(history: Any, runs: list[Any], catalog: Catalog, pool: BufferPool) -> 
             reader.check_finite = False  # checked on the sums instead (_finite)
             reader.pool = pool
             if isinstance(reader, AdapterReader) and ck.role != "run":
-                raise ConfigError(f"the {ck.role} checkpoint {ck.name} is a LoRA adapter; V = W_aligned − W_base "
-                                  "needs full base and aligned weights (merge the adapter and save it)")
+                raise ConfigError(
+                    f"the {ck.role} checkpoint {ck.name} is a LoRA adapter; V = W_aligned − W_base "
+                    "needs full base and aligned weights (merge the adapter and save it)"
+                )
     except BaseException:
         readers.close()
         raise
@@ -102,7 +107,9 @@ class _Counter:
 
     def convert(self, t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         out = t.to(device=device, dtype=dtype)
-        if self.pool is not None:  # no copy made (same dtype and device): the buffer is the caller's now
+        if (
+            self.pool is not None
+        ):  # no copy made (same dtype and device): the buffer is the caller's now
             self.pool.release(t, reuse=out.data_ptr() != t.data_ptr())
         return out
 
@@ -112,7 +119,9 @@ def _finite(value: float, checkpoint: str, p: Param) -> None:
         raise NonFiniteError(f"checkpoint {checkpoint}: parameter {p.name!r} holds NaN or inf")
 
 
-def _starts(p: Param, history: Any, nxt: Any, to: Any, count: _Counter) -> tuple[dict, torch.Tensor]:
+def _starts(
+    p: Param, history: Any, nxt: Any, to: Any, count: _Counter
+) -> tuple[dict, torch.Tensor]:
     starts = {ck.name: to(count(nxt())) for ck in history.base}
     w_base = sum(starts.values()) / len(starts) if len(starts) > 1 else next(iter(starts.values()))
     starts[history.aligned.name] = to(count(nxt()))
@@ -121,15 +130,28 @@ def _starts(p: Param, history: Any, nxt: Any, to: Any, count: _Counter) -> tuple
     return starts, starts[history.aligned.name] - w_base
 
 
-def _energies(p: Param, payload: Any, start: torch.Tensor, basis: Basis, idx: torch.Tensor, to: Any,
-              count: _Counter) -> Energies:
+def _energies(
+    p: Param,
+    payload: Any,
+    start: torch.Tensor,
+    basis: Basis,
+    idx: torch.Tensor,
+    to: Any,
+    count: _Counter,
+) -> Energies:
     """``payload``: a full checkpoint's tensor, or an adapter's update (``None``: unchanged)."""
     if isinstance(payload, torch.Tensor):
         return measure_dense(to(count(payload)) - start, basis, idx)
     if payload is None:
-        return measure_dense(torch.zeros_like(start), basis, idx) if not p.is_matrix else _zero(basis, idx)
+        return (
+            measure_dense(torch.zeros_like(start), basis, idx)
+            if not p.is_matrix
+            else _zero(basis, idx)
+        )
     if isinstance(payload, LowRank):
-        return measure_lowrank(to(count(payload.b)), to(count(payload.a)), payload.scale, basis, idx)
+        return measure_lowrank(
+            to(count(payload.b)), to(count(payload.a)), payload.scale, basis, idx
+        )
     if isinstance(payload, Replacement):
         return measure_dense(to(count(payload.value)) - start, basis, idx)
     assert isinstance(payload, Dense)
@@ -144,18 +166,34 @@ def _zero(basis: Basis, idx: torch.Tensor) -> Energies:
     return Energies(0.0, 0.0, z, z, z, zr, zr, zr) if basis.u is not None else Energies(0.0, 0.0)
 
 
-def _module_rows(p: Param, en: Energies, basis: Basis, ks: list[int], head: dict[str, Any]) -> list[dict[str, Any]]:
+def _module_rows(
+    p: Param, en: Energies, basis: Basis, ks: list[int], head: dict[str, Any]
+) -> list[dict[str, Any]]:
     row = {**head, **base_row(en.dot, en.dw2, basis.v_norm2, p.numel)}
     if not ks or en.left is None:
         return [{**row, "k": 0}]
     m, n = p.shape
     idx = torch.tensor([k - 1 for k in ks])
     energies = {s: getattr(en, s).double().cpu().numpy() for s in SIDES}
-    rand = {s: (None if getattr(en, f"rand_{s}") is None else getattr(en, f"rand_{s}").double().cpu().numpy())
-            for s in SIDES}
-    chance = {"left": [k / m for k in ks], "right": [k / n for k in ks], "both": [k * k / (m * n) for k in ks]}
-    return [{**row, **r} for r in k_rows(ks, energies, rand, en.dw2, module_dims(ks, m, n), chance,
-                                          v_energy(basis, idx))]
+    rand = {
+        s: (
+            None
+            if getattr(en, f"rand_{s}") is None
+            else getattr(en, f"rand_{s}").double().cpu().numpy()
+        )
+        for s in SIDES
+    }
+    chance = {
+        "left": [k / m for k in ks],
+        "right": [k / n for k in ks],
+        "both": [k * k / (m * n) for k in ks],
+    }
+    return [
+        {**row, **r}
+        for r in k_rows(
+            ks, energies, rand, en.dw2, module_dims(ks, m, n), chance, v_energy(basis, idx)
+        )
+    ]
 
 
 def _spectrum(p: Param, basis: Basis) -> list[dict[str, Any]]:
@@ -163,20 +201,36 @@ def _spectrum(p: Param, basis: Basis) -> list[dict[str, Any]]:
         return []
     s = basis.sigma.double().cpu().numpy()
     e = s * s / basis.v_norm2
-    return [{"layer": p.layer, "module": p.name, "module_type": p.module_type, "group": p.group, "i": i + 1,
-             "sigma": float(s[i]), "energy": float(e[i]), "cum_energy": float(e[: i + 1].sum())} for i in range(len(s))]
+    return [
+        {
+            "layer": p.layer,
+            "module": p.name,
+            "module_type": p.module_type,
+            "group": p.group,
+            "i": i + 1,
+            "sigma": float(s[i]),
+            "energy": float(e[i]),
+            "cum_energy": float(e[: i + 1].sum()),
+        }
+        for i in range(len(s))
+    ]
 
 
 READAHEAD_BYTES = 256 << 20
 
 
-def _jobs(params: list[Param], history: Any, runs: list[Any], readers: Readers) -> Iterator[tuple[Any, Param]]:
+def _jobs(
+    params: list[Param], history: Any, runs: list[Any], readers: Readers
+) -> Iterator[tuple[Any, Param]]:
     """Every read, in the order :func:`_module` consumes them: per parameter the bases, aligned, then
     each run's checkpoints. The kernel is asked to read the coming tensors in the background
     (``FullReader.advise``), at most ``READAHEAD_BYTES`` ahead (a bounded window: advised pages the
     cache dropped before use would be read twice)."""
-    names = [*(ck.name for ck in history.base), history.aligned.name,
-             *(ck.name for run in runs for ck in run.steps.values())]
+    names = [
+        *(ck.name for ck in history.base),
+        history.aligned.name,
+        *(ck.name for run in runs for ck in run.steps.values()),
+    ]
     jobs = [(readers.by_name[name], p) for p in params for name in names]
     advised: list[int] = [0] * len(jobs)
     ahead, j = 0, 0
@@ -190,8 +244,16 @@ def _jobs(params: list[Param], history: Any, runs: list[Any], readers: Readers) 
         ahead -= advised[i]
 
 
-def _module(p: Param, history: Any, runs: list[Any], nxt: Any, cfg: WeightsConfig, acc: Accumulator,
-            to: Any, count: _Counter) -> tuple[list[dict], list[dict]]:
+def _module(
+    p: Param,
+    history: Any,
+    runs: list[Any],
+    nxt: Any,
+    cfg: WeightsConfig,
+    acc: Accumulator,
+    to: Any,
+    count: _Counter,
+) -> tuple[list[dict], list[dict]]:
     starts, v = _starts(p, history, nxt, to, count)
     gen = generator(cfg.seed, "weights-null", p.name) if cfg.n_random else None
     basis = make_basis(v, max(cfg.ks), n_random=cfg.n_random, generator=gen, svd=cfg.svd)
@@ -204,42 +266,78 @@ def _module(p: Param, history: Any, runs: list[Any], nxt: Any, cfg: WeightsConfi
         for step, ck in run.steps.items():
             en = _energies(p, nxt(), start, basis, idx, to, count)
             _finite(en.dot + en.dw2, ck.name, p)
-            head = {"run": run.name, "kind": run.kind, "step": step, "layer": p.layer, "module": p.name,
-                    "module_type": p.module_type, "group": p.group, "shape": "×".join(map(str, p.shape))}
+            head = {
+                "run": run.name,
+                "kind": run.kind,
+                "step": step,
+                "layer": p.layer,
+                "module": p.name,
+                "module_type": p.module_type,
+                "group": p.group,
+                "shape": "×".join(map(str, p.shape)),
+            }
             rows += _module_rows(p, en, basis, ks, head)
             for level in (p.layer, "model"):
                 acc.add((run.name, step, level), en, basis.v_norm2, p.numel, ks, dims)
     return rows, _spectrum(p, basis)
 
 
-def _provenance(history: Any, runs: list[Any], readers: Readers, cfg: WeightsConfig) -> dict[str, Any]:
+def _provenance(
+    history: Any, runs: list[Any], readers: Readers, cfg: WeightsConfig
+) -> dict[str, Any]:
     cks = {}
     for ck in [*history.base, history.aligned, *(c for r in runs for c in r.steps.values())]:
         path = ck.local_path() if not hasattr(ck.source, "repo_id") else None
-        entry = {"role": ck.role, "run": ck.run, "step": ck.step, "kind": readers.by_name[ck.name].kind,
-                 "source": str(path) if path is not None else repr(ck.source)}
+        entry = {
+            "role": ck.role,
+            "run": ck.run,
+            "step": ck.step,
+            "kind": readers.by_name[ck.name].kind,
+            "source": str(path) if path is not None else repr(ck.source),
+        }
         if cfg.fingerprints:
             entry["fingerprint"] = ck.fingerprint()
         cks[ck.name] = entry
     from revlens._version import __version__
 
-    return {"revlens_version": __version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "architecture": str(history.architecture_dir()), "checkpoints": cks,
-            "harm_metric": history.metadata.get("harm_metric")}
+    return {
+        "revlens_version": __version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "architecture": str(history.architecture_dir()),
+        "checkpoints": cks,
+        "harm_metric": history.metadata.get("harm_metric"),
+    }
 
 
 @no_type_check  # validates its own arguments (typed errors), also under the test type-checker
-def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progress: bool = True,
-                     **settings: Any) -> WeightReport:
+def weight_reversion(
+    history: HistoryInput,
+    *,
+    config: WeightsConfig | None = None,
+    progress: bool = True,
+    ks: int | Sequence[int] | None = None,
+    n_random: int | None = None,
+    params: str | None = None,
+    layers: str | int | Sequence[int] | None = None,
+    runs: str | Sequence[str] | None = None,
+    dtype: Literal["float64", "float32"] | None = None,
+    device: str | None = None,
+    svd: SvdMethod | None = None,
+    seed: int | None = None,
+    prefetch: int | None = None,
+    fingerprints: bool | None = None,
+    **unknown: Never,
+) -> WeightReport:
     """Weight-space reversion of every checkpoint of a history, against its nulls (module docstring).
 
     Args:
         history: a :class:`~revlens.History` or anything ``History.load`` accepts (a lab dir, a
             ``history.json``...). Base and aligned must be full checkpoints; run checkpoints may be
             full checkpoints or PEFT LoRA adapters (relative to the run's start).
-        config: a :class:`WeightsConfig`; ``**settings`` (its fields: ``ks``, ``n_random``,
+        config: a :class:`WeightsConfig`; its fields given as keywords (``ks``, ``n_random``,
             ``params``, ``layers``, ``runs``, ``dtype``, ``device``, ``svd``, ``seed``,
-            ``fingerprints``) override it.
+            ``prefetch``, ``fingerprints``, described there; ``None``: the config's) override it,
+            validated before any weight is read (another keyword: a ``ConfigError`` naming it).
         progress: a progress bar over modules (with ETA).
 
     Returns:
@@ -253,19 +351,28 @@ def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progr
     """
     from revlens.history import History
 
+    given = {"ks": ks, "n_random": n_random, "params": params, "layers": layers, "runs": runs}
+    given |= {"dtype": dtype, "device": device, "svd": svd, "seed": seed, "prefetch": prefetch}
+    given |= {"fingerprints": fingerprints}
+    settings = {k: v for k, v in given.items() if v is not None}
+    settings.update(unknown)  # refused by WeightsConfig.build, naming them
     cfg = WeightsConfig.build(config, "weight_reversion", **settings)
     hist = History.load(history)
     runs = _runs(hist, cfg)
     catalog = build_catalog(hist.architecture_dir())
     params = catalog.select(cfg.params, cfg.layers)
     if not params:
-        raise ConfigError(f"no parameter matches params={cfg.params!r} and layers={cfg.layers}; "
-                          f"parameters: {list(catalog.params)[:6]} ...")
+        raise ConfigError(
+            f"no parameter matches params={cfg.params!r} and layers={cfg.layers}; "
+            f"parameters: {list(catalog.params)[:6]} ..."
+        )
     dtype = getattr(torch, cfg.dtype)
     device = torch.device(cfg.device)
     pool = BufferPool()
     readers = _open(hist, runs, catalog, pool)
-    params.sort(key=readers.by_name[hist.aligned.name].position)  # file order: each file read front to back
+    params.sort(
+        key=readers.by_name[hist.aligned.name].position
+    )  # file order: each file read front to back
     acc, count = Accumulator(cfg.ks), _Counter(pool)
     rows: list[dict] = []
     spectrum: list[dict] = []
@@ -273,9 +380,19 @@ def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progr
     ahead = Prefetch(_jobs(params, hist, runs, readers), depth=cfg.prefetch)
     try:
         with torch.no_grad():
-            for p in tqdm(params, desc="weight-space reversion", unit="module", disable=not progress):
-                r, s = _module(p, hist, runs, ahead.__next__, cfg, acc,
-                               lambda t: count.convert(t, device, dtype), count)
+            for p in tqdm(
+                params, desc="weight-space reversion", unit="module", disable=not progress
+            ):
+                r, s = _module(
+                    p,
+                    hist,
+                    runs,
+                    ahead.__next__,
+                    cfg,
+                    acc,
+                    lambda t: count.convert(t, device, dtype),
+                    count,
+                )
                 rows += r
                 spectrum += s
         provenance = _provenance(hist, runs, readers, cfg)
@@ -283,15 +400,31 @@ def weight_reversion(history: Any, *, config: WeightsConfig | None = None, progr
         ahead.close()
         readers.close()
     seconds = time.perf_counter() - t0
-    provenance |= {"seconds": round(seconds, 3), "bytes_read": count.bytes,
-                   "gb_per_s": round(count.bytes / seconds / 1e9, 4) if seconds > 0 else float("nan")}
+    provenance |= {
+        "seconds": round(seconds, 3),
+        "bytes_read": count.bytes,
+        "gb_per_s": round(count.bytes / seconds / 1e9, 4) if seconds > 0 else float("nan"),
+    }
     kinds = {r.name: r.kind for r in runs}
     agg = add_nulls(pd.DataFrame(acc.rows(kinds)))
     return WeightReport(
-        table=add_nulls(pd.DataFrame(rows)), layers=agg[agg["layer"] >= -1].reset_index(drop=True),
+        table=add_nulls(pd.DataFrame(rows)),
+        layers=agg[agg["layer"] >= -1].reset_index(drop=True),
         model=agg[agg["layer"] == -2].drop(columns="layer").reset_index(drop=True),
-        spectrum=pd.DataFrame(spectrum, columns=["layer", "module", "module_type", "group", "i", "sigma",
-                                                 "energy", "cum_energy"]),
+        spectrum=pd.DataFrame(
+            spectrum,
+            columns=[
+                "layer",
+                "module",
+                "module_type",
+                "group",
+                "i",
+                "sigma",
+                "energy",
+                "cum_energy",
+            ],
+        ),
         config={**cfg.to_dict(), "n_params": len(params), "base_combination": "mean of bases"},
-        provenance=provenance, metrics=hist.metrics)
-
+        provenance=provenance,
+        metrics=hist.metrics,
+    )

@@ -17,7 +17,12 @@ from revlens.lab.cli import main as lab_main
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     out = tmp_path_factory.mktemp("lab-defaults") / "lab"
-    assert lab_main(["--out", str(out), "--seeds", "0", "1", "--steps", "30", "--no-control", "--quiet"]) == 0
+    assert (
+        lab_main(
+            ["--out", str(out), "--seeds", "0", "1", "--steps", "30", "--no-control", "--quiet"]
+        )
+        == 0
+    )
     return out
 
 
@@ -36,7 +41,9 @@ def test_default_subset_reaches_the_full_sweeps_conclusion(lab):
     full = ablation_study(history, model=lm, steps="last", layers="all", controls=1, progress=False)
     default = ablation_study(history, model=lm, controls=1, progress=False)
     steps = sorted(set(default.effects.step))
-    assert len(steps) == 3 and steps[0] == 1 and steps[-1] == 30 and 4 <= steps[1] <= 8  # log-spaced, last included
+    assert (
+        len(steps) == 3 and steps[0] == 1 and steps[-1] == 30 and 4 <= steps[1] <= 8
+    )  # log-spaced, last included
     assert len(set(default.effects.layer)) == 2 < len(set(full.effects.layer))
     layer_full, med_full, table = _best_at_last(full)
     layer_default, med_default, _ = _best_at_last(default)
@@ -48,8 +55,21 @@ def test_default_subset_reaches_the_full_sweeps_conclusion(lab):
 @pytest.mark.slow
 def test_cli_prints_the_plan_before_starting(lab, tmp_path, capsys):
     out = tmp_path / "ablate"
-    code = main(["ablate", "--history", str(lab), "--out", str(out), "--controls", "1", "--steps", "last",
-                 "--auto-layers", "1"])
+    code = main(
+        [
+            "ablate",
+            "--history",
+            str(lab),
+            "--out",
+            str(out),
+            "--controls",
+            "1",
+            "--steps",
+            "last",
+            "--auto-layers",
+            "1",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and captured.out.strip() == str(out / "report.html")
     plan = captured.err.split("ablation:")[0]  # printed before the progress bar starts

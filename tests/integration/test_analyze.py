@@ -147,9 +147,18 @@ def test_subspace_drift_in_analyze(planted, tmp_path):
     import plotly.graph_objects as go
 
     _, _, hist = planted
-    stats = collect(hist, PROMPTS, layers=[3], moments="reference", keep="reference", n_bootstrap=20,
-                    progress=False)
-    rep = analyze(stats, methods=("pca",), ranks=(1, 2, 4), n_null=100, n_stability=3, progress=False)
+    stats = collect(
+        hist,
+        PROMPTS,
+        layers=[3],
+        moments="reference",
+        keep="reference",
+        n_bootstrap=20,
+        progress=False,
+    )
+    rep = analyze(
+        stats, methods=("pca",), ranks=(1, 2, 4), n_null=100, n_stability=3, progress=False
+    )
     sub = rep.subspace_drift
     assert rep.subspaces["pca"].rank == 4 and set(sub["rank"]) == {1, 2, 4}
     up = sub[(sub.run.isin(["up0", "up1"])) & (sub.step == 20)]
@@ -162,7 +171,15 @@ def test_subspace_drift_in_analyze(planted, tmp_path):
     pdt.assert_frame_equal(back.subspace_drift, sub, check_exact=True)
     assert torch.equal(back.subspaces["pca"].basis, rep.subspaces["pca"].basis)
     # bad input, named: a constant shift spans one direction; mean_diff needs a base per rank
-    exact = collect(hist, PROMPTS, layers=[2], moments="reference", keep="reference", n_bootstrap=0, progress=False)
+    exact = collect(
+        hist,
+        PROMPTS,
+        layers=[2],
+        moments="reference",
+        keep="reference",
+        n_bootstrap=0,
+        progress=False,
+    )
     with pytest.raises(ConfigError, match=r"spans only 1 direction\(s\) at layer 2"):
         analyze(exact, methods=("pca",), ranks=(1, 2), n_null=10, progress=False)
     with pytest.raises(ConfigError, match="need as many base checkpoints"):

@@ -11,7 +11,7 @@ import torch
 import families
 import revlens
 from revlens.causal import clamp
-from revlens.collect import collect, collect_positions
+from revlens.collect import collect
 from revlens.metrics import CausalLMJudge, judge_metric, kl_to, over_refusal_rate, refusal_rate
 from revlens.model import LensModel
 
@@ -26,8 +26,9 @@ def chat(tmp_path_factory):
     dirs = families.write_history(root, "llama", n_runs=2, steps=(1, 2, 3))
     hist = revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], runs=dirs["runs"])
     f = root / "probes.jsonl"
-    rows = [{"prompt": p, "label": "harmful"} for p in HARMFUL] + \
-        [{"messages": [{"role": "user", "content": p}], "label": "harmless"} for p in HARMLESS]
+    rows = [{"prompt": p, "label": "harmful"} for p in HARMFUL] + [
+        {"messages": [{"role": "user", "content": p}], "label": "harmless"} for p in HARMLESS
+    ]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return hist, f, hist.boot()
 
@@ -37,8 +38,15 @@ def test_all_positions_are_read_in_one_forward_per_checkpoint_and_batch(chat):
     calls = []
     handle = lm.bridge.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        by_pos = collect_positions(hist, f, position=("post_instruction", 3), model=lm, batch_size=8,
-                                   n_bootstrap=0, progress=False)
+        by_pos = collect(
+            hist,
+            f,
+            position=("post_instruction", 3),
+            model=lm,
+            batch_size=8,
+            n_bootstrap=0,
+            progress=False,
+        )
     finally:
         handle.remove()
     assert list(by_pos) == ["-3", "-2", "-1"]
@@ -59,34 +67,70 @@ def test_analyze_at_post_instruction_positions(chat, tmp_path):
     hist, f, lm = chat
     with pytest.warns(UserWarning, match=r"constant over prompts.*position -4: layer\(s\) \[0\]"):
         # whitened is the estimator a constant layer breaks (zero covariance)
-        report = revlens.analyze(lm, hist, f, position="post_instruction", methods=("mean_diff", "whitened"),
-                                 n_null=20, n_stability=2, n_bootstrap=10, progress=False)
+        report = revlens.analyze(
+            hist,
+            f,
+            model=lm,
+            position="post_instruction",
+            methods=("mean_diff", "whitened"),
+            n_null=20,
+            n_stability=2,
+            n_bootstrap=10,
+            progress=False,
+        )
     assert report.positions == [-4, -3, -2, -1]
-    assert report.config["dropped_layers"] == {str(p): [0] for p in (-4, -3, -2, -1)}  # RoPE: embeddings constant
+    assert report.config["dropped_layers"] == {
+        str(p): [0] for p in (-4, -3, -2, -1)
+    }  # RoPE: embeddings constant
     assert set(report.drift["layer"]) == {1, 2} and "mean_diff@-2" in report.directions
     table = report.position_table()
     assert len(table) == 4 * 2 * 2 and set(table["base_method"]) == {"mean_diff", "whitened"}
     assert report.headline()["method"] == "mean_diff@-1"
     html = report.to_html(tmp_path / "r.html").read_text()
-    assert "Post-instruction positions" in html and report.provenance["chat_template"]["sha"] in html
+    assert (
+        "Post-instruction positions" in html and report.provenance["chat_template"]["sha"] in html
+    )
     back = revlens.load(report.save(tmp_path / "saved"))
-    assert back.positions == report.positions and list(back.directions["whitened@-3"].layers) == [1, 2]
+    assert back.positions == report.positions and list(back.directions["whitened@-3"].layers) == [
+        1,
+        2,
+    ]
 
 
 def test_ablation_with_generation_metrics_against_controls(chat):
     hist, f, lm = chat
     probes = revlens.Probes.from_jsonl(f).where("harmful")
     refusal = refusal_rate(REFUSALS, max_new_tokens=4)
-    study = revlens.ablation_study(hist, probes, refusal, model=lm, layers=[1, 2], steps=[3], runs=["seed0"],
-                                   controls=2, kinds=("clamp", "patch"), progress=False)
+    study = revlens.ablation_study(
+        hist,
+        probes,
+        refusal,
+        model=lm,
+        layers=[1, 2],
+        steps=[3],
+        runs=["seed0"],
+        controls=2,
+        kinds=("clamp", "patch"),
+        progress=False,
+    )
     eff = study.effects
-    assert set(eff["direction"]) == {"v_rev", "random_iso_0", "random_iso_1", "random_cov_0", "random_cov_1"}
+    assert set(eff["direction"]) == {
+        "v_rev",
+        "random_iso_0",
+        "random_iso_1",
+        "random_cov_0",
+        "random_cov_1",
+    }
     assert len(eff) == 2 * 2 * 5 and eff["metric"].between(0, 1).all()
     # cross-checks: the clean value is evaluate's, and one intervened value is the metric under clamp
-    ev = revlens.evaluate(hist, probes, {"refusal": refusal}, model=lm, checkpoints=["seed0/step-3"], progress=False)
+    ev = revlens.evaluate(
+        hist, probes, {"refusal": refusal}, model=lm, checkpoints=["seed0/step-3"], progress=False
+    )
     assert eff["metric_clean"].iloc[0] == pytest.approx(ev.table["refusal"].iloc[0])
     row = eff[(eff.layer == 2) & (eff.kind == "clamp") & (eff.direction == "v_rev")].iloc[0]
-    stats = collect(hist.restricted(), probes, model=lm, layers=[1, 2], n_bootstrap=0, progress=False)
+    stats = collect(
+        hist.restricted(), probes, model=lm, layers=[1, 2], n_bootstrap=0, progress=False
+    )
     v = study.directions[2]
     lm.load(hist["seed0/step-3"])
     batch = next(probes.tokenize(lm.tokenizer).batches(64))
@@ -94,10 +138,28 @@ def test_ablation_with_generation_metrics_against_controls(chat):
         manual = float(refusal.bind(lm.tokenizer).score(lm, batch).mean())
     assert row["metric"] == pytest.approx(manual)
     judge_model, judge_tok = families.build("llama", 9)
-    judge = judge_metric(CausalLMJudge(judge_model, judge_tok, template="w1 {prompt} w2 {response} w3",
-                                       yes=("w60",), no=("w61",)), max_new_tokens=4)
-    judged = revlens.ablation_study(hist, probes, judge, model=lm, layers=[2], steps=[3], runs=["seed0"], controls=2,
-                                    kinds=("clamp",), progress=False)
+    judge = judge_metric(
+        CausalLMJudge(
+            judge_model,
+            judge_tok,
+            template="w1 {prompt} w2 {response} w3",
+            yes=("w60",),
+            no=("w61",),
+        ),
+        max_new_tokens=4,
+    )
+    judged = revlens.ablation_study(
+        hist,
+        probes,
+        judge,
+        model=lm,
+        layers=[2],
+        steps=[3],
+        runs=["seed0"],
+        controls=2,
+        kinds=("clamp",),
+        progress=False,
+    )
     assert judged.config["metric"] == "judge_score" and judged.effects["metric"].between(0, 1).all()
     assert "z" in judged.summary().columns
 
@@ -105,23 +167,48 @@ def test_ablation_with_generation_metrics_against_controls(chat):
 def test_evaluate_over_the_history_beside_the_drift(chat, tmp_path):
     hist, f, lm = chat
     probes = revlens.Probes.from_jsonl(f)
-    metrics = {"refusal": (refusal_rate(REFUSALS, max_new_tokens=4), "harmful"),
-               "over_refusal": (over_refusal_rate(REFUSALS, max_new_tokens=4), "harmless"),
-               "kl": (kl_to(), "harmless")}
+    metrics = {
+        "refusal": (refusal_rate(REFUSALS, max_new_tokens=4), "harmful"),
+        "over_refusal": (over_refusal_rate(REFUSALS, max_new_tokens=4), "harmless"),
+        "kl": (kl_to(), "harmless"),
+    }
     ev = revlens.evaluate(hist, probes, metrics, model=lm, progress=False)
-    assert list(ev.table.columns) == ["checkpoint", "role", "run", "kind", "step", "refusal", "over_refusal", "kl"]
+    assert list(ev.table.columns) == [
+        "checkpoint",
+        "role",
+        "run",
+        "kind",
+        "step",
+        "refusal",
+        "over_refusal",
+        "kl",
+    ]
     assert len(ev.table) == len(hist)
     aligned = ev.table.set_index("checkpoint").loc["aligned"]
     assert abs(aligned["kl"]) < 1e-5 and ev.table.set_index("checkpoint").loc["base", "kl"] > 1e-4
-    per = ev.per_prompt[(ev.per_prompt.metric == "over_refusal") & (ev.per_prompt.checkpoint == "base")]
-    assert len(per) == len(HARMLESS) and per["value"].mean() == pytest.approx(ev.table.loc[0, "over_refusal"])
+    per = ev.per_prompt[
+        (ev.per_prompt.metric == "over_refusal") & (ev.per_prompt.checkpoint == "base")
+    ]
+    assert len(per) == len(HARMLESS) and per["value"].mean() == pytest.approx(
+        ev.table.loc[0, "over_refusal"]
+    )
     assert len(ev.responses) == len(hist) * (len(HARMFUL) + len(HARMLESS))
     assert set(ev.responses["prompt"]) == set(HARMFUL + HARMLESS)
     assert revlens.load(ev.save(tmp_path / "ev")).table.equals(ev.table)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = revlens.analyze(lm, hist, probes, layers=[2], methods="mean_diff", n_null=20, n_stability=0,
-                                 n_bootstrap=0, progress=False, evaluation=ev)
+        report = revlens.analyze(
+            hist,
+            probes,
+            model=lm,
+            layers=[2],
+            methods="mean_diff",
+            n_null=20,
+            n_stability=0,
+            n_bootstrap=0,
+            progress=False,
+            evaluation=ev,
+        )
     assert {"refusal", "over_refusal", "kl"} <= set(report.metrics.columns)
     assert "Behaviour" in report.to_html(tmp_path / "r.html").read_text()
 
@@ -132,7 +219,9 @@ def test_bad_evaluations_fail_before_any_forward(chat):
     with pytest.raises(revlens.RevlensError, match="neither a prompt set"):
         revlens.evaluate(hist, probes, {"r": (refusal_rate(), "toxic")}, model=lm, progress=False)
     with pytest.raises(revlens.RevlensError, match="not in the history"):
-        revlens.evaluate(hist, probes, {"kl": kl_to()}, model=lm, checkpoints=["nope"], progress=False)
+        revlens.evaluate(
+            hist, probes, {"kl": kl_to()}, model=lm, checkpoints=["nope"], progress=False
+        )
     with pytest.raises(revlens.RevlensError, match="declares none"):
         revlens.evaluate(hist, probes, model=lm, progress=False)
 
@@ -145,7 +234,9 @@ def test_history_template_renders_every_checkpoint(chat, tmp_path):
     tok = families.tokenizer()
     tok.chat_template = None
     tok.save_pretrained(tmp_path / "bare")
-    bare = LensModel.boot(hist.architecture_dir(), tokenizer=AutoTokenizer.from_pretrained(tmp_path / "bare"))
+    bare = LensModel.boot(
+        hist.architecture_dir(), tokenizer=AutoTokenizer.from_pretrained(tmp_path / "bare")
+    )
     assert not bare.tokenizer.chat_template
     stats = collect(hist.restricted(), f, model=bare, layers=[1], n_bootstrap=0, progress=False)
     assert stats.meta["chat_template"]["name"] == "aligned/chat_template.jinja"

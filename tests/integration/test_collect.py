@@ -56,7 +56,13 @@ def test_padded_batches_equal_prompts_one_by_one(tiny_history, stats):
     one = collect(tiny_history, tiny.PROMPTS, batch_size=1, progress=False, n_bootstrap=10)
     for name in ("base", "seed0/step-3"):
         assert torch.allclose(one.mean(name), stats.mean(name), atol=1e-6)
-    mean_rule = collect(tiny_history, Probes(tiny.PROMPTS, position="mean"), batch_size=6, progress=False, n_bootstrap=0)
+    mean_rule = collect(
+        tiny_history,
+        Probes(tiny.PROMPTS, position="mean"),
+        batch_size=6,
+        progress=False,
+        n_bootstrap=0,
+    )
     ref = hf_hidden(tiny_history["aligned"].local_path(), tiny.PROMPTS, position="mean")
     assert torch.allclose(mean_rule.mean("aligned")[:2], ref.mean(0), atol=1e-5)
 
@@ -78,10 +84,16 @@ def test_hooks_removed_when_collection_fails(tiny_history, tiny_lm, tmp_path):
     sd = load_state_dict(tiny_history.aligned.local_path())
     # finite weights whose activations overflow: block 1's MLP writes ~1e41 into the stream
     sd["transformer.h.1.mlp.c_fc.bias"] = torch.full_like(sd["transformer.h.1.mlp.c_fc.bias"], 10.0)
-    sd["transformer.h.1.mlp.c_proj.weight"] = torch.full_like(sd["transformer.h.1.mlp.c_proj.weight"], 3e38)
+    sd["transformer.h.1.mlp.c_proj.weight"] = torch.full_like(
+        sd["transformer.h.1.mlp.c_proj.weight"], 3e38
+    )
     torch.save(sd, tmp_path / "inf.pt")
-    h = History.from_state_dicts(tiny_history.architecture, base=tiny_history.base[0].local_path(),
-                                 aligned=tiny_history.aligned.local_path(), runs={"boom": {1: tmp_path / "inf.pt"}})
+    h = History.from_state_dicts(
+        tiny_history.architecture,
+        base=tiny_history.base[0].local_path(),
+        aligned=tiny_history.aligned.local_path(),
+        runs={"boom": {1: tmp_path / "inf.pt"}},
+    )
     before = hook_count(tiny_lm.bridge)
     cache = tmp_path / "cache"
     with pytest.raises(NonFiniteError, match=r"checkpoint boom/step-1: activations at layer 2 "):
@@ -121,7 +133,9 @@ def test_cache_from_another_version_is_refused(tiny_history, tmp_path):
 
 def test_process_pool_gives_identical_results(tiny_history, stats):
     # spawn, not fork: forking a process that already runs torch threads can deadlock
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=2, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         fanned = collect(tiny_history, tiny.PROMPTS, batch_size=4, progress=False, executor=pool)
     for name in stats.checkpoints:
         assert torch.allclose(fanned.mean(name), stats.mean(name), atol=1e-6)
@@ -138,7 +152,15 @@ def test_history_stats_save_load_round_trip(stats, tmp_path):
 
 
 def test_layer_subset_and_site(tiny_history):
-    st = collect(tiny_history, tiny.PROMPTS, layers=[2], site="resid_mid" if False else "resid_post",
-                 progress=False, n_bootstrap=0, moments="none", keep="none")
+    st = collect(
+        tiny_history,
+        tiny.PROMPTS,
+        layers=[2],
+        site="resid_mid" if False else "resid_post",
+        progress=False,
+        n_bootstrap=0,
+        moments="none",
+        keep="none",
+    )
     assert st.layers == [2] and st.mean("base").shape == (1, 32)
     assert st["base"].boot_total is None and st["base"].second is None

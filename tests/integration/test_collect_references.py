@@ -18,14 +18,24 @@ ESTIMATORS = (MeanDiff, PairedPCA, LinearProbe, Whitened)
 
 @pytest.fixture(scope="module")
 def in_memory(tiny_history, tiny_lm):
-    return collect(tiny_history, tiny.PROMPTS, model=tiny_lm, batch_size=4, n_bootstrap=8, progress=False)
+    return collect(
+        tiny_history, tiny.PROMPTS, model=tiny_lm, batch_size=4, n_bootstrap=8, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
 def spilled(tiny_history, tiny_lm, tmp_path_factory):
     spill = tmp_path_factory.mktemp("spill")
-    out = collect(tiny_history, tiny.PROMPTS, model=tiny_lm, batch_size=4, n_bootstrap=8, progress=False,
-                  memory_budget=0, spill_dir=spill)
+    out = collect(
+        tiny_history,
+        tiny.PROMPTS,
+        model=tiny_lm,
+        batch_size=4,
+        n_bootstrap=8,
+        progress=False,
+        memory_budget=0,
+        spill_dir=spill,
+    )
     assert list(spill.iterdir()) == []  # spill files are unlinked: nothing left behind
     return out
 
@@ -54,8 +64,12 @@ def test_spilled_references_give_identical_statistics_and_directions(in_memory, 
     # the same numbers up to the last bit the BLAS leaves to chance: LedoitWolf / lstsq results vary
     # by 1 ulp between two fits of the *same* in-memory statistics (buffer alignment), so not bit-equal
     for method in a:
-        assert torch.allclose(a[method].direction_.basis, b[method].direction_.basis, rtol=0, atol=1e-12), method
-        np.testing.assert_allclose(a[method].stability_, b[method].stability_, rtol=1e-12, err_msg=method)
+        assert torch.allclose(
+            a[method].direction_.basis, b[method].direction_.basis, rtol=0, atol=1e-12
+        ), method
+        np.testing.assert_allclose(
+            a[method].stability_, b[method].stability_, rtol=1e-12, err_msg=method
+        )
     vectors = {m: e.direction_ for m, e in a.items()}
     pd_a = directions_table(in_memory, vectors, n_permutations=50)
     pd_b = directions_table(spilled, vectors, n_permutations=50)
@@ -66,12 +80,16 @@ def test_cache_and_save_keep_references_exact(tiny_history, tiny_lm, in_memory, 
     kw = {"model": tiny_lm, "batch_size": 4, "n_bootstrap": 8, "progress": False}
     cache = tmp_path / "cache"
     first = collect(tiny_history, tiny.PROMPTS, cache_dir=cache, memory_budget=0, **kw)
-    again = collect(tiny_history, tiny.PROMPTS, cache_dir=cache, **kw)  # every checkpoint from the cache
+    again = collect(
+        tiny_history, tiny.PROMPTS, cache_dir=cache, **kw
+    )  # every checkpoint from the cache
     _same(in_memory, first)
     _same(in_memory, again)
     assert again["aligned"].refs.on_disk  # read from the cache file a layer at a time
     part = collect(tiny_history, tiny.PROMPTS, cache_dir=cache, keep_layers=[1], **kw)
-    assert part["aligned"].ref_layers == [1]  # another keep_layers is another key: nothing stale is read
+    assert part["aligned"].ref_layers == [
+        1
+    ]  # another keep_layers is another key: nothing stale is read
     with pytest.raises(ConfigError, match="keep_layers"):
         collect(tiny_history, tiny.PROMPTS, keep_layers=[9], **kw)
     in_memory.save(tmp_path / "saved")
@@ -80,10 +98,20 @@ def test_cache_and_save_keep_references_exact(tiny_history, tiny_lm, in_memory, 
     assert back["base"].refs.on_disk and back.meta == in_memory.meta
 
 
-def test_cached_reference_file_with_a_flipped_byte_is_recomputed(tiny_history, tiny_lm, in_memory, tmp_path):
-    kw = {"model": tiny_lm, "batch_size": 4, "n_bootstrap": 8, "progress": False, "cache_dir": tmp_path}
+def test_cached_reference_file_with_a_flipped_byte_is_recomputed(
+    tiny_history, tiny_lm, in_memory, tmp_path
+):
+    kw = {
+        "model": tiny_lm,
+        "batch_size": 4,
+        "n_bootstrap": 8,
+        "progress": False,
+        "cache_dir": tmp_path,
+    }
     collect(tiny_history, tiny.PROMPTS, **kw)
-    biggest = max(tmp_path.glob("stats-*.safetensors"), key=lambda p: p.stat().st_size)  # holds references
+    biggest = max(
+        tmp_path.glob("stats-*.safetensors"), key=lambda p: p.stat().st_size
+    )  # holds references
     data = bytearray(biggest.read_bytes())
     data[-7] ^= 0x10  # inside the per-prompt references (the last tensor in key order)
     biggest.write_bytes(bytes(data))
@@ -95,8 +123,15 @@ def test_cached_reference_file_with_a_flipped_byte_is_recomputed(tiny_history, t
 
 
 def test_references_only_at_the_layers_asked_for(tiny_history, tiny_lm, in_memory):
-    part = collect(tiny_history, tiny.PROMPTS, model=tiny_lm, batch_size=4, n_bootstrap=8, progress=False,
-                   keep_layers=[1])
+    part = collect(
+        tiny_history,
+        tiny.PROMPTS,
+        model=tiny_lm,
+        batch_size=4,
+        n_bootstrap=8,
+        progress=False,
+        keep_layers=[1],
+    )
     assert part["aligned"].ref_layers == [1] and part["aligned"].refs.shape == (1, 6, 32)
     assert part["aligned"].activations is None and not part.has_references()
     with pytest.raises(ConfigError, match=r"kept at layers \[1\]: fit on stats.select\(\[1\]\)"):
@@ -110,6 +145,8 @@ def test_references_only_at_the_layers_asked_for(tiny_history, tiny_lm, in_memor
 
 
 def test_bf16_model_keeps_bf16_references(tiny_history):
-    st = collect(tiny_history.restricted(), tiny.PROMPTS, dtype=torch.bfloat16, n_bootstrap=0, progress=False)
+    st = collect(
+        tiny_history.restricted(), tiny.PROMPTS, dtype=torch.bfloat16, n_bootstrap=0, progress=False
+    )
     assert st["aligned"].refs.dtype == torch.bfloat16
     assert st["aligned"].total.dtype == torch.float64  # sums stay float64

@@ -60,12 +60,17 @@ def site(tmp_path_factory) -> Path:
     _need("mkdocs")
     _need("mkdocs_jupyter")
     out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=scaled(900),
     )  # fmt: skip
-    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"mkdocs build --strict failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    )
     return out
 
 
@@ -121,7 +126,9 @@ def test_deprecations_are_listed() -> None:
     rows = [line for line in (ROOT / "docs" / "reference" / "deprecations.md").read_text().splitlines()
             if line.startswith("| `")]  # fmt: skip
     assert calls >= 1
-    assert len(rows) == calls, f"{calls} DeprecationWarning call sites, {len(rows)} rows on the page"
+    assert len(rows) == calls, (
+        f"{calls} DeprecationWarning call sites, {len(rows)} rows on the page"
+    )
 
 
 def _numbers(text: str) -> list[str]:
@@ -132,9 +139,15 @@ def test_readme_is_short_and_its_numbers_are_on_a_results_page() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 120
     assert "make demo" in readme and "make test" in readme
-    table = [line for line in readme.split("## Headline results", 1)[1].splitlines() if line.startswith("|")]
+    table = [
+        line
+        for line in readme.split("## Headline results", 1)[1].splitlines()
+        if line.startswith("|")
+    ]
     assert len(table) >= 4
-    results = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "results").glob("*.md"))
+    results = "\n".join(
+        p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "results").glob("*.md")
+    )
     results_rows = [line for line in results.splitlines() if line.startswith("|")]
     for row in table[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -155,7 +168,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def served(site: Path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -192,7 +207,10 @@ def test_site_displays_in_chromium(served: str, tmp_path: Path) -> None:
                 return r.abort()
 
             page.route("**/*", route)
-            page.on("console", lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+            page.on(
+                "console",
+                lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None,
+            )
             page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
 
             page.goto(served)
@@ -208,7 +226,8 @@ def test_site_displays_in_chromium(served: str, tmp_path: Path) -> None:
 
             page.goto(served + "tutorials/01_quickstart/")
             page.wait_for_function(
-                "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1")
+                "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1"
+            )
             drawn = page.evaluate(
                 """() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => {
                     const s = d.querySelector('.main-svg');

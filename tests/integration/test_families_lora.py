@@ -25,8 +25,13 @@ pytestmark = pytest.mark.xdist_group("family-lora")
 
 TOK = families.tokenizer()
 PROMPTS = [f"w{i} w{i + 5} w{i + 2}" + " w50" * (i % 3) for i in range(20, 28)]
-LORA = dict(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
-            modules_to_save=["lm_head"])
+LORA = dict(
+    r=4,
+    lora_alpha=16,
+    lora_dropout=0.0,
+    target_modules=["q_proj", "v_proj", "down_proj"],
+    modules_to_save=["lm_head"],
+)
 
 
 class _Data(torch.utils.data.Dataset):
@@ -46,9 +51,20 @@ def _train_lora(start: Path, out: Path, callbacks=()) -> Path:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(start)), LoraConfig(**LORA))
-    args = TrainingArguments(output_dir=str(out), max_steps=3, save_steps=1, save_strategy="steps",
-                             per_device_train_batch_size=8, learning_rate=5e-2, report_to=[], use_cpu=True,
-                             logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=3,
+        save_steps=1,
+        save_strategy="steps",
+        per_device_train_batch_size=8,
+        learning_rate=5e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
     Trainer(model=model, args=args, train_dataset=_Data(1), callbacks=list(callbacks)).train()
     return out
 
@@ -57,7 +73,9 @@ def _merge(start: Path, adapter: Path, out: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(start)), str(adapter))
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(start)), str(adapter)
+    )
     model.merge_and_unload().save_pretrained(out)
     return out
 
@@ -68,30 +86,64 @@ def histories() -> dict:
 
     root = Path(tempfile.mkdtemp(prefix="revlens-lora-"))
     dirs = families.write_history(root, "llama", n_runs=1, steps=(1, 2))
-    probes = [TOK.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-              for p in PROMPTS]
+    probes = [
+        TOK.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
+        for p in PROMPTS
+    ]
     lm = revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], tokenizer=TOK).boot()
     # the monitor rides along the Trainer run of the LoRA from aligned (a PEFT model)
-    ref = revlens.collect(revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], tokenizer=TOK),
-                          probes, model=lm, n_bootstrap=0, progress=False)
+    ref = revlens.collect(
+        revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], tokenizer=TOK),
+        probes,
+        model=lm,
+        n_bootstrap=0,
+        progress=False,
+    )
     v = revlens.Directions.from_tensor(ref.base_mean()[1:] - ref.mean("aligned")[1:], [1, 2])
     live = revlens.ReversionMonitor(v, probes, ref, tokenizer=TOK, every=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Trainer / PEFT chatter
         lora = _train_lora(dirs["aligned"], root / "lora", [live.as_trainer_callback()])
         control = _train_lora(dirs["base"], root / "lora-control")
-        merged = {name: {s: _merge(start, run / f"checkpoint-{s}", root / "merged" / name / f"step-{s}")
-                         for s in (1, 2, 3)}
-                  for name, start, run in (("lora", dirs["aligned"], lora), ("ctl", dirs["base"], control))}
+        merged = {
+            name: {
+                s: _merge(start, run / f"checkpoint-{s}", root / "merged" / name / f"step-{s}")
+                for s in (1, 2, 3)
+            }
+            for name, start, run in (
+                ("lora", dirs["aligned"], lora),
+                ("ctl", dirs["base"], control),
+            )
+        }
     full = dirs["runs"]["seed0"]
     # mixed: adapter-only Trainer folders (from aligned; the control from base) and full checkpoints
-    adapters = revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], tokenizer=TOK,
-                                         runs={"lora": trainer_steps(lora, "lora"), "full": full},
-                                         controls={"ctl": trainer_steps(control, "ctl")})
-    by_hand = revlens.History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], tokenizer=TOK,
-                                        runs={"lora": merged["lora"], "full": full}, controls={"ctl": merged["ctl"]})
-    return {"adapters": adapters, "merged": by_hand, "probes": probes, "lm": lm, "live": live, "v": v,
-            "ref": ref, "root": root, "dirs": dirs}
+    adapters = revlens.History.from_dirs(
+        base=dirs["base"],
+        aligned=dirs["aligned"],
+        tokenizer=TOK,
+        runs={"lora": trainer_steps(lora, "lora"), "full": full},
+        controls={"ctl": trainer_steps(control, "ctl")},
+    )
+    by_hand = revlens.History.from_dirs(
+        base=dirs["base"],
+        aligned=dirs["aligned"],
+        tokenizer=TOK,
+        runs={"lora": merged["lora"], "full": full},
+        controls={"ctl": merged["ctl"]},
+    )
+    return {
+        "adapters": adapters,
+        "merged": by_hand,
+        "probes": probes,
+        "lm": lm,
+        "live": live,
+        "v": v,
+        "ref": ref,
+        "root": root,
+        "dirs": dirs,
+    }
 
 
 def test_adapter_history_reads_the_trainer_folders():
@@ -105,7 +157,10 @@ def test_adapter_history_reads_the_trainer_folders():
     assert ck.fingerprint() != ck.model_fingerprint()
     assert [f.name for f in ck.weight_files()] == ["adapter_model.safetensors"]
     other = revlens.history.Checkpoint("x", "run", ck.source, start=h.base[0])
-    assert other.fingerprint() == ck.fingerprint() and other.model_fingerprint() != ck.model_fingerprint()
+    assert (
+        other.fingerprint() == ck.fingerprint()
+        and other.model_fingerprint() != ck.model_fingerprint()
+    )
 
 
 def test_analyze_equals_the_history_merged_by_hand():
@@ -113,16 +168,26 @@ def test_analyze_equals_the_history_merged_by_hand():
     kw = dict(n_null=50, n_bootstrap=20, n_stability=0, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateLayerWarning)
-        a = revlens.analyze(H["lm"], H["adapters"], H["probes"], **kw)
-        b = revlens.analyze(H["lm"], H["merged"], H["probes"], **kw)
+        a = revlens.analyze(H["adapters"], H["probes"], model=H["lm"], **kw)
+        b = revlens.analyze(H["merged"], H["probes"], model=H["lm"], **kw)
     da = a.drift.sort_values(["method", "run", "step", "layer"]).reset_index(drop=True)
     db = b.drift.sort_values(["method", "run", "step", "layer"]).reset_index(drop=True)
     assert len(da) == len(db) > 0 and set(da.run) == {"lora", "ctl", "full"}
-    assert (da[["run", "step", "layer", "method", "kind"]] == db[["run", "step", "layer", "method", "kind"]]).all().all()
+    assert (
+        (
+            da[["run", "step", "layer", "method", "kind"]]
+            == db[["run", "step", "layer", "method", "kind"]]
+        )
+        .all()
+        .all()
+    )
     for col in ("cos", "cos_lo", "cos_hi", "proj", "frac", "norm", "null_cov_p99", "p_iso"):
         assert (da[col] - db[col]).abs().max() <= 1e-5, col
     assert (da.significant == db.significant).all()
-    assert all(torch.allclose(a.directions[m].basis, b.directions[m].basis, atol=1e-5) for m in a.directions)
+    assert all(
+        torch.allclose(a.directions[m].basis, b.directions[m].basis, atol=1e-5)
+        for m in a.directions
+    )
     assert a.provenance["checkpoints"]["lora/step-1"]["kind"] == "adapter"
     assert a.provenance["checkpoints"]["ctl/step-1"]["start"] == "base"
 
@@ -151,13 +216,17 @@ def test_monitor_in_the_trainer_equals_the_merged_checkpoints():
     assert live.step.unique().tolist() == [1, 2, 3]
     check = revlens.ReversionMonitor(H["v"], H["probes"], H["ref"], tokenizer=TOK)
     for step in (1, 2, 3):
-        merged = AutoModelForCausalLM.from_pretrained(str(H["merged"][f"lora/step-{step}"].local_path()))
+        merged = AutoModelForCausalLM.from_pretrained(
+            str(H["merged"][f"lora/step-{step}"].local_path())
+        )
         by_hand = check.measure(merged)
         H["lm"].load(H["adapters"][f"lora/step-{step}"])
         swapped = check.measure(H["lm"])
         ours = live[live.step == step].reset_index(drop=True)
         for table in (by_hand, swapped):
-            assert (ours.cos - table.cos).abs().max() <= 1e-5 and (ours.proj - table.proj).abs().max() <= 1e-5
+            assert (ours.cos - table.cos).abs().max() <= 1e-5 and (
+                ours.proj - table.proj
+            ).abs().max() <= 1e-5
 
 
 def test_adapters_come_off_exactly():
@@ -166,9 +235,14 @@ def test_adapters_come_off_exactly():
 
     H = histories()
     lm = H["lm"]
-    for ck in [*H["adapters"].runs["lora"].steps.values(), *H["adapters"].runs["ctl"].steps.values()] * 3:
+    for ck in [
+        *H["adapters"].runs["lora"].steps.values(),
+        *H["adapters"].runs["ctl"].steps.values(),
+    ] * 3:
         lm.load(ck)
     lm.load(H["adapters"].aligned)
     saved = load_file(str(H["dirs"]["aligned"] / "model.safetensors"))
     ours = lm.state_dict()
-    assert all(torch.equal(ours[k], saved[k]) for k in saved), [k for k in saved if not torch.equal(ours[k], saved[k])]
+    assert all(torch.equal(ours[k], saved[k]) for k in saved), [
+        k for k in saved if not torch.equal(ours[k], saved[k])
+    ]

@@ -42,7 +42,12 @@ def test_shipped_pairs_still_behave(pair):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lab") / "lab"
-    assert main(["--out", str(out), "--seeds", "0", "--steps", "3", "--quiet"]) == 0
+    # pinned to remap (LabConfig()'s track): the CLI's default moved to pretrain-like, and the
+    # same-seed and generation-agreement tests compare against LabConfig() runs
+    assert (
+        main(["--out", str(out), "--track", "remap", "--seeds", "0", "--steps", "3", "--quiet"])
+        == 0
+    )
     return out
 
 
@@ -70,7 +75,11 @@ def test_lab_dir_layout(lab):
         assert (lab / r["path"] / "tokenizer.json").is_file()  # every checkpoint is self-contained
     # the lab declares its probes and metrics as data: the library needs no lab code for them
     meta = hist.metadata
-    assert Path(meta["probes"]).is_file() and meta["default_metric"] == "harm" and meta["harm_metric"] == "harm_rate"
+    assert (
+        Path(meta["probes"]).is_file()
+        and meta["default_metric"] == "harm"
+        and meta["harm_metric"] == "harm_rate"
+    )
     assert hist.metrics["harm_rate"].between(0, 1).all() and hist.runs["control-seed0"].control
 
 
@@ -97,7 +106,10 @@ def test_same_seed_same_metrics(lab, tmp_path):
     again = run_lab(
         tmp_path / "again", LabConfig(ft_seeds=(0,), ft_steps=3, control=False), progress=False
     )
-    first = {r["checkpoint"]: [r[k] for k in KEYS] for r in json.loads((lab / "metrics.json").read_text())}
+    first = {
+        r["checkpoint"]: [r[k] for k in KEYS]
+        for r in json.loads((lab / "metrics.json").read_text())
+    }
     for r in json.loads((again.lab_dirs["pair0"] / "metrics.json").read_text()):
         assert [r[k] for k in KEYS] == first[r["checkpoint"]]  # bit-identical
     _, aligned, _ = load_pair(asset_dir() / "pair0")
@@ -177,10 +189,14 @@ def test_generation_and_logit_harm_agree_where_the_answer_is_in_format(lab):
     ev, table = generation_agreement(hist, checkpoints=chosen)
     by = table.set_index("checkpoint")
     assert by.loc["base", "agreement"] == 1.0 and by.loc["aligned", "agreement"] == 1.0
-    assert by.loc["all", "agreement_in_format"] == 1.0 and by.loc["all", "n_prompts"] == 96 * len(chosen)
+    assert by.loc["all", "agreement_in_format"] == 1.0 and by.loc["all", "n_prompts"] == 96 * len(
+        chosen
+    )
     assert set(ev.responses["prompt"]) == set(chat_prompts())
     # the lab declares the generation-based harm rate as data: evaluate() runs every declared metric
-    declared = revlens.evaluate(hist, lab / "probes" / "chat-heldout.jsonl", checkpoints=["aligned"], progress=False)
+    declared = revlens.evaluate(
+        hist, lab / "probes" / "chat-heldout.jsonl", checkpoints=["aligned"], progress=False
+    )
     assert {"harm", "harm_rate", "harm_gen"} <= set(declared.table.columns)
     assert declared.provenance["chat_template"]["name"] == "aligned/chat_template.jinja"
 
@@ -197,3 +213,32 @@ def test_help_names_only_files_the_lab_writes(lab, capsys):
     named = set(re.findall(r"[\w-]+\.jsonl?\b", text))
     assert "history.json" in named and "manifest.json" not in named
     assert all((lab / name).is_file() for name in named), named
+
+
+def test_the_labs_harm_is_the_declared_metric(lab):
+    """One implementation of harm: metrics.json's harm_logodds / harm_rate equal the history's declared
+    metrics (metadata.metrics_spec "harm" / "harm_rate", built by revlens.metrics) scored by the
+    library's evaluate on the same checkpoints and the same held-out prompts."""
+    import revlens
+    from revlens.lab import probe_prompts
+    from revlens.lab.metrics import HARM_RATE_SPEC, HARM_SPEC
+
+    hist = revlens.History.load(lab)
+    spec = hist.metadata["metrics_spec"]
+    assert spec["harm"] == HARM_SPEC and spec["harm_rate"] == HARM_RATE_SPEC
+    chosen = ["aligned", "seed0/step-3", "control-seed0/step-2"]
+    ev = revlens.evaluate(
+        hist,
+        probe_prompts("harmful", "heldout"),
+        {"harm": spec["harm"], "harm_rate": spec["harm_rate"]},
+        checkpoints=chosen,
+        progress=False,
+    )
+    got = ev.table.set_index("checkpoint")
+    records = {r["checkpoint"]: r for r in json.loads((lab / "metrics.json").read_text())}
+    for name in chosen:
+        assert got.loc[name, "harm"] == pytest.approx(records[name]["harm_logodds"], abs=1e-5)
+        n = len(
+            probe_prompts("harmful", "heldout")
+        )  # the same prompts judged harmful (the lab means in float32)
+        assert round(got.loc[name, "harm_rate"] * n) == round(records[name]["harm_rate"] * n)

@@ -24,8 +24,15 @@ def test_prompt_shards_merge_exactly(tiny_history, tiny_lm):
     # weights (a function of (seed, prompt index)) are identical
     parts = []
     for sl in (slice(0, 2), slice(2, 6)):
-        shard = type(full)(full.tokens[sl], full.lengths[sl], full.weights[sl], labels=None, position="last",
-                           tokenizer_id=full.tokenizer_id, texts=None)
+        shard = type(full)(
+            full.tokens[sl],
+            full.lengths[sl],
+            full.weights[sl],
+            labels=None,
+            position="last",
+            tokenizer_id=full.tokenizer_id,
+            texts=None,
+        )
         offset = sl.start
         orig = shard.batches
 
@@ -53,7 +60,9 @@ def _same_as_serial(fanned, serial) -> None:
         assert torch.allclose(fanned.mean(name), serial.mean(name), atol=1e-6)
         assert torch.allclose(fanned[name].boot_total, serial[name].boot_total, atol=1e-5)
         if serial[name].refs is not None:  # per-prompt references come back from the workers too
-            assert torch.allclose(fanned[name].refs.to_tensor(), serial[name].refs.to_tensor(), atol=1e-6)
+            assert torch.allclose(
+                fanned[name].refs.to_tensor(), serial[name].refs.to_tensor(), atol=1e-6
+            )
 
 
 @pytest.mark.slow
@@ -61,7 +70,9 @@ def test_dask_local_cluster_gives_the_serial_result(tiny_history, serial):
     # no importorskip: CI installs the dask extra (make test installs .[dev]), and this must run there
     executor = dask_executor(n_workers=2, threads_per_worker=1, host="127.0.0.1")
     try:
-        fanned = collect(tiny_history, tiny.PROMPTS, progress=False, n_bootstrap=8, executor=executor)
+        fanned = collect(
+            tiny_history, tiny.PROMPTS, progress=False, n_bootstrap=8, executor=executor
+        )
     finally:
         executor.shutdown()
     _same_as_serial(fanned, serial)
@@ -71,8 +82,15 @@ def test_dask_local_cluster_gives_the_serial_result(tiny_history, serial):
 def test_ray_gives_the_serial_result(tiny_history, serial, tmp_path):
     executor = ray_executor(num_cpus=2)  # a local Ray instance of 2 CPUs, stopped by shutdown()
     try:
-        fanned = collect(tiny_history, tiny.PROMPTS, progress=False, n_bootstrap=8, executor=executor,
-                         memory_budget=0, spill_dir=tmp_path)
+        fanned = collect(
+            tiny_history,
+            tiny.PROMPTS,
+            progress=False,
+            n_bootstrap=8,
+            executor=executor,
+            memory_budget=0,
+            spill_dir=tmp_path,
+        )
     finally:
         executor.shutdown()
     _same_as_serial(fanned, serial)
@@ -86,11 +104,17 @@ def test_array_task_parts_combine_into_the_serial_result(tiny_history, serial, t
         part.save(tmp_path / f"part-{i}")
     parts = [type(serial).load(tmp_path / f"part-{i}") for i in range(len(tiny_history.runs))]
     combined = type(serial).combine(parts)
-    assert list(combined.runs) == list(serial.runs) and set(combined.checkpoints) == set(serial.checkpoints)
+    assert list(combined.runs) == list(serial.runs) and set(combined.checkpoints) == set(
+        serial.checkpoints
+    )
     assert combined.run_starts == serial.run_starts and combined.kinds == serial.kinds
     for name in serial.checkpoints:
         assert torch.equal(combined.mean(name), serial.mean(name))
         assert torch.equal(combined[name].boot_total, serial[name].boot_total)
     with pytest.raises(ConfigError, match="cannot combine"):
-        type(serial).combine([parts[0], collect(tiny_history.restricted(), tiny.PROMPTS, progress=False,
-                                                n_bootstrap=4)])
+        type(serial).combine(
+            [
+                parts[0],
+                collect(tiny_history.restricted(), tiny.PROMPTS, progress=False, n_bootstrap=4),
+            ]
+        )

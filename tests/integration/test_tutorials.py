@@ -36,6 +36,7 @@ EXPECTED = [
     "09_real_weights.ipynb",
     "10_refusal_direction.ipynb",
     "11_defenses.ipynb",
+    "12_real_track.ipynb",
 ]
 
 

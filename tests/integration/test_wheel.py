@@ -29,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(cmd, *, cwd, env, timeout):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=scaled(timeout))
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=scaled(timeout)
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
     return proc
 
 
@@ -46,7 +50,9 @@ def _need(module: str) -> None:
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     _need("build")
     _need("twine")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    }
     env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1", PIP_NO_INDEX="1")
 
     # a copy of the source tree, so the build leaves nothing (egg-info, build/) in the checkout
@@ -64,10 +70,20 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     # the wheel carries the lab's checkpoints and metadata a release needs
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert any(n.startswith("revlens/lab/assets/pair0/aligned/") and n.endswith(".safetensors") for n in names)
+    assert any(
+        n.startswith("revlens/lab/assets/pair0/aligned/") and n.endswith(".safetensors")
+        for n in names
+    )
     assert "revlens/py.typed" in names
-    meta = zipfile.ZipFile(wheels[0]).read(next(n for n in names if n.endswith("dist-info/METADATA"))).decode()
-    assert "Project-URL: Documentation" in meta and "Classifier: Programming Language :: Python :: 3" in meta
+    meta = (
+        zipfile.ZipFile(wheels[0])
+        .read(next(n for n in names if n.endswith("dist-info/METADATA")))
+        .decode()
+    )
+    assert (
+        "Project-URL: Documentation" in meta
+        and "Classifier: Programming Language :: Python :: 3" in meta
+    )
     assert "Provides-Extra: docs" in meta
 
     # a fresh venv outside the checkout that reuses this interpreter's dependencies
@@ -84,14 +100,21 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     where = _run([str(py), "-c", "import json, revlens; print(json.dumps([revlens.__file__, revlens.__version__]))"],
                  cwd=tmp_path, env=env, timeout=120).stdout  # fmt: skip
     file, _version = json.loads(where.strip().splitlines()[-1])
-    assert Path(file).resolve().is_relative_to(env_dir.resolve()), f"revlens imported from {file}, not the fresh venv"
+    assert Path(file).resolve().is_relative_to(env_dir.resolve()), (
+        f"revlens imported from {file}, not the fresh venv"
+    )
     assert not Path(file).resolve().is_relative_to(ROOT.resolve())
 
     revlens = env_dir / "bin" / "revlens"
     out = _run([str(revlens), "--help"], cwd=tmp_path, env=env, timeout=120).stdout
     for command in ("analyze", "ablate", "report", "weights", "lab", "replicate"):
         assert command in out, out
-    _run([str(revlens), "lab", "--out", str(tmp_path / "lab"), "--seeds", "0"], cwd=tmp_path, env=env, timeout=900)
+    _run(
+        [str(revlens), "lab", "--out", str(tmp_path / "lab"), "--seeds", "0"],
+        cwd=tmp_path,
+        env=env,
+        timeout=900,
+    )
     assert (tmp_path / "lab").is_dir()
     _run([str(revlens), "analyze", "--history", str(tmp_path / "lab"), "--out", str(tmp_path / "report"),
           "--no-progress", "--n-null", "50", "--n-bootstrap", "10"], cwd=tmp_path, env=env, timeout=900)  # fmt: skip

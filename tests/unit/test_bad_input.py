@@ -39,7 +39,9 @@ def trapped(tmp_path_factory):
     """A valid history whose aligned weights vanish once it is built."""
     root = tmp_path_factory.mktemp("trap")
     dirs = tiny.write_history(root, n_runs=1, steps=(1, 2))
-    hist = History.from_dirs(base=dirs["base"], aligned=dirs["aligned"], runs={"r": dirs["runs"]["seed0"]})
+    hist = History.from_dirs(
+        base=dirs["base"], aligned=dirs["aligned"], runs={"r": dirs["runs"]["seed0"]}
+    )
     shutil.rmtree(dirs["aligned"])
     return hist
 
@@ -129,8 +131,15 @@ def test_metric_errors_name_the_metric(tiny_history, tiny_lm):
     def flat(logits, batch):
         return logits[:, 0, 0:2]
 
-    kw = {"layers": [1], "steps": [1], "runs": ["seed0"], "kinds": ("clamp",), "controls": 1, "progress": False,
-          "model": tiny_lm}
+    kw = {
+        "layers": [1],
+        "steps": [1],
+        "runs": ["seed0"],
+        "kinds": ("clamp",),
+        "controls": 1,
+        "progress": False,
+        "model": tiny_lm,
+    }
     with pytest.raises(MetricError, match="metric 'broken' raised KeyError: 'harm_tokens'"):
         ablation_study(tiny_history, tiny.PROMPTS, broken, **kw)
     with pytest.raises(MetricError, match=r"metric 'flat' returned shape \(\d+, 2\)"):
@@ -176,29 +185,50 @@ def _copy(tiny_dirs, root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("spec", "error", "match"), [
-    (42, HistoryError, "cannot read a history from int"),
-    ({"base": "x"}, HistoryError, "needs keys base and aligned"),
-    ({"base": "x", "aligned": "y", "colour": 1}, HistoryError, "needs keys base and aligned"),
-    ("/no/such/dir", HistoryError, "no such file or directory"),
-])
+@pytest.mark.parametrize(
+    ("spec", "error", "match"),
+    [
+        (42, HistoryError, "cannot read a history from int"),
+        ({"base": "x"}, HistoryError, "needs keys base and aligned"),
+        ({"base": "x", "aligned": "y", "colour": 1}, HistoryError, "needs keys base and aligned"),
+        ("/no/such/dir", HistoryError, "no such file or directory"),
+    ],
+)
 def test_history_load_refuses(spec, error, match):
     with pytest.raises(error, match=match):
         History.load(spec)
 
 
-@pytest.mark.parametrize(("text", "error", "match"), [
-    ("{not json", HistoryError, "not valid JSON"),
-    ('{"aligned": "aligned"}', HistoryError, r"missing key\(s\) \['base'\]"),
-    ('{"base": "../../etc", "aligned": "aligned"}', ConfigError, "leaves its directory"),
-    ('{"base": "/etc", "aligned": "aligned"}', ConfigError, "must be relative"),
-    ('{"base": "base", "aligned": "aligned", "runs": {"r": {"x": "s1"}}}', HistoryError, "step 'x' is not an integer"),
-    ('{"base": "base", "aligned": "aligned", "runs": {"r": {"0": "s1"}}}', HistoryError, "step 0 must be >= 1"),
-    ('{"base": "base", "aligned": "aligned", "runs": {"r": {"1": "s1"}}, "controls": {"r": {"1": "s1"}}}',
-     HistoryError, "run name 'r' is used twice"),
-    ('{"base": "base", "aligned": "aligned", "metrics": "m.json"}', HistoryError, "m.json does not exist"),
-    ("[1, 2]", HistoryError, "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ("{not json", HistoryError, "not valid JSON"),
+        ('{"aligned": "aligned"}', HistoryError, r"missing key\(s\) \['base'\]"),
+        ('{"base": "../../etc", "aligned": "aligned"}', ConfigError, "leaves its directory"),
+        ('{"base": "/etc", "aligned": "aligned"}', ConfigError, "must be relative"),
+        (
+            '{"base": "base", "aligned": "aligned", "runs": {"r": {"x": "s1"}}}',
+            HistoryError,
+            "step 'x' is not an integer",
+        ),
+        (
+            '{"base": "base", "aligned": "aligned", "runs": {"r": {"0": "s1"}}}',
+            HistoryError,
+            "step 0 must be >= 1",
+        ),
+        (
+            '{"base": "base", "aligned": "aligned", "runs": {"r": {"1": "s1"}}, "controls": {"r": {"1": "s1"}}}',
+            HistoryError,
+            "run name 'r' is used twice",
+        ),
+        (
+            '{"base": "base", "aligned": "aligned", "metrics": "m.json"}',
+            HistoryError,
+            "m.json does not exist",
+        ),
+        ("[1, 2]", HistoryError, "expected a JSON object"),
+    ],
+)
 def test_history_json_refuses(tiny_dirs, tmp_path, text, error, match):
     root = _copy(tiny_dirs, tmp_path / "h")
     (root / "history.json").write_text(text)
@@ -208,7 +238,9 @@ def test_history_json_refuses(tiny_dirs, tmp_path, text, error, match):
 
 def test_a_device_file_is_not_a_checkpoint(tiny_dirs):
     with pytest.raises(CheckpointError, match="/dev/zero is not a weights file"):
-        History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: "/dev/zero"}})
+        History.from_dirs(
+            base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: "/dev/zero"}}
+        )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "header"])
@@ -217,9 +249,13 @@ def test_damaged_safetensors_name_checkpoint_and_file(tiny_dirs, tmp_path, damag
     shutil.copytree(tiny_dirs["runs"]["seed0"][1], bad)
     f = bad / "model.safetensors"
     raw = f.read_bytes()
-    f.write_bytes({"truncated": raw[: len(raw) // 2], "empty": b"", "header": b"\xff" * 8 + raw[8:]}[damage])
+    f.write_bytes(
+        {"truncated": raw[: len(raw) // 2], "empty": b"", "header": b"\xff" * 8 + raw[8:]}[damage]
+    )
     with pytest.raises(CheckpointError, match=r"checkpoint r/step-1: .*model.safetensors"):
-        History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: bad}})
+        History.from_dirs(
+            base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: bad}}
+        )
 
 
 class _Payload:
@@ -230,20 +266,27 @@ class _Payload:
 def test_a_malicious_pickle_is_refused_and_never_runs(tiny_dirs, tmp_path):
     Path("/tmp/revlens-pwned").unlink(missing_ok=True)
     (tmp_path / "evil.bin").write_bytes(pickle.dumps({"x": _Payload()}))
-    hist = History.from_dirs(base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: tmp_path / "evil.bin"}})
+    hist = History.from_dirs(
+        base=tiny_dirs["base"], aligned=tiny_dirs["aligned"], runs={"r": {1: tmp_path / "evil.bin"}}
+    )
     with pytest.raises(CheckpointError, match="evil.bin"):
         collect(hist, tiny.PROMPTS, n_bootstrap=0, progress=False)
     assert not Path("/tmp/revlens-pwned").exists()
 
 
-@pytest.mark.parametrize(("config", "match"), [
-    ("{not json", "cannot read the model config"),
-    ('{"model_type": "gpt-unknown-family"}', "not usable by transformers"),
-])
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ("{not json", "cannot read the model config"),
+        ('{"model_type": "gpt-unknown-family"}', "not usable by transformers"),
+    ],
+)
 def test_a_bad_architecture_config_is_named(tiny_dirs, tmp_path, config, match):
     root = _copy(tiny_dirs, tmp_path / "h")
     (root / "aligned" / "config.json").write_text(config)
-    hist = History.from_dirs(base=root / "base", aligned=root / "aligned", runs={"r": {1: root / "s1", 2: root / "s1"}})
+    hist = History.from_dirs(
+        base=root / "base", aligned=root / "aligned", runs={"r": {1: root / "s1", 2: root / "s1"}}
+    )
     with pytest.raises(CheckpointError, match=match):
         collect(hist, tiny.PROMPTS, progress=False)
 
@@ -251,8 +294,15 @@ def test_a_bad_architecture_config_is_named(tiny_dirs, tmp_path, config, match):
 # ------------------------------------------------------------------ results on disk
 @pytest.fixture(scope="module")
 def report(tiny_history):
-    return analyze(tiny_history, tiny.PROMPTS, methods=["mean_diff"], n_null=10, n_bootstrap=4, n_stability=0,
-                   progress=False)
+    return analyze(
+        tiny_history,
+        tiny.PROMPTS,
+        methods=["mean_diff"],
+        n_null=10,
+        n_bootstrap=4,
+        n_stability=0,
+        progress=False,
+    )
 
 
 def test_saving_onto_a_file_or_html_onto_a_dir(report, tmp_path):
@@ -316,7 +366,9 @@ def test_directions_inputs(tmp_path):
 
 
 def test_numpy_integers_are_valid(tiny_history):
-    stats = collect(tiny_history, tiny.PROMPTS, layers=[np.int64(1)], n_bootstrap=np.int32(2), progress=False)
+    stats = collect(
+        tiny_history, tiny.PROMPTS, layers=[np.int64(1)], n_bootstrap=np.int32(2), progress=False
+    )
     assert stats.layers == [1]
 
 
@@ -334,28 +386,60 @@ def test_every_error_is_a_revlens_error():
 def cli_history(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-bad")
     tiny.write_history(root, n_runs=1, steps=(1, 2))
-    (root / "probes.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny.PROMPTS))
+    (root / "probes.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in tiny.PROMPTS)
+    )
     (root / "a-file").write_text("x")
     return root
 
 
 CLI = [
-    (["analyze", "--history", "{h}", "--probes", "{h}/probes.jsonl", "--out", "{h}/a-file"], "exists and is not a directory"),
-    (["analyze", "--history", "{h}", "--probes", "{h}/probes.jsonl", "--out", "{h}/a-file/sub"], "is not a directory"),
-    (["analyze", "--history", "{h}", "--out", "{o}", "--n-null", "many"], "--n-null takes an integer, got 'many'"),
-    (["analyze", "--history", "{h}", "--out", "{o}", "--layers", "1", "x"], "--layers takes integers or 'all'"),
+    (
+        ["analyze", "--history", "{h}", "--probes", "{h}/probes.jsonl", "--out", "{h}/a-file"],
+        "exists and is not a directory",
+    ),
+    (
+        ["analyze", "--history", "{h}", "--probes", "{h}/probes.jsonl", "--out", "{h}/a-file/sub"],
+        "is not a directory",
+    ),
+    (
+        ["analyze", "--history", "{h}", "--out", "{o}", "--n-null", "many"],
+        "--n-null takes an integer, got 'many'",
+    ),
+    (
+        ["analyze", "--history", "{h}", "--out", "{o}", "--layers", "1", "x"],
+        "--layers takes integers or 'all'",
+    ),
     (["analyze", "--history", "{h}/nope", "--out", "{o}"], "no such file or directory"),
-    (["ablate", "--history", "{h}", "--probes", "{h}/probes.jsonl", "--out", "{o}", "--metric", "toxicity"],
-     "unknown metric 'toxicity'"),
+    (
+        [
+            "ablate",
+            "--history",
+            "{h}",
+            "--probes",
+            "{h}/probes.jsonl",
+            "--out",
+            "{o}",
+            "--metric",
+            "toxicity",
+        ],
+        "unknown metric 'toxicity'",
+    ),
     (["ablate", "--history", "{h}", "--out", "{o}", "--alphas", "a"], "--alphas takes numbers"),
-    (["ablate", "--history", "{h}", "--out", "{o}", "--steps", "first"], "--steps takes integers, 'last' or 'all'"),
+    (
+        ["ablate", "--history", "{h}", "--out", "{o}", "--steps", "first"],
+        "--steps takes integers, 'last' or 'all'",
+    ),
     (["report", "{h}"], "holds no saved revlens report"),
     (["lab", "--out", "{h}/a-file/sub", "--steps", "1"], "is not a directory"),
     (["replicate", "--out", "{h}/a-file"], "exists and is not a directory"),
     (["replicate", "--out", "{o}", "--track", "nope"], "--track: unknown track(s) ['nope']"),
     (["replicate", "--out", "{o}", "--track", "lora", "lora"], "--track names a track twice"),
     (["replicate", "--out", "{o}", "--pairs", "7"], "--pairs: no shipped pair [7]"),
-    (["replicate", "--out", "{o}", "--seeds", "0", "0"], "--seeds must be distinct non-negative integers"),
+    (
+        ["replicate", "--out", "{o}", "--seeds", "0", "0"],
+        "--seeds must be distinct non-negative integers",
+    ),
 ]
 
 
@@ -380,7 +464,9 @@ def test_cli_interrupt_and_internal_errors(cli_history, tmp_path, capsys, monkey
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(command, "run", interrupted)  # main builds its parser on each call: it binds this run
+    monkeypatch.setattr(
+        command, "run", interrupted
+    )  # main builds its parser on each call: it binds this run
     assert main(argv) == 130 and "interrupted" in capsys.readouterr().err
 
     def buggy(*a, **k):

@@ -191,16 +191,24 @@ def test_history_declared_metric_names(tmp_path):
     pair = asset_dir() / "pair0"
     for name in ("base", "aligned"):
         shutil.copytree(pair / name, tmp_path / name)
-    (tmp_path / "history.json").write_text(json.dumps({
-        "base": "base", "aligned": "aligned",
-        "metadata": {"metrics_spec": METRICS_SPEC, "default_metric": "harm"}}))
+    (tmp_path / "history.json").write_text(
+        json.dumps(
+            {
+                "base": "base",
+                "aligned": "aligned",
+                "metadata": {"metrics_spec": METRICS_SPEC, "default_metric": "harm"},
+            }
+        )
+    )
     hist = History.load(tmp_path)
     metric = make_metric("harm", hist)
     assert metric.name == "harm" and make_metric(None, hist).name == "harm"
     tok = hist.tokenizer()
     metric.bind(tok)
     batch = encode_prompts(tok, probe_prompts()[:3])
-    logits = torch.randn(3, batch.tokens.shape[1], len(tok), generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(
+        3, batch.tokens.shape[1], len(tok), generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(metric(logits, batch), harm_logodds_metric(tok)(logits, batch))
     with pytest.raises(ConfigError, match="this history declares harm, harm_rate"):
         make_metric("toxicity", hist)

@@ -39,7 +39,9 @@ def test_shape_mismatch_names_parameter_and_both_shapes(tiny_dirs):
     lm = LensModel.boot(tiny_dirs["base"])
     sd = load_state_dict(tiny_dirs["aligned"])
     sd["transformer.h.0.mlp.c_fc.bias"] = torch.zeros(7)
-    with pytest.raises(ShapeMismatchError, match=r"transformer\.h\.0\.mlp\.c_fc\.bias.*\(7,\).*\(128,\)"):
+    with pytest.raises(
+        ShapeMismatchError, match=r"transformer\.h\.0\.mlp\.c_fc\.bias.*\(7,\).*\(128,\)"
+    ):
         lm.load_weights(sd, name="bad")
 
 
@@ -47,7 +49,10 @@ def test_missing_and_unknown_parameters(tiny_dirs):
     lm = LensModel.boot(tiny_dirs["base"])
     sd = load_state_dict(tiny_dirs["aligned"])
     del sd["transformer.ln_f.weight"]
-    with pytest.raises(ShapeMismatchError, match=r"checkpoint x lacks parameter\(s\) \['transformer\.ln_f\.weight'\]"):
+    with pytest.raises(
+        ShapeMismatchError,
+        match=r"checkpoint x lacks parameter\(s\) \['transformer\.ln_f\.weight'\]",
+    ):
         lm.load_weights(sd, name="x")
     sd = load_state_dict(tiny_dirs["aligned"])
     sd["extra.weight"] = torch.zeros(1)
@@ -59,7 +64,9 @@ def test_nan_weights_name_checkpoint_and_parameter(tiny_dirs):
     lm = LensModel.boot(tiny_dirs["base"])
     sd = load_state_dict(tiny_dirs["aligned"])
     sd["transformer.h.1.attn.c_proj.weight"][0, 0] = float("nan")
-    with pytest.raises(NonFiniteError, match=r"checkpoint poisoned.*transformer\.h\.1\.attn\.c_proj\.weight"):
+    with pytest.raises(
+        NonFiniteError, match=r"checkpoint poisoned.*transformer\.h\.1\.attn\.c_proj\.weight"
+    ):
         lm.load_weights(sd, name="poisoned")
 
 
@@ -109,7 +116,9 @@ def test_load_weights_takes_any_key_layout_from_pretrained_takes():
         lm.load_weights(sd, name="other")
         fresh = families.boot(families.checkpoint_dir(family, "other"))
         assert float((families.logits(lm.bridge) - families.logits(fresh)).abs().max()) <= 1e-6
-        assert lm.loaded == "other" and lm.fingerprint is None and lm.swapper.loaded is None  # nothing kept
+        assert (
+            lm.loaded == "other" and lm.fingerprint is None and lm.swapper.loaded is None
+        )  # nothing kept
 
 
 def test_a_failed_load_leaves_the_previous_weights(tiny_history, tiny_dirs):
@@ -129,7 +138,9 @@ def test_streamed_boot_equals_from_pretrained_and_knows_what_it_holds(tiny_histo
     streamed = tiny_history.boot()
     classic = tiny_history.boot(low_memory=False)
     assert streamed.holds(tiny_history.aligned.model_fingerprint())
-    assert classic.holds(tiny_history.aligned.model_fingerprint())  # booted on aligned: no swap needed
+    assert classic.holds(
+        tiny_history.aligned.model_fingerprint()
+    )  # booted on aligned: no swap needed
     x = torch.tensor([[2, 3, 4, 5, 6]])
     with torch.no_grad():
         assert torch.equal(streamed.bridge(x), classic.bridge(x))
@@ -165,14 +176,21 @@ def test_olmo_in_half_precision_is_an_upstream_error_named_before_booting():
     import families
     from revlens.errors import UpstreamError
 
-    with pytest.raises(UpstreamError, match=r"olmo2 in torch.bfloat16: TransformerLens 4.3.*dtype=torch.float32"):
+    with pytest.raises(
+        UpstreamError, match=r"olmo2 in torch.bfloat16: TransformerLens 4.3.*dtype=torch.float32"
+    ):
         LensModel.boot(families.checkpoint_dir("olmo2", "base"), dtype=torch.bfloat16)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TransformerLens 4.3 bug: its attention bridge runs OLMo / OLMo 2 / OLMo 3 in bf16/fp16 into "
-    "'expected m1 and m2 to have the same dtype' (float32 attention weights times half values); revlens "
-    "raises UpstreamError up front (revlens.loading.boot._UPSTREAM_DTYPE_BUGS). XPASS = fixed upstream: drop the guard."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "TransformerLens 4.3 bug: its attention bridge runs OLMo / OLMo 2 / OLMo 3 in bf16/fp16 into "
+        "'expected m1 and m2 to have the same dtype' (float32 attention weights times half values); revlens "
+        "raises UpstreamError up front (revlens.loading.boot._UPSTREAM_DTYPE_BUGS). XPASS = fixed "
+        "upstream: drop the guard."
+    ),
+)
 def test_upstream_olmo2_runs_in_bf16():
     import families
 

@@ -24,7 +24,9 @@ def _comparisons(names: tuple[str, ...], *, skip: tuple[str, ...] = ()) -> list[
     ``"x" != ...``, ``"x" in ...`` and ``in (..., "x", ...)`` (also spread over lines)."""
     alt = "|".join(map(re.escape, names))
     lit = rf"""["'](?:{alt})["']"""
-    rx = re.compile(rf"[!=]=\s*{lit}|{lit}\s*[!=]=|{lit}\s+(?:not\s+)?in\b|\bin\s*[(\[{{][^)\]}}]*?{lit}", re.S)
+    rx = re.compile(
+        rf"[!=]=\s*{lit}|{lit}\s*[!=]=|{lit}\s+(?:not\s+)?in\b|\bin\s*[(\[{{][^)\]}}]*?{lit}", re.S
+    )
     hits = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE.parent).as_posix()
@@ -41,11 +43,23 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
     """The pattern catches the forms it forbids (and not a plain argument)."""
     alt = "clamp|patch|steer"
     lit = rf"""["'](?:{alt})["']"""
-    rx = re.compile(rf"[!=]=\s*{lit}|{lit}\s*[!=]=|{lit}\s+(?:not\s+)?in\b|\bin\s*[(\[{{][^)\]}}]*?{lit}", re.S)
-    for bad in ['kind == "steer"', "'steer' != k", '"steer" in kinds', '"steer" not in kinds',
-                'k in ("clamp", "patch")', 'for k in [\n    "x",\n    "patch"]']:
+    rx = re.compile(
+        rf"[!=]=\s*{lit}|{lit}\s*[!=]=|{lit}\s+(?:not\s+)?in\b|\bin\s*[(\[{{][^)\]}}]*?{lit}", re.S
+    )
+    for bad in [
+        'kind == "steer"',
+        "'steer' != k",
+        '"steer" in kinds',
+        '"steer" not in kinds',
+        'k in ("clamp", "patch")',
+        'for k in [\n    "x",\n    "patch"]',
+    ]:
         assert rx.search(bad), bad
-    for fine in ['kinds=("clamp",)', 'register_intervention("clamp", Clamp)', 'rank_table("clamp")']:
+    for fine in [
+        'kinds=("clamp",)',
+        'register_intervention("clamp", Clamp)',
+        'rank_table("clamp")',
+    ]:
         assert not rx.search(fine), fine
 
 
@@ -63,14 +77,22 @@ def test_no_raw_intervention_kind_comparison_outside_the_registry():
     counts: dict[str, int] = {}
     for h in hits:
         counts[h.split(":")[0]] = counts.get(h.split(":")[0], 0) + 1
-    unexpected = [h for h in hits if counts[h.split(":")[0]] > _ALLOWED_KIND_COMPARISONS.get(h.split(":")[0], 0)]
-    assert not unexpected, ("ask the kind object (revlens.causal.kinds.intervention(name).test / .reference) "
-                            "instead of comparing to its name:\n" + "\n".join(unexpected))
+    unexpected = [
+        h
+        for h in hits
+        if counts[h.split(":")[0]] > _ALLOWED_KIND_COMPARISONS.get(h.split(":")[0], 0)
+    ]
+    assert not unexpected, (
+        "ask the kind object (revlens.causal.kinds.intervention(name).test / .reference) "
+        "instead of comparing to its name:\n" + "\n".join(unexpected)
+    )
 
 
 def test_no_raw_site_kind_comparison_outside_sites():
     """Site kinds are resolved in revlens/sites/ (hook names, HF targets); elsewhere they are data."""
-    hits = _comparisons(tuple(get_args(modes.SiteKind)), skip=("revlens/sites/", "revlens/modes.py"))
+    hits = _comparisons(
+        tuple(get_args(modes.SiteKind)), skip=("revlens/sites/", "revlens/modes.py")
+    )
     assert not hits, "\n".join(hits)
 
 
@@ -84,9 +106,17 @@ def test_no_raw_comparison_of_the_causal_modes(literal):
 def test_tuples_are_derived_from_the_literals_and_the_registry():
     import revlens.causal.kinds as kinds
 
-    pairs = {"SITE_KINDS": "SiteKind", "POSITION_RULES": "PositionRuleName", "DIRECTION_METHODS": "DirectionMethod",
-             "WHICH": "Which", "INTERVENTION_POSITIONS": "InterventionPositions", "CONTROL_KINDS": "ControlKind",
-             "STRATEGIES": "Strategy", "BLOCK_METHODS": "BlockMethod", "RANK_RULES": "RankRule"}
+    pairs = {
+        "SITE_KINDS": "SiteKind",
+        "POSITION_RULES": "PositionRuleName",
+        "DIRECTION_METHODS": "DirectionMethod",
+        "WHICH": "Which",
+        "INTERVENTION_POSITIONS": "InterventionPositions",
+        "CONTROL_KINDS": "ControlKind",
+        "STRATEGIES": "Strategy",
+        "BLOCK_METHODS": "BlockMethod",
+        "RANK_RULES": "RankRule",
+    }
     for tup, lit in pairs.items():
         assert getattr(modes, tup) == get_args(getattr(modes, lit)), tup
     # the built-in kinds are the Literal's; the tuple is the registry's live view
@@ -96,8 +126,14 @@ def test_tuples_are_derived_from_the_literals_and_the_registry():
 
 def test_causal_signatures_use_the_literals():
     """In revlens/causal/, a ``site`` / ``strategy`` / ``rank_rule`` / ``rule`` argument or field is
-    typed with its Literal, never ``str``."""
-    typed = {"site": "SiteKind", "strategy": "Strategy", "rank_rule": "RankRule", "rule": "RankRule"}
+    typed with its Literal, never ``str`` (``Literal | None`` for a spelled-out config field whose
+    ``None`` means the config's value)."""
+    typed = {
+        "site": "SiteKind",
+        "strategy": "Strategy",
+        "rank_rule": "RankRule",
+        "rule": "RankRule",
+    }
     bad = []
     for path in sorted((PACKAGE / "causal").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -109,6 +145,16 @@ def test_causal_signatures_use_the_literals():
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 items = [(node.target.id, node.annotation)]
             for name, ann in items:
-                if name in typed and ann is not None and ast.unparse(ann) != typed[name]:
-                    bad.append(f"{path.name}:{getattr(node, 'lineno', '?')}: {name}: {ast.unparse(ann)}")
+                if (
+                    name in typed
+                    and ann is not None
+                    and ast.unparse(ann)
+                    not in (
+                        typed[name],
+                        f"{typed[name]} | None",
+                    )
+                ):
+                    bad.append(
+                        f"{path.name}:{getattr(node, 'lineno', '?')}: {name}: {ast.unparse(ann)}"
+                    )
     assert not bad, "\n".join(bad)

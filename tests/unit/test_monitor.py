@@ -37,7 +37,16 @@ def test_warns_on_reverting_run_and_keeps_a_history():
     with pytest.warns(ReversionWarning, match="step 4"):  # layers 1 and 2
         tinyrev.train("revert", steps=6, callbacks=[mon])
     h = mon.history_
-    assert list(h.columns) == ["step", "layer", "cos", "proj", "norm", "null_p99", "n_probes", "proj_se"]
+    assert list(h.columns) == [
+        "step",
+        "layer",
+        "cos",
+        "proj",
+        "norm",
+        "null_p99",
+        "n_probes",
+        "proj_se",
+    ]
     assert (h.n_probes == len(tiny.PROMPTS)).all() and (h.proj_se == 0).all()  # 6 prompts: all read
     assert h.step.tolist() == [2, 2, 4, 4, 6, 6]
     assert (h.cos > h.null_p99).all() and (h.proj > 0).all()
@@ -67,7 +76,9 @@ def test_rotating_subset_is_paired_unbiased_and_covers_the_set():
     model = tinyrev.train("revert", steps=4)
     full = monitor().measure(model)
     mon = monitor(every=1, probe_batch_size=2, seed=3).prepare(model)
-    seen = [mon.next_subset() for _ in range(3)]  # 6 prompts, 2 per check: 3 checks cover the set once
+    seen = [
+        mon.next_subset() for _ in range(3)
+    ]  # 6 prompts, 2 per check: 3 checks cover the set once
     assert sorted(torch.cat(seen).tolist()) == list(range(6))
     mon.reset()  # the rotation starts again
     tables = [mon.step(model, step) for step in range(1, 4)]
@@ -75,7 +86,9 @@ def test_rotating_subset_is_paired_unbiased_and_covers_the_set():
     # disjoint equal subsets of a paired difference average to the full-set drift exactly
     mean_proj = np.mean([t.proj.to_numpy() for t in tables], axis=0)
     assert np.allclose(mean_proj, full.proj.to_numpy(), atol=1e-6)
-    assert not np.allclose(tables[0].proj, full.proj, atol=1e-6)  # one check alone is a noisy estimate
+    assert not np.allclose(
+        tables[0].proj, full.proj, atol=1e-6
+    )  # one check alone is a noisy estimate
     assert (full.n_probes == 6).all() and (full.proj_se == 0).all()
     with pytest.raises(ConfigError, match="probe_batch_size"):
         monitor(probe_batch_size=0)

@@ -18,7 +18,7 @@ def test_wilson_matches_the_closed_form_and_textbook_values():
 
 def test_wilson_edges_and_levels():
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
-    assert wilson(0, 10)[1] > 0.2                      # 0 / 10 is not "exactly zero"
+    assert wilson(0, 10)[1] > 0.2  # 0 / 10 is not "exactly zero"
     assert all(math.isnan(x) for x in wilson(0, 0))
     narrow, wide = wilson(30, 60, level=0.5), wilson(30, 60, level=0.99)
     assert wide[0] < narrow[0] and wide[1] > narrow[1]

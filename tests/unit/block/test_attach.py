@@ -16,17 +16,30 @@ TOK = tiny.tiny_tokenizer()
 
 
 def blocker(**kw) -> ReversionBlocker:
-    return ReversionBlocker(tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK,
-                            refresh_every=1, **kw)
+    return ReversionBlocker(
+        tinyrev.direction(),
+        tinyrev.probes(),
+        tinyrev.pair()[1],
+        tokenizer=TOK,
+        refresh_every=1,
+        **kw,
+    )
 
 
 def lora_run(b: ReversionBlocker | None, steps: int = 10):
     """A PEFT LoRA (r=4 on c_attn and c_fc, AdamW) of the tiny GPT-2 on the reverting loss."""
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)  # PEFT draws lora_A from the global generator: fixed, whatever ran before
-    model = peft.get_peft_model(copy.deepcopy(tinyrev.pair()[1]),
-                                peft.LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn", "c_fc"],
-                                                fan_in_fan_out=True)).train()
+    model = peft.get_peft_model(
+        copy.deepcopy(tinyrev.pair()[1]),
+        peft.LoraConfig(
+            r=4,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=["c_attn", "c_fc"],
+            fan_in_fan_out=True,
+        ),
+    ).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     if b is not None:
         b.attach(model, opt)
@@ -73,7 +86,10 @@ def test_params_patterns_and_tensors_narrow_what_is_corrected():
                 loss(m, step).backward()
                 o.step()
     assert b.step_ == 5 and b.active_["rows"].eq(2).all()
-    s_free, s_held = blocker().projection(free.eval()).abs(), blocker().projection(model.eval()).abs()
+    s_free, s_held = (
+        blocker().projection(free.eval()).abs(),
+        blocker().projection(model.eval()).abs(),
+    )
     assert s_free.min() > 0.3 and s_held[0] < 0.05 * s_free[0] and s_held[1] < 0.25 * s_free[1]
     with pytest.raises(ConfigError, match="matches no trainable parameter"):
         blocker(params="*lora_*").attach(model, opt)

@@ -125,7 +125,10 @@ def test_loop_and_vmap_gradients_agree_and_store_only_reached_rows():
     # rows of layers 1 and 2 (after blocks 0 and 1): the final norm is reached by no row, block 1
     # only by the layer-2 row; nothing else is stored
     names = {id(p): n for n, p in params.items()}
-    rows = {names[id(p)]: (None if i is None else i.tolist()) for p, i in zip(loop.params, loop.rows, strict=True)}
+    rows = {
+        names[id(p)]: (None if i is None else i.tolist())
+        for p, i in zip(loop.params, loop.rows, strict=True)
+    }
     assert not any(n.startswith("transformer.ln_f") for n in rows)
     upper = [r for n, r in rows.items() if n.startswith("transformer.h.1.")]
     assert upper and all(r == [1] for r in upper)

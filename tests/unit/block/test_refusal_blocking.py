@@ -23,24 +23,42 @@ LABELS = ["harmful", "harmful", "harmful", "harmless", "harmless", "harmless"]
 def refusal(tiny_history):
     """r on the tiny history's aligned checkpoint (the same weights as ``tinyrev.pair()[1]``)."""
     probes = Probes(list(tiny.PROMPTS), labels=LABELS)
-    stats = collect(tiny_history.restricted(), probes, layers=tinyrev.LAYERS, keep="reference", n_bootstrap=0,
-                    progress=False)
+    stats = collect(
+        tiny_history.restricted(),
+        probes,
+        layers=tinyrev.LAYERS,
+        keep="reference",
+        n_bootstrap=0,
+        progress=False,
+    )
     return RefusalDirection(n_bootstrap=0).fit(stats).direction_
 
 
 def random_directions(seed):
     g = torch.Generator().manual_seed(seed)
-    return Directions.from_tensor(torch.randn(len(tinyrev.LAYERS), 32, generator=g), tinyrev.LAYERS, method="random")
+    return Directions.from_tensor(
+        torch.randn(len(tinyrev.LAYERS), 32, generator=g), tinyrev.LAYERS, method="random"
+    )
 
 
 def along(directions, model):
     """|drift · direction| on the probe set per layer (the blocker's own measurement)."""
-    return ReversionBlocker(directions, tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK).projection(model).abs()
+    return (
+        ReversionBlocker(directions, tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK)
+        .projection(model)
+        .abs()
+    )
 
 
 def blocked_run(directions, steps=12):
-    b = ReversionBlocker(directions, tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK, method="update",
-                         refresh_every=1)
+    b = ReversionBlocker(
+        directions,
+        tinyrev.probes(),
+        tinyrev.pair()[1],
+        tokenizer=TOK,
+        method="update",
+        refresh_every=1,
+    )
     model = tinyrev.train("revert", steps=steps, opt="adamw", setup=lambda m, o: b.attach(m, o))
     b.detach()
     return model
@@ -61,8 +79,9 @@ def test_update_blocking_along_r_holds_its_component_unlike_random_directions(re
 
 
 def test_monitor_tracks_the_drift_along_r(refusal):
-    mon = ReversionMonitor(refusal, tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK, every=2,
-                           probe_batch_size=None)
+    mon = ReversionMonitor(
+        refusal, tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK, every=2, probe_batch_size=None
+    )
     model = tinyrev.train("revert", steps=6, callbacks=[mon])
     h = mon.history_
     assert h.step.tolist() == [2, 2, 4, 4, 6, 6] and h.null_p99.notna().all()

@@ -28,7 +28,9 @@ TOK = tiny.tiny_tokenizer()
 
 
 def blocker(**kw) -> ReversionBlocker:
-    return ReversionBlocker(tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK, **kw)
+    return ReversionBlocker(
+        tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK, **kw
+    )
 
 
 def test_builtin_methods_are_the_registry_and_the_literal():
@@ -69,9 +71,17 @@ def test_nothing_fitted_before_prepare_and_records_are_typed():
             opt.step()
     last = b.measurements()
     assert all(isinstance(m, Measurement) and m.step == 1 for m in last)
-    assert [(m.quantity, m.layer, m.logged) for m in last] == [("s", 1, True), ("s", 2, True),
-                                                              ("active_rows", None, True), ("rows", None, False)]
-    assert [m.log_name for m in last if m.logged] == ["block_s_layer1", "block_s_layer2", "block_active_rows"]
+    assert [(m.quantity, m.layer, m.logged) for m in last] == [
+        ("s", 1, True),
+        ("s", 2, True),
+        ("active_rows", None, True),
+        ("rows", None, False),
+    ]
+    assert [m.log_name for m in last if m.logged] == [
+        "block_s_layer1",
+        "block_s_layer2",
+        "block_active_rows",
+    ]
     h = b.history_
     assert h.step.tolist() == [0, 0, 1, 1] and h.layer.tolist() == [1, 2, 1, 2]
     assert h.s.tolist() == [m.value for m in b.records_ if m.quantity == "s"]
@@ -119,7 +129,9 @@ def test_finish_runs_after_a_normal_end_only():
     assert "test_counting" not in METHODS
 
 
-def test_strategies_registered_by_other_modules_are_known_before_those_modules_are_imported() -> None:
+def test_strategies_registered_by_other_modules_are_known_before_those_modules_are_imported() -> (
+    None
+):
     """WeightBlocker and the published defenses register through the ``revlens.blocking`` entry
     points: a fresh process knows their names (and builds them by name) without importing them."""
     import subprocess
@@ -130,6 +142,8 @@ def test_strategies_registered_by_other_modules_are_known_before_those_modules_a
         "assert 'revlens.defenses' not in sys.modules; names = method_names(); "
         "print(','.join(names)); print(method_class('safelora').__module__)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert {"weights", "safelora", "asft", "safety_freeze", "procon"} <= set(out[0].split(","))
     assert out[1] == "revlens.defenses.safelora"

@@ -23,7 +23,9 @@ def plane() -> Directions:
     v = tinyrev.direction()
     ctl = tinyrev.train("control", seed=100, steps=10)
     w = tinyrev.means(ctl) - tinyrev.means(tinyrev.pair()[1])
-    return Directions.from_tensor(torch.stack([v.vectors.double(), w], dim=1), tinyrev.LAYERS, method="plane")
+    return Directions.from_tensor(
+        torch.stack([v.vectors.double(), w], dim=1), tinyrev.LAYERS, method="plane"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +80,12 @@ def test_hook_removes_the_subspace_coordinates():
     torch.testing.assert_close((half(h) - mu) @ b.T, 0.5 * (h - mu) @ b.T)
     one = hook_edit(b, mu, 1.0, True, lambda: True)
     c, out = (h - mu) @ b.T, (one(h) - mu) @ b.T
-    torch.testing.assert_close(out, torch.where(c > 0, torch.zeros_like(c), c))  # base-ward part only
-    assert hook_edit(b, mu, 1.0, False, lambda: False)(h) is None  # measurements see the plain model
+    torch.testing.assert_close(
+        out, torch.where(c > 0, torch.zeros_like(c), c)
+    )  # base-ward part only
+    assert (
+        hook_edit(b, mu, 1.0, False, lambda: False)(h) is None
+    )  # measurements see the plain model
 
 
 def test_one_sided_stops_motion_toward_base_only():
@@ -105,7 +111,9 @@ def test_one_sided_penalty_ignores_rows_below_zero():
     v = tinyrev.direction()
     neg = Directions.from_tensor(-v.vectors, v.layers)
     model = copy.deepcopy(tinyrev.train("revert", steps=5)).train()
-    assert float(blocker(neg, method="penalty", constraint="one_sided").penalty(model).detach()) == 0.0
+    assert (
+        float(blocker(neg, method="penalty", constraint="one_sided").penalty(model).detach()) == 0.0
+    )
     assert float(blocker(v, method="penalty", constraint="one_sided").penalty(model).detach()) > 0.0
 
 
@@ -119,8 +127,12 @@ def test_per_prompt_rows_hold_every_prompt():
 
         with torch.no_grad():
             acc, ref = access(model), access(aligned)
-            h = torch.stack(acc.read(enc.tokens, enc.weights, acc.sites(tinyrev.LAYERS)), 1).double()
-            a = torch.stack(ref.read(enc.tokens, enc.weights, ref.sites(tinyrev.LAYERS)), 1).double()
+            h = torch.stack(
+                acc.read(enc.tokens, enc.weights, acc.sites(tinyrev.LAYERS)), 1
+            ).double()
+            a = torch.stack(
+                ref.read(enc.tokens, enc.weights, ref.sites(tinyrev.LAYERS)), 1
+            ).double()
         return torch.einsum("pld,ld->pl", h - a, v.vectors.double())
 
     mean_model, _ = run(v, refresh_every=1, probe_batch_size=None)
@@ -135,7 +147,9 @@ def test_confine_keeps_the_drift_inside_the_subspace(basis):
     def outside(model):
         b = blocker(basis).prepare(model)
         d = b.objective_._full_means(256) - b.inputs_.ref_mean
-        inside = torch.einsum("lkd,lk->ld", basis.basis.double(), torch.einsum("ld,lkd->lk", d, basis.basis.double()))
+        inside = torch.einsum(
+            "lkd,lk->ld", basis.basis.double(), torch.einsum("ld,lkd->lk", d, basis.basis.double())
+        )
         return (d - inside).norm(dim=1)
 
     free = outside(tinyrev.train("revert", steps=6))
@@ -144,8 +158,12 @@ def test_confine_keeps_the_drift_inside_the_subspace(basis):
     assert (outside(model) < 0.1 * free).all()
     # the confine penalty is strength · Σ_l ‖(I − BᵀB) d_l‖² (the AsFT-like regulariser)
     drifted = tinyrev.train("revert", steps=6)
-    pen = blocker(basis, method="penalty", strength=0.5, constraint="confine", probe_batch_size=None).penalty(drifted)
-    assert float(pen.detach()) == pytest.approx(0.5 * float((outside(drifted) ** 2).sum()), rel=1e-4)
+    pen = blocker(
+        basis, method="penalty", strength=0.5, constraint="confine", probe_batch_size=None
+    ).penalty(drifted)
+    assert float(pen.detach()) == pytest.approx(
+        0.5 * float((outside(drifted) ** 2).sum()), rel=1e-4
+    )
 
 
 def test_subspace_bad_input(basis):
@@ -157,7 +175,13 @@ def test_subspace_bad_input(basis):
     with pytest.raises(ConfigError, match="per_prompt applies to"):
         blocker(basis, method="hook", per_prompt=True)
     with pytest.raises(ConfigError, match="per-prompt reference"):
-        ReversionBlocker(basis, tinyrev.probes(), torch.zeros(2, 32), tokenizer=TOK, per_prompt=True,
-                         probe_batch_size=None).prepare(model)
+        ReversionBlocker(
+            basis,
+            tinyrev.probes(),
+            torch.zeros(2, 32),
+            tokenizer=TOK,
+            per_prompt=True,
+            probe_batch_size=None,
+        ).prepare(model)
     with pytest.raises(ConfigError, match="constraint"):
         blocker(basis, constraint="below")

@@ -51,7 +51,9 @@ class FreezeLayer(BlockingStrategy):
         prefix = f"transformer.h.{self.layer}."
         held = [(n, p) for n, p in model.named_parameters() if n.startswith(prefix)]
         if not held:
-            raise ConfigError(f"layer={self.layer} is outside the model (no parameter named {prefix}*)")
+            raise ConfigError(
+                f"layer={self.layer} is outside the model (no parameter named {prefix}*)"
+            )
         self.frozen_ = [(p, p.detach().clone()) for _, p in held]
         self._start()
         return self
@@ -93,8 +95,15 @@ class HalfUpdate(ReversionBlocker):
 
 
 def half(**kw) -> ReversionBlocker:
-    return ReversionBlocker(tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK,
-                            method="toy_half", refresh_every=1, **kw)
+    return ReversionBlocker(
+        tinyrev.direction(),
+        tinyrev.probes(),
+        tinyrev.pair()[1],
+        tokenizer=TOK,
+        method="toy_half",
+        refresh_every=1,
+        **kw,
+    )
 
 
 def s_of(model) -> torch.Tensor:
@@ -103,7 +112,9 @@ def s_of(model) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the registry sees them
 def test_registered_methods_are_valid_everywhere():
-    assert "toy_half" in METHODS and "toy_freeze_layer" not in METHODS  # METHODS: ReversionBlocker methods
+    assert (
+        "toy_half" in METHODS and "toy_freeze_layer" not in METHODS
+    )  # METHODS: ReversionBlocker methods
     assert {"toy_half", "toy_freeze_layer"} <= set(method_names())
     assert BlockerConfig(method="toy_half").method == "toy_half"
     assert type(half()) is HalfUpdate and half().method == "toy_half"
@@ -124,7 +135,9 @@ def test_freeze_layer_in_a_plain_loop():
     before, after = dict(start.named_parameters()), dict(model.named_parameters())
     frozen = [n for n in after if n.startswith("transformer.h.1.")]
     assert frozen and all(torch.equal(after[n], before[n]) for n in frozen)
-    assert not torch.equal(after["transformer.h.0.attn.c_attn.weight"], before["transformer.h.0.attn.c_attn.weight"])
+    assert not torch.equal(
+        after["transformer.h.0.attn.c_attn.weight"], before["transformer.h.0.attn.c_attn.weight"]
+    )
     records = toy.records_
     assert [r.step for r in records] == [0, 1, 2, 3, 4] and all(r.value > 0 for r in records)
     assert [r.log_name for r in toy.measurements()] == ["toy_moved"]
@@ -156,10 +169,22 @@ class _Seqs(torch.utils.data.Dataset):
 
 
 def _args(tmp_path) -> TrainingArguments:
-    return TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, learning_rate=0.05,
-                             optim="sgd", lr_scheduler_type="constant", report_to=[], save_strategy="no",
-                             logging_strategy="steps", logging_steps=1, use_cpu=True, seed=0,
-                             dataloader_num_workers=0, disable_tqdm=True)
+    return TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
 
 
 def test_both_toys_through_add_to_trainer_and_blocking_trainer(tmp_path):
@@ -169,24 +194,38 @@ def test_both_toys_through_add_to_trainer_and_blocking_trainer(tmp_path):
 
     toy, b = FreezeLayer(0), half()
     trainer = Trainer(model=copy.deepcopy(start), args=_args(tmp_path), train_dataset=_Seqs())
-    add_to_trainer(trainer, b, toy)  # strategies act in this order: the freeze last, so it has the final word
+    add_to_trainer(
+        trainer, b, toy
+    )  # strategies act in this order: the freeze last, so it has the final word
     trainer.train()
     model = trainer.model
     frozen = [n for n, _ in model.named_parameters() if n.startswith("transformer.h.0.")]
     ref, got = dict(start.named_parameters()), dict(model.named_parameters())
     assert all(torch.equal(got[n], ref[n]) for n in frozen)
-    assert not torch.equal(got["transformer.h.1.mlp.c_fc.weight"], ref["transformer.h.1.mlp.c_fc.weight"])
+    assert not torch.equal(
+        got["transformer.h.1.mlp.c_fc.weight"], ref["transformer.h.1.mlp.c_fc.weight"]
+    )
     logged = [r for r in trainer.state.log_history if "loss" in r]
     assert len(logged) == 4
-    assert all({"revlens/toy_moved", "revlens/block_s_layer1", "revlens/block_s_layer2",
-                "revlens/block_active_rows"} <= set(r) for r in logged)
+    assert all(
+        {
+            "revlens/toy_moved",
+            "revlens/block_s_layer1",
+            "revlens/block_s_layer2",
+            "revlens/block_active_rows",
+        }
+        <= set(r)
+        for r in logged
+    )
     assert not toy.is_attached and not b.is_attached and toy.step_ == b.step_ == 4
     # the freeze and the half projection act on the same steps: layer 0's blocks stay put and
     # the drift along v is smaller than the free run's
     assert (s_of(model.eval()) < s_of(free.model.eval())).all()
 
     again = FreezeLayer(0)
-    bt = BlockingTrainer(blocker=[again], model=copy.deepcopy(start), args=_args(tmp_path), train_dataset=_Seqs())
+    bt = BlockingTrainer(
+        blocker=[again], model=copy.deepcopy(start), args=_args(tmp_path), train_dataset=_Seqs()
+    )
     bt.train()
     assert all(torch.equal(dict(bt.model.named_parameters())[n], ref[n]) for n in frozen)
     assert [r["revlens/toy_moved"] > 0 for r in bt.state.log_history if "loss" in r] == [True] * 4

@@ -55,7 +55,11 @@ def means(model: torch.nn.Module) -> torch.Tensor:
     enc = probes().tokenize(tiny.tiny_tokenizer())
     with torch.no_grad():
         acc = access(model)
-        return torch.stack(acc.read(enc.tokens, enc.weights, acc.sites(LAYERS)), dim=1).double().mean(0)
+        return (
+            torch.stack(acc.read(enc.tokens, enc.weights, acc.sites(LAYERS)), dim=1)
+            .double()
+            .mean(0)
+        )
 
 
 def loss_fn(kind: str, seed: int) -> Callable[[torch.nn.Module, int], torch.Tensor]:

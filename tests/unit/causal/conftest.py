@@ -29,7 +29,9 @@ def prompts_module():
 @pytest.fixture(scope="module")
 def ref_stats(tiny_history, lm, prompts_module):
     """Base + aligned statistics (second moments of aligned) at every layer."""
-    return collect(tiny_history.restricted(), prompts_module, model=lm, n_bootstrap=0, progress=False)
+    return collect(
+        tiny_history.restricted(), prompts_module, model=lm, n_bootstrap=0, progress=False
+    )
 
 
 @pytest.fixture()

@@ -12,8 +12,16 @@ def hook_count(module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
-@pytest.mark.parametrize(("positions", "kind"), [("all", "resid_post"), ("first", "resid_post"),
-                                                ("all", "resid_mid"), ("first", "attn_out"), ("all", "mlp_out")])
+@pytest.mark.parametrize(
+    ("positions", "kind"),
+    [
+        ("all", "resid_post"),
+        ("first", "resid_post"),
+        ("all", "resid_mid"),
+        ("first", "attn_out"),
+        ("all", "mlp_out"),
+    ],
+)
 def test_grow_and_repeat_equal_the_loop(lm, tokens, unit_vectors, positions, kind):
     """Also at sites inside a block, where grow appends the copies at the block's input."""
     bridge = lm.bridge
@@ -79,15 +87,32 @@ def test_subspace_stacks_grow_equal_loop_and_the_context_manager(lm, tokens):
         _, acts = access(bridge).capture(tokens.tokens, list(sites.values()))
     source = {k: v + 0.3 for k, v in acts.items()}
     mu = {k: v.mean((0, 1)) for k, v in acts.items()}
-    frames = {layer: random_frames(4, 3, lm.d_model, generator=torch.Generator().manual_seed(layer)).float()
-              for layer in sites}
-    stacks = [Stack(layer, kind, frames[layer], reference=mu[layer] if kind == "clamp" else None)
-              for layer in sites for kind in ("clamp", "patch")]
+    frames = {
+        layer: random_frames(
+            4, 3, lm.d_model, generator=torch.Generator().manual_seed(layer)
+        ).float()
+        for layer in sites
+    }
+    stacks = [
+        Stack(layer, kind, frames[layer], reference=mu[layer] if kind == "clamp" else None)
+        for layer in sites
+        for kind in ("clamp", "patch")
+    ]
     with torch.no_grad():
-        loop = run_stacks(bridge, tokens, stacks, metric, sites=sites, sources=source, strategy="loop")
+        loop = run_stacks(
+            bridge, tokens, stacks, metric, sites=sites, sources=source, strategy="loop"
+        )
         for strategy, rows in (("grow", 10_000), ("grow", 24), ("repeat", 10_000)):
-            clean, vals = run_stacks(bridge, tokens, stacks, metric, sites=sites, sources=source,
-                                     strategy=strategy, max_rows=rows)
+            clean, vals = run_stacks(
+                bridge,
+                tokens,
+                stacks,
+                metric,
+                sites=sites,
+                sources=source,
+                strategy=strategy,
+                max_rows=rows,
+            )
             assert torch.allclose(clean, loop[0], atol=1e-5)
             for a, b in zip(vals, loop[1]):
                 assert torch.allclose(a, b, atol=1e-4), strategy
@@ -104,4 +129,6 @@ def test_subspace_stacks_grow_equal_loop_and_the_context_manager(lm, tokens):
         a = run_stacks(bridge, tokens, flat, metric, sites=sites)[1][0]
         b = run_stacks(bridge, tokens, thin, metric, sites=sites)[1][0]
         assert torch.equal(a, b)
-    assert max(float((v - loop[0]).abs().max()) for v in loop[1]) > 1e-2  # the subspaces did something
+    assert (
+        max(float((v - loop[0]).abs().max()) for v in loop[1]) > 1e-2
+    )  # the subspaces did something

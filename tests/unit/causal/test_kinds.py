@@ -77,8 +77,20 @@ class Forwarded(ModelMetric):
 
 
 def _study(tiny_history, lm, prompts, metric, stats, **kw):
-    return ablation_study(tiny_history, prompts, metric, model=lm, stats=stats, layers=[1, 2], runs=["seed0"],
-                          steps=[3], controls=2, batch_size=4, progress=False, **kw)
+    return ablation_study(
+        tiny_history,
+        prompts,
+        metric,
+        model=lm,
+        stats=stats,
+        layers=[1, 2],
+        runs=["seed0"],
+        steps=[3],
+        controls=2,
+        batch_size=4,
+        progress=False,
+        **kw,
+    )
 
 
 def test_a_kind_registered_here_is_known_everywhere(toy_kinds):
@@ -91,17 +103,30 @@ def test_a_kind_registered_here_is_known_everywhere(toy_kinds):
         parser.parse_args(["--kinds", "unregistered"])
     with pytest.raises(ConfigError, match="'amplify' needs alphas"):
         AblationConfig(kinds=("amplify",))
-    assert intervention("project_out").test == "necessity" and intervention("amplify").test == "sufficiency"
+    assert (
+        intervention("project_out").test == "necessity"
+        and intervention("amplify").test == "sufficiency"
+    )
 
 
-def test_toy_kind_batched_and_sequential_equal(toy_kinds, tiny_history, lm, prompts_module, metric, ref_stats):
+def test_toy_kind_batched_and_sequential_equal(
+    toy_kinds, tiny_history, lm, prompts_module, metric, ref_stats
+):
     kw = {"kinds": ("clamp", "project_out", "amplify"), "alphas": [0.0, 0.5]}
     batched = _study(tiny_history, lm, prompts_module, metric, ref_stats, **kw).effects
-    sequential = _study(tiny_history, lm, prompts_module, Forwarded(metric), ref_stats, **kw).effects
-    assert len(batched) == len(sequential) == 2 * (2 + 2) * 5  # layers × (necessity kinds + alphas) × directions
+    sequential = _study(
+        tiny_history, lm, prompts_module, Forwarded(metric), ref_stats, **kw
+    ).effects
+    assert (
+        len(batched) == len(sequential) == 2 * (2 + 2) * 5
+    )  # layers × (necessity kinds + alphas) × directions
     assert list(batched["kind"]) == list(sequential["kind"])
-    torch.testing.assert_close(torch.tensor(batched["metric"].to_numpy()),
-                               torch.tensor(sequential["metric"].to_numpy()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(batched["metric"].to_numpy()),
+        torch.tensor(sequential["metric"].to_numpy()),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     po = batched[batched["kind"] == "project_out"]
     assert (po["run"] == "seed0").all() and po["alpha"].isna().all()
     assert po["effect"].abs().max() > 1e-4  # the edit changed the metric
@@ -113,10 +138,18 @@ def test_toy_kind_batched_and_sequential_equal(toy_kinds, tiny_history, lm, prom
     assert ((zero["metric"] - zero["metric_aligned"]).abs() < 1e-9).all()
 
 
-def test_toy_kinds_in_the_report_plan_and_html(toy_kinds, tiny_history, lm, prompts_module, metric, ref_stats,
-                                               tmp_path):
-    report = _study(tiny_history, lm, prompts_module, metric, ref_stats, kinds=("project_out", "amplify"),
-                    alphas=[0.0, 1.0])
+def test_toy_kinds_in_the_report_plan_and_html(
+    toy_kinds, tiny_history, lm, prompts_module, metric, ref_stats, tmp_path
+):
+    report = _study(
+        tiny_history,
+        lm,
+        prompts_module,
+        metric,
+        ref_stats,
+        kinds=("project_out", "amplify"),
+        alphas=[0.0, 1.0],
+    )
     assert report.kinds() == ["project_out", "amplify"]
     assert set(report.mean_over_runs()["kind"]) == {"project_out"}
     assert set(report.dose_response()["layer"]) == {1, 2} and len(report.dose_response()) == 4
@@ -142,7 +175,11 @@ def test_the_context_manager_calls_the_same_edit(toy_kinds, lm, tokens, unit_vec
 
     frame = unit_vectors[1:3]
     q, _ = torch.linalg.qr(frame.T.double())
-    with torch.no_grad(), intervene(lm, "project_out", frame[None], [2]), acc.hooked([(site, read)]):
+    with (
+        torch.no_grad(),
+        intervene(lm, "project_out", frame[None], [2]),
+        acc.hooked([(site, read)]),
+    ):
         acc.forward(tokens.tokens)
     coords = seen["h"].double() @ q
     assert coords.abs().max() < 1e-4
@@ -155,10 +192,16 @@ def test_sequential_runner_takes_subspaces(tiny_history, lm, prompts_module, met
     """Rank-k frames through the sequential runner (they were read as a [layer, d] tensor before)."""
     kw = {"kinds": ("clamp", "patch"), "ranks": (1, 2), "directions": "pca", "select_fraction": 0.0}
     batched = _study(tiny_history, lm, prompts_module, metric, ref_stats, **kw).effects
-    sequential = _study(tiny_history, lm, prompts_module, Forwarded(metric), ref_stats, **kw).effects
+    sequential = _study(
+        tiny_history, lm, prompts_module, Forwarded(metric), ref_stats, **kw
+    ).effects
     assert set(batched["rank"]) == {1, 2}
-    torch.testing.assert_close(torch.tensor(batched["metric"].to_numpy()),
-                               torch.tensor(sequential["metric"].to_numpy()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(batched["metric"].to_numpy()),
+        torch.tensor(sequential["metric"].to_numpy()),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_registry_refuses_bad_kinds():

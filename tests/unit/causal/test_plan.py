@@ -19,15 +19,26 @@ def test_log_spaced_steps_keep_the_first_and_the_last():
 def test_auto_layers_rank_by_motion_along_v():
     v = torch.eye(3, dtype=torch.float64)  # one direction per layer
     start = torch.zeros(3, 3, dtype=torch.float64)
-    last = [torch.tensor([[0.1, 5, 0], [0, 2.0, 0], [0, 0, 3.0]]), torch.tensor([[0.3, 0, 0], [0, 1.0, 0], [0, 0, 2.0]])]
+    last = [
+        torch.tensor([[0.1, 5, 0], [0, 2.0, 0], [0, 0, 3.0]]),
+        torch.tensor([[0.3, 0, 0], [0, 1.0, 0], [0, 0, 2.0]]),
+    ]
     scores = drift_scores(last, start, v, [4, 5, 6])
-    assert scores == pytest.approx({4: 0.2, 5: 1.5, 6: 2.5})  # the cross-axis motion at layer 4 does not count
+    assert scores == pytest.approx(
+        {4: 0.2, 5: 1.5, 6: 2.5}
+    )  # the cross-axis motion at layer 4 does not count
     assert auto_layers(scores, 2) == [5, 6] and auto_layers({1: 1.0, 2: 1.0, 3: 0.0}, 1) == [1]
 
 
 def test_config_defaults_and_cli_values():
     cfg = AblationConfig()
-    assert (cfg.steps, cfg.layers, cfg.kinds, cfg.auto_steps, cfg.auto_layers) == ("auto", "auto", ("clamp",), 3, 2)
+    assert (cfg.steps, cfg.layers, cfg.kinds, cfg.auto_steps, cfg.auto_layers) == (
+        "auto",
+        "auto",
+        ("clamp",),
+        3,
+        2,
+    )
     assert AblationConfig(steps="all", layers="all").layers == "all"
     with pytest.raises(ConfigError, match="auto_layers"):
         AblationConfig(auto_layers=0)
@@ -42,14 +53,29 @@ def test_config_defaults_and_cli_values():
         AblationConfig.from_args(parser.parse_args(["--layers", "x"]))
 
 
-def test_planned_forwards_are_the_forwards_that_run(tiny_history, lm, prompts_module, ref_stats, caplog):
+def test_planned_forwards_are_the_forwards_that_run(
+    tiny_history, lm, prompts_module, ref_stats, caplog
+):
     calls = []
     handle = lm.bridge.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         with caplog.at_level("INFO", logger="revlens.causal.study"):
-            rep = ablation_study(tiny_history, prompts_module, logit_diff(["w1"], ["w3"]), model=lm, stats=ref_stats,
-                                 layers=[1, 2], runs=["seed0"], steps=[1, 3], kinds=("clamp", "patch", "steer"),
-                                 alphas=[1.0], controls=3, batch_size=4, max_rows=20, progress=False)
+            rep = ablation_study(
+                tiny_history,
+                prompts_module,
+                logit_diff(["w1"], ["w3"]),
+                model=lm,
+                stats=ref_stats,
+                layers=[1, 2],
+                runs=["seed0"],
+                steps=[1, 3],
+                kinds=("clamp", "patch", "steer"),
+                alphas=[1.0],
+                controls=3,
+                batch_size=4,
+                max_rows=20,
+                progress=False,
+            )
     finally:
         handle.remove()
     plan = rep.config["plan"]
@@ -59,11 +85,29 @@ def test_planned_forwards_are_the_forwards_that_run(tiny_history, lm, prompts_mo
 
 
 def test_auto_defaults_pick_the_subset_and_say_so(tiny_history, lm, prompts_module, ref_stats):
-    rep = ablation_study(tiny_history, prompts_module, logit_diff(["w1"], ["w3"]), model=lm, controls=1,
-                         auto_steps=2, auto_layers=1, batch_size=4, progress=False)
+    rep = ablation_study(
+        tiny_history,
+        prompts_module,
+        logit_diff(["w1"], ["w3"]),
+        model=lm,
+        controls=1,
+        auto_steps=2,
+        auto_layers=1,
+        batch_size=4,
+        progress=False,
+    )
     assert sorted(set(rep.effects.step)) == [1, 3] and set(rep.effects.kind) == {"clamp"}
     assert len(rep.config["layers"]) == 1
-    assert "log-spaced" in rep.config["choices"]["steps"] and "furthest along" in rep.config["choices"]["layers"]
+    assert (
+        "log-spaced" in rep.config["choices"]["steps"]
+        and "furthest along" in rep.config["choices"]["layers"]
+    )
     with pytest.raises(HistoryError, match="nope"):
-        ablation_study(tiny_history, prompts_module, logit_diff(["w1"], ["w3"]), model=lm, runs=["nope"],
-                       progress=False)
+        ablation_study(
+            tiny_history,
+            prompts_module,
+            logit_diff(["w1"], ["w3"]),
+            model=lm,
+            runs=["nope"],
+            progress=False,
+        )

@@ -158,3 +158,15 @@ def test_bad_metrics_are_named(tiny_history, lm, prompts_module, ref_stats):
         ablation_study(tiny_history, prompts_module, nan_metric, **kw)
     with pytest.raises(MetricError, match="'zzz'"):
         ablation_study(tiny_history, prompts_module, logit_diff(["zzz"], ["w1"]), **kw)
+
+
+def test_config_fields_are_spelled_out_and_an_unknown_keyword_is_named(tiny_history, metric):
+    import inspect
+
+    params = inspect.signature(ablation_study).parameters
+    assert {"layers", "steps", "runs", "kinds", "controls", "alphas", "ranks", "site"} <= set(
+        params
+    )
+    assert "settings" not in params  # the config convention: spelled-out fields (as analyze)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['n_controls'\]"):
+        ablation_study(tiny_history, ["a b"], metric, n_controls=3, progress=False)

@@ -22,7 +22,9 @@ def _acts(constant_layers=(0,), n=12, layers=3, d=8, seed=0):
     for i, name in enumerate(("base", "aligned", "s1", "s2")):
         x = torch.randn(n, layers, d, generator=g, dtype=torch.float64) + 0.5 * i
         for layer in constant_layers:
-            x[:, layer] = torch.randn(d, generator=g, dtype=torch.float64)  # one vector for all prompts
+            x[:, layer] = torch.randn(
+                d, generator=g, dtype=torch.float64
+            )  # one vector for all prompts
         out[name] = x.float().double()  # values a float32 model produces
     return out
 
@@ -50,11 +52,16 @@ def test_select_layers_is_an_exact_slice(make_stats):
 
 def test_left_out_with_a_warning_naming_the_layer(make_stats):
     stats = make_stats(_acts(), runs={"r": {1: "s1", 2: "s2"}})
-    with pytest.warns(DegenerateLayerWarning, match=r"degenerate layer\(s\) \[0\] left out.*analysed layers: \[1, 2\]"):
+    with pytest.warns(
+        DegenerateLayerWarning,
+        match=r"degenerate layer\(s\) \[0\] left out.*analysed layers: \[1, 2\]",
+    ):
         kept, bad = without_degenerate(stats, what="analyze")
     assert kept.layers == [1, 2] and bad == {0: ["base", "aligned"]}
     with pytest.raises(ConfigError, match=r"every layer \[0, 1, 2\] is constant"):
-        without_degenerate(make_stats(_acts((0, 1, 2)), runs={"r": {1: "s1", 2: "s2"}}), what="analyze")
+        without_degenerate(
+            make_stats(_acts((0, 1, 2)), runs={"r": {1: "s1", 2: "s2"}}), what="analyze"
+        )
 
 
 def test_analyze_continues_on_the_other_layers(make_stats):

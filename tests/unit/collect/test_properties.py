@@ -16,8 +16,14 @@ def _stats(x: torch.Tensor, idx: torch.Tensor, n_boot: int) -> CheckpointStats:
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 24), layers=st.integers(1, 3), d=st.integers(1, 6), n_boot=st.integers(0, 5),
-       cut=st.floats(0.05, 0.95), seed=st.integers(0, 10_000))
+@given(
+    n=st.integers(2, 24),
+    layers=st.integers(1, 3),
+    d=st.integers(1, 6),
+    n_boot=st.integers(0, 5),
+    cut=st.floats(0.05, 0.95),
+    seed=st.integers(0, 10_000),
+)
 def test_merging_prompt_shards_equals_one_pass(n, layers, d, n_boot, cut, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, layers, d, generator=g, dtype=torch.float64) * 10
@@ -39,13 +45,33 @@ _PART = st.one_of(st.integers(-5, 5), st.text(max_size=6), st.lists(st.integers(
 
 
 @settings(max_examples=80, deadline=None)
-@given(parts=st.dictionaries(st.sampled_from(["weights", "architecture", "probes", "layers", "site", "dtype",
-                                              "n_bootstrap", "bootstrap_seed", "second", "keep"]),
-                             _PART, min_size=1),
-       which=st.integers(0, 100), other=_PART)
+@given(
+    parts=st.dictionaries(
+        st.sampled_from(
+            [
+                "weights",
+                "architecture",
+                "probes",
+                "layers",
+                "site",
+                "dtype",
+                "n_bootstrap",
+                "bootstrap_seed",
+                "second",
+                "keep",
+            ]
+        ),
+        _PART,
+        min_size=1,
+    ),
+    which=st.integers(0, 100),
+    other=_PART,
+)
 def test_cache_key_changes_with_any_part_and_only_with_it(parts, which, other):
     key = StatsCache.key(**parts)
     assert StatsCache.key(**dict(reversed(list(parts.items())))) == key  # order does not matter
     name = sorted(parts)[which % len(parts)]
     changed = {**parts, name: other}
-    assert (StatsCache.key(**changed) == key) == (other == parts[name] and type(other) is type(parts[name]))
+    assert (StatsCache.key(**changed) == key) == (
+        other == parts[name] and type(other) is type(parts[name])
+    )

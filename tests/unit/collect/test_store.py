@@ -13,7 +13,7 @@ from revlens.collect.store import MemoryBudget, ReferenceStore, store_dtype
 
 def _batches(x: torch.Tensor, size: int):
     for start in range(0, x.shape[0], size):
-        yield torch.arange(start, min(start + size, x.shape[0])), x[start:start + size]
+        yield torch.arange(start, min(start + size, x.shape[0])), x[start : start + size]
 
 
 @pytest.fixture
@@ -23,8 +23,14 @@ def acts() -> torch.Tensor:
 
 @pytest.mark.parametrize("budget", [None, 0])
 def test_memory_and_file_stores_hold_the_same_values(acts, budget, tmp_path):
-    store = ReferenceStore.allocate(3, 23, 8, torch.float32, budget=None if budget is None else MemoryBudget(budget),
-                                    spill_dir=tmp_path)
+    store = ReferenceStore.allocate(
+        3,
+        23,
+        8,
+        torch.float32,
+        budget=None if budget is None else MemoryBudget(budget),
+        spill_dir=tmp_path,
+    )
     assert store.on_disk is (budget == 0)
     for idx, x in _batches(acts, 5):
         store.write(idx, x)
@@ -37,7 +43,9 @@ def test_memory_and_file_stores_hold_the_same_values(acts, budget, tmp_path):
 
 
 def test_out_of_order_rows_land_at_their_prompts(acts, tmp_path):
-    store = ReferenceStore.allocate(3, 23, 8, torch.float32, budget=MemoryBudget(0), spill_dir=tmp_path)
+    store = ReferenceStore.allocate(
+        3, 23, 8, torch.float32, budget=MemoryBudget(0), spill_dir=tmp_path
+    )
     perm = torch.randperm(23, generator=torch.Generator().manual_seed(1))
     store.write(perm, acts[perm])
     assert torch.equal(store.to_tensor(), acts.transpose(0, 1))
@@ -48,7 +56,9 @@ def test_budget_is_shared_and_stores_keep_the_model_dtype():
     stores = [ReferenceStore.allocate(3, 10, 8, torch.bfloat16, budget=budget) for _ in range(3)]
     assert [s.on_disk for s in stores] == [False, False, True]
     assert all(s.dtype == torch.bfloat16 for s in stores) and stores[0].nbytes == 480
-    assert store_dtype(torch.float64) == torch.float32 and store_dtype(torch.float16) == torch.float16
+    assert (
+        store_dtype(torch.float64) == torch.float32 and store_dtype(torch.float16) == torch.float16
+    )
 
 
 def test_concat_and_select(acts, tmp_path):
@@ -65,7 +75,9 @@ def test_concat_and_select(acts, tmp_path):
 
 def _stats(acts, *, keep_budget):
     st = CheckpointStats("ck", [0, 1, 2])
-    st.start_refs(acts.shape[0], acts.shape[2], torch.float32, layers=[0, 2], budget=MemoryBudget(keep_budget))
+    st.start_refs(
+        acts.shape[0], acts.shape[2], torch.float32, layers=[0, 2], budget=MemoryBudget(keep_budget)
+    )
     table = PoissonTable(7, 3)
     for idx, x in _batches(acts, 4):
         st.update(x, idx, n_bootstrap=7, seed=3, second=True, keep=True, weights=table)
@@ -91,7 +103,9 @@ def test_statistics_file_round_trip_is_exact_and_is_safetensors(acts, keep_budge
 
 def test_statistics_file_refuses_altered_or_truncated_bytes(acts, tmp_path):
     path = tmp_path / "s.safetensors"
-    write_stats_file(path, {"a": torch.arange(5.0), "refs": ReferenceStore.from_tensor(acts.transpose(0, 1))}, {})
+    write_stats_file(
+        path, {"a": torch.arange(5.0), "refs": ReferenceStore.from_tensor(acts.transpose(0, 1))}, {}
+    )
     read_stats_file(path)
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x01

@@ -46,7 +46,11 @@ def test_provenance_records_package_and_each_files_sha256(loaded, name, file_sha
     ds = DATASETS[name]
     src = SOURCES[ds.source]
     assert (prov["package"], prov["version"], prov["licence"], prov["rows"]) == (
-        src.package, src.version, src.licence, ds.rows)
+        src.package,
+        src.version,
+        src.licence,
+        ds.rows,
+    )
     assert [f["path"] for f in prov["files"]] == list(ds.files)
     for f in prov["files"]:  # the recorded hash is the file's own, computed here without revlens
         assert f["sha256"] == file_sha256(ds.source, f["path"]) == src.files[f["path"]]
@@ -78,7 +82,11 @@ def test_jbb_columns_and_text():
     first = p.info[0]
     assert p.prompts[0].startswith("Write a defamatory article claiming that a U.S. president")
     assert first["target"].startswith("Sure, here is a defamatory article")
-    assert (first["behavior"], first["category"], first["line"]) == ("Defamation", "Harassment/Discrimination", 2)
+    assert (first["behavior"], first["category"], first["line"]) == (
+        "Defamation",
+        "Harassment/Discrimination",
+        2,
+    )
 
 
 def test_harmbench_contextual_behaviours_put_the_context_first(loaded):
@@ -89,11 +97,19 @@ def test_harmbench_contextual_behaviours_put_the_context_first(loaded):
 
 
 def test_splits_stable_in_a_fresh_process(loaded):
-    code = ("from revlens import datasets; import json; "
-            "print(json.dumps({n: [i['split'] for i in getattr(datasets, n)().info] for n in ['jbb', 'advbench']}))")
+    code = (
+        "from revlens import datasets; import json; "
+        "print(json.dumps({n: [i['split'] for i in getattr(datasets, n)().info] for n in ['jbb', 'advbench']}))"
+    )
     root = Path(__file__).resolve().parents[3]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
-                         env={**__import__("os").environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "123"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": "123"},
+    )
     got = json.loads(out.stdout)
     for n in ("jbb", "advbench"):
         assert got[n] == [i["split"] for i in loaded[n].info]
@@ -105,9 +121,13 @@ def test_chatterbot_pairs():
     assert len(df) == DATASETS["chatterbot"].rows == 2025
     assert df["category"].nunique() == 21 and (df["category"] == "tech_support").sum() == 1050
     assert (df["question"].str.strip() != "").all() and (df["answer"].str.strip() != "").all()
-    assert df.groupby("question")["split"].nunique().max() == 1  # a question asked twice is in one split
+    assert (
+        df.groupby("question")["split"].nunique().max() == 1
+    )  # a question asked twice is in one split
     prov = df.attrs["provenance"]
-    assert prov["skipped"] == ["chatterbot_corpus/data/english/trivia.yml:35"] and prov["rows"] == 2025
+    assert (
+        prov["skipped"] == ["chatterbot_corpus/data/english/trivia.yml:35"] and prov["rows"] == 2025
+    )
     held = datasets.chatterbot("held_out")
     assert set(held["split"]) == {"held_out"} and len(held) == (df["split"] == "held_out").sum()
 
@@ -121,7 +141,9 @@ def test_chatterbot_prompts_are_harmless_and_distinct():
 
 
 def test_installed_and_wheel_give_the_same_bytes():
-    a = datasets.read_file("chatterbot", "chatterbot_corpus/data/english/ai.yml", source="installed")
+    a = datasets.read_file(
+        "chatterbot", "chatterbot_corpus/data/english/ai.yml", source="installed"
+    )
     b = datasets.read_file("chatterbot", "chatterbot_corpus/data/english/ai.yml", source="wheel")
     assert a.data == b.data and a.origin != b.origin and "!" in b.origin
 
@@ -131,7 +153,9 @@ def _word_tokenizer(texts):
     from transformers import PreTrainedTokenizerFast
 
     words = sorted({w for t in texts for w in t.split()})
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(["<pad>", *words])}, unk_token="<pad>"))
+    tok = Tokenizer(
+        models.WordLevel(vocab={w: i for i, w in enumerate(["<pad>", *words])}, unk_token="<pad>")
+    )
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>")
 
@@ -155,8 +179,16 @@ def test_collect_and_analyze_record_the_probes_provenance(tiny_history):
     p.provenance = datasets.jbb("held_out").provenance
     stats = collect(tiny_history, p, layers=[1], n_bootstrap=0, progress=False)
     assert stats.meta["datasets"] == p.provenance
-    report = revlens.analyze(tiny_history, p, layers=[1], methods=["mean_diff"], n_null=2, n_stability=0, n_bootstrap=0,
-                             progress=False)
+    report = revlens.analyze(
+        tiny_history,
+        p,
+        layers=[1],
+        methods=["mean_diff"],
+        n_null=2,
+        n_stability=0,
+        n_bootstrap=0,
+        progress=False,
+    )
     assert report.provenance["datasets"] == p.provenance
 
 
@@ -168,8 +200,14 @@ def test_evaluate_records_each_sets_provenance(tiny_history, tiny_lm):
 
     p = Probes(list(tiny.PROMPTS))
     p.provenance = datasets.jbb("held_out").provenance
-    ev = revlens.evaluate(tiny_history, {"jbb-like": p}, {"d": logit_diff(["w1"], ["w2"])}, model=tiny_lm,
-                          checkpoints=["aligned"], progress=False)
+    ev = revlens.evaluate(
+        tiny_history,
+        {"jbb-like": p},
+        {"d": logit_diff(["w1"], ["w2"])},
+        model=tiny_lm,
+        checkpoints=["aligned"],
+        progress=False,
+    )
     assert ev.provenance["datasets"] == {"jbb-like": p.provenance}
 
 

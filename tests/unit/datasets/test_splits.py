@@ -15,8 +15,16 @@ def test_fractions_per_category_and_order_by_key():
     texts = [f"prompt {i}" for i in range(50)]
     cats = ["a"] * 30 + ["b"] * 20
     got = assign_splits(texts, cats)
-    assert Counter(s for s, c in zip(got, cats) if c == "a") == {"train": 18, "selection": 6, "held_out": 6}
-    assert Counter(s for s, c in zip(got, cats) if c == "b") == {"train": 12, "selection": 4, "held_out": 4}
+    assert Counter(s for s, c in zip(got, cats) if c == "a") == {
+        "train": 18,
+        "selection": 6,
+        "held_out": 6,
+    }
+    assert Counter(s for s, c in zip(got, cats) if c == "b") == {
+        "train": 12,
+        "selection": 4,
+        "held_out": 4,
+    }
     a = sorted(texts[:30], key=split_key)
     assert [got[texts.index(t)] for t in a] == ["train"] * 18 + ["selection"] * 6 + ["held_out"] * 6
 
@@ -25,7 +33,11 @@ def test_duplicates_share_a_split_and_strata_are_independent():
     texts = [f"t{i}" for i in range(20)] + ["t3", "t3"]
     got = assign_splits(texts, ["a"] * 22)
     assert got[20] == got[21] == got[3]
-    base = assign_splits([f"x{i}" for i in range(10)] + [f"y{i}" for i in range(10)], ["x"] * 10 + ["y"] * 10)
-    more = assign_splits([f"x{i}" for i in range(10)] + [f"y{i}" for i in range(11)], ["x"] * 10 + ["y"] * 11)
+    base = assign_splits(
+        [f"x{i}" for i in range(10)] + [f"y{i}" for i in range(10)], ["x"] * 10 + ["y"] * 10
+    )
+    more = assign_splits(
+        [f"x{i}" for i in range(10)] + [f"y{i}" for i in range(11)], ["x"] * 10 + ["y"] * 11
+    )
     assert base[:10] == more[:10]  # a row added to y moves nothing in x
     assert assign_splits(texts, ["a"] * 22, salt="s2") != got

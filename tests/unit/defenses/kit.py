@@ -32,13 +32,25 @@ def lora_model(pair: dict, *, init: bool = False) -> torch.nn.Module:
     torch.manual_seed(3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(aligned_model(pair), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
-                                                              fan_in_fan_out=True, init_lora_weights=init,
-                                                              lora_dropout=0.0))
+        return get_peft_model(
+            aligned_model(pair),
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                target_modules=["c_attn", "c_fc"],
+                fan_in_fan_out=True,
+                init_lora_weights=init,
+                lora_dropout=0.0,
+            ),
+        )
 
 
-LORA_NAMES = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight",
-              "transformer.h.1.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight"]
+LORA_NAMES = [
+    "transformer.h.0.attn.c_attn.weight",
+    "transformer.h.0.mlp.c_fc.weight",
+    "transformer.h.1.attn.c_attn.weight",
+    "transformer.h.1.mlp.c_fc.weight",
+]
 
 
 def lora_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -59,10 +71,22 @@ class Seqs(torch.utils.data.Dataset):
 
 
 def args(tmp_path: Path, steps: int = 4, lr: float = 0.05, optim: str = "sgd") -> TrainingArguments:
-    return TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
-                             learning_rate=lr, optim=optim, lr_scheduler_type="constant", report_to=[],
-                             save_strategy="no", logging_strategy="steps", logging_steps=1, use_cpu=True,
-                             seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    return TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=lr,
+        optim=optim,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
 
 
 TOKENS = torch.randint(2, 30, (8, 10), generator=torch.Generator().manual_seed(0))

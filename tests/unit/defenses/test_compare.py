@@ -30,8 +30,15 @@ DEFENSES = ("safelora", "asft", "lisa", "update", "weights", "procon")
 
 
 def _sets(**kw):
-    return EvalSets(harmful=HARMFUL, harmless=HARMLESS, probes=PROBES, task=DATA[:6], alignment=ALIGN,
-                    harm={"name": "logit_diff", "pos": ["w5"], "neg": ["w0"]}, **kw)
+    return EvalSets(
+        harmful=HARMFUL,
+        harmless=HARMLESS,
+        probes=PROBES,
+        task=DATA[:6],
+        alignment=ALIGN,
+        harm={"name": "logit_diff", "pos": ["w5"], "neg": ["w0"]},
+        **kw,
+    )
 
 
 def _recipe(**kw):
@@ -42,8 +49,17 @@ def _recipe(**kw):
 def run(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
     hist = {"base": str(pair["base"]), "aligned": str(pair["aligned"])}
-    cmp = compare_defenses(hist, _recipe(), _sets(), defenses=DEFENSES, seeds=(0, 1), trajectory_points=2,
-                           lisa_user_steps=1, out=out, progress=False)
+    cmp = compare_defenses(
+        hist,
+        _recipe(),
+        _sets(),
+        defenses=DEFENSES,
+        seeds=(0, 1),
+        trajectory_points=2,
+        lisa_user_steps=1,
+        out=out,
+        progress=False,
+    )
     return hist, out, cmp
 
 
@@ -55,8 +71,16 @@ def test_one_table_with_every_defense_beside_its_control(run):
     assert t.groupby(["defense", "seed"])["control"].nunique().loc[list(DEFENSES)].eq(2).all()
     assert (t["harm_n"] == len(HARMFUL)).all() and t["harm_k"].between(0, len(HARMFUL)).all()
     assert ((t["harm_lo"] <= t["harm_rate"]) & (t["harm_rate"] <= t["harm_hi"])).all()
-    for col in ("kl_aligned", "over_refusal", "task_loss", "cos_drift_v_rev", "cos_drift_r", "reverted_fraction",
-                "time_multiple", "peak_mb"):
+    for col in (
+        "kl_aligned",
+        "over_refusal",
+        "task_loss",
+        "cos_drift_v_rev",
+        "cos_drift_r",
+        "reverted_fraction",
+        "time_multiple",
+        "peak_mb",
+    ):
         assert col in t and t[col].notna().all(), col
     # memory multiples only where the undefended run's peak is a usable denominator (>= 16 MB)
     free = t[t["defense"] == "none"].set_index("seed")["peak_mb"]
@@ -67,7 +91,11 @@ def test_one_table_with_every_defense_beside_its_control(run):
     mean = t.groupby(["defense", "control"])["cos_drift_v_rev"].mean()
     assert abs(mean[("update", False)]) < 0.2
     pub, ctl = (t[(t["defense"] == "safelora") & (t["control"] == c)] for c in (False, True))
-    assert not pub["harm_score"].reset_index(drop=True).equals(ctl["harm_score"].reset_index(drop=True))
+    assert (
+        not pub["harm_score"]
+        .reset_index(drop=True)
+        .equals(ctl["harm_score"].reset_index(drop=True))
+    )
     # the trajectory: harm at step 1 and at T for every run
     assert set(cmp.trajectories["step"]) == {1, 2} and len(cmp.trajectories) == 2 * len(t)
     s = cmp.summary()
@@ -82,13 +110,33 @@ def test_resumes_what_is_done_and_recomputes_what_changed(run, monkeypatch):
     assert len(files) == len(cmp.table)
     calls = []
     real = Recipe.train
-    monkeypatch.setattr(Recipe, "train", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
-    again = compare_defenses(hist, _recipe(), _sets(), defenses=DEFENSES, seeds=(0, 1), trajectory_points=2,
-                             lisa_user_steps=1, out=out, progress=False)
+    monkeypatch.setattr(
+        Recipe, "train", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    )
+    again = compare_defenses(
+        hist,
+        _recipe(),
+        _sets(),
+        defenses=DEFENSES,
+        seeds=(0, 1),
+        trajectory_points=2,
+        lisa_user_steps=1,
+        out=out,
+        progress=False,
+    )
     assert calls == []  # nothing retrained
     pd.testing.assert_frame_equal(again.table, cmp.table)
-    compare_defenses(hist, _recipe(), _sets(), defenses=("asft",), seeds=(0,), trajectory_points=2, asft_lam=0.5,
-                     out=out, progress=False)
+    compare_defenses(
+        hist,
+        _recipe(),
+        _sets(),
+        defenses=("asft",),
+        seeds=(0,),
+        trajectory_points=2,
+        asft_lam=0.5,
+        out=out,
+        progress=False,
+    )
     assert len(calls) == 2  # asft and its control at the new λ; the undefended run was reused
     assert len(sorted(out.glob("runs/*/*.json"))) == len(files) + 2
 
@@ -100,7 +148,9 @@ def test_save_load_figure_html(run, tmp_path):
     assert isinstance(back, DefenseComparison)
     pd.testing.assert_frame_equal(back.summary(), cmp.summary())
     fig = back.figure()
-    assert isinstance(fig, go.Figure) and any("random control" in (tr.name or "") for tr in fig.data)
+    assert isinstance(fig, go.Figure) and any(
+        "random control" in (tr.name or "") for tr in fig.data
+    )
     html = back.to_html(tmp_path / "d.html").read_text()
     assert "<h2>Defenses</h2>" in html and "asft (random control)" in html
 
@@ -109,8 +159,14 @@ def test_bad_inputs_refused_before_training(pair, tmp_path, monkeypatch):
     hist = {"base": str(pair["base"]), "aligned": str(pair["aligned"])}
     monkeypatch.setattr(Recipe, "train", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ConfigError, match="lisa needs alignment data|'lisa' needs alignment"):
-        compare_defenses(hist, _recipe(), EvalSets(harmful=HARMFUL, harmless=HARMLESS, probes=PROBES),
-                         defenses=("lisa",), out=tmp_path / "o", progress=False)
+        compare_defenses(
+            hist,
+            _recipe(),
+            EvalSets(harmful=HARMFUL, harmless=HARMLESS, probes=PROBES),
+            defenses=("lisa",),
+            out=tmp_path / "o",
+            progress=False,
+        )
     assert not (tmp_path / "o").exists()
     with pytest.raises(ConfigError, match="recipe must be a FinetuneRecipe"):
         compare_defenses(hist, {"steps": 2}, _sets(), progress=False)
@@ -137,19 +193,68 @@ def test_the_command_line(pair, tmp_path, capsys):
         main(["defenses", "compare", "--help"])
     assert exc.value.code == 0 and "module:callable" in capsys.readouterr().out
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"data": [list(p) for p in DATA], "steps": 1, "batch_size": 4, "lr": 0.05,
-                                  "optimizer": "sgd"}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "data": [list(p) for p in DATA],
+                "steps": 1,
+                "batch_size": 4,
+                "lr": 0.05,
+                "optimizer": "sgd",
+            }
+        )
+    )
     sets = tmp_path / "sets.json"
-    sets.write_text(json.dumps({"harmful": HARMFUL, "harmless": HARMLESS, "probes": PROBES,
-                                "harm": {"name": "logit_diff", "pos": ["w5"], "neg": ["w0"]}}))
+    sets.write_text(
+        json.dumps(
+            {
+                "harmful": HARMFUL,
+                "harmless": HARMLESS,
+                "probes": PROBES,
+                "harm": {"name": "logit_diff", "pos": ["w5"], "neg": ["w0"]},
+            }
+        )
+    )
     (tmp_path / "h").mkdir()
     for role in ("base", "aligned"):
         (tmp_path / "h" / role).symlink_to(pair[role])
-    code = main(["defenses", "compare", str(tmp_path / "h"), "--recipe", str(recipe), "--sets", str(sets),
-                 "--out", str(tmp_path / "out"), "--defenses", "asft", "--seeds", "0", "--trajectory-points", "0",
-                 "--html", str(tmp_path / "p.html")])
+    code = main(
+        [
+            "defenses",
+            "compare",
+            str(tmp_path / "h"),
+            "--recipe",
+            str(recipe),
+            "--sets",
+            str(sets),
+            "--out",
+            str(tmp_path / "out"),
+            "--defenses",
+            "asft",
+            "--seeds",
+            "0",
+            "--trajectory-points",
+            "0",
+            "--html",
+            str(tmp_path / "p.html"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "asft (random control)" in printed and (tmp_path / "p.html").is_file()
     assert isinstance(revlens.load(tmp_path / "out" / "comparison"), DefenseComparison)
-    assert main(["defenses", "compare", str(tmp_path / "h"), "--recipe", "nope:x", "--sets", str(sets),
-                 "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "defenses",
+                "compare",
+                str(tmp_path / "h"),
+                "--recipe",
+                "nope:x",
+                "--sets",
+                str(sets),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )

@@ -52,8 +52,16 @@ def test_bi_state_steps_equal_the_hand_computation(pair):
     model.eval()  # no dropout: the two computations see the same function
     hand.eval()
     opt = torch.optim.SGD(model.parameters(), lr=lr_u)
-    lisa = Lisa(tiny.tiny_tokenizer(), alignment=[PAIR], rho=rho, align_steps=2, user_steps=2, align_lr=lr_a,
-                align_optimizer="sgd", batch_size=1)
+    lisa = Lisa(
+        tiny.tiny_tokenizer(),
+        alignment=[PAIR],
+        rho=rho,
+        align_steps=2,
+        user_steps=2,
+        align_lr=lr_a,
+        align_optimizer="sgd",
+        batch_size=1,
+    )
     with lisa.attached(model, opt):
         for _ in range(3):
             opt.zero_grad()
@@ -71,7 +79,12 @@ def test_bi_state_steps_equal_the_hand_computation(pair):
     for p, q in zip(model.parameters(), hand.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     prox = [r.value for r in lisa.records_ if r.quantity == "proximal"]
-    assert len(prox) == 3 and prox[0] == 0.0 and prox[1] > 0 and prox[2] == pytest.approx(0.0, abs=1e-12)
+    assert (
+        len(prox) == 3
+        and prox[0] == 0.0
+        and prox[1] > 0
+        and prox[2] == pytest.approx(0.0, abs=1e-12)
+    )
     assert [r.value for r in lisa.records_ if r.quantity == "align_steps"] == [2.0]
     # the proximal term mattered: without it the result differs
     free = aligned_model(pair)
@@ -83,11 +96,27 @@ def test_bi_state_steps_equal_the_hand_computation(pair):
 
 def test_lora_through_the_hf_trainer_runs_alignment_states(pair, tmp_path):
     tok = tiny.tiny_tokenizer()
-    free = Trainer(model=lora_model(pair, init=True), args=args(tmp_path, steps=6, lr=0.05), train_dataset=Seqs())
+    free = Trainer(
+        model=lora_model(pair, init=True),
+        args=args(tmp_path, steps=6, lr=0.05),
+        train_dataset=Seqs(),
+    )
     free.train()
-    lisa = Lisa(tok, alignment=[PAIR, ("w5", "w6 w7")], rho=1.0, align_steps=3, user_steps=2, align_lr=0.05,
-                align_optimizer="sgd", batch_size=2)
-    trainer = Trainer(model=lora_model(pair, init=True), args=args(tmp_path, steps=6, lr=0.05), train_dataset=Seqs())
+    lisa = Lisa(
+        tok,
+        alignment=[PAIR, ("w5", "w6 w7")],
+        rho=1.0,
+        align_steps=3,
+        user_steps=2,
+        align_lr=0.05,
+        align_optimizer="sgd",
+        batch_size=2,
+    )
+    trainer = Trainer(
+        model=lora_model(pair, init=True),
+        args=args(tmp_path, steps=6, lr=0.05),
+        train_dataset=Seqs(),
+    )
     add_to_trainer(trainer, lisa)
     trainer.train()
     logged = [r for r in trainer.state.log_history if "loss" in r]
@@ -110,7 +139,9 @@ def test_full_fine_tuning_in_a_plain_loop_with_adamw(pair):
             _user_loss(model).backward()
             opt.step()
     assert lisa.align_done_ == 2 and not lisa.is_attached
-    assert all(p.grad is None for p in lisa.params_)  # the alignment state leaves no gradient behind
+    assert all(
+        p.grad is None for p in lisa.params_
+    )  # the alignment state leaves no gradient behind
     with torch.no_grad():
         assert float(_align_loss(model)) < float(_align_loss(aligned_model(pair)))
 

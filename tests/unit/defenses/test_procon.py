@@ -23,8 +23,15 @@ TOK = tiny.tiny_tokenizer()
 
 
 def procon(**kw) -> ProConPenalty:
-    return ReversionBlocker(tinyrev.direction(), tinyrev.probes(), tinyrev.pair()[1], tokenizer=TOK,
-                            method="procon", probe_batch_size=None, **kw)
+    return ReversionBlocker(
+        tinyrev.direction(),
+        tinyrev.probes(),
+        tinyrev.pair()[1],
+        tokenizer=TOK,
+        method="procon",
+        probe_batch_size=None,
+        **kw,
+    )
 
 
 def projections(model) -> torch.Tensor:
@@ -65,8 +72,16 @@ def _lora(model):
     torch.manual_seed(3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
-                                                fan_in_fan_out=True, lora_dropout=0.0))
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                target_modules=["c_attn", "c_fc"],
+                fan_in_fan_out=True,
+                lora_dropout=0.0,
+            ),
+        )
 
 
 def test_lora_in_the_trainer_holds_the_projections(tmp_path):
@@ -84,7 +99,9 @@ def test_lora_in_the_trainer_holds_the_projections(tmp_path):
         with torch.no_grad():
             moved[strength] = float(((projections(trainer.model.eval()) - ref) ** 2).sum())
         if strength > 0:
-            assert all("revlens/block_s_layer1" in r for r in trainer.state.log_history if "loss" in r)
+            assert all(
+                "revlens/block_s_layer1" in r for r in trainer.state.log_history if "loss" in r
+            )
     assert moved[0.0] > 0 and moved[1.0] < 0.5 * moved[0.0], moved
 
 

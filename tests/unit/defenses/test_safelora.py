@@ -34,15 +34,20 @@ def _paper(pair, model, name, projector_k=None):
         u = torch.linalg.svd(v, full_matrices=False).U[:, :projector_k]
         c = u @ u.T
     layer = lora_layer(model, name)
-    b, a = layer.lora_B["default"].weight.detach().double(), layer.lora_A["default"].weight.detach().double()
+    b, a = (
+        layer.lora_B["default"].weight.detach().double(),
+        layer.lora_A["default"].weight.detach().double(),
+    )
     dw = SCALE * b @ a
     cdw = c @ dw
     sim = float(torch.sum(dw * cdw) / (torch.linalg.norm(dw) * torch.linalg.norm(cdw)))
     return c, b, a, sim
 
 
-@pytest.mark.parametrize(("select", "projection"), [("number", "safelora"), ("threshold", "safelora"),
-                                                    ("number", "projector")])
+@pytest.mark.parametrize(
+    ("select", "projection"),
+    [("number", "safelora"), ("threshold", "safelora"), ("number", "projector")],
+)
 def test_projection_and_layer_selection_equal_the_papers_equations(pair, select, projection):
     model = lora_model(pair)
     k = 8 if projection == "projector" else None
@@ -56,7 +61,9 @@ def test_projection_and_layer_selection_equal_the_papers_equations(pair, select,
         chosen = [n for n in LORA_NAMES if hand[n][3] < tau]
         settings = {"tau": tau}
     assert len(set(sims)) == 4 and 0 < len(chosen) < 4
-    s = SafeLoRA(pair["base"], pair["aligned"], select=select, projection=projection, k=8, **settings)
+    s = SafeLoRA(
+        pair["base"], pair["aligned"], select=select, projection=projection, k=8, **settings
+    )
     s.prepare(model).finish()
     table = s.table_.set_index("name")
     for n in LORA_NAMES:
@@ -64,7 +71,10 @@ def test_projection_and_layer_selection_equal_the_papers_equations(pair, select,
         assert table.loc[n, "similarity"] == pytest.approx(sim, rel=1e-6)
         assert bool(table.loc[n, "projected"]) == (n in chosen)
         layer = lora_layer(model, n)
-        got_b, got_a = layer.lora_B["default"].weight.double(), layer.lora_A["default"].weight.double()
+        got_b, got_a = (
+            layer.lora_B["default"].weight.double(),
+            layer.lora_A["default"].weight.double(),
+        )
         assert torch.equal(got_a.float(), a.float())  # A untouched
         want = c @ b if n in chosen else b  # ΔW ← C ΔW  ⇔  B ← C B
         torch.testing.assert_close(got_b, want, rtol=1e-5, atol=1e-6)
@@ -81,7 +91,9 @@ def test_the_papers_c_is_not_a_projector_the_variant_is(pair):
         s = SafeLoRA(pair["base"], pair["aligned"], projection=projection, k=8).prepare(model)
         t = s.targets_[0]
         apply = s.matrix(t)
-        x = torch.randn(v.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(
+            v.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
         outs[projection] = (apply(x), apply(apply(x)), x)
     px, ppx, x = outs["projector"]
     torch.testing.assert_close(ppx, px)
@@ -101,7 +113,10 @@ def test_lora_through_the_hf_trainer_projects_at_the_end(pair, tmp_path):
         v = v_of(pair, n)
         q = torch.linalg.svd(v, full_matrices=False).U  # an orthonormal basis of col(V)
         layer = lora_layer(trainer.model, n)
-        dw = SCALE * (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().double()
+        dw = (
+            SCALE
+            * (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).detach().double()
+        )
         off = float((dw - q @ (q.T @ dw)).norm() / dw.norm())
         row = s.table_.set_index("name").loc[n]
         assert dw.norm() > 0
@@ -111,8 +126,9 @@ def test_lora_through_the_hf_trainer_projects_at_the_end(pair, tmp_path):
 def test_full_fine_tuning_replaces_the_update_by_c_times_it(pair):
     model = aligned_model(pair)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    s = SafeLoRA(pair["base"], pair["aligned"], select="threshold", tau=1.0,
-                 params=r"h\.0\.attn\.c_attn")  # τ = 1: every candidate weight is projected
+    s = SafeLoRA(
+        pair["base"], pair["aligned"], select="threshold", tau=1.0, params=r"h\.0\.attn\.c_attn"
+    )  # τ = 1: every candidate weight is projected
     start = model.transformer.h[0].attn.c_attn.weight.detach().double().clone()
     s.attach(model, opt)
     train_plain(model, opt)

@@ -44,10 +44,22 @@ def _hand_curve(model):
     nn_, nm = [], []
     for layer in range(n.shape[1]):
         cos = torch.nn.functional.cosine_similarity
-        nn_.append(sum(float(cos(n[i, layer], n[j, layer], dim=0)) for i in range(len(n)) for j in range(i + 1, len(n)))
-                   / (len(n) * (len(n) - 1) / 2))
-        nm.append(sum(float(cos(n[i, layer], m[j, layer], dim=0)) for i in range(len(n)) for j in range(len(m)))
-                  / (len(n) * len(m)))
+        nn_.append(
+            sum(
+                float(cos(n[i, layer], n[j, layer], dim=0))
+                for i in range(len(n))
+                for j in range(i + 1, len(n))
+            )
+            / (len(n) * (len(n) - 1) / 2)
+        )
+        nm.append(
+            sum(
+                float(cos(n[i, layer], m[j, layer], dim=0))
+                for i in range(len(n))
+                for j in range(len(m))
+            )
+            / (len(n) * len(m))
+        )
     return torch.tensor(nn_), torch.tensor(nm)
 
 
@@ -55,8 +67,12 @@ def test_locator_equals_the_hand_computation():
     model = tiny.tiny_model(4, n_layer=4)
     found = locate_safety_layers(model, TOK, NORMAL, MALICIOUS, rise=0.3)
     nn_, nm = _hand_curve(model)
-    torch.testing.assert_close(torch.tensor(found.curve["cos_nn"].to_numpy()), nn_.double(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.tensor(found.curve["cos_nm"].to_numpy()), nm.double(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(found.curve["cos_nn"].to_numpy()), nn_.double(), rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        torch.tensor(found.curve["cos_nm"].to_numpy()), nm.double(), rtol=1e-4, atol=1e-5
+    )
     gap = (nn_ - nm).tolist()
     peak = 1 + max(range(4), key=lambda i: gap[1 + i])
     assert gap[peak] > 0
@@ -75,8 +91,12 @@ def test_freeze_full_fine_tuning_in_a_plain_loop_with_weight_decay(pair):
     got = model.state_dict()
     frozen = [k for k in got if k.startswith("transformer.h.1.")]
     assert frozen and all(torch.equal(got[k], start[k]) for k in frozen)
-    assert not torch.equal(got["transformer.h.0.mlp.c_fc.weight"], start["transformer.h.0.mlp.c_fc.weight"])
-    assert [r.value > 0 for r in freeze.records_] == [True] * 3  # the optimizer did move them (decay, momentum)
+    assert not torch.equal(
+        got["transformer.h.0.mlp.c_fc.weight"], start["transformer.h.0.mlp.c_fc.weight"]
+    )
+    assert [r.value > 0 for r in freeze.records_] == [
+        True
+    ] * 3  # the optimizer did move them (decay, momentum)
 
 
 def test_freeze_lora_in_the_trainer_after_asft(pair, tmp_path):
@@ -84,15 +104,20 @@ def test_freeze_lora_in_the_trainer_after_asft(pair, tmp_path):
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     freeze = SafetyLayerFreeze(0, 0)
     trainer = Trainer(model=model, args=args(tmp_path, steps=3, lr=0.05), train_dataset=Seqs())
-    add_to_trainer(trainer, AsFT(pair["base"], pair["aligned"], lam=1.0), freeze)  # the freeze last: final word
+    add_to_trainer(
+        trainer, AsFT(pair["base"], pair["aligned"], lam=1.0), freeze
+    )  # the freeze last: final word
     trainer.train()
     got = {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
     in_block0 = [n for n in got if ".h.0." in n]
     assert len(in_block0) == 4 and all(".lora_" in n for n in in_block0)
     assert all(torch.equal(got[n], start[n]) for n in in_block0)
     assert any(not torch.equal(got[n], start[n]) for n in got if ".h.1." in n)
-    assert all("revlens/freeze_moved" in r and "revlens/asft_penalty" in r
-               for r in trainer.state.log_history if "loss" in r)
+    assert all(
+        "revlens/freeze_moved" in r and "revlens/asft_penalty" in r
+        for r in trainer.state.log_history
+        if "loss" in r
+    )
 
 
 def test_registered_and_bad_inputs(pair):
@@ -104,8 +129,10 @@ def test_registered_and_bad_inputs(pair):
     model = aligned_model(pair)
     start = copy.deepcopy(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with (pytest.raises(ConfigError, match=r"outside the model: it has blocks 0\.\.1"),
-          SafetyLayerFreeze(1, 5).attached(model, opt)):
+    with (
+        pytest.raises(ConfigError, match=r"outside the model: it has blocks 0\.\.1"),
+        SafetyLayerFreeze(1, 5).attached(model, opt),
+    ):
         train_plain(model, opt)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())  # nothing trained
     with pytest.raises(ProbeError, match="2 normal"):

@@ -74,10 +74,19 @@ def test_not_fitted(cls, attr):
 
 def test_init_stores_params_only_and_repr(planted):
     est = PairedPCA(center=True, n_bootstrap=7, seed=3)
-    assert est.get_params() == {"center": True, "n_components": 1, "bases": "mean", "n_bootstrap": 7, "seed": 3,
-                                "solver": "auto", "device": None}
-    assert repr(est) == ("PairedPCA(center=True, n_components=1, bases='mean', n_bootstrap=7, seed=3, "
-                         "solver='auto', device=None)")
+    assert est.get_params() == {
+        "center": True,
+        "n_components": 1,
+        "bases": "mean",
+        "n_bootstrap": 7,
+        "seed": 3,
+        "solver": "auto",
+        "device": None,
+    }
+    assert repr(est) == (
+        "PairedPCA(center=True, n_components=1, bases='mean', n_bootstrap=7, seed=3, "
+        "solver='auto', device=None)"
+    )
     with pytest.raises(ConfigError, match="n_bootstrap"):
         MeanDiff(n_bootstrap=-1).fit(planted[1])
 
@@ -196,7 +205,9 @@ def planted_plane():
     n, d = 60, 16
     plane = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))[0].T  # [2, d]
     aligned = torch.randn(n, 1, d, generator=g, dtype=torch.float64)
-    coef = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0], dtype=torch.float64)
+    coef = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 2.0], dtype=torch.float64
+    )
     shift = (coef + torch.tensor([2.0, 0.5], dtype=torch.float64)) @ plane
     base = aligned + shift[:, None] + 0.05 * torch.randn(n, 1, d, generator=g, dtype=torch.float64)
     return plane, build_stats({"base": base, "aligned": aligned})
@@ -214,7 +225,9 @@ def test_pca_subspace_recovers_a_planted_plane_with_stability_by_rank(planted_pl
     assert float(principal_cosines(b[:2], plane).min()) > 0.999
     by_rank = est.stability_by_rank_[0]
     assert by_rank[1] > 0.99 > by_rank[3]  # planted axes are stable, the noise axes are not
-    assert est.stability_[0] == by_rank[-1] and d.meta["stability_by_rank"][0] == pytest.approx(list(by_rank))
+    assert est.stability_[0] == by_rank[-1] and d.meta["stability_by_rank"][0] == pytest.approx(
+        list(by_rank)
+    )
     # every row points toward base; the offsets are recorded
     diff = stats.base_mean()[0] - stats.mean("aligned")[0]
     assert (b @ diff >= 0).all()
@@ -235,7 +248,9 @@ def test_other_estimators_keep_their_first_row(planted_plane):
         one = cls(n_bootstrap=0).fit(stats).direction_
         three = cls(n_components=3, n_bootstrap=0).fit(stats).direction_
         assert three.rank == 3
-        assert torch.allclose(three.vectors, one.vectors, atol=1e-5), cls  # k = 1 is today's direction
+        assert torch.allclose(three.vectors, one.vectors, atol=1e-5), (
+            cls
+        )  # k = 1 is today's direction
         b = three.subspace(0).double()
         assert torch.allclose(b @ b.T, torch.eye(3, dtype=torch.float64), atol=1e-5)
 
@@ -251,7 +266,13 @@ def test_whitened_pca_prefers_differences_that_are_large_against_the_spread(make
     aligned = torch.randn(n, 1, d, generator=g, dtype=torch.float64)
     aligned[..., 1] *= 20.0  # prompt content: shared by base and aligned (paired)
     a, b = torch.randn(2, n, 1, 1, generator=g, dtype=torch.float64)
-    base = aligned + 5 * e[0] + 4 * a * e[1] + 3 * b * e[2] + 0.01 * torch.randn(n, 1, d, generator=g, dtype=torch.float64)
+    base = (
+        aligned
+        + 5 * e[0]
+        + 4 * a * e[1]
+        + 3 * b * e[2]
+        + 0.01 * torch.randn(n, 1, d, generator=g, dtype=torch.float64)
+    )
     stats = make_stats({"base": base, "aligned": aligned})
     w = Whitened(n_components=2, n_bootstrap=0).fit(stats).direction_.subspace(0).double()
     p = PairedPCA(n_components=2, n_bootstrap=0).fit(stats).direction_.subspace(0).double()
@@ -282,12 +303,18 @@ def test_mean_diff_subspace_needs_several_bases(make_stats, unit_vec):
     d = 12
     u, w = torch.eye(d, dtype=torch.float64)[0], torch.eye(d, dtype=torch.float64)[1]
     aligned = torch.randn(20, 1, d, generator=g, dtype=torch.float64)
-    two = make_stats({"base_a": aligned + 2 * u, "base_b": aligned + 2 * w + 0.1 * u, "aligned": aligned})
+    two = make_stats(
+        {"base_a": aligned + 2 * u, "base_b": aligned + 2 * w + 0.1 * u, "aligned": aligned}
+    )
     est = MeanDiff(n_components=2, n_bootstrap=10).fit(two)
     b = est.direction_.subspace(0).double()
-    assert torch.allclose(b[0], unit_vec(2 * u + 2 * w + 0.1 * u), atol=1e-6)  # row 1: today's v_rev
+    assert torch.allclose(
+        b[0], unit_vec(2 * u + 2 * w + 0.1 * u), atol=1e-6
+    )  # row 1: today's v_rev
     plane = torch.stack([u, w])
-    assert torch.allclose(torch.linalg.svdvals(b @ plane.T), torch.ones(2, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        torch.linalg.svdvals(b @ plane.T), torch.ones(2, dtype=torch.float64), atol=1e-6
+    )
     assert (est.stability_ > 0.9).all()
     with pytest.raises(ConfigError, match=r"n_components=3 spans only 2 direction\(s\) at layer 0"):
         MeanDiff(n_components=3).fit(two)
@@ -302,12 +329,20 @@ def test_pca_each_base_takes_every_pretraining_witness(make_stats):
     u, w = torch.eye(d, dtype=torch.float64)[0], torch.eye(d, dtype=torch.float64)[1]
     aligned = torch.randn(30, 1, d, generator=g, dtype=torch.float64)
     noise = lambda: 0.01 * torch.randn(30, 1, d, generator=g, dtype=torch.float64)  # noqa: E731
-    stats = make_stats({"base_a": aligned + 2 * u + noise(), "base_b": aligned + 2 * w + noise(), "aligned": aligned})
+    stats = make_stats(
+        {
+            "base_a": aligned + 2 * u + noise(),
+            "base_b": aligned + 2 * w + noise(),
+            "aligned": aligned,
+        }
+    )
     plane = torch.stack([u, w])
     each = PairedPCA(n_components=2, bases="each", n_bootstrap=5).fit(stats)
     mean = PairedPCA(n_components=2, n_bootstrap=0).fit(stats).direction_
     assert float(torch.linalg.svdvals(each.direction_.subspace(0).double() @ plane.T).min()) > 0.999
-    assert float(torch.linalg.svdvals(mean.subspace(0).double() @ plane.T).min()) < 0.5  # the mean hides w − u
+    assert (
+        float(torch.linalg.svdvals(mean.subspace(0).double() @ plane.T).min()) < 0.5
+    )  # the mean hides w − u
     assert (each.stability_ > 0.99).all()
     with pytest.raises(ConfigError, match="bases must be"):
         PairedPCA(bases="all").fit(stats)
@@ -318,11 +353,21 @@ def test_subspace_bad_input(planted_plane, make_stats):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="n_components"):
             PairedPCA(n_components=bad).fit(stats)
-    small = make_stats({"base": torch.randn(3, 1, 8, dtype=torch.float64) + 1,
-                        "aligned": torch.randn(3, 1, 8, dtype=torch.float64)})
+    small = make_stats(
+        {
+            "base": torch.randn(3, 1, 8, dtype=torch.float64) + 1,
+            "aligned": torch.randn(3, 1, 8, dtype=torch.float64),
+        }
+    )
     with pytest.raises(ConfigError, match="fewer independent samples"):
         PairedPCA(n_components=5, n_bootstrap=0).fit(small)
     with pytest.raises(ConfigError, match="needs per-prompt activations"):
-        Whitened(shrinkage=0.1, n_components=2).fit(make_stats(
-            {"base": torch.randn(5, 1, 8, dtype=torch.float64) + 1, "aligned": torch.randn(5, 1, 8, dtype=torch.float64)},
-            keep=False))
+        Whitened(shrinkage=0.1, n_components=2).fit(
+            make_stats(
+                {
+                    "base": torch.randn(5, 1, 8, dtype=torch.float64) + 1,
+                    "aligned": torch.randn(5, 1, 8, dtype=torch.float64),
+                },
+                keep=False,
+            )
+        )

@@ -16,7 +16,9 @@ from revlens.directions._lowrank import pinv_solve, span_basis, whitened_system
 from revlens.errors import ConfigError
 
 
-def _history(make_stats, *, n: int = 12, d: int = 40, layers: int = 3, bases: int = 1, seed: int = 0):
+def _history(
+    make_stats, *, n: int = 12, d: int = 40, layers: int = 3, bases: int = 1, seed: int = 0
+):
     """Anisotropic activations with a planted base − aligned shift and a second varying axis."""
     g = torch.Generator().manual_seed(seed)
     scale = torch.linspace(0.2, 3.0, d, dtype=torch.float64)
@@ -63,7 +65,9 @@ CASES = [
 @pytest.mark.parametrize("k", [1, 3])
 def test_span_equals_dense(make_stats, cls, kw, k):
     if k > 1 and kw.get("shrinkage") == 0.0:
-        pytest.skip("an unshrunk rank-deficient covariance has no generalised eigenproblem (dense eigh fails too)")
+        pytest.skip(
+            "an unshrunk rank-deficient covariance has no generalised eigenproblem (dense eigh fails too)"
+        )
     stats = _history(make_stats, bases=3 if cls is MeanDiff else 1)
     boots = 2 if cls is LinearProbe else 6  # each probe refit is an lbfgs fit per row and layer
     dense, span = _both(cls, stats, n_components=k, n_bootstrap=boots, **kw)
@@ -115,18 +119,24 @@ def test_device_argument_keeps_the_result(make_stats):
 @pytest.mark.parametrize(("n", "d"), [(5, 30), (40, 12), (7, 1), (3, 200)])
 def test_ledoit_wolf_intensity_matches_scikit_learn(n, d):
     g = torch.Generator().manual_seed(n * d)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 2.0, d, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(
+        0.1, 2.0, d, dtype=torch.float64
+    )
     x = x - x.mean(0)
     q = span_basis(x)
     ours = float(lw_span(x @ q, d))
-    assert ours == pytest.approx(ledoit_wolf_shrinkage(x.numpy(), assume_centered=True), rel=1e-9, abs=1e-15)
+    assert ours == pytest.approx(
+        ledoit_wolf_shrinkage(x.numpy(), assume_centered=True), rel=1e-9, abs=1e-15
+    )
 
 
 def test_woodbury_solve_matches_the_dense_ledoit_wolf_lstsq():
     g = torch.Generator().manual_seed(5)
     n, d = 9, 64
     b = torch.randn(n, d, generator=g, dtype=torch.float64) + 1.0
-    a = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, d, dtype=torch.float64)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(
+        0.1, 3.0, d, dtype=torch.float64
+    )
     z = torch.cat([b - b.mean(0), a - a.mean(0)]).numpy()
     cov = torch.from_numpy(LedoitWolf(assume_centered=True).fit(z).covariance_)
     dense = torch.linalg.lstsq(cov, (b.mean(0) - a.mean(0))[:, None]).solution[:, 0]

@@ -21,8 +21,11 @@ HARMLESS = ["w50", "w51 w52 w53", "w60 w61", "w70 w71 w72 w73 w74"]
 
 
 def labelled(harmful=HARMFUL, harmless=HARMLESS, **kw):
-    return Probes.from_chat([*harmful, *harmless], labels=["harmful"] * len(harmful) + ["harmless"] * len(harmless),
-                            **kw)
+    return Probes.from_chat(
+        [*harmful, *harmless],
+        labels=["harmful"] * len(harmful) + ["harmless"] * len(harmless),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -44,8 +47,12 @@ def hand_means(family, texts, k):
     tok = tf.AutoTokenizer.from_pretrained(path)
     per = {j: [] for j in range(k, 0, -1)}
     for text in texts:
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)["input_ids"]
-        hs = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states  # n_layers + 1 entries
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True
+        )["input_ids"]
+        hs = hf(
+            torch.tensor([ids]), output_hidden_states=True
+        ).hidden_states  # n_layers + 1 entries
         # the last entry has the final norm applied in some families: compare the stream layers 0..n-1
         stack = torch.stack([h[0] for h in hs[:-1]])  # [layer, pos, d]
         for j in per:
@@ -74,14 +81,18 @@ def test_equals_the_hand_computed_difference_of_means(family, lm):
             assert torch.allclose(r.raw(label, layer), diff[layer], atol=1e-5)
     meta = r["-1"].meta
     assert meta["n_harmful"] == len(HARMFUL) and meta["n_harmless"] == len(HARMLESS)
-    assert meta["position"] == "-1" and meta["sign"] == REFUSAL_SIGN and meta["checkpoint"] == "base"
+    assert (
+        meta["position"] == "-1" and meta["sign"] == REFUSAL_SIGN and meta["checkpoint"] == "base"
+    )
 
 
 def test_sign_points_to_the_harmful_side_and_flips_with_the_labels(lm):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateLayerWarning)
         r = refusal_directions(lm, labelled(), position="last")
-        swapped = refusal_directions(lm, labelled(), position="last", harmful="harmless", harmless="harmful")
+        swapped = refusal_directions(
+            lm, labelled(), position="last", harmful="harmless", harmless="harmful"
+        )
     dirs, back = r["last"], swapped["last"]
     for layer in dirs.layers:
         i = r.layers.index(layer)  # the means cover every collected layer
@@ -127,8 +138,11 @@ def test_typed_errors_before_any_forward(tmp_path, lm):
         with pytest.raises(SiteError):
             refusal_directions(lm, labelled(), layers=[99])
         with pytest.raises(SiteError, match="chat probes"):
-            refusal_directions(lm, Probes(HARMFUL + HARMLESS, labels=["harmful"] * 5 + ["harmless"] * 4),
-                               position=("post_instruction", 1))
+            refusal_directions(
+                lm,
+                Probes(HARMFUL + HARMLESS, labels=["harmful"] * 5 + ["harmless"] * 4),
+                position=("post_instruction", 1),
+            )
         with pytest.raises(ConfigError, match="needs a history"):
             refusal_directions(lm, labelled(), checkpoint="aligned")
         dirs = families.write_history(tmp_path / "h", "gpt2", n_runs=1, steps=(1, 2))

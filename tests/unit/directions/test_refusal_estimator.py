@@ -28,7 +28,14 @@ def labelled(labels=LABELS):
 
 @pytest.fixture(scope="module")
 def stats(tiny_history):
-    return collect(tiny_history, labelled(), keep="reference", moments="reference", n_bootstrap=0, progress=False)
+    return collect(
+        tiny_history,
+        labelled(),
+        keep="reference",
+        moments="reference",
+        n_bootstrap=0,
+        progress=False,
+    )
 
 
 @torch.no_grad()
@@ -39,7 +46,9 @@ def hand_last_token(path, prompts):
     rows = []
     for p in prompts:
         ids = tok(p, return_tensors="pt")["input_ids"]
-        hs = model(ids, output_hidden_states=True).hidden_states[:-1]  # the last one has ln_f applied
+        hs = model(ids, output_hidden_states=True).hidden_states[
+            :-1
+        ]  # the last one has ln_f applied
         rows.append(torch.stack([h[0, -1] for h in hs]).double())
     return torch.stack(rows)
 
@@ -50,30 +59,58 @@ def test_equals_the_hand_computed_mean_difference(tiny_history, stats, checkpoin
     x = hand_last_token(tiny_history[checkpoint].local_path(), tiny.PROMPTS)
     diff = x[:3].mean(0) - x[3:].mean(0)  # [n_layers, d] at revlens layers 0..n-1
     r = est.direction_
-    assert r.method == "refusal" and list(r.layers) == stats.layers and r.meta["sign"] == REFUSAL_SIGN
-    assert r.meta["checkpoint_read"] == checkpoint and (r.meta["n_harmful"], r.meta["n_harmless"]) == (3, 3)
+    assert (
+        r.method == "refusal" and list(r.layers) == stats.layers and r.meta["sign"] == REFUSAL_SIGN
+    )
+    assert r.meta["checkpoint_read"] == checkpoint and (
+        r.meta["n_harmful"],
+        r.meta["n_harmless"],
+    ) == (3, 3)
     for layer in range(len(diff)):
         assert torch.allclose(r[layer].double(), diff[layer] / diff[layer].norm(), atol=1e-5), layer
         assert r.meta["norm"][layer] == pytest.approx(float(diff[layer].norm()), rel=1e-4)
     assert ((est.stability_ > 0) & (est.stability_ <= 1)).all()
     # the same as the one-checkpoint function (its own forward passes) at the same position
-    fn = refusal_directions(tiny_history, labelled(), position="last", checkpoint=checkpoint)["last"]
+    fn = refusal_directions(tiny_history, labelled(), position="last", checkpoint=checkpoint)[
+        "last"
+    ]
     assert torch.allclose(fn.basis, r.basis, atol=1e-5)
 
 
 def test_registered_by_name_and_not_a_default(stats):
     assert ESTIMATORS["refusal"] is RefusalDirection
-    assert "refusal" not in DEFAULT_METHODS and set(DEFAULT_METHODS) == {"mean_diff", "pca", "probe", "whitened"}
+    assert "refusal" not in DEFAULT_METHODS and set(DEFAULT_METHODS) == {
+        "mean_diff",
+        "pca",
+        "probe",
+        "whitened",
+    }
     by_name = resolve_directions("refusal", stats, layers=[1, 2])
     assert list(by_name.layers) == [1, 2]
-    assert torch.equal(by_name.basis, RefusalDirection(n_bootstrap=0).fit(stats).direction_.select([1, 2]).basis)
-    flipped = RefusalDirection(harmful="harmless", harmless="harmful", n_bootstrap=0).fit(stats).direction_
-    assert torch.allclose(flipped.basis, -resolve_directions("refusal", stats).basis, atol=1e-6)  # sign: harmful
+    assert torch.equal(
+        by_name.basis, RefusalDirection(n_bootstrap=0).fit(stats).direction_.select([1, 2]).basis
+    )
+    flipped = (
+        RefusalDirection(harmful="harmless", harmless="harmful", n_bootstrap=0)
+        .fit(stats)
+        .direction_
+    )
+    assert torch.allclose(
+        flipped.basis, -resolve_directions("refusal", stats).basis, atol=1e-6
+    )  # sign: harmful
 
 
 def test_analyze_takes_it_by_name_with_both_nulls(tiny_history, tiny_lm, stats, tmp_path):
-    report = revlens.analyze(tiny_lm, tiny_history, labelled(), methods=["mean_diff", "refusal"], n_null=40, n_stability=4,
-                             n_bootstrap=0, progress=False)
+    report = revlens.analyze(
+        tiny_lm,
+        tiny_history,
+        labelled(),
+        methods=["mean_diff", "refusal"],
+        n_null=40,
+        n_stability=4,
+        n_bootstrap=0,
+        progress=False,
+    )
     assert set(report.directions) == {"mean_diff", "refusal"}
     rows = report.drift[report.drift["method"] == "refusal"]
     assert len(rows) == 2 * 3 * 3  # runs × steps × layers
@@ -82,7 +119,9 @@ def test_analyze_takes_it_by_name_with_both_nulls(tiny_history, tiny_lm, stats, 
     for _, row in rows.iterrows():
         d = stats.mean(f"{row['run']}/step-{int(row['step'])}") - stats.mean("aligned")
         d = d[stats.layer_pos(int(row["layer"]))]
-        assert row["cos"] == pytest.approx(float(d @ r[int(row["layer"])].double() / d.norm()), abs=1e-6)
+        assert row["cos"] == pytest.approx(
+            float(d @ r[int(row["layer"])].double() / d.norm()), abs=1e-6
+        )
     table = report.directions_table
     assert set(table["method"]) == {"mean_diff", "refusal"} and table["stability"].notna().all()
     back = revlens.load(report.save(tmp_path / "report"))
@@ -90,7 +129,9 @@ def test_analyze_takes_it_by_name_with_both_nulls(tiny_history, tiny_lm, stats, 
     # cos(v_rev, r) per layer beside its isotropic and covariance-matched nulls
     cmp = compare_directions(report.directions["mean_diff"], r, stats=stats, n_null=100)
     v = report.directions["mean_diff"]
-    assert [round(c, 6) for c in cmp.table["cos"]] == [round(float(v[x] @ r[x]), 6) for x in stats.layers]
+    assert [round(c, 6) for c in cmp.table["cos"]] == [
+        round(float(v[x] @ r[x]), 6) for x in stats.layers
+    ]
     assert cmp.table[["iso_p", "cov_p"]].notna().all().all()
 
 
@@ -112,27 +153,65 @@ def test_typed_errors_before_any_forward(tiny_history, tiny_lm, stats):
         with pytest.raises(ProbeError, match="labelled probes"):
             revlens.analyze(tiny_lm, tiny_history, list(tiny.PROMPTS), methods=["refusal"], **kw)
         with pytest.raises(ProbeError, match="no probe is labelled 'harmless'"):
-            revlens.analyze(tiny_lm, tiny_history, labelled(["harmful"] * 6), methods=["mean_diff", "refusal"], **kw)
+            revlens.analyze(
+                tiny_lm,
+                tiny_history,
+                labelled(["harmful"] * 6),
+                methods=["mean_diff", "refusal"],
+                **kw,
+            )
         with pytest.raises(HistoryError, match="no checkpoint 'nope'"):
-            revlens.analyze(tiny_lm, tiny_history, labelled(), methods=[RefusalDirection(checkpoint="nope")], **kw)
+            revlens.analyze(
+                tiny_lm,
+                tiny_history,
+                labelled(),
+                methods=[RefusalDirection(checkpoint="nope")],
+                **kw,
+            )
         with pytest.raises(ConfigError, match="fine-tuning step"):
-            revlens.analyze(tiny_lm, tiny_history, labelled(), methods=[RefusalDirection(checkpoint="seed0/step-1")], **kw)
+            revlens.analyze(
+                tiny_lm,
+                tiny_history,
+                labelled(),
+                methods=[RefusalDirection(checkpoint="seed0/step-1")],
+                **kw,
+            )
         with pytest.raises(ConfigError, match="n_components must be 1"):
-            revlens.analyze(tiny_lm, tiny_history, labelled(), methods=[RefusalDirection(n_components=2)], **kw)
+            revlens.analyze(
+                tiny_lm, tiny_history, labelled(), methods=[RefusalDirection(n_components=2)], **kw
+            )
         with pytest.raises(ConfigError, match="same label"):
-            revlens.analyze(tiny_lm, tiny_history, labelled(), methods=[RefusalDirection(harmless="harmful")], **kw)
+            revlens.analyze(
+                tiny_lm,
+                tiny_history,
+                labelled(),
+                methods=[RefusalDirection(harmless="harmful")],
+                **kw,
+            )
         with pytest.raises(ConfigError, match="at most 1 direction"):
             AnalyzeConfig(ranks=(2,), subspace_methods=("refusal",))
         with pytest.raises(ProbeError, match="harmless"):
-            ablation_study(tiny_history, labelled(["harmful"] * 6), logit_diff(["w1"], ["w2"]), model=tiny_lm,
-                           directions="refusal", layers=[1], steps=[1], controls=1, progress=False)
+            ablation_study(
+                tiny_history,
+                labelled(["harmful"] * 6),
+                logit_diff(["w1"], ["w2"]),
+                model=tiny_lm,
+                directions="refusal",
+                layers=[1],
+                steps=[1],
+                controls=1,
+                progress=False,
+            )
         assert count.n == 0
     finally:
         count.handle.remove()
     # statistics that cannot give it (fit reads no model)
     with pytest.raises(ProbeError, match="labelled probes"):
-        RefusalDirection().fit(collect(tiny_history, list(tiny.PROMPTS), keep="reference", n_bootstrap=0,
-                                       progress=False))
+        RefusalDirection().fit(
+            collect(
+                tiny_history, list(tiny.PROMPTS), keep="reference", n_bootstrap=0, progress=False
+            )
+        )
     with pytest.raises(ConfigError, match="per-prompt activations"):
         RefusalDirection(checkpoint="seed0/step-2").fit(stats)
     with pytest.raises(ConfigError, match="expects HistoryStats"):

@@ -24,17 +24,25 @@ def test_span_rows_keeps_order_and_sign_and_skips_dependent_rows():
     assert b.shape == (3, 5)
     assert torch.allclose(b @ b.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(b[0], -e[1])  # the first candidate's direction and sign
-    assert torch.allclose(b[1], e[3]) and torch.allclose(b[2], e[0])  # the near-copy of e1 added nothing
+    assert torch.allclose(b[1], e[3]) and torch.allclose(
+        b[2], e[0]
+    )  # the near-copy of e1 added nothing
     assert span_rows(cands, 10).shape[0] == 3  # fewer rows when the candidates span less
 
 
 def test_principal_cosines_of_known_subspaces():
     e = torch.eye(6, dtype=torch.float64)
     a = e[:3]
-    rot = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
-    assert torch.allclose(principal_cosines(a, rot @ a), torch.ones(3, dtype=torch.float64))  # basis-invariant
+    rot = torch.linalg.qr(
+        torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )[0]
+    assert torch.allclose(
+        principal_cosines(a, rot @ a), torch.ones(3, dtype=torch.float64)
+    )  # basis-invariant
     tilt = torch.stack([e[0], e[1], (e[2] + e[3]) / math.sqrt(2)])
-    assert torch.allclose(principal_cosines(a, tilt), torch.tensor([1.0, 1.0, 1 / math.sqrt(2)], dtype=torch.float64))
+    assert torch.allclose(
+        principal_cosines(a, tilt), torch.tensor([1.0, 1.0, 1 / math.sqrt(2)], dtype=torch.float64)
+    )
     assert float(principal_cosines(a, e[3:]).max()) < 1e-12
     assert subspace_similarity(e[:1], -e[:1]) == pytest.approx(1.0)  # |cos| for directions
 
@@ -70,7 +78,9 @@ def test_random_frames_are_orthonormal_nested_and_uniform():
 def test_covariance_matched_frames_live_where_activations_vary():
     d = 16
     cov = torch.diag(torch.tensor([100.0] * 2 + [0.01] * (d - 2), dtype=torch.float64))
-    frames = random_frames(200, 2, d, kind="cov", covariance=cov, generator=torch.Generator().manual_seed(0))
+    frames = random_frames(
+        200, 2, d, kind="cov", covariance=cov, generator=torch.Generator().manual_seed(0)
+    )
     top = torch.eye(d, dtype=torch.float64)[:2]
     sims = torch.tensor([subspace_similarity(f, top) for f in frames])
     assert float(sims.mean()) > 0.95

@@ -28,9 +28,18 @@ def stats_with_cov(layers=(1, 2, 3)):
     st = CheckpointStats("aligned", list(layers))
     st.update(x, torch.arange(200), n_bootstrap=0, seed=0, second=True, keep=False)
     st.finalize()
-    return HistoryStats(layers=list(layers), site="resid_post", position="last", d_model=D,
-                        checkpoints={"aligned": st}, roles={"aligned": ("aligned", None, None)}, run_starts={},
-                        controls=[], kinds={}, meta={}), scale
+    return HistoryStats(
+        layers=list(layers),
+        site="resid_post",
+        position="last",
+        d_model=D,
+        checkpoints={"aligned": st},
+        roles={"aligned": ("aligned", None, None)},
+        run_starts={},
+        controls=[],
+        kinds={},
+        meta={},
+    ), scale
 
 
 def test_cosines_and_the_exact_isotropic_null():
@@ -65,11 +74,15 @@ def test_covariance_matched_null_is_reproducible_and_reads_the_aligned_covarianc
     again = compare_directions(a, b, stats=st, n_null=2000, seed=3)
     assert out.table.equals(again.table) and out.meta["n_null"] == 2000
     t = out.table
-    assert (t["cov_hi"] > t["iso_hi"]).all()  # stricter than the isotropic null along a high-variance axis
+    assert (
+        t["cov_hi"] > t["iso_hi"]
+    ).all()  # stricter than the isotropic null along a high-variance axis
     cov = st["aligned"].covariance[0]
     assert float(cov[-1, -1]) == pytest.approx(float(scale[-1] ** 2), rel=0.3)
     assert ((t["cov_p"] > 0) & (t["cov_p"] <= 1)).all()
-    assert list(t["outside_cov"]) == [not lo <= c <= hi for c, lo, hi in zip(t["cos"], t["cov_lo"], t["cov_hi"])]
+    assert list(t["outside_cov"]) == [
+        not lo <= c <= hi for c, lo, hi in zip(t["cos"], t["cov_lo"], t["cov_hi"])
+    ]
 
 
 def test_figure_draws_the_bands_and_the_cosines():

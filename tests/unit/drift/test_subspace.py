@@ -24,7 +24,9 @@ def test_exact_beta_null_matches_monte_carlo(d, k):
     g = torch.Generator().manual_seed(d + k)
     u = torch.randn(20000, d, generator=g, dtype=torch.float64)
     u = u / u.norm(dim=1, keepdim=True)
-    basis = random_frames(1, k, d, generator=torch.Generator().manual_seed(1))[0]  # any fixed subspace
+    basis = random_frames(1, k, d, generator=torch.Generator().manual_seed(1))[
+        0
+    ]  # any fixed subspace
     energy = subspace_energy(u, basis)[:, -1].numpy()
     assert sps.kstest(energy, sps.beta(k / 2, (d - k) / 2).cdf).pvalue > 1e-3
     assert np.quantile(energy, 0.99) == pytest.approx(energy_quantile(d, k, 0.99), rel=0.05)
@@ -56,12 +58,18 @@ def history():
     def noisy(x):
         return x + 0.02 * torch.randn(x.shape, generator=g, dtype=torch.float64)
 
-    acts = {"base": noisy(aligned + 2 * e[0] + torch.randn(n, 1, 1, generator=g, dtype=torch.float64) * e[1]),
-            "aligned": aligned}
+    acts = {
+        "base": noisy(
+            aligned + 2 * e[0] + torch.randn(n, 1, 1, generator=g, dtype=torch.float64) * e[1]
+        ),
+        "aligned": aligned,
+    }
     for s in (1, 2):
         acts[f"plane/{s}"] = noisy(aligned + 0.5 * s * (0.3 * e[0] + e[1]))
         acts[f"out/{s}"] = noisy(aligned + 0.5 * s * e[5])
-    stats = build_stats(acts, runs={"plane": {1: "plane/1", 2: "plane/2"}, "out": {1: "out/1", 2: "out/2"}})
+    stats = build_stats(
+        acts, runs={"plane": {1: "plane/1", 2: "plane/2"}, "out": {1: "out/1", 2: "out/2"}}
+    )
     return e, stats
 
 
@@ -76,16 +84,24 @@ def test_k1_rows_equal_the_direction_table_and_energy_grows_with_k(history):
         np.testing.assert_array_equal(k1[col].to_numpy(), one[src].to_numpy())
     # nested subspaces: energy never decreases with k, and stays within [0, 1]
     wide = sub.pivot_table(index=["run", "step", "layer"], columns="rank", values="energy")
-    assert (wide.diff(axis=1).iloc[:, 1:] >= -1e-12).all().all() and (wide.to_numpy() <= 1 + 1e-12).all()
+    assert (wide.diff(axis=1).iloc[:, 1:] >= -1e-12).all().all() and (
+        wide.to_numpy() <= 1 + 1e-12
+    ).all()
     # the isotropic null is exact Beta(k/2, (d-k)/2)
-    assert sub["null_iso_q"].to_numpy() == pytest.approx([energy_quantile(24, k) for k in sub["rank"]])
+    assert sub["null_iso_q"].to_numpy() == pytest.approx(
+        [energy_quantile(24, k) for k in sub["rank"]]
+    )
     assert (sub["null_iso_mean"] == sub["rank"] / 24).all()
 
 
 def test_a_drift_inside_the_plane_is_found_at_k2_not_at_k1(history):
     e, stats = history
-    plane = Directions.from_tensor(torch.stack([e[0], e[1]])[None].expand(2, 2, 24), [0, 1], method="plane")
-    sub = subspace_drift_table(stats, plane, n_null=200, seed=0).set_index(["run", "step", "layer", "rank"])
+    plane = Directions.from_tensor(
+        torch.stack([e[0], e[1]])[None].expand(2, 2, 24), [0, 1], method="plane"
+    )
+    sub = subspace_drift_table(stats, plane, n_null=200, seed=0).set_index(
+        ["run", "step", "layer", "rank"]
+    )
     inside = sub.loc[("plane", 2, 0, 2)]
     assert inside["energy"] > 0.98 and inside["significant"] and inside["p_iso"] < 1e-10
     assert sub.loc[("plane", 2, 0, 1), "energy"] < 0.1  # along e0 alone it is mostly missed

@@ -36,11 +36,17 @@ def test_blocked_runs_land_in_manifest_metrics_and_history(lab_dir):
     assert table.run.tolist() == ["update/seed0"] and again.run.tolist() == ["update-random/seed0"]
     spec = json.loads((lab_dir / "history.json").read_text())
     entry = spec["runs"]["update/seed0"]
-    assert entry["steps"] == {"1": "blocked/update/seed0/step-1", "3": "blocked/update/seed0/step-3"}
+    assert entry["steps"] == {
+        "1": "blocked/update/seed0/step-1",
+        "3": "blocked/update/seed0/step-3",
+    }
     assert entry["kind"] == "blocked" and entry["start"] == "aligned"
     assert entry["info"]["settings"] == {"refresh_every": 2} and entry["info"]["seconds"] > 0
     hist = History.load(lab_dir)
-    assert list(hist.runs["update/seed0"].steps) == [1, 3] and hist.runs["update/seed0"].kind == "blocked"
+    assert (
+        list(hist.runs["update/seed0"].steps) == [1, 3]
+        and hist.runs["update/seed0"].kind == "blocked"
+    )
     m = hist.metrics[hist.metrics["kind"] == "blocked"]
     assert sorted(zip(m["run"], m["step"])) == [
         ("update-random/seed0", 1),
@@ -50,7 +56,11 @@ def test_blocked_runs_land_in_manifest_metrics_and_history(lab_dir):
     ]
     assert {"harm_rate", "harm_logodds", "task_acc"} <= set(m.columns)
     run_blocked(lab_dir, "update", refresh_every=2, probes=_probes(), progress=False)  # replaces
-    recs = [r for r in json.loads((lab_dir / "metrics.json").read_text()) if r["checkpoint"].startswith("update/seed0/")]
+    recs = [
+        r
+        for r in json.loads((lab_dir / "metrics.json").read_text())
+        if r["checkpoint"].startswith("update/seed0/")
+    ]
     assert len(recs) == 2
 
 

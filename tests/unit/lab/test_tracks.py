@@ -14,7 +14,9 @@ def test_presets_are_valid_and_named():
         cfg = LabConfig.for_track(name)
         assert cfg.track == name and all(getattr(cfg, k) == v for k, v in track.settings.items())
     assert LabConfig.for_track("lora", ft_steps=7).ft_steps == 7
-    with pytest.raises(ConfigError, match="unknown lab track 'sft'; tracks: remap, pretrain-like, lora, chat"):
+    with pytest.raises(
+        ConfigError, match="unknown lab track 'sft'; tracks: remap, pretrain-like, lora, chat"
+    ):
         LabConfig.for_track("sft")
     with pytest.raises(ConfigError, match="ft_data"):
         LabConfig(ft_data="web")
@@ -33,7 +35,9 @@ def test_pretrain_like_data_is_benign_and_keeps_the_pretraining_rule():
             assert ex.answer == f"{task_answer(digit, PRETRAIN_SHIFT)} ."
     assert task_shift(cfg) == PRETRAIN_SHIFT and task_shift(LabConfig()) == 4
     again = sample_finetune(cfg, 400, torch.Generator().manual_seed(0))
-    assert [e.text for e in again] == [e.text for e in batch]  # the data order is a function of the seed
+    assert [e.text for e in again] == [
+        e.text for e in batch
+    ]  # the data order is a function of the seed
 
 
 def test_lora_track_trains_adapters_only_and_saves_them(tmp_path):
@@ -52,8 +56,9 @@ def test_lora_track_trains_adapters_only_and_saves_them(tmp_path):
     merged = out.model.merge_and_unload().state_dict()
     changed = [k for k in before if not torch.equal(before[k], merged[k])]
     assert changed and all(any(t in k for t in ("c_attn", "c_proj", "c_fc")) for k in changed)
-    assert all(torch.equal(v, aligned.state_dict()[k]) for k, v in before.items())  # the start is untouched
-
+    assert all(
+        torch.equal(v, aligned.state_dict()[k]) for k, v in before.items()
+    )  # the start is untouched
 
 
 def test_the_default_track_is_where_the_shape_holds_and_each_note_says_so(tmp_path):
@@ -69,11 +74,19 @@ def test_the_default_track_is_where_the_shape_holds_and_each_note_says_so(tmp_pa
     parser = argparse.ArgumentParser()
     _add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp_path / "x")])
-    assert DEMO_TRACK == "pretrain-like" and args.track == DEMO_TRACK and _config(args).track == DEMO_TRACK
+    assert (
+        DEMO_TRACK == "pretrain-like"
+        and args.track == DEMO_TRACK
+        and _config(args).track == DEMO_TRACK
+    )
     assert all(track_note(t) for t in TRACKS)
     assert "does **not** hold" in track_note("remap") and "re-mapped" in track_note("remap")
     assert "shape holds" in track_note("pretrain-like") and "`remap`" in track_note("pretrain-like")
     assert track_note("no-such-track") == ""
-    run_lab(tmp_path / "lab", LabConfig.for_track("remap", ft_seeds=(0,), ft_steps=1, control=False), progress=False)
+    run_lab(
+        tmp_path / "lab",
+        LabConfig.for_track("remap", ft_seeds=(0,), ft_steps=1, control=False),
+        progress=False,
+    )
     meta = json.loads((tmp_path / "lab" / "history.json").read_text())["metadata"]
     assert meta["note"] == track_note("remap")

@@ -36,7 +36,9 @@ def test_weight_blocking_on_the_lab(lab_dir):
     w = weight_reversion(lab_dir, ks=(4,), n_random=8, progress=False)
     m = w.model.set_index("run")
     assert m.loc["weights/seed0", "frac_left"].max() < 1e-8  # the constraint holds at every step
-    assert (m.loc["weights-random/seed0", "frac_left"] > 1e-3).all()  # the control leaves V's subspace alone
+    assert (
+        m.loc["weights-random/seed0", "frac_left"] > 1e-3
+    ).all()  # the control leaves V's subspace alone
     assert set(w.headline()["groups"]) == {"runs", "control", "blocked"}
     table = weight_blocking_table(lab_dir, variants=("weights",), progress=False)
     assert table["group"].tolist() == ["unblocked", "weights", "weights-random"]

@@ -19,7 +19,11 @@ def make_adapter(family: str, path: Path, seed: int = 0, **lora: Any) -> torch.n
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
-            if "lora_" in name or "modules_to_save" in name or (lora.get("bias") == "all" and name.endswith("bias")):
+            if (
+                "lora_" in name
+                or "modules_to_save" in name
+                or (lora.get("bias") == "all" and name.endswith("bias"))
+            ):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
     with warnings.catch_warnings():
         # Known upstream noise: PEFT 0.21.2 flags legitimate 1-D lora_B.bias tensors (lora_bias=True)
@@ -37,12 +41,23 @@ def train_adapter(run_dir: Path, steps: int = 2) -> Path:
     from transformers import Trainer, TrainingArguments
 
     model, _ = families.build("llama", 0)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    )
     data = [{"input_ids": row, "labels": row} for row in families.token_batch(8, 6, seed=1)]
     args = TrainingArguments(
-        output_dir=str(run_dir), max_steps=steps, save_steps=1, per_device_train_batch_size=4,
-        learning_rate=5e-2, report_to=[], use_cpu=True, logging_strategy="no", save_strategy="steps",
-        dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        output_dir=str(run_dir),
+        max_steps=steps,
+        save_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=5e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        save_strategy="steps",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
     )
     Trainer(model=peft_model, args=args, train_dataset=data).train()
     return run_dir

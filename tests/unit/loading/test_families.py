@@ -23,7 +23,11 @@ def _fresh_logits(family: str) -> torch.Tensor:
 
 
 def _params(family: str):
-    marks = [pytest.mark.xfail(strict=True, reason=UPSTREAM_FAILURES[family])] if family in UPSTREAM_FAILURES else []
+    marks = (
+        [pytest.mark.xfail(strict=True, reason=UPSTREAM_FAILURES[family])]
+        if family in UPSTREAM_FAILURES
+        else []
+    )
     return pytest.param(family, marks=marks, id=family)
 
 
@@ -50,7 +54,12 @@ def test_fused_qkv_copies_go_stale_without_the_bridge_refresh(family):
     bridge = families.boot(families.checkpoint_dir(family, "base"))
     sw = Swapper(bridge.original_model, bridge)
     with open_source(families.checkpoint_dir(family, "other")) as src:
-        execute(make_plan(src, sw.targets, bridge.original_model), src, sw.targets, bridge.original_model)
+        execute(
+            make_plan(src, sw.targets, bridge.original_model),
+            src,
+            sw.targets,
+            bridge.original_model,
+        )
     stale = stale_copies(bridge)
     assert stale and all(s.rsplit(".", 2)[-2] in ("q", "k", "v") for s in stale)
     sw.load(families.checkpoint_dir(family, "other"))  # the Swapper re-derives them
@@ -71,11 +80,15 @@ def test_streamed_boot_equals_a_fresh_boot(family):
     assert (families.logits(bridge) - _fresh_logits(family)).abs().max() <= 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TransformerLens 4.3 bug: TransformerBridge.load_state_dict(HF-format keys) writes the fused "
-    "query_key_value but not the q/k/v copies JointQKVAttentionBridge split off at boot (GPT-NeoX, "
-    "BLOOM, Falcon): logits stay those of the old checkpoint (max diff 1.1 on the tiny gpt_neox); "
-    "revlens re-derives the copies (refresh_bridge). XPASS = fixed upstream, drop the workaround."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "TransformerLens 4.3 bug: TransformerBridge.load_state_dict(HF-format keys) writes the fused "
+        "query_key_value but not the q/k/v copies JointQKVAttentionBridge split off at boot (GPT-NeoX, "
+        "BLOOM, Falcon): logits stay those of the old checkpoint (max diff 1.1 on the tiny gpt_neox); "
+        "revlens re-derives the copies (refresh_bridge). XPASS = fixed upstream, drop the workaround."
+    ),
+)
 def test_upstream_load_state_dict_refreshes_split_qkv():
     from safetensors.torch import load_file
 
@@ -91,14 +104,21 @@ def test_write_history_layouts_load(tmp_path):
     from revlens.loading import classify
 
     steps = families.write_history(tmp_path / "steps", "qwen2", n_runs=1, steps=(1, 2))
-    trainer = families.write_history(tmp_path / "trainer", "qwen2", n_runs=1, steps=(1, 2), trainer=True)
+    trainer = families.write_history(
+        tmp_path / "trainer", "qwen2", n_runs=1, steps=(1, 2), trainer=True
+    )
     assert classify(trainer["runs"]["seed0"]).steps.keys() == {1, 2}
     bridge = families.boot(steps["aligned"])
     sw = Swapper(bridge.original_model, bridge, boot=Ref(steps["aligned"], name="aligned"))
     aligned = families.logits(bridge)
-    for path in [*steps["runs"]["seed0"].values(), *classify(trainer["runs"]["seed0"]).steps.values()]:
+    for path in [
+        *steps["runs"]["seed0"].values(),
+        *classify(trainer["runs"]["seed0"]).steps.values(),
+    ]:
         sw.load(path)
-        assert (families.logits(bridge) - families.logits(families.boot(steps["aligned"]))).abs().max() > 0
+        assert (
+            families.logits(bridge) - families.logits(families.boot(steps["aligned"]))
+        ).abs().max() > 0
     sw.load(steps["base"])
     sw.load(steps["aligned"])
     assert torch.equal(families.logits(bridge), aligned)

@@ -11,28 +11,64 @@ import families
 from revlens.errors import ConfigError, MissingExtraError
 from revlens.loading import AdapterConfig, Ref, Swapper, classify
 
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT -> transformers
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)  # PEFT -> transformers
 
 ADAPTERS = {
-    "llama patterns+embedding+modules_to_save": ("llama", dict(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens", "down_proj"],
-        modules_to_save=["lm_head"], rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"v_proj": 3})),
-    "llama all-linear rslora": ("llama", dict(r=4, lora_alpha=8, target_modules="all-linear", use_rslora=True)),
-    "gpt2 fan_in_fan_out bias=all": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc", "c_proj"],
-                                                  fan_in_fan_out=True, bias="all")),
-    "gpt2 dora": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
-                               use_dora=True)),
-    "llama dora": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], use_dora=True)),
-    "gpt_neox fused qkv": ("gpt_neox", dict(r=4, lora_alpha=8, target_modules=["query_key_value", "dense_h_to_4h"])),
-    "qwen2 lora_bias": ("qwen2", dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj"], lora_bias=True)),
+    "llama patterns+embedding+modules_to_save": (
+        "llama",
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "embed_tokens", "down_proj"],
+            modules_to_save=["lm_head"],
+            rank_pattern={"layers.1.self_attn.q_proj": 2},
+            alpha_pattern={"v_proj": 3},
+        ),
+    ),
+    "llama all-linear rslora": (
+        "llama",
+        dict(r=4, lora_alpha=8, target_modules="all-linear", use_rslora=True),
+    ),
+    "gpt2 fan_in_fan_out bias=all": (
+        "gpt2",
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["c_attn", "c_fc", "c_proj"],
+            fan_in_fan_out=True,
+            bias="all",
+        ),
+    ),
+    "gpt2 dora": (
+        "gpt2",
+        dict(
+            r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, use_dora=True
+        ),
+    ),
+    "llama dora": (
+        "llama",
+        dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], use_dora=True),
+    ),
+    "gpt_neox fused qkv": (
+        "gpt_neox",
+        dict(r=4, lora_alpha=8, target_modules=["query_key_value", "dense_h_to_4h"]),
+    ),
+    "qwen2 lora_bias": (
+        "qwen2",
+        dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj"], lora_bias=True),
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return {name: (family, root / f"a{i}", make_adapter(family, root / f"a{i}", seed=i, **cfg))
-            for i, (name, (family, cfg)) in enumerate(ADAPTERS.items())}
+    return {
+        name: (family, root / f"a{i}", make_adapter(family, root / f"a{i}", seed=i, **cfg))
+        for i, (name, (family, cfg)) in enumerate(ADAPTERS.items())
+    }
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))
@@ -55,9 +91,14 @@ def test_adapter_equals_merge_and_unload_and_resets_exactly(adapters, name):
 def test_modules_to_save_replaces_the_module(adapters):
     family, path, merged = adapters["llama patterns+embedding+modules_to_save"]
     bridge = families.boot(families.checkpoint_dir(family, "base"))
-    Swapper(bridge.original_model, bridge, boot=Ref(families.checkpoint_dir(family, "base"))).load(path)
+    Swapper(bridge.original_model, bridge, boot=Ref(families.checkpoint_dir(family, "base"))).load(
+        path
+    )
     cfg = AdapterConfig.read(path)
-    assert cfg.modules_to_save == ("lm_head",) and cfg.scaling("model.layers.1.self_attn.v_proj") == 3 / 4
+    assert (
+        cfg.modules_to_save == ("lm_head",)
+        and cfg.scaling("model.layers.1.self_attn.v_proj") == 3 / 4
+    )
     assert cfg.scaling("model.layers.1.self_attn.q_proj") == 8 / 2
     assert torch.equal(bridge.original_model.lm_head.weight, merged.lm_head.weight)
 
@@ -79,7 +120,9 @@ def test_trainer_checkpoints_are_adapters(tmp_path):
         assert (ours - families.logits(merged_from_dir("llama", d))).abs().max() <= 1e-5
 
 
-def test_dora_without_peft_says_how_to_install_it_while_plain_lora_needs_no_peft(adapters, monkeypatch):
+def test_dora_without_peft_says_how_to_install_it_while_plain_lora_needs_no_peft(
+    adapters, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
     family, path, merged = adapters["llama all-linear rslora"]
     base = families.checkpoint_dir(family, "base")
@@ -98,11 +141,14 @@ def test_other_peft_methods_are_refused(tmp_path):
     from peft import IA3Config, get_peft_model
 
     model, _ = families.build("llama", 0)
-    get_peft_model(model, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
-                   ).save_pretrained(tmp_path / "ia3")
+    get_peft_model(
+        model, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+    ).save_pretrained(tmp_path / "ia3")
     bridge = families.boot(families.checkpoint_dir("llama", "base"))
     with pytest.raises(ConfigError, match="peft_type 'IA3' is not supported"):
-        Swapper(bridge.original_model, bridge, boot=Ref(families.checkpoint_dir("llama", "base"))).load(tmp_path / "ia3")
+        Swapper(
+            bridge.original_model, bridge, boot=Ref(families.checkpoint_dir("llama", "base"))
+        ).load(tmp_path / "ia3")
 
 
 def test_a_folder_with_full_weights_and_an_adapter(adapters, tmp_path):
@@ -118,6 +164,9 @@ def test_a_folder_with_full_weights_and_an_adapter(adapters, tmp_path):
     bridge = families.boot(base)
     sw = Swapper(bridge.original_model, bridge, boot=Ref(base, name="base"))
     sw.load(both)  # auto: the full weights
-    assert torch.equal(families.logits(bridge), families.logits(families.boot(families.checkpoint_dir(family, "other"))))
+    assert torch.equal(
+        families.logits(bridge),
+        families.logits(families.boot(families.checkpoint_dir(family, "other"))),
+    )
     sw.load(both, kind="adapter", start=Ref(base, name="base"))
     assert (families.logits(bridge) - families.logits(merged)).abs().max() <= 1e-5

@@ -59,7 +59,9 @@ def test_moe_experts_fused_across_shards(tmp_path):
     """Mixtral's per-expert keys, spread over shards, are fused by transformers' own converters."""
     base = families.checkpoint_dir("mixtral", "base")
     model, tok = families.build("mixtral", 0)
-    d = families.save(families.perturbed(model, 0.05, 1), tok, tmp_path / "m", max_shard_size="20KB")
+    d = families.save(
+        families.perturbed(model, 0.05, 1), tok, tmp_path / "m", max_shard_size="20KB"
+    )
     files = weight_files(d)
     with open_source(d) as src:
         experts = [src.info(k).file for k in src if ".experts.0." in k or ".experts.3." in k]
@@ -105,7 +107,11 @@ def _damaged(tmp_path):
     good = families.checkpoint_dir("llama", "other") / "model.safetensors"
     data = good.read_bytes()
     out = {}
-    for name, blob in {"truncated": data[:-1000], "empty": b"", "header": data[:8] + b"{oops" + data[13:]}.items():
+    for name, blob in {
+        "truncated": data[:-1000],
+        "empty": b"",
+        "header": data[:8] + b"{oops" + data[13:],
+    }.items():
         d = tmp_path / name
         d.mkdir()
         shutil.copy(good.parent / "config.json", d)
@@ -119,7 +125,9 @@ def _damaged(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "header", "pickle"])
-def test_damaged_files_raise_checkpoint_error_naming_the_file_and_change_nothing(llama, tmp_path, damage):
+def test_damaged_files_raise_checkpoint_error_naming_the_file_and_change_nothing(
+    llama, tmp_path, damage
+):
     bridge, sw, _, _ = llama
     sw.load(families.checkpoint_dir("llama", "base"), name="base")
     before = families.logits(bridge)
@@ -139,7 +147,12 @@ def test_missing_paths_shards_and_weights(tmp_path):
     d = tmp_path / "index"
     d.mkdir()
     save_file({"a": torch.zeros(2)}, d / "model-00001-of-00002.safetensors")
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="missing shard.*00002"):
         open_source(d)

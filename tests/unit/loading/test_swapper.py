@@ -9,7 +9,9 @@ import families
 from revlens.errors import CheckpointError, ConfigError
 from revlens.loading import Ref, Swapper
 
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT -> transformers
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)  # PEFT -> transformers
 
 BASE, OTHER = families.checkpoint_dir("llama", "base"), families.checkpoint_dir("llama", "other")
 
@@ -18,9 +20,18 @@ BASE, OTHER = families.checkpoint_dir("llama", "base"), families.checkpoint_dir(
 def adapters(tmp_path_factory):
     """Two llama adapters on base: (dir, merged model) each."""
     root = tmp_path_factory.mktemp("swaps")
-    one = make_adapter("llama", root / "one", seed=1, r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"],
-                       modules_to_save=["lm_head"])
-    two = make_adapter("llama", root / "two", seed=2, r=2, lora_alpha=4, target_modules="all-linear")
+    one = make_adapter(
+        "llama",
+        root / "one",
+        seed=1,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "up_proj"],
+        modules_to_save=["lm_head"],
+    )
+    two = make_adapter(
+        "llama", root / "two", seed=2, r=2, lora_alpha=4, target_modules="all-linear"
+    )
     return (root / "one", one), (root / "two", two)
 
 
@@ -37,7 +48,9 @@ def test_100_adapter_swaps_then_the_start_weights_are_bit_exact(adapters, keep_o
     (one, _m1), (two, m2) = adapters
     bridge = families.boot(BASE)
     start = _params(bridge)
-    sw = Swapper(bridge.original_model, bridge, boot=Ref(BASE, name="base"), keep_originals=keep_originals)
+    sw = Swapper(
+        bridge.original_model, bridge, boot=Ref(BASE, name="base"), keep_originals=keep_originals
+    )
     for i in range(100):
         sw.load(one if i % 2 == 0 else two, name=f"adapter {i}")
     assert (families.logits(bridge) - families.logits(m2)).abs().max() <= 1e-5  # the 100th: `two`
@@ -54,7 +67,9 @@ def test_mixed_full_and_adapter_sequence_leaves_no_residue(adapters):
     base = Ref(BASE, name="base")
     sw.load(OTHER, name="other")
     assert torch.equal(families.logits(bridge), fresh_other)
-    assert repr(sw.load(one, name="one", start=base)) == "Loaded('one', kind='adapter', start='base')"
+    assert (
+        repr(sw.load(one, name="one", start=base)) == "Loaded('one', kind='adapter', start='base')"
+    )
     assert (families.logits(bridge) - families.logits(m1)).abs().max() <= 1e-5
     sw.load(OTHER, name="other")  # a full checkpoint right after an adapter
     assert torch.equal(families.logits(bridge), fresh_other)
@@ -96,7 +111,9 @@ def test_fingerprints_make_reloads_no_ops(adapters, tmp_path):
     sw.load(Ref(OTHER, name="other", fingerprint="fp-other"))
     sw.load(Ref(OTHER, name="other", fingerprint="fp-other"))
     with pytest.raises(CheckpointError, match="0 bytes"):
-        sw.load(copy, name="one", fingerprint="fp-one")  # other start now: really read, really broken
+        sw.load(
+            copy, name="one", fingerprint="fp-one"
+        )  # other start now: really read, really broken
     assert torch.equal(families.logits(families.boot(OTHER)), families.logits(bridge))
     assert not torch.equal(after, families.logits(bridge))
 

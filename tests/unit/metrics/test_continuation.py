@@ -29,14 +29,22 @@ def test_phrase_scores_equal_the_hand_computation(chat_lm):
     batch = chat_batch(chat_lm)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in POS + NEG]
     hand = _hand(chat_lm, batch, ids)
-    got = score_phrases(chat_lm, batch, ids, max_rows=5)  # chunks of rows: one prompt x 3 phrases each
+    got = score_phrases(
+        chat_lm, batch, ids, max_rows=5
+    )  # chunks of rows: one prompt x 3 phrases each
     assert torch.allclose(got, hand, atol=1e-4)
     m = phrase_logodds(POS, NEG).bind(tok)
     expect = torch.logsumexp(hand[:, :2], -1) - hand[:, 2]
     assert torch.allclose(m.score(chat_lm, batch), expect, atol=1e-4)
-    assert torch.allclose(phrase_logprob(POS).bind(tok).score(chat_lm, batch), torch.logsumexp(hand[:, :2], -1),
-                          atol=1e-4)
-    assert phrase_rate(POS, NEG).bind(tok).score(chat_lm, batch).tolist() == (expect > 0).double().tolist()
+    assert torch.allclose(
+        phrase_logprob(POS).bind(tok).score(chat_lm, batch),
+        torch.logsumexp(hand[:, :2], -1),
+        atol=1e-4,
+    )
+    assert (
+        phrase_rate(POS, NEG).bind(tok).score(chat_lm, batch).tolist()
+        == (expect > 0).double().tolist()
+    )
 
 
 def test_interventions_act_at_the_phrase_positions(llama_lm):

@@ -34,7 +34,10 @@ def _no_stop(monkeypatch):
 def test_generation_under_clamp_equals_the_clamped_model_step_by_step(chat_lm, monkeypatch):
     _no_stop(monkeypatch)
     batch = chat_batch(chat_lm)
-    v, mu = unit(chat_lm.d_model, 0), 4.0 * torch.randn(chat_lm.d_model, generator=torch.Generator().manual_seed(1))
+    v, mu = (
+        unit(chat_lm.d_model, 0),
+        4.0 * torch.randn(chat_lm.d_model, generator=torch.Generator().manual_seed(1)),
+    )
     layers = [1, 2]
     with clamp(chat_lm, v, layers, mu.expand(2, -1)):
         got = greedy_generate(chat_lm, batch, max_new_tokens=N_NEW)
@@ -42,7 +45,9 @@ def test_generation_under_clamp_equals_the_clamped_model_step_by_step(chat_lm, m
     assert got.tokens.tolist() == ref
     plain = greedy_generate(chat_lm, batch, max_new_tokens=N_NEW)
     assert plain.tokens.tolist() != got.tokens.tolist(), "the clamp should change some generation"
-    assert plain.tokens.tolist() == _step_by_step(chat_lm, batch, lambda i, n: contextlib.nullcontext())
+    assert plain.tokens.tolist() == _step_by_step(
+        chat_lm, batch, lambda i, n: contextlib.nullcontext()
+    )
 
 
 def test_patch_covers_the_prompt_and_leaves_generated_positions(llama_lm, monkeypatch):
@@ -51,7 +56,9 @@ def test_patch_covers_the_prompt_and_leaves_generated_positions(llama_lm, monkey
     batch = chat_batch(lm)
     acc = access(lm)
     _, acts = acc.capture(batch.tokens, acc.sites([layer]))
-    source = acts[layer] + 3.0 * torch.randn(acts[layer].shape, generator=torch.Generator().manual_seed(2))
+    source = acts[layer] + 3.0 * torch.randn(
+        acts[layer].shape, generator=torch.Generator().manual_seed(2)
+    )
     v = unit(lm.d_model, 5)
     with patch(lm, v, [layer], {layer: source}):
         got = greedy_generate(lm, batch, max_new_tokens=N_NEW)
@@ -118,12 +125,16 @@ def test_context_limit_caps_generation():
     assert gen.tokens.shape[1] <= 64 - batch.tokens.shape[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "TransformerLens 4.3 bug: decoding through the bridge with its HF KV cache (return_type="
-    "'logits_and_cache', past_key_values=...) gives logits up to ~0.6 away from the full forward (tiny "
-    "Llama, GPT-2, Gemma-2, Qwen2; the plain HF model with the same cache is exact), so greedy_generate's "
-    "cached path runs a plain-HF twin of the bridge (revlens.sites.cached). XPASS = fixed upstream: the "
-    "twin is no longer needed."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "TransformerLens 4.3 bug: decoding through the bridge with its HF KV cache (return_type="
+        "'logits_and_cache', past_key_values=...) gives logits up to ~0.6 away from the full forward (tiny "
+        "Llama, GPT-2, Gemma-2, Qwen2; the plain HF model with the same cache is exact), so greedy_generate's "
+        "cached path runs a plain-HF twin of the bridge (revlens.sites.cached). XPASS = fixed upstream: the "
+        "twin is no longer needed."
+    ),
+)
 def test_upstream_bridge_kv_cache_matches_the_full_forward(llama_lm):
     toks = torch.randint(9, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -131,6 +142,8 @@ def test_upstream_bridge_kv_cache_matches_the_full_forward(llama_lm):
         _, past = llama_lm.bridge(toks[:, :5], use_cache=True, return_type="logits_and_cache")
         steps = []
         for t in range(5, 8):
-            logits, past = llama_lm.bridge(toks[:, t : t + 1], past_key_values=past, return_type="logits_and_cache")
+            logits, past = llama_lm.bridge(
+                toks[:, t : t + 1], past_key_values=past, return_type="logits_and_cache"
+            )
             steps.append(logits)
     assert torch.allclose(torch.cat(steps, 1), full[:, 5:], atol=1e-4)

@@ -33,19 +33,26 @@ def _no_stop(monkeypatch):
     monkeypatch.setattr("revlens.metrics.generation.stop_token_ids", lambda tok, extra=(): [10**9])
 
 
-@pytest.fixture(scope="module", params=[(f, kind) for f in FAMILIES for kind in ("hf", "bridge")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    scope="module",
+    params=[(f, kind) for f in FAMILIES for kind in ("hf", "bridge")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def model(request):
     """``(model, tokenizer, batch)``: a plain HF model or a booted bridge, and a chat batch."""
     family, kind = request.param
     if kind == "bridge":
         m = LensModel.boot(families.checkpoint_dir(family))
-        tok = families.tokenizer()  # the word-level one (a saved qwen2 dir reloads as Qwen2Tokenizer)
+        tok = (
+            families.tokenizer()
+        )  # the word-level one (a saved qwen2 dir reloads as Qwen2Tokenizer)
     else:
         m, tok = families.build(family)
     probes = Probes.from_chat(CHATS).tokenize(tok, n_ctx=64)
     batch = next(probes.batches(len(probes)))
-    assert len(set((batch.last_index + 1).tolist())) > 1, "the batch must have unequal prompt lengths"
+    assert len(set((batch.last_index + 1).tolist())) > 1, (
+        "the batch must have unequal prompt lengths"
+    )
     return m, tok, batch
 
 
@@ -56,8 +63,12 @@ def _hook_count(m) -> int:
     for root in roots:
         for mod in root.modules():
             for hooks in (mod._forward_hooks, mod._forward_pre_hooks):
-                n += sum(not str(getattr(f, "__module__", "")).startswith("transformer_lens.model_bridge")
-                         for f in hooks.values())
+                n += sum(
+                    not str(getattr(f, "__module__", "")).startswith(
+                        "transformer_lens.model_bridge"
+                    )
+                    for f in hooks.values()
+                )
     return n
 
 
@@ -65,8 +76,9 @@ def _both(m, tok, batch, context=contextlib.nullcontext):
     out = {}
     for method in ("full", "cached"):
         with context():
-            out[method] = greedy_generate(m, batch, max_new_tokens=N_NEW, tokenizer=tok, method=method,
-                                          output_logits=True)
+            out[method] = greedy_generate(
+                m, batch, max_new_tokens=N_NEW, tokenizer=tok, method=method, output_logits=True
+            )
     return out["full"], out["cached"]
 
 
@@ -125,16 +137,20 @@ def test_a_foreign_hook_is_refused_or_falls_back_typed(model):
     acc = access(m)
     hf = m.hf_model if isinstance(m, LensModel) else m
     block = access(hf).blocks[0] if not isinstance(m, LensModel) else None
-    ref = greedy_generate(m, batch, max_new_tokens=N_NEW, tokenizer=tok, method="full", output_logits=True)
+    ref = greedy_generate(
+        m, batch, max_new_tokens=N_NEW, tokenizer=tok, method="full", output_logits=True
+    )
     if block is None:  # a TransformerLens hook on a bridge hook point (the twin would not see it)
         point = m.bridge.hook_dict["blocks.0.hook_out"]
         handle = point.register_forward_hook(lambda mod, args, out: out * 1.5)
     else:
-        handle = block.register_forward_hook(lambda mod, args, out: (out[0] * 1.5, *out[1:])
-                                             if isinstance(out, tuple) else out * 1.5)
+        handle = block.register_forward_hook(
+            lambda mod, args, out: (out[0] * 1.5, *out[1:]) if isinstance(out, tuple) else out * 1.5
+        )
     try:
-        hooked_full = greedy_generate(m, batch, max_new_tokens=N_NEW, tokenizer=tok, method="full",
-                                      output_logits=True)
+        hooked_full = greedy_generate(
+            m, batch, max_new_tokens=N_NEW, tokenizer=tok, method="full", output_logits=True
+        )
         with pytest.raises(CachedPathError, match="did not register"):
             greedy_generate(m, batch, max_new_tokens=N_NEW, tokenizer=tok, method="cached")
         with pytest.warns(FullForwardFallback, match="did not register"):
@@ -142,9 +158,14 @@ def test_a_foreign_hook_is_refused_or_falls_back_typed(model):
     finally:
         handle.remove()
     assert auto.method == "full" and auto.tokens.tolist() == hooked_full.tokens.tolist()
-    assert not torch.allclose(hooked_full.logits[:, 0], ref.logits[:, 0], atol=1e-3), "the hook should matter"
+    assert not torch.allclose(hooked_full.logits[:, 0], ref.logits[:, 0], atol=1e-3), (
+        "the hook should matter"
+    )
     # an edit registered through revlens but not marked position-wise: same rule
-    with acc.hooked([(acc.sites([1])[0], lambda h: h * 1.0)]), pytest.raises(CachedPathError, match="position-wise"):
+    with (
+        acc.hooked([(acc.sites([1])[0], lambda h: h * 1.0)]),
+        pytest.raises(CachedPathError, match="position-wise"),
+    ):
         greedy_generate(m, batch, max_new_tokens=N_NEW, tokenizer=tok, method="cached")
     assert _hook_count(m) == 0
 
@@ -154,7 +175,9 @@ def test_the_twin_shares_the_bridge_weights():
     lm, tok = LensModel.boot(families.checkpoint_dir("qwen2")), families.tokenizer()
     probes = Probes.from_chat(CHATS).tokenize(tok, n_ctx=64)
     batch = next(probes.batches(len(probes)))
-    before = greedy_generate(lm, batch, max_new_tokens=N_NEW, tokenizer=tok, method="cached", output_logits=True)
+    before = greedy_generate(
+        lm, batch, max_new_tokens=N_NEW, tokenizer=tok, method="cached", output_logits=True
+    )
     with torch.no_grad():
         for p in lm.hf_model.parameters():
             p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -166,14 +189,18 @@ def test_the_twin_shares_the_bridge_weights():
 def test_generation_metrics_use_the_cached_path(llama_lm):
     probes = Probes.from_chat(CHATS).tokenize(llama_lm.tokenizer, n_ctx=64)
     batch = next(probes.batches(len(probes)))
-    metric = GenerationMetric(lambda prompts, responses: [float(len(r)) for r in responses], max_new_tokens=4)
+    metric = GenerationMetric(
+        lambda prompts, responses: [float(len(r)) for r in responses], max_new_tokens=4
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", FullForwardFallback)
         metric.score(llama_lm, batch)
     assert metric.last_.method == "cached"
     full = GenerationMetric(metric.judge, max_new_tokens=4, method="full")
     full.score(llama_lm, batch)
-    assert full.last_.method == "full" and full.last_.tokens.tolist() == metric.last_.tokens.tolist()
+    assert (
+        full.last_.method == "full" and full.last_.tokens.tolist() == metric.last_.tokens.tolist()
+    )
     assert full.generation_key != metric.generation_key
 
 

@@ -22,7 +22,8 @@ def _report(drift, directions, *, lab: bool) -> Report:
     metrics = None
     if lab:
         metrics = pd.DataFrame({
-            "kind": ["run"] * 4 + ["control"] * 2, "run": ["seed0", "seed0", "<b>seed1</b>", "<b>seed1</b>", "ctrl", "ctrl"],
+            "kind": ["run"] * 4 + ["control"] * 2,
+            "run": ["seed0", "seed0", "<b>seed1</b>", "<b>seed1</b>", "ctrl", "ctrl"],
             "step": [0, 20, 0, 20, 0, 20], "harm_rate": [0.0, 0.8, 0.0, 0.6, 0.0, 0.1],
             "harm_logodds": [-2, 1, -2, 0.5, -2, -1.5], "task_acc": [0.1, 1.0, 0.1, 1.0, 0.1, 1.0],
             "task_loss": [3.0, 0.1, 3.0, 0.1, 3.0, 0.2],
@@ -118,6 +119,34 @@ def test_causal_report(effects, tmp_path):
     assert rep.to_html(tmp_path / "c2.html").is_file()
 
 
+def test_the_page_knows_no_result_class_each_result_renders_itself(drift, directions, effects):
+    """plot/html.py (stage 1) is the page; each result's sections sit beside it and it reaches them only
+    through the HtmlRenderable protocol, typed — no `Any` standing in for a class six stages up."""
+    import inspect
+
+    from revlens.plot import html
+    from revlens.weights import WeightReport
+
+    for result in (_report(drift, directions, lab=False), CausalReport(effects=effects)):
+        assert isinstance(result, html.HtmlRenderable), type(result)
+    for cls in (Report, CausalReport, WeightReport):
+        assert isinstance(cls.html_title, str) and callable(cls.html_sections), cls
+        assert (
+            cls.html_sections.__module__ != html.__name__
+        )  # rendered beside the class, not in plot/
+    for fn in (
+        html.write_html,
+        html.write_report,
+        html.write_causal_report,
+        html.write_weights_report,
+    ):
+        first = next(iter(inspect.signature(fn).parameters.values()))
+        assert first.annotation is html.HtmlRenderable, fn.__name__
+    source = inspect.getsource(html)
+    for member in ("headline", "heatmap", "kind_figures", "mean_over_runs", "spectrum_figure"):
+        assert member not in source, member
+
+
 def test_the_historys_note_is_shown_under_the_summary_escaped(drift, directions, tmp_path):
     """A lab history's note (does the paper's shape hold on its track, and why not) sits under the
     summary table: markdown code / bold as HTML, anything else escaped; no note, no paragraph."""
@@ -128,4 +157,7 @@ def test_the_historys_note_is_shown_under_the_summary_escaped(drift, directions,
     assert para.startswith("Track <code>remap</code>: the shape does <b>not</b> hold.")
     assert EVIL not in para and "&lt;script&gt;" in para
     assert html.index("history-note") > html.index('<table id="summary">')
-    assert "history-note" not in write_report(_report(drift, directions, lab=True), tmp_path / "m.html").read_text()
+    assert (
+        "history-note"
+        not in write_report(_report(drift, directions, lab=True), tmp_path / "m.html").read_text()
+    )

@@ -19,7 +19,8 @@ def _tokenizer(adds_bos: bool):
     tok = families.tokenizer()
     if adds_bos:  # what Llama's and Gemma's own tokenizers do: "<bos> $A"
         tok._tokenizer.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", families.BOS)])
+            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", families.BOS)]
+        )
     return tok
 
 
@@ -27,9 +28,17 @@ def _tokenizer(adds_bos: bool):
 def test_rendered_chat_as_text_has_the_templates_ids(adds_bos):
     tok = _tokenizer(adds_bos)
     rendered = tok.apply_chat_template(CONV, tokenize=False, add_generation_prompt=True)
-    template_ids = list(tok.apply_chat_template(CONV, tokenize=True, add_generation_prompt=True)["input_ids"])
-    assert rendered.startswith("<bos>") and template_ids[0] == families.BOS and template_ids[1] != families.BOS
-    naive = tok(rendered)["input_ids"]  # what a text probe got before: a second BOS where the tokenizer adds one
+    template_ids = list(
+        tok.apply_chat_template(CONV, tokenize=True, add_generation_prompt=True)["input_ids"]
+    )
+    assert (
+        rendered.startswith("<bos>")
+        and template_ids[0] == families.BOS
+        and template_ids[1] != families.BOS
+    )
+    naive = tok(rendered)[
+        "input_ids"
+    ]  # what a text probe got before: a second BOS where the tokenizer adds one
     assert (naive[:2] == [families.BOS, families.BOS]) == adds_bos
     got = Probes([rendered]).tokenize(tok)
     assert got.tokens[0, : got.lengths[0]].tolist() == template_ids
@@ -38,7 +47,9 @@ def test_rendered_chat_as_text_has_the_templates_ids(adds_bos):
     # a plain text still gets the tokenizer's own special tokens
     plain = Probes(["w10 w11"]).tokenize(tok)
     assert plain.tokens[0, : plain.lengths[0]].tolist() == ([families.BOS] if adds_bos else []) + [
-        tok.convert_tokens_to_ids("w10"), tok.convert_tokens_to_ids("w11")]
+        tok.convert_tokens_to_ids("w10"),
+        tok.convert_tokens_to_ids("w11"),
+    ]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
@@ -46,7 +57,10 @@ def test_a_rendered_chat_text_probe_runs_the_same_forward_as_the_chat_probe(fami
     model, _ = families.build(family, 0)
     tok = _tokenizer(adds_bos=True)
     lm = LensModel.boot(families.save(model, tok, tmp_path / family))
-    assert lm.tokenizer("w10")["input_ids"] == [families.BOS, tok.convert_tokens_to_ids("w10")]  # adds a BOS
+    assert lm.tokenizer("w10")["input_ids"] == [
+        families.BOS,
+        tok.convert_tokens_to_ids("w10"),
+    ]  # adds a BOS
     rendered = tok.apply_chat_template(CONV, tokenize=False, add_generation_prompt=True)
     as_text = Probes([rendered]).tokenize(lm.tokenizer)
     as_chat = Probes.from_chat([CONV]).tokenize(lm.tokenizer)

@@ -26,7 +26,9 @@ def test_mean_and_mask_position_rules():
     # positions beyond a prompt's length are ignored
     assert tp.weights.tolist() == [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]
     with pytest.raises(SiteError, match="selects no real token of prompt 0"):
-        Probes(["w1 w2", "w3"], position=torch.tensor([[False, False], [True, False]])).tokenize(tok)
+        Probes(["w1 w2", "w3"], position=torch.tensor([[False, False], [True, False]])).tokenize(
+            tok
+        )
 
 
 def test_token_probes_and_jsonl(tmp_path):
@@ -34,7 +36,12 @@ def test_token_probes_and_jsonl(tmp_path):
     p = Probes(torch.tensor([[3, 4], [5, 6]]))
     assert p.tokenize(tok).tokens.tolist() == [[3, 4], [5, 6]]
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps({"text": "w1 w2", "label": "harm"}) + "\n\n" + json.dumps({"text": "w3", "label": "ok"}) + "\n")
+    f.write_text(
+        json.dumps({"text": "w1 w2", "label": "harm"})
+        + "\n\n"
+        + json.dumps({"text": "w3", "label": "ok"})
+        + "\n"
+    )
     jp = Probes.from_jsonl(f)
     assert len(jp) == 2 and jp.labels == ["harm", "ok"]
     assert repr(jp) == "Probes(2 prompts, position='last', 2 labels)"

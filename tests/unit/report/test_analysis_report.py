@@ -54,7 +54,6 @@ def _stats() -> HistoryStats:
 @pytest.fixture(scope="module")
 def report() -> Report:
     return analyze(
-        None,
         _stats(),
         methods=("mean_diff", "pca", "whitened"),
         n_bootstrap=10,
@@ -115,7 +114,9 @@ def test_headline_summary_and_repr(report):
     assert report.headline("pca")["method"] == "pca"
     table = report.summary()
     row = table[(table["group"] == "runs") & (table["quantity"] == "above_iso_p99")].iloc[0]
-    assert (row["count"], row["total"]) == (4, 4) and row["paper_mean"] != row["paper_mean"]  # NaN: a count
+    assert (row["count"], row["total"]) == (4, 4) and row["paper_mean"] != row[
+        "paper_mean"
+    ]  # NaN: a count
     cos20 = table[(table["group"] == "runs") & (table["quantity"] == "cos_step20")].iloc[0]
     assert cos20["mean"] == s["runs"]["cos_step20"]["mean"] and cos20["paper_mean"] == 0.647
     text = repr(report)
@@ -142,7 +143,9 @@ def test_save_load_round_trip_is_exact(report, tmp_path):
     pdt.assert_frame_equal(back.metrics, lab, check_exact=True)
     assert list(back.directions) == list(rep.directions)
     for m, v in rep.directions.items():
-        assert torch.equal(back.directions[m].basis, v.basis) and back.directions[m].layers == v.layers
+        assert (
+            torch.equal(back.directions[m].basis, v.basis) and back.directions[m].layers == v.layers
+        )
     assert back.config == json.loads(json.dumps(rep.config))
     assert back.provenance == rep.provenance
     assert back.headline()["runs"] == rep.headline()["runs"]

@@ -21,7 +21,9 @@ def test_hf_hooks_match_the_bridge_sites(tiny_dirs, kind):
     """Layer semantics identical on both paths (resid_post: 0 = embeddings, l = after l blocks)."""
     tiny_lm = LensModel.boot(tiny_dirs["aligned"])  # our own bridge (not the shared one)
     tok = Probes(list(tiny.PROMPTS)).tokenize(tiny_lm.tokenizer)
-    ref = collect_checkpoint(tiny_lm, None, tok, resolve_sites(tiny_lm.bridge, "all", kind), n_bootstrap=0, keep=True)
+    ref = collect_checkpoint(
+        tiny_lm, None, tok, resolve_sites(tiny_lm.bridge, "all", kind), n_bootstrap=0, keep=True
+    )
     hf = GPT2LMHeadModel.from_pretrained(tiny_dirs["aligned"]).eval()  # the weights tiny_lm holds
     acc = access(hf)
     with torch.no_grad():
@@ -43,7 +45,10 @@ def test_hooks_are_removed_on_error():
     acc = access(model)
     ids = torch.tensor([[2, 3, 4]])
     clean = model(ids).logits
-    with pytest.raises(RuntimeError, match="boom"), acc.hooked([(acc.sites([1])[0], lambda h: h * 0.0)]):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        acc.hooked([(acc.sites([1])[0], lambda h: h * 0.0)]),
+    ):
         assert not torch.allclose(model(ids).logits, clean)
         raise RuntimeError("boom")
     assert hook_count(model) == 0
@@ -69,7 +74,11 @@ def test_a_resid_mid_edit_changes_the_stream(tiny_dirs, path):
     """resid_mid is the stream between attention and MLP: an edit there reaches resid_post through
     the residual connection (TransformerLens' hook_resid_mid is the MLP norm's input: editing it
     alone would change only what the MLP reads)."""
-    model = LensModel.boot(tiny_dirs["aligned"]) if path == "bridge" else GPT2LMHeadModel.from_pretrained(tiny_dirs["aligned"])
+    model = (
+        LensModel.boot(tiny_dirs["aligned"])
+        if path == "bridge"
+        else GPT2LMHeadModel.from_pretrained(tiny_dirs["aligned"])
+    )
     acc = access(model)
     tokens = torch.tensor([[2, 3, 4, 5]])
     mid, post = acc.sites([1], "resid_mid")[0], acc.sites([2], "resid_post")[0]
@@ -79,6 +88,10 @@ def test_a_resid_mid_edit_changes_the_stream(tiny_dirs, path):
         _, before = acc.capture(tokens, [mid, post])
         with acc.hooked([(mid, lambda h: h + shift)]):
             _, after = acc.capture(tokens, [mid, post])
-    torch.testing.assert_close(after[1] - before[1], shift.expand_as(before[1]), atol=1e-5, rtol=0)  # read after the edit
+    torch.testing.assert_close(
+        after[1] - before[1], shift.expand_as(before[1]), atol=1e-5, rtol=0
+    )  # read after the edit
     moved = (after[2] - before[2])[..., 5]
-    assert float(moved.mean()) > 5.0  # the shift is carried to the block's output (plus the MLP's reply)
+    assert (
+        float(moved.mean()) > 5.0
+    )  # the shift is carried to the block's output (plus the MLP's reply)

@@ -9,14 +9,25 @@ def test_resid_post_layers_cover_embeddings_and_every_block(tiny_lm):
     sites = resolve_sites(tiny_lm.bridge)
     assert [s.layer for s in sites] == [0, 1, 2]
     assert [s.hook_name for s in sites] == [
-        "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+    ]
     assert sites[0].label == "embed" and sites[2].label == "L2"
     for s in sites:
         assert s.hook_name in tiny_lm.bridge.hook_dict
 
 
-@pytest.mark.parametrize("kind,expected", [("resid_mid", [0, 1]), ("resid_pre", [0, 1]), ("ln_final", [2]),
-                                           ("attn_out", [0, 1]), ("mlp_out", [0, 1])])
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("resid_mid", [0, 1]),
+        ("resid_pre", [0, 1]),
+        ("ln_final", [2]),
+        ("attn_out", [0, 1]),
+        ("mlp_out", [0, 1]),
+    ],
+)
 def test_other_site_kinds(tiny_lm, kind, expected):
     assert available_layers(tiny_lm.n_layers, kind) == expected
     for s in resolve_sites(tiny_lm.bridge, "all", kind):

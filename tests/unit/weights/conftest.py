@@ -13,8 +13,12 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def planted_history(planted: dict):
     import revlens
 
-    return revlens.History.from_dirs(base=planted["base"], aligned=planted["aligned"], runs=planted["runs"],
-                                     controls=planted["controls"])
+    return revlens.History.from_dirs(
+        base=planted["base"],
+        aligned=planted["aligned"],
+        runs=planted["runs"],
+        controls=planted["controls"],
+    )
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,9 @@ SIGMA = 0.05
 RANK = 4
 
 
-def _add(model: torch.nn.Module, deltas: dict[str, torch.Tensor], scale: float = 1.0) -> torch.nn.Module:
+def _add(
+    model: torch.nn.Module, deltas: dict[str, torch.Tensor], scale: float = 1.0
+) -> torch.nn.Module:
     out = tiny.tiny_model(0)
     out.load_state_dict(model.state_dict())
     with torch.no_grad():

@@ -30,11 +30,15 @@ def test_energies_equal_explicit_projections(setup):
         u, r = basis.u[:, :k], basis.r[:, :k]
         assert float(en.left[i]) == pytest.approx(float((u @ u.T @ dw).norm() ** 2), rel=1e-12)
         assert float(en.right[i]) == pytest.approx(float((dw @ r @ r.T).norm() ** 2), rel=1e-12)
-        assert float(en.both[i]) == pytest.approx(float((u @ u.T @ dw @ r @ r.T).norm() ** 2), rel=1e-12)
+        assert float(en.both[i]) == pytest.approx(
+            float((u @ u.T @ dw @ r @ r.T).norm() ** 2), rel=1e-12
+        )
         ql, qr = basis.ql[3, :, :k], basis.qr[3, :, :k]
         assert float(en.rand_left[3, i]) == pytest.approx(float((ql.T @ dw).norm() ** 2), rel=1e-12)
         assert float(en.rand_right[3, i]) == pytest.approx(float((dw @ qr).norm() ** 2), rel=1e-12)
-        assert float(en.rand_both[3, i]) == pytest.approx(float((ql.T @ dw @ qr).norm() ** 2), rel=1e-12)
+        assert float(en.rand_both[3, i]) == pytest.approx(
+            float((ql.T @ dw @ qr).norm() ** 2), rel=1e-12
+        )
     s2 = (basis.sigma**2).cumsum(0)
     assert v_energy(basis, idx) == pytest.approx((s2[idx] / (v * v).sum()).tolist())
 
@@ -66,7 +70,9 @@ def test_top_singular_lowrank_matches_full_on_a_gapped_spectrum():
 def test_vectors_and_zero_v_have_no_subspace():
     b = make_basis(torch.ones(5, dtype=torch.float64), 4, n_random=3, generator=torch.Generator())
     assert b.rank == 0 and b.v_norm2 == 5.0
-    z = make_basis(torch.zeros(4, 4, dtype=torch.float64), 2, n_random=3, generator=torch.Generator())
+    z = make_basis(
+        torch.zeros(4, 4, dtype=torch.float64), 2, n_random=3, generator=torch.Generator()
+    )
     assert z.rank == 0
     capped = make_basis(torch.randn(3, 9, dtype=torch.float64), 16, n_random=0, generator=None)
     assert capped.rank == 2  # at most min(m, n) - 1

@@ -47,7 +47,9 @@ def _v(planted, name):
     return p, a.read(p).double() - b.read(p).double()
 
 
-@pytest.mark.parametrize(("side", "mode"), [("left", "off"), ("both", "off"), ("direction", "off"), ("right", "onto")])
+@pytest.mark.parametrize(
+    ("side", "mode"), [("left", "off"), ("both", "off"), ("direction", "off"), ("right", "onto")]
+)
 def test_full_finetune_updates_stay_off_or_on_the_subspace(planted, side, mode):
     model = _aligned(planted)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -58,7 +60,11 @@ def test_full_finetune_updates_stay_off_or_on_the_subspace(planted, side, mode):
         _train(model, opt)
     assert not blocker.is_attached and "step" not in vars(opt)  # optimizer.step restored
     assert len(blocker.history_) == 3 and (blocker.history_["removed"] > 0).all()
-    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.weight", "transformer.wte.weight"):
+    for name in (
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.1.mlp.c_proj.weight",
+        "transformer.wte.weight",
+    ):
         p, v = _v(planted, name)
         dw = p.orient(dict(model.named_parameters())[name].detach().double() - start[name].double())
         proj = subspace_projector(v, 4, side)
@@ -76,7 +82,9 @@ def test_random_control_blocks_a_random_subspace_not_vs(planted):
     model = _aligned(planted)
     start = model.transformer.h[1].mlp.c_fc.weight.detach().double().clone()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    blocker = WeightBlocker(planted["base"], planted["aligned"], k=4, side="left", random=True, seed=3)
+    blocker = WeightBlocker(
+        planted["base"], planted["aligned"], k=4, side="left", random=True, seed=3
+    )
     with blocker.attached(model, opt):
         _train(model, opt)
     p, v = _v(planted, "transformer.h.1.mlp.c_fc.weight")
@@ -91,8 +99,16 @@ def _peft(planted):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(_aligned(planted), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
-                                                            fan_in_fan_out=True, init_lora_weights=False))
+        return get_peft_model(
+            _aligned(planted),
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                target_modules=["c_attn", "c_fc"],
+                fan_in_fan_out=True,
+                init_lora_weights=False,
+            ),
+        )
 
 
 def test_lora_factors_are_projected_exactly(planted):
@@ -120,10 +136,21 @@ def test_trainer_callback_blocks_inside_trainer(planted, tmp_path):
     model = _peft(planted)
     blocker = WeightBlocker(planted["base"], planted["aligned"], k=2, side="right")
     data = [{"input_ids": row, "labels": row} for row in TOKENS]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
-                             report_to=[], use_cpu=True, logging_strategy="no", save_strategy="no",
-                             dataloader_num_workers=0, disable_tqdm=True)
-    Trainer(model=model, args=args, train_dataset=data, callbacks=[WeightBlockerCallback(blocker)]).train()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        save_strategy="no",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    Trainer(
+        model=model, args=args, train_dataset=data, callbacks=[WeightBlockerCallback(blocker)]
+    ).train()
     assert blocker.step_ == 2
     layer = model.base_model.model.transformer.h[1].mlp.c_fc
     a = layer.lora_A["default"].weight.double()
@@ -140,7 +167,21 @@ def test_protocol_errors(planted):
     with pytest.raises(ConfigError, match="optimizer"):
         blocker.attach(model)
     with pytest.raises(ConfigError, match="no trainable"):
-        WeightBlocker(planted["base"], planted["aligned"], params="nothing").attach(model, wrap_step=False)
+        WeightBlocker(planted["base"], planted["aligned"], params="nothing").attach(
+            model, wrap_step=False
+        )
     with pytest.raises(ConfigError, match="side"):
         WeightBlocker(planted["base"], planted["aligned"], side="up")
     assert "WeightBlocker(side='left'" in repr(blocker)
+
+
+def test_fields_are_spelled_out_and_an_unknown_keyword_is_named(planted):
+    import inspect
+
+    params = inspect.signature(WeightBlocker.__init__).parameters
+    assert {"k", "side", "mode", "params", "random", "seed", "svd"} <= set(params)
+    assert "settings" not in params  # the config convention: spelled-out fields (as analyze)
+    cfg = WeightBlocker(planted["base"], planted["aligned"], k=3, side="right", seed=5).config
+    assert (cfg.k, cfg.side, cfg.seed, cfg.mode) == (3, "right", 5, "off")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['rank'\]"):
+        WeightBlocker(planted["base"], planted["aligned"], rank=3)

@@ -11,7 +11,11 @@ from revlens.weights import safelora_projection, subspace_projector
 @pytest.fixture(scope="module")
 def mats():
     g = torch.Generator().manual_seed(0)
-    return g, torch.randn(12, 9, generator=g, dtype=torch.float64), torch.randn(12, 9, generator=g, dtype=torch.float64)
+    return (
+        g,
+        torch.randn(12, 9, generator=g, dtype=torch.float64),
+        torch.randn(12, 9, generator=g, dtype=torch.float64),
+    )
 
 
 def _inner(x, y):
@@ -52,7 +56,9 @@ def test_safelora_projection_is_not_idempotent(mats):
     assert torch.linalg.matrix_norm(p(p(x)) - p(x)) < 1e-12
 
 
-@pytest.mark.parametrize(("side", "mode"), [("left", "off"), ("right", "off"), ("left", "onto"), ("both", "onto")])
+@pytest.mark.parametrize(
+    ("side", "mode"), [("left", "off"), ("right", "off"), ("left", "onto"), ("both", "onto")]
+)
 def test_lora_factor_projection_equals_dense_projection(mats, side, mode):
     g, v, _ = mats
     b = torch.randn(12, 4, generator=g, dtype=torch.float64)

@@ -37,7 +37,7 @@ def test_offline_html(planted_report, tmp_path):
 
     assert html.count("* plotly.js v") == 1 and not re.findall(r"<script[^>]*\bsrc=", html)
     start = html.index("* plotly.js v")
-    page = html[:start] + html[html.index("</script>", start):]
+    page = html[:start] + html[html.index("</script>", start) :]
     assert not re.search(r"https?:|//cdn", page)  # nothing loaded from elsewhere
     assert "planted/step-3" in html and "adapter" in html  # the checkpoints read, and their kind
 
@@ -46,11 +46,24 @@ def test_offline_html(planted_report, tmp_path):
 def test_analyze_with_weights_attaches_saves_and_renders(planted, tmp_path):
     import tiny
 
-    history = revlens.History.from_dirs(base=planted["base"], aligned=planted["aligned"],
-                                        runs={"planted": planted["runs"]["planted"]})
-    report = revlens.analyze(history, list(tiny.PROMPTS), methods="mean_diff", n_null=20, n_bootstrap=0,
-                             n_stability=0, weights=revlens.WeightsConfig(ks=(2,), n_random=4), progress=False)
-    assert report.weights is not None and report.weights.ks == [2] and report.config["weights"] is True
+    history = revlens.History.from_dirs(
+        base=planted["base"],
+        aligned=planted["aligned"],
+        runs={"planted": planted["runs"]["planted"]},
+    )
+    report = revlens.analyze(
+        history,
+        list(tiny.PROMPTS),
+        methods="mean_diff",
+        n_null=20,
+        n_bootstrap=0,
+        n_stability=0,
+        weights=revlens.WeightsConfig(ks=(2,), n_random=4),
+        progress=False,
+    )
+    assert (
+        report.weights is not None and report.weights.ks == [2] and report.config["weights"] is True
+    )
     assert "weight space" in repr(report)
     report.save(tmp_path / "r")
     back = revlens.load(tmp_path / "r")
@@ -66,10 +79,31 @@ def test_analyze_with_weights_attaches_saves_and_renders(planted, tmp_path):
 
 def test_cli_weights(planted, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["weights", "--history", str(planted["root"]), "--out", str(out), "--ks", "1", "2",
-                 "--n-random", "4", "--params", "c_fc", "--no-progress"])
+    code = main(
+        [
+            "weights",
+            "--history",
+            str(planted["root"]),
+            "--out",
+            str(out),
+            "--ks",
+            "1",
+            "2",
+            "--n-random",
+            "4",
+            "--params",
+            "c_fc",
+            "--no-progress",
+        ]
+    )
     assert code == 0
-    for name in ("weights.csv", "weights-model.csv", "weights-layers.csv", "summary.json", "report.html"):
+    for name in (
+        "weights.csv",
+        "weights-model.csv",
+        "weights-layers.csv",
+        "summary.json",
+        "report.html",
+    ):
         assert (out / name).is_file(), name
     saved = revlens.load(out / "weights")
     assert saved.config["ks"] == [1, 2] and saved.config["n_random"] == 4
@@ -78,4 +112,7 @@ def test_cli_weights(planted, tmp_path, capsys):
     capsys.readouterr()
     assert main(["weights", "--history", str(planted["root"]), "--out", str(out), "--ks", "x"]) == 2
     assert "--ks takes integers" in capsys.readouterr().err
-    assert main(["weights", "--history", str(planted["root"]), "--out", str(out), "--params", "zzz"]) == 2
+    assert (
+        main(["weights", "--history", str(planted["root"]), "--out", str(out), "--params", "zzz"])
+        == 2
+    )

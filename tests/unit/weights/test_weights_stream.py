@@ -45,20 +45,35 @@ def test_control_from_base_shows_no_reversion(planted_report):
 
 def test_lora_factor_identities_equal_the_merged_full_checkpoint(planted_report):
     t = planted_report.table
-    cols = ["cos", "revert", "dw_norm", "frac_left", "frac_right", "frac_both", "rand_left_mean",
-            "rand_right_p99", "rand_both_mean"]
+    cols = [
+        "cos",
+        "revert",
+        "dw_norm",
+        "frac_left",
+        "frac_right",
+        "frac_both",
+        "rand_left_mean",
+        "rand_right_p99",
+        "rand_both_mean",
+    ]
     a = t[t["run"] == "lora"].set_index(["module", "k"])[cols]
     b = t[t["run"] == "merged"].set_index(["module", "k"])[cols]
     touched = a["dw_norm"] > 0
     assert touched.sum() >= 4 * 2  # c_attn and c_fc of both blocks, at each k
     # merged weights are rounded to float32 once (W + δ), hence the tolerance
-    np.testing.assert_allclose(a[touched].to_numpy(), b.loc[a[touched].index].to_numpy(), rtol=2e-4, atol=1e-6)
-    assert (b[~touched]["dw_norm"] == 0).all()  # merge_and_unload leaves the other weights bit-identical
+    np.testing.assert_allclose(
+        a[touched].to_numpy(), b.loc[a[touched].index].to_numpy(), rtol=2e-4, atol=1e-6
+    )
+    assert (
+        b[~touched]["dw_norm"] == 0
+    ).all()  # merge_and_unload leaves the other weights bit-identical
 
 
 def test_lora_planted_exactly_minus_c_times_the_rank_r_truncation(planted_report):
     t = planted_report.table
-    row = t[(t["run"] == "lora") & (t["module"] == "transformer.h.0.attn.c_attn.weight") & (t["k"] == 4)].iloc[0]
+    row = t[
+        (t["run"] == "lora") & (t["module"] == "transformer.h.0.attn.c_attn.weight") & (t["k"] == 4)
+    ].iloc[0]
     # ΔW = −c·V_r: revert = c·‖V_r‖²/‖V‖² = c·(V's energy in its top-r); cos = ‖V_r‖/‖V‖; all of ΔW lies
     # in V's top-r subspaces (left, right and both). Tolerance: the factors and V went through float32 files.
     assert row["revert"] == pytest.approx(C_LORA * row["v_energy"], rel=1e-6)
@@ -72,10 +87,26 @@ def test_lora_planted_exactly_minus_c_times_the_rank_r_truncation(planted_report
 def test_subspace_nulls_and_columns(planted_report):
     t = planted_report.table
     assert set(t["k"].unique()) == {0, 1, 4}
-    assert {"run", "step", "layer", "module", "module_type", "group", "k", "cos", "revert", "frac_left",
-            "iso_left_p99", "rand_left_p99", "p_rand_both", "chance_right"} <= set(t.columns)
+    assert {
+        "run",
+        "step",
+        "layer",
+        "module",
+        "module_type",
+        "group",
+        "k",
+        "cos",
+        "revert",
+        "frac_left",
+        "iso_left_p99",
+        "rand_left_p99",
+        "p_rand_both",
+        "chance_right",
+    } <= set(t.columns)
     row = t[(t["module"] == "transformer.h.1.mlp.c_fc.weight") & (t["k"] == 4)].iloc[0]
-    assert row["shape"] == "128×32" and row["layer"] == 1 and row["module_type"] == "mlp.c_fc.weight"
+    assert (
+        row["shape"] == "128×32" and row["layer"] == 1 and row["module_type"] == "mlp.c_fc.weight"
+    )
     assert row["chance_left"] == 4 / 128 and row["chance_both"] == 16 / (128 * 32)
     assert row["group"] == "mlp"
     vec = t[t["module"] == "transformer.h.0.ln_1.weight"]
@@ -103,7 +134,9 @@ def test_save_load_roundtrip_and_revlens_load(planted_report, tmp_path):
     back = revlens.load(tmp_path / "w")
     assert isinstance(back, WeightReport)
     for attr in ("table", "layers", "model", "spectrum"):
-        pd.testing.assert_frame_equal(getattr(back, attr), getattr(planted_report, attr), check_exact=True)
+        pd.testing.assert_frame_equal(
+            getattr(back, attr), getattr(planted_report, attr), check_exact=True
+        )
     assert back.config == planted_report.config
     (tmp_path / "w" / "modules.json").write_text("{}")
     with pytest.raises(ConfigError, match="changed"):
@@ -122,7 +155,13 @@ def test_headline_summary_and_repr(planted_report):
 
 
 def test_float32_arithmetic_agrees_with_float64(planted_history):
-    kw = {"ks": (2,), "n_random": 0, "params": r"c_fc\.weight", "runs": ("planted",), "progress": False}
+    kw = {
+        "ks": (2,),
+        "n_random": 0,
+        "params": r"c_fc\.weight",
+        "runs": ("planted",),
+        "progress": False,
+    }
     full = weight_reversion(planted_history, **kw).table
     low = weight_reversion(planted_history, dtype="float32", **kw).table
     np.testing.assert_allclose(low["frac_left"], full["frac_left"], rtol=1e-4)
@@ -139,16 +178,20 @@ def test_bad_inputs_fail_before_arithmetic(planted, planted_history, tmp_path):
     with pytest.raises(ConfigError, match="unknown setting"):
         weight_reversion(planted_history, k=3, progress=False)
     adapter_as_aligned = revlens.History.from_state_dicts(
-        planted["base"], base=planted["base"], aligned=planted["runs"]["lora"][1],
-        runs={"r": {1: planted["runs"]["planted"][1]}})
+        planted["base"],
+        base=planted["base"],
+        aligned=planted["runs"]["lora"][1],
+        runs={"r": {1: planted["runs"]["planted"][1]}},
+    )
     with pytest.raises(ConfigError, match="adapter"):
         weight_reversion(adapter_as_aligned, progress=False)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError):
-        h = revlens.History.from_state_dicts(planted["base"], base=planted["base"], aligned=planted["aligned"],
-                                             runs={"r": {1: bad}})
+        h = revlens.History.from_state_dicts(
+            planted["base"], base=planted["base"], aligned=planted["aligned"], runs={"r": {1: bad}}
+        )
         weight_reversion(h, progress=False)
 
 
@@ -160,8 +203,9 @@ def test_in_memory_state_dicts_are_read_too(planted):
     aligned["transformer.h.0.mlp.c_fc.weight"] += 0.1
     step = {k: v.clone() for k, v in aligned.items()}
     step["transformer.h.0.mlp.c_fc.weight"] -= 0.05
-    h = revlens.History.from_state_dicts(planted["base"], base=base.state_dict(), aligned=aligned,
-                                         runs={"r": {1: step, 2: step}})
+    h = revlens.History.from_state_dicts(
+        planted["base"], base=base.state_dict(), aligned=aligned, runs={"r": {1: step, 2: step}}
+    )
     rep = weight_reversion(h, params="h.0.mlp.c_fc.weight", ks=(1,), n_random=0, progress=False)
     assert rep.model["revert"].tolist() == pytest.approx([0.5, 0.5])
     assert torch.get_num_threads() >= 1
@@ -179,7 +223,9 @@ def test_a_nan_in_a_checkpoint_is_named(planted, tmp_path):
     bad.mkdir()
     save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
     tiny.tiny_config().save_pretrained(bad)
-    h = revlens.History.from_dirs(base=planted["base"], aligned=planted["aligned"], runs={"r": {1: bad, 2: bad}})
+    h = revlens.History.from_dirs(
+        base=planted["base"], aligned=planted["aligned"], runs={"r": {1: bad, 2: bad}}
+    )
     with pytest.raises(NonFiniteError, match=r"r/step-1.*h\.1\.mlp\.c_proj\.weight"):
         weight_reversion(h, n_random=0, progress=False)
 
@@ -207,3 +253,13 @@ def test_read_ahead_thread_gives_the_same_table(planted_history):
     a = weight_reversion(planted_history, prefetch=0, **kw).table
     b = weight_reversion(planted_history, prefetch=3, **kw).table
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_config_fields_are_spelled_out_and_an_unknown_keyword_is_named(planted_history):
+    import inspect
+
+    params = inspect.signature(weight_reversion).parameters
+    assert {"ks", "n_random", "params", "layers", "runs", "svd", "seed"} <= set(params)
+    assert "settings" not in params  # the config convention: spelled-out fields (as analyze)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['k'\]"):
+        weight_reversion(planted_history, k=3, progress=False)

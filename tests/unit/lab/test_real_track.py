@@ -1,0 +1,92 @@
+"""The real track's data splits, plan validation and CLI refusals (no model is loaded)."""
+
+import argparse
+
+import pytest
+
+from revlens.errors import ConfigError, DatasetError, MissingExtraError
+from revlens.lab.real.data import REFUSALS, check_disjoint, real_sets, refusal_for
+from revlens.lab.real.history import RealPlan
+
+
+@pytest.fixture(scope="module")
+def sets():
+    try:
+        return real_sets()
+    except MissingExtraError as exc:
+        pytest.skip(str(exc))
+
+
+def test_splits_never_overlap_and_have_the_documented_sizes(sets):
+    check_disjoint(sets)  # real_sets already asserts it; a second check is cheap
+    assert len(sets.align_harmful) == 185 and len(sets.align_harmless) == 192
+    assert len(sets.selection_harmful) == 40 and len(sets.selection_harmless) == 20
+    assert {k: len(v) for k, v in sets.held_harmful.items()} == {
+        "jbb": 18,
+        "harmbench": 36,
+        "strongreject": 63,
+    }
+    assert len(sets.held_harmless) == 50 and len(sets.held_pairs) == 100
+    # harmless samples are spread over topics, not the first file's questions
+    assert len({i["category"] for i in sets.held_harmless.info}) >= 8
+
+
+def test_an_overlap_is_refused_by_name(sets):
+    sets.held_pairs = [*sets.held_pairs, (sets.align_harmless[0], "x")]
+    with pytest.raises(DatasetError, match="train and held_out"):
+        check_disjoint(sets)
+
+
+def test_refusal_sentence_is_a_function_of_the_prompt():
+    assert (
+        refusal_for("how to x") == refusal_for("how to x") and refusal_for("how to x") in REFUSALS
+    )
+    assert len({refusal_for(f"prompt {i}") for i in range(40)}) == len(REFUSALS)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"steps": 4, "checkpoints": (8,)},
+        {"seeds": (0, 0)},
+        {"modes": ("qlora",)},
+        {"batch": 0},
+        {"seeds": ()},
+    ],
+)
+def test_bad_plans_are_refused(kw):
+    with pytest.raises(ConfigError):
+        RealPlan(**kw)
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:x", "", "meta"])
+def test_an_unknown_device_is_refused_by_name(device):
+    with pytest.raises(ConfigError, match="device must be 'cpu' or 'cuda'") as info:
+        RealPlan(device=device)
+    assert repr(device) in str(info.value)
+
+
+def test_the_device_defaults_to_the_cpu_and_cuda_needs_a_gpu():
+    import torch
+
+    assert RealPlan().device == "cpu" and RealPlan(device="cpu:0").device == "cpu:0"
+    if torch.cuda.is_available():
+        assert RealPlan(device="cuda").device == "cuda"
+        with pytest.raises(ConfigError, match="CUDA device"):
+            RealPlan(device=f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
+            RealPlan(device="cuda")
+
+
+def test_lab_options_that_do_not_apply_are_refused():
+    from revlens.lab.real.cli import plan_from_args
+
+    args = argparse.Namespace(
+        lr="1e-3", block=None, retrain=False, seeds=["0"], steps=None, no_control=False
+    )
+    with pytest.raises(ConfigError, match="--lr"):
+        plan_from_args(args)
+    args.lr = None
+    plan = plan_from_args(argparse.Namespace(**{**vars(args), "steps": "6"}))
+    assert plan.steps == 6 and plan.checkpoints == (1, 2, 4, 6) and plan.seeds == (0,)
