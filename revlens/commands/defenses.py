@@ -16,6 +16,12 @@ _EXAMPLE = """example (the lab's shipped pair, the pretrain-like track):
   revlens defenses compare PAIR_DIR --recipe revlens.lab.defenses:lab_recipe \\
       --sets revlens.lab.defenses:lab_sets --out cmp/ --seeds 0 1 2 --html cmp/defenses.html
 
+the real track (SmolLM2-135M-Instruct + its shipped safety adapter; docs/defenses.md):
+  revlens defenses compare revlens.lab.real_defenses:real_history \
+      --recipe revlens.lab.real_defenses:real_recipe --sets revlens.lab.real_defenses:real_eval_sets \
+      --defenses update safelora asft safety_freeze procon subspace lisa --out cmp-real/
+
+HISTORY may also be "module:callable" (called without arguments, returning a History).
 --recipe / --sets take "module:callable" (called without arguments) or a JSON file: the recipe's
 FinetuneRecipe fields ({"data": "train.jsonl", "steps": 100, ...}); the sets' EvalSets fields
 ({"harmful": [...], "harmless": [...], "probes": [...], "task": "task.jsonl", "alignment": "align.jsonl",
@@ -75,7 +81,10 @@ def register(
         epilog=_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("history", help="a history (history.json, a dir with base/ and aligned/, ...)")
+    c.add_argument(
+        "history",
+        help="a history (history.json, a dir with base/ and aligned/, ...) or module:callable",
+    )
     c.add_argument(
         "--recipe", required=True, help="the fine-tuning recipe: module:callable or a JSON file"
     )
@@ -101,10 +110,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         recipe = recipe.replace(steps=args.steps)
     sets = load_object(args.sets, "--sets", EvalSets)
+    history: Any = args.history
+    if ":" in history and not Path(history).exists():
+        from revlens.history import History
+
+        history = load_object(history, "history", History)
     out = Path(args.out)
-    result = compare_defenses(
-        args.history, recipe, sets, config=config, out=out, device=args.device
-    )
+    result = compare_defenses(history, recipe, sets, config=config, out=out, device=args.device)
     result.save(out / "comparison")
     lines = [
         result.printed(),

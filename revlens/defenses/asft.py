@@ -27,7 +27,7 @@ from revlens.block.registry import register
 from revlens.defenses._targets import PROJECTIONS, DeltaDefense, check_delta_fields
 from revlens.weights.projector import subspace_projector
 
-__all__ = ["AsFT", "AsFTConfig", "asft_penalty"]
+__all__ = ["AsFT", "AsFTConfig", "asft_lora_term", "asft_penalty"]
 
 
 @no_type_check  # validates its own fields (typed errors)
@@ -68,6 +68,19 @@ def asft_penalty(
     return lam * total
 
 
+def asft_lora_term(
+    lora_b: torch.Tensor, lora_a: torch.Tensor, scale: float, anchor: tuple[torch.Tensor, float]
+) -> torch.Tensor:
+    """``‖(I − C)(s·B·A)‖²_F`` for a LoRA pair without forming ``B·A``: with ``B̃ = B − W (Wᵀ B) / c``
+    it is ``s² Σ (B̃ᵀB̃) ∘ (A Aᵀ)`` (``r × r`` matrices; equal to :func:`asft_penalty` on ``ΔW = s·B·A``,
+    tested), so the regulariser costs ``O(out·m·r)`` per weight instead of ``O(out·m·in)``."""
+    w, c = anchor
+    b, a = lora_b.double(), lora_a.double()
+    w = w.to(b.dtype)
+    bt = b - w @ (w.T @ b) / c
+    return (scale**2) * ((bt.T @ bt) * (a @ a.T)).sum()
+
+
 @register("asft")
 class AsFT(DeltaDefense):
     """AsFT's regulariser (module docstring; arXiv 2506.08473). Full and LoRA fine-tuning.
@@ -103,7 +116,16 @@ class AsFT(DeltaDefense):
     def penalty(self) -> torch.Tensor:
         """The regulariser's current value (differentiable in the trained tensors)."""
         self._check()
-        return asft_penalty([t.delta() for t in self.targets_], self.anchors_, self.config.lam)
+        total = None
+        for t, anchor in zip(self.targets_, self.anchors_, strict=True):
+            term = (
+                asft_lora_term(t.lora_b, t.lora_a, t.scale, anchor)
+                if t.is_lora
+                else asft_penalty([t.delta()], [anchor], 1.0)
+            )
+            total = term if total is None else total + term
+        assert total is not None  # targets_ is never empty (checked when prepared)
+        return self.config.lam * total
 
     def before_step(self) -> None:
         """Add the regulariser's gradient to ``.grad``; record its value."""

@@ -26,7 +26,7 @@ import copy
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 
@@ -46,6 +46,7 @@ from revlens.probes import Probes
 __all__ = ["EvalSets", "Scorer", "plain_model"]
 
 
+@no_type_check  # validates its own fields (typed errors)
 @dataclass
 class EvalSets:
     """The prompts and metrics of a comparison (module docstring).
@@ -60,6 +61,9 @@ class EvalSets:
         harm: the harm metric (module docstring); ``None``: the history's, else generation.
         over_refusal: the over-refusal metric (``None``: derived from ``harm``).
         layers: the layers read (revlens ``resid_post`` indices; ``None``: every block's output).
+        chat: sets given as plain strings are rendered through the tokenizer's chat template: ``None``
+            where it has one, ``True`` always (an error without one), ``False`` never
+            (:mod:`revlens.defenses.chatprep`).
     """
 
     harmful: Any
@@ -70,8 +74,14 @@ class EvalSets:
     harm: Any = None
     over_refusal: Any = None
     layers: Sequence[int] | None = None
+    chat: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.chat is not None and not isinstance(self.chat, bool):
+            raise ConfigError(
+                f"EvalSets.chat: True, False or None (where a chat template exists), got {self.chat!r}"
+            )
+        plain = set(getattr(self, "plain", ()))
         for name in ("harmful", "harmless", "probes"):
             value = getattr(self, name)
             if not isinstance(value, Probes):
@@ -80,6 +90,8 @@ class EvalSets:
                         f"EvalSets.{name}: a non-empty list of prompts or a Probes, got {value!r:.80}"
                     )
                 setattr(self, name, Probes(list(value)))
+                plain.add(name)
+        self.plain = plain  # the sets given as plain strings (rendered through a chat template where one applies)
         if self.task is not None and not callable(self.task):
             from revlens.defenses.data import read_pairs
 
@@ -97,11 +109,17 @@ class EvalSets:
             if callable(t)
             else t
         )
+
+        def chat(p: Probes) -> Any:
+            return p.conversations if p.is_chat else None
+
         return {
             "harmful": texts(self.harmful),
             "harmless": texts(self.harmless),
             "probes": texts(self.probes),
+            "chat": [chat(self.harmful), chat(self.harmless), chat(self.probes)],
             "task": task,
+            "task_chat": self.harmful.is_chat,  # task pairs are rendered as the harmful prompts are
             "harm": repr(self.harm),
             "over_refusal": repr(self.over_refusal),
             "layers": None if self.layers is None else list(self.layers),
@@ -252,7 +270,12 @@ class Scorer:
 
             with torch.no_grad():
                 out["task_loss"] = float(
-                    lm_loss(plain, *encode_pairs(self.tokenizer, self.sets.task))
+                    lm_loss(
+                        plain,
+                        *encode_pairs(
+                            self.tokenizer, self.sets.task, chat=self.sets.harmful.is_chat
+                        ),
+                    )
                 )
         drift = self.means(plain) - self.mu_aligned
         for name, d in (("v_rev", v), ("r", r)):

@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 from revlens._io import check_writable_dir, read_json, write_json
 from revlens.defenses.bench import EvalSets, Scorer
+from revlens.defenses.chatprep import render_sets
 from revlens.defenses.comparison import DefenseComparison, machine
 from revlens.defenses.data import read_pairs
 from revlens.defenses.recipe import FinetuneRecipe
 from revlens.defenses.suite import CompareConfig, Context, build_defense
 from revlens.directions import Directions
-from revlens.errors import CheckpointError, ConfigError, ProbeError
+from revlens.errors import ConfigError, ProbeError
 
 __all__ = ["compare_defenses"]
 
@@ -84,15 +85,12 @@ class PeakMemory:
             self.peak_mb = self.top - self.start
 
 
-def _load(ck: Any, what: str) -> tuple[Path, torch.nn.Module]:
+def _load(ck: Any, what: str, tokenizer: Any) -> tuple[Path, torch.nn.Module]:
     from transformers import AutoModelForCausalLM
 
-    path = ck.local_path()
-    if path is None or not path.is_dir() or ck.kind != "full":
-        raise CheckpointError(
-            f"compare_defenses needs the {what} checkpoint as a full save_pretrained dir; "
-            f"got {ck.name!r} ({ck.kind})"
-        )
+    from revlens.defenses.chatprep import full_dir
+
+    path = full_dir(ck, what, tokenizer)
     return path, AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
@@ -122,17 +120,18 @@ def _subspace(
 
 
 def _refusal(aligned: torch.nn.Module, sets: EvalSets, layers: list[int]) -> Directions:
+    from revlens.defenses.chatprep import refusal_probes
     from revlens.directions import refusal_directions
-    from revlens.probes import Probes
 
-    bad, good = list(sets.probes.prompts), list(sets.harmless.prompts)
-    probes = Probes(bad + good, labels=["harmful"] * len(bad) + ["harmless"] * len(good))
-    r = refusal_directions(copy.deepcopy(aligned), probes, position="last", layers=layers)["last"]
+    probes, position = refusal_probes(sets)
+    found = refusal_directions(copy.deepcopy(aligned), probes, position=position, layers=layers)
+    r = found[found.positions[-1]]  # "last", or the last post-instruction token ("-1")
     return r.select([layer for layer in layers if layer in r.layers])
 
 
 def _safety(aligned: torch.nn.Module, tokenizer: Any, sets: EvalSets) -> tuple[int, int] | None:
     from revlens.defenses import locate_safety_layers
+    from revlens.defenses.chatprep import locator_texts
 
     tok = copy.copy(tokenizer)
     tok.padding_side = "right"
@@ -140,8 +139,8 @@ def _safety(aligned: torch.nn.Module, tokenizer: Any, sets: EvalSets) -> tuple[i
         found = locate_safety_layers(
             aligned,
             tok,
-            [str(p) for p in sets.harmless.prompts],
-            [str(p) for p in sets.probes.prompts],
+            locator_texts(sets.harmless, tokenizer),
+            locator_texts(sets.probes, tokenizer),
         )
     except ProbeError as exc:
         log.warning("safety layers not located: %s", exc)
@@ -255,10 +254,12 @@ def compare_defenses(
     """Run every defense beside its random control and the undefended run (module docstring).
 
     Args:
-        history: a :class:`~revlens.History` or anything ``History.load`` accepts (base and aligned as
-            full ``save_pretrained`` dirs; runs are not needed).
+        history: a :class:`~revlens.History` or anything ``History.load`` accepts (base a full
+            ``save_pretrained`` dir; aligned one too, or a PEFT adapter on the base, merged once into a
+            content-keyed cache; runs are not needed).
         recipe: the fine-tuning recipe (a :class:`FinetuneRecipe` or subclass).
-        sets: the prompts and metrics (:class:`EvalSets`).
+        sets: the prompts and metrics (:class:`EvalSets`; plain strings are rendered through the chat
+            template where the tokenizer has one, :mod:`revlens.defenses.chatprep`).
         config: a :class:`CompareConfig`; ``**settings`` override it (``defenses=``, ``seeds=``...).
         out: a directory for the per-run results (resumable); ``None``: nothing written.
         device: where to train (default CPU).
@@ -268,7 +269,7 @@ def compare_defenses(
 
     Raises:
         ConfigError: a bad setting or argument, Lisa without ``sets.alignment`` (before any training).
-        CheckpointError: base or aligned is not a full ``save_pretrained`` dir.
+        CheckpointError: base or aligned is not on disk (a ``save_pretrained`` or adapter dir).
     """
     from revlens.history import History
 
@@ -286,10 +287,11 @@ def compare_defenses(
             "defense 'lisa' needs alignment data: EvalSets(alignment=...) (prompt, answer) pairs"
         )
     hist = History.load(history)
-    base_dir, base = _load(hist.base[0], "base")
-    aligned_dir, aligned = _load(hist.aligned, "aligned")
-    root = None if out is None else check_writable_dir(out, create=True)
     tokenizer = hist.tokenizer()
+    sets = render_sets(sets, tokenizer)
+    base_dir, base = _load(hist.base[0], "base", tokenizer)
+    aligned_dir, aligned = _load(hist.aligned, "aligned", tokenizer)
+    root = None if out is None else check_writable_dir(out, create=True)
     scorer = Scorer(sets, tokenizer, aligned, metadata=hist.metadata)
     v = Directions.from_tensor(
         scorer.means(base) - scorer.mu_aligned, scorer.layers, method="mean_diff"

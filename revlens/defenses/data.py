@@ -3,8 +3,9 @@
 What Lisa's alignment steps and :class:`~revlens.defenses.recipe.FinetuneRecipe`'s user steps train
 on. A pair set is a JSONL file of ``{"prompt": ..., "answer": ...}`` records, a list of such
 mappings, or a list of ``(prompt, answer)`` tuples. Encoding: the prompt as the tokenizer encodes it
-(with its special tokens; rendered as one user turn of the chat template when ``chat=True``), then
-the answer (``" " + answer`` without special tokens) and the EOS token; labels are ``-100`` on the
+(with its special tokens; rendered as one user turn of the chat template when ``chat=True``, exactly
+as chat probes are: :mod:`revlens.probes.chat`), then the answer (``" " + answer``, or the answer
+itself after a chat template's assistant header, without special tokens) and the EOS token; labels are ``-100`` on the
 prompt and the padding (answer-only loss), rows right-padded.
 """
 
@@ -72,11 +73,13 @@ def read_pairs(value: Any, field: str) -> list[tuple[str, str]]:
 
 
 def _prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
-    if chat:
+    if chat:  # the same rendering (and ids: no doubled BOS) as chat probes
+        from revlens.probes.chat import ChatTemplate
+
         return list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True
-            )
+            ChatTemplate.resolve(None, tokenizer)
+            .render(tokenizer, [{"role": "user", "content": prompt}], where="a fine-tuning prompt")
+            .ids
         )
     return list(tokenizer(prompt)["input_ids"])
 
@@ -101,7 +104,7 @@ def encode_pairs(
                 f"prompt {prompt[:40]!r}... has {len(p)} tokens, max_length={max_length}"
             )
         a = [
-            *tokenizer(" " + answer, add_special_tokens=False)["input_ids"],
+            *tokenizer(("" if chat else " ") + answer, add_special_tokens=False)["input_ids"],
             tokenizer.eos_token_id,
         ]
         rows.append((p + a)[:max_length])

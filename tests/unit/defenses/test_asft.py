@@ -148,3 +148,19 @@ def test_registered_and_bad_inputs(pair, tmp_path):
         AsFT(pair["base"], pair["aligned"], params="no_such_weight").attach(
             aligned_model(pair), wrap_step=False
         )
+
+
+@pytest.mark.parametrize("anchor_kind", ["safelora", "projector"])
+def test_the_lora_form_equals_the_penalty_on_the_formed_update(anchor_kind):
+    from revlens.defenses.asft import asft_lora_term, asft_penalty
+
+    g = torch.Generator().manual_seed(0)
+    b, a = torch.randn(12, 3, generator=g), torch.randn(3, 7, generator=g)
+    v = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    anchor = (
+        (v, float(v.norm())) if anchor_kind == "safelora" else (torch.linalg.svd(v)[0][:, :4], 1.0)
+    )
+    want = asft_penalty([1.5 * b.double() @ a.double()], [anchor], 1.0)
+    got = asft_lora_term(b, a, 1.5, anchor)
+    assert float(want) > 0
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
