@@ -119,20 +119,7 @@ class DefenseComparison(Result):
 
     def printed(
         self,
-        columns: tuple[str, ...] = (
-            "harm_rate",
-            "harm_score",
-            "task_acc",
-            "task_loss",
-            "kl_aligned",
-            "over_refusal",
-            "cos_drift_v_rev",
-            "cos_drift_r",
-            "reverted_fraction",
-            "time_multiple",
-            "mem_multiple",
-            "peak_mb",
-        ),
+        columns: tuple[str, ...] = COLUMNS,
     ) -> str:
         """The table as the docs quote it: mean ± std over seeds; harm also as the pooled count with
         its Wilson interval."""
