@@ -135,9 +135,12 @@ def generate_responses(
         )
         texts += gen.texts
         first = gen.logits[:, :1, :]  # type: ignore[index]
-        scores.append(
-            score(first, SimpleNamespace(last_index=torch.zeros(len(batch), dtype=torch.long)))
+        # the refusal score reads the first generated position: a one-position "batch" whose token
+        # is the greedy first token (a MetricBatch: tokens [batch, 1], last_index [batch])
+        step = SimpleNamespace(
+            tokens=first.argmax(-1), last_index=torch.zeros(len(batch), dtype=torch.long)
         )
+        scores.append(score(first, step))
     return texts, torch.cat(scores)
 
 
