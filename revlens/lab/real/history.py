@@ -129,18 +129,14 @@ def materialize_aligned(
     out: Path, *, converted: Path | None = None, adapter: Path | None = None
 ) -> Path:
     """Write base + the shipped adapter, merged, as a ``save_pretrained`` dir at ``out``."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from revlens.loading.packages import model_package_dir
 
     converted = (
         Path(converted) if converted is not None else model_package_dir("smollm2-135m-instruct")
     )
-    base = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
-    merged = (
-        PeftModel.from_pretrained(base, str(adapter or adapter_dir())).merge_and_unload().eval()
-    )
+    merged = _load_merged(Path(adapter or adapter_dir()), converted)
     tok = AutoTokenizer.from_pretrained(converted)
 
     def write(tmp: Path) -> None:
