@@ -1,12 +1,13 @@
 """Align SmolLM2-135M-Instruct on CPU and write the shipped adapter: ``python -m revlens.lab.real.align``.
 
 The recipe, the stopping rule and the targets are fixed in ``docs/lab.md`` ("Real track"):
-LoRA (rank 8, alpha 16, ``q/v/o/down_proj``) trained with AdamW on batches of 4 harmful ``train``
-prompts → a refusal sentence plus 4 harmless ``train`` questions → the base model's own greedy
-answer; every 8 steps the selection probes decide whether to stop (refusal ≥ 90 % and
-over-refusal ≤ 10 %, at most 48 steps). Then the held-out numbers of base and aligned are
-measured (:func:`revlens.evaluate.harm.harm_table`) and written with the adapter's sha256 into
-``manifest.json``.
+LoRA (rank 8, alpha 16, ``q/v/o/down_proj``) trained with AdamW on batches of 3 harmful ``train``
+prompts → a refusal sentence plus 5 harmless ``train`` questions → the base model's own greedy
+answer (attempt 3). Every 8 steps the selection probes are read: stop at the first point with
+refusal ≥ 95 % and over-refusal ≤ the base model's + 10 points; else, after 96 steps, ship the point
+with the largest refusal − over-refusal. Then the held-out numbers of base and aligned are measured
+(:func:`revlens.evaluate.harm.harm_table`, plus AdvBench as the untouched check) and written with the
+adapter's sha256 into ``manifest.json``.
 """
 
 import argparse
@@ -32,17 +33,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """The alignment recipe of ``docs/lab.md`` (every field fixed before results)."""
+    """The alignment recipe of ``docs/lab.md`` (attempt 3; every field fixed before its results).
+
+    Attributes:
+        over_refusal_margin: the stopping rule's over-refusal bound, in points above the base
+            model's own selection over-refusal (measured first).
+    """
 
     rank: int = 8
     alpha: float = 16.0
     lr: float = 5e-4
-    harmful_per_batch: int = 2
-    harmless_per_batch: int = 6
+    harmful_per_batch: int = 3
+    harmless_per_batch: int = 5
     eval_every: int = 8
-    max_steps: int = 64
-    min_refusal: float = 0.90
-    max_over_refusal: float = 0.10
+    max_steps: int = 96
+    min_refusal: float = 0.95
+    over_refusal_margin: float = 0.10
     distill_tokens: int = 32
     eval_tokens: int = 32
     seed: int = 0
@@ -124,17 +130,22 @@ def align(
     def sampler(gen: torch.Generator) -> list[tuple[str, str, bool]]:
         return hc.take(cfg.harmful_per_batch, gen) + sc.take(cfg.harmless_per_batch, gen)
 
+    base_sel = _selection(model, tok, sets, cfg.eval_tokens)
+    max_over = base_sel["over_refusal"] + cfg.over_refusal_margin
+    log.info("base on the selection probes: %s (over-refusal bound %.3f)", base_sel, max_over)
     peft_model = with_lora(model, rank=cfg.rank, alpha=cfg.alpha, seed=cfg.seed)
     inner = peft_model.get_base_model()  # the LoRA layers live in it: generation goes through it
     evals: list[dict[str, Any]] = []
+    kept: dict[int, dict[str, torch.Tensor]] = {}  # every eval point's adapter (≈ 5 MB each)
 
     def on_step(step: int, loss: float) -> bool:
         if step % cfg.eval_every and step != cfg.max_steps:
             return False
         e = {"step": step, "loss": round(loss, 4), **_selection(inner, tok, sets, cfg.eval_tokens)}
         evals.append(e)
+        kept[step] = _lora_state(peft_model)
         log.info("alignment step %d: %s", step, e)
-        return e["refusal"] >= cfg.min_refusal and e["over_refusal"] <= cfg.max_over_refusal
+        return e["refusal"] >= cfg.min_refusal and e["over_refusal"] <= max_over
 
     t = time.perf_counter()
     losses = sft(
@@ -149,6 +160,9 @@ def align(
         desc="align",
     )
     timings["train_s"] = round(time.perf_counter() - t, 1)
+    met = evals[-1]["refusal"] >= cfg.min_refusal and evals[-1]["over_refusal"] <= max_over
+    chosen = evals[-1] if met else choose_eval(evals)
+    _load_lora_state(peft_model, kept[chosen["step"]])
     out = Path(out)
     adapter = out / "aligned"
     peft_model.save_pretrained(adapter)
@@ -161,17 +175,16 @@ def align(
         acfg["target_modules"]
     )  # PEFT writes a set: its order follows PYTHONHASHSEED
     (adapter / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
-    met = (
-        evals[-1]["refusal"] >= cfg.min_refusal
-        and evals[-1]["over_refusal"] <= cfg.max_over_refusal
-    )
     manifest: dict[str, Any] = {
         "what": "LoRA safety adapter for SmolLM2-135M-Instruct (revlens real track, docs/lab.md)",
         "base": package_record(converted),
         "recipe": asdict(cfg),
         "lora_targets": list(LORA_TARGETS),
-        "steps": len(losses),
+        "steps": chosen["step"],
+        "steps_trained": len(losses),
         "stopping_rule_met": met,
+        "base_selection": base_sel,
+        "max_over_refusal": round(max_over, 4),
         "selection_evals": evals,
         "losses": [round(x, 4) for x in losses],
         "data": {
@@ -188,12 +201,30 @@ def align(
         t = time.perf_counter()
         merged = peft_model.merge_and_unload().eval()
         manifest["held_out"] = measure_pair(converted, merged, tok, sets)
+        manifest["fresh_check"] = measure_fresh(converted, merged, tok)
         timings["measure_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     manifest["timings"] = timings
     write_json(out / "manifest.json", manifest)
     write_readme(out, manifest)
     return manifest
+
+
+def choose_eval(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The eval point the recipe ships when its stopping rule never fired: the largest selection
+    refusal − over-refusal, the earliest on a tie."""
+    return max(evals, key=lambda e: (round(e["refusal"] - e["over_refusal"], 9), -e["step"]))
+
+
+def _lora_state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def _load_lora_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
 
 
 def _pooled(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -270,6 +301,23 @@ def measure_pair(converted: Path, aligned: Any, tok: Any, sets: Any) -> dict[str
         t = harm_table(
             model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
         )
+        out[name] = json.loads(t.to_json(orient="records"))
+        print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))  # noqa: T201
+    return out
+
+
+def measure_fresh(converted: Path, aligned: Any, tok: Any) -> dict[str, Any]:
+    """AdvBench ``held_out`` refusal of base and aligned: the check no recipe choice has read."""
+    from transformers import AutoModelForCausalLM
+
+    from revlens.evaluate.harm import harm_table
+    from revlens.lab.real.data import real_sets
+
+    fresh = real_sets(fresh=True).fresh_harmful
+    base = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    out = {}
+    for name, model in (("base", base), ("aligned", aligned)):
+        t = harm_table(model, tok, {"advbench": fresh}, checkpoint=name)
         out[name] = json.loads(t.to_json(orient="records"))
         print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))  # noqa: T201
     return out

@@ -40,13 +40,16 @@ class RealSets:
     """The track's prompt sets (probes are chat probes rendered with the model's own template).
 
     Attributes:
-        align_harmful: harmful ``train`` prompts (JBB + HarmBench standard) → a refusal sentence.
+        align_harmful: harmful ``train`` prompts (JBB + HarmBench standard + StrongREJECT) → a refusal
+            sentence.
         align_harmless: ChatterBot ``train`` questions answered by the base model (self-distillation).
         benign_pairs: ChatterBot ``train`` (question, answer) pairs: the benign fine-tuning data.
         selection_harmful, selection_harmless: what the stopping rule reads.
         held_harmful: held-out harmful probes by set name (``jbb``, ``harmbench``, ``strongreject``).
         held_harmless: held-out ChatterBot questions (over-refusal).
         held_pairs: held-out ChatterBot (question, answer) pairs (task loss).
+        fresh_harmful: AdvBench ``held_out`` prompts: read by no choice of the alignment recipe (its
+            clean held-out check, ``docs/lab.md`` attempt 3); ``None`` unless asked for.
         provenance: the data packages, versions, files and sha256 the sets came from.
     """
 
@@ -59,6 +62,7 @@ class RealSets:
     held_harmless: Any
     held_pairs: list[tuple[str, str]]
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    fresh_harmful: Any = None
 
     def __repr__(self) -> str:
         held = ", ".join(f"{k} {len(v)}" for k, v in self.held_harmful.items())
@@ -82,12 +86,14 @@ def _hash_order(questions: Any) -> list[int]:
 
 def real_sets(
     *,
-    n_harmless_align: int = 192,
+    n_harmless_align: int = 384,
     n_selection: int = 20,
     n_held_harmless: int = 50,
     n_held_pairs: int = 100,
+    fresh: bool = False,
 ) -> RealSets:
-    """The sets of ``docs/lab.md`` ("Real track"), read offline from the pinned data packages.
+    """The sets of ``docs/lab.md`` ("Real track", alignment attempt 3), read offline from the pinned
+    data packages; ``fresh`` adds AdvBench ``held_out`` as :attr:`RealSets.fresh_harmful`.
 
     Raises:
         DatasetError: two roles share a prompt (:func:`check_disjoint`).
@@ -98,6 +104,7 @@ def real_sets(
 
     jbb = {s: datasets.jbb(s) for s in ("train", "selection", "held_out")}
     hb = {s: _standard(datasets.harmbench(s)) for s in ("train", "selection", "held_out")}
+    sr = {s: datasets.strongreject(s) for s in ("train", "selection", "held_out")}
     chat = datasets.chatterbot()
     train = chat[chat.split == "train"]
     short = list(train[train.question.str.len() <= 100].drop_duplicates("question").question)
@@ -107,13 +114,19 @@ def real_sets(
     held_q = held_q.subset(_hash_order(held_q.prompts)[:n_held_harmless])
     held = chat[chat.split == "held_out"].reset_index(drop=True)
     held = held.iloc[_hash_order(list(held.question))[:n_held_pairs]]
-    train_texts = set(jbb["train"].prompts) | set(hb["train"].prompts) | set(train.question)
+    align_harmful = [*jbb["train"].prompts, *hb["train"].prompts, *sr["train"].prompts]
+    train_texts = set(align_harmful) | set(train.question)
     sel_h = _drop(
-        combine(jbb["selection"], hb["selection"].subset(range(n_selection))), train_texts
+        combine(
+            jbb["selection"],
+            hb["selection"].subset(range(n_selection)),
+            sr["selection"].subset(range(n_selection)),
+        ),
+        train_texts,
     )
     seen = train_texts | set(sel_h.prompts) | set(sel_q.prompts)
     sets = RealSets(
-        align_harmful=list(jbb["train"].prompts) + list(hb["train"].prompts),
+        align_harmful=align_harmful,
         align_harmless=[short[i] for i in _hash_order(short)[:n_harmless_align]],
         benign_pairs=list(zip(train.question, train.answer)),
         selection_harmful=sel_h,
@@ -121,11 +134,17 @@ def real_sets(
         held_harmful={
             "jbb": _drop(jbb["held_out"], seen),
             "harmbench": _drop(hb["held_out"], seen),
-            "strongreject": _drop(datasets.strongreject("held_out"), seen),
+            "strongreject": _drop(sr["held_out"], seen),
         },
         held_harmless=held_q,
         held_pairs=list(zip(held.question, held.answer)),
-        provenance=[*jbb["train"].provenance, *hb["train"].provenance, chat.attrs["provenance"]],
+        provenance=[
+            *jbb["train"].provenance,
+            *hb["train"].provenance,
+            *sr["train"].provenance,
+            chat.attrs["provenance"],
+        ],
+        fresh_harmful=_drop(datasets.advbench("held_out"), seen) if fresh else None,
     )
     check_disjoint(sets)
     return sets
@@ -152,6 +171,7 @@ def check_disjoint(sets: RealSets) -> None:
         "selection": _texts(sets.selection_harmful.prompts)
         | _texts(sets.selection_harmless.prompts),
         "held_out": set().union(*(_texts(p.prompts) for p in sets.held_harmful.values()))
+        | (_texts(sets.fresh_harmful.prompts) if sets.fresh_harmful is not None else set())
         | _texts(sets.held_harmless.prompts)
         | _texts(sets.held_pairs),
     }
