@@ -69,6 +69,7 @@ class RealPlan:
         None  # at most this many prompts / pairs per held-out set (None: all; smoke runs)
     )
     device: str = "cpu"  # where training and measurement run: "cpu" or "cuda[:i]" (when available)
+    workers: int = 2  # runs trained and measured at once, in separate processes (one thread each)
 
     def __post_init__(self) -> None:
         if (
@@ -88,6 +89,8 @@ class RealPlan:
             raise ConfigError(f"RealPlan: modes must be among 'full', 'lora'; got {self.modes}")
         if self.batch < 1:
             raise ConfigError(f"RealPlan: batch must be >= 1, got {self.batch}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"RealPlan: workers must be an integer >= 1, got {self.workers!r}")
         check_device(self.device)
 
 
@@ -242,7 +245,6 @@ def build_real(
     """
     from transformers import AutoTokenizer
 
-    from revlens.evaluate.harm import harm_table
     from revlens.loading.packages import model_package_dir
 
     plan = plan or RealPlan()
@@ -285,13 +287,9 @@ def build_real(
             metadata=meta,
         )
 
-    def measure_dir(name: str, path: Path, start: Path | None = None) -> None:
+    def measure_dir(name: str, path: Path) -> None:
         t = time.perf_counter()
-        model = _load_merged(path, start).to(plan.device)
-        table = harm_table(
-            model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
-        )
-        records.extend(json.loads(table.to_json(orient="records")))
+        records.extend(_harm_records(name, path, None, tok, sets, plan))
         timings[f"measure {name}_s"] = round(time.perf_counter() - t, 1)
         flush()
 
@@ -302,24 +300,91 @@ def build_real(
     if plan.control:
         s = plan.seeds[0]
         jobs.append(("full", s, "controls", f"control-full-seed{s}", root / "base"))
-    for mode, seed, key, name, start in jobs:
-        t = time.perf_counter()
-        saved, losses = _run(start, tok, sets, mode, seed, plan, root / key / name, progress)
-        timings[f"train {name}_s"] = round(time.perf_counter() - t, 1)
+    for done in _map_jobs(jobs, root, plan, measure, progress):
+        key, name = done["key"], done["name"]
         spec[key][name] = {
-            str(k): Path(v).relative_to(root).as_posix() for k, v in sorted(saved.items())
+            str(k): Path(v).relative_to(root).as_posix() for k, v in sorted(done["saved"].items())
         }
-        meta["losses"][name] = [round(x, 4) for x in losses]
+        meta["losses"][name] = [round(x, 4) for x in done["losses"]]
+        records.extend(done["records"])
+        timings.update(done["timings"])
         flush()
-        if measure:
-            last = max(saved)
-            measure_dir(f"{name}/step-{last}", Path(saved[last]), start if mode == "lora" else None)
     if measure:  # base and aligned last: the adapter's manifest holds them (made with these sets)
         _measure_start(records, plan, lambda name: measure_dir(name, root / name))
         flush()
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     flush()
     return meta
+
+
+def _harm_records(
+    name: str, path: Path, start: Path | None, tok: Any, sets: RealSets, plan: RealPlan
+) -> list[dict[str, Any]]:
+    """:func:`~revlens.evaluate.harm.harm_table` records of one checkpoint (a LoRA one merged on ``start``)."""
+    from revlens.evaluate.harm import harm_table
+
+    model = _load_merged(path, start).to(plan.device)
+    table = harm_table(
+        model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
+    )
+    return list(json.loads(table.to_json(orient="records")))
+
+
+def _job(
+    job: tuple[str, int, str, str, Path], root: Path, plan: RealPlan, measure: bool, progress: bool
+) -> dict[str, Any]:
+    """One benign run: train (checkpoints written atomically), then harm at its last step. Runs in
+    this process or in a worker (it reloads the tokenizer and the sets: nothing unpicklable crosses)."""
+    from transformers import AutoTokenizer
+
+    mode, seed, key, name, start = job
+    deterministic(plan.threads)
+    tok = AutoTokenizer.from_pretrained(root / "aligned")
+    sets = _limited_sets(plan)
+    t = time.perf_counter()
+    saved, losses = _run(start, tok, sets, mode, seed, plan, root / key / name, progress)
+    timings = {f"train {name}_s": round(time.perf_counter() - t, 1)}
+    records: list[dict[str, Any]] = []
+    if measure:
+        last = max(saved)
+        t = time.perf_counter()
+        lora_start = start if mode == "lora" else None
+        records = _harm_records(
+            f"{name}/step-{last}", Path(saved[last]), lora_start, tok, sets, plan
+        )
+        timings[f"measure {name}/step-{last}_s"] = round(time.perf_counter() - t, 1)
+    return {
+        "key": key,
+        "name": name,
+        "saved": saved,
+        "losses": losses,
+        "records": records,
+        "timings": timings,
+    }
+
+
+def _map_jobs(jobs: list[Any], root: Path, plan: RealPlan, measure: bool, progress: bool) -> Any:
+    """:func:`_job` over ``jobs``, yielded in job order: in this process with ``plan.workers == 1``,
+    else in ``plan.workers`` spawned processes (one torch thread each; the results do not depend on
+    the worker count: every run is seeded by its own seed)."""
+    if plan.workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            yield _job(job, root, plan, measure, progress)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(plan.workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_job, job, root, plan, measure, False) for job in jobs]
+        bar = tqdm(
+            total=len(jobs), desc=f"real runs ({plan.workers} workers)", disable=not progress
+        )
+        for f in futures:
+            yield f.result()
+            bar.update(1)
+        bar.close()
 
 
 def _limited_sets(plan: RealPlan) -> Any:
