@@ -338,12 +338,16 @@ def _blocking(
             "measured": "not run (ReplicatePlan.blocking is empty)",
         }
         return [{**row, "reference": "", "rule": "", "holds": "not run"}], pd.DataFrame()
+    seeds, workers = plan.lab.seeds, min(plan.lab.workers, len(plan.lab.seeds))
+    if workers > 1:  # seeds split over processes (one thread each); the final call reads their runs
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        parts = [(out, plan, seeds[i::workers]) for i in range(workers)]
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_blocking_part, parts))
     cmp = compare_real(
-        out,
-        plan=plan.blocking_plan,
-        defenses=plan.blocking,
-        seeds=plan.lab.seeds,
-        progress=progress,
+        out, plan=plan.blocking_plan, defenses=plan.blocking, seeds=seeds, progress=progress
     )
     s = cmp.summary().reset_index()
     bp = plan.blocking_plan
@@ -370,6 +374,17 @@ def _blocking(
             }
         )
     return rows, s
+
+
+def _blocking_part(part: tuple[Path, ReplicatePlan, tuple[int, ...]]) -> None:
+    """Some seeds of the blocking stage, in a worker process (results land in ``out``'s run files)."""
+    import torch
+
+    from revlens.lab.real_defenses import compare_real
+
+    out, plan, seeds = part
+    torch.set_num_threads(plan.lab.threads)
+    compare_real(out, plan=plan.blocking_plan, defenses=plan.blocking, seeds=seeds, progress=False)
 
 
 def _machine(device: str) -> str:

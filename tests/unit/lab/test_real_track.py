@@ -19,8 +19,9 @@ def sets():
 
 def test_splits_never_overlap_and_have_the_documented_sizes(sets):
     check_disjoint(sets)  # real_sets already asserts it; a second check is cheap
-    assert len(sets.align_harmful) == 185 and len(sets.align_harmless) == 192
-    assert len(sets.selection_harmful) == 40 and len(sets.selection_harmless) == 20
+    # attempt 3 (docs/lab.md): JBB 60 + HarmBench standard 125 + StrongREJECT 187 train prompts
+    assert len(sets.align_harmful) == 372 and len(sets.align_harmless) == 384
+    assert len(sets.selection_harmful) == 60 and len(sets.selection_harmless) == 20
     assert {k: len(v) for k, v in sets.held_harmful.items()} == {
         "jbb": 18,
         "harmbench": 36,
@@ -29,6 +30,31 @@ def test_splits_never_overlap_and_have_the_documented_sizes(sets):
     assert len(sets.held_harmless) == 50 and len(sets.held_pairs) == 100
     # harmless samples are spread over topics, not the first file's questions
     assert len({i["category"] for i in sets.held_harmless.info}) >= 8
+
+
+def test_advbench_is_the_untouched_check_and_shares_no_prompt():
+    try:
+        sets = real_sets(fresh=True)
+    except MissingExtraError as exc:
+        pytest.skip(str(exc))
+    assert sets.fresh_harmful is not None and len(sets.fresh_harmful) >= 100
+    check_disjoint(sets)
+    sets.fresh_harmful = sets.fresh_harmful.subset(range(3))
+    sets.align_harmful = [*sets.align_harmful, sets.fresh_harmful.prompts[0]]
+    with pytest.raises(DatasetError, match="train and held_out"):
+        check_disjoint(sets)
+
+
+def test_shipping_rule_picks_the_best_margin_then_the_earliest():
+    from revlens.lab.real.align import choose_eval
+
+    evals = [
+        {"step": 8, "refusal": 0.90, "over_refusal": 0.30},
+        {"step": 16, "refusal": 0.95, "over_refusal": 0.35},  # same margin, later
+        {"step": 24, "refusal": 0.85, "over_refusal": 0.10},  # best margin
+    ]
+    assert choose_eval(evals)["step"] == 24
+    assert choose_eval(evals[:2])["step"] == 8
 
 
 def test_an_overlap_is_refused_by_name(sets):
@@ -52,6 +78,8 @@ def test_refusal_sentence_is_a_function_of_the_prompt():
         {"modes": ("qlora",)},
         {"batch": 0},
         {"seeds": ()},
+        {"workers": 0},
+        {"workers": True},
     ],
 )
 def test_bad_plans_are_refused(kw):
