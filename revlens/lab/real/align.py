@@ -248,8 +248,9 @@ def write_readme(out: Path, manifest: dict[str, Any]) -> Path:
         "Regenerate (CPU, one torch thread): `make assets` or "
         "`OMP_NUM_THREADS=1 python -m revlens.lab.real.align` (`--out DIR` writes elsewhere).",
         "",
-        f"Trained {manifest['steps']} steps (stopping rule met: {manifest['stopping_rule_met']}); "
-        f"timings (s): {manifest.get('timings')}.",
+        f"Shipped: the step-{manifest['steps']} adapter of {manifest.get('steps_trained', manifest['steps'])} "
+        f"trained (stopping rule met: {manifest['stopping_rule_met']}; otherwise the selection eval with the "
+        f"largest refusal − over-refusal ships); timings (s): {manifest.get('timings')}.",
         "",
         "sha256:",
         "",
@@ -275,6 +276,15 @@ def write_readme(out: Path, manifest: dict[str, Any]) -> Path:
                 f"[{100 * h['refusal_lo']:.1f}, {100 * h['refusal_hi']:.1f}] | {o['refused']:.0f}/{o['n']:.0f} = "
                 f"{100 * o['refusal_rate']:.1f}% [{100 * o['refusal_lo']:.1f}, {100 * o['refusal_hi']:.1f}] | "
                 f"{t['loss']:.3f} ({t['n_tokens']:.0f} tokens) |"
+            )
+    fresh = manifest.get("fresh_check")
+    if fresh:
+        lines += ["", "AdvBench `held_out` (read by no recipe choice: the untouched check):", ""]
+        for name, rows in fresh.items():
+            h = _pooled(rows, "advbench")
+            lines.append(
+                f"- {name}: {h['refused']:.0f}/{h['n']:.0f} = {100 * h['refusal_rate']:.1f}% refused "
+                f"[{100 * h['refusal_lo']:.1f}, {100 * h['refusal_hi']:.1f}]"
             )
     lines += ["", "Bit-for-bit: see `docs/lab.md` (Real track) for the regeneration check.", ""]
     path = Path(out) / "README.md"
