@@ -276,7 +276,14 @@ def real_plans(device: str, smoke: bool):
         eval_limit=2,
         device=device,
     )
-    return ReplicatePlan(lab=lab, n_probe=4, n_null=20, controls=1, ablation_prompts=2)
+    from revlens.lab.real_defenses import RealDefensePlan
+
+    tiny = RealDefensePlan(
+        steps=1, n_harmful=2, n_harmless=2, n_probes=2, n_task=2, n_alignment=2, max_new_tokens=4
+    )
+    return ReplicatePlan(
+        lab=lab, n_probe=4, n_null=20, controls=1, ablation_prompts=2, blocking_plan=tiny
+    )
 
 
 def run_real(args) -> dict:

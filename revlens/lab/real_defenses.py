@@ -210,12 +210,14 @@ def compare_real(
     plan: RealDefensePlan | None = None,
     adapter: str | os.PathLike | None = None,
     config: CompareConfig | None = None,
+    device: str | None = None,
     progress: bool = True,
     **settings: int | float | bool | tuple[int, ...] | tuple[str, ...],
 ) -> DefenseComparison:
     """:func:`revlens.compare_defenses` on the real track (module docstring); ``config`` / ``settings``:
     a :class:`~revlens.defenses.CompareConfig` and its fields (default defenses :data:`REAL_DEFENSES`).
-    Resumable with ``out`` (a run with more defenses reuses the runs already done)."""
+    ``device``: where to fine-tune and score (default CPU). Resumable with ``out`` (a run with more
+    defenses reuses the runs already done)."""
     plan = plan or RealDefensePlan()
     hist = real_history(adapter)
     sets = _sets(plan)
@@ -228,6 +230,7 @@ def compare_real(
         real_recipe(plan, sets),
         real_eval_sets(plan, sets),
         out=out,
+        device=device,
         progress=progress,
         **settings,
     )

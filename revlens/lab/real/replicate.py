@@ -347,7 +347,12 @@ def _blocking(
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             list(pool.map(_blocking_part, parts))
     cmp = compare_real(
-        out, plan=plan.blocking_plan, defenses=plan.blocking, seeds=seeds, progress=progress
+        out,
+        plan=plan.blocking_plan,
+        defenses=plan.blocking,
+        seeds=seeds,
+        device=plan.lab.device,
+        progress=progress,
     )
     s = cmp.summary().reset_index()
     bp = plan.blocking_plan
@@ -384,7 +389,14 @@ def _blocking_part(part: tuple[Path, ReplicatePlan, tuple[int, ...]]) -> None:
 
     out, plan, seeds = part
     torch.set_num_threads(plan.lab.threads)
-    compare_real(out, plan=plan.blocking_plan, defenses=plan.blocking, seeds=seeds, progress=False)
+    compare_real(
+        out,
+        plan=plan.blocking_plan,
+        defenses=plan.blocking,
+        seeds=seeds,
+        device=plan.lab.device,
+        progress=False,
+    )
 
 
 def _machine(device: str) -> str:
