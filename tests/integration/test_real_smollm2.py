@@ -258,6 +258,9 @@ def test_replicate_real_writes_every_row_with_blocking_along_both(smollm2, tmp_p
     assert {(b["defense"], b["control"]) for b in saved["blocking"]} == {
         ("none", False), ("update", False), ("update", True), ("update_r", False), ("update_r", True)
     }  # fmt: skip
-    assert (tmp_path / "rep" / "replication.md").read_text().count("| blocking along r") == 1
+    text = (tmp_path / "rep" / "replication.md").read_text()
+    assert (
+        text.count("| blocking along r") == 1 and "by each row's rule fixed before the run" in text
+    )
     assert len(list((tmp_path / "cache" / "merged").iterdir())) == 1  # the adapter merged once
     assert len(list((tmp_path / "rep" / "blocking" / "runs").glob("*/*.json"))) == 5  # one per run

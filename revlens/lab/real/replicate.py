@@ -83,12 +83,28 @@ class RealReplication:
             lines.append(
                 f"| {r['row']} | {r['measured']} | {r['reference']} | {r['rule']} | {r['holds']} |"
             )
+        lines += ["", *self.findings(), ""]
         lines += [
-            "",
             "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in m["timings"].items()),
             "",
         ]
         return "\n".join(lines)
+
+    def findings(self) -> list[str]:
+        """The rows sorted by verdict under their pre-set rules: what holds, what does not, what was
+        not evaluated (markdown lines)."""
+        verdicts: dict[str, list[str]] = {
+            "holds": [],
+            "does not hold": [],
+            "reported, no rule or not run": [],
+        }
+        for r in self.rows:
+            key = {True: "holds", False: "does not hold"}.get(
+                r["holds"], "reported, no rule or not run"
+            )
+            verdicts[key].append(r["row"])
+        lines = ["Findings, by each row's rule fixed before the run:", ""]
+        return lines + [f"- **{k}**: {'; '.join(v) or '—'}" for k, v in verdicts.items()]
 
     def __repr__(self) -> str:
         return self.to_markdown()
