@@ -177,17 +177,29 @@ def replicate_real(
     out: Any, plan: ReplicatePlan | None = None, *, lab_dir: Any = None, progress: bool = True
 ) -> RealReplication:
     """Run the real track's replication into ``out`` (see the module docstring)."""
+    plan = plan or ReplicatePlan()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pending = _start_blocking(out / "blocking", plan)  # in worker processes, beside the lab
+    try:
+        return _replicate(out, plan, lab_dir, pending, progress, t0)
+    except BaseException:
+        if pending is not None:
+            pending[0].terminate()  # no orphaned workers after an error or Ctrl-C
+        raise
+
+
+def _replicate(
+    out: Path, plan: ReplicatePlan, lab_dir: Any, pending: Any, progress: bool, t0: float
+) -> RealReplication:
     import revlens
     from revlens.directions import refusal_directions
     from revlens.drift import compare_directions
     from revlens.lab.real.data import real_sets
     from revlens.probes.sets import combine
 
-    plan = plan or ReplicatePlan()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     if lab_dir is None:
         lab_dir = out / "lab"
         build_real(lab_dir, plan.lab, force=True, progress=progress)
@@ -256,10 +268,10 @@ def replicate_real(
     rows += med_rows
     timings["mediation"] = time.perf_counter() - t
     t = time.perf_counter()
-    block_rows, blocking = _blocking(out / "blocking", plan, progress)
+    block_rows, blocking = _blocking(out / "blocking", plan, pending, progress)
     rows += block_rows
     if plan.blocking:
-        timings["blocking"] = time.perf_counter() - t
+        timings["blocking (after the rest)"] = time.perf_counter() - t
     total = time.perf_counter() - t0
     meta = {
         "command": f"revlens replicate --track real --out {out}",
@@ -341,11 +353,30 @@ BLOCKED = {"update": "v_rev", "update_r": "r", "subspace": "the v_rev subspace"}
 """What each blocking defense of :attr:`ReplicatePlan.blocking` holds fixed."""
 
 
+def _start_blocking(out: Path, plan: ReplicatePlan) -> Any:
+    """With ``plan.lab.workers > 1``: the blocking stage's seeds split over that many spawned
+    processes (one thread each), started now so that they run beside the lab build and the analysis
+    (the stage needs only the base and the shipped adapter); ``None`` otherwise."""
+    seeds, workers = plan.lab.seeds, min(plan.lab.workers, len(plan.lab.seeds))
+    if not plan.blocking or workers < 2:
+        return None
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(workers)
+    parts = [
+        pool.apply_async(_blocking_part, ((out, plan, seeds[i::workers]),)) for i in range(workers)
+    ]
+    pool.close()  # no more work; the parts keep running and _blocking collects them
+    return pool, parts
+
+
 def _blocking(
-    out: Path, plan: ReplicatePlan, progress: bool
+    out: Path, plan: ReplicatePlan, pending: Any, progress: bool
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Update blocking along v_rev / r beside random directions and the undefended run: the harm
-    rows of :func:`~revlens.lab.real_defenses.compare_real` (pooled k/n over seeds, Wilson CI)."""
+    rows of :func:`~revlens.lab.real_defenses.compare_real` (pooled k/n over seeds, Wilson CI);
+    ``pending``: the parts :func:`_start_blocking` started (their tables joined), or ``None``."""
+    from revlens.defenses import DefenseComparison
     from revlens.lab.real_defenses import compare_real
 
     if not plan.blocking:
@@ -354,22 +385,24 @@ def _blocking(
             "measured": "not run (ReplicatePlan.blocking is empty)",
         }
         return [{**row, "reference": "", "rule": "", "holds": "not run"}], pd.DataFrame()
-    seeds, workers = plan.lab.seeds, min(plan.lab.workers, len(plan.lab.seeds))
-    if workers > 1:  # seeds split over processes (one thread each); the final call reads their runs
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        parts = [(out, plan, seeds[i::workers]) for i in range(workers)]
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_blocking_part, parts))
-    cmp = compare_real(
-        out,
-        plan=plan.blocking_plan,
-        defenses=plan.blocking,
-        seeds=seeds,
-        device=plan.lab.device,
-        progress=progress,
-    )
+    if pending is not None:
+        pool, started = pending
+        parts = [p.get() for p in started]
+        pool.join()
+        cmp = DefenseComparison(
+            pd.concat([c.table for c in parts], ignore_index=True),
+            pd.concat([c.trajectories for c in parts], ignore_index=True),
+            parts[0].meta,
+        )
+    else:
+        cmp = compare_real(
+            out,
+            plan=plan.blocking_plan,
+            defenses=plan.blocking,
+            seeds=plan.lab.seeds,
+            device=plan.lab.device,
+            progress=progress,
+        )
     s = cmp.summary().reset_index()
     bp = plan.blocking_plan
 
@@ -397,15 +430,16 @@ def _blocking(
     return rows, s
 
 
-def _blocking_part(part: tuple[Path, ReplicatePlan, tuple[int, ...]]) -> None:
-    """Some seeds of the blocking stage, in a worker process (results land in ``out``'s run files)."""
+def _blocking_part(part: tuple[Path, ReplicatePlan, tuple[int, ...]]) -> Any:
+    """Some seeds of the blocking stage, in a worker process: their comparison (also in ``out``'s
+    run files, resumable)."""
     import torch
 
     from revlens.lab.real_defenses import compare_real
 
     out, plan, seeds = part
     torch.set_num_threads(plan.lab.threads)
-    compare_real(
+    return compare_real(
         out,
         plan=plan.blocking_plan,
         defenses=plan.blocking,
