@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from revlens.errors import DatasetError
+from revlens.probes import Probes
 
 __all__ = ["REFUSALS", "RealSets", "check_disjoint", "real_sets", "refusal_for"]
 
@@ -56,13 +57,13 @@ class RealSets:
     align_harmful: list[str]
     align_harmless: list[str]
     benign_pairs: list[tuple[str, str]]
-    selection_harmful: Any
-    selection_harmless: Any
-    held_harmful: dict[str, Any]
-    held_harmless: Any
+    selection_harmful: Probes
+    selection_harmless: Probes
+    held_harmful: dict[str, Probes]
+    held_harmless: Probes
     held_pairs: list[tuple[str, str]]
     provenance: list[dict[str, Any]] = field(default_factory=list)
-    fresh_harmful: Any = None
+    fresh_harmful: Probes | None = None
 
     def __repr__(self) -> str:
         held = ", ".join(f"{k} {len(v)}" for k, v in self.held_harmful.items())

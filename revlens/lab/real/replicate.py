@@ -33,6 +33,7 @@ import pandas as pd
 
 from revlens._io import write_json, write_text
 from revlens._numbers import format_mean_std, mean_std
+from revlens._types import PathLike
 from revlens.lab.real.history import RealPlan, build_real, harm_frame
 from revlens.lab.real_defenses import RealDefensePlan
 
@@ -174,7 +175,11 @@ def _harm_rows(harm: pd.DataFrame, plan: RealPlan) -> tuple[list[dict[str, Any]]
 
 
 def replicate_real(
-    out: Any, plan: ReplicatePlan | None = None, *, lab_dir: Any = None, progress: bool = True
+    out: PathLike,
+    plan: ReplicatePlan | None = None,
+    *,
+    lab_dir: PathLike | None = None,
+    progress: bool = True,
 ) -> RealReplication:
     """Run the real track's replication into ``out`` (see the module docstring)."""
     plan = plan or ReplicatePlan()
