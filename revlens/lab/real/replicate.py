@@ -34,6 +34,7 @@ import pandas as pd
 from revlens._io import write_json, write_text
 from revlens._numbers import format_mean_std, mean_std
 from revlens._types import PathLike
+from revlens.errors import ConfigError
 from revlens.lab.real.history import RealPlan, build_real, harm_frame
 from revlens.lab.real_defenses import RealDefensePlan
 
@@ -58,6 +59,15 @@ class ReplicatePlan:
     ablation_prompts: int = 8
     blocking: tuple[str, ...] = ("update", "update_r")
     blocking_plan: RealDefensePlan = field(default_factory=RealDefensePlan)
+
+    def __post_init__(self) -> None:
+        from revlens.defenses import DEFENSES
+
+        unknown = [b for b in self.blocking if b not in DEFENSES]
+        if unknown or len(set(self.blocking)) != len(self.blocking):
+            raise ConfigError(
+                f"ReplicatePlan.blocking: distinct names among {', '.join(DEFENSES)}; got {self.blocking}"
+            )
 
 
 @dataclass

@@ -118,3 +118,11 @@ def test_lab_options_that_do_not_apply_are_refused():
     args.lr = None
     plan = plan_from_args(argparse.Namespace(**{**vars(args), "steps": "6"}))
     assert plan.steps == 6 and plan.checkpoints == (1, 2, 4, 6) and plan.seeds == (0,)
+
+
+@pytest.mark.parametrize("blocking", [("update", "nope"), ("update", "update")])
+def test_a_bad_blocking_list_is_refused_before_any_work(blocking):
+    from revlens.lab.real.replicate import ReplicatePlan
+
+    with pytest.raises(ConfigError, match="ReplicatePlan.blocking"):
+        ReplicatePlan(blocking=blocking)
