@@ -392,7 +392,6 @@ def _blocking(
     rows of :func:`~revlens.lab.real_defenses.compare_real` (pooled k/n over seeds, Wilson CI);
     ``pending``: the parts :func:`_start_blocking` started (their tables joined), or ``None``."""
     from revlens.defenses import DefenseComparison
-    from revlens.lab.real_defenses import compare_real
 
     if not plan.blocking:
         row = {
@@ -410,14 +409,7 @@ def _blocking(
             parts[0].meta,
         )
     else:
-        cmp = compare_real(
-            out,
-            plan=plan.blocking_plan,
-            defenses=plan.blocking,
-            seeds=plan.lab.seeds,
-            device=plan.lab.device,
-            progress=progress,
-        )
+        cmp = _blocking_part((out, plan, plan.lab.seeds), progress)
     s = cmp.summary().reset_index()
     bp = plan.blocking_plan
 
@@ -445,9 +437,11 @@ def _blocking(
     return rows, s
 
 
-def _blocking_part(part: tuple[Path, ReplicatePlan, tuple[int, ...]]) -> Any:
-    """Some seeds of the blocking stage, in a worker process: their comparison (also in ``out``'s
-    run files, resumable)."""
+def _blocking_part(
+    part: tuple[Path, ReplicatePlan, tuple[int, ...]], progress: bool = False
+) -> Any:
+    """Some seeds of the blocking stage (in a worker process, or all of them here): their comparison
+    (also in ``out``'s run files, resumable)."""
     import torch
 
     from revlens.lab.real_defenses import compare_real
@@ -460,7 +454,7 @@ def _blocking_part(part: tuple[Path, ReplicatePlan, tuple[int, ...]]) -> Any:
         defenses=plan.blocking,
         seeds=seeds,
         device=plan.lab.device,
-        progress=False,
+        progress=progress,
     )
 
 
