@@ -202,6 +202,7 @@ def align(
         merged = peft_model.merge_and_unload().eval()
         manifest["held_out"] = measure_pair(converted, merged, tok, sets)
         manifest["fresh_check"] = measure_fresh(converted, merged, tok)
+        manifest["fresh_provenance"] = fresh_provenance()
         timings["measure_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     manifest["timings"] = timings
@@ -314,6 +315,14 @@ def measure_pair(converted: Path, aligned: Any, tok: Any, sets: Any) -> dict[str
         out[name] = json.loads(t.to_json(orient="records"))
         print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))  # noqa: T201
     return out
+
+
+def fresh_provenance() -> list[dict[str, Any]]:
+    """Package, version, file sha256, licence and split of the AdvBench check (read, never copied)."""
+    from revlens.lab.real.data import real_sets
+
+    fresh = real_sets(fresh=True).fresh_harmful
+    return list(fresh.provenance) if fresh is not None else []
 
 
 def measure_fresh(converted: Path, aligned: Any, tok: Any) -> dict[str, Any]:
