@@ -201,8 +201,9 @@ def align(
         t = time.perf_counter()
         merged = peft_model.merge_and_unload().eval()
         manifest["held_out"] = measure_pair(converted, merged, tok, sets)
-        manifest["fresh_check"] = measure_fresh(converted, merged, tok)
-        manifest["fresh_provenance"] = fresh_provenance()
+        manifest.update(  # AdvBench: the check no recipe choice read, with where it came from
+            fresh_check=measure_fresh(converted, merged, tok), fresh_provenance=fresh_provenance()
+        )
         timings["measure_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     manifest["timings"] = timings
