@@ -294,6 +294,16 @@ def read_adapter_config(path: PathLike) -> dict[str, Any]:
             f"adapter config {p}: field 'modules_to_save' must list module names (strings), "
             f"got {saved!r}"
         )
+    targets = raw.get("target_modules")
+    if not (
+        targets is None
+        or isinstance(targets, str)
+        or (isinstance(targets, list) and all(isinstance(m, str) for m in targets))
+    ):
+        raise CheckpointError(
+            f"adapter config {p}: field 'target_modules' must be a module name or regex (string), "
+            f"a list of module names, or null, got {targets!r}"
+        )
     for name in ("use_rslora", "fan_in_fan_out", "use_dora", "lora_bias"):
         value = raw.get(name)
         if value is not None and not isinstance(value, bool):  # bool([None]) would read as true
