@@ -89,6 +89,20 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-control", action="store_true", help="skip the control run from the base model"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_workers_argument(p)
+
+
+def add_workers_argument(p: argparse.ArgumentParser) -> None:
+    """``--workers N`` of ``revlens lab --track real`` and ``revlens replicate``."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes, one torch thread each (default 2; the numbers do not depend on it): "
+        "--track real trains and measures N runs at once; the GPT-2 tracks' replicate runs the "
+        "random-direction controls in a second process when N > 1 (revlens lab: --track real only)",
+    )
 
 
 def _tracks() -> tuple[str, ...]:
@@ -98,6 +112,10 @@ def _tracks() -> tuple[str, ...]:
 
 
 def _config(args) -> LabConfig:
+    if getattr(args, "workers", None) is not None:
+        raise ConfigError(
+            "--workers applies to --track real only (the GPT-2 lab runs in one process)"
+        )
     changes = {
         "ft_seeds": _int_list("seeds", args.seeds),
         "pretrain_seeds": _int_list("pretrain-seeds", args.pretrain_seeds),

@@ -16,6 +16,7 @@ blocking, all direction candidates). Settings are fixed in docs/lab.md ("Replica
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -285,6 +286,7 @@ def register(
     subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
 ) -> None:
     """Add the ``replicate`` sub-command (a ``revlens.commands`` entry point)."""
+    from revlens.lab.cli import add_workers_argument
     from revlens.lab.tracks import TRACKS
 
     p = subparsers.add_parser(
@@ -322,6 +324,7 @@ def register(
         help="--track real: reuse a built real-track dir (revlens lab --track real)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_workers_argument(p)
     p.set_defaults(func=_run)
 
 
@@ -351,8 +354,14 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[int
     seeds = list(args.seeds)
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct non-negative integers, got {seeds}")
+    plan = FULL_PLAN if args.full else DEFAULT_PLAN
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"--workers must be an integer >= 1, got {workers}")
+        plan = dataclasses.replace(plan, workers=workers)
     check_writable_dir(args.out, "--out")
-    return tracks, pairs, seeds, FULL_PLAN if args.full else DEFAULT_PLAN
+    return tracks, pairs, seeds, plan
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -440,6 +440,16 @@ CLI = [
         ["replicate", "--out", "{o}", "--seeds", "0", "0"],
         "--seeds must be distinct non-negative integers",
     ),
+    (["replicate", "--out", "{o}", "--workers", "0"], "--workers must be an integer >= 1"),
+    (["lab", "--out", "{o}", "--workers", "2"], "--workers applies to --track real only"),
+    (
+        ["replicate", "--out", "{o}", "--track", "real", "--workers", "0"],
+        "workers must be an integer >= 1",
+    ),
+    (
+        ["lab", "--out", "{o}", "--track", "real", "--workers", "0"],
+        "workers must be an integer >= 1",
+    ),
 ]
 
 

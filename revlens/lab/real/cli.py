@@ -28,7 +28,19 @@ def plan_from_args(args: Any) -> Any:
     except ValueError as exc:
         raise ConfigError(f"--track real: --seeds / --steps take integers ({exc})") from None
     points = tuple(sorted({t for t in RealPlan.checkpoints if t <= steps} | {steps}))
-    return RealPlan(seeds=seeds, steps=steps, checkpoints=points, control=not args.no_control)
+    return RealPlan(
+        seeds=seeds,
+        steps=steps,
+        checkpoints=points,
+        control=not args.no_control,
+        **_workers(args),
+    )
+
+
+def _workers(args: Any) -> dict[str, int]:
+    """``{"workers": N}`` from ``--workers N`` (RealPlan validates it), ``{}`` when not given."""
+    workers = getattr(args, "workers", None)
+    return {} if workers is None else {"workers": workers}
 
 
 def run_lab_real(args: Any) -> int:
@@ -59,7 +71,8 @@ def run_lab_real(args: Any) -> int:
 
 
 def run_replicate_real(args: Any) -> int:
-    """``revlens replicate --track real --out DIR [--seeds ...] [--lab DIR]``: the table and findings."""
+    """``revlens replicate --track real --out DIR [--seeds ...] [--lab DIR] [--workers N]``: the
+    table and findings."""
     from pathlib import Path
 
     from revlens._io import check_writable_dir
@@ -71,11 +84,12 @@ def run_replicate_real(args: Any) -> int:
     seeds = tuple(args.seeds)
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
+    plan = ReplicatePlan(lab=RealPlan(seeds=seeds, **_workers(args)))
     check_writable_dir(args.out, "--out")
     lab = getattr(args, "lab", None)
     rep = replicate_real(
         args.out,
-        ReplicatePlan(lab=RealPlan(seeds=seeds)),
+        plan,
         lab_dir=Path(lab) if lab else None,
         progress=not args.quiet,
     )

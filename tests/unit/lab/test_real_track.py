@@ -118,6 +118,8 @@ def test_lab_options_that_do_not_apply_are_refused():
     args.lr = None
     plan = plan_from_args(argparse.Namespace(**{**vars(args), "steps": "6"}))
     assert plan.steps == 6 and plan.checkpoints == (1, 2, 4, 6) and plan.seeds == (0,)
+    assert plan.workers == RealPlan.workers  # --workers not given: the plan's default
+    assert plan_from_args(argparse.Namespace(**{**vars(args), "workers": 1})).workers == 1
 
 
 @pytest.mark.parametrize("blocking", [("update", "nope"), ("update", "update")])

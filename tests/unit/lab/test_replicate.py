@@ -134,6 +134,7 @@ def test_check_args_defaults_full_and_culprits(tmp_path):
     assert (
         set(plan.block_methods) == {"update", "gradient", "penalty", "hook"} and plan.rank_blocking
     )
+    assert plan.workers == 2 and check_args(_args(out=tmp_path / "o", workers=1))[3].workers == 1
     for kw, match in (
         ({"track": ["pretrain"]}, r"--track: unknown track\(s\) \['pretrain'\]"),
         ({"pairs": [0, 5]}, r"--pairs: no shipped pair \[5\]"),
