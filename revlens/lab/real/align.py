@@ -200,10 +200,7 @@ def align(
     if measure:
         t = time.perf_counter()
         merged = peft_model.merge_and_unload().eval()
-        manifest["held_out"] = measure_pair(converted, merged, tok, sets)
-        manifest.update(  # AdvBench: the check no recipe choice read, with where it came from
-            fresh_check=measure_fresh(converted, merged, tok), fresh_provenance=fresh_provenance()
-        )
+        manifest.update(measure_start(converted, merged, tok, sets))
         timings["measure_s"] = round(time.perf_counter() - t, 1)
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     manifest["timings"] = timings
@@ -301,45 +298,31 @@ def _versions() -> dict[str, str]:
     return {"transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def measure_pair(converted: Path, aligned: Any, tok: Any, sets: Any) -> dict[str, Any]:
-    """Held-out harm / over-refusal / loss of base and aligned (records of :func:`harm_table`)."""
-    from transformers import AutoModelForCausalLM
-
-    from revlens.evaluate.harm import harm_table
-
-    base = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
-    out = {}
-    for name, model in (("base", base), ("aligned", aligned)):
-        t = harm_table(
-            model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
-        )
-        out[name] = json.loads(t.to_json(orient="records"))
-        print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))  # noqa: T201
-    return out
-
-
-def fresh_provenance() -> list[dict[str, Any]]:
-    """Package, version, file sha256, licence and split of the AdvBench check (read, never copied)."""
-    from revlens.lab.real.data import real_sets
-
-    fresh = real_sets(fresh=True).fresh_harmful
-    return list(fresh.provenance) if fresh is not None else []
-
-
-def measure_fresh(converted: Path, aligned: Any, tok: Any) -> dict[str, Any]:
-    """AdvBench ``held_out`` refusal of base and aligned: the check no recipe choice has read."""
+def measure_start(
+    converted: Path, aligned: Any, tok: Any, sets: Any, fresh: Any = None
+) -> dict[str, Any]:
+    """Base and aligned measured once each (the base loaded once): ``held_out`` — harm /
+    over-refusal / loss on the held-out splits — and ``fresh_check`` — refusal on ``fresh``
+    (default AdvBench ``held_out``, the check no recipe choice has read) — as :func:`harm_table`
+    records, with ``fresh_provenance`` (package, version, file sha256, licence and split; read,
+    never copied)."""
     from transformers import AutoModelForCausalLM
 
     from revlens.evaluate.harm import harm_table
     from revlens.lab.real.data import real_sets
 
-    fresh = real_sets(fresh=True).fresh_harmful
+    fresh = fresh if fresh is not None else real_sets(fresh=True).fresh_harmful
     base = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
-    out = {}
+    out: dict[str, Any] = {"held_out": {}, "fresh_check": {}}
     for name, model in (("base", base), ("aligned", aligned)):
-        t = harm_table(model, tok, {"advbench": fresh}, checkpoint=name)
-        out[name] = json.loads(t.to_json(orient="records"))
-        print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))  # noqa: T201
+        for key, args in (
+            ("held_out", (sets.held_harmful, sets.held_harmless, sets.held_pairs)),
+            ("fresh_check", ({"advbench": fresh},)),
+        ):
+            t = harm_table(model, tok, *args, checkpoint=name)
+            out[key][name] = json.loads(t.to_json(orient="records"))
+            print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))  # noqa: T201
+    out["fresh_provenance"] = list(fresh.provenance or [])
     return out
 
 
