@@ -88,7 +88,8 @@ class Selection:
                 )
                 means, bad = without_degenerate(means, what="ablation_study", stacklevel=6)
                 sites = [s for s in sites if s.layer not in bad]
-                sites = [s for s in sites if s.layer in self._auto_layers(means, sites, spec)]
+                chosen = self._auto_layers(means, sites, spec)  # once, not once per site
+                sites = [s for s in sites if s.layer in chosen]
         layers = [s.layer for s in sites]
         if stats is None:
             stats = reference_stats(self.hist, probes, lm, layers, cfg.batch_size, cfg.site)

@@ -84,7 +84,18 @@ def test_planned_forwards_are_the_forwards_that_run(
     assert "planned:" in caplog.text and "ETA" in caplog.text
 
 
-def test_auto_defaults_pick_the_subset_and_say_so(tiny_history, lm, prompts_module, ref_stats):
+def test_auto_defaults_pick_the_subset_and_say_so(
+    tiny_history, lm, prompts_module, ref_stats, monkeypatch
+):
+    from revlens.causal.selection import Selection
+
+    calls, choose = [], Selection._auto_layers
+
+    def counted(self, *args):
+        calls.append(1)
+        return choose(self, *args)
+
+    monkeypatch.setattr(Selection, "_auto_layers", counted)
     rep = ablation_study(
         tiny_history,
         prompts_module,
@@ -98,6 +109,7 @@ def test_auto_defaults_pick_the_subset_and_say_so(tiny_history, lm, prompts_modu
     )
     assert sorted(set(rep.effects.step)) == [1, 3] and set(rep.effects.kind) == {"clamp"}
     assert len(rep.config["layers"]) == 1
+    assert len(calls) == 1  # the layers are chosen once (each call reads every last checkpoint)
     assert (
         "log-spaced" in rep.config["choices"]["steps"]
         and "furthest along" in rep.config["choices"]["layers"]
