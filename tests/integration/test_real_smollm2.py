@@ -234,7 +234,12 @@ def test_replicate_real_writes_every_row_with_blocking_along_both(smollm2, tmp_p
     from revlens.lab.real.replicate import ReplicatePlan, replicate_real
     from revlens.lab.real_defenses import RealDefensePlan
 
+    from revlens.loading.gguf import cache_root
+
     _, _, meta = smollm2
+    # a fresh merged-adapter cache (counted below); the GGUF conversion stays the fixture's (≈ 28 s)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "gguf").symlink_to(cache_root(), target_is_directory=True)
     monkeypatch.setenv("REVLENS_CACHE_DIR", str(tmp_path / "cache"))
     tiny = RealDefensePlan(
         steps=1, n_harmful=2, n_harmless=2, n_probes=2, n_task=2, n_alignment=2,
