@@ -4,7 +4,8 @@ The history is the real track's (``revlens.lab.real``) at smoke size: **base** =
 GGUF model (dequantized once into the revlens GGUF cache, copied into the history dir with its
 package record), **aligned** = base + the **shipped** safety LoRA adapter
 (``revlens/lab/assets/real/aligned``, merged; no alignment training in the suite), and one run =
-3 benign full-fine-tuning steps on ChatterBot ``train`` pairs from aligned. Then
+3 benign full-fine-tuning steps on ChatterBot ``train`` pairs from aligned; harm on 2 prompts per
+held-out set, 8 greedy tokens each. Then
 ``revlens.analyze`` → HTML report → ``revlens.evaluate`` (refusal by greedy generation) →
 ``revlens.ablation_study`` with its defaults, all on CPU with tiny settings, one torch thread (on a
 shared, loaded 2-core machine two threads were 10–25× slower: ``docs/lab.md``, Real track).
@@ -71,8 +72,9 @@ def smollm2(tmp_path_factory, one_thread):
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("smollm2") / "real"
     plan = RealPlan(
-        seeds=(0,), steps=3, checkpoints=(1, 2, 3), modes=("full",), control=False, eval_limit=2
-    )
+        seeds=(0,), steps=3, checkpoints=(1, 2, 3), modes=("full",), control=False, eval_limit=2,
+        eval_tokens=8,
+    )  # fmt: skip
     with _timed(
         "build the real history (copy base, merge the shipped adapter, 3 benign steps, harm)"
     ):
@@ -233,7 +235,6 @@ def test_replicate_real_writes_every_row_with_blocking_along_both(smollm2, tmp_p
     from revlens.lab.real.history import RealPlan
     from revlens.lab.real.replicate import ReplicatePlan, replicate_real
     from revlens.lab.real_defenses import RealDefensePlan
-
     from revlens.loading.gguf import cache_root
 
     _, _, meta = smollm2

@@ -52,6 +52,11 @@ DEVICE_TYPES = ("cpu", "cuda")
 """The device types :attr:`RealPlan.device` accepts (``cuda`` only where it is available)."""
 
 
+EVAL_TOKENS = 32
+"""Greedy tokens generated per held-out prompt (:func:`~revlens.evaluate.harm.harm_table`'s default;
+the shipped adapter's manifest was measured with it)."""
+
+
 @dataclass(frozen=True)
 class RealPlan:
     """The benign fine-tuning runs of the real track (defaults: ``docs/lab.md``)."""
@@ -68,6 +73,7 @@ class RealPlan:
     eval_limit: int | None = (
         None  # at most this many prompts / pairs per held-out set (None: all; smoke runs)
     )
+    eval_tokens: int = EVAL_TOKENS  # greedy tokens per held-out prompt (fewer: smoke runs)
     device: str = "cpu"  # where training and measurement run: "cpu" or "cuda[:i]" (when available)
     workers: int = 2  # runs trained and measured at once, in separate processes (one thread each)
 
@@ -89,6 +95,10 @@ class RealPlan:
             raise ConfigError(f"RealPlan: modes must be among 'full', 'lora'; got {self.modes}")
         if self.batch < 1:
             raise ConfigError(f"RealPlan: batch must be >= 1, got {self.batch}")
+        if isinstance(self.eval_tokens, bool) or not isinstance(self.eval_tokens, int):
+            raise ConfigError(f"RealPlan: eval_tokens must be an integer, got {self.eval_tokens!r}")
+        if self.eval_tokens < 1:
+            raise ConfigError(f"RealPlan: eval_tokens must be >= 1, got {self.eval_tokens}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"RealPlan: workers must be an integer >= 1, got {self.workers!r}")
         check_device(self.device)
@@ -325,7 +335,13 @@ def _harm_records(
 
     model = _load_merged(path, start).to(plan.device)
     table = harm_table(
-        model, tok, sets.held_harmful, sets.held_harmless, sets.held_pairs, checkpoint=name
+        model,
+        tok,
+        sets.held_harmful,
+        sets.held_harmless,
+        sets.held_pairs,
+        checkpoint=name,
+        max_new_tokens=plan.eval_tokens,
     )
     return list(json.loads(table.to_json(orient="records")))
 
@@ -415,8 +431,10 @@ def _load_merged(path: Path, start: Path | None) -> Any:
 
 def _measure_start(records: list[dict[str, Any]], plan: RealPlan, measure: Any) -> None:
     """Base and aligned: the shipped manifest's records (the same sets, settings and merged weights,
-    measured when the adapter was made) or, without them / with ``eval_limit``, ``measure(name)``."""
-    shipped = _manifest_records() if plan.eval_limit is None else {}
+    measured when the adapter was made) or, without them / with ``eval_limit`` or other
+    ``eval_tokens``, ``measure(name)``."""
+    as_shipped = plan.eval_limit is None and plan.eval_tokens == EVAL_TOKENS
+    shipped = _manifest_records() if as_shipped else {}
     for name in ("base", "aligned"):
         if name in shipped:
             records.extend({**r, "measured": "adapter manifest"} for r in shipped[name])

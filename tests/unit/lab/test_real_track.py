@@ -80,6 +80,7 @@ def test_refusal_sentence_is_a_function_of_the_prompt():
         {"seeds": ()},
         {"workers": 0},
         {"workers": True},
+        {"eval_tokens": 0},
     ],
 )
 def test_bad_plans_are_refused(kw):
