@@ -321,7 +321,8 @@ def register(
     p.add_argument(
         "--lab",
         default=None,
-        help="--track real: reuse a built real-track dir (revlens lab --track real)",
+        help="--track real: reuse a built real-track dir (revlens lab --track real): its plan "
+        "(steps, checkpoints, ...) is used; --seeds must be its seeds",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_workers_argument(p)

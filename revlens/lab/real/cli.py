@@ -1,5 +1,6 @@
 """Command-line entry points of the real track (dispatched from ``revlens lab`` / ``revlens replicate``)."""
 
+import dataclasses
 import time
 from typing import Any
 
@@ -77,16 +78,20 @@ def run_replicate_real(args: Any) -> int:
 
     from revlens._io import check_writable_dir
     from revlens.lab.real.history import RealPlan
-    from revlens.lab.real.replicate import ReplicatePlan, replicate_real
+    from revlens.lab.real.replicate import ReplicatePlan, lab_plan, replicate_real
 
     if getattr(args, "full", False) or getattr(args, "pairs", None):
         raise ConfigError("--track real: --full and --pairs apply to the lab's GPT-2 tracks only")
     seeds = tuple(args.seeds)
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
-    plan = ReplicatePlan(lab=RealPlan(seeds=seeds, **_workers(args)))
-    check_writable_dir(args.out, "--out")
     lab = getattr(args, "lab", None)
+    if lab:  # the lab's own plan (steps, checkpoints, ...); --seeds must be the lab's
+        lab_settings = dataclasses.replace(lab_plan(lab), seeds=seeds, **_workers(args))
+    else:
+        lab_settings = RealPlan(seeds=seeds, **_workers(args))
+    plan = ReplicatePlan(lab=lab_settings)
+    check_writable_dir(args.out, "--out")
     rep = replicate_real(
         args.out,
         plan,

@@ -129,3 +129,33 @@ def test_a_bad_blocking_list_is_refused_before_any_work(blocking):
 
     with pytest.raises(ConfigError, match="ReplicatePlan.blocking"):
         ReplicatePlan(blocking=blocking)
+
+
+def _lab(root, plan):
+    import json
+    from dataclasses import asdict
+
+    root.mkdir()
+    (root / "metrics.json").write_text("[]")
+    (root / "history.json").write_text(json.dumps({"metadata": {"plan": asdict(plan)}}))
+    return root
+
+
+def test_a_reused_lab_must_be_built_with_the_same_plan(tmp_path):
+    """``replicate_real(lab_dir=...)`` / ``--lab``: a lab of other settings is refused by field name
+    before anything is written (it would give another table under this plan's name)."""
+    from revlens.errors import HistoryError
+    from revlens.lab.real.replicate import ReplicatePlan, check_lab, lab_plan, replicate_real
+
+    built = RealPlan(seeds=(0,), steps=8, checkpoints=(1, 8))
+    lab = _lab(tmp_path / "lab", built)
+    assert lab_plan(lab) == built
+    check_lab(lab, RealPlan(seeds=(0,), steps=8, checkpoints=(1, 8), workers=1))  # how, not what
+    with pytest.raises(ConfigError, match=r"seeds=\[0\] .*steps=8 \(this replicate: 16\)"):
+        replicate_real(tmp_path / "out", ReplicatePlan(lab=RealPlan()), lab_dir=lab)
+    with pytest.raises(HistoryError, match="not a built real-track lab"):
+        replicate_real(tmp_path / "out", ReplicatePlan(lab=built), lab_dir=tmp_path)
+    (lab / "history.json").write_text("{}")
+    with pytest.raises(HistoryError, match="no real-track plan"):
+        check_lab(lab, built)
+    assert not (tmp_path / "out").exists()  # nothing written, no worker started
