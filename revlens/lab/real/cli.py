@@ -78,7 +78,8 @@ def run_replicate_real(args: Any) -> int:
 
     from revlens._io import check_writable_dir
     from revlens.lab.real.history import RealPlan
-    from revlens.lab.real.replicate import ReplicatePlan, lab_plan, replicate_real
+    from revlens.lab.real.labdir import lab_plan
+    from revlens.lab.real.replicate import ReplicatePlan, replicate_real
 
     if getattr(args, "full", False) or getattr(args, "pairs", None):
         raise ConfigError("--track real: --full and --pairs apply to the lab's GPT-2 tracks only")

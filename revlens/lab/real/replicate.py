@@ -36,14 +36,13 @@ from revlens._numbers import format_mean_std, mean_std
 from revlens._types import PathLike
 from revlens.errors import ConfigError
 from revlens.lab.real.history import RealPlan, build_real, harm_frame
+from revlens.lab.real.labdir import check_lab
 from revlens.lab.real_defenses import RealDefensePlan
 
 __all__ = [
     "QI_ET_AL",
     "RealReplication",
     "ReplicatePlan",
-    "check_lab",
-    "lab_plan",
     "replicate_real",
 ]
 
@@ -212,72 +211,6 @@ def replicate_real(
         if pending is not None:
             pending[0].terminate()  # no orphaned workers after an error or Ctrl-C
         raise
-
-
-HOW_FIELDS = ("threads", "device", "workers")
-"""RealPlan fields that say how a lab runs, not what it holds (the same numbers)."""
-
-
-def check_lab(lab_dir: PathLike, plan: RealPlan) -> None:
-    """``lab_dir`` is a built real-track lab of ``plan``: its ``history.json`` and ``metrics.json``
-    exist and the plan it was built with equals ``plan`` in every field but :data:`HOW_FIELDS`
-    (a lab of other seeds, steps or learning rates would give another table under this one's name).
-
-    Raises:
-        HistoryError: not a built real-track lab dir.
-        ConfigError: built with another plan (names the fields that differ).
-    """
-    from revlens.errors import HistoryError
-
-    root = Path(lab_dir)
-    spec = root / "history.json"
-    if not spec.is_file() or not (root / "metrics.json").is_file():
-        raise HistoryError(
-            f"--lab {root}: not a built real-track lab (history.json and metrics.json expected); "
-            "build one with `revlens lab --track real --out DIR`, or leave --lab out"
-        )
-    built = _built_plan(root)
-    want = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(plan).items()}
-    defaults = asdict(RealPlan())  # fields newer than the lab: their defaults
-    differ = {
-        k: (built.get(k, defaults[k]), v)
-        for k, v in want.items()
-        if k not in HOW_FIELDS and built.get(k, defaults[k]) != v
-    }
-    if differ:
-        raise ConfigError(
-            f"--lab {root} was built with another plan: "
-            + ", ".join(f"{k}={b!r} (this replicate: {w!r})" for k, (b, w) in differ.items())
-            + "; rebuild it or give the same settings"
-        )
-
-
-def _built_plan(root: Path) -> dict[str, Any]:
-    from revlens.errors import HistoryError
-
-    try:
-        built = json.loads((root / "history.json").read_text())["metadata"]["plan"]
-    except (ValueError, KeyError, TypeError):
-        built = None
-    if not isinstance(built, dict):
-        raise HistoryError(
-            f"--lab {root}: history.json holds no real-track plan (metadata.plan); was it built by "
-            "`revlens lab --track real`?"
-        )
-    return built
-
-
-def lab_plan(lab_dir: PathLike) -> RealPlan:
-    """The :class:`RealPlan` a built real-track lab was made with (its ``history.json``).
-
-    Raises:
-        HistoryError: no plan recorded there.
-    """
-    built = _built_plan(Path(lab_dir))
-    fields = set(asdict(RealPlan()))
-    return RealPlan(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in built.items() if k in fields}
-    )
 
 
 def _replicate(

@@ -145,7 +145,8 @@ def test_a_reused_lab_must_be_built_with_the_same_plan(tmp_path):
     """``replicate_real(lab_dir=...)`` / ``--lab``: a lab of other settings is refused by field name
     before anything is written (it would give another table under this plan's name)."""
     from revlens.errors import HistoryError
-    from revlens.lab.real.replicate import ReplicatePlan, check_lab, lab_plan, replicate_real
+    from revlens.lab.real.labdir import check_lab, lab_plan
+    from revlens.lab.real.replicate import ReplicatePlan, replicate_real
 
     built = RealPlan(seeds=(0,), steps=8, checkpoints=(1, 8))
     lab = _lab(tmp_path / "lab", built)
