@@ -450,6 +450,14 @@ CLI = [
         ["lab", "--out", "{o}", "--track", "real", "--workers", "0"],
         "workers must be an integer >= 1",
     ),
+    (
+        ["replicate", "--out", "{o}", "--track", "real", "--lab", "{h}/nolab"],
+        "not a built real-track lab",
+    ),
+    (
+        ["replicate", "--out", "{o}", "--track", "real", "--lab", "{h}"],
+        "not a built real-track lab",
+    ),
 ]
 
 

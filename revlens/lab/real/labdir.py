@@ -26,12 +26,6 @@ def check_lab(lab_dir: PathLike, plan: RealPlan) -> None:
         ConfigError: built with another plan (names the fields that differ).
     """
     root = Path(lab_dir)
-    spec = root / "history.json"
-    if not spec.is_file() or not (root / "metrics.json").is_file():
-        raise HistoryError(
-            f"--lab {root}: not a built real-track lab (history.json and metrics.json expected); "
-            "build one with `revlens lab --track real --out DIR`, or leave --lab out"
-        )
     built = _built_plan(root)
     want = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(plan).items()}
     defaults = asdict(RealPlan())  # fields newer than the lab: their defaults
@@ -49,9 +43,15 @@ def check_lab(lab_dir: PathLike, plan: RealPlan) -> None:
 
 
 def _built_plan(root: Path) -> dict[str, Any]:
+    """The plan recorded in a built lab's ``history.json`` (checked to be one first)."""
+    if not (root / "history.json").is_file() or not (root / "metrics.json").is_file():
+        raise HistoryError(
+            f"--lab {root}: not a built real-track lab (history.json and metrics.json expected); "
+            "build one with `revlens lab --track real --out DIR`, or leave --lab out"
+        )
     try:
         built = json.loads((root / "history.json").read_text())["metadata"]["plan"]
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         built = None
     if not isinstance(built, dict):
         raise HistoryError(
@@ -65,10 +65,17 @@ def lab_plan(lab_dir: PathLike) -> RealPlan:
     """The :class:`RealPlan` a built real-track lab was made with (its ``history.json``).
 
     Raises:
-        HistoryError: no plan recorded there.
+        HistoryError: not a built lab, or no valid plan recorded there.
+        ConfigError: the recorded plan breaks :class:`RealPlan`'s rules.
     """
-    built = _built_plan(Path(lab_dir))
+    root = Path(lab_dir)
     fields = set(asdict(RealPlan()))
-    return RealPlan(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in built.items() if k in fields}
-    )
+    given = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in _built_plan(root).items()
+        if k in fields
+    }
+    try:
+        return RealPlan(**given)
+    except (TypeError, ValueError) as exc:  # a hand-edited plan: RealPlan's own checks are typed
+        raise HistoryError(f"--lab {root}: the recorded plan is not a RealPlan ({exc})") from None

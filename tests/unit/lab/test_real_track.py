@@ -1,6 +1,7 @@
 """The real track's data splits, plan validation and CLI refusals (no model is loaded)."""
 
 import argparse
+import json
 
 import pytest
 
@@ -132,7 +133,6 @@ def test_a_bad_blocking_list_is_refused_before_any_work(blocking):
 
 
 def _lab(root, plan):
-    import json
     from dataclasses import asdict
 
     root.mkdir()
@@ -156,7 +156,12 @@ def test_a_reused_lab_must_be_built_with_the_same_plan(tmp_path):
         replicate_real(tmp_path / "out", ReplicatePlan(lab=RealPlan()), lab_dir=lab)
     with pytest.raises(HistoryError, match="not a built real-track lab"):
         replicate_real(tmp_path / "out", ReplicatePlan(lab=built), lab_dir=tmp_path)
+    (lab / "history.json").write_text(json.dumps({"metadata": {"plan": {"steps": "x"}}}))
+    with pytest.raises(HistoryError, match="recorded plan is not a RealPlan"):
+        lab_plan(lab)
     (lab / "history.json").write_text("{}")
     with pytest.raises(HistoryError, match="no real-track plan"):
         check_lab(lab, built)
+    with pytest.raises(HistoryError, match="not a built real-track lab"):
+        lab_plan(tmp_path / "missing")
     assert not (tmp_path / "out").exists()  # nothing written, no worker started
