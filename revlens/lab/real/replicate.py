@@ -399,8 +399,6 @@ def _blocking(
     """Update blocking along v_rev / r beside random directions and the undefended run: the harm
     rows of :func:`~revlens.lab.real_defenses.compare_real` (pooled k/n over seeds, Wilson CI);
     ``pending``: the parts :func:`_start_blocking` started (their tables joined), or ``None``."""
-    from revlens.defenses import DefenseComparison
-
     if not plan.blocking:
         row = {
             "row": "blocking along v_rev / r",
@@ -411,11 +409,7 @@ def _blocking(
         pool, started = pending
         parts = [p.get() for p in started]
         pool.join()
-        cmp = DefenseComparison(
-            pd.concat([c.table for c in parts], ignore_index=True),
-            pd.concat([c.trajectories for c in parts], ignore_index=True),
-            parts[0].meta,
-        )
+        cmp = joined(parts)
     else:
         cmp = _blocking_part((out, plan, plan.lab.seeds), progress)
     s = cmp.summary().reset_index()
@@ -443,6 +437,22 @@ def _blocking(
             }
         )
     return rows, s
+
+
+def joined(parts: list[Any]) -> Any:
+    """The workers' :class:`~revlens.defenses.DefenseComparison` parts (each some seeds) as one,
+    rows in seed order — the order one process writes them in, so that means and stds over seeds
+    are summed in the same order and the table is the same to the last bit."""
+    from revlens.defenses import DefenseComparison
+
+    def by_seed(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True).sort_values(
+            "seed", kind="stable", ignore_index=True
+        )
+
+    return DefenseComparison(
+        by_seed([c.table for c in parts]), by_seed([c.trajectories for c in parts]), parts[0].meta
+    )
 
 
 def _blocking_part(

@@ -165,3 +165,28 @@ def test_a_reused_lab_must_be_built_with_the_same_plan(tmp_path):
     with pytest.raises(HistoryError, match="not a built real-track lab"):
         lab_plan(tmp_path / "missing")
     assert not (tmp_path / "out").exists()  # nothing written, no worker started
+
+
+def test_the_workers_blocking_parts_join_to_the_one_process_table_bit_for_bit():
+    """``replicate_real`` with workers splits the blocking seeds (0, 2 | 1); joined in seed order,
+    the summary's means and stds over seeds are summed as one process sums them. Harm rates
+    0/24, 1/24, 5/24: concatenated in part order the std differs in its last bit."""
+    import pandas as pd
+
+    from revlens.defenses import DefenseComparison
+    from revlens.lab.real.replicate import joined
+
+    rows = [
+        {"defense": d, "control": c, "seed": s, "harm_k": k, "harm_n": 24, "harm_rate": k / 24}
+        for s, k in ((0, 0), (1, 1), (2, 5))
+        for d, c in (("none", False), ("update", False), ("update", True))
+    ]
+    traj = pd.DataFrame([{**r, "step": 1} for r in rows])
+    one = DefenseComparison(pd.DataFrame(rows), traj, {})
+    parts = [
+        DefenseComparison(one.table[one.table.seed != 1], traj[traj.seed != 1], {}),
+        DefenseComparison(one.table[one.table.seed == 1], traj[traj.seed == 1], {}),
+    ]
+    pd.testing.assert_frame_equal(joined(parts).summary(), one.summary(), check_exact=True)
+    naive = pd.concat([p.table for p in parts], ignore_index=True)  # the join before the fix
+    assert not DefenseComparison(naive, traj, {}).summary().equals(one.summary())
