@@ -409,7 +409,7 @@ def _blocking(
         pool, started = pending
         parts = [p.get() for p in started]
         pool.join()
-        cmp = joined(parts)
+        cmp = joined(parts, plan.lab.seeds)
     else:
         cmp = _blocking_part((out, plan, plan.lab.seeds), progress)
     s = cmp.summary().reset_index()
@@ -439,15 +439,17 @@ def _blocking(
     return rows, s
 
 
-def joined(parts: list[Any]) -> Any:
-    """The workers' :class:`~revlens.defenses.DefenseComparison` parts (each some seeds) as one,
-    rows in seed order — the order one process writes them in, so that means and stds over seeds
-    are summed in the same order and the table is the same to the last bit."""
+def joined(parts: list[Any], seeds: tuple[int, ...]) -> Any:
+    """The workers' :class:`~revlens.defenses.DefenseComparison` parts (each some of ``seeds``) as
+    one, rows in ``seeds``' order — the order one process writes them in, so that means and stds
+    over seeds are summed in the same order and the table is the same to the last bit."""
     from revlens.defenses import DefenseComparison
+
+    rank = {seed: i for i, seed in enumerate(seeds)}
 
     def by_seed(frames: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True).sort_values(
-            "seed", kind="stable", ignore_index=True
+            "seed", kind="stable", key=lambda s: s.map(rank), ignore_index=True
         )
 
     return DefenseComparison(

@@ -187,6 +187,15 @@ def test_the_workers_blocking_parts_join_to_the_one_process_table_bit_for_bit():
         DefenseComparison(one.table[one.table.seed != 1], traj[traj.seed != 1], {}),
         DefenseComparison(one.table[one.table.seed == 1], traj[traj.seed == 1], {}),
     ]
-    pd.testing.assert_frame_equal(joined(parts).summary(), one.summary(), check_exact=True)
+    pd.testing.assert_frame_equal(
+        joined(parts, (0, 1, 2)).summary(), one.summary(), check_exact=True
+    )
+    # seeds given out of order: one process writes them in the order given, and so does the join
+    order = (2, 0, 1)
+    rank = {s: i for i, s in enumerate(order)}
+    serial = one.table.sort_values("seed", kind="stable", key=lambda s: s.map(rank))
+    pd.testing.assert_frame_equal(
+        joined(parts, order).table, serial.reset_index(drop=True), check_exact=True
+    )
     naive = pd.concat([p.table for p in parts], ignore_index=True)  # the join before the fix
     assert not DefenseComparison(naive, traj, {}).summary().equals(one.summary())
