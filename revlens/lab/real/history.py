@@ -95,12 +95,10 @@ class RealPlan:
             raise ConfigError(f"RealPlan: modes must be among 'full', 'lora'; got {self.modes}")
         if self.batch < 1:
             raise ConfigError(f"RealPlan: batch must be >= 1, got {self.batch}")
-        if isinstance(self.eval_tokens, bool) or not isinstance(self.eval_tokens, int):
-            raise ConfigError(f"RealPlan: eval_tokens must be an integer, got {self.eval_tokens!r}")
-        if self.eval_tokens < 1:
-            raise ConfigError(f"RealPlan: eval_tokens must be >= 1, got {self.eval_tokens}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"RealPlan: workers must be an integer >= 1, got {self.workers!r}")
+        for name in ("eval_tokens", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"RealPlan: {name} must be an integer >= 1, got {value!r}")
         check_device(self.device)
 
 
